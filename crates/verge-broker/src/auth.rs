@@ -1,0 +1,390 @@
+//! Device authentication and per-device topic ACL.
+//!
+//! Devices come from a registry (a TOML file for now; the cloud feeds it
+//! later): a username, an argon2 password hash (PHC string), an optional
+//! client id restriction and ACL rules. ACL patterns may use `%c` (client id)
+//! and `%u` (username); the first matching rule decides, else the default.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+use crate::config::AclPolicy;
+use crate::error::BrokerError;
+
+/// The device registry file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registry {
+    /// Rules applied to every client after its own rules (also to anonymous
+    /// clients).
+    pub acl: Vec<AclRule>,
+    /// Known devices.
+    pub devices: Vec<Device>,
+}
+
+/// One device's credentials and rights.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Username the device connects with (or the certificate common name).
+    pub username: String,
+    /// Argon2 PHC hash of the password; absent = certificate only.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// If set, the only client id this device may use.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The device's own ACL rules, checked before the global ones.
+    #[serde(default)]
+    pub acl: Vec<AclRule>,
+}
+
+/// What an ACL rule applies to.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AclAction {
+    /// PUBLISH.
+    Publish,
+    /// SUBSCRIBE.
+    Subscribe,
+    /// Both.
+    All,
+}
+
+/// One ACL rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Allow or deny.
+    pub permission: AclPolicy,
+    /// Which operation.
+    pub action: AclAction,
+    /// Topic pattern with MQTT wildcards and `%c` / `%u`.
+    pub topic: String,
+}
+
+/// Who a connection is, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// Username (or certificate name), if any.
+    pub username: Option<Arc<str>>,
+    /// Index of the device in the registry, if known.
+    device: Option<usize>,
+}
+
+/// Why a CONNECT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No or wrong credentials.
+    BadCredentials,
+    /// Credentials fine, but not allowed (e.g. wrong client id).
+    NotAuthorized,
+}
+
+/// Checks credentials and topic rights. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    by_username: HashMap<String, usize>,
+    allow_anonymous: bool,
+    default: AclPolicy,
+}
+
+impl Authenticator {
+    /// An authenticator over `registry`.
+    pub fn new(registry: Registry, allow_anonymous: bool, default: AclPolicy) -> Result<Self, BrokerError> {
+        let mut by_username = HashMap::new();
+        for (i, d) in registry.devices.iter().enumerate() {
+            if let Some(h) = &d.password_hash {
+                PasswordHash::new(h).map_err(|e| {
+                    BrokerError::Config(format!("devices[{i}].password_hash: not an argon2 PHC string: {e}"))
+                })?;
+            }
+            if by_username.insert(d.username.clone(), i).is_some() {
+                return Err(BrokerError::Config(format!(
+                    "devices[{i}].username: `{}` appears twice",
+                    d.username
+                )));
+            }
+        }
+        Ok(Authenticator {
+            inner: Arc::new(Inner {
+                registry,
+                by_username,
+                allow_anonymous,
+                default,
+            }),
+        })
+    }
+
+    /// Load a registry file.
+    pub fn load(path: &Path, allow_anonymous: bool, default: AclPolicy) -> Result<Self, BrokerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BrokerError::Config(format!("devices_file {}: {e}", path.display())))?;
+        let registry: Registry = toml::from_str(&text)
+            .map_err(|e| BrokerError::Config(format!("devices_file {}: {e}", path.display())))?;
+        Self::new(registry, allow_anonymous, default)
+    }
+
+    /// Authenticate a CONNECT. `cert_name` is the verified client certificate's
+    /// common name, if the transport had one. Runs argon2: call it off the
+    /// async worker threads.
+    pub fn authenticate(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        cert_name: Option<&str>,
+    ) -> Result<Identity, AuthFailure> {
+        let inner = &self.inner;
+        let ident = |user: Option<&str>, device: Option<usize>| Identity {
+            client_id: Arc::from(client_id),
+            username: user.map(Arc::from),
+            device,
+        };
+        let check_client = |i: usize| -> Result<(), AuthFailure> {
+            match &inner.registry.devices[i].client_id {
+                Some(c) if c != client_id => Err(AuthFailure::NotAuthorized),
+                _ => Ok(()),
+            }
+        };
+        if let Some(name) = cert_name {
+            // A verified certificate is the identity; a known device's rules apply.
+            let device = inner.by_username.get(name).copied();
+            if let Some(i) = device {
+                check_client(i)?;
+            }
+            return Ok(ident(Some(name), device));
+        }
+        match (username, password) {
+            (Some(user), Some(pass)) => {
+                let i = *inner.by_username.get(user).ok_or(AuthFailure::BadCredentials)?;
+                let hash = inner.registry.devices[i]
+                    .password_hash
+                    .as_deref()
+                    .ok_or(AuthFailure::BadCredentials)?;
+                let parsed = PasswordHash::new(hash).map_err(|_| AuthFailure::BadCredentials)?;
+                Argon2::default()
+                    .verify_password(pass, &parsed)
+                    .map_err(|_| AuthFailure::BadCredentials)?;
+                check_client(i)?;
+                Ok(ident(Some(user), Some(i)))
+            }
+            _ if inner.allow_anonymous => Ok(ident(username, None)),
+            _ => Err(AuthFailure::BadCredentials),
+        }
+    }
+
+    /// May `who` publish to `topic`?
+    pub fn may_publish(&self, who: &Identity, topic: &str) -> bool {
+        self.check(who, AclAction::Publish, topic)
+    }
+
+    /// May `who` subscribe to `filter` (every topic it can match must be
+    /// allowed by the deciding rule)?
+    pub fn may_subscribe(&self, who: &Identity, filter: &str) -> bool {
+        self.check(who, AclAction::Subscribe, filter)
+    }
+
+    fn check(&self, who: &Identity, action: AclAction, topic: &str) -> bool {
+        let inner = &self.inner;
+        let own = who.device.map(|i| inner.registry.devices[i].acl.as_slice()).unwrap_or(&[]);
+        for rule in own.iter().chain(inner.registry.acl.iter()) {
+            if rule.action != action && rule.action != AclAction::All {
+                continue;
+            }
+            let pattern = substitute(&rule.topic, who);
+            if pattern_covers(&pattern, topic) {
+                return rule.permission == AclPolicy::Allow;
+            }
+        }
+        inner.default == AclPolicy::Allow
+    }
+}
+
+/// Hash a password into an argon2id PHC string for the registry.
+pub fn hash_password(password: &str) -> Result<String, BrokerError> {
+    let mut salt = [0u8; 16];
+    getrandom_fill(&mut salt)?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| BrokerError::Config(format!("salt: {e}")))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| BrokerError::Config(format!("hashing password: {e}")))
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> Result<(), BrokerError> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| BrokerError::Config(format!("reading /dev/urandom: {e}")))
+}
+
+fn substitute(pattern: &str, who: &Identity) -> String {
+    if !pattern.contains('%') {
+        return pattern.to_owned();
+    }
+    // A client id or username holding wildcards must not widen a rule.
+    let safe = |s: &str| s.replace(['+', '#', '/'], "_");
+    pattern
+        .replace("%c", &safe(&who.client_id))
+        .replace("%u", &safe(who.username.as_deref().unwrap_or("")))
+}
+
+/// Does `pattern` match every topic `filter` can match? For a topic name this
+/// is plain MQTT matching.
+pub fn pattern_covers(pattern: &str, filter: &str) -> bool {
+    let mut p = pattern.split('/');
+    let mut f = filter.split('/');
+    loop {
+        match (p.next(), f.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(fl)) => {
+                if fl == "#" {
+                    return false;
+                }
+            }
+            (Some(pl), Some(fl)) => {
+                if pl != fl {
+                    return false;
+                }
+            }
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let hash = hash_password("s3cret").expect("hash");
+        toml::from_str(&format!(
+            r#"
+            [[acl]]
+            permission = "allow"
+            action = "subscribe"
+            topic = "public/#"
+
+            [[devices]]
+            username = "sensor"
+            password_hash = "{hash}"
+            [[devices.acl]]
+            permission = "allow"
+            action = "all"
+            topic = "devices/%u/#"
+            [[devices.acl]]
+            permission = "deny"
+            action = "all"
+            topic = "#"
+
+            [[devices]]
+            username = "pinned"
+            password_hash = "{hash}"
+            client_id = "pinned-1"
+            "#
+        ))
+        .expect("registry parses")
+    }
+
+    #[test]
+    fn password_checked_against_argon2_hash() {
+        let auth = Authenticator::new(registry(), false, AclPolicy::Deny).expect("auth");
+        assert!(auth.authenticate("c", Some("sensor"), Some(b"s3cret"), None).is_ok());
+        assert_eq!(
+            auth.authenticate("c", Some("sensor"), Some(b"wrong"), None).err(),
+            Some(AuthFailure::BadCredentials)
+        );
+        assert_eq!(
+            auth.authenticate("c", Some("nobody"), Some(b"s3cret"), None).err(),
+            Some(AuthFailure::BadCredentials)
+        );
+        assert_eq!(auth.authenticate("c", None, None, None).err(), Some(AuthFailure::BadCredentials));
+        assert_eq!(
+            auth.authenticate("other", Some("pinned"), Some(b"s3cret"), None).err(),
+            Some(AuthFailure::NotAuthorized)
+        );
+        assert!(auth.authenticate("pinned-1", Some("pinned"), Some(b"s3cret"), None).is_ok());
+    }
+
+    #[test]
+    fn anonymous_only_when_enabled() {
+        let auth = Authenticator::new(Registry::default(), true, AclPolicy::Allow).expect("auth");
+        assert!(auth.authenticate("c", None, None, None).is_ok());
+    }
+
+    #[test]
+    fn certificate_name_is_identity() {
+        let auth = Authenticator::new(registry(), false, AclPolicy::Deny).expect("auth");
+        let id = auth.authenticate("c", None, None, Some("sensor")).expect("cert ok");
+        assert!(auth.may_publish(&id, "devices/sensor/telemetry"));
+        assert!(!auth.may_publish(&id, "devices/other/telemetry"));
+    }
+
+    #[test]
+    fn acl_substitutes_and_first_rule_wins() {
+        let auth = Authenticator::new(registry(), false, AclPolicy::Allow).expect("auth");
+        let id = auth.authenticate("c", Some("sensor"), Some(b"s3cret"), None).expect("ok");
+        assert!(auth.may_publish(&id, "devices/sensor/telemetry"));
+        assert!(auth.may_subscribe(&id, "devices/sensor/commands/+"));
+        assert!(!auth.may_publish(&id, "devices/other/telemetry"));
+        assert!(!auth.may_subscribe(&id, "devices/+/telemetry"));
+        assert!(!auth.may_subscribe(&id, "#"));
+        // device rules come first, so the device's deny-all shadows public/#
+        assert!(!auth.may_subscribe(&id, "public/news"));
+        let anon = Identity {
+            client_id: Arc::from("x"),
+            username: None,
+            device: None,
+        };
+        assert!(auth.may_subscribe(&anon, "public/news"));
+        assert!(auth.may_publish(&anon, "anything"), "default allow");
+    }
+
+    #[test]
+    fn wildcards_in_names_do_not_widen_rules() {
+        let auth = Authenticator::new(registry(), true, AclPolicy::Deny).expect("auth");
+        let mut reg = registry();
+        reg.devices[0].username = "#".into();
+        let _ = auth;
+        let auth = Authenticator::new(reg, true, AclPolicy::Deny).expect("auth");
+        let id = auth.authenticate("c", Some("#"), Some(b"s3cret"), None).expect("ok");
+        assert!(!auth.may_publish(&id, "devices/x/telemetry"));
+    }
+
+    #[test]
+    fn covers() {
+        assert!(pattern_covers("a/#", "a"));
+        assert!(pattern_covers("a/#", "a/b/c"));
+        assert!(pattern_covers("a/+/c", "a/+/c"));
+        assert!(!pattern_covers("a/+/c", "a/#"));
+        assert!(!pattern_covers("a/b", "a/+"));
+        assert!(!pattern_covers("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn bad_hash_is_a_config_error_naming_the_key() {
+        let reg: Registry = toml::from_str(
+            r#"[[devices]]
+            username = "d"
+            password_hash = "plaintext""#,
+        )
+        .expect("parses");
+        let err = Authenticator::new(reg, false, AclPolicy::Deny).expect_err("must fail");
+        assert!(err.to_string().contains("devices[0].password_hash"), "{err}");
+    }
+}

@@ -1,0 +1,903 @@
+//! One client connection: the CONNECT handshake, then a loop that reads
+//! packets, forwards publishes to the router in batches, and writes
+//! deliveries with per-connection packet ids, inflight window and aliases.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use verge_mqtt::{
+    Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, Publish, QoS, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, decode, encode, encoded_len, reason, topic,
+};
+
+use crate::auth::{AuthFailure, Authenticator, Identity};
+use crate::config::BrokerConfig;
+use crate::message::Message;
+use crate::router::{Carry, ConnectReply, ConnectReq, Delivery, Event, InflightOut, Kill, Outgoing, SubReq};
+use crate::stats::{Stats, add, inc};
+use crate::subs::SubKey;
+
+/// What every connection shares.
+pub(crate) struct Ctx {
+    pub cfg: BrokerConfig,
+    pub auth: Authenticator,
+    pub router: mpsc::Sender<Event>,
+    pub stats: Arc<Stats>,
+    pub next_conn: AtomicU64,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// Peer closed or I/O failed.
+    Closed,
+    /// DISCONNECT received; `with_will` = reason 0x04.
+    Disconnect { with_will: bool },
+    /// We close with a reason (sent as DISCONNECT on 5.0).
+    Error(u8, &'static str),
+    /// Killed by the router (takeover, shutdown).
+    Killed(u8),
+}
+
+/// Serve one connection to the end. `cert_name` is a verified client
+/// certificate's common name.
+pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, cert_name: Option<String>, ctx: Arc<Ctx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    inc(&ctx.stats.connections_total);
+    let mut io = Io {
+        stream,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        stats: ctx.stats.clone(),
+    };
+    let max = ctx.cfg.max_packet_size as usize;
+    let connect = match tokio::time::timeout(ctx.cfg.connect_timeout.get(), io.read_connect(max)).await {
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout; closing");
+            return;
+        }
+        Ok(Err(e)) => {
+            inc(&ctx.stats.connects_refused);
+            info!(%peer, error = %e, "bad CONNECT; closing");
+            if let ConnectError::Decode(d) = &e {
+                // Answer with a CONNACK where the version is known.
+                if !matches!(d, DecodeError::UnsupportedProtocolVersion(_)) {
+                    return;
+                }
+                let ack = ConnAck {
+                    reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                    ..ConnAck::default()
+                };
+                let _ = io.send(&Packet::ConnAck(ack), Protocol::V311).await;
+            }
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let protocol = connect.protocol;
+    match accept(&mut io, connect, peer, cert_name, &ctx).await {
+        Ok(mut conn) => {
+            ctx.stats.clients_connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let end = conn.run(&mut io).await;
+            ctx.stats.clients_connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            conn.finish(&mut io, end).await;
+        }
+        Err(code) => {
+            inc(&ctx.stats.connects_refused);
+            let ack = ConnAck {
+                reason_code: code,
+                ..ConnAck::default()
+            };
+            let _ = io.send(&Packet::ConnAck(ack), protocol).await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Decode(DecodeError),
+    #[error("first packet is not CONNECT")]
+    NotConnect,
+    #[error("connection closed before CONNECT")]
+    Closed,
+}
+
+struct Io<S> {
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    stats: Arc<Stats>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    async fn read_connect(&mut self, max: usize) -> Result<Connect, ConnectError> {
+        loop {
+            match decode(&mut self.rbuf, Protocol::V5, max) {
+                Ok(Some(Packet::Connect(c))) => return Ok(c),
+                Ok(Some(_)) => return Err(ConnectError::NotConnect),
+                Ok(None) => {}
+                Err(e) => return Err(ConnectError::Decode(e)),
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|_| ConnectError::Closed)?;
+            if n == 0 {
+                return Err(ConnectError::Closed);
+            }
+            add(&self.stats.bytes_received, n as u64);
+        }
+    }
+
+    async fn send(&mut self, p: &Packet, protocol: Protocol) -> std::io::Result<()> {
+        if encode(p, protocol, &mut self.wbuf).is_err() {
+            return Ok(());
+        }
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(&self.wbuf).await?;
+        add(&self.stats.bytes_sent, self.wbuf.len() as u64);
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 1 << 20 {
+            self.wbuf = BytesMut::with_capacity(4096);
+        }
+        Ok(())
+    }
+}
+
+/// The CONNECT handshake: identify, authenticate, attach to a session and
+/// answer CONNACK. Returns the refusing reason code on failure.
+async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Io<S>,
+    connect: Connect,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    ctx: &Arc<Ctx>,
+) -> Result<Conn, u8> {
+    let cfg = &ctx.cfg;
+    let protocol = connect.protocol;
+    let v5 = protocol == Protocol::V5;
+    if v5 && connect.properties.authentication_method.is_some() {
+        info!(%peer, "enhanced authentication requested but none is configured");
+        return Err(reason::BAD_AUTHENTICATION_METHOD);
+    }
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean_start {
+            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        let id = format!("verge-{:x}-{:x}", std::process::id(), ctx.next_conn.load(std::sync::atomic::Ordering::Relaxed) ^ nanos());
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+    if ctx.stats.clients_connected.load(std::sync::atomic::Ordering::Relaxed) as usize >= cfg.max_connections {
+        warn!(%peer, "max_connections reached; refusing");
+        return Err(reason::SERVER_BUSY);
+    }
+    let identity = {
+        let auth = ctx.auth.clone();
+        let cid = client_id.clone();
+        let user = connect.username.clone();
+        let pass = connect.password.clone();
+        tokio::task::spawn_blocking(move || auth.authenticate(&cid, user.as_deref(), pass.as_deref(), cert_name.as_deref()))
+            .await
+            .map_err(|_| reason::UNSPECIFIED_ERROR)?
+    };
+    let identity = match identity {
+        Ok(i) => i,
+        Err(f) => {
+            info!(%peer, client_id, username = ?connect.username, "authentication failed: {f:?}");
+            return Err(match f {
+                AuthFailure::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
+                AuthFailure::NotAuthorized => reason::NOT_AUTHORIZED,
+            });
+        }
+    };
+    let max_expiry = cfg.max_session_expiry.get().as_secs().min(u32::MAX as u64) as u32;
+    let expiry_secs = if v5 {
+        connect.properties.session_expiry_interval.unwrap_or(0).min(max_expiry)
+    } else if connect.clean_start {
+        0
+    } else {
+        max_expiry
+    };
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if cfg.max_keep_alive > 0 && (keep_alive == 0 || keep_alive > cfg.max_keep_alive) && v5 {
+        keep_alive = cfg.max_keep_alive;
+        server_keep_alive = Some(keep_alive);
+    }
+    let will = connect.will.as_ref().and_then(|w| {
+        if !ctx.auth.may_publish(&identity, &w.topic) {
+            inc(&ctx.stats.denied_publish);
+            return None;
+        }
+        let now = Instant::now();
+        let mut props = w.properties.clone();
+        let delay = Duration::from_secs(props.will_delay_interval.take().unwrap_or(0) as u64);
+        let expires = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(s as u64));
+        Some((
+            Arc::new(Message {
+                topic: Arc::from(w.topic.as_str()),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                properties: props,
+                origin: identity.client_id.clone(),
+                received: now,
+                expires,
+            }),
+            delay,
+        ))
+    });
+
+    let conn_id = ctx.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(cfg.max_queued_messages.max(1));
+    let kill = Arc::new(Kill::default());
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let req = ConnectReq {
+        client_id: identity.client_id.clone(),
+        clean_start: connect.clean_start,
+        expiry: Duration::from_secs(expiry_secs as u64),
+        conn_id,
+        tx,
+        kill: kill.clone(),
+        reply: reply_tx,
+    };
+    if ctx.router.send(Event::Connect(req)).await.is_err() {
+        return Err(reason::SERVER_UNAVAILABLE);
+    }
+    let reply: ConnectReply = match reply_rx.await {
+        Ok(r) => r,
+        Err(_) => return Err(reason::SERVER_UNAVAILABLE),
+    };
+    let mut props = Properties::default();
+    if v5 {
+        props.receive_maximum = Some(cfg.max_inflight.max(1));
+        props.maximum_packet_size = Some(cfg.max_packet_size);
+        props.topic_alias_maximum = Some(cfg.max_topic_alias);
+        props.retain_available = Some(1);
+        props.wildcard_subscription_available = Some(1);
+        props.subscription_identifier_available = Some(1);
+        props.shared_subscription_available = Some(1);
+        props.assigned_client_identifier = assigned;
+        props.server_keep_alive = server_keep_alive;
+        if connect.properties.session_expiry_interval.unwrap_or(0) > expiry_secs {
+            props.session_expiry_interval = Some(expiry_secs);
+        }
+    }
+    let ack = ConnAck {
+        session_present: reply.session_present,
+        reason_code: reason::SUCCESS,
+        properties: props,
+    };
+    let _ = encode(&Packet::ConnAck(ack), protocol, &mut io.wbuf);
+    debug!(%peer, client_id = %identity.client_id, ?protocol, session_present = reply.session_present, "connected");
+    let client_window = if v5 {
+        connect.properties.receive_maximum.unwrap_or(u16::MAX)
+    } else {
+        u16::MAX
+    };
+    let mut conn = Conn {
+        ctx: ctx.clone(),
+        peer,
+        protocol,
+        key: reply.key,
+        conn_id,
+        identity,
+        kill,
+        rx: Some(rx),
+        keep_alive: Duration::from_millis(keep_alive as u64 * 1500),
+        expiry: Duration::from_secs(expiry_secs as u64),
+        expiry_was_zero: expiry_secs == 0,
+        will,
+        window: client_window.min(cfg.max_inflight.max(1)) as usize,
+        client_max_packet: if v5 {
+            connect.properties.maximum_packet_size.unwrap_or(u32::MAX) as usize
+        } else {
+            usize::MAX
+        },
+        client_alias_max: if v5 {
+            connect.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+        inflight: VecDeque::new(),
+        inflight_ids: HashSet::new(),
+        next_id: 1,
+        pending: VecDeque::new(),
+        qos2_in: HashSet::new(),
+        batch: Vec::new(),
+        rate_tokens: cfg.max_publish_rate as f64,
+        rate_at: Instant::now(),
+    };
+    conn.resume(io, reply.carry);
+    Ok(conn)
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+struct Conn {
+    ctx: Arc<Ctx>,
+    peer: SocketAddr,
+    protocol: Protocol,
+    key: SubKey,
+    conn_id: u64,
+    identity: Identity,
+    kill: Arc<Kill>,
+    rx: Option<mpsc::Receiver<Outgoing>>,
+    keep_alive: Duration,
+    expiry: Duration,
+    expiry_was_zero: bool,
+    will: Option<(Arc<Message>, Duration)>,
+    /// Most outgoing QoS 1/2 messages unacknowledged at once.
+    window: usize,
+    client_max_packet: usize,
+    client_alias_max: u16,
+    aliases_in: HashMap<u16, Arc<str>>,
+    aliases_out: HashMap<Arc<str>, u16>,
+    inflight: VecDeque<InflightOut>,
+    inflight_ids: HashSet<u16>,
+    next_id: u16,
+    /// Deliveries waiting for room in the window.
+    pending: VecDeque<Delivery>,
+    qos2_in: HashSet<u16>,
+    batch: Vec<Arc<Message>>,
+    rate_tokens: f64,
+    rate_at: Instant,
+}
+
+impl Conn {
+    fn v5(&self) -> bool {
+        self.protocol == Protocol::V5
+    }
+
+    /// Resend what a resumed session had in flight, then its queue.
+    fn resume<S>(&mut self, io: &mut Io<S>, carry: Carry) {
+        self.qos2_in.extend(carry.qos2_in);
+        for inf in carry.inflight {
+            self.inflight_ids.insert(inf.packet_id);
+            if inf.released {
+                let rel = Ack {
+                    packet_id: inf.packet_id,
+                    ..Ack::default()
+                };
+                let _ = encode(&Packet::PubRel(rel), self.protocol, &mut io.wbuf);
+            } else {
+                let p = self.publish_packet(&inf.delivery, inf.packet_id, true);
+                let _ = encode(&Packet::Publish(p), self.protocol, &mut io.wbuf);
+            }
+            self.inflight.push_back(inf);
+        }
+        self.pending.extend(carry.queued);
+        self.drain_pending(io);
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> End {
+        let mut deliveries = Vec::with_capacity(64);
+        let mut last_read = Instant::now();
+        let kill = self.kill.clone();
+        let mut rx = match self.rx.take() {
+            Some(rx) => rx,
+            None => return End::Closed,
+        };
+        let end = loop {
+            if let Err(e) = self.flush_all(io).await {
+                debug!(peer = %self.peer, "write failed: {e}");
+                break End::Closed;
+            }
+            let room = self.pending.is_empty() && self.inflight.len() < self.window;
+            let ka = self.keep_alive;
+            tokio::select! {
+                biased;
+                r = kill.wait() => break End::Killed(r),
+                r = io.stream.read_buf(&mut io.rbuf) => {
+                    match r {
+                        Ok(0) | Err(_) => break End::Closed,
+                        Ok(n) => {
+                            add(&self.ctx.stats.bytes_received, n as u64);
+                            last_read = Instant::now();
+                            if let Some(end) = self.on_read(io).await {
+                                break end;
+                            }
+                        }
+                    }
+                }
+                n = rx.recv_many(&mut deliveries, 64), if room => {
+                    if n == 0 {
+                        break End::Closed;
+                    }
+                    for Outgoing::Deliver(d) in deliveries.drain(..) {
+                        self.send_delivery(io, d);
+                    }
+                }
+                _ = tokio::time::sleep_until((last_read + ka).into()), if !ka.is_zero() => {
+                    break End::Error(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                }
+            }
+        };
+        self.rx = Some(rx);
+        end
+    }
+
+    async fn flush_all<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> std::io::Result<()> {
+        if io.wbuf.is_empty() {
+            return Ok(());
+        }
+        let kill = self.kill.clone();
+        tokio::select! {
+            r = io.flush() => r,
+            _ = kill.wait() => {
+                // Re-arm so the main loop sees it too.
+                self.kill.rearm();
+                Err(std::io::Error::other("killed while writing"))
+            }
+        }
+    }
+
+    /// Decode and handle every complete packet in the read buffer.
+    async fn on_read<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> Option<End> {
+        let max = self.ctx.cfg.max_packet_size as usize;
+        loop {
+            let packet = match decode(&mut io.rbuf, self.protocol, max) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    self.flush_batch().await;
+                    inc(&self.ctx.stats.protocol_errors);
+                    info!(peer = %self.peer, client_id = %self.identity.client_id, error = %e, "bad packet; closing");
+                    return Some(End::Error(e.reason_code(), "bad packet"));
+                }
+            };
+            let end = match packet {
+                Packet::Publish(p) => self.on_publish(io, p).await,
+                other => {
+                    self.flush_batch().await;
+                    self.on_control(io, other).await
+                }
+            };
+            if end.is_some() {
+                self.flush_batch().await;
+                return end;
+            }
+        }
+        self.flush_batch().await;
+        if io.rbuf.capacity() > 4 << 20 && io.rbuf.is_empty() {
+            io.rbuf = BytesMut::with_capacity(4096);
+        }
+        None
+    }
+
+    async fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let _ = self.ctx.router.send(Event::Publish(batch)).await;
+    }
+
+    async fn on_publish<S>(&mut self, io: &mut Io<S>, mut p: Publish) -> Option<End> {
+        inc(&self.ctx.stats.messages_received);
+        if self.v5() {
+            if let Some(alias) = p.properties.topic_alias.take() {
+                if alias == 0 || alias > self.ctx.cfg.max_topic_alias {
+                    return Some(End::Error(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+                }
+                if p.topic.is_empty() {
+                    match self.aliases_in.get(&alias) {
+                        Some(t) => p.topic = t.to_string(),
+                        None => return Some(End::Error(reason::PROTOCOL_ERROR, "unknown topic alias")),
+                    }
+                } else {
+                    self.aliases_in.insert(alias, Arc::from(p.topic.as_str()));
+                }
+            }
+        }
+        if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {
+            return Some(End::Error(reason::TOPIC_NAME_INVALID, "invalid topic name"));
+        }
+        if self.ctx.cfg.max_publish_rate > 0 {
+            self.throttle().await;
+        }
+        let allowed = self.ctx.auth.may_publish(&self.identity, &p.topic);
+        if !allowed {
+            inc(&self.ctx.stats.denied_publish);
+            debug!(client_id = %self.identity.client_id, topic = %p.topic, "publish denied by ACL");
+        }
+        let code = if allowed || !self.v5() {
+            reason::SUCCESS
+        } else {
+            reason::NOT_AUTHORIZED
+        };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let ack = Ack {
+                    packet_id: p.packet_id,
+                    reason_code: code,
+                    properties: Properties::default(),
+                };
+                let _ = encode(&Packet::PubAck(ack), self.protocol, &mut io.wbuf);
+            }
+            QoS::ExactlyOnce => {
+                let dup = self.qos2_in.contains(&p.packet_id);
+                if !dup && self.qos2_in.len() >= self.ctx.cfg.max_inflight.max(1) as usize {
+                    return Some(End::Error(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+                }
+                if code == reason::SUCCESS {
+                    self.qos2_in.insert(p.packet_id);
+                }
+                let ack = Ack {
+                    packet_id: p.packet_id,
+                    reason_code: code,
+                    properties: Properties::default(),
+                };
+                let _ = encode(&Packet::PubRec(ack), self.protocol, &mut io.wbuf);
+                if dup {
+                    // Exactly once: a resent QoS 2 PUBLISH is not routed again.
+                    return None;
+                }
+            }
+        }
+        if !allowed {
+            return None;
+        }
+        let now = Instant::now();
+        let mut props = p.properties;
+        props.subscription_identifiers.clear();
+        let expires = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(s as u64));
+        self.batch.push(Arc::new(Message {
+            topic: Arc::from(p.topic),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: props,
+            origin: self.identity.client_id.clone(),
+            received: now,
+            expires,
+        }));
+        if self.batch.len() >= 64 {
+            self.flush_batch().await;
+        }
+        None
+    }
+
+    async fn throttle(&mut self) {
+        let rate = self.ctx.cfg.max_publish_rate as f64;
+        let now = Instant::now();
+        self.rate_tokens = (self.rate_tokens + now.duration_since(self.rate_at).as_secs_f64() * rate).min(rate);
+        self.rate_at = now;
+        self.rate_tokens -= 1.0;
+        if self.rate_tokens < 0.0 {
+            self.flush_batch().await;
+            tokio::time::sleep(Duration::from_secs_f64(-self.rate_tokens / rate)).await;
+        }
+    }
+
+    async fn on_control<S>(&mut self, io: &mut Io<S>, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::PubAck(a) => {
+                self.complete(a.packet_id, false);
+                self.drain_pending(io);
+            }
+            Packet::PubRec(a) => {
+                if a.reason_code >= 0x80 {
+                    self.complete(a.packet_id, false);
+                    self.drain_pending(io);
+                } else if let Some(inf) = self.inflight.iter_mut().find(|i| i.packet_id == a.packet_id) {
+                    inf.released = true;
+                    let rel = Ack {
+                        packet_id: a.packet_id,
+                        ..Ack::default()
+                    };
+                    let _ = encode(&Packet::PubRel(rel), self.protocol, &mut io.wbuf);
+                } else {
+                    let rel = Ack {
+                        packet_id: a.packet_id,
+                        reason_code: reason::PACKET_IDENTIFIER_NOT_FOUND,
+                        properties: Properties::default(),
+                    };
+                    let _ = encode(&Packet::PubRel(rel), self.protocol, &mut io.wbuf);
+                }
+            }
+            Packet::PubComp(a) => {
+                self.complete(a.packet_id, true);
+                self.drain_pending(io);
+            }
+            Packet::PubRel(a) => {
+                let found = self.qos2_in.remove(&a.packet_id);
+                let comp = Ack {
+                    packet_id: a.packet_id,
+                    reason_code: if found {
+                        reason::SUCCESS
+                    } else {
+                        reason::PACKET_IDENTIFIER_NOT_FOUND
+                    },
+                    properties: Properties::default(),
+                };
+                let _ = encode(&Packet::PubComp(comp), self.protocol, &mut io.wbuf);
+            }
+            Packet::Subscribe(s) => return self.on_subscribe(io, s).await,
+            Packet::Unsubscribe(u) => return self.on_unsubscribe(io, u).await,
+            Packet::PingReq => {
+                let _ = encode(&Packet::PingResp, self.protocol, &mut io.wbuf);
+            }
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.expiry_was_zero && e != 0 {
+                        return Some(End::Error(reason::PROTOCOL_ERROR, "session expiry set after 0"));
+                    }
+                    let max = self.ctx.cfg.max_session_expiry.get();
+                    self.expiry = Duration::from_secs(e as u64).min(max);
+                }
+                return Some(End::Disconnect {
+                    with_will: d.reason_code == reason::DISCONNECT_WITH_WILL,
+                });
+            }
+            Packet::Auth(_) => {
+                return Some(End::Error(reason::PROTOCOL_ERROR, "AUTH without an authentication method"));
+            }
+            Packet::Connect(_) => return Some(End::Error(reason::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp | Packet::Publish(_) => {
+                return Some(End::Error(reason::PROTOCOL_ERROR, "packet a client must not send"));
+            }
+        }
+        None
+    }
+
+    fn complete(&mut self, packet_id: u16, qos2_done: bool) {
+        if let Some(pos) = self.inflight.iter().position(|i| i.packet_id == packet_id) {
+            let inf = &self.inflight[pos];
+            // PUBACK ends QoS 1; PUBCOMP ends a released QoS 2.
+            if qos2_done == inf.released || inf.delivery.qos == QoS::AtLeastOnce {
+                self.inflight.remove(pos);
+                self.inflight_ids.remove(&packet_id);
+            }
+        }
+    }
+
+    async fn on_subscribe<S>(&mut self, io: &mut Io<S>, s: Subscribe) -> Option<End> {
+        let id = s.properties.subscription_identifiers.first().copied();
+        let v5 = self.v5();
+        let filters = s
+            .filters
+            .into_iter()
+            .map(|f| {
+                let valid = match topic::parse_shared(&f.filter) {
+                    Some(_) => topic::valid_shared(&f.filter),
+                    None => !f.filter.starts_with("$share/") && topic::valid_topic_filter(&f.filter),
+                };
+                let shared_no_local = v5 && f.options.no_local && topic::parse_shared(&f.filter).is_some();
+                let refused = if !valid {
+                    Some(reason::TOPIC_FILTER_INVALID)
+                } else if shared_no_local {
+                    Some(reason::PROTOCOL_ERROR)
+                } else if !self.ctx.auth.may_subscribe(&self.identity, crate::router::split_shared(&f.filter).1) {
+                    inc(&self.ctx.stats.denied_subscribe);
+                    Some(reason::NOT_AUTHORIZED)
+                } else {
+                    None
+                };
+                let mut options = f.options;
+                if !v5 {
+                    options.no_local = false;
+                    options.retain_as_published = false;
+                    options.retain_handling = 0;
+                }
+                SubReq {
+                    filter: f.filter,
+                    options,
+                    id,
+                    refused,
+                }
+            })
+            .collect();
+        let (tx, rx) = oneshot::channel();
+        let ev = Event::Subscribe {
+            key: self.key,
+            filters,
+            reply: tx,
+        };
+        if self.ctx.router.send(ev).await.is_err() {
+            return Some(End::Error(reason::SERVER_SHUTTING_DOWN, "router gone"));
+        }
+        let Ok((codes, retained)) = rx.await else {
+            return Some(End::Error(reason::SERVER_SHUTTING_DOWN, "router gone"));
+        };
+        let ack = SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        };
+        let _ = encode(&Packet::SubAck(ack), self.protocol, &mut io.wbuf);
+        for d in retained {
+            self.send_delivery(io, d);
+        }
+        None
+    }
+
+    async fn on_unsubscribe<S>(&mut self, io: &mut Io<S>, u: Unsubscribe) -> Option<End> {
+        let (tx, rx) = oneshot::channel();
+        let ev = Event::Unsubscribe {
+            key: self.key,
+            filters: u.filters,
+            reply: tx,
+        };
+        if self.ctx.router.send(ev).await.is_err() {
+            return Some(End::Error(reason::SERVER_SHUTTING_DOWN, "router gone"));
+        }
+        let Ok(codes) = rx.await else {
+            return Some(End::Error(reason::SERVER_SHUTTING_DOWN, "router gone"));
+        };
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        };
+        let _ = encode(&Packet::UnsubAck(ack), self.protocol, &mut io.wbuf);
+        None
+    }
+
+    fn drain_pending<S>(&mut self, io: &mut Io<S>) {
+        while self.inflight.len() < self.window {
+            let Some(d) = self.pending.pop_front() else {
+                break;
+            };
+            self.send_delivery(io, d);
+        }
+    }
+
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_id;
+            self.next_id = if self.next_id == u16::MAX { 1 } else { self.next_id + 1 };
+            if !self.inflight_ids.contains(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Encode one delivery into the write buffer, or queue it if the
+    /// window is full.
+    fn send_delivery<S>(&mut self, io: &mut Io<S>, d: Delivery) {
+        if d.msg.expired(Instant::now()) {
+            inc(&self.ctx.stats.dropped_expired);
+            return;
+        }
+        if d.qos != QoS::AtMostOnce && self.inflight.len() >= self.window {
+            if self.pending.len() >= self.ctx.cfg.max_queued_messages {
+                inc(&self.ctx.stats.dropped_queue_full);
+            } else {
+                self.pending.push_back(d);
+            }
+            return;
+        }
+        let packet_id = if d.qos == QoS::AtMostOnce { 0 } else { self.next_packet_id() };
+        let mut p = self.publish_packet(&d, packet_id, false);
+        if self.client_max_packet != usize::MAX {
+            let packet = Packet::Publish(p);
+            if encoded_len(&packet, self.protocol) > self.client_max_packet {
+                inc(&self.ctx.stats.dropped_too_large);
+                return;
+            }
+            let Packet::Publish(back) = packet else { return };
+            p = back;
+        }
+        if self.client_alias_max > 0 {
+            self.apply_alias(&mut p);
+        }
+        if encode(&Packet::Publish(p), self.protocol, &mut io.wbuf).is_err() {
+            inc(&self.ctx.stats.dropped_too_large);
+            return;
+        }
+        inc(&self.ctx.stats.messages_sent);
+        if d.qos != QoS::AtMostOnce {
+            self.inflight_ids.insert(packet_id);
+            self.inflight.push_back(InflightOut {
+                packet_id,
+                delivery: d,
+                released: false,
+            });
+        }
+    }
+
+    fn apply_alias(&mut self, p: &mut Publish) {
+        if let Some(&a) = self.aliases_out.get(p.topic.as_str()) {
+            p.properties.topic_alias = Some(a);
+            p.topic.clear();
+        } else if (self.aliases_out.len() as u16) < self.client_alias_max {
+            let a = self.aliases_out.len() as u16 + 1;
+            self.aliases_out.insert(Arc::from(p.topic.as_str()), a);
+            p.properties.topic_alias = Some(a);
+        }
+    }
+
+    fn publish_packet(&self, d: &Delivery, packet_id: u16, dup: bool) -> Publish {
+        let msg = &d.msg;
+        let properties = if self.v5() {
+            let mut props = msg.properties.clone();
+            if let Some(e) = msg.expires {
+                let left = e.saturating_duration_since(Instant::now()).as_secs().max(1);
+                props.message_expiry_interval = Some(left.min(u32::MAX as u64) as u32);
+            }
+            props.subscription_identifiers = d.sub_ids.clone();
+            props
+        } else {
+            Properties::default()
+        };
+        Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: msg.topic.to_string(),
+            packet_id,
+            properties,
+            payload: msg.payload.clone(),
+        }
+    }
+
+    /// Send the closing DISCONNECT if any, hand state back to the router.
+    async fn finish<S: AsyncRead + AsyncWrite + Unpin>(mut self, io: &mut Io<S>, end: End) {
+        let (will, code) = match &end {
+            End::Disconnect { with_will } => (*with_will, None),
+            End::Closed => (true, None),
+            End::Error(code, why) => {
+                debug!(peer = %self.peer, client_id = %self.identity.client_id, why, "closing connection");
+                (true, Some(*code))
+            }
+            End::Killed(code) => (true, Some(*code)),
+        };
+        if let (Some(code), true) = (code, self.v5()) {
+            let d = Disconnect {
+                reason_code: code,
+                properties: Properties::default(),
+            };
+            let _ = encode(&Packet::Disconnect(d), self.protocol, &mut io.wbuf);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = io.flush().await;
+            let _ = io.stream.shutdown().await;
+        })
+        .await;
+        let mut queued = std::mem::take(&mut self.pending);
+        // Unsent QoS 0 deliveries die with the connection.
+        queued.retain(|d| d.qos != QoS::AtMostOnce);
+        let carry = Carry {
+            inflight: self.inflight.drain(..).collect(),
+            qos2_in: self.qos2_in.drain().collect(),
+            queued,
+            rx: self.rx.take(),
+        };
+        let will = if will { self.will.take() } else { None };
+        let ev = Event::Disconnected {
+            key: self.key,
+            conn_id: self.conn_id,
+            carry,
+            will,
+            expiry: self.expiry,
+        };
+        let _ = self.ctx.router.send(ev).await;
+        debug!(peer = %self.peer, client_id = %self.identity.client_id, ?end, "disconnected");
+    }
+}

@@ -1,0 +1,213 @@
+//! The edge node's MQTT 3.1.1/5.0 broker.
+//!
+//! Design: one router task owns every session, the subscription trie and the
+//! retained store ([`router`]); each client connection is a task of its own
+//! ([`connection`]) that decodes packets, batches publishes to the router and
+//! writes deliveries. The router never waits on a consumer: each connection
+//! and in-process subscriber has a bounded queue, and a full queue drops and
+//! counts. The rest of the node (rules, drivers, bridge) attaches through
+//! [`BrokerHandle`] without a socket and receives the same `Arc<Message>` the
+//! socket subscribers get.
+//!
+//! Rejected alternative: shared, locked subscription maps read by every
+//! connection task. It saves one channel hop, but spreads session state over
+//! many owners and makes takeover, persistent sessions and wills racy.
+
+pub mod auth;
+pub mod config;
+mod connection;
+pub mod duration;
+pub mod error;
+pub mod listener;
+pub mod message;
+mod router;
+pub mod stats;
+mod subs;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use verge_mqtt::topic;
+
+pub use auth::{Authenticator, Registry};
+pub use config::BrokerConfig;
+pub use error::BrokerError;
+pub use listener::{BoundListener, Transport, bind_all};
+pub use message::Message;
+pub use stats::Stats;
+
+use connection::Ctx;
+use router::{Event, Router, RouterConfig};
+
+/// A running broker.
+pub struct Broker {
+    handle: BrokerHandle,
+    ctx: Arc<Ctx>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Broker {
+    /// Start the router on the current tokio runtime.
+    pub fn start(config: BrokerConfig, auth: Authenticator) -> Broker {
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::channel(4096);
+        let router = Router::new(
+            RouterConfig {
+                max_queued: config.max_queued_messages,
+                max_retained: config.max_retained,
+                sys_interval: config.sys_interval.get(),
+            },
+            stats.clone(),
+        );
+        let mut tasks = JoinSet::new();
+        tasks.spawn(router.run(rx));
+        let ctx = Arc::new(Ctx {
+            cfg: config,
+            auth,
+            router: tx.clone(),
+            stats: stats.clone(),
+            next_conn: AtomicU64::new(1),
+        });
+        let (shutdown, _) = watch::channel(false);
+        Broker {
+            handle: BrokerHandle { tx, stats },
+            ctx,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Build the authenticator the config asks for (registry file or empty).
+    pub fn authenticator(config: &BrokerConfig) -> Result<Authenticator, BrokerError> {
+        match &config.devices_file {
+            Some(path) => Authenticator::load(path, config.allow_anonymous, config.acl_default),
+            None => Authenticator::new(Registry::default(), config.allow_anonymous, config.acl_default),
+        }
+    }
+
+    /// Serve clients on an already-bound listener.
+    pub fn serve(&mut self, listener: BoundListener) {
+        let ctx = self.ctx.clone();
+        let rx = self.shutdown.subscribe();
+        self.tasks.spawn(listener::accept_loop(listener, ctx, rx));
+    }
+
+    /// The in-process API.
+    pub fn handle(&self) -> BrokerHandle {
+        self.handle.clone()
+    }
+
+    /// Stop accepting, disconnect every client (5.0: reason "server shutting
+    /// down") and stop the router.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let (done, wait) = oneshot::channel();
+        if self.handle.tx.send(Event::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        // Give connections a moment to send their DISCONNECT.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        self.tasks.shutdown().await;
+    }
+}
+
+/// The broker's in-process publish/subscribe API. Cheap to clone.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    tx: mpsc::Sender<Event>,
+    stats: Arc<Stats>,
+}
+
+impl BrokerHandle {
+    /// Publish a message as if a client had (waits only if the router is
+    /// saturated).
+    pub async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
+        if !topic::valid_topic_name(&msg.topic) {
+            return Err(BrokerError::InvalidTopic(msg.topic.to_string()));
+        }
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Event::Publish(vec![Arc::new(msg)]))
+            .await
+            .map_err(|_| BrokerError::Closed)
+    }
+
+    /// Subscribe to a filter (`$share/...` allowed) with a queue of
+    /// `capacity` messages; when it is full new messages are dropped and
+    /// counted in [`LocalSubscription::dropped`].
+    pub async fn subscribe(&self, filter: &str, capacity: usize) -> Result<LocalSubscription, BrokerError> {
+        let valid = match topic::parse_shared(filter) {
+            Some(_) => topic::valid_shared(filter),
+            None => topic::valid_topic_filter(filter),
+        };
+        if !valid {
+            return Err(BrokerError::InvalidTopic(filter.to_owned()));
+        }
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (reply, key) = oneshot::channel();
+        self.tx
+            .send(Event::LocalSubscribe {
+                filter: filter.to_owned(),
+                tx,
+                dropped: dropped.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        let key = key.await.map_err(|_| BrokerError::Closed)?;
+        Ok(LocalSubscription {
+            rx,
+            key,
+            filter: filter.to_owned(),
+            dropped,
+            router: self.tx.clone(),
+        })
+    }
+
+    /// The broker's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+/// An in-process subscription; dropping it unsubscribes.
+pub struct LocalSubscription {
+    rx: mpsc::Receiver<Arc<Message>>,
+    key: u64,
+    filter: String,
+    dropped: Arc<AtomicU64>,
+    router: mpsc::Sender<Event>,
+}
+
+impl LocalSubscription {
+    /// The next message; `None` once the broker has stopped.
+    pub async fn recv(&mut self) -> Option<Arc<Message>> {
+        self.rx.recv().await
+    }
+
+    /// Messages dropped because this subscription's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for LocalSubscription {
+    fn drop(&mut self) {
+        let ev = Event::LocalUnsubscribe {
+            key: self.key,
+            filter: std::mem::take(&mut self.filter),
+        };
+        if let Err(mpsc::error::TrySendError::Full(ev)) = self.router.try_send(ev) {
+            let router = self.router.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = router.send(ev).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,653 @@
+//! The router: the single owner of sessions, subscriptions and retained
+//! messages. Connections and in-process users talk to it through [`Event`]s on
+//! one bounded channel; it answers through per-connection channels and never
+//! blocks on a slow consumer (a full queue drops and counts).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use verge_mqtt::{QoS, SubOptions, reason, topic};
+
+use crate::message::Message;
+use crate::stats::{Stats, inc};
+use crate::subs::{Hit, SubEntry, SubKey, SubTree};
+
+/// A message on its way to one session, with the QoS and flags it is sent with.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS to deliver with (min of published and granted).
+    pub qos: QoS,
+    /// Retain flag to send.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions.
+    pub sub_ids: Vec<u32>,
+}
+
+/// What the router sends down a connection's channel.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// Deliver a message.
+    Deliver(Delivery),
+}
+
+/// A signal to end a connection, with the reason to send (5.0).
+#[derive(Debug, Default)]
+pub(crate) struct Kill {
+    notify: Notify,
+    reason: AtomicU8,
+}
+
+impl Kill {
+    pub fn kill(&self, reason: u8) {
+        self.reason.store(reason, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+    /// Signal again with the reason already stored.
+    pub fn rearm(&self) {
+        self.notify.notify_one();
+    }
+    pub async fn wait(&self) -> u8 {
+        self.notify.notified().await;
+        self.reason.load(Ordering::Relaxed)
+    }
+}
+
+/// State of an outgoing QoS 1/2 message not yet fully acknowledged.
+#[derive(Debug, Clone)]
+pub(crate) struct InflightOut {
+    /// Packet identifier used.
+    pub packet_id: u16,
+    /// The delivery.
+    pub delivery: Delivery,
+    /// True once PUBREC arrived (QoS 2): PUBREL is what must be resent.
+    pub released: bool,
+}
+
+/// Session state a connection hands back to the router when it ends, and
+/// gets again when the session resumes.
+#[derive(Debug, Default)]
+pub(crate) struct Carry {
+    /// Outgoing QoS 1/2 messages awaiting acknowledgement, oldest first.
+    pub inflight: Vec<InflightOut>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub qos2_in: Vec<u16>,
+    /// Deliveries queued but not yet sent.
+    pub queued: VecDeque<Delivery>,
+    /// The connection's channel, drained by the router.
+    pub rx: Option<mpsc::Receiver<Outgoing>>,
+}
+
+/// Request to attach a connection to a session.
+#[derive(Debug)]
+pub(crate) struct ConnectReq {
+    pub client_id: Arc<str>,
+    pub clean_start: bool,
+    pub expiry: Duration,
+    pub conn_id: u64,
+    pub tx: mpsc::Sender<Outgoing>,
+    pub kill: Arc<Kill>,
+    pub reply: oneshot::Sender<ConnectReply>,
+}
+
+/// The router's answer to [`ConnectReq`].
+#[derive(Debug)]
+pub(crate) struct ConnectReply {
+    pub key: SubKey,
+    pub session_present: bool,
+    pub carry: Carry,
+}
+
+/// One filter of a SUBSCRIBE as the router sees it.
+#[derive(Debug)]
+pub(crate) struct SubReq {
+    /// Full filter, `$share/...` included.
+    pub filter: String,
+    pub options: SubOptions,
+    pub id: Option<u32>,
+    /// A failure code decided by the connection (ACL, invalid filter).
+    pub refused: Option<u8>,
+}
+
+/// Everything the router is asked to do.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Connect(ConnectReq),
+    Publish(Vec<Arc<Message>>),
+    Subscribe {
+        key: SubKey,
+        filters: Vec<SubReq>,
+        reply: oneshot::Sender<(Vec<u8>, Vec<Delivery>)>,
+    },
+    Unsubscribe {
+        key: SubKey,
+        filters: Vec<String>,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    Disconnected {
+        key: SubKey,
+        conn_id: u64,
+        carry: Carry,
+        will: Option<(Arc<Message>, Duration)>,
+        expiry: Duration,
+    },
+    LocalSubscribe {
+        filter: String,
+        tx: mpsc::Sender<Arc<Message>>,
+        dropped: Arc<AtomicU64>,
+        reply: oneshot::Sender<SubKey>,
+    },
+    LocalUnsubscribe {
+        key: SubKey,
+        filter: String,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Router limits taken from the config.
+#[derive(Debug, Clone)]
+pub(crate) struct RouterConfig {
+    pub max_queued: usize,
+    pub max_retained: usize,
+    pub sys_interval: Duration,
+}
+
+struct Link {
+    conn_id: u64,
+    tx: mpsc::Sender<Outgoing>,
+    kill: Arc<Kill>,
+}
+
+struct Session {
+    client_id: Arc<str>,
+    link: Option<Link>,
+    subs: HashMap<String, SubEntry>,
+    offline: VecDeque<Delivery>,
+    carry: Carry,
+    expires: Option<Instant>,
+    takeover: Option<ConnectReq>,
+}
+
+struct LocalSub {
+    tx: mpsc::Sender<Arc<Message>>,
+    dropped: Arc<AtomicU64>,
+}
+
+pub(crate) struct Router {
+    cfg: RouterConfig,
+    stats: Arc<Stats>,
+    sessions: HashMap<SubKey, Session>,
+    by_client: HashMap<Arc<str>, SubKey>,
+    locals: HashMap<SubKey, LocalSub>,
+    tree: SubTree,
+    retained: HashMap<Arc<str>, Arc<Message>>,
+    wills: Vec<(Instant, SubKey, Arc<Message>)>,
+    next_key: SubKey,
+    hits: Vec<Hit>,
+    last_sys: Instant,
+}
+
+impl Router {
+    pub fn new(cfg: RouterConfig, stats: Arc<Stats>) -> Router {
+        Router {
+            cfg,
+            stats,
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            locals: HashMap::new(),
+            tree: SubTree::default(),
+            retained: HashMap::new(),
+            wills: Vec::new(),
+            next_key: 1,
+            hits: Vec::new(),
+            last_sys: Instant::now(),
+        }
+    }
+
+    /// Run until the channel closes or `Shutdown` arrives.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for ev in batch.drain(..) {
+                        if let Event::Shutdown(done) = ev {
+                            self.shutdown();
+                            let _ = done.send(());
+                            return;
+                        }
+                        self.handle(ev);
+                    }
+                }
+                _ = tick.tick() => self.on_tick(Instant::now()),
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for s in self.sessions.values() {
+            if let Some(link) = &s.link {
+                link.kill.kill(reason::SERVER_SHUTTING_DOWN);
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Connect(req) => self.on_connect(req),
+            Event::Publish(msgs) => {
+                for m in msgs {
+                    self.route(m);
+                }
+            }
+            Event::Subscribe { key, filters, reply } => {
+                let r = self.on_subscribe(key, filters);
+                let _ = reply.send(r);
+            }
+            Event::Unsubscribe { key, filters, reply } => {
+                let codes = filters.iter().map(|f| self.unsubscribe(key, f)).collect();
+                let _ = reply.send(codes);
+            }
+            Event::Disconnected {
+                key,
+                conn_id,
+                carry,
+                will,
+                expiry,
+            } => self.on_disconnected(key, conn_id, carry, will, expiry),
+            Event::LocalSubscribe {
+                filter,
+                tx,
+                dropped,
+                reply,
+            } => {
+                let key = self.new_key();
+                let (group, f) = split_shared(&filter);
+                let entry = SubEntry {
+                    options: SubOptions {
+                        qos: QoS::ExactlyOnce,
+                        ..SubOptions::default()
+                    },
+                    id: None,
+                };
+                self.tree.insert(f, group, key, entry);
+                self.locals.insert(key, LocalSub { tx, dropped });
+                let _ = reply.send(key);
+            }
+            Event::LocalUnsubscribe { key, filter } => {
+                let (group, f) = split_shared(&filter);
+                self.tree.remove(f, group, key);
+                self.locals.remove(&key);
+            }
+            Event::Shutdown(_) => {}
+        }
+        self.gauges();
+    }
+
+    fn gauges(&self) {
+        self.stats.subscriptions.store(self.tree.len() as u64, Ordering::Relaxed);
+        self.stats.retained.store(self.retained.len() as u64, Ordering::Relaxed);
+        self.stats.sessions.store(self.sessions.len() as u64, Ordering::Relaxed);
+    }
+
+    fn new_key(&mut self) -> SubKey {
+        let k = self.next_key;
+        self.next_key += 1;
+        k
+    }
+
+    fn on_connect(&mut self, req: ConnectReq) {
+        let key = match self.by_client.get(&req.client_id) {
+            Some(&key) => key,
+            None => {
+                let key = self.new_key();
+                self.by_client.insert(req.client_id.clone(), key);
+                self.sessions.insert(
+                    key,
+                    Session {
+                        client_id: req.client_id.clone(),
+                        link: None,
+                        subs: HashMap::new(),
+                        offline: VecDeque::new(),
+                        carry: Carry::default(),
+                        expires: None,
+                        takeover: None,
+                    },
+                );
+                self.complete_connect(key, req, false);
+                return;
+            }
+        };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        if let Some(link) = &s.link {
+            // Session takeover: the old connection hands its state back first.
+            link.kill.kill(reason::SESSION_TAKEN_OVER);
+            if let Some(old) = s.takeover.replace(req) {
+                // A third connection raced in: the one waiting loses.
+                drop(old);
+            }
+            return;
+        }
+        self.complete_connect(key, req, true);
+    }
+
+    fn complete_connect(&mut self, key: SubKey, req: ConnectReq, existed: bool) {
+        // A new connection for this client cancels a pending (delayed) will.
+        self.wills.retain(|(_, k, _)| *k != key);
+        if req.clean_start && existed {
+            self.clear_session(key);
+        }
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let session_present = existed && !req.clean_start;
+        let mut carry = std::mem::take(&mut s.carry);
+        carry.queued.extend(s.offline.drain(..));
+        s.expires = None;
+        s.link = Some(Link {
+            conn_id: req.conn_id,
+            tx: req.tx,
+            kill: req.kill,
+        });
+        let reply = ConnectReply {
+            key,
+            session_present,
+            carry,
+        };
+        if let Err(reply) = req.reply.send(reply) {
+            // The connection went away while waiting: keep its state.
+            s.link = None;
+            s.carry = reply.carry;
+            s.expires = Some(Instant::now() + req.expiry);
+            if req.expiry.is_zero() {
+                self.remove_session(key);
+            }
+        }
+    }
+
+    fn clear_session(&mut self, key: SubKey) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let subs = std::mem::take(&mut s.subs);
+        s.offline.clear();
+        s.carry = Carry::default();
+        for filter in subs.keys() {
+            let (group, f) = split_shared(filter);
+            self.tree.remove(f, group, key);
+        }
+    }
+
+    fn remove_session(&mut self, key: SubKey) {
+        self.clear_session(key);
+        if let Some(s) = self.sessions.remove(&key) {
+            self.by_client.remove(&s.client_id);
+        }
+        // A delayed will is published when the session ends.
+        let mut due = Vec::new();
+        self.wills.retain(|(_, k, m)| {
+            if *k == key {
+                due.push(m.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for m in due {
+            self.route(m);
+        }
+    }
+
+    fn on_disconnected(
+        &mut self,
+        key: SubKey,
+        conn_id: u64,
+        mut carry: Carry,
+        will: Option<(Arc<Message>, Duration)>,
+        expiry: Duration,
+    ) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        if s.link.as_ref().map(|l| l.conn_id) != Some(conn_id) {
+            return;
+        }
+        s.link = None;
+        if let Some(mut rx) = carry.rx.take() {
+            rx.close();
+            while let Ok(Outgoing::Deliver(d)) = rx.try_recv() {
+                carry.queued.push_back(d);
+            }
+        }
+        s.carry = carry;
+        let takeover = s.takeover.take();
+        if let Some((msg, delay)) = will {
+            if delay.is_zero() || expiry.is_zero() {
+                self.route(msg);
+            } else {
+                self.wills.push((Instant::now() + delay.min(expiry), key, msg));
+            }
+        }
+        if let Some(req) = takeover {
+            self.complete_connect(key, req, true);
+            return;
+        }
+        if expiry.is_zero() {
+            self.remove_session(key);
+        } else if let Some(s) = self.sessions.get_mut(&key) {
+            s.expires = Some(Instant::now() + expiry);
+        }
+    }
+
+    fn on_subscribe(&mut self, key: SubKey, filters: Vec<SubReq>) -> (Vec<u8>, Vec<Delivery>) {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for req in filters {
+            if let Some(code) = req.refused {
+                codes.push(code);
+                continue;
+            }
+            let (group, f) = split_shared(&req.filter);
+            let entry = SubEntry {
+                options: req.options,
+                id: req.id,
+            };
+            let existed = self.tree.insert(f, group, key, entry);
+            if let Some(s) = self.sessions.get_mut(&key) {
+                s.subs.insert(req.filter.clone(), entry);
+            }
+            codes.push(req.options.qos as u8);
+            let rh = req.options.retain_handling;
+            if group.is_none() && (rh == 0 || (rh == 1 && !existed)) {
+                let now = Instant::now();
+                for (t, m) in &self.retained {
+                    if topic::matches(f, t) && !m.expired(now) {
+                        retained.push(Delivery {
+                            msg: m.clone(),
+                            qos: m.qos.min(req.options.qos),
+                            retain: true,
+                            sub_ids: req.id.into_iter().collect(),
+                        });
+                    }
+                }
+            }
+        }
+        (codes, retained)
+    }
+
+    fn unsubscribe(&mut self, key: SubKey, filter: &str) -> u8 {
+        let (group, f) = split_shared(filter);
+        let removed = self.tree.remove(f, group, key);
+        if let Some(s) = self.sessions.get_mut(&key) {
+            s.subs.remove(filter);
+        }
+        if removed {
+            reason::SUCCESS
+        } else {
+            reason::NO_SUBSCRIPTION_EXISTED
+        }
+    }
+
+    /// Route one message to every matching subscriber.
+    pub fn route(&mut self, msg: Arc<Message>) {
+        if msg.retain {
+            self.retain(&msg);
+        }
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.clear();
+        {
+            let sessions = &self.sessions;
+            let locals = &self.locals;
+            let online = |k: SubKey| sessions.get(&k).is_some_and(|s| s.link.is_some()) || locals.contains_key(&k);
+            self.tree.matches(&msg.topic, &online, &mut hits);
+        }
+        if hits.len() > 1 {
+            hits.sort_unstable_by_key(|h| h.key);
+        }
+        let mut i = 0;
+        while i < hits.len() {
+            let key = hits[i].key;
+            let mut qos: Option<QoS> = None;
+            let mut retain = false;
+            let mut ids = Vec::new();
+            while i < hits.len() && hits[i].key == key {
+                let h = hits[i];
+                i += 1;
+                let o = h.entry.options;
+                if o.no_local && !h.shared && self.is_origin(key, &msg.origin) {
+                    continue;
+                }
+                qos = Some(qos.map_or(o.qos, |q| q.max(o.qos)));
+                retain |= o.retain_as_published && msg.retain;
+                if let Some(id) = h.entry.id {
+                    ids.push(id);
+                }
+            }
+            if let Some(q) = qos {
+                self.deliver(
+                    key,
+                    Delivery {
+                        qos: msg.qos.min(q),
+                        msg: msg.clone(),
+                        retain,
+                        sub_ids: ids,
+                    },
+                );
+            }
+        }
+        self.hits = hits;
+    }
+
+    fn is_origin(&self, key: SubKey, origin: &str) -> bool {
+        self.sessions.get(&key).is_some_and(|s| &*s.client_id == origin)
+    }
+
+    fn retain(&mut self, msg: &Arc<Message>) {
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+            return;
+        }
+        if self.retained.len() >= self.cfg.max_retained && !self.retained.contains_key(&msg.topic) {
+            inc(&self.stats.dropped_retained_full);
+            return;
+        }
+        self.retained.insert(msg.topic.clone(), msg.clone());
+    }
+
+    fn deliver(&mut self, key: SubKey, d: Delivery) {
+        if let Some(s) = self.sessions.get_mut(&key) {
+            match &s.link {
+                Some(link) => match link.tx.try_send(Outgoing::Deliver(d)) {
+                    Ok(()) => {}
+                    Err(_) => inc(&self.stats.dropped_queue_full),
+                },
+                None if d.qos == QoS::AtMostOnce => inc(&self.stats.dropped_offline_qos0),
+                None if s.offline.len() + s.carry.queued.len() >= self.cfg.max_queued => {
+                    inc(&self.stats.dropped_queue_full)
+                }
+                None => s.offline.push_back(d),
+            }
+        } else if let Some(l) = self.locals.get(&key) {
+            match l.tx.try_send(d.msg) {
+                Ok(()) => inc(&self.stats.messages_sent),
+                Err(_) => {
+                    l.dropped.fetch_add(1, Ordering::Relaxed);
+                    inc(&self.stats.dropped_queue_full);
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let expired: Vec<SubKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.link.is_none() && s.expires.is_some_and(|e| e <= now))
+            .map(|(&k, _)| k)
+            .collect();
+        for k in expired {
+            self.remove_session(k);
+        }
+        let mut due = Vec::new();
+        self.wills.retain(|(at, _, m)| {
+            if *at <= now {
+                due.push(m.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for m in due {
+            self.route(m);
+        }
+        self.retained.retain(|_, m| !m.expired(now));
+        if !self.cfg.sys_interval.is_zero() && now.duration_since(self.last_sys) >= self.cfg.sys_interval {
+            self.last_sys = now;
+            self.publish_sys();
+        }
+        self.gauges();
+    }
+
+    fn publish_sys(&mut self) {
+        let snap = self.stats.snapshot();
+        let mut out = vec![("$SYS/broker/version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
+        for (name, v) in snap {
+            let topic = match name {
+                "uptime_seconds" => "$SYS/broker/uptime".to_string(),
+                "clients_connected" => "$SYS/broker/clients/connected".to_string(),
+                "messages_received" => "$SYS/broker/messages/received".to_string(),
+                "messages_sent" => "$SYS/broker/messages/sent".to_string(),
+                "bytes_received" => "$SYS/broker/bytes/received".to_string(),
+                "bytes_sent" => "$SYS/broker/bytes/sent".to_string(),
+                "subscriptions" => "$SYS/broker/subscriptions/count".to_string(),
+                "retained" => "$SYS/broker/retained messages/count".to_string(),
+                other => format!("$SYS/broker/stats/{other}"),
+            };
+            out.push((topic, v.to_string()));
+        }
+        for (topic, value) in out {
+            let mut m = Message::local(topic, value, QoS::AtMostOnce, true);
+            m.origin = Arc::from("$SYS");
+            self.route(Arc::new(m));
+        }
+    }
+}
+
+/// Split `$share/{group}/{filter}` into its group and filter.
+pub(crate) fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match topic::parse_shared(filter) {
+        Some((g, f)) => (Some(g), f),
+        None => (None, filter),
+    }
+}

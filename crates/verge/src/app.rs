@@ -1,0 +1,124 @@
+//! Dispatch of the subcommands: resolve the config layers, set up logging,
+//! and call the command's module.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, DeviceCommand};
+use crate::config::{self, Layers, NodeConfig};
+use crate::node::Mode;
+
+/// Run one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let log = cli.log.as_deref();
+    match cli.command {
+        Command::Up(run) => {
+            let cfg = load_node(Some(config::DEMO_TOML), None, &run.set, log)?;
+            init_logging(log, &cfg.log.level)?;
+            crate::node::run(cfg, Mode::Demo)
+        }
+        Command::Node(n) => {
+            let cfg = load_node(None, n.config.as_deref(), &n.run.set, log)?;
+            init_logging(log, &cfg.log.level)?;
+            crate::node::run(cfg, Mode::Node)
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let cfg = load_node(None, Some(&file), &[], None)?;
+            check(&cfg).with_context(|| format!("invalid config ({})", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Device(d) => {
+            init_logging(log, "warn")?;
+            match d {
+                DeviceCommand::Add {
+                    registry,
+                    username,
+                    password,
+                    client_id,
+                } => crate::device::add(&registry, &username, password, client_id),
+                DeviceCommand::HashPassword { password } => crate::device::hash(password),
+            }
+        }
+        Command::Bench(b) => {
+            init_logging(log, "warn")?;
+            match b {
+                BenchCommand::Broker(args) => crate::bench::broker::run(&args),
+                BenchCommand::Connections(args) => crate::bench::connections::run(&args),
+            }
+        }
+    }
+}
+
+/// Defaults → `base` → `file` → `VERGE__*` → `--set` / `--log`.
+fn load_node(
+    base: Option<&str>,
+    file: Option<&Path>,
+    set: &[(String, String)],
+    log: Option<&str>,
+) -> anyhow::Result<NodeConfig> {
+    let mut flags: Vec<(String, String, &'static str)> = set
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone(), "--set"))
+        .collect();
+    if let Some(level) = log {
+        flags.push(("log.level".into(), level.into(), "--log"));
+    }
+    let layers = Layers {
+        base,
+        file,
+        env: config::load::process_env()?,
+        flags,
+    };
+    let what = match file {
+        Some(f) => format!("invalid config ({})", f.display()),
+        None => "invalid config".to_owned(),
+    };
+    config::load(&layers).context(what)
+}
+
+/// Checks beyond the types that need no network: the device registry and
+/// the TLS material of enabled listeners load.
+fn check(cfg: &NodeConfig) -> anyhow::Result<()> {
+    verge_broker::Broker::authenticator(&cfg.broker).context("broker")?;
+    let ls = &cfg.broker.listeners;
+    if ls.tls.enabled {
+        verge_broker::listener::server_tls(&ls.tls.tls, "broker.listeners.tls")?;
+    }
+    if ls.wss.enabled {
+        verge_broker::listener::server_tls(&ls.wss.tls, "broker.listeners.wss")?;
+    }
+    Ok(())
+}
+
+/// Logging to stderr. Precedence: `--log`, then RUST_LOG, then `fallback`
+/// (the config's `log.level`).
+fn init_logging(flag: Option<&str>, fallback: &str) -> anyhow::Result<()> {
+    let filter = match (
+        flag,
+        std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()),
+    ) {
+        (Some(f), _) => EnvFilter::builder()
+            .parse(f)
+            .with_context(|| format!("--log `{f}`"))?,
+        (None, Some(env)) => EnvFilter::builder()
+            .parse(&env)
+            .with_context(|| format!("RUST_LOG `{env}`"))?,
+        (None, None) => EnvFilter::builder()
+            .parse(fallback)
+            .with_context(|| format!("log.level `{fallback}`"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
+}

@@ -1,0 +1,214 @@
+//! `verge bench`: load generators that measure a broker (Verge or any other
+//! MQTT broker) from the outside, over TCP, with our own codec.
+//!
+//! - [`broker`]: publish/subscribe throughput and end-to-end latency.
+//! - [`connections`]: broker memory per idle connection.
+
+pub mod broker;
+mod client;
+pub mod connections;
+mod histogram;
+mod pubsub;
+mod report;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use verge_broker::{Broker, BrokerConfig};
+use verge_mqtt::Protocol;
+
+/// Where the broker under test is.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Host of an already running broker.
+    #[arg(long, default_value = "127.0.0.1", conflicts_with = "spawn")]
+    pub host: String,
+    /// Port of an already running broker [default: 1883].
+    #[arg(long, conflicts_with = "spawn")]
+    pub port: Option<u16>,
+    /// Start a broker for the run instead (on 127.0.0.1, a free port,
+    /// anonymous clients allowed, no $SYS).
+    #[arg(long, value_enum)]
+    pub spawn: Option<SpawnKind>,
+}
+
+impl Target {
+    /// The external broker's address.
+    pub fn external_addr(&self) -> anyhow::Result<SocketAddr> {
+        let port = self.port.unwrap_or(1883);
+        (self.host.as_str(), port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {}:{port}", self.host))?
+            .next()
+            .with_context(|| format!("{}:{port} resolves to no address", self.host))
+    }
+}
+
+/// Brokers the bench can start by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpawnKind {
+    /// Verge itself.
+    Verge,
+}
+
+/// MQTT protocol version of the bench clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    /// MQTT 3.1.1.
+    #[value(name = "3")]
+    V3,
+    /// MQTT 5.0.
+    #[value(name = "5")]
+    V5,
+}
+
+impl ProtocolArg {
+    /// The codec's protocol.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            ProtocolArg::V3 => Protocol::V311,
+            ProtocolArg::V5 => Protocol::V5,
+        }
+    }
+
+    /// For reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProtocolArg::V3 => "3.1.1",
+            ProtocolArg::V5 => "5.0",
+        }
+    }
+}
+
+/// The broker config a spawned Verge runs with: defaults, plain TCP on
+/// 127.0.0.1 only, anonymous clients, no `$SYS` traffic.
+pub fn spawned_config(port: u16) -> BrokerConfig {
+    let mut cfg = BrokerConfig {
+        allow_anonymous: true,
+        sys_interval: verge_broker::duration::HumanDuration(std::time::Duration::ZERO),
+        ..BrokerConfig::default()
+    };
+    cfg.listeners.tcp.enabled = true;
+    cfg.listeners.tcp.bind = SocketAddr::from(([127, 0, 0, 1], port));
+    cfg.listeners.ws.enabled = false;
+    cfg.listeners.tls.enabled = false;
+    cfg.listeners.wss.enabled = false;
+    cfg
+}
+
+/// A Verge broker started inside this process, on its own runtime so the
+/// load generator's tasks do not share worker threads with it.
+pub struct InProcessBroker {
+    /// Keeps the broker's worker threads alive.
+    runtime: tokio::runtime::Runtime,
+    /// The broker.
+    broker: Broker,
+    /// Where its TCP listener is.
+    pub addr: SocketAddr,
+}
+
+impl InProcessBroker {
+    /// Start on 127.0.0.1 with a free port. Call outside any runtime.
+    pub fn start() -> anyhow::Result<InProcessBroker> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("verge-broker")
+            .build()
+            .context("starting the broker's runtime")?;
+        let (broker, addr) = runtime.block_on(async {
+            let cfg = spawned_config(0);
+            let auth = Broker::authenticator(&cfg).context("broker authenticator")?;
+            let listeners = verge_broker::bind_all(&cfg.listeners)
+                .await
+                .context("binding the broker")?;
+            let mut broker = Broker::start(cfg, auth);
+            let mut addr = None;
+            for l in listeners {
+                addr = Some(l.local_addr().context("listener address")?);
+                broker.serve(l);
+            }
+            let addr = addr.context("the spawned broker has no TCP listener")?;
+            anyhow::Ok((broker, addr))
+        })?;
+        Ok(InProcessBroker {
+            runtime,
+            broker,
+            addr,
+        })
+    }
+
+    /// The broker's counters.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        self.broker.handle().stats().snapshot()
+    }
+
+    /// Shut the broker down and stop its runtime.
+    pub fn stop(self) {
+        let InProcessBroker {
+            runtime, broker, ..
+        } = self;
+        runtime.block_on(broker.shutdown());
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Make sure this process may open `needed` file descriptors: raise the soft
+/// RLIMIT_NOFILE to the hard limit, and the hard limit too when allowed.
+pub fn ensure_nofile(needed: u64) -> anyhow::Result<()> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get().context("reading RLIMIT_NOFILE")?;
+    if soft >= needed {
+        return Ok(());
+    }
+    if hard >= needed {
+        Resource::NOFILE
+            .set(hard, hard)
+            .context("raising RLIMIT_NOFILE")?;
+        return Ok(());
+    }
+    if Resource::NOFILE.set(needed, needed).is_ok() {
+        return Ok(());
+    }
+    bail!(
+        "need {needed} open files but the limit is {soft} (hard {hard}); raise it first, e.g. `ulimit -n {needed}` \
+         (as root, or after raising the hard limit in /etc/security/limits.conf)"
+    )
+}
+
+/// `12345678` → `12,345,678`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(12_345_678), "12,345,678");
+    }
+
+    #[test]
+    fn spawned_config_is_tcp_only_and_anonymous() {
+        let cfg = spawned_config(1999);
+        assert!(cfg.allow_anonymous);
+        assert!(cfg.sys_interval.get().is_zero());
+        assert_eq!(cfg.listeners.tcp.bind.port(), 1999);
+        assert!(
+            !cfg.listeners.ws.enabled && !cfg.listeners.tls.enabled && !cfg.listeners.wss.enabled
+        );
+    }
+}

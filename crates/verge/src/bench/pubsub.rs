@@ -1,0 +1,335 @@
+//! The publisher and subscriber loops of `verge bench broker`.
+//!
+//! Publishers put a send timestamp (nanoseconds since the run's shared start
+//! `Instant`, 8 bytes big-endian) at the start of every payload and write
+//! batches of PUBLISH packets as fast as the broker takes them; at QoS 1 a
+//! semaphore bounds the unacknowledged ones. Subscribers read with a large
+//! buffer, decode every packet a read brought, record latencies and answer
+//! PUBACKs in one write per read, so they are not the bottleneck.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::Semaphore;
+use verge_mqtt::{Ack, Disconnect, Packet, Properties, Protocol, Publish, QoS, decode, encode};
+
+use super::client::{Client, MAX_PACKET};
+use super::histogram::Histogram;
+
+/// Packets encoded per write by a publisher.
+const BATCH: usize = 64;
+/// Read buffer of a subscriber.
+const READ_BUF: usize = 256 * 1024;
+/// Poll interval of a subscriber waiting for the end of the run.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What every publisher and subscriber of one run shares.
+#[derive(Debug)]
+pub struct Plan {
+    /// Protocol of every client.
+    pub protocol: Protocol,
+    /// QoS of publishes and subscriptions.
+    pub qos: QoS,
+    /// Payload size in bytes (at least 8).
+    pub payload: usize,
+    /// Most unacknowledged QoS 1 publishes per publisher.
+    pub window: usize,
+    /// Messages per second per publisher; 0 = as fast as possible.
+    pub rate: u64,
+    /// Origin of the payload timestamps.
+    pub t0: Instant,
+    /// Measurement window, as offsets from `t0`: `[from, to)`; publishing
+    /// stops at `to`.
+    pub from: Duration,
+    /// End of the measurement window.
+    pub to: Duration,
+    /// How long to wait for outstanding acknowledgements and deliveries
+    /// after publishing stopped (subscribers: without progress).
+    pub drain: Duration,
+    /// Per-subscriber expected deliveries, `u64::MAX` while publishers run.
+    pub expected: AtomicU64,
+}
+
+impl Plan {
+    fn in_window(&self, ns: u64) -> bool {
+        (self.from.as_nanos() as u64..self.to.as_nanos() as u64).contains(&ns)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+}
+
+/// One publisher's counts.
+#[derive(Debug, Default, Clone)]
+pub struct PubResult {
+    /// PUBLISH packets written.
+    pub sent: u64,
+    /// Of those, sent inside the measurement window.
+    pub sent_in_window: u64,
+    /// QoS 1: acknowledged with success.
+    pub acked: u64,
+    /// QoS 1: acknowledged with an error reason code.
+    pub refused: u64,
+}
+
+/// One subscriber's counts and latencies.
+#[derive(Debug, Default)]
+pub struct SubResult {
+    /// PUBLISH packets received.
+    pub received: u64,
+    /// Of those, received inside the measurement window.
+    pub received_in_window: u64,
+    /// End-to-end latency (ns) of messages sent inside the window.
+    pub latency: Histogram,
+}
+
+/// Publish to `topic` until the end of the window, then wait for the
+/// outstanding acknowledgements and disconnect.
+pub async fn publisher(
+    plan: Arc<Plan>,
+    client: Client,
+    topic: String,
+) -> anyhow::Result<PubResult> {
+    let qos1 = plan.qos != QoS::AtMostOnce;
+    let (rd, mut wr) = client.stream.into_split();
+    let permits = Arc::new(Semaphore::new(plan.window));
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let reader = tokio::spawn(read_acks(
+        rd,
+        client.rbuf,
+        plan.protocol,
+        permits.clone(),
+        acked.clone(),
+        refused.clone(),
+    ));
+    let stop_at = plan.t0 + plan.to;
+    let mut res = PubResult::default();
+    let mut wbuf = BytesMut::with_capacity(BATCH * (plan.payload + topic.len() + 16));
+    let mut next_id: u16 = 0;
+    loop {
+        if Instant::now() >= stop_at || reader.is_finished() {
+            break;
+        }
+        let mut n = BATCH as u64;
+        if plan.rate > 0 {
+            let due = (plan.t0.elapsed().as_secs_f64() * plan.rate as f64) as u64;
+            if res.sent >= due {
+                let next =
+                    plan.t0 + Duration::from_secs_f64((res.sent + 1) as f64 / plan.rate as f64);
+                tokio::time::sleep_until(next.min(stop_at).into()).await;
+                continue;
+            }
+            n = n.min(due - res.sent);
+        }
+        if qos1 {
+            let permit = tokio::select! {
+                p = permits.acquire() => p.context("ack reader stopped")?,
+                _ = tokio::time::sleep_until(stop_at.into()) => break,
+            };
+            permit.forget();
+            let extra = (permits.available_permits() as u64).min(n - 1) as u32;
+            let extra = match permits.try_acquire_many(extra) {
+                Ok(p) if extra > 0 => {
+                    p.forget();
+                    extra
+                }
+                _ => 0,
+            };
+            n = 1 + extra as u64;
+        }
+        for _ in 0..n {
+            let ts = plan.now_ns();
+            let mut payload = BytesMut::with_capacity(plan.payload);
+            payload.put_u64(ts);
+            payload.put_bytes(0, plan.payload - 8);
+            let packet_id = if qos1 {
+                next_id = next_id.checked_add(1).unwrap_or(1);
+                next_id
+            } else {
+                0
+            };
+            let publish = Publish {
+                dup: false,
+                qos: plan.qos,
+                retain: false,
+                topic: topic.clone(),
+                packet_id,
+                properties: Properties::default(),
+                payload: payload.freeze(),
+            };
+            encode(&Packet::Publish(publish), plan.protocol, &mut wbuf)
+                .context("encoding PUBLISH")?;
+            if plan.in_window(ts) {
+                res.sent_in_window += 1;
+            }
+        }
+        wr.write_all(&wbuf).await.context("publishing")?;
+        wbuf.clear();
+        res.sent += n;
+        // A socket that always has room never makes this task yield; give
+        // the subscribers on the same workers their turn.
+        tokio::task::yield_now().await;
+    }
+    if qos1 {
+        let deadline = Instant::now() + plan.drain;
+        while acked.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < res.sent
+            && Instant::now() < deadline
+            && !reader.is_finished()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    res.acked = acked.load(Ordering::Relaxed);
+    res.refused = refused.load(Ordering::Relaxed);
+    if reader.is_finished() {
+        reader.await.context("ack reader")??;
+        bail!("the broker closed the connection");
+    }
+    disconnect(&mut wr, plan.protocol).await;
+    reader.abort();
+    Ok(res)
+}
+
+/// Count PUBACKs and give their window slots back.
+async fn read_acks(
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    protocol: Protocol,
+    permits: Arc<Semaphore>,
+    acked: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    loop {
+        while let Some(p) =
+            decode(&mut buf, protocol, MAX_PACKET).context("decoding from the broker")?
+        {
+            match p {
+                Packet::PubAck(a) => {
+                    let counter = if a.reason_code < 0x80 {
+                        &acked
+                    } else {
+                        &refused
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    permits.add_permits(1);
+                }
+                Packet::Disconnect(d) => bail!(
+                    "the broker disconnected a publisher (reason 0x{:02x})",
+                    d.reason_code
+                ),
+                _ => {}
+            }
+        }
+        buf.reserve(16 * 1024);
+        if rd
+            .read_buf(&mut buf)
+            .await
+            .context("reading acknowledgements")?
+            == 0
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Receive until every expected message arrived or nothing arrived for the
+/// drain time after publishing stopped.
+pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubResult> {
+    let Client {
+        mut stream,
+        rbuf: mut buf,
+        protocol,
+    } = client;
+    let mut res = SubResult::default();
+    let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    let mut last_progress = Instant::now();
+    loop {
+        let expected = plan.expected.load(Ordering::Relaxed);
+        if res.received >= expected
+            || (expected != u64::MAX && last_progress.elapsed() >= plan.drain)
+        {
+            break;
+        }
+        if buf.capacity() - buf.len() < READ_BUF / 4 {
+            buf.reserve(READ_BUF);
+        }
+        match tokio::time::timeout(TICK, stream.read_buf(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) => bail!("the broker closed the connection"),
+            Ok(Err(e)) => return Err(e).context("reading deliveries"),
+            Ok(Ok(_)) => {}
+        }
+        let now = plan.now_ns();
+        let before = res.received;
+        while let Some(p) =
+            decode(&mut buf, protocol, MAX_PACKET).context("decoding from the broker")?
+        {
+            match p {
+                Packet::Publish(p) => {
+                    res.received += 1;
+                    if plan.in_window(now) {
+                        res.received_in_window += 1;
+                    }
+                    if let Some(ts) = p.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                        let ts = u64::from_be_bytes(ts);
+                        if plan.in_window(ts) {
+                            res.latency.record(now.saturating_sub(ts));
+                        }
+                    }
+                    let ack = Ack {
+                        packet_id: p.packet_id,
+                        ..Ack::default()
+                    };
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => encode(&Packet::PubAck(ack), protocol, &mut wbuf)?,
+                        QoS::ExactlyOnce => encode(&Packet::PubRec(ack), protocol, &mut wbuf)?,
+                    }
+                }
+                Packet::PubRel(a) => encode(&Packet::PubComp(a), protocol, &mut wbuf)?,
+                Packet::Disconnect(d) => {
+                    bail!(
+                        "the broker disconnected a subscriber (reason 0x{:02x})",
+                        d.reason_code
+                    )
+                }
+                _ => {}
+            }
+        }
+        if res.received > before {
+            last_progress = Instant::now();
+        }
+        if !wbuf.is_empty() {
+            stream
+                .write_all(&wbuf)
+                .await
+                .context("acknowledging deliveries")?;
+            wbuf.clear();
+        }
+    }
+    let (_, mut wr) = stream.into_split();
+    disconnect(&mut wr, protocol).await;
+    Ok(res)
+}
+
+/// Send DISCONNECT and close the write side; errors do not matter here.
+async fn disconnect(wr: &mut tokio::net::tcp::OwnedWriteHalf, protocol: Protocol) {
+    let mut buf = BytesMut::new();
+    if encode(
+        &Packet::Disconnect(Disconnect::default()),
+        protocol,
+        &mut buf,
+    )
+    .is_ok()
+    {
+        let _ = wr.write_all(&buf).await;
+    }
+    let _ = wr.shutdown().await;
+}

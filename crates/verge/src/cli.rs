@@ -1,0 +1,282 @@
+//! The command line: raw parsed arguments (clap derive), no I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Verge: an IoT edge platform in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "verge", version, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (e.g. `debug`, `info,verge_broker=trace`); overrides RUST_LOG
+    /// and the config's `log.level`.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the demo node on 127.0.0.1 (MQTT TCP 1883, WebSocket 8083) with
+    /// anonymous clients allowed; demo only.
+    Up(RunArgs),
+    /// Run an edge node from a config file.
+    Node(NodeArgs),
+    /// Print or check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage the device registry file.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Load generators for the broker.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Options shared by the commands that run a node.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Override a config key, e.g. `--set broker.listeners.tcp.bind=127.0.0.1:1999`
+    /// (applied after the file and the VERGE__* environment).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+}
+
+/// `verge node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Config file (TOML); without it the defaults and environment apply.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Overrides.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `verge config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the full default node config, every key documented.
+    Default,
+    /// Validate a node config file (with the VERGE__* environment applied).
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+/// `verge device ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Add a device with an argon2-hashed password to a registry file
+    /// (created if missing).
+    Add {
+        /// Registry file (the broker's `devices_file`).
+        #[arg(long, value_name = "FILE")]
+        registry: PathBuf,
+        /// The device's username.
+        #[arg(long)]
+        username: String,
+        /// The password; read from standard input when left out.
+        #[arg(long)]
+        password: Option<String>,
+        /// Pin the device to this client id.
+        #[arg(long, value_name = "ID")]
+        client_id: Option<String>,
+    },
+    /// Print the argon2 hash of a password (read from standard input when
+    /// --password is left out).
+    HashPassword {
+        /// The password.
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+/// `verge bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Publish/subscribe throughput and end-to-end latency.
+    Broker(crate::bench::broker::BrokerBenchArgs),
+    /// Memory per idle connection.
+    Connections(crate::bench::connections::ConnectionsArgs),
+}
+
+/// `KEY=VALUE`.
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("verge").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn node_with_config_and_overrides() {
+        let cli = parse(&[
+            "--log",
+            "debug",
+            "node",
+            "--config",
+            "n.toml",
+            "--set",
+            "broker.max_inflight=5",
+        ])
+        .expect("parses");
+        assert_eq!(cli.log.as_deref(), Some("debug"));
+        let Command::Node(n) = cli.command else {
+            panic!("not node")
+        };
+        assert_eq!(n.config, Some(PathBuf::from("n.toml")));
+        assert_eq!(
+            n.run.set,
+            vec![("broker.max_inflight".to_owned(), "5".to_owned())]
+        );
+    }
+
+    #[test]
+    fn global_log_after_subcommand() {
+        let cli = parse(&["up", "--log", "warn"]).expect("parses");
+        assert_eq!(cli.log.as_deref(), Some("warn"));
+        assert!(matches!(cli.command, Command::Up(_)));
+    }
+
+    #[test]
+    fn set_needs_key_value() {
+        assert!(parse(&["up", "--set", "nokey"]).is_err());
+        assert!(parse(&["up", "--set", "=v"]).is_err());
+    }
+
+    #[test]
+    fn config_and_device_commands() {
+        assert!(matches!(
+            parse(&["config", "default"]).expect("ok").command,
+            Command::Config(ConfigCommand::Default)
+        ));
+        let cli = parse(&["config", "check", "x.toml"]).expect("ok");
+        assert!(
+            matches!(cli.command, Command::Config(ConfigCommand::Check { file }) if file == Path::new("x.toml"))
+        );
+        assert!(parse(&["config", "check"]).is_err());
+        let cli = parse(&[
+            "device",
+            "add",
+            "--registry",
+            "r.toml",
+            "--username",
+            "u",
+            "--client-id",
+            "c",
+        ])
+        .expect("ok");
+        let Command::Device(DeviceCommand::Add {
+            username,
+            password,
+            client_id,
+            ..
+        }) = cli.command
+        else {
+            panic!("not device add")
+        };
+        assert_eq!(
+            (username.as_str(), password, client_id.as_deref()),
+            ("u", None, Some("c"))
+        );
+        assert!(
+            parse(&["device", "add", "--username", "u"]).is_err(),
+            "registry is required"
+        );
+        assert!(parse(&["device", "hash-password", "--password", "p"]).is_ok());
+    }
+
+    #[test]
+    fn bench_broker_options() {
+        let cli = parse(&[
+            "bench",
+            "broker",
+            "--spawn",
+            "verge",
+            "--publishers",
+            "4",
+            "--subscribers",
+            "2",
+            "--qos",
+            "1",
+            "--payload",
+            "64",
+            "--duration",
+            "3",
+            "--protocol",
+            "5",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Bench(BenchCommand::Broker(b)) = cli.command else {
+            panic!("not bench broker")
+        };
+        assert_eq!(
+            (b.publishers, b.subscribers, b.qos, b.payload, b.duration),
+            (4, 2, 1, 64, 3.0)
+        );
+        assert!(b.json);
+        assert!(
+            parse(&["bench", "broker", "--qos", "2"]).is_err(),
+            "qos 2 is not offered"
+        );
+        assert!(
+            parse(&["bench", "broker", "--payload", "4"]).is_err(),
+            "payload holds a timestamp"
+        );
+        assert!(parse(&["bench", "broker", "--protocol", "4"]).is_err());
+        assert!(
+            parse(&["bench", "broker", "--spawn", "verge", "--port", "1883"]).is_err(),
+            "spawn or port"
+        );
+        assert!(
+            parse(&["bench", "broker", "--spawn", "mosquitto"]).is_err(),
+            "only verge can be spawned"
+        );
+    }
+
+    #[test]
+    fn bench_connections_options() {
+        let cli = parse(&[
+            "bench",
+            "connections",
+            "--port",
+            "1883",
+            "--count",
+            "100",
+            "--pid",
+            "42",
+        ])
+        .expect("parses");
+        let Command::Bench(BenchCommand::Connections(c)) = cli.command else {
+            panic!("not bench connections")
+        };
+        assert_eq!((c.target.port, c.count, c.pid), (Some(1883), 100, Some(42)));
+        assert!(
+            parse(&["bench", "connections", "--spawn", "verge", "--pid", "1"]).is_err(),
+            "pid is for external brokers"
+        );
+    }
+}
