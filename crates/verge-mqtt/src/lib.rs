@@ -13,3 +13,6 @@ pub mod topic;
 pub use decode::{DecodeError, decode};
 pub use encode::{EncodeError, encode, encoded_len, to_bytes};
 pub use packet::*;
+
+#[cfg(test)]
+mod tests;
