@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AclPolicy;
@@ -104,12 +104,18 @@ struct Inner {
 
 impl Authenticator {
     /// An authenticator over `registry`.
-    pub fn new(registry: Registry, allow_anonymous: bool, default: AclPolicy) -> Result<Self, BrokerError> {
+    pub fn new(
+        registry: Registry,
+        allow_anonymous: bool,
+        default: AclPolicy,
+    ) -> Result<Self, BrokerError> {
         let mut by_username = HashMap::new();
         for (i, d) in registry.devices.iter().enumerate() {
             if let Some(h) = &d.password_hash {
                 PasswordHash::new(h).map_err(|e| {
-                    BrokerError::Config(format!("devices[{i}].password_hash: not an argon2 PHC string: {e}"))
+                    BrokerError::Config(format!(
+                        "devices[{i}].password_hash: not an argon2 PHC string: {e}"
+                    ))
                 })?;
             }
             if by_username.insert(d.username.clone(), i).is_some() {
@@ -130,7 +136,11 @@ impl Authenticator {
     }
 
     /// Load a registry file.
-    pub fn load(path: &Path, allow_anonymous: bool, default: AclPolicy) -> Result<Self, BrokerError> {
+    pub fn load(
+        path: &Path,
+        allow_anonymous: bool,
+        default: AclPolicy,
+    ) -> Result<Self, BrokerError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| BrokerError::Config(format!("devices_file {}: {e}", path.display())))?;
         let registry: Registry = toml::from_str(&text)
@@ -170,7 +180,10 @@ impl Authenticator {
         }
         match (username, password) {
             (Some(user), Some(pass)) => {
-                let i = *inner.by_username.get(user).ok_or(AuthFailure::BadCredentials)?;
+                let i = *inner
+                    .by_username
+                    .get(user)
+                    .ok_or(AuthFailure::BadCredentials)?;
                 let hash = inner.registry.devices[i]
                     .password_hash
                     .as_deref()
@@ -200,7 +213,10 @@ impl Authenticator {
 
     fn check(&self, who: &Identity, action: AclAction, topic: &str) -> bool {
         let inner = &self.inner;
-        let own = who.device.map(|i| inner.registry.devices[i].acl.as_slice()).unwrap_or(&[]);
+        let own = who
+            .device
+            .map(|i| inner.registry.devices[i].acl.as_slice())
+            .unwrap_or(&[]);
         for rule in own.iter().chain(inner.registry.acl.iter()) {
             if rule.action != action && rule.action != AclAction::All {
                 continue;
@@ -218,7 +234,8 @@ impl Authenticator {
 pub fn hash_password(password: &str) -> Result<String, BrokerError> {
     let mut salt = [0u8; 16];
     getrandom_fill(&mut salt)?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| BrokerError::Config(format!("salt: {e}")))?;
+    let salt =
+        SaltString::encode_b64(&salt).map_err(|e| BrokerError::Config(format!("salt: {e}")))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -274,7 +291,7 @@ mod tests {
     fn registry() -> Registry {
         let hash = hash_password("s3cret").expect("hash");
         toml::from_str(&format!(
-            r#"
+            r##"
             [[acl]]
             permission = "allow"
             action = "subscribe"
@@ -296,7 +313,7 @@ mod tests {
             username = "pinned"
             password_hash = "{hash}"
             client_id = "pinned-1"
-            "#
+            "##
         ))
         .expect("registry parses")
     }
@@ -304,21 +321,33 @@ mod tests {
     #[test]
     fn password_checked_against_argon2_hash() {
         let auth = Authenticator::new(registry(), false, AclPolicy::Deny).expect("auth");
-        assert!(auth.authenticate("c", Some("sensor"), Some(b"s3cret"), None).is_ok());
+        assert!(
+            auth.authenticate("c", Some("sensor"), Some(b"s3cret"), None)
+                .is_ok()
+        );
         assert_eq!(
-            auth.authenticate("c", Some("sensor"), Some(b"wrong"), None).err(),
+            auth.authenticate("c", Some("sensor"), Some(b"wrong"), None)
+                .err(),
             Some(AuthFailure::BadCredentials)
         );
         assert_eq!(
-            auth.authenticate("c", Some("nobody"), Some(b"s3cret"), None).err(),
+            auth.authenticate("c", Some("nobody"), Some(b"s3cret"), None)
+                .err(),
             Some(AuthFailure::BadCredentials)
         );
-        assert_eq!(auth.authenticate("c", None, None, None).err(), Some(AuthFailure::BadCredentials));
         assert_eq!(
-            auth.authenticate("other", Some("pinned"), Some(b"s3cret"), None).err(),
+            auth.authenticate("c", None, None, None).err(),
+            Some(AuthFailure::BadCredentials)
+        );
+        assert_eq!(
+            auth.authenticate("other", Some("pinned"), Some(b"s3cret"), None)
+                .err(),
             Some(AuthFailure::NotAuthorized)
         );
-        assert!(auth.authenticate("pinned-1", Some("pinned"), Some(b"s3cret"), None).is_ok());
+        assert!(
+            auth.authenticate("pinned-1", Some("pinned"), Some(b"s3cret"), None)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -330,7 +359,9 @@ mod tests {
     #[test]
     fn certificate_name_is_identity() {
         let auth = Authenticator::new(registry(), false, AclPolicy::Deny).expect("auth");
-        let id = auth.authenticate("c", None, None, Some("sensor")).expect("cert ok");
+        let id = auth
+            .authenticate("c", None, None, Some("sensor"))
+            .expect("cert ok");
         assert!(auth.may_publish(&id, "devices/sensor/telemetry"));
         assert!(!auth.may_publish(&id, "devices/other/telemetry"));
     }
@@ -338,7 +369,9 @@ mod tests {
     #[test]
     fn acl_substitutes_and_first_rule_wins() {
         let auth = Authenticator::new(registry(), false, AclPolicy::Allow).expect("auth");
-        let id = auth.authenticate("c", Some("sensor"), Some(b"s3cret"), None).expect("ok");
+        let id = auth
+            .authenticate("c", Some("sensor"), Some(b"s3cret"), None)
+            .expect("ok");
         assert!(auth.may_publish(&id, "devices/sensor/telemetry"));
         assert!(auth.may_subscribe(&id, "devices/sensor/commands/+"));
         assert!(!auth.may_publish(&id, "devices/other/telemetry"));
@@ -362,7 +395,9 @@ mod tests {
         reg.devices[0].username = "#".into();
         let _ = auth;
         let auth = Authenticator::new(reg, true, AclPolicy::Deny).expect("auth");
-        let id = auth.authenticate("c", Some("#"), Some(b"s3cret"), None).expect("ok");
+        let id = auth
+            .authenticate("c", Some("#"), Some(b"s3cret"), None)
+            .expect("ok");
         assert!(!auth.may_publish(&id, "devices/x/telemetry"));
     }
 
@@ -385,6 +420,9 @@ mod tests {
         )
         .expect("parses");
         let err = Authenticator::new(reg, false, AclPolicy::Deny).expect_err("must fail");
-        assert!(err.to_string().contains("devices[0].password_hash"), "{err}");
+        assert!(
+            err.to_string().contains("devices[0].password_hash"),
+            "{err}"
+        );
     }
 }

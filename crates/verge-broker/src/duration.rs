@@ -35,7 +35,11 @@ impl FromStr for HumanDuration {
             "m" => n.checked_mul(60_000),
             "h" => n.checked_mul(3_600_000),
             "d" => n.checked_mul(86_400_000),
-            _ => return Err(format!("duration `{s}` has unknown unit `{unit}` (use ms, s, m, h or d)")),
+            _ => {
+                return Err(format!(
+                    "duration `{s}` has unknown unit `{unit}` (use ms, s, m, h or d)"
+                ));
+            }
         }
         .ok_or_else(|| format!("duration `{s}` is too long"))?;
         Ok(HumanDuration(Duration::from_millis(ms)))
@@ -48,8 +52,13 @@ impl fmt::Display for HumanDuration {
         if ms == 0 {
             return write!(f, "0s");
         }
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-            if ms % size == 0 {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
@@ -76,7 +85,13 @@ mod tests {
 
     #[test]
     fn parses_units_and_round_trips() {
-        for (text, ms) in [("250ms", 250), ("10s", 10_000), ("5m", 300_000), ("2h", 7_200_000), ("1d", 86_400_000)] {
+        for (text, ms) in [
+            ("250ms", 250),
+            ("10s", 10_000),
+            ("5m", 300_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+        ] {
             let d: HumanDuration = text.parse().expect("valid");
             assert_eq!(d.0, Duration::from_millis(ms));
             assert_eq!(d.to_string(), text);

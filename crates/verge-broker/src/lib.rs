@@ -84,7 +84,11 @@ impl Broker {
     pub fn authenticator(config: &BrokerConfig) -> Result<Authenticator, BrokerError> {
         match &config.devices_file {
             Some(path) => Authenticator::load(path, config.allow_anonymous, config.acl_default),
-            None => Authenticator::new(Registry::default(), config.allow_anonymous, config.acl_default),
+            None => Authenticator::new(
+                Registry::default(),
+                config.allow_anonymous,
+                config.acl_default,
+            ),
         }
     }
 
@@ -138,7 +142,11 @@ impl BrokerHandle {
     /// Subscribe to a filter (`$share/...` allowed) with a queue of
     /// `capacity` messages; when it is full new messages are dropped and
     /// counted in [`LocalSubscription::dropped`].
-    pub async fn subscribe(&self, filter: &str, capacity: usize) -> Result<LocalSubscription, BrokerError> {
+    pub async fn subscribe(
+        &self,
+        filter: &str,
+        capacity: usize,
+    ) -> Result<LocalSubscription, BrokerError> {
         let valid = match topic::parse_shared(filter) {
             Some(_) => topic::valid_shared(filter),
             None => topic::valid_topic_filter(filter),

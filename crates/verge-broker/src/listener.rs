@@ -73,10 +73,12 @@ impl BoundListener {
 pub async fn bind_all(cfg: &ListenersConfig) -> Result<Vec<BoundListener>, BrokerError> {
     let mut out = Vec::new();
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr).await.map_err(|source| BrokerError::Listener {
-            what: format!("{what} on {addr}"),
-            source,
-        })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Listener {
+                what: format!("{what} on {addr}"),
+                source,
+            })
     };
     if cfg.tcp.enabled {
         out.push(BoundListener {
@@ -110,14 +112,12 @@ pub async fn bind_all(cfg: &ListenersConfig) -> Result<Vec<BoundListener>, Broke
 /// Build a rustls server config from PEM files; `key` names the config
 /// section in errors.
 pub fn server_tls(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, BrokerError> {
-    let cert_path = cfg
-        .cert
-        .as_deref()
-        .ok_or_else(|| BrokerError::Config(format!("{key}.cert: required when the listener is enabled")))?;
-    let key_path = cfg
-        .key
-        .as_deref()
-        .ok_or_else(|| BrokerError::Config(format!("{key}.key: required when the listener is enabled")))?;
+    let cert_path = cfg.cert.as_deref().ok_or_else(|| {
+        BrokerError::Config(format!("{key}.cert: required when the listener is enabled"))
+    })?;
+    let key_path = cfg.key.as_deref().ok_or_else(|| {
+        BrokerError::Config(format!("{key}.key: required when the listener is enabled"))
+    })?;
     let certs = load_certs(cert_path, &format!("{key}.cert"))?;
     let private = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| BrokerError::Tls(format!("{key}.key {}: {e}", key_path.display())))?;
@@ -129,13 +129,19 @@ pub fn server_tls(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, Broke
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in load_certs(ca, &format!("{key}.client_ca"))? {
-                roots
-                    .add(c)
-                    .map_err(|e| BrokerError::Tls(format!("{key}.client_ca {}: {e}", ca.display())))?;
+                roots.add(c).map_err(|e| {
+                    BrokerError::Tls(format!("{key}.client_ca {}: {e}", ca.display()))
+                })?;
             }
             let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let v = if cfg.require_client_cert { v } else { v.allow_unauthenticated() };
-            let v = v.build().map_err(|e| BrokerError::Tls(format!("{key}.client_ca: {e}")))?;
+            let v = if cfg.require_client_cert {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
+            let v = v
+                .build()
+                .map_err(|e| BrokerError::Tls(format!("{key}.client_ca: {e}")))?;
             builder.with_client_cert_verifier(v)
         }
         None if cfg.require_client_cert => {
@@ -153,17 +159,26 @@ pub fn server_tls(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, Broke
 }
 
 fn load_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
-    let file = File::open(path).map_err(|e| BrokerError::Tls(format!("{key} {}: {e}", path.display())))?;
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_reader_iter(&mut BufReader::new(file)).collect();
+    let file =
+        File::open(path).map_err(|e| BrokerError::Tls(format!("{key} {}: {e}", path.display())))?;
+    let certs: Result<Vec<_>, _> =
+        CertificateDer::pem_reader_iter(&mut BufReader::new(file)).collect();
     let certs = certs.map_err(|e| BrokerError::Tls(format!("{key} {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(BrokerError::Tls(format!("{key} {}: no certificate found", path.display())));
+        return Err(BrokerError::Tls(format!(
+            "{key} {}: no certificate found",
+            path.display()
+        )));
     }
     Ok(certs)
 }
 
 /// Accept connections until `shutdown` turns true.
-pub(crate) async fn accept_loop(bound: BoundListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn accept_loop(
+    bound: BoundListener,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let kind = bound.transport.name();
     if let Ok(a) = bound.listener.local_addr() {
         info!(listener = kind, addr = %a, "listening");
@@ -223,17 +238,18 @@ async fn tls_accept(
     ctx: &Ctx,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Option<String>)> {
     let acceptor = TlsAcceptor::from(cfg);
-    let tls = match tokio::time::timeout(ctx.cfg.connect_timeout.get(), acceptor.accept(stream)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            info!(%peer, "tls handshake failed: {e}");
-            return None;
-        }
-        Err(_) => {
-            info!(%peer, "tls handshake timed out");
-            return None;
-        }
-    };
+    let tls =
+        match tokio::time::timeout(ctx.cfg.connect_timeout.get(), acceptor.accept(stream)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                info!(%peer, "tls handshake failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                info!(%peer, "tls handshake timed out");
+                return None;
+            }
+        };
     let name = tls
         .get_ref()
         .1
@@ -257,9 +273,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let want = path.to_owned();
+    // The callback's error type is fixed by tungstenite.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != want {
-            let mut r = ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
+            let mut r =
+                ErrorResponse::new(Some(format!("no MQTT endpoint at {}", req.uri().path())));
             *r.status_mut() = StatusCode::NOT_FOUND;
             return Err(r);
         }
@@ -272,10 +291,8 @@ where
             .map(str::trim)
             .find(|p| p.eq_ignore_ascii_case("mqtt") || p.eq_ignore_ascii_case("mqttv3.1"))
             .map(str::to_owned);
-        if let Some(p) = offered {
-            if let Ok(v) = HeaderValue::from_str(&p) {
-                resp.headers_mut().insert("sec-websocket-protocol", v);
-            }
+        if let Some(v) = offered.and_then(|p| HeaderValue::from_str(&p).ok()) {
+            resp.headers_mut().insert("sec-websocket-protocol", v);
         }
         Ok(resp)
     };

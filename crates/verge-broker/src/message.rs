@@ -32,7 +32,12 @@ pub struct Message {
 
 impl Message {
     /// A message published from inside the node.
-    pub fn local(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> Message {
+    pub fn local(
+        topic: impl Into<Arc<str>>,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Message {
         Message {
             topic: topic.into(),
             payload: payload.into(),

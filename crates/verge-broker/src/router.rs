@@ -249,11 +249,19 @@ impl Router {
                     self.route(m);
                 }
             }
-            Event::Subscribe { key, filters, reply } => {
+            Event::Subscribe {
+                key,
+                filters,
+                reply,
+            } => {
                 let r = self.on_subscribe(key, filters);
                 let _ = reply.send(r);
             }
-            Event::Unsubscribe { key, filters, reply } => {
+            Event::Unsubscribe {
+                key,
+                filters,
+                reply,
+            } => {
                 let codes = filters.iter().map(|f| self.unsubscribe(key, f)).collect();
                 let _ = reply.send(codes);
             }
@@ -294,9 +302,15 @@ impl Router {
     }
 
     fn gauges(&self) {
-        self.stats.subscriptions.store(self.tree.len() as u64, Ordering::Relaxed);
-        self.stats.retained.store(self.retained.len() as u64, Ordering::Relaxed);
-        self.stats.sessions.store(self.sessions.len() as u64, Ordering::Relaxed);
+        self.stats
+            .subscriptions
+            .store(self.tree.len() as u64, Ordering::Relaxed);
+        self.stats
+            .retained
+            .store(self.retained.len() as u64, Ordering::Relaxed);
+        self.stats
+            .sessions
+            .store(self.sessions.len() as u64, Ordering::Relaxed);
     }
 
     fn new_key(&mut self) -> SubKey {
@@ -436,7 +450,8 @@ impl Router {
             if delay.is_zero() || expiry.is_zero() {
                 self.route(msg);
             } else {
-                self.wills.push((Instant::now() + delay.min(expiry), key, msg));
+                self.wills
+                    .push((Instant::now() + delay.min(expiry), key, msg));
             }
         }
         if let Some(req) = takeover {
@@ -509,7 +524,9 @@ impl Router {
         {
             let sessions = &self.sessions;
             let locals = &self.locals;
-            let online = |k: SubKey| sessions.get(&k).is_some_and(|s| s.link.is_some()) || locals.contains_key(&k);
+            let online = |k: SubKey| {
+                sessions.get(&k).is_some_and(|s| s.link.is_some()) || locals.contains_key(&k)
+            };
             self.tree.matches(&msg.topic, &online, &mut hits);
         }
         if hits.len() > 1 {
@@ -550,7 +567,9 @@ impl Router {
     }
 
     fn is_origin(&self, key: SubKey, origin: &str) -> bool {
-        self.sessions.get(&key).is_some_and(|s| &*s.client_id == origin)
+        self.sessions
+            .get(&key)
+            .is_some_and(|s| &*s.client_id == origin)
     }
 
     fn retain(&mut self, msg: &Arc<Message>) {
@@ -612,7 +631,9 @@ impl Router {
             self.route(m);
         }
         self.retained.retain(|_, m| !m.expired(now));
-        if !self.cfg.sys_interval.is_zero() && now.duration_since(self.last_sys) >= self.cfg.sys_interval {
+        if !self.cfg.sys_interval.is_zero()
+            && now.duration_since(self.last_sys) >= self.cfg.sys_interval
+        {
             self.last_sys = now;
             self.publish_sys();
         }
@@ -621,7 +642,10 @@ impl Router {
 
     fn publish_sys(&mut self) {
         let snap = self.stats.snapshot();
-        let mut out = vec![("$SYS/broker/version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
+        let mut out = vec![(
+            "$SYS/broker/version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )];
         for (name, v) in snap {
             let topic = match name {
                 "uptime_seconds" => "$SYS/broker/uptime".to_string(),

@@ -61,7 +61,13 @@ impl SubTree {
     }
 
     /// Add or replace a subscription; returns true if it already existed.
-    pub fn insert(&mut self, filter: &str, group: Option<&str>, key: SubKey, entry: SubEntry) -> bool {
+    pub fn insert(
+        &mut self,
+        filter: &str,
+        group: Option<&str>,
+        key: SubKey,
+        entry: SubEntry,
+    ) -> bool {
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.children.entry(Box::from(level)).or_default();
@@ -196,10 +202,11 @@ fn walk(
             walk(p, next, false, dollar, online, out);
         }
     }
-    if level != "+" && level != "#" {
-        if let Some(c) = node.children.get_mut(level) {
-            walk(c, next, false, dollar, online, out);
-        }
+    if level != "+"
+        && level != "#"
+        && let Some(c) = node.children.get_mut(level)
+    {
+        walk(c, next, false, dollar, online, out);
     }
 }
 

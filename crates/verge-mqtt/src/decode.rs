@@ -53,6 +53,14 @@ pub(crate) struct Reader {
 }
 
 const SHORT: DecodeError = DecodeError::MalformedPacket("packet shorter than its contents");
+/// A variable byte integer "MUST use the minimum number of bytes necessary"
+/// (\[MQTT-1.5.5-1\]): a last byte of 0 after a continuation byte breaks that.
+const NOT_SHORTEST: DecodeError =
+    DecodeError::MalformedPacket("variable byte integer not in its shortest form");
+
+/// The most `decode` reserves ahead for a packet that has not fully arrived:
+/// the announced length is untrusted, so it never sizes an allocation.
+const RESERVE_AHEAD: usize = 64 * 1024;
 
 impl Reader {
     pub fn is_empty(&self) -> bool {
@@ -82,10 +90,15 @@ impl Reader {
             let b = self.u8()?;
             value |= ((b & 0x7F) as u32) << (7 * i);
             if b & 0x80 == 0 {
+                if i > 0 && b == 0 {
+                    return Err(NOT_SHORTEST);
+                }
                 return Ok(value);
             }
         }
-        Err(DecodeError::MalformedPacket("variable byte integer longer than 4 bytes"))
+        Err(DecodeError::MalformedPacket(
+            "variable byte integer longer than 4 bytes",
+        ))
     }
     pub fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         if self.buf.len() < n {
@@ -126,17 +139,26 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, DecodeError> {
         };
         len |= ((b & 0x7F) as usize) << (7 * i);
         if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return Err(NOT_SHORTEST);
+            }
             return Ok(Some((buf[0], len, 2 + i)));
         }
     }
-    Err(DecodeError::MalformedPacket("remaining length longer than 4 bytes"))
+    Err(DecodeError::MalformedPacket(
+        "remaining length longer than 4 bytes",
+    ))
 }
 
 /// Decode one packet from the front of `buf`. `Ok(None)` means more bytes
 /// are needed and `buf` is untouched. A CONNECT is decoded by its own
 /// protocol level; other packets by `protocol`. A packet whose total size
 /// exceeds `max_packet_size` is refused as soon as its fixed header is read.
-pub fn decode(buf: &mut BytesMut, protocol: Protocol, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
+pub fn decode(
+    buf: &mut BytesMut,
+    protocol: Protocol,
+    max_packet_size: usize,
+) -> Result<Option<Packet>, DecodeError> {
     let Some((first, remaining, header)) = fixed_header(buf)? else {
         return Ok(None);
     };
@@ -145,7 +167,9 @@ pub fn decode(buf: &mut BytesMut, protocol: Protocol, max_packet_size: usize) ->
         return Err(DecodeError::PacketTooLarge);
     }
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // A hint for the caller's next read, bounded: a peer announcing a
+        // large packet must not make us allocate before sending its bytes.
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let mut frame = buf.split_to(total).freeze();
@@ -153,7 +177,9 @@ pub fn decode(buf: &mut BytesMut, protocol: Protocol, max_packet_size: usize) ->
     let mut r = Reader { buf: frame };
     let packet = body(first, &mut r, protocol)?;
     if !r.is_empty() {
-        return Err(DecodeError::MalformedPacket("bytes left over after the packet"));
+        return Err(DecodeError::MalformedPacket(
+            "bytes left over after the packet",
+        ));
     }
     Ok(Some(packet))
 }
@@ -238,7 +264,11 @@ fn body(first: u8, r: &mut Reader, protocol: Protocol) -> Result<Packet, DecodeE
 }
 
 fn props(r: &mut Reader, v5: bool, place: Place) -> Result<Properties, DecodeError> {
-    if v5 { decode_props(r, place) } else { Ok(Properties::default()) }
+    if v5 {
+        decode_props(r, place)
+    } else {
+        Ok(Properties::default())
+    }
 }
 
 fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
@@ -263,7 +293,9 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let has_username = f & 0x80 != 0;
     let will_qos = QoS::from_u8(will_qos).ok_or(DecodeError::MalformedPacket("will qos 3"))?;
     if !will_flag && (will_qos != QoS::AtMostOnce || will_retain) {
-        return Err(DecodeError::MalformedPacket("will qos or retain without will"));
+        return Err(DecodeError::MalformedPacket(
+            "will qos or retain without will",
+        ));
     }
     if !v5 && has_password && !has_username {
         return Err(DecodeError::MalformedPacket("password without user name"));
@@ -288,8 +320,16 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     } else {
         None
     };
-    let username = if has_username { Some(r.string()?) } else { None };
-    let password = if has_password { Some(r.binary()?) } else { None };
+    let username = if has_username {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let password = if has_password {
+        Some(r.binary()?)
+    } else {
+        None
+    };
     Ok(Connect {
         protocol,
         clean_start,
@@ -348,7 +388,8 @@ fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
 
 fn publish(first: u8, r: &mut Reader, v5: bool) -> Result<Publish, DecodeError> {
     let dup = first & 0x08 != 0;
-    let qos = QoS::from_u8((first >> 1) & 0x03).ok_or(DecodeError::MalformedPacket("publish qos 3"))?;
+    let qos =
+        QoS::from_u8((first >> 1) & 0x03).ok_or(DecodeError::MalformedPacket("publish qos 3"))?;
     let retain = first & 0x01 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::MalformedPacket("dup flag on a qos 0 publish"));
@@ -396,7 +437,11 @@ fn ack(r: &mut Reader, v5: bool) -> Result<Ack, DecodeError> {
 
 /// The optional reason code and properties that end PUBACK-like packets,
 /// DISCONNECT and AUTH in 5.0 (absent = success, no properties).
-fn reason_and_props(r: &mut Reader, v5: bool, place: Place) -> Result<(u8, Properties), DecodeError> {
+fn reason_and_props(
+    r: &mut Reader,
+    v5: bool,
+    place: Place,
+) -> Result<(u8, Properties), DecodeError> {
     if !v5 || r.is_empty() {
         return Ok((reason::SUCCESS, Properties::default()));
     }
@@ -418,9 +463,12 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
         let o = r.u8()?;
         let reserved = if v5 { 0xC0 } else { 0xFC };
         if o & reserved != 0 {
-            return Err(DecodeError::MalformedPacket("reserved subscription option bits"));
+            return Err(DecodeError::MalformedPacket(
+                "reserved subscription option bits",
+            ));
         }
-        let qos = QoS::from_u8(o & 0x03).ok_or(DecodeError::MalformedPacket("subscription qos 3"))?;
+        let qos =
+            QoS::from_u8(o & 0x03).ok_or(DecodeError::MalformedPacket("subscription qos 3"))?;
         let retain_handling = (o >> 4) & 0x03;
         if retain_handling == 3 {
             return Err(DecodeError::MalformedPacket("retain handling 3"));
@@ -436,7 +484,9 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
         });
     }
     if filters.is_empty() {
-        return Err(DecodeError::ProtocolError("subscribe without topic filters"));
+        return Err(DecodeError::ProtocolError(
+            "subscribe without topic filters",
+        ));
     }
     Ok(Subscribe {
         packet_id,
@@ -449,6 +499,9 @@ fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     let packet_id = packet_id(r)?;
     let properties = props(r, v5, Place::SubAck)?;
     let reason_codes = r.rest().to_vec();
+    if reason_codes.is_empty() {
+        return Err(DecodeError::ProtocolError("suback without reason codes"));
+    }
     if !v5 && reason_codes.iter().any(|&c| c > 2 && c != 0x80) {
         return Err(DecodeError::MalformedPacket("invalid suback return code"));
     }
@@ -467,7 +520,9 @@ fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
         filters.push(r.string()?);
     }
     if filters.is_empty() {
-        return Err(DecodeError::ProtocolError("unsubscribe without topic filters"));
+        return Err(DecodeError::ProtocolError(
+            "unsubscribe without topic filters",
+        ));
     }
     Ok(Unsubscribe {
         packet_id,
@@ -480,6 +535,9 @@ fn unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     let packet_id = packet_id(r)?;
     let properties = props(r, v5, Place::UnsubAck)?;
     let reason_codes = if v5 { r.rest().to_vec() } else { Vec::new() };
+    if v5 && reason_codes.is_empty() {
+        return Err(DecodeError::ProtocolError("unsuback without reason codes"));
+    }
     Ok(UnsubAck {
         packet_id,
         reason_codes,

@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::decode::v3_connack_code;
 use crate::packet::*;
-use crate::props::{is_empty, props_len, write_props};
+use crate::props::{check_props, is_empty, props_len, write_props};
 
 /// Why a packet could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,12 +16,20 @@ pub enum EncodeError {
     /// The packet is larger than MQTT's 268,435,455-byte limit.
     #[error("packet larger than the mqtt limit")]
     PacketTooLarge,
+    /// A subscription identifier is above 268,435,455, the largest variable
+    /// byte integer.
+    #[error("subscription identifier larger than 268435455")]
+    ValueTooLarge,
     /// The packet type does not exist in the protocol version (AUTH in 3.1.1).
     #[error("packet type not in this protocol version")]
     NotInProtocol,
 }
 
-const MAX_REMAINING: usize = 268_435_455;
+/// Largest value of a variable byte integer.
+pub(crate) const MAX_VARINT: u32 = 268_435_455;
+
+/// Largest remaining length of a packet.
+const MAX_REMAINING: usize = MAX_VARINT as usize;
 
 pub(crate) fn varint_len(v: u32) -> usize {
     match v {
@@ -102,10 +110,17 @@ fn remaining_len(packet: &Packet, protocol: Protocol) -> usize {
             2 + reason_tail_len(a.reason_code, &a.properties, v5)
         }
         Packet::Subscribe(s) => {
-            2 + v5_props_len(&s.properties, v5) + s.filters.iter().map(|f| str_len(&f.filter) + 1).sum::<usize>()
+            2 + v5_props_len(&s.properties, v5)
+                + s.filters
+                    .iter()
+                    .map(|f| str_len(&f.filter) + 1)
+                    .sum::<usize>()
         }
         Packet::SubAck(s) => 2 + v5_props_len(&s.properties, v5) + s.reason_codes.len(),
-        Packet::Unsubscribe(u) => 2 + v5_props_len(&u.properties, v5) + u.filters.iter().map(|f| str_len(f)).sum::<usize>(),
+        Packet::Unsubscribe(u) => {
+            2 + v5_props_len(&u.properties, v5)
+                + u.filters.iter().map(|f| str_len(f)).sum::<usize>()
+        }
         Packet::UnsubAck(u) => {
             if v5 {
                 2 + props_len(&u.properties) + u.reason_codes.len()
@@ -125,21 +140,52 @@ pub fn encoded_len(packet: &Packet, protocol: Protocol) -> usize {
     1 + varint_len(r.min(u32::MAX as usize) as u32) + r
 }
 
-fn check_fields(packet: &Packet) -> Result<(), EncodeError> {
+/// Refuse what would not encode faithfully: a string or binary field over
+/// 65,535 bytes (its length prefix would wrap) or, in 5.0, a property value
+/// out of range. Runs before anything is written, so `buf` stays as it was.
+fn check_fields(packet: &Packet, v5: bool) -> Result<(), EncodeError> {
+    let props = |p: &Properties, v5: bool| if v5 { check_props(p) } else { Ok(()) };
+    match packet {
+        Packet::Connect(c) => {
+            let cv5 = c.protocol == Protocol::V5;
+            props(&c.properties, cv5)?;
+            if let Some(w) = &c.will {
+                props(&w.properties, cv5)?;
+            }
+        }
+        Packet::ConnAck(a) => props(&a.properties, v5)?,
+        Packet::Publish(p) => props(&p.properties, v5)?,
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            props(&a.properties, v5)?
+        }
+        Packet::Subscribe(s) => props(&s.properties, v5)?,
+        Packet::SubAck(s) => props(&s.properties, v5)?,
+        Packet::Unsubscribe(u) => props(&u.properties, v5)?,
+        Packet::UnsubAck(u) => props(&u.properties, v5)?,
+        Packet::Disconnect(d) => props(&d.properties, v5)?,
+        Packet::Auth(a) => props(&a.properties, v5)?,
+        Packet::PingReq | Packet::PingResp => {}
+    }
     let long = |s: &[u8]| s.len() > u16::MAX as usize;
     let bad = match packet {
         Packet::Connect(c) => {
             long(c.client_id.as_bytes())
                 || c.username.as_deref().is_some_and(|u| long(u.as_bytes()))
                 || c.password.as_deref().is_some_and(long)
-                || c.will.as_ref().is_some_and(|w| long(w.topic.as_bytes()) || long(&w.payload))
+                || c.will
+                    .as_ref()
+                    .is_some_and(|w| long(w.topic.as_bytes()) || long(&w.payload))
         }
         Packet::Publish(p) => long(p.topic.as_bytes()),
         Packet::Subscribe(s) => s.filters.iter().any(|f| long(f.filter.as_bytes())),
         Packet::Unsubscribe(u) => u.filters.iter().any(|f| long(f.as_bytes())),
         _ => false,
     };
-    if bad { Err(EncodeError::FieldTooLong) } else { Ok(()) }
+    if bad {
+        Err(EncodeError::FieldTooLong)
+    } else {
+        Ok(())
+    }
 }
 
 /// Append the encoding of `packet` for `protocol` to `buf`.
@@ -148,7 +194,7 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result
     if !v5 && matches!(packet, Packet::Auth(_)) {
         return Err(EncodeError::NotInProtocol);
     }
-    check_fields(packet)?;
+    check_fields(packet, v5)?;
     let remaining = remaining_len(packet, protocol);
     if remaining > MAX_REMAINING {
         return Err(EncodeError::PacketTooLarge);
@@ -177,7 +223,11 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result
         Packet::Connect(c) => connect(buf, c),
         Packet::ConnAck(a) => {
             buf.put_u8(a.session_present as u8);
-            buf.put_u8(if v5 { a.reason_code } else { v3_connack_code(a.reason_code) });
+            buf.put_u8(if v5 {
+                a.reason_code
+            } else {
+                v3_connack_code(a.reason_code)
+            });
             if v5 {
                 write_props(buf, &a.properties);
             }
@@ -206,7 +256,9 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result
                 let o = &f.options;
                 let mut b = o.qos as u8;
                 if v5 {
-                    b |= (o.no_local as u8) << 2 | (o.retain_as_published as u8) << 3 | (o.retain_handling & 3) << 4;
+                    b |= (o.no_local as u8) << 2
+                        | (o.retain_as_published as u8) << 3
+                        | (o.retain_handling & 3) << 4;
                 }
                 buf.put_u8(b);
             }

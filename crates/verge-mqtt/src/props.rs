@@ -4,7 +4,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::decode::{DecodeError, Reader};
-use crate::encode::{bin_len, str_len, varint_len, write_bin, write_str, write_varint};
+use crate::encode::{
+    EncodeError, MAX_VARINT, bin_len, str_len, varint_len, write_bin, write_str, write_varint,
+};
 use crate::packet::Properties;
 
 /// Where a property block appears.
@@ -76,22 +78,30 @@ pub(crate) fn decode_props(r: &mut Reader, place: Place) -> Result<Properties, D
     let mut p = Properties::default();
     while !block.is_empty() {
         let id = block.varint()?;
-        let id = u8::try_from(id).map_err(|_| DecodeError::MalformedPacket("unknown property identifier"))?;
+        let id = u8::try_from(id)
+            .map_err(|_| DecodeError::MalformedPacket("unknown property identifier"))?;
         let mask = allowed(id);
         if mask == 0 {
             return Err(DecodeError::MalformedPacket("unknown property identifier"));
         }
         if mask & place as u16 == 0 {
-            return Err(DecodeError::ProtocolError("property not allowed in this packet"));
+            return Err(DecodeError::ProtocolError(
+                "property not allowed in this packet",
+            ));
         }
         match id {
-            0x01 => set_once(&mut p.payload_format_indicator, flag(block.u8()?, "payload format indicator")?)?,
+            0x01 => set_once(
+                &mut p.payload_format_indicator,
+                flag(block.u8()?, "payload format indicator")?,
+            )?,
             0x02 => set_once(&mut p.message_expiry_interval, block.u32()?)?,
             0x03 => set_once(&mut p.content_type, block.string()?)?,
             0x08 => {
                 let t = block.string()?;
-                if t.contains(['+', '#']) {
-                    return Err(DecodeError::ProtocolError("wildcard in response topic"));
+                if !crate::topic::valid_topic_name(&t) {
+                    return Err(DecodeError::ProtocolError(
+                        "response topic is not a valid topic name",
+                    ));
                 }
                 set_once(&mut p.response_topic, t)?
             }
@@ -111,7 +121,10 @@ pub(crate) fn decode_props(r: &mut Reader, place: Place) -> Result<Properties, D
             0x13 => set_once(&mut p.server_keep_alive, block.u16()?)?,
             0x15 => set_once(&mut p.authentication_method, block.string()?)?,
             0x16 => set_once(&mut p.authentication_data, block.binary()?)?,
-            0x17 => set_once(&mut p.request_problem_information, flag(block.u8()?, "request problem information")?)?,
+            0x17 => set_once(
+                &mut p.request_problem_information,
+                flag(block.u8()?, "request problem information")?,
+            )?,
             0x18 => set_once(&mut p.will_delay_interval, block.u32()?)?,
             0x19 => set_once(
                 &mut p.request_response_information,
@@ -136,7 +149,10 @@ pub(crate) fn decode_props(r: &mut Reader, place: Place) -> Result<Properties, D
                 set_once(&mut p.topic_alias, v)?
             }
             0x24 => set_once(&mut p.maximum_qos, flag(block.u8()?, "maximum qos")?)?,
-            0x25 => set_once(&mut p.retain_available, flag(block.u8()?, "retain available")?)?,
+            0x25 => set_once(
+                &mut p.retain_available,
+                flag(block.u8()?, "retain available")?,
+            )?,
             0x26 => {
                 let k = block.string()?;
                 let v = block.string()?;
@@ -149,16 +165,55 @@ pub(crate) fn decode_props(r: &mut Reader, place: Place) -> Result<Properties, D
                 }
                 set_once(&mut p.maximum_packet_size, v)?
             }
-            0x28 => set_once(&mut p.wildcard_subscription_available, flag(block.u8()?, "wildcard available")?)?,
+            0x28 => set_once(
+                &mut p.wildcard_subscription_available,
+                flag(block.u8()?, "wildcard available")?,
+            )?,
             0x29 => set_once(
                 &mut p.subscription_identifier_available,
                 flag(block.u8()?, "subscription identifier available")?,
             )?,
-            0x2A => set_once(&mut p.shared_subscription_available, flag(block.u8()?, "shared available")?)?,
+            0x2A => set_once(
+                &mut p.shared_subscription_available,
+                flag(block.u8()?, "shared available")?,
+            )?,
             _ => return Err(DecodeError::MalformedPacket("unknown property identifier")),
         }
     }
+    if p.authentication_data.is_some() && p.authentication_method.is_none() {
+        return Err(DecodeError::ProtocolError(
+            "authentication data without authentication method",
+        ));
+    }
     Ok(p)
+}
+
+/// Whether every property can be encoded: strings and binary data of at most
+/// 65,535 bytes, subscription identifiers within the variable byte integer
+/// range.
+pub(crate) fn check_props(p: &Properties) -> Result<(), EncodeError> {
+    let long = |b: &[u8]| b.len() > u16::MAX as usize;
+    let s = |o: &Option<String>| o.as_ref().is_some_and(|v| long(v.as_bytes()));
+    let bin = |o: &Option<Bytes>| o.as_ref().is_some_and(|v| long(v));
+    if s(&p.content_type)
+        || s(&p.response_topic)
+        || bin(&p.correlation_data)
+        || s(&p.assigned_client_identifier)
+        || s(&p.authentication_method)
+        || bin(&p.authentication_data)
+        || s(&p.response_information)
+        || s(&p.server_reference)
+        || s(&p.reason_string)
+        || p.user_properties
+            .iter()
+            .any(|(k, v)| long(k.as_bytes()) || long(v.as_bytes()))
+    {
+        return Err(EncodeError::FieldTooLong);
+    }
+    if p.subscription_identifiers.iter().any(|&v| v > MAX_VARINT) {
+        return Err(EncodeError::ValueTooLarge);
+    }
+    Ok(())
 }
 
 /// Bytes of the property contents (without the length prefix).
@@ -173,7 +228,10 @@ pub(crate) fn props_body_len(p: &Properties) -> usize {
         + s(&p.content_type)
         + s(&p.response_topic)
         + bin(&p.correlation_data)
-        + p.subscription_identifiers.iter().map(|&v| 1 + varint_len(v)).sum::<usize>()
+        + p.subscription_identifiers
+            .iter()
+            .map(|&v| 1 + varint_len(v))
+            .sum::<usize>()
         + w(&p.session_expiry_interval)
         + s(&p.assigned_client_identifier)
         + h(&p.server_keep_alive)
@@ -190,7 +248,10 @@ pub(crate) fn props_body_len(p: &Properties) -> usize {
         + h(&p.topic_alias)
         + b(&p.maximum_qos)
         + b(&p.retain_available)
-        + p.user_properties.iter().map(|(k, v)| 1 + str_len(k) + str_len(v)).sum::<usize>()
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| 1 + str_len(k) + str_len(v))
+            .sum::<usize>()
         + w(&p.maximum_packet_size)
         + b(&p.wildcard_subscription_available)
         + b(&p.subscription_identifier_available)

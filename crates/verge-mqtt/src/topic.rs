@@ -55,7 +55,9 @@ pub fn parse_shared(filter: &str) -> Option<(&str, &str)> {
 /// wildcards and a valid filter.
 pub fn valid_shared(filter: &str) -> bool {
     match parse_shared(filter) {
-        Some((group, f)) => !group.is_empty() && !group.contains(['+', '#']) && valid_topic_filter(f),
+        Some((group, f)) => {
+            !group.is_empty() && !group.contains(['+', '#']) && valid_topic_filter(f)
+        }
         None => false,
     }
 }

@@ -20,7 +20,11 @@ fn bin() -> impl Strategy<Value = Bytes> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 fn flag() -> impl Strategy<Value = Option<u8>> {
@@ -82,16 +86,28 @@ fn props(place: &'static str) -> BoxedStrategy<Properties> {
                 maximum_packet_size: mps,
                 request_problem_information: rpi,
                 request_response_information: rri,
+                // authentication data only comes with a method
+                authentication_data: if am.is_some() { ad } else { None },
                 authentication_method: am,
-                authentication_data: ad,
                 user_properties: up,
                 ..Properties::default()
             })
             .boxed(),
         "connack" => (
-            (option::of(any::<u32>()), option::of(text()), option::of(any::<u16>()), option::of(1u16..)),
+            (
+                option::of(any::<u32>()),
+                option::of(text()),
+                option::of(any::<u16>()),
+                option::of(1u16..),
+            ),
             (option::of(any::<u16>()), flag(), flag(), option::of(1u32..)),
-            (flag(), flag(), flag(), option::of(text()), option::of(text())),
+            (
+                flag(),
+                flag(),
+                flag(),
+                option::of(text()),
+                option::of(text()),
+            ),
             (option::of(text()), option::of(text()), users()),
         )
             .prop_map(|(a, b, c, d)| Properties {
@@ -121,7 +137,12 @@ fn props(place: &'static str) -> BoxedStrategy<Properties> {
                 ..Properties::default()
             })
             .boxed(),
-        "disconnect" => (option::of(any::<u32>()), option::of(text()), option::of(text()), users())
+        "disconnect" => (
+            option::of(any::<u32>()),
+            option::of(text()),
+            option::of(text()),
+            users(),
+        )
             .prop_map(|(se, rs, sr, up)| Properties {
                 session_expiry_interval: se,
                 reason_string: rs,
@@ -130,10 +151,15 @@ fn props(place: &'static str) -> BoxedStrategy<Properties> {
                 ..Properties::default()
             })
             .boxed(),
-        "auth" => (option::of(text()), option::of(bin()), option::of(text()), users())
+        "auth" => (
+            option::of(text()),
+            option::of(bin()),
+            option::of(text()),
+            users(),
+        )
             .prop_map(|(am, ad, rs, up)| Properties {
+                authentication_data: if am.is_some() { ad } else { None },
                 authentication_method: am,
-                authentication_data: ad,
                 reason_string: rs,
                 user_properties: up,
                 ..Properties::default()
@@ -158,21 +184,37 @@ fn packet(v5: bool) -> BoxedStrategy<Packet> {
             Just(Properties::default()).boxed()
         }
     };
-    let code = move || if v5 { any::<u8>().boxed() } else { Just(0u8).boxed() };
+    let code = move || {
+        if v5 {
+            any::<u8>().boxed()
+        } else {
+            Just(0u8).boxed()
+        }
+    };
     let connack_code = move || {
         if v5 {
             any::<u8>().boxed()
         } else {
-            prop_oneof![Just(0u8), Just(0x84), Just(0x85), Just(0x88), Just(0x86), Just(0x87)].boxed()
+            prop_oneof![
+                Just(0u8),
+                Just(0x84),
+                Just(0x85),
+                Just(0x88),
+                Just(0x86),
+                Just(0x87)
+            ]
+            .boxed()
         }
     };
-    let will = (topic_name(), bin(), qos(), any::<bool>(), p("will")).prop_map(|(topic, payload, qos, retain, properties)| Will {
-        topic,
-        payload,
-        qos,
-        retain,
-        properties,
-    });
+    let will = (topic_name(), bin(), qos(), any::<bool>(), p("will")).prop_map(
+        |(topic, payload, qos, retain, properties)| Will {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+        },
+    );
     let connect = (
         any::<bool>(),
         any::<u16>(),
@@ -182,28 +224,44 @@ fn packet(v5: bool) -> BoxedStrategy<Packet> {
         option::of(will),
         p("connect"),
     )
-        .prop_map(move |(clean_start, keep_alive, client_id, username, password, will, properties)| {
-            let password = if v5 || username.is_some() { password } else { None };
-            Packet::Connect(Connect {
-                protocol: if v5 { Protocol::V5 } else { Protocol::V311 },
-                clean_start,
-                keep_alive,
-                client_id,
-                username,
-                password,
-                will,
+        .prop_map(
+            move |(clean_start, keep_alive, client_id, username, password, will, properties)| {
+                let password = if v5 || username.is_some() {
+                    password
+                } else {
+                    None
+                };
+                Packet::Connect(Connect {
+                    protocol: if v5 { Protocol::V5 } else { Protocol::V311 },
+                    clean_start,
+                    keep_alive,
+                    client_id,
+                    username,
+                    password,
+                    will,
+                    properties,
+                })
+            },
+        );
+    let connack = (any::<bool>(), connack_code(), p("connack")).prop_map(
+        |(session_present, reason_code, properties)| {
+            Packet::ConnAck(ConnAck {
+                session_present,
+                reason_code,
                 properties,
             })
-        });
-    let connack = (any::<bool>(), connack_code(), p("connack")).prop_map(|(session_present, reason_code, properties)| {
-        Packet::ConnAck(ConnAck {
-            session_present,
-            reason_code,
-            properties,
-        })
-    });
-    let publish = (qos(), any::<bool>(), any::<bool>(), topic_name(), 1u16.., p("publish"), bin()).prop_map(
-        |(qos, dup, retain, topic, id, properties, payload)| {
+        },
+    );
+    let publish = (
+        qos(),
+        any::<bool>(),
+        any::<bool>(),
+        topic_name(),
+        1u16..,
+        p("publish"),
+        bin(),
+    )
+        .prop_map(|(qos, dup, retain, topic, id, properties, payload)| {
             Packet::Publish(Publish {
                 dup: dup && qos != QoS::AtMostOnce,
                 qos,
@@ -213,75 +271,86 @@ fn packet(v5: bool) -> BoxedStrategy<Packet> {
                 properties,
                 payload,
             })
+        });
+    let ack = (0usize..4, 1u16.., code(), p("ack")).prop_map(
+        |(kind, packet_id, reason_code, properties)| {
+            let a = Ack {
+                packet_id,
+                reason_code,
+                properties,
+            };
+            match kind {
+                0 => Packet::PubAck(a),
+                1 => Packet::PubRec(a),
+                2 => Packet::PubRel(a),
+                _ => Packet::PubComp(a),
+            }
         },
     );
-    let ack = (0usize..4, 1u16.., code(), p("ack")).prop_map(|(kind, packet_id, reason_code, properties)| {
-        let a = Ack {
-            packet_id,
-            reason_code,
-            properties,
-        };
-        match kind {
-            0 => Packet::PubAck(a),
-            1 => Packet::PubRec(a),
-            2 => Packet::PubRel(a),
-            _ => Packet::PubComp(a),
-        }
-    });
-    let sub_opts = (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(qos, nl, rap, rh)| SubOptions {
-        qos,
-        no_local: nl && v5,
-        retain_as_published: rap && v5,
-        retain_handling: if v5 { rh } else { 0 },
-    });
-    let subscribe = (1u16.., vec((text(), sub_opts), 1..4), p("subscribe")).prop_map(|(packet_id, f, properties)| {
-        Packet::Subscribe(Subscribe {
-            packet_id,
-            filters: f
-                .into_iter()
-                .map(|(filter, options)| SubscribeFilter { filter, options })
-                .collect(),
-            properties,
-        })
-    });
+    let sub_opts =
+        (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(qos, nl, rap, rh)| {
+            SubOptions {
+                qos,
+                no_local: nl && v5,
+                retain_as_published: rap && v5,
+                retain_handling: if v5 { rh } else { 0 },
+            }
+        });
+    let subscribe = (1u16.., vec((text(), sub_opts), 1..4), p("subscribe")).prop_map(
+        |(packet_id, f, properties)| {
+            Packet::Subscribe(Subscribe {
+                packet_id,
+                filters: f
+                    .into_iter()
+                    .map(|(filter, options)| SubscribeFilter { filter, options })
+                    .collect(),
+                properties,
+            })
+        },
+    );
     let suback_codes = move || {
         if v5 {
-            vec(any::<u8>(), 0..4).boxed()
+            vec(any::<u8>(), 1..4).boxed()
         } else {
-            vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)], 0..4).boxed()
+            vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)], 1..4).boxed()
         }
     };
-    let suback = (1u16.., suback_codes(), p("suback")).prop_map(|(packet_id, reason_codes, properties)| {
-        Packet::SubAck(SubAck {
-            packet_id,
-            reason_codes,
-            properties,
-        })
-    });
-    let unsubscribe = (1u16.., vec(text(), 1..4), p("unsubscribe")).prop_map(|(packet_id, filters, properties)| {
-        Packet::Unsubscribe(Unsubscribe {
-            packet_id,
-            filters,
-            properties: Properties {
-                user_properties: properties.user_properties,
-                ..Properties::default()
-            },
-        })
-    });
+    let suback =
+        (1u16.., suback_codes(), p("suback")).prop_map(|(packet_id, reason_codes, properties)| {
+            Packet::SubAck(SubAck {
+                packet_id,
+                reason_codes,
+                properties,
+            })
+        });
+    let unsubscribe = (1u16.., vec(text(), 1..4), p("unsubscribe")).prop_map(
+        |(packet_id, filters, properties)| {
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id,
+                filters,
+                properties: Properties {
+                    user_properties: properties.user_properties,
+                    ..Properties::default()
+                },
+            })
+        },
+    );
     let unsuback_codes = move || {
         if v5 {
-            vec(any::<u8>(), 0..4).boxed()
+            vec(any::<u8>(), 1..4).boxed()
         } else {
             Just(Vec::new()).boxed()
         }
     };
-    let unsuback = (1u16.., unsuback_codes(), p("unsuback")).prop_map(|(packet_id, reason_codes, properties)| {
-        Packet::UnsubAck(UnsubAck {
-            packet_id,
-            reason_codes,
-            properties,
-        })
-    });
+    let unsuback = (1u16.., unsuback_codes(), p("unsuback")).prop_map(
+        |(packet_id, reason_codes, properties)| {
+            Packet::UnsubAck(UnsubAck {
+                packet_id,
+                reason_codes,
+                properties,
+            })
+        },
+    );
     let disconnect = (code(), p("disconnect")).prop_map(|(reason_code, properties)| {
         Packet::Disconnect(Disconnect {
             reason_code,
@@ -328,7 +397,8 @@ fn roundtrip(packet: &Packet, protocol: Protocol) -> Result<(), TestCaseError> {
             prop_assert_eq!(decode(&mut part, protocol, usize::MAX), Ok(None));
         }
     }
-    let decoded = decode(&mut buf, protocol, usize::MAX).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let decoded =
+        decode(&mut buf, protocol, usize::MAX).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(decoded.as_ref(), Some(packet));
     prop_assert!(buf.is_empty());
     Ok(())

@@ -13,16 +13,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use verge_mqtt::{
-    Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, Publish, QoS, SubAck, Subscribe,
-    UnsubAck, Unsubscribe, decode, encode, encoded_len, reason, topic,
+    Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, Publish, QoS,
+    SubAck, Subscribe, UnsubAck, Unsubscribe, decode, encode, encoded_len, reason, topic,
 };
 
 use crate::auth::{AuthFailure, Authenticator, Identity};
 use crate::config::BrokerConfig;
 use crate::message::Message;
-use crate::router::{Carry, ConnectReply, ConnectReq, Delivery, Event, InflightOut, Kill, Outgoing, SubReq};
+use crate::router::{
+    Carry, ConnectReply, ConnectReq, Delivery, Event, InflightOut, Kill, Outgoing, SubReq,
+};
 use crate::stats::{Stats, add, inc};
 use crate::subs::SubKey;
+
+mod handshake;
+use handshake::accept;
 
 /// What every connection shares.
 pub(crate) struct Ctx {
@@ -60,35 +65,40 @@ where
         stats: ctx.stats.clone(),
     };
     let max = ctx.cfg.max_packet_size as usize;
-    let connect = match tokio::time::timeout(ctx.cfg.connect_timeout.get(), io.read_connect(max)).await {
-        Err(_) => {
-            debug!(%peer, "no CONNECT within the connect timeout; closing");
-            return;
-        }
-        Ok(Err(e)) => {
-            inc(&ctx.stats.connects_refused);
-            info!(%peer, error = %e, "bad CONNECT; closing");
-            if let ConnectError::Decode(d) = &e {
-                // Answer with a CONNACK where the version is known.
-                if !matches!(d, DecodeError::UnsupportedProtocolVersion(_)) {
-                    return;
-                }
-                let ack = ConnAck {
-                    reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
-                    ..ConnAck::default()
-                };
-                let _ = io.send(&Packet::ConnAck(ack), Protocol::V311).await;
+    let connect =
+        match tokio::time::timeout(ctx.cfg.connect_timeout.get(), io.read_connect(max)).await {
+            Err(_) => {
+                debug!(%peer, "no CONNECT within the connect timeout; closing");
+                return;
             }
-            return;
-        }
-        Ok(Ok(c)) => c,
-    };
+            Ok(Err(e)) => {
+                inc(&ctx.stats.connects_refused);
+                info!(%peer, error = %e, "bad CONNECT; closing");
+                if let ConnectError::Decode(d) = &e {
+                    // Answer with a CONNACK where the version is known.
+                    if !matches!(d, DecodeError::UnsupportedProtocolVersion(_)) {
+                        return;
+                    }
+                    let ack = ConnAck {
+                        reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                        ..ConnAck::default()
+                    };
+                    let _ = io.send(&Packet::ConnAck(ack), Protocol::V311).await;
+                }
+                return;
+            }
+            Ok(Ok(c)) => c,
+        };
     let protocol = connect.protocol;
     match accept(&mut io, connect, peer, cert_name, &ctx).await {
         Ok(mut conn) => {
-            ctx.stats.clients_connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats
+                .clients_connected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let end = conn.run(&mut io).await;
-            ctx.stats.clients_connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats
+                .clients_connected
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             conn.finish(&mut io, end).await;
         }
         Err(code) => {
@@ -128,7 +138,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
                 Ok(None) => {}
                 Err(e) => return Err(ConnectError::Decode(e)),
             }
-            let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|_| ConnectError::Closed)?;
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|_| ConnectError::Closed)?;
             if n == 0 {
                 return Err(ConnectError::Closed);
             }
@@ -155,187 +169,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         }
         Ok(())
     }
-}
-
-/// The CONNECT handshake: identify, authenticate, attach to a session and
-/// answer CONNACK. Returns the refusing reason code on failure.
-async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut Io<S>,
-    connect: Connect,
-    peer: SocketAddr,
-    cert_name: Option<String>,
-    ctx: &Arc<Ctx>,
-) -> Result<Conn, u8> {
-    let cfg = &ctx.cfg;
-    let protocol = connect.protocol;
-    let v5 = protocol == Protocol::V5;
-    if v5 && connect.properties.authentication_method.is_some() {
-        info!(%peer, "enhanced authentication requested but none is configured");
-        return Err(reason::BAD_AUTHENTICATION_METHOD);
-    }
-    let mut assigned = None;
-    let client_id = if connect.client_id.is_empty() {
-        if !v5 && !connect.clean_start {
-            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
-        }
-        let id = format!("verge-{:x}-{:x}", std::process::id(), ctx.next_conn.load(std::sync::atomic::Ordering::Relaxed) ^ nanos());
-        assigned = Some(id.clone());
-        id
-    } else {
-        connect.client_id.clone()
-    };
-    if ctx.stats.clients_connected.load(std::sync::atomic::Ordering::Relaxed) as usize >= cfg.max_connections {
-        warn!(%peer, "max_connections reached; refusing");
-        return Err(reason::SERVER_BUSY);
-    }
-    let identity = {
-        let auth = ctx.auth.clone();
-        let cid = client_id.clone();
-        let user = connect.username.clone();
-        let pass = connect.password.clone();
-        tokio::task::spawn_blocking(move || auth.authenticate(&cid, user.as_deref(), pass.as_deref(), cert_name.as_deref()))
-            .await
-            .map_err(|_| reason::UNSPECIFIED_ERROR)?
-    };
-    let identity = match identity {
-        Ok(i) => i,
-        Err(f) => {
-            info!(%peer, client_id, username = ?connect.username, "authentication failed: {f:?}");
-            return Err(match f {
-                AuthFailure::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
-                AuthFailure::NotAuthorized => reason::NOT_AUTHORIZED,
-            });
-        }
-    };
-    let max_expiry = cfg.max_session_expiry.get().as_secs().min(u32::MAX as u64) as u32;
-    let expiry_secs = if v5 {
-        connect.properties.session_expiry_interval.unwrap_or(0).min(max_expiry)
-    } else if connect.clean_start {
-        0
-    } else {
-        max_expiry
-    };
-    let mut keep_alive = connect.keep_alive;
-    let mut server_keep_alive = None;
-    if cfg.max_keep_alive > 0 && (keep_alive == 0 || keep_alive > cfg.max_keep_alive) && v5 {
-        keep_alive = cfg.max_keep_alive;
-        server_keep_alive = Some(keep_alive);
-    }
-    let will = connect.will.as_ref().and_then(|w| {
-        if !ctx.auth.may_publish(&identity, &w.topic) {
-            inc(&ctx.stats.denied_publish);
-            return None;
-        }
-        let now = Instant::now();
-        let mut props = w.properties.clone();
-        let delay = Duration::from_secs(props.will_delay_interval.take().unwrap_or(0) as u64);
-        let expires = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(s as u64));
-        Some((
-            Arc::new(Message {
-                topic: Arc::from(w.topic.as_str()),
-                payload: w.payload.clone(),
-                qos: w.qos,
-                retain: w.retain,
-                properties: props,
-                origin: identity.client_id.clone(),
-                received: now,
-                expires,
-            }),
-            delay,
-        ))
-    });
-
-    let conn_id = ctx.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(cfg.max_queued_messages.max(1));
-    let kill = Arc::new(Kill::default());
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let req = ConnectReq {
-        client_id: identity.client_id.clone(),
-        clean_start: connect.clean_start,
-        expiry: Duration::from_secs(expiry_secs as u64),
-        conn_id,
-        tx,
-        kill: kill.clone(),
-        reply: reply_tx,
-    };
-    if ctx.router.send(Event::Connect(req)).await.is_err() {
-        return Err(reason::SERVER_UNAVAILABLE);
-    }
-    let reply: ConnectReply = match reply_rx.await {
-        Ok(r) => r,
-        Err(_) => return Err(reason::SERVER_UNAVAILABLE),
-    };
-    let mut props = Properties::default();
-    if v5 {
-        props.receive_maximum = Some(cfg.max_inflight.max(1));
-        props.maximum_packet_size = Some(cfg.max_packet_size);
-        props.topic_alias_maximum = Some(cfg.max_topic_alias);
-        props.retain_available = Some(1);
-        props.wildcard_subscription_available = Some(1);
-        props.subscription_identifier_available = Some(1);
-        props.shared_subscription_available = Some(1);
-        props.assigned_client_identifier = assigned;
-        props.server_keep_alive = server_keep_alive;
-        if connect.properties.session_expiry_interval.unwrap_or(0) > expiry_secs {
-            props.session_expiry_interval = Some(expiry_secs);
-        }
-    }
-    let ack = ConnAck {
-        session_present: reply.session_present,
-        reason_code: reason::SUCCESS,
-        properties: props,
-    };
-    let _ = encode(&Packet::ConnAck(ack), protocol, &mut io.wbuf);
-    debug!(%peer, client_id = %identity.client_id, ?protocol, session_present = reply.session_present, "connected");
-    let client_window = if v5 {
-        connect.properties.receive_maximum.unwrap_or(u16::MAX)
-    } else {
-        u16::MAX
-    };
-    let mut conn = Conn {
-        ctx: ctx.clone(),
-        peer,
-        protocol,
-        key: reply.key,
-        conn_id,
-        identity,
-        kill,
-        rx: Some(rx),
-        keep_alive: Duration::from_millis(keep_alive as u64 * 1500),
-        expiry: Duration::from_secs(expiry_secs as u64),
-        expiry_was_zero: expiry_secs == 0,
-        will,
-        window: client_window.min(cfg.max_inflight.max(1)) as usize,
-        client_max_packet: if v5 {
-            connect.properties.maximum_packet_size.unwrap_or(u32::MAX) as usize
-        } else {
-            usize::MAX
-        },
-        client_alias_max: if v5 {
-            connect.properties.topic_alias_maximum.unwrap_or(0)
-        } else {
-            0
-        },
-        aliases_in: HashMap::new(),
-        aliases_out: HashMap::new(),
-        inflight: VecDeque::new(),
-        inflight_ids: HashSet::new(),
-        next_id: 1,
-        pending: VecDeque::new(),
-        qos2_in: HashSet::new(),
-        batch: Vec::new(),
-        rate_tokens: cfg.max_publish_rate as f64,
-        rate_at: Instant::now(),
-    };
-    conn.resume(io, reply.carry);
-    Ok(conn)
-}
-
-fn nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 struct Conn {
@@ -441,7 +274,10 @@ impl Conn {
         end
     }
 
-    async fn flush_all<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> std::io::Result<()> {
+    async fn flush_all<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+    ) -> std::io::Result<()> {
         if io.wbuf.is_empty() {
             return Ok(());
         }
@@ -499,19 +335,22 @@ impl Conn {
 
     async fn on_publish<S>(&mut self, io: &mut Io<S>, mut p: Publish) -> Option<End> {
         inc(&self.ctx.stats.messages_received);
-        if self.v5() {
-            if let Some(alias) = p.properties.topic_alias.take() {
-                if alias == 0 || alias > self.ctx.cfg.max_topic_alias {
-                    return Some(End::Error(reason::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+        if self.v5()
+            && let Some(alias) = p.properties.topic_alias.take()
+        {
+            if alias == 0 || alias > self.ctx.cfg.max_topic_alias {
+                return Some(End::Error(
+                    reason::TOPIC_ALIAS_INVALID,
+                    "topic alias out of range",
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.to_string(),
+                    None => return Some(End::Error(reason::PROTOCOL_ERROR, "unknown topic alias")),
                 }
-                if p.topic.is_empty() {
-                    match self.aliases_in.get(&alias) {
-                        Some(t) => p.topic = t.to_string(),
-                        None => return Some(End::Error(reason::PROTOCOL_ERROR, "unknown topic alias")),
-                    }
-                } else {
-                    self.aliases_in.insert(alias, Arc::from(p.topic.as_str()));
-                }
+            } else {
+                self.aliases_in.insert(alias, Arc::from(p.topic.as_str()));
             }
         }
         if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {
@@ -543,7 +382,10 @@ impl Conn {
             QoS::ExactlyOnce => {
                 let dup = self.qos2_in.contains(&p.packet_id);
                 if !dup && self.qos2_in.len() >= self.ctx.cfg.max_inflight.max(1) as usize {
-                    return Some(End::Error(reason::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+                    return Some(End::Error(
+                        reason::RECEIVE_MAXIMUM_EXCEEDED,
+                        "receive maximum exceeded",
+                    ));
                 }
                 if code == reason::SUCCESS {
                     self.qos2_in.insert(p.packet_id);
@@ -566,7 +408,10 @@ impl Conn {
         let now = Instant::now();
         let mut props = p.properties;
         props.subscription_identifiers.clear();
-        let expires = props.message_expiry_interval.take().map(|s| now + Duration::from_secs(s as u64));
+        let expires = props
+            .message_expiry_interval
+            .take()
+            .map(|s| now + Duration::from_secs(s as u64));
         self.batch.push(Arc::new(Message {
             topic: Arc::from(p.topic),
             payload: p.payload,
@@ -586,7 +431,8 @@ impl Conn {
     async fn throttle(&mut self) {
         let rate = self.ctx.cfg.max_publish_rate as f64;
         let now = Instant::now();
-        self.rate_tokens = (self.rate_tokens + now.duration_since(self.rate_at).as_secs_f64() * rate).min(rate);
+        self.rate_tokens =
+            (self.rate_tokens + now.duration_since(self.rate_at).as_secs_f64() * rate).min(rate);
         self.rate_at = now;
         self.rate_tokens -= 1.0;
         if self.rate_tokens < 0.0 {
@@ -605,7 +451,11 @@ impl Conn {
                 if a.reason_code >= 0x80 {
                     self.complete(a.packet_id, false);
                     self.drain_pending(io);
-                } else if let Some(inf) = self.inflight.iter_mut().find(|i| i.packet_id == a.packet_id) {
+                } else if let Some(inf) = self
+                    .inflight
+                    .iter_mut()
+                    .find(|i| i.packet_id == a.packet_id)
+                {
                     inf.released = true;
                     let rel = Ack {
                         packet_id: a.packet_id,
@@ -646,7 +496,10 @@ impl Conn {
             Packet::Disconnect(d) => {
                 if let Some(e) = d.properties.session_expiry_interval {
                     if self.expiry_was_zero && e != 0 {
-                        return Some(End::Error(reason::PROTOCOL_ERROR, "session expiry set after 0"));
+                        return Some(End::Error(
+                            reason::PROTOCOL_ERROR,
+                            "session expiry set after 0",
+                        ));
                     }
                     let max = self.ctx.cfg.max_session_expiry.get();
                     self.expiry = Duration::from_secs(e as u64).min(max);
@@ -656,11 +509,23 @@ impl Conn {
                 });
             }
             Packet::Auth(_) => {
-                return Some(End::Error(reason::PROTOCOL_ERROR, "AUTH without an authentication method"));
+                return Some(End::Error(
+                    reason::PROTOCOL_ERROR,
+                    "AUTH without an authentication method",
+                ));
             }
-            Packet::Connect(_) => return Some(End::Error(reason::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp | Packet::Publish(_) => {
-                return Some(End::Error(reason::PROTOCOL_ERROR, "packet a client must not send"));
+            Packet::Connect(_) => {
+                return Some(End::Error(reason::PROTOCOL_ERROR, "second CONNECT"));
+            }
+            Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp
+            | Packet::Publish(_) => {
+                return Some(End::Error(
+                    reason::PROTOCOL_ERROR,
+                    "packet a client must not send",
+                ));
             }
         }
         None
@@ -686,14 +551,21 @@ impl Conn {
             .map(|f| {
                 let valid = match topic::parse_shared(&f.filter) {
                     Some(_) => topic::valid_shared(&f.filter),
-                    None => !f.filter.starts_with("$share/") && topic::valid_topic_filter(&f.filter),
+                    None => {
+                        !f.filter.starts_with("$share/") && topic::valid_topic_filter(&f.filter)
+                    }
                 };
-                let shared_no_local = v5 && f.options.no_local && topic::parse_shared(&f.filter).is_some();
+                let shared_no_local =
+                    v5 && f.options.no_local && topic::parse_shared(&f.filter).is_some();
                 let refused = if !valid {
                     Some(reason::TOPIC_FILTER_INVALID)
                 } else if shared_no_local {
                     Some(reason::PROTOCOL_ERROR)
-                } else if !self.ctx.auth.may_subscribe(&self.identity, crate::router::split_shared(&f.filter).1) {
+                } else if !self
+                    .ctx
+                    .auth
+                    .may_subscribe(&self.identity, crate::router::split_shared(&f.filter).1)
+                {
                     inc(&self.ctx.stats.denied_subscribe);
                     Some(reason::NOT_AUTHORIZED)
                 } else {
@@ -771,7 +643,11 @@ impl Conn {
     fn next_packet_id(&mut self) -> u16 {
         loop {
             let id = self.next_id;
-            self.next_id = if self.next_id == u16::MAX { 1 } else { self.next_id + 1 };
+            self.next_id = if self.next_id == u16::MAX {
+                1
+            } else {
+                self.next_id + 1
+            };
             if !self.inflight_ids.contains(&id) {
                 return id;
             }
@@ -793,7 +669,11 @@ impl Conn {
             }
             return;
         }
-        let packet_id = if d.qos == QoS::AtMostOnce { 0 } else { self.next_packet_id() };
+        let packet_id = if d.qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.next_packet_id()
+        };
         let mut p = self.publish_packet(&d, packet_id, false);
         if self.client_max_packet != usize::MAX {
             let packet = Packet::Publish(p);
@@ -801,7 +681,9 @@ impl Conn {
                 inc(&self.ctx.stats.dropped_too_large);
                 return;
             }
-            let Packet::Publish(back) = packet else { return };
+            let Packet::Publish(back) = packet else {
+                return;
+            };
             p = back;
         }
         if self.client_alias_max > 0 {

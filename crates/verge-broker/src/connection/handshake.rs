@@ -1,0 +1,204 @@
+//! The CONNECT handshake: identify the client, authenticate it, attach it
+//! to its session in the router and answer CONNACK.
+
+use super::*;
+/// The CONNECT handshake: identify, authenticate, attach to a session and
+/// answer CONNACK. Returns the refusing reason code on failure.
+pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Io<S>,
+    connect: Connect,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    ctx: &Arc<Ctx>,
+) -> Result<Conn, u8> {
+    let cfg = &ctx.cfg;
+    let protocol = connect.protocol;
+    let v5 = protocol == Protocol::V5;
+    if v5 && connect.properties.authentication_method.is_some() {
+        info!(%peer, "enhanced authentication requested but none is configured");
+        return Err(reason::BAD_AUTHENTICATION_METHOD);
+    }
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !v5 && !connect.clean_start {
+            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        let id = format!(
+            "verge-{:x}-{:x}",
+            std::process::id(),
+            ctx.next_conn.load(std::sync::atomic::Ordering::Relaxed) ^ nanos()
+        );
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+    if ctx
+        .stats
+        .clients_connected
+        .load(std::sync::atomic::Ordering::Relaxed) as usize
+        >= cfg.max_connections
+    {
+        warn!(%peer, "max_connections reached; refusing");
+        return Err(reason::SERVER_BUSY);
+    }
+    let identity = {
+        let auth = ctx.auth.clone();
+        let cid = client_id.clone();
+        let user = connect.username.clone();
+        let pass = connect.password.clone();
+        tokio::task::spawn_blocking(move || {
+            auth.authenticate(&cid, user.as_deref(), pass.as_deref(), cert_name.as_deref())
+        })
+        .await
+        .map_err(|_| reason::UNSPECIFIED_ERROR)?
+    };
+    let identity = match identity {
+        Ok(i) => i,
+        Err(f) => {
+            info!(%peer, client_id, username = ?connect.username, "authentication failed: {f:?}");
+            return Err(match f {
+                AuthFailure::BadCredentials => reason::BAD_USERNAME_OR_PASSWORD,
+                AuthFailure::NotAuthorized => reason::NOT_AUTHORIZED,
+            });
+        }
+    };
+    let max_expiry = cfg.max_session_expiry.get().as_secs().min(u32::MAX as u64) as u32;
+    let expiry_secs = if v5 {
+        connect
+            .properties
+            .session_expiry_interval
+            .unwrap_or(0)
+            .min(max_expiry)
+    } else if connect.clean_start {
+        0
+    } else {
+        max_expiry
+    };
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if cfg.max_keep_alive > 0 && (keep_alive == 0 || keep_alive > cfg.max_keep_alive) && v5 {
+        keep_alive = cfg.max_keep_alive;
+        server_keep_alive = Some(keep_alive);
+    }
+    let will = connect.will.as_ref().and_then(|w| {
+        if !ctx.auth.may_publish(&identity, &w.topic) {
+            inc(&ctx.stats.denied_publish);
+            return None;
+        }
+        let now = Instant::now();
+        let mut props = w.properties.clone();
+        let delay = Duration::from_secs(props.will_delay_interval.take().unwrap_or(0) as u64);
+        let expires = props
+            .message_expiry_interval
+            .take()
+            .map(|s| now + Duration::from_secs(s as u64));
+        Some((
+            Arc::new(Message {
+                topic: Arc::from(w.topic.as_str()),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                properties: props,
+                origin: identity.client_id.clone(),
+                received: now,
+                expires,
+            }),
+            delay,
+        ))
+    });
+
+    let conn_id = ctx
+        .next_conn
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(cfg.max_queued_messages.max(1));
+    let kill = Arc::new(Kill::default());
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let req = ConnectReq {
+        client_id: identity.client_id.clone(),
+        clean_start: connect.clean_start,
+        expiry: Duration::from_secs(expiry_secs as u64),
+        conn_id,
+        tx,
+        kill: kill.clone(),
+        reply: reply_tx,
+    };
+    if ctx.router.send(Event::Connect(req)).await.is_err() {
+        return Err(reason::SERVER_UNAVAILABLE);
+    }
+    let reply: ConnectReply = match reply_rx.await {
+        Ok(r) => r,
+        Err(_) => return Err(reason::SERVER_UNAVAILABLE),
+    };
+    let mut props = Properties::default();
+    if v5 {
+        props.receive_maximum = Some(cfg.max_inflight.max(1));
+        props.maximum_packet_size = Some(cfg.max_packet_size);
+        props.topic_alias_maximum = Some(cfg.max_topic_alias);
+        props.retain_available = Some(1);
+        props.wildcard_subscription_available = Some(1);
+        props.subscription_identifier_available = Some(1);
+        props.shared_subscription_available = Some(1);
+        props.assigned_client_identifier = assigned;
+        props.server_keep_alive = server_keep_alive;
+        if connect.properties.session_expiry_interval.unwrap_or(0) > expiry_secs {
+            props.session_expiry_interval = Some(expiry_secs);
+        }
+    }
+    let ack = ConnAck {
+        session_present: reply.session_present,
+        reason_code: reason::SUCCESS,
+        properties: props,
+    };
+    let _ = encode(&Packet::ConnAck(ack), protocol, &mut io.wbuf);
+    debug!(%peer, client_id = %identity.client_id, ?protocol, session_present = reply.session_present, "connected");
+    let client_window = if v5 {
+        connect.properties.receive_maximum.unwrap_or(u16::MAX)
+    } else {
+        u16::MAX
+    };
+    let mut conn = Conn {
+        ctx: ctx.clone(),
+        peer,
+        protocol,
+        key: reply.key,
+        conn_id,
+        identity,
+        kill,
+        rx: Some(rx),
+        keep_alive: Duration::from_millis(keep_alive as u64 * 1500),
+        expiry: Duration::from_secs(expiry_secs as u64),
+        expiry_was_zero: expiry_secs == 0,
+        will,
+        window: client_window.min(cfg.max_inflight.max(1)) as usize,
+        client_max_packet: if v5 {
+            connect.properties.maximum_packet_size.unwrap_or(u32::MAX) as usize
+        } else {
+            usize::MAX
+        },
+        client_alias_max: if v5 {
+            connect.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+        inflight: VecDeque::new(),
+        inflight_ids: HashSet::new(),
+        next_id: 1,
+        pending: VecDeque::new(),
+        qos2_in: HashSet::new(),
+        batch: Vec::new(),
+        rate_tokens: cfg.max_publish_rate as f64,
+        rate_at: Instant::now(),
+    };
+    conn.resume(io, reply.carry);
+    Ok(conn)
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
