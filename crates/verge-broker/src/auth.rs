@@ -141,10 +141,12 @@ impl Authenticator {
         allow_anonymous: bool,
         default: AclPolicy,
     ) -> Result<Self, BrokerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| BrokerError::Config(format!("devices_file {}: {e}", path.display())))?;
-        let registry: Registry = toml::from_str(&text)
-            .map_err(|e| BrokerError::Config(format!("devices_file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            BrokerError::Config(format!("broker.devices_file {}: {e}", path.display()))
+        })?;
+        let registry: Registry = toml::from_str(&text).map_err(|e| {
+            BrokerError::Config(format!("broker.devices_file {}: {e}", path.display()))
+        })?;
         Self::new(registry, allow_anonymous, default)
     }
 

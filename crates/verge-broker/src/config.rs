@@ -27,6 +27,10 @@ pub struct BrokerConfig {
     /// Most messages queued for one session (connected but slow, or offline
     /// and persistent); beyond it messages are dropped and counted.
     pub max_queued_messages: usize,
+    /// How long a QoS 1/2 message waits for room in a full session queue
+    /// (slowing publishers down) before the session is marked slow and its
+    /// QoS 1/2 messages are dropped and counted until its queue is half empty.
+    pub slow_consumer_wait: HumanDuration,
     /// Highest keep alive a client may ask for, in seconds; a 5.0 client
     /// asking for more (or for 0) is told this value as Server Keep Alive.
     /// 0 = accept whatever the client asks for, including 0 (off).
@@ -64,6 +68,7 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             max_inflight: 256,
             max_queued_messages: 10_000,
+            slow_consumer_wait: HumanDuration(Duration::from_millis(500)),
             max_keep_alive: 0,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             max_session_expiry: HumanDuration(Duration::from_secs(24 * 3600)),

@@ -9,13 +9,12 @@ pub enum BrokerError {
     #[error("config: {0}")]
     Config(String),
     /// A listener could not be bound or set up.
-    #[error("listener {what}: {source}")]
+    #[error("listener {what}: {error}")]
     Listener {
         /// Which listener and address.
         what: String,
         /// The I/O error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// TLS material could not be loaded.
     #[error("tls: {0}")]

@@ -59,6 +59,7 @@ impl Broker {
                 max_queued: config.max_queued_messages,
                 max_retained: config.max_retained,
                 sys_interval: config.sys_interval.get(),
+                slow_consumer_wait: config.slow_consumer_wait.get(),
             },
             stats.clone(),
         );

@@ -75,34 +75,34 @@ pub async fn bind_all(cfg: &ListenersConfig) -> Result<Vec<BoundListener>, Broke
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|source| BrokerError::Listener {
+            .map_err(|error| BrokerError::Listener {
                 what: format!("{what} on {addr}"),
-                source,
+                error,
             })
     };
     if cfg.tcp.enabled {
         out.push(BoundListener {
-            listener: bind(cfg.tcp.bind, "listeners.tcp").await?,
+            listener: bind(cfg.tcp.bind, "broker.listeners.tcp").await?,
             transport: Transport::Tcp,
         });
     }
     if cfg.tls.enabled {
-        let tls = server_tls(&cfg.tls.tls, "listeners.tls")?;
+        let tls = server_tls(&cfg.tls.tls, "broker.listeners.tls")?;
         out.push(BoundListener {
-            listener: bind(cfg.tls.bind, "listeners.tls").await?,
+            listener: bind(cfg.tls.bind, "broker.listeners.tls").await?,
             transport: Transport::Tls(tls),
         });
     }
     if cfg.ws.enabled {
         out.push(BoundListener {
-            listener: bind(cfg.ws.bind, "listeners.ws").await?,
+            listener: bind(cfg.ws.bind, "broker.listeners.ws").await?,
             transport: Transport::Ws(cfg.ws.path.clone()),
         });
     }
     if cfg.wss.enabled {
-        let tls = server_tls(&cfg.wss.tls, "listeners.wss")?;
+        let tls = server_tls(&cfg.wss.tls, "broker.listeners.wss")?;
         out.push(BoundListener {
-            listener: bind(cfg.wss.bind, "listeners.wss").await?,
+            listener: bind(cfg.wss.bind, "broker.listeners.wss").await?,
             transport: Transport::Wss(tls, cfg.wss.path.clone()),
         });
     }
@@ -199,10 +199,17 @@ pub(crate) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let transport = bound.transport.clone();
-        tokio::spawn(async move {
-            handle(stream, peer, transport, ctx).await;
-        });
+        // Plain TCP gets a task of its own type so that idle connections do
+        // not carry the (much larger) TLS and WebSocket state.
+        match &bound.transport {
+            Transport::Tcp => {
+                tokio::spawn(serve(stream, peer, None, ctx));
+            }
+            other => {
+                let transport = other.clone();
+                tokio::spawn(handle(stream, peer, transport, ctx));
+            }
+        }
     }
 }
 

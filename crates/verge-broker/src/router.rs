@@ -154,12 +154,17 @@ pub(crate) struct RouterConfig {
     pub max_queued: usize,
     pub max_retained: usize,
     pub sys_interval: Duration,
+    pub slow_consumer_wait: Duration,
 }
 
 struct Link {
     conn_id: u64,
     tx: mpsc::Sender<Outgoing>,
     kill: Arc<Kill>,
+    /// Deliveries to this link wait in `Router::stalled` (keeps order).
+    stalled: bool,
+    /// The queue stayed full too long: drop QoS 1/2 until it drains to half.
+    slow: bool,
 }
 
 struct Session {
@@ -188,6 +193,7 @@ pub(crate) struct Router {
     wills: Vec<(Instant, SubKey, Arc<Message>)>,
     next_key: SubKey,
     hits: Vec<Hit>,
+    stalled: Vec<(SubKey, mpsc::Sender<Outgoing>, Delivery)>,
     last_sys: Instant,
 }
 
@@ -204,6 +210,7 @@ impl Router {
             wills: Vec::new(),
             next_key: 1,
             hits: Vec::new(),
+            stalled: Vec::new(),
             last_sys: Instant::now(),
         }
     }
@@ -226,6 +233,9 @@ impl Router {
                             return;
                         }
                         self.handle(ev);
+                        if !self.stalled.is_empty() {
+                            self.unstall().await;
+                        }
                     }
                 }
                 _ = tick.tick() => self.on_tick(Instant::now()),
@@ -373,6 +383,8 @@ impl Router {
             conn_id: req.conn_id,
             tx: req.tx,
             kill: req.kill,
+            stalled: false,
+            slow: false,
         });
         let reply = ConnectReply {
             key,
@@ -586,11 +598,27 @@ impl Router {
 
     fn deliver(&mut self, key: SubKey, d: Delivery) {
         if let Some(s) = self.sessions.get_mut(&key) {
-            match &s.link {
-                Some(link) => match link.tx.try_send(Outgoing::Deliver(d)) {
-                    Ok(()) => {}
-                    Err(_) => inc(&self.stats.dropped_queue_full),
-                },
+            match &mut s.link {
+                Some(link) => {
+                    if link.slow && link.tx.capacity() * 2 >= self.cfg.max_queued {
+                        link.slow = false;
+                    }
+                    if link.stalled {
+                        // keep order behind what already waits for room
+                        self.stalled.push((key, link.tx.clone(), d));
+                        return;
+                    }
+                    match link.tx.try_send(Outgoing::Deliver(d)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(d)))
+                            if d.qos != QoS::AtMostOnce && !link.slow =>
+                        {
+                            link.stalled = true;
+                            self.stalled.push((key, link.tx.clone(), d));
+                        }
+                        Err(_) => inc(&self.stats.dropped_queue_full),
+                    }
+                }
                 None if d.qos == QoS::AtMostOnce => inc(&self.stats.dropped_offline_qos0),
                 None if s.offline.len() + s.carry.queued.len() >= self.cfg.max_queued => {
                     inc(&self.stats.dropped_queue_full)
@@ -604,6 +632,42 @@ impl Router {
                     l.dropped.fetch_add(1, Ordering::Relaxed);
                     inc(&self.stats.dropped_queue_full);
                 }
+            }
+        }
+    }
+
+    /// Wait for room for QoS 1/2 deliveries that found their session's queue
+    /// full. While the router waits it reads no new events, so publishers are
+    /// slowed down instead of their messages being dropped. A session that
+    /// stays full for `slow_consumer_wait` is marked slow: its QoS 1/2
+    /// messages are then dropped and counted until its queue is half empty.
+    async fn unstall(&mut self) {
+        let wait = self.cfg.slow_consumer_wait;
+        for (key, tx, d) in std::mem::take(&mut self.stalled) {
+            let slow = self
+                .sessions
+                .get(&key)
+                .and_then(|s| s.link.as_ref())
+                .is_none_or(|l| l.slow);
+            if slow {
+                inc(&self.stats.dropped_queue_full);
+                continue;
+            }
+            match tokio::time::timeout(wait, tx.send(Outgoing::Deliver(d))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => inc(&self.stats.dropped_queue_full),
+                Err(_) => {
+                    inc(&self.stats.dropped_queue_full);
+                    inc(&self.stats.slow_consumers);
+                    if let Some(l) = self.sessions.get_mut(&key).and_then(|s| s.link.as_mut()) {
+                        l.slow = true;
+                    }
+                }
+            }
+        }
+        for s in self.sessions.values_mut() {
+            if let Some(l) = &mut s.link {
+                l.stalled = false;
             }
         }
     }

@@ -22,6 +22,8 @@ pub struct Stats {
     pub bytes_sent: AtomicU64,
     /// Messages dropped because a session's queue was full.
     pub dropped_queue_full: AtomicU64,
+    /// Times a session's queue stayed full past `slow_consumer_wait`.
+    pub slow_consumers: AtomicU64,
     /// Messages dropped because they expired before delivery.
     pub dropped_expired: AtomicU64,
     /// Messages dropped because they exceed the client's maximum packet size.
@@ -57,6 +59,7 @@ impl Default for Stats {
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
             dropped_expired: AtomicU64::new(0),
             dropped_too_large: AtomicU64::new(0),
             dropped_offline_qos0: AtomicU64::new(0),
@@ -95,6 +98,7 @@ impl Stats {
             ("bytes_received", g(&self.bytes_received)),
             ("bytes_sent", g(&self.bytes_sent)),
             ("dropped_queue_full", g(&self.dropped_queue_full)),
+            ("slow_consumers", g(&self.slow_consumers)),
             ("dropped_expired", g(&self.dropped_expired)),
             ("dropped_too_large", g(&self.dropped_too_large)),
             ("dropped_offline_qos0", g(&self.dropped_offline_qos0)),

@@ -41,8 +41,8 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
     let listeners = verge_broker::bind_all(&cfg.broker.listeners)
         .await
         .map_err(|e| match e {
-            BrokerError::Listener { what, source } => anyhow::anyhow!(
-                "broker.{what}: {source} (set another `bind` address for this listener, \
+            BrokerError::Listener { what, error } => anyhow::anyhow!(
+                "{what}: {error} (set another `bind` address for this listener, \
              or `enabled = false`)"
             ),
             other => anyhow::Error::new(other).context("starting the broker's listeners"),

@@ -42,7 +42,16 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         warn!(%peer, "max_connections reached; refusing");
         return Err(reason::SERVER_BUSY);
     }
-    let identity = {
+    let identity = if connect.password.is_none() {
+        // no password: nothing expensive to check, stay on this thread
+        ctx.auth.authenticate(
+            &client_id,
+            connect.username.as_deref(),
+            None,
+            cert_name.as_deref(),
+        )
+    } else {
+        // argon2 is deliberately slow: run it on the blocking pool
         let auth = ctx.auth.clone();
         let cid = client_id.clone();
         let user = connect.username.clone();

@@ -29,6 +29,11 @@ use crate::subs::SubKey;
 mod handshake;
 use handshake::accept;
 
+/// Smallest read buffer; what an idle connection holds.
+const MIN_READ: usize = 256;
+/// Largest read buffer a busy connection grows to.
+const MAX_READ: usize = 64 * 1024;
+
 /// What every connection shares.
 pub(crate) struct Ctx {
     pub cfg: BrokerConfig,
@@ -60,13 +65,13 @@ where
     inc(&ctx.stats.connections_total);
     let mut io = Io {
         stream,
-        rbuf: BytesMut::with_capacity(4096),
-        wbuf: BytesMut::with_capacity(4096),
+        rbuf: BytesMut::with_capacity(MIN_READ),
+        wbuf: BytesMut::new(),
         stats: ctx.stats.clone(),
     };
     let max = ctx.cfg.max_packet_size as usize;
     let connect =
-        match tokio::time::timeout(ctx.cfg.connect_timeout.get(), io.read_connect(max)).await {
+        match tokio::time::timeout(ctx.cfg.connect_timeout.get(), Box::pin(io.read_connect(max))).await {
             Err(_) => {
                 debug!(%peer, "no CONNECT within the connect timeout; closing");
                 return;
@@ -90,7 +95,9 @@ where
             Ok(Ok(c)) => c,
         };
     let protocol = connect.protocol;
-    match accept(&mut io, connect, peer, cert_name, &ctx).await {
+    // Boxed: the handshake's state is large and lives only briefly; an idle
+    // connection should not carry it.
+    match Box::pin(accept(&mut io, connect, peer, cert_name, &ctx)).await {
         Ok(mut conn) => {
             ctx.stats
                 .clients_connected
@@ -99,7 +106,7 @@ where
             ctx.stats
                 .clients_connected
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            conn.finish(&mut io, end).await;
+            Box::pin(conn.finish(&mut io, end)).await;
         }
         Err(code) => {
             inc(&ctx.stats.connects_refused);
@@ -164,8 +171,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         self.stream.write_all(&self.wbuf).await?;
         add(&self.stats.bytes_sent, self.wbuf.len() as u64);
         self.wbuf.clear();
-        if self.wbuf.capacity() > 1 << 20 {
-            self.wbuf = BytesMut::with_capacity(4096);
+        if self.wbuf.capacity() > MAX_READ {
+            self.wbuf = BytesMut::new();
         }
         Ok(())
     }
@@ -230,6 +237,7 @@ impl Conn {
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> End {
         let mut deliveries = Vec::with_capacity(64);
         let mut last_read = Instant::now();
+        let mut read_hint = MIN_READ;
         let kill = self.kill.clone();
         let mut rx = match self.rx.take() {
             Some(rx) => rx,
@@ -241,6 +249,13 @@ impl Conn {
                 break End::Closed;
             }
             let room = self.pending.is_empty() && self.inflight.len() < self.window;
+            if io.rbuf.is_empty() && io.rbuf.capacity() > read_hint * 2 {
+                io.rbuf = BytesMut::new();
+            }
+            if io.rbuf.capacity() - io.rbuf.len() < MIN_READ {
+                io.rbuf.reserve(read_hint);
+            }
+            let spare = io.rbuf.capacity() - io.rbuf.len();
             let ka = self.keep_alive;
             tokio::select! {
                 biased;
@@ -249,9 +264,11 @@ impl Conn {
                     match r {
                         Ok(0) | Err(_) => break End::Closed,
                         Ok(n) => {
+                            // Busy connections read big, idle ones hold little.
+                            read_hint = if n >= spare { (read_hint * 2).min(MAX_READ) } else { (read_hint / 2).max(MIN_READ) };
                             add(&self.ctx.stats.bytes_received, n as u64);
                             last_read = Instant::now();
-                            if let Some(end) = self.on_read(io).await {
+                            if let Some(end) = Box::pin(self.on_read(io)).await {
                                 break end;
                             }
                         }
@@ -319,9 +336,6 @@ impl Conn {
             }
         }
         self.flush_batch().await;
-        if io.rbuf.capacity() > 4 << 20 && io.rbuf.is_empty() {
-            io.rbuf = BytesMut::with_capacity(4096);
-        }
         None
     }
 

@@ -170,7 +170,13 @@ pub async fn publisher(
                 res.sent_in_window += 1;
             }
         }
-        wr.write_all(&wbuf).await.context("publishing")?;
+        // A broker that stops reading must not hang the bench.
+        match tokio::time::timeout_at((stop_at + plan.drain).into(), wr.write_all(&wbuf)).await {
+            Ok(r) => r.context("publishing")?,
+            Err(_) => {
+                bail!("the broker stopped reading (a publish blocked past the end of the run)")
+            }
+        }
         wbuf.clear();
         res.sent += n;
         // A socket that always has room never makes this task yield; give
