@@ -27,9 +27,9 @@ pub struct BrokerConfig {
     /// Most messages queued for one session (connected but slow, or offline
     /// and persistent); beyond it messages are dropped and counted.
     pub max_queued_messages: usize,
-    /// How long a QoS 1/2 message waits for room in a full session queue
+    /// How long a message waits for room in a connected session's full queue
     /// (slowing publishers down) before the session is marked slow and its
-    /// QoS 1/2 messages are dropped and counted until its queue is half empty.
+    /// messages are dropped and counted until its queue is half empty.
     pub slow_consumer_wait: HumanDuration,
     /// Highest keep alive a client may ask for, in seconds; a 5.0 client
     /// asking for more (or for 0) is told this value as Server Keep Alive.

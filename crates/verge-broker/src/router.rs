@@ -367,8 +367,22 @@ impl Router {
     }
 
     fn complete_connect(&mut self, key: SubKey, req: ConnectReq, existed: bool) {
-        // A new connection for this client cancels a pending (delayed) will.
-        self.wills.retain(|(_, k, _)| *k != key);
+        // A new connection for this client cancels a pending (delayed) will,
+        // unless it starts clean: then the old session ends, and a session's
+        // end is when its delayed will is due.
+        let mut due = Vec::new();
+        self.wills.retain(|(_, k, m)| {
+            if *k != key {
+                return true;
+            }
+            if req.clean_start {
+                due.push(m.clone());
+            }
+            false
+        });
+        for m in due {
+            self.route(m);
+        }
         if req.clean_start && existed {
             self.clear_session(key);
         }
@@ -467,7 +481,13 @@ impl Router {
             }
         }
         if let Some(req) = takeover {
-            self.complete_connect(key, req, true);
+            // A session that expires on disconnect ended with the old
+            // connection: the new one starts afresh.
+            let existed = !expiry.is_zero();
+            if !existed {
+                self.clear_session(key);
+            }
+            self.complete_connect(key, req, existed);
             return;
         }
         if expiry.is_zero() {
@@ -611,7 +631,7 @@ impl Router {
                     match link.tx.try_send(Outgoing::Deliver(d)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(d)))
-                            if d.qos != QoS::AtMostOnce && !link.slow =>
+                            if !link.slow =>
                         {
                             link.stalled = true;
                             self.stalled.push((key, link.tx.clone(), d));
@@ -636,11 +656,11 @@ impl Router {
         }
     }
 
-    /// Wait for room for QoS 1/2 deliveries that found their session's queue
-    /// full. While the router waits it reads no new events, so publishers are
+    /// Wait for room for deliveries that found their session's queue full.
+    /// While the router waits it reads no new events, so publishers are
     /// slowed down instead of their messages being dropped. A session that
-    /// stays full for `slow_consumer_wait` is marked slow: its QoS 1/2
-    /// messages are then dropped and counted until its queue is half empty.
+    /// stays full for `slow_consumer_wait` is marked slow: its messages are
+    /// then dropped and counted until its queue is half empty.
     async fn unstall(&mut self) {
         let wait = self.cfg.slow_consumer_wait;
         for (key, tx, d) in std::mem::take(&mut self.stalled) {

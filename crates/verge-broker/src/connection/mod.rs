@@ -70,30 +70,34 @@ where
         stats: ctx.stats.clone(),
     };
     let max = ctx.cfg.max_packet_size as usize;
-    let connect =
-        match tokio::time::timeout(ctx.cfg.connect_timeout.get(), Box::pin(io.read_connect(max))).await {
-            Err(_) => {
-                debug!(%peer, "no CONNECT within the connect timeout; closing");
-                return;
-            }
-            Ok(Err(e)) => {
-                inc(&ctx.stats.connects_refused);
-                info!(%peer, error = %e, "bad CONNECT; closing");
-                if let ConnectError::Decode(d) = &e {
-                    // Answer with a CONNACK where the version is known.
-                    if !matches!(d, DecodeError::UnsupportedProtocolVersion(_)) {
-                        return;
-                    }
-                    let ack = ConnAck {
-                        reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
-                        ..ConnAck::default()
-                    };
-                    let _ = io.send(&Packet::ConnAck(ack), Protocol::V311).await;
+    let connect = match tokio::time::timeout(
+        ctx.cfg.connect_timeout.get(),
+        Box::pin(io.read_connect(max)),
+    )
+    .await
+    {
+        Err(_) => {
+            debug!(%peer, "no CONNECT within the connect timeout; closing");
+            return;
+        }
+        Ok(Err(e)) => {
+            inc(&ctx.stats.connects_refused);
+            info!(%peer, error = %e, "bad CONNECT; closing");
+            if let ConnectError::Decode(d) = &e {
+                // Answer with a CONNACK where the version is known.
+                if !matches!(d, DecodeError::UnsupportedProtocolVersion(_)) {
+                    return;
                 }
-                return;
+                let ack = ConnAck {
+                    reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                    ..ConnAck::default()
+                };
+                let _ = io.send(&Packet::ConnAck(ack), Protocol::V311).await;
             }
-            Ok(Ok(c)) => c,
-        };
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
     let protocol = connect.protocol;
     // Boxed: the handshake's state is large and lives only briefly; an idle
     // connection should not carry it.
@@ -559,6 +563,17 @@ impl Conn {
     async fn on_subscribe<S>(&mut self, io: &mut Io<S>, s: Subscribe) -> Option<End> {
         let id = s.properties.subscription_identifiers.first().copied();
         let v5 = self.v5();
+        // 5.0 §3.8.3.1: No Local on a shared subscription is a protocol error
+        if v5
+            && s.filters
+                .iter()
+                .any(|f| f.options.no_local && topic::parse_shared(&f.filter).is_some())
+        {
+            return Some(End::Error(
+                reason::PROTOCOL_ERROR,
+                "no local on a shared subscription",
+            ));
+        }
         let filters = s
             .filters
             .into_iter()
@@ -569,12 +584,8 @@ impl Conn {
                         !f.filter.starts_with("$share/") && topic::valid_topic_filter(&f.filter)
                     }
                 };
-                let shared_no_local =
-                    v5 && f.options.no_local && topic::parse_shared(&f.filter).is_some();
                 let refused = if !valid {
                     Some(reason::TOPIC_FILTER_INVALID)
-                } else if shared_no_local {
-                    Some(reason::PROTOCOL_ERROR)
                 } else if !self
                     .ctx
                     .auth
