@@ -37,6 +37,10 @@ CONF
 mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 & mpid=$!
 trap 'kill $vpid $mpid 2>/dev/null; rm -rf "$tmp"' EXIT
 sleep 1
+echo "### idle connections (10,000), on fresh brokers"
+"$B" bench connections --port $VPORT --pid $vpid --count 10000 | grep -E "opened|RSS|per connection"
+"$B" bench connections --port $MPORT --pid $mpid --count 10000 | grep -E "opened|RSS|per connection"
+
 run() { # name port args...
   local name=$1 port=$2; shift 2
   echo "### $name: $*"
@@ -46,10 +50,8 @@ for shape in "--publishers 1 --subscribers 1 --qos 0" \
              "--publishers 4 --subscribers 4 --qos 0" \
              "--publishers 1 --subscribers 1 --qos 1" \
              "--publishers 4 --subscribers 4 --qos 1" \
+             "--publishers 1 --subscribers 1 --qos 0 --rate 10000" \
              "--publishers 1 --subscribers 1 --qos 1 --rate 10000"; do
   run verge $VPORT $shape
   run mosquitto $MPORT $shape
 done
-echo "### idle connections (10,000)"
-"$B" bench connections --port $VPORT --pid $vpid --count 10000 | grep -E "opened|per connection"
-"$B" bench connections --port $MPORT --pid $mpid --count 10000 | grep -E "opened|per connection"

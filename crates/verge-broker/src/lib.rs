@@ -148,9 +148,10 @@ impl BrokerHandle {
         filter: &str,
         capacity: usize,
     ) -> Result<LocalSubscription, BrokerError> {
-        let valid = match topic::parse_shared(filter) {
-            Some(_) => topic::valid_shared(filter),
-            None => topic::valid_topic_filter(filter),
+        let valid = if filter.starts_with("$share/") {
+            topic::valid_shared(filter)
+        } else {
+            topic::valid_topic_filter(filter)
         };
         if !valid {
             return Err(BrokerError::InvalidTopic(filter.to_owned()));

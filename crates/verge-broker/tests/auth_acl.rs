@@ -379,3 +379,44 @@ async fn will_to_a_denied_topic_is_dropped() {
         "will to a denied topic was published"
     );
 }
+
+/// With anonymous access on, a CONNECT that names a registered user but
+/// gives no password is at best anonymous: it must not get that user's
+/// `%u` rights (a wrong password is refused, so no password must not be
+/// better than a wrong one).
+#[tokio::test]
+async fn username_without_password_does_not_impersonate() {
+    let mut reg = registry();
+    reg.acl = vec![rule(AclPolicy::Allow, AclAction::All, "devices/%u/#")];
+    let mut cfg = test_config();
+    cfg.allow_anonymous = true;
+    cfg.acl_default = AclPolicy::Deny;
+    let auth = Authenticator::new(reg, true, AclPolicy::Deny).expect("authenticator");
+    let b = start_with_auth(cfg, auth).await;
+
+    // The real device gets its rights.
+    let mut real = connect5(b.addr, "real", creds5("sensor", PASSWORD)).await;
+    assert_eq!(
+        real.subscribe("devices/sensor/cmd", Q5::AtMostOnce).await,
+        vec![m5::SubscribeReasonCode::Success(Q5::AtMostOnce)]
+    );
+    // A wrong password is refused.
+    let wrong = try_connect5(b.addr, "wrong", creds5("sensor", "nope")).await;
+    assert_eq!(refused5(wrong), m5::ConnectReturnCode::BadUserNamePassword);
+
+    // Username, no password.
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    let mut c = connect_packet(Protocol::V5, "impostor", 0);
+    c.username = Some("sensor".into());
+    let ack = raw.connect(c).await;
+    if ack.reason_code == 0 {
+        let codes = raw
+            .subscribe(1, "devices/sensor/cmd", verge_mqtt::QoS::AtMostOnce)
+            .await;
+        assert_eq!(
+            codes,
+            vec![verge_mqtt::reason::NOT_AUTHORIZED],
+            "an unauthenticated username was trusted for %u"
+        );
+    }
+}

@@ -57,8 +57,8 @@ async fn pinging_client_stays_connected() {
     let mut raw = raw_tcp(b.addr, Protocol::V311).await;
     raw.connect(connect_packet(Protocol::V311, "pinger", 1))
         .await;
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
         raw.send(&Packet::PingReq).await;
         match raw.read(WAIT).await {
             Read::Packet(Packet::PingResp) => {}
@@ -81,7 +81,7 @@ async fn keep_alive_zero_is_accepted_and_never_times_out() {
     let ack = v5.connect(connect_packet(Protocol::V5, "ka0-5", 0)).await;
     assert_eq!(ack.reason_code, 0);
     assert_eq!(ack.properties.server_keep_alive, None);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     for raw in [&mut v3, &mut v5] {
         raw.send(&Packet::PingReq).await;
         match raw.read(WAIT).await {
@@ -138,4 +138,20 @@ async fn connection_without_connect_is_closed_after_connect_timeout() {
         "closed before the connect timeout"
     );
     assert_eq!(raw.expect_closed(WAIT).await, None);
+}
+
+/// A real client with keep alive 1 s pings and stays connected (rumqttc's
+/// 5.0 client refuses keep alives under 5 s, so 3.1.1 only).
+#[tokio::test]
+async fn rumqttc_client_with_short_keep_alive_stays_connected() {
+    let b = start().await;
+    let mut c = connect3(b.addr, "ka1", |o| {
+        o.set_keep_alive(Duration::from_secs(1));
+    })
+    .await;
+    assert!(
+        c.closed_within(Duration::from_millis(3200)).await.is_none(),
+        "3.1.1 client dropped"
+    );
+    c.subscribe("ka/t", rumqttc::QoS::AtMostOnce).await;
 }

@@ -588,3 +588,126 @@ async fn v5_unsubscribe_stops_delivery_and_reports_missing_subscription() {
     let m = sub.recv().await;
     assert_eq!(text(&m.payload), "sentinel");
 }
+
+#[tokio::test]
+async fn resubscribing_replaces_the_subscription() {
+    let b = start().await;
+    let mut sub = connect5(b.addr, "sub", |_| {}).await;
+    sub.subscribe("re/t", Q5::AtMostOnce).await;
+    let codes = sub.subscribe("re/t", Q5::ExactlyOnce).await;
+    assert_eq!(
+        codes,
+        vec![m5::SubscribeReasonCode::Success(Q5::ExactlyOnce)]
+    );
+    assert_eq!(
+        counter(&b.stats().subscriptions),
+        1,
+        "a second SUBSCRIBE must replace, not add"
+    );
+    let mut publisher = connect5(b.addr, "pub", |_| {}).await;
+    publisher
+        .publish_acked("re/t", Q5::ExactlyOnce, false, "x")
+        .await;
+    publisher
+        .publish_acked("re/t", Q5::AtMostOnce, false, "end")
+        .await;
+    let m = sub.recv().await;
+    assert_eq!((text(&m.payload).as_str(), m.qos), ("x", Q5::ExactlyOnce));
+    assert_eq!(text(&sub.recv().await.payload), "end", "delivered twice");
+}
+
+#[tokio::test]
+async fn empty_levels_and_leading_slash_match_like_the_spec() {
+    let b = start().await;
+    let mut a = connect3(b.addr, "a", |_| {}).await;
+    a.subscribe("a/+/b", Q3::AtMostOnce).await;
+    let mut c = connect3(b.addr, "c", |_| {}).await;
+    c.subscribe("/+", Q3::AtMostOnce).await;
+    let mut publisher = connect3(b.addr, "pub", |_| {}).await;
+    for t in ["a//b", "a/x/b", "/finance", "finance", "a/b"] {
+        publisher.publish_acked(t, Q3::AtLeastOnce, false, t).await;
+    }
+    publisher
+        .publish_acked("/end", Q3::AtLeastOnce, false, "/end")
+        .await;
+    publisher
+        .publish_acked("a/end/b", Q3::AtLeastOnce, false, "a/end/b")
+        .await;
+    let mut got_a = Vec::new();
+    for _ in 0..3 {
+        got_a.push(a.recv().await.topic);
+    }
+    assert_eq!(got_a, ["a//b", "a/x/b", "a/end/b"]);
+    let mut got_c = Vec::new();
+    for _ in 0..2 {
+        got_c.push(c.recv().await.topic);
+    }
+    assert_eq!(got_c, ["/finance", "/end"]);
+}
+
+#[tokio::test]
+async fn large_payload_passes_intact() {
+    let b = start().await;
+    let big: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    let mut s3 = connect3(b.addr, "s3", |o| {
+        o.set_max_packet_size(1 << 20, 1 << 20);
+    })
+    .await;
+    s3.subscribe("big/t", Q3::AtLeastOnce).await;
+    let mut s5 = connect5(b.addr, "s5", |o| {
+        o.set_max_packet_size(Some(1 << 20));
+    })
+    .await;
+    s5.subscribe("big/t", Q5::AtLeastOnce).await;
+    let mut publisher = connect3(b.addr, "pub", |o| {
+        o.set_max_packet_size(1 << 20, 1 << 20);
+    })
+    .await;
+    publisher
+        .publish_acked("big/t", Q3::AtLeastOnce, false, big.clone())
+        .await;
+    assert!(
+        s3.recv().await.payload[..] == big[..],
+        "3.1.1 payload changed"
+    );
+    assert!(
+        s5.recv().await.payload[..] == big[..],
+        "5.0 payload changed"
+    );
+}
+
+/// Many publishers at once: nothing lost, each publisher's order kept.
+#[tokio::test]
+async fn concurrent_publishers_keep_per_publisher_order() {
+    const PUBLISHERS: usize = 10;
+    const EACH: usize = 100;
+    let b = start().await;
+    let mut sub = connect5(b.addr, "sub", |_| {}).await;
+    sub.subscribe("many/+", Q5::AtLeastOnce).await;
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let addr = b.addr;
+        tasks.push(tokio::spawn(async move {
+            let c = connect3(addr, &format!("p{p}"), |_| {}).await;
+            for i in 0..EACH {
+                c.publish(&format!("many/{p}"), Q3::AtLeastOnce, false, format!("{i}"))
+                    .await;
+            }
+            c
+        }));
+    }
+    let mut next = [0usize; PUBLISHERS];
+    for _ in 0..PUBLISHERS * EACH {
+        let m = sub.recv().await;
+        let p: usize = text(&m.topic)["many/".len()..].parse().unwrap();
+        let i: usize = text(&m.payload).parse().unwrap();
+        assert_eq!(i, next[p], "publisher {p}: out of order or lost");
+        next[p] += 1;
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    sub.expect_no_publish(QUIET).await;
+}

@@ -328,3 +328,132 @@ async fn shutdown_disconnects_clients_with_server_shutting_down() {
         "3.1.1 client not disconnected"
     );
 }
+
+/// Unacknowledged outgoing QoS 1 messages are resent with DUP after a
+/// persistent session resumes, and a QoS 2 message that got its PUBREC but
+/// not its PUBCOMP continues with PUBREL (3.1.1 §4.4, 5.0 §4.4).
+#[tokio::test]
+async fn unacknowledged_deliveries_resume_after_reconnect() {
+    let b = start().await;
+    let persistent = || {
+        let mut c = connect_packet(Protocol::V311, "resume", 0);
+        c.clean_start = false;
+        c
+    };
+    let mut raw = raw_tcp(b.addr, Protocol::V311).await;
+    assert_eq!(raw.connect(persistent()).await.reason_code, 0);
+    raw.subscribe(1, "rs/q1", verge_mqtt::QoS::AtLeastOnce)
+        .await;
+    raw.subscribe(2, "rs/q2", verge_mqtt::QoS::ExactlyOnce)
+        .await;
+    let mut publisher = connect3(b.addr, "pub", |_| {}).await;
+    publisher
+        .publish_acked("rs/q1", Q3::AtLeastOnce, false, "m1")
+        .await;
+    publisher
+        .publish_acked("rs/q2", Q3::ExactlyOnce, false, "m2")
+        .await;
+
+    let Packet::Publish(m1) = raw.recv().await else {
+        panic!("expected m1")
+    };
+    let Packet::Publish(m2) = raw.recv().await else {
+        panic!("expected m2")
+    };
+    assert_eq!(
+        (&m1.payload[..], m1.qos),
+        (&b"m1"[..], verge_mqtt::QoS::AtLeastOnce)
+    );
+    assert_eq!(
+        (&m2.payload[..], m2.qos),
+        (&b"m2"[..], verge_mqtt::QoS::ExactlyOnce)
+    );
+    raw.send(&Packet::PubRec(ack(m2.packet_id))).await; // m1 never acknowledged
+    match raw.recv().await {
+        Packet::PubRel(r) => assert_eq!(r.packet_id, m2.packet_id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    drop(raw); // gone without PUBACK / PUBCOMP
+    eventually("offline", || counter(&b.stats().clients_connected) == 1).await;
+
+    let mut raw = raw_tcp(b.addr, Protocol::V311).await;
+    let connack = raw.connect(persistent()).await;
+    assert!(connack.session_present);
+    match raw.recv().await {
+        Packet::Publish(p) => {
+            assert_eq!(&p.payload[..], b"m1");
+            assert!(p.dup, "resent PUBLISH must carry DUP");
+            assert_eq!(p.packet_id, m1.packet_id, "same packet identifier");
+            raw.send(&Packet::PubAck(ack(p.packet_id))).await;
+        }
+        other => panic!("expected m1 again, got {other:?}"),
+    }
+    match raw.recv().await {
+        Packet::PubRel(r) => {
+            assert_eq!(r.packet_id, m2.packet_id);
+            raw.send(&Packet::PubComp(ack(r.packet_id))).await;
+        }
+        other => panic!("expected PUBREL for m2 (not the PUBLISH again), got {other:?}"),
+    }
+    assert!(
+        matches!(raw.read(QUIET).await, Read::Timeout),
+        "something else was resent"
+    );
+}
+
+/// Exactly once across a reconnect: an incoming QoS 2 PUBLISH that was
+/// PUBREC'd before the connection dropped is not routed again when the
+/// client resends it in the resumed session.
+#[tokio::test]
+async fn incoming_qos2_state_survives_reconnect() {
+    let b = start().await;
+    let mut sub = connect3(b.addr, "sub", |_| {}).await;
+    sub.subscribe("in/q2", Q3::ExactlyOnce).await;
+    let persistent = || {
+        let mut c = connect_packet(Protocol::V5, "sender", 0);
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(60);
+        c
+    };
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    assert_eq!(raw.connect(persistent()).await.reason_code, 0);
+    raw.send(&publish_packet(
+        "in/q2",
+        verge_mqtt::QoS::ExactlyOnce,
+        5,
+        b"once",
+    ))
+    .await;
+    assert!(matches!(raw.recv().await, Packet::PubRec(a) if a.packet_id == 5));
+    drop(raw);
+    eventually("offline", || counter(&b.stats().clients_connected) == 1).await;
+
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    assert!(raw.connect(persistent()).await.session_present);
+    let Packet::Publish(mut again) =
+        publish_packet("in/q2", verge_mqtt::QoS::ExactlyOnce, 5, b"once")
+    else {
+        unreachable!()
+    };
+    again.dup = true;
+    raw.send(&Packet::Publish(again)).await;
+    assert!(matches!(raw.recv().await, Packet::PubRec(a) if a.packet_id == 5));
+    raw.send(&Packet::PubRel(ack(5))).await;
+    match raw.recv().await {
+        Packet::PubComp(c) => assert_eq!((c.packet_id, c.reason_code), (5, 0)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    raw.send(&publish_packet(
+        "in/q2",
+        verge_mqtt::QoS::AtMostOnce,
+        0,
+        b"end",
+    ))
+    .await;
+    assert_eq!(text(&sub.recv().await.payload), "once");
+    assert_eq!(
+        text(&sub.recv().await.payload),
+        "end",
+        "QoS 2 message routed twice across a reconnect"
+    );
+}

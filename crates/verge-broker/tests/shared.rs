@@ -219,3 +219,21 @@ async fn v5_shared_subscription_with_no_local_is_refused_validly() {
         other => panic!("expected SUBACK failure or DISCONNECT 0x82, got {other:?}"),
     }
 }
+
+/// `$share/{group}` without a filter is not a valid shared subscription
+/// (MQTT 5.0 §4.8.2); it must not be taken as a plain filter either.
+#[tokio::test]
+async fn malformed_shared_filters_are_refused() {
+    let b = start().await;
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    raw.handshake("s").await;
+    for (i, f) in ["$share/g", "$share//t", "$share/g+/t", "$share/g/t#"]
+        .into_iter()
+        .enumerate()
+    {
+        let codes = raw
+            .subscribe(i as u16 + 1, f, verge_mqtt::QoS::AtMostOnce)
+            .await;
+        assert_eq!(codes, vec![verge_mqtt::reason::TOPIC_FILTER_INVALID], "{f}");
+    }
+}

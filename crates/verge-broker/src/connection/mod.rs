@@ -578,11 +578,10 @@ impl Conn {
             .filters
             .into_iter()
             .map(|f| {
-                let valid = match topic::parse_shared(&f.filter) {
-                    Some(_) => topic::valid_shared(&f.filter),
-                    None => {
-                        !f.filter.starts_with("$share/") && topic::valid_topic_filter(&f.filter)
-                    }
+                let valid = if f.filter.starts_with("$share/") {
+                    topic::valid_shared(&f.filter)
+                } else {
+                    topic::valid_topic_filter(&f.filter)
                 };
                 let refused = if !valid {
                     Some(reason::TOPIC_FILTER_INVALID)
