@@ -197,7 +197,8 @@ impl Authenticator {
                 check_client(i)?;
                 Ok(ident(Some(user), Some(i)))
             }
-            _ if inner.allow_anonymous => Ok(ident(username, None)),
+            // An unverified user name must not borrow that device's rights.
+            _ if inner.allow_anonymous => Ok(ident(None, None)),
             _ => Err(AuthFailure::BadCredentials),
         }
     }

@@ -88,6 +88,8 @@ pub(crate) struct ConnectReq {
     pub client_id: Arc<str>,
     pub clean_start: bool,
     pub expiry: Duration,
+    /// The broker is at `max_connections`: only a takeover may proceed.
+    pub at_limit: bool,
     pub conn_id: u64,
     pub tx: mpsc::Sender<Outgoing>,
     pub kill: Arc<Kill>,
@@ -97,6 +99,8 @@ pub(crate) struct ConnectReq {
 /// The router's answer to [`ConnectReq`].
 #[derive(Debug)]
 pub(crate) struct ConnectReply {
+    /// Refused with this reason code (the other fields are then empty).
+    pub refused: Option<u8>,
     pub key: SubKey,
     pub session_present: bool,
     pub carry: Carry,
@@ -330,6 +334,22 @@ impl Router {
     }
 
     fn on_connect(&mut self, req: ConnectReq) {
+        if req.at_limit {
+            let takeover = self
+                .by_client
+                .get(&req.client_id)
+                .and_then(|k| self.sessions.get(k))
+                .is_some_and(|s| s.link.is_some());
+            if !takeover {
+                let _ = req.reply.send(ConnectReply {
+                    refused: Some(reason::SERVER_BUSY),
+                    key: 0,
+                    session_present: false,
+                    carry: Carry::default(),
+                });
+                return;
+            }
+        }
         let key = match self.by_client.get(&req.client_id) {
             Some(&key) => key,
             None => {
@@ -401,6 +421,7 @@ impl Router {
             slow: false,
         });
         let reply = ConnectReply {
+            refused: None,
             key,
             session_present,
             carry,

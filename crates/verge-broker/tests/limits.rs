@@ -238,3 +238,25 @@ async fn publish_rate_limit_delays_but_does_not_drop() {
         started.elapsed()
     );
 }
+
+/// At `max_connections`, a client whose old connection is still counted
+/// (half-open after a network change, common for devices behind NAT) can
+/// still reconnect: taking over its own session does not add a connection.
+#[tokio::test]
+async fn takeover_is_allowed_at_max_connections() {
+    let b = start_with(|c| c.max_connections = 2).await;
+    let _other = connect3(b.addr, "other", |_| {}).await;
+    let mut old = connect3(b.addr, "device", |_| {}).await;
+    let again = try_connect3(b.addr, "device", |_| {}).await;
+    match again {
+        Ok(_) => {}
+        Err(e) => {
+            panic!("reconnect of an already-connected client refused at max_connections: {e:?}")
+        }
+    }
+    assert!(
+        old.closed_within(WAIT).await.is_some(),
+        "old connection taken over"
+    );
+    eventually("still two", || counter(&b.stats().clients_connected) == 2).await;
+}

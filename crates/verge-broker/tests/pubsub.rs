@@ -711,3 +711,22 @@ async fn concurrent_publishers_keep_per_publisher_order() {
     }
     sub.expect_no_publish(QUIET).await;
 }
+
+/// 5.0: PUBREL for a packet identifier the broker does not know is answered
+/// with PUBCOMP 0x92 and the connection stays up.
+#[tokio::test]
+async fn v5_pubrel_for_unknown_packet_id_gets_pubcomp_not_found() {
+    let b = start().await;
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    raw.handshake("stray").await;
+    raw.send(&Packet::PubRel(ack(99))).await;
+    match raw.recv().await {
+        Packet::PubComp(c) => assert_eq!(
+            (c.packet_id, c.reason_code),
+            (99, verge_mqtt::reason::PACKET_IDENTIFIER_NOT_FOUND)
+        ),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    raw.send(&Packet::PingReq).await;
+    assert!(matches!(raw.recv().await, Packet::PingResp));
+}

@@ -470,3 +470,24 @@ async fn v5_will_sent_at_session_expiry_when_shorter_than_delay() {
         .expect("will not published at session expiry (1 s) but held for the 60 s delay");
     assert_eq!(text(&m.payload), "expired");
 }
+
+/// A retained message sent because of a new subscription carries that
+/// subscription's identifier.
+#[tokio::test]
+async fn v5_retained_delivery_carries_subscription_identifier() {
+    let b = start().await;
+    let mut publisher = connect5(b.addr, "pub", |_| {}).await;
+    publisher
+        .publish_acked("rid/t", Q5::AtLeastOnce, true, "kept")
+        .await;
+    let mut s = connect5(b.addr, "s", |_| {}).await;
+    s.subscribe_filters(vec![filter5("rid/+", Q5::AtLeastOnce)], Some(sub_id(42)))
+        .await;
+    let m = s.recv().await;
+    assert_eq!(text(&m.payload), "kept");
+    assert!(m.retain);
+    assert_eq!(
+        m.properties.map(|p| p.subscription_identifiers),
+        Some(vec![42])
+    );
+}

@@ -457,3 +457,61 @@ async fn incoming_qos2_state_survives_reconnect() {
         "QoS 2 message routed twice across a reconnect"
     );
 }
+
+fn disconnect_with_expiry(secs: u32) -> Packet {
+    Packet::Disconnect(verge_mqtt::Disconnect {
+        reason_code: 0,
+        properties: verge_mqtt::Properties {
+            session_expiry_interval: Some(secs),
+            ..Default::default()
+        },
+    })
+}
+
+/// 5.0 §3.14.2.2.2: DISCONNECT may change the session expiry, but not from
+/// 0 (set in CONNECT) to non-zero — that is a protocol error.
+#[tokio::test]
+async fn v5_disconnect_cannot_set_expiry_after_zero() {
+    let b = start().await;
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    raw.handshake("zero").await; // no session expiry = 0
+    raw.send(&disconnect_with_expiry(60)).await;
+    assert_eq!(
+        raw.expect_closed(WAIT).await,
+        Some(verge_mqtt::reason::PROTOCOL_ERROR)
+    );
+    eventually("offline", || counter(&b.stats().clients_connected) == 0).await;
+    let c = connect5(b.addr, "zero", |o| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    assert!(
+        !c.connack.session_present,
+        "session with expiry 0 outlived its connection"
+    );
+}
+
+/// DISCONNECT with session expiry 0 ends a persistent session at once.
+#[tokio::test]
+async fn v5_disconnect_can_shorten_expiry_to_zero() {
+    let b = start().await;
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    let mut c = connect_packet(Protocol::V5, "short", 0);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(300);
+    assert_eq!(raw.connect(c).await.reason_code, 0);
+    raw.subscribe(1, "sx/t", verge_mqtt::QoS::AtLeastOnce).await;
+    raw.send(&disconnect_with_expiry(0)).await;
+    assert_eq!(raw.expect_closed(WAIT).await, None);
+    eventually("offline", || counter(&b.stats().clients_connected) == 0).await;
+    let c = connect5(b.addr, "short", |o| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    assert!(
+        !c.connack.session_present,
+        "DISCONNECT session expiry 0 did not end the session"
+    );
+}

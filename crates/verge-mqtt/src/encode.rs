@@ -72,10 +72,11 @@ pub(crate) fn write_bin(buf: &mut BytesMut, b: &[u8]) {
 }
 
 fn reason_tail_len(code: u8, p: &Properties, v5: bool) -> usize {
+    // The reason-code-only form is legal, but several clients (rumqttc)
+    // cannot read it, so a reason code is always followed by a property
+    // length.
     if !v5 || (code == reason::SUCCESS && is_empty(p)) {
         0
-    } else if is_empty(p) {
-        1
     } else {
         1 + props_len(p)
     }
@@ -298,13 +299,9 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) -> Result
 }
 
 fn reason_tail(buf: &mut BytesMut, code: u8, p: &Properties, v5: bool) {
-    match reason_tail_len(code, p, v5) {
-        0 => {}
-        1 => buf.put_u8(code),
-        _ => {
-            buf.put_u8(code);
-            write_props(buf, p);
-        }
+    if reason_tail_len(code, p, v5) > 0 {
+        buf.put_u8(code);
+        write_props(buf, p);
     }
 }
 

@@ -108,7 +108,7 @@ fn golden_acks_use_short_forms() {
     };
     assert_eq!(
         enc(&Packet::PubAck(denied.clone()), Protocol::V5),
-        [0x40, 3, 0, 7, 0x87]
+        [0x40, 4, 0, 7, 0x87, 0]
     );
     assert_eq!(
         dec(&[0x40, 3, 0, 7, 0x87], Protocol::V5),

@@ -33,15 +33,13 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         connect.client_id.clone()
     };
-    if ctx
+    // Checked by the router, which knows whether this is a takeover (which
+    // adds no connection).
+    let at_limit = ctx
         .stats
         .clients_connected
         .load(std::sync::atomic::Ordering::Relaxed) as usize
-        >= cfg.max_connections
-    {
-        warn!(%peer, "max_connections reached; refusing");
-        return Err(reason::SERVER_BUSY);
-    }
+        >= cfg.max_connections;
     let identity = if connect.password.is_none() {
         // no password: nothing expensive to check, stay on this thread
         ctx.auth.authenticate(
@@ -127,6 +125,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         client_id: identity.client_id.clone(),
         clean_start: connect.clean_start,
         expiry: Duration::from_secs(expiry_secs as u64),
+        at_limit,
         conn_id,
         tx,
         kill: kill.clone(),
@@ -139,6 +138,10 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(r) => r,
         Err(_) => return Err(reason::SERVER_UNAVAILABLE),
     };
+    if let Some(code) = reply.refused {
+        warn!(%peer, "max_connections reached; refusing");
+        return Err(code);
+    }
     let mut props = Properties::default();
     if v5 {
         props.receive_maximum = Some(cfg.max_inflight.max(1));

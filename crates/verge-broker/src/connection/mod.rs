@@ -143,6 +143,11 @@ struct Io<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     async fn read_connect(&mut self, max: usize) -> Result<Connect, ConnectError> {
         loop {
+            // Anything but CONNECT first (an HTTP request, TLS on the plain
+            // port) is refused at once rather than at the connect timeout.
+            if self.rbuf.first().is_some_and(|b| b >> 4 != 1) {
+                return Err(ConnectError::NotConnect);
+            }
             match decode(&mut self.rbuf, Protocol::V5, max) {
                 Ok(Some(Packet::Connect(c))) => return Ok(c),
                 Ok(Some(_)) => return Err(ConnectError::NotConnect),

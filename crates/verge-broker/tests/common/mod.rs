@@ -61,10 +61,11 @@ impl TestBroker {
 
 /// Anonymous clients allowed, `$SYS` off, everything else default.
 pub fn test_config() -> BrokerConfig {
-    let mut cfg = BrokerConfig::default();
-    cfg.allow_anonymous = true;
-    cfg.sys_interval = HumanDuration(Duration::from_secs(0));
-    cfg
+    BrokerConfig {
+        allow_anonymous: true,
+        sys_interval: HumanDuration(Duration::from_secs(0)),
+        ..BrokerConfig::default()
+    }
 }
 
 /// A broker with [`test_config`].
@@ -355,6 +356,7 @@ pub use rumqttc::v5::mqttbytes::v5 as m5;
 
 /// Something other than a PUBLISH that the 5.0 event loop reported.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Ctrl5 {
     Packet(m5::Packet),
     Closed(rumqttc::v5::ConnectionError),
@@ -657,6 +659,7 @@ pub use verge_mqtt::{Packet, Protocol};
 
 /// What a raw read produced.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Read {
     Packet(Packet),
     /// The peer closed the connection (EOF or reset).
