@@ -35,8 +35,11 @@ max_queued_messages 10000
 CONF
 "$B" node --config "$tmp/node.toml" >"$tmp/verge.log" 2>&1 & vpid=$!
 mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 & mpid=$!
-trap 'kill $vpid $mpid 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill $vpid $mpid 2>/dev/null; wait $vpid $mpid 2>/dev/null; rm -rf "$tmp"' EXIT
 sleep 1
+for p in $vpid $mpid; do
+  kill -0 "$p" 2>/dev/null || { echo "a broker failed to start:" >&2; cat "$tmp"/*.log >&2; exit 1; }
+done
 echo "### idle connections (10,000), on fresh brokers"
 "$B" bench connections --port $VPORT --pid $vpid --count 10000 | grep -E "opened|RSS|per connection"
 "$B" bench connections --port $MPORT --pid $mpid --count 10000 | grep -E "opened|RSS|per connection"
