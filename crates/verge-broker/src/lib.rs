@@ -19,6 +19,7 @@ mod connection;
 pub mod duration;
 pub mod error;
 pub mod listener;
+mod mailbox;
 pub mod message;
 mod router;
 pub mod stats;

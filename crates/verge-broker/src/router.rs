@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 use verge_mqtt::{QoS, SubOptions, reason, topic};
 
+use crate::mailbox::{Mailbox, PushError};
 use crate::message::Message;
 use crate::stats::{Stats, inc};
 use crate::subs::{Hit, SubEntry, SubKey, SubTree};
@@ -26,13 +27,6 @@ pub(crate) struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions.
     pub sub_ids: Vec<u32>,
-}
-
-/// What the router sends down a connection's channel.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// Deliver a message.
-    Deliver(Delivery),
 }
 
 /// A signal to end a connection, with the reason to send (5.0).
@@ -78,8 +72,8 @@ pub(crate) struct Carry {
     pub qos2_in: Vec<u16>,
     /// Deliveries queued but not yet sent.
     pub queued: VecDeque<Delivery>,
-    /// The connection's channel, drained by the router.
-    pub rx: Option<mpsc::Receiver<Outgoing>>,
+    /// The connection's mailbox, drained by the router.
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 /// Request to attach a connection to a session.
@@ -91,7 +85,7 @@ pub(crate) struct ConnectReq {
     /// The broker is at `max_connections`: only a takeover may proceed.
     pub at_limit: bool,
     pub conn_id: u64,
-    pub tx: mpsc::Sender<Outgoing>,
+    pub mailbox: Arc<Mailbox>,
     pub kill: Arc<Kill>,
     pub reply: oneshot::Sender<ConnectReply>,
 }
@@ -163,7 +157,7 @@ pub(crate) struct RouterConfig {
 
 struct Link {
     conn_id: u64,
-    tx: mpsc::Sender<Outgoing>,
+    mailbox: Arc<Mailbox>,
     kill: Arc<Kill>,
     /// Deliveries to this link wait in `Router::stalled` (keeps order).
     stalled: bool,
@@ -197,7 +191,7 @@ pub(crate) struct Router {
     wills: Vec<(Instant, SubKey, Arc<Message>)>,
     next_key: SubKey,
     hits: Vec<Hit>,
-    stalled: Vec<(SubKey, mpsc::Sender<Outgoing>, Delivery)>,
+    stalled: Vec<(SubKey, Arc<Mailbox>, Delivery)>,
     last_sys: Instant,
 }
 
@@ -415,7 +409,7 @@ impl Router {
         s.expires = None;
         s.link = Some(Link {
             conn_id: req.conn_id,
-            tx: req.tx,
+            mailbox: req.mailbox,
             kill: req.kill,
             stalled: false,
             slow: false,
@@ -485,12 +479,11 @@ impl Router {
             return;
         }
         s.link = None;
-        if let Some(mut rx) = carry.rx.take() {
-            rx.close();
-            while let Ok(Outgoing::Deliver(d)) = rx.try_recv() {
-                carry.queued.push_back(d);
-            }
+        if let Some(mailbox) = carry.mailbox.take() {
+            carry.queued.extend(mailbox.close());
         }
+        // Deliveries that met the closed mailbox before this event wait in
+        // `offline`, behind what the mailbox held.
         s.carry = carry;
         let takeover = s.takeover.take();
         if let Some((msg, delay)) = will {
@@ -641,23 +634,23 @@ impl Router {
         if let Some(s) = self.sessions.get_mut(&key) {
             match &mut s.link {
                 Some(link) => {
-                    if link.slow && link.tx.capacity() * 2 >= self.cfg.max_queued {
+                    if link.slow && link.mailbox.room() * 2 >= link.mailbox.capacity() {
                         link.slow = false;
                     }
                     if link.stalled {
                         // keep order behind what already waits for room
-                        self.stalled.push((key, link.tx.clone(), d));
+                        self.stalled.push((key, link.mailbox.clone(), d));
                         return;
                     }
-                    match link.tx.try_send(Outgoing::Deliver(d)) {
+                    match link.mailbox.try_push(d) {
                         Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(Outgoing::Deliver(d)))
-                            if !link.slow =>
-                        {
+                        Err(PushError::Full(d)) if !link.slow => {
                             link.stalled = true;
-                            self.stalled.push((key, link.tx.clone(), d));
+                            self.stalled.push((key, link.mailbox.clone(), d));
                         }
-                        Err(_) => inc(&self.stats.dropped_queue_full),
+                        Err(PushError::Full(_)) => inc(&self.stats.dropped_queue_full),
+                        // The connection is ending: keep it for the session.
+                        Err(PushError::Closed(d)) => self.keep_offline(key, d),
                     }
                 }
                 None if d.qos == QoS::AtMostOnce => inc(&self.stats.dropped_offline_qos0),
@@ -684,7 +677,7 @@ impl Router {
     /// then dropped and counted until its queue is half empty.
     async fn unstall(&mut self) {
         let wait = self.cfg.slow_consumer_wait;
-        for (key, tx, d) in std::mem::take(&mut self.stalled) {
+        for (key, mailbox, d) in std::mem::take(&mut self.stalled) {
             let slow = self
                 .sessions
                 .get(&key)
@@ -694,10 +687,10 @@ impl Router {
                 inc(&self.stats.dropped_queue_full);
                 continue;
             }
-            match tokio::time::timeout(wait, tx.send(Outgoing::Deliver(d))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => inc(&self.stats.dropped_queue_full),
-                Err(_) => {
+            match mailbox.push_wait(d, wait).await {
+                Ok(()) => {}
+                Err(PushError::Closed(d)) => self.keep_offline(key, d),
+                Err(PushError::Full(_)) => {
                     inc(&self.stats.dropped_queue_full);
                     inc(&self.stats.slow_consumers);
                     if let Some(l) = self.sessions.get_mut(&key).and_then(|s| s.link.as_mut()) {
@@ -710,6 +703,20 @@ impl Router {
             if let Some(l) = &mut s.link {
                 l.stalled = false;
             }
+        }
+    }
+
+    /// Queue a delivery for a session whose connection is ending or gone.
+    fn keep_offline(&mut self, key: SubKey, d: Delivery) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        if d.qos == QoS::AtMostOnce {
+            inc(&self.stats.dropped_offline_qos0);
+        } else if s.offline.len() + s.carry.queued.len() >= self.cfg.max_queued {
+            inc(&self.stats.dropped_queue_full);
+        } else {
+            s.offline.push_back(d);
         }
     }
 

@@ -118,7 +118,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let conn_id = ctx
         .next_conn
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(cfg.max_queued_messages.max(1));
+    let mailbox = Arc::new(Mailbox::new(cfg.max_queued_messages));
     let kill = Arc::new(Kill::default());
     let (reply_tx, reply_rx) = oneshot::channel();
     let req = ConnectReq {
@@ -127,7 +127,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         expiry: Duration::from_secs(expiry_secs as u64),
         at_limit,
         conn_id,
-        tx,
+        mailbox: mailbox.clone(),
         kill: kill.clone(),
         reply: reply_tx,
     };
@@ -177,7 +177,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         conn_id,
         identity,
         kill,
-        rx: Some(rx),
+        mailbox,
         keep_alive: Duration::from_millis(keep_alive as u64 * 1500),
         expiry: Duration::from_secs(expiry_secs as u64),
         expiry_was_zero: expiry_secs == 0,

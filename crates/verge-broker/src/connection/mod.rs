@@ -19,10 +19,9 @@ use verge_mqtt::{
 
 use crate::auth::{AuthFailure, Authenticator, Identity};
 use crate::config::BrokerConfig;
+use crate::mailbox::Mailbox;
 use crate::message::Message;
-use crate::router::{
-    Carry, ConnectReply, ConnectReq, Delivery, Event, InflightOut, Kill, Outgoing, SubReq,
-};
+use crate::router::{Carry, ConnectReply, ConnectReq, Delivery, Event, InflightOut, Kill, SubReq};
 use crate::stats::{Stats, add, inc};
 use crate::subs::SubKey;
 
@@ -69,49 +68,59 @@ where
         wbuf: BytesMut::new(),
         stats: ctx.stats.clone(),
     };
-    let max = ctx.cfg.max_packet_size as usize;
-    let connect = match tokio::time::timeout(
-        ctx.cfg.connect_timeout.get(),
-        Box::pin(io.read_connect(max)),
-    )
-    .await
-    {
-        Err(_) => {
-            debug!(%peer, "no CONNECT within the connect timeout; closing");
-            return;
-        }
-        Ok(Err(e)) => {
-            inc(&ctx.stats.connects_refused);
-            info!(%peer, error = %e, "bad CONNECT; closing");
-            if let ConnectError::Decode(d) = &e {
-                // Answer with a CONNACK where the version is known.
-                if !matches!(d, DecodeError::UnsupportedProtocolVersion(_)) {
-                    return;
-                }
-                let ack = ConnAck {
-                    reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
-                    ..ConnAck::default()
-                };
-                let _ = io.send(&Packet::ConnAck(ack), Protocol::V311).await;
-            }
-            return;
-        }
-        Ok(Ok(c)) => c,
-    };
-    let protocol = connect.protocol;
     // Boxed: the handshake's state is large and lives only briefly; an idle
-    // connection should not carry it.
-    match Box::pin(accept(&mut io, connect, peer, cert_name, &ctx)).await {
-        Ok(mut conn) => {
-            ctx.stats
-                .clients_connected
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let end = conn.run(&mut io).await;
-            ctx.stats
-                .clients_connected
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            Box::pin(conn.finish(&mut io, end)).await;
-        }
+    // connection should not carry it in its task.
+    let Some(mut conn) = Box::pin(handshake(&mut io, peer, cert_name, &ctx)).await else {
+        return;
+    };
+    ctx.stats
+        .clients_connected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let end = conn.run(&mut io).await;
+    ctx.stats
+        .clients_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    Box::pin(conn.finish(&mut io, end)).await;
+}
+
+/// Read CONNECT and run the handshake; answers refusals itself.
+async fn handshake<S>(
+    io: &mut Io<S>,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    ctx: &Arc<Ctx>,
+) -> Option<Conn>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let max = ctx.cfg.max_packet_size as usize;
+    let connect =
+        match tokio::time::timeout(ctx.cfg.connect_timeout.get(), io.read_connect(max)).await {
+            Err(_) => {
+                debug!(%peer, "no CONNECT within the connect timeout; closing");
+                return None;
+            }
+            Ok(Err(e)) => {
+                inc(&ctx.stats.connects_refused);
+                info!(%peer, error = %e, "bad CONNECT; closing");
+                if let ConnectError::Decode(d) = &e {
+                    // Answer with a CONNACK where the version is known.
+                    if !matches!(d, DecodeError::UnsupportedProtocolVersion(_)) {
+                        return None;
+                    }
+                    let ack = ConnAck {
+                        reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                        ..ConnAck::default()
+                    };
+                    let _ = io.send(&Packet::ConnAck(ack), Protocol::V311).await;
+                }
+                return None;
+            }
+            Ok(Ok(c)) => c,
+        };
+    let protocol = connect.protocol;
+    match accept(io, connect, peer, cert_name, ctx).await {
+        Ok(conn) => Some(conn),
         Err(code) => {
             inc(&ctx.stats.connects_refused);
             let ack = ConnAck {
@@ -119,6 +128,7 @@ where
                 ..ConnAck::default()
             };
             let _ = io.send(&Packet::ConnAck(ack), protocol).await;
+            None
         }
     }
 }
@@ -195,7 +205,7 @@ struct Conn {
     conn_id: u64,
     identity: Identity,
     kill: Arc<Kill>,
-    rx: Option<mpsc::Receiver<Outgoing>>,
+    mailbox: Arc<Mailbox>,
     keep_alive: Duration,
     expiry: Duration,
     expiry_was_zero: bool,
@@ -248,11 +258,8 @@ impl Conn {
         let mut last_read = Instant::now();
         let mut read_hint = MIN_READ;
         let kill = self.kill.clone();
-        let mut rx = match self.rx.take() {
-            Some(rx) => rx,
-            None => return End::Closed,
-        };
-        let end = loop {
+        let mailbox = self.mailbox.clone();
+        loop {
             if let Err(e) = self.flush_all(io).await {
                 debug!(peer = %self.peer, "write failed: {e}");
                 break End::Closed;
@@ -283,11 +290,11 @@ impl Conn {
                         }
                     }
                 }
-                n = rx.recv_many(&mut deliveries, 64), if room => {
+                n = mailbox.recv_many(&mut deliveries, 64), if room => {
                     if n == 0 {
                         break End::Closed;
                     }
-                    for Outgoing::Deliver(d) in deliveries.drain(..) {
+                    for d in deliveries.drain(..) {
                         self.send_delivery(io, d);
                     }
                 }
@@ -295,9 +302,7 @@ impl Conn {
                     break End::Error(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
                 }
             }
-        };
-        self.rx = Some(rx);
-        end
+        }
     }
 
     async fn flush_all<S: AsyncRead + AsyncWrite + Unpin>(
@@ -792,13 +797,16 @@ impl Conn {
         })
         .await;
         let mut queued = std::mem::take(&mut self.pending);
+        // From here on the router keeps new deliveries for the session
+        // itself, behind these.
+        queued.extend(self.mailbox.close());
         // Unsent QoS 0 deliveries die with the connection.
         queued.retain(|d| d.qos != QoS::AtMostOnce);
         let carry = Carry {
             inflight: self.inflight.drain(..).collect(),
             qos2_in: self.qos2_in.drain().collect(),
             queued,
-            rx: self.rx.take(),
+            mailbox: Some(self.mailbox.clone()),
         };
         let will = if will { self.will.take() } else { None };
         let ev = Event::Disconnected {
