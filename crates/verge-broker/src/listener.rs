@@ -109,6 +109,29 @@ pub async fn bind_all(cfg: &ListenersConfig) -> Result<Vec<BoundListener>, Broke
     Ok(out)
 }
 
+/// A self-signed certificate for `localhost` / `127.0.0.1` in `dir`
+/// (`cert.pem`, `key.pem`), generated on first use and reused after; for the
+/// demo's TLS listeners. Returns the TLS settings pointing at the files.
+pub fn self_signed(dir: &Path) -> Result<TlsConfig, BrokerError> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let io = |what: &Path, e: std::io::Error| BrokerError::Tls(format!("{}: {e}", what.display()));
+    if !(cert.exists() && key.exists()) {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let made = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| BrokerError::Tls(format!("generating a self-signed certificate: {e}")))?;
+        std::fs::write(&key, made.signing_key.serialize_pem()).map_err(|e| io(&key, e))?;
+        std::fs::write(&cert, made.cert.pem()).map_err(|e| io(&cert, e))?;
+    }
+    Ok(TlsConfig {
+        cert: Some(cert),
+        key: Some(key),
+        client_ca: None,
+        require_client_cert: false,
+    })
+}
+
 /// Build a rustls server config from PEM files; `key` names the config
 /// section in errors.
 pub fn server_tls(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, BrokerError> {

@@ -20,7 +20,7 @@ pub enum Mode {
 }
 
 /// Run a node until a shutdown signal. Call outside any runtime.
-pub fn run(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
+pub fn run(mut cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
     raise_nofile();
     std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| {
         format!(
@@ -28,6 +28,9 @@ pub fn run(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
             cfg.node.data_dir.display()
         )
     })?;
+    if mode == Mode::Demo {
+        demo_tls(&mut cfg)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("verge")
@@ -68,6 +71,25 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo also serves TLS (8883) and WSS (8084), with a self-signed
+/// certificate made in the data dir unless certificates are configured.
+fn demo_tls(cfg: &mut NodeConfig) -> anyhow::Result<()> {
+    let ls = &mut cfg.broker.listeners;
+    if ls.tls.tls.cert.is_some() && ls.wss.tls.cert.is_some() {
+        return Ok(());
+    }
+    let dir = cfg.node.data_dir.join("tls");
+    let generated = verge_broker::listener::self_signed(&dir).context("demo tls certificate")?;
+    for tls in [&mut ls.tls.tls, &mut ls.wss.tls] {
+        if tls.cert.is_none() {
+            *tls = generated.clone();
+        }
+    }
+    ls.tls.enabled = true;
+    ls.wss.enabled = true;
+    Ok(())
+}
+
 /// `tcp  mqtt://127.0.0.1:1883` for one listener.
 fn endpoint(l: &BoundListener, cfg: &NodeConfig) -> anyhow::Result<String> {
     let addr = l
@@ -98,6 +120,14 @@ fn banner(cfg: &NodeConfig, mode: Mode, endpoints: &[String], tcp: Option<Socket
             out.push_str(&format!(
                 "try it:\n  mosquitto_sub -h {h} -p {p} -t 'devices/#' -v\n  \
                  mosquitto_pub -h {h} -p {p} -t devices/d1/telemetry -m '{{\"temperature\":21.5}}'\n"
+            ));
+        }
+        let ls = &cfg.broker.listeners;
+        if let Some(cert) = ls.tls.tls.cert.as_ref().filter(|_| ls.tls.enabled) {
+            out.push_str(&format!(
+                "TLS certificate: {} (add `--cafile` with it to the mosquitto commands for port {})\n",
+                cert.display(),
+                ls.tls.bind.port()
             ));
         }
     } else if !cfg.broker.allow_anonymous && cfg.broker.devices_file.is_none() {
