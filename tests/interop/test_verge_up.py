@@ -1,0 +1,79 @@
+"""`verge up`, the command a new user runs: the demo node with all four
+listeners, TLS ones on a self-signed certificate made in the data dir."""
+
+import os
+import queue
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def up():
+    d = tempfile.mkdtemp(prefix="verge-up-")
+    ports = {k: free_port() for k in ("tcp", "tls", "ws", "wss")}
+    env = dict(os.environ)
+    for k, p in ports.items():
+        env[f"VERGE__BROKER__LISTENERS__{k.upper()}__BIND"] = f"127.0.0.1:{p}"
+    log = open(os.path.join(d, "up.log"), "w+")
+    proc = subprocess.Popen([os.environ.get("VERGE_BIN", "target/debug/verge"), "up"],
+                            cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", ports["wss"]), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield d, ports, log
+    proc.terminate()
+    proc.wait(10)
+
+
+def roundtrip(port, transport="tcp", cafile=None):
+    got = queue.Queue()
+    clients = []
+    for _ in range(2):
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, transport=transport, protocol=mqtt.MQTTv5)
+        if transport == "websockets":
+            c.ws_set_options(path="/mqtt")
+        if cafile:
+            c.tls_set(ca_certs=cafile)
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        clients.append(c)
+    sub, pub = clients
+    sub.on_message = lambda c, u, m: got.put(m.payload)
+    topic = f"devices/{uuid.uuid4().hex[:6]}/telemetry"
+    sub.subscribe(topic, 1)
+    time.sleep(0.3)
+    pub.publish(topic, "hello", 1).wait_for_publish(5)
+    try:
+        return got.get(timeout=5)
+    finally:
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+
+
+def test_up_prints_every_listener_and_serves_them(up):
+    d, ports, log = up
+    log.flush()
+    log.seek(0)
+    banner = log.read()
+    for scheme, key in (("mqtt", "tcp"), ("mqtts", "tls"), ("ws", "ws"), ("wss", "wss")):
+        assert f"{scheme}://127.0.0.1:{ports[key]}" in banner, banner
+    cafile = os.path.join(d, "verge-data", "tls", "cert.pem")
+    assert os.path.exists(cafile)
+    assert roundtrip(ports["tcp"]) == b"hello"
+    assert roundtrip(ports["ws"], "websockets") == b"hello"
+    assert roundtrip(ports["tls"], cafile=cafile) == b"hello"
+    assert roundtrip(ports["wss"], "websockets", cafile=cafile) == b"hello"

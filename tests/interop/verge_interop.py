@@ -1,0 +1,253 @@
+"""Helpers of the interop suite: a Verge node run from the real binary, and a
+paho-mqtt client wrapper with queues that the tests wait on (with timeouts, so
+nothing hangs)."""
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parents[2]
+V3, V5 = mqtt.MQTTv311, mqtt.MQTTv5
+WAIT = 5  # seconds any single expected event may take
+
+
+def verge_bin():
+    """VERGE_BIN, else target/debug/verge of this checkout (or of CARGO_TARGET_DIR)."""
+    if os.environ.get("VERGE_BIN"):
+        return str(Path(os.environ["VERGE_BIN"]).resolve())
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    if not target.is_absolute():
+        target = REPO / target
+    return str(target / "debug" / "verge")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class Node:
+    """A `verge node --config FILE` process on free loopback ports (TCP and WebSocket)."""
+
+    def __init__(self, extra="", anonymous=True, acl_default="allow"):
+        self.dir = tempfile.mkdtemp(prefix="verge-interop-")
+        self.tcp = free_port()
+        self.ws = free_port()
+        self.config = os.path.join(self.dir, "node.toml")
+        with open(self.config, "w") as f:
+            f.write(f"""
+[node]
+data_dir = "{self.dir}/data"
+[broker]
+allow_anonymous = {"true" if anonymous else "false"}
+sys_interval = "1s"
+acl_default = "{acl_default}"
+{extra}
+[broker.listeners.tcp]
+enabled = true
+bind = "127.0.0.1:{self.tcp}"
+[broker.listeners.ws]
+enabled = true
+bind = "127.0.0.1:{self.ws}"
+path = "/mqtt"
+[broker.listeners.tls]
+enabled = false
+bind = "127.0.0.1:0"
+[broker.listeners.wss]
+enabled = false
+bind = "127.0.0.1:0"
+""")
+        # The config file alone decides: no VERGE__* overrides leak in.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERGE__")}
+        self.log = open(os.path.join(self.dir, "verge.log"), "w+")
+        self.proc = subprocess.Popen(
+            [verge_bin(), "node", "--config", self.config],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if _port_open(self.tcp) and _port_open(self.ws):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(
+            f"verge did not accept connections on 127.0.0.1:{self.tcp} within 10 s "
+            f"(exit code {self.proc.returncode}); its output:\n{self.output()}"
+        )
+
+    def output(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def tail(self, lines=80):
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+_CONNACK_LOG = re.compile(r"Received CONNACK \((\d+), (\d+)\)")
+
+
+class Client:
+    """A paho client (callback API version 2) with its network loop running.
+
+    Everything the broker sends is put on a queue: messages, CONNACKs,
+    SUBACK reason codes, PUBACK/PUBCOMP reason codes (by message id) and
+    disconnects.
+    """
+
+    def __init__(self, node, proto, cid=None, transport="tcp", clean=True, expiry=None,
+                 will=None, user=None, connect=True):
+        self.cid = cid or "c-" + uuid.uuid4().hex[:10]
+        kw = {"clean_session": clean} if proto == V3 else {}
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cid, protocol=proto,
+                             transport=transport, reconnect_on_failure=False, **kw)
+        self.proto, self.node, self.transport = proto, node, transport
+        self.clean, self.expiry = clean, expiry
+        self.msgs = queue.Queue()
+        self.subacks = queue.Queue()
+        self.connacks = queue.Queue()
+        self.pubacks = {}
+        self.disconnects = queue.Queue()
+        self.raw_connack = None  # (flags, return code) as on the wire, 3.1.1 only
+        self.c.on_connect = self._on_connect
+        self.c.on_message = lambda c, u, m: self.msgs.put(m)
+        self.c.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put([r.value for r in rcs])
+        self.c.on_publish = self._on_publish
+        self.c.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
+        self.c.on_log = self._on_log
+        if transport == "websockets":
+            self.c.ws_set_options(path="/mqtt")
+        if will:
+            self.c.will_set(*will)
+        if user:
+            self.c.username_pw_set(*user)
+        if connect:
+            self.connect()
+
+    def _on_connect(self, c, u, flags, rc, props):
+        self.connacks.put((flags.session_present, rc, props))
+
+    def _on_publish(self, c, u, mid, rc, props):
+        self.pubacks.setdefault(mid, queue.Queue()).put(rc)
+
+    def _on_log(self, c, u, level, buf):
+        m = _CONNACK_LOG.match(buf)
+        if m:
+            self.raw_connack = (int(m.group(1)), int(m.group(2)))
+
+    def connect(self):
+        port = self.node.ws if self.transport == "websockets" else self.node.tcp
+        if self.proto == V5:
+            props = Properties(PacketTypes.CONNECT)
+            if self.expiry is not None:
+                props.SessionExpiryInterval = self.expiry
+            self.c.connect("127.0.0.1", port, 30, clean_start=self.clean, properties=props)
+        else:
+            self.c.connect("127.0.0.1", port, 30)
+        self.c.loop_start()
+        try:
+            self.session_present, self.rc, self.connack_props = self.connacks.get(timeout=WAIT)
+        except queue.Empty:
+            self.c.loop_stop()
+            pytest.fail(f"no CONNACK within {WAIT} s for client {self.cid}")
+        return self
+
+    def sub(self, topic, qos=0, options=None, props=None):
+        """Subscribe and return the SUBACK reason codes as ints."""
+        if options is not None:
+            self.c.subscribe(topic, options=options, properties=props)
+        else:
+            self.c.subscribe(topic, qos, properties=props)
+        try:
+            return self.subacks.get(timeout=WAIT)
+        except queue.Empty:
+            pytest.fail(f"no SUBACK within {WAIT} s for {topic!r}")
+
+    def pub(self, topic, payload, qos=0, retain=False, props=None):
+        """Publish; for QoS > 0 wait for the flow to finish and return the
+        final reason code (PUBACK or PUBCOMP; 5.0 carries a real one)."""
+        info = self.c.publish(topic, payload, qos, retain, props)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish not sent: {info.rc}"
+        info.wait_for_publish(WAIT)
+        assert info.is_published(), f"QoS {qos} publish to {topic!r} not acknowledged within {WAIT} s"
+        if qos == 0:
+            return None
+        try:
+            return self.pubacks.setdefault(info.mid, queue.Queue()).get(timeout=WAIT)
+        except queue.Empty:
+            pytest.fail(f"no acknowledgement callback for publish to {topic!r}")
+
+    def recv(self, timeout=WAIT):
+        try:
+            return self.msgs.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"client {self.cid}: no message within {timeout} s")
+
+    def recv_n(self, n, timeout=WAIT):
+        return [self.recv(timeout) for _ in range(n)]
+
+    def nothing(self, timeout=0.5):
+        """Assert that no message arrives within `timeout` seconds."""
+        try:
+            m = self.msgs.get(timeout=timeout)
+        except queue.Empty:
+            return
+        pytest.fail(f"client {self.cid}: unexpected message on {m.topic!r}: {m.payload!r} "
+                    f"(qos {m.qos}, retain {m.retain})")
+
+    def drain(self, seconds):
+        """All messages that arrive within `seconds`."""
+        out, deadline = [], time.time() + seconds
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                return out
+            try:
+                out.append(self.msgs.get(timeout=left))
+            except queue.Empty:
+                return out
+
+    def close(self):
+        """A normal DISCONNECT."""
+        self.c.disconnect()
+        self.c.loop_stop()
+
+    def drop(self):
+        """End the TCP connection without DISCONNECT (as a crashed device would)."""
+        self.c.loop_stop()
+        sock = self.c.socket()
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
