@@ -420,3 +420,20 @@ async fn username_without_password_does_not_impersonate() {
         );
     }
 }
+
+/// `$SYS/...` belongs to the broker: a client cannot forge its statistics,
+/// even with the ACL allowing everything.
+#[tokio::test]
+async fn v5_clients_cannot_publish_to_sys_topics() {
+    let b = start().await;
+    let mut spy = b.handle().subscribe("$SYS/#", 16).await.expect("subscribe");
+    let mut c = connect5(b.addr, "forger", |_| {}).await;
+    c.publish("$SYS/broker/uptime", Q5::AtLeastOnce, true, "0")
+        .await;
+    match c.wait_pub_ack(Q5::AtLeastOnce).await {
+        Some(m5::Packet::PubAck(a)) => assert_eq!(a.reason, m5::PubAckReason::NotAuthorized),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let got = tokio::time::timeout(std::time::Duration::from_millis(300), spy.recv()).await;
+    assert!(got.is_err(), "a client's $SYS publish was routed: {got:?}");
+}

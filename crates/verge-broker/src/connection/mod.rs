@@ -387,7 +387,9 @@ impl Conn {
         if self.ctx.cfg.max_publish_rate > 0 {
             self.throttle().await;
         }
-        let allowed = self.ctx.auth.may_publish(&self.identity, &p.topic);
+        // `$SYS/...` belongs to the broker: clients cannot forge statistics.
+        let reserved = p.topic.starts_with("$SYS/") || p.topic == "$SYS";
+        let allowed = !reserved && self.ctx.auth.may_publish(&self.identity, &p.topic);
         if !allowed {
             inc(&self.ctx.stats.denied_publish);
             debug!(client_id = %self.identity.client_id, topic = %p.topic, "publish denied by ACL");
