@@ -225,10 +225,18 @@ impl Authenticator {
                 continue;
             }
             let pattern = substitute(&rule.topic, who);
-            if pattern_covers(&pattern, topic) {
-                return rule.permission == AclPolicy::Allow;
+            match rule.permission {
+                // An allow rule decides only when it covers all of the filter;
+                // one that covers part of it leaves the rest to later rules.
+                AclPolicy::Allow if pattern_covers(&pattern, topic) => return true,
+                AclPolicy::Allow => {}
+                // A deny rule refuses any filter that could receive one of
+                // its topics: `#` must not read around a deny of `secret/#`.
+                AclPolicy::Deny if pattern_overlaps(&pattern, topic) => return false,
+                AclPolicy::Deny => {}
             }
         }
+        // What no allow rule covered wholly falls to the default.
         inner.default == AclPolicy::Allow
     }
 }
@@ -283,6 +291,32 @@ pub fn pattern_covers(pattern: &str, filter: &str) -> bool {
             }
             (None, None) => return true,
             _ => return false,
+        }
+    }
+}
+
+/// Can some topic be matched by both `pattern` (an ACL rule) and `filter`
+/// (a topic name or subscription filter)?
+pub fn pattern_overlaps(pattern: &str, filter: &str) -> bool {
+    // A filter that starts with a wildcard never receives `$` topics.
+    if filter.starts_with(['+', '#']) && pattern.starts_with('$') {
+        return false;
+    }
+    let mut p = pattern.split('/');
+    let mut f = filter.split('/');
+    loop {
+        match (p.next(), f.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(pl), Some(fl)) => {
+                if pl != fl {
+                    return false;
+                }
+            }
+            (None, None) => return true,
+            // `a/#` also matches `a`.
+            (None, Some(rest)) => return rest == "#" && f.next().is_none(),
+            (Some(rest), None) => return rest == "#" && p.next().is_none(),
         }
     }
 }
@@ -412,6 +446,37 @@ mod tests {
         assert!(!pattern_covers("a/+/c", "a/#"));
         assert!(!pattern_covers("a/b", "a/+"));
         assert!(!pattern_covers("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn overlaps() {
+        assert!(pattern_overlaps("secret/#", "#"));
+        assert!(pattern_overlaps("secret/#", "+/x"));
+        assert!(pattern_overlaps("a/+/c", "a/b/+"));
+        assert!(pattern_overlaps("a/#", "a"));
+        assert!(pattern_overlaps("a", "a/#"));
+        assert!(!pattern_overlaps("a/b", "a/c/#"));
+        assert!(!pattern_overlaps("a/b", "a/b/c"));
+        assert!(!pattern_overlaps("$SYS/#", "#"));
+        assert!(pattern_overlaps("$SYS/#", "$SYS/+"));
+    }
+
+    #[test]
+    fn regression_wildcard_subscription_reads_around_a_narrow_deny() {
+        let reg: Registry = toml::from_str(
+            r#"[[acl]]
+            permission = "deny"
+            action = "subscribe"
+            topic = "secret/#""#,
+        )
+        .expect("parses");
+        let auth = Authenticator::new(reg, true, AclPolicy::Allow).expect("auth");
+        let anon = auth.authenticate("c", None, None, None).expect("anonymous");
+        assert!(!auth.may_subscribe(&anon, "#"));
+        assert!(!auth.may_subscribe(&anon, "+/pin"));
+        assert!(!auth.may_subscribe(&anon, "secret/pin"));
+        assert!(auth.may_subscribe(&anon, "public/#"));
+        assert!(auth.may_subscribe(&anon, "$SYS/#"));
     }
 
     #[test]

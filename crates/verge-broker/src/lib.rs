@@ -72,6 +72,7 @@ impl Broker {
             router: tx.clone(),
             stats: stats.clone(),
             next_conn: AtomicU64::new(1),
+            password_checks: connection::password_check_slots(),
         });
         let (shutdown, _) = watch::channel(false);
         Broker {

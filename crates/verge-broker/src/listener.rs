@@ -7,6 +7,7 @@ use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rustls::ServerConfig;
@@ -246,7 +247,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, transport: Transport, ctx: 
             serve(tls, peer, name, ctx).await
         }
         Transport::Ws(path) => {
-            if let Some(ws) = ws_accept(stream, peer, &path).await {
+            if let Some(ws) = ws_accept(stream, peer, &path, ctx.cfg.connect_timeout.get()).await {
                 serve(ws, peer, None, ctx).await
             }
         }
@@ -254,7 +255,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, transport: Transport, ctx: 
             let Some((tls, name)) = tls_accept(stream, peer, cfg, &ctx).await else {
                 return;
             };
-            if let Some(ws) = ws_accept(tls, peer, &path).await {
+            if let Some(ws) = ws_accept(tls, peer, &path, ctx.cfg.connect_timeout.get()).await {
                 serve(ws, peer, name, ctx).await
             }
         }
@@ -298,7 +299,12 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 
 /// Upgrade to WebSocket (subprotocol `mqtt`, only at `path`) and turn the
 /// message stream into a byte stream through an in-memory pipe.
-async fn ws_accept<S>(stream: S, peer: SocketAddr, path: &str) -> Option<tokio::io::DuplexStream>
+async fn ws_accept<S>(
+    stream: S,
+    peer: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Option<tokio::io::DuplexStream>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -326,10 +332,17 @@ where
         }
         Ok(resp)
     };
-    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
-        Ok(ws) => ws,
-        Err(e) => {
+    // A client that opens the socket and never finishes the upgrade must not
+    // hold it forever.
+    let upgrade = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let ws = match tokio::time::timeout(timeout, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
             info!(%peer, "websocket upgrade failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            info!(%peer, "websocket upgrade timed out");
             return None;
         }
     };

@@ -395,7 +395,7 @@ impl Router {
             false
         });
         for m in due {
-            self.route(m);
+            self.route_will(m);
         }
         if req.clean_start && existed {
             self.clear_session(key);
@@ -460,7 +460,7 @@ impl Router {
             }
         });
         for m in due {
-            self.route(m);
+            self.route_will(m);
         }
     }
 
@@ -488,7 +488,7 @@ impl Router {
         let takeover = s.takeover.take();
         if let Some((msg, delay)) = will {
             if delay.is_zero() || expiry.is_zero() {
-                self.route(msg);
+                self.route_will(msg);
             } else {
                 self.wills
                     .push((Instant::now() + delay.min(expiry), key, msg));
@@ -549,6 +549,9 @@ impl Router {
 
     fn unsubscribe(&mut self, key: SubKey, filter: &str) -> u8 {
         let (group, f) = split_shared(filter);
+        if !verge_mqtt::topic::valid_topic_filter(f) {
+            return reason::TOPIC_FILTER_INVALID;
+        }
         let removed = self.tree.remove(f, group, key);
         if let Some(s) = self.sessions.get_mut(&key) {
             s.subs.remove(filter);
@@ -558,6 +561,20 @@ impl Router {
         } else {
             reason::NO_SUBSCRIPTION_EXISTED
         }
+    }
+
+    /// Publish a will: it is received now, so its Message Expiry Interval
+    /// starts now, not at CONNECT.
+    fn route_will(&mut self, msg: Arc<Message>) {
+        let mut msg = Arc::unwrap_or_clone(msg);
+        let now = Instant::now();
+        msg.received = now;
+        msg.expires = msg
+            .properties
+            .message_expiry_interval
+            .take()
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        self.route(Arc::new(msg));
     }
 
     /// Route one message to every matching subscriber.
@@ -740,7 +757,7 @@ impl Router {
             }
         });
         for m in due {
-            self.route(m);
+            self.route_will(m);
         }
         self.retained.retain(|_, m| !m.expired(now));
         if !self.cfg.sys_interval.is_zero()

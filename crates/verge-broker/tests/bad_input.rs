@@ -413,3 +413,60 @@ async fn burst_of_bad_clients_leaves_broker_healthy() {
     })
     .await;
 }
+
+/// A client may not set a Subscription Identifier on its own PUBLISH
+/// (MQTT 5.0 §3.3.4): protocol error.
+#[tokio::test]
+async fn publish_with_subscription_identifier_is_a_protocol_error() {
+    let b = start().await;
+    let mut ok = bystanders(&b).await;
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    raw.handshake("subid").await;
+    let mut p = publish_packet("ok/x", QoS::AtLeastOnce, 1, b"x");
+    if let Packet::Publish(p) = &mut p {
+        p.properties.subscription_identifiers = vec![7];
+    }
+    raw.send(&p).await;
+    assert_eq!(raw.expect_closed(WAIT).await, Some(reason::PROTOCOL_ERROR));
+    ok.still_work().await;
+}
+
+/// Invalid filters in SUBSCRIBE and UNSUBSCRIBE get 0x8F per filter; the
+/// connection and its valid filters carry on.
+#[tokio::test]
+async fn invalid_filters_get_topic_filter_invalid() {
+    let b = start().await;
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    raw.handshake("filters").await;
+    for (id, bad) in [(1, "a/#/b"), (2, "a+/b"), (3, "$share/g")] {
+        assert_eq!(
+            raw.subscribe(id, bad, QoS::AtMostOnce).await,
+            vec![reason::TOPIC_FILTER_INVALID],
+            "SUBSCRIBE {bad}"
+        );
+    }
+    raw.send(&Packet::Unsubscribe(verge_mqtt::Unsubscribe {
+        packet_id: 9,
+        filters: vec!["a/#/b".into(), "never/subscribed".into()],
+        properties: verge_mqtt::Properties::default(),
+    }))
+    .await;
+    match raw
+        .recv_matching("UNSUBACK", |p| matches!(p, Packet::UnsubAck(_)))
+        .await
+    {
+        Packet::UnsubAck(u) => assert_eq!(
+            u.reason_codes,
+            vec![
+                reason::TOPIC_FILTER_INVALID,
+                reason::NO_SUBSCRIPTION_EXISTED
+            ]
+        ),
+        _ => unreachable!(),
+    }
+    assert_eq!(
+        raw.subscribe(10, "ok/#", QoS::AtMostOnce).await,
+        vec![0],
+        "connection still serves valid filters"
+    );
+}

@@ -491,3 +491,68 @@ async fn v5_retained_delivery_carries_subscription_identifier() {
         Some(vec![42])
     );
 }
+
+/// Regression: the will's Message Expiry Interval ran from CONNECT, so a
+/// will delayed longer than its expiry was dropped as expired the moment it
+/// was published.
+#[tokio::test]
+async fn regression_will_expiry_counts_from_publication_not_connect() {
+    let b = start().await;
+    let mut watcher = connect5(b.addr, "watcher", |_| {}).await;
+    watcher.subscribe("will/#", Q5::AtLeastOnce).await;
+    let dying = connect5(b.addr, "expiring", |o| {
+        let mut w = will5("will/expiring", "late but fresh", Some(2));
+        if let Some(p) = w.properties.as_mut() {
+            p.message_expiry_interval = Some(1);
+        }
+        o.set_last_will(w);
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    dying.kill().await;
+    let m = watcher
+        .recv_within(Duration::from_secs(6))
+        .await
+        .expect("delayed will published although it outlived its expiry since CONNECT");
+    assert_eq!(text(&m.payload), "late but fresh");
+    let p = m.properties.expect("properties");
+    assert!(
+        p.message_expiry_interval.is_some_and(|s| s <= 1),
+        "remaining expiry forwarded: {:?}",
+        p.message_expiry_interval
+    );
+}
+
+/// Regression: the `$SYS` guard on PUBLISH did not cover the will topic.
+#[tokio::test]
+async fn regression_will_cannot_forge_sys_topics() {
+    let b = start().await;
+    let mut watcher = connect3(b.addr, "watcher", |_| {}).await;
+    watcher.subscribe("$SYS/#", Q3::AtLeastOnce).await;
+    watcher.subscribe("sentinel", Q3::AtLeastOnce).await;
+    let forger = connect3(b.addr, "forger", |o| {
+        o.set_last_will(rumqttc::LastWill::new(
+            "$SYS/broker/clients/connected",
+            "1000000",
+            Q3::AtLeastOnce,
+            false,
+        ));
+    })
+    .await;
+    assert_eq!(
+        counter(&b.stats().denied_publish),
+        1,
+        "will refused at CONNECT"
+    );
+    forger.kill().await;
+    eventually("forger gone", || counter(&b.stats().clients_connected) == 1).await;
+    let mut other = connect3(b.addr, "other", |_| {}).await;
+    other
+        .publish_acked("sentinel", Q3::AtLeastOnce, false, "s")
+        .await;
+    assert_eq!(
+        watcher.recv().await.topic,
+        "sentinel",
+        "forged $SYS will delivered"
+    );
+}

@@ -667,3 +667,25 @@ async fn websocket_over_tls() {
         other => panic!("expected PUBLISH, got {other:?}"),
     }
 }
+
+/// Regression: a client that opened a WebSocket listener's socket and never
+/// finished the HTTP upgrade held it forever.
+#[tokio::test]
+async fn regression_websocket_upgrade_that_never_finishes_is_dropped() {
+    let mut b = start_with(|c| {
+        c.connect_timeout = verge_broker::duration::HumanDuration(Duration::from_secs(1))
+    })
+    .await;
+    let ws_addr = b.listen(Transport::Ws("/mqtt".into())).await;
+    let mut tcp = TcpStream::connect(ws_addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Half a request line, then silence.
+    tcp.write_all(b"GET /mqtt HTTP/1.1\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+    match r {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("unexpected {n} bytes from the server"),
+        Err(_) => panic!("server still holds an unfinished upgrade after 10 s"),
+    }
+}

@@ -23,10 +23,14 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         if !v5 && !connect.clean_start {
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
+        // Unique within the process by the counter, across restarts by the
+        // start time.
         let id = format!(
-            "verge-{:x}-{:x}",
+            "verge-{:x}-{:x}-{:x}",
             std::process::id(),
-            ctx.next_conn.load(std::sync::atomic::Ordering::Relaxed) ^ nanos()
+            nanos(),
+            ctx.next_conn
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         assigned = Some(id.clone());
         id
@@ -49,12 +53,20 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             cert_name.as_deref(),
         )
     } else {
-        // argon2 is deliberately slow: run it on the blocking pool
+        // argon2 is deliberately slow: run it on the blocking pool, a few at
+        // a time; a client that waits longer than the connect timeout for a
+        // turn is told the server is busy.
+        let slot = ctx.password_checks.clone().acquire_owned();
+        let Ok(Ok(slot)) = tokio::time::timeout(cfg.connect_timeout.get(), slot).await else {
+            info!(%peer, client_id, "too many password checks in progress");
+            return Err(reason::SERVER_BUSY);
+        };
         let auth = ctx.auth.clone();
         let cid = client_id.clone();
         let user = connect.username.clone();
         let pass = connect.password.clone();
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             auth.authenticate(&cid, user.as_deref(), pass.as_deref(), cert_name.as_deref())
         })
         .await
@@ -89,17 +101,17 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         server_keep_alive = Some(keep_alive);
     }
     let will = connect.will.as_ref().and_then(|w| {
-        if !ctx.auth.may_publish(&identity, &w.topic) {
+        // `$SYS/...` belongs to the broker, for wills as for publishes.
+        if is_reserved(&w.topic) || !ctx.auth.may_publish(&identity, &w.topic) {
             inc(&ctx.stats.denied_publish);
             return None;
         }
         let now = Instant::now();
         let mut props = w.properties.clone();
         let delay = Duration::from_secs(props.will_delay_interval.take().unwrap_or(0) as u64);
-        let expires = props
-            .message_expiry_interval
-            .take()
-            .map(|s| now + Duration::from_secs(s as u64));
+        // The Message Expiry Interval stays in the properties: the router
+        // starts it when the will is published.
+        let expires = None;
         Some((
             Arc::new(Message {
                 topic: Arc::from(w.topic.as_str()),

@@ -40,6 +40,15 @@ pub(crate) struct Ctx {
     pub router: mpsc::Sender<Event>,
     pub stats: Arc<Stats>,
     pub next_conn: AtomicU64,
+    /// Bounds concurrent password hashes, so a flood of CONNECTs cannot
+    /// occupy the whole blocking pool with argon2.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
+}
+
+/// Two argon2 checks per core at a time.
+pub(crate) fn password_check_slots() -> Arc<tokio::sync::Semaphore> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Arc::new(tokio::sync::Semaphore::new(2 * cores))
 }
 
 /// Why a connection ended.
@@ -283,10 +292,12 @@ impl Conn {
                             // Busy connections read big, idle ones hold little.
                             read_hint = if n >= spare { (read_hint * 2).min(MAX_READ) } else { (read_hint / 2).max(MIN_READ) };
                             add(&self.ctx.stats.bytes_received, n as u64);
-                            last_read = Instant::now();
                             if let Some(end) = Box::pin(self.on_read(io)).await {
                                 break end;
                             }
+                            // After the packets are handled: a publish-rate
+                            // pause inside them must not count as silence.
+                            last_read = Instant::now();
                         }
                     }
                 }
@@ -384,12 +395,17 @@ impl Conn {
         if p.topic.is_empty() || !topic::valid_topic_name(&p.topic) {
             return Some(End::Error(reason::TOPIC_NAME_INVALID, "invalid topic name"));
         }
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Some(End::Error(
+                reason::PROTOCOL_ERROR,
+                "subscription identifier in a client PUBLISH",
+            ));
+        }
         if self.ctx.cfg.max_publish_rate > 0 {
             self.throttle().await;
         }
         // `$SYS/...` belongs to the broker: clients cannot forge statistics.
-        let reserved = p.topic.starts_with("$SYS/") || p.topic == "$SYS";
-        let allowed = !reserved && self.ctx.auth.may_publish(&self.identity, &p.topic);
+        let allowed = !is_reserved(&p.topic) && self.ctx.auth.may_publish(&self.identity, &p.topic);
         if !allowed {
             inc(&self.ctx.stats.denied_publish);
             debug!(client_id = %self.identity.client_id, topic = %p.topic, "publish denied by ACL");
@@ -821,4 +837,9 @@ impl Conn {
         let _ = self.ctx.router.send(ev).await;
         debug!(peer = %self.peer, client_id = %self.identity.client_id, ?end, "disconnected");
     }
+}
+
+/// Topics under `$SYS` belong to the broker: clients cannot publish there.
+pub(crate) fn is_reserved(topic: &str) -> bool {
+    topic.starts_with("$SYS/") || topic == "$SYS"
 }
