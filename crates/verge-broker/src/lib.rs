@@ -150,20 +150,35 @@ impl BrokerHandle {
         filter: &str,
         capacity: usize,
     ) -> Result<LocalSubscription, BrokerError> {
-        let valid = if filter.starts_with("$share/") {
-            topic::valid_shared(filter)
-        } else {
-            topic::valid_topic_filter(filter)
-        };
-        if !valid {
-            return Err(BrokerError::InvalidTopic(filter.to_owned()));
+        self.subscribe_many(&[filter.to_owned()], capacity).await
+    }
+
+    /// Subscribe to several filters through one queue; a message that
+    /// matches more than one of them arrives once.
+    pub async fn subscribe_many(
+        &self,
+        filters: &[String],
+        capacity: usize,
+    ) -> Result<LocalSubscription, BrokerError> {
+        if filters.is_empty() {
+            return Err(BrokerError::InvalidTopic(String::new()));
+        }
+        for filter in filters {
+            let valid = if filter.starts_with("$share/") {
+                topic::valid_shared(filter)
+            } else {
+                topic::valid_topic_filter(filter)
+            };
+            if !valid {
+                return Err(BrokerError::InvalidTopic(filter.clone()));
+            }
         }
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let (reply, key) = oneshot::channel();
         self.tx
             .send(Event::LocalSubscribe {
-                filter: filter.to_owned(),
+                filters: filters.to_vec(),
                 tx,
                 dropped: dropped.clone(),
                 reply,
@@ -174,7 +189,7 @@ impl BrokerHandle {
         Ok(LocalSubscription {
             rx,
             key,
-            filter: filter.to_owned(),
+            filters: filters.to_vec(),
             dropped,
             router: self.tx.clone(),
         })
@@ -190,7 +205,7 @@ impl BrokerHandle {
 pub struct LocalSubscription {
     rx: mpsc::Receiver<Arc<Message>>,
     key: u64,
-    filter: String,
+    filters: Vec<String>,
     dropped: Arc<AtomicU64>,
     router: mpsc::Sender<Event>,
 }
@@ -199,6 +214,12 @@ impl LocalSubscription {
     /// The next message; `None` once the broker has stopped.
     pub async fn recv(&mut self) -> Option<Arc<Message>> {
         self.rx.recv().await
+    }
+
+    /// Wait for at least one message and take up to `limit` into `buf`;
+    /// returns how many were taken, 0 once the broker has stopped.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Arc<Message>>, limit: usize) -> usize {
+        self.rx.recv_many(buf, limit).await
     }
 
     /// Messages dropped because this subscription's queue was full.
@@ -211,7 +232,7 @@ impl Drop for LocalSubscription {
     fn drop(&mut self) {
         let ev = Event::LocalUnsubscribe {
             key: self.key,
-            filter: std::mem::take(&mut self.filter),
+            filters: std::mem::take(&mut self.filters),
         };
         if let Err(mpsc::error::TrySendError::Full(ev)) = self.router.try_send(ev) {
             let router = self.router.clone();

@@ -134,14 +134,14 @@ pub(crate) enum Event {
         expiry: Duration,
     },
     LocalSubscribe {
-        filter: String,
+        filters: Vec<String>,
         tx: mpsc::Sender<Arc<Message>>,
         dropped: Arc<AtomicU64>,
         reply: oneshot::Sender<SubKey>,
     },
     LocalUnsubscribe {
         key: SubKey,
-        filter: String,
+        filters: Vec<String>,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -281,13 +281,14 @@ impl Router {
                 expiry,
             } => self.on_disconnected(key, conn_id, carry, will, expiry),
             Event::LocalSubscribe {
-                filter,
+                filters,
                 tx,
                 dropped,
                 reply,
             } => {
+                // One key for all the filters: a message that matches
+                // several of them is delivered once.
                 let key = self.new_key();
-                let (group, f) = split_shared(&filter);
                 let entry = SubEntry {
                     options: SubOptions {
                         qos: QoS::ExactlyOnce,
@@ -295,13 +296,18 @@ impl Router {
                     },
                     id: None,
                 };
-                self.tree.insert(f, group, key, entry);
+                for filter in &filters {
+                    let (group, f) = split_shared(filter);
+                    self.tree.insert(f, group, key, entry);
+                }
                 self.locals.insert(key, LocalSub { tx, dropped });
                 let _ = reply.send(key);
             }
-            Event::LocalUnsubscribe { key, filter } => {
-                let (group, f) = split_shared(&filter);
-                self.tree.remove(f, group, key);
+            Event::LocalUnsubscribe { key, filters } => {
+                for filter in &filters {
+                    let (group, f) = split_shared(filter);
+                    self.tree.remove(f, group, key);
+                }
                 self.locals.remove(&key);
             }
             Event::Shutdown(_) => {}

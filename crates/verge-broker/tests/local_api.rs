@@ -250,3 +250,45 @@ async fn local_shared_subscriptions_split_messages() {
     assert_eq!(got, want, "each job exactly once across the group");
     assert!(a.dropped() == 0 && c.dropped() == 0);
 }
+
+/// Overlapping filters of one local subscription deliver each message once;
+/// dropping the subscription removes every filter.
+#[tokio::test]
+async fn subscribe_many_delivers_overlapping_matches_once() {
+    let b = start().await;
+    let h = b.handle();
+    let mut s = h
+        .subscribe_many(&["a/#".to_owned(), "a/b".to_owned(), "c/+".to_owned()], 100)
+        .await
+        .expect("subscribe");
+    assert_eq!(counter(&b.stats().subscriptions), 3);
+    for t in ["a/b", "c/d", "x/y", "a/z"] {
+        h.publish(Message::local(t, "p", QoS::AtMostOnce, false))
+            .await
+            .expect("publish");
+    }
+    let mut got = Vec::new();
+    let mut buf = Vec::new();
+    while got.len() < 3 {
+        buf.clear();
+        let n = tokio::time::timeout(WAIT, s.recv_many(&mut buf, 10))
+            .await
+            .expect("messages within WAIT");
+        assert!(n > 0, "broker gone");
+        got.extend(buf.iter().map(|m| m.topic.to_string()));
+    }
+    assert_eq!(got, ["a/b", "c/d", "a/z"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), s.recv())
+            .await
+            .is_err(),
+        "a message arrived twice"
+    );
+    assert!(
+        h.subscribe_many(&["ok".to_owned(), "bad/#/x".to_owned()], 1)
+            .await
+            .is_err()
+    );
+    drop(s);
+    eventually("filters removed", || counter(&b.stats().subscriptions) == 0).await;
+}
