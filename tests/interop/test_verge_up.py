@@ -19,10 +19,12 @@ from conftest import free_port
 @pytest.fixture(scope="module")
 def up():
     d = tempfile.mkdtemp(prefix="verge-up-")
-    ports = {k: free_port() for k in ("tcp", "tls", "ws", "wss")}
+    ports = {k: free_port() for k in ("tcp", "tls", "ws", "wss", "http")}
     env = dict(os.environ)
     for k, p in ports.items():
-        env[f"VERGE__BROKER__LISTENERS__{k.upper()}__BIND"] = f"127.0.0.1:{p}"
+        if k != "http":
+            env[f"VERGE__BROKER__LISTENERS__{k.upper()}__BIND"] = f"127.0.0.1:{p}"
+    env["VERGE__HTTP__BIND"] = f"127.0.0.1:{ports['http']}"
     log = open(os.path.join(d, "up.log"), "w+")
     proc = subprocess.Popen([os.environ.get("VERGE_BIN", "target/debug/verge"), "up"],
                             cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -49,12 +49,15 @@ def _port_open(port):
 
 
 class Node:
-    """A `verge node --config FILE` process on free loopback ports (TCP and WebSocket)."""
+    """A `verge node --config FILE` process on free loopback ports (TCP,
+    WebSocket and the HTTP API)."""
 
-    def __init__(self, extra="", anonymous=True, acl_default="allow"):
+    def __init__(self, extra="", anonymous=True, acl_default="allow", tail=""):
+        """`extra` goes into [broker]; `tail` (e.g. [[rules]] tables) at the end."""
         self.dir = tempfile.mkdtemp(prefix="verge-interop-")
         self.tcp = free_port()
         self.ws = free_port()
+        self.http = free_port()
         self.config = os.path.join(self.dir, "node.toml")
         with open(self.config, "w") as f:
             f.write(f"""
@@ -78,6 +81,9 @@ bind = "127.0.0.1:0"
 [broker.listeners.wss]
 enabled = false
 bind = "127.0.0.1:0"
+[http]
+bind = "127.0.0.1:{self.http}"
+{tail}
 """)
         # The config file alone decides: no VERGE__* overrides leak in.
         env = {k: v for k, v in os.environ.items() if not k.startswith("VERGE__")}
@@ -88,7 +94,7 @@ bind = "127.0.0.1:0"
         )
         deadline = time.time() + 10
         while time.time() < deadline:
-            if _port_open(self.tcp) and _port_open(self.ws):
+            if _port_open(self.tcp) and _port_open(self.ws) and _port_open(self.http):
                 return
             if self.proc.poll() is not None:
                 break

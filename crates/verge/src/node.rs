@@ -1,12 +1,16 @@
-//! `verge up` and `verge node`: wire the configured node together (for now:
-//! the broker and its listeners), print where it listens and run until
-//! Ctrl-C or SIGTERM.
+//! `verge up` and `verge node`: wire the configured node together (the
+//! broker and its listeners, the rule engine with the configured rules, the
+//! local HTTP API), print where it listens and run until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use tracing::{debug, info};
 use verge_broker::{BoundListener, Broker, BrokerError};
+use verge_node::NodeState;
+use verge_rules::{Engine, Services};
 
 use crate::config::NodeConfig;
 
@@ -58,14 +62,64 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
         .iter()
         .find(|l| l.kind() == "tcp")
         .and_then(|l| l.local_addr().ok());
+    let http_listener = if cfg.http.enabled {
+        Some(
+            tokio::net::TcpListener::bind(cfg.http.bind)
+                .await
+                .with_context(|| {
+                    format!(
+                        "http.bind {}: cannot listen (set another address, or \
+                         http.enabled = false)",
+                        cfg.http.bind
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
     let mut broker = Broker::start(cfg.broker.clone(), auth);
     for l in listeners {
         broker.serve(l);
     }
-    info!(node = %cfg.node.name, "node started");
-    println!("{}", banner(&cfg, mode, &endpoints, tcp));
+    let engine = Arc::new(Engine::new(
+        Services::new(broker.handle()),
+        cfg.rule_engine.clone(),
+    ));
+    for (i, rule) in cfg.rules.iter().enumerate() {
+        if let Err(e) = engine.create(rule.clone()).await {
+            broker.shutdown().await;
+            anyhow::bail!("rules[{i}] (`{}`): {e}", rule.id);
+        }
+    }
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut http_addr = None;
+    let http_task = http_listener.map(|listener| {
+        http_addr = listener.local_addr().ok();
+        let state = NodeState {
+            name: Arc::from(cfg.node.name.as_str()),
+            started: Instant::now(),
+            broker: broker.handle(),
+            rules: engine.clone(),
+            token: cfg.http.token.as_deref().map(Arc::from),
+        };
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = http_stopped.await;
+            };
+            if let Err(e) = verge_node::serve(listener, state, shutdown).await {
+                tracing::error!("http api stopped: {e}");
+            }
+        })
+    });
+    info!(node = %cfg.node.name, rules = cfg.rules.len(), "node started");
+    println!("{}", banner(&cfg, mode, &endpoints, tcp, http_addr));
     shutdown_signal().await?;
     info!("shutting down");
+    let _ = stop_http.send(());
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    engine.shutdown().await;
     broker.shutdown().await;
     debug!("stopped");
     Ok(())
@@ -105,7 +159,13 @@ fn endpoint(l: &BoundListener, cfg: &NodeConfig) -> anyhow::Result<String> {
     })
 }
 
-fn banner(cfg: &NodeConfig, mode: Mode, endpoints: &[String], tcp: Option<SocketAddr>) -> String {
+fn banner(
+    cfg: &NodeConfig,
+    mode: Mode,
+    endpoints: &[String],
+    tcp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+) -> String {
     let mut out = format!("verge node `{}` is running\n", cfg.node.name);
     for e in endpoints {
         out.push_str(&format!("  {e}\n"));
@@ -113,13 +173,23 @@ fn banner(cfg: &NodeConfig, mode: Mode, endpoints: &[String], tcp: Option<Socket
     if endpoints.is_empty() {
         out.push_str("  (no listener is enabled)\n");
     }
+    if let Some(a) = http {
+        out.push_str(&format!(
+            "  HTTP API             http://{a}/api/rules  (metrics: http://{a}/metrics)\n"
+        ));
+    }
+    if !cfg.rules.is_empty() {
+        let ids: Vec<&str> = cfg.rules.iter().map(|r| r.id.as_str()).collect();
+        out.push_str(&format!("rules: {}\n", ids.join(", ")));
+    }
     if mode == Mode::Demo {
         out.push_str("demo config: anonymous clients are allowed; do not expose these ports\n");
         if let Some(a) = tcp {
             let (h, p) = (a.ip(), a.port());
             out.push_str(&format!(
-                "try it:\n  mosquitto_sub -h {h} -p {p} -t 'devices/#' -v\n  \
-                 mosquitto_pub -h {h} -p {p} -t devices/d1/telemetry -m '{{\"temperature\":21.5}}'\n"
+                "try it:\n  mosquitto_sub -h {h} -p {p} -t 'devices/#' -t 'alerts/#' -v\n  \
+                 mosquitto_pub -h {h} -p {p} -t devices/d1/telemetry -m '{{\"temperature\":35.5}}'\n\
+                 (the demo rule `demo-hot` republishes readings over 30 to alerts/<device>)\n"
             ));
         }
         let ls = &cfg.broker.listeners;
@@ -168,7 +238,9 @@ mod tests {
             Mode::Demo,
             &["MQTT over TCP        mqtt://127.0.0.1:1999".into()],
             Some(([127, 0, 0, 1], 1999).into()),
+            Some(([127, 0, 0, 1], 8081).into()),
         );
+        assert!(b.contains("http://127.0.0.1:8081/api/rules"), "{b}");
         assert!(b.contains("mosquitto_sub -h 127.0.0.1 -p 1999"), "{b}");
         assert!(b.contains("mosquitto_pub -h 127.0.0.1 -p 1999"), "{b}");
         assert!(b.contains("anonymous"), "{b}");
@@ -176,7 +248,7 @@ mod tests {
 
     #[test]
     fn node_banner_warns_when_nobody_can_connect() {
-        let b = banner(&NodeConfig::default(), Mode::Node, &[], None);
+        let b = banner(&NodeConfig::default(), Mode::Node, &[], None, None);
         assert!(b.contains("no client can connect"), "{b}");
         assert!(!b.contains("mosquitto"), "{b}");
     }

@@ -220,6 +220,8 @@ fn node_args(data: &str, bind: &str) -> Vec<String> {
         &format!("broker.listeners.tcp.bind={bind}"),
         "--set",
         "broker.listeners.ws.enabled=false",
+        "--set",
+        "http.bind=127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())

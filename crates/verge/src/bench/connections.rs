@@ -255,6 +255,7 @@ fn spawn_node(count: usize) -> anyhow::Result<(ChildBroker, SocketAddr)> {
     cfg.node.data_dir = dir.path().join("data");
     cfg.log.level = "warn".into();
     cfg.broker = spawned_config(port);
+    cfg.http.enabled = false;
     cfg.broker.max_connections = cfg.broker.max_connections.max(count + 16);
     let path = dir.path().join("node.toml");
     std::fs::write(

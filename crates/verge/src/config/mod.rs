@@ -8,10 +8,12 @@
 
 pub mod load;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use verge_broker::BrokerConfig;
+use verge_rules::{RuleConfig, RuleEngineConfig};
 
 pub use load::{Layers, load};
 
@@ -31,6 +33,35 @@ pub struct NodeConfig {
     pub log: LogSection,
     /// `[broker]`: the MQTT broker, its limits and listeners.
     pub broker: BrokerConfig,
+    /// `[http]`: the node's local HTTP API and metrics.
+    pub http: HttpSection,
+    /// `[rule_engine]`: bounds shared by all rules.
+    pub rule_engine: RuleEngineConfig,
+    /// `[[rules]]`: rules created at start (more through the HTTP API).
+    pub rules: Vec<RuleConfig>,
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Bearer token required on `/api/*`; none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token: None,
+        }
+    }
 }
 
 /// The `[node]` section.

@@ -1,0 +1,183 @@
+//! Routes and handlers of the node's HTTP API.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use verge_rules::{RuleConfig, RuleInfo, Sample, TestOutput};
+
+use crate::NodeState;
+use crate::error::AppError;
+use crate::metrics::render_broker;
+
+/// The API's routes over `state`.
+pub fn router(state: NodeState) -> Router {
+    let api = Router::new()
+        .route("/status", get(status))
+        .route("/rules", get(list_rules).post(create_rule))
+        .route("/rules/test", post(test_rule))
+        .route(
+            "/rules/{id}",
+            get(get_rule).put(update_rule).delete(delete_rule),
+        )
+        .route("/rules/{id}/start", post(start_rule))
+        .route("/rules/{id}/stop", post(stop_rule))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<NodeState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(&**token) {
+            return AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong `Authorization: Bearer` token",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn not_found(req: Request) -> AppError {
+    AppError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    )
+}
+
+#[derive(Serialize)]
+struct Status {
+    name: String,
+    version: &'static str,
+    uptime_seconds: u64,
+    broker: serde_json::Map<String, serde_json::Value>,
+    rules: usize,
+}
+
+async fn status(State(s): State<NodeState>) -> Json<Status> {
+    let broker = s
+        .broker
+        .stats()
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into()))
+        .collect();
+    Json(Status {
+        name: s.name.to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: s.started.elapsed().as_secs(),
+        broker,
+        rules: s.rules.list().await.len(),
+    })
+}
+
+async fn metrics(State(s): State<NodeState>) -> impl IntoResponse {
+    let mut out = String::with_capacity(4096);
+    render_broker(s.broker.stats(), &mut out);
+    s.rules.render_metrics(&mut out).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+async fn list_rules(State(s): State<NodeState>) -> Json<Vec<RuleInfo>> {
+    Json(s.rules.list().await)
+}
+
+async fn create_rule(
+    State(s): State<NodeState>,
+    body: Result<Json<RuleConfig>, JsonRejection>,
+) -> Result<(StatusCode, Json<RuleInfo>), AppError> {
+    let Json(cfg) = body?;
+    Ok((StatusCode::CREATED, Json(s.rules.create(cfg).await?)))
+}
+
+async fn get_rule(
+    State(s): State<NodeState>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleInfo>, AppError> {
+    Ok(Json(s.rules.get(&id).await?))
+}
+
+/// `PUT /api/rules/{id}`: a whole rule; its `id` may be left out, and
+/// must match the path when given.
+async fn update_rule(
+    State(s): State<NodeState>,
+    Path(id): Path<String>,
+    body: Result<Json<RuleConfig>, JsonRejection>,
+) -> Result<Json<RuleInfo>, AppError> {
+    let Json(mut cfg) = body?;
+    if !cfg.id.is_empty() && cfg.id != id {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "the body's id `{}` does not match the path's `{id}`",
+                cfg.id
+            ),
+        ));
+    }
+    cfg.id = id.clone();
+    Ok(Json(s.rules.update(&id, cfg).await?))
+}
+
+async fn delete_rule(
+    State(s): State<NodeState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    s.rules.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start_rule(
+    State(s): State<NodeState>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleInfo>, AppError> {
+    Ok(Json(s.rules.start(&id).await?))
+}
+
+async fn stop_rule(
+    State(s): State<NodeState>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleInfo>, AppError> {
+    Ok(Json(s.rules.stop(&id).await?))
+}
+
+/// The body of `POST /api/rules/test`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestRequest {
+    sql: String,
+    #[serde(default)]
+    samples: Vec<Sample>,
+}
+
+async fn test_rule(
+    State(s): State<NodeState>,
+    body: Result<Json<TestRequest>, JsonRejection>,
+) -> Result<Json<TestOutput>, AppError> {
+    let Json(req) = body?;
+    Ok(Json(s.rules.test(&req.sql, &req.samples)?))
+}

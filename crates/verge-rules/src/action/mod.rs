@@ -1,0 +1,93 @@
+//! Actions: what a rule does with its output rows. Each kind is a small
+//! component with its own config (`config.rs` of this module) and is built
+//! in one explicit list ([`build`]).
+
+mod function;
+mod log;
+mod republish;
+mod runner;
+mod sinks;
+mod webhook;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use verge_sql::Row;
+
+pub use function::{FunctionInvoker, FunctionMessage, InvokeError};
+pub use republish::rule_origin;
+pub use runner::{ActionInlet, ActionMetrics, ActionRunner, ActionStatus};
+pub use sinks::{TelemetryPoint, TelemetryStore, Upstream};
+
+use crate::Services;
+use crate::config::ActionKind;
+use crate::error::RuleError;
+
+/// A boxed future, so actions can be trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One row a rule produced, as every action of the rule sees it.
+#[derive(Debug)]
+pub struct Output {
+    /// Id of the rule that produced it.
+    pub rule: Arc<str>,
+    /// The row, columns in SELECT order.
+    pub row: Row,
+    /// The row as a JSON object, serialised once for all actions.
+    pub json: Bytes,
+    /// Topic of the message that produced the row (for windowed rules, the
+    /// last message of the window's group).
+    pub topic: Arc<str>,
+    /// When the row was produced (ms since the Unix epoch).
+    pub time_ms: i64,
+}
+
+/// Why an action failed to handle one row.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ActionError {
+    /// Whether trying again may succeed (network down, 5xx) or not (bad
+    /// request, topic the template made invalid).
+    pub retry: bool,
+    /// What went wrong, in lower case.
+    pub message: String,
+}
+
+impl ActionError {
+    /// A failure worth retrying.
+    pub fn transient(message: impl Into<String>) -> ActionError {
+        ActionError {
+            retry: true,
+            message: message.into(),
+        }
+    }
+
+    /// A failure that will not go away by retrying.
+    pub fn permanent(message: impl Into<String>) -> ActionError {
+        ActionError {
+            retry: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// Something a rule does with each of its rows.
+pub trait Action: Send + Sync + 'static {
+    /// Handle one row. Called by the action's own task, one row at a time,
+    /// so a slow action holds up nothing but its own queue.
+    fn deliver<'a>(&'a self, out: &'a Output) -> BoxFuture<'a, Result<(), ActionError>>;
+}
+
+/// Build an action from its config: the one list of action kinds.
+pub fn build(kind: &ActionKind, services: &Services) -> Result<Arc<dyn Action>, RuleError> {
+    Ok(match kind {
+        ActionKind::Republish(c) => Arc::new(republish::Republish::new(c, services)?),
+        ActionKind::Function(c) => Arc::new(function::Function::new(c, services)?),
+        ActionKind::Store(c) => Arc::new(sinks::Store::new(c, services)?),
+        ActionKind::Upstream(c) => Arc::new(sinks::UpstreamAction::new(c, services)?),
+        ActionKind::Webhook(c) => Arc::new(webhook::Webhook::new(c)?),
+        ActionKind::Log(c) => Arc::new(log::Log::new(c)),
+    })
+}

@@ -1,0 +1,56 @@
+//! Verge's rule engine runtime: it runs each rule's compiled SQL
+//! (`verge-sql`) over the broker's topic streams and hands the rows to the
+//! rule's actions.
+//!
+//! A running rule is one task that reads a single in-process broker
+//! subscription for all of its `FROM` filters in batches, feeds the
+//! executor, closes windows when their deadline passes and offers every row
+//! to each action's bounded queue. Every action runs in a task of its own
+//! with retries and counters, so a slow or failing action only fills (and
+//! then drops from) its own queue: it never stalls the rule, other rules or
+//! the router. A rule's own republished rows are not fed back into it.
+
+pub mod action;
+pub mod config;
+mod engine;
+mod error;
+mod metrics;
+mod rule;
+mod template;
+
+use std::sync::Arc;
+
+pub use action::{
+    Action, ActionError, ActionStatus, FunctionInvoker, FunctionMessage, InvokeError, Output,
+    TelemetryPoint, TelemetryStore, Upstream,
+};
+pub use config::{ActionKind, RuleConfig, RuleEngineConfig};
+pub use engine::{Engine, RuleInfo, RuleMetrics, Sample, SampleError, TestOutput};
+pub use error::RuleError;
+pub use template::Template;
+
+/// What actions may use on this node. Services a node does not have are
+/// `None`; a rule whose action needs one is refused when it is created.
+#[derive(Clone)]
+pub struct Services {
+    /// The broker, for subscriptions and republishing.
+    pub broker: verge_broker::BrokerHandle,
+    /// The function runtime.
+    pub functions: Option<Arc<dyn FunctionInvoker>>,
+    /// The local time-series store.
+    pub store: Option<Arc<dyn TelemetryStore>>,
+    /// The cache queue towards the cloud.
+    pub upstream: Option<Arc<dyn Upstream>>,
+}
+
+impl Services {
+    /// Only the broker.
+    pub fn new(broker: verge_broker::BrokerHandle) -> Services {
+        Services {
+            broker,
+            functions: None,
+            store: None,
+            upstream: None,
+        }
+    }
+}

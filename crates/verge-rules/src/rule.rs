@@ -1,0 +1,173 @@
+//! One running rule: a task that reads the rule's broker subscription in
+//! batches, feeds the executor, closes windows on time and hands rows to
+//! the actions' queues.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use verge_broker::{LocalSubscription, Message};
+use verge_sql::{Event, Executor, Row};
+
+use crate::action::{ActionInlet, ActionRunner, Output, rule_origin};
+use crate::metrics::Histogram;
+
+/// Messages taken from the subscription per batch.
+const BATCH: usize = 256;
+
+/// What a running rule shares with the engine for status and metrics.
+pub(crate) struct Shared {
+    /// The executor (window state and its counters); locked per batch.
+    pub exec: Mutex<Executor>,
+    /// Receipt-to-processed latency per message.
+    pub latency: Histogram,
+    /// Messages the broker dropped because the rule's queue was full.
+    pub queue_dropped: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn exec(&self) -> MutexGuard<'_, Executor> {
+        self.exec.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A rule's task and its actions.
+pub(crate) struct Running {
+    pub shared: Arc<Shared>,
+    pub actions: Vec<ActionRunner>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Start the rule task over `sub`.
+    pub fn start(
+        id: Arc<str>,
+        sub: LocalSubscription,
+        exec: Executor,
+        actions: Vec<ActionRunner>,
+    ) -> Running {
+        let shared = Arc::new(Shared {
+            exec: Mutex::new(exec),
+            latency: Histogram::default(),
+            queue_dropped: AtomicU64::new(0),
+        });
+        let inlets = actions.iter().map(ActionRunner::inlet).collect();
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(id, sub, shared.clone(), inlets, stop_rx));
+        Running {
+            shared,
+            actions,
+            stop,
+            task,
+        }
+    }
+
+    /// Whether the task has ended on its own (the broker stopped).
+    pub fn ended(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stop reading, then let each action finish its queue for up to
+    /// `grace`.
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        for a in self.actions {
+            a.finish(grace).await;
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch now.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn run(
+    id: Arc<str>,
+    mut sub: LocalSubscription,
+    shared: Arc<Shared>,
+    inlets: Vec<ActionInlet>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let own = rule_origin(&id);
+    let mut batch: Vec<Arc<Message>> = Vec::with_capacity(BATCH);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut out: Vec<(Row, Arc<str>)> = Vec::new();
+    let no_topic: Arc<str> = Arc::from("");
+    loop {
+        let deadline = shared.exec().next_deadline();
+        let wait =
+            deadline.map(|d| Duration::from_millis(u64::try_from(d - now_ms()).unwrap_or(0)));
+        tokio::select! {
+            _ = stop.changed() => break,
+            n = sub.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                let (wall, at) = (now_ms(), Instant::now());
+                {
+                    let mut exec = shared.exec();
+                    for m in batch.drain(..) {
+                        // The rule's own republished rows do not feed it again.
+                        if m.origin == own {
+                            continue;
+                        }
+                        let age = at.saturating_duration_since(m.received);
+                        let ev = Event {
+                            topic: &m.topic,
+                            payload: &m.payload,
+                            client_id: &m.origin,
+                            qos: m.qos as u8,
+                            timestamp_ms: wall - i64::try_from(age.as_millis()).unwrap_or(0),
+                            user_properties: &m.properties.user_properties,
+                        };
+                        // Evaluation errors are counted by the executor.
+                        let _ = exec.push(&ev, &mut rows);
+                        out.extend(rows.drain(..).map(|r| (r, m.topic.clone())));
+                        let us = m.received.elapsed().as_micros();
+                        shared.latency.record(u64::try_from(us).unwrap_or(u64::MAX));
+                    }
+                    if deadline.is_some_and(|d| d <= wall) {
+                        exec.advance(wall, &mut rows);
+                        out.extend(rows.drain(..).map(|r| (r, no_topic.clone())));
+                    }
+                }
+                shared.queue_dropped.store(sub.dropped(), Ordering::Relaxed);
+                emit(&id, &mut out, &inlets);
+            }
+            _ = tokio::time::sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {
+                shared.exec().advance(now_ms(), &mut rows);
+                out.extend(rows.drain(..).map(|r| (r, no_topic.clone())));
+                emit(&id, &mut out, &inlets);
+            }
+        }
+    }
+}
+
+fn emit(id: &Arc<str>, out: &mut Vec<(Row, Arc<str>)>, inlets: &[ActionInlet]) {
+    if inlets.is_empty() {
+        out.clear();
+        return;
+    }
+    let time_ms = now_ms();
+    for (row, topic) in out.drain(..) {
+        let json = Bytes::from(row.to_json());
+        let o = Arc::new(Output {
+            rule: id.clone(),
+            row,
+            json,
+            topic,
+            time_ms,
+        });
+        for inlet in inlets {
+            inlet.offer(&o);
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Aggregate functions: specs compiled from the SQL and the accumulators that fold values.
+
+use std::cmp::Ordering;
+
+use crate::expr::CExpr;
+use crate::value::Value;
+
+/// Which aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AggKind {
+    CountStar,
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    First,
+    Last,
+    Stddev,
+    /// percentile(x, p) and median(x) (p = 0.5).
+    Percentile,
+    Collect,
+}
+
+/// One aggregate call of a query.
+#[derive(Debug)]
+pub(crate) struct AggSpec {
+    pub kind: AggKind,
+    /// The argument (None for count(*)).
+    pub arg: Option<CExpr>,
+    /// The percentile, 0–1.
+    pub p: f64,
+    /// The call as written, for error messages.
+    pub text: String,
+}
+
+/// The running state of one aggregate in one group.
+#[derive(Debug, Clone)]
+pub(crate) enum Acc {
+    Count(i64),
+    Sum {
+        int: i64,
+        float: f64,
+        is_float: bool,
+        any: bool,
+    },
+    Avg {
+        sum: f64,
+        n: i64,
+    },
+    Pick(Value),
+    Stddev {
+        n: i64,
+        mean: f64,
+        m2: f64,
+    },
+    Values(Vec<Value>),
+}
+
+impl Acc {
+    /// A fresh accumulator.
+    pub fn new(kind: AggKind) -> Acc {
+        match kind {
+            AggKind::CountStar | AggKind::Count => Acc::Count(0),
+            AggKind::Sum => Acc::Sum {
+                int: 0,
+                float: 0.0,
+                is_float: false,
+                any: false,
+            },
+            AggKind::Avg => Acc::Avg { sum: 0.0, n: 0 },
+            AggKind::Min | AggKind::Max | AggKind::First | AggKind::Last => Acc::Pick(Value::Null),
+            AggKind::Stddev => Acc::Stddev {
+                n: 0,
+                mean: 0.0,
+                m2: 0.0,
+            },
+            AggKind::Percentile | AggKind::Collect => Acc::Values(Vec::new()),
+        }
+    }
+
+    /// Folds one value in. NULLs are skipped (count(*) counts every row).
+    /// Returns `Ok(false)` when a bounded buffer was full and the value was dropped.
+    pub fn update(&mut self, kind: AggKind, v: &Value, max_values: usize) -> Result<bool, String> {
+        if kind == AggKind::CountStar {
+            if let Acc::Count(n) = self {
+                *n += 1;
+            }
+            return Ok(true);
+        }
+        if v.is_null() {
+            return Ok(true);
+        }
+        let num = |name: &str| {
+            v.as_f64()
+                .ok_or_else(|| format!("{name}() expects a number, found {}", v.type_name()))
+        };
+        match self {
+            Acc::Count(n) => *n += 1,
+            Acc::Sum {
+                int,
+                float,
+                is_float,
+                any,
+            } => {
+                *any = true;
+                match v {
+                    Value::Int(i) if !*is_float => match int.checked_add(*i) {
+                        Some(s) => *int = s,
+                        None => return Err("integer overflow".into()),
+                    },
+                    _ => {
+                        *float += num("sum")?;
+                        *is_float = true;
+                    }
+                }
+            }
+            Acc::Avg { sum, n } => {
+                *sum += num("avg")?;
+                *n += 1;
+            }
+            Acc::Stddev { n, mean, m2 } => {
+                // Welford's online algorithm.
+                let x = num("stddev")?;
+                *n += 1;
+                let d = x - *mean;
+                *mean += d / *n as f64;
+                *m2 += d * (x - *mean);
+            }
+            Acc::Pick(cur) => {
+                let replace = match kind {
+                    AggKind::First => cur.is_null(),
+                    AggKind::Last => true,
+                    _ if cur.is_null() => true,
+                    _ => {
+                        let want = if kind == AggKind::Min {
+                            Ordering::Less
+                        } else {
+                            Ordering::Greater
+                        };
+                        match v.sql_cmp(cur) {
+                            Some(o) => o == want,
+                            None => {
+                                let name = if kind == AggKind::Min { "min" } else { "max" };
+                                return Err(format!(
+                                    "{name}() cannot compare {} and {}",
+                                    cur.type_name(),
+                                    v.type_name()
+                                ));
+                            }
+                        }
+                    }
+                };
+                if replace {
+                    *cur = v.clone();
+                }
+            }
+            Acc::Values(vals) => {
+                if kind == AggKind::Percentile {
+                    num("percentile")?;
+                }
+                if vals.len() >= max_values {
+                    return Ok(false);
+                }
+                vals.push(v.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    /// The aggregate's result.
+    pub fn finish(&self, spec: &AggSpec) -> Value {
+        match self {
+            Acc::Count(n) => Value::Int(*n),
+            Acc::Sum { any: false, .. } => Value::Null,
+            Acc::Sum {
+                int,
+                float,
+                is_float,
+                ..
+            } => {
+                if *is_float {
+                    Value::float_or_null(*int as f64 + *float)
+                } else {
+                    Value::Int(*int)
+                }
+            }
+            Acc::Avg { n: 0, .. } => Value::Null,
+            Acc::Avg { sum, n } => Value::float_or_null(*sum / *n as f64),
+            Acc::Stddev { n, m2, .. } if *n >= 2 => {
+                Value::float_or_null((*m2 / (*n - 1) as f64).sqrt())
+            }
+            Acc::Stddev { .. } => Value::Null,
+            Acc::Pick(v) => v.clone(),
+            Acc::Values(vals) if spec.kind == AggKind::Collect => Value::Array(vals.clone()),
+            Acc::Values(vals) => percentile(vals, spec.p),
+        }
+    }
+
+    /// Number of values held (for memory statistics).
+    pub fn entries(&self) -> usize {
+        match self {
+            Acc::Values(v) => v.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// Linear interpolation between closest ranks (rank = p × (n − 1)), always a float.
+fn percentile(vals: &[Value], p: f64) -> Value {
+    let mut xs: Vec<f64> = vals.iter().filter_map(Value::as_f64).collect();
+    if xs.is_empty() {
+        return Value::Null;
+    }
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
+    let rank = p * (xs.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    let (a, b) = (xs[lo], xs[hi.min(xs.len() - 1)]);
+    Value::float_or_null(a + (b - a) * (rank - lo as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(kind: AggKind, p: f64, vals: &[Value]) -> Value {
+        let spec = AggSpec {
+            kind,
+            arg: None,
+            p,
+            text: String::new(),
+        };
+        let mut acc = Acc::new(kind);
+        for v in vals {
+            acc.update(kind, v, 100).expect("update");
+        }
+        acc.finish(&spec)
+    }
+
+    #[test]
+    fn aggregates_skip_nulls() {
+        let vals = [Value::Int(1), Value::Null, Value::Int(3), Value::Int(4)];
+        assert_eq!(run(AggKind::Count, 0.0, &vals), Value::Int(3));
+        assert_eq!(run(AggKind::CountStar, 0.0, &vals), Value::Int(4));
+        assert_eq!(run(AggKind::Sum, 0.0, &vals), Value::Int(8));
+        assert_eq!(run(AggKind::Percentile, 0.5, &vals), Value::Float(3.0));
+        assert_eq!(run(AggKind::Percentile, 0.25, &vals), Value::Float(2.0));
+        assert_eq!(run(AggKind::Sum, 0.0, &[Value::Null]), Value::Null);
+        assert_eq!(
+            run(
+                AggKind::Stddev,
+                0.0,
+                &[
+                    Value::Int(2),
+                    Value::Int(4),
+                    Value::Int(4),
+                    Value::Int(4),
+                    Value::Int(5),
+                    Value::Int(5),
+                    Value::Int(7),
+                    Value::Int(9)
+                ]
+            ),
+            Value::Float((32.0f64 / 7.0).sqrt())
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Math functions: abs, ceil, floor, round, sqrt, pow, exp, ln, log10, mod, sign, greatest, least.
+
+use std::cmp::Ordering;
+
+use super::{Func, want_f64, want_int};
+use crate::ast::BinOp;
+use crate::value::Value;
+
+pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, String> {
+    let a = &args[0];
+    Ok(match func {
+        Func::Abs => match a {
+            Value::Int(i) => Value::Int(i.checked_abs().ok_or("integer overflow")?),
+            _ => Value::Float(want_f64(name, a)?.abs()),
+        },
+        Func::Ceil => to_int(a, name, f64::ceil)?,
+        Func::Floor => to_int(a, name, f64::floor)?,
+        Func::Round => match args.get(1) {
+            None => to_int(a, name, f64::round)?,
+            Some(n) => {
+                let x = want_f64(name, a)?;
+                let n = want_int(name, n)?;
+                if !(-18..=18).contains(&n) {
+                    return Err("round() digits must be between -18 and 18".into());
+                }
+                let scale = 10f64.powi(n as i32);
+                Value::float_or_null((x * scale).round() / scale)
+            }
+        },
+        Func::Sqrt => Value::float_or_null(want_f64(name, a)?.sqrt()),
+        Func::Pow => Value::float_or_null(want_f64(name, a)?.powf(want_f64(name, &args[1])?)),
+        Func::Exp => Value::float_or_null(want_f64(name, a)?.exp()),
+        Func::Ln => Value::float_or_null(want_f64(name, a)?.ln()),
+        Func::Log10 => Value::float_or_null(want_f64(name, a)?.log10()),
+        Func::Mod => {
+            want_f64(name, a)?;
+            want_f64(name, &args[1])?;
+            arith(BinOp::Mod, a, &args[1])?
+        }
+        Func::Sign => {
+            let x = want_f64(name, a)?;
+            Value::Int(if x > 0.0 {
+                1
+            } else if x < 0.0 {
+                -1
+            } else {
+                0
+            })
+        }
+        Func::Greatest => extreme(name, args, Ordering::Greater)?,
+        Func::Least => extreme(name, args, Ordering::Less)?,
+        _ => Value::Null,
+    })
+}
+
+/// Applies a rounding function and returns an int.
+fn to_int(a: &Value, name: &str, f: fn(f64) -> f64) -> Result<Value, String> {
+    match a {
+        Value::Int(i) => Ok(Value::Int(*i)),
+        _ => float_to_int(f(want_f64(name, a)?)).map(Value::Int),
+    }
+}
+
+/// A whole float as an int, or an error when it is out of range.
+pub(crate) fn float_to_int(f: f64) -> Result<i64, String> {
+    // ±2^63 are exact in f64; the range excludes +2^63, which does not fit.
+    if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+        Ok(f as i64)
+    } else {
+        Err(format!(
+            "{} is out of the integer range",
+            crate::value::format_float(f)
+        ))
+    }
+}
+
+/// The greatest/least non-NULL argument.
+fn extreme(name: &str, args: &[Value], want: Ordering) -> Result<Value, String> {
+    let mut best: Option<&Value> = None;
+    for v in args.iter().filter(|v| !v.is_null()) {
+        best = Some(match best {
+            None => v,
+            Some(b) => match v.sql_cmp(b) {
+                Some(o) if o == want => v,
+                Some(_) => b,
+                None => {
+                    return Err(format!(
+                        "{name}() cannot compare {} and {}",
+                        b.type_name(),
+                        v.type_name()
+                    ));
+                }
+            },
+        });
+    }
+    Ok(best.cloned().unwrap_or(Value::Null))
+}
+
+/// Arithmetic on two non-NULL values: ints stay ints (checked), anything with a float is float.
+pub(crate) fn arith(op: BinOp, a: &Value, b: &Value) -> Result<Value, String> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => {
+            let (x, y) = (*x, *y);
+            let r = match op {
+                BinOp::Add => x.checked_add(y),
+                BinOp::Sub => x.checked_sub(y),
+                BinOp::Mul => x.checked_mul(y),
+                BinOp::Div | BinOp::Mod if y == 0 => return Err("division by zero".into()),
+                BinOp::Div => x.checked_div(y),
+                _ => x.checked_rem(y),
+            };
+            r.map(Value::Int).ok_or_else(|| "integer overflow".into())
+        }
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            let (x, y) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
+            let r = match op {
+                BinOp::Add => x + y,
+                BinOp::Sub => x - y,
+                BinOp::Mul => x * y,
+                BinOp::Div | BinOp::Mod if y == 0.0 => return Err("division by zero".into()),
+                BinOp::Div => x / y,
+                _ => x % y,
+            };
+            if r.is_finite() {
+                Ok(Value::Float(r))
+            } else {
+                Err("float overflow".into())
+            }
+        }
+        _ => {
+            let verb = match op {
+                BinOp::Add => "add",
+                BinOp::Sub => "subtract",
+                BinOp::Mul => "multiply",
+                BinOp::Div => "divide",
+                _ => "take the remainder of",
+            };
+            Err(format!(
+                "cannot {verb} {} and {}",
+                a.type_name(),
+                b.type_name()
+            ))
+        }
+    }
+}

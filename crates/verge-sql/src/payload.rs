@@ -1,0 +1,145 @@
+//! Payload decoding: parses a JSON payload once and keeps only the top-level fields the query uses.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use crate::value::Value;
+
+/// The fields of one message that a query references.
+#[derive(Debug, Default)]
+pub(crate) struct Fields {
+    /// One slot per referenced top-level field name (NULL when absent).
+    pub slots: Vec<Value>,
+    /// Every top-level field, in payload order (only filled for `SELECT *`).
+    pub all: Vec<(Arc<str>, Value)>,
+}
+
+impl Fields {
+    /// Empty slots for `n` referenced fields.
+    pub fn new(n: usize) -> Fields {
+        Fields {
+            slots: vec![Value::Null; n],
+            all: Vec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        for s in &mut self.slots {
+            *s = Value::Null;
+        }
+        self.all.clear();
+    }
+
+    /// Decodes `payload`; fields stay NULL when it is not a JSON object.
+    pub fn load(&mut self, payload: &[u8], names: &[Arc<str>], star: bool) {
+        self.clear();
+        if names.is_empty() && !star {
+            return;
+        }
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let seed = Top {
+            names,
+            slots: &mut self.slots,
+            all: star.then_some(&mut self.all),
+        };
+        let ok = seed.deserialize(&mut de).is_ok() && de.end().is_ok();
+        if !ok {
+            self.clear();
+        }
+    }
+}
+
+struct Top<'a> {
+    names: &'a [Arc<str>],
+    slots: &'a mut [Value],
+    all: Option<&'a mut Vec<(Arc<str>, Value)>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        match self.all {
+            None => {
+                while let Some(k) = map.next_key_seed(KeySeed { names: self.names })? {
+                    match k {
+                        Some(i) => self.slots[i] = map.next_value()?,
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+            }
+            Some(all) => {
+                while let Some(k) = map.next_key::<crate::value::KeyStr>()? {
+                    let v: Value = map.next_value()?;
+                    if let Some(i) = self.names.iter().position(|n| *n == k.0) {
+                        self.slots[i] = v.clone();
+                    }
+                    // A repeated key replaces the earlier one.
+                    if let Some(slot) = all.iter_mut().find(|(n, _)| *n == k.0) {
+                        slot.1 = v;
+                    } else {
+                        all.push((k.0, v));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a key and answers the index of the referenced name it equals, without allocating.
+struct KeySeed<'a> {
+    names: &'a [Arc<str>],
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Option<usize>, E> {
+        Ok(self.names.iter().position(|n| **n == *s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_referenced_fields() {
+        let names: Vec<Arc<str>> = vec![Arc::from("b"), Arc::from("z")];
+        let mut f = Fields::new(2);
+        f.load(br#"{"a":{"deep":[1,2]},"b":"x\"y","c":3}"#, &names, false);
+        assert_eq!(f.slots, vec![Value::str("x\"y"), Value::Null]);
+        f.load(b"not json", &names, false);
+        assert_eq!(f.slots, vec![Value::Null, Value::Null]);
+        f.load(br#"{"b":1} trailing"#, &names, false);
+        assert_eq!(f.slots, vec![Value::Null, Value::Null]);
+        f.load(br#"{"b":1,"a":2}"#, &names, true);
+        assert_eq!(f.slots[0], Value::Int(1));
+        assert_eq!(f.all.len(), 2);
+    }
+}

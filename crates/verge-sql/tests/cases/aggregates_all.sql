@@ -1,0 +1,1 @@
+SELECT count(*) AS n, count(v) AS nv, sum(v) AS s, avg(v) AS a, min(v) AS mi, max(v) AS ma, first(v) AS f, last(v) AS l, stddev(v) AS sd, percentile(v, 0.9) AS p90, median(v) AS med, collect(v) AS c, sum(fl) AS sf, min(name) AS mn FROM "#" GROUP BY TUMBLING(1m)

@@ -1,0 +1,1 @@
+SELECT CASE WHEN t > 30 THEN 'hot' WHEN t > 10 THEN 'warm' ELSE 'cold' END AS c, CASE mode WHEN 1 THEN 'one' WHEN 2 THEN 'two' END AS m, CAST(t AS INT) AS ti, CAST(s AS FLOAT) AS sf, CAST(t AS STRING) AS ts, CAST(b AS BOOL) AS bb, CAST(j AS JSON) AS jj, CAST(s AS INT) AS si FROM "#"

@@ -1,0 +1,1 @@
+SELECT a.b, t + 1, lower(s), "x y" FROM "#"

@@ -1,0 +1,1 @@
+SELECT lower(5) FROM "t"

@@ -1,0 +1,1 @@
+SELECT lower(a, b) FROM "t"

@@ -1,0 +1,1 @@
+SELECT count(*) FROM "t" GROUP BY HOPPING(1s, 2s)

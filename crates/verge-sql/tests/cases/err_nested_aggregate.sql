@@ -1,0 +1,1 @@
+SELECT sum(avg(v)) FROM "t" GROUP BY TUMBLING(1s)

@@ -1,0 +1,1 @@
+SELECT device, temperature FROM "d/+" GROUP BY device, TUMBLING(10s)

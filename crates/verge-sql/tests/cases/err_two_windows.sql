@@ -1,0 +1,1 @@
+SELECT count(*) FROM "t" GROUP BY TUMBLING(1s), SLIDING(2s)

@@ -1,0 +1,1 @@
+SELECT to_json(o) AS tj, parse_json(js) AS pj, json_get(js, 'a.b[1]') AS g1, json_get(o, '$.x') AS g2, json_get(js, 'nope') AS g3, array_length(arr) AS al, object_keys(o) AS ok, to_json(NULL) AS tn FROM "#"

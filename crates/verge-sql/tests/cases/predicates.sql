@@ -1,0 +1,1 @@
+SELECT v IN (1, 2, 3) AS i, v NOT IN (1, NULL) AS ni, v BETWEEN 2 AND 4 AS b, v NOT BETWEEN 2 AND 4 AS nb, s LIKE 'ab%' AS l, s NOT LIKE '_b_' AS nl, v = 2.0 AS eq, s = 2 AS mixed, s <> 'abc' AS ne FROM "#"

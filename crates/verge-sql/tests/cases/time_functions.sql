@@ -1,0 +1,1 @@
+SELECT format_time(t, '%Y-%m-%dT%H:%M:%S.%fZ') AS iso, format_time(t, '%j %u %s %%') AS misc, year(t) AS y, month(t) AS mo, day(t) AS d, hour(t) AS h, minute(t) AS mi, second(t) AS s, day_of_week(t) AS dow, parse_time(txt) AS p, now() AS n FROM "#"
