@@ -174,7 +174,7 @@ async fn tumbling_window_group_by_emits_when_the_window_closes() {
             )
             .await;
     }
-    let mut got = vec![watcher.recv().await, watcher.recv().await];
+    let mut got = [watcher.recv().await, watcher.recv().await];
     got.sort_by(|a, b| a.0.cmp(&b.0));
     // The four messages may straddle a window boundary; sum the windows.
     let (ta, va) = &got[0];
