@@ -28,6 +28,10 @@ pub struct Message {
     pub received: Instant,
     /// When it expires (5.0 Message Expiry Interval), if ever.
     pub expires: Option<Instant>,
+    /// How many in-node steps (rules, functions) produced it from a client's
+    /// message: 0 for messages from clients. Rules refuse messages past a
+    /// limit, so rules that feed each other cannot loop forever.
+    pub hops: u8,
 }
 
 impl Message {
@@ -47,6 +51,7 @@ impl Message {
             origin: Arc::from("$local"),
             received: Instant::now(),
             expires: None,
+            hops: 0,
         }
     }
 

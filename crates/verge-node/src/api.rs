@@ -27,12 +27,14 @@ pub fn router(state: NodeState) -> Router {
         .route("/rules/{id}/start", post(start_rule))
         .route("/rules/{id}/stop", post(stop_rule))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -42,8 +44,10 @@ async fn require_token(State(state): State<NodeState>, req: Request, next: Next)
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(&**token) {
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
             return AppError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -53,6 +57,19 @@ async fn require_token(State(state): State<NodeState>, req: Request, next: Next)
         }
     }
     next.run(req).await
+}
+
+/// Compare secrets in time that depends only on their lengths.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn method_not_allowed(req: Request) -> AppError {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
 }
 
 async fn not_found(req: Request) -> AppError {
@@ -179,5 +196,5 @@ async fn test_rule(
     body: Result<Json<TestRequest>, JsonRejection>,
 ) -> Result<Json<TestOutput>, AppError> {
     let Json(req) = body?;
-    Ok(Json(s.rules.test(&req.sql, &req.samples)?))
+    Ok(Json(s.rules.test(req.sql, req.samples).await?))
 }

@@ -73,6 +73,7 @@ impl From<RuleError> for AppError {
             RuleError::Action { .. } => (StatusCode::BAD_REQUEST, "invalid_action"),
             RuleError::Sample { .. } => (StatusCode::BAD_REQUEST, "invalid_sample"),
             RuleError::BrokerClosed => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            RuleError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let position = match &e {
             RuleError::Sql(s) => Some((s.line, s.column)),

@@ -200,6 +200,23 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
 
+    let (st, v) = json_call(&s, "PATCH", "/api/rules", None).await;
+    assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+
+    let many: Vec<Value> = (0..10_001).map(|_| json!({"topic": "x"})).collect();
+    let (st, v) = json_call(
+        &s,
+        "POST",
+        "/api/rules/test",
+        Some(json!({"sql": "SELECT * FROM \"x\"", "samples": many})),
+    )
+    .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_sample"))
+    );
+
     let (_, v) = json_call(&s, "GET", "/api/rules", None).await;
     assert_eq!(v, json!([]), "nothing was created");
 }
@@ -224,6 +241,28 @@ async fn test_endpoint_returns_rows() {
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["rows"], json!([{"device": "b", "double": 8}]));
+    assert_eq!(v["truncated"], false);
+
+    // A window that would emit millions of rows is cut, not run to the end.
+    let samples: Vec<Value> = (0..2000)
+        .map(|i| json!({"topic": "t/1", "payload": {"v": i % 500}, "time": i * 10}))
+        .collect();
+    let (st, v) = json_call(
+        &s,
+        "POST",
+        "/api/rules/test",
+        Some(json!({
+            "sql": "SELECT v, count(*) AS n FROM \"t/#\" GROUP BY v, HOPPING(1000s, 1s)",
+            "samples": samples
+        })),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["truncated"], true);
+    assert_eq!(
+        v["rows"].as_array().map(Vec::len),
+        Some(verge_rules::MAX_TEST_ROWS)
+    );
 
     let (st, v) = json_call(
         &s,
@@ -249,6 +288,12 @@ async fn token_guards_the_api_but_not_probes() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, _) = call(&s, "GET", "/api/rules", None, Some("s3cret")).await;
     assert_eq!(st, StatusCode::OK);
+    let (st, _) = call(&s, "GET", "/api/rules", None, Some("s3cre")).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "a prefix of the token is not the token"
+    );
     let (st, out) = call(&s, "GET", "/healthz", None, None).await;
     assert_eq!((st, out.as_str()), (StatusCode::OK, "ok\n"));
     let (st, _) = call(&s, "GET", "/metrics", None, None).await;

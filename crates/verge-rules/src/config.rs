@@ -218,6 +218,10 @@ pub struct RuleEngineConfig {
     pub max_rows_per_window: usize,
     /// Time windows open at once per rule at most.
     pub max_open_windows: usize,
+    /// With `TIMESTAMP BY`: how far an event's time may be ahead of the
+    /// node's clock; later ones are dropped and counted (`dropped_future`)
+    /// so one bad clock cannot close every window early.
+    pub max_event_time_ahead: HumanDuration,
     /// How long a stopped rule's actions may take to finish their queues.
     pub stop_grace: HumanDuration,
 }
@@ -230,6 +234,9 @@ impl Default for RuleEngineConfig {
             max_groups: sql.max_groups,
             max_rows_per_window: sql.max_rows_per_window,
             max_open_windows: sql.max_open_windows,
+            max_event_time_ahead: HumanDuration(Duration::from_millis(
+                u64::try_from(sql.max_future_ms).unwrap_or(0),
+            )),
             stop_grace: HumanDuration(Duration::from_secs(5)),
         }
     }
@@ -242,6 +249,8 @@ impl RuleEngineConfig {
             max_groups: self.max_groups,
             max_rows_per_window: self.max_rows_per_window,
             max_open_windows: self.max_open_windows,
+            max_future_ms: i64::try_from(self.max_event_time_ahead.get().as_millis())
+                .unwrap_or(i64::MAX),
         }
     }
 }

@@ -8,14 +8,15 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use verge_sql::{Event, Query, Row};
+use verge_sql::{Event, Limits, Query, Row};
 
 use crate::Services;
 use crate::action::{self, ActionRunner, ActionStatus};
-use crate::config::{RuleConfig, RuleEngineConfig};
+use crate::config::{ActionKind, RuleConfig, RuleEngineConfig};
 use crate::error::RuleError;
 use crate::metrics::label;
-use crate::rule::{Running, now_ms};
+use crate::rule::{Running, finish_all, now_ms};
+use crate::template::Template;
 
 /// The node's rules. Management calls are serialised; running rules are
 /// independent tasks.
@@ -23,6 +24,8 @@ pub struct Engine {
     services: Services,
     settings: RuleEngineConfig,
     rules: Mutex<BTreeMap<String, Entry>>,
+    /// One dry run at a time.
+    test_turn: tokio::sync::Semaphore,
 }
 
 struct Entry {
@@ -37,7 +40,8 @@ pub struct RuleInfo {
     /// The rule's config as given.
     #[serde(flatten)]
     pub config: RuleConfig,
-    /// `running` or `stopped`.
+    /// `running`, `stopped`, or `failed` (its task ended: the broker
+    /// stopped); `start` restarts a failed rule.
     pub status: &'static str,
     /// Output columns in SELECT order (`*` adds the payload's fields).
     pub columns: Vec<String>,
@@ -62,10 +66,15 @@ pub struct RuleMetrics {
     pub last_error: Option<String>,
     /// Messages dropped because the rule's input queue was full.
     pub dropped_queue: u64,
+    /// Messages refused because rules and functions had already passed
+    /// them on too many times (a loop between rules).
+    pub dropped_loop: u64,
     /// Messages dropped because their window had too many groups.
     pub dropped_groups: u64,
     /// Messages dropped because they came later than the lateness bound.
     pub dropped_late: u64,
+    /// Messages dropped because their event time was too far ahead.
+    pub dropped_future: u64,
     /// Values dropped because a group's buffer was full.
     pub dropped_rows: u64,
     /// Window groups held now.
@@ -114,6 +123,8 @@ pub struct TestOutput {
     pub rows: Vec<Row>,
     /// Samples whose evaluation failed: `(index, error)`.
     pub errors: Vec<SampleError>,
+    /// Whether rows were cut at [`MAX_TEST_ROWS`] (the run stopped there).
+    pub truncated: bool,
 }
 
 /// A sample that failed to evaluate.
@@ -132,6 +143,7 @@ impl Engine {
             services,
             settings,
             rules: Mutex::new(BTreeMap::new()),
+            test_turn: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -161,30 +173,38 @@ impl Engine {
     pub async fn update(&self, id: &str, mut config: RuleConfig) -> Result<RuleInfo, RuleError> {
         config.id = id.to_owned();
         let query = self.validate(&config)?;
-        let mut rules = self.rules.lock().await;
-        let entry = rules
-            .get_mut(id)
-            .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
-        let old = entry.run.take();
-        entry.config = config;
-        entry.query = query;
-        if let Some(old) = old {
-            old.stop(self.settings.stop_grace.get()).await;
-        }
-        if entry.config.enabled {
-            entry.run = Some(self.launch(entry).await?);
-        }
-        Ok(info(entry))
+        let (info, old) = {
+            let mut rules = self.rules.lock().await;
+            let entry = rules
+                .get_mut(id)
+                .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
+            let old = match entry.run.take() {
+                Some(run) => run.halt().await,
+                None => Vec::new(),
+            };
+            entry.config = config;
+            entry.query = query;
+            if entry.config.enabled {
+                entry.run = Some(self.launch(entry).await?);
+            }
+            (info(entry), old)
+        };
+        // The old actions finish their queues outside the lock, so the API
+        // and metrics stay responsive meanwhile.
+        finish_all(old, self.settings.stop_grace.get()).await;
+        Ok(info)
     }
 
     /// Stop and remove a rule.
     pub async fn delete(&self, id: &str) -> Result<(), RuleError> {
-        let mut rules = self.rules.lock().await;
-        let entry = rules
+        let entry = self
+            .rules
+            .lock()
+            .await
             .remove(id)
             .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
         if let Some(run) = entry.run {
-            run.stop(self.settings.stop_grace.get()).await;
+            finish_all(run.halt().await, self.settings.stop_grace.get()).await;
         }
         Ok(())
     }
@@ -197,6 +217,9 @@ impl Engine {
             .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
         entry.config.enabled = true;
         if entry.run.as_ref().is_none_or(Running::ended) {
+            if let Some(dead) = entry.run.take() {
+                drop(dead.halt().await);
+            }
             entry.run = Some(self.launch(entry).await?);
         }
         Ok(info(entry))
@@ -204,15 +227,20 @@ impl Engine {
 
     /// Stop a rule; its actions finish what is queued (up to the grace).
     pub async fn stop(&self, id: &str) -> Result<RuleInfo, RuleError> {
-        let mut rules = self.rules.lock().await;
-        let entry = rules
-            .get_mut(id)
-            .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
-        entry.config.enabled = false;
-        if let Some(run) = entry.run.take() {
-            run.stop(self.settings.stop_grace.get()).await;
-        }
-        Ok(info(entry))
+        let (info, old) = {
+            let mut rules = self.rules.lock().await;
+            let entry = rules
+                .get_mut(id)
+                .ok_or_else(|| RuleError::NotFound(id.to_owned()))?;
+            entry.config.enabled = false;
+            let old = match entry.run.take() {
+                Some(run) => run.halt().await,
+                None => Vec::new(),
+            };
+            (info(entry), old)
+        };
+        finish_all(old, self.settings.stop_grace.get()).await;
+        Ok(info)
     }
 
     /// Every rule, by id.
@@ -232,85 +260,34 @@ impl Engine {
 
     /// Stop every rule (node shutdown).
     pub async fn shutdown(&self) {
-        let mut rules = self.rules.lock().await;
-        for entry in rules.values_mut() {
+        let mut old = Vec::new();
+        for entry in self.rules.lock().await.values_mut() {
             if let Some(run) = entry.run.take() {
-                run.stop(self.settings.stop_grace.get()).await;
+                old.extend(run.halt().await);
             }
         }
+        finish_all(old, self.settings.stop_grace.get()).await;
     }
 
     /// Run `sql` over `samples` without side effects and return its rows.
-    pub fn test(&self, sql: &str, samples: &[Sample]) -> Result<TestOutput, RuleError> {
-        let query = Query::parse(sql)?;
-        let mut exec = query.start(self.settings.limits());
-        let mut out = TestOutput::default();
-        let mut rows = Vec::new();
-        let mut clock = now_ms();
-        for (i, s) in samples.iter().enumerate() {
-            let bad = |message: &str| RuleError::Sample {
-                index: i,
-                message: message.to_owned(),
-            };
-            if let Some(t) = s.advance {
-                if s.topic.is_some() || s.payload.is_some() || s.payload_raw.is_some() {
-                    return Err(bad("`advance` cannot be combined with a message"));
-                }
-                clock = t;
-                exec.advance(t, &mut rows);
-                out.rows.append(&mut rows);
-                continue;
-            }
-            let topic = s
-                .topic
-                .as_deref()
-                .ok_or_else(|| bad("`topic` is missing"))?;
-            if !verge_mqtt::topic::valid_topic_name(topic) {
-                return Err(bad(&format!("`{topic}` is not a valid topic name")));
-            }
-            let payload = match (&s.payload, &s.payload_raw) {
-                (Some(_), Some(_)) => return Err(bad("give `payload` or `payload_raw`, not both")),
-                (Some(v), None) => serde_json::to_vec(v).map_err(|e| bad(&e.to_string()))?,
-                (None, Some(t)) => t.clone().into_bytes(),
-                (None, None) => Vec::new(),
-            };
-            if s.qos > 2 {
-                return Err(bad("`qos` must be 0, 1 or 2"));
-            }
-            clock = s.time.unwrap_or(clock + 1);
-            let ev = Event {
-                topic,
-                payload: &payload,
-                client_id: s.clientid.as_deref().unwrap_or("test"),
-                qos: s.qos,
-                timestamp_ms: clock,
-                user_properties: &[],
-            };
-            if !query
-                .sources()
-                .iter()
-                .any(|f| verge_mqtt::topic::matches(f, topic))
-            {
-                continue;
-            }
-            if let Err(e) = exec.push(&ev, &mut rows) {
-                out.errors.push(SampleError {
-                    sample: i,
-                    error: e.to_string(),
-                });
-            }
-            out.rows.append(&mut rows);
+    /// Dry runs take turns on the blocking pool, so they never hold up the
+    /// node's async work, and each is bounded ([`MAX_TEST_SAMPLES`],
+    /// [`MAX_TEST_ROWS`], small window limits).
+    pub async fn test(&self, sql: String, samples: Vec<Sample>) -> Result<TestOutput, RuleError> {
+        if samples.len() > MAX_TEST_SAMPLES {
+            return Err(RuleError::Sample {
+                index: MAX_TEST_SAMPLES,
+                message: format!("too many samples (at most {MAX_TEST_SAMPLES})"),
+            });
         }
-        // Close what is still open, in deadline order; bounded in case a
-        // window keeps asking.
-        for _ in 0..100_000 {
-            let Some(d) = exec.next_deadline() else {
-                break;
-            };
-            exec.advance(d, &mut rows);
-            out.rows.append(&mut rows);
-        }
-        Ok(out)
+        let _turn = self
+            .test_turn
+            .acquire()
+            .await
+            .map_err(|_| RuleError::Internal("dry runs are closed".into()))?;
+        tokio::task::spawn_blocking(move || dry_run(&sql, &samples))
+            .await
+            .map_err(|e| RuleError::Internal(format!("dry run failed: {e}")))?
     }
 
     /// Append the rules' metrics in Prometheus text format.
@@ -355,15 +332,20 @@ impl Engine {
                     "verge_rule_dropped_total" => {
                         for (reason, v) in [
                             ("queue", m.dropped_queue),
+                            ("loop", m.dropped_loop),
                             ("groups", m.dropped_groups),
                             ("late", m.dropped_late),
+                            ("future", m.dropped_future),
                             ("values", m.dropped_rows),
                         ] {
                             line(out, name, &rule, &format!(",reason=\"{reason}\""), v);
                         }
                     }
                     "verge_rule_open_groups" => line(out, name, &rule, "", m.open_groups as u64),
-                    "verge_rule_running" => line(out, name, &rule, "", u64::from(e.run.is_some())),
+                    "verge_rule_running" => {
+                        let running = e.run.as_ref().is_some_and(|r| !r.ended());
+                        line(out, name, &rule, "", u64::from(running));
+                    }
                     _ => {
                         for (i, a) in actions(e).iter().enumerate() {
                             for (outcome, v) in [
@@ -406,8 +388,26 @@ impl Engine {
             return Err(RuleError::InvalidId(id.clone()));
         }
         let query = Query::parse(&config.sql)?;
+        let columns = query.columns();
         for (index, kind) in config.actions.iter().enumerate() {
             action::build(kind, &self.services).map_err(|e| at(e, index))?;
+            let template = match kind {
+                ActionKind::Republish(c) => Some(&c.topic),
+                ActionKind::Upstream(c) => Some(&c.topic),
+                _ => None,
+            };
+            // Without `*` the row's columns are known: a template naming
+            // another one would fail on every row.
+            if let Some(t) = template.and_then(|t| Template::parse(t).ok())
+                && !query.has_star()
+                && let Some(missing) = t.columns().find(|c| !columns.contains(c))
+            {
+                let message = format!(
+                    "topic template uses `{{{missing}}}` but the rule's columns are: {}",
+                    columns.join(", ")
+                );
+                return Err(at(RuleError::action(kind.name(), message), index));
+            }
             if kind.delivery().queue == 0 {
                 return Err(at(
                     RuleError::action(kind.name(), "`delivery.queue` must be at least 1"),
@@ -443,9 +443,104 @@ impl Engine {
             Arc::from(entry.config.id.as_str()),
             sub,
             exec,
+            entry.query.is_aggregate(),
             runners,
         ))
     }
+}
+
+/// At most this many samples per dry run.
+pub const MAX_TEST_SAMPLES: usize = 10_000;
+/// At most this many rows come back from a dry run; the rest is cut and
+/// `truncated` is set.
+pub const MAX_TEST_ROWS: usize = 10_000;
+
+/// Window bounds of dry runs: small, since a request may ask for anything.
+fn test_limits() -> Limits {
+    Limits {
+        max_groups: 1_000,
+        max_rows_per_window: 10_000,
+        max_open_windows: 100,
+        ..Limits::default()
+    }
+}
+
+fn dry_run(sql: &str, samples: &[Sample]) -> Result<TestOutput, RuleError> {
+    let query = Query::parse(sql)?;
+    let mut exec = query.start(test_limits());
+    let mut out = TestOutput::default();
+    let mut rows = Vec::new();
+    let mut clock = now_ms();
+    for (i, s) in samples.iter().enumerate() {
+        let bad = |message: &str| RuleError::Sample {
+            index: i,
+            message: message.to_owned(),
+        };
+        if let Some(t) = s.advance {
+            if s.topic.is_some() || s.payload.is_some() || s.payload_raw.is_some() {
+                return Err(bad("`advance` cannot be combined with a message"));
+            }
+            clock = t;
+            exec.advance(t, &mut rows);
+        } else {
+            let topic = s
+                .topic
+                .as_deref()
+                .ok_or_else(|| bad("`topic` is missing"))?;
+            if !verge_mqtt::topic::valid_topic_name(topic) {
+                return Err(bad(&format!("`{topic}` is not a valid topic name")));
+            }
+            let payload = match (&s.payload, &s.payload_raw) {
+                (Some(_), Some(_)) => {
+                    return Err(bad("give `payload` or `payload_raw`, not both"));
+                }
+                (Some(v), None) => serde_json::to_vec(v).map_err(|e| bad(&e.to_string()))?,
+                (None, Some(t)) => t.clone().into_bytes(),
+                (None, None) => Vec::new(),
+            };
+            if s.qos > 2 {
+                return Err(bad("`qos` must be 0, 1 or 2"));
+            }
+            clock = s.time.unwrap_or(clock.saturating_add(1));
+            let ev = Event {
+                topic,
+                payload: &payload,
+                client_id: s.clientid.as_deref().unwrap_or("test"),
+                qos: s.qos,
+                timestamp_ms: clock,
+                user_properties: &[],
+            };
+            if query
+                .sources()
+                .iter()
+                .any(|f| verge_mqtt::topic::matches(f, topic))
+                && let Err(e) = exec.push(&ev, &mut rows)
+            {
+                out.errors.push(SampleError {
+                    sample: i,
+                    error: e.to_string(),
+                });
+            }
+        }
+        if take(&mut out, &mut rows) {
+            return Ok(out);
+        }
+    }
+    // Windows still open are closed at the end.
+    exec.flush(&mut rows);
+    take(&mut out, &mut rows);
+    Ok(out)
+}
+
+/// Move `rows` into `out` up to [`MAX_TEST_ROWS`]; true once cut.
+fn take(out: &mut TestOutput, rows: &mut Vec<Row>) -> bool {
+    let room = MAX_TEST_ROWS - out.rows.len();
+    if rows.len() > room {
+        rows.truncate(room);
+        out.truncated = true;
+    }
+    out.rows.append(rows);
+    out.truncated
 }
 
 fn at(e: RuleError, index: usize) -> RuleError {
@@ -468,15 +563,24 @@ fn metrics(e: &Entry) -> RuleMetrics {
         return RuleMetrics::default();
     };
     let s = run.shared.exec().stats();
+    let internal = run.shared.internal_errors.load(Ordering::Relaxed);
+    let internal_error = run
+        .shared
+        .internal_error
+        .lock()
+        .ok()
+        .and_then(|e| e.clone());
     RuleMetrics {
         messages_in: s.messages_in,
         filtered: s.filtered,
         rows_out: s.rows_out,
-        errors: s.eval_errors,
-        last_error: s.last_error,
+        errors: s.eval_errors + internal,
+        last_error: internal_error.or(s.last_error),
         dropped_queue: run.shared.queue_dropped.load(Ordering::Relaxed),
+        dropped_loop: run.shared.loop_dropped.load(Ordering::Relaxed),
         dropped_groups: s.dropped_groups,
         dropped_late: s.dropped_late,
+        dropped_future: s.dropped_future,
         dropped_rows: s.dropped_rows,
         open_groups: s.open_groups,
         bytes_held: s.bytes_held,

@@ -39,6 +39,9 @@ pub enum RuleError {
     /// The broker stopped.
     #[error("the broker is not running")]
     BrokerClosed,
+    /// A failure of the engine itself (a bug); details are in the log.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl RuleError {

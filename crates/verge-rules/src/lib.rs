@@ -25,7 +25,9 @@ pub use action::{
     TelemetryPoint, TelemetryStore, Upstream,
 };
 pub use config::{ActionKind, RuleConfig, RuleEngineConfig};
-pub use engine::{Engine, RuleInfo, RuleMetrics, Sample, SampleError, TestOutput};
+pub use engine::{
+    Engine, MAX_TEST_ROWS, MAX_TEST_SAMPLES, RuleInfo, RuleMetrics, Sample, SampleError, TestOutput,
+};
 pub use error::RuleError;
 pub use template::Template;
 

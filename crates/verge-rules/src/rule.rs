@@ -18,6 +18,11 @@ use crate::metrics::Histogram;
 /// Messages taken from the subscription per batch.
 const BATCH: usize = 256;
 
+/// Messages that went through this many rules or functions already are not
+/// taken by another rule (counted as `dropped_loop`): rules that feed each
+/// other stop here instead of looping forever.
+pub(crate) const MAX_HOPS: u8 = 8;
+
 /// What a running rule shares with the engine for status and metrics.
 pub(crate) struct Shared {
     /// The executor (window state and its counters); locked per batch.
@@ -26,6 +31,12 @@ pub(crate) struct Shared {
     pub latency: Histogram,
     /// Messages the broker dropped because the rule's queue was full.
     pub queue_dropped: AtomicU64,
+    /// Messages refused because they had passed [`MAX_HOPS`] steps.
+    pub loop_dropped: AtomicU64,
+    /// Internal failures (a panic while evaluating) caught by the task.
+    pub internal_errors: AtomicU64,
+    /// The most recent internal failure.
+    pub internal_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -48,16 +59,20 @@ impl Running {
         id: Arc<str>,
         sub: LocalSubscription,
         exec: Executor,
+        aggregate: bool,
         actions: Vec<ActionRunner>,
     ) -> Running {
         let shared = Arc::new(Shared {
             exec: Mutex::new(exec),
             latency: Histogram::default(),
             queue_dropped: AtomicU64::new(0),
+            loop_dropped: AtomicU64::new(0),
+            internal_errors: AtomicU64::new(0),
+            internal_error: Mutex::new(None),
         });
         let inlets = actions.iter().map(ActionRunner::inlet).collect();
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(id, sub, shared.clone(), inlets, stop_rx));
+        let task = tokio::spawn(run(id, sub, shared.clone(), inlets, aggregate, stop_rx));
         Running {
             shared,
             actions,
@@ -71,15 +86,22 @@ impl Running {
         self.task.is_finished()
     }
 
-    /// Stop reading, then let each action finish its queue for up to
-    /// `grace`.
-    pub async fn stop(self, grace: Duration) {
+    /// Stop reading and wait for the rule task (quick: it never waits on
+    /// actions); returns the actions, which still hold their queues.
+    pub async fn halt(self) -> Vec<ActionRunner> {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        for a in self.actions {
-            a.finish(grace).await;
-        }
+        self.actions
     }
+}
+
+/// Let each action finish its queue, all at once, for up to `grace`.
+pub(crate) async fn finish_all(actions: Vec<ActionRunner>, grace: Duration) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in actions {
+        tasks.spawn(a.finish(grace));
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Milliseconds since the Unix epoch now.
@@ -94,17 +116,21 @@ async fn run(
     mut sub: LocalSubscription,
     shared: Arc<Shared>,
     inlets: Vec<ActionInlet>,
+    aggregate: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let own = rule_origin(&id);
     let mut batch: Vec<Arc<Message>> = Vec::with_capacity(BATCH);
     let mut rows: Vec<Row> = Vec::new();
-    let mut out: Vec<(Row, Arc<str>)> = Vec::new();
+    let mut out: Vec<(Row, Arc<str>, u8)> = Vec::new();
+    // Window rows summarise many messages: they carry no source topic.
     let no_topic: Arc<str> = Arc::from("");
+    // A window row's hop count is the highest of the messages seen so far.
+    let mut window_hops = 0u8;
     loop {
         let deadline = shared.exec().next_deadline();
-        let wait =
-            deadline.map(|d| Duration::from_millis(u64::try_from(d - now_ms()).unwrap_or(0)));
+        let wait = deadline
+            .map(|d| Duration::from_millis(u64::try_from(d.saturating_sub(now_ms())).unwrap_or(0)));
         tokio::select! {
             _ = stop.changed() => break,
             n = sub.recv_many(&mut batch, BATCH) => {
@@ -119,45 +145,73 @@ async fn run(
                         if m.origin == own {
                             continue;
                         }
+                        if m.hops >= MAX_HOPS {
+                            shared.loop_dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                         let age = at.saturating_duration_since(m.received);
                         let ev = Event {
                             topic: &m.topic,
                             payload: &m.payload,
                             client_id: &m.origin,
                             qos: m.qos as u8,
-                            timestamp_ms: wall - i64::try_from(age.as_millis()).unwrap_or(0),
+                            timestamp_ms: wall.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(0)),
                             user_properties: &m.properties.user_properties,
                         };
-                        // Evaluation errors are counted by the executor.
-                        let _ = exec.push(&ev, &mut rows);
-                        out.extend(rows.drain(..).map(|r| (r, m.topic.clone())));
+                        // Evaluation errors are counted by the executor; a
+                        // panic is caught and counted here, and the rule runs on.
+                        guarded(&shared, || {
+                            let _ = exec.push(&ev, &mut rows);
+                        });
+                        let hops = m.hops.saturating_add(1);
+                        if aggregate {
+                            window_hops = window_hops.max(hops);
+                            out.extend(rows.drain(..).map(|r| (r, no_topic.clone(), window_hops)));
+                        } else {
+                            out.extend(rows.drain(..).map(|r| (r, m.topic.clone(), hops)));
+                        }
                         let us = m.received.elapsed().as_micros();
                         shared.latency.record(u64::try_from(us).unwrap_or(u64::MAX));
                     }
                     if deadline.is_some_and(|d| d <= wall) {
-                        exec.advance(wall, &mut rows);
-                        out.extend(rows.drain(..).map(|r| (r, no_topic.clone())));
+                        guarded(&shared, || exec.advance(wall, &mut rows));
+                        out.extend(rows.drain(..).map(|r| (r, no_topic.clone(), window_hops)));
                     }
                 }
                 shared.queue_dropped.store(sub.dropped(), Ordering::Relaxed);
                 emit(&id, &mut out, &inlets);
             }
             _ = tokio::time::sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {
-                shared.exec().advance(now_ms(), &mut rows);
-                out.extend(rows.drain(..).map(|r| (r, no_topic.clone())));
+                {
+                    let mut exec = shared.exec();
+                    guarded(&shared, || exec.advance(now_ms(), &mut rows));
+                }
+                out.extend(rows.drain(..).map(|r| (r, no_topic.clone(), window_hops)));
                 emit(&id, &mut out, &inlets);
             }
         }
     }
 }
 
-fn emit(id: &Arc<str>, out: &mut Vec<(Row, Arc<str>)>, inlets: &[ActionInlet]) {
+/// Run `f`; a panic inside it is counted as an internal error instead of
+/// ending the rule.
+fn guarded(shared: &Shared, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        shared.internal_errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = shared.internal_error.lock() {
+            *e = Some("internal error while evaluating a message (see the node log)".into());
+        }
+        tracing::error!("rule evaluation panicked; the message was skipped");
+    }
+}
+
+fn emit(id: &Arc<str>, out: &mut Vec<(Row, Arc<str>, u8)>, inlets: &[ActionInlet]) {
     if inlets.is_empty() {
         out.clear();
         return;
     }
     let time_ms = now_ms();
-    for (row, topic) in out.drain(..) {
+    for (row, topic, hops) in out.drain(..) {
         let json = Bytes::from(row.to_json());
         let o = Arc::new(Output {
             rule: id.clone(),
@@ -165,6 +219,7 @@ fn emit(id: &Arc<str>, out: &mut Vec<(Row, Arc<str>)>, inlets: &[ActionInlet]) {
             json,
             topic,
             time_ms,
+            hops,
         });
         for inlet in inlets {
             inlet.offer(&o);

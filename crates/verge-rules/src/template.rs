@@ -47,7 +47,20 @@ impl Template {
         if t.is_literal() && !verge_mqtt::topic::valid_topic_name(s) {
             return Err(format!("`{s}` is not a valid topic name"));
         }
+        if s.starts_with('$') {
+            return Err(format!(
+                "`{s}`: topics starting with `$` belong to the broker; actions cannot publish there"
+            ));
+        }
         Ok(t)
+    }
+
+    /// The columns the template refers to.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Column(c) => Some(c.as_str()),
+            Part::Text(_) => None,
+        })
     }
 
     /// Whether the template has no `{column}` references.
@@ -67,10 +80,30 @@ impl Template {
                     Some(Value::Null) => {
                         return Err(format!("topic template: column `{c}` is null"));
                     }
-                    Some(Value::Str(s)) => out.push_str(s),
-                    Some(v) => out.push_str(&v.to_string()),
+                    Some(v) => {
+                        let text = match v {
+                            Value::Str(s) => s.to_string(),
+                            v => v.to_string(),
+                        };
+                        // A value fills one topic level: it may not add
+                        // levels or wildcards, so payload data cannot steer
+                        // the output to another device's or the broker's
+                        // topics.
+                        if text.is_empty() || text.contains(['/', '+', '#', '\0']) {
+                            return Err(format!(
+                                "topic template: column `{c}` is `{text}`, which is empty or \
+                                 holds `/`, `+`, `#` or NUL and cannot fill one topic level"
+                            ));
+                        }
+                        out.push_str(&text);
+                    }
                 },
             }
+        }
+        if out.starts_with('$') {
+            return Err(format!(
+                "topic template made `{out}`: topics starting with `$` belong to the broker"
+            ));
         }
         if !verge_mqtt::topic::valid_topic_name(&out) {
             return Err(format!(
@@ -125,7 +158,26 @@ mod tests {
                 .unwrap_err()
                 .contains("null")
         );
-        let wild = row(&[("d", Value::Str(Arc::from("+")))]);
-        assert!(t.render(&wild).unwrap_err().contains("not a valid topic"));
+        for bad in ["+", "#", "a/b", "", "x\0"] {
+            let r = row(&[("d", Value::Str(Arc::from(bad)))]);
+            assert!(
+                t.render(&r)
+                    .unwrap_err()
+                    .contains("cannot fill one topic level"),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            Template::parse("$SYS/x")
+                .unwrap_err()
+                .contains("belong to the broker")
+        );
+        let lead = Template::parse("{d}/alerts").expect("parses");
+        let r = row(&[("d", Value::Str(Arc::from("$SYS")))]);
+        assert!(
+            lead.render(&r)
+                .unwrap_err()
+                .contains("belong to the broker")
+        );
     }
 }

@@ -413,6 +413,21 @@ async fn bad_rules_are_refused_and_change_nothing() {
                 "actions": [{"type": "store"}]}),
             "no local store",
         ),
+        (
+            serde_json::json!({"id": "y", "sql": "SELECT topic(2) AS device, t FROM \"a/+\"",
+                "actions": [{"type": "republish", "topic": "alerts/{devcie}"}]}),
+            "actions[0] (republish): topic template uses `{devcie}` but the rule's columns are: device, t",
+        ),
+        (
+            serde_json::json!({"id": "y", "sql": "SELECT * FROM \"a\"",
+                "actions": [{"type": "log", "level": "verbose"}]}),
+            "actions[0] (log): level `verbose`",
+        ),
+        (
+            serde_json::json!({"id": "y", "sql": "SELECT * FROM \"a\"",
+                "actions": [{"type": "republish", "topic": "$SYS/x"}]}),
+            "belong to the broker",
+        ),
     ];
     for (cfg, want) in cases {
         let err = engine
@@ -631,9 +646,10 @@ async fn test_runs_sql_over_samples_without_side_effects() {
     .expect("samples");
     let out = engine
         .test(
-            "SELECT device, sum(t) AS s, count(*) AS n FROM \"devices/+/telemetry\" GROUP BY device, TUMBLING(10s)",
-            &samples,
+            "SELECT device, sum(t) AS s, count(*) AS n FROM \"devices/+/telemetry\" GROUP BY device, TUMBLING(10s)".into(),
+            samples,
         )
+        .await
         .expect("test");
     let rows: Vec<serde_json::Value> = out
         .rows
@@ -651,11 +667,14 @@ async fn test_runs_sql_over_samples_without_side_effects() {
     assert!(out.errors.is_empty());
     assert_eq!(handle.stats().subscriptions.load(Ordering::Relaxed), 0);
 
-    let err = engine.test("SELECT a +", &[]).expect_err("bad sql");
-    assert!(err.to_string().contains("line 1, column"), "{err}");
-    let bad = [Sample::default()];
     let err = engine
-        .test("SELECT * FROM \"a\"", &bad)
+        .test("SELECT a +".into(), vec![])
+        .await
+        .expect_err("bad sql");
+    assert!(err.to_string().contains("line 1, column"), "{err}");
+    let err = engine
+        .test("SELECT * FROM \"a\"".into(), vec![Sample::default()])
+        .await
         .expect_err("no topic");
     assert!(
         err.to_string().contains("samples[0]: `topic` is missing"),
@@ -703,4 +722,89 @@ async fn prometheus_metrics_name_every_rule() {
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
+}
+
+/// Two rules that republish into each other's FROM stop after a bounded
+/// number of hops instead of looping forever; the refusals are counted.
+#[tokio::test]
+async fn rules_feeding_each_other_stop_after_max_hops() {
+    let (broker, _) = broker().await;
+    let handle = broker.handle();
+    let engine = Engine::new(Services::new(handle.clone()), RuleEngineConfig::default());
+    for (id, from, to) in [("la", "pa/#", "pb/x"), ("lb", "pb/#", "pa/x")] {
+        engine
+            .create(rule(serde_json::json!({
+                "id": id, "sql": format!("SELECT * FROM \"{from}\""),
+                "actions": [{"type": "republish", "topic": to}]
+            })))
+            .await
+            .expect("create");
+    }
+    handle
+        .publish(Message::local(
+            "pa/start",
+            "{}",
+            verge_mqtt::QoS::AtMostOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+    eventually("the loop is cut and counted", async || {
+        let a = engine.get("la").await.expect("get").metrics;
+        let b = engine.get("lb").await.expect("get").metrics;
+        a.dropped_loop + b.dropped_loop == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = engine.get("la").await.expect("get").metrics;
+    let b = engine.get("lb").await.expect("get").metrics;
+    // 8 hops: la takes hops 0, 2, 4, 6; lb takes 1, 3, 5, 7; hop 8 is refused.
+    assert_eq!((a.messages_in, b.messages_in), (4, 4), "{a:?} {b:?}");
+    assert_eq!(a.dropped_loop + b.dropped_loop, 1);
+}
+
+/// Payload values cannot steer a republish into `$SYS` or across topic
+/// levels; such rows fail permanently and are counted.
+#[tokio::test]
+async fn template_values_cannot_change_topic_levels() {
+    let (broker, _) = broker().await;
+    let handle = broker.handle();
+    let engine = Engine::new(Services::new(handle.clone()), RuleEngineConfig::default());
+    engine
+        .create(rule(serde_json::json!({
+            "id": "inj", "sql": "SELECT device, v FROM \"inj/+/t\"",
+            "actions": [{"type": "republish", "topic": "{device}/alerts", "retain": true}]
+        })))
+        .await
+        .expect("create");
+    let mut all = handle.subscribe("#", 100).await.expect("subscribe");
+    let mut sys = handle.subscribe("$SYS/#", 100).await.expect("subscribe");
+    for device in ["$SYS/broker", "devices/victim/commands/reboot", "ok"] {
+        handle
+            .publish(Message::local(
+                "inj/1/t",
+                serde_json::json!({"device": device, "v": 1}).to_string(),
+                verge_mqtt::QoS::AtMostOnce,
+                false,
+            ))
+            .await
+            .expect("publish");
+    }
+    let mut topics = Vec::new();
+    while topics.len() < 4 {
+        let m = tokio::time::timeout(WAIT, all.recv())
+            .await
+            .expect("message")
+            .expect("alive");
+        topics.push(m.topic.to_string());
+    }
+    assert_eq!(topics[3], "ok/alerts", "{topics:?}");
+    let a = &engine.get("inj").await.expect("get").action_metrics[0];
+    assert_eq!((a.delivered, a.failed), (1, 2), "{a:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), sys.recv())
+            .await
+            .is_err(),
+        "nothing under $SYS"
+    );
 }

@@ -203,6 +203,7 @@ fn output(json: &'static str) -> Output {
         json: Bytes::from_static(json.as_bytes()),
         topic: "plant/1/temp".into(),
         time_ms: 1_700_000_000_000,
+        hops: 1,
     }
 }
 

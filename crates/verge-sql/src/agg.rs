@@ -79,12 +79,54 @@ impl Acc {
         }
     }
 
+    /// The error [`update`](Self::update) would return for `v`, without changing anything.
+    /// Windows check every accumulator a message touches before updating any,
+    /// so a message that fails changes nothing.
+    pub fn check(&self, kind: AggKind, v: &Value) -> Result<(), String> {
+        if kind == AggKind::CountStar || v.is_null() {
+            return Ok(());
+        }
+        let num = |name: &str| {
+            v.as_f64()
+                .map(|_| ())
+                .ok_or_else(|| format!("{name}() expects a number, found {}", v.type_name()))
+        };
+        match self {
+            Acc::Count(_) => Ok(()),
+            Acc::Sum { int, is_float, .. } => match v {
+                Value::Int(i) if !*is_float => int
+                    .checked_add(*i)
+                    .map(|_| ())
+                    .ok_or_else(|| "integer overflow".to_string()),
+                _ => num("sum"),
+            },
+            Acc::Avg { .. } => num("avg"),
+            Acc::Stddev { .. } => num("stddev"),
+            Acc::Pick(cur) => {
+                if matches!(kind, AggKind::Min | AggKind::Max)
+                    && !cur.is_null()
+                    && v.sql_cmp(cur).is_none()
+                {
+                    let name = if kind == AggKind::Min { "min" } else { "max" };
+                    return Err(format!(
+                        "{name}() cannot compare {} and {}",
+                        cur.type_name(),
+                        v.type_name()
+                    ));
+                }
+                Ok(())
+            }
+            Acc::Values(_) if kind == AggKind::Percentile => num("percentile"),
+            Acc::Values(_) => Ok(()),
+        }
+    }
+
     /// Folds one value in. NULLs are skipped (count(*) counts every row).
     /// Returns `Ok(false)` when a bounded buffer was full and the value was dropped.
     pub fn update(&mut self, kind: AggKind, v: &Value, max_values: usize) -> Result<bool, String> {
         if kind == AggKind::CountStar {
             if let Acc::Count(n) = self {
-                *n += 1;
+                *n = n.saturating_add(1);
             }
             return Ok(true);
         }
@@ -96,7 +138,7 @@ impl Acc {
                 .ok_or_else(|| format!("{name}() expects a number, found {}", v.type_name()))
         };
         match self {
-            Acc::Count(n) => *n += 1,
+            Acc::Count(n) => *n = n.saturating_add(1),
             Acc::Sum {
                 int,
                 float,
@@ -117,7 +159,7 @@ impl Acc {
             }
             Acc::Avg { sum, n } => {
                 *sum += num("avg")?;
-                *n += 1;
+                *n = n.saturating_add(1);
             }
             Acc::Stddev { n, mean, m2 } => {
                 // Welford's online algorithm.
@@ -217,7 +259,14 @@ fn percentile(vals: &[Value], p: f64) -> Value {
     let lo = rank.floor() as usize;
     let hi = rank.ceil() as usize;
     let (a, b) = (xs[lo], xs[hi.min(xs.len() - 1)]);
-    Value::float_or_null(a + (b - a) * (rank - lo as f64))
+    let f = rank - lo as f64;
+    let d = b - a;
+    // b − a overflows for values of opposite sign near ±f64::MAX; a·(1−f) + b·f does not.
+    Value::float_or_null(if d.is_finite() {
+        a + d * f
+    } else {
+        a * (1.0 - f) + b * f
+    })
 }
 
 #[cfg(test)]
@@ -236,6 +285,16 @@ mod tests {
             acc.update(kind, v, 100).expect("update");
         }
         acc.finish(&spec)
+    }
+
+    #[test]
+    fn median_of_opposite_extremes_does_not_overflow() {
+        let vals = [Value::Float(1e308), Value::Float(-1e308)];
+        assert_eq!(run(AggKind::Percentile, 0.5, &vals), Value::Float(0.0));
+        assert_eq!(run(AggKind::Percentile, 0.75, &vals), Value::Float(5e307));
+        assert_eq!(run(AggKind::Percentile, 1.0, &vals), Value::Float(1e308));
+        let max = [Value::Float(f64::MAX), Value::Float(f64::MAX)];
+        assert_eq!(run(AggKind::Percentile, 0.3, &max), Value::Float(f64::MAX));
     }
 
     #[test]

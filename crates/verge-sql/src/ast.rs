@@ -55,6 +55,8 @@ pub(crate) struct Expr {
     pub kind: ExprKind,
     pub start: usize,
     pub end: usize,
+    /// Levels of the tree rooted here (1 for a leaf); bounded by the parser.
+    pub depth: usize,
 }
 
 /// A literal value.

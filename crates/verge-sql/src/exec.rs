@@ -20,6 +20,11 @@ pub struct Limits {
     pub max_rows_per_window: usize,
     /// Most time windows open at once (TUMBLING/HOPPING); a message that would open one more is dropped and counted.
     pub max_open_windows: usize,
+    /// Event time (`TIMESTAMP BY`) may be at most this many ms ahead of the
+    /// message's processing time (`Event::timestamp_ms`); a message stamped
+    /// further in the future is dropped and counted in `dropped_future`, so one
+    /// bad clock cannot push the watermark past everything else.
+    pub max_future_ms: i64,
 }
 
 impl Default for Limits {
@@ -28,6 +33,7 @@ impl Default for Limits {
             max_groups: 10_000,
             max_rows_per_window: 100_000,
             max_open_windows: 1_000,
+            max_future_ms: 3_600_000,
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct ExecStats {
     pub dropped_late: u64,
     /// Values dropped because a group buffer was at `max_rows_per_window`.
     pub dropped_rows: u64,
+    /// Messages dropped because their event time was more than `max_future_ms` ahead of their processing time.
+    pub dropped_future: u64,
     /// Current event-time watermark (max event time − lateness), with TIMESTAMP BY.
     pub watermark: Option<i64>,
 }
@@ -159,6 +167,13 @@ impl Executor {
                 "event time {time} is out of range (more than 100,000 years from 1970)"
             )));
         }
+        let proc_time = ev.timestamp_ms.clamp(-MAX_TIME, MAX_TIME);
+        if agg.event_time.is_some()
+            && time > proc_time.saturating_add(self.limits.max_future_ms.max(0))
+        {
+            self.stats.dropped_future += 1;
+            return Ok(());
+        }
         self.keys.clear();
         for k in &agg.keys {
             self.keys.push(k.eval(&ctx)?);
@@ -179,13 +194,7 @@ impl Executor {
             stats: &mut self.stats,
             limits: self.limits,
         };
-        state.push(
-            time,
-            ev.timestamp_ms.clamp(-MAX_TIME, MAX_TIME),
-            &self.keys,
-            &self.args,
-            &mut sink,
-        )
+        state.push(time, proc_time, &self.keys, &self.args, &mut sink)
     }
 
     /// Processing time has reached `now_ms`: closes every window that ends at
@@ -202,6 +211,28 @@ impl Executor {
                 limits: self.limits,
             };
             state.advance(now_ms, &mut sink);
+        }
+    }
+
+    /// Closes every open window now and appends its rows: TUMBLING and HOPPING
+    /// windows (oldest first), SESSION windows (by end), and COUNT groups with
+    /// messages that are in no row yet (a partial window: the messages the
+    /// next row would have held that are already here). SLIDING rows were
+    /// emitted per message, so its buffers are just released. Works the same
+    /// in processing and event time; `now()` in the rows is the latest
+    /// processing time seen. The executor is left empty (the clock and the
+    /// watermark stay where they are). The runtime calls it at the end of a
+    /// dry run, where event-time windows would otherwise never close.
+    pub fn flush(&mut self, out: &mut Vec<Row>) {
+        let plan = Arc::clone(&self.plan);
+        if let Some(state) = self.state.as_mut() {
+            let mut sink = crate::window::Sink {
+                plan: &plan,
+                out,
+                stats: &mut self.stats,
+                limits: self.limits,
+            };
+            state.flush(&mut sink);
         }
     }
 

@@ -91,16 +91,7 @@ impl CExpr {
         Ok(match &self.kind {
             CKind::Const(v) => v.clone(),
             CKind::Field(i) => ctx.fields[*i].clone(),
-            CKind::Path(i, path) => {
-                let mut cur = Some(&ctx.fields[*i]);
-                for seg in path.iter() {
-                    cur = match seg {
-                        PathSeg::Field(f) => cur.and_then(|v| v.field(f)),
-                        PathSeg::Index(n) => cur.and_then(|v| v.index(*n)),
-                    };
-                }
-                cur.cloned().unwrap_or(Value::Null)
-            }
+            CKind::Path(..) => self.e_path(ctx)?,
             CKind::Topic => ctx.ev.map_or(Value::Null, |ev| Value::str(ev.topic)),
             CKind::TopicLevel(n) => ctx
                 .ev
@@ -124,108 +115,178 @@ impl CExpr {
             CKind::Out(i) => ctx.outs.get(*i).cloned().unwrap_or(Value::Null),
             CKind::WindowStart => Value::Int(ctx.window.0),
             CKind::WindowEnd => Value::Int(ctx.window.1),
-            CKind::Neg(x) => match x.eval(ctx)? {
-                Value::Null => Value::Null,
-                Value::Int(i) => Value::Int(
-                    i.checked_neg()
-                        .ok_or_else(|| ctx.err(self, "integer overflow"))?,
-                ),
-                Value::Float(f) => Value::Float(-f),
-                other => {
-                    return Err(ctx.err(self, format_args!("cannot negate {}", other.type_name())));
-                }
-            },
-            CKind::Not(x) => match truth(ctx, x, "NOT")? {
-                None => Value::Null,
-                Some(b) => Value::Bool(!b),
-            },
+            CKind::Neg(..) => self.e_neg(ctx)?,
+            CKind::Not(..) => self.e_not(ctx)?,
             CKind::Bin(op, l, r) => self.binary(*op, l, r, ctx)?,
             CKind::IsNull(x, neg) => Value::Bool(x.eval(ctx)?.is_null() != *neg),
-            CKind::In(x, list, neg) => {
-                let v = x.eval(ctx)?;
-                if v.is_null() {
-                    return Ok(Value::Null);
-                }
-                let mut saw_null = false;
-                for item in list {
-                    let w = item.eval(ctx)?;
-                    if w.is_null() {
-                        saw_null = true;
-                    } else if v.sql_eq(&w) {
-                        return Ok(Value::Bool(!neg));
-                    }
-                }
-                if saw_null {
-                    Value::Null
-                } else {
-                    Value::Bool(*neg)
-                }
-            }
-            CKind::Between(x, lo, hi, neg) => {
-                let (v, lo_v, hi_v) = (x.eval(ctx)?, lo.eval(ctx)?, hi.eval(ctx)?);
-                let ge = self.cmp3(&v, &lo_v, ctx, |o| o.is_ge())?;
-                let le = self.cmp3(&v, &hi_v, ctx, |o| o.is_le())?;
-                match and3(ge, le) {
-                    None => Value::Null,
-                    Some(b) => Value::Bool(b != *neg),
-                }
-            }
-            CKind::Like(x, pat, neg) => {
-                let (v, p) = (x.eval(ctx)?, pat.eval(ctx)?);
-                match (&v, &p) {
-                    (Value::Null, _) | (_, Value::Null) => Value::Null,
-                    (Value::Str(s), Value::Str(p)) => Value::Bool(like(s, p) != *neg),
-                    _ => {
-                        return Err(ctx.err(
-                            self,
-                            format_args!(
-                                "LIKE expects strings, found {} and {}",
-                                v.type_name(),
-                                p.type_name()
-                            ),
-                        ));
-                    }
-                }
-            }
-            CKind::Case(operand, whens, else_) => {
-                let op = match operand {
-                    Some(o) => Some(o.eval(ctx)?),
-                    None => None,
+            CKind::In(..) => self.e_in(ctx)?,
+            CKind::Between(..) => self.e_between(ctx)?,
+            CKind::Like(..) => self.e_like(ctx)?,
+            CKind::Case(..) => self.e_case(ctx)?,
+            CKind::Cast(..) => self.e_cast(ctx)?,
+            CKind::Call(..) => self.e_call(ctx)?,
+        })
+    }
+
+    fn e_path(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::Path(i, path) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        Ok({
+            let mut cur = Some(&ctx.fields[*i]);
+            for seg in path.iter() {
+                cur = match seg {
+                    PathSeg::Field(f) => cur.and_then(|v| v.field(f)),
+                    PathSeg::Index(n) => cur.and_then(|v| v.index(*n)),
                 };
-                for (w, t) in whens {
-                    let hit = match &op {
-                        Some(v) => {
-                            let w = w.eval(ctx)?;
-                            !v.is_null() && !w.is_null() && v.sql_eq(&w)
-                        }
-                        None => truth(ctx, w, "WHEN")? == Some(true),
-                    };
-                    if hit {
-                        return t.eval(ctx);
-                    }
-                }
-                match else_ {
-                    Some(e) => e.eval(ctx)?,
-                    None => Value::Null,
+            }
+            cur.cloned().unwrap_or(Value::Null)
+        })
+    }
+
+    fn e_neg(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::Neg(x) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        Ok(match x.eval(ctx)? {
+            Value::Null => Value::Null,
+            Value::Int(i) => Value::Int(
+                i.checked_neg()
+                    .ok_or_else(|| ctx.err(self, "integer overflow"))?,
+            ),
+            Value::Float(f) => Value::Float(-f),
+            other => {
+                return Err(ctx.err(self, format_args!("cannot negate {}", other.type_name())));
+            }
+        })
+    }
+
+    fn e_not(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::Not(x) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        Ok(match truth(ctx, x, "NOT")? {
+            None => Value::Null,
+            Some(b) => Value::Bool(!b),
+        })
+    }
+
+    fn e_in(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::In(x, list, neg) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        Ok({
+            let v = x.eval(ctx)?;
+            if v.is_null() {
+                return Ok(Value::Null);
+            }
+            let mut saw_null = false;
+            for item in list {
+                let w = item.eval(ctx)?;
+                if w.is_null() {
+                    saw_null = true;
+                } else if v.sql_eq(&w) {
+                    return Ok(Value::Bool(!neg));
                 }
             }
-            CKind::Cast(x, ty) => {
-                crate::cast::cast(x.eval(ctx)?, *ty).map_err(|m| ctx.err(self, m))?
+            if saw_null {
+                Value::Null
+            } else {
+                Value::Bool(*neg)
             }
-            CKind::Call(f, args) => {
-                if args.len() <= 4 {
-                    let mut buf: [Value; 4] = Default::default();
-                    for (slot, a) in buf.iter_mut().zip(args) {
-                        *slot = a.eval(ctx)?;
-                    }
-                    functions::call(*f, &buf[..args.len()]).map_err(|m| ctx.err(self, m))?
-                } else {
-                    let vals = args
-                        .iter()
-                        .map(|a| a.eval(ctx))
-                        .collect::<EvalResult<Vec<_>>>()?;
-                    functions::call(*f, &vals).map_err(|m| ctx.err(self, m))?
+        })
+    }
+
+    fn e_between(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::Between(x, lo, hi, neg) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        Ok({
+            let (v, lo_v, hi_v) = (x.eval(ctx)?, lo.eval(ctx)?, hi.eval(ctx)?);
+            let ge = self.cmp3(&v, &lo_v, ctx, |o| o.is_ge())?;
+            let le = self.cmp3(&v, &hi_v, ctx, |o| o.is_le())?;
+            match and3(ge, le) {
+                None => Value::Null,
+                Some(b) => Value::Bool(b != *neg),
+            }
+        })
+    }
+
+    fn e_like(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::Like(x, pat, neg) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        Ok({
+            let (v, p) = (x.eval(ctx)?, pat.eval(ctx)?);
+            match (&v, &p) {
+                (Value::Null, _) | (_, Value::Null) => Value::Null,
+                (Value::Str(s), Value::Str(p)) => Value::Bool(like(s, p) != *neg),
+                _ => {
+                    return Err(ctx.err(
+                        self,
+                        format_args!(
+                            "LIKE expects strings, found {} and {}",
+                            v.type_name(),
+                            p.type_name()
+                        ),
+                    ));
                 }
+            }
+        })
+    }
+
+    fn e_case(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::Case(operand, whens, else_) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        Ok({
+            let op = match operand {
+                Some(o) => Some(o.eval(ctx)?),
+                None => None,
+            };
+            for (w, t) in whens {
+                let hit = match &op {
+                    Some(v) => {
+                        let w = w.eval(ctx)?;
+                        !v.is_null() && !w.is_null() && v.sql_eq(&w)
+                    }
+                    None => truth(ctx, w, "WHEN")? == Some(true),
+                };
+                if hit {
+                    return t.eval(ctx);
+                }
+            }
+            match else_ {
+                Some(e) => e.eval(ctx)?,
+                None => Value::Null,
+            }
+        })
+    }
+
+    fn e_cast(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::Cast(x, ty) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        crate::cast::cast(x.eval(ctx)?, *ty).map_err(|m| ctx.err(self, m))
+    }
+
+    fn e_call(&self, ctx: &Ctx<'_>) -> EvalResult<Value> {
+        let CKind::Call(f, args) = &self.kind else {
+            return Ok(Value::Null);
+        };
+        Ok({
+            if args.len() <= 4 {
+                let mut buf: [Value; 4] = Default::default();
+                for (slot, a) in buf.iter_mut().zip(args) {
+                    *slot = a.eval(ctx)?;
+                }
+                functions::call(*f, &buf[..args.len()]).map_err(|m| ctx.err(self, m))?
+            } else {
+                let vals = args
+                    .iter()
+                    .map(|a| a.eval(ctx))
+                    .collect::<EvalResult<Vec<_>>>()?;
+                functions::call(*f, &vals).map_err(|m| ctx.err(self, m))?
             }
         })
     }

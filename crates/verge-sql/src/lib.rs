@@ -7,7 +7,9 @@
 //! lookups by name. Each running rule owns an [`Executor`] from
 //! [`Query::start`]: the runtime [`push`](Executor::push)es every matching
 //! message, calls [`advance`](Executor::advance) when
-//! [`next_deadline`](Executor::next_deadline) is due, and gets [`Row`]s back.
+//! [`next_deadline`](Executor::next_deadline) is due, and gets [`Row`]s back;
+//! [`flush`](Executor::flush) closes every open window at once (the end of a
+//! dry run).
 //!
 //! **Architecture invariant:** no I/O, no clock (time comes from
 //! [`Event::timestamp_ms`] and `advance`), no async runtime, no panics on any
@@ -110,6 +112,15 @@ impl Query {
                 plan::Item::Star => None,
             })
             .collect()
+    }
+
+    /// Whether SELECT has `*` (so rows may hold payload fields beyond
+    /// [`Query::columns`]).
+    pub fn has_star(&self) -> bool {
+        self.plan
+            .items
+            .iter()
+            .any(|i| matches!(i, plan::Item::Star))
     }
 
     /// Fresh state for one running rule.

@@ -156,7 +156,11 @@ pub(crate) fn parse(s: &str) -> Option<i64> {
         None => Some(ms),
         Some(b'Z' | b'z') if i + 1 == b.len() => Some(ms),
         Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && b[i + 3] == b':' => {
-            let off = num(i + 1, 2)? * 3_600_000 + num(i + 4, 2)? * 60_000;
+            let (oh, om) = (num(i + 1, 2)?, num(i + 4, 2)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = oh * 3_600_000 + om * 60_000;
             Some(if *sign == b'+' { ms - off } else { ms + off })
         }
         _ => None,
@@ -214,5 +218,16 @@ mod tests {
         assert_eq!(parse("2023-02-29"), None);
         assert_eq!(parse("2024-02-29T25:00:00Z"), None);
         assert_eq!(parse("garbage"), None);
+    }
+
+    #[test]
+    fn parse_time_rejects_offsets_of_a_day_or_more() {
+        assert_eq!(parse("2024-01-01T00:00:00+99:99"), None);
+        assert_eq!(parse("2024-01-01T00:00:00+24:00"), None);
+        assert_eq!(parse("2024-01-01T00:00:00-05:60"), None);
+        assert_eq!(
+            parse("2024-01-01T00:00:00+23:59"),
+            Some(1_704_067_200_000 - 86_340_000)
+        );
     }
 }

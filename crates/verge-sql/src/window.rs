@@ -45,6 +45,8 @@ struct Session {
 
 #[derive(Debug, Default)]
 struct CountGroup {
+    /// Order of first appearance.
+    seq: u64,
     buf: VecDeque<Entry>,
     since: usize,
     emitted: bool,
@@ -71,6 +73,7 @@ enum Kind {
         n: usize,
         step: usize,
         groups: HashMap<Key, CountGroup>,
+        seq: u64,
     },
 }
 
@@ -112,6 +115,7 @@ impl WinState {
                 n,
                 step,
                 groups: HashMap::new(),
+                seq: 0,
             },
         };
         WinState {
@@ -144,20 +148,34 @@ impl WinState {
                 self.add(now, now, keys, args, sink)
             }
             Some(_) => {
+                self.clock = self.clock.max(proc_t);
                 if self.watermark().is_some_and(|wm| t < wm) {
                     sink.stats.dropped_late += 1;
                     return Ok(());
                 }
-                let r = self.add(t, proc_t, keys, args, sink);
+                self.add(t, proc_t, keys, args, sink)?;
                 self.max_event = Some(self.max_event.map_or(t, |m| m.max(t)));
                 if let Some(wm) = self.watermark() {
                     self.close_until(wm, proc_t, sink);
                 }
-                r
+                Ok(())
             }
         }
     }
 
+    /// Window starts of the TUMBLING/HOPPING windows covering `t`, oldest first.
+    fn starts(size: i64, step: i64, t: i64) -> impl Iterator<Item = i64> {
+        let last = t.div_euclid(step).saturating_mul(step);
+        // size / step ≤ 1000 (checked by the parser), so this is bounded.
+        let n = (size.saturating_add(step - 1) / step).max(1);
+        (0..n)
+            .rev()
+            .filter_map(move |k| last.checked_sub(k.saturating_mul(step)))
+            .filter(move |s| *s > t.saturating_sub(size))
+    }
+
+    /// Adds one message. Every accumulator the message touches is checked
+    /// first, so a message that fails (a type error, an overflow) changes nothing.
     fn add(
         &mut self,
         t: i64,
@@ -174,13 +192,22 @@ impl WinState {
                 windows,
             } => {
                 let (size, step) = (*size, *step);
-                let mut s = t.div_euclid(step) * step;
-                let mut starts = Vec::with_capacity(((size + step - 1) / step) as usize);
-                while s > t - size {
-                    starts.push(s);
-                    s -= step;
+                // Check first: the groups that exist, and a fresh group once.
+                let mut fresh_checked = false;
+                for s in Self::starts(size, step, t) {
+                    match windows
+                        .get(&s)
+                        .and_then(|g| g.index.get(keys).map(|i| &g.list[*i]))
+                    {
+                        Some((_, accs)) => sink.check(accs, args)?,
+                        None if !fresh_checked => {
+                            sink.check(&sink.new_accs(), args)?;
+                            fresh_checked = true;
+                        }
+                        None => {}
+                    }
                 }
-                for s in starts.into_iter().rev() {
+                for s in Self::starts(size, step, t) {
                     if !windows.contains_key(&s) && windows.len() >= limits.max_open_windows {
                         sink.stats.dropped_groups += 1;
                         continue;
@@ -191,6 +218,9 @@ impl WinState {
                         None => {
                             if g.list.len() >= limits.max_groups {
                                 sink.stats.dropped_groups += 1;
+                                if g.list.is_empty() {
+                                    windows.remove(&s);
+                                }
                                 continue;
                             }
                             g.index.insert(keys.into(), g.list.len());
@@ -204,18 +234,28 @@ impl WinState {
             }
             Kind::Sliding { size, groups } => {
                 let size = *size;
-                if !groups.contains_key(keys) {
-                    if groups.len() >= limits.max_groups {
-                        sink.stats.dropped_groups += 1;
-                        return Ok(());
-                    }
-                    groups.insert(keys.into(), VecDeque::new());
-                }
-                let Some(buf) = groups.get_mut(keys) else {
+                let from = t.saturating_sub(size);
+                if !groups.contains_key(keys) && groups.len() >= limits.max_groups {
+                    sink.stats.dropped_groups += 1;
                     return Ok(());
-                };
-                buf.retain(|e| e.t > t - size);
-                if buf.len() >= limits.max_rows_per_window {
+                }
+                // The buffer after this message: entries within (t − size, ...], the
+                // oldest dropped when it is full, then the message itself.
+                let empty = VecDeque::new();
+                let buf = groups.get(keys).unwrap_or(&empty);
+                let kept = buf.iter().filter(|e| e.t > from).count();
+                let overflow = usize::from(kept >= limits.max_rows_per_window);
+                let aggs = sink.fold(
+                    buf.iter()
+                        .filter(|e| e.t > from)
+                        .skip(overflow)
+                        .filter(|e| e.t <= t)
+                        .map(|e| &*e.args)
+                        .chain(std::iter::once(args)),
+                )?;
+                let buf = groups.entry(keys.into()).or_default();
+                buf.retain(|e| e.t > from);
+                if overflow == 1 {
                     buf.pop_front();
                     sink.stats.dropped_rows += 1;
                 }
@@ -223,16 +263,8 @@ impl WinState {
                     t,
                     args: args.into(),
                 });
-                match sink.fold(buf.iter().filter(|e| e.t <= t).map(|e| &*e.args)) {
-                    Ok(aggs) => {
-                        sink.emit(keys, &aggs, (t - size, t), now);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        buf.pop_back();
-                        Err(e)
-                    }
-                }
+                sink.emit(keys, &aggs, (from, t), now);
+                Ok(())
             }
             Kind::Session {
                 gap,
@@ -241,8 +273,13 @@ impl WinState {
                 seq,
             } => {
                 let gap = *gap;
+                let closes = |s: &Session| t >= s.last.saturating_add(gap);
+                match groups.get(keys) {
+                    Some(s) if !closes(s) => sink.check(&s.accs, args)?,
+                    _ => sink.check(&sink.new_accs(), args)?,
+                }
                 if let Some(s) = groups.get(keys)
-                    && t >= s.last.saturating_add(gap)
+                    && closes(s)
                     && let Some(s) = groups.remove(keys)
                 {
                     let aggs = sink.finish(&s.accs);
@@ -277,42 +314,57 @@ impl WinState {
                 }
                 Ok(())
             }
-            Kind::Count { n, step, groups } => {
+            Kind::Count {
+                n,
+                step,
+                groups,
+                seq,
+            } => {
                 let (n, step) = (*n, *step);
                 // Reject values that no aggregate accepts before buffering them.
-                let mut probe = sink.new_accs();
-                sink.update(&mut probe, args)?;
-                if !groups.contains_key(keys) {
-                    if groups.len() >= limits.max_groups {
-                        sink.stats.dropped_groups += 1;
-                        return Ok(());
-                    }
-                    groups.insert(keys.into(), CountGroup::default());
-                }
-                let Some(g) = groups.get_mut(keys) else {
+                sink.check(&sink.new_accs(), args)?;
+                if !groups.contains_key(keys) && groups.len() >= limits.max_groups {
+                    sink.stats.dropped_groups += 1;
                     return Ok(());
-                };
+                }
                 let cap = n.min(limits.max_rows_per_window);
+                // Whether this message emits, and the row it emits, before changing anything.
+                let (len, since, emitted) = groups
+                    .get(keys)
+                    .map_or((0, 0, false), |g| (g.buf.len(), g.since, g.emitted));
+                let pop = len + 1 > cap;
+                let full = (len + 1).min(cap) == cap;
+                let due = since + 1 >= if emitted { step } else { n };
+                let mut row = None;
+                if full && due {
+                    let empty = VecDeque::new();
+                    let buf = groups.get(keys).map_or(&empty, |g| &g.buf);
+                    let entries = buf.iter().skip(usize::from(pop));
+                    let first = entries.clone().next().map_or(t, |e| e.t);
+                    let aggs = sink.fold(entries.map(|e| &*e.args).chain(std::iter::once(args)))?;
+                    row = Some((aggs, (first, t)));
+                }
+                let g = groups.entry(keys.into()).or_insert_with(|| {
+                    *seq += 1;
+                    CountGroup {
+                        seq: *seq,
+                        ..CountGroup::default()
+                    }
+                });
                 g.buf.push_back(Entry {
                     t,
                     args: args.into(),
                 });
-                if g.buf.len() > cap {
+                if pop {
                     g.buf.pop_front();
                     if cap < n {
                         sink.stats.dropped_rows += 1;
                     }
                 }
                 g.since += 1;
-                let due = if g.emitted { step } else { n };
-                if g.buf.len() == cap && g.since >= due {
+                if let Some((aggs, window)) = row {
                     g.since = 0;
                     g.emitted = true;
-                    let window = (
-                        g.buf.front().map_or(t, |e| e.t),
-                        g.buf.back().map_or(t, |e| e.t),
-                    );
-                    let aggs = sink.fold(g.buf.iter().map(|e| &*e.args))?;
                     sink.emit(keys, &aggs, window, now);
                 }
                 Ok(())
@@ -333,7 +385,7 @@ impl WinState {
                     };
                     for (key, accs) in &g.list {
                         let aggs = sink.finish(accs);
-                        sink.emit(key, &aggs, (s, s + *size), now);
+                        sink.emit(key, &aggs, (s, s.saturating_add(*size)), now);
                     }
                 }
             }
@@ -376,9 +428,58 @@ impl WinState {
         if let Kind::Sliding { size, groups } = &mut self.kind {
             let size = *size;
             groups.retain(|_, buf| {
-                buf.retain(|e| e.t > now - size);
+                buf.retain(|e| e.t > now.saturating_sub(size));
                 !buf.is_empty()
             });
+        }
+    }
+
+    /// Closes everything now (see `Executor::flush`).
+    pub fn flush(&mut self, sink: &mut Sink<'_>) {
+        let now = if self.clock == i64::MIN {
+            0
+        } else {
+            self.clock
+        };
+        self.close_until(i64::MAX, now, sink);
+        match &mut self.kind {
+            Kind::Time { windows, .. } => windows.clear(),
+            Kind::Session {
+                groups, next_close, ..
+            } => {
+                groups.clear();
+                *next_close = None;
+            }
+            Kind::Sliding { groups, .. } => groups.clear(),
+            Kind::Count {
+                n, step, groups, ..
+            } => {
+                let (n, step) = (*n, *step);
+                // Groups in order of first appearance, like the rows of a time window.
+                let mut list: Vec<(Key, CountGroup)> = groups.drain().collect();
+                list.sort_by_key(|(_, g)| g.seq);
+                for (key, g) in list {
+                    if g.since == 0 {
+                        continue;
+                    }
+                    let due = if g.emitted { step } else { n };
+                    let take = n
+                        .saturating_sub(due.saturating_sub(g.since))
+                        .min(g.buf.len());
+                    let entries = g.buf.iter().skip(g.buf.len() - take);
+                    let window = (
+                        entries.clone().next().map_or(now, |e| e.t),
+                        g.buf.back().map_or(now, |e| e.t),
+                    );
+                    match sink.fold(entries.map(|e| &*e.args)) {
+                        Ok(aggs) => sink.emit(&key, &aggs, window, now),
+                        Err(e) => {
+                            sink.stats.eval_errors += 1;
+                            sink.stats.last_error = Some(e.message);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -476,6 +577,18 @@ impl Sink<'_> {
                 Ok(false) => self.stats.dropped_rows += 1,
                 Err(m) => return Err(EvalError::new(format!("{m} in '{}'", spec.text))),
             }
+        }
+        Ok(())
+    }
+
+    /// The error updating `accs` with `args` would give, without changing them.
+    fn check(&self, accs: &[Acc], args: &[Value]) -> EvalResult<()> {
+        let Some(agg) = &self.plan.agg else {
+            return Ok(());
+        };
+        for ((acc, spec), v) in accs.iter().zip(&agg.aggs).zip(args) {
+            acc.check(spec.kind, v)
+                .map_err(|m| EvalError::new(format!("{m} in '{}'", spec.text)))?;
         }
         Ok(())
     }

@@ -112,3 +112,209 @@ fn eval_errors_are_counted_and_named() {
         Some("cannot add int and string in 'temperature + unit'")
     );
 }
+
+fn rows_json(rows: &[verge_sql::Row]) -> Vec<String> {
+    rows.iter().map(verge_sql::Row::to_json).collect()
+}
+
+#[test]
+fn flush_closes_every_window_kind_and_leaves_the_executor_empty() {
+    let cases: &[(&str, &[i64], &[&str])] = &[
+        (
+            "TUMBLING(10s)",
+            &[1000, 2000],
+            &[r#"{"n":2,"ws":0,"we":10000}"#],
+        ),
+        (
+            "HOPPING(10s, 5s)",
+            &[1000],
+            &[
+                r#"{"n":1,"ws":-5000,"we":5000}"#,
+                r#"{"n":1,"ws":0,"we":10000}"#,
+            ],
+        ),
+        // SLIDING rows come per message; flush only releases the buffers.
+        ("SLIDING(10s)", &[1000], &[]),
+        (
+            "SESSION(5s)",
+            &[1000, 3000],
+            &[r#"{"n":2,"ws":1000,"we":8000}"#],
+        ),
+        // A COUNT window that never filled: a partial row.
+        (
+            "COUNT(3)",
+            &[1000, 2000],
+            &[r#"{"n":2,"ws":1000,"we":2000}"#],
+        ),
+        // Every message already is in a row: nothing more.
+        ("COUNT(2, 1)", &[1000, 2000, 3000], &[]),
+    ];
+    for event_time in [false, true] {
+        for (window, times, want) in cases {
+            let ts = if event_time { "TIMESTAMP BY ts " } else { "" };
+            let sql = format!(
+                "SELECT count(*) AS n, window_start() AS ws, window_end() AS we FROM \"#\" {ts}GROUP BY {window}"
+            );
+            let q = Query::parse(&sql).expect("compiles");
+            let mut ex = q.start(Limits::default());
+            let mut rows = Vec::new();
+            for t in *times {
+                ex.push(&ev(&format!(r#"{{"ts":{t}}}"#), *t), &mut rows)
+                    .expect("push");
+            }
+            rows.clear();
+            ex.flush(&mut rows);
+            assert_eq!(rows_json(&rows), *want, "{window}, event time {event_time}");
+            let s = ex.stats();
+            assert_eq!(
+                (s.open_windows, s.open_groups, ex.next_deadline()),
+                (0, 0, None),
+                "{window}: not empty after flush"
+            );
+            rows.clear();
+            ex.flush(&mut rows);
+            assert!(rows.is_empty(), "{window}: a second flush emits nothing");
+        }
+    }
+}
+
+#[test]
+fn far_future_event_time_is_dropped_and_does_not_poison_the_watermark() {
+    let q =
+        Query::parse(r##"SELECT count(*) AS n FROM "#" TIMESTAMP BY ts GROUP BY TUMBLING(10s)"##)
+            .expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut rows = Vec::new();
+    for ts in [1i64, 3_155_760_000_000_000, 20_000] {
+        ex.push(&ev(&format!(r#"{{"ts":{ts}}}"#), 25_000), &mut rows)
+            .expect("push");
+    }
+    let s = ex.stats();
+    assert_eq!((s.dropped_future, s.dropped_late), (1, 0));
+    assert_eq!(s.watermark, Some(20_000));
+    assert_eq!(rows_json(&rows), [r#"{"n":1}"#]);
+    // Within max_future_ms (1 hour by default) of processing time is fine.
+    ex.push(&ev(r#"{"ts":3625000}"#, 25_000), &mut rows)
+        .expect("push");
+    assert_eq!(ex.stats().dropped_future, 1);
+    let limits = Limits {
+        max_future_ms: 0,
+        ..Limits::default()
+    };
+    let mut ex = q.start(limits);
+    ex.push(&ev(r#"{"ts":25001}"#, 25_000), &mut rows)
+        .expect("push");
+    assert_eq!(ex.stats().dropped_future, 1);
+}
+
+#[test]
+fn window_arithmetic_at_extreme_durations_and_times_does_not_overflow() {
+    // Durations are capped at 365 days, at the duration.
+    for w in [
+        "TUMBLING(9223372036854775807ms)",
+        "HOPPING(9223372036854775807ms, 9223372036854775807ms)",
+        "SLIDING(9223372036854775807ms)",
+        "SESSION(366d)",
+    ] {
+        let e =
+            Query::parse(&format!("SELECT count(*) AS n FROM \"#\" GROUP BY {w}")).expect_err(w);
+        assert_eq!(
+            (e.column, e.message.as_str()),
+            (
+                u32::try_from(w.find('(').expect("paren") + 41).expect("small"),
+                "a window, hop, gap or lateness duration must be at most 365 days (365d)"
+            ),
+            "{w}"
+        );
+    }
+    let times = [
+        i64::MIN,
+        -5,
+        0,
+        5,
+        i64::MAX,
+        -3_155_760_000_000_000,
+        3_155_760_000_000_000,
+    ];
+    for w in [
+        "TUMBLING(365d)",
+        "HOPPING(365d, 1d)",
+        "SLIDING(365d)",
+        "SESSION(365d)",
+        "COUNT(2)",
+    ] {
+        for ts in ["", "TIMESTAMP BY ts LATENESS 365d "] {
+            let sql = format!(
+                "SELECT count(*) AS n, sum(v) AS s, window_start() AS a, window_end() AS b FROM \"#\" {ts}GROUP BY {w}"
+            );
+            let q = Query::parse(&sql).expect("compiles");
+            let mut ex = q.start(Limits::default());
+            let mut rows = Vec::new();
+            for &t in &times {
+                for &e in &times {
+                    let _ = ex.push(&ev(&format!(r#"{{"ts":{e},"v":1}}"#), t), &mut rows);
+                }
+                ex.advance(t, &mut rows);
+            }
+            ex.flush(&mut rows);
+            let _ = ex.stats();
+        }
+    }
+}
+
+#[test]
+fn arithmetic_on_extreme_numbers_is_an_error_not_a_panic() {
+    let q = Query::parse(
+        r##"SELECT abs(a) AS x1, -a AS x2, a % b AS x3, a / b AS x4, round(f, 18) AS x5,
+           substring(s, a, c) AS x6, pow(f, f) AS x7, a * a AS x8, ceil(f) AS x9,
+           CAST(f AS INT) AS x10, year(a) AS x11, format_time(c, '%Y') AS x12, mod(a, b) AS x13,
+           a - c AS x14, s[9223372036854775807] AS x15 FROM "#""##,
+    )
+    .expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut rows = Vec::new();
+    let payload = format!(
+        r#"{{"a":{},"b":-1,"c":{},"f":1e308,"s":"abc"}}"#,
+        i64::MIN,
+        i64::MAX
+    );
+    let e = ex.push(&ev(&payload, 0), &mut rows).expect_err("overflow");
+    assert_eq!(e.message, "integer overflow in 'abs(a)'");
+    for expr in [
+        "-a",
+        "a % b",
+        "a / b",
+        "a * a",
+        "a - c",
+        "ceil(f)",
+        "CAST(f AS INT)",
+        "mod(a, b)",
+    ] {
+        let q = Query::parse(&format!("SELECT {expr} AS x FROM \"#\"")).expect("compiles");
+        let mut ex = q.start(Limits::default());
+        assert!(ex.push(&ev(&payload, 0), &mut rows).is_err(), "{expr}");
+    }
+    for expr in [
+        "round(f, 18)",
+        "substring(s, a, c)",
+        "pow(f, f)",
+        "year(a)",
+        "format_time(c, '%Y')",
+        "lpad(s, 65536)",
+    ] {
+        let q = Query::parse(&format!("SELECT {expr} AS x FROM \"#\"")).expect("compiles");
+        let mut ex = q.start(Limits::default());
+        ex.push(&ev(&payload, 0), &mut rows).expect(expr);
+    }
+}
+
+#[test]
+fn type_errors_never_name_the_internal_type_any() {
+    let e = Query::parse(r#"SELECT "é" + 'x' AS y FROM "t/#""#).expect_err("string");
+    assert_eq!(e.message, "cannot add a payload field and string");
+    let e = Query::parse(r#"SELECT json_get(p, 'a') * TRUE AS y FROM "t/#""#).expect_err("bool");
+    assert_eq!(
+        e.message,
+        "cannot multiply a value of unknown type and bool"
+    );
+}

@@ -2,7 +2,8 @@
 //! exactly `<name>.out.jsonl`, or fail to compile with exactly the text of `<name>.err`.
 //!
 //! Input lines: `{"topic":..,"payload":{..}|"payload_raw":"text","time":ms,"clientid":..,"qos":..,
-//! "user_properties":[["k","v"]]}`; `{"advance":ms}` calls `advance`; `{"limits":{..}}` (first line
+//! "user_properties":[["k","v"]]}`; `{"advance":ms}` calls `advance`; `{"flush":true}` calls
+//! `flush`; `{"limits":{..}}` (first line
 //! only) sets limits; `{"stats":true}` writes the drop/error counters as a row
 //! `{"stats":{"dropped_groups":..,"dropped_late":..,"dropped_rows":..,"eval_errors":..}}`.
 //! Output lines: one JSON row per line, or `{"error":"..."}` where `push` failed.
@@ -81,6 +82,9 @@ fn run_case(dir: &Path, name: &str) -> Result<(), String> {
             if let Some(x) = num("max_open_windows") {
                 limits.max_open_windows = x;
             }
+            if let Some(x) = num("max_future_ms") {
+                limits.max_future_ms = x as i64;
+            }
             exec = Some(q.start(limits));
             continue;
         }
@@ -88,6 +92,8 @@ fn run_case(dir: &Path, name: &str) -> Result<(), String> {
         let mut rows: Vec<Row> = Vec::new();
         if let Some(t) = get(&v, "advance") {
             ex.advance(t.as_f64().unwrap_or(0.0) as i64, &mut rows);
+        } else if get(&v, "flush").is_some() {
+            ex.flush(&mut rows);
         } else if get(&v, "stats").is_some() {
             let s = ex.stats();
             got.push(obj(vec![(

@@ -90,6 +90,57 @@ fn valid_prefix_soup() -> impl Strategy<Value = String> {
     token_soup().prop_map(|t| format!("SELECT a, b FROM \"t/#\" WHERE {t}"))
 }
 
+const BINARY_OPS: &[&str] = &[
+    "+", "-", "*", "/", "%", "||", "=", "==", "<>", "!=", "<", "<=", ">", ">=", "AND", "OR",
+];
+
+/// A long or deeply nested expression of one shape (`n` repetitions).
+fn long_expr(shape: u8, op: &str, n: usize) -> String {
+    match shape {
+        0 => vec!["a"; n + 1].join(&format!(" {op} ")),
+        1 => format!("{}a{}", format!("(a {op} ").repeat(n), ")".repeat(n)),
+        2 => format!("{}b", "NOT ".repeat(n)),
+        3 => format!("{}a", "- ".repeat(n)),
+        4 => format!(
+            "{}a{}",
+            "CASE WHEN b THEN ".repeat(n),
+            " ELSE a END".repeat(n)
+        ),
+        5 => format!("{}a{}", "coalesce(a, ".repeat(n), ")".repeat(n)),
+        6 => format!("{}a{}", "abs(".repeat(n), ")".repeat(n)),
+        _ => format!("{}a{}", "(".repeat(n), ")".repeat(n)),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Regression: long chains built iteratively by the Pratt loop used to overflow
+    /// the stack of the recursive compiler and evaluator.
+    #[test]
+    fn long_chains_and_deep_nesting_never_overflow(
+        shape in 0u8..8,
+        op in prop::sample::select(BINARY_OPS),
+        n in prop_oneof![1usize..140, 120usize..3000],
+    ) {
+        let e = long_expr(shape, op, n);
+        for sql in [
+            format!("SELECT {e} AS x FROM \"#\" WHERE ({e}) IS NOT NULL"),
+            format!("SELECT count(*) AS c FROM \"#\" GROUP BY {e}, TUMBLING(1s) HAVING ({e}) IS NULL OR TRUE"),
+        ] {
+            if let Ok(q) = Query::parse(&sql) {
+                let mut ex = q.start(Limits::default());
+                let mut out = Vec::new();
+                for p in [&br#"{"a":3,"b":true}"#[..], br#"{"a":"x","b":1}"#] {
+                    let ev = Event { topic: "a/b", payload: p, client_id: "c", qos: 1, timestamp_ms: 5, user_properties: &[] };
+                    let _ = ex.push(&ev, &mut out);
+                }
+                ex.advance(10_000, &mut out);
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -119,13 +170,14 @@ proptest! {
         let text = format!("{{\"a\":{n},\"b\":{},\"s\":\"{s}\"}}", n.wrapping_mul(7) % 100);
         for q in queries {
             let q = Query::parse(q).expect("compiles");
-            let mut ex = q.start(Limits { max_groups: 4, max_rows_per_window: 8, max_open_windows: 8 });
+            let mut ex = q.start(Limits { max_groups: 4, max_rows_per_window: 8, max_open_windows: 8, ..Limits::default() });
             let mut out = Vec::new();
             for (i, p) in [&payload[..], text.as_bytes()].into_iter().enumerate() {
                 let ev = Event { topic: "a/b", payload: p, client_id: "c", qos: 1, timestamp_ms: n.wrapping_add(i as i64), user_properties: &[] };
                 let _ = ex.push(&ev, &mut out);
             }
             ex.advance(n.saturating_add(100_000), &mut out);
+            ex.flush(&mut out);
             let _ = ex.stats();
         }
     }

@@ -122,6 +122,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 origin: identity.client_id.clone(),
                 received: now,
                 expires,
+                hops: 0,
             }),
             delay,
         ))

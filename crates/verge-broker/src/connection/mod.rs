@@ -467,6 +467,7 @@ impl Conn {
             origin: self.identity.client_id.clone(),
             received: now,
             expires,
+            hops: 0,
         }));
         if self.batch.len() >= 64 {
             self.flush_batch().await;

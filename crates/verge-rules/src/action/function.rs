@@ -98,6 +98,7 @@ impl Action for Function {
             for r in results {
                 let mut m = Message::local(r.topic, r.payload, QoS::AtLeastOnce, false);
                 m.origin = self.origin.clone();
+                m.hops = out.hops;
                 m.properties.content_type = r.content_type;
                 m.properties.user_properties = r.user_properties;
                 // A bad topic from the function is its error, not a reason

@@ -2,6 +2,7 @@
 
 use super::{Action, ActionError, BoxFuture, Output};
 use crate::config::LogConfig;
+use crate::error::RuleError;
 
 /// Logs rows at a fixed level.
 pub struct Log {
@@ -9,16 +10,23 @@ pub struct Log {
 }
 
 impl Log {
-    /// Build from settings; an unknown level is `info`.
-    pub fn new(c: &LogConfig) -> Log {
+    /// Build from settings; the level must be one of error, warn, info,
+    /// debug, trace.
+    pub fn new(c: &LogConfig) -> Result<Log, RuleError> {
         let level = match c.level.to_ascii_lowercase().as_str() {
             "error" => tracing::Level::ERROR,
             "warn" => tracing::Level::WARN,
+            "info" => tracing::Level::INFO,
             "debug" => tracing::Level::DEBUG,
             "trace" => tracing::Level::TRACE,
-            _ => tracing::Level::INFO,
+            other => {
+                return Err(RuleError::action(
+                    "log",
+                    format!("level `{other}` is not one of error, warn, info, debug, trace"),
+                ));
+            }
         };
-        Log { level }
+        Ok(Log { level })
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Output {
     pub topic: Arc<str>,
     /// When the row was produced (ms since the Unix epoch).
     pub time_ms: i64,
+    /// In-node steps behind this row (the input message's `hops` + 1);
+    /// what an action publishes carries it on.
+    pub hops: u8,
 }
 
 /// Why an action failed to handle one row.
@@ -88,6 +91,6 @@ pub fn build(kind: &ActionKind, services: &Services) -> Result<Arc<dyn Action>, 
         ActionKind::Store(c) => Arc::new(sinks::Store::new(c, services)?),
         ActionKind::Upstream(c) => Arc::new(sinks::UpstreamAction::new(c, services)?),
         ActionKind::Webhook(c) => Arc::new(webhook::Webhook::new(c)?),
-        ActionKind::Log(c) => Arc::new(log::Log::new(c)),
+        ActionKind::Log(c) => Arc::new(log::Log::new(c)?),
     })
 }

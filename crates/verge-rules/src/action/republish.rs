@@ -45,6 +45,7 @@ impl Action for Republish {
             let mut msg = Message::local(topic, out.json.clone(), self.qos, self.retain);
             // The origin lets the rule skip its own output (no feedback loop).
             msg.origin = rule_origin(&out.rule);
+            msg.hops = out.hops;
             msg.properties.content_type = Some("application/json".into());
             msg.properties.payload_format_indicator = Some(1);
             self.broker

@@ -127,31 +127,42 @@ impl Compiler<'_> {
                 };
                 Ok((self.mk(k, e), Ty::Int))
             }
-            _ => {
-                let Some(spec) = functions::lookup(&lname) else {
-                    return Err(self.at(e, format!("unknown function '{name}'")));
-                };
-                arity(spec.min, spec.max)?;
-                let mut cargs = Vec::with_capacity(args.len());
-                for (i, a) in args.iter().enumerate() {
-                    let (c, t) = self.expr(a, scope)?;
-                    let p = spec.params[i.min(spec.params.len() - 1)];
-                    if !p.accepts(t) {
-                        return Err(self.at(
-                            a,
-                            format!(
-                                "{lname}() expects {} as argument {}, found {}",
-                                p.describe(),
-                                i + 1,
-                                t.name()
-                            ),
-                        ));
-                    }
-                    cargs.push(c);
-                }
-                Ok((self.mk(CKind::Call(spec.func, cargs), e), spec.ret))
-            }
+            _ => self.scalar_call(e, &lname, name, args, scope, arity),
         }
+    }
+
+    /// A call of a function from the registration list, its arguments checked against its signature.
+    fn scalar_call(
+        &mut self,
+        e: &Expr,
+        lname: &str,
+        name: &str,
+        args: &[Expr],
+        scope: Scope,
+        arity: impl Fn(usize, usize) -> Result<(), SqlError>,
+    ) -> Result<(CExpr, Ty), SqlError> {
+        let Some(spec) = functions::lookup(lname) else {
+            return Err(self.at(e, format!("unknown function '{name}'")));
+        };
+        arity(spec.min, spec.max)?;
+        let mut cargs = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            let (c, t) = self.expr(a, scope)?;
+            let p = spec.params[i.min(spec.params.len() - 1)];
+            if !p.accepts(t) {
+                return Err(self.at(
+                    a,
+                    format!(
+                        "{lname}() expects {} as argument {}, found {}",
+                        p.describe(),
+                        i + 1,
+                        t.name()
+                    ),
+                ));
+            }
+            cargs.push(c);
+        }
+        Ok((self.mk(CKind::Call(spec.func, cargs), e), spec.ret))
     }
 
     fn aggregate(

@@ -356,180 +356,256 @@ impl Compiler<'_> {
 
     /// Compiles an expression and infers its static type.
     fn expr(&mut self, e: &Expr, scope: Scope) -> Result<(CExpr, Ty), SqlError> {
-        if let Scope::Group { having } = scope {
-            if let Some(i) = self.key_canon.iter().position(|k| *k == canon(e)) {
-                return Ok((self.mk(CKind::Key(i), e), Ty::Any));
-            }
-            if having
-                && let ExprKind::Column(path) = &e.kind
-                && let [PathSeg::Field(name)] = path.as_slice()
-                && let Some(i) = self.aliases.iter().position(|a| a == name)
-            {
-                return Ok((self.mk(CKind::Out(i), e), Ty::Any));
-            }
+        if let Scope::Group { having } = scope
+            && let Some(r) = self.group_ref(e, having)
+        {
+            return Ok(r);
         }
         let (kind, ty) = match &e.kind {
-            ExprKind::Lit(l) => {
-                let (v, t) = match l {
-                    Lit::Null => (Value::Null, Ty::Null),
-                    Lit::Bool(b) => (Value::Bool(*b), Ty::Bool),
-                    Lit::Int(i) => (Value::Int(*i), Ty::Int),
-                    Lit::Float(f) => (Value::Float(*f), Ty::Float),
-                    Lit::Str(s) => (Value::str(s), Ty::Str),
-                };
-                (CKind::Const(v), t)
-            }
-            ExprKind::Column(path) => {
-                if matches!(scope, Scope::Group { .. }) {
-                    return Err(self.not_grouped(e, &format!("column '{}'", self.text(e))));
-                }
-                let PathSeg::Field(first) = &path[0] else {
-                    return Err(self.at(e, "a column path must start with a field name"));
-                };
-                let slot = self.field_slot(first);
-                if path.len() == 1 {
-                    (CKind::Field(slot), Ty::Any)
-                } else {
-                    (
-                        CKind::Path(slot, path[1..].to_vec().into_boxed_slice()),
-                        Ty::Any,
-                    )
-                }
-            }
+            ExprKind::Lit(l) => lit(l),
             ExprKind::Call { name, args, star } => return self.call(e, name, args, *star, scope),
-            ExprKind::Neg(x) => {
-                let (c, t) = self.boxed(x, scope)?;
-                if !(t.is_dynamic() || t.is_num()) {
-                    return Err(self.at(e, format!("cannot negate {}", t.name())));
-                }
-                (CKind::Neg(c), t)
-            }
-            ExprKind::Not(x) => {
-                let (c, t) = self.boxed(x, scope)?;
-                if !(t.is_dynamic() || t == Ty::Bool) {
-                    return Err(self.at(x, format!("NOT expects a boolean, found {}", t.name())));
-                }
-                (CKind::Not(c), Ty::Bool)
-            }
-            ExprKind::Binary { op, l, r } => {
-                let (lc, lt) = self.boxed(l, scope)?;
-                let (rc, rt) = self.boxed(r, scope)?;
-                let ty = self.binary_type(e, *op, lt, rt, l, r)?;
-                (CKind::Bin(*op, lc, rc), ty)
-            }
-            ExprKind::IsNull { expr, negated } => (
-                CKind::IsNull(self.boxed(expr, scope)?.0, *negated),
-                Ty::Bool,
-            ),
-            ExprKind::In {
-                expr,
-                list,
-                negated,
-            } => {
-                let (x, xt) = self.boxed(expr, scope)?;
-                let mut items = Vec::new();
-                for it in list {
-                    let (c, t) = self.expr(it, scope)?;
-                    if !comparable(xt, t) {
-                        return Err(self.at(
-                            it,
-                            format!("cannot compare {} and {} in IN", xt.name(), t.name()),
-                        ));
-                    }
-                    items.push(c);
-                }
-                (CKind::In(x, items, *negated), Ty::Bool)
-            }
-            ExprKind::Between {
-                expr,
-                lo,
-                hi,
-                negated,
-            } => {
-                let (x, xt) = self.boxed(expr, scope)?;
-                let (l, lt) = self.boxed(lo, scope)?;
-                let (h, ht) = self.boxed(hi, scope)?;
-                for (t, at) in [(lt, lo), (ht, hi)] {
-                    if !comparable(xt, t) {
-                        return Err(self.at(
-                            at,
-                            format!("cannot compare {} and {} in BETWEEN", xt.name(), t.name()),
-                        ));
-                    }
-                }
-                (CKind::Between(x, l, h, *negated), Ty::Bool)
-            }
-            ExprKind::Like {
-                expr,
-                pattern,
-                negated,
-            } => {
-                let (x, xt) = self.boxed(expr, scope)?;
-                let (p, pt) = self.boxed(pattern, scope)?;
-                for (t, at) in [(xt, expr), (pt, pattern)] {
-                    if !(t.is_dynamic() || t == Ty::Str) {
-                        return Err(
-                            self.at(at, format!("LIKE expects a string, found {}", t.name()))
-                        );
-                    }
-                }
-                (CKind::Like(x, p, *negated), Ty::Bool)
-            }
-            ExprKind::Case {
-                operand,
-                whens,
-                else_,
-            } => {
-                let op = match operand {
-                    Some(o) => Some(self.boxed(o, scope)?.0),
-                    None => None,
-                };
-                let mut out_ty: Option<Ty> = None;
-                let mut merge = |t: Ty| {
-                    out_ty = Some(match out_ty {
-                        None => t,
-                        Some(Ty::Null) => t,
-                        Some(p) if p == t || t == Ty::Null => p,
-                        Some(p) if p.is_num() && t.is_num() => Ty::Num,
-                        _ => Ty::Any,
-                    })
-                };
-                let mut arms = Vec::new();
-                for (w, t) in whens {
-                    let (wc, wt) = self.expr(w, scope)?;
-                    if op.is_none() && !(wt.is_dynamic() || wt == Ty::Bool) {
-                        return Err(self.at(
-                            w,
-                            format!("WHEN expects a boolean condition, found {}", wt.name()),
-                        ));
-                    }
-                    let (tc, tt) = self.expr(t, scope)?;
-                    merge(tt);
-                    arms.push((wc, tc));
-                }
-                let els = match else_ {
-                    Some(x) => {
-                        let (c, t) = self.boxed(x, scope)?;
-                        merge(t);
-                        Some(c)
-                    }
-                    None => None,
-                };
-                (CKind::Case(op, arms, els), out_ty.unwrap_or(Ty::Any))
-            }
-            ExprKind::Cast { expr, ty } => {
-                let (x, _) = self.boxed(expr, scope)?;
-                let t = match ty {
-                    CastTy::Int => Ty::Int,
-                    CastTy::Float => Ty::Float,
-                    CastTy::String => Ty::Str,
-                    CastTy::Bool => Ty::Bool,
-                    CastTy::Json => Ty::Any,
-                };
-                (CKind::Cast(x, *ty), t)
-            }
+            ExprKind::Column(_) => self.c_column(e, scope)?,
+            ExprKind::Neg(_) => self.c_neg(e, scope)?,
+            ExprKind::Not(_) => self.c_not(e, scope)?,
+            ExprKind::Binary { .. } => self.c_binary(e, scope)?,
+            ExprKind::IsNull { .. } => self.c_is_null(e, scope)?,
+            ExprKind::In { .. } => self.c_in(e, scope)?,
+            ExprKind::Between { .. } => self.c_between(e, scope)?,
+            ExprKind::Like { .. } => self.c_like(e, scope)?,
+            ExprKind::Case { .. } => self.c_case(e, scope)?,
+            ExprKind::Cast { .. } => self.c_cast(e, scope)?,
         };
         Ok((self.mk(kind, e), ty))
+    }
+
+    /// In SELECT/HAVING of an aggregate query: a group key, or (in HAVING) an output alias.
+    fn group_ref(&self, e: &Expr, having: bool) -> Option<(CExpr, Ty)> {
+        if !self.key_canon.is_empty() {
+            let c = canon(e);
+            if let Some(i) = self.key_canon.iter().position(|k| *k == c) {
+                return Some((self.mk(CKind::Key(i), e), Ty::Any));
+            }
+        }
+        if having
+            && let ExprKind::Column(path) = &e.kind
+            && let [PathSeg::Field(name)] = path.as_slice()
+            && let Some(i) = self.aliases.iter().position(|a| a == name)
+        {
+            return Some((self.mk(CKind::Out(i), e), Ty::Any));
+        }
+        None
+    }
+
+    fn c_column(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::Column(path) = &e.kind else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            if matches!(scope, Scope::Group { .. }) {
+                return Err(self.not_grouped(e, &format!("column '{}'", self.text(e))));
+            }
+            let PathSeg::Field(first) = &path[0] else {
+                return Err(self.at(e, "a column path must start with a field name"));
+            };
+            let slot = self.field_slot(first);
+            if path.len() == 1 {
+                (CKind::Field(slot), Ty::Any)
+            } else {
+                (
+                    CKind::Path(slot, path[1..].to_vec().into_boxed_slice()),
+                    Ty::Any,
+                )
+            }
+        })
+    }
+
+    fn c_neg(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::Neg(x) = &e.kind else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            let (c, t) = self.boxed(x, scope)?;
+            if !(t.is_dynamic() || t.is_num()) {
+                return Err(self.at(e, format!("cannot negate {}", t.name())));
+            }
+            (CKind::Neg(c), t)
+        })
+    }
+
+    fn c_not(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::Not(x) = &e.kind else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            let (c, t) = self.boxed(x, scope)?;
+            if !(t.is_dynamic() || t == Ty::Bool) {
+                return Err(self.at(x, format!("NOT expects a boolean, found {}", t.name())));
+            }
+            (CKind::Not(c), Ty::Bool)
+        })
+    }
+
+    fn c_binary(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::Binary { op, l, r } = &e.kind else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            let (lc, lt) = self.boxed(l, scope)?;
+            let (rc, rt) = self.boxed(r, scope)?;
+            let ty = self.binary_type(e, *op, lt, rt, l, r)?;
+            (CKind::Bin(*op, lc, rc), ty)
+        })
+    }
+
+    fn c_is_null(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::IsNull { expr, negated } = &e.kind else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            (
+                CKind::IsNull(self.boxed(expr, scope)?.0, *negated),
+                Ty::Bool,
+            )
+        })
+    }
+
+    fn c_in(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::In {
+            expr,
+            list,
+            negated,
+        } = &e.kind
+        else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            let (x, xt) = self.boxed(expr, scope)?;
+            let mut items = Vec::new();
+            for it in list {
+                let (c, t) = self.expr(it, scope)?;
+                if !comparable(xt, t) {
+                    return Err(self.at(
+                        it,
+                        format!("cannot compare {} and {} in IN", xt.name(), t.name()),
+                    ));
+                }
+                items.push(c);
+            }
+            (CKind::In(x, items, *negated), Ty::Bool)
+        })
+    }
+
+    fn c_between(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::Between {
+            expr,
+            lo,
+            hi,
+            negated,
+        } = &e.kind
+        else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            let (x, xt) = self.boxed(expr, scope)?;
+            let (l, lt) = self.boxed(lo, scope)?;
+            let (h, ht) = self.boxed(hi, scope)?;
+            for (t, at) in [(lt, lo), (ht, hi)] {
+                if !comparable(xt, t) {
+                    return Err(self.at(
+                        at,
+                        format!("cannot compare {} and {} in BETWEEN", xt.name(), t.name()),
+                    ));
+                }
+            }
+            (CKind::Between(x, l, h, *negated), Ty::Bool)
+        })
+    }
+
+    fn c_like(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::Like {
+            expr,
+            pattern,
+            negated,
+        } = &e.kind
+        else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            let (x, xt) = self.boxed(expr, scope)?;
+            let (p, pt) = self.boxed(pattern, scope)?;
+            for (t, at) in [(xt, expr), (pt, pattern)] {
+                if !(t.is_dynamic() || t == Ty::Str) {
+                    return Err(self.at(at, format!("LIKE expects a string, found {}", t.name())));
+                }
+            }
+            (CKind::Like(x, p, *negated), Ty::Bool)
+        })
+    }
+
+    fn c_case(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::Case {
+            operand,
+            whens,
+            else_,
+        } = &e.kind
+        else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            let op = match operand {
+                Some(o) => Some(self.boxed(o, scope)?.0),
+                None => None,
+            };
+            let mut out_ty: Option<Ty> = None;
+            let mut merge = |t: Ty| {
+                out_ty = Some(match out_ty {
+                    None => t,
+                    Some(Ty::Null) => t,
+                    Some(p) if p == t || t == Ty::Null => p,
+                    Some(p) if p.is_num() && t.is_num() => Ty::Num,
+                    _ => Ty::Any,
+                })
+            };
+            let mut arms = Vec::new();
+            for (w, t) in whens {
+                let (wc, wt) = self.expr(w, scope)?;
+                if op.is_none() && !(wt.is_dynamic() || wt == Ty::Bool) {
+                    return Err(self.at(
+                        w,
+                        format!("WHEN expects a boolean condition, found {}", wt.name()),
+                    ));
+                }
+                let (tc, tt) = self.expr(t, scope)?;
+                merge(tt);
+                arms.push((wc, tc));
+            }
+            let els = match else_ {
+                Some(x) => {
+                    let (c, t) = self.boxed(x, scope)?;
+                    merge(t);
+                    Some(c)
+                }
+                None => None,
+            };
+            (CKind::Case(op, arms, els), out_ty.unwrap_or(Ty::Any))
+        })
+    }
+
+    fn c_cast(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
+        let ExprKind::Cast { expr, ty } = &e.kind else {
+            return Err(self.at(e, "internal error: unexpected expression kind"));
+        };
+        Ok({
+            let (x, _) = self.boxed(expr, scope)?;
+            let t = match ty {
+                CastTy::Int => Ty::Int,
+                CastTy::Float => Ty::Float,
+                CastTy::String => Ty::Str,
+                CastTy::Bool => Ty::Bool,
+                CastTy::Json => Ty::Any,
+            };
+            (CKind::Cast(x, *ty), t)
+        })
     }
 
     fn binary_type(
@@ -553,9 +629,10 @@ impl Compiler<'_> {
                             BinOp::Div => "divide",
                             _ => "take the remainder of",
                         };
-                        return Err(
-                            self.at(e, format!("cannot {verb} {} and {}", lt.name(), rt.name()))
-                        );
+                        return Err(self.at(
+                            e,
+                            format!("cannot {verb} {} and {}", describe(lt, l), describe(rt, r)),
+                        ));
                     }
                 }
                 if dynamic {
@@ -591,6 +668,28 @@ impl Compiler<'_> {
             }
         })
     }
+}
+
+/// An operand's type for messages: its static type, or what is known about a
+/// value whose type is only known at run time (never the internal "any").
+fn describe(t: Ty, e: &Expr) -> &'static str {
+    match (t, &e.kind) {
+        (Ty::Any, ExprKind::Column(_)) => "a payload field",
+        (Ty::Any, _) => "a value of unknown type",
+        _ => t.name(),
+    }
+}
+
+/// A literal's value and type.
+fn lit(l: &Lit) -> (CKind, Ty) {
+    let (v, t) = match l {
+        Lit::Null => (Value::Null, Ty::Null),
+        Lit::Bool(b) => (Value::Bool(*b), Ty::Bool),
+        Lit::Int(i) => (Value::Int(*i), Ty::Int),
+        Lit::Float(f) => (Value::Float(*f), Ty::Float),
+        Lit::Str(s) => (Value::str(s), Ty::Str),
+    };
+    (CKind::Const(v), t)
 }
 
 /// Whether values of the two static types can be ordered.

@@ -12,8 +12,20 @@ const RESERVED: &[&str] = &[
     "like", "is", "null", "true", "false", "case", "when", "then", "else", "end", "cast",
 ];
 
-/// Deepest expression nesting accepted (keeps recursion bounded on hostile input).
-const MAX_DEPTH: usize = 100;
+/// Deepest expression accepted, in levels of the syntax tree (`a + b + c` is 3
+/// levels, `f(g(x))` is 3) and in nested parentheses. The compiler and the
+/// evaluator recurse once per level, so this bounds their stack use.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Most expression terms (literals, columns, operators, calls...) in one rule.
+pub(crate) const MAX_NODES: usize = 10_000;
+
+/// Longest window, hop, gap or lateness: 365 days. Keeps every sum of a time
+/// (within ±100,000 years) and a duration far from the i64 range.
+pub(crate) const MAX_DURATION_MS: i64 = 365 * 86_400_000;
+
+/// Longest rule SQL accepted, in bytes.
+pub(crate) const MAX_SQL_LEN: usize = 64 * 1024;
 
 /// Whether `s` is a reserved keyword (case-insensitive).
 pub(crate) fn is_reserved(s: &str) -> bool {
@@ -22,12 +34,21 @@ pub(crate) fn is_reserved(s: &str) -> bool {
 
 /// Parses a whole statement.
 pub(crate) fn parse(src: &str) -> Result<Statement, SqlError> {
+    if src.len() > MAX_SQL_LEN {
+        return Err(SqlError::at(
+            src,
+            MAX_SQL_LEN,
+            format!("the rule is too long (more than {MAX_SQL_LEN} bytes)"),
+        ));
+    }
     let toks = lex(src)?;
     let mut p = Parser {
         src,
         toks,
         i: 0,
         depth: 0,
+        parens: 0,
+        nodes: 0,
     };
     p.statement()
 }
@@ -36,7 +57,12 @@ struct Parser<'a> {
     src: &'a str,
     toks: Vec<Token>,
     i: usize,
+    /// Current recursion depth of the expression parser.
     depth: usize,
+    /// Parentheses open around the current position.
+    parens: usize,
+    /// Expression nodes built so far.
+    nodes: usize,
 }
 
 impl Parser<'_> {
@@ -233,6 +259,10 @@ impl Parser<'_> {
     fn duration(&mut self, after: &str) -> Result<(i64, usize), SqlError> {
         let t = self.peek().clone();
         match t.tok {
+            Tok::Duration(ms) if ms > MAX_DURATION_MS => {
+                Err(self
+                    .err("a window, hop, gap or lateness duration must be at most 365 days (365d)"))
+            }
             Tok::Duration(ms) if ms > 0 => {
                 self.bump();
                 Ok((ms, t.start))

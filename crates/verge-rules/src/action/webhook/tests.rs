@@ -164,6 +164,7 @@ fn output() -> Output {
         json: Bytes::from_static(b"{\"t\":1}"),
         topic: "t".into(),
         time_ms: 0,
+        hops: 1,
     }
 }
 

@@ -1,0 +1,1 @@
+SELECT "é" + 'x' AS y FROM "t/#"
