@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             match b {
                 BenchCommand::Broker(args) => crate::bench::broker::run(&args),
                 BenchCommand::Connections(args) => crate::bench::connections::run(&args),
+                BenchCommand::Rules(args) => crate::bench::rules::run(&args),
             }
         }
     }

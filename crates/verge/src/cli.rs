@@ -31,7 +31,7 @@ pub enum Command {
     /// Manage the device registry file.
     #[command(subcommand)]
     Device(DeviceCommand),
-    /// Load generators for the broker.
+    /// Load generators for the broker and the rule engine.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -103,6 +103,8 @@ pub enum BenchCommand {
     Broker(crate::bench::broker::BrokerBenchArgs),
     /// Memory per idle connection.
     Connections(crate::bench::connections::ConnectionsArgs),
+    /// Rule engine throughput and latency, in-process or through the broker.
+    Rules(crate::bench::rules::RulesBenchArgs),
 }
 
 /// `KEY=VALUE`.
@@ -255,6 +257,75 @@ mod tests {
             parse(&["bench", "broker", "--spawn", "mosquitto"]).is_err(),
             "only verge can be spawned"
         );
+    }
+
+    #[test]
+    fn bench_rules_options() {
+        let cli = parse(&["bench", "rules"]).expect("parses");
+        let Command::Bench(BenchCommand::Rules(r)) = cli.command else {
+            panic!("not bench rules")
+        };
+        assert_eq!(r.mode, crate::bench::rules::Mode::Engine);
+        assert_eq!(
+            (
+                r.devices,
+                r.messages,
+                r.publishers,
+                r.publish_rate,
+                r.duration
+            ),
+            (1000, 2_000_000, 4, 0, 10.0)
+        );
+        assert!(r.sql.is_none() && r.query.is_none() && !r.json);
+
+        let cli = parse(&[
+            "bench",
+            "rules",
+            "--mode",
+            "broker",
+            "--query",
+            "tumbling",
+            "--publishers",
+            "2",
+            "--publish-rate",
+            "50000",
+            "--duration",
+            "3",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Bench(BenchCommand::Rules(r)) = cli.command else {
+            panic!("not bench rules")
+        };
+        assert_eq!(r.mode, crate::bench::rules::Mode::Broker);
+        assert_eq!(r.query, Some(crate::bench::rules::QueryArg::Tumbling));
+        assert_eq!((r.publishers, r.publish_rate, r.duration), (2, 50_000, 3.0));
+        assert!(r.json);
+
+        let cli = parse(&[
+            "bench",
+            "rules",
+            "--sql",
+            "SELECT * FROM \"a/#\"",
+            "--messages",
+            "10",
+        ])
+        .expect("parses");
+        let Command::Bench(BenchCommand::Rules(r)) = cli.command else {
+            panic!("not bench rules")
+        };
+        assert_eq!(
+            (r.sql.as_deref(), r.messages),
+            (Some("SELECT * FROM \"a/#\""), 10)
+        );
+        assert!(
+            parse(&["bench", "rules", "--sql", "SELECT 1", "--query", "tumbling"]).is_err(),
+            "sql or query"
+        );
+        assert!(parse(&["bench", "rules", "--mode", "cloud"]).is_err());
+        assert!(parse(&["bench", "rules", "--messages", "0"]).is_err());
+        assert!(parse(&["bench", "rules", "--devices", "0"]).is_err());
+        assert!(parse(&["bench", "rules", "--publishers", "0"]).is_err());
     }
 
     #[test]

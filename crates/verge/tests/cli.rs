@@ -211,6 +211,91 @@ fn bench_connections_spawns_a_node_and_reads_its_memory() {
     );
 }
 
+/// Engine mode: both built-in queries run and report a sane shape. No
+/// timing thresholds: benchmarks measure, tests do not assert speed.
+#[test]
+fn bench_rules_engine_reports_both_queries() {
+    let out = run(&["bench", "rules", "--messages", "20000", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["mode"], "engine", "{report}");
+    let queries = report["queries"].as_array().expect("queries");
+    let names: Vec<_> = queries.iter().map(|q| q["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [Some("filter+project"), Some("tumbling 10s group by")],
+        "{report}"
+    );
+    for q in queries {
+        assert_eq!(q["messages"], 20000, "{q}");
+        assert!(q["msgs_per_s"].as_f64().expect("rate") > 0.0, "{q}");
+        assert!(
+            q["push_latency_ns"]["batches"].as_u64().expect("batches") > 0,
+            "{q}"
+        );
+        assert_eq!(q["eval_errors"], 0, "{q}");
+        assert!(q["meets_target"].is_boolean(), "{q}");
+    }
+    // About 60% of the readings are above 20 degrees.
+    let rows = queries[0]["rows_out"].as_u64().expect("rows");
+    assert!((8_000..16_000).contains(&rows), "{rows}");
+    assert!(text(&out.stderr).contains("engine: filter+project"));
+
+    let out = run(&[
+        "bench",
+        "rules",
+        "--messages",
+        "100",
+        "--sql",
+        "SELECT nope FROM",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("custom"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Broker mode: a rule in an in-process broker, fed over TCP, republishes
+/// to a subscriber.
+#[test]
+fn bench_rules_through_the_broker() {
+    let out = run(&[
+        "bench",
+        "rules",
+        "--mode",
+        "broker",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["mode"], "broker", "{report}");
+    assert_eq!(report["query"], "filter+project", "{report}");
+    assert!(
+        report["published_per_s"].as_f64().expect("published") > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["rule_in_per_s"].as_f64().expect("rule rate") > 0.0,
+        "{report}"
+    );
+    let rule = &report["rule"];
+    assert!(
+        rule["messages_in"].as_u64().expect("messages_in") > 0,
+        "{report}"
+    );
+    assert!(rule["dropped_queue"].is_u64(), "{report}");
+    assert!(report["rule_latency_us"]["p99"].is_u64(), "{report}");
+    assert!(
+        report["received"].as_u64().expect("received") > 0,
+        "{report}"
+    );
+    assert!(report["output_lost"].is_u64(), "{report}");
+}
+
 fn node_args(data: &str, bind: &str) -> Vec<String> {
     [
         "node",

@@ -11,8 +11,8 @@ use clap::Args;
 use tokio::task::JoinSet;
 use verge_mqtt::QoS;
 
-use super::client::Client;
-use super::pubsub::{Plan, PubResult, SubResult, publisher, subscriber};
+use super::client::{Client, connect_many};
+use super::pubsub::{Messages, Plan, PubResult, SubResult, publisher, subscriber};
 use super::report::Report;
 use super::{InProcessBroker, ProtocolArg, Target, ensure_nofile};
 
@@ -155,27 +155,14 @@ async fn drive(args: &BrokerBenchArgs, addr: std::net::SocketAddr) -> anyhow::Re
                 .context("connecting a subscriber")?,
         );
     }
-    let mut connecting = JoinSet::new();
-    for i in 0..args.publishers {
-        connecting.spawn(async move {
-            let c = Client::connect(
-                addr,
-                None,
-                protocol,
-                &format!("verge-bench-{pid}-pub-{i}"),
-                0,
-            )
-            .await?;
-            anyhow::Ok((i, c))
-        });
-    }
-    let mut pubs = Vec::with_capacity(args.publishers);
-    while let Some(r) = connecting.join_next().await {
-        pubs.push(
-            r.context("publisher task")?
-                .context("connecting a publisher")?,
-        );
-    }
+    let pubs = connect_many(
+        addr,
+        protocol,
+        &format!("verge-bench-{pid}-pub"),
+        args.publishers,
+    )
+    .await
+    .context("connecting the publishers")?;
     let from = Duration::from_secs_f64(args.warmup);
     let plan = Arc::new(Plan {
         protocol,
@@ -188,6 +175,7 @@ async fn drive(args: &BrokerBenchArgs, addr: std::net::SocketAddr) -> anyhow::Re
         to: from + Duration::from_secs_f64(args.duration),
         drain: Duration::from_secs(if qos == QoS::AtMostOnce { 2 } else { 5 }),
         expected: AtomicU64::new(u64::MAX),
+        stamped: true,
     });
     let mut sub_tasks = JoinSet::new();
     for (j, c) in subs {
@@ -195,10 +183,10 @@ async fn drive(args: &BrokerBenchArgs, addr: std::net::SocketAddr) -> anyhow::Re
         sub_tasks.spawn(async move { (j, subscriber(plan, c).await) });
     }
     let mut pub_tasks = JoinSet::new();
-    for (i, c) in pubs {
+    for (i, c) in pubs.into_iter().enumerate() {
         let plan = plan.clone();
-        let topic = format!("{}/{i}", args.topic_prefix);
-        pub_tasks.spawn(async move { (i, publisher(plan, c, topic).await) });
+        let messages = Messages::Stamped(format!("{}/{i}", args.topic_prefix));
+        pub_tasks.spawn(async move { (i, publisher(plan, c, messages).await) });
     }
     let mut pub_results = Vec::with_capacity(args.publishers);
     while let Some(r) = pub_tasks.join_next().await {

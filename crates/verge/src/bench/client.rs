@@ -132,6 +132,27 @@ impl Client {
     }
 }
 
+/// Connect `n` clients named `{name}-{i}` at once; returned in index order.
+pub async fn connect_many(
+    addr: SocketAddr,
+    protocol: Protocol,
+    name: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Client>> {
+    let mut connecting = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let id = format!("{name}-{i}");
+        connecting.spawn(async move { (i, Client::connect(addr, None, protocol, &id, 0).await) });
+    }
+    let mut clients = Vec::with_capacity(n);
+    while let Some(r) = connecting.join_next().await {
+        let (i, c) = r.context("connecting task")?;
+        clients.push((i, c.with_context(|| format!("connecting {name}-{i}"))?));
+    }
+    clients.sort_by_key(|(i, _)| *i);
+    Ok(clients.into_iter().map(|(_, c)| c).collect())
+}
+
 /// A packet's name, for error messages.
 pub fn name(p: &Packet) -> &'static str {
     match p {

@@ -3,6 +3,7 @@
 //!
 //! - [`broker`]: publish/subscribe throughput and end-to-end latency.
 //! - [`connections`]: broker memory per idle connection.
+//! - [`rules`]: the rule engine, in-process and through an in-process broker.
 
 pub mod broker;
 mod client;
@@ -10,6 +11,7 @@ pub mod connections;
 mod histogram;
 mod pubsub;
 mod report;
+pub mod rules;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -136,6 +138,18 @@ impl InProcessBroker {
             broker,
             addr,
         })
+    }
+
+    /// The broker's in-process API.
+    pub fn handle(&self) -> verge_broker::BrokerHandle {
+        self.broker.handle()
+    }
+
+    /// Run `f` on the broker's runtime, so the tasks it spawns (a rule
+    /// engine's) share the broker's workers as they do in a node. Call
+    /// outside any runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
     }
 
     /// The broker's counters.

@@ -1,7 +1,9 @@
-//! The publisher and subscriber loops of `verge bench broker`.
+//! The publisher and subscriber loops of `verge bench broker` and `verge
+//! bench rules`.
 //!
-//! Publishers put a send timestamp (nanoseconds since the run's shared start
-//! `Instant`, 8 bytes big-endian) at the start of every payload and write
+//! Publishers either put a send timestamp (nanoseconds since the run's
+//! shared start `Instant`, 8 bytes big-endian) at the start of every payload
+//! or cycle through prepared messages ([`Messages`]), and write
 //! batches of PUBLISH packets as fast as the broker takes them; at QoS 1 a
 //! semaphore bounds the unacknowledged ones. Subscribers read with a large
 //! buffer, decode every packet a read brought, record latencies and answer
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Semaphore;
@@ -53,6 +55,9 @@ pub struct Plan {
     pub drain: Duration,
     /// Per-subscriber expected deliveries, `u64::MAX` while publishers run.
     pub expected: AtomicU64,
+    /// Whether delivered payloads start with the send timestamp
+    /// ([`Messages::Stamped`]), so subscribers record latency.
+    pub stamped: bool,
 }
 
 impl Plan {
@@ -62,6 +67,35 @@ impl Plan {
 
     fn now_ns(&self) -> u64 {
         self.t0.elapsed().as_nanos() as u64
+    }
+}
+
+/// What a publisher sends.
+#[derive(Debug, Clone)]
+pub enum Messages {
+    /// Payloads of `Plan::payload` bytes to this one topic, each starting
+    /// with its send timestamp, so subscribers measure latency.
+    Stamped(String),
+    /// These topic/payload pairs in turn, round and round (no timestamp);
+    /// must not be empty.
+    Cycle(Arc<[(String, Bytes)]>),
+}
+
+impl Messages {
+    /// The `seq`th message, stamped with `ts`.
+    fn nth(&self, seq: u64, ts: u64, size: usize) -> Option<(String, Bytes)> {
+        match self {
+            Messages::Stamped(topic) => {
+                let mut payload = BytesMut::with_capacity(size);
+                payload.put_u64(ts);
+                payload.put_bytes(0, size.saturating_sub(8));
+                Some((topic.clone(), payload.freeze()))
+            }
+            Messages::Cycle(list) => {
+                let i = usize::try_from(seq % list.len().max(1) as u64).ok()?;
+                list.get(i).cloned()
+            }
+        }
     }
 }
 
@@ -89,13 +123,16 @@ pub struct SubResult {
     pub latency: Histogram,
 }
 
-/// Publish to `topic` until the end of the window, then wait for the
+/// Publish `messages` until the end of the window, then wait for the
 /// outstanding acknowledgements and disconnect.
 pub async fn publisher(
     plan: Arc<Plan>,
     client: Client,
-    topic: String,
+    messages: Messages,
 ) -> anyhow::Result<PubResult> {
+    if matches!(&messages, Messages::Cycle(list) if list.is_empty()) {
+        bail!("a publisher has no messages to send");
+    }
     let qos1 = plan.qos != QoS::AtMostOnce;
     let (rd, mut wr) = client.stream.into_split();
     let permits = Arc::new(Semaphore::new(plan.window));
@@ -111,7 +148,7 @@ pub async fn publisher(
     ));
     let stop_at = plan.t0 + plan.to;
     let mut res = PubResult::default();
-    let mut wbuf = BytesMut::with_capacity(BATCH * (plan.payload + topic.len() + 16));
+    let mut wbuf = BytesMut::with_capacity(BATCH * (plan.payload + 64));
     let mut next_id: u16 = 0;
     loop {
         if Instant::now() >= stop_at || reader.is_finished() {
@@ -144,11 +181,11 @@ pub async fn publisher(
             };
             n = 1 + extra as u64;
         }
-        for _ in 0..n {
+        for k in 0..n {
             let ts = plan.now_ns();
-            let mut payload = BytesMut::with_capacity(plan.payload);
-            payload.put_u64(ts);
-            payload.put_bytes(0, plan.payload - 8);
+            let (topic, payload) = messages
+                .nth(res.sent + k, ts, plan.payload)
+                .context("no message to publish")?;
             let packet_id = if qos1 {
                 next_id = next_id.checked_add(1).unwrap_or(1);
                 next_id
@@ -159,10 +196,10 @@ pub async fn publisher(
                 dup: false,
                 qos: plan.qos,
                 retain: false,
-                topic: topic.clone(),
+                topic,
                 packet_id,
                 properties: Properties::default(),
-                payload: payload.freeze(),
+                payload,
             };
             encode(&Packet::Publish(publish), plan.protocol, &mut wbuf)
                 .context("encoding PUBLISH")?;
@@ -283,7 +320,12 @@ pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubRe
                     if plan.in_window(now) {
                         res.received_in_window += 1;
                     }
-                    if let Some(ts) = p.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                    if let Some(ts) = p
+                        .payload
+                        .get(..8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .filter(|_| plan.stamped)
+                    {
                         let ts = u64::from_be_bytes(ts);
                         if plan.in_window(ts) {
                             res.latency.record(now.saturating_sub(ts));

@@ -5,6 +5,15 @@ use super::broker::{BrokerBenchArgs, Outcome};
 use super::histogram::Histogram;
 use super::thousands;
 
+/// The broker's non-zero `dropped_*` counters.
+pub fn drops(stats: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
+    stats
+        .iter()
+        .filter(|(k, v)| k.starts_with("dropped_") && *v > 0)
+        .copied()
+        .collect()
+}
+
 /// The numbers a run reports.
 pub struct Report {
     /// Where the broker was.
@@ -92,14 +101,7 @@ impl Report {
 
     /// Broker counters that explain losses (spawned broker only).
     fn broker_drops(&self) -> Vec<(&'static str, u64)> {
-        let Some(stats) = &self.broker_stats else {
-            return Vec::new();
-        };
-        stats
-            .iter()
-            .filter(|(k, v)| k.starts_with("dropped_") && *v > 0)
-            .copied()
-            .collect()
+        self.broker_stats.as_deref().map(drops).unwrap_or_default()
     }
 
     /// The human-readable table.
