@@ -1,0 +1,93 @@
+//! Topic forwards: local messages matching a configured filter go into a
+//! lane of the cache queue as they arrive, in batches (one durable append
+//! per batch, so many messages share one group commit).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::warn;
+use verge_broker::LocalSubscription;
+use verge_queue::{Queue, Record};
+
+use crate::link::ORIGIN;
+use crate::status::Status;
+
+/// Messages taken from the subscription per append.
+const BATCH: usize = 1024;
+
+/// One forward's task: subscription → queue lane, until `stop`; what is
+/// already in the subscription's queue when `stop` comes is still
+/// appended.
+pub async fn run(
+    mut sub: LocalSubscription,
+    lane: String,
+    queue: Queue,
+    status: Arc<Status>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = Vec::with_capacity(BATCH);
+    let mut seen_dropped = 0;
+    loop {
+        let n = tokio::select! {
+            n = sub.recv_many(&mut buf, BATCH) => n,
+            _ = stop.changed() => {
+                // Drain what has arrived, without waiting for more.
+                while let Ok(n) = tokio::time::timeout(Duration::ZERO, sub.recv_many(&mut buf, BATCH)).await {
+                    if n == 0 || buf.len() >= 64 * BATCH {
+                        break;
+                    }
+                }
+                append(&mut buf, &lane, &queue, &status).await;
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        append(&mut buf, &lane, &queue, &status).await;
+        let dropped = sub.dropped();
+        if dropped > seen_dropped {
+            status
+                .forward_dropped
+                .fetch_add(dropped - seen_dropped, Ordering::Relaxed);
+            seen_dropped = dropped;
+        }
+    }
+}
+
+async fn append(
+    buf: &mut Vec<Arc<verge_broker::Message>>,
+    lane: &str,
+    queue: &Queue,
+    status: &Status,
+) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let records: Vec<Record> = buf
+        .drain(..)
+        .filter(|m| &*m.origin != ORIGIN)
+        .map(|m| Record {
+            topic: m.topic.to_string(),
+            payload: m.payload.clone(),
+            time_ms: now,
+        })
+        .collect();
+    if records.is_empty() {
+        return;
+    }
+    let n = records.len() as u64;
+    match queue.append(lane, records).await {
+        Ok(_) => {
+            status.forwarded.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            warn!(lane, "forward: {n} messages not queued: {e}");
+            status.forward_failed.fetch_add(n, Ordering::Relaxed);
+            status.error(format!("forward to lane `{lane}`: {e}"));
+        }
+    }
+}

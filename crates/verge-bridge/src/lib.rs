@@ -1,0 +1,198 @@
+//! The node's link to the cloud.
+//!
+//! Everything sent upstream goes into the cache queue (`verge-queue`)
+//! first; one MQTT 5 connection drains it to the cloud under
+//! `nodes/{node}/up/{topic}` with many QoS 1 messages in flight, and a
+//! message leaves the queue only when the cloud's PUBACK for it arrives.
+//! While the link is down the node works on and the queue grows; after a
+//! reconnect the backlog drains at link speed, highest-priority lane
+//! first, oldest first within a lane. Each message carries a `verge-id`
+//! user property (`{queue id}/{lane}/{seq}`) so the cloud can drop the
+//! duplicates that a lost PUBACK or a crash produces: delivery is at least
+//! once, exactly once after de-duplication.
+//!
+//! Downstream, the bridge subscribes to `nodes/{node}/down/#` at the cloud
+//! and publishes what arrives into the local broker with the prefix
+//! stripped, so commands reach devices.
+//!
+//! The broker knows nothing of the bridge: forwards attach through its
+//! in-process subscribe API like any other part of the node.
+
+pub mod config;
+mod forward;
+mod link;
+pub mod status;
+
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use verge_broker::BrokerHandle;
+use verge_queue::Queue;
+
+pub use config::{BridgeConfig, Endpoint, Forward, Plan};
+pub use link::ORIGIN;
+pub use status::{LinkState, LinkStatus};
+
+/// Capacity of each forward's local subscription queue.
+const FORWARD_QUEUE: usize = 65_536;
+
+/// Why the bridge cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// A config key is wrong (the message names it).
+    #[error("{0}")]
+    Config(String),
+    /// The local broker refused a forward's subscription or has stopped.
+    #[error("bridge.forwards: {0}")]
+    Broker(#[from] verge_broker::BrokerError),
+}
+
+/// A running bridge.
+pub struct Bridge {
+    status: Arc<Status>,
+    queue: Queue,
+    stop: watch::Sender<bool>,
+    link: JoinHandle<()>,
+    forwards: Vec<JoinHandle<()>>,
+}
+
+use status::Status;
+
+impl Bridge {
+    /// Check the plan against the queue's lanes, subscribe the forwards and
+    /// start the link. Returns at once; the link connects in the
+    /// background and retries with backoff.
+    pub async fn start(
+        plan: Plan,
+        queue: Queue,
+        broker: BrokerHandle,
+    ) -> Result<Bridge, BridgeError> {
+        for (i, f) in plan.config.forwards.iter().enumerate() {
+            if queue.lane_index(&f.lane).is_none() {
+                return Err(BridgeError::Config(format!(
+                    "bridge.forwards[{i}].lane: no queue lane `{}` (lanes: {})",
+                    f.lane,
+                    queue.lanes().join(", ")
+                )));
+            }
+        }
+        let tls = if plan.endpoint.tls {
+            Some(tls(&plan)?)
+        } else {
+            None
+        };
+        let status = Arc::new(Status::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut forwards = Vec::new();
+        for f in &plan.config.forwards {
+            let sub = broker.subscribe(&f.filter, FORWARD_QUEUE).await?;
+            forwards.push(tokio::spawn(forward::run(
+                sub,
+                f.lane.clone(),
+                queue.clone(),
+                status.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        let link = link::Link {
+            lanes: queue.lanes(),
+            plan: Arc::new(plan),
+            tls,
+            queue: queue.clone(),
+            broker,
+            status: status.clone(),
+        };
+        let link = tokio::spawn(link.run(stop_rx));
+        Ok(Bridge {
+            status,
+            queue,
+            stop,
+            link,
+            forwards,
+        })
+    }
+
+    /// A handle for status reads.
+    pub fn handle(&self) -> BridgeHandle {
+        BridgeHandle {
+            status: self.status.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+
+    /// Stop: the forwards append what they hold, the link says goodbye to
+    /// the cloud. Messages still in the queue stay there for the next start.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for f in self.forwards {
+            let _ = f.await;
+        }
+        let _ = self.link.await;
+    }
+}
+
+/// Reads the bridge's state.
+#[derive(Clone)]
+pub struct BridgeHandle {
+    status: Arc<Status>,
+    queue: Queue,
+}
+
+impl BridgeHandle {
+    /// The link's counters and state.
+    pub fn link(&self) -> LinkStatus {
+        self.status.snapshot()
+    }
+
+    /// The cache queue's counters.
+    pub fn queue(&self) -> verge_queue::QueueStats {
+        self.queue.stats()
+    }
+}
+
+fn tls(plan: &Plan) -> Result<(TlsConnector, ServerName<'static>), BridgeError> {
+    let bad = |m: String| BridgeError::Config(m);
+    let mut roots = RootCertStore::empty();
+    match &plan.config.ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(format!("bridge.ca_file: {}: {e}", path.display())))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("bridge.ca_file: {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(bad(format!(
+                    "bridge.ca_file: {} holds no certificate",
+                    path.display()
+                )));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| bad(format!("bridge.ca_file: {}: {e}", path.display())))?;
+            }
+        }
+        None => roots.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("bridge: tls setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = &plan.endpoint.host;
+    let name = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ServerName::from(ip),
+        Err(_) => ServerName::try_from(host.clone()).map_err(|e| {
+            bad(format!(
+                "bridge.url: `{host}` is not a valid server name: {e}"
+            ))
+        })?,
+    };
+    Ok((TlsConnector::from(Arc::new(config)), name))
+}

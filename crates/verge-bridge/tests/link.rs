@@ -1,0 +1,470 @@
+//! The bridge against a real "cloud" (a second Verge broker on loopback):
+//! a backlog built while the cloud is down arrives exactly once (after
+//! de-duplication by `verge-id`) and in order per lane, also when the link
+//! is cut in the middle of the drain; downstream messages reach local
+//! subscribers; a refused login is reported; TLS works with a CA file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use verge_bridge::{Bridge, BridgeConfig, Forward, LinkState};
+use verge_broker::duration::HumanDuration;
+use verge_broker::{BoundListener, Broker, BrokerConfig, LocalSubscription, Message, Transport};
+use verge_mqtt::QoS;
+use verge_queue::{Queue, QueueConfig};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A broker without listeners (the node's) or on `port` (the cloud's).
+async fn broker(port: Option<u16>, anonymous: bool) -> (Broker, Option<SocketAddr>) {
+    let cfg = BrokerConfig {
+        allow_anonymous: anonymous,
+        ..BrokerConfig::default()
+    };
+    let auth = Broker::authenticator(&cfg).expect("auth");
+    let mut broker = Broker::start(cfg, auth);
+    let mut addr = None;
+    if let Some(port) = port {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        let l = BoundListener {
+            listener,
+            transport: Transport::Tcp,
+        };
+        addr = Some(l.local_addr().expect("addr"));
+        broker.serve(l);
+    }
+    (broker, addr)
+}
+
+/// A port that was free a moment ago.
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn bridge_config(port: u16) -> BridgeConfig {
+    BridgeConfig {
+        enabled: true,
+        url: format!("mqtt://127.0.0.1:{port}"),
+        reconnect_min: HumanDuration(Duration::from_millis(50)),
+        reconnect_max: HumanDuration(Duration::from_millis(200)),
+        connect_timeout: HumanDuration(Duration::from_secs(2)),
+        forwards: vec![
+            Forward {
+                filter: "devices/#".into(),
+                lane: "telemetry".into(),
+            },
+            Forward {
+                filter: "alarms/#".into(),
+                lane: "alarms".into(),
+            },
+        ],
+        ..BridgeConfig::default()
+    }
+}
+
+fn open_queue(dir: &std::path::Path) -> Queue {
+    let (q, _) = Queue::open(QueueConfig {
+        dir: dir.to_path_buf(),
+        ..QueueConfig::default()
+    })
+    .expect("queue");
+    q
+}
+
+/// What the cloud received, de-duplicated by `verge-id`.
+#[derive(Default)]
+struct Received {
+    seen: HashSet<String>,
+    /// Payloads per lane in first-arrival order.
+    lanes: HashMap<String, Vec<String>>,
+    /// Last sequence number per lane, to check order.
+    last_seq: HashMap<String, u64>,
+    duplicates: usize,
+}
+
+impl Received {
+    fn take(&mut self, m: &Message) {
+        let id = m
+            .properties
+            .user_properties
+            .iter()
+            .find(|(k, _)| k == "verge-id")
+            .map(|(_, v)| v.clone())
+            .expect("every upstream message has a verge-id");
+        if !self.seen.insert(id.clone()) {
+            self.duplicates += 1;
+            return;
+        }
+        let mut parts = id.rsplitn(3, '/');
+        let seq: u64 = parts.next().unwrap().parse().unwrap();
+        let lane = parts.next().unwrap().to_owned();
+        let last = self.last_seq.entry(lane.clone()).or_insert(0);
+        assert!(seq > *last, "lane {lane}: seq {seq} arrived after {last}");
+        *last = seq;
+        self.lanes
+            .entry(lane)
+            .or_default()
+            .push(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+
+    fn unique(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Pull from `sub` until `n` unique messages arrived.
+    async fn collect(&mut self, sub: &mut LocalSubscription, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = Vec::new();
+        while self.unique() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = tokio::time::timeout(left, sub.recv_many(&mut buf, 1024))
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} arrived", self.unique()));
+            assert!(got > 0, "cloud subscription closed");
+            for m in buf.drain(..) {
+                self.take(&m);
+            }
+        }
+    }
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The cloud broker with an in-process subscriber on every node's upstream
+/// topics, attached before the listener opens so it misses nothing.
+async fn cloud(port: u16) -> (Broker, LocalSubscription) {
+    let (mut b, _) = broker(None, true).await;
+    let sub = b
+        .handle()
+        .subscribe("nodes/+/up/#", 1 << 20)
+        .await
+        .expect("cloud sub");
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    b.serve(BoundListener {
+        listener,
+        transport: Transport::Tcp,
+    });
+    (b, sub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_from_an_outage_arrives_exactly_once_in_lane_order_across_a_cut() {
+    const TELEMETRY: usize = 100_000;
+    const ALARMS: usize = 1_000;
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().await;
+    let (node, _) = broker(None, true).await;
+    let queue = open_queue(dir.path());
+    let plan = bridge_config(port).plan("n1").expect("plan");
+    let bridge = Bridge::start(plan, queue.clone(), node.handle())
+        .await
+        .expect("bridge");
+    let status = bridge.handle();
+
+    // The cloud is down: everything goes into the queue.
+    let h = node.handle();
+    for i in 0..TELEMETRY {
+        let topic = format!("devices/d{}/telemetry", i % 100);
+        h.publish(Message::local(
+            topic,
+            format!("t-{i}"),
+            QoS::AtLeastOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+        if i % 100 == 0 && i / 100 < ALARMS {
+            let a = i / 100;
+            h.publish(Message::local(
+                format!("alarms/d{}", a % 7),
+                format!("a-{a}"),
+                QoS::AtLeastOnce,
+                false,
+            ))
+            .await
+            .expect("publish");
+        }
+    }
+    wait_for("the forwards to queue everything", || {
+        status.link().forwarded as usize == TELEMETRY + ALARMS
+    })
+    .await;
+    let s = status.queue();
+    assert_eq!(
+        s.lanes.iter().map(|l| l.depth).sum::<u64>() as usize,
+        TELEMETRY + ALARMS
+    );
+    assert_ne!(status.link().state, LinkState::Connected);
+    assert!(
+        status.link().last_error.is_some(),
+        "connect failures are reported"
+    );
+
+    // The cloud comes up: the drain starts; cut it a third of the way.
+    let (cloud1, mut sub1) = cloud(port).await;
+    let mut got = Received::default();
+    got.collect(&mut sub1, (TELEMETRY + ALARMS) / 3).await;
+    cloud1.shutdown().await;
+    // Take what the first cloud accepted before it stopped.
+    let mut buf = Vec::new();
+    while let Ok(n) =
+        tokio::time::timeout(Duration::from_secs(1), sub1.recv_many(&mut buf, 1024)).await
+    {
+        if n == 0 {
+            break;
+        }
+        for m in buf.drain(..) {
+            got.take(&m);
+        }
+    }
+    drop(sub1);
+    let before_cut = got.unique();
+    eprintln!(
+        "before the cut: {before_cut} unique, queue depth {}",
+        status.queue().depth
+    );
+
+    let (cloud2, mut sub2) = cloud(port).await;
+    got.collect(&mut sub2, TELEMETRY + ALARMS).await;
+    assert!(got.unique() >= before_cut);
+
+    // Exactly once after de-duplication, each lane complete and in order.
+    let tele = &got.lanes["telemetry"];
+    let want: Vec<String> = (0..TELEMETRY).map(|i| format!("t-{i}")).collect();
+    assert_eq!(tele.len(), TELEMETRY);
+    assert!(tele == &want, "telemetry out of order or altered");
+    let alarms = &got.lanes["alarms"];
+    let want: Vec<String> = (0..ALARMS).map(|i| format!("a-{i}")).collect();
+    assert!(alarms == &want, "alarms out of order or altered");
+
+    wait_for("the queue to empty", || {
+        status.queue().lanes.iter().all(|l| l.depth == 0)
+    })
+    .await;
+    let link = status.link();
+    eprintln!("{link:?}");
+    assert!(link.connects >= 2, "{link:?}");
+    assert!(link.sent as usize >= TELEMETRY + ALARMS, "{link:?}");
+    bridge.shutdown().await;
+    queue.close().await;
+    cloud2.shutdown().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_drain_before_telemetry() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().await;
+    let (node, _) = broker(None, true).await;
+    let queue = open_queue(dir.path());
+    let bridge = Bridge::start(
+        bridge_config(port).plan("n1").expect("plan"),
+        queue.clone(),
+        node.handle(),
+    )
+    .await
+    .expect("bridge");
+    let h = node.handle();
+    for i in 0..2000 {
+        h.publish(Message::local(
+            "devices/d/telemetry",
+            format!("t-{i}"),
+            QoS::AtMostOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+    }
+    for i in 0..50 {
+        h.publish(Message::local(
+            "alarms/d",
+            format!("a-{i}"),
+            QoS::AtMostOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+    }
+    let status = bridge.handle();
+    wait_for("queueing", || status.link().forwarded == 2050).await;
+    let (cloud, mut sub) = cloud(port).await;
+    let mut order = Vec::new();
+    let mut buf = Vec::new();
+    while order.len() < 2050 {
+        let n = tokio::time::timeout(WAIT, sub.recv_many(&mut buf, 1024))
+            .await
+            .expect("drain");
+        assert!(n > 0);
+        order.extend(buf.drain(..).map(|m| m.payload.clone()));
+    }
+    // Every alarm was sent before the first telemetry message.
+    let first_telemetry = order.iter().position(|p| p.starts_with(b"t-")).unwrap();
+    let last_alarm = order.iter().rposition(|p| p.starts_with(b"a-")).unwrap();
+    assert!(
+        last_alarm < first_telemetry,
+        "alarm at {last_alarm} after telemetry at {first_telemetry}"
+    );
+    bridge.shutdown().await;
+    queue.close().await;
+    cloud.shutdown().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_messages_reach_local_subscribers_with_the_prefix_stripped() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().await;
+    let (cloud, _) = broker(Some(port), true).await;
+    let (node, _) = broker(None, true).await;
+    let mut local = node
+        .handle()
+        .subscribe("devices/+/commands/#", 16)
+        .await
+        .expect("sub");
+    let queue = open_queue(dir.path());
+    let bridge = Bridge::start(
+        bridge_config(port).plan("n1").expect("plan"),
+        queue.clone(),
+        node.handle(),
+    )
+    .await
+    .expect("bridge");
+    let status = bridge.handle();
+    wait_for("the link", || status.link().state == LinkState::Connected).await;
+    // The SUBACK may trail CONNACK: publish until the first one arrives.
+    let deadline = Instant::now() + WAIT;
+    let m = loop {
+        let mut msg = Message::local(
+            "nodes/n1/down/devices/d7/commands/reboot",
+            "{\"delay\":1}",
+            QoS::AtLeastOnce,
+            false,
+        );
+        msg.properties.user_properties = vec![("k".into(), "v".into())];
+        cloud.handle().publish(msg).await.expect("publish");
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), local.recv()).await {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no downstream message arrived");
+    };
+    assert_eq!(&*m.topic, "devices/d7/commands/reboot");
+    assert_eq!(&m.payload[..], b"{\"delay\":1}");
+    assert_eq!(m.properties.user_properties, vec![("k".into(), "v".into())]);
+    // It is not forwarded back up (devices/# is a forward).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(status.link().forwarded, 0);
+    assert!(status.link().downstream >= 1);
+    bridge.shutdown().await;
+    queue.close().await;
+    cloud.shutdown().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_reported_and_retried() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().await;
+    let (cloud, _) = broker(Some(port), false).await;
+    let (node, _) = broker(None, true).await;
+    let queue = open_queue(dir.path());
+    let mut cfg = bridge_config(port);
+    cfg.username = Some("nobody".into());
+    cfg.password = Some("wrong".into());
+    let bridge = Bridge::start(cfg.plan("n1").expect("plan"), queue.clone(), node.handle())
+        .await
+        .expect("bridge");
+    let status = bridge.handle();
+    wait_for("the refusal", || {
+        status
+            .link()
+            .last_error
+            .is_some_and(|e| e.contains("refused the connection"))
+    })
+    .await;
+    let e = status.link().last_error.unwrap();
+    assert!(
+        e.contains("bad user name or password") || e.contains("not authorized"),
+        "{e}"
+    );
+    assert_eq!(status.link().connects, 0);
+    bridge.shutdown().await;
+    queue.close().await;
+    cloud.shutdown().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_link_with_a_ca_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tls = verge_broker::listener::self_signed(&dir.path().join("tls")).expect("cert");
+    let server = verge_broker::listener::server_tls(&tls, "test").expect("tls");
+    let (mut cloud, _) = broker(None, true).await;
+    let mut sub = cloud
+        .handle()
+        .subscribe("nodes/+/up/#", 16)
+        .await
+        .expect("sub");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    cloud.serve(BoundListener {
+        listener,
+        transport: Transport::Tls(server),
+    });
+    let (node, _) = broker(None, true).await;
+    let queue = open_queue(&dir.path().join("q"));
+    let mut cfg = bridge_config(port);
+    cfg.url = format!("mqtts://127.0.0.1:{port}");
+    cfg.ca_file = tls.cert.clone();
+    let bridge = Bridge::start(cfg.plan("n1").expect("plan"), queue.clone(), node.handle())
+        .await
+        .expect("bridge");
+    node.handle()
+        .publish(Message::local(
+            "devices/x/telemetry",
+            "hello",
+            QoS::AtLeastOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+    let m = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("arrives")
+        .expect("open");
+    assert_eq!(&*m.topic, "nodes/n1/up/devices/x/telemetry");
+    assert_eq!(&m.payload[..], b"hello");
+    bridge.shutdown().await;
+    queue.close().await;
+    cloud.shutdown().await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwards_must_name_an_existing_lane() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (node, _) = broker(None, true).await;
+    let queue = open_queue(dir.path());
+    let mut cfg = bridge_config(1);
+    cfg.forwards[0].lane = "nope".into();
+    let e = match Bridge::start(cfg.plan("n1").expect("plan"), queue.clone(), node.handle()).await {
+        Ok(_) => panic!("started with an unknown lane"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("bridge.forwards[0].lane") && e.contains("nope"),
+        "{e}"
+    );
+    queue.close().await;
+    node.shutdown().await;
+}
