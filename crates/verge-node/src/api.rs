@@ -18,6 +18,7 @@ use crate::metrics::render_broker;
 pub fn router(state: NodeState) -> Router {
     let api = Router::new()
         .route("/status", get(status))
+        .route("/bridge", get(crate::bridge_api::status))
         .route("/rules", get(list_rules).post(create_rule))
         .route("/rules/test", post(test_rule))
         .route(
@@ -26,6 +27,7 @@ pub fn router(state: NodeState) -> Router {
         )
         .route("/rules/{id}/start", post(start_rule))
         .route("/rules/{id}/stop", post(stop_rule))
+        .merge(crate::store_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -110,6 +112,12 @@ async fn metrics(State(s): State<NodeState>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     render_broker(s.broker.stats(), &mut out);
     s.rules.render_metrics(&mut out).await;
+    if let Some(b) = &s.bridge {
+        crate::bridge_api::render_metrics(&b.link(), &b.queue(), &mut out);
+    }
+    if let Some(db) = &s.store {
+        crate::store_api::render_metrics(&db.stats(), &mut out);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,7 @@
 //! The edge node's local HTTP API (default 127.0.0.1:8081): rules
-//! (create, list, get, update, delete, start, stop, test), broker status
-//! and Prometheus metrics at `/metrics`. Errors are JSON with a code and a
+//! (create, list, get, update, delete, start, stop, test), broker status,
+//! the local time-series store (`/api/store/*`) and Prometheus metrics at
+//! `/metrics`. Errors are JSON with a code and a
 //! message (see [`AppError`]). When a token is configured, `/api/*` needs
 //! `Authorization: Bearer <token>`; `/healthz` and `/metrics` stay open for
 //! probes and scrapers.
@@ -9,8 +10,12 @@
 //! themselves live in `verge-rules`.
 
 mod api;
+mod bridge_api;
 mod error;
 mod metrics;
+mod store;
+mod store_api;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +23,12 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use verge_broker::BrokerHandle;
 use verge_rules::Engine;
+use verge_tsdb::Tsdb;
 
 pub use api::router;
 pub use error::AppError;
+pub use store::TsdbStore;
+pub use upstream::QueueUpstream;
 
 /// What the API serves.
 #[derive(Clone)]
@@ -35,6 +43,11 @@ pub struct NodeState {
     pub rules: Arc<Engine>,
     /// Bearer token required on `/api/*`; none when `None`.
     pub token: Option<Arc<str>>,
+    /// The local time-series store (`/api/store/*`); none when disabled.
+    pub store: Option<Arc<Tsdb>>,
+    /// The cloud link and its cache queue (`/api/bridge`); none when the
+    /// node has no cloud link.
+    pub bridge: Option<verge_bridge::BridgeHandle>,
 }
 
 /// Serve the API on an already-bound listener until `shutdown` resolves.

@@ -24,6 +24,8 @@ fn state(broker: &Broker, token: Option<&str>) -> NodeState {
             RuleEngineConfig::default(),
         )),
         token: token.map(Arc::from),
+        store: None,
+        bridge: None,
     }
 }
 

@@ -53,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCommand::Broker(args) => crate::bench::broker::run(&args),
                 BenchCommand::Connections(args) => crate::bench::connections::run(&args),
                 BenchCommand::Rules(args) => crate::bench::rules::run(&args),
+                BenchCommand::Queue(args) => crate::bench::queue::run(&args),
             }
         }
     }

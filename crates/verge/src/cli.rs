@@ -105,6 +105,8 @@ pub enum BenchCommand {
     Connections(crate::bench::connections::ConnectionsArgs),
     /// Rule engine throughput and latency, in-process or through the broker.
     Rules(crate::bench::rules::RulesBenchArgs),
+    /// Cache queue durable appends/s per sync policy and read-back rate.
+    Queue(crate::bench::queue::QueueBenchArgs),
 }
 
 /// `KEY=VALUE`.
@@ -349,5 +351,43 @@ mod tests {
             parse(&["bench", "connections", "--spawn", "verge", "--pid", "1"]).is_err(),
             "pid is for external brokers"
         );
+    }
+
+    #[test]
+    fn bench_queue_options() {
+        use crate::bench::queue::PolicyArg;
+        let cli = parse(&["bench", "queue"]).expect("parses");
+        let Command::Bench(BenchCommand::Queue(q)) = cli.command else {
+            panic!("not bench queue")
+        };
+        assert_eq!(
+            q.policies,
+            vec![PolicyArg::Always, PolicyArg::Group, PolicyArg::Buffered]
+        );
+        assert_eq!((q.appenders, q.batch, q.payload), (64, 1, 256));
+        assert_eq!((q.backlog, q.dir, q.json), (1_000_000, None, false));
+        let cli = parse(&[
+            "bench",
+            "queue",
+            "--policies",
+            "group",
+            "--appenders",
+            "512",
+            "--dir",
+            "/var/tmp",
+            "--backlog",
+            "0",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Bench(BenchCommand::Queue(q)) = cli.command else {
+            panic!("not bench queue")
+        };
+        assert_eq!(q.policies, vec![PolicyArg::Group]);
+        assert_eq!(q.appenders, 512);
+        assert_eq!(q.dir.as_deref(), Some(std::path::Path::new("/var/tmp")));
+        assert!(q.json && q.backlog == 0);
+        assert!(parse(&["bench", "queue", "--policies", "fsync"]).is_err());
+        assert!(parse(&["bench", "queue", "--appenders", "0"]).is_err());
     }
 }

@@ -8,9 +8,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use tracing::{debug, info};
+use verge_bridge::Bridge;
 use verge_broker::{BoundListener, Broker, BrokerError};
-use verge_node::NodeState;
-use verge_rules::{Engine, Services};
+use verge_node::{NodeState, QueueUpstream, TsdbStore};
+use verge_queue::Queue;
+use verge_rules::{Engine, Services, TelemetryStore, Upstream};
+use verge_tsdb::{Tsdb, TsdbError};
 
 use crate::config::NodeConfig;
 
@@ -77,20 +80,45 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
     } else {
         None
     };
+    let bridge_plan = if cfg.bridge.enabled {
+        Some(cfg.bridge.plan(&cfg.node.name)?)
+    } else {
+        None
+    };
+    let store = open_store(&cfg).await?;
+    let queue = match bridge_plan {
+        Some(_) => Some(open_queue(&cfg).await?),
+        None => None,
+    };
     let mut broker = Broker::start(cfg.broker.clone(), auth);
     for l in listeners {
         broker.serve(l);
     }
-    let engine = Arc::new(Engine::new(
-        Services::new(broker.handle()),
-        cfg.rule_engine.clone(),
-    ));
+    let mut services = Services::new(broker.handle());
+    services.store = store
+        .clone()
+        .map(|db| Arc::new(TsdbStore::new(db)) as Arc<dyn TelemetryStore>);
+    services.upstream = queue
+        .clone()
+        .map(|q| Arc::new(QueueUpstream::new(q)) as Arc<dyn Upstream>);
+    let engine = Arc::new(Engine::new(services, cfg.rule_engine.clone()));
     for (i, rule) in cfg.rules.iter().enumerate() {
         if let Err(e) = engine.create(rule.clone()).await {
             broker.shutdown().await;
             anyhow::bail!("rules[{i}] (`{}`): {e}", rule.id);
         }
     }
+    let bridge = match (bridge_plan, &queue) {
+        (Some(plan), Some(q)) => match Bridge::start(plan, q.clone(), broker.handle()).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                engine.shutdown().await;
+                broker.shutdown().await;
+                return Err(anyhow::Error::new(e));
+            }
+        },
+        _ => None,
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut http_addr = None;
     let http_task = http_listener.map(|listener| {
@@ -101,6 +129,8 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
             broker: broker.handle(),
             rules: engine.clone(),
             token: cfg.http.token.as_deref().map(Arc::from),
+            store: store.clone(),
+            bridge: bridge.as_ref().map(Bridge::handle),
         };
         tokio::spawn(async move {
             let shutdown = async {
@@ -120,9 +150,69 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
         let _ = t.await;
     }
     engine.shutdown().await;
+    if let Some(b) = bridge {
+        // The forwards queue what they hold; the link says goodbye.
+        b.shutdown().await;
+    }
+    if let Some(q) = queue {
+        // Persists the acknowledged-up-to cursors.
+        q.close().await;
+    }
+    if let Some(db) = store {
+        // Writes the last buffered points.
+        let _ = tokio::task::spawn_blocking(move || db.close()).await;
+    }
     broker.shutdown().await;
     debug!("stopped");
     Ok(())
+}
+
+/// The local time-series store, when `[store] enabled`.
+async fn open_store(cfg: &NodeConfig) -> anyhow::Result<Option<Arc<Tsdb>>> {
+    if !cfg.store.enabled {
+        return Ok(None);
+    }
+    let tsdb = cfg.store.resolve(&cfg.node.data_dir);
+    let dir = tsdb.dir.clone();
+    let db = tokio::task::spawn_blocking(move || Tsdb::open(tsdb))
+        .await
+        .context("opening the store")?
+        .map_err(|e| match e {
+            TsdbError::Config { .. } => anyhow::anyhow!("store.{e}"),
+            other => anyhow::Error::new(other).context(format!(
+                "store: opening {} (set store.dir, or store.enabled = false)",
+                dir.display()
+            )),
+        })?;
+    Ok(Some(Arc::new(db)))
+}
+
+/// The cache queue in front of the cloud link, when `[bridge] enabled`.
+async fn open_queue(cfg: &NodeConfig) -> anyhow::Result<Queue> {
+    let qcfg = cfg.queue_config();
+    let dir = qcfg.dir.clone();
+    let (queue, recovery) = tokio::task::spawn_blocking(move || Queue::open(qcfg))
+        .await
+        .context("opening the cache queue")?
+        .with_context(|| format!("queue: opening {} (set queue.dir)", dir.display()))?;
+    for lane in &recovery.lanes {
+        if lane.truncated_bytes > 0 || lane.corrupt || lane.unreadable_bytes > 0 {
+            tracing::warn!(
+                lane = %lane.name,
+                truncated_bytes = lane.truncated_bytes,
+                unreadable_bytes = lane.unreadable_bytes,
+                "cache queue: a torn or corrupt tail was cut off at start"
+            );
+        }
+    }
+    let backlog: u64 = recovery.lanes.iter().map(|l| l.records).sum();
+    if backlog > 0 {
+        info!(
+            messages = backlog,
+            "cache queue: backlog from the previous run will be sent"
+        );
+    }
+    Ok(queue)
 }
 
 /// The demo also serves TLS (8883) and WSS (8084), with a self-signed
@@ -176,6 +266,19 @@ fn banner(
     if let Some(a) = http {
         out.push_str(&format!(
             "  HTTP API             http://{a}/api/rules  (metrics: http://{a}/metrics)\n"
+        ));
+    }
+    if cfg.bridge.enabled {
+        let node = if cfg.bridge.node.is_empty() {
+            &cfg.node.name
+        } else {
+            &cfg.bridge.node
+        };
+        out.push_str(&format!(
+            "  cloud link           {} as nodes/{node}/up|down/…{}\n",
+            cfg.bridge.url,
+            http.map(|a| format!("  (status: http://{a}/api/bridge)"))
+                .unwrap_or_default()
         ));
     }
     if !cfg.rules.is_empty() {

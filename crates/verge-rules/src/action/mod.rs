@@ -81,6 +81,24 @@ pub trait Action: Send + Sync + 'static {
     /// Handle one row. Called by the action's own task, one row at a time,
     /// so a slow action holds up nothing but its own queue.
     fn deliver<'a>(&'a self, out: &'a Output) -> BoxFuture<'a, Result<(), ActionError>>;
+
+    /// Handle the rows waiting in the queue together, one result per row
+    /// in order. The runner retries a failed row alone through
+    /// [`Action::deliver`]. Actions whose cost is per call rather than per
+    /// row (a durable append, a disk write) override this; the default
+    /// delivers one row after the other.
+    fn deliver_batch<'a>(
+        &'a self,
+        outs: &'a [Arc<Output>],
+    ) -> BoxFuture<'a, Vec<Result<(), ActionError>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(outs.len());
+            for out in outs {
+                results.push(self.deliver(out).await);
+            }
+            results
+        })
+    }
 }
 
 /// Build an action from its config: the one list of action kinds.

@@ -9,7 +9,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Action, Output};
+use super::{Action, ActionError, Output};
+
+/// Rows handed to [`Action::deliver_batch`] at once.
+const BATCH: usize = 1024;
 use crate::config::Delivery;
 
 /// Counters of one action of one rule.
@@ -125,30 +128,52 @@ async fn run(
     metrics: Arc<ActionMetrics>,
 ) {
     let attempts = delivery.max_attempts.max(1);
-    while let Some(out) = rx.recv().await {
-        let mut backoff = delivery.backoff.get();
-        let mut attempt = 1;
-        loop {
-            match action.deliver(&out).await {
-                Ok(()) => {
-                    metrics.delivered.fetch_add(1, Ordering::Relaxed);
-                    break;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let results = action.deliver_batch(&batch).await;
+        for (i, out) in batch.drain(..).enumerate() {
+            let first = results
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Err(ActionError::permanent("the action returned no result")));
+            settle(&*action, &out, first, attempts, &delivery, &metrics).await;
+        }
+    }
+}
+
+/// Count a row's first result; retry it alone with backoff while the
+/// failure is transient and attempts are left.
+async fn settle(
+    action: &dyn Action,
+    out: &Output,
+    first: Result<(), ActionError>,
+    attempts: u32,
+    delivery: &Delivery,
+    metrics: &ActionMetrics,
+) {
+    let mut result = first;
+    let mut backoff = delivery.backoff.get();
+    let mut attempt = 1;
+    loop {
+        match result {
+            Ok(()) => {
+                metrics.delivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e) if e.retry && attempt < attempts => {
+                attempt += 1;
+                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(delivery.max_backoff.get());
+                result = action.deliver(out).await;
+            }
+            Err(e) => {
+                tracing::warn!(rule = %out.rule, "action failed: {e}");
+                metrics.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = metrics.last_error.lock() {
+                    *last = Some(e.message);
                 }
-                Err(e) => {
-                    if e.retry && attempt < attempts {
-                        attempt += 1;
-                        metrics.retries.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(delivery.max_backoff.get());
-                        continue;
-                    }
-                    tracing::warn!(rule = %out.rule, "action failed: {e}");
-                    metrics.failed.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut last) = metrics.last_error.lock() {
-                        *last = Some(e.message);
-                    }
-                    break;
-                }
+                return;
             }
         }
     }

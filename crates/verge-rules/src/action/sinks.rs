@@ -42,6 +42,28 @@ pub trait Upstream: Send + Sync + 'static {
         topic: String,
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Whether `lane` exists (checked when a rule is created, so a typo is
+    /// an error then rather than a failure per row).
+    fn check_lane(&self, lane: &str) -> Result<(), String> {
+        let _ = lane;
+        Ok(())
+    }
+
+    /// Queue several `(topic, payload)` messages on `lane` at once, all or
+    /// none; done when they are durable. The default sends one by one.
+    fn send_many<'a>(
+        &'a self,
+        lane: &'a str,
+        messages: Vec<(String, Bytes)>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            for (topic, payload) in messages {
+                self.send(lane, topic, payload).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Writes each row's columns as points of the row's device.
@@ -117,6 +139,9 @@ impl UpstreamAction {
         if c.lane.is_empty() {
             return Err(RuleError::action("upstream", "`lane` is empty"));
         }
+        upstream
+            .check_lane(&c.lane)
+            .map_err(|e| RuleError::action("upstream", e))?;
         Ok(UpstreamAction {
             upstream,
             topic,
@@ -136,6 +161,37 @@ impl Action for UpstreamAction {
                 .send(&self.lane, topic, out.json.clone())
                 .await
                 .map_err(|e| ActionError::transient(format!("upstream: {e}")))
+        })
+    }
+
+    /// One durable append for the whole batch: rows share a group commit
+    /// instead of waiting for one each.
+    fn deliver_batch<'a>(
+        &'a self,
+        outs: &'a [Arc<Output>],
+    ) -> BoxFuture<'a, Vec<Result<(), ActionError>>> {
+        Box::pin(async move {
+            let mut results: Vec<Result<(), ActionError>> = Vec::with_capacity(outs.len());
+            let mut messages = Vec::with_capacity(outs.len());
+            for out in outs {
+                match self.topic.render(&out.row) {
+                    Ok(topic) => {
+                        messages.push((topic, out.json.clone()));
+                        results.push(Ok(()));
+                    }
+                    Err(e) => results.push(Err(ActionError::permanent(e))),
+                }
+            }
+            if messages.is_empty() {
+                return results;
+            }
+            if let Err(e) = self.upstream.send_many(&self.lane, messages).await {
+                let e = ActionError::transient(format!("upstream: {e}"));
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(e.clone());
+                }
+            }
+            results
         })
     }
 }

@@ -4,12 +4,16 @@
 //! - [`broker`]: publish/subscribe throughput and end-to-end latency.
 //! - [`connections`]: broker memory per idle connection.
 //! - [`rules`]: the rule engine, in-process and through an in-process broker.
+//! - [`queue`]: the cache queue's durable appends and read-back on this
+//!   disk, and the drain of a backlog through the cloud link ([`drain`]).
 
 pub mod broker;
 mod client;
 pub mod connections;
+pub mod drain;
 mod histogram;
 mod pubsub;
+pub mod queue;
 mod report;
 pub mod rules;
 

@@ -9,11 +9,15 @@
 pub mod load;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use verge_bridge::BridgeConfig;
 use verge_broker::BrokerConfig;
+use verge_queue::QueueConfig;
 use verge_rules::{RuleConfig, RuleEngineConfig};
+use verge_tsdb::TsdbConfig;
 
 pub use load::{Layers, load};
 
@@ -37,6 +41,12 @@ pub struct NodeConfig {
     pub http: HttpSection,
     /// `[rule_engine]`: bounds shared by all rules.
     pub rule_engine: RuleEngineConfig,
+    /// `[store]`: the local time-series store.
+    pub store: StoreSection,
+    /// `[queue]`: the cache queue in front of the cloud link.
+    pub queue: QueueConfig,
+    /// `[bridge]`: the link to the cloud.
+    pub bridge: BridgeConfig,
     /// `[[rules]]`: rules created at start (more through the HTTP API).
     pub rules: Vec<RuleConfig>,
 }
@@ -61,6 +71,74 @@ impl Default for HttpSection {
             bind: SocketAddr::from(([127, 0, 0, 1], 8081)),
             token: None,
         }
+    }
+}
+
+/// The `[store]` section: the local time-series store that rules' `store`
+/// actions write to (the keys of [`TsdbConfig`] plus `enabled`; `dir`
+/// defaults to `<node.data_dir>/store`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// Open the store at all.
+    pub enabled: bool,
+    /// Directory of the store; `<node.data_dir>/store` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Time span of one chunk file.
+    #[serde(with = "verge_tsdb::duration")]
+    pub chunk: Duration,
+    /// How long points are kept.
+    #[serde(with = "verge_tsdb::duration")]
+    pub retention: Duration,
+    /// Disk use bound in bytes.
+    pub max_bytes: u64,
+    /// How often buffered points are written to disk.
+    #[serde(with = "verge_tsdb::duration")]
+    pub flush_interval: Duration,
+    /// Most series (device, metric pairs).
+    pub max_series: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let d = TsdbConfig::default();
+        StoreSection {
+            enabled: true,
+            dir: None,
+            chunk: d.chunk,
+            retention: d.retention,
+            max_bytes: d.max_bytes,
+            flush_interval: d.flush_interval,
+            max_series: d.max_series,
+        }
+    }
+}
+
+impl StoreSection {
+    /// The store's configuration, with `dir` resolved against the node's
+    /// data directory.
+    pub fn resolve(&self, data_dir: &Path) -> TsdbConfig {
+        TsdbConfig {
+            dir: self.dir.clone().unwrap_or_else(|| data_dir.join("store")),
+            chunk: self.chunk,
+            retention: self.retention,
+            max_bytes: self.max_bytes,
+            flush_interval: self.flush_interval,
+            max_series: self.max_series,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The cache queue's config, its directory `<node.data_dir>/queue`
+    /// unless `queue.dir` is set.
+    pub fn queue_config(&self) -> QueueConfig {
+        let mut q = self.queue.clone();
+        if q.dir.as_os_str().is_empty() {
+            q.dir = self.node.data_dir.join("queue");
+        }
+        q
     }
 }
 
@@ -134,6 +212,20 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn store_dir_defaults_to_the_data_dir() {
+        let cfg = NodeConfig::default();
+        let t = cfg.store.resolve(&cfg.node.data_dir);
+        assert_eq!(t.dir, PathBuf::from("/var/lib/verge/store"));
+        assert_eq!(t.retention, TsdbConfig::default().retention);
+        t.validate().expect("the defaults are valid");
+        let set: NodeConfig =
+            toml::from_str("[store]\ndir = \"/data/ts\"\nretention = \"2d\"").expect("parses");
+        let t = set.store.resolve(&cfg.node.data_dir);
+        assert_eq!(t.dir, PathBuf::from("/data/ts"));
+        assert_eq!(t.retention, Duration::from_secs(2 * 86_400));
     }
 
     #[test]

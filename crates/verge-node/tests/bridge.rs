@@ -1,0 +1,218 @@
+//! The rule engine's `upstream` action into the cache queue, and the
+//! bridge's status at `/api/bridge` and in `/metrics`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use verge_bridge::{Bridge, BridgeConfig};
+use verge_broker::{Broker, BrokerConfig, Message};
+use verge_mqtt::QoS;
+use verge_node::{NodeState, QueueUpstream, router};
+use verge_queue::{Queue, QueueConfig};
+use verge_rules::{Engine, RuleConfig, RuleEngineConfig, Services, Upstream};
+
+fn broker() -> Broker {
+    let cfg = BrokerConfig {
+        allow_anonymous: true,
+        ..BrokerConfig::default()
+    };
+    Broker::start(cfg.clone(), Broker::authenticator(&cfg).expect("auth"))
+}
+
+fn queue(dir: &std::path::Path) -> Queue {
+    Queue::open(QueueConfig {
+        dir: dir.to_path_buf(),
+        ..QueueConfig::default()
+    })
+    .expect("queue")
+    .0
+}
+
+fn engine(broker: &Broker, q: &Queue) -> Arc<Engine> {
+    let mut services = Services::new(broker.handle());
+    services.upstream = Some(Arc::new(QueueUpstream::new(q.clone())) as Arc<dyn Upstream>);
+    Arc::new(Engine::new(services, RuleEngineConfig::default()))
+}
+
+fn upstream_rule(lane: &str) -> RuleConfig {
+    serde_json::from_value(json!({
+        "id": "up",
+        "sql": "SELECT topic(2) AS device, temperature FROM \"devices/+/telemetry\" WHERE temperature > 20",
+        "actions": [{"type": "upstream", "topic": "telemetry/{device}", "lane": lane}]
+    }))
+    .expect("rule")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_rows_are_queued_durably_on_their_lane() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = broker();
+    let q = queue(dir.path());
+    let rules = engine(&b, &q);
+    rules
+        .create(upstream_rule("telemetry"))
+        .await
+        .expect("create");
+    let h = b.handle();
+    for i in 0..5000 {
+        let t = if i % 2 == 0 { 25 } else { 15 };
+        h.publish(Message::local(
+            format!("devices/d{}/telemetry", i % 10),
+            format!("{{\"temperature\":{t},\"i\":{i}}}"),
+            QoS::AtMostOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+        if i % 500 == 499 {
+            // Paced: a burst beyond the action's queue (1,024 rows) would
+            // be dropped and counted, which is not what this test is about.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lane = q.lane_index("telemetry").unwrap();
+    while q.stats().lanes[lane].appended < 2500 {
+        assert!(
+            Instant::now() < deadline,
+            "rows not queued: {:?}",
+            q.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = q.stats();
+    assert_eq!(s.lanes[lane].appended, 2500, "only the matching rows");
+    assert_eq!(s.depth, 2500);
+    let mut out = Vec::new();
+    assert_eq!(q.try_next_batch(10, &mut out), 10);
+    assert_eq!(out[0].record.topic, "telemetry/d0");
+    let row: Value = serde_json::from_slice(&out[0].record.payload).expect("json row");
+    assert_eq!(row, json!({"device": "d0", "temperature": 25}));
+    let info = rules.get("up").await.expect("rule");
+    let v = serde_json::to_value(&info).expect("json");
+    assert_eq!(v["action_metrics"][0]["delivered"], json!(2500), "{v}");
+    assert_eq!(v["action_metrics"][0]["dropped"], json!(0), "{v}");
+    rules.shutdown().await;
+    q.close().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_lane_is_refused_when_the_rule_is_created() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = broker();
+    let q = queue(dir.path());
+    let rules = engine(&b, &q);
+    let e = rules
+        .create(upstream_rule("telemtry"))
+        .await
+        .expect_err("unknown lane")
+        .to_string();
+    assert!(
+        e.contains("telemtry") && e.contains("alarms, telemetry"),
+        "{e}"
+    );
+    q.close().await;
+    b.shutdown().await;
+}
+
+async fn get(s: &NodeState, path: &str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .uri(path)
+        .body(Body::empty())
+        .expect("request");
+    let resp = router(s.clone()).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .expect("body");
+    (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_status_and_metrics() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = broker();
+    let q = queue(dir.path());
+    // Nothing listens on this port: the link stays down and says why.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let cfg = BridgeConfig {
+        enabled: true,
+        url: format!("mqtt://127.0.0.1:{port}"),
+        ..BridgeConfig::default()
+    };
+    let bridge = Bridge::start(cfg.plan("edge-9").expect("plan"), q.clone(), b.handle())
+        .await
+        .expect("bridge");
+    q.append(
+        "alarms",
+        vec![verge_queue::Record {
+            topic: "alarms/x".into(),
+            payload: "hot".into(),
+            time_ms: verge_queue::now_ms(),
+        }],
+    )
+    .await
+    .expect("append");
+    let mut state = NodeState {
+        name: Arc::from("edge-9"),
+        started: Instant::now(),
+        broker: b.handle(),
+        rules: engine(&b, &q),
+        token: None,
+        store: None,
+        bridge: Some(bridge.handle()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (st, body) = get(&state, "/api/bridge").await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        if !v["link"]["last_error"].is_null() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no connect error reported: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(v["link"]["state"], json!("connected"));
+    assert!(
+        v["link"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{v}"
+    );
+    assert_eq!(v["queue"]["depth"], json!(1));
+    assert_eq!(v["queue"]["lanes"][0]["name"], json!("alarms"));
+    assert_eq!(v["queue"]["lanes"][0]["depth"], json!(1));
+
+    let (st, metrics) = get(&state, "/metrics").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(metrics.contains("verge_bridge_connected 0"), "{metrics}");
+    assert!(
+        metrics.contains("verge_queue_depth{lane=\"alarms\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("verge_queue_depth{lane=\"telemetry\"} 0"),
+        "{metrics}"
+    );
+
+    state.bridge = None;
+    let (st, body) = get(&state, "/api/bridge").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(body.contains("bridge_disabled"), "{body}");
+    bridge.shutdown().await;
+    q.close().await;
+    b.shutdown().await;
+}
