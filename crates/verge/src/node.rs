@@ -289,10 +289,12 @@ fn banner(
         out.push_str("demo config: anonymous clients are allowed; do not expose these ports\n");
         if let Some(a) = tcp {
             let (h, p) = (a.ip(), a.port());
+            let http_hint = http.map_or_else(|| "127.0.0.1:8081".to_owned(), |a| a.to_string());
             out.push_str(&format!(
                 "try it:\n  mosquitto_sub -h {h} -p {p} -t 'devices/#' -t 'alerts/#' -v\n  \
                  mosquitto_pub -h {h} -p {p} -t devices/d1/telemetry -m '{{\"temperature\":35.5}}'\n\
-                 (the demo rule `demo-hot` republishes readings over 30 to alerts/<device>)\n"
+                 (the demo rule `demo-hot` republishes readings over 30 to alerts/<device>;\n\
+                  `demo-store` keeps every temperature: curl 'http://{http_hint}/api/store/query?device=d1&metric=temperature')\n"
             ));
         }
         let ls = &cfg.broker.listeners;
