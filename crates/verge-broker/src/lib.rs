@@ -16,7 +16,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
-pub mod duration;
+pub use verge_duration as duration;
 pub mod error;
 pub mod listener;
 mod mailbox;

@@ -72,7 +72,7 @@
 //! truncated from the front — not portable and needs compaction.
 
 mod config;
-pub mod duration;
+pub use verge_duration as duration;
 mod lane;
 mod record;
 mod recover;

@@ -58,7 +58,7 @@
 mod chunk;
 mod config;
 mod dict;
-pub mod duration;
+pub use verge_duration as duration;
 mod error;
 mod record;
 mod store;
