@@ -108,6 +108,17 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
             sources
         ));
     }
+    if let Err(e) = cfg.queue_config().validate() {
+        bail!(e.to_string().trim_start_matches("invalid config: ").to_owned());
+    }
+    if cfg.bridge.enabled {
+        cfg.bridge.plan(&cfg.node.name)?;
+    }
+    if cfg.store.enabled
+        && let Err(e) = cfg.store.resolve(&cfg.node.data_dir).validate()
+    {
+        bail!(format!("store.{e}").replace("store.store.", "store."));
+    }
     Ok(())
 }
 
@@ -354,6 +365,28 @@ mod tests {
 
         let err = err_of(&env(&[("VERGE__LOG__LEVEL", "info,=[")]));
         assert!(err.contains("log.level:"), "{err}");
+    }
+
+    #[test]
+    fn queue_bridge_and_store_are_checked_when_loading() {
+        let (_dir, path) = with_file(
+            "[[queue.lanes]]\nname = \"a\"\npriority = 1\nmax_bytes = 10\nwhen_full = \"reject\"\n",
+        );
+        let err = err_of(&Layers {
+            file: Some(&path),
+            ..Layers::default()
+        });
+        assert!(err.contains("queue.lanes[0].max_bytes"), "{err}");
+        let err = err_of(&env(&[
+            ("VERGE__BRIDGE__ENABLED", "true"),
+            ("VERGE__BRIDGE__URL", "http://cloud"),
+        ]));
+        assert!(err.contains("bridge.url"), "{err}");
+        // A disabled bridge is not checked.
+        let ok = load(&env(&[("VERGE__BRIDGE__URL", "http://cloud")]));
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let err = err_of(&env(&[("VERGE__STORE__CHUNK", "1ms")]));
+        assert!(err.contains("store.chunk"), "{err}");
     }
 
     #[test]
