@@ -109,7 +109,11 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
         ));
     }
     if let Err(e) = cfg.queue_config().validate() {
-        bail!(e.to_string().trim_start_matches("invalid config: ").to_owned());
+        bail!(
+            e.to_string()
+                .trim_start_matches("invalid config: ")
+                .to_owned()
+        );
     }
     if cfg.bridge.enabled {
         cfg.bridge.plan(&cfg.node.name)?;
