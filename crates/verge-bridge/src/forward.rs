@@ -1,6 +1,9 @@
 //! Topic forwards: local messages matching a configured filter go into a
 //! lane of the cache queue as they arrive, in batches (one durable append
-//! per batch, so many messages share one group commit).
+//! per batch, so many messages share one group commit). The subscription is
+//! durable: each message is confirmed to the broker only after the append
+//! of its batch returned, so a device's PUBACK never precedes durability;
+//! a failed append is confirmed as failed and the device is told.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::warn;
-use verge_broker::LocalSubscription;
+use verge_broker::{DurableMessage, DurableSubscription};
 use verge_queue::{Queue, Record};
 
 use crate::link::ORIGIN;
@@ -21,7 +24,7 @@ const BATCH: usize = 1024;
 /// already in the subscription's queue when `stop` comes is still
 /// appended.
 pub async fn run(
-    mut sub: LocalSubscription,
+    mut sub: DurableSubscription,
     lane: String,
     queue: Queue,
     status: Arc<Status>,
@@ -57,25 +60,29 @@ pub async fn run(
     }
 }
 
-async fn append(
-    buf: &mut Vec<Arc<verge_broker::Message>>,
-    lane: &str,
-    queue: &Queue,
-    status: &Status,
-) {
+/// Append `buf` to the lane as one batch, then confirm each message to the
+/// broker: success once the append returned Ok, failure otherwise.
+/// Downstream messages (origin `$bridge`) are not forwarded and are
+/// confirmed at once.
+async fn append(buf: &mut Vec<DurableMessage>, lane: &str, queue: &Queue, status: &Status) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let records: Vec<Record> = buf
-        .drain(..)
-        .filter(|m| &*m.origin != ORIGIN)
-        .map(|m| Record {
-            topic: m.topic.to_string(),
-            payload: m.payload.clone(),
+    let mut records = Vec::with_capacity(buf.len());
+    let mut confirms = Vec::with_capacity(buf.len());
+    for DurableMessage { msg, confirm } in buf.drain(..) {
+        if &*msg.origin == ORIGIN {
+            confirm.ok();
+            continue;
+        }
+        records.push(Record {
+            topic: msg.topic.to_string(),
+            payload: msg.payload.clone(),
             time_ms: now,
-        })
-        .collect();
+        });
+        confirms.push(confirm);
+    }
     if records.is_empty() {
         return;
     }
@@ -83,11 +90,13 @@ async fn append(
     match queue.append(lane, records).await {
         Ok(_) => {
             status.forwarded.fetch_add(n, Ordering::Relaxed);
+            confirms.into_iter().for_each(|c| c.ok());
         }
         Err(e) => {
             warn!(lane, "forward: {n} messages not queued: {e}");
             status.forward_failed.fetch_add(n, Ordering::Relaxed);
             status.error(format!("forward to lane `{lane}`: {e}"));
+            confirms.into_iter().for_each(|c| c.fail());
         }
     }
 }

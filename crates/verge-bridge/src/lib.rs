@@ -16,7 +16,8 @@
 //! stripped, so commands reach devices.
 //!
 //! The broker knows nothing of the bridge: forwards attach through its
-//! in-process subscribe API like any other part of the node.
+//! in-process subscribe API like any other part of the node, as durable
+//! subscriptions, so a device's PUBACK waits for the durable append.
 
 pub mod config;
 mod forward;
@@ -91,7 +92,11 @@ impl Bridge {
         let (stop, stop_rx) = watch::channel(false);
         let mut forwards = Vec::new();
         for f in &plan.config.forwards {
-            let sub = broker.subscribe(&f.filter, FORWARD_QUEUE).await?;
+            // Durable: a device's QoS 1/2 PUBLISH is acknowledged only
+            // after the forward appended it to the queue.
+            let sub = broker
+                .subscribe_durable(std::slice::from_ref(&f.filter), FORWARD_QUEUE)
+                .await?;
             forwards.push(tokio::spawn(forward::run(
                 sub,
                 f.lane.clone(),

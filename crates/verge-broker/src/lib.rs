@@ -9,6 +9,12 @@
 //! [`BrokerHandle`] without a socket and receives the same `Arc<Message>` the
 //! socket subscribers get.
 //!
+//! A durable subscription ([`BrokerHandle::subscribe_durable`]) is the one
+//! place where a consumer holds up a publisher: a client's QoS 1/2 PUBLISH
+//! that reaches one is acknowledged only after the consumer confirmed that
+//! it persisted the message (see [`Confirm`]), and the client's later
+//! acknowledgements wait behind it, so none leaves out of order.
+//!
 //! Rejected alternative: shared, locked subscription maps read by every
 //! connection task. It saves one channel hop, but spreads session state over
 //! many owners and makes takeover, persistent sessions and wills racy.
@@ -16,6 +22,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+mod durable;
 pub use verge_duration as duration;
 pub mod error;
 pub mod listener;
@@ -26,7 +33,7 @@ pub mod stats;
 mod subs;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -34,12 +41,14 @@ use verge_mqtt::topic;
 
 pub use auth::{Authenticator, Registry};
 pub use config::BrokerConfig;
+pub use durable::{Confirm, DurableMessage, DurableSubscription};
 pub use error::BrokerError;
 pub use listener::{BoundListener, Transport, bind_all};
 pub use message::Message;
 pub use stats::Stats;
 
 use connection::Ctx;
+use durable::LocalSink;
 use router::{Event, Router, RouterConfig};
 
 /// A running broker.
@@ -55,6 +64,7 @@ impl Broker {
     pub fn start(config: BrokerConfig, auth: Authenticator) -> Broker {
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel(4096);
+        let durable = Arc::new(AtomicUsize::new(0));
         let router = Router::new(
             RouterConfig {
                 max_queued: config.max_queued_messages,
@@ -63,6 +73,7 @@ impl Broker {
                 slow_consumer_wait: config.slow_consumer_wait.get(),
             },
             stats.clone(),
+            durable.clone(),
         );
         let mut tasks = JoinSet::new();
         tasks.spawn(router.run(rx));
@@ -73,6 +84,7 @@ impl Broker {
             stats: stats.clone(),
             next_conn: AtomicU64::new(1),
             password_checks: connection::password_check_slots(),
+            durable,
         });
         let (shutdown, _) = watch::channel(false);
         Broker {
@@ -137,7 +149,7 @@ impl BrokerHandle {
         }
         self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
         self.tx
-            .send(Event::Publish(vec![Arc::new(msg)]))
+            .send(Event::Publish(vec![(Arc::new(msg), Confirm::none())]))
             .await
             .map_err(|_| BrokerError::Closed)
     }
@@ -160,6 +172,40 @@ impl BrokerHandle {
         filters: &[String],
         capacity: usize,
     ) -> Result<LocalSubscription, BrokerError> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (dropped, reg) = self.register(filters, LocalSink::Plain(tx)).await?;
+        Ok(LocalSubscription {
+            rx,
+            dropped,
+            _reg: reg,
+        })
+    }
+
+    /// Subscribe durably to several filters through one queue of
+    /// `capacity` messages: the consumer confirms each message after
+    /// persisting it, and a client's QoS 1/2 PUBLISH that reached this
+    /// subscription is acknowledged only after that confirmation (a failed,
+    /// dropped or refused delivery — queue full — is reported to the client
+    /// as a failure). Covers publishes the broker decodes after this returns.
+    pub async fn subscribe_durable(
+        &self,
+        filters: &[String],
+        capacity: usize,
+    ) -> Result<DurableSubscription, BrokerError> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (dropped, reg) = self.register(filters, LocalSink::Durable(tx)).await?;
+        Ok(DurableSubscription {
+            rx,
+            dropped,
+            _reg: reg,
+        })
+    }
+
+    async fn register(
+        &self,
+        filters: &[String],
+        sink: LocalSink,
+    ) -> Result<(Arc<AtomicU64>, Registration), BrokerError> {
         if filters.is_empty() {
             return Err(BrokerError::InvalidTopic(String::new()));
         }
@@ -173,26 +219,26 @@ impl BrokerHandle {
                 return Err(BrokerError::InvalidTopic(filter.clone()));
             }
         }
-        let (tx, rx) = mpsc::channel(capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let (reply, key) = oneshot::channel();
         self.tx
             .send(Event::LocalSubscribe {
                 filters: filters.to_vec(),
-                tx,
+                sink,
                 dropped: dropped.clone(),
                 reply,
             })
             .await
             .map_err(|_| BrokerError::Closed)?;
         let key = key.await.map_err(|_| BrokerError::Closed)?;
-        Ok(LocalSubscription {
-            rx,
-            key,
-            filters: filters.to_vec(),
+        Ok((
             dropped,
-            router: self.tx.clone(),
-        })
+            Registration {
+                key,
+                filters: filters.to_vec(),
+                router: self.tx.clone(),
+            },
+        ))
     }
 
     /// The broker's counters.
@@ -204,10 +250,8 @@ impl BrokerHandle {
 /// An in-process subscription; dropping it unsubscribes.
 pub struct LocalSubscription {
     rx: mpsc::Receiver<Arc<Message>>,
-    key: u64,
-    filters: Vec<String>,
     dropped: Arc<AtomicU64>,
-    router: mpsc::Sender<Event>,
+    _reg: Registration,
 }
 
 impl LocalSubscription {
@@ -228,7 +272,15 @@ impl LocalSubscription {
     }
 }
 
-impl Drop for LocalSubscription {
+/// An in-process subscription's entry in the router; dropping it
+/// unsubscribes.
+pub(crate) struct Registration {
+    key: u64,
+    filters: Vec<String>,
+    router: mpsc::Sender<Event>,
+}
+
+impl Drop for Registration {
     fn drop(&mut self) {
         let ev = Event::LocalUnsubscribe {
             key: self.key,

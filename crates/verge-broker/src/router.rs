@@ -5,12 +5,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use verge_mqtt::{QoS, SubOptions, reason, topic};
 
+use crate::durable::{Confirm, Gate, LocalSink};
 use crate::mailbox::{Mailbox, PushError};
 use crate::message::Message;
 use crate::stats::{Stats, inc};
@@ -115,7 +116,9 @@ pub(crate) struct SubReq {
 #[derive(Debug)]
 pub(crate) enum Event {
     Connect(ConnectReq),
-    Publish(Vec<Arc<Message>>),
+    /// Messages with the router's hold on their publisher's acknowledgement
+    /// (released once routed; a no-op unless a durable subscription exists).
+    Publish(Vec<(Arc<Message>, Confirm)>),
     Subscribe {
         key: SubKey,
         filters: Vec<SubReq>,
@@ -135,7 +138,7 @@ pub(crate) enum Event {
     },
     LocalSubscribe {
         filters: Vec<String>,
-        tx: mpsc::Sender<Arc<Message>>,
+        sink: LocalSink,
         dropped: Arc<AtomicU64>,
         reply: oneshot::Sender<SubKey>,
     },
@@ -176,7 +179,7 @@ struct Session {
 }
 
 struct LocalSub {
-    tx: mpsc::Sender<Arc<Message>>,
+    sink: LocalSink,
     dropped: Arc<AtomicU64>,
 }
 
@@ -193,10 +196,13 @@ pub(crate) struct Router {
     hits: Vec<Hit>,
     stalled: Vec<(SubKey, Arc<Mailbox>, Delivery)>,
     last_sys: Instant,
+    /// Durable local subscriptions held, read by connections to decide
+    /// whether a PUBLISH needs an acknowledgement gate.
+    durable: Arc<AtomicUsize>,
 }
 
 impl Router {
-    pub fn new(cfg: RouterConfig, stats: Arc<Stats>) -> Router {
+    pub fn new(cfg: RouterConfig, stats: Arc<Stats>, durable: Arc<AtomicUsize>) -> Router {
         Router {
             cfg,
             stats,
@@ -210,6 +216,7 @@ impl Router {
             hits: Vec::new(),
             stalled: Vec::new(),
             last_sys: Instant::now(),
+            durable,
         }
     }
 
@@ -253,8 +260,9 @@ impl Router {
         match ev {
             Event::Connect(req) => self.on_connect(req),
             Event::Publish(msgs) => {
-                for m in msgs {
-                    self.route(m);
+                for (m, hold) in msgs {
+                    self.route_held(m, &hold);
+                    hold.ok();
                 }
             }
             Event::Subscribe {
@@ -282,7 +290,7 @@ impl Router {
             } => self.on_disconnected(key, conn_id, carry, will, expiry),
             Event::LocalSubscribe {
                 filters,
-                tx,
+                sink,
                 dropped,
                 reply,
             } => {
@@ -300,7 +308,10 @@ impl Router {
                     let (group, f) = split_shared(filter);
                     self.tree.insert(f, group, key, entry);
                 }
-                self.locals.insert(key, LocalSub { tx, dropped });
+                if sink.is_durable() {
+                    self.durable.fetch_add(1, Ordering::Relaxed);
+                }
+                self.locals.insert(key, LocalSub { sink, dropped });
                 let _ = reply.send(key);
             }
             Event::LocalUnsubscribe { key, filters } => {
@@ -308,7 +319,13 @@ impl Router {
                     let (group, f) = split_shared(filter);
                     self.tree.remove(f, group, key);
                 }
-                self.locals.remove(&key);
+                if self
+                    .locals
+                    .remove(&key)
+                    .is_some_and(|l| l.sink.is_durable())
+                {
+                    self.durable.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             Event::Shutdown(_) => {}
         }
@@ -583,8 +600,14 @@ impl Router {
         self.route(Arc::new(msg));
     }
 
-    /// Route one message to every matching subscriber.
+    /// Route one message nobody waits for to every matching subscriber.
     pub fn route(&mut self, msg: Arc<Message>) {
+        self.route_held(msg, &Confirm::none());
+    }
+
+    /// Route one message to every matching subscriber; each durable local
+    /// subscriber that takes it adds a hold on `hold`'s gate.
+    fn route_held(&mut self, msg: Arc<Message>, hold: &Confirm) {
         if msg.retain {
             self.retain(&msg);
         }
@@ -629,6 +652,7 @@ impl Router {
                         retain,
                         sub_ids: ids,
                     },
+                    hold.gate(),
                 );
             }
         }
@@ -653,7 +677,7 @@ impl Router {
         self.retained.insert(msg.topic.clone(), msg.clone());
     }
 
-    fn deliver(&mut self, key: SubKey, d: Delivery) {
+    fn deliver(&mut self, key: SubKey, d: Delivery, gate: Option<&Arc<Gate>>) {
         if let Some(s) = self.sessions.get_mut(&key) {
             match &mut s.link {
                 Some(link) => {
@@ -683,12 +707,11 @@ impl Router {
                 None => s.offline.push_back(d),
             }
         } else if let Some(l) = self.locals.get(&key) {
-            match l.tx.try_send(d.msg) {
-                Ok(()) => inc(&self.stats.messages_sent),
-                Err(_) => {
-                    l.dropped.fetch_add(1, Ordering::Relaxed);
-                    inc(&self.stats.dropped_queue_full);
-                }
+            if l.sink.try_send(d.msg, gate) {
+                inc(&self.stats.messages_sent);
+            } else {
+                l.dropped.fetch_add(1, Ordering::Relaxed);
+                inc(&self.stats.dropped_queue_full);
             }
         }
     }

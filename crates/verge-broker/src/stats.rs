@@ -32,6 +32,10 @@ pub struct Stats {
     pub dropped_offline_qos0: AtomicU64,
     /// New retained topics refused because the retained store was full.
     pub dropped_retained_full: AtomicU64,
+    /// Client QoS 1/2 publishes answered with a failure (5.0: 0x97) or a
+    /// closed connection (3.1.1) because a durable subscriber could not take
+    /// or persist them.
+    pub durable_refused: AtomicU64,
     /// Publishes refused by the ACL.
     pub denied_publish: AtomicU64,
     /// Subscriptions refused by the ACL.
@@ -64,6 +68,7 @@ impl Default for Stats {
             dropped_too_large: AtomicU64::new(0),
             dropped_offline_qos0: AtomicU64::new(0),
             dropped_retained_full: AtomicU64::new(0),
+            durable_refused: AtomicU64::new(0),
             denied_publish: AtomicU64::new(0),
             denied_subscribe: AtomicU64::new(0),
             connects_refused: AtomicU64::new(0),
@@ -103,6 +108,7 @@ impl Stats {
             ("dropped_too_large", g(&self.dropped_too_large)),
             ("dropped_offline_qos0", g(&self.dropped_offline_qos0)),
             ("dropped_retained_full", g(&self.dropped_retained_full)),
+            ("durable_refused", g(&self.durable_refused)),
             ("denied_publish", g(&self.denied_publish)),
             ("denied_subscribe", g(&self.denied_subscribe)),
             ("connects_refused", g(&self.connects_refused)),

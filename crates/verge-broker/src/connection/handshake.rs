@@ -213,6 +213,8 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         next_id: 1,
         pending: VecDeque::new(),
         qos2_in: HashSet::new(),
+        acks: VecDeque::new(),
+        wake: None,
         batch: Vec::new(),
         rate_tokens: cfg.max_publish_rate as f64,
         rate_at: Instant::now(),

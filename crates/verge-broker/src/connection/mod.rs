@@ -5,12 +5,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 use verge_mqtt::{
     Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Protocol, Publish, QoS,
@@ -19,6 +19,7 @@ use verge_mqtt::{
 
 use crate::auth::{AuthFailure, Authenticator, Identity};
 use crate::config::BrokerConfig;
+use crate::durable::{Confirm, Gate};
 use crate::mailbox::Mailbox;
 use crate::message::Message;
 use crate::router::{Carry, ConnectReply, ConnectReq, Delivery, Event, InflightOut, Kill, SubReq};
@@ -43,6 +44,9 @@ pub(crate) struct Ctx {
     /// Bounds concurrent password hashes, so a flood of CONNECTs cannot
     /// occupy the whole blocking pool with argon2.
     pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// Durable local subscriptions held (kept by the router); while it is
+    /// zero no PUBLISH gets an acknowledgement gate.
+    pub durable: Arc<AtomicUsize>,
 }
 
 /// Two argon2 checks per core at a time.
@@ -206,6 +210,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     }
 }
 
+/// An acknowledgement (PUBACK for QoS 1, PUBREC for QoS 2) of a client
+/// PUBLISH held back: its own gate is not open yet, or one ahead of it is
+/// waiting (acknowledgements go out in arrival order).
+struct HeldAck {
+    packet_id: u16,
+    qos: QoS,
+    /// Reason code to send if the gate opens with success.
+    code: u8,
+    /// Durable subscribers' confirmations, if the message needs them.
+    gate: Option<Arc<Gate>>,
+}
+
 struct Conn {
     ctx: Arc<Ctx>,
     peer: SocketAddr,
@@ -231,7 +247,13 @@ struct Conn {
     /// Deliveries waiting for room in the window.
     pending: VecDeque<Delivery>,
     qos2_in: HashSet<u16>,
-    batch: Vec<Arc<Message>>,
+    /// Held acknowledgements, oldest first; at most `max_inflight` (reading
+    /// pauses when full).
+    acks: VecDeque<HeldAck>,
+    /// Notified when a gate opens; created with the first gate.
+    wake: Option<Arc<Notify>>,
+    /// Publishes for the router, each with the router's hold on its gate.
+    batch: Vec<(Arc<Message>, Confirm)>,
     rate_tokens: f64,
     rate_at: Instant,
 }
@@ -282,10 +304,29 @@ impl Conn {
             }
             let spare = io.rbuf.capacity() - io.rbuf.len();
             let ka = self.keep_alive;
+            let acks_full = self.acks.len() >= self.ack_limit();
+            // Cloned only while acknowledgements are held.
+            let wake = if self.acks.is_empty() {
+                None
+            } else {
+                self.wake.clone()
+            };
             tokio::select! {
                 biased;
                 r = kill.wait() => break End::Killed(r),
-                r = io.stream.read_buf(&mut io.rbuf) => {
+                _ = gate_opened(wake.as_deref()), if wake.is_some() => {
+                    if let Some(end) = self.release_acks(io) {
+                        break end;
+                    }
+                    // Packets left unread while the held acks were full.
+                    if acks_full && !io.rbuf.is_empty() && self.acks.len() < self.ack_limit() {
+                        if let Some(end) = Box::pin(self.on_read(io)).await {
+                            break end;
+                        }
+                        last_read = Instant::now();
+                    }
+                }
+                r = io.stream.read_buf(&mut io.rbuf), if !acks_full => {
                     match r {
                         Ok(0) | Err(_) => break End::Closed,
                         Ok(n) => {
@@ -334,10 +375,21 @@ impl Conn {
         }
     }
 
-    /// Decode and handle every complete packet in the read buffer.
+    /// Most acknowledgements held at once: the Receive Maximum the broker
+    /// advertises, which already bounds a client's unacknowledged QoS 1/2
+    /// PUBLISHes.
+    fn ack_limit(&self) -> usize {
+        self.ctx.cfg.max_inflight.max(1) as usize
+    }
+
+    /// Decode and handle every complete packet in the read buffer (stops
+    /// early while the held acknowledgements are at their bound).
     async fn on_read<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> Option<End> {
         let max = self.ctx.cfg.max_packet_size as usize;
         loop {
+            if self.acks.len() >= self.ack_limit() {
+                break;
+            }
             let packet = match decode(&mut io.rbuf, self.protocol, max) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
@@ -415,15 +467,12 @@ impl Conn {
         } else {
             reason::NOT_AUTHORIZED
         };
+        let mut hold = Confirm::none();
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                let ack = Ack {
-                    packet_id: p.packet_id,
-                    reason_code: code,
-                    properties: Properties::default(),
-                };
-                let _ = encode(&Packet::PubAck(ack), self.protocol, &mut io.wbuf);
+                let gate = if allowed { self.gate(&mut hold) } else { None };
+                self.ack_publish(io, QoS::AtLeastOnce, p.packet_id, code, gate);
             }
             QoS::ExactlyOnce => {
                 let dup = self.qos2_in.contains(&p.packet_id);
@@ -433,15 +482,24 @@ impl Conn {
                         "receive maximum exceeded",
                     ));
                 }
+                if dup
+                    && self
+                        .acks
+                        .iter()
+                        .any(|a| a.packet_id == p.packet_id && a.qos == QoS::ExactlyOnce)
+                {
+                    // Its PUBREC is still held: that answer covers the resend.
+                    return None;
+                }
                 if code == reason::SUCCESS {
                     self.qos2_in.insert(p.packet_id);
                 }
-                let ack = Ack {
-                    packet_id: p.packet_id,
-                    reason_code: code,
-                    properties: Properties::default(),
+                let gate = if allowed && !dup {
+                    self.gate(&mut hold)
+                } else {
+                    None
                 };
-                let _ = encode(&Packet::PubRec(ack), self.protocol, &mut io.wbuf);
+                self.ack_publish(io, QoS::ExactlyOnce, p.packet_id, code, gate);
                 if dup {
                     // Exactly once: a resent QoS 2 PUBLISH is not routed again.
                     return None;
@@ -458,19 +516,106 @@ impl Conn {
             .message_expiry_interval
             .take()
             .map(|s| now + Duration::from_secs(s as u64));
-        self.batch.push(Arc::new(Message {
-            topic: Arc::from(p.topic),
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties: props,
-            origin: self.identity.client_id.clone(),
-            received: now,
-            expires,
-            hops: 0,
-        }));
+        self.batch.push((
+            Arc::new(Message {
+                topic: Arc::from(p.topic),
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties: props,
+                origin: self.identity.client_id.clone(),
+                received: now,
+                expires,
+                hops: 0,
+            }),
+            hold,
+        ));
         if self.batch.len() >= 64 {
             self.flush_batch().await;
+        }
+        None
+    }
+
+    /// A gate for a QoS 1/2 PUBLISH if any durable subscription exists
+    /// (the router decides whether the message reaches one); `hold` becomes
+    /// the router's hold on it.
+    fn gate(&mut self, hold: &mut Confirm) -> Option<Arc<Gate>> {
+        if self.ctx.durable.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let wake = self.wake.get_or_insert_with(Default::default).clone();
+        let (gate, router_hold) = Gate::new(wake);
+        *hold = router_hold;
+        Some(gate)
+    }
+
+    /// Acknowledge a PUBLISH now, or hold the acknowledgement if it has a
+    /// gate or others are held ahead of it.
+    fn ack_publish<S>(
+        &mut self,
+        io: &mut Io<S>,
+        qos: QoS,
+        packet_id: u16,
+        code: u8,
+        gate: Option<Arc<Gate>>,
+    ) {
+        if gate.is_none() && self.acks.is_empty() {
+            self.encode_ack(io, qos, packet_id, code);
+        } else {
+            self.acks.push_back(HeldAck {
+                packet_id,
+                qos,
+                code,
+                gate,
+            });
+        }
+    }
+
+    fn encode_ack<S>(&self, io: &mut Io<S>, qos: QoS, packet_id: u16, code: u8) {
+        let ack = Ack {
+            packet_id,
+            reason_code: code,
+            properties: Properties::default(),
+        };
+        let packet = if qos == QoS::ExactlyOnce {
+            Packet::PubRec(ack)
+        } else {
+            Packet::PubAck(ack)
+        };
+        let _ = encode(&packet, self.protocol, &mut io.wbuf);
+    }
+
+    /// Send the held acknowledgements whose gates are open, oldest first,
+    /// up to the first still waiting. A failed gate (a durable subscriber
+    /// could not take or persist the message) is answered with 0x97 quota
+    /// exceeded on 5.0 and ends a 3.1.1 connection unacknowledged, so the
+    /// client resends.
+    fn release_acks<S>(&mut self, io: &mut Io<S>) -> Option<End> {
+        while let Some(front) = self.acks.front() {
+            let ok = match &front.gate {
+                None => true,
+                Some(g) => match g.outcome() {
+                    None => break,
+                    Some(ok) => ok,
+                },
+            };
+            let a = self.acks.pop_front()?;
+            let code = if ok {
+                a.code
+            } else {
+                inc(&self.ctx.stats.durable_refused);
+                if a.qos == QoS::ExactlyOnce {
+                    self.qos2_in.remove(&a.packet_id);
+                }
+                if !self.v5() {
+                    return Some(End::Error(
+                        reason::QUOTA_EXCEEDED,
+                        "a durable subscriber did not persist a publish",
+                    ));
+                }
+                reason::QUOTA_EXCEEDED
+            };
+            self.encode_ack(io, a.qos, a.packet_id, code);
         }
         None
     }
@@ -815,6 +960,13 @@ impl Conn {
             let _ = io.stream.shutdown().await;
         })
         .await;
+        // QoS 2 PUBLISHes whose PUBREC was never sent are routed again
+        // when resent: they may not have been persisted.
+        for a in self.acks.drain(..) {
+            if a.qos == QoS::ExactlyOnce {
+                self.qos2_in.remove(&a.packet_id);
+            }
+        }
         let mut queued = std::mem::take(&mut self.pending);
         // From here on the router keeps new deliveries for the session
         // itself, behind these.
@@ -837,6 +989,14 @@ impl Conn {
         };
         let _ = self.ctx.router.send(ev).await;
         debug!(peer = %self.peer, client_id = %self.identity.client_id, ?end, "disconnected");
+    }
+}
+
+/// Resolves when `wake` is notified (a gate opened); never without one.
+async fn gate_opened(wake: Option<&Notify>) {
+    match wake {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 
