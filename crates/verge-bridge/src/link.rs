@@ -93,14 +93,27 @@ impl Link {
                 _ = stop.changed() => break,
             };
             match connected {
-                Ok((io, connack)) => {
-                    backoff = cfg.reconnect_min.get();
+                Ok((io, connack, rbuf))
+                    if connack.properties.receive_maximum == Some(0)
+                        || connack.properties.maximum_packet_size == Some(0) =>
+                {
+                    drop((io, rbuf));
+                    self.status.error("connect: the cloud sent a CONNACK with Receive Maximum or Maximum Packet Size 0 (a protocol error)");
+                }
+                Ok((io, connack, rbuf)) => {
+                    // The backoff resets only once a connection proved
+                    // healthy (see below), so a cloud that accepts and then
+                    // drops the link is not hammered at reconnect_min.
+                    let connected_at = Instant::now();
                     self.status.connects.fetch_add(1, Ordering::Relaxed);
                     self.status.set_state(LinkState::Connected);
                     info!(url = %cfg.url, session = connack.session_present, "connected to the cloud");
                     let end = self
-                        .session(io, &connack, &mut inflight, &mut next_id, &mut stop)
+                        .session(io, rbuf, &connack, &mut inflight, &mut next_id, &mut stop)
                         .await;
+                    if connected_at.elapsed() >= cfg.reconnect_max.get() {
+                        backoff = cfg.reconnect_min.get();
+                    }
                     match end {
                         End::Stopped => break,
                         End::Lost(e) => {
@@ -125,7 +138,7 @@ impl Link {
         self.status.set_state(LinkState::Stopped);
     }
 
-    async fn connect(&self) -> Result<(Io, verge_mqtt::ConnAck), String> {
+    async fn connect(&self) -> Result<(Io, verge_mqtt::ConnAck, BytesMut), String> {
         let ep = &self.plan.endpoint;
         let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
             .await
@@ -168,7 +181,9 @@ impl Link {
         loop {
             match decode(&mut rbuf, Protocol::V5, MAX_IN_PACKET) {
                 Ok(Some(Packet::ConnAck(ack))) if ack.reason_code < 0x80 => {
-                    return Ok((io, ack));
+                    // Bytes after the CONNACK (queued downstream messages)
+                    // belong to the session.
+                    return Ok((io, ack, rbuf));
                 }
                 Ok(Some(Packet::ConnAck(ack))) => {
                     return Err(format!(
@@ -194,6 +209,7 @@ impl Link {
     async fn session(
         &self,
         io: Io,
+        mut rbuf: BytesMut,
         connack: &verge_mqtt::ConnAck,
         inflight: &mut BTreeMap<u16, Pending>,
         next_id: &mut u16,
@@ -232,6 +248,9 @@ impl Link {
                     options: SubOptions {
                         qos: QoS::AtLeastOnce,
                         no_local: true,
+                        // Retained commands only on a new subscription, not
+                        // again after every reconnect.
+                        retain_handling: 1,
                         ..SubOptions::default()
                     },
                 }],
@@ -260,7 +279,21 @@ impl Link {
             return End::Lost(e);
         }
 
-        let mut rbuf = BytesMut::with_capacity(64 << 10);
+        // Packets that came with the CONNACK.
+        loop {
+            let packet = match decode(&mut rbuf, Protocol::V5, MAX_IN_PACKET) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return End::Lost(format!("bad packet from the cloud: {e}")),
+            };
+            if let Err(e) = self.on_packet(packet, inflight, sub_id, &mut out).await {
+                return End::Lost(e);
+            }
+        }
+        if let Err(e) = out.flush().await {
+            return End::Lost(e);
+        }
+        rbuf.reserve(64 << 10);
         let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
         let mut last_in = Instant::now();
         let mut last_out = Instant::now();
@@ -322,7 +355,14 @@ impl Link {
                             continue;
                         }
                         if let Err(e) = out.push(&packet) {
-                            return End::Lost(e);
+                            // Cannot be encoded (e.g. a topic over 65,535
+                            // bytes with the prefix): drop and count it like
+                            // an oversized one; the rest of the batch goes on.
+                            warn!(topic = %entry.record.topic, "message cannot be encoded, dropped: {e}");
+                            self.status.too_large.fetch_add(1, Ordering::Relaxed);
+                            self.status.error(format!("a message on `{}` cannot be sent: {e}; dropped", entry.record.topic));
+                            self.queue.ack(entry.lane, entry.seq);
+                            continue;
                         }
                         self.status.published.fetch_add(1, Ordering::Relaxed);
                         inflight.insert(id, Pending { entry });

@@ -468,3 +468,234 @@ async fn forwards_must_name_an_existing_lane() {
     queue.close().await;
     node.shutdown().await;
 }
+
+/// A device speaking MQTT 5 to the node's broker over TCP, packets encoded
+/// with `verge_mqtt`.
+struct Device {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Device {
+    async fn connect(addr: SocketAddr, id: &str) -> Device {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let mut d = Device {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        d.send(&verge_mqtt::Packet::Connect(verge_mqtt::Connect {
+            protocol: verge_mqtt::Protocol::V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: id.to_owned(),
+            username: None,
+            password: None,
+            will: None,
+            properties: verge_mqtt::Properties::default(),
+        }))
+        .await;
+        match d.recv().await {
+            verge_mqtt::Packet::ConnAck(a) => assert_eq!(a.reason_code, 0, "{a:?}"),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        d
+    }
+
+    async fn send(&mut self, p: &verge_mqtt::Packet) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        verge_mqtt::encode(p, verge_mqtt::Protocol::V5, &mut out).expect("encode");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    async fn recv(&mut self) -> verge_mqtt::Packet {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(p) = verge_mqtt::decode(&mut self.buf, verge_mqtt::Protocol::V5, usize::MAX)
+                .expect("decode")
+            {
+                return p;
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("nothing from the broker")
+                .expect("read");
+            assert!(n > 0, "the broker closed the connection");
+        }
+    }
+
+    /// Publish at QoS 1 and return the PUBACK's reason code.
+    async fn publish_acked(&mut self, topic: &str, packet_id: u16, payload: &[u8]) -> u8 {
+        self.send(&verge_mqtt::Packet::Publish(verge_mqtt::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.to_owned(),
+            packet_id,
+            properties: verge_mqtt::Properties::default(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+        }))
+        .await;
+        match self.recv().await {
+            verge_mqtt::Packet::PubAck(a) => {
+                assert_eq!(a.packet_id, packet_id);
+                a.reason_code
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// Regression: the node acknowledged a device's QoS 1 PUBLISH before the
+/// forward had appended it to the queue, so a crash in between lost an
+/// acknowledged message. Now each PUBACK follows the durable append, and a
+/// lane that refuses the append (full, `reject`) makes the PUBACK say 0x97.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_puback_follows_the_durable_append_and_a_full_lane_says_quota_exceeded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cloud_port = free_port().await;
+    let (node, addr) = broker(Some(0), true).await;
+    let (queue, _) = Queue::open(QueueConfig {
+        dir: dir.path().to_path_buf(),
+        lanes: vec![
+            verge_queue::LaneConfig {
+                name: "alarms".into(),
+                priority: 10,
+                max_bytes: 4096,
+                max_age: None,
+                when_full: verge_queue::WhenFull::Reject,
+            },
+            verge_queue::LaneConfig {
+                name: "telemetry".into(),
+                priority: 0,
+                max_bytes: 1 << 20,
+                max_age: None,
+                when_full: verge_queue::WhenFull::DropOldest,
+            },
+        ],
+        ..QueueConfig::default()
+    })
+    .expect("queue");
+    // The cloud is down: nothing leaves the queue.
+    let bridge = Bridge::start(
+        bridge_config(cloud_port).plan("n1").expect("plan"),
+        queue.clone(),
+        node.handle(),
+    )
+    .await
+    .expect("bridge");
+    let status = bridge.handle();
+    let mut device = Device::connect(addr.expect("listener"), "dev1").await;
+    let depth = |status: &verge_bridge::BridgeHandle| {
+        status
+            .queue()
+            .lanes
+            .iter()
+            .find(|l| l.name == "alarms")
+            .map(|l| l.depth)
+            .unwrap()
+    };
+    let payload = vec![b'a'; 500];
+    let mut acked = 0u64;
+    let mut refused = 0;
+    for id in 1..=40u16 {
+        match device.publish_acked("alarms/d1", id, &payload).await {
+            0 => {
+                acked += 1;
+                // Acknowledged means already in the queue.
+                assert_eq!(depth(&status), acked, "PUBACK {id} before the append");
+            }
+            0x97 => refused += 1,
+            code => panic!("PUBACK {id}: reason {code:#x}"),
+        }
+    }
+    assert!(acked > 0, "nothing fitted the lane");
+    assert!(refused > 0, "the lane never filled");
+    // Nothing lost silently: every publish is queued or was refused.
+    assert_eq!(acked + refused, 40);
+    let lane = status
+        .queue()
+        .lanes
+        .into_iter()
+        .find(|l| l.name == "alarms")
+        .unwrap();
+    assert_eq!(lane.depth, acked);
+    assert_eq!(lane.rejected, refused);
+    assert_eq!(status.link().forward_failed, refused);
+    assert_eq!(
+        node.handle()
+            .stats()
+            .durable_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        refused
+    );
+    bridge.shutdown().await;
+    queue.close().await;
+    node.shutdown().await;
+}
+
+/// Regression: a downstream PUBLISH that arrives in the same read as the
+/// CONNACK was thrown away with the handshake's buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_the_connack_are_not_lost() {
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use verge_mqtt::{ConnAck, Packet, Properties, Protocol, Publish, decode, encode};
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let fake = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = fake.local_addr().expect("addr").port();
+    let (node, _) = broker(None, true).await;
+    let mut local = node.handle().subscribe("cmd/#", 16).await.expect("sub");
+    let queue = open_queue(dir.path());
+    let mut cfg = bridge_config(port);
+    cfg.forwards.clear();
+    let bridge = Bridge::start(cfg.plan("n1").expect("plan"), queue.clone(), node.handle())
+        .await
+        .expect("bridge");
+    let (mut s, _) = tokio::time::timeout(WAIT, fake.accept())
+        .await
+        .expect("the bridge connects")
+        .expect("accept");
+    let mut rbuf = BytesMut::new();
+    loop {
+        if let Some(Packet::Connect(_)) = decode(&mut rbuf, Protocol::V5, 1 << 20).expect("decode")
+        {
+            break;
+        }
+        assert!(s.read_buf(&mut rbuf).await.expect("read") > 0);
+    }
+    let mut w = BytesMut::new();
+    encode(&Packet::ConnAck(ConnAck::default()), Protocol::V5, &mut w).expect("encode");
+    let p = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "nodes/n1/down/cmd/x".into(),
+        packet_id: 7,
+        properties: Properties::default(),
+        payload: "go".into(),
+    };
+    encode(&Packet::Publish(p), Protocol::V5, &mut w).expect("encode");
+    s.write_all(&w).await.expect("one write");
+    let m = tokio::time::timeout(WAIT, local.recv())
+        .await
+        .expect("the downstream message arrives")
+        .expect("open");
+    assert_eq!(&*m.topic, "cmd/x");
+    // And it is acknowledged to the cloud.
+    let deadline = Instant::now() + WAIT;
+    let acked = loop {
+        match decode(&mut rbuf, Protocol::V5, 1 << 20).expect("decode") {
+            Some(Packet::PubAck(a)) => break a,
+            Some(_) => continue,
+            None => {}
+        }
+        assert!(Instant::now() < deadline, "no PUBACK");
+        assert!(s.read_buf(&mut rbuf).await.expect("read") > 0);
+    };
+    assert_eq!(acked.packet_id, 7);
+    bridge.shutdown().await;
+    queue.close().await;
+    node.shutdown().await;
+}
