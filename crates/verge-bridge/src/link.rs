@@ -280,15 +280,11 @@ impl Link {
         }
 
         // Packets that came with the CONNACK.
-        loop {
-            let packet = match decode(&mut rbuf, Protocol::V5, MAX_IN_PACKET) {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => return End::Lost(format!("bad packet from the cloud: {e}")),
-            };
-            if let Err(e) = self.on_packet(packet, inflight, sub_id, &mut out).await {
-                return End::Lost(e);
-            }
+        if let Err(e) = self
+            .handle_read(&mut rbuf, inflight, sub_id, &mut out)
+            .await
+        {
+            return End::Lost(e);
         }
         if let Err(e) = out.flush().await {
             return End::Lost(e);
@@ -317,15 +313,8 @@ impl Link {
                         Ok(_) => last_in = Instant::now(),
                         Err(e) => return End::Lost(format!("read: {e}")),
                     }
-                    loop {
-                        let packet = match decode(&mut rbuf, Protocol::V5, MAX_IN_PACKET) {
-                            Ok(Some(p)) => p,
-                            Ok(None) => break,
-                            Err(e) => return End::Lost(format!("bad packet from the cloud: {e}")),
-                        };
-                        if let Err(e) = self.on_packet(packet, inflight, sub_id, &mut out).await {
-                            return End::Lost(e);
-                        }
+                    if let Err(e) = self.handle_read(&mut rbuf, inflight, sub_id, &mut out).await {
+                        return End::Lost(e);
                     }
                     if !out.buf.is_empty() {
                         if let Err(e) = out.flush().await {
@@ -393,6 +382,22 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Handle every complete packet in `rbuf`.
+    async fn handle_read(
+        &self,
+        rbuf: &mut BytesMut,
+        inflight: &mut BTreeMap<u16, Pending>,
+        sub_id: Option<u16>,
+        out: &mut Writer,
+    ) -> Result<(), String> {
+        while let Some(packet) = decode(rbuf, Protocol::V5, MAX_IN_PACKET)
+            .map_err(|e| format!("bad packet from the cloud: {e}"))?
+        {
+            self.on_packet(packet, inflight, sub_id, out).await?;
+        }
+        Ok(())
     }
 
     fn publish(&self, entry: &Entry, packet_id: u16, dup: bool) -> Publish {

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use verge_bridge::{Bridge, BridgeConfig, Forward, LinkState};
 use verge_broker::duration::HumanDuration;
-use verge_broker::{BoundListener, Broker, BrokerConfig, LocalSubscription, Message, Transport};
+use verge_broker::{
+    BoundListener, Broker, BrokerConfig, DurableSubscription, LocalSubscription, Message, Transport,
+};
 use verge_mqtt::QoS;
 use verge_queue::{Queue, QueueConfig};
 
@@ -117,17 +119,24 @@ impl Received {
     }
 
     /// Pull from `sub` until `n` unique messages arrived.
-    async fn collect(&mut self, sub: &mut LocalSubscription, n: usize) {
+    async fn collect(&mut self, sub: &mut DurableSubscription, n: usize) {
         let deadline = Instant::now() + WAIT;
         let mut buf = Vec::new();
         while self.unique() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             let got = tokio::time::timeout(left, sub.recv_many(&mut buf, 1024))
                 .await
-                .unwrap_or_else(|_| panic!("only {} of {n} arrived", self.unique()));
+                .unwrap_or_else(|_| {
+                    let t = self.lanes.get("telemetry").cloned().unwrap_or_default();
+                    let have: std::collections::HashSet<String> = t.into_iter().collect();
+                    let missing: Vec<usize> = (0..100_000).filter(|i| !have.contains(&format!("t-{i}"))).collect();
+                    let a = self.lanes.get("alarms").map_or(0, |v| v.len());
+                    panic!("only {} of {n} arrived; alarms {a}; missing telemetry {} first {:?} last {:?}", self.unique(), missing.len(), missing.first(), missing.last())
+                });
             assert!(got > 0, "cloud subscription closed");
-            for m in buf.drain(..) {
-                self.take(&m);
+            for d in buf.drain(..) {
+                self.take(&d.msg);
+                d.confirm.ok();
             }
         }
     }
@@ -142,12 +151,15 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// The cloud broker with an in-process subscriber on every node's upstream
-/// topics, attached before the listener opens so it misses nothing.
-async fn cloud(port: u16) -> (Broker, LocalSubscription) {
+/// topics, attached before the listener opens so it misses nothing. It is a
+/// durable subscriber, as a real cloud's store must be: the cloud's PUBACK
+/// waits until the test has recorded the message, so a cloud stopped in the
+/// middle of the drain cannot acknowledge a message and then lose it.
+async fn cloud(port: u16) -> (Broker, DurableSubscription) {
     let (mut b, _) = broker(None, true).await;
     let sub = b
         .handle()
-        .subscribe("nodes/+/up/#", 1 << 20)
+        .subscribe_durable(&["nodes/+/up/#".to_owned()], 1 << 20)
         .await
         .expect("cloud sub");
     let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
@@ -224,8 +236,9 @@ async fn backlog_from_an_outage_arrives_exactly_once_in_lane_order_across_a_cut(
         if n == 0 {
             break;
         }
-        for m in buf.drain(..) {
-            got.take(&m);
+        for d in buf.drain(..) {
+            got.take(&d.msg);
+            d.confirm.ok();
         }
     }
     drop(sub1);
@@ -306,7 +319,11 @@ async fn alarms_drain_before_telemetry() {
             .await
             .expect("drain");
         assert!(n > 0);
-        order.extend(buf.drain(..).map(|m| m.payload.clone()));
+        order.extend(buf.drain(..).map(|d| {
+            let p = d.msg.payload.clone();
+            d.confirm.ok();
+            p
+        }));
     }
     // Every alarm was sent before the first telemetry message.
     let first_telemetry = order.iter().position(|p| p.starts_with(b"t-")).unwrap();
