@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use verge_bridge::{Bridge, BridgeConfig, Forward, LinkState};
 use verge_broker::duration::HumanDuration;
-use verge_broker::{
-    BoundListener, Broker, BrokerConfig, DurableSubscription, LocalSubscription, Message, Transport,
-};
+use verge_broker::{BoundListener, Broker, BrokerConfig, DurableSubscription, Message, Transport};
 use verge_mqtt::QoS;
 use verge_queue::{Queue, QueueConfig};
 
