@@ -157,6 +157,14 @@ impl BridgeConfig {
         if self.keep_alive.get().as_secs() > u64::from(u16::MAX) {
             return Err(bad("keep_alive", "at most 65535s".into()));
         }
+        let ka = self.keep_alive.get();
+        if !ka.is_zero() && (ka.as_secs() == 0 || ka.subsec_nanos() != 0) {
+            return Err(bad(
+                "keep_alive",
+                "MQTT counts keep alive in whole seconds: use e.g. \"30s\" (or \"0s\" for none)"
+                    .into(),
+            ));
+        }
         if self.connect_timeout.get().is_zero() {
             return Err(bad("connect_timeout", "must be more than 0".into()));
         }
@@ -261,6 +269,10 @@ mod tests {
         let e = c.plan("n").expect_err("bad filter").to_string();
         assert!(e.contains("bridge.forwards[0].filter"), "{e}");
         c.forwards.clear();
+        c.keep_alive = HumanDuration(Duration::from_millis(500));
+        let e = c.plan("n").expect_err("sub-second keep alive").to_string();
+        assert!(e.contains("bridge.keep_alive"), "{e}");
+        c.keep_alive = HumanDuration(Duration::from_secs(30));
         let e = c.plan("a/b").expect_err("bad node").to_string();
         assert!(e.contains("bridge.node"), "{e}");
         c.password = Some("p".into());

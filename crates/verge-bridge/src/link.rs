@@ -443,10 +443,11 @@ impl Link {
                         self.queue.ack(p.entry.lane, p.entry.seq);
                         self.status.sent.fetch_add(1, Ordering::Relaxed);
                     }
-                    // Quota exceeded, unspecified, implementation specific,
-                    // server busy: the cloud may take it later. Keep it in
+                    // Quota exceeded, unspecified, implementation specific:
+                    // the cloud may take it later; packet identifier in use
+                    // (0x91) is a session mix-up, not a refusal. Keep it in
                     // flight and reconnect after a pause.
-                    0x80 | 0x83 | 0x89 | 0x97 => {
+                    0x80 | 0x83 | 0x91 | 0x97 => {
                         let id = ack.packet_id;
                         inflight.insert(id, p);
                         return Err(format!(
