@@ -561,8 +561,7 @@ fn free_id(inflight: &BTreeMap<u16, Pending>, next: &mut u16, reserved: Option<u
 
 /// `base` ± 20%, so many nodes do not reconnect in lock step.
 fn jitter(base: Duration) -> Duration {
-    let nanos = Instant::now().elapsed().subsec_nanos()
-        ^ std::process::id().wrapping_mul(2_654_435_761)
+    let nanos = std::process::id().wrapping_mul(2_654_435_761)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

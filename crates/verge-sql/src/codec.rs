@@ -1,4 +1,5 @@
-//! Byte encodings: base64 (standard alphabet), hex and CRC-32, written here to keep dependencies small.
+//! Byte encodings: base64 (standard alphabet) and hex, written here to keep
+//! dependencies small, and CRC-32.
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -63,35 +64,10 @@ pub(crate) fn hex(data: &[u8]) -> String {
     s
 }
 
-const fn crc_table() -> [u32; 256] {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-}
-
-static CRC: [u32; 256] = crc_table();
-
-/// CRC-32 (IEEE 802.3, as in zlib and PNG).
+/// CRC-32 (IEEE 802.3, as in zlib and PNG), by `crc32fast` (the same
+/// checksum the queue and the store use).
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for b in data {
-        c = CRC[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]

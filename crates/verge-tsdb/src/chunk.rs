@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -154,21 +154,7 @@ impl Chunk {
     /// Append the buffer to the file. On failure the buffer is kept and any
     /// partial write is cut off, so the next flush can retry.
     pub fn flush(&mut self) -> Result<(), TsdbError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| TsdbError::io("open", &self.path, e))?;
-        if let Err(e) = f.write_all(&self.buf) {
-            let _ = f.set_len(self.flushed);
-            return Err(TsdbError::io("write", &self.path, e));
-        }
-        self.flushed += self.buf.len() as u64;
-        self.buf.clear();
-        Ok(())
+        record::append(&self.path, &mut self.buf, &mut self.flushed)
     }
 
     /// Append the samples of `series` with `from <= time <= to`, in record

@@ -4,8 +4,7 @@
 //! tail is cut at open like a chunk's.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -103,21 +102,7 @@ impl Dict {
     /// Append new entries to the file; before any chunk is flushed, so a
     /// stored point's series is always known after a crash.
     pub fn flush(&mut self) -> Result<(), TsdbError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let mut f: File = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| TsdbError::io("open", &self.path, e))?;
-        if let Err(e) = f.write_all(&self.buf) {
-            let _ = f.set_len(self.flushed);
-            return Err(TsdbError::io("write", &self.path, e));
-        }
-        self.flushed += self.buf.len() as u64;
-        self.buf.clear();
-        Ok(())
+        record::append(&self.path, &mut self.buf, &mut self.flushed)
     }
 }
 

@@ -18,32 +18,35 @@ const TAG_BOOL: u8 = 1;
 const TAG_TEXT: u8 = 2;
 const TAG_JSON: u8 = 3;
 
-/// CRC-32 (IEEE, as zlib), table driven.
+/// CRC-32 (IEEE, as zlib), by `crc32fast`.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    let mut c = !0u32;
-    for b in bytes {
-        c = TABLE[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8);
+    crc32fast::hash(bytes)
+}
+
+/// Append `buf` to the file at `path` (created if missing) and clear it;
+/// `flushed` is the file's length before and after. On failure the buffer
+/// is kept and a partial write is cut off, so the next call can retry.
+pub fn append(
+    path: &std::path::Path,
+    buf: &mut Vec<u8>,
+    flushed: &mut u64,
+) -> Result<(), crate::TsdbError> {
+    use std::io::Write;
+    if buf.is_empty() {
+        return Ok(());
     }
-    !c
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| crate::TsdbError::io("open", path, e))?;
+    if let Err(e) = f.write_all(buf) {
+        let _ = f.set_len(*flushed);
+        return Err(crate::TsdbError::io("write", path, e));
+    }
+    *flushed += buf.len() as u64;
+    buf.clear();
+    Ok(())
 }
 
 fn frame(out: &mut Vec<u8>, body: &[u8]) {

@@ -108,12 +108,11 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
             sources
         ));
     }
-    if let Err(e) = cfg.queue_config().validate() {
-        bail!(
-            e.to_string()
-                .trim_start_matches("invalid config: ")
-                .to_owned()
-        );
+    match cfg.queue_config().validate() {
+        Ok(()) => {}
+        // Already `queue.<key>: …`.
+        Err(verge_queue::QueueError::Config(msg)) => bail!(msg),
+        Err(e) => bail!(e.to_string()),
     }
     if cfg.bridge.enabled {
         cfg.bridge.plan(&cfg.node.name)?;
@@ -121,7 +120,7 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
     if cfg.store.enabled
         && let Err(e) = cfg.store.resolve(&cfg.node.data_dir).validate()
     {
-        bail!(format!("store.{e}").replace("store.store.", "store."));
+        bail!(format!("store.{e}"));
     }
     Ok(())
 }
