@@ -364,16 +364,33 @@ impl Compiler<'_> {
         let (kind, ty) = match &e.kind {
             ExprKind::Lit(l) => lit(l),
             ExprKind::Call { name, args, star } => return self.call(e, name, args, *star, scope),
-            ExprKind::Column(_) => self.c_column(e, scope)?,
-            ExprKind::Neg(_) => self.c_neg(e, scope)?,
-            ExprKind::Not(_) => self.c_not(e, scope)?,
-            ExprKind::Binary { .. } => self.c_binary(e, scope)?,
-            ExprKind::IsNull { .. } => self.c_is_null(e, scope)?,
-            ExprKind::In { .. } => self.c_in(e, scope)?,
-            ExprKind::Between { .. } => self.c_between(e, scope)?,
-            ExprKind::Like { .. } => self.c_like(e, scope)?,
-            ExprKind::Case { .. } => self.c_case(e, scope)?,
-            ExprKind::Cast { .. } => self.c_cast(e, scope)?,
+            ExprKind::Column(path) => self.c_column(e, scope, path)?,
+            ExprKind::Neg(x) => self.c_neg(e, scope, x)?,
+            ExprKind::Not(x) => self.c_not(scope, x)?,
+            ExprKind::Binary { op, l, r } => self.c_binary(e, scope, *op, l, r)?,
+            ExprKind::IsNull { expr, negated } => self.c_is_null(scope, expr, *negated)?,
+            ExprKind::In {
+                expr,
+                list,
+                negated,
+            } => self.c_in(scope, expr, list, *negated)?,
+            ExprKind::Between {
+                expr,
+                lo,
+                hi,
+                negated,
+            } => self.c_between(scope, expr, lo, hi, *negated)?,
+            ExprKind::Like {
+                expr,
+                pattern,
+                negated,
+            } => self.c_like(scope, expr, pattern, *negated)?,
+            ExprKind::Case {
+                operand,
+                whens,
+                else_,
+            } => self.c_case(scope, operand.as_deref(), whens, else_.as_deref())?,
+            ExprKind::Cast { expr, ty } => self.c_cast(scope, expr, *ty)?,
         };
         Ok((self.mk(kind, e), ty))
     }
@@ -396,10 +413,12 @@ impl Compiler<'_> {
         None
     }
 
-    fn c_column(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::Column(path) = &e.kind else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_column(
+        &mut self,
+        e: &Expr,
+        scope: Scope,
+        path: &[PathSeg],
+    ) -> Result<(CKind, Ty), SqlError> {
         Ok({
             if matches!(scope, Scope::Group { .. }) {
                 return Err(self.not_grouped(e, &format!("column '{}'", self.text(e))));
@@ -419,10 +438,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn c_neg(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::Neg(x) = &e.kind else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_neg(&mut self, e: &Expr, scope: Scope, x: &Expr) -> Result<(CKind, Ty), SqlError> {
         Ok({
             let (c, t) = self.boxed(x, scope)?;
             if !(t.is_dynamic() || t.is_num()) {
@@ -432,10 +448,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn c_not(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::Not(x) = &e.kind else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_not(&mut self, scope: Scope, x: &Expr) -> Result<(CKind, Ty), SqlError> {
         Ok({
             let (c, t) = self.boxed(x, scope)?;
             if !(t.is_dynamic() || t == Ty::Bool) {
@@ -445,39 +458,38 @@ impl Compiler<'_> {
         })
     }
 
-    fn c_binary(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::Binary { op, l, r } = &e.kind else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_binary(
+        &mut self,
+        e: &Expr,
+        scope: Scope,
+        op: BinOp,
+        l: &Expr,
+        r: &Expr,
+    ) -> Result<(CKind, Ty), SqlError> {
         Ok({
             let (lc, lt) = self.boxed(l, scope)?;
             let (rc, rt) = self.boxed(r, scope)?;
-            let ty = self.binary_type(e, *op, lt, rt, l, r)?;
-            (CKind::Bin(*op, lc, rc), ty)
+            let ty = self.binary_type(e, op, lt, rt, l, r)?;
+            (CKind::Bin(op, lc, rc), ty)
         })
     }
 
-    fn c_is_null(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::IsNull { expr, negated } = &e.kind else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
-        Ok({
-            (
-                CKind::IsNull(self.boxed(expr, scope)?.0, *negated),
-                Ty::Bool,
-            )
-        })
+    fn c_is_null(
+        &mut self,
+        scope: Scope,
+        expr: &Expr,
+        negated: bool,
+    ) -> Result<(CKind, Ty), SqlError> {
+        Ok((CKind::IsNull(self.boxed(expr, scope)?.0, negated), Ty::Bool))
     }
 
-    fn c_in(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::In {
-            expr,
-            list,
-            negated,
-        } = &e.kind
-        else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_in(
+        &mut self,
+        scope: Scope,
+        expr: &Expr,
+        list: &[Expr],
+        negated: bool,
+    ) -> Result<(CKind, Ty), SqlError> {
         Ok({
             let (x, xt) = self.boxed(expr, scope)?;
             let mut items = Vec::new();
@@ -491,20 +503,18 @@ impl Compiler<'_> {
                 }
                 items.push(c);
             }
-            (CKind::In(x, items, *negated), Ty::Bool)
+            (CKind::In(x, items, negated), Ty::Bool)
         })
     }
 
-    fn c_between(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::Between {
-            expr,
-            lo,
-            hi,
-            negated,
-        } = &e.kind
-        else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_between(
+        &mut self,
+        scope: Scope,
+        expr: &Expr,
+        lo: &Expr,
+        hi: &Expr,
+        negated: bool,
+    ) -> Result<(CKind, Ty), SqlError> {
         Ok({
             let (x, xt) = self.boxed(expr, scope)?;
             let (l, lt) = self.boxed(lo, scope)?;
@@ -517,19 +527,17 @@ impl Compiler<'_> {
                     ));
                 }
             }
-            (CKind::Between(x, l, h, *negated), Ty::Bool)
+            (CKind::Between(x, l, h, negated), Ty::Bool)
         })
     }
 
-    fn c_like(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::Like {
-            expr,
-            pattern,
-            negated,
-        } = &e.kind
-        else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_like(
+        &mut self,
+        scope: Scope,
+        expr: &Expr,
+        pattern: &Expr,
+        negated: bool,
+    ) -> Result<(CKind, Ty), SqlError> {
         Ok({
             let (x, xt) = self.boxed(expr, scope)?;
             let (p, pt) = self.boxed(pattern, scope)?;
@@ -538,19 +546,17 @@ impl Compiler<'_> {
                     return Err(self.at(at, format!("LIKE expects a string, found {}", t.name())));
                 }
             }
-            (CKind::Like(x, p, *negated), Ty::Bool)
+            (CKind::Like(x, p, negated), Ty::Bool)
         })
     }
 
-    fn c_case(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::Case {
-            operand,
-            whens,
-            else_,
-        } = &e.kind
-        else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_case(
+        &mut self,
+        scope: Scope,
+        operand: Option<&Expr>,
+        whens: &[(Expr, Expr)],
+        else_: Option<&Expr>,
+    ) -> Result<(CKind, Ty), SqlError> {
         Ok({
             let op = match operand {
                 Some(o) => Some(self.boxed(o, scope)?.0),
@@ -591,10 +597,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn c_cast(&mut self, e: &Expr, scope: Scope) -> Result<(CKind, Ty), SqlError> {
-        let ExprKind::Cast { expr, ty } = &e.kind else {
-            return Err(self.at(e, "internal error: unexpected expression kind"));
-        };
+    fn c_cast(&mut self, scope: Scope, expr: &Expr, ty: CastTy) -> Result<(CKind, Ty), SqlError> {
         Ok({
             let (x, _) = self.boxed(expr, scope)?;
             let t = match ty {
@@ -604,7 +607,7 @@ impl Compiler<'_> {
                 CastTy::Bool => Ty::Bool,
                 CastTy::Json => Ty::Any,
             };
-            (CKind::Cast(x, *ty), t)
+            (CKind::Cast(x, ty), t)
         })
     }
 
