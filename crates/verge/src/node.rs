@@ -141,9 +141,10 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
             }
         })
     });
+    let signals = Signals::install()?;
     info!(node = %cfg.node.name, rules = cfg.rules.len(), "node started");
     println!("{}", banner(&cfg, mode, &endpoints, tcp, http_addr));
-    shutdown_signal().await?;
+    signals.wait().await;
     info!("shutting down");
     let _ = stop_http.send(());
     if let Some(t) = http_task {
@@ -312,15 +313,29 @@ fn banner(
     out
 }
 
-/// Wait for Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
+/// Ctrl-C and SIGTERM handlers, installed before the banner is printed so a
+/// stop that comes right after start-up is a clean one.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    /// Wait for Ctrl-C or SIGTERM.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 /// A broker holds one descriptor per client: use the whole hard limit.
