@@ -14,9 +14,9 @@ use crate::Services;
 use crate::action::{self, ActionRunner, ActionStatus};
 use crate::config::{ActionKind, RuleConfig, RuleEngineConfig};
 use crate::error::RuleError;
-use crate::metrics::label;
 use crate::rule::{Running, finish_all, now_ms};
 use crate::template::Template;
+use verge_metrics::label;
 
 /// The node's rules. Management calls are serialised; running rules are
 /// independent tasks.

@@ -14,7 +14,6 @@ pub mod action;
 pub mod config;
 mod engine;
 mod error;
-mod metrics;
 mod rule;
 mod template;
 

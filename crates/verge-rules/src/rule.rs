@@ -13,7 +13,7 @@ use verge_broker::{LocalSubscription, Message};
 use verge_sql::{Event, Executor, Row};
 
 use crate::action::{ActionInlet, ActionRunner, Output, rule_origin};
-use crate::metrics::Histogram;
+use verge_metrics::Histogram;
 
 /// Messages taken from the subscription per batch.
 const BATCH: usize = 256;

@@ -1,4 +1,5 @@
-//! Latency histogram and Prometheus text helpers for rule metrics.
+//! Latency histogram and Prometheus text helpers, shared by the rule engine
+//! and the function runtime.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,6 @@ impl Histogram {
     }
 
     /// Observations so far.
-    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }

@@ -1,0 +1,28 @@
+//! Verge's edge functions: user code run per message in a sandbox.
+//!
+//! Two runtimes sit behind one boundary, [`Runtime`]:
+//! - [`wasm`]: WebAssembly core modules built against the Verge ABI
+//!   (`docs/functions.md`), run by the `wasmi` interpreter with a memory
+//!   limit, fuel per call and a bounded pool of reused instances;
+//! - [`process`]: long-lived local worker processes speaking
+//!   line-delimited JSON over stdin/stdout, restarted with backoff.
+//!
+//! [`Functions`] is the node's registry: deploy (versioned, artifacts kept
+//! on disk), list, get, delete, invoke, per-function metrics and state.
+
+pub mod abi;
+mod message;
+mod metrics;
+pub mod process;
+mod registry;
+mod runtime;
+mod spec;
+mod state;
+pub mod wasm;
+
+pub use message::{CallError, Message, now_ms};
+pub use metrics::{FunctionMetrics, MetricsSnapshot};
+pub use registry::{DeployError, FunctionInfo, Functions, FunctionsConfig, MAX_MODULE_BYTES};
+pub use runtime::{BoxFuture, HostContext, Runtime};
+pub use spec::{FunctionSpec, Limits, MAX_NAME, RuntimeKind, validate_name};
+pub use state::{MAX_KEY, SetError, State};
