@@ -270,6 +270,13 @@ impl LocalSubscription {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Take no more messages: those already queued can still be received,
+    /// then [`recv`](Self::recv) returns `None`. Lets a consumer hand over
+    /// to a new subscription without dropping what it holds.
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
 }
 
 /// An in-process subscription's entry in the router; dropping it

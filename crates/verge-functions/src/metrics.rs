@@ -83,6 +83,12 @@ impl FunctionMetrics {
         }
     }
 
+    /// A started call that never ran (retried on a newer version).
+    pub(crate) fn abandon(&self) {
+        self.invocations.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// A copy for the API.
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {

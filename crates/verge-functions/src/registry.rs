@@ -240,6 +240,9 @@ impl Functions {
         };
         let deployed = Arc::new(self.prepare(record, module.clone()).await?);
         self.store(&deployed.record, module.as_deref())?;
+        deployed
+            .state
+            .set_quota(deployed.record.spec.limits.state_bytes);
         let old = self.inner.write().insert(name.clone(), deployed.clone());
         self.inner.changed.send_modify(|g| *g += 1);
         tracing::info!(
@@ -265,10 +268,8 @@ impl Functions {
         let name = record.spec.name.clone();
         let existing = self.inner.read().get(&name).cloned();
         let (state, metrics) = match existing {
-            Some(d) => {
-                d.state.set_quota(record.spec.limits.state_bytes);
-                (d.state.clone(), d.metrics.clone())
-            }
+            // The quota changes when this version is swapped in.
+            Some(d) => (d.state.clone(), d.metrics.clone()),
             None => {
                 let dir = self.inner.dir.join(&name);
                 let state = State::open(&dir.join("state.json"), record.spec.limits.state_bytes)
@@ -346,38 +347,67 @@ impl Functions {
     /// Remove a function, its files and its state. Calls in progress
     /// finish first.
     pub async fn delete(&self, name: &str) -> Result<(), DeployError> {
-        let _one_at_a_time = self.inner.deploys.lock().await;
-        let old = self
-            .inner
-            .write()
-            .remove(name)
-            .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
-        self.inner.changed.send_modify(|g| *g += 1);
+        let old = {
+            let _one_at_a_time = self.inner.deploys.lock().await;
+            let dir = self.inner.dir.join(name);
+            if !self.inner.read().contains_key(name) {
+                return Err(DeployError::NotFound(name.to_owned()));
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(DeployError::Storage(format!("{}: {e}", dir.display())));
+                }
+                _ => {}
+            }
+            let old = self
+                .inner
+                .write()
+                .remove(name)
+                .ok_or_else(|| DeployError::NotFound(name.to_owned()))?;
+            self.inner.changed.send_modify(|g| *g += 1);
+            old
+        };
+        // Outside the deploy lock: a slow call cannot hold up other deploys.
         old.runtime.shutdown().await;
-        let dir = self.inner.dir.join(name);
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| DeployError::Storage(format!("{}: {e}", dir.display())))?;
         tracing::info!(function = %name, "deleted");
         Ok(())
     }
 
     /// Call the current version of `name`.
+    ///
+    /// A call that reached a version just as it was being replaced (the old
+    /// version refuses calls it has not started) runs on the new version,
+    /// so no call is lost in a swap.
     pub async fn invoke(&self, name: &str, msg: Message) -> Result<Vec<Message>, CallError> {
-        let d = self
-            .inner
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| CallError::NotFound(name.to_owned()))?;
-        d.metrics.start();
-        let t = Instant::now();
-        let r = d.runtime.call(msg).await;
-        let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-        d.metrics.finish(us, r.as_ref().map(Vec::len));
-        if let Err(e) = &r {
-            tracing::debug!(function = %name, "call failed: {e}");
+        let current = || {
+            self.inner
+                .read()
+                .get(name)
+                .cloned()
+                .ok_or_else(|| CallError::NotFound(name.to_owned()))
+        };
+        let mut d = current()?;
+        let mut swaps = 0;
+        loop {
+            let call = Call::start(&d.metrics);
+            let r = d.runtime.call(msg.clone()).await;
+            if let Err(CallError::Unavailable(_)) = &r
+                && swaps < 8
+                && let Ok(now) = current()
+                && !Arc::ptr_eq(&now, &d)
+            {
+                // Not counted against the function: it never ran.
+                call.abandon();
+                d = now;
+                swaps += 1;
+                continue;
+            }
+            call.finish(r.as_ref().map(Vec::len));
+            if let Err(e) = &r {
+                tracing::debug!(function = %name, "call failed: {e}");
+            }
+            return r;
         }
-        r
     }
 
     /// Whether `name` is deployed.
@@ -400,7 +430,8 @@ impl Functions {
 
     /// A function's state entries.
     pub fn state(&self, name: &str) -> Option<std::collections::BTreeMap<String, Vec<u8>>> {
-        Some(self.inner.read().get(name)?.state.snapshot())
+        let d = self.inner.read().get(name).cloned()?;
+        Some(d.state.snapshot())
     }
 
     /// Bumped on every deploy and delete (for subscription triggers).
@@ -509,6 +540,51 @@ impl Inner {
 
     fn all(&self) -> Vec<Arc<Deployed>> {
         self.read().values().cloned().collect()
+    }
+}
+
+/// One call's place in the metrics: counted as started when made, and as
+/// finished when it ends, or when it is dropped unfinished (the caller gave
+/// up), so `in_flight` always comes back down.
+struct Call<'a> {
+    metrics: &'a FunctionMetrics,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a> Call<'a> {
+    fn start(metrics: &'a FunctionMetrics) -> Call<'a> {
+        metrics.start();
+        Call {
+            metrics,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn finish(mut self, result: Result<usize, &CallError>) {
+        self.done = true;
+        self.metrics.finish(self.us(), result);
+    }
+
+    fn abandon(mut self) {
+        self.done = true;
+        self.metrics.abandon();
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.finish(
+                self.us(),
+                Err(&CallError::Unavailable("the caller stopped waiting".into())),
+            );
+        }
     }
 }
 

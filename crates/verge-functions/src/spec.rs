@@ -169,8 +169,17 @@ impl FunctionSpec {
         if l.state_bytes > 64 << 20 {
             return Err("`limits.state_bytes` must be at most 67108864 (64 MiB)".into());
         }
-        if self.subscribe.iter().any(|f| f.is_empty()) {
-            return Err("`subscribe` has an empty topic filter".into());
+        for f in &self.subscribe {
+            let ok = if f.starts_with("$share/") {
+                verge_mqtt::topic::valid_shared(f)
+            } else {
+                verge_mqtt::topic::valid_topic_filter(f)
+            };
+            if !ok {
+                return Err(format!(
+                    "`subscribe`: {f:?} is not a valid MQTT topic filter"
+                ));
+            }
         }
         Ok(())
     }

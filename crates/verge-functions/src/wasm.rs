@@ -28,6 +28,9 @@ use crate::message::{CallError, Message, now_ms};
 use crate::runtime::{BoxFuture, HostContext, Runtime};
 use crate::state::SetError;
 
+/// How long `shutdown` waits for calls in progress.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Longest log line a function may write.
 const MAX_LOG_LINE: usize = 4096;
 
@@ -86,9 +89,17 @@ impl WasmModule {
         if bytes.is_empty() {
             return Err("the module is empty".into());
         }
+        // Binary modules start with `\0asm`; anything else must be WAT text.
+        if !bytes.starts_with(b"\0asm") && std::str::from_utf8(bytes).is_err() {
+            return Err(
+                "not a WebAssembly module: binary modules start with \\0asm, and this is not \
+                 WAT text either (not UTF-8)"
+                    .into(),
+            );
+        }
         let module = std::panic::catch_unwind(AssertUnwindSafe(|| Module::new(engine(), bytes)))
             .map_err(|_| "the module could not be parsed (the parser gave up)".to_string())?
-            .map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
+            .map_err(|e| format!("not a valid WebAssembly module: {}", cut(&e.to_string())))?;
         for imp in module.imports() {
             let known = IMPORTS.iter().find(|(n, _, _)| *n == imp.name());
             let ok = imp.module() == "verge"
@@ -152,6 +163,18 @@ impl WasmModule {
     }
 }
 
+/// At most 1 KiB of an error message (a WAT error quotes the source).
+fn cut(s: &str) -> String {
+    if s.len() <= 1024 {
+        return s.to_owned();
+    }
+    let mut end = 1024;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … (cut)", &s[..end])
+}
+
 fn types(t: &[ValType]) -> String {
     t.iter()
         .map(|v| format!("{v:?}").to_lowercase())
@@ -178,6 +201,27 @@ struct Host {
     limits: StoreLimits,
     /// Set by `kv`/`log` when a pointer was out of bounds, for the error.
     fault: Option<String>,
+    /// Set when a host call ran out of fuel.
+    out_of_fuel: bool,
+    /// Log lines written in this call.
+    log_lines: u32,
+}
+
+/// Log lines one call may write; more are dropped.
+const MAX_LOG_LINES: u32 = 100;
+
+/// Charge a host call's work to the call's fuel: one unit plus one per 8
+/// bytes it reads or copies, so that a loop over host calls with large
+/// arguments runs out of fuel like any other loop.
+fn charge(caller: &mut Caller<'_, Host>, bytes: usize) -> Result<(), wasmi::Error> {
+    let cost = 1 + (bytes as u64) / 8;
+    let left = caller.get_fuel().unwrap_or(0);
+    if left < cost {
+        let _ = caller.set_fuel(0);
+        caller.data_mut().out_of_fuel = true;
+        return Err(wasmi::Error::new("out of fuel in a host call"));
+    }
+    caller.set_fuel(left - cost)
 }
 
 /// A call that used more fuel than this (roughly a millisecond of
@@ -190,6 +234,11 @@ const INLINE_FUEL: u64 = 200_000;
 
 /// See [`INLINE_FUEL`].
 const OFFLOAD_CALLS: u64 = 1000;
+
+/// Functions allowed more fuel per call than this (about 0.1 s) never run
+/// inline: one surprise-long call could otherwise hold a runtime thread
+/// for long.
+const MAX_INLINE_LIMIT: u64 = 100_000_000;
 
 /// Run `f`, turning a panic (inside wasmi, which is large) into a trap:
 /// nothing a module does may take the node down.
@@ -284,8 +333,12 @@ impl Runtime for WasmRuntime {
                 .acquire_owned()
                 .await
                 .map_err(|_| CallError::Unavailable("the function is shutting down".into()))?;
-            if inner.offload.load(Ordering::Relaxed) > 0 {
-                inner.offload.fetch_sub(1, Ordering::Relaxed);
+            let big = inner.ctx.limits.fuel > MAX_INLINE_LIMIT;
+            let offloaded = inner
+                .offload
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if big || offloaded {
                 return blocking(move || {
                     let r = inner.call_now(&msg);
                     drop(permit);
@@ -317,13 +370,10 @@ impl Runtime for WasmRuntime {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.inner.closed.store(true, Ordering::Release);
-            // Wait for calls in progress: they hold permits.
-            if let Ok(all) = self
-                .inner
-                .permits
-                .acquire_many(self.inner.concurrency)
-                .await
-            {
+            // Wait for calls in progress (they hold permits), for a while:
+            // fuel bounds them, but not to any particular time.
+            let all = self.inner.permits.acquire_many(self.inner.concurrency);
+            if let Ok(Ok(all)) = tokio::time::timeout(SHUTDOWN_GRACE, all).await {
                 all.forget();
             }
             self.inner.permits.close();
@@ -389,7 +439,10 @@ impl Inner {
         inst.store
             .set_fuel(self.ctx.limits.fuel)
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        inst.store.data_mut().fault = None;
+        let host = inst.store.data_mut();
+        host.fault = None;
+        host.out_of_fuel = false;
+        host.log_lines = 0;
         abi::encode_input(msg, &mut inst.input);
         let len = i32::try_from(inst.input.len())
             .map_err(|_| CallError::Unavailable("the message is larger than 2 GiB".into()))?;
@@ -431,6 +484,9 @@ impl Inner {
 
     /// Turn a wasmi error into a call error, naming the limit that was hit.
     fn trap(&self, inst: &Instance, e: wasmi::Error) -> CallError {
+        if inst.store.data().out_of_fuel {
+            return CallError::OutOfFuel(self.ctx.limits.fuel);
+        }
         if let Some(fault) = &inst.store.data().fault {
             return CallError::Trap(fault.clone());
         }
@@ -467,6 +523,8 @@ impl Inner {
             ctx: self.ctx.clone(),
             limits,
             fault: None,
+            out_of_fuel: false,
+            log_lines: 0,
         };
         let mut store = Store::new(engine(), host);
         store.limiter(|h| &mut h.limits);
@@ -570,7 +628,13 @@ fn linker() -> Result<Linker<Host>, String> {
         "verge",
         "log",
         |mut c: Caller<'_, Host>, level: i32, ptr: i32, len: i32| -> Result<(), wasmi::Error> {
-            let mut line = read_string(&mut c, ptr, len.min(MAX_LOG_LINE as i32))?;
+            let len = len.clamp(0, MAX_LOG_LINE as i32);
+            charge(&mut c, len as usize)?;
+            c.data_mut().log_lines += 1;
+            if c.data().log_lines > MAX_LOG_LINES {
+                return Ok(());
+            }
+            let mut line = read_string(&mut c, ptr, len)?;
             line.retain(|ch| ch != '\n' && ch != '\r');
             let f = &*c.data().ctx.name;
             match level {
@@ -589,6 +653,7 @@ fn linker() -> Result<Linker<Host>, String> {
         "config",
         |mut c: Caller<'_, Host>, ptr: i32, cap: i32| -> Result<i32, wasmi::Error> {
             let config = c.data().ctx.config.clone();
+            charge(&mut c, config.len().min(cap.max(0) as usize))?;
             copy_out(&mut c, config.as_bytes(), ptr, cap)
         },
     )
@@ -602,12 +667,22 @@ fn linker() -> Result<Linker<Host>, String> {
          vp: i32,
          vcap: i32|
          -> Result<i32, wasmi::Error> {
+            if kl as u32 as usize > crate::MAX_KEY {
+                return Ok(-2);
+            }
+            charge(&mut c, kl as usize)?;
             let key = read_string(&mut c, kp, kl)?;
             let state = c.data().ctx.state.clone();
-            match state.get(&key) {
-                Some(v) => copy_out(&mut c, &v, vp, vcap),
+            let (m, p, cap) = range(&mut c, vp, vcap)?;
+            let dst = m.data_mut(&mut c);
+            state.with(&key, |v| match v {
+                Some(v) => {
+                    let n = v.len().min(cap);
+                    dst[p..p + n].copy_from_slice(&v[..n]);
+                    i32::try_from(v.len()).map_err(|_| wasmi::Error::new("value larger than 2 GiB"))
+                }
                 None => Ok(-1),
-            }
+            })
         },
     )
     .map_err(e)?;
@@ -623,6 +698,7 @@ fn linker() -> Result<Linker<Host>, String> {
             if kl as u32 as usize > crate::MAX_KEY {
                 return Ok(-2);
             }
+            charge(&mut c, kl as usize + vl.max(0) as usize)?;
             let key = read_string(&mut c, kp, kl)?;
             let (m, p, n) = range(&mut c, vp, vl)?;
             let state = c.data().ctx.state.clone();
@@ -638,6 +714,10 @@ fn linker() -> Result<Linker<Host>, String> {
         "verge",
         "kv_delete",
         |mut c: Caller<'_, Host>, kp: i32, kl: i32| -> Result<i32, wasmi::Error> {
+            if kl as u32 as usize > crate::MAX_KEY {
+                return Ok(-2);
+            }
+            charge(&mut c, kl as usize)?;
             let key = read_string(&mut c, kp, kl)?;
             Ok(i32::from(c.data().ctx.state.delete(&key)))
         },

@@ -96,6 +96,8 @@ async fn misbehaviour_is_recorded_and_the_function_keeps_serving() {
         Err(CallError::Trap(why)) => assert!(why.contains("memory limit"), "{why}"),
         other => panic!("memory hog: {other:?}"),
     }
+    // Host calls are charged fuel too: a loop of them ends like any loop.
+    assert_eq!(call("h").await, Err(CallError::OutOfFuel(2_000_000)));
     assert_eq!(
         call("e").await,
         Err(CallError::Returned("bad input".into()))
@@ -113,8 +115,8 @@ async fn misbehaviour_is_recorded_and_the_function_keeps_serving() {
     );
 
     let m = f.get("bad").expect("info").metrics;
-    assert_eq!(m.invocations, 7);
-    assert_eq!(m.timeouts, 1);
+    assert_eq!(m.invocations, 8);
+    assert_eq!(m.timeouts, 2);
     assert_eq!(m.errors, 5);
     assert!(m.last_error.is_some());
     // The memory hog's instance was discarded, not kept at 1 MiB.

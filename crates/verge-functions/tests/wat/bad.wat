@@ -2,6 +2,7 @@
 ;; 't' traps, 'l' loops forever, 'm' grows memory until refused then traps
 ;; (as an allocator aborting would), 'e' returns an error, 'o' points its
 ;; output outside memory, 'k' hands the host an out-of-bounds range,
+;; 'h' loops over host calls (4 KiB log lines, so past the per-call line cap),
 ;; anything else returns no messages.
 (module
   (import "verge" "log" (func $log (param i32 i32 i32)))
@@ -27,6 +28,8 @@
       (then (return (i64.or (i64.shl (i64.const 2048) (i64.const 32)) (i64.const 14)))))
     (if (i32.eq (local.get $c) (i32.const 111))
       (then (return (i64.or (i64.shl (i64.const 0x7fff0000) (i64.const 32)) (i64.const 100)))))
+    (if (i32.eq (local.get $c) (i32.const 104))
+      (then (loop $h (call $log (i32.const 4) (i32.const 0) (i32.const 4096)) (br $h))))
     (if (i32.eq (local.get $c) (i32.const 107))
       (then (call $log (i32.const 2) (i32.const 0x7ffffff0) (i32.const 100))))
     (i64.or (i64.shl (i64.const 2100) (i64.const 32)) (i64.const 5))))
