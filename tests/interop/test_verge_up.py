@@ -79,3 +79,38 @@ def test_up_prints_every_listener_and_serves_them(up):
     assert roundtrip(ports["ws"], "websockets") == b"hello"
     assert roundtrip(ports["tls"], cafile=cafile) == b"hello"
     assert roundtrip(ports["wss"], "websockets", cafile=cafile) == b"hello"
+
+
+def test_up_demo_rule_runs_the_demo_function(up):
+    """The walkthrough's last steps on one machine: a reading goes through
+    the demo rule into the demo WebAssembly function, whose output a paho
+    subscriber sees on processed/<topic>, and whose metrics the API shows."""
+    import json
+    import urllib.request
+
+    d, ports, log = up
+    got = queue.Queue()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, m: got.put((m.topic, m.payload))
+    sub.connect("127.0.0.1", ports["tcp"])
+    sub.loop_start()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", ports["tcp"])
+    pub.loop_start()
+    try:
+        sub.subscribe("processed/#", 1)
+        time.sleep(0.3)
+        pub.publish("devices/fn1/telemetry", json.dumps({"temperature": 22.5}), 1).wait_for_publish(5)
+        topic, payload = got.get(timeout=10)
+        assert topic == "processed/devices/fn1/telemetry"
+        doc = json.loads(payload)
+        assert doc["tagged_by"] == "demo-tag"
+        assert doc["row"] == {"device": "fn1", "temperature": 22.5}
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/functions/demo-tag", timeout=5) as r:
+            info = json.load(r)
+        assert info["metrics"]["invocations"] >= 1
+        assert info["metrics"]["errors"] == 0
+    finally:
+        for c in (sub, pub):
+            c.disconnect()
+            c.loop_stop()

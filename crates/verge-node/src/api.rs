@@ -28,6 +28,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/rules/{id}/start", post(start_rule))
         .route("/rules/{id}/stop", post(stop_rule))
         .merge(crate::store_api::routes())
+        .merge(crate::functions_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -117,6 +118,9 @@ async fn metrics(State(s): State<NodeState>) -> impl IntoResponse {
     }
     if let Some(db) = &s.store {
         crate::store_api::render_metrics(&db.stats(), &mut out);
+    }
+    if let Some(f) = &s.functions {
+        crate::functions_api::render_metrics(f, &mut out);
     }
     (
         [(

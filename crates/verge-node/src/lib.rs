@@ -1,6 +1,7 @@
 //! The edge node's local HTTP API (default 127.0.0.1:8081): rules
 //! (create, list, get, update, delete, start, stop, test), broker status,
-//! the local time-series store (`/api/store/*`) and Prometheus metrics at
+//! edge functions (`/api/functions/*`), the local time-series store
+//! (`/api/store/*`) and Prometheus metrics at
 //! `/metrics`. Errors are JSON with a code and a
 //! message (see [`AppError`]). When a token is configured, `/api/*` needs
 //! `Authorization: Bearer <token>`; `/healthz` and `/metrics` stay open for
@@ -12,6 +13,8 @@
 mod api;
 mod bridge_api;
 mod error;
+mod functions;
+mod functions_api;
 mod metrics;
 mod store;
 mod store_api;
@@ -27,6 +30,7 @@ use verge_tsdb::Tsdb;
 
 pub use api::router;
 pub use error::AppError;
+pub use functions::{FunctionsInvoker, Triggers};
 pub use store::TsdbStore;
 pub use upstream::QueueUpstream;
 
@@ -48,6 +52,9 @@ pub struct NodeState {
     /// The cloud link and its cache queue (`/api/bridge`); none when the
     /// node has no cloud link.
     pub bridge: Option<verge_bridge::BridgeHandle>,
+    /// The edge functions (`/api/functions`); none when the node has no
+    /// function runtime.
+    pub functions: Option<verge_functions::Functions>,
 }
 
 /// Serve the API on an already-bound listener until `shutdown` resolves.

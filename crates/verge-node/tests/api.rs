@@ -26,6 +26,7 @@ fn state(broker: &Broker, token: Option<&str>) -> NodeState {
         token: token.map(Arc::from),
         store: None,
         bridge: None,
+        functions: None,
     }
 }
 

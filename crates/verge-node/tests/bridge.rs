@@ -172,6 +172,7 @@ async fn bridge_status_and_metrics() {
         token: None,
         store: None,
         bridge: Some(bridge.handle()),
+        functions: None,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let v = loop {

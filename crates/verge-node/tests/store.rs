@@ -60,6 +60,7 @@ fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> NodeState {
         token: None,
         store,
         bridge: None,
+        functions: None,
     }
 }
 

@@ -54,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCommand::Connections(args) => crate::bench::connections::run(&args),
                 BenchCommand::Rules(args) => crate::bench::rules::run(&args),
                 BenchCommand::Queue(args) => crate::bench::queue::run(&args),
+                BenchCommand::Functions(args) => crate::bench::functions::run(&args),
             }
         }
     }

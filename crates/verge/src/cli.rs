@@ -107,6 +107,8 @@ pub enum BenchCommand {
     Rules(crate::bench::rules::RulesBenchArgs),
     /// Cache queue durable appends/s per sync policy and read-back rate.
     Queue(crate::bench::queue::QueueBenchArgs),
+    /// Edge function calls/s and latency, WebAssembly and process runtimes.
+    Functions(crate::bench::functions::FunctionsBenchArgs),
 }
 
 /// `KEY=VALUE`.

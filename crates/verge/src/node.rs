@@ -10,9 +10,10 @@ use anyhow::Context;
 use tracing::{debug, info};
 use verge_bridge::Bridge;
 use verge_broker::{BoundListener, Broker, BrokerError};
-use verge_node::{NodeState, QueueUpstream, TsdbStore};
+use verge_functions::{Functions, FunctionsConfig};
+use verge_node::{FunctionsInvoker, NodeState, QueueUpstream, Triggers, TsdbStore};
 use verge_queue::Queue;
-use verge_rules::{Engine, Services, TelemetryStore, Upstream};
+use verge_rules::{Engine, FunctionInvoker, Services, TelemetryStore, Upstream};
 use verge_tsdb::{Tsdb, TsdbError};
 
 use crate::config::NodeConfig;
@@ -37,6 +38,7 @@ pub fn run(mut cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
     })?;
     if mode == Mode::Demo {
         demo_tls(&mut cfg)?;
+        demo_function(&mut cfg)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,11 +92,15 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
         Some(_) => Some(open_queue(&cfg).await?),
         None => None,
     };
+    let functions = open_functions(&cfg).await?;
     let mut broker = Broker::start(cfg.broker.clone(), auth);
     for l in listeners {
         broker.serve(l);
     }
+    let triggers = Triggers::start(functions.clone(), broker.handle());
     let mut services = Services::new(broker.handle());
+    services.functions =
+        Some(Arc::new(FunctionsInvoker::new(functions.clone())) as Arc<dyn FunctionInvoker>);
     services.store = store
         .clone()
         .map(|db| Arc::new(TsdbStore::new(db)) as Arc<dyn TelemetryStore>);
@@ -131,6 +137,7 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
             token: cfg.http.token.as_deref().map(Arc::from),
             store: store.clone(),
             bridge: bridge.as_ref().map(Bridge::handle),
+            functions: Some(functions.clone()),
         };
         tokio::spawn(async move {
             let shutdown = async {
@@ -151,6 +158,9 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
         let _ = t.await;
     }
     engine.shutdown().await;
+    triggers.stop();
+    // Finishes calls in progress, stops workers, saves functions' state.
+    functions.shutdown().await;
     if let Some(b) = bridge {
         // The forwards queue what they hold; the link says goodbye.
         b.shutdown().await;
@@ -166,6 +176,24 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
     broker.shutdown().await;
     debug!("stopped");
     Ok(())
+}
+
+/// The function registry under `<data_dir>/functions`, with the
+/// configured `[[functions]]` deployed (a changed one becomes a new
+/// version; an unchanged one keeps its version).
+async fn open_functions(cfg: &NodeConfig) -> anyhow::Result<Functions> {
+    let dir = cfg.node.data_dir.join("functions");
+    let functions = Functions::open(FunctionsConfig { dir: dir.clone() })
+        .await
+        .map_err(|e| anyhow::anyhow!("functions: {e}"))?;
+    for (i, spec) in cfg.functions.iter().enumerate() {
+        let name = spec.name.clone();
+        functions
+            .deploy(spec.clone(), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("functions[{i}] (`{name}`): {e}"))?;
+    }
+    Ok(functions)
 }
 
 /// The local time-series store, when `[store] enabled`.
@@ -235,6 +263,26 @@ fn demo_tls(cfg: &mut NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo function's module, written where the demo config's
+/// `demo-tag` function (which has no `path`) finds it.
+fn demo_function(cfg: &mut NodeConfig) -> anyhow::Result<()> {
+    const WAT: &str = include_str!("demo/demo-tag.wat");
+    let Some(f) = cfg
+        .functions
+        .iter_mut()
+        .find(|f| f.name == "demo-tag" && f.path.is_none())
+    else {
+        return Ok(());
+    };
+    let dir = cfg.node.data_dir.join("demo");
+    let path = dir.join("demo-tag.wat");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, WAT))
+        .with_context(|| format!("writing the demo function to {}", path.display()))?;
+    f.path = Some(path);
+    Ok(())
+}
+
 /// `tcp  mqtt://127.0.0.1:1883` for one listener.
 fn endpoint(l: &BoundListener, cfg: &NodeConfig) -> anyhow::Result<String> {
     let addr = l
@@ -295,7 +343,10 @@ fn banner(
                 "try it:\n  mosquitto_sub -h {h} -p {p} -t 'devices/#' -t 'alerts/#' -v\n  \
                  mosquitto_pub -h {h} -p {p} -t devices/d1/telemetry -m '{{\"temperature\":35.5}}'\n\
                  (the demo rule `demo-hot` republishes readings over 30 to alerts/<device>;\n\
-                  `demo-store` keeps every temperature: curl 'http://{http_hint}/api/store/query?device=d1&metric=temperature')\n"
+                  `demo-store` keeps every temperature: curl 'http://{http_hint}/api/store/query?device=d1&metric=temperature';\n\
+                  `demo-function` hands every reading to the WebAssembly function demo-tag, whose output\n\
+                  appears on processed/<topic>: mosquitto_sub -h {h} -p {p} -t 'processed/#' -v;\n\
+                  its metrics: curl http://{http_hint}/api/functions/demo-tag)\n"
             ));
         }
         let ls = &cfg.broker.listeners;

@@ -372,3 +372,39 @@ fn node_serves_and_stops_on_sigterm() {
     };
     assert!(exit.success(), "clean exit: {exit:?}");
 }
+
+/// Both runtimes run and every row reports calls; the outputs were checked
+/// before measuring (the command fails otherwise). No timing thresholds.
+#[test]
+fn bench_functions_reports_both_runtimes() {
+    let out = run(&[
+        "bench",
+        "functions",
+        "--duration",
+        "0.3",
+        "--callers",
+        "2",
+        "--workers",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let kinds: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r["runtime"].to_string(), r["function"].to_string()))
+        .collect();
+    for want in [
+        ("wasm", "echo"),
+        ("process", "echo"),
+        ("process", "json-reshape"),
+    ] {
+        assert!(
+            kinds.contains(&(format!("\"{}\"", want.0), format!("\"{}\"", want.1))),
+            "{want:?} missing in {kinds:?}"
+        );
+    }
+    for r in &rows {
+        assert!(r["calls"].as_u64().expect("calls") > 0, "{r}");
+    }
+}

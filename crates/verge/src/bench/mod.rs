@@ -6,11 +6,13 @@
 //! - [`rules`]: the rule engine, in-process and through an in-process broker.
 //! - [`queue`]: the cache queue's durable appends and read-back on this
 //!   disk, and the drain of a backlog through the cloud link ([`drain`]).
+//! - [`functions`]: edge function calls, WebAssembly and process runtimes.
 
 pub mod broker;
 mod client;
 pub mod connections;
 pub mod drain;
+pub mod functions;
 mod histogram;
 mod pubsub;
 pub mod queue;

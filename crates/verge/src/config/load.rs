@@ -117,6 +117,18 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
     if cfg.bridge.enabled {
         cfg.bridge.plan(&cfg.node.name)?;
     }
+    let mut names = std::collections::HashSet::new();
+    for (i, f) in cfg.functions.iter().enumerate() {
+        if let Err(e) = f.validate() {
+            bail!(format!("functions[{i}] (`{}`): {e}", f.name));
+        }
+        if !names.insert(f.name.as_str()) {
+            bail!(format!(
+                "functions[{i}]: a function named `{}` is already configured",
+                f.name
+            ));
+        }
+    }
     if cfg.store.enabled
         && let Err(e) = cfg.store.resolve(&cfg.node.data_dir).validate()
     {

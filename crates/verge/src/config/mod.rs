@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use verge_bridge::BridgeConfig;
 use verge_broker::BrokerConfig;
+use verge_functions::FunctionSpec;
 use verge_queue::QueueConfig;
 use verge_rules::{RuleConfig, RuleEngineConfig};
 use verge_tsdb::TsdbConfig;
@@ -49,6 +50,9 @@ pub struct NodeConfig {
     pub bridge: BridgeConfig,
     /// `[[rules]]`: rules created at start (more through the HTTP API).
     pub rules: Vec<RuleConfig>,
+    /// `[[functions]]`: edge functions deployed at start (more through the
+    /// HTTP API); see docs/functions.md.
+    pub functions: Vec<FunctionSpec>,
 }
 
 /// The `[http]` section.
