@@ -25,6 +25,7 @@ def up():
         if k != "http":
             env[f"VERGE__BROKER__LISTENERS__{k.upper()}__BIND"] = f"127.0.0.1:{p}"
     env["VERGE__HTTP__BIND"] = f"127.0.0.1:{ports['http']}"
+    env["VERGE__COAP__BIND"] = f"127.0.0.1:{free_port()}"
     log = open(os.path.join(d, "up.log"), "w+")
     proc = subprocess.Popen([os.environ.get("VERGE_BIN", "target/debug/verge"), "up"],
                             cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -58,6 +58,7 @@ class Node:
         self.tcp = free_port()
         self.ws = free_port()
         self.http = free_port()
+        self.coap = free_port()
         self.config = os.path.join(self.dir, "node.toml")
         with open(self.config, "w") as f:
             f.write(f"""
@@ -83,6 +84,8 @@ enabled = false
 bind = "127.0.0.1:0"
 [http]
 bind = "127.0.0.1:{self.http}"
+[coap]
+bind = "127.0.0.1:{self.coap}"
 {tail}
 """)
         # The config file alone decides: no VERGE__* overrides leak in.

@@ -241,6 +241,24 @@ impl BrokerHandle {
         ))
     }
 
+    /// The retained message of the topic name `topic`, if one is held and
+    /// has not expired (for protocol gateways that answer a read with the
+    /// current value, such as CoAP GET).
+    pub async fn retained(&self, topic: &str) -> Result<Option<Arc<Message>>, BrokerError> {
+        if !topic::valid_topic_name(topic) {
+            return Err(BrokerError::InvalidTopic(topic.to_owned()));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Retained {
+                topic: topic.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        rx.await.map_err(|_| BrokerError::Closed)
+    }
+
     /// The broker's counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats

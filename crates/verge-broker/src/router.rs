@@ -146,6 +146,11 @@ pub(crate) enum Event {
         key: SubKey,
         filters: Vec<String>,
     },
+    /// The retained message of one topic name, if any (and not expired).
+    Retained {
+        topic: String,
+        reply: oneshot::Sender<Option<Arc<Message>>>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -326,6 +331,15 @@ impl Router {
                 {
                     self.durable.fetch_sub(1, Ordering::Relaxed);
                 }
+            }
+            Event::Retained { topic, reply } => {
+                let now = Instant::now();
+                let msg = self
+                    .retained
+                    .get(topic.as_str())
+                    .filter(|m| !m.expired(now))
+                    .cloned();
+                let _ = reply.send(msg);
             }
             Event::Shutdown(_) => {}
         }

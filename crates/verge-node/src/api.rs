@@ -29,6 +29,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/rules/{id}/stop", post(stop_rule))
         .merge(crate::store_api::routes())
         .merge(crate::functions_api::routes())
+        .merge(crate::drivers_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -121,6 +122,12 @@ async fn metrics(State(s): State<NodeState>) -> impl IntoResponse {
     }
     if let Some(f) = &s.functions {
         crate::functions_api::render_metrics(f, &mut out);
+    }
+    if let Some(d) = &s.drivers {
+        d.render_prometheus(&mut out);
+    }
+    if let Some(c) = &s.coap {
+        crate::metrics::render_coap(&c.snapshot(), &mut out);
     }
     (
         [(

@@ -1,6 +1,6 @@
 //! The edge node's local HTTP API (default 127.0.0.1:8081): rules
 //! (create, list, get, update, delete, start, stop, test), broker status,
-//! edge functions (`/api/functions/*`), the local time-series store
+//! edge functions (`/api/functions/*`), protocol drivers (`/api/drivers`), the local time-series store
 //! (`/api/store/*`) and Prometheus metrics at
 //! `/metrics`. Errors are JSON with a code and a
 //! message (see [`AppError`]). When a token is configured, `/api/*` needs
@@ -12,6 +12,7 @@
 
 mod api;
 mod bridge_api;
+mod drivers_api;
 mod error;
 mod functions;
 mod functions_api;
@@ -55,6 +56,10 @@ pub struct NodeState {
     /// The edge functions (`/api/functions`); none when the node has no
     /// function runtime.
     pub functions: Option<verge_functions::Functions>,
+    /// The protocol drivers (`/api/drivers`); none when the node has none.
+    pub drivers: Option<Arc<verge_drivers::Drivers>>,
+    /// The CoAP gateway's counters (`/metrics`); none when it is off.
+    pub coap: Option<Arc<verge_coap::Stats>>,
 }
 
 /// Serve the API on an already-bound listener until `shutdown` resolves.

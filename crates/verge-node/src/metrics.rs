@@ -29,3 +29,21 @@ pub fn render_broker(stats: &Stats, out: &mut String) {
         let _ = writeln!(out, "{metric} {value}");
     }
 }
+
+/// The CoAP gateway's counters as `verge_coap_<name>` (observers is a
+/// gauge, the rest are counters).
+pub fn render_coap(stats: &verge_coap::StatsSnapshot, out: &mut String) {
+    use std::fmt::Write;
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(stats) else {
+        return;
+    };
+    for (name, v) in fields {
+        let (metric, kind) = if name == "observers" {
+            (name.clone(), "gauge")
+        } else {
+            (format!("{name}_total"), "counter")
+        };
+        let _ = writeln!(out, "# TYPE verge_coap_{metric} {kind}");
+        let _ = writeln!(out, "verge_coap_{metric} {v}");
+    }
+}

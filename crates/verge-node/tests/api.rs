@@ -27,6 +27,8 @@ fn state(broker: &Broker, token: Option<&str>) -> NodeState {
         store: None,
         bridge: None,
         functions: None,
+        drivers: None,
+        coap: None,
     }
 }
 

@@ -173,6 +173,8 @@ async fn bridge_status_and_metrics() {
         store: None,
         bridge: Some(bridge.handle()),
         functions: None,
+        drivers: None,
+        coap: None,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let v = loop {

@@ -89,6 +89,8 @@ fn state(broker: &Broker, functions: Option<Functions>) -> NodeState {
         store: None,
         bridge: None,
         functions,
+        drivers: None,
+        coap: None,
     }
 }
 

@@ -61,6 +61,8 @@ fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> NodeState {
         store,
         bridge: None,
         functions: None,
+        drivers: None,
+        coap: None,
     }
 }
 

@@ -55,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCommand::Rules(args) => crate::bench::rules::run(&args),
                 BenchCommand::Queue(args) => crate::bench::queue::run(&args),
                 BenchCommand::Functions(args) => crate::bench::functions::run(&args),
+                BenchCommand::Drivers(args) => crate::bench::drivers::run(&args),
             }
         }
     }

@@ -109,6 +109,8 @@ pub enum BenchCommand {
     Queue(crate::bench::queue::QueueBenchArgs),
     /// Edge function calls/s and latency, WebAssembly and process runtimes.
     Functions(crate::bench::functions::FunctionsBenchArgs),
+    /// Modbus driver points/s, CPU and memory against an in-process simulator.
+    Drivers(crate::bench::drivers::DriversBenchArgs),
 }
 
 /// `KEY=VALUE`.

@@ -10,6 +10,7 @@ use anyhow::Context;
 use tracing::{debug, info};
 use verge_bridge::Bridge;
 use verge_broker::{BoundListener, Broker, BrokerError};
+use verge_drivers::Drivers;
 use verge_functions::{Functions, FunctionsConfig};
 use verge_node::{FunctionsInvoker, NodeState, QueueUpstream, Triggers, TsdbStore};
 use verge_queue::Queue;
@@ -87,17 +88,48 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
     } else {
         None
     };
+    let coap_socket = if cfg.coap.enabled {
+        Some(verge_coap::bind(&cfg.coap).await.map_err(|e| {
+            anyhow::anyhow!("coap: {e} (set another coap.bind, or coap.enabled = false)")
+        })?)
+    } else {
+        None
+    };
+    let mut endpoints = endpoints;
+    if let Some(a) = coap_socket.as_ref().and_then(|s| s.local_addr().ok()) {
+        endpoints.push(format!("CoAP over UDP        coap://{a}/ps/<topic>"));
+    }
     let store = open_store(&cfg).await?;
     let queue = match bridge_plan {
         Some(_) => Some(open_queue(&cfg).await?),
         None => None,
     };
     let functions = open_functions(&cfg).await?;
-    let mut broker = Broker::start(cfg.broker.clone(), auth);
+    let mut broker = Broker::start(cfg.broker.clone(), auth.clone());
     for l in listeners {
         broker.serve(l);
     }
     let triggers = Triggers::start(functions.clone(), broker.handle());
+    let coap = match coap_socket {
+        Some(sock) => Some(
+            verge_coap::Gateway::new(cfg.coap.clone(), broker.handle(), auth.clone())
+                .context("coap")?
+                .spawn(sock),
+        ),
+        None => None,
+    };
+    let drivers =
+        Arc::new(Drivers::new(broker.handle()).with_pki_root(cfg.node.data_dir.join("opcua-pki")));
+    for (i, d) in cfg.drivers.iter().enumerate() {
+        if !d.enabled {
+            continue;
+        }
+        if let Err(e) = drivers.create(d.clone()).await {
+            drivers.shutdown().await;
+            broker.shutdown().await;
+            anyhow::bail!("drivers[{i}] (`{}`): {e}", d.name);
+        }
+    }
     let mut services = Services::new(broker.handle());
     services.functions =
         Some(Arc::new(FunctionsInvoker::new(functions.clone())) as Arc<dyn FunctionInvoker>);
@@ -138,6 +170,8 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
             store: store.clone(),
             bridge: bridge.as_ref().map(Bridge::handle),
             functions: Some(functions.clone()),
+            drivers: Some(drivers.clone()),
+            coap: coap.as_ref().map(|c| c.stats_handle()),
         };
         tokio::spawn(async move {
             let shutdown = async {
@@ -157,6 +191,10 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
     if let Some(t) = http_task {
         let _ = t.await;
     }
+    if let Some(c) = coap {
+        let _ = c.shutdown().await;
+    }
+    drivers.shutdown().await;
     engine.shutdown().await;
     triggers.stop();
     // Finishes calls in progress, stops workers, saves functions' state.

@@ -312,6 +312,8 @@ fn node_args(data: &str, bind: &str) -> Vec<String> {
         "broker.listeners.ws.enabled=false",
         "--set",
         "http.bind=127.0.0.1:0",
+        "--set",
+        "coap.bind=127.0.0.1:0",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -407,4 +409,39 @@ fn bench_functions_reports_both_runtimes() {
     for r in &rows {
         assert!(r["calls"].as_u64().expect("calls") > 0, "{r}");
     }
+}
+
+/// The Modbus driver reads points from the in-process simulator in both
+/// throughput rows and under load. No timing thresholds.
+#[test]
+fn bench_drivers_reads_points() {
+    let out = run(&[
+        "bench",
+        "drivers",
+        "--duration",
+        "0.3",
+        "--points",
+        "200",
+        "--load-points",
+        "500",
+        "--load-secs",
+        "1.5",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let rows = doc["throughput"].as_array().expect("throughput rows");
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert!(r["points_read"].as_u64().expect("points_read") > 0, "{r}");
+        assert!(r["published"].as_u64().expect("published") > 0, "{r}");
+    }
+    assert!(
+        doc["load"]["points_read"].as_u64().expect("load points") > 0,
+        "{doc}"
+    );
+    assert!(
+        doc["load"]["rss_after_mb"].as_f64().expect("rss") > 0.0,
+        "{doc}"
+    );
 }

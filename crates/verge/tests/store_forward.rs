@@ -225,6 +225,9 @@ enabled = false
 [http]
 bind = "127.0.0.1:0"
 
+[coap]
+bind = "127.0.0.1:0"
+
 [store]
 enabled = false
 

@@ -7,11 +7,14 @@
 //! - [`queue`]: the cache queue's durable appends and read-back on this
 //!   disk, and the drain of a backlog through the cloud link ([`drain`]).
 //! - [`functions`]: edge function calls, WebAssembly and process runtimes.
+//! - [`drivers`]: the Modbus driver's points/s, CPU and memory against an
+//!   in-process simulator.
 
 pub mod broker;
 mod client;
 pub mod connections;
 pub mod drain;
+pub mod drivers;
 pub mod functions;
 mod histogram;
 mod pubsub;

@@ -117,6 +117,21 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
     if cfg.bridge.enabled {
         cfg.bridge.plan(&cfg.node.name)?;
     }
+    if let Err(e) = cfg.coap.validate() {
+        bail!(e.to_string());
+    }
+    let mut drivers = std::collections::HashSet::new();
+    for (i, d) in cfg.drivers.iter().enumerate() {
+        if let Err(e) = d.validate() {
+            bail!(format!("drivers[{i}] (`{}`).{e}", d.name));
+        }
+        if !drivers.insert(d.name.as_str()) {
+            bail!(format!(
+                "drivers[{i}]: a driver named `{}` is already configured",
+                d.name
+            ));
+        }
+    }
     let mut names = std::collections::HashSet::new();
     for (i, f) in cfg.functions.iter().enumerate() {
         if let Err(e) = f.validate() {

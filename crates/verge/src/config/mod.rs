@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use verge_bridge::BridgeConfig;
 use verge_broker::BrokerConfig;
+use verge_drivers::DriverConfig;
 use verge_functions::FunctionSpec;
 use verge_queue::QueueConfig;
 use verge_rules::{RuleConfig, RuleEngineConfig};
@@ -38,6 +39,8 @@ pub struct NodeConfig {
     pub log: LogSection,
     /// `[broker]`: the MQTT broker, its limits and listeners.
     pub broker: BrokerConfig,
+    /// `[coap]`: the CoAP gateway (RFC 7252) over UDP.
+    pub coap: verge_coap::CoapConfig,
     /// `[http]`: the node's local HTTP API and metrics.
     pub http: HttpSection,
     /// `[rule_engine]`: bounds shared by all rules.
@@ -53,6 +56,9 @@ pub struct NodeConfig {
     /// `[[functions]]`: edge functions deployed at start (more through the
     /// HTTP API); see docs/functions.md.
     pub functions: Vec<FunctionSpec>,
+    /// `[[drivers]]`: protocol drivers (Modbus, DL/T 645, OPC UA) started
+    /// with the node (more through the HTTP API).
+    pub drivers: Vec<DriverConfig>,
 }
 
 /// The `[http]` section.

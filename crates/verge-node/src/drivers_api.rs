@@ -1,0 +1,115 @@
+//! `/api/drivers`: the node's protocol drivers (create, list, get, replace,
+//! delete) with their status, and their Prometheus metrics.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use verge_drivers::{DriverConfig, DriverStatus, Drivers};
+
+use crate::NodeState;
+use crate::error::AppError;
+
+/// The routes, to nest under `/api`.
+pub fn routes() -> Router<NodeState> {
+    Router::new()
+        .route("/drivers", get(list).post(create))
+        .route("/drivers/{name}", get(one).put(replace).delete(remove))
+}
+
+fn drivers(s: &NodeState) -> Result<std::sync::Arc<Drivers>, AppError> {
+    s.drivers.clone().ok_or_else(|| {
+        AppError::new(
+            StatusCode::NOT_FOUND,
+            "drivers_disabled",
+            "this node runs no protocol drivers",
+        )
+    })
+}
+
+fn not_found(name: &str) -> AppError {
+    AppError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no driver named `{name}`"),
+    )
+}
+
+async fn list(State(s): State<NodeState>) -> Result<Json<Vec<DriverStatus>>, AppError> {
+    Ok(Json(drivers(&s)?.list()))
+}
+
+/// A driver's config and status.
+#[derive(Serialize)]
+struct DriverInfo {
+    config: DriverConfig,
+    status: DriverStatus,
+}
+
+async fn one(
+    State(s): State<NodeState>,
+    Path(name): Path<String>,
+) -> Result<Json<DriverInfo>, AppError> {
+    let (config, status) = drivers(&s)?.get(&name).ok_or_else(|| not_found(&name))?;
+    Ok(Json(DriverInfo { config, status }))
+}
+
+async fn start(
+    d: &Drivers,
+    cfg: DriverConfig,
+) -> Result<(StatusCode, Json<DriverStatus>), AppError> {
+    let existed = d.get(&cfg.name).is_some();
+    let status = d
+        .create(cfg)
+        .await
+        .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid_driver", e))?;
+    let code = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((code, Json(status)))
+}
+
+async fn create(
+    State(s): State<NodeState>,
+    body: Result<Json<DriverConfig>, JsonRejection>,
+) -> Result<(StatusCode, Json<DriverStatus>), AppError> {
+    let d = drivers(&s)?;
+    let Json(cfg) = body?;
+    start(&d, cfg).await
+}
+
+/// `PUT /api/drivers/{name}`: a whole driver; its `name` must match.
+async fn replace(
+    State(s): State<NodeState>,
+    Path(name): Path<String>,
+    body: Result<Json<DriverConfig>, JsonRejection>,
+) -> Result<(StatusCode, Json<DriverStatus>), AppError> {
+    let d = drivers(&s)?;
+    let Json(cfg) = body?;
+    if cfg.name != name {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "the body's name `{}` does not match the path's `{name}`",
+                cfg.name
+            ),
+        ));
+    }
+    start(&d, cfg).await
+}
+
+async fn remove(
+    State(s): State<NodeState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AppError> {
+    if drivers(&s)?.delete(&name).await {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(&name))
+    }
+}

@@ -1,0 +1,259 @@
+"""The Modbus TCP driver against a third-party server: a Python `pymodbus`
+TCP server (holding and input registers, coils and discrete inputs, one
+register counting up) on its own thread; the real `verge node` binary with a
+`[[drivers]]` table; paho-mqtt sees the telemetry and sends write commands,
+which change the server's registers and coils."""
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import urllib.request
+
+import pytest
+
+pymodbus = pytest.importorskip("pymodbus")
+from pymodbus.datastore import (  # noqa: E402
+    ModbusDeviceContext,
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
+)
+from pymodbus.server import ModbusTcpServer  # noqa: E402
+
+from verge_interop import V5, Client, Node, free_port  # noqa: E402
+
+PATIENCE = 20  # seconds for anything that involves (re)connecting
+SIZE = 100  # registers and bits of each table
+
+
+class ModbusServer:
+    """A pymodbus TCP server on its own thread and event loop. hr:0 counts up
+    every 100 ms; the rest holds fixed values the test checks."""
+
+    def __init__(self):
+        logging.getLogger("pymodbus").setLevel(logging.ERROR)
+        self.port = free_port()
+        hr = [0] * SIZE
+        hr[1:3] = [0x41AC, 0x0000]  # f32 21.5
+        hr[30:32] = [0x4F4B, 0x0000]  # "OK"
+        ir = [0] * SIZE
+        ir[0] = 215  # 21.5 with scale 0.1
+        ir[10:12] = [0xFFFE, 0xFFFF]  # i32 -2, low word first
+        co = [False] * SIZE
+        co[3] = True
+        di = [False] * SIZE
+        di[7] = True
+        # pymodbus's legacy blocks count from 1: block address 1 is register 0
+        device = ModbusDeviceContext(
+            co=ModbusSequentialDataBlock(1, co),
+            di=ModbusSequentialDataBlock(1, di),
+            hr=ModbusSequentialDataBlock(1, hr),
+            ir=ModbusSequentialDataBlock(1, ir),
+        )
+        self.context = ModbusServerContext(devices=device, single=True)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(30) or self.error:
+            raise RuntimeError(f"pymodbus server did not start: {self.error}")
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._start())
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            self.error = e
+            self.ready.set()
+            return
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _start(self):
+        self.server = ModbusTcpServer(self.context, address=("127.0.0.1", self.port))
+        await self.server.serve_forever(background=True)
+        self.ticker = asyncio.ensure_future(self._tick())
+
+    async def _tick(self):
+        n = 0
+        while True:
+            await asyncio.sleep(0.1)
+            n = (n + 1) % 65536
+            await self.server.async_setValues(1, 3, 0, [n])
+
+    def get(self, fc, address, count=1):
+        """Values of a table (fc 1 coils, 3 holding registers) as stored."""
+        fut = asyncio.run_coroutine_threadsafe(
+            self.server.async_getValues(1, fc, address, count), self.loop)
+        return fut.result(5)
+
+    def stop(self):
+        async def _stop():
+            self.ticker.cancel()
+            await self.server.shutdown()
+        try:
+            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+def drivers_toml(server):
+    return f"""
+[[drivers]]
+name = "plc"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+port = {server.port}
+timeout = "1s"
+retry = {{ initial = "200ms", max = "1s" }}
+[[drivers.devices]]
+name = "press"
+unit = 1
+poll = "100ms"
+[[drivers.devices.points]]
+name = "counter"
+address = "hr:0"
+[[drivers.devices.points]]
+name = "flow"
+address = "hr:1"
+type = "f32"
+unit = "m3/h"
+[[drivers.devices.points]]
+name = "label"
+address = "hr:30"
+type = "string"
+length = 2
+[[drivers.devices.points]]
+name = "setpoint"
+address = "hr:20"
+access = "rw"
+scale = 0.1
+[[drivers.devices.points]]
+name = "temperature"
+address = "ir:0"
+scale = 0.1
+[[drivers.devices.points]]
+name = "energy"
+address = "ir:10"
+type = "i32"
+word_order = "little"
+[[drivers.devices.points]]
+name = "running"
+address = "coil:3"
+[[drivers.devices.points]]
+name = "pump"
+address = "coil:5"
+access = "rw"
+[[drivers.devices.points]]
+name = "door"
+address = "di:7"
+[[drivers.devices.points]]
+name = "missing"
+address = "hr:5000"
+"""
+
+
+@pytest.fixture(scope="module")
+def setup():
+    server = ModbusServer()
+    node = Node(tail=drivers_toml(server))
+    yield server, node
+    node.stop()
+    server.stop()
+
+
+def telemetry(client, device, pred, timeout=PATIENCE):
+    """The next telemetry of `device` for which `pred` holds."""
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        try:
+            m = client.msgs.get(timeout=max(0.01, deadline - time.time()))
+        except Exception:  # noqa: BLE001 - queue.Empty
+            break
+        if m.topic != f"devices/{device}/telemetry":
+            continue
+        doc = json.loads(m.payload)
+        seen.append(doc)
+        if pred(doc):
+            return doc
+    pytest.fail(f"no matching telemetry from {device} within {timeout} s; last: {seen[-3:]}")
+
+
+def write(client, device, point, value):
+    """Send a write command; return its reply."""
+    reply = f"devices/{device}/commands/write/reply"
+    client.sub(reply, 1)
+    client.pub(f"devices/{device}/commands/write", json.dumps({"point": point, "value": value}), 1)
+    deadline = time.time() + PATIENCE
+    while time.time() < deadline:
+        m = client.recv(PATIENCE)
+        if m.topic == reply:
+            return json.loads(m.payload)
+    pytest.fail(f"no reply on {reply}")
+
+
+def api(node, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=5) as r:
+        return json.loads(r.read().decode())
+
+
+def test_telemetry_carries_every_type(setup):
+    _, node = setup
+    c = Client(node, V5)
+    c.sub("devices/press/telemetry", 0)
+    doc = telemetry(c, "press", lambda d: d.get("quality", {}).get("counter") == "good")
+    v = doc["values"]
+    assert v["flow"] == 21.5
+    assert v["label"] == "OK"
+    assert v["temperature"] == 21.5
+    assert v["energy"] == -2
+    assert v["running"] is True and v["pump"] is False and v["door"] is True
+    # a register outside the server's map: named, the others unaffected
+    assert doc["quality"]["missing"] == "bad"
+    assert doc["errors"]["missing"] == "illegal data address"
+    assert isinstance(doc["ts"], int)
+    # the server's counter moves, and the telemetry follows it
+    first = v["counter"]
+    telemetry(c, "press", lambda d: d["values"].get("counter", first) != first)
+    c.close()
+
+
+def test_writes_change_the_server(setup):
+    server, node = setup
+    c = Client(node, V5)
+    r = write(c, "press", "setpoint", 123.4)
+    assert r["ok"] is True, r
+    assert server.get(3, 20) == [1234]
+    r = write(c, "press", "pump", True)
+    assert r["ok"] is True, r
+    assert server.get(1, 5) == [True]
+    c.sub("devices/press/telemetry", 0)
+    telemetry(c, "press", lambda d: d["values"].get("pump") is True
+              and d["values"].get("setpoint") == 123.4)
+    # refused before anything is sent
+    r = write(c, "press", "flow", 1)
+    assert r["ok"] is False and "read-only" in r["error"], r
+    r = write(c, "press", "setpoint", 10_000)
+    assert r["ok"] is False and "out of range" in r["error"], r
+    assert server.get(3, 20) == [1234]
+    c.close()
+
+
+def test_status_in_the_api(setup):
+    _, node = setup
+    deadline = time.time() + PATIENCE
+    while True:
+        status = api(node, "/api/drivers")
+        plc = next(d for d in status if d["name"] == "plc")
+        if plc["reads"] > 0 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert plc["protocol"] == "modbus-tcp"
+    assert plc["connected"] is True, plc
+    press = plc["devices"][0]
+    assert press["name"] == "press" and press["state"] == "good", press
+    assert press["bad_points"] == 1

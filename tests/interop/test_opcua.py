@@ -1,0 +1,266 @@
+"""The OPC UA driver against a third-party server: a Python `asyncua` server
+with a changing variable and a writable one; the real `verge node` binary
+with `[[drivers]]` tables (security None, and Basic256Sha256 with the client
+certificate generated on first start and the server certificate trusted by
+an operator moving it out of `rejected/`); paho-mqtt sees the telemetry and
+sends write commands, which change the server's variable."""
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+asyncua = pytest.importorskip("asyncua")
+from asyncua import Server, ua  # noqa: E402
+from asyncua.crypto.cert_gen import setup_self_signed_certificate  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
+
+from verge_interop import V5, Client, Node, free_port  # noqa: E402
+
+PATIENCE = 30  # seconds for anything that involves (re)connecting
+
+
+class OpcuaServer:
+    """An asyncua server on its own thread and event loop: `ns=N;s=Temperature`
+    (Double, +0.5 every 200 ms) and `ns=N;s=Setpoint` (Int32, writable), on
+    endpoints with security None and Basic256Sha256 (sign and encrypt)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="verge-opcua-server-")
+        self.port = free_port()
+        self.url = f"opc.tcp://127.0.0.1:{self.port}/verge/"
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(30) or self.error:
+            raise RuntimeError(f"asyncua server did not start: {self.error}")
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._start())
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            self.error = e
+            self.ready.set()
+            return
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _start(self):
+        uri = "urn:verge:interop:asyncua"
+        key, cert = Path(self.dir, "key.pem"), Path(self.dir, "cert.der")
+        await setup_self_signed_certificate(
+            key, cert, uri, "127.0.0.1", [ExtendedKeyUsageOID.SERVER_AUTH],
+            {"commonName": "asyncua interop server"},
+        )
+        self.server = Server()
+        await self.server.init()
+        self.server.set_endpoint(self.url)
+        await self.server.set_application_uri(uri)
+        self.server.set_security_policy([
+            ua.SecurityPolicyType.NoSecurity,
+            ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+        ])
+        await self.server.load_certificate(str(cert))
+        await self.server.load_private_key(str(key))
+        self.ns = await self.server.register_namespace("urn:verge:interop")
+        boiler = await self.server.nodes.objects.add_object(self.ns, "Boiler")
+        self.temperature = await boiler.add_variable(
+            ua.NodeId("Temperature", self.ns), "Temperature", 20.0, ua.VariantType.Double)
+        self.setpoint = await boiler.add_variable(
+            ua.NodeId("Setpoint", self.ns), "Setpoint", 7, ua.VariantType.Int32)
+        await self.setpoint.set_writable()
+        await self.server.start()
+        self.ticker = asyncio.ensure_future(self._tick())
+
+    async def _tick(self):
+        t = 20.0
+        while True:
+            await asyncio.sleep(0.2)
+            t += 0.5
+            await self.temperature.write_value(t, ua.VariantType.Double)
+
+    def setpoint_value(self):
+        return asyncio.run_coroutine_threadsafe(self.setpoint.read_value(), self.loop).result(5)
+
+    def stop(self):
+        async def _stop():
+            self.ticker.cancel()
+            await self.server.stop()
+            # sessions' and subscriptions' loops outlive stop(): end them too
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+        try:
+            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def drivers_toml(server, pki):
+    ns = server.ns
+    points = f"""
+[[drivers.devices.points]]
+name = "temperature"
+address = "ns={ns};s=Temperature"
+unit = "°C"
+[[drivers.devices.points]]
+name = "setpoint"
+address = "ns={ns};s=Setpoint"
+access = "rw"
+"""
+    return f"""
+[[drivers]]
+name = "ua-plain"
+protocol = "opcua"
+endpoint = "{server.url}"
+security = "none"
+pki_dir = "{pki}-plain"
+timeout = "2s"
+retry = {{ initial = "200ms", max = "1s" }}
+[[drivers.devices]]
+name = "boiler"
+poll = "200ms"
+{points}
+[[drivers]]
+name = "ua-secure"
+protocol = "opcua"
+endpoint = "{server.url}"
+security = "basic256sha256"
+pki_dir = "{pki}"
+timeout = "2s"
+retry = {{ initial = "200ms", max = "1s" }}
+[[drivers.devices]]
+name = "boiler-secure"
+poll = "200ms"
+{points}
+"""
+
+
+@pytest.fixture(scope="module")
+def setup():
+    server = OpcuaServer()
+    pki = tempfile.mkdtemp(prefix="verge-opcua-pki-")
+    node = Node(tail=drivers_toml(server, pki))
+    yield server, node, Path(pki)
+    node.stop()
+    server.stop()
+    shutil.rmtree(pki, ignore_errors=True)
+    shutil.rmtree(pki + "-plain", ignore_errors=True)
+
+
+def telemetry(client, device, pred, timeout=PATIENCE):
+    """The next telemetry of `device` for which `pred` holds."""
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        try:
+            m = client.msgs.get(timeout=max(0.01, deadline - time.time()))
+        except Exception:  # noqa: BLE001 - queue.Empty
+            break
+        if m.topic != f"devices/{device}/telemetry":
+            continue
+        doc = json.loads(m.payload)
+        seen.append(doc)
+        if pred(doc):
+            return doc
+    pytest.fail(f"no matching telemetry from {device} within {timeout} s; last: {seen[-3:]}")
+
+
+def good(doc, point="temperature"):
+    return doc.get("quality", {}).get(point) == "good"
+
+
+def write(client, device, point, value):
+    """Send a write command; return its reply."""
+    reply = f"devices/{device}/commands/write/reply"
+    client.sub(reply, 1)
+    client.pub(f"devices/{device}/commands/write", json.dumps({"point": point, "value": value}), 1)
+    deadline = time.time() + PATIENCE
+    while time.time() < deadline:
+        m = client.recv(PATIENCE)
+        if m.topic == reply:
+            return json.loads(m.payload)
+    pytest.fail(f"no reply on {reply}")
+
+
+def test_security_none_subscribes_and_writes(setup):
+    server, node, _ = setup
+    c = Client(node, V5)
+    c.sub("devices/boiler/telemetry", 0)
+    first = telemetry(c, "boiler", good)
+    assert first["values"]["setpoint"] == 7 or good(first, "setpoint")
+    assert isinstance(first["values"]["temperature"], float)
+    # the server's variable moves, and the subscription follows it
+    t0 = first["values"]["temperature"]
+    telemetry(c, "boiler", lambda d: good(d) and d["values"]["temperature"] > t0)
+
+    r = write(c, "boiler", "setpoint", 42)
+    assert r["ok"] is True, r
+    assert server.setpoint_value() == 42
+    telemetry(c, "boiler", lambda d: d["values"].get("setpoint") == 42)
+
+    # refused before sending: the variable is Int32
+    r = write(c, "boiler", "setpoint", 1.5)
+    assert r["ok"] is False and "not an integer" in r["error"], r
+    # a read-only point
+    r = write(c, "boiler", "temperature", 1)
+    assert r["ok"] is False and "read-only" in r["error"], r
+    assert server.setpoint_value() == 42
+    c.close()
+
+
+def test_basic256sha256_with_generated_certificate_and_trusted_server(setup):
+    server, node, pki = setup
+    # first start: the client's certificate and key are generated ...
+    deadline = time.time() + PATIENCE
+    while time.time() < deadline and not (pki / "own" / "cert.der").exists():
+        time.sleep(0.1)
+    assert (pki / "own" / "cert.der").exists(), node.tail()
+    assert (pki / "private" / "private.pem").exists()
+    # ... and the unknown server certificate is rejected until an operator
+    # trusts it
+    rejected = []
+    while time.time() < deadline:
+        rejected = list((pki / "rejected").glob("*.der"))
+        if rejected:
+            break
+        time.sleep(0.1)
+    assert rejected, f"no rejected server certificate; {node.tail()}"
+    status = api(node, "/api/drivers")
+    secure = next(d for d in status if d["name"] == "ua-secure")
+    assert not secure["connected"]
+    assert "trusted" in (secure["last_error"] or ""), secure
+
+    c = Client(node, V5)
+    c.sub("devices/boiler-secure/telemetry", 0)
+    for f in rejected:
+        os.replace(f, pki / "trusted" / f.name)
+    telemetry(c, "boiler-secure", good)
+    r = write(c, "boiler-secure", "setpoint", -3)
+    assert r["ok"] is True, r
+    assert server.setpoint_value() == -3
+    telemetry(c, "boiler-secure", lambda d: d["values"].get("setpoint") == -3)
+
+    status = api(node, "/api/drivers")
+    for name in ("ua-plain", "ua-secure"):
+        d = next(d for d in status if d["name"] == name)
+        assert d["connected"] and d["protocol"] == "opcua", d
+    c.close()
+
+
+def api(node, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=5) as r:
+        return json.loads(r.read().decode())
