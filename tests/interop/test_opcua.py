@@ -12,6 +12,8 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -264,3 +266,24 @@ def test_basic256sha256_with_generated_certificate_and_trusted_server(setup):
 def api(node, path):
     with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=5) as r:
         return json.loads(r.read().decode())
+
+
+def test_browse_finds_the_servers_variables(setup):
+    """`GET /api/drivers/{name}/browse` walks the server's address space:
+    the Objects folder, then one level down to the variables."""
+    server, node, _ = setup
+    top = api(node, "/api/drivers/ua-plain/browse")
+    objects = [e for e in top if e["node_class"] == "Object"]
+    assert objects, top
+    found = []
+    for e in objects:
+        q = urllib.parse.quote(e["node_id"], safe="")
+        found += [k["node_id"] for k in api(node, f"/api/drivers/ua-plain/browse?node={q}")]
+    assert f"ns={server.ns};s=Temperature" in found, found
+    assert f"ns={server.ns};s=Setpoint" in found, found
+    # not an OPC UA driver, or a bad node id: clear errors
+    try:
+        api(node, "/api/drivers/ua-plain/browse?node=" + urllib.parse.quote("not a node id"))
+        pytest.fail("a bad node id was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400, e

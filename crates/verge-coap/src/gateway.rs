@@ -23,7 +23,7 @@ use crate::observe::{Observer, Pending};
 use crate::option::Block;
 use crate::stats::{Stats, StatsSnapshot};
 
-/// Largest datagram read (RFC 7252 recommends 1152 bytes; leave headroom).
+/// Room for a datagram's header and options beyond its body.
 const MAX_DATAGRAM: usize = 2048;
 
 /// A configured gateway, not yet serving.
@@ -216,13 +216,21 @@ impl Loop {
 
     async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), CoapError> {
         tokio::pin!(shutdown);
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        // Room for the largest body allowed in one datagram plus its header
+        // and options; a datagram that fills the buffer may have been cut
+        // by the socket and is dropped (counted), never taken as whole.
+        let mut buf = vec![0u8; (self.ctx.cfg.max_payload + MAX_DATAGRAM).min(65_536)];
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         loop {
             let next = self.next_retransmit();
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, _)) if n == buf.len() => {
+                        Stats::inc(&self.ctx.stats.datagrams_received);
+                        Stats::inc(&self.ctx.stats.malformed);
+                        debug!("coap: a datagram of {n} bytes or more was dropped (larger than max_payload allows)");
+                    }
                     Ok((n, peer)) => {
                         Stats::inc(&self.ctx.stats.datagrams_received);
                         self.on_datagram(peer, &buf[..n]);

@@ -85,7 +85,7 @@ impl Loop {
             NotifyType::Non => MsgType::Non,
             NotifyType::Request => meta.ty,
         };
-        let seq = 2;
+        let seq = next_seq();
         self.observers.insert(
             id,
             Observer {
@@ -135,7 +135,7 @@ impl Loop {
         let Some(obs) = self.observers.get_mut(&id) else {
             return;
         };
-        obs.seq = (obs.seq + 1) & 0x00ff_ffff;
+        obs.seq = next_seq();
         obs.sent += 1;
         let ty = if obs.ty == MsgType::Non && obs.sent % CON_EVERY != 0 {
             MsgType::Non
@@ -256,4 +256,14 @@ impl Loop {
             Stats::inc(&self.ctx.stats.retransmissions);
         }
     }
+}
+
+/// The next Observe number: one counter for the whole gateway, so a client
+/// that registers again keeps seeing numbers that increase (RFC 7641 §3.4:
+/// a smaller number would be taken as stale for up to 128 s).
+fn next_seq() -> u32 {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .wrapping_add(1)
+        & 0x00ff_ffff
 }

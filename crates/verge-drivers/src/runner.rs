@@ -34,7 +34,7 @@ pub struct Driver {
     config: DriverConfig,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Driver {
@@ -98,7 +98,7 @@ impl Driver {
             config,
             shared,
             stop,
-            task,
+            task: Mutex::new(Some(task)),
         }
     }
 
@@ -122,10 +122,14 @@ impl Driver {
         s
     }
 
-    /// Stop the task (a read in progress is abandoned).
-    pub async fn stop(self) {
+    /// Stop the task: a request in progress is abandoned (every protocol
+    /// call is raced with the stop signal), the connection closed.
+    pub async fn stop(&self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let task = lock(&self.task).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
     }
 }
 
@@ -192,7 +196,11 @@ async fn run(
                     continue;
                 }
             }
-            match tokio::time::timeout(cfg.timeout * 5, proto.connect()).await {
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(cfg.timeout * 5, proto.connect()) => r,
+                _ = stop.changed() => return,
+            };
+            match attempt {
                 Ok(Ok(())) => {
                     connected = true;
                     reconnect_wait = cfg.retry.initial;
@@ -207,7 +215,14 @@ async fn run(
                         _ => format!("connecting timed out after {:?}", cfg.timeout * 5),
                     };
                     tracing::warn!(driver = %cfg.name, "{why}; retrying in {reconnect_wait:?}");
-                    lock(&shared.status).last_error = Some(why);
+                    {
+                        let mut st = lock(&shared.status);
+                        for d in &mut st.devices {
+                            d.state = "bad";
+                            d.last_error = Some(why.clone());
+                        }
+                        st.last_error = Some(why);
+                    }
                     reconnect_at = Instant::now() + reconnect_wait;
                     reconnect_wait = (reconnect_wait * 2).min(cfg.retry.max);
                 }
@@ -222,11 +237,26 @@ async fn run(
         else {
             return;
         };
+        // Due reads come before queued commands, so a flood of writes
+        // cannot stop polling; every protocol call is raced with `stop`.
+        let mut poll = false;
         tokio::select! {
             biased;
             _ = stop.changed() => return,
+            _ = sleep_until(due.into()) => poll = true,
             cmd = recv(&mut commands) => {
-                let r = write(&cfg, proto.as_mut(), &cmd).await;
+                let backing_off = command_device(&cfg, &cmd)
+                    .is_some_and(|j| devices[j].backoff.is_some());
+                let r = if backing_off {
+                    Err(DriverError::Refused(
+                        "the device is not answering; it is being retried with backoff".into(),
+                    ))
+                } else {
+                    tokio::select! {
+                        r = write(&cfg, proto.as_mut(), &cmd) => r,
+                        _ = stop.changed() => return,
+                    }
+                };
                 if let Err(e) = &r
                     && e.is_connection()
                 {
@@ -242,57 +272,66 @@ async fn run(
                 }
                 answer(&broker, &cmd, r.map_err(|e| e.to_string())).await;
             }
-            _ = sleep_until(due.into()) => {
-                let device = &cfg.devices[i];
-                let t = Instant::now();
-                let r = proto.read(i, device).await;
-                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-                let st = &mut devices[i];
-                match r {
-                    Ok(results) if results.len() == device.points.len() => {
-                        shared.latency.record(us);
-                        st.backoff = None;
-                        st.due = next_due(due, device.poll);
-                        let published = publish(&broker, &cfg, i, st, results, &shared, us).await;
-                        if published {
-                            lock(&shared.status).published += 1;
-                        }
-                    }
-                    other => {
-                        let e = match other {
-                            Err(e) => e,
-                            Ok(r) => DriverError::BadResponse(format!(
-                                "{} results for {} points",
-                                r.len(),
-                                device.points.len()
-                            )),
-                        };
-                        let wait = st.backoff.map_or(cfg.retry.initial, |b| (b * 2).min(cfg.retry.max));
-                        st.backoff = Some(wait);
-                        st.due = Instant::now() + wait.max(device.poll);
-                        {
-                            let mut s = lock(&shared.status);
-                            s.errors += 1;
-                            let d = &mut s.devices[i];
-                            d.errors += 1;
-                            d.state = "bad";
-                            d.last_error = Some(e.to_string());
-                            d.last_latency_us = Some(us);
-                        }
-                        tracing::debug!(driver = %cfg.name, device = %device.name, "read failed: {e}");
-                        publish_bad(&broker, device, &e).await;
-                        if e.is_connection() {
-                            connected = false;
-                            lost(&cfg, &shared, &e);
-                        }
+
+        }
+        if poll {
+            let device = &cfg.devices[i];
+            let t = Instant::now();
+            let r = tokio::select! {
+                r = proto.read(i, device) => r,
+                _ = stop.changed() => return,
+            };
+            let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let st = &mut devices[i];
+            match r {
+                Ok(results) if results.len() == device.points.len() => {
+                    shared.latency.record(us);
+                    st.backoff = None;
+                    st.due = next_due(due, device.poll);
+                    let published = publish(&broker, &cfg, i, st, results, &shared, us).await;
+                    if published {
+                        lock(&shared.status).published += 1;
                     }
                 }
-                let mut rate = lock(&shared.rate);
-                let reads = lock(&shared.status).reads;
-                rate.push_back((Instant::now(), reads));
-                while rate.front().is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(10)) {
-                    rate.pop_front();
+                other => {
+                    let e = match other {
+                        Err(e) => e,
+                        Ok(r) => DriverError::BadResponse(format!(
+                            "{} results for {} points",
+                            r.len(),
+                            device.points.len()
+                        )),
+                    };
+                    let wait = st
+                        .backoff
+                        .map_or(cfg.retry.initial, |b| (b * 2).min(cfg.retry.max));
+                    st.backoff = Some(wait);
+                    st.due = Instant::now() + wait.max(device.poll);
+                    {
+                        let mut s = lock(&shared.status);
+                        s.errors += 1;
+                        let d = &mut s.devices[i];
+                        d.errors += 1;
+                        d.state = "bad";
+                        d.last_error = Some(e.to_string());
+                        d.last_latency_us = Some(us);
+                    }
+                    tracing::debug!(driver = %cfg.name, device = %device.name, "read failed: {e}");
+                    publish_bad(&broker, device, &e).await;
+                    if e.is_connection() {
+                        connected = false;
+                        lost(&cfg, &shared, &e);
+                    }
                 }
+            }
+            let mut rate = lock(&shared.rate);
+            let reads = lock(&shared.status).reads;
+            rate.push_back((Instant::now(), reads));
+            while rate
+                .front()
+                .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(10))
+            {
+                rate.pop_front();
             }
         }
     }
@@ -424,6 +463,12 @@ async fn send(broker: &BrokerHandle, topic: &str, doc: Value) {
     }
 }
 
+/// The index of the device a command's topic names.
+fn command_device(cfg: &DriverConfig, cmd: &Message) -> Option<usize> {
+    let name = cmd.topic.split('/').nth(1)?;
+    cfg.devices.iter().position(|d| d.name == name)
+}
+
 /// Carry out a write command.
 async fn write(
     cfg: &DriverConfig,
@@ -508,7 +553,10 @@ impl Drivers {
         self
     }
 
-    /// Start a driver; replaces one of the same name.
+    /// Start a driver; one of the same name is stopped first (so the two
+    /// never share a connection or execute the same write). A device name
+    /// used by another driver is refused: both would publish to and take
+    /// commands from the same topics.
     pub async fn create(&self, mut config: DriverConfig) -> Result<DriverStatus, String> {
         if config.pki_dir.is_none()
             && config.protocol == crate::config::ProtocolKind::Opcua
@@ -516,17 +564,40 @@ impl Drivers {
         {
             config.pki_dir = Some(root.join(&config.name).display().to_string());
         }
+        config.validate()?;
+        {
+            let running = self.running.read().unwrap_or_else(|p| p.into_inner());
+            for (other, d) in running.iter().filter(|(n, _)| **n != config.name) {
+                if let Some(dev) = d
+                    .config()
+                    .devices
+                    .iter()
+                    .find(|dev| config.devices.iter().any(|c| c.name == dev.name))
+                {
+                    return Err(format!(
+                        "devices: device {:?} is already read by driver `{other}`",
+                        dev.name
+                    ));
+                }
+            }
+        }
+        // Checked (addresses, types) before the old one is stopped.
+        let protocol = protocol::build(&config)?;
         let name = config.name.clone();
-        let d = Arc::new(Driver::start(config, self.broker.clone())?);
-        let status = d.status();
         let old = self
             .running
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name, d);
-        if let Some(old) = old.and_then(|o| Arc::try_unwrap(o).ok()) {
+            .remove(&name);
+        if let Some(old) = old {
             old.stop().await;
         }
+        let d = Arc::new(Driver::start_with(config, protocol, self.broker.clone()));
+        let status = d.status();
+        self.running
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, d);
         Ok(status)
     }
 
@@ -539,9 +610,7 @@ impl Drivers {
             .remove(name);
         match old {
             Some(d) => {
-                if let Ok(d) = Arc::try_unwrap(d) {
-                    d.stop().await;
-                }
+                d.stop().await;
                 true
             }
             None => false,
@@ -583,9 +652,7 @@ impl Drivers {
             .map(|(_, d)| d)
             .collect();
         for d in all {
-            if let Ok(d) = Arc::try_unwrap(d) {
-                d.stop().await;
-            }
+            d.stop().await;
         }
     }
 
@@ -629,6 +696,48 @@ impl Drivers {
                     out,
                     "verge_driver_{metric}_total{{driver=\"{}\"}} {v}",
                     l(&d.name)
+                );
+            }
+        }
+        for (metric, help) in [
+            (
+                "reads_per_second",
+                "Device reads per second over the last 10 s.",
+            ),
+            ("read_latency_p50_seconds", "Median device read duration."),
+            (
+                "read_latency_p99_seconds",
+                "99th percentile device read duration.",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP verge_driver_{metric} {help}");
+            let _ = writeln!(out, "# TYPE verge_driver_{metric} gauge");
+            for d in &all {
+                let v = match metric {
+                    "reads_per_second" => d.reads_per_sec,
+                    "read_latency_p50_seconds" => d.p50_us.unwrap_or(0) as f64 / 1e6,
+                    _ => d.p99_us.unwrap_or(0) as f64 / 1e6,
+                };
+                let _ = writeln!(
+                    out,
+                    "verge_driver_{metric}{{driver=\"{}\"}} {v}",
+                    l(&d.name)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP verge_driver_device_errors_total Reads of the device that failed."
+        );
+        let _ = writeln!(out, "# TYPE verge_driver_device_errors_total counter");
+        for d in &all {
+            for dev in &d.devices {
+                let _ = writeln!(
+                    out,
+                    "verge_driver_device_errors_total{{driver=\"{}\",device=\"{}\"}} {}",
+                    l(&d.name),
+                    l(&dev.name),
+                    dev.errors
                 );
             }
         }

@@ -29,6 +29,8 @@ struct Script {
     broken: bool,
     connects: u32,
     writes: Vec<(usize, String, Value)>,
+    /// Each write takes this long.
+    write_delay: Duration,
 }
 
 struct Fake(Arc<Mutex<Script>>);
@@ -83,6 +85,8 @@ impl Protocol for Fake {
         raw: Value,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
+            let delay = self.0.lock().expect("script").write_delay;
+            tokio::time::sleep(delay).await;
             let mut s = self.0.lock().expect("script");
             s.writes.push((index, point.name.clone(), raw.clone()));
             s.values.insert((index, point.name.clone()), raw);
@@ -329,6 +333,77 @@ async fn write_commands_are_checked_carried_out_and_answered() {
     let st = d.status();
     assert_eq!((st.writes, st.write_errors), (1, 4));
     assert_eq!(script.lock().expect("script").writes.len(), 1);
+    d.stop().await;
+}
+
+/// Regression: with commands ahead of the poll timer, a flood of writes
+/// stopped every read until the queue was empty.
+#[tokio::test]
+async fn a_flood_of_writes_does_not_stop_polling() {
+    let b = broker();
+    let script = Arc::new(Mutex::new(Script::default()));
+    script.lock().expect("script").write_delay = Duration::from_millis(20);
+    let cfg = config(json!([{"name": "a", "poll": "20ms", "points": [
+        {"name": "set", "address": "hr:1", "access": "rw"}]}]));
+    let mut telemetry = b
+        .handle()
+        .subscribe("devices/a/telemetry", 1024)
+        .await
+        .expect("sub");
+    let mut replies = b
+        .handle()
+        .subscribe("devices/a/commands/write/reply", 1024)
+        .await
+        .expect("sub");
+    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    next(&mut telemetry).await;
+    let reads_before = d.status().devices[0].reads;
+    for i in 0..50 {
+        let m = Message::local(
+            "devices/a/commands/write",
+            json!({"point": "set", "value": i}).to_string(),
+            QoS::AtLeastOnce,
+            false,
+        );
+        b.handle().publish(m).await.expect("publish");
+    }
+    for _ in 0..50 {
+        let (_, r) = next(&mut replies).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // About a second of writes: reads went on between them.
+    let reads_during = d.status().devices[0].reads - reads_before;
+    assert!(
+        reads_during >= 10,
+        "only {reads_during} reads during 50 writes"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn writes_to_a_device_that_does_not_answer_are_refused_at_once() {
+    let b = broker();
+    let script = Arc::new(Mutex::new(Script::default()));
+    script.lock().expect("script").silent.push(0);
+    let cfg = config(json!([{"name": "a", "poll": "20ms", "points": [
+        {"name": "set", "address": "hr:1", "access": "rw"}]}]));
+    let mut telemetry = b
+        .handle()
+        .subscribe("devices/a/telemetry", 64)
+        .await
+        .expect("sub");
+    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    next(&mut telemetry).await;
+    let r = command(&b, "a", json!({"point": "set", "value": 1})).await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .expect("error")
+            .contains("not answering"),
+        "{r}"
+    );
+    assert!(script.lock().expect("script").writes.is_empty());
     d.stop().await;
 }
 

@@ -2,7 +2,7 @@
 //! delete) with their status, and their Prometheus metrics.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,6 +17,7 @@ pub fn routes() -> Router<NodeState> {
     Router::new()
         .route("/drivers", get(list).post(create))
         .route("/drivers/{name}", get(one).put(replace).delete(remove))
+        .route("/drivers/{name}/browse", get(browse))
 }
 
 fn drivers(s: &NodeState) -> Result<std::sync::Arc<Drivers>, AppError> {
@@ -112,4 +113,42 @@ async fn remove(
     } else {
         Err(not_found(&name))
     }
+}
+
+/// `?node=` of a browse.
+#[derive(serde::Deserialize)]
+struct BrowseQuery {
+    /// Node id whose children to list; the Objects folder when absent.
+    node: Option<String>,
+}
+
+/// `GET /api/drivers/{name}/browse?node=ns=2;s=Plant`: the children of a
+/// node on an OPC UA driver's server (a short session of its own), to build
+/// point tables from.
+async fn browse(
+    State(s): State<NodeState>,
+    Path(name): Path<String>,
+    Query(q): Query<BrowseQuery>,
+) -> Result<Json<Vec<verge_drivers::opcua::BrowseEntry>>, AppError> {
+    let (config, _) = drivers(&s)?.get(&name).ok_or_else(|| not_found(&name))?;
+    if config.protocol != verge_drivers::ProtocolKind::Opcua {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "driver `{name}` speaks {}; only OPC UA drivers browse",
+                config.protocol.as_str()
+            ),
+        ));
+    }
+    verge_drivers::opcua::browse(&config, q.node.as_deref())
+        .await
+        .map(Json)
+        .map_err(|e| {
+            let status = match e {
+                verge_drivers::DriverError::Invalid(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            AppError::new(status, "browse_failed", e.to_string())
+        })
 }

@@ -122,6 +122,13 @@ async fn drivers_are_created_listed_replaced_and_deleted() {
         text.contains("verge_driver_device_good{driver=\"plc1\",device=\"plc1-dev\"} 0"),
         "{text}"
     );
+    for line in [
+        "verge_driver_reads_per_second{driver=\"plc1\"}",
+        "verge_driver_read_latency_p99_seconds{driver=\"plc1\"}",
+        "verge_driver_device_errors_total{driver=\"plc1\",device=\"plc1-dev\"}",
+    ] {
+        assert!(text.contains(line), "{line} missing in {text}");
+    }
     // Deleted: 204, then 404.
     let (st, _) = call(&s, "DELETE", "/api/drivers/plc1", None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
@@ -166,4 +173,24 @@ async fn a_node_without_drivers_says_so() {
     let (st, v) = call(&s, "GET", "/api/drivers", None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "drivers_disabled");
+}
+
+/// Two drivers reading a device of the same name would both publish to and
+/// take commands from its topics: the second is refused.
+#[tokio::test]
+async fn a_device_name_belongs_to_one_driver() {
+    let b = broker();
+    let s = state(&b, Some(Arc::new(Drivers::new(b.handle()))));
+    let port = closed_port();
+    let (st, _) = call(&s, "POST", "/api/drivers", Some(driver("plc1", port))).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let mut other = driver("plc2", port);
+    other["devices"][0]["name"] = json!("plc1-dev");
+    let (st, v) = call(&s, "POST", "/api/drivers", Some(other)).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("already read by driver `plc1`"), "{msg}");
+    // Replacing plc1 itself with the same device is fine.
+    let (st, v) = call(&s, "PUT", "/api/drivers/plc1", Some(driver("plc1", port))).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 }

@@ -236,14 +236,22 @@ impl Dlt645 {
             PREAMBLE,
         )
         .map_err(|e| DriverError::Invalid(e.to_string()))?;
+        // After a timeout or a garbled answer the connection was dropped:
+        // open it again, so a late answer can never be taken for this one.
+        if self.io.is_none() {
+            tokio::time::timeout(timeout, self.connect())
+                .await
+                .map_err(|_| DriverError::Connection("reconnecting timed out".into()))??;
+        }
         let r = tokio::time::timeout(timeout, self.exchange_inner(meter, function, &req, id)).await;
         let r = r.unwrap_or_else(|_| {
             Err(DriverError::Timeout(
                 u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             ))
         });
-        if let Err(e) = &r
-            && e.is_connection()
+        if let Err(
+            DriverError::Connection(_) | DriverError::Timeout(_) | DriverError::BadResponse(_),
+        ) = &r
         {
             self.io = None;
         }

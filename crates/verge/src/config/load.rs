@@ -121,6 +121,7 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
         bail!(e.to_string());
     }
     let mut drivers = std::collections::HashSet::new();
+    let mut devices = std::collections::HashSet::new();
     for (i, d) in cfg.drivers.iter().enumerate() {
         if let Err(e) = d.validate() {
             bail!(format!("drivers[{i}] (`{}`).{e}", d.name));
@@ -130,6 +131,14 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
                 "drivers[{i}]: a driver named `{}` is already configured",
                 d.name
             ));
+        }
+        for (j, dev) in d.devices.iter().enumerate() {
+            if !devices.insert(dev.name.as_str()) {
+                bail!(format!(
+                    "drivers[{i}].devices[{j}].name: device `{}` is already read by another driver",
+                    dev.name
+                ));
+            }
         }
     }
     let mut names = std::collections::HashSet::new();
