@@ -1,5 +1,7 @@
-"""`verge up`, the command a new user runs: the demo node with all four
-listeners, TLS ones on a self-signed certificate made in the data dir."""
+"""`verge up`, the command a new user runs: a cloud center, a node joined
+to it with all four listeners (TLS ones on a self-signed certificate made
+in the data dir), simulated devices, and the demo rule and function set in
+the cloud; a second `up` in the same directory reuses all of it."""
 
 import os
 import queue
@@ -7,6 +9,9 @@ import socket
 import subprocess
 import tempfile
 import time
+import json
+import re
+import urllib.request
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -16,29 +21,65 @@ from paho.mqtt.enums import CallbackAPIVersion
 from conftest import free_port
 
 
+def start_up(d, ports):
+    env = dict(os.environ)
+    for k in ("tcp", "tls", "ws", "wss"):
+        env[f"VERGE__BROKER__LISTENERS__{k.upper()}__BIND"] = f"127.0.0.1:{ports[k]}"
+    env["VERGE__HTTP__BIND"] = f"127.0.0.1:{ports['http']}"
+    env["VERGE__COAP__BIND"] = f"127.0.0.1:{ports['coap']}"
+    log = open(os.path.join(d, "up.log"), "a+")
+    proc = subprocess.Popen(
+        [os.environ.get("VERGE_BIN", "target/debug/verge"), "up",
+         "--cloud-set", f"http.bind=127.0.0.1:{ports['cloud']}",
+         "--cloud-set", f"mqtt.bind=127.0.0.1:{ports['cloud_mqtt']}"],
+        cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    banner = ""
+    while time.time() < deadline:
+        log.flush()
+        log.seek(0)
+        banner = log.read()
+        if "the walkthrough is running" in banner and "press Ctrl-C" in banner.split("the walkthrough is running")[-1]:
+            break
+        assert proc.poll() is None, banner
+        time.sleep(0.1)
+    else:
+        proc.terminate()
+        raise AssertionError("no banner:\n" + banner)
+    return proc, log, banner.split("the walkthrough is running")[-1]
+
+
+def admin_token(banner):
+    m = re.search(r"admin token\s+(\S+)", banner)
+    assert m, banner
+    return m.group(1)
+
+
+def api(ports, token, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{ports['cloud']}{path}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.load(r)
+
+
+def eventually(what, f, timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        v = f()
+        if v:
+            return v
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def up():
     d = tempfile.mkdtemp(prefix="verge-up-")
-    ports = {k: free_port() for k in ("tcp", "tls", "ws", "wss", "http")}
-    env = dict(os.environ)
-    for k, p in ports.items():
-        if k != "http":
-            env[f"VERGE__BROKER__LISTENERS__{k.upper()}__BIND"] = f"127.0.0.1:{p}"
-    env["VERGE__HTTP__BIND"] = f"127.0.0.1:{ports['http']}"
-    env["VERGE__COAP__BIND"] = f"127.0.0.1:{free_port()}"
-    log = open(os.path.join(d, "up.log"), "w+")
-    proc = subprocess.Popen([os.environ.get("VERGE_BIN", "target/debug/verge"), "up"],
-                            cwd=d, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", ports["wss"]), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield d, ports, log
+    ports = {k: free_port() for k in ("tcp", "tls", "ws", "wss", "http", "coap", "cloud", "cloud_mqtt")}
+    proc, log, banner = start_up(d, ports)
+    yield d, ports, log, banner
     proc.terminate()
-    proc.wait(10)
+    assert proc.wait(20) == 0
 
 
 def roundtrip(port, transport="tcp", cafile=None):
@@ -68,7 +109,7 @@ def roundtrip(port, transport="tcp", cafile=None):
 
 
 def test_up_prints_every_listener_and_serves_them(up):
-    d, ports, log = up
+    d, ports, log, _ = up
     log.flush()
     log.seek(0)
     banner = log.read()
@@ -89,7 +130,8 @@ def test_up_demo_rule_runs_the_demo_function(up):
     import json
     import urllib.request
 
-    d, ports, log = up
+    d, ports, log, banner = up
+    eventually("the cloud's rule on the node", lambda: _node_has_rule(ports, "demo-function"))
     got = queue.Queue()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sub.on_message = lambda c, u, m: got.put((m.topic, m.payload))
@@ -115,3 +157,54 @@ def test_up_demo_rule_runs_the_demo_function(up):
         for c in (sub, pub):
             c.disconnect()
             c.loop_stop()
+
+
+def _node_has_rule(ports, rule):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/rules/{rule}", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_up_runs_the_walkthrough_through_the_cloud(up):
+    """Steps 1-6 as `up` runs them: the node is online in the cloud, the
+    simulated devices' telemetry and the function's output reach the
+    cloud's API, and the console is served."""
+    d, ports, log, banner = up
+    token = admin_token(banner)
+    assert f"http://127.0.0.1:{ports['cloud']}/" in banner
+    node = eventually("the node online", lambda: [n for n in api(ports, token, "/api/nodes")
+                                                  if n["status"] == "online"])
+    node_id = node[0]["id"]
+    dev = eventually("d1's telemetry", lambda: api(ports, token, "/api/devices/d1")["last_telemetry"])
+    assert "temperature" in dev
+    out = eventually("the function's output in the cloud", lambda: api(
+        ports, token, f"/api/nodes/{node_id}/messages?topic=processed%2Fdevices%2Fd1%2F%23&limit=5"))
+    assert out[-1]["payload"]["tagged_by"] == "demo-tag"
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['cloud']}/", timeout=5) as r:
+        assert r.status == 200
+        assert "text/html" in r.headers["content-type"]
+
+
+def test_second_up_reuses_the_data():
+    d = tempfile.mkdtemp(prefix="verge-up2-")
+    ports = {k: free_port() for k in ("tcp", "tls", "ws", "wss", "http", "coap", "cloud", "cloud_mqtt")}
+    proc, log, banner = start_up(d, ports)
+    token = admin_token(banner)
+    proc.terminate()
+    assert proc.wait(20) == 0
+    proc, log, banner2 = start_up(d, ports)
+    try:
+        assert admin_token(banner2) == token, "the demo keeps its admin token"
+        nodes = api(ports, token, "/api/nodes")
+        assert len(nodes) == 1, nodes
+        devices = api(ports, token, "/api/devices")
+        assert sorted(x["id"] for x in devices) == ["d1", "d2", "d3"]
+        # The simulated devices log in again with their stored secrets.
+        before = api(ports, token, "/api/devices/d1")["last_telemetry_ms"] or 0
+        eventually("new telemetry after the restart",
+                   lambda: (api(ports, token, "/api/devices/d1")["last_telemetry_ms"] or 0) > before)
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0

@@ -4,10 +4,13 @@
 //! later): a username, an argon2 password hash (PHC string), an optional
 //! client id restriction and ACL rules. ACL patterns may use `%c` (client id)
 //! and `%u` (username); the first matching rule decides, else the default.
+//! The registry can be replaced while the broker runs
+//! ([`Authenticator::replace`], used by the cloud agent); connections keep
+//! the device rules they authenticated with.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -75,8 +78,8 @@ pub struct Identity {
     pub client_id: Arc<str>,
     /// Username (or certificate name), if any.
     pub username: Option<Arc<str>>,
-    /// Index of the device in the registry, if known.
-    device: Option<usize>,
+    /// The device's own ACL rules, if it is a known device.
+    device: Option<Arc<[AclRule]>>,
 }
 
 /// Why a CONNECT was refused.
@@ -91,24 +94,25 @@ pub enum AuthFailure {
 /// Checks credentials and topic rights. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    inner: Arc<Inner>,
+    inner: Arc<RwLock<Arc<Inner>>>,
 }
 
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
     by_username: HashMap<String, usize>,
+    /// Each device's own rules, shared with the identities it authenticates.
+    acls: Vec<Arc<[AclRule]>>,
     allow_anonymous: bool,
     default: AclPolicy,
 }
 
-impl Authenticator {
-    /// An authenticator over `registry`.
-    pub fn new(
+impl Inner {
+    fn build(
         registry: Registry,
         allow_anonymous: bool,
         default: AclPolicy,
-    ) -> Result<Self, BrokerError> {
+    ) -> Result<Inner, BrokerError> {
         let mut by_username = HashMap::new();
         for (i, d) in registry.devices.iter().enumerate() {
             if let Some(h) = &d.password_hash {
@@ -125,14 +129,61 @@ impl Authenticator {
                 )));
             }
         }
-        Ok(Authenticator {
-            inner: Arc::new(Inner {
-                registry,
-                by_username,
-                allow_anonymous,
-                default,
-            }),
+        let acls = registry
+            .devices
+            .iter()
+            .map(|d| Arc::from(d.acl.as_slice()))
+            .collect();
+        Ok(Inner {
+            registry,
+            by_username,
+            acls,
+            allow_anonymous,
+            default,
         })
+    }
+}
+
+impl Authenticator {
+    /// An authenticator over `registry`.
+    pub fn new(
+        registry: Registry,
+        allow_anonymous: bool,
+        default: AclPolicy,
+    ) -> Result<Self, BrokerError> {
+        let inner = Inner::build(registry, allow_anonymous, default)?;
+        Ok(Authenticator {
+            inner: Arc::new(RwLock::new(Arc::new(inner))),
+        })
+    }
+
+    /// Replace the registry (devices and global rules); the anonymous and
+    /// default policies stay. An invalid registry changes nothing. New
+    /// connections and the next ACL checks of existing ones see it; an
+    /// existing connection keeps its own device rules.
+    pub fn replace(&self, registry: Registry) -> Result<(), BrokerError> {
+        let (allow_anonymous, default) = {
+            let cur = self.current();
+            (cur.allow_anonymous, cur.default)
+        };
+        let next = Arc::new(Inner::build(registry, allow_anonymous, default)?);
+        match self.inner.write() {
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    /// A copy of the registry in use.
+    pub fn registry(&self) -> Registry {
+        self.current().registry.clone()
+    }
+
+    fn current(&self) -> Arc<Inner> {
+        match self.inner.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Load a registry file.
@@ -160,11 +211,11 @@ impl Authenticator {
         password: Option<&[u8]>,
         cert_name: Option<&str>,
     ) -> Result<Identity, AuthFailure> {
-        let inner = &self.inner;
+        let inner = &*self.current();
         let ident = |user: Option<&str>, device: Option<usize>| Identity {
             client_id: Arc::from(client_id),
             username: user.map(Arc::from),
-            device,
+            device: device.map(|i| inner.acls[i].clone()),
         };
         let check_client = |i: usize| -> Result<(), AuthFailure> {
             match &inner.registry.devices[i].client_id {
@@ -215,11 +266,8 @@ impl Authenticator {
     }
 
     fn check(&self, who: &Identity, action: AclAction, topic: &str) -> bool {
-        let inner = &self.inner;
-        let own = who
-            .device
-            .map(|i| inner.registry.devices[i].acl.as_slice())
-            .unwrap_or(&[]);
+        let inner = &*self.current();
+        let own: &[AclRule] = who.device.as_deref().unwrap_or(&[]);
         for rule in own.iter().chain(inner.registry.acl.iter()) {
             if rule.action != action && rule.action != AclAction::All {
                 continue;
@@ -385,6 +433,32 @@ mod tests {
             auth.authenticate("pinned-1", Some("pinned"), Some(b"s3cret"), None)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn replaced_registry_applies_to_new_logins_and_a_bad_one_changes_nothing() {
+        let auth = Authenticator::new(Registry::default(), false, AclPolicy::Deny).expect("auth");
+        assert!(
+            auth.authenticate("c", Some("sensor"), Some(b"s3cret"), None)
+                .is_err()
+        );
+        auth.replace(registry()).expect("replace");
+        let who = auth
+            .authenticate("c", Some("sensor"), Some(b"s3cret"), None)
+            .expect("known after replace");
+        assert!(auth.may_publish(&who, "devices/sensor/telemetry"));
+        assert!(!auth.may_publish(&who, "devices/other/telemetry"));
+        let mut bad = registry();
+        bad.devices[1].username = "sensor".into();
+        assert!(auth.replace(bad).is_err());
+        assert_eq!(auth.registry().devices.len(), 2);
+        auth.replace(Registry::default()).expect("empty");
+        assert!(
+            auth.authenticate("c", Some("sensor"), Some(b"s3cret"), None)
+                .is_err()
+        );
+        // The connection that logged in earlier keeps its own rules.
+        assert!(!auth.may_publish(&who, "devices/other/telemetry"));
     }
 
     #[test]

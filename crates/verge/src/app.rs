@@ -15,15 +15,33 @@ use crate::node::Mode;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let log = cli.log.as_deref();
     match cli.command {
-        Command::Up(run) => {
-            let cfg = load_node(Some(config::DEMO_TOML), None, &run.set, log)?;
+        Command::Up(up) => {
+            let cfg = load_node(Some(config::DEMO_TOML), None, &up.run.set, log)?;
             init_logging(log, &cfg.log.level)?;
-            crate::node::run(cfg, Mode::Demo)
+            let cloud = load_cloud(None, &up.cloud_set, false)?;
+            crate::up::run(cfg, cloud, usize::from(up.devices))
         }
         Command::Node(n) => {
             let cfg = load_node(None, n.config.as_deref(), &n.run.set, log)?;
             init_logging(log, &cfg.log.level)?;
-            crate::node::run(cfg, Mode::Node)
+            let cloud = match &n.cloud {
+                Some(url) => Some(crate::node::cloud_link(
+                    &cfg.node.data_dir,
+                    url,
+                    n.join.as_deref(),
+                )?),
+                None => None,
+            };
+            crate::node::run(cfg, Mode::Node, cloud)
+        }
+        Command::Cloud(c) => {
+            let cfg = load_cloud(c.config.as_deref(), &c.set, true)?;
+            init_logging(log, "info")?;
+            crate::cloud::run(cfg, c.reset_admin_token)
+        }
+        Command::Ctl(args) => {
+            init_logging(log, "warn")?;
+            crate::ctl::run(args)
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_TOML);
@@ -45,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     client_id,
                 } => crate::device::add(&registry, &username, password, client_id),
                 DeviceCommand::HashPassword { password } => crate::device::hash(password),
+                DeviceCommand::Simulate(args) => crate::simulate::run(&args),
             }
         }
         Command::Bench(b) => {
@@ -86,6 +105,34 @@ fn load_node(
         None => "invalid config".to_owned(),
     };
     config::load(&layers).context(what)
+}
+
+/// The cloud center's config: defaults → `file` → `VERGE__*` (when `env`)
+/// → `--set`.
+fn load_cloud(
+    file: Option<&Path>,
+    set: &[(String, String)],
+    env: bool,
+) -> anyhow::Result<verge_cloud::CloudConfig> {
+    let layers = Layers {
+        base: None,
+        file,
+        env: if env {
+            config::load::process_env()?
+        } else {
+            Vec::new()
+        },
+        flags: set
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone(), "--set"))
+            .collect(),
+    };
+    let what = match file {
+        Some(f) => format!("invalid cloud config ({})", f.display()),
+        None => "invalid cloud config".to_owned(),
+    };
+    let (cfg, _) = config::load::load_as(&layers).context(what)?;
+    Ok(cfg)
 }
 
 /// Checks beyond the types that need no network: the device registry and

@@ -20,11 +20,19 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the demo node on 127.0.0.1 (MQTT TCP 1883, WebSocket 8083) with
-    /// anonymous clients allowed; demo only.
-    Up(RunArgs),
-    /// Run an edge node from a config file.
+    /// Run the whole walkthrough on 127.0.0.1: a cloud center (console and
+    /// API on 8080, SQLite), one node joined to it (MQTT 1883), demo
+    /// devices sending telemetry, a rule and a WebAssembly function; demo
+    /// only.
+    Up(UpArgs),
+    /// Run an edge node from a config file; with --cloud, managed by a
+    /// cloud center.
     Node(NodeArgs),
+    /// Run the cloud management center (open API, console, MQTT endpoint
+    /// for nodes).
+    Cloud(CloudArgs),
+    /// A command-line client of the cloud's open API.
+    Ctl(crate::ctl::CtlArgs),
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -45,15 +53,51 @@ pub struct RunArgs {
     pub set: Vec<(String, String)>,
 }
 
+/// `verge up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Overrides of the node's config.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Override a key of the cloud center's config, e.g.
+    /// `--cloud-set http.bind=127.0.0.1:18080`.
+    #[arg(long = "cloud-set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub cloud_set: Vec<(String, String)>,
+    /// Simulated devices to run (d1, d2, …).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=100))]
+    pub devices: u16,
+}
+
 /// `verge node`.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// Config file (TOML); without it the defaults and environment apply.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The cloud center's URL, e.g. `http://127.0.0.1:8080`: the node
+    /// joins it (with --join, once) and runs the state set there.
+    #[arg(long, value_name = "URL")]
+    pub cloud: Option<String>,
+    /// The one-time join token the cloud gave when the node was created.
+    #[arg(long, value_name = "TOKEN", requires = "cloud")]
+    pub join: Option<String>,
     /// Overrides.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// `verge cloud`.
+#[derive(Debug, Args)]
+pub struct CloudArgs {
+    /// Config file (TOML); without it the defaults and environment apply.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set http.bind=127.0.0.1:18080`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+    /// Replace the admin token with a new one, print it and exit.
+    #[arg(long)]
+    pub reset_admin_token: bool,
 }
 
 /// `verge config ...`.
@@ -94,6 +138,10 @@ pub enum DeviceCommand {
         #[arg(long)]
         password: Option<String>,
     },
+    /// A simulated device: connects to a node's broker with its
+    /// credentials, publishes JSON telemetry and prints the commands it
+    /// gets.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// `verge bench ...`.

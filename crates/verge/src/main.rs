@@ -3,9 +3,13 @@
 mod app;
 mod bench;
 mod cli;
+mod cloud;
 mod config;
+mod ctl;
 mod device;
 mod node;
+mod simulate;
+mod up;
 
 use std::process::ExitCode;
 

@@ -1,8 +1,12 @@
-//! `verge up` and `verge node`: wire the configured node together (the
-//! broker and its listeners, the rule engine with the configured rules, the
-//! local HTTP API), print where it listens and run until Ctrl-C or SIGTERM.
+//! `verge node` (and the node of `verge up`): wire the configured node
+//! together (the broker and its listeners, the rule engine with the
+//! configured rules, functions, drivers, the cloud link and, when joined to a
+//! cloud center, its agent), print where it listens and run until Ctrl-C or
+//! SIGTERM.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,8 +32,97 @@ pub enum Mode {
     Node,
 }
 
-/// Run a node until a shutdown signal. Call outside any runtime.
-pub fn run(mut cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
+/// A node managed by a cloud center: its credentials and the folder where
+/// the agent keeps them and the last desired state (`<data_dir>/cloud`).
+pub struct CloudLink {
+    /// From the join.
+    pub creds: verge_agent::Credentials,
+    /// `<data_dir>/cloud`.
+    pub dir: PathBuf,
+}
+
+/// The credentials of a node managed by the cloud at `url`: a join with
+/// `join` (then stored in `<data_dir>/cloud`), else the stored ones.
+pub fn cloud_link(
+    data_dir: &std::path::Path,
+    url: &str,
+    join: Option<&str>,
+) -> anyhow::Result<CloudLink> {
+    let dir = data_dir.join("cloud");
+    let url = url.trim_end_matches('/');
+    if !url.starts_with("http://") {
+        anyhow::bail!(
+            "--cloud `{url}`: expected the cloud center's http://host:port \
+             (https is not supported by the agent yet)"
+        );
+    }
+    let stored = verge_agent::load_credentials(&dir)
+        .with_context(|| format!("reading the node's credentials in {}", dir.display()))?;
+    let creds = match (join, stored) {
+        (Some(token), _) => {
+            let creds = runtime()?
+                .block_on(verge_agent::join(url, token))
+                .with_context(|| format!("joining the cloud center at {url}"))?;
+            verge_agent::save_credentials(&dir, &creds)
+                .with_context(|| format!("storing the node's credentials in {}", dir.display()))?;
+            eprintln!(
+                "joined {url} as node `{}`; credentials stored in {}",
+                creds.node_id,
+                dir.display()
+            );
+            creds
+        }
+        (None, Some(mut creds)) => {
+            if creds.cloud_url != url {
+                tracing::warn!(
+                    stored = %creds.cloud_url,
+                    given = %url,
+                    "the node joined another cloud URL; using the one given"
+                );
+                creds.cloud_url = url.to_owned();
+            }
+            creds
+        }
+        (None, None) => anyhow::bail!(
+            "this node has not joined a cloud center yet (no credentials in {}): \
+             run `verge node --cloud {url} --join <token>` with the token the console \
+             or `verge ctl nodes create` gave",
+            dir.display()
+        ),
+    };
+    Ok(CloudLink { creds, dir })
+}
+
+/// Upstream forwards of a cloud-managed node whose config names none:
+/// device telemetry, device events (alarms lane) and what functions
+/// publish under `processed/`.
+pub const CLOUD_FORWARDS: &[(&str, &str)] = &[
+    ("devices/+/telemetry", "telemetry"),
+    ("devices/+/events/#", "alarms"),
+    ("processed/#", "telemetry"),
+];
+
+/// Run a node until Ctrl-C or SIGTERM. Call outside any runtime.
+pub fn run(mut cfg: NodeConfig, mode: Mode, cloud: Option<CloudLink>) -> anyhow::Result<()> {
+    prepare(&mut cfg, mode, cloud.as_ref())?;
+    runtime()?.block_on(async {
+        let signals = Signals::install()?;
+        serve(cfg, mode, cloud, signals.wait()).await
+    })
+}
+
+/// The multi-threaded runtime every long-running command uses.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("verge")
+        .build()
+        .context("starting the runtime")
+}
+
+/// Make the data dir, the demo's TLS material, and point the cloud link at
+/// the cloud a managed node joined.
+pub fn prepare(cfg: &mut NodeConfig, mode: Mode, cloud: Option<&CloudLink>) -> anyhow::Result<()> {
     raise_nofile();
     std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| {
         format!(
@@ -38,18 +131,42 @@ pub fn run(mut cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
         )
     })?;
     if mode == Mode::Demo {
-        demo_tls(&mut cfg)?;
-        demo_function(&mut cfg)?;
+        demo_tls(cfg)?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("verge")
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(serve(cfg, mode))
+    if let Some(link) = cloud {
+        let c = &link.creds;
+        // A managed node is known by its cloud id unless named in its config.
+        if cfg.node.name == crate::config::NodeConfig::default().node.name {
+            cfg.node.name = c.node_id.clone();
+        }
+        let b = &mut cfg.bridge;
+        b.enabled = true;
+        b.url = c.mqtt_url.clone();
+        b.node = c.node_id.clone();
+        b.username = Some(c.node_id.clone());
+        b.password = Some(c.secret.clone());
+        if b.forwards.is_empty() {
+            b.forwards = CLOUD_FORWARDS
+                .iter()
+                .map(|(filter, lane)| verge_bridge::Forward {
+                    filter: (*filter).to_owned(),
+                    lane: (*lane).to_owned(),
+                })
+                .collect();
+        }
+        b.plan(&cfg.node.name)
+            .context("the cloud link made from the node's credentials")?;
+    }
+    Ok(())
 }
 
-async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
+/// Run a prepared node until `shutdown` resolves.
+pub async fn serve(
+    cfg: NodeConfig,
+    mode: Mode,
+    cloud: Option<CloudLink>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let auth = Broker::authenticator(&cfg.broker).context("broker")?;
     let listeners = verge_broker::bind_all(&cfg.broker.listeners)
         .await
@@ -182,11 +299,35 @@ async fn serve(cfg: NodeConfig, mode: Mode) -> anyhow::Result<()> {
             }
         })
     });
-    let signals = Signals::install()?;
+    let agent = match cloud {
+        Some(link) => {
+            let parts = verge_agent::NodeParts {
+                base_registry: auth.registry(),
+                auth: auth.clone(),
+                rules: engine.clone(),
+                functions: functions.clone(),
+                broker: broker.handle(),
+                bridge: bridge.as_ref().map(Bridge::handle),
+                data_dir: cfg.node.data_dir.clone(),
+                started: Instant::now(),
+            };
+            match verge_agent::Agent::start(link.creds, link.dir, parts).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::error!("the cloud agent did not start: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     info!(node = %cfg.node.name, rules = cfg.rules.len(), "node started");
     println!("{}", banner(&cfg, mode, &endpoints, tcp, http_addr));
-    signals.wait().await;
+    shutdown.await;
     info!("shutting down");
+    if let Some(a) = agent {
+        a.shutdown().await;
+    }
     let _ = stop_http.send(());
     if let Some(t) = http_task {
         let _ = t.await;
@@ -301,26 +442,6 @@ fn demo_tls(cfg: &mut NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo function's module, written where the demo config's
-/// `demo-tag` function (which has no `path`) finds it.
-fn demo_function(cfg: &mut NodeConfig) -> anyhow::Result<()> {
-    const WAT: &str = include_str!("demo/demo-tag.wat");
-    let Some(f) = cfg
-        .functions
-        .iter_mut()
-        .find(|f| f.name == "demo-tag" && f.path.is_none())
-    else {
-        return Ok(());
-    };
-    let dir = cfg.node.data_dir.join("demo");
-    let path = dir.join("demo-tag.wat");
-    std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::write(&path, WAT))
-        .with_context(|| format!("writing the demo function to {}", path.display()))?;
-    f.path = Some(path);
-    Ok(())
-}
-
 /// `tcp  mqtt://127.0.0.1:1883` for one listener.
 fn endpoint(l: &BoundListener, cfg: &NodeConfig) -> anyhow::Result<String> {
     let addr = l
@@ -382,8 +503,8 @@ fn banner(
                  mosquitto_pub -h {h} -p {p} -t devices/d1/telemetry -m '{{\"temperature\":35.5}}'\n\
                  (the demo rule `demo-hot` republishes readings over 30 to alerts/<device>;\n\
                   `demo-store` keeps every temperature: curl 'http://{http_hint}/api/store/query?device=d1&metric=temperature';\n\
-                  `demo-function` hands every reading to the WebAssembly function demo-tag, whose output\n\
-                  appears on processed/<topic>: mosquitto_sub -h {h} -p {p} -t 'processed/#' -v;\n\
+                  `demo-function`, set in the cloud, hands every reading to the WebAssembly function\n\
+                  demo-tag, whose output appears on processed/<topic>: mosquitto_sub -h {h} -p {p} -t 'processed/#' -v;\n\
                   its metrics: curl http://{http_hint}/api/functions/demo-tag)\n"
             ));
         }
@@ -404,13 +525,14 @@ fn banner(
 
 /// Ctrl-C and SIGTERM handlers, installed before the banner is printed so a
 /// stop that comes right after start-up is a clean one.
-struct Signals {
+pub struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn install() -> anyhow::Result<Signals> {
+    /// Install both handlers (inside a runtime).
+    pub fn install() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             int: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
@@ -419,7 +541,7 @@ impl Signals {
     }
 
     /// Wait for Ctrl-C or SIGTERM.
-    async fn wait(mut self) {
+    pub async fn wait(mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}

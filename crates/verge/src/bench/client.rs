@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use verge_mqtt::{
@@ -37,6 +37,18 @@ impl Client {
         client_id: &str,
         keep_alive: u16,
     ) -> anyhow::Result<Client> {
+        Self::connect_as(addr, source, protocol, client_id, keep_alive, None).await
+    }
+
+    /// [`Client::connect`] with a username and password.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        source: Option<SocketAddr>,
+        protocol: Protocol,
+        client_id: &str,
+        keep_alive: u16,
+        credentials: Option<(&str, &[u8])>,
+    ) -> anyhow::Result<Client> {
         let stream = match source {
             None => TcpStream::connect(addr).await,
             Some(src) => {
@@ -61,8 +73,8 @@ impl Client {
             clean_start: true,
             keep_alive,
             client_id: client_id.to_owned(),
-            username: None,
-            password: None,
+            username: credentials.map(|(u, _)| u.to_owned()),
+            password: credentials.map(|(_, p)| Bytes::copy_from_slice(p)),
             will: None,
             properties: Properties::default(),
         };

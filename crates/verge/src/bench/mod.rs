@@ -11,7 +11,7 @@
 //!   in-process simulator.
 
 pub mod broker;
-mod client;
+pub mod client;
 pub mod connections;
 pub mod drain;
 pub mod drivers;

@@ -48,8 +48,19 @@ pub fn process_env() -> anyhow::Result<Vec<(String, String)>> {
 
 /// Load and validate a node configuration from its layers.
 pub fn load(layers: &Layers<'_>) -> anyhow::Result<NodeConfig> {
+    let (cfg, sources) = load_as::<NodeConfig>(layers)?;
+    validate(&cfg, &sources)?;
+    Ok(cfg)
+}
+
+/// Merge the layers over `T`'s defaults and deserialize; also returns where
+/// each overridden key came from, for error messages.
+pub fn load_as<T>(layers: &Layers<'_>) -> anyhow::Result<(T, Vec<(String, String)>)>
+where
+    T: Default + serde::Serialize + serde::de::DeserializeOwned,
+{
     let Value::Table(mut tree) =
-        Value::try_from(NodeConfig::default()).context("serializing the defaults")?
+        Value::try_from(T::default()).context("serializing the defaults")?
     else {
         bail!("the defaults do not serialize to a table");
     };
@@ -85,15 +96,14 @@ pub fn load(layers: &Layers<'_>) -> anyhow::Result<NodeConfig> {
         set(&mut tree, &path, raw).with_context(|| format!("{flag} {key}"))?;
         sources.push((key.clone(), format!("{flag} {key}")));
     }
-    let cfg: NodeConfig = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
+    let cfg: T = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.inner().to_string();
         // toml appends "\nin `key`" itself; the path is named by `describe`.
         let msg = msg.split("\nin `").next().unwrap_or_default().trim_end();
         anyhow::anyhow!(describe(&path, msg, &sources))
     })?;
-    validate(&cfg, &sources)?;
-    Ok(cfg)
+    Ok((cfg, sources))
 }
 
 /// Checks serde cannot express; errors name the key.

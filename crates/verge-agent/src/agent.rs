@@ -1,0 +1,421 @@
+//! The running agent: the desired-state sync loop (long poll, apply, cache)
+//! and the heartbeat loop, sharing the agent's status.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use verge_protocol::{DesiredState, node_bearer};
+
+use crate::report::Reporter;
+use crate::{AgentError, Credentials, apply, http, store};
+
+/// How long the cloud may hold a desired-state poll.
+const WAIT_MS: u64 = 25_000;
+/// Time limit of a poll: the wait plus room for the answer.
+const POLL_TIMEOUT: Duration = Duration::from_millis(WAIT_MS + 10_000);
+/// Heartbeat period.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Time limit of a heartbeat.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First retry delay after a failed poll; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Retry delay while the cloud refuses the node's credentials.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
+/// The cached desired state in the agent's directory.
+const DESIRED_FILE: &str = "desired.json";
+
+/// The parts of the running node the agent manages.
+pub struct NodeParts {
+    /// The node broker's authenticator; the agent replaces its registry.
+    pub auth: verge_broker::Authenticator,
+    /// The node's own devices (from its config); cloud devices are added to
+    /// them, and win no clash.
+    pub base_registry: verge_broker::Registry,
+    /// The rule engine.
+    pub rules: Arc<verge_rules::Engine>,
+    /// The function registry.
+    pub functions: verge_functions::Functions,
+    /// The broker, for its counters.
+    pub broker: verge_broker::BrokerHandle,
+    /// The cloud link, for its state and backlog, if the node has one.
+    pub bridge: Option<verge_bridge::BridgeHandle>,
+    /// The node's data dir, for disk usage.
+    pub data_dir: PathBuf,
+    /// When the node process started.
+    pub started: Instant,
+}
+
+/// What the agent is doing, for the node's API and logs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentStatus {
+    /// The desired-state version applied (0 = none).
+    pub applied_version: i64,
+    /// What failed while applying it.
+    pub apply_errors: Vec<String>,
+    /// When the cloud last answered a poll, ms since the Unix epoch.
+    pub last_sync_ms: Option<i64>,
+    /// The most recent sync error, cleared by a successful poll.
+    pub last_error: Option<String>,
+    /// Whether the last poll reached the cloud.
+    pub cloud_reachable: bool,
+}
+
+/// State shared by the agent's handle and its two loops.
+struct Ctx {
+    /// The cloud and the node's credentials.
+    creds: Credentials,
+    /// `{node_id}.{secret}` for `Authorization: Bearer`.
+    token: String,
+    /// The agent's directory (`<data_dir>/cloud`).
+    dir: PathBuf,
+    /// The node.
+    parts: NodeParts,
+    /// Status, shown by [`Agent::status`] and reported by the heartbeat.
+    status: Mutex<AgentStatus>,
+    /// Asks the heartbeat loop to report now (after an apply).
+    report_now: Notify,
+}
+
+impl Ctx {
+    fn status(&self) -> std::sync::MutexGuard<'_, AgentStatus> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The node's cloud agent. Dropping it stops its loops too;
+/// [`Agent::shutdown`] also waits for them.
+pub struct Agent {
+    /// Shared with the loops.
+    ctx: Arc<Ctx>,
+    /// `true` (or dropped) stops the loops.
+    stop: watch::Sender<bool>,
+    /// The sync loop.
+    sync: JoinHandle<()>,
+    /// The heartbeat loop.
+    heartbeat: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Start the agent with its directory `dir` (`<data_dir>/cloud`). The
+    /// cached desired state, if any, is applied before this returns, so the
+    /// node runs its last state even when the cloud is unreachable; then
+    /// the sync and heartbeat loops start.
+    pub async fn start(
+        creds: Credentials,
+        dir: PathBuf,
+        parts: NodeParts,
+    ) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&dir).map_err(|source| AgentError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let cached = load_desired(&dir);
+        let token = node_bearer(&creds.node_id, &creds.secret)
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let ctx = Arc::new(Ctx {
+            creds,
+            token,
+            dir,
+            parts,
+            status: Mutex::new(AgentStatus::default()),
+            report_now: Notify::new(),
+        });
+        if let Some(d) = &cached {
+            tracing::info!(version = d.version, "applying the cached desired state");
+            let errors = apply::apply(&ctx.parts, None, d).await;
+            let mut s = ctx.status();
+            s.applied_version = d.version;
+            s.apply_errors = errors;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let sync = tokio::spawn(sync_loop(ctx.clone(), cached, stop_rx.clone()));
+        let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone(), stop_rx));
+        Ok(Agent {
+            ctx,
+            stop,
+            sync,
+            heartbeat,
+        })
+    }
+
+    /// The agent's status now.
+    pub fn status(&self) -> AgentStatus {
+        self.ctx.status().clone()
+    }
+
+    /// Stop both loops (a poll in progress is abandoned) and wait for them.
+    /// An apply in progress finishes first.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.sync.await;
+        let _ = self.heartbeat.await;
+    }
+}
+
+/// The cached desired state; a missing file is `None`, an unreadable one
+/// is logged and `None` (the next poll brings the state again).
+fn load_desired(dir: &std::path::Path) -> Option<DesiredState> {
+    let path = dir.join(DESIRED_FILE);
+    match store::read_optional(&path) {
+        Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!("{}: not a desired state, ignored: {e}", path.display());
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!("cached desired state not read: {e}");
+            None
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Sleep, unless asked to stop first; `true` when asked to stop.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// What one poll came to.
+enum Poll {
+    /// A new desired state.
+    State(Box<DesiredState>),
+    /// No change within the wait.
+    Unchanged,
+    /// The cloud refused the node's credentials.
+    Refused(String),
+    /// Anything else: retry with backoff.
+    Failed(String),
+}
+
+async fn poll(ctx: &Ctx, version: i64) -> Poll {
+    let url = format!(
+        "{}/api/agent/desired?version={version}&wait_ms={WAIT_MS}",
+        ctx.creds.cloud_url
+    );
+    match http::request("GET", &url, Some(&ctx.token), None, POLL_TIMEOUT).await {
+        Ok((200, body)) => match serde_json::from_slice::<DesiredState>(&body) {
+            Ok(d) => Poll::State(Box::new(d)),
+            Err(e) => Poll::Failed(format!("the cloud's desired state is invalid: {e}")),
+        },
+        Ok((204, _)) => Poll::Unchanged,
+        Ok((401, body)) => Poll::Refused(http::status_error(401, &body).to_string()),
+        Ok((status, body)) => Poll::Failed(http::status_error(status, &body).to_string()),
+        Err(e) => Poll::Failed(e.to_string()),
+    }
+}
+
+/// Long-poll the cloud; apply, cache and report each new desired state.
+async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut jitter = Jitter::new();
+    // The error last logged, so a retry does not log it again.
+    let mut logged: Option<String> = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let version = prev.as_ref().map_or(0, |d| d.version);
+        let outcome = tokio::select! {
+            o = poll(&ctx, version) => o,
+            _ = stop.changed() => return,
+        };
+        let reachable = !matches!(outcome, Poll::Failed(_));
+        if reachable {
+            if logged.take().is_some() {
+                tracing::info!(cloud = %ctx.creds.cloud_url, "cloud reachable again");
+            }
+            backoff = BACKOFF_MIN;
+        }
+        match outcome {
+            Poll::State(d) => {
+                mark(&ctx, None);
+                if d.node_id != ctx.creds.node_id {
+                    tracing::warn!(
+                        expected = %ctx.creds.node_id,
+                        got = %d.node_id,
+                        "the desired state names another node; applied anyway"
+                    );
+                }
+                if prev.as_ref().is_some_and(|p| p.version == d.version) {
+                    // The cloud should have answered 204; do not spin.
+                    if sleep_or_stop(BACKOFF_MIN, &mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+                let mut errors = apply::apply(&ctx.parts, prev.as_ref(), &d).await;
+                if let Err(e) = save_desired(&ctx.dir, &d) {
+                    tracing::error!("desired state not cached: {e}");
+                    errors.push(format!("desired state not cached on the node: {e}"));
+                }
+                {
+                    let mut s = ctx.status();
+                    s.applied_version = d.version;
+                    s.apply_errors = errors;
+                }
+                prev = Some(*d);
+                ctx.report_now.notify_one();
+            }
+            Poll::Unchanged => mark(&ctx, None),
+            Poll::Refused(message) => {
+                let text = format!("the cloud refused the node's credentials: {message}");
+                if logged.as_deref() != Some(text.as_str()) {
+                    tracing::error!(
+                        node = %ctx.creds.node_id,
+                        "{text}; the node was deleted in the cloud or joined again elsewhere. \
+                         Running from the cached desired state; retrying every {}s",
+                        REFUSED_RETRY.as_secs()
+                    );
+                    logged = Some(text.clone());
+                }
+                mark(&ctx, Some(text));
+                if sleep_or_stop(REFUSED_RETRY, &mut stop).await {
+                    return;
+                }
+            }
+            Poll::Failed(message) => {
+                if logged.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(
+                        cloud = %ctx.creds.cloud_url,
+                        "desired-state sync failed, retrying with backoff: {message}"
+                    );
+                    logged = Some(message.clone());
+                }
+                {
+                    let mut s = ctx.status();
+                    s.cloud_reachable = false;
+                    s.last_error = Some(message);
+                }
+                let wait = jitter.spread(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                if sleep_or_stop(wait, &mut stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Record an answer from the cloud (with the error it carried, if any).
+fn mark(ctx: &Ctx, error: Option<String>) {
+    let mut s = ctx.status();
+    s.cloud_reachable = true;
+    s.last_sync_ms = Some(now_ms());
+    s.last_error = error;
+}
+
+fn save_desired(dir: &std::path::Path, d: &DesiredState) -> Result<(), AgentError> {
+    let bytes =
+        serde_json::to_vec(d).map_err(|e| AgentError::Invalid(format!("desired state: {e}")))?;
+    store::write_atomic(&dir.join(DESIRED_FILE), &bytes, 0o600)
+}
+
+/// Report every [`HEARTBEAT`] and right after each apply.
+async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let mut reporter = Reporter::new(&ctx.parts);
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let url = format!("{}/api/agent/status", ctx.creds.cloud_url);
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.report_now.notified() => {}
+            _ = stop.changed() => return,
+        }
+        let (version, errors) = {
+            let s = ctx.status();
+            (s.applied_version, s.apply_errors.clone())
+        };
+        let report = reporter.build(&ctx.parts, version, errors).await;
+        let body = match serde_json::to_value(&report) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("status report not serialized: {e}");
+                continue;
+            }
+        };
+        let sent = tokio::select! {
+            r = http::request("POST", &url, Some(&ctx.token), Some(&body), HEARTBEAT_TIMEOUT) => r,
+            _ = stop.changed() => return,
+        };
+        let result = sent.and_then(|(status, bytes)| http::check(status, bytes).map(drop));
+        match result {
+            Ok(()) => {
+                if failing.take().is_some() {
+                    tracing::info!("heartbeats reach the cloud again");
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if failing.is_none() {
+                    tracing::warn!("heartbeat not delivered (the node keeps running): {message}");
+                } else if failing.as_deref() != Some(message.as_str()) {
+                    tracing::debug!("heartbeat not delivered: {message}");
+                }
+                failing = Some(message);
+            }
+        }
+        // The report just sent covers any apply that asked for one meanwhile.
+        tick.reset();
+    }
+}
+
+/// Spreads retry delays (±20 %) so that nodes cut off together do not
+/// come back together. A xorshift generator seeded from the clock is
+/// plenty for that.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64);
+        Jitter(seed | 1)
+    }
+
+    fn spread(&mut self, d: Duration) -> Duration {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        // A factor in [0.8, 1.2).
+        let factor = 0.8 + (x % 1000) as f64 / 2500.0;
+        d.mul_f64(factor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        let mut j = Jitter::new();
+        for _ in 0..1000 {
+            let d = j.spread(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(8) && d < Duration::from_secs(12),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Applying a desired state to the running node: devices, then functions,
+//! then rules. Idempotent; what fails is collected as one message per item
+//! (reported to the cloud as `apply_errors`) and the rest still applies.
+//! A failed item keeps what ran before (an old function version, an old
+//! rule config).
+
+use std::collections::HashSet;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use sha2::{Digest, Sha256};
+use verge_broker::auth::{AclAction, AclRule, Device};
+use verge_broker::config::AclPolicy;
+use verge_broker::{Authenticator, Registry};
+use verge_functions::{DeployError, FunctionSpec};
+use verge_protocol::{DesiredState, DeviceEntry, FunctionArtifact};
+use verge_rules::{RuleConfig, RuleError};
+
+use crate::agent::NodeParts;
+
+/// Apply `next`; `prev` is the desired state applied before (what the cloud
+/// managed), `None` at start. Returns the errors.
+pub(crate) async fn apply(
+    parts: &NodeParts,
+    prev: Option<&DesiredState>,
+    next: &DesiredState,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    apply_devices(parts, &next.devices, &mut errors);
+    apply_functions(parts, prev, &next.functions, &mut errors).await;
+    apply_rules(parts, prev, &next.rules, &mut errors).await;
+    if errors.is_empty() {
+        tracing::info!(version = next.version, "desired state applied");
+    } else {
+        tracing::warn!(
+            version = next.version,
+            errors = errors.len(),
+            "desired state applied with errors: {}",
+            errors.join("; ")
+        );
+    }
+    errors
+}
+
+/// The ACL of a cloud device: its own topics and shadow, nothing else.
+fn device_acl() -> Vec<AclRule> {
+    let rule = |permission, topic: &str| AclRule {
+        permission,
+        action: AclAction::All,
+        topic: topic.to_owned(),
+    };
+    vec![
+        rule(AclPolicy::Allow, "devices/%u/#"),
+        rule(AclPolicy::Allow, "$shadow/%u/#"),
+        rule(AclPolicy::Deny, "#"),
+    ]
+}
+
+/// Registry = the node's own devices + the cloud's; a clash keeps the
+/// node's own device.
+fn apply_devices(parts: &NodeParts, devices: &[DeviceEntry], errors: &mut Vec<String>) {
+    let mut registry = parts.base_registry.clone();
+    let mut taken: HashSet<String> = registry
+        .devices
+        .iter()
+        .map(|d| d.username.clone())
+        .collect();
+    let base = taken.clone();
+    for entry in devices {
+        if base.contains(&entry.id) {
+            errors.push(format!(
+                "device `{}`: the node's own config has a device of that name; it is kept",
+                entry.id
+            ));
+            continue;
+        }
+        if !taken.insert(entry.id.clone()) {
+            errors.push(format!("device `{}`: listed twice", entry.id));
+            continue;
+        }
+        let device = Device {
+            username: entry.id.clone(),
+            password_hash: Some(entry.password_hash.clone()),
+            client_id: None,
+            acl: device_acl(),
+        };
+        // Check each device alone, so one bad hash does not keep the others
+        // out.
+        let alone = Registry {
+            acl: Vec::new(),
+            devices: vec![device.clone()],
+        };
+        if let Err(e) = Authenticator::new(alone, false, AclPolicy::Deny) {
+            errors.push(format!("device `{}`: {e}", entry.id));
+            continue;
+        }
+        registry.devices.push(device);
+    }
+    if let Err(e) = parts.auth.replace(registry) {
+        errors.push(format!("devices: not applied: {e}"));
+    }
+}
+
+async fn apply_functions(
+    parts: &NodeParts,
+    prev: Option<&DesiredState>,
+    artifacts: &[FunctionArtifact],
+    errors: &mut Vec<String>,
+) {
+    for a in artifacts {
+        if let Err(e) = apply_function(parts, a).await {
+            errors.push(format!("function `{}`: {e}", a.name));
+        }
+    }
+    let wanted: HashSet<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+    for old in prev.map(|p| p.functions.as_slice()).unwrap_or_default() {
+        if wanted.contains(old.name.as_str()) {
+            continue;
+        }
+        match parts.functions.delete(&old.name).await {
+            Ok(()) | Err(DeployError::NotFound(_)) => {}
+            Err(e) => errors.push(format!("function `{}`: not removed: {e}", old.name)),
+        }
+    }
+}
+
+async fn apply_function(parts: &NodeParts, a: &FunctionArtifact) -> Result<(), String> {
+    let module = B64
+        .decode(a.module_base64.as_bytes())
+        .map_err(|e| format!("module_base64: {e}"))?;
+    let sha256 = hex::encode(Sha256::digest(&module));
+    if !sha256.eq_ignore_ascii_case(&a.sha256) {
+        return Err(format!(
+            "the module's sha256 is {sha256}, the cloud says {}",
+            a.sha256
+        ));
+    }
+    let mut spec = match &a.spec {
+        serde_json::Value::Object(m) => m.clone(),
+        _ => return Err("spec: not a JSON object".into()),
+    };
+    spec.insert("name".into(), serde_json::Value::String(a.name.clone()));
+    let spec: FunctionSpec = serde_json::from_value(serde_json::Value::Object(spec))
+        .map_err(|e| format!("spec: {e}"))?;
+    if let Some(cur) = parts.functions.get(&a.name)
+        && cur.sha256.as_deref() == Some(sha256.as_str())
+        && cur.spec == spec
+    {
+        return Ok(());
+    }
+    parts
+        .functions
+        .deploy(spec, Some(module))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The `id` of a rule object, if it has one.
+fn rule_id(v: &serde_json::Value) -> Option<&str> {
+    v.get("id").and_then(serde_json::Value::as_str)
+}
+
+async fn apply_rules(
+    parts: &NodeParts,
+    prev: Option<&DesiredState>,
+    rules: &[serde_json::Value],
+    errors: &mut Vec<String>,
+) {
+    let managed: HashSet<&str> = prev
+        .map(|p| p.rules.iter().filter_map(rule_id).collect())
+        .unwrap_or_default();
+    for (i, value) in rules.iter().enumerate() {
+        let label = rule_id(value).map_or_else(|| format!("#{i}"), |id| format!("`{id}`"));
+        if let Err(e) = apply_rule(parts, &managed, value).await {
+            errors.push(format!("rule {label}: {e}"));
+        }
+    }
+    // Ids the new state names, even when their config is invalid: such a
+    // rule keeps its old version rather than disappear.
+    let wanted: HashSet<&str> = rules.iter().filter_map(rule_id).collect();
+    for id in managed {
+        if wanted.contains(id) {
+            continue;
+        }
+        match parts.rules.delete(id).await {
+            Ok(()) | Err(RuleError::NotFound(_)) => {}
+            Err(e) => errors.push(format!("rule `{id}`: not removed: {e}")),
+        }
+    }
+}
+
+async fn apply_rule(
+    parts: &NodeParts,
+    managed: &HashSet<&str>,
+    value: &serde_json::Value,
+) -> Result<(), String> {
+    let config: RuleConfig = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    if config.id.is_empty() {
+        return Err("`id` is missing".into());
+    }
+    match parts.rules.get(&config.id).await {
+        Ok(info) if info.config == config => Ok(()),
+        Ok(_) => {
+            if !managed.contains(config.id.as_str()) {
+                tracing::warn!(
+                    rule = %config.id,
+                    "a rule from the cloud replaces the node's own rule of the same id"
+                );
+            }
+            let id = config.id.clone();
+            parts
+                .rules
+                .update(&id, config)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        Err(RuleError::NotFound(_)) => parts
+            .rules
+            .create(config)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}

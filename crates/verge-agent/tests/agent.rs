@@ -1,0 +1,350 @@
+//! The agent against a fake cloud with real node parts: join, apply,
+//! removal, long-poll latency, heartbeat, offline autonomy, refused
+//! credentials.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::*;
+use verge_agent::{AgentError, Credentials, join, load_credentials, save_credentials};
+use verge_broker::Registry;
+use verge_broker::auth::Device;
+
+#[tokio::test]
+async fn join_saves_credentials_owner_only_and_a_bad_token_is_refused() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cloud_dir = dir.path().join("cloud");
+    assert!(load_credentials(&cloud_dir).expect("load").is_none());
+
+    let err = join(&cloud.url, "wrong-token").await.expect_err("refused");
+    assert!(matches!(err, AgentError::JoinRefused(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("refused the join token") && text.contains("401 unauthorized"),
+        "{text}"
+    );
+
+    let creds = join(&format!("{}/", cloud.url), JOIN_TOKEN)
+        .await
+        .expect("join");
+    assert_eq!(
+        creds,
+        Credentials {
+            cloud_url: cloud.url.clone(),
+            node_id: NODE.into(),
+            secret: SECRET.into(),
+            mqtt_url: "mqtt://127.0.0.1:1884".into(),
+        }
+    );
+    let joins = cloud.state.joins.lock().unwrap().clone();
+    assert_eq!(joins[1].agent_version, env!("CARGO_PKG_VERSION"));
+
+    save_credentials(&cloud_dir, &creds).expect("save");
+    let path = cloud_dir.join("credentials.json");
+    let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(load_credentials(&cloud_dir).expect("load"), Some(creds));
+
+    // The token is one-time.
+    let again = join(&cloud.url, JOIN_TOKEN).await.expect_err("used");
+    assert!(matches!(again, AgentError::JoinRefused(_)), "{again:?}");
+    // Nothing listening: a transport error, not a refusal.
+    let down = join(&closed_url().await, JOIN_TOKEN)
+        .await
+        .expect_err("down");
+    assert!(matches!(down, AgentError::Http(_)), "{down:?}");
+}
+
+#[tokio::test]
+async fn desired_state_is_applied_and_what_a_new_version_drops_is_removed() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let v1 = cloud.publish(full_state);
+    let agent = node.agent(cloud.creds()).await;
+    eventually("v1 applied", || async {
+        agent.status().applied_version == v1
+    })
+    .await;
+    let status = agent.status();
+    assert!(status.apply_errors.is_empty(), "{:?}", status.apply_errors);
+    assert!(status.cloud_reachable && status.last_sync_ms.is_some());
+
+    assert!(node.device_logs_in("d1", "d1-secret"));
+    assert!(!node.device_logs_in("d1", "wrong"));
+    let who = node
+        .auth
+        .authenticate("c", Some("d1"), Some(b"d1-secret"), None)
+        .expect("login");
+    assert!(node.auth.may_publish(&who, "devices/d1/telemetry"));
+    assert!(!node.auth.may_publish(&who, "devices/d2/telemetry"));
+    assert!(node.auth.may_subscribe(&who, "$shadow/d1/update"));
+    assert!(node.has_rule("r1").await);
+    let f = node.functions.get("tag").expect("function deployed");
+    assert_eq!(f.version, 1);
+    // The cache holds what was applied.
+    let cached: verge_protocol::DesiredState = serde_json::from_slice(
+        &std::fs::read(node.cloud_dir().join("desired.json")).expect("cache"),
+    )
+    .expect("json");
+    assert_eq!(cached.version, v1);
+
+    // Same function again under a new version: not redeployed.
+    let v2 = cloud.publish(|d| d.config = serde_json::json!({"x": 1}));
+    eventually("v2 applied", || async {
+        agent.status().applied_version == v2
+    })
+    .await;
+    assert_eq!(node.functions.get("tag").expect("function").version, 1);
+
+    // Rule, function and device gone.
+    let v3 = cloud.publish(|d| {
+        d.rules.clear();
+        d.devices.clear();
+        d.functions.clear();
+    });
+    eventually("v3 applied", || async {
+        agent.status().applied_version == v3
+    })
+    .await;
+    assert!(!node.has_rule("r1").await);
+    assert!(!node.device_logs_in("d1", "d1-secret"));
+    assert!(node.functions.get("tag").is_none());
+    assert!(agent.status().apply_errors.is_empty());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_change_reaches_the_node_through_the_long_poll_within_a_second() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let agent = node.agent(cloud.creds()).await;
+    // The agent is waiting in a long poll on version 0.
+    eventually("a waiting poll", || async {
+        cloud.state.waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let polls = cloud.state.polls.load(Ordering::SeqCst);
+    let start = Instant::now();
+    let v = cloud.publish(|d| d.devices = vec![device("d7", "s7")]);
+    eventually("the change applied", || async {
+        agent.status().applied_version == v
+    })
+    .await;
+    let took = start.elapsed();
+    // A timer-driven poll would take its period; the long poll answers at
+    // once. The bound is generous for a loaded test machine.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // The change came on the poll that was waiting (the one after it is the
+    // next long poll, on the new version).
+    assert!(cloud.state.polls.load(Ordering::SeqCst) <= polls + 1);
+    assert!(node.device_logs_in("d7", "s7"));
+
+    // Shutdown does not wait out the next long poll.
+    eventually("the next poll waiting", || async {
+        cloud.state.waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let start = Instant::now();
+    agent.shutdown().await;
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn the_heartbeat_reports_the_applied_version_right_after_an_apply() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let agent = node.agent(cloud.creds()).await;
+    // The first heartbeat goes out at once.
+    eventually("a first report", || async { !cloud.reports().is_empty() }).await;
+    let first = cloud.reports()[0].clone();
+    assert_eq!(first.applied_version, 0);
+    assert_eq!(first.agent_version, env!("CARGO_PKG_VERSION"));
+    assert!(first.memory_bytes > 0);
+    assert!(first.disk_total_bytes > 0 && first.disk_free_bytes <= first.disk_total_bytes);
+
+    let v = cloud.publish(full_state);
+    let start = Instant::now();
+    eventually("a report of the new version", || async {
+        cloud.reports().iter().any(|r| r.applied_version == v)
+    })
+    .await;
+    // Well before the 5 s period: the apply asked for a report.
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    let report = cloud
+        .reports()
+        .into_iter()
+        .find(|r| r.applied_version == v)
+        .expect("report");
+    assert!(report.apply_errors.is_empty(), "{:?}", report.apply_errors);
+    assert_eq!(report.rules.len(), 1);
+    assert_eq!(report.rules[0]["id"], "r1");
+    assert_eq!(report.functions.len(), 1);
+    assert_eq!(report.functions[0]["name"], "tag");
+    assert!(report.functions[0].get("spec").is_none());
+    assert!(!report.link_up);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_cached_state_runs_after_a_restart_without_the_cloud() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let first = TestNode::new(&dir.path().join("a")).await;
+    let v = cloud.publish(full_state);
+    let agent = first.agent(cloud.creds()).await;
+    eventually("applied", || async { agent.status().applied_version == v }).await;
+    agent.shutdown().await;
+
+    // A fresh node (new broker, engine and function registry), the same
+    // agent directory, the cloud unreachable.
+    let second = TestNode::new(&dir.path().join("b")).await;
+    std::fs::create_dir_all(second.cloud_dir()).expect("dir");
+    std::fs::copy(
+        first.cloud_dir().join("desired.json"),
+        second.cloud_dir().join("desired.json"),
+    )
+    .expect("copy cache");
+    let mut creds = cloud.creds();
+    creds.cloud_url = closed_url().await;
+    let agent = second.agent(creds).await;
+    // Applied before `start` returned.
+    assert_eq!(agent.status().applied_version, v);
+    assert!(second.device_logs_in("d1", "d1-secret"));
+    assert!(second.has_rule("r1").await);
+    assert!(second.functions.get("tag").is_some());
+    eventually("the sync error", || async {
+        agent.status().last_error.is_some()
+    })
+    .await;
+    let status = agent.status();
+    assert!(!status.cloud_reachable);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot connect")),
+        "{status:?}"
+    );
+    // Still running from the cache.
+    assert!(second.has_rule("r1").await);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_keep_the_cached_state() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let v = cloud.publish(full_state);
+    let agent = node.agent(cloud.creds()).await;
+    eventually("applied", || async { agent.status().applied_version == v }).await;
+    agent.shutdown().await;
+
+    // The node was deleted in the cloud; its state there is gone too.
+    cloud.state.refuse.store(true, Ordering::SeqCst);
+    cloud.publish(|d| {
+        d.rules.clear();
+        d.devices.clear();
+        d.functions.clear();
+    });
+    let fresh = TestNode::new(&dir.path().join("fresh")).await;
+    std::fs::create_dir_all(fresh.cloud_dir()).expect("dir");
+    std::fs::copy(
+        node.cloud_dir().join("desired.json"),
+        fresh.cloud_dir().join("desired.json"),
+    )
+    .expect("copy cache");
+    let agent = fresh.agent(cloud.creds()).await;
+    eventually("the refusal", || async {
+        agent
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("refused the node's credentials"))
+    })
+    .await;
+    let status = agent.status();
+    assert_eq!(status.applied_version, v);
+    assert!(fresh.device_logs_in("d1", "d1-secret"));
+    assert!(fresh.has_rule("r1").await);
+    assert!(fresh.functions.get("tag").is_some());
+    // The refusal is not retried at once.
+    let polls = cloud.state.polls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cloud.state.polls.load(Ordering::SeqCst), polls);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn local_devices_and_rules_stay_and_a_clash_is_reported() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = Registry {
+        acl: vec![],
+        devices: vec![Device {
+            username: "local".into(),
+            password_hash: Some(verge_broker::auth::hash_password("local-secret").expect("hash")),
+            client_id: None,
+            acl: vec![],
+        }],
+    };
+    let node = TestNode::with_registry(dir.path(), base).await;
+    node.rules
+        .create(
+            serde_json::from_value(serde_json::json!({
+                "id": "mine", "sql": "SELECT * FROM \"a\""
+            }))
+            .expect("rule"),
+        )
+        .await
+        .expect("local rule");
+    let v1 = cloud.publish(|d| {
+        d.devices = vec![device("local", "cloud-secret"), device("d1", "d1-secret")];
+        d.rules = vec![serde_json::json!({"id": "r1", "sql": "SELECT * FROM \"b\""})];
+        d.functions = vec![];
+    });
+    let agent = node.agent(cloud.creds()).await;
+    eventually("v1 applied", || async {
+        agent.status().applied_version == v1
+    })
+    .await;
+    let errors = agent.status().apply_errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("device `local`"), "{errors:?}");
+    assert!(node.device_logs_in("local", "local-secret"));
+    assert!(!node.device_logs_in("local", "cloud-secret"));
+    assert!(node.device_logs_in("d1", "d1-secret"));
+
+    // A bad rule is reported; the cloud's removal of its rules leaves the
+    // node's own.
+    let v2 = cloud.publish(|d| {
+        d.devices.clear();
+        d.rules = vec![serde_json::json!({"id": "bad", "sql": "SELEKT"})];
+    });
+    eventually("v2 applied", || async {
+        agent.status().applied_version == v2
+    })
+    .await;
+    let errors = agent.status().apply_errors;
+    assert!(
+        errors.len() == 1 && errors[0].starts_with("rule `bad`"),
+        "{errors:?}"
+    );
+    assert!(!node.has_rule("r1").await);
+    assert!(node.has_rule("mine").await);
+    assert!(node.device_logs_in("local", "local-secret"));
+    assert!(!node.device_logs_in("d1", "d1-secret"));
+    agent.shutdown().await;
+}

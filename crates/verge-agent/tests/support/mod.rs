@@ -1,0 +1,386 @@
+//! Test helpers: a fake cloud (join, desired-state long poll, status) on
+//! 127.0.0.1:0 with in-memory state, and a node made of real parts
+//! (broker, authenticator, rule engine, function registry).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use verge_agent::{Agent, Credentials, NodeParts};
+use verge_broker::config::AclPolicy;
+use verge_broker::{Authenticator, Broker, BrokerConfig, Registry};
+use verge_functions::{Functions, FunctionsConfig};
+use verge_protocol::{
+    DesiredState, DeviceEntry, FunctionArtifact, JoinRequest, JoinResponse, StatusReport,
+    node_bearer,
+};
+use verge_rules::action::BoxFuture;
+use verge_rules::{
+    Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleEngineConfig, Services,
+};
+
+/// Longest wait for anything that should happen; only there so that a
+/// broken build fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const NODE: &str = "edge-1";
+pub const SECRET: &str = "node-secret";
+pub const JOIN_TOKEN: &str = "join-token-1";
+
+/// The fake cloud's state.
+pub struct CloudState {
+    /// The join token, until used.
+    join_token: Mutex<Option<String>>,
+    /// The node's desired state; every change wakes the long polls.
+    desired: watch::Sender<DesiredState>,
+    /// Heartbeats received.
+    pub reports: Mutex<Vec<StatusReport>>,
+    /// Join requests received.
+    pub joins: Mutex<Vec<JoinRequest>>,
+    /// When set, node credentials are refused (401).
+    pub refuse: AtomicBool,
+    /// Desired-state polls received.
+    pub polls: AtomicU64,
+    /// Polls now waiting for a change.
+    pub waiting: AtomicU64,
+}
+
+pub struct FakeCloud {
+    pub url: String,
+    pub state: Arc<CloudState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeCloud {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeCloud {
+    pub async fn start() -> FakeCloud {
+        let (desired, _) = watch::channel(DesiredState {
+            node_id: NODE.into(),
+            version: 0,
+            devices: vec![],
+            rules: vec![],
+            functions: vec![],
+            config: json!({}),
+        });
+        let state = Arc::new(CloudState {
+            join_token: Mutex::new(Some(JOIN_TOKEN.into())),
+            desired,
+            reports: Mutex::new(Vec::new()),
+            joins: Mutex::new(Vec::new()),
+            refuse: AtomicBool::new(false),
+            polls: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+        });
+        let app = Router::new()
+            .route("/api/agent/join", post(join))
+            .route("/api/agent/desired", get(desired_state))
+            .route("/api/agent/status", post(status))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+        FakeCloud {
+            url: format!("http://{addr}"),
+            state,
+            task,
+        }
+    }
+
+    /// Change the desired state; its version grows by one. Returns it.
+    pub fn publish(&self, change: impl FnOnce(&mut DesiredState)) -> i64 {
+        let mut version = 0;
+        self.state.desired.send_modify(|d| {
+            change(d);
+            d.version += 1;
+            version = d.version;
+        });
+        version
+    }
+
+    pub fn version(&self) -> i64 {
+        self.state.desired.borrow().version
+    }
+
+    pub fn creds(&self) -> Credentials {
+        Credentials {
+            cloud_url: self.url.clone(),
+            node_id: NODE.into(),
+            secret: SECRET.into(),
+            mqtt_url: "mqtt://127.0.0.1:1884".into(),
+        }
+    }
+
+    pub fn reports(&self) -> Vec<StatusReport> {
+        self.state.reports.lock().unwrap().clone()
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+fn node_authorized(s: &CloudState, headers: &HeaderMap) -> bool {
+    let expected = node_bearer(NODE, SECRET);
+    !s.refuse.load(Ordering::SeqCst)
+        && headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == expected)
+}
+
+async fn join(State(s): State<Arc<CloudState>>, Json(req): Json<JoinRequest>) -> Response {
+    s.joins.lock().unwrap().push(req.clone());
+    let mut token = s.join_token.lock().unwrap();
+    if token.as_deref() != Some(req.token.as_str()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown, used or expired join token",
+        );
+    }
+    *token = None;
+    Json(JoinResponse {
+        node_id: NODE.into(),
+        secret: SECRET.into(),
+        mqtt_url: "mqtt://127.0.0.1:1884".into(),
+    })
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct PollQuery {
+    version: i64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn desired_state(
+    State(s): State<Arc<CloudState>>,
+    headers: HeaderMap,
+    Query(q): Query<PollQuery>,
+) -> Response {
+    s.polls.fetch_add(1, Ordering::SeqCst);
+    if !node_authorized(&s, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown node credentials",
+        );
+    }
+    let mut rx = s.desired.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(60_000));
+    s.waiting.fetch_add(1, Ordering::SeqCst);
+    let answer = loop {
+        {
+            let d = rx.borrow_and_update();
+            if d.version != q.version {
+                break Json(d.clone()).into_response();
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => break StatusCode::NO_CONTENT.into_response(),
+        }
+    };
+    s.waiting.fetch_sub(1, Ordering::SeqCst);
+    answer
+}
+
+async fn status(
+    State(s): State<Arc<CloudState>>,
+    headers: HeaderMap,
+    Json(report): Json<StatusReport>,
+) -> Response {
+    if !node_authorized(&s, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown node credentials",
+        );
+    }
+    s.reports.lock().unwrap().push(report);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// A URL where nothing listens.
+pub async fn closed_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// Lets rules call the registry's functions.
+struct Invoker(Functions);
+
+impl FunctionInvoker for Invoker {
+    fn exists(&self, name: &str) -> bool {
+        self.0.exists(name)
+    }
+
+    fn invoke<'a>(
+        &'a self,
+        _name: &'a str,
+        _msg: FunctionMessage,
+    ) -> BoxFuture<'a, Result<Vec<FunctionMessage>, InvokeError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// A node's parts, built fresh in `dir`.
+pub struct TestNode {
+    pub dir: PathBuf,
+    pub broker: Broker,
+    pub auth: Authenticator,
+    pub base: Registry,
+    pub rules: Arc<Engine>,
+    pub functions: Functions,
+}
+
+impl TestNode {
+    pub async fn new(dir: &Path) -> TestNode {
+        TestNode::with_registry(dir, Registry::default()).await
+    }
+
+    pub async fn with_registry(dir: &Path, base: Registry) -> TestNode {
+        let auth = Authenticator::new(base.clone(), false, AclPolicy::Deny).expect("auth");
+        let broker = Broker::start(BrokerConfig::default(), auth.clone());
+        let functions = Functions::open(FunctionsConfig {
+            dir: dir.join("functions"),
+        })
+        .await
+        .expect("functions");
+        let mut services = Services::new(broker.handle());
+        services.functions = Some(Arc::new(Invoker(functions.clone())));
+        let rules = Arc::new(Engine::new(services, RuleEngineConfig::default()));
+        TestNode {
+            dir: dir.to_path_buf(),
+            broker,
+            auth,
+            base,
+            rules,
+            functions,
+        }
+    }
+
+    pub fn parts(&self) -> NodeParts {
+        NodeParts {
+            auth: self.auth.clone(),
+            base_registry: self.base.clone(),
+            rules: self.rules.clone(),
+            functions: self.functions.clone(),
+            broker: self.broker.handle(),
+            bridge: None,
+            data_dir: self.dir.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The agent's directory.
+    pub fn cloud_dir(&self) -> PathBuf {
+        self.dir.join("cloud")
+    }
+
+    pub async fn agent(&self, creds: Credentials) -> Agent {
+        Agent::start(creds, self.cloud_dir(), self.parts())
+            .await
+            .expect("agent")
+    }
+
+    pub fn device_logs_in(&self, id: &str, secret: &str) -> bool {
+        self.auth
+            .authenticate("client-1", Some(id), Some(secret.as_bytes()), None)
+            .is_ok()
+    }
+
+    pub async fn has_rule(&self, id: &str) -> bool {
+        self.rules.get(id).await.is_ok()
+    }
+}
+
+/// Wait until `check` holds, at most [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A function module: answers every call with no messages (status 0 and a
+/// count of 0, the five zero bytes at offset 2048).
+pub const MODULE_WAT: &str = r#"
+(module
+  (memory (export "memory") 1)
+  (func (export "verge_abi_version") (result i32) i32.const 1)
+  (func (export "verge_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "verge_handle") (param i32 i32) (result i64)
+    i64.const 8796093022213))
+"#;
+
+pub fn artifact(name: &str, module: &str, version: i64) -> FunctionArtifact {
+    FunctionArtifact {
+        name: name.into(),
+        version,
+        sha256: hex::encode(Sha256::digest(module.as_bytes())),
+        spec: json!({"runtime": "wasm", "config": {}}),
+        module_base64: B64.encode(module.as_bytes()),
+    }
+}
+
+pub fn device(id: &str, secret: &str) -> DeviceEntry {
+    DeviceEntry {
+        id: id.into(),
+        password_hash: verge_broker::auth::hash_password(secret).expect("hash"),
+    }
+}
+
+pub fn rule(id: &str, function: &str) -> Value {
+    json!({
+        "id": id,
+        "sql": "SELECT * FROM \"devices/+/telemetry\"",
+        "actions": [{"type": "function", "name": function}],
+    })
+}
+
+/// Device d1 + function `tag` + rule r1 calling it.
+pub fn full_state(d: &mut DesiredState) {
+    d.devices = vec![device("d1", "d1-secret")];
+    d.functions = vec![artifact("tag", MODULE_WAT, 1)];
+    d.rules = vec![rule("r1", "tag")];
+}

@@ -1,0 +1,163 @@
+//! `/api/agent/*`: the node protocol (`verge-protocol`): join, long-poll
+//! of the desired state, heartbeats.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use verge_protocol::{JoinRequest, JoinResponse, StatusReport};
+
+use crate::Cloud;
+use crate::auth::NodeAuth;
+use crate::db::{self, now_ms};
+use crate::error::{ApiJson, ApiQuery, AppError};
+
+/// Heartbeat metrics are kept this long.
+pub const METRICS_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+pub async fn join(
+    State(cloud): State<Cloud>,
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> Result<Json<JoinResponse>, AppError> {
+    let secret = db::random_secret();
+    let phc = {
+        let s = secret.clone();
+        tokio::task::spawn_blocking(move || verge_broker::auth::hash_password(&s))
+            .await
+            .map_err(AppError::internal)?
+            .map_err(AppError::internal)?
+    };
+    let now = now_ms();
+    let mut tx = cloud.inner().pool.begin().await?;
+    let node: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM nodes WHERE join_token_hash = $1 AND join_expires_ms > $2")
+            .bind(db::sha256_hex(req.token.as_bytes()))
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((node_id,)) = node else {
+        return Err(AppError::unauthorized(
+            "unknown, used or expired join token",
+        ));
+    };
+    // The token is spent in the same statement that checks it, so two
+    // joins with one token cannot both succeed.
+    let done = sqlx::query(
+        "UPDATE nodes SET join_token_hash = NULL, join_expires_ms = NULL, secret_sha256 = $1, secret_phc = $2, joined_ms = $3 \
+         WHERE id = $4 AND join_token_hash = $5",
+    )
+    .bind(db::sha256_hex(secret.as_bytes()))
+    .bind(&phc)
+    .bind(now)
+    .bind(&node_id)
+    .bind(db::sha256_hex(req.token.as_bytes()))
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(AppError::unauthorized(
+            "unknown, used or expired join token",
+        ));
+    }
+    tx.commit().await?;
+    tracing::info!(node = %node_id, hostname = %req.hostname, agent = %req.agent_version, "node joined");
+    cloud.refresh_registry().await.map_err(AppError::internal)?;
+    Ok(Json(JoinResponse {
+        node_id,
+        secret,
+        mqtt_url: cloud.inner().cfg.mqtt_url(),
+    }))
+}
+
+/// `?version=N&wait_ms=M`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredQuery {
+    #[serde(default)]
+    version: i64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+pub async fn desired(
+    NodeAuth(node): NodeAuth,
+    State(cloud): State<Cloud>,
+    ApiQuery(q): ApiQuery<DesiredQuery>,
+) -> Result<Response, AppError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(60_000));
+    let mut changes = cloud.inner().changes.subscribe();
+    let mut stop = cloud.inner().stop.subscribe();
+    loop {
+        changes.mark_unchanged();
+        let current: Option<(i64,)> =
+            sqlx::query_as("SELECT desired_version FROM nodes WHERE id = $1")
+                .bind(&node)
+                .fetch_optional(&cloud.inner().pool)
+                .await?;
+        let Some((version,)) = current else {
+            return Err(AppError::not_found(format!("no node `{node}`")));
+        };
+        if version != q.version {
+            let state = crate::desired::assemble(&cloud.inner().pool, &node, true)
+                .await?
+                .ok_or_else(|| AppError::not_found(format!("no node `{node}`")))?;
+            return Ok(Json(state).into_response());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline || *stop.borrow() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        // Woken by a change in this process, or re-check every second
+        // (changes made by other replicas).
+        let wake = (now + Duration::from_secs(1)).min(deadline);
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+pub async fn status(
+    NodeAuth(node): NodeAuth,
+    State(cloud): State<Cloud>,
+    ApiJson(report): ApiJson<StatusReport>,
+) -> Result<StatusCode, AppError> {
+    let now = now_ms();
+    let text = serde_json::to_string(&report).map_err(AppError::internal)?;
+    let errors = serde_json::to_string(&report.apply_errors).map_err(AppError::internal)?;
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut tx = cloud.inner().pool.begin().await?;
+    sqlx::query(
+        "UPDATE nodes SET report = $1, last_seen_ms = $2, applied_version = $3, apply_errors = $4 WHERE id = $5",
+    )
+    .bind(text)
+    .bind(now)
+    .bind(report.applied_version)
+    .bind(errors)
+    .bind(&node)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO node_metrics (node_id, ts_ms, cpu_percent, memory_bytes, connections, messages_in_rate, messages_out_rate, backlog_messages) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&node)
+    .bind(now)
+    .bind(finite(report.cpu_percent))
+    .bind(n(report.memory_bytes))
+    .bind(n(report.connections))
+    .bind(finite(report.messages_in_rate))
+    .bind(finite(report.messages_out_rate))
+    .bind(n(report.backlog_messages))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn finite(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
+}

@@ -1,0 +1,257 @@
+//! `/api/devices`: devices bound to nodes, their secrets and commands.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use verge_broker::Message;
+use verge_mqtt::QoS;
+
+use crate::Cloud;
+use crate::auth::ApiAuth;
+use crate::db::{self, json_col, now_ms};
+use crate::error::{ApiJson, ApiQuery, AppError, check_name};
+
+type DeviceRow = (String, String, String, i64, Option<String>, Option<i64>);
+
+const COLS: &str = "id, node_id, description, created_ms, last_telemetry, last_telemetry_ms";
+
+fn device_json(
+    (id, node_id, description, created_ms, telemetry, telemetry_ms): DeviceRow,
+) -> Value {
+    json!({
+        "id": id,
+        "node_id": node_id,
+        "description": description,
+        "created_ms": created_ms,
+        "last_telemetry": telemetry.as_deref().map_or(Value::Null, json_col),
+        "last_telemetry_ms": telemetry_ms,
+    })
+}
+
+async fn load(cloud: &Cloud, id: &str) -> Result<Value, AppError> {
+    let row: Option<DeviceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM devices WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&cloud.inner().pool)
+    .await?;
+    row.map(device_json)
+        .ok_or_else(|| AppError::not_found(format!("no device `{id}`")))
+}
+
+async fn node_of(cloud: &Cloud, id: &str) -> Result<String, AppError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT node_id FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&cloud.inner().pool)
+        .await?;
+    row.map(|r| r.0)
+        .ok_or_else(|| AppError::not_found(format!("no device `{id}`")))
+}
+
+/// Argon2 hash of a new secret, off the async threads.
+async fn hash(secret: String) -> Result<String, AppError> {
+    tokio::task::spawn_blocking(move || verge_broker::auth::hash_password(&secret))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)
+}
+
+/// `POST /api/devices` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevice {
+    name: String,
+    node_id: String,
+    #[serde(default)]
+    description: String,
+}
+
+pub async fn create(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    ApiJson(body): ApiJson<CreateDevice>,
+) -> Result<impl IntoResponse, AppError> {
+    check_name("name", &body.name)?;
+    check_name("node_id", &body.node_id)?;
+    let secret = db::random_secret();
+    let phc = hash(secret.clone()).await?;
+    let mut tx = cloud.inner().pool.begin().await?;
+    let node: Option<(String,)> = sqlx::query_as("SELECT id FROM nodes WHERE id = $1")
+        .bind(&body.node_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if node.is_none() {
+        return Err(AppError::invalid(format!(
+            "`node_id`: no node `{}`",
+            body.node_id
+        )));
+    }
+    let done = sqlx::query(
+        "INSERT INTO devices (id, node_id, description, secret_phc, created_ms) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&body.name)
+    .bind(&body.node_id)
+    .bind(&body.description)
+    .bind(&phc)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(AppError::conflict(format!(
+            "a device named `{}` exists already",
+            body.name
+        )));
+    }
+    db::bump_nodes(&mut tx, std::slice::from_ref(&body.node_id)).await?;
+    tx.commit().await?;
+    cloud.notify_change();
+    let device = load(&cloud, &body.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"device": device, "secret": secret})),
+    ))
+}
+
+/// `?node_id=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    node_id: Option<String>,
+}
+
+pub async fn list(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    let pool = &cloud.inner().pool;
+    let rows: Vec<DeviceRow> = match &q.node_id {
+        Some(n) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM devices WHERE node_id = $1 ORDER BY id"
+            )))
+            .bind(n)
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM devices ORDER BY id"
+            )))
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    Ok(Json(rows.into_iter().map(device_json).collect()))
+}
+
+pub async fn get(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    Ok(Json(load(&cloud, &id).await?))
+}
+
+pub async fn delete(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let mut tx = cloud.inner().pool.begin().await?;
+    let node: Option<(String,)> = sqlx::query_as("SELECT node_id FROM devices WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((node,)) = node else {
+        return Err(AppError::not_found(format!("no device `{id}`")));
+    };
+    sqlx::query("DELETE FROM devices WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    db::bump_nodes(&mut tx, &[node]).await?;
+    tx.commit().await?;
+    cloud.notify_change();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn new_secret(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let node = node_of(&cloud, &id).await?;
+    let secret = db::random_secret();
+    let phc = hash(secret.clone()).await?;
+    let mut tx = cloud.inner().pool.begin().await?;
+    let done = sqlx::query("UPDATE devices SET secret_phc = $1 WHERE id = $2")
+        .bind(&phc)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(AppError::not_found(format!("no device `{id}`")));
+    }
+    db::bump_nodes(&mut tx, &[node]).await?;
+    tx.commit().await?;
+    cloud.notify_change();
+    Ok(Json(
+        json!({"device": load(&cloud, &id).await?, "secret": secret}),
+    ))
+}
+
+pub async fn command(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path((id, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<impl IntoResponse, AppError> {
+    check_name("name", &name)?;
+    let node = node_of(&cloud, &id).await?;
+    let topic = format!("nodes/{node}/down/devices/{id}/commands/{name}");
+    let msg = Message::local(
+        topic.as_str(),
+        body.to_string().into_bytes(),
+        QoS::AtLeastOnce,
+        false,
+    );
+    cloud
+        .inner()
+        .handle
+        .publish(msg)
+        .await
+        .map_err(AppError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"topic": topic, "node_id": node})),
+    ))
+}
+
+/// `?after_id=&limit=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesQuery {
+    #[serde(default)]
+    after_id: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+pub async fn messages(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<MessagesQuery>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    let node = node_of(&cloud, &id).await?;
+    let filter = format!("devices/{id}/#");
+    Ok(Json(
+        super::messages(&cloud, &node, &filter, q.after_id, q.limit.unwrap_or(100)).await?,
+    ))
+}

@@ -1,0 +1,340 @@
+//! `/api/nodes` and `/api/deployments`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::Cloud;
+use crate::auth::ApiAuth;
+use crate::db::{self, json_col, now_ms};
+use crate::error::{ApiJson, ApiQuery, AppError, check_name};
+
+/// How long a join token is valid.
+const JOIN_TOKEN_MS: i64 = 24 * 3600 * 1000;
+
+const COLS: &str = "id, description, config, created_ms, joined_ms, last_seen_ms, desired_version, applied_version, apply_errors, report";
+
+/// `offline_after` in ms.
+pub fn offline_ms(cloud: &Cloud) -> i64 {
+    i64::try_from(cloud.inner().cfg.cloud.offline_after.get().as_millis()).unwrap_or(i64::MAX)
+}
+
+fn node_json(cloud: &Cloud, row: &AnyRow) -> Result<Value, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let joined: Option<i64> = row.try_get("joined_ms")?;
+    let last_seen: Option<i64> = row.try_get("last_seen_ms")?;
+    let status = match (joined, last_seen) {
+        (None, _) => "pending",
+        (_, Some(seen)) if now_ms() - seen <= offline_ms(cloud) => "online",
+        _ => "offline",
+    };
+    let report: Option<String> = row.try_get("report")?;
+    Ok(json!({
+        "id": id,
+        "name": id,
+        "description": row.try_get::<String, _>("description")?,
+        "status": status,
+        "created_ms": row.try_get::<i64, _>("created_ms")?,
+        "joined_ms": joined,
+        "last_seen_ms": last_seen,
+        "desired_version": row.try_get::<i64, _>("desired_version")?,
+        "applied_version": row.try_get::<i64, _>("applied_version")?,
+        "apply_errors": json_col(&row.try_get::<String, _>("apply_errors")?),
+        "config": json_col(&row.try_get::<String, _>("config")?),
+        "report": report.as_deref().map_or(Value::Null, json_col),
+    }))
+}
+
+/// The node `id` as JSON, or 404.
+pub async fn load(cloud: &Cloud, id: &str) -> Result<Value, AppError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM nodes WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&cloud.inner().pool)
+    .await?
+    .ok_or_else(|| AppError::not_found(format!("no node `{id}`")))?;
+    Ok(node_json(cloud, &row)?)
+}
+
+/// `POST /api/nodes` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNode {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+fn join_command(cloud: &Cloud, token: &str) -> String {
+    format!(
+        "verge node --cloud {} --join {token}",
+        cloud.inner().cfg.http_url()
+    )
+}
+
+pub async fn create(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    ApiJson(body): ApiJson<CreateNode>,
+) -> Result<impl IntoResponse, AppError> {
+    check_name("name", &body.name)?;
+    let token = db::random_secret();
+    let now = now_ms();
+    let done = sqlx::query(
+        "INSERT INTO nodes (id, description, config, created_ms, desired_version, applied_version, apply_errors, join_token_hash, join_expires_ms) \
+         VALUES ($1, $2, '{}', $3, 1, 0, '[]', $4, $5) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&body.name)
+    .bind(&body.description)
+    .bind(now)
+    .bind(db::sha256_hex(token.as_bytes()))
+    .bind(now + JOIN_TOKEN_MS)
+    .execute(&cloud.inner().pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(AppError::conflict(format!(
+            "a node named `{}` exists already",
+            body.name
+        )));
+    }
+    let node = load(&cloud, &body.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"node": node, "join_token": token, "join_command": join_command(&cloud, &token)}),
+        ),
+    ))
+}
+
+pub async fn list(_: ApiAuth, State(cloud): State<Cloud>) -> Result<Json<Vec<Value>>, AppError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM nodes ORDER BY id"
+    )))
+    .fetch_all(&cloud.inner().pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(node_json(&cloud, r)?);
+    }
+    Ok(Json(out))
+}
+
+pub async fn get(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    Ok(Json(load(&cloud, &id).await?))
+}
+
+/// `PATCH /api/nodes/{id}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchNode {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    config: Option<Value>,
+}
+
+pub async fn patch(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PatchNode>,
+) -> Result<Json<Value>, AppError> {
+    if body.config.as_ref().is_some_and(|c| !c.is_object()) {
+        return Err(AppError::invalid("`config` must be a JSON object"));
+    }
+    let mut tx = cloud.inner().pool.begin().await?;
+    let cur: Option<(String,)> = sqlx::query_as("SELECT config FROM nodes WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((config,)) = cur else {
+        return Err(AppError::not_found(format!("no node `{id}`")));
+    };
+    if let Some(d) = &body.description {
+        sqlx::query("UPDATE nodes SET description = $1 WHERE id = $2")
+            .bind(d)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut bumped = false;
+    if let Some(c) = &body.config
+        && json_col(&config) != *c
+    {
+        sqlx::query("UPDATE nodes SET config = $1 WHERE id = $2")
+            .bind(c.to_string())
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        db::bump_nodes(&mut tx, std::slice::from_ref(&id)).await?;
+        bumped = true;
+    }
+    tx.commit().await?;
+    if bumped {
+        cloud.notify_change();
+    }
+    Ok(Json(load(&cloud, &id).await?))
+}
+
+pub async fn delete(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let mut tx = cloud.inner().pool.begin().await?;
+    let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM devices WHERE node_id = $1")
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let (rules,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rules WHERE node_id = $1")
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if devices + rules > 0 {
+        return Err(AppError::conflict(format!(
+            "node `{id}` still has {devices} device(s) and {rules} rule(s)"
+        )));
+    }
+    let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(AppError::not_found(format!("no node `{id}`")));
+    }
+    sqlx::query("DELETE FROM node_metrics WHERE node_id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    cloud.refresh_registry().await.map_err(AppError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn join_token(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let token = db::random_secret();
+    let done =
+        sqlx::query("UPDATE nodes SET join_token_hash = $1, join_expires_ms = $2 WHERE id = $3")
+            .bind(db::sha256_hex(token.as_bytes()))
+            .bind(now_ms() + JOIN_TOKEN_MS)
+            .bind(&id)
+            .execute(&cloud.inner().pool)
+            .await?;
+    if done.rows_affected() == 0 {
+        return Err(AppError::not_found(format!("no node `{id}`")));
+    }
+    Ok(Json(
+        json!({"join_token": token, "join_command": join_command(&cloud, &token)}),
+    ))
+}
+
+pub async fn desired(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<Json<verge_protocol::DesiredState>, AppError> {
+    crate::desired::assemble(&cloud.inner().pool, &id, false)
+        .await?
+        .map(Json)
+        .ok_or_else(|| AppError::not_found(format!("no node `{id}`")))
+}
+
+/// `?since_ms=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinceQuery {
+    #[serde(default)]
+    since_ms: i64,
+}
+
+pub async fn metrics(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<SinceQuery>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    load(&cloud, &id).await?;
+    let rows: Vec<(i64, f64, i64, i64, f64, f64, i64)> = sqlx::query_as(
+        "SELECT ts_ms, cpu_percent, memory_bytes, connections, messages_in_rate, messages_out_rate, backlog_messages \
+         FROM node_metrics WHERE node_id = $1 AND ts_ms >= $2 ORDER BY ts_ms ASC, id ASC LIMIT 20000",
+    )
+    .bind(&id)
+    .bind(q.since_ms)
+    .fetch_all(&cloud.inner().pool)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(ts, cpu, mem, conns, rin, rout, backlog)| {
+                json!({"ts_ms": ts, "cpu_percent": cpu, "memory_bytes": mem, "connections": conns,
+                       "messages_in_rate": rin, "messages_out_rate": rout, "backlog_messages": backlog})
+            })
+            .collect(),
+    ))
+}
+
+/// `?after_id=&topic=&limit=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesQuery {
+    #[serde(default)]
+    after_id: Option<i64>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+pub async fn messages(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<MessagesQuery>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    load(&cloud, &id).await?;
+    let filter = q.topic.unwrap_or_else(|| "#".into());
+    Ok(Json(
+        super::messages(&cloud, &id, &filter, q.after_id, q.limit.unwrap_or(100)).await?,
+    ))
+}
+
+pub async fn deployments(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        "SELECT id, desired_version, applied_version, apply_errors FROM nodes ORDER BY id",
+    )
+    .fetch_all(&cloud.inner().pool)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, desired, applied, errors)| {
+                let errors = json_col(&errors);
+                let failed = errors.as_array().is_some_and(|e| !e.is_empty());
+                let state = if failed {
+                    "failed"
+                } else if desired == applied {
+                    "in_sync"
+                } else {
+                    "pending"
+                };
+                json!({"node_id": id, "desired_version": desired, "applied_version": applied,
+                       "state": state, "errors": errors})
+            })
+            .collect(),
+    ))
+}

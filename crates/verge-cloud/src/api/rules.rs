@@ -1,0 +1,374 @@
+//! `/api/rules`: rules checked with the node's own rule engine before they
+//! are stored, and dry runs of SQL.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use verge_rules::action::BoxFuture;
+use verge_rules::{
+    ActionKind, Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleConfig,
+    RuleEngineConfig, Sample, Services, TelemetryPoint, TelemetryStore, Upstream,
+};
+
+use crate::Cloud;
+use crate::auth::ApiAuth;
+use crate::db::{self, json_col, now_ms};
+use crate::error::{ApiJson, ApiQuery, AppError, check_name};
+
+/// Stand-ins for the node's services, so the engine accepts every action
+/// kind a node has; validation never runs them.
+struct Absent;
+
+impl FunctionInvoker for Absent {
+    fn exists(&self, _: &str) -> bool {
+        true
+    }
+    fn invoke<'a>(
+        &'a self,
+        name: &'a str,
+        _: FunctionMessage,
+    ) -> BoxFuture<'a, Result<Vec<FunctionMessage>, InvokeError>> {
+        Box::pin(async move {
+            Err(InvokeError {
+                retry: false,
+                message: format!("`{name}` does not run on the cloud"),
+            })
+        })
+    }
+}
+
+impl TelemetryStore for Absent {
+    fn write(&self, _: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Err("not on the cloud".to_owned()) })
+    }
+}
+
+impl Upstream for Absent {
+    fn send<'a>(&'a self, _: &'a str, _: String, _: Bytes) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Err("not on the cloud".to_owned()) })
+    }
+}
+
+/// Check a rule as a node would; returns the functions it names.
+async fn validate(cloud: &Cloud, rule: &RuleConfig) -> Result<Vec<String>, AppError> {
+    let absent = Arc::new(Absent);
+    let services = Services {
+        broker: cloud.inner().handle.clone(),
+        functions: Some(absent.clone()),
+        store: Some(absent.clone()),
+        upstream: Some(absent),
+    };
+    let engine = Engine::new(services, RuleEngineConfig::default());
+    let mut probe = rule.clone();
+    probe.enabled = false;
+    engine.create(probe).await?;
+    let mut names = Vec::new();
+    for (i, a) in rule.actions.iter().enumerate() {
+        if let ActionKind::Function(f) = a {
+            let found: Option<(String,)> =
+                sqlx::query_as("SELECT name FROM functions WHERE name = $1")
+                    .bind(&f.name)
+                    .fetch_optional(&cloud.inner().pool)
+                    .await?;
+            if found.is_none() {
+                return Err(AppError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_rule",
+                    format!("actions[{i}] (function): no function named `{}`", f.name),
+                ));
+            }
+            if !names.contains(&f.name) {
+                names.push(f.name.clone());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// `POST /api/rules` and `PUT /api/rules/{id}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    #[serde(default)]
+    id: String,
+    node_id: String,
+    sql: String,
+    #[serde(default)]
+    actions: Vec<Value>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    description: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn parse(body: &RuleBody) -> Result<RuleConfig, AppError> {
+    let raw = json!({
+        "id": body.id, "sql": body.sql, "actions": body.actions,
+        "enabled": body.enabled, "description": body.description,
+    });
+    serde_json::from_value(raw).map_err(|e| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_rule",
+            format!("actions: {e}"),
+        )
+    })
+}
+
+type RuleRow = (String, String, String, String, i64, String, i64, i64);
+const COLS: &str = "id, node_id, sql, actions, enabled, description, created_ms, updated_ms";
+
+async fn rule_json(cloud: &Cloud, row: RuleRow) -> Result<Value, AppError> {
+    let (id, node_id, sql, actions, enabled, description, created_ms, updated_ms) = row;
+    let report: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT report FROM nodes WHERE id = $1")
+            .bind(&node_id)
+            .fetch_optional(&cloud.inner().pool)
+            .await?;
+    let status = report
+        .and_then(|r| r.0)
+        .map(|r| json_col(&r))
+        .and_then(|r| {
+            r["rules"]
+                .as_array()?
+                .iter()
+                .find(|s| s["id"].as_str() == Some(id.as_str()))
+                .cloned()
+        })
+        .unwrap_or(Value::Null);
+    Ok(json!({
+        "id": id, "node_id": node_id, "sql": sql, "actions": json_col(&actions),
+        "enabled": enabled != 0, "description": description, "created_ms": created_ms,
+        "updated_ms": updated_ms, "status": status,
+    }))
+}
+
+async fn load(cloud: &Cloud, id: &str) -> Result<Value, AppError> {
+    let row: Option<RuleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLS} FROM rules WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&cloud.inner().pool)
+    .await?;
+    match row {
+        Some(r) => rule_json(cloud, r).await,
+        None => Err(AppError::not_found(format!("no rule `{id}`"))),
+    }
+}
+
+async fn node_exists(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    node: &str,
+) -> Result<(), AppError> {
+    let found: Option<(String,)> = sqlx::query_as("SELECT id FROM nodes WHERE id = $1")
+        .bind(node)
+        .fetch_optional(&mut **tx)
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(AppError::invalid(format!("`node_id`: no node `{node}`"))),
+    }
+}
+
+async fn set_functions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rule: &str,
+    names: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM rule_functions WHERE rule_id = $1")
+        .bind(rule)
+        .execute(&mut **tx)
+        .await?;
+    for n in names {
+        sqlx::query("INSERT INTO rule_functions (rule_id, function_name) VALUES ($1, $2)")
+            .bind(rule)
+            .bind(n)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn create(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    ApiJson(body): ApiJson<RuleBody>,
+) -> Result<impl IntoResponse, AppError> {
+    check_name("id", &body.id)?;
+    check_name("node_id", &body.node_id)?;
+    let config = parse(&body)?;
+    let functions = validate(&cloud, &config).await?;
+    let now = now_ms();
+    let mut tx = cloud.inner().pool.begin().await?;
+    node_exists(&mut tx, &body.node_id).await?;
+    let done = sqlx::query(
+        "INSERT INTO rules (id, node_id, sql, actions, enabled, description, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&body.id)
+    .bind(&body.node_id)
+    .bind(&body.sql)
+    .bind(Value::Array(body.actions.clone()).to_string())
+    .bind(i64::from(body.enabled))
+    .bind(&body.description)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(AppError::conflict(format!(
+            "a rule with id `{}` exists already",
+            body.id
+        )));
+    }
+    set_functions(&mut tx, &body.id, &functions).await?;
+    db::bump_nodes(&mut tx, std::slice::from_ref(&body.node_id)).await?;
+    tx.commit().await?;
+    cloud.notify_change();
+    Ok((StatusCode::CREATED, Json(load(&cloud, &body.id).await?)))
+}
+
+pub async fn update(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+    ApiJson(mut body): ApiJson<RuleBody>,
+) -> Result<Json<Value>, AppError> {
+    if !body.id.is_empty() && body.id != id {
+        return Err(AppError::invalid("`id` differs from the rule in the path"));
+    }
+    body.id = id.clone();
+    check_name("node_id", &body.node_id)?;
+    let config = parse(&body)?;
+    let functions = validate(&cloud, &config).await?;
+    let mut tx = cloud.inner().pool.begin().await?;
+    let old: Option<(String,)> = sqlx::query_as("SELECT node_id FROM rules WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((old_node,)) = old else {
+        return Err(AppError::not_found(format!("no rule `{id}`")));
+    };
+    node_exists(&mut tx, &body.node_id).await?;
+    sqlx::query(
+        "UPDATE rules SET node_id = $1, sql = $2, actions = $3, enabled = $4, description = $5, updated_ms = $6 WHERE id = $7",
+    )
+    .bind(&body.node_id)
+    .bind(&body.sql)
+    .bind(Value::Array(body.actions.clone()).to_string())
+    .bind(i64::from(body.enabled))
+    .bind(&body.description)
+    .bind(now_ms())
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
+    set_functions(&mut tx, &id, &functions).await?;
+    let mut nodes = vec![old_node];
+    if nodes[0] != body.node_id {
+        nodes.push(body.node_id.clone());
+    }
+    db::bump_nodes(&mut tx, &nodes).await?;
+    tx.commit().await?;
+    cloud.notify_change();
+    Ok(Json(load(&cloud, &id).await?))
+}
+
+/// `?node_id=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    node_id: Option<String>,
+}
+
+pub async fn list(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    let pool = &cloud.inner().pool;
+    let rows: Vec<RuleRow> = match &q.node_id {
+        Some(n) => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM rules WHERE node_id = $1 ORDER BY id"
+            )))
+            .bind(n)
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLS} FROM rules ORDER BY id"
+            )))
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(rule_json(&cloud, r).await?);
+    }
+    Ok(Json(out))
+}
+
+pub async fn get(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    Ok(Json(load(&cloud, &id).await?))
+}
+
+pub async fn delete(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let mut tx = cloud.inner().pool.begin().await?;
+    let old: Option<(String,)> = sqlx::query_as("SELECT node_id FROM rules WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((node,)) = old else {
+        return Err(AppError::not_found(format!("no rule `{id}`")));
+    };
+    sqlx::query("DELETE FROM rules WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    set_functions(&mut tx, &id, &[]).await?;
+    db::bump_nodes(&mut tx, &[node]).await?;
+    tx.commit().await?;
+    cloud.notify_change();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/rules/test` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestBody {
+    sql: String,
+    #[serde(default)]
+    samples: Vec<Sample>,
+}
+
+pub async fn test(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    ApiJson(body): ApiJson<TestBody>,
+) -> Result<Json<verge_rules::TestOutput>, AppError> {
+    let engine = Engine::new(
+        Services::new(cloud.inner().handle.clone()),
+        RuleEngineConfig::default(),
+    );
+    Ok(Json(engine.test(body.sql, body.samples).await?))
+}

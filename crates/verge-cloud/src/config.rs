@@ -1,0 +1,143 @@
+//! The cloud's configuration: serde structs with every default in one
+//! documented place ([`Default`] impls below).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use verge_duration::HumanDuration;
+
+/// The whole cloud configuration (`verge cloud --config …`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Storage, retention and node settings.
+    pub cloud: CloudSection,
+    /// The HTTP server (API, console, metrics).
+    pub http: HttpSection,
+    /// The MQTT endpoint for nodes.
+    pub mqtt: MqttSection,
+}
+
+/// The `[cloud]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudSection {
+    /// Directory for the SQLite database and the function sandbox.
+    pub data_dir: PathBuf,
+    /// Database URL: empty = the SQLite file `<data_dir>/cloud.db` (created
+    /// if missing), or `postgres://…`.
+    pub database: String,
+    /// The URL nodes reach the HTTP API at (used in join commands); empty =
+    /// `http://` + `http.bind`.
+    pub public_url: String,
+    /// A node without a heartbeat for this long is shown offline.
+    pub offline_after: HumanDuration,
+    /// Upstream messages older than this are deleted.
+    pub message_retention: HumanDuration,
+    /// At most this many upstream messages are kept; the oldest go first.
+    pub max_messages: u64,
+    /// Largest function module accepted, in bytes.
+    pub max_upload_bytes: usize,
+}
+
+impl Default for CloudSection {
+    fn default() -> Self {
+        CloudSection {
+            data_dir: PathBuf::from("./verge-cloud-data"),
+            database: String::new(),
+            public_url: String::new(),
+            offline_after: HumanDuration(Duration::from_secs(15)),
+            message_retention: HumanDuration(Duration::from_secs(24 * 3600)),
+            max_messages: 1_000_000,
+            max_upload_bytes: 16 << 20,
+        }
+    }
+}
+
+/// The `[http]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address of the HTTP server.
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// The `[mqtt]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSection {
+    /// Address of the MQTT endpoint for nodes.
+    pub bind: SocketAddr,
+    /// The URL nodes reach the MQTT endpoint at (told at join); empty =
+    /// `mqtt://` + `mqtt.bind`.
+    pub public_url: String,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            bind: SocketAddr::from(([127, 0, 0, 1], 1884)),
+            public_url: String::new(),
+        }
+    }
+}
+
+impl CloudConfig {
+    /// The public HTTP URL, without a trailing slash.
+    pub fn http_url(&self) -> String {
+        if self.cloud.public_url.is_empty() {
+            format!("http://{}", self.http.bind)
+        } else {
+            self.cloud.public_url.trim_end_matches('/').to_owned()
+        }
+    }
+
+    /// The public MQTT URL.
+    pub fn mqtt_url(&self) -> String {
+        if self.mqtt.public_url.is_empty() {
+            format!("mqtt://{}", self.mqtt.bind)
+        } else {
+            self.mqtt.public_url.clone()
+        }
+    }
+
+    /// The database URL to connect to.
+    pub fn database_url(&self) -> String {
+        if self.cloud.database.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.cloud.data_dir.join("cloud.db").display()
+            )
+        } else {
+            self.cloud.database.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c: CloudConfig = serde_json::from_str("{}").unwrap_or_default();
+        assert_eq!(c, CloudConfig::default());
+        assert_eq!(c.http_url(), "http://127.0.0.1:8080");
+        assert_eq!(c.mqtt_url(), "mqtt://127.0.0.1:1884");
+        assert!(c.database_url().ends_with("cloud.db?mode=rwc"));
+        assert!(serde_json::from_str::<CloudConfig>(r#"{"cloud":{"nope":1}}"#).is_err());
+        let c: CloudConfig =
+            serde_json::from_str(r#"{"cloud":{"offline_after":"5s"}}"#).unwrap_or_default();
+        assert_eq!(c.cloud.offline_after.get(), Duration::from_secs(5));
+    }
+}

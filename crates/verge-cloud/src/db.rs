@@ -1,0 +1,194 @@
+//! The database: one code path over `sqlx::AnyPool` for SQLite and
+//! PostgreSQL, a small table-driven migration runner and shared helpers.
+//!
+//! Portable SQL only: `$n` placeholders (SQLite accepts them), `BIGINT`
+//! times in ms, JSON as `TEXT`, flags as `BIGINT` 0/1. Where DDL differs
+//! (auto-increment ids, blobs) a migration carries one string per dialect.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, Executor, Transaction};
+
+use crate::error::CloudError;
+
+/// Which SQL dialect the pool speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// One schema migration: `(version, sqlite statements, postgres statements)`.
+struct Migration {
+    version: i64,
+    sqlite: &'static [&'static str],
+    postgres: &'static [&'static str],
+}
+
+const COMMON_V1: &[&str] = &[
+    "CREATE TABLE tokens (id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, created_ms BIGINT NOT NULL)",
+    "CREATE TABLE nodes (id TEXT PRIMARY KEY, description TEXT NOT NULL, config TEXT NOT NULL, created_ms BIGINT NOT NULL, joined_ms BIGINT, last_seen_ms BIGINT, desired_version BIGINT NOT NULL, applied_version BIGINT NOT NULL, apply_errors TEXT NOT NULL, report TEXT, join_token_hash TEXT, join_expires_ms BIGINT, secret_sha256 TEXT, secret_phc TEXT)",
+    "CREATE TABLE devices (id TEXT PRIMARY KEY, node_id TEXT NOT NULL, description TEXT NOT NULL, secret_phc TEXT NOT NULL, created_ms BIGINT NOT NULL, last_telemetry TEXT, last_telemetry_ms BIGINT)",
+    "CREATE INDEX devices_node ON devices (node_id)",
+    "CREATE TABLE rules (id TEXT PRIMARY KEY, node_id TEXT NOT NULL, sql TEXT NOT NULL, actions TEXT NOT NULL, enabled BIGINT NOT NULL, description TEXT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
+    "CREATE INDEX rules_node ON rules (node_id)",
+    "CREATE TABLE rule_functions (rule_id TEXT NOT NULL, function_name TEXT NOT NULL, PRIMARY KEY (rule_id, function_name))",
+    "CREATE INDEX rule_functions_name ON rule_functions (function_name)",
+];
+
+const SQLITE_V1: &[&str] = &[
+    "CREATE TABLE functions (name TEXT PRIMARY KEY, version BIGINT NOT NULL, sha256 TEXT NOT NULL, size BIGINT NOT NULL, spec TEXT NOT NULL, module BLOB NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, verge_id TEXT UNIQUE, node_id TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, received_ms BIGINT NOT NULL)",
+    "CREATE TABLE node_metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, ts_ms BIGINT NOT NULL, cpu_percent DOUBLE PRECISION NOT NULL, memory_bytes BIGINT NOT NULL, connections BIGINT NOT NULL, messages_in_rate DOUBLE PRECISION NOT NULL, messages_out_rate DOUBLE PRECISION NOT NULL, backlog_messages BIGINT NOT NULL)",
+];
+
+const POSTGRES_V1: &[&str] = &[
+    "CREATE TABLE functions (name TEXT PRIMARY KEY, version BIGINT NOT NULL, sha256 TEXT NOT NULL, size BIGINT NOT NULL, spec TEXT NOT NULL, module BYTEA NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
+    "CREATE TABLE messages (id BIGSERIAL PRIMARY KEY, verge_id TEXT UNIQUE, node_id TEXT NOT NULL, topic TEXT NOT NULL, payload BYTEA NOT NULL, received_ms BIGINT NOT NULL)",
+    "CREATE TABLE node_metrics (id BIGSERIAL PRIMARY KEY, node_id TEXT NOT NULL, ts_ms BIGINT NOT NULL, cpu_percent DOUBLE PRECISION NOT NULL, memory_bytes BIGINT NOT NULL, connections BIGINT NOT NULL, messages_in_rate DOUBLE PRECISION NOT NULL, messages_out_rate DOUBLE PRECISION NOT NULL, backlog_messages BIGINT NOT NULL)",
+];
+
+const COMMON_V2: &[&str] = &[
+    "CREATE INDEX messages_node ON messages (node_id, id)",
+    "CREATE INDEX messages_received ON messages (received_ms)",
+    "CREATE INDEX node_metrics_node ON node_metrics (node_id, ts_ms)",
+];
+
+/// Every migration, oldest first. Append only.
+fn migrations() -> Vec<Migration> {
+    let join = |a: &'static [&'static str],
+                b: &'static [&'static str]|
+     -> &'static [&'static str] { Box::leak([a, b].concat().into_boxed_slice()) };
+    vec![
+        Migration {
+            version: 1,
+            sqlite: join(COMMON_V1, SQLITE_V1),
+            postgres: join(COMMON_V1, POSTGRES_V1),
+        },
+        Migration {
+            version: 2,
+            sqlite: COMMON_V2,
+            postgres: COMMON_V2,
+        },
+    ]
+}
+
+/// Connect to `url` and bring the schema up to date.
+pub async fn open(url: &str) -> Result<(AnyPool, Dialect), CloudError> {
+    sqlx::any::install_default_drivers();
+    let dialect = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Dialect::Postgres
+    } else if url.starts_with("sqlite:") {
+        Dialect::Sqlite
+    } else {
+        return Err(CloudError::Other(format!(
+            "cloud.database: `{url}` is neither `postgres://…` nor `sqlite://…`"
+        )));
+    };
+    // SQLite has one writer: a deferred transaction that reads and then
+    // writes fails at once with "database is locked" when another
+    // connection wrote in between (busy_timeout does not help there), so
+    // every statement goes through one connection.
+    let pool = AnyPoolOptions::new()
+        .max_connections(if dialect == Dialect::Sqlite { 1 } else { 10 })
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if dialect == Dialect::Sqlite {
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    migrate(&pool, dialect).await?;
+    Ok((pool, dialect))
+}
+
+async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), CloudError> {
+    pool.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+        .await?;
+    for m in migrations() {
+        let mut tx = pool.begin().await?;
+        let done: Option<(i64,)> =
+            sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(m.version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        let statements = match dialect {
+            Dialect::Sqlite => m.sqlite,
+            Dialect::Postgres => m.postgres,
+        };
+        for s in statements {
+            tx.execute(*s).await?;
+        }
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(m.version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version = m.version, "database migrated");
+    }
+    Ok(())
+}
+
+/// Bump the desired version of each node in `nodes` (in the caller's
+/// transaction, so the change and the bump commit together).
+pub async fn bump_nodes(tx: &mut Transaction<'_, Any>, nodes: &[String]) -> sqlx::Result<()> {
+    for n in nodes {
+        sqlx::query("UPDATE nodes SET desired_version = desired_version + 1 WHERE id = $1")
+            .bind(n)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Nodes whose rules name the function `name`.
+pub async fn nodes_using_function(
+    tx: &mut Transaction<'_, Any>,
+    name: &str,
+) -> sqlx::Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT r.node_id FROM rules r JOIN rule_functions f ON f.rule_id = r.id \
+         WHERE f.function_name = $1 ORDER BY r.node_id",
+    )
+    .bind(name)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Lower-case hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// 32 random bytes as lower-case hex (tokens and secrets).
+pub fn random_secret() -> String {
+    use rand_core::RngCore;
+    let mut b = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Parse a JSON text column, `null` when it is not JSON.
+pub fn json_col(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}

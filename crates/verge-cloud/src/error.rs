@@ -1,0 +1,234 @@
+//! Errors: [`CloudError`] for starting and running the cloud, and the API's
+//! one [`AppError`], answered as `{"error": {"code", "message"}}`; plus the
+//! JSON and query extractors whose rejections become an [`AppError`].
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use verge_rules::RuleError;
+
+/// Why the cloud could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A file or socket failed.
+    #[error("{what}: {error}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The broker failed.
+    #[error("mqtt endpoint: {0}")]
+    Broker(#[from] verge_broker::BrokerError),
+    /// Something else (function sandbox, config).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// An error answered to an API client.
+#[derive(Debug)]
+pub struct AppError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code (see docs/cloud.md).
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Line and column in the SQL, for `invalid_rule`.
+    pub position: Option<(u32, u32)>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    column: Option<u32>,
+}
+
+impl AppError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AppError {
+        AppError {
+            status,
+            code,
+            message: message.into(),
+            position: None,
+        }
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 409 `conflict`.
+    pub fn conflict(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 400 `invalid_function`.
+    pub fn invalid_function(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::BAD_REQUEST, "invalid_function", message)
+    }
+
+    /// 500 `internal` (details go to the log, not the client).
+    pub fn internal(message: impl std::fmt::Display) -> AppError {
+        tracing::error!("internal error: {message}");
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error (see the cloud's log)",
+        )
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (line, column) = self.position.unzip();
+        let body = Body {
+            error: Detail {
+                code: self.code,
+                message: &self.message,
+                line,
+                column,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> AppError {
+        AppError::internal(format!("database: {e}"))
+    }
+}
+
+impl From<RuleError> for AppError {
+    fn from(e: RuleError) -> AppError {
+        let position = match &e {
+            RuleError::Sql(s) => Some((s.line, s.column)),
+            _ => None,
+        };
+        let (status, code) = match &e {
+            RuleError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            RuleError::Exists(_) => (StatusCode::CONFLICT, "conflict"),
+            RuleError::InvalidId(_) | RuleError::Sample { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            RuleError::Sql(_) | RuleError::Action { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_rule")
+            }
+            RuleError::BrokerClosed | RuleError::Internal(_) => {
+                return AppError::internal(e);
+            }
+        };
+        AppError {
+            status,
+            code,
+            message: e.to_string(),
+            position,
+        }
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(e: JsonRejection) -> AppError {
+        match &e {
+            JsonRejection::BytesRejection(_) => AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.body_text(),
+            ),
+            _ => AppError::invalid(e.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(e: QueryRejection) -> AppError {
+        AppError::invalid(e.body_text())
+    }
+}
+
+/// `axum::Json` whose rejection is an [`AppError`] (JSON body, 400/413).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(v))
+    }
+}
+
+/// `axum::extract::Query` whose rejection is an [`AppError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(v) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(v))
+    }
+}
+
+/// Check a name or id: 1–64 letters, digits, `-` or `_`; the error names
+/// the field.
+pub fn check_name(field: &str, value: &str) -> Result<(), AppError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::invalid(format!(
+            "`{field}` must be 1 to 64 letters, digits, `-` or `_` (got `{value}`)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("name", "edge-1_A").is_ok());
+        assert!(check_name("name", "").is_err());
+        assert!(check_name("name", "a/b").is_err());
+        assert!(check_name("name", &"x".repeat(65)).is_err());
+        let e = check_name("node_id", "a b").err().map(|e| e.message);
+        assert!(e.unwrap_or_default().contains("node_id"));
+    }
+}

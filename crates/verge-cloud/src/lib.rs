@@ -1,0 +1,323 @@
+//! The cloud management center: the open HTTP API (`/api`, described by
+//! `/api/openapi.json`), the web console, the node protocol
+//! (`verge-protocol` over HTTP) and an MQTT endpoint for nodes run by the
+//! workspace broker.
+//!
+//! Design: all state lives in the database (SQLite by default, PostgreSQL
+//! for replicas); the process keeps only caches (the broker's device
+//! registry, refreshed from the database every 10 s, and the function
+//! sandbox, redeployed from the database when its copy differs). Every
+//! change to what a node should run bumps that node's desired version in
+//! the same transaction, and wakes long-polling nodes in this process;
+//! other replicas notice within a second by re-reading the version.
+//!
+//! Upstream messages reach the database through a durable broker
+//! subscription: a node's QoS 1 PUBLISH is acknowledged only after the
+//! batch holding it committed, so an acknowledged message is never lost.
+//!
+//! Rejected alternative: an in-memory cache of nodes and rules as the
+//! source of truth with write-behind to the database. It would be faster,
+//! but replicas would disagree and a crash would lose acknowledged changes.
+
+mod api;
+mod auth;
+pub mod config;
+mod console;
+mod db;
+mod desired;
+mod error;
+mod ingest;
+mod metrics;
+mod routes;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use sqlx::AnyPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use verge_broker::auth::{AclAction, AclRule, Device};
+use verge_broker::config::AclPolicy;
+use verge_broker::{Authenticator, BoundListener, Broker, BrokerConfig, BrokerHandle, Registry};
+use verge_duration::HumanDuration;
+
+pub use config::CloudConfig;
+pub use error::CloudError;
+pub use routes::openapi;
+
+use db::Dialect;
+use metrics::Metrics;
+
+/// The running cloud. Cheap to clone.
+#[derive(Clone)]
+pub struct Cloud {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// The configuration.
+    pub(crate) cfg: CloudConfig,
+    /// The database.
+    pub(crate) pool: AnyPool,
+    /// Its dialect.
+    #[allow(dead_code)]
+    pub(crate) dialect: Dialect,
+    /// The broker, until `serve` takes it.
+    broker: Mutex<Option<Broker>>,
+    /// The broker's in-process API.
+    pub(crate) handle: BrokerHandle,
+    /// The broker's authenticator (its registry is swapped on changes).
+    auth: Authenticator,
+    /// The function sandbox.
+    pub(crate) functions: verge_functions::Functions,
+    /// Bumped whenever this process bumps a desired version.
+    pub(crate) changes: watch::Sender<u64>,
+    /// Set once the cloud shuts down.
+    pub(crate) stop: watch::Sender<bool>,
+    /// Counters.
+    pub(crate) metrics: Metrics,
+    /// Background tasks (ingest, registry refresh, pruning).
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Cloud {
+    /// Open/create the database, apply migrations, ensure an admin token
+    /// exists and start the MQTT endpoint's broker (not yet listening).
+    /// Returns the new admin token (plain) when one was just generated
+    /// (first start), else `None`.
+    pub async fn open(cfg: CloudConfig) -> Result<(Cloud, Option<String>), CloudError> {
+        std::fs::create_dir_all(&cfg.cloud.data_dir).map_err(|error| CloudError::Io {
+            what: format!("cloud.data_dir {}", cfg.cloud.data_dir.display()),
+            error,
+        })?;
+        let (pool, dialect) = db::open(&cfg.database_url()).await?;
+        let admin = ensure_admin(&pool).await?;
+        let auth = Authenticator::new(Registry::default(), false, AclPolicy::Deny)?;
+        let broker_cfg = BrokerConfig {
+            sys_interval: HumanDuration(Duration::ZERO),
+            allow_anonymous: false,
+            acl_default: AclPolicy::Deny,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::start(broker_cfg, auth.clone());
+        let handle = broker.handle();
+        let functions = verge_functions::Functions::open(verge_functions::FunctionsConfig {
+            dir: cfg.cloud.data_dir.join("function-sandbox"),
+        })
+        .await
+        .map_err(CloudError::Other)?;
+        let subscription = handle
+            .subscribe_durable(&["nodes/+/up/#".to_owned()], 4096)
+            .await?;
+        let cloud = Cloud {
+            inner: Arc::new(Inner {
+                cfg,
+                pool,
+                dialect,
+                broker: Mutex::new(Some(broker)),
+                handle,
+                auth,
+                functions,
+                changes: watch::channel(0).0,
+                stop: watch::channel(false).0,
+                metrics: Metrics::default(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        cloud.refresh_registry().await?;
+        let tasks = vec![
+            tokio::spawn(ingest::run(cloud.clone(), subscription)),
+            tokio::spawn(ingest::prune_loop(cloud.clone())),
+            tokio::spawn(registry_loop(cloud.clone())),
+        ];
+        if let Ok(mut t) = cloud.inner.tasks.lock() {
+            t.extend(tasks);
+        }
+        Ok((cloud, admin))
+    }
+
+    /// Replace the admin token; returns the new one (plain, shown once).
+    pub async fn reset_admin_token(&self) -> Result<String, CloudError> {
+        let token = db::random_secret();
+        let mut tx = self.inner.pool.begin().await?;
+        sqlx::query("DELETE FROM tokens WHERE id = 'admin'")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, name, hash, created_ms) VALUES ('admin', 'admin', $1, $2)",
+        )
+        .bind(db::sha256_hex(token.as_bytes()))
+        .bind(db::now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// The HTTP app (API + console + `/healthz` + `/metrics`).
+    pub fn router(&self) -> Router {
+        let body_limit = self.inner.cfg.cloud.max_upload_bytes / 3 * 4 + (1 << 20);
+        routes::api_router()
+            .with_state(self.clone())
+            .merge(console::router())
+            .fallback(routes::not_found)
+            .method_not_allowed_fallback(routes::method_not_allowed)
+            .layer(DefaultBodyLimit::max(body_limit))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                metrics::count_requests,
+            ))
+    }
+
+    /// Serve HTTP on `http` and the node MQTT endpoint on `mqtt` until
+    /// `shutdown` resolves; then stop cleanly (broker shut down, background
+    /// tasks ended, database pool closed).
+    pub async fn serve(
+        self,
+        http: tokio::net::TcpListener,
+        mqtt: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CloudError> {
+        let mut broker = self
+            .inner
+            .broker
+            .lock()
+            .ok()
+            .and_then(|mut b| b.take())
+            .ok_or_else(|| CloudError::Other("the cloud is served already".into()))?;
+        broker.serve(BoundListener {
+            listener: mqtt,
+            transport: verge_broker::Transport::Tcp,
+        });
+        let stop = self.inner.stop.clone();
+        let signal = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        let served = axum::serve(http, self.router())
+            .with_graceful_shutdown(signal)
+            .await
+            .map_err(|error| CloudError::Io {
+                what: "http server".into(),
+                error,
+            });
+        let _ = self.inner.stop.send(true);
+        broker.shutdown().await;
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        self.inner.functions.shutdown().await;
+        self.inner.pool.close().await;
+        served
+    }
+
+    /// Rebuild the broker's registry from the database: one device per
+    /// joined node, allowed to publish `nodes/{id}/up/#` and subscribe
+    /// `nodes/{id}/down/#` only.
+    pub(crate) async fn refresh_registry(&self) -> Result<(), CloudError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, secret_phc FROM nodes WHERE secret_phc IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let devices = rows
+            .into_iter()
+            .map(|(id, phc)| Device {
+                acl: vec![
+                    acl(
+                        AclPolicy::Allow,
+                        AclAction::Publish,
+                        &format!("nodes/{id}/up/#"),
+                    ),
+                    acl(
+                        AclPolicy::Allow,
+                        AclAction::Subscribe,
+                        &format!("nodes/{id}/down/#"),
+                    ),
+                    acl(AclPolicy::Deny, AclAction::All, "#"),
+                ],
+                username: id,
+                password_hash: Some(phc),
+                client_id: None,
+            })
+            .collect();
+        self.inner.auth.replace(Registry {
+            acl: vec![acl(AclPolicy::Deny, AclAction::All, "#")],
+            devices,
+        })?;
+        Ok(())
+    }
+
+    /// Tell long-polling nodes in this process that a version changed.
+    pub(crate) fn notify_change(&self) {
+        self.inner.changes.send_modify(|v| *v += 1);
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+fn acl(permission: AclPolicy, action: AclAction, topic: &str) -> AclRule {
+    AclRule {
+        permission,
+        action,
+        topic: topic.to_owned(),
+    }
+}
+
+async fn ensure_admin(pool: &AnyPool) -> Result<Option<String>, CloudError> {
+    let have: Option<(String,)> = sqlx::query_as("SELECT id FROM tokens WHERE id = 'admin'")
+        .fetch_optional(pool)
+        .await?;
+    if have.is_some() {
+        return Ok(None);
+    }
+    let token = db::random_secret();
+    let inserted = sqlx::query(
+        "INSERT INTO tokens (id, name, hash, created_ms) VALUES ('admin', 'admin', $1, $2) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(db::sha256_hex(token.as_bytes()))
+    .bind(db::now_ms())
+    .execute(pool)
+    .await?;
+    // Another replica may have won the race.
+    Ok((inserted.rows_affected() == 1).then_some(token))
+}
+
+/// Refresh the broker's registry every 10 s (other replicas' joins).
+async fn registry_loop(cloud: Cloud) {
+    let mut stop = cloud.inner.stop.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = cloud.refresh_registry().await {
+            tracing::warn!("device registry not refreshed: {e}");
+            cloud
+                .inner
+                .metrics
+                .registry_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The cloud's counters and its Prometheus text at `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::Cloud;
+use crate::error::AppError;
+
+/// Counters kept in the process (gauges are read from the database).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Upstream batches committed.
+    pub ingest_batches: AtomicU64,
+    /// Upstream messages received (stored or found to be duplicates).
+    pub ingest_messages: AtomicU64,
+    /// Batches whose commit failed (their publishers were told).
+    pub ingest_failures: AtomicU64,
+    /// Messages deleted by retention.
+    pub pruned_messages: AtomicU64,
+    /// Registry refreshes that failed.
+    pub registry_failures: AtomicU64,
+    /// HTTP responses by status class (index 0 = 1xx … 4 = 5xx).
+    pub http: [AtomicU64; 5],
+}
+
+/// Middleware counting responses by status class.
+pub async fn count_requests(State(cloud): State<Cloud>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let class = usize::from(res.status().as_u16() / 100).clamp(1, 5) - 1;
+    cloud.inner().metrics.http[class].fetch_add(1, Ordering::Relaxed);
+    res
+}
+
+/// `GET /metrics`.
+pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
+    let inner = cloud.inner();
+    let pool = &inner.pool;
+    let now = crate::db::now_ms();
+    let online_since = now - crate::api::nodes::offline_ms(&cloud);
+    let (nodes,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM nodes")
+        .fetch_one(pool)
+        .await?;
+    let (online,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM nodes WHERE last_seen_ms IS NOT NULL AND last_seen_ms >= $1",
+    )
+    .bind(online_since)
+    .fetch_one(pool)
+    .await?;
+    let (pending,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM nodes WHERE joined_ms IS NULL")
+        .fetch_one(pool)
+        .await?;
+    let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM devices")
+        .fetch_one(pool)
+        .await?;
+    let (messages,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+        .fetch_one(pool)
+        .await?;
+    let m = &inner.metrics;
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    let offline = n(nodes - online - pending);
+    put(
+        "verge_cloud_nodes",
+        "gauge",
+        "nodes by status",
+        &[
+            ("{status=\"online\"}", n(online)),
+            ("{status=\"offline\"}", offline),
+            ("{status=\"pending\"}", n(pending)),
+        ],
+    );
+    put(
+        "verge_cloud_devices",
+        "gauge",
+        "devices",
+        &[("", n(devices))],
+    );
+    put(
+        "verge_cloud_messages_stored",
+        "gauge",
+        "upstream messages in the database",
+        &[("", n(messages))],
+    );
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    put(
+        "verge_cloud_ingest_batches_total",
+        "counter",
+        "upstream batches committed",
+        &[("", get(&m.ingest_batches))],
+    );
+    put(
+        "verge_cloud_ingest_messages_total",
+        "counter",
+        "upstream messages received",
+        &[("", get(&m.ingest_messages))],
+    );
+    put(
+        "verge_cloud_ingest_failures_total",
+        "counter",
+        "upstream batches that failed to commit",
+        &[("", get(&m.ingest_failures))],
+    );
+    put(
+        "verge_cloud_pruned_messages_total",
+        "counter",
+        "upstream messages deleted by retention",
+        &[("", get(&m.pruned_messages))],
+    );
+    put(
+        "verge_cloud_registry_refresh_failures_total",
+        "counter",
+        "failed refreshes of the mqtt device registry",
+        &[("", get(&m.registry_failures))],
+    );
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let labels: Vec<String> = classes
+        .iter()
+        .map(|c| format!("{{class=\"{c}\"}}"))
+        .collect();
+    let samples: Vec<(&str, u64)> = labels
+        .iter()
+        .zip(&m.http)
+        .map(|(l, v)| (l.as_str(), get(v)))
+        .collect();
+    put(
+        "verge_cloud_http_requests_total",
+        "counter",
+        "http responses by status class",
+        &samples,
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}

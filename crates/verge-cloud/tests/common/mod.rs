@@ -1,0 +1,155 @@
+//! Shared test helpers: a cloud on a temporary SQLite file, or on a fresh
+//! PostgreSQL database when `VERGE_TEST_POSTGRES_URL` is set.
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use verge_cloud::{Cloud, CloudConfig};
+
+pub struct Harness {
+    pub cloud: Cloud,
+    pub admin: String,
+    pub db_url: String,
+    pub dir: tempfile::TempDir,
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        t % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh PostgreSQL database on the server of `VERGE_TEST_POSTGRES_URL`.
+async fn postgres_db(base: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let name = format!("verge_test_{}", unique());
+    let pool = sqlx::AnyPool::connect(base)
+        .await
+        .expect("connect to postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("create database");
+    pool.close().await;
+    let (server, _) = base.rsplit_once('/').expect("url with a database");
+    format!("{server}/{name}")
+}
+
+/// The database the API tests run on: `postgres` when the env var is set
+/// and `want_postgres`, else SQLite.
+pub async fn harness_on(postgres: bool) -> Option<Harness> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = CloudConfig::default();
+    cfg.cloud.data_dir = dir.path().join("data");
+    if postgres {
+        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
+            eprintln!(
+                "skipped: set VERGE_TEST_POSTGRES_URL=postgres://user:pass@host/db to run on PostgreSQL"
+            );
+            return None;
+        };
+        cfg.cloud.database = postgres_db(&base).await;
+    }
+    let db_url = cfg.database_url();
+    let (cloud, admin) = Cloud::open(cfg).await.expect("open cloud");
+    let admin = admin.expect("first start makes an admin token");
+    Some(Harness {
+        cloud,
+        admin,
+        db_url,
+        dir,
+    })
+}
+
+pub async fn harness() -> Harness {
+    harness_on(false).await.expect("sqlite harness")
+}
+
+impl Harness {
+    /// Call the API as admin.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let token = self.admin.clone();
+        self.call_as(method, path, Some(&format!("Bearer {token}")), body)
+            .await
+    }
+
+    /// Call with an explicit `Authorization` header value.
+    pub async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .expect("request");
+        self.send(req).await
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let res = self.cloud.router().oneshot(req).await.expect("response");
+        let status = res.status();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, value)
+    }
+
+    /// Create node `name` and join it; returns (node id, secret).
+    pub async fn joined_node(&self, name: &str) -> (String, String) {
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/api/nodes",
+                Some(serde_json::json!({"name": name})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let token = v["join_token"].as_str().expect("join token").to_owned();
+        let (s, v) = self
+            .call_as(
+                Method::POST,
+                "/api/agent/join",
+                None,
+                Some(serde_json::json!({"token": token, "hostname": "h"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        (
+            v["node_id"].as_str().expect("node id").to_owned(),
+            v["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+}
+
+/// The demo function in WebAssembly text.
+pub const DEMO_WAT: &str = include_str!("../../../verge/src/demo/demo-tag.wat");

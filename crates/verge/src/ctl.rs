@@ -1,0 +1,503 @@
+//! `verge ctl`: a command-line client of the cloud center's open API. Each
+//! subcommand is one or two API requests; answers are printed as JSON, and
+//! an API error ends the command with its status, code and message.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// `verge ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The cloud center's URL.
+    #[arg(long, env = "VERGE_CLOUD", default_value = "http://127.0.0.1:8080")]
+    pub cloud: String,
+    /// An API token (the admin token or one made with `tokens create`).
+    #[arg(long, env = "VERGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The resources.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Edge nodes.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Devices bound to nodes.
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// Rules deployed to nodes.
+    #[command(subcommand)]
+    Rules(RulesCmd),
+    /// Function artifacts.
+    #[command(subcommand)]
+    Functions(FunctionsCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Desired and applied versions of every node.
+    Deployments,
+    /// A node's upstream messages (newest last).
+    Messages {
+        /// The node.
+        node: String,
+        /// Only topics matching this filter (MQTT wildcards).
+        #[arg(long)]
+        topic: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Any API request, e.g. `verge ctl api GET /api/nodes`.
+    Api {
+        /// GET, POST, PUT, PATCH or DELETE.
+        method: String,
+        /// Path under the cloud URL, starting with `/api/`.
+        path: String,
+        /// JSON body.
+        body: Option<String>,
+    },
+}
+
+/// `verge ctl nodes …`.
+#[derive(Debug, Subcommand)]
+pub enum NodesCmd {
+    /// List nodes with their status.
+    List,
+    /// Show one node.
+    Get {
+        /// Node id.
+        id: String,
+    },
+    /// Create a node; prints its one-time join token and command.
+    Create {
+        /// Node name (letters, digits, `-`, `_`).
+        name: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// A new one-time join token for a node (reinstalling it).
+    JoinToken {
+        /// Node id.
+        id: String,
+    },
+    /// Delete a node (refused while devices or rules are bound to it).
+    Delete {
+        /// Node id.
+        id: String,
+    },
+}
+
+/// `verge ctl devices …`.
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// List devices.
+    List {
+        /// Only those of this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show one device with its last telemetry.
+    Get {
+        /// Device id.
+        id: String,
+    },
+    /// Create a device bound to a node; prints its secret once.
+    Create {
+        /// Device id (its MQTT username).
+        name: String,
+        /// The node it connects to.
+        #[arg(long)]
+        node: String,
+    },
+    /// A new secret for a device.
+    Secret {
+        /// Device id.
+        id: String,
+    },
+    /// Delete a device.
+    Delete {
+        /// Device id.
+        id: String,
+    },
+    /// Send a command to a device through its node.
+    Command {
+        /// Device id.
+        id: String,
+        /// Command name (the last topic level).
+        name: String,
+        /// JSON payload.
+        #[arg(default_value = "{}")]
+        payload: String,
+    },
+}
+
+/// `verge ctl rules …`.
+#[derive(Debug, Subcommand)]
+pub enum RulesCmd {
+    /// List rules.
+    List {
+        /// Only those of this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show one rule.
+    Get {
+        /// Rule id.
+        id: String,
+    },
+    /// Create a rule on a node.
+    Create {
+        /// Rule id.
+        #[arg(long)]
+        id: String,
+        /// The node it runs on.
+        #[arg(long)]
+        node: String,
+        /// The SQL.
+        #[arg(long)]
+        sql: String,
+        /// An action as JSON, e.g. `{"type":"function","name":"demo-tag"}`;
+        /// repeat for more.
+        #[arg(long = "action")]
+        actions: Vec<String>,
+    },
+    /// Delete a rule.
+    Delete {
+        /// Rule id.
+        id: String,
+    },
+    /// Run SQL over one sample message and print the rows.
+    Test {
+        /// The SQL.
+        #[arg(long)]
+        sql: String,
+        /// The sample's topic.
+        #[arg(long)]
+        topic: String,
+        /// The sample's JSON payload.
+        #[arg(long)]
+        payload: String,
+    },
+}
+
+/// `verge ctl functions …`.
+#[derive(Debug, Subcommand)]
+pub enum FunctionsCmd {
+    /// List function artifacts.
+    List,
+    /// Show one function with its per-node stats.
+    Get {
+        /// Function name.
+        name: String,
+    },
+    /// Upload a WebAssembly module (`.wasm` or `.wat`) as a new version.
+    Upload {
+        /// Function name.
+        name: String,
+        /// The module file.
+        file: PathBuf,
+        /// The function's config (JSON object).
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+    /// Call the function in the cloud's sandbox.
+    Invoke {
+        /// Function name.
+        name: String,
+        /// Topic of the message handed to it.
+        #[arg(long, default_value = "devices/d1/telemetry")]
+        topic: String,
+        /// JSON payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+    },
+    /// Delete a function (refused while a rule uses it).
+    Delete {
+        /// Function name.
+        name: String,
+    },
+}
+
+/// `verge ctl tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCmd {
+    /// List tokens (without their secrets).
+    List,
+    /// Create an API token; prints it once.
+    Create {
+        /// What it is for.
+        name: String,
+    },
+    /// Revoke a token.
+    Delete {
+        /// Token id.
+        id: String,
+    },
+}
+
+/// Run one `verge ctl` command.
+pub fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let out = runtime.block_on(execute(&args))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).context("printing the answer")?
+    );
+    Ok(())
+}
+
+/// The request(s) of one command; the answer to print.
+async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
+    let api = Api {
+        base: args.cloud.trim_end_matches('/').to_owned(),
+        token: args.token.clone(),
+    };
+    match &args.command {
+        CtlCommand::Nodes(c) => match c {
+            NodesCmd::List => api.call("GET", "/api/nodes", None).await,
+            NodesCmd::Get { id } => api.call("GET", &format!("/api/nodes/{id}"), None).await,
+            NodesCmd::Create { name, description } => {
+                let body = json!({ "name": name, "description": description });
+                api.call("POST", "/api/nodes", Some(body)).await
+            }
+            NodesCmd::JoinToken { id } => {
+                api.call("POST", &format!("/api/nodes/{id}/join-token"), None)
+                    .await
+            }
+            NodesCmd::Delete { id } => api.call("DELETE", &format!("/api/nodes/{id}"), None).await,
+        },
+        CtlCommand::Devices(c) => match c {
+            DevicesCmd::List { node } => {
+                let q = node
+                    .as_ref()
+                    .map(|n| format!("?node_id={n}"))
+                    .unwrap_or_default();
+                api.call("GET", &format!("/api/devices{q}"), None).await
+            }
+            DevicesCmd::Get { id } => api.call("GET", &format!("/api/devices/{id}"), None).await,
+            DevicesCmd::Create { name, node } => {
+                let body = json!({ "name": name, "node_id": node });
+                api.call("POST", "/api/devices", Some(body)).await
+            }
+            DevicesCmd::Secret { id } => {
+                api.call("POST", &format!("/api/devices/{id}/secret"), None)
+                    .await
+            }
+            DevicesCmd::Delete { id } => {
+                api.call("DELETE", &format!("/api/devices/{id}"), None)
+                    .await
+            }
+            DevicesCmd::Command { id, name, payload } => {
+                let body = parse_json("payload", payload)?;
+                api.call(
+                    "POST",
+                    &format!("/api/devices/{id}/commands/{name}"),
+                    Some(body),
+                )
+                .await
+            }
+        },
+        CtlCommand::Rules(c) => match c {
+            RulesCmd::List { node } => {
+                let q = node
+                    .as_ref()
+                    .map(|n| format!("?node_id={n}"))
+                    .unwrap_or_default();
+                api.call("GET", &format!("/api/rules{q}"), None).await
+            }
+            RulesCmd::Get { id } => api.call("GET", &format!("/api/rules/{id}"), None).await,
+            RulesCmd::Create {
+                id,
+                node,
+                sql,
+                actions,
+            } => {
+                let actions = actions
+                    .iter()
+                    .map(|a| parse_json("--action", a))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let body = json!({ "id": id, "node_id": node, "sql": sql, "actions": actions });
+                api.call("POST", "/api/rules", Some(body)).await
+            }
+            RulesCmd::Delete { id } => api.call("DELETE", &format!("/api/rules/{id}"), None).await,
+            RulesCmd::Test {
+                sql,
+                topic,
+                payload,
+            } => {
+                let payload = parse_json("--payload", payload)?;
+                let body =
+                    json!({ "sql": sql, "samples": [{ "topic": topic, "payload": payload }] });
+                api.call("POST", "/api/rules/test", Some(body)).await
+            }
+        },
+        CtlCommand::Functions(c) => match c {
+            FunctionsCmd::List => api.call("GET", "/api/functions", None).await,
+            FunctionsCmd::Get { name } => {
+                api.call("GET", &format!("/api/functions/{name}"), None)
+                    .await
+            }
+            FunctionsCmd::Upload { name, file, config } => {
+                let module = std::fs::read(file)
+                    .with_context(|| format!("reading the module {}", file.display()))?;
+                let config = parse_json("--config", config)?;
+                let body = json!({
+                    "spec": { "runtime": "wasm", "config": config },
+                    "module_base64": base64::engine::general_purpose::STANDARD.encode(module),
+                });
+                api.call("PUT", &format!("/api/functions/{name}"), Some(body))
+                    .await
+            }
+            FunctionsCmd::Invoke {
+                name,
+                topic,
+                payload,
+            } => {
+                let payload = parse_json("--payload", payload)?;
+                let body = json!({ "topic": topic, "payload": payload });
+                api.call("POST", &format!("/api/functions/{name}/invoke"), Some(body))
+                    .await
+            }
+            FunctionsCmd::Delete { name } => {
+                api.call("DELETE", &format!("/api/functions/{name}"), None)
+                    .await
+            }
+        },
+        CtlCommand::Tokens(c) => match c {
+            TokensCmd::List => api.call("GET", "/api/tokens", None).await,
+            TokensCmd::Create { name } => {
+                api.call("POST", "/api/tokens", Some(json!({ "name": name })))
+                    .await
+            }
+            TokensCmd::Delete { id } => {
+                api.call("DELETE", &format!("/api/tokens/{id}"), None).await
+            }
+        },
+        CtlCommand::Deployments => api.call("GET", "/api/deployments", None).await,
+        CtlCommand::Messages { node, topic, limit } => {
+            let mut q = format!("?limit={limit}");
+            if let Some(t) = topic {
+                q.push_str("&topic=");
+                q.push_str(&percent_encode(t));
+            }
+            api.call("GET", &format!("/api/nodes/{node}/messages{q}"), None)
+                .await
+        }
+        CtlCommand::Api { method, path, body } => {
+            if !path.starts_with("/api/") {
+                bail!("path `{path}`: must start with /api/");
+            }
+            let body = body.as_deref().map(|b| parse_json("body", b)).transpose()?;
+            api.call(&method.to_uppercase(), path, body).await
+        }
+    }
+}
+
+/// The cloud's address and the token.
+pub struct Api {
+    /// Base URL without a trailing slash.
+    pub base: String,
+    /// Bearer token.
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// One request; a non-2xx answer becomes an error with the API's code
+    /// and message. An empty answer (204) is `null`.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        match self.send(method, path, body).await? {
+            (status, value) if (200..300).contains(&status) => Ok(value),
+            (status, value) => Err(api_error(method, path, status, &value)),
+        }
+    }
+
+    /// A GET whose 404 is `None`.
+    pub async fn get_opt(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        match self.send("GET", path, None).await? {
+            (404, _) => Ok(None),
+            (status, value) if (200..300).contains(&status) => Ok(Some(value)),
+            (status, value) => Err(api_error("GET", path, status, &value)),
+        }
+    }
+
+    /// One request: the status and the JSON answer (`null` when empty).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        let (status, bytes) = verge_agent::http::request(
+            method,
+            &url,
+            self.token.as_deref(),
+            body.as_ref(),
+            Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| format!("{method} {url}"))?;
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status, value))
+    }
+}
+
+/// `GET /api/x: 404 not_found: no …`.
+fn api_error(method: &str, path: &str, status: u16, value: &Value) -> anyhow::Error {
+    let code = value["error"]["code"].as_str().unwrap_or("error");
+    let message = value["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| value.to_string());
+    anyhow::anyhow!("{method} {path}: {status} {code}: {message}")
+}
+
+fn parse_json(what: &str, text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("{what}: not valid JSON"))
+}
+
+/// Percent-encode a query value (MQTT filters hold `+`, `#` and `/`).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_percent_encoded() {
+        assert_eq!(percent_encode("devices/+/x#"), "devices/%2B/x%23");
+        assert_eq!(percent_encode("a b"), "a%20b");
+    }
+}

@@ -1,0 +1,283 @@
+"""The walkthrough in a real browser: Debian's Chromium driven by Playwright
+through the cloud console, against the real binary (`verge cloud`, a node
+joined with `verge node --cloud --join`, a `verge device simulate` device).
+
+Skipped when Playwright or Chromium is missing, unless VERGE_REQUIRE_BROWSER=1
+(then it fails). Chromium: $CHROMIUM, default /usr/bin/chromium (apt-get
+install chromium); Playwright: `pip install playwright` (no `playwright
+install`: the system Chromium is used). A screenshot of the last page goes to
+tests/interop/artifacts/console.png.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from verge_interop import REPO, free_port, verge_bin
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the test says so below
+    sync_playwright = None
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DEMO_WAT = REPO / "crates" / "verge" / "src" / "demo" / "demo-tag.wat"
+RULE_SQL = 'SELECT topic(2) AS device, temperature FROM "devices/+/telemetry"'
+RULE_ACTIONS = '[{"type": "function", "name": "demo-tag"}]'
+SLOW = 30_000  # ms any one thing that waits on the node or the device may take
+
+
+def need(ok, why):
+    """Skip (or fail, with VERGE_REQUIRE_BROWSER=1) when `ok` is false."""
+    if ok:
+        return
+    if os.environ.get("VERGE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{why} (VERGE_REQUIRE_BROWSER=1)")
+    pytest.skip(why)
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class Proc:
+    """A verge subcommand with its output in a log file."""
+
+    def __init__(self, name, args, workdir):
+        self.name = name
+        self.log_path = Path(workdir) / f"{name}.log"
+        self.log = open(self.log_path, "w+")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERGE__")}
+        self.proc = subprocess.Popen(
+            [verge_bin(), *args], cwd=workdir, env=env,
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def output(self):
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for(what, check, proc, timeout=15):
+    """Poll `check()` until it returns a truthy value; fail naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        if not proc.alive():
+            break
+        time.sleep(0.1)
+    pytest.fail(f"{what} (exit code {proc.proc.poll()}); {proc.name} said:\n{proc.output()[-4000:]}")
+
+
+def api(url, token, path):
+    req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read() or b"null")
+
+
+@pytest.fixture
+def procs():
+    """Processes started by the test; stopped at the end, their logs shown on failure."""
+    started = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+    for p in started:
+        print(f"----- {p.name} ({p.log_path}) -----\n{p.output()[-6000:]}")
+
+
+def start_cloud(procs, workdir):
+    http, mqtt = free_port(), free_port()
+    cloud = Proc("cloud", [
+        "cloud",
+        "--set", f"http.bind=127.0.0.1:{http}",
+        "--set", f"mqtt.bind=127.0.0.1:{mqtt}",
+        "--set", f"cloud.data_dir={workdir}/cloud",
+    ], workdir)
+    procs.append(cloud)
+    token = wait_for("the cloud printed no `admin token: …` line",
+                     lambda: (m := re.search(r"admin token: (\S+)", cloud.output())) and m.group(1), cloud)
+    wait_for(f"the cloud did not listen on 127.0.0.1:{http}", lambda: port_open(http), cloud)
+    return f"http://127.0.0.1:{http}", token
+
+
+def start_node(procs, workdir, cloud_url, join_token):
+    ports = {k: free_port() for k in ("tcp", "ws", "http", "coap")}
+    node = Proc("node", [
+        "node", "--cloud", cloud_url, "--join", join_token,
+        "--set", f"node.data_dir={workdir}/node",
+        "--set", f"broker.listeners.tcp.bind=127.0.0.1:{ports['tcp']}",
+        "--set", f"broker.listeners.ws.bind=127.0.0.1:{ports['ws']}",
+        "--set", f"http.bind=127.0.0.1:{ports['http']}",
+        "--set", f"coap.bind=127.0.0.1:{ports['coap']}",
+    ], workdir)
+    procs.append(node)
+    wait_for(f"the node did not listen on 127.0.0.1:{ports['tcp']}", lambda: port_open(ports["tcp"]), node)
+    return node, ports
+
+
+def goto(page, testid):
+    page.get_by_test_id(testid).click()
+
+
+def test_walkthrough_in_the_console(procs):
+    need(sync_playwright is not None, "playwright is not installed (pip install playwright)")
+    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
+    need(os.path.exists(verge_bin()), f"no verge binary at {verge_bin()} (cargo build -p verge)")
+    workdir = tempfile.mkdtemp(prefix="verge-console-")
+    cloud_url, admin_token = start_cloud(procs, workdir)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(10_000)
+        page_errors = []
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        # The console makes no request outside its own origin.
+        outside = []
+        page.on("request", lambda r: r.url.startswith(cloud_url) or outside.append(r.url))
+        try:
+            walkthrough(page, procs, workdir, cloud_url, admin_token)
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
+            browser.close()
+        assert not page_errors, f"JavaScript errors in the console: {page_errors}"
+        assert not outside, f"the console requested other origins: {outside}"
+
+
+def walkthrough(page, procs, workdir, cloud_url, admin_token):
+    # Log in: a wrong token is refused, the admin token works.
+    page.goto(cloud_url + "/")
+    page.get_by_test_id("login-token").fill("not-a-token")
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-error")).to_have_text("token refused")
+    page.get_by_test_id("login-token").fill(admin_token)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("nav-nodes")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('verge.token')") == admin_token
+
+    # 1. Create a node; the join command and token are shown once.
+    page.get_by_test_id("node-name").fill("edge-1")
+    page.get_by_test_id("node-create").click()
+    expect(page.get_by_test_id("join-command")).to_be_visible()
+    join_command = page.get_by_test_id("join-command").text_content()
+    join_token = page.get_by_test_id("join-token").text_content()
+    assert f"--cloud {cloud_url}" in join_command and f"--join {join_token}" in join_command, join_command
+    row = page.locator('[data-testid="node-row"][data-name="edge-1"]')
+    expect(row.get_by_test_id("status")).to_have_text("pending")
+
+    # 2. Start the node with that token; the page shows it online.
+    node, ports = start_node(procs, workdir, cloud_url, join_token)
+    expect(row.get_by_test_id("status")).to_have_text("online", timeout=SLOW)
+    expect(row.get_by_test_id("node-last-seen")).to_contain_text("ago")
+    node_id = row.get_attribute("data-id")
+
+    # 3. A device bound to the node; its secret is shown once.
+    goto(page, "nav-devices")
+    page.locator(f'#device-node option[value="{node_id}"]').wait_for(state="attached")
+    page.get_by_test_id("device-node").select_option(node_id)
+    page.get_by_test_id("device-name").fill("d1")
+    page.get_by_test_id("device-create").click()
+    expect(page.get_by_test_id("device-secret")).to_be_visible()
+    device_id = page.get_by_test_id("device-id").text_content()
+    secret = page.get_by_test_id("device-secret").text_content()
+    assert device_id and secret
+    device_row = page.locator(f'[data-testid="device-row"][data-id="{device_id}"]')
+    expect(device_row).to_be_visible()
+
+    # 4. The device program connects once the node has the device.
+    def deployed():
+        deps = api(cloud_url, admin_token, "/api/deployments")
+        return any(d["node_id"] == node_id and d["state"] == "in_sync" for d in deps)
+    wait_for("the node did not apply the state with the device", deployed, node, timeout=SLOW / 1000)
+    device = Proc("device", ["device", "simulate", "--node", f"127.0.0.1:{ports['tcp']}",
+                             "--device", device_id, "--secret", secret], workdir)
+    procs.append(device)
+
+    # 5a. Upload the demo function (WebAssembly text) in the console.
+    goto(page, "nav-functions")
+    page.get_by_test_id("function-file").set_input_files(str(DEMO_WAT))
+    page.get_by_test_id("function-name").fill("demo-tag")
+    page.get_by_test_id("function-upload").click()
+    expect(page.get_by_test_id("function-uploaded")).to_contain_text("uploaded demo-tag")
+    expect(page.locator('[data-testid="function-row"][data-name="demo-tag"]')).to_be_visible()
+    # ... and try it in the cloud's sandbox.
+    page.get_by_test_id("invoke-run").click()
+    expect(page.get_by_test_id("invoke-output")).to_contain_text("processed/devices/d1/telemetry")
+
+    # 5b. A rule with bad SQL is refused inline; the good one is saved.
+    goto(page, "nav-rules")
+    page.locator(f'#rule-node option[value="{node_id}"]').wait_for(state="attached")
+    page.get_by_test_id("rule-node").select_option(node_id)
+    page.get_by_test_id("rule-id").fill("bad-sql")
+    page.get_by_test_id("rule-sql").fill("SELECT temperature FROM")
+    page.get_by_test_id("rule-actions").fill(RULE_ACTIONS)
+    page.get_by_test_id("rule-save").click()
+    expect(page.get_by_test_id("rule-error")).to_be_visible()
+    expect(page.get_by_test_id("rule-error")).to_contain_text("invalid_rule")
+    expect(page.locator('[data-testid="rule-row"][data-id="bad-sql"]')).to_have_count(0)
+
+    page.get_by_test_id("rule-id").fill("to-function")
+    page.get_by_test_id("rule-sql").fill(RULE_SQL)
+    page.get_by_test_id("rule-test-topic").fill(f"devices/{device_id}/telemetry")
+    page.get_by_test_id("rule-test-payload").fill('{"temperature": 21.5}')
+    page.get_by_test_id("rule-test-run").click()
+    expect(page.get_by_test_id("rule-test-output")).to_contain_text("1 row(s)")
+    expect(page.get_by_test_id("rule-test-output")).to_contain_text("21.5")
+    page.get_by_test_id("rule-save").click()
+    expect(page.get_by_test_id("rule-saved")).to_contain_text("saved to-function")
+    expect(page.get_by_test_id("rule-error")).to_be_hidden()
+    expect(page.locator('[data-testid="rule-row"][data-id="to-function"]')).to_be_visible()
+
+    # 6. The function's output arrives in the live message view.
+    goto(page, "nav-messages")
+    page.locator(f'#messages-node option[value="{node_id}"]').wait_for(state="attached")
+    page.get_by_test_id("messages-node").select_option(node_id)
+    processed = page.locator('[data-testid="message"][data-topic^="processed/"]').first
+    expect(processed).to_be_visible(timeout=SLOW)
+    expect(processed.get_by_test_id("message-payload")).to_contain_text("demo-tag")
+    expect(processed.get_by_test_id("message-payload")).to_contain_text("temperature")
+
+    # The device's last telemetry on the devices page.
+    goto(page, "nav-devices")
+    expect(device_row.get_by_test_id("device-telemetry")).to_contain_text("temperature", timeout=SLOW)
+
+    # The node's page: status, charts, the rule with the node's counters.
+    goto(page, "nav-nodes")
+    row.get_by_test_id("node-link").click()
+    expect(page.get_by_test_id("node-summary")).to_contain_text("online")
+    expect(page.get_by_test_id("chart-cpu").locator("svg")).to_be_visible()
+    expect(page.locator('#node-rules [data-id="to-function"]')).to_be_visible()
+    expect(page.get_by_test_id("live-messages").locator('[data-topic^="processed/"]').first).to_be_visible(timeout=SLOW)
+    assert device.alive(), f"the simulated device stopped:\n{device.output()}"
