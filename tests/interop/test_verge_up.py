@@ -28,6 +28,8 @@ def start_up(d, ports):
     env["VERGE__HTTP__BIND"] = f"127.0.0.1:{ports['http']}"
     env["VERGE__COAP__BIND"] = f"127.0.0.1:{ports['coap']}"
     log = open(os.path.join(d, "up.log"), "a+")
+    log.seek(0, os.SEEK_END)
+    offset = log.tell()  # a second `up` appends: read only its own output
     proc = subprocess.Popen(
         [os.environ.get("VERGE_BIN", "target/debug/verge"), "up",
          "--cloud-set", f"http.bind=127.0.0.1:{ports['cloud']}",
@@ -37,7 +39,7 @@ def start_up(d, ports):
     banner = ""
     while time.time() < deadline:
         log.flush()
-        log.seek(0)
+        log.seek(offset)
         banner = log.read()
         if "the walkthrough is running" in banner and "press Ctrl-C" in banner.split("the walkthrough is running")[-1]:
             break

@@ -5,8 +5,9 @@
 //! client id restriction and ACL rules. ACL patterns may use `%c` (client id)
 //! and `%u` (username); the first matching rule decides, else the default.
 //! The registry can be replaced while the broker runs
-//! ([`Authenticator::replace`], used by the cloud agent); connections keep
-//! the device rules they authenticated with.
+//! ([`Authenticator::replace`], used by the cloud agent). ACL checks of
+//! connected devices follow the registry in use: a device removed from it
+//! may no longer publish or subscribe, even on a connection made before.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -78,8 +79,9 @@ pub struct Identity {
     pub client_id: Arc<str>,
     /// Username (or certificate name), if any.
     pub username: Option<Arc<str>>,
-    /// The device's own ACL rules, if it is a known device.
-    device: Option<Arc<[AclRule]>>,
+    /// Whether it authenticated as a device of the registry (its rules are
+    /// looked up by username at each check).
+    device: bool,
 }
 
 /// Why a CONNECT was refused.
@@ -101,8 +103,6 @@ pub struct Authenticator {
 struct Inner {
     registry: Registry,
     by_username: HashMap<String, usize>,
-    /// Each device's own rules, shared with the identities it authenticates.
-    acls: Vec<Arc<[AclRule]>>,
     allow_anonymous: bool,
     default: AclPolicy,
 }
@@ -129,15 +129,9 @@ impl Inner {
                 )));
             }
         }
-        let acls = registry
-            .devices
-            .iter()
-            .map(|d| Arc::from(d.acl.as_slice()))
-            .collect();
         Ok(Inner {
             registry,
             by_username,
-            acls,
             allow_anonymous,
             default,
         })
@@ -215,7 +209,7 @@ impl Authenticator {
         let ident = |user: Option<&str>, device: Option<usize>| Identity {
             client_id: Arc::from(client_id),
             username: user.map(Arc::from),
-            device: device.map(|i| inner.acls[i].clone()),
+            device: device.is_some(),
         };
         let check_client = |i: usize| -> Result<(), AuthFailure> {
             match &inner.registry.devices[i].client_id {
@@ -267,7 +261,19 @@ impl Authenticator {
 
     fn check(&self, who: &Identity, action: AclAction, topic: &str) -> bool {
         let inner = &*self.current();
-        let own: &[AclRule] = who.device.as_deref().unwrap_or(&[]);
+        let own: &[AclRule] = if who.device {
+            let found = who
+                .username
+                .as_deref()
+                .and_then(|u| inner.by_username.get(u));
+            match found {
+                Some(&i) => &inner.registry.devices[i].acl,
+                // Removed from the registry since it connected: revoked.
+                None => return false,
+            }
+        } else {
+            &[]
+        };
         for rule in own.iter().chain(inner.registry.acl.iter()) {
             if rule.action != action && rule.action != AclAction::All {
                 continue;
@@ -457,8 +463,9 @@ mod tests {
             auth.authenticate("c", Some("sensor"), Some(b"s3cret"), None)
                 .is_err()
         );
-        // The connection that logged in earlier keeps its own rules.
-        assert!(!auth.may_publish(&who, "devices/other/telemetry"));
+        // A device removed since it connected may do nothing any more.
+        assert!(!auth.may_publish(&who, "devices/sensor/telemetry"));
+        assert!(!auth.may_subscribe(&who, "public/news"));
     }
 
     #[test]
@@ -493,7 +500,7 @@ mod tests {
         let anon = Identity {
             client_id: Arc::from("x"),
             username: None,
-            device: None,
+            device: false,
         };
         assert!(auth.may_subscribe(&anon, "public/news"));
         assert!(auth.may_publish(&anon, "anything"), "default allow");

@@ -43,13 +43,13 @@ const COMMON_V1: &[&str] = &[
 
 const SQLITE_V1: &[&str] = &[
     "CREATE TABLE functions (name TEXT PRIMARY KEY, version BIGINT NOT NULL, sha256 TEXT NOT NULL, size BIGINT NOT NULL, spec TEXT NOT NULL, module BLOB NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
-    "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, verge_id TEXT UNIQUE, node_id TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, received_ms BIGINT NOT NULL)",
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, verge_id TEXT, node_id TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, received_ms BIGINT NOT NULL, UNIQUE (node_id, verge_id))",
     "CREATE TABLE node_metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, ts_ms BIGINT NOT NULL, cpu_percent DOUBLE PRECISION NOT NULL, memory_bytes BIGINT NOT NULL, connections BIGINT NOT NULL, messages_in_rate DOUBLE PRECISION NOT NULL, messages_out_rate DOUBLE PRECISION NOT NULL, backlog_messages BIGINT NOT NULL)",
 ];
 
 const POSTGRES_V1: &[&str] = &[
     "CREATE TABLE functions (name TEXT PRIMARY KEY, version BIGINT NOT NULL, sha256 TEXT NOT NULL, size BIGINT NOT NULL, spec TEXT NOT NULL, module BYTEA NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
-    "CREATE TABLE messages (id BIGSERIAL PRIMARY KEY, verge_id TEXT UNIQUE, node_id TEXT NOT NULL, topic TEXT NOT NULL, payload BYTEA NOT NULL, received_ms BIGINT NOT NULL)",
+    "CREATE TABLE messages (id BIGSERIAL PRIMARY KEY, verge_id TEXT, node_id TEXT NOT NULL, topic TEXT NOT NULL, payload BYTEA NOT NULL, received_ms BIGINT NOT NULL, UNIQUE (node_id, verge_id))",
     "CREATE TABLE node_metrics (id BIGSERIAL PRIMARY KEY, node_id TEXT NOT NULL, ts_ms BIGINT NOT NULL, cpu_percent DOUBLE PRECISION NOT NULL, memory_bytes BIGINT NOT NULL, connections BIGINT NOT NULL, messages_in_rate DOUBLE PRECISION NOT NULL, messages_out_rate DOUBLE PRECISION NOT NULL, backlog_messages BIGINT NOT NULL)",
 ];
 

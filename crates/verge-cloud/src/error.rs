@@ -212,8 +212,11 @@ pub fn check_name(field: &str, value: &str) -> Result<(), AppError> {
     if ok {
         Ok(())
     } else {
+        // Quote at most 64 characters back: the value may be megabytes.
+        let shown: String = value.chars().take(64).collect();
+        let more = if shown.len() < value.len() { "…" } else { "" };
         Err(AppError::invalid(format!(
-            "`{field}` must be 1 to 64 letters, digits, `-` or `_` (got `{value}`)"
+            "`{field}` must be 1 to 64 letters, digits, `-` or `_` (got `{shown}{more}`)"
         )))
     }
 }
@@ -230,5 +233,12 @@ mod tests {
         assert!(check_name("name", &"x".repeat(65)).is_err());
         let e = check_name("node_id", "a b").err().map(|e| e.message);
         assert!(e.unwrap_or_default().contains("node_id"));
+        // A huge value is not echoed back whole; multi-byte characters
+        // are cut at a character boundary.
+        let long = "é".repeat(100_000);
+        let e = check_name("name", &long).err().map(|e| e.message);
+        let e = e.unwrap_or_default();
+        assert!(e.len() < 300, "{} bytes", e.len());
+        assert!(e.ends_with("…`)"), "{e}");
     }
 }

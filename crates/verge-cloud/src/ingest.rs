@@ -3,6 +3,7 @@
 //! confirmed (so the node's PUBACK follows the commit). Plus the pruner
 //! that bounds the `messages` and `node_metrics` tables.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -30,6 +31,14 @@ fn telemetry_device(rest: &str) -> Option<&str> {
 }
 
 /// Receive, store, confirm; until the broker stops.
+///
+/// Every message is either confirmed after the commit that stored it or
+/// refused (its publisher keeps it and sends it again): a topic that is
+/// not `nodes/{id}/up/{rest}` and a node that is not (or no longer) joined
+/// are refused, never acknowledged unstored. A batch whose commit fails on
+/// a statement is written again one message per transaction, so one bad
+/// message refuses only itself; a failure to reach the database refuses
+/// the whole batch.
 pub async fn run(cloud: Cloud, mut sub: DurableSubscription) {
     let mut buf: Vec<DurableMessage> = Vec::with_capacity(BATCH);
     loop {
@@ -40,30 +49,115 @@ pub async fn run(cloud: Cloud, mut sub: DurableSubscription) {
         let m = &cloud.inner().metrics;
         m.ingest_messages
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        match store(&cloud, &buf).await {
+        let batch = match admit(&cloud, &mut buf).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!("upstream batch of {} not checked: {e}", buf.len());
+                m.ingest_failures.fetch_add(1, Ordering::Relaxed);
+                refuse(&cloud, buf.drain(..));
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        match store(&cloud, &batch).await {
             Ok(()) => {
                 m.ingest_batches.fetch_add(1, Ordering::Relaxed);
-                for d in buf.drain(..) {
+                for d in batch {
                     d.confirm.ok();
                 }
             }
-            Err(e) => {
-                tracing::warn!("upstream batch of {} not stored: {e}", buf.len());
+            Err(e) if batch.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
+                tracing::warn!(
+                    "upstream batch of {} not stored ({e}); storing one by one",
+                    batch.len()
+                );
                 m.ingest_failures.fetch_add(1, Ordering::Relaxed);
-                for d in buf.drain(..) {
-                    d.confirm.fail();
+                for d in batch {
+                    match store(&cloud, std::slice::from_ref(&d)).await {
+                        Ok(()) => {
+                            m.ingest_batches.fetch_add(1, Ordering::Relaxed);
+                            d.confirm.ok();
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %d.msg.topic, "upstream message not stored: {e}");
+                            m.ingest_failures.fetch_add(1, Ordering::Relaxed);
+                            refuse(&cloud, [d]);
+                        }
+                    }
                 }
+            }
+            Err(e) => {
+                tracing::warn!("upstream batch of {} not stored: {e}", batch.len());
+                m.ingest_failures.fetch_add(1, Ordering::Relaxed);
+                refuse(&cloud, batch);
             }
         }
     }
 }
 
+/// Tell the publishers of `msgs` that they were not stored, and count them.
+fn refuse(cloud: &Cloud, msgs: impl IntoIterator<Item = DurableMessage>) {
+    let mut n = 0;
+    for d in msgs {
+        d.confirm.fail();
+        n += 1;
+    }
+    cloud
+        .inner()
+        .metrics
+        .ingest_refused
+        .fetch_add(n, Ordering::Relaxed);
+}
+
+/// Take from `buf` the messages that can be stored: a topic of the form
+/// `nodes/{id}/up/{rest}` from a joined node. The others are refused here
+/// (the broker's ACL already keeps a node to its own topics, but a node
+/// deleted while connected keeps its connection and its rights).
+async fn admit(cloud: &Cloud, buf: &mut Vec<DurableMessage>) -> sqlx::Result<Vec<DurableMessage>> {
+    let mut nodes: Vec<&str> = buf
+        .iter()
+        .filter_map(|d| split_topic(&d.msg.topic).map(|(n, _)| n))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let mut joined = HashSet::with_capacity(nodes.len());
+    for n in nodes {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM nodes WHERE id = $1 AND secret_phc IS NOT NULL")
+                .bind(n)
+                .fetch_optional(&cloud.inner().pool)
+                .await?;
+        if let Some((id,)) = found {
+            joined.insert(id);
+        }
+    }
+    let (ok, bad): (Vec<_>, Vec<_>) = buf
+        .drain(..)
+        .partition(|d| split_topic(&d.msg.topic).is_some_and(|(n, _)| joined.contains(n)));
+    if let Some(first) = bad.first() {
+        tracing::warn!(
+            topic = %first.msg.topic,
+            "{} upstream message(s) refused: not `nodes/{{id}}/up/…` of a joined node",
+            bad.len()
+        );
+        refuse(cloud, bad);
+    }
+    Ok(ok)
+}
+
+/// Write `batch` in one transaction; every message in it has a topic
+/// [`split_topic`] accepts (see [`admit`]).
 async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
     let now = now_ms();
     let mut tx = cloud.inner().pool.begin().await?;
     for d in batch {
         let Some((node, rest)) = split_topic(&d.msg.topic) else {
-            continue;
+            return Err(sqlx::Error::Protocol(format!(
+                "topic `{}` is not `nodes/{{id}}/up/…`",
+                d.msg.topic
+            )));
         };
         let verge_id = d
             .msg
@@ -74,7 +168,7 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
             .map(|(_, v)| v.clone());
         let inserted = sqlx::query(
             "INSERT INTO messages (verge_id, node_id, topic, payload, received_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (verge_id) DO NOTHING",
+             ON CONFLICT (node_id, verge_id) DO NOTHING",
         )
         .bind(verge_id)
         .bind(node)
@@ -113,17 +207,21 @@ pub async fn prune_loop(cloud: Cloud) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match prune(&cloud).await {
-            Ok(n) => {
-                cloud
-                    .inner()
-                    .metrics
-                    .pruned_messages
-                    .fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!("pruning failed: {e}"),
+        if let Err(e) = prune_once(&cloud).await {
+            tracing::warn!("pruning failed: {e}");
         }
     }
+}
+
+/// One pruning pass, counted in `verge_cloud_pruned_messages_total`.
+async fn prune_once(cloud: &Cloud) -> sqlx::Result<u64> {
+    let n = prune(cloud).await?;
+    cloud
+        .inner()
+        .metrics
+        .pruned_messages
+        .fetch_add(n, Ordering::Relaxed);
+    Ok(n)
 }
 
 /// One pruning pass; returns how many messages it deleted.
@@ -162,6 +260,7 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CloudConfig;
 
     #[test]
     fn topics() {
@@ -174,5 +273,70 @@ mod tests {
         assert_eq!(telemetry_device("devices/d1/telemetry"), Some("d1"));
         assert_eq!(telemetry_device("devices/d1/x/telemetry"), None);
         assert_eq!(telemetry_device("devices//telemetry"), None);
+    }
+
+    /// Retention and `max_messages` delete the oldest messages, old
+    /// heartbeat metrics go, and what was deleted is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruner_deletes_by_age_and_count_and_counts_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = CloudConfig::default();
+        cfg.cloud.data_dir = dir.path().join("data");
+        cfg.cloud.max_messages = 5;
+        cfg.cloud.message_retention = verge_duration::HumanDuration(Duration::from_secs(3600));
+        let (cloud, _) = Cloud::open(cfg).await.expect("open");
+        let pool = &cloud.inner().pool;
+        let now = now_ms();
+        let insert = |topic: String, received_ms: i64| {
+            sqlx::query(
+                "INSERT INTO messages (verge_id, node_id, topic, payload, received_ms) VALUES (NULL, 'e', $1, $2, $3)",
+            )
+            .bind(topic)
+            .bind(b"{}".to_vec())
+            .bind(received_ms)
+            .execute(pool)
+        };
+        // 3 past retention, then 10 recent: 3 go by age, 5 by count.
+        for i in 0..3 {
+            insert(format!("old/{i}"), now - 2 * 3600 * 1000)
+                .await
+                .expect("insert");
+        }
+        for i in 0..10 {
+            insert(format!("new/{i}"), now).await.expect("insert");
+        }
+        for ts in [now - crate::api::agent::METRICS_KEEP_MS - 1000, now] {
+            sqlx::query(
+                "INSERT INTO node_metrics (node_id, ts_ms, cpu_percent, memory_bytes, connections, messages_in_rate, messages_out_rate, backlog_messages) \
+                 VALUES ('e', $1, 0, 0, 0, 0, 0, 0)",
+            )
+            .bind(ts)
+            .execute(pool)
+            .await
+            .expect("insert metric");
+        }
+        prune_once(&cloud).await.expect("prune");
+        let left: Vec<(String,)> = sqlx::query_as("SELECT topic FROM messages ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .expect("select");
+        let left: Vec<String> = left.into_iter().map(|r| r.0).collect();
+        assert_eq!(left, ["new/5", "new/6", "new/7", "new/8", "new/9"]);
+        // The background pass may have run too; together they counted 8.
+        assert_eq!(
+            cloud
+                .inner()
+                .metrics
+                .pruned_messages
+                .load(Ordering::Relaxed),
+            8
+        );
+        let (metrics,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM node_metrics")
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        assert_eq!(metrics, 1);
+        // Nothing more to do: a second pass deletes nothing.
+        assert_eq!(prune_once(&cloud).await.expect("prune"), 0);
     }
 }

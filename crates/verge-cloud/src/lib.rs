@@ -28,6 +28,7 @@ mod desired;
 mod error;
 mod ingest;
 mod metrics;
+mod openapi;
 mod routes;
 
 use std::future::Future;
@@ -160,7 +161,11 @@ impl Cloud {
 
     /// The HTTP app (API + console + `/healthz` + `/metrics`).
     pub fn router(&self) -> Router {
-        let body_limit = self.inner.cfg.cloud.max_upload_bytes / 3 * 4 + (1 << 20);
+        // A module travels as base64 (4 bytes per 3) inside JSON, plus room
+        // for the spec; saturating, since the setting may be any `usize`.
+        let body_limit = (self.inner.cfg.cloud.max_upload_bytes / 3)
+            .saturating_mul(4)
+            .saturating_add(1 << 20);
         routes::api_router()
             .with_state(self.clone())
             .merge(console::router())

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub ingest_messages: AtomicU64,
     /// Batches whose commit failed (their publishers were told).
     pub ingest_failures: AtomicU64,
+    /// Upstream messages refused (not stored; their publishers were told
+    /// and send them again).
+    pub ingest_refused: AtomicU64,
     /// Messages deleted by retention.
     pub pruned_messages: AtomicU64,
     /// Registry refreshes that failed.
@@ -110,6 +113,12 @@ pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
         "counter",
         "upstream batches that failed to commit",
         &[("", get(&m.ingest_failures))],
+    );
+    put(
+        "verge_cloud_ingest_refused_total",
+        "counter",
+        "upstream messages refused unstored (their publishers resend them)",
+        &[("", get(&m.ingest_refused))],
     );
     put(
         "verge_cloud_pruned_messages_total",

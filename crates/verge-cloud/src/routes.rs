@@ -1,16 +1,19 @@
-//! The one route table: every HTTP endpoint with its method, path, summary
-//! and schema names. The router is built from it and so is the OpenAPI
-//! document, so the two cannot disagree.
+//! The one route table: every HTTP endpoint with its method, path, summary,
+//! schema names, query parameters and error statuses. The router is built
+//! from it and so is the OpenAPI document (`crate::openapi`), so the two
+//! cannot disagree.
 
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::routing::{MethodFilter, MethodRouter, on};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::Cloud;
 use crate::api::{agent, devices, functions, nodes, rules, tokens};
 use crate::error::AppError;
+
+pub use crate::openapi::document as openapi;
 
 /// One endpoint.
 pub struct Route {
@@ -28,6 +31,14 @@ pub struct Route {
     pub status: u16,
     /// Schema name of the success body (`X[]` = array of X), if any.
     pub response: Option<&'static str>,
+    /// A second success status with the same body (`PUT` creating: 201;
+    /// long poll: 204 without a body).
+    pub also: Option<u16>,
+    /// Query parameter names (defined in `crate::openapi::query_param`).
+    pub query: &'static [&'static str],
+    /// Error statuses besides the ones implied: 401 when `auth` is not
+    /// `none`, 400 and 413 with a JSON body, 400 with query parameters.
+    pub errors: &'static [u16],
     handler: MethodRouter<Cloud>,
 }
 
@@ -39,6 +50,9 @@ struct Op {
     request: Option<&'static str>,
     status: u16,
     response: Option<&'static str>,
+    also: Option<u16>,
+    query: &'static [&'static str],
+    errors: &'static [u16],
 }
 
 fn op(method: &'static str, path: &'static str, summary: &'static str) -> Op {
@@ -50,6 +64,9 @@ fn op(method: &'static str, path: &'static str, summary: &'static str) -> Op {
         request: None,
         status: 200,
         response: None,
+        also: None,
+        query: &[],
+        errors: &[],
     }
 }
 
@@ -69,6 +86,18 @@ impl Op {
     }
     fn auth(mut self, auth: &'static str) -> Op {
         self.auth = auth;
+        self
+    }
+    fn also(mut self, status: u16) -> Op {
+        self.also = Some(status);
+        self
+    }
+    fn query(mut self, names: &'static [&'static str]) -> Op {
+        self.query = names;
+        self
+    }
+    fn errors(mut self, statuses: &'static [u16]) -> Op {
+        self.errors = statuses;
         self
     }
     fn to<H, T>(self, handler: H) -> Route
@@ -91,6 +120,9 @@ impl Op {
             request: self.request,
             status: self.status,
             response: self.response,
+            also: self.also,
+            query: self.query,
+            errors: self.errors,
             handler: on(filter, handler),
         }
     }
@@ -113,33 +145,41 @@ pub fn routes() -> Vec<Route> {
             .to(openapi_handler),
         // tokens
         op("POST", "/api/tokens", "create an API token (shown once)")
-            .body("CreateToken")
+            .body("TokenCreate")
             .ok(201, "NewToken")
             .to(tokens::create),
         op("GET", "/api/tokens", "list API tokens")
             .ok(200, "Token[]")
             .to(tokens::list),
-        op("DELETE", "/api/tokens/{id}", "revoke an API token")
-            .empty(204)
-            .to(tokens::delete),
+        op(
+            "DELETE",
+            "/api/tokens/{id}",
+            "revoke an API token (409 for `admin`)",
+        )
+        .empty(204)
+        .errors(&[404, 409])
+        .to(tokens::delete),
         // nodes
         op("POST", "/api/nodes", "create a node and its join token")
-            .body("CreateNode")
+            .body("NodeCreate")
             .ok(201, "NewNode")
+            .errors(&[409])
             .to(nodes::create),
         op("GET", "/api/nodes", "list nodes")
             .ok(200, "Node[]")
             .to(nodes::list),
         op("GET", "/api/nodes/{id}", "one node")
             .ok(200, "Node")
+            .errors(&[404])
             .to(nodes::get),
         op(
             "PATCH",
             "/api/nodes/{id}",
             "change a node's description or config",
         )
-        .body("PatchNode")
+        .body("NodePatch")
         .ok(200, "Node")
+        .errors(&[404])
         .to(nodes::patch),
         op(
             "DELETE",
@@ -147,6 +187,7 @@ pub fn routes() -> Vec<Route> {
             "delete a node (409 while devices or rules are bound)",
         )
         .empty(204)
+        .errors(&[404, 409])
         .to(nodes::delete),
         op(
             "POST",
@@ -154,6 +195,7 @@ pub fn routes() -> Vec<Route> {
             "a new one-time join token",
         )
         .ok(200, "JoinToken")
+        .errors(&[404])
         .to(nodes::join_token),
         op(
             "GET",
@@ -161,20 +203,25 @@ pub fn routes() -> Vec<Route> {
             "the node's desired state (without modules)",
         )
         .ok(200, "DesiredState")
+        .errors(&[404])
         .to(nodes::desired),
         op(
             "GET",
             "/api/nodes/{id}/metrics",
             "the node's heartbeat metrics",
         )
+        .query(&["since_ms"])
         .ok(200, "NodeMetrics[]")
+        .errors(&[404])
         .to(nodes::metrics),
         op(
             "GET",
             "/api/nodes/{id}/messages",
             "the node's upstream messages",
         )
+        .query(&["after_id", "topic", "limit"])
         .ok(200, "Message[]")
+        .errors(&[404])
         .to(nodes::messages),
         op(
             "GET",
@@ -189,17 +236,21 @@ pub fn routes() -> Vec<Route> {
             "/api/devices",
             "create a device (secret shown once)",
         )
-        .body("CreateDevice")
+        .body("DeviceCreate")
         .ok(201, "NewDevice")
+        .errors(&[409])
         .to(devices::create),
         op("GET", "/api/devices", "list devices")
+            .query(&["node_id"])
             .ok(200, "Device[]")
             .to(devices::list),
         op("GET", "/api/devices/{id}", "one device")
             .ok(200, "Device")
+            .errors(&[404])
             .to(devices::get),
         op("DELETE", "/api/devices/{id}", "delete a device")
             .empty(204)
+            .errors(&[404])
             .to(devices::delete),
         op(
             "POST",
@@ -207,58 +258,69 @@ pub fn routes() -> Vec<Route> {
             "a new device secret (shown once)",
         )
         .ok(200, "NewDevice")
+        .errors(&[404])
         .to(devices::new_secret),
         op(
             "POST",
             "/api/devices/{id}/commands/{name}",
-            "send a command to a device through its node",
+            "send a command (any JSON) to a device through its node",
         )
-        .body("Object")
+        .body("Any")
         .ok(202, "CommandSent")
+        .errors(&[404])
         .to(devices::command),
         op(
             "GET",
             "/api/devices/{id}/messages",
             "the device's upstream messages",
         )
+        .query(&["after_id", "limit"])
         .ok(200, "Message[]")
+        .errors(&[404])
         .to(devices::messages),
         // rules
         op("POST", "/api/rules", "create a rule")
             .body("RuleBody")
             .ok(201, "Rule")
+            .errors(&[409])
             .to(rules::create),
         op("GET", "/api/rules", "list rules")
+            .query(&["node_id"])
             .ok(200, "Rule[]")
             .to(rules::list),
         op("POST", "/api/rules/test", "dry-run SQL over samples")
-            .body("RuleTest")
+            .body("RuleTestRequest")
             .ok(200, "RuleTestOutput")
             .to(rules::test),
         op("GET", "/api/rules/{id}", "one rule")
             .ok(200, "Rule")
+            .errors(&[404])
             .to(rules::get),
         op("PUT", "/api/rules/{id}", "replace a rule")
-            .body("RuleBody")
+            .body("RuleReplace")
             .ok(200, "Rule")
+            .errors(&[404])
             .to(rules::update),
         op("DELETE", "/api/rules/{id}", "delete a rule")
             .empty(204)
+            .errors(&[404])
             .to(rules::delete),
         // functions
         op(
             "PUT",
             "/api/functions/{name}",
-            "upload a function (new version)",
+            "upload a function (201 new, 200 a new version)",
         )
         .body("FunctionUpload")
         .ok(200, "Function")
+        .also(201)
         .to(functions::put),
         op("GET", "/api/functions", "list functions")
             .ok(200, "Function[]")
             .to(functions::list),
         op("GET", "/api/functions/{name}", "one function")
             .ok(200, "Function")
+            .errors(&[404])
             .to(functions::get),
         op(
             "DELETE",
@@ -266,6 +328,7 @@ pub fn routes() -> Vec<Route> {
             "delete a function (409 while a rule uses it)",
         )
         .empty(204)
+        .errors(&[404, 409])
         .to(functions::delete),
         op(
             "POST",
@@ -274,16 +337,18 @@ pub fn routes() -> Vec<Route> {
         )
         .body("InvokeRequest")
         .ok(200, "InvokeOutput")
+        .errors(&[404])
         .to(functions::invoke),
         // node protocol
         op(
             "POST",
             "/api/agent/join",
-            "a node joins with its one-time token",
+            "a node joins with its one-time token (401: unknown, used or expired)",
         )
         .auth("none")
         .body("JoinRequest")
         .ok(200, "JoinResponse")
+        .errors(&[401])
         .to(agent::join),
         op(
             "GET",
@@ -291,7 +356,10 @@ pub fn routes() -> Vec<Route> {
             "long-poll the desired state (204 when unchanged)",
         )
         .auth("node")
+        .query(&["version", "wait_ms"])
         .ok(200, "DesiredState")
+        .also(204)
+        .errors(&[404])
         .to(agent::desired),
         op("POST", "/api/agent/status", "a node's heartbeat")
             .auth("node")
@@ -330,95 +398,6 @@ pub async fn method_not_allowed() -> AppError {
     )
 }
 
-fn schema_ref(name: &str) -> Value {
-    match name {
-        "Text" => json!({"type": "string"}),
-        _ => match name.strip_suffix("[]") {
-            Some(item) => json!({"type": "array", "items": schema_ref(item)}),
-            None => json!({"$ref": format!("#/components/schemas/{name}")}),
-        },
-    }
-}
-
-/// The OpenAPI 3.0 document built from [`routes`].
-pub fn openapi() -> Value {
-    let mut paths = Map::new();
-    let mut schemas = Map::new();
-    for r in routes() {
-        let mut operation = Map::new();
-        operation.insert("summary".into(), json!(r.summary));
-        let params: Vec<Value> = r
-            .path
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        if !params.is_empty() {
-            operation.insert("parameters".into(), Value::Array(params));
-        }
-        match r.auth {
-            "api" => operation.insert("security".into(), json!([{"apiToken": []}])),
-            "node" => operation.insert("security".into(), json!([{"nodeCredentials": []}])),
-            _ => operation.insert("security".into(), json!([])),
-        };
-        if let Some(body) = r.request {
-            operation.insert(
-                "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": schema_ref(body)}}}),
-            );
-        }
-        let mut ok = json!({"description": "success"});
-        if let Some(resp) = r.response {
-            let ct = if resp == "Text" {
-                "text/plain"
-            } else {
-                "application/json"
-            };
-            ok["content"] = json!({ ct: {"schema": schema_ref(resp)} });
-        }
-        for name in [r.request, r.response].into_iter().flatten() {
-            let base = name.trim_end_matches("[]");
-            if base != "Text" {
-                schemas.insert(
-                    base.to_owned(),
-                    json!({"type": "object", "description": format!("see docs/cloud.md: {base}")}),
-                );
-            }
-        }
-        let mut responses = Map::new();
-        responses.insert(r.status.to_string(), ok);
-        responses.insert(
-            "default".into(),
-            json!({"description": "error", "content": {"application/json": {"schema": schema_ref("Error")}}}),
-        );
-        operation.insert("responses".into(), Value::Object(responses));
-        let entry = paths
-            .entry(r.path.to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(m) = entry {
-            m.insert(r.method.to_lowercase(), Value::Object(operation));
-        }
-    }
-    schemas.insert(
-        "Error".into(),
-        json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
-            "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-            "line": {"type": "integer"}, "column": {"type": "integer"}}}}}),
-    );
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "Verge cloud API", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "apiToken": {"type": "http", "scheme": "bearer"},
-                "nodeCredentials": {"type": "http", "scheme": "bearer", "description": "{node_id}.{secret}"}
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,5 +420,132 @@ mod tests {
             .collect();
         assert_eq!(table.len(), routes().len(), "a route is listed twice");
         assert_eq!(in_doc, table);
+    }
+
+    #[test]
+    fn every_operation_documents_a_success_and_401_where_auth_applies() {
+        let doc = openapi();
+        for r in routes() {
+            let op = &doc["paths"][r.path][r.method.to_lowercase()];
+            let responses = op["responses"].as_object().expect("responses");
+            let codes: Vec<&String> = responses.keys().collect();
+            assert!(
+                codes.iter().any(|c| c.starts_with('2')),
+                "{} {}: no 2xx in {codes:?}",
+                r.method,
+                r.path
+            );
+            assert!(!responses.contains_key("default"), "{}", r.path);
+            if r.auth != "none" {
+                assert!(responses.contains_key("401"), "{} {}", r.method, r.path);
+                assert!(!op["security"].as_array().expect("security").is_empty());
+            }
+            if r.request.is_some() {
+                for s in ["400", "413"] {
+                    assert!(responses.contains_key(s), "{} {}: {s}", r.method, r.path);
+                }
+            }
+            for (code, resp) in responses {
+                let json = &resp["content"]["application/json"]["schema"];
+                if code.starts_with('4') {
+                    assert_eq!(json["$ref"], "#/components/schemas/Error", "{code}");
+                }
+                if code == "204" {
+                    assert!(resp.get("content").is_none(), "{} {}", r.method, r.path);
+                }
+            }
+            for q in r.query {
+                assert!(
+                    crate::openapi::query_param(q).is_some(),
+                    "{} {}: query parameter `{q}` is not defined",
+                    r.method,
+                    r.path
+                );
+            }
+        }
+    }
+
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(s)) = m.get("$ref") {
+                    out.push(s);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_ref_resolves_and_every_schema_is_used() {
+        let doc = openapi();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 40, "{}", found.len());
+        let mut used = BTreeSet::new();
+        for r in &found {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("{r} is not a component schema"));
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} does not resolve"
+            );
+            used.insert(name.to_owned());
+        }
+        let defined: BTreeSet<String> = doc["components"]["schemas"]
+            .as_object()
+            .expect("schemas")
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(defined, used, "defined but never used (or the reverse)");
+        for op in doc["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|o| o.as_object().expect("ops").values())
+        {
+            for s in op["security"].as_array().expect("security") {
+                for scheme in s.as_object().expect("requirement").keys() {
+                    assert!(
+                        doc["components"]["securitySchemes"][scheme].is_object(),
+                        "{scheme}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn closed_request_bodies_match_deny_unknown_fields() {
+        let doc = openapi();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "TokenCreate",
+            "NodeCreate",
+            "NodePatch",
+            "DeviceCreate",
+            "RuleBody",
+            "RuleReplace",
+            "RuleTestRequest",
+            "FunctionUpload",
+            "InvokeRequest",
+            "JoinRequest",
+        ] {
+            assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+        }
+        // serde(default) without deny_unknown_fields: extra keys are ignored.
+        assert!(
+            schemas["StatusReport"]
+                .get("additionalProperties")
+                .is_none()
+        );
+        assert_eq!(
+            schemas["NodeCreate"]["properties"]["name"]["pattern"],
+            "^[A-Za-z0-9_-]{1,64}$"
+        );
     }
 }

@@ -139,9 +139,25 @@ struct Cloud {
 }
 
 impl Cloud {
-    fn start(dir: &Path, http: &str, mqtt: &str) -> Cloud {
-        let proc = Proc::spawn(verge().args([
-            "cloud",
+    fn start(dir: &Path, http: &str, mqtt: &str, database: Option<&str>) -> Cloud {
+        let mut cmd = verge();
+        cmd.arg("cloud");
+        // A shared database has its admin token already: make a new one.
+        let mut reset_token = None;
+        if let Some(url) = database {
+            cmd.args(["--set", &format!("cloud.database={url}")]);
+            let out = verge()
+                .args(["cloud", "--reset-admin-token", "--set"])
+                .arg(format!("cloud.database={url}"))
+                .args(["--set", &format!("cloud.data_dir={}", dir.display())])
+                .output()
+                .expect("reset the admin token");
+            assert!(out.status.success(), "{out:?}");
+            reset_token = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("admin token: ").map(str::to_owned));
+        }
+        let proc = Proc::spawn(cmd.args([
             "--set",
             &format!("http.bind={http}"),
             "--set",
@@ -160,10 +176,12 @@ impl Cloud {
             .trim_end_matches('/')
             .to_owned();
         let token_line = proc.wait_line("admin token");
-        let token = token_line
-            .split_once("admin token: ")
-            .map(|(_, t)| t.trim().to_owned())
-            .unwrap_or_default();
+        let token = reset_token.unwrap_or_else(|| {
+            token_line
+                .split_once("admin token: ")
+                .map(|(_, t)| t.trim().to_owned())
+                .unwrap_or_default()
+        });
         Cloud {
             _proc: proc,
             addr,
@@ -238,6 +256,32 @@ fn simulate(mqtt_port: u16, device: &str, secret: &str) -> Command {
 
 #[test]
 fn walkthrough_across_processes() {
+    walkthrough(None, "");
+}
+
+/// The same against PostgreSQL when `VERGE_TEST_POSTGRES_URL` names a
+/// database (`.ci/run` starts one); names get a suffix so that runs can
+/// share the database.
+#[test]
+fn walkthrough_with_postgresql() {
+    let Ok(url) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
+        eprintln!("VERGE_TEST_POSTGRES_URL is not set: the PostgreSQL walkthrough is skipped");
+        return;
+    };
+    let suffix = format!(
+        "-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    walkthrough(Some(&url), &suffix);
+}
+
+fn walkthrough(database: Option<&str>, suffix: &str) {
+    let node_id = format!("edge-1{suffix}");
+    let dev = format!("d1{suffix}");
+    let rule = format!("to-function{suffix}");
     let tmp = tempfile::tempdir().unwrap();
     let cloud_dir = tmp.path().join("cloud");
     let node_dir = tmp.path().join("node");
@@ -246,6 +290,7 @@ fn walkthrough_across_processes() {
         &cloud_dir,
         &format!("127.0.0.1:{cloud_http}"),
         &format!("127.0.0.1:{cloud_mqtt}"),
+        database,
     );
     assert!(
         !cloud.token.is_empty(),
@@ -259,7 +304,7 @@ fn walkthrough_across_processes() {
     let created = cloud.ok(
         "POST",
         "/api/nodes",
-        Some(json!({ "name": "edge-1", "description": "walkthrough" })),
+        Some(json!({ "name": node_id, "description": "walkthrough" })),
     );
     let join_token = created["join_token"]
         .as_str()
@@ -285,7 +330,7 @@ fn walkthrough_across_processes() {
     );
     node.wait_line("is running");
     eventually("the node to be online", || {
-        let n = cloud.ok("GET", "/api/nodes/edge-1", None);
+        let n = cloud.ok("GET", &format!("/api/nodes/{node_id}"), None);
         (n["status"] == "online").then_some(())
     });
     // The token was for one join only.
@@ -299,13 +344,13 @@ fn walkthrough_across_processes() {
     assert_eq!(status, 401, "a join token works once");
 
     // 3. A device bound to the node, with credentials shown once.
-    let dev = cloud.ok(
+    let made = cloud.ok(
         "POST",
         "/api/devices",
-        Some(json!({ "name": "d1", "node_id": "edge-1" })),
+        Some(json!({ "name": dev, "node_id": node_id })),
     );
-    let secret = dev["secret"].as_str().expect("secret").to_owned();
-    let shown = cloud.ok("GET", "/api/devices/d1", None);
+    let secret = made["secret"].as_str().expect("secret").to_owned();
+    let shown = cloud.ok("GET", &format!("/api/devices/{dev}"), None);
     assert!(
         !shown.to_string().contains(&secret),
         "the secret is not shown again"
@@ -325,7 +370,7 @@ fn walkthrough_across_processes() {
         "POST",
         "/api/rules",
         Some(json!({
-            "id": "broken", "node_id": "edge-1",
+            "id": format!("broken{suffix}"), "node_id": node_id,
             "sql": "SELEC temperature FROM \"devices/+/telemetry\"",
             "actions": [],
         })),
@@ -336,43 +381,47 @@ fn walkthrough_across_processes() {
         "POST",
         "/api/rules",
         Some(json!({
-            "id": "to-function", "node_id": "edge-1",
+            "id": rule, "node_id": node_id,
             "sql": "SELECT topic(2) AS device, temperature FROM \"devices/+/telemetry\"",
             "actions": [{ "type": "function", "name": "demo-tag" }],
         })),
     );
-    let desired = cloud.ok("GET", "/api/nodes/edge-1/desired", None)["version"]
+    let desired = cloud.ok("GET", &format!("/api/nodes/{node_id}/desired"), None)["version"]
         .as_i64()
         .expect("desired version");
     eventually("the node to apply the desired state", || {
-        let n = cloud.ok("GET", "/api/nodes/edge-1", None);
+        let n = cloud.ok("GET", &format!("/api/nodes/{node_id}"), None);
         (n["applied_version"].as_i64() == Some(desired)).then_some(n)
     });
 
     // 4. The device program connects to the node with its credentials.
-    let device = Proc::spawn(&mut simulate(mqtt_port, "d1", &secret));
+    let device = Proc::spawn(&mut simulate(mqtt_port, &dev, &secret));
     device.wait_line("connected");
 
     // 6. The function ran on the node and its output reached the cloud.
     let out = eventually("the function's output in the cloud", || {
         let v = cloud.ok(
             "GET",
-            "/api/nodes/edge-1/messages?topic=processed%2F%23&limit=10",
+            &format!("/api/nodes/{node_id}/messages?topic=processed%2F%23&limit=10"),
             None,
         );
         v.as_array().and_then(|a| a.last().cloned())
     });
-    assert_eq!(out["topic"], "processed/devices/d1/telemetry", "{out}");
+    assert_eq!(
+        out["topic"],
+        format!("processed/devices/{dev}/telemetry"),
+        "{out}"
+    );
     assert_eq!(out["payload"]["tagged_by"], "demo-tag", "{out}");
-    assert_eq!(out["payload"]["row"]["device"], "d1", "{out}");
+    assert_eq!(out["payload"]["row"]["device"], dev.as_str(), "{out}");
     assert!(out["payload"]["row"]["temperature"].is_number(), "{out}");
     let telemetry = eventually("the device's last telemetry", || {
-        let d = cloud.ok("GET", "/api/devices/d1", None);
+        let d = cloud.ok("GET", &format!("/api/devices/{dev}"), None);
         (!d["last_telemetry"].is_null()).then_some(d)
     });
     assert!(telemetry["last_telemetry"]["temperature"].is_number());
     eventually("the function's calls in the node's report", || {
-        let n = cloud.ok("GET", "/api/nodes/edge-1", None);
+        let n = cloud.ok("GET", &format!("/api/nodes/{node_id}"), None);
         let fns = n["report"]["functions"].as_array()?.clone();
         let f = fns.iter().find(|f| f["name"] == "demo-tag")?;
         (f["metrics"]["invocations"].as_u64().unwrap_or(0) > 0).then_some(())
@@ -381,14 +430,14 @@ fn walkthrough_across_processes() {
     // A command reaches the device through its node.
     cloud.ok(
         "POST",
-        "/api/devices/d1/commands/reboot",
+        &format!("/api/devices/{dev}/commands/reboot"),
         Some(json!({ "delay_s": 1 })),
     );
     let line = device.wait_line("command reboot");
     assert!(line.contains("delay_s"), "{line}");
 
     // Wrong credentials are refused, clearly, and end the program.
-    let out = simulate(mqtt_port, "d1", "not-the-secret")
+    let out = simulate(mqtt_port, &dev, "not-the-secret")
         .output()
         .expect("run simulate");
     assert!(!out.status.success());
@@ -399,7 +448,7 @@ fn walkthrough_across_processes() {
     drop(device);
     assert!(node.stop().success(), "the node stops cleanly on SIGTERM");
     eventually("the node to be offline", || {
-        let n = cloud.ok("GET", "/api/nodes/edge-1", None);
+        let n = cloud.ok("GET", &format!("/api/nodes/{node_id}"), None);
         (n["status"] == "offline").then_some(())
     });
 
@@ -418,13 +467,13 @@ fn walkthrough_across_processes() {
         .and_then(|s| s.split('/').next())
         .expect("node http address")
         .to_owned();
-    let device = Proc::spawn(&mut simulate(mqtt_port, "d1", &secret));
+    let device = Proc::spawn(&mut simulate(mqtt_port, &dev, &secret));
     device.wait_line("connected");
     eventually("the cached rule to call the function", || {
         let (status, f) = http(&node_http, "GET", "/api/functions/demo-tag", "", None);
         (status == 200 && f["metrics"]["invocations"].as_u64().unwrap_or(0) > 0).then_some(())
     });
-    let (status, rule) = http(&node_http, "GET", "/api/rules/to-function", "", None);
+    let (status, rule) = http(&node_http, "GET", &format!("/api/rules/{rule}"), "", None);
     assert_eq!(status, 200, "{rule}");
     drop(device);
     assert!(node.stop().success());

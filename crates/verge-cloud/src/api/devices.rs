@@ -215,12 +215,23 @@ pub async fn command(
     check_name("name", &name)?;
     let node = node_of(&cloud, &id).await?;
     let topic = format!("nodes/{node}/down/devices/{id}/commands/{name}");
-    let msg = Message::local(
-        topic.as_str(),
-        body.to_string().into_bytes(),
-        QoS::AtLeastOnce,
-        false,
-    );
+    let payload = body.to_string().into_bytes();
+    // It must fit one MQTT packet on the way down (the node's broker takes
+    // no larger), else it would be accepted here and dropped on the way.
+    let max = usize::try_from(verge_broker::BrokerConfig::default().max_packet_size)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(topic.len() + 1024);
+    if payload.len() > max {
+        return Err(AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the command is {} bytes; at most {max} fit one message to the node",
+                payload.len()
+            ),
+        ));
+    }
+    let msg = Message::local(topic.as_str(), payload, QoS::AtLeastOnce, false);
     cloud
         .inner()
         .handle

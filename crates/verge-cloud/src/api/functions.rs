@@ -141,40 +141,35 @@ pub async fn put(
     let size = i64::try_from(module.len()).unwrap_or(i64::MAX);
     let now = now_ms();
     let mut tx = cloud.inner().pool.begin().await?;
-    let old: Option<(i64,)> = sqlx::query_as("SELECT version FROM functions WHERE name = $1")
+    // Insert-or-update without a read first: two first uploads of one name
+    // at once (replicas on PostgreSQL) must not fail on the primary key.
+    let created = sqlx::query(
+        "INSERT INTO functions (name, version, sha256, size, spec, module, created_ms, updated_ms) \
+         VALUES ($1, 1, $2, $3, $4, $5, $6, $6) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(&name)
+    .bind(&sha)
+    .bind(size)
+    .bind(stored.to_string())
+    .bind(&module)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !created {
+        sqlx::query(
+            "UPDATE functions SET version = version + 1, sha256 = $1, size = $2, spec = $3, module = $4, updated_ms = $5 \
+             WHERE name = $6",
+        )
+        .bind(&sha)
+        .bind(size)
+        .bind(stored.to_string())
+        .bind(module)
+        .bind(now)
         .bind(&name)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-    let created = old.is_none();
-    match old {
-        None => {
-            sqlx::query(
-                "INSERT INTO functions (name, version, sha256, size, spec, module, created_ms, updated_ms) \
-                 VALUES ($1, 1, $2, $3, $4, $5, $6, $6)",
-            )
-            .bind(&name)
-            .bind(&sha)
-            .bind(size)
-            .bind(stored.to_string())
-            .bind(module)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Some(_) => {
-            sqlx::query(
-                "UPDATE functions SET version = version + 1, sha256 = $1, size = $2, spec = $3, module = $4, updated_ms = $5 \
-                 WHERE name = $6",
-            )
-            .bind(&sha)
-            .bind(size)
-            .bind(stored.to_string())
-            .bind(module)
-            .bind(now)
-            .bind(&name)
-            .execute(&mut *tx)
-            .await?;
-        }
     }
     let nodes = db::nodes_using_function(&mut tx, &name).await?;
     db::bump_nodes(&mut tx, &nodes).await?;

@@ -49,9 +49,15 @@ async fn postgres_db(base: &str) -> String {
 /// The database the API tests run on: `postgres` when the env var is set
 /// and `want_postgres`, else SQLite.
 pub async fn harness_on(postgres: bool) -> Option<Harness> {
+    harness_with(postgres, |_| {}).await
+}
+
+/// As [`harness_on`], with `tweak` applied to the configuration.
+pub async fn harness_with(postgres: bool, tweak: impl FnOnce(&mut CloudConfig)) -> Option<Harness> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = CloudConfig::default();
     cfg.cloud.data_dir = dir.path().join("data");
+    tweak(&mut cfg);
     if postgres {
         let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
             eprintln!(

@@ -36,6 +36,14 @@ pub struct DrainArgs {
     /// Host of `--cloud-port`.
     #[arg(long, default_value = "127.0.0.1")]
     pub cloud_host: String,
+    /// Log in to the cloud broker as this user; with a Verge cloud center,
+    /// a node id (its messages then go to `nodes/{id}/up/…` and are stored
+    /// before each PUBACK).
+    #[arg(long, requires = "cloud_password")]
+    pub cloud_username: Option<String>,
+    /// The password (a node's secret).
+    #[arg(long, requires = "cloud_username")]
+    pub cloud_password: Option<String>,
 }
 
 /// What the drain measurement found.
@@ -88,7 +96,13 @@ pub fn run(args: &DrainArgs, payload: usize, dir: &std::path::Path) -> anyhow::R
             "link: {} QoS 1 messages from one client to {cloud}",
             thousands(n)
         );
-        let (link_per_sec, window) = link_speed(addr, n, args.inflight, body.clone()).await?;
+        let node_name = args.cloud_username.as_deref().unwrap_or("bench");
+        let creds = args
+            .cloud_username
+            .as_deref()
+            .zip(args.cloud_password.as_deref());
+        let (link_per_sec, window) =
+            link_speed(addr, n, args.inflight, body.clone(), node_name, creds).await?;
 
         let qdir = tempfile::Builder::new()
             .prefix("verge-bench-drain-")
@@ -120,6 +134,8 @@ pub fn run(args: &DrainArgs, payload: usize, dir: &std::path::Path) -> anyhow::R
             inflight: args.inflight,
             downstream: false,
             reconnect_min: HumanDuration(Duration::from_millis(50)),
+            username: args.cloud_username.clone(),
+            password: args.cloud_password.clone(),
             ..BridgeConfig::default()
         };
         eprintln!("drain: bridge to {cloud}");
@@ -131,7 +147,7 @@ pub fn run(args: &DrainArgs, payload: usize, dir: &std::path::Path) -> anyhow::R
             verge_broker::Broker::authenticator(&node_cfg)?,
         );
         let started = Instant::now();
-        let bridge = Bridge::start(cfg.plan("bench")?, queue.clone(), node.handle()).await?;
+        let bridge = Bridge::start(cfg.plan(node_name)?, queue.clone(), node.handle()).await?;
         let status = bridge.handle();
         let deadline = started + Duration::from_secs(600);
         while status.link().sent < n {
@@ -173,6 +189,8 @@ async fn link_speed(
     n: u64,
     window: u16,
     payload: Bytes,
+    node_name: &str,
+    creds: Option<(&str, &str)>,
 ) -> anyhow::Result<(f64, u16)> {
     let mut s = TcpStream::connect(addr)
         .await
@@ -184,8 +202,8 @@ async fn link_speed(
         clean_start: true,
         keep_alive: 0,
         client_id: "verge-bench-link".into(),
-        username: None,
-        password: None,
+        username: creds.map(|(u, _)| u.to_owned()),
+        password: creds.map(|(_, p)| Bytes::copy_from_slice(p.as_bytes())),
         will: None,
         properties: Properties {
             receive_maximum: Some(u16::MAX),
@@ -219,7 +237,7 @@ async fn link_speed(
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                topic: "nodes/bench/up/bench/link".into(),
+                topic: format!("nodes/{node_name}/up/bench/link"),
                 packet_id: next_id,
                 properties: Properties {
                     user_properties: vec![

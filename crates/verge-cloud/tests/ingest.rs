@@ -1,0 +1,350 @@
+//! Upstream ingest on real sockets: a message is acknowledged only once it
+//! is stored, and every message the cloud cannot store is refused (so the
+//! node keeps it and resends), never acknowledged and dropped.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+use common::Harness;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Served {
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), verge_cloud::CloudError>>,
+    mqtt: std::net::SocketAddr,
+}
+
+async fn serve(h: &Harness) -> Served {
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let mqtt = TcpListener::bind("127.0.0.1:0").await.expect("bind mqtt");
+    let addr = mqtt.local_addr().expect("addr");
+    let (stop, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(h.cloud.clone().serve(http, mqtt, async {
+        let _ = rx.await;
+    }));
+    Served {
+        stop,
+        server,
+        mqtt: addr,
+    }
+}
+
+impl Served {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        timeout(WAIT, self.server)
+            .await
+            .expect("serve stops")
+            .expect("task")
+            .expect("serve ok");
+    }
+}
+
+async fn connect(s: &Served, node: &str, secret: &str) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(format!("c-{node}"), s.mqtt.ip().to_string(), s.mqtt.port());
+    opts.set_credentials(node, secret);
+    opts.set_max_packet_size(Some(4 << 20));
+    let (client, mut el) = AsyncClient::new(opts, 64);
+    timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("connect: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    (client, el)
+}
+
+/// Publish `(topic, payload)` at QoS 1 and return each PUBACK reason in
+/// publish order.
+async fn publish_all(
+    client: &AsyncClient,
+    el: &mut EventLoop,
+    msgs: &[(String, Vec<u8>)],
+) -> Vec<PubAckReason> {
+    let mut order = Vec::new();
+    let mut acks: HashMap<u16, PubAckReason> = HashMap::new();
+    for (topic, payload) in msgs {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("publish");
+    }
+    timeout(WAIT, async {
+        while acks.len() < msgs.len() {
+            match el.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => order.push(pkid),
+                Ok(Event::Incoming(Packet::PubAck(a))) => {
+                    acks.insert(a.pkid, a.reason);
+                }
+                Ok(_) => {}
+                Err(e) => panic!("publish: connection failed: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("every PUBACK in time");
+    order
+        .iter()
+        .map(|p| acks.get(p).cloned().expect("ack for every publish"))
+        .collect()
+}
+
+async fn stored(h: &Harness, node: &str) -> Vec<Value> {
+    let (s, v) = h
+        .call(
+            Method::GET,
+            &format!("/api/nodes/{node}/messages?limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Regression: `nodes/{id}/up` (no sub-topic) passes the ACL
+/// (`nodes/{id}/up/#` covers its parent level) but cannot be stored; it
+/// was acknowledged and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_cannot_be_stored_is_refused_not_acknowledged() {
+    let h = common::harness().await;
+    let (node, secret) = h.joined_node("edge-t").await;
+    let s = serve(&h).await;
+    let (client, mut el) = connect(&s, &node, &secret).await;
+    let reasons = publish_all(
+        &client,
+        &mut el,
+        &[
+            (format!("nodes/{node}/up"), b"lost?".to_vec()),
+            (format!("nodes/{node}/up/ok"), b"1".to_vec()),
+        ],
+    )
+    .await;
+    assert_ne!(reasons[0], PubAckReason::Success);
+    assert_eq!(reasons[1], PubAckReason::Success);
+    let msgs = stored(&h, &node).await;
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["topic"], "ok");
+    let (_, m) = h.call_as(Method::GET, "/metrics", None, None).await;
+    assert!(
+        m.as_str()
+            .unwrap_or_default()
+            .contains("verge_cloud_ingest_refused_total 1"),
+        "{m}"
+    );
+    drop(client);
+    s.stop().await;
+}
+
+/// Regression: one message the database refuses failed its whole batch;
+/// now only that message is refused, the others are stored and
+/// acknowledged, and no acknowledged message is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_row_refuses_only_itself() {
+    let h = common::harness().await;
+    let (node, secret) = h.joined_node("edge-p").await;
+    // A row the database rejects (as a constraint or a bad value would).
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.topic = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+    )
+    .execute(&pool)
+    .await
+    .expect("trigger");
+    pool.close().await;
+    let s = serve(&h).await;
+    let (client, mut el) = connect(&s, &node, &secret).await;
+    let mut msgs = Vec::new();
+    for i in 0..40 {
+        let topic = if i % 10 == 5 {
+            format!("nodes/{node}/up/poison")
+        } else {
+            format!("nodes/{node}/up/good/{i}")
+        };
+        msgs.push((topic, i.to_string().into_bytes()));
+    }
+    let reasons = publish_all(&client, &mut el, &msgs).await;
+    let kept = stored(&h, &node).await;
+    let kept: Vec<&str> = kept.iter().filter_map(|m| m["topic"].as_str()).collect();
+    for ((topic, _), reason) in msgs.iter().zip(&reasons) {
+        let local = topic.split_once("/up/").map_or("", |t| t.1);
+        if local == "poison" {
+            assert_ne!(*reason, PubAckReason::Success, "{topic}");
+        } else {
+            assert_eq!(*reason, PubAckReason::Success, "{topic}");
+            assert!(kept.contains(&local), "{local} acknowledged, not stored");
+        }
+    }
+    assert_eq!(kept.len(), 36);
+    drop(client);
+    s.stop().await;
+}
+
+/// A node deleted while connected keeps its MQTT connection (the broker
+/// keeps a connection's rights), but its messages are refused, not stored
+/// under a node that no longer exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_node_is_refused() {
+    let h = common::harness().await;
+    let (node, secret) = h.joined_node("edge-x").await;
+    let s = serve(&h).await;
+    let (client, mut el) = connect(&s, &node, &secret).await;
+    let (st, _) = h
+        .call(Method::DELETE, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let reasons = publish_all(
+        &client,
+        &mut el,
+        &[(format!("nodes/{node}/up/late"), b"1".to_vec())],
+    )
+    .await;
+    assert_ne!(reasons[0], PubAckReason::Success);
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    pool.close().await;
+    assert_eq!(n, 0);
+    // New connections are refused: the registry dropped it.
+    let mut opts = MqttOptions::new("again", s.mqtt.ip().to_string(), s.mqtt.port());
+    opts.set_credentials(node.clone(), secret.clone());
+    let (_c, mut el2) = AsyncClient::new(opts, 10);
+    assert!(timeout(WAIT, el2.poll()).await.expect("answer").is_err());
+    drop(client);
+
+    // Deleted by another replica (straight in the database): this
+    // process's registry still lets it publish until its next refresh, but
+    // nothing is stored for a node that no longer exists.
+    let (other, other_secret) = h.joined_node("edge-y").await;
+    let (client, mut el) = connect(&s, &other, &other_secret).await;
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    sqlx::query("DELETE FROM nodes WHERE id = $1")
+        .bind(&other)
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let reasons = publish_all(
+        &client,
+        &mut el,
+        &[(format!("nodes/{other}/up/late"), b"1".to_vec())],
+    )
+    .await;
+    assert_ne!(reasons[0], PubAckReason::Success);
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    pool.close().await;
+    assert_eq!(n, 0);
+    drop(client);
+    s.stop().await;
+}
+
+/// Binary and large payloads are stored as sent; binary ones are shown
+/// as base64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_and_large_payloads_are_stored() {
+    let h = common::harness().await;
+    let (node, secret) = h.joined_node("edge-b").await;
+    let (st, _) = h
+        .call(
+            Method::POST,
+            "/api/devices",
+            Some(json!({"name": "bd", "node_id": node})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let s = serve(&h).await;
+    let (client, mut el) = connect(&s, &node, &secret).await;
+    let binary = vec![0xff, 0x00, 0xfe, 0x80];
+    let large = vec![b'a'; 900 * 1024];
+    let reasons = publish_all(
+        &client,
+        &mut el,
+        &[
+            (format!("nodes/{node}/up/devices/bd/telemetry"), binary),
+            (format!("nodes/{node}/up/big"), large),
+        ],
+    )
+    .await;
+    assert!(reasons.iter().all(|r| *r == PubAckReason::Success));
+    let msgs = stored(&h, &node).await;
+    assert_eq!(msgs[0]["payload_base64"], "/wD+gA==");
+    assert_eq!(msgs[0]["payload"], Value::Null);
+    assert_eq!(msgs[1]["payload"].as_str().map(str::len), Some(900 * 1024));
+    // Non-JSON telemetry still updates the device, as a string.
+    let (_, dev) = h.call(Method::GET, "/api/devices/bd", None).await;
+    assert!(dev["last_telemetry"].is_string(), "{dev}");
+    drop(client);
+    s.stop().await;
+}
+
+/// Regression: de-duplication by `verge-id` was global, so one node could
+/// suppress another's messages by reusing its ids; it is per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_verge_id_from_two_nodes_is_stored_for_each() {
+    let h = common::harness().await;
+    let (a, secret_a) = h.joined_node("edge-a").await;
+    let (b, secret_b) = h.joined_node("edge-b").await;
+    let s = serve(&h).await;
+    for (node, secret, times) in [(&a, &secret_a, 2), (&b, &secret_b, 1)] {
+        let (client, mut el) = connect(&s, node, secret).await;
+        for _ in 0..times {
+            let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                user_properties: vec![("verge-id".into(), "q/telemetry/1".into())],
+                ..Default::default()
+            };
+            client
+                .publish_with_properties(
+                    format!("nodes/{node}/up/devices/x/telemetry"),
+                    QoS::AtLeastOnce,
+                    false,
+                    b"{}".to_vec(),
+                    props,
+                )
+                .await
+                .expect("publish");
+            timeout(WAIT, async {
+                loop {
+                    match el.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                            assert_eq!(ack.reason, PubAckReason::Success);
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("publish: {e:?}"),
+                    }
+                }
+            })
+            .await
+            .expect("PUBACK in time");
+        }
+    }
+    assert_eq!(stored(&h, &a).await.len(), 1, "a resend is stored once");
+    assert_eq!(
+        stored(&h, &b).await.len(),
+        1,
+        "another node's id is its own"
+    );
+    s.stop().await;
+}
