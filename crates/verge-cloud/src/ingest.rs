@@ -147,11 +147,27 @@ async fn admit(cloud: &Cloud, buf: &mut Vec<DurableMessage>) -> sqlx::Result<Vec
     Ok(ok)
 }
 
+/// Rows per multi-row INSERT (5 parameters each, far below the parameter
+/// limits of SQLite and PostgreSQL).
+const ROWS_PER_INSERT: usize = 128;
+
+/// One message of a batch, split for storing.
+struct Row<'a> {
+    node: &'a str,
+    rest: &'a str,
+    verge_id: Option<String>,
+    msg: &'a DurableMessage,
+}
+
 /// Write `batch` in one transaction; every message in it has a topic
-/// [`split_topic`] accepts (see [`admit`]).
+/// [`split_topic`] accepts (see [`admit`]). Messages go in by multi-row
+/// INSERTs that skip a (node, `verge-id`) already stored; then each device
+/// whose telemetry was newly stored gets the last such reading as its
+/// `last_telemetry` (one UPDATE per device, not per message; a resent old
+/// reading does not overwrite a newer one).
 async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
     let now = now_ms();
-    let mut tx = cloud.inner().pool.begin().await?;
+    let mut rows = Vec::with_capacity(batch.len());
     for d in batch {
         let Some((node, rest)) = split_topic(&d.msg.topic) else {
             return Err(sqlx::Error::Protocol(format!(
@@ -166,33 +182,84 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
             .iter()
             .find(|(k, _)| k == "verge-id")
             .map(|(_, v)| v.clone());
-        let inserted = sqlx::query(
-            "INSERT INTO messages (verge_id, node_id, topic, payload, received_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (node_id, verge_id) DO NOTHING",
+        rows.push(Row {
+            node,
+            rest,
+            verge_id,
+            msg: d,
+        });
+    }
+    let mut tx = cloud.inner().pool.begin().await?;
+    let mut inserted: HashSet<(String, String)> = HashSet::new();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::with_capacity(96 + chunk.len() * 32);
+        sql.push_str(
+            "INSERT INTO messages (verge_id, node_id, topic, payload, received_ms) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 5;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+        }
+        sql.push_str(" ON CONFLICT (node_id, verge_id) DO NOTHING RETURNING node_id, verge_id");
+        let mut q = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.verge_id.clone())
+                .bind(r.node)
+                .bind(r.rest)
+                .bind(r.msg.msg.payload.to_vec())
+                .bind(now);
+        }
+        for (node, verge_id) in q.fetch_all(&mut *tx).await? {
+            if let Some(v) = verge_id {
+                inserted.insert((node, v));
+            }
+        }
+    }
+    // The last newly stored reading of each device, in arrival order.
+    let mut latest: Vec<(&str, &str, &DurableMessage)> = Vec::new();
+    for r in &rows {
+        let Some(device) = telemetry_device(r.rest) else {
+            continue;
+        };
+        let fresh = match &r.verge_id {
+            None => true,
+            Some(v) => inserted.contains(&(r.node.to_owned(), v.clone())),
+        };
+        if !fresh {
+            continue;
+        }
+        match latest
+            .iter_mut()
+            .find(|(n, dev, _)| *n == r.node && *dev == device)
+        {
+            Some(slot) => slot.2 = r.msg,
+            None => latest.push((r.node, device, r.msg)),
+        }
+    }
+    for (node, device, d) in latest {
+        let text = String::from_utf8_lossy(&d.msg.payload);
+        let value = serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap_or_else(|_| serde_json::Value::String(text.into_owned()));
+        sqlx::query(
+            "UPDATE devices SET last_telemetry = $1, last_telemetry_ms = $2 WHERE id = $3 AND node_id = $4",
         )
-        .bind(verge_id)
-        .bind(node)
-        .bind(rest)
-        .bind(d.msg.payload.to_vec())
+        .bind(value.to_string())
         .bind(now)
+        .bind(device)
+        .bind(node)
         .execute(&mut *tx)
         .await?;
-        if inserted.rows_affected() == 1
-            && let Some(device) = telemetry_device(rest)
-        {
-            let text = String::from_utf8_lossy(&d.msg.payload);
-            let value = serde_json::from_str::<serde_json::Value>(&text)
-                .unwrap_or_else(|_| serde_json::Value::String(text.into_owned()));
-            sqlx::query(
-                "UPDATE devices SET last_telemetry = $1, last_telemetry_ms = $2 WHERE id = $3 AND node_id = $4",
-            )
-            .bind(value.to_string())
-            .bind(now)
-            .bind(device)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
-        }
     }
     tx.commit().await
 }

@@ -348,3 +348,60 @@ async fn the_same_verge_id_from_two_nodes_is_stored_for_each() {
     );
     s.stop().await;
 }
+
+/// A resent old reading (same `verge-id`, already stored) must not become
+/// the device's last telemetry again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_old_reading_does_not_replace_the_last_telemetry() {
+    let h = common::harness().await;
+    let (node, secret) = h.joined_node("edge-r").await;
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/devices",
+            Some(json!({ "name": "dr", "node_id": node })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let served = serve(&h).await;
+    let (client, mut el) = connect(&served, &node, &secret).await;
+    for (id, t) in [
+        ("q/telemetry/1", 1),
+        ("q/telemetry/2", 2),
+        ("q/telemetry/1", 1),
+    ] {
+        let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            user_properties: vec![("verge-id".into(), id.into())],
+            ..Default::default()
+        };
+        client
+            .publish_with_properties(
+                format!("nodes/{node}/up/devices/dr/telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                json!({ "t": t }).to_string(),
+                props,
+            )
+            .await
+            .expect("publish");
+        timeout(WAIT, async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        assert_eq!(ack.reason, PubAckReason::Success);
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("publish: {e:?}"),
+                }
+            }
+        })
+        .await
+        .expect("PUBACK in time");
+    }
+    let (s, dev) = h.call(Method::GET, "/api/devices/dr", None).await;
+    assert_eq!(s, StatusCode::OK, "{dev}");
+    assert_eq!(dev["last_telemetry"], json!({ "t": 2 }), "{dev}");
+    assert_eq!(stored(&h, &node).await.len(), 2);
+    served.stop().await;
+}
