@@ -265,6 +265,81 @@ mod tests {
     }
 
     #[test]
+    fn cloud_commands() {
+        let cli = parse(&["node", "--cloud", "http://c:8080", "--join", "t0k"]).expect("ok");
+        let Command::Node(n) = cli.command else {
+            panic!("not node")
+        };
+        assert_eq!(
+            (n.cloud.as_deref(), n.join.as_deref()),
+            (Some("http://c:8080"), Some("t0k"))
+        );
+        assert!(
+            parse(&["node", "--join", "t0k"]).is_err(),
+            "--join needs --cloud"
+        );
+        let cli = parse(&[
+            "cloud",
+            "--set",
+            "http.bind=127.0.0.1:1",
+            "--reset-admin-token",
+        ])
+        .expect("ok");
+        assert!(
+            matches!(cli.command, Command::Cloud(c) if c.reset_admin_token && c.set.len() == 1)
+        );
+        let cli = parse(&[
+            "up",
+            "--cloud-set",
+            "mqtt.bind=127.0.0.1:2",
+            "--devices",
+            "0",
+        ])
+        .expect("ok");
+        assert!(matches!(cli.command, Command::Up(u) if u.devices == 0 && u.cloud_set.len() == 1));
+        assert!(parse(&["up", "--devices", "101"]).is_err());
+        let cli = parse(&[
+            "device",
+            "simulate",
+            "--device",
+            "d1",
+            "--secret",
+            "s",
+            "--interval",
+            "250ms",
+        ])
+        .expect("ok");
+        let Command::Device(DeviceCommand::Simulate(s)) = cli.command else {
+            panic!("not simulate")
+        };
+        assert_eq!(s.node, "127.0.0.1:1883");
+        assert_eq!(s.interval.get(), std::time::Duration::from_millis(250));
+        assert!(
+            parse(&[
+                "device",
+                "simulate",
+                "--device",
+                "d1",
+                "--secret",
+                "s",
+                "--interval",
+                "soon"
+            ])
+            .is_err()
+        );
+        let cli = parse(&[
+            "ctl", "--token", "t", "rules", "create", "--id", "r", "--node", "n", "--sql",
+            "SELECT 1", "--action", "{}",
+        ])
+        .expect("ok");
+        assert!(matches!(cli.command, Command::Ctl(_)));
+        assert!(
+            parse(&["ctl", "nodes", "create"]).is_err(),
+            "a name is needed"
+        );
+    }
+
+    #[test]
     fn bench_broker_options() {
         let cli = parse(&[
             "bench",

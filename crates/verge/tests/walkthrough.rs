@@ -444,6 +444,30 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused its credentials"), "{err}");
 
+    // `verge ctl` over the same API: the deployment is in sync; a wrong
+    // token ends the command with the API's error.
+    let out = verge()
+        .args(["ctl", "--cloud", &format!("http://{}", cloud.addr)])
+        .args(["--token", &cloud.token, "deployments"])
+        .output()
+        .expect("verge ctl");
+    assert!(out.status.success(), "{out:?}");
+    let deployments: Value = serde_json::from_slice(&out.stdout).expect("ctl prints JSON");
+    let mine = deployments
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["node_id"] == node_id.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(mine["state"], "in_sync", "{deployments}");
+    let out = verge()
+        .args(["ctl", "--cloud", &format!("http://{}", cloud.addr)])
+        .args(["--token", "wrong", "nodes", "list"])
+        .output()
+        .expect("verge ctl");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401 unauthorized"), "{err}");
+
     // A stopped node is marked offline.
     drop(device);
     assert!(node.stop().success(), "the node stops cleanly on SIGTERM");
