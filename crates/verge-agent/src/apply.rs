@@ -27,8 +27,10 @@ pub(crate) async fn apply(
 ) -> Vec<String> {
     let mut errors = Vec::new();
     apply_devices(parts, &next.devices, &mut errors);
-    apply_functions(parts, prev, &next.functions, &mut errors).await;
+    apply_functions(parts, &next.functions, &mut errors).await;
     apply_rules(parts, prev, &next.rules, &mut errors).await;
+    // After the rules, so no rule still running calls a removed function.
+    remove_functions(parts, prev, &next.functions, &mut errors).await;
     if errors.is_empty() {
         tracing::info!(version = next.version, "desired state applied");
     } else {
@@ -103,7 +105,6 @@ fn apply_devices(parts: &NodeParts, devices: &[DeviceEntry], errors: &mut Vec<St
 
 async fn apply_functions(
     parts: &NodeParts,
-    prev: Option<&DesiredState>,
     artifacts: &[FunctionArtifact],
     errors: &mut Vec<String>,
 ) {
@@ -112,6 +113,16 @@ async fn apply_functions(
             errors.push(format!("function `{}`: {e}", a.name));
         }
     }
+}
+
+/// Remove the functions the previous cloud state had and `artifacts` has
+/// not.
+async fn remove_functions(
+    parts: &NodeParts,
+    prev: Option<&DesiredState>,
+    artifacts: &[FunctionArtifact],
+    errors: &mut Vec<String>,
+) {
     let wanted: HashSet<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
     for old in prev.map(|p| p.functions.as_slice()).unwrap_or_default() {
         if wanted.contains(old.name.as_str()) {
