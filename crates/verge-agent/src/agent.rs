@@ -104,12 +104,19 @@ impl Agent {
     /// Start the agent with its directory `dir` (`<data_dir>/cloud`). The
     /// cached desired state, if any, is applied before this returns, so the
     /// node runs its last state even when the cloud is unreachable; then
-    /// the sync and heartbeat loops start.
+    /// the sync and heartbeat loops start. When the credentials name a CA
+    /// file, the process's HTTP client verifies the cloud against it
+    /// ([`http::set_ca_file`]).
     pub async fn start(
         creds: Credentials,
         dir: PathBuf,
         parts: NodeParts,
     ) -> Result<Agent, AgentError> {
+        if let Some(ca) = &creds.ca_file
+            && http::ca_file().as_deref() != Some(ca.as_path())
+        {
+            http::set_ca_file(Some(ca))?;
+        }
         std::fs::create_dir_all(&dir).map_err(|source| AgentError::Io {
             path: dir.clone(),
             source,

@@ -1,7 +1,7 @@
 //! Joining the cloud with a one-time token, and the node's long-lived
 //! credentials on disk (`<dir>/credentials.json`, mode 0600).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,10 +29,16 @@ pub struct Credentials {
     pub secret: String,
     /// The cloud's MQTT endpoint for the bridge.
     pub mqtt_url: String,
+    /// The CA file the cloud's certificates (`https://`, `mqtts://`) are
+    /// verified against; `None` = Mozilla's roots. Absent in files written
+    /// before TLS support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Join the cloud at `cloud_url` with a one-time `token`; returns the
-/// node's credentials (not yet saved: see [`save_credentials`]).
+/// node's credentials (not yet saved: see [`save_credentials`]). They
+/// record the CA file set with [`http::set_ca_file`], if any.
 pub async fn join(cloud_url: &str, token: &str) -> Result<Credentials, AgentError> {
     let cloud_url = cloud_url.trim_end_matches('/');
     let request = JoinRequest {
@@ -57,6 +63,7 @@ pub async fn join(cloud_url: &str, token: &str) -> Result<Credentials, AgentErro
         node_id: answer.node_id,
         secret: answer.secret,
         mqtt_url: answer.mqtt_url,
+        ca_file: http::ca_file(),
     })
 }
 

@@ -79,8 +79,11 @@ pub struct MqttSection {
     /// Address of the MQTT endpoint for nodes.
     pub bind: SocketAddr,
     /// The URL nodes reach the MQTT endpoint at (told at join); empty =
-    /// `mqtt://` + `mqtt.bind`.
+    /// `mqtts://` + `mqtt.tls.bind` when TLS is on, else `mqtt://` +
+    /// `mqtt.bind`.
     pub public_url: String,
+    /// The same endpoint over TLS.
+    pub tls: MqttTlsSection,
 }
 
 impl Default for MqttSection {
@@ -88,6 +91,33 @@ impl Default for MqttSection {
         MqttSection {
             bind: SocketAddr::from(([127, 0, 0, 1], 1884)),
             public_url: String::new(),
+            tls: MqttTlsSection::default(),
+        }
+    }
+}
+
+/// The `[mqtt.tls]` section: the node MQTT endpoint over TLS, served next
+/// to the plain TCP one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttTlsSection {
+    /// Serve the endpoint over TLS too.
+    pub enabled: bool,
+    /// Address of the TLS endpoint.
+    pub bind: SocketAddr,
+    /// PEM certificate chain of the server (required when enabled).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server (required when enabled).
+    pub key: Option<PathBuf>,
+}
+
+impl Default for MqttTlsSection {
+    fn default() -> Self {
+        MqttTlsSection {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8885)),
+            cert: None,
+            key: None,
         }
     }
 }
@@ -102,10 +132,14 @@ impl CloudConfig {
         }
     }
 
-    /// The public MQTT URL.
+    /// The public MQTT URL (the TLS endpoint when it is on).
     pub fn mqtt_url(&self) -> String {
         if self.mqtt.public_url.is_empty() {
-            format!("mqtt://{}", self.mqtt.bind)
+            if self.mqtt.tls.enabled {
+                format!("mqtts://{}", self.mqtt.tls.bind)
+            } else {
+                format!("mqtt://{}", self.mqtt.bind)
+            }
         } else {
             self.mqtt.public_url.clone()
         }
@@ -139,5 +173,18 @@ mod tests {
         let c: CloudConfig =
             serde_json::from_str(r#"{"cloud":{"offline_after":"5s"}}"#).unwrap_or_default();
         assert_eq!(c.cloud.offline_after.get(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_join_answer_prefers_the_tls_endpoint_when_it_is_on() {
+        let mut c: CloudConfig = serde_json::from_str(
+            r#"{"mqtt":{"tls":{"enabled":true,"cert":"c.pem","key":"k.pem"}}}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(c.mqtt.tls.cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.mqtt_url(), "mqtts://127.0.0.1:8885");
+        c.mqtt.public_url = "mqtts://cloud.example.com:8885".into();
+        assert_eq!(c.mqtt_url(), "mqtts://cloud.example.com:8885");
+        assert!(serde_json::from_str::<CloudConfig>(r#"{"mqtt":{"tls":{"nope":1}}}"#).is_err());
     }
 }

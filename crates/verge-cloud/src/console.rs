@@ -11,24 +11,41 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 const INDEX_HTML: &str = include_str!("../console/index.html");
-const APP_JS: &str = include_str!("../console/app.js");
 const STYLE_CSS: &str = include_str!("../console/style.css");
+const JS: &str = "text/javascript; charset=utf-8";
 
-/// The console's routes: `/`, `/console/app.js`, `/console/style.css`.
+/// The console's scripts, in the order `index.html` loads them: the shared
+/// core and pieces, one per page, then the route table and start.
+const SCRIPTS: &[(&str, &str)] = &[
+    ("core.js", include_str!("../console/core.js")),
+    ("widgets.js", include_str!("../console/widgets.js")),
+    ("nodes.js", include_str!("../console/nodes.js")),
+    ("devices.js", include_str!("../console/devices.js")),
+    ("rules.js", include_str!("../console/rules.js")),
+    ("functions.js", include_str!("../console/functions.js")),
+    ("messages.js", include_str!("../console/messages.js")),
+    ("main.js", include_str!("../console/main.js")),
+];
+
+/// The console's routes: `/`, `/console/{script}.js` for each of
+/// [`SCRIPTS`], `/console/style.css`.
 pub fn router() -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route(
             "/",
             get(|| async { file("text/html; charset=utf-8", INDEX_HTML) }),
         )
         .route(
-            "/console/app.js",
-            get(|| async { file("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
             "/console/style.css",
             get(|| async { file("text/css; charset=utf-8", STYLE_CSS) }),
-        )
+        );
+    for &(name, body) in SCRIPTS {
+        router = router.route(
+            &format!("/console/{name}"),
+            get(move || async move { file(JS, body) }),
+        );
+    }
+    router
 }
 
 /// One embedded file with its content type; never cached without revalidation.
@@ -83,16 +100,23 @@ mod tests {
 
     #[tokio::test]
     async fn console_routes_serve_each_file_with_its_content_type() {
-        for (path, content_type, marker) in [
-            ("/", "text/html; charset=utf-8", "<!doctype html>"),
+        let mut files = vec![
             (
-                "/console/app.js",
-                "text/javascript; charset=utf-8",
-                "\"use strict\"",
+                "/".to_owned(),
+                "text/html; charset=utf-8",
+                "<!doctype html>",
             ),
-            ("/console/style.css", "text/css; charset=utf-8", "--accent"),
-        ] {
-            let (status, ct, cache, body) = get_path(path).await;
+            (
+                "/console/style.css".to_owned(),
+                "text/css; charset=utf-8",
+                "--accent",
+            ),
+        ];
+        for (name, _) in SCRIPTS {
+            files.push((format!("/console/{name}"), JS, "\"use strict\""));
+        }
+        for (path, content_type, marker) in files {
+            let (status, ct, cache, body) = get_path(&path).await;
             assert_eq!(status, StatusCode::OK, "{path}");
             assert_eq!(ct, content_type, "{path}");
             assert_eq!(cache, "no-cache", "{path}");
@@ -103,14 +127,29 @@ mod tests {
     #[tokio::test]
     async fn index_loads_only_local_assets() {
         let (_, _, _, body) = get_path("/").await;
-        assert!(body.contains("/console/app.js"));
         assert!(body.contains("/console/style.css"));
         assert!(!body.contains("http://") && !body.contains("https://"));
     }
 
     #[tokio::test]
+    async fn index_loads_every_script_in_order() {
+        let (_, _, _, body) = get_path("/").await;
+        let mut from = 0;
+        for (name, _) in SCRIPTS {
+            let tag = format!("<script src=\"/console/{name}\" defer></script>");
+            let at = body[from..]
+                .find(&tag)
+                .unwrap_or_else(|| panic!("index.html lacks {tag} after byte {from}"));
+            from += at + tag.len();
+        }
+        assert_eq!(body.matches("<script").count(), SCRIPTS.len());
+    }
+
+    #[tokio::test]
     async fn unknown_console_file_is_not_found() {
-        let (status, ..) = get_path("/console/nope.js").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
+        for path in ["/console/nope.js", "/console/app.js"] {
+            let (status, ..) = get_path(path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        }
     }
 }

@@ -43,7 +43,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use verge_broker::auth::{AclAction, AclRule, Device};
 use verge_broker::config::AclPolicy;
-use verge_broker::{Authenticator, BoundListener, Broker, BrokerConfig, BrokerHandle, Registry};
+use verge_broker::{
+    Authenticator, BoundListener, Broker, BrokerConfig, BrokerHandle, Registry, Transport,
+};
 use verge_duration::HumanDuration;
 
 pub use config::CloudConfig;
@@ -73,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) handle: BrokerHandle,
     /// The broker's authenticator (its registry is swapped on changes).
     auth: Authenticator,
+    /// The TLS endpoint's transport, when `mqtt.tls.enabled`.
+    mqtt_tls: Option<Transport>,
     /// The function sandbox.
     pub(crate) functions: verge_functions::Functions,
     /// Bumped whenever this process bumps a desired version.
@@ -95,6 +99,9 @@ impl Cloud {
             what: format!("cloud.data_dir {}", cfg.cloud.data_dir.display()),
             error,
         })?;
+        // Check the TLS files first: a bad path fails the start before
+        // anything is created, with the key named.
+        let mqtt_tls = mqtt_tls(&cfg)?;
         let (pool, dialect) = db::open(&cfg.database_url()).await?;
         let admin = ensure_admin(&pool).await?;
         let auth = Authenticator::new(Registry::default(), false, AclPolicy::Deny)?;
@@ -122,6 +129,7 @@ impl Cloud {
                 broker: Mutex::new(Some(broker)),
                 handle,
                 auth,
+                mqtt_tls,
                 functions,
                 changes: watch::channel(0).0,
                 stop: watch::channel(false).0,
@@ -180,13 +188,48 @@ impl Cloud {
 
     /// Serve HTTP on `http` and the node MQTT endpoint on `mqtt` until
     /// `shutdown` resolves; then stop cleanly (broker shut down, background
-    /// tasks ended, database pool closed).
+    /// tasks ended, database pool closed). With `mqtt.tls.enabled` the TLS
+    /// endpoint is bound at `mqtt.tls.bind`; see [`Cloud::serve_with`] to
+    /// pass it already bound.
     pub async fn serve(
         self,
         http: tokio::net::TcpListener,
         mqtt: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CloudError> {
+        self.serve_with(http, mqtt, None, shutdown).await
+    }
+
+    /// As [`Cloud::serve`], with the TLS endpoint's socket already bound
+    /// (`mqtt_tls`; tests bind port 0). `Some` needs `mqtt.tls.enabled`;
+    /// `None` with TLS enabled binds `mqtt.tls.bind`.
+    pub async fn serve_with(
+        self,
+        http: tokio::net::TcpListener,
+        mqtt: tokio::net::TcpListener,
+        mqtt_tls: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CloudError> {
+        let tls = match (&self.inner.mqtt_tls, mqtt_tls) {
+            (Some(transport), Some(listener)) => Some((transport.clone(), listener)),
+            (Some(transport), None) => {
+                let addr = self.inner.cfg.mqtt.tls.bind;
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|error| CloudError::Io {
+                            what: format!("mqtt.tls.bind {addr}: cannot listen"),
+                            error,
+                        })?;
+                Some((transport.clone(), listener))
+            }
+            (None, Some(_)) => {
+                return Err(CloudError::Other(
+                    "mqtt.tls.enabled: a TLS listener was given but TLS is off".into(),
+                ));
+            }
+            (None, None) => None,
+        };
         let mut broker = self
             .inner
             .broker
@@ -196,8 +239,14 @@ impl Cloud {
             .ok_or_else(|| CloudError::Other("the cloud is served already".into()))?;
         broker.serve(BoundListener {
             listener: mqtt,
-            transport: verge_broker::Transport::Tcp,
+            transport: Transport::Tcp,
         });
+        if let Some((transport, listener)) = tls {
+            broker.serve(BoundListener {
+                listener,
+                transport,
+            });
+        }
         let stop = self.inner.stop.clone();
         let signal = async move {
             shutdown.await;
@@ -277,6 +326,23 @@ impl Cloud {
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
     }
+}
+
+/// The TLS endpoint's server config, when `mqtt.tls.enabled`; errors name
+/// `mqtt.tls.cert` / `mqtt.tls.key`.
+fn mqtt_tls(cfg: &CloudConfig) -> Result<Option<Transport>, CloudError> {
+    let t = &cfg.mqtt.tls;
+    if !t.enabled {
+        return Ok(None);
+    }
+    let tls = verge_broker::config::TlsConfig {
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+        client_ca: None,
+        require_client_cert: false,
+    };
+    let server = verge_broker::listener::server_tls(&tls, "mqtt.tls")?;
+    Ok(Some(Transport::Tls(server)))
 }
 
 fn acl(permission: AclPolicy, action: AclAction, topic: &str) -> AclRule {

@@ -29,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     &cfg.node.data_dir,
                     url,
                     n.join.as_deref(),
+                    n.cloud_ca.as_deref(),
                 )?),
                 None => None,
             };

@@ -74,13 +74,19 @@ pub struct NodeArgs {
     /// Config file (TOML); without it the defaults and environment apply.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The cloud center's URL, e.g. `http://127.0.0.1:8080`: the node
+    /// The cloud center's URL, e.g. `http://127.0.0.1:8080` or
+    /// `https://cloud.example.com`: the node
     /// joins it (with --join, once) and runs the state set there.
     #[arg(long, value_name = "URL")]
     pub cloud: Option<String>,
     /// The one-time join token the cloud gave when the node was created.
     #[arg(long, value_name = "TOKEN", requires = "cloud")]
     pub join: Option<String>,
+    /// PEM CA file the cloud's certificates (https://, mqtts://) are
+    /// verified against instead of Mozilla's roots; remembered with the
+    /// node's credentials.
+    #[arg(long, value_name = "FILE", requires = "cloud")]
+    pub cloud_ca: Option<PathBuf>,
     /// Overrides.
     #[command(flatten)]
     pub run: RunArgs,

@@ -1,5 +1,5 @@
 //! `verge cloud`: open the cloud center's database, bind its HTTP and MQTT
-//! ports, print where it listens (and the admin token on the first start)
+//! ports (and the MQTT TLS port when `mqtt.tls.enabled`), print where it listens (and the admin token on the first start)
 //! and serve until Ctrl-C or SIGTERM.
 
 use std::future::Future;
@@ -40,11 +40,14 @@ pub struct Started {
     pub new_admin_token: Option<String>,
     /// Where nodes connect.
     pub mqtt_addr: SocketAddr,
+    /// Where nodes connect over TLS, when `mqtt.tls.enabled`.
+    pub mqtt_tls_addr: Option<SocketAddr>,
     /// How users reach the API (the configured public URL, else the bind
     /// address).
     pub url: String,
     http: TcpListener,
     mqtt: TcpListener,
+    mqtt_tls: Option<TcpListener>,
 }
 
 /// Bind the ports and open the database.
@@ -61,15 +64,33 @@ pub async fn start(cfg: CloudConfig) -> anyhow::Result<Started> {
             cfg.mqtt.bind
         )
     })?;
+    let mqtt_tls = if cfg.mqtt.tls.enabled {
+        let addr = cfg.mqtt.tls.bind;
+        Some(TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "mqtt.tls.bind {addr}: cannot listen (set another address with --set mqtt.tls.bind=…)"
+            )
+        })?)
+    } else {
+        None
+    };
     let http_addr = http.local_addr().context("the HTTP listener's address")?;
     let mqtt_addr = mqtt.local_addr().context("the MQTT listener's address")?;
+    let mqtt_tls_addr = match &mqtt_tls {
+        Some(l) => Some(l.local_addr().context("the MQTT TLS listener's address")?),
+        None => None,
+    };
     let mut cfg = cfg;
     // Port 0 asks for any free port: tell nodes and users the real one.
     if cfg.cloud.public_url.is_empty() {
         cfg.cloud.public_url = format!("http://{http_addr}");
     }
     if cfg.mqtt.public_url.is_empty() {
-        cfg.mqtt.public_url = format!("mqtt://{mqtt_addr}");
+        // Nodes are told the TLS endpoint when it is on.
+        cfg.mqtt.public_url = match mqtt_tls_addr {
+            Some(a) => format!("mqtts://{a}"),
+            None => format!("mqtt://{mqtt_addr}"),
+        };
     }
     let url = cfg.cloud.public_url.clone();
     let (cloud, new_admin_token) = open(&cfg).await?;
@@ -77,9 +98,11 @@ pub async fn start(cfg: CloudConfig) -> anyhow::Result<Started> {
         cloud,
         new_admin_token,
         mqtt_addr,
+        mqtt_tls_addr,
         url,
         http,
         mqtt,
+        mqtt_tls,
     })
 }
 
@@ -92,7 +115,7 @@ async fn open(cfg: &CloudConfig) -> anyhow::Result<(Cloud, Option<String>)> {
     })?;
     Cloud::open(cfg.clone())
         .await
-        .context("opening the cloud center's database")
+        .context("opening the cloud center")
 }
 
 impl Started {
@@ -108,6 +131,9 @@ impl Started {
             "  MQTT for nodes       mqtt://{}\n",
             self.mqtt_addr
         ));
+        if let Some(a) = self.mqtt_tls_addr {
+            out.push_str(&format!("  MQTT over TLS        mqtts://{a}\n"));
+        }
         match &self.new_admin_token {
             Some(t) => out.push_str(&format!(
                 "admin token: {t}\n(shown once; `verge cloud --reset-admin-token` makes a new one)\n"
@@ -125,7 +151,7 @@ impl Started {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         self.cloud
-            .serve(self.http, self.mqtt, shutdown)
+            .serve_with(self.http, self.mqtt, self.mqtt_tls, shutdown)
             .await
             .context("the cloud center stopped")
     }

@@ -19,6 +19,10 @@ pub struct CtlArgs {
     /// An API token (the admin token or one made with `tokens create`).
     #[arg(long, env = "VERGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA file an https:// cloud is verified against instead of
+    /// Mozilla's roots.
+    #[arg(long, env = "VERGE_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -246,6 +250,9 @@ pub enum TokensCmd {
 
 /// Run one `verge ctl` command.
 pub fn run(args: CtlArgs) -> anyhow::Result<()> {
+    if let Some(ca) = &args.ca {
+        verge_agent::http::set_ca_file(Some(ca)).context("--ca")?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

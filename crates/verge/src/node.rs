@@ -43,18 +43,27 @@ pub struct CloudLink {
 
 /// The credentials of a node managed by the cloud at `url`: a join with
 /// `join` (then stored in `<data_dir>/cloud`), else the stored ones.
+/// `ca` (`--cloud-ca`) is the CA file the cloud's certificates are verified
+/// against; it is stored with the credentials, and a stored one is used
+/// when none is given.
 pub fn cloud_link(
     data_dir: &std::path::Path,
     url: &str,
     join: Option<&str>,
+    ca: Option<&std::path::Path>,
 ) -> anyhow::Result<CloudLink> {
     let dir = data_dir.join("cloud");
     let url = url.trim_end_matches('/');
-    if !url.starts_with("http://") {
-        anyhow::bail!(
-            "--cloud `{url}`: expected the cloud center's http://host:port \
-             (https is not supported by the agent yet)"
-        );
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        anyhow::bail!("--cloud `{url}`: expected the cloud center's http(s)://host:port");
+    }
+    // Absolute: the node may be restarted from another directory.
+    let ca = ca
+        .map(std::path::absolute)
+        .transpose()
+        .context("--cloud-ca")?;
+    if let Some(ca) = &ca {
+        verge_agent::http::set_ca_file(Some(ca)).context("--cloud-ca")?;
     }
     let stored = verge_agent::load_credentials(&dir)
         .with_context(|| format!("reading the node's credentials in {}", dir.display()))?;
@@ -80,6 +89,23 @@ pub fn cloud_link(
                     "the node joined another cloud URL; using the one given"
                 );
                 creds.cloud_url = url.to_owned();
+            }
+            match (&ca, &creds.ca_file) {
+                (Some(given), stored) if stored.as_ref() != Some(given) => {
+                    creds.ca_file = Some(given.clone());
+                    verge_agent::save_credentials(&dir, &creds).with_context(|| {
+                        format!("storing the node's credentials in {}", dir.display())
+                    })?;
+                }
+                (None, Some(stored)) => {
+                    verge_agent::http::set_ca_file(Some(stored)).with_context(|| {
+                        format!(
+                            "the CA file stored with the node's credentials in {}",
+                            dir.display()
+                        )
+                    })?;
+                }
+                _ => {}
             }
             creds
         }
@@ -142,6 +168,11 @@ pub fn prepare(cfg: &mut NodeConfig, mode: Mode, cloud: Option<&CloudLink>) -> a
         let b = &mut cfg.bridge;
         b.enabled = true;
         b.url = c.mqtt_url.clone();
+        // The CA given at join verifies the cloud's MQTT endpoint too,
+        // unless the node's config names one.
+        if b.ca_file.is_none() && c.mqtt_url.starts_with("mqtts://") {
+            b.ca_file = c.ca_file.clone();
+        }
         b.node = c.node_id.clone();
         b.username = Some(c.node_id.clone());
         b.password = Some(c.secret.clone());

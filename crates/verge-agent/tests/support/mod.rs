@@ -73,8 +73,62 @@ impl Drop for FakeCloud {
     }
 }
 
+/// A TLS listener for `axum::serve`: accepts TCP, then the handshake;
+/// connections whose handshake fails are dropped.
+pub struct TlsListener {
+    pub tcp: tokio::net::TcpListener,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`: the server
+/// config, and the certificate in PEM (the CA file a client trusts).
+pub fn self_signed() -> (Arc<tokio_rustls::rustls::ServerConfig>, String) {
+    use tokio_rustls::rustls;
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![made.cert.der().clone()], key)
+    .expect("server config");
+    (Arc::new(config), made.cert.pem())
+}
+
 impl FakeCloud {
     pub async fn start() -> FakeCloud {
+        FakeCloud::start_on(None).await
+    }
+
+    /// The fake cloud over HTTPS with `tls`; its URL is `https://127.0.0.1:…`.
+    pub async fn start_tls(tls: Arc<tokio_rustls::rustls::ServerConfig>) -> FakeCloud {
+        FakeCloud::start_on(Some(tls)).await
+    }
+
+    async fn start_on(tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>) -> FakeCloud {
         let (desired, _) = watch::channel(DesiredState {
             node_id: NODE.into(),
             version: 0,
@@ -101,11 +155,23 @@ impl FakeCloud {
             .await
             .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serve");
-        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = match tls {
+            None => tokio::spawn(async move {
+                axum::serve(listener, app).await.expect("serve");
+            }),
+            Some(config) => {
+                let listener = TlsListener {
+                    tcp: listener,
+                    acceptor: tokio_rustls::TlsAcceptor::from(config),
+                };
+                tokio::spawn(async move {
+                    axum::serve(listener, app).await.expect("serve");
+                })
+            }
+        };
         FakeCloud {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             state,
             task,
         }
@@ -132,6 +198,7 @@ impl FakeCloud {
             node_id: NODE.into(),
             secret: SECRET.into(),
             mqtt_url: "mqtt://127.0.0.1:1884".into(),
+            ca_file: None,
         }
     }
 

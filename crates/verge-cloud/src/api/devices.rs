@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use verge_broker::Message;
 use verge_mqtt::QoS;
 
+use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
@@ -32,23 +33,24 @@ fn device_json(
 }
 
 async fn load(cloud: &Cloud, id: &str) -> Result<Value, AppError> {
-    let row: Option<DeviceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLS} FROM devices WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(&cloud.inner().pool)
-    .await?;
-    row.map(device_json)
-        .ok_or_else(|| AppError::not_found(format!("no device `{id}`")))
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM devices WHERE id = $1"));
+    let row: DeviceRow = one_or_404(&cloud.inner().pool, sql, id, "device").await?;
+    Ok(device_json(row))
 }
 
-async fn node_of(cloud: &Cloud, id: &str) -> Result<String, AppError> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT node_id FROM devices WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&cloud.inner().pool)
-        .await?;
-    row.map(|r| r.0)
-        .ok_or_else(|| AppError::not_found(format!("no device `{id}`")))
+/// The node the device `id` is bound to, or 404.
+async fn node_of<'c>(
+    executor: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    id: &str,
+) -> Result<String, AppError> {
+    let (node,): (String,) = one_or_404(
+        executor,
+        "SELECT node_id FROM devices WHERE id = $1",
+        id,
+        "device",
+    )
+    .await?;
+    Ok(node)
 }
 
 /// Argon2 hash of a new secret, off the async threads.
@@ -106,9 +108,7 @@ pub async fn create(
             body.name
         )));
     }
-    db::bump_nodes(&mut tx, std::slice::from_ref(&body.node_id)).await?;
-    tx.commit().await?;
-    cloud.notify_change();
+    commit_bumped(&cloud, tx, std::slice::from_ref(&body.node_id)).await?;
     let device = load(&cloud, &body.name).await?;
     Ok((
         StatusCode::CREATED,
@@ -116,37 +116,12 @@ pub async fn create(
     ))
 }
 
-/// `?node_id=`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    #[serde(default)]
-    node_id: Option<String>,
-}
-
 pub async fn list(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<NodeFilter>,
 ) -> Result<Json<Vec<Value>>, AppError> {
-    let pool = &cloud.inner().pool;
-    let rows: Vec<DeviceRow> = match &q.node_id {
-        Some(n) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLS} FROM devices WHERE node_id = $1 ORDER BY id"
-            )))
-            .bind(n)
-            .fetch_all(pool)
-            .await?
-        }
-        None => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLS} FROM devices ORDER BY id"
-            )))
-            .fetch_all(pool)
-            .await?
-        }
-    };
+    let rows: Vec<DeviceRow> = list_by_node(&cloud, "devices", COLS, q.node_id.as_deref()).await?;
     Ok(Json(rows.into_iter().map(device_json).collect()))
 }
 
@@ -164,20 +139,12 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
-    let node: Option<(String,)> = sqlx::query_as("SELECT node_id FROM devices WHERE id = $1")
-        .bind(&id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((node,)) = node else {
-        return Err(AppError::not_found(format!("no device `{id}`")));
-    };
+    let node = node_of(&mut *tx, &id).await?;
     sqlx::query("DELETE FROM devices WHERE id = $1")
         .bind(&id)
         .execute(&mut *tx)
         .await?;
-    db::bump_nodes(&mut tx, &[node]).await?;
-    tx.commit().await?;
-    cloud.notify_change();
+    commit_bumped(&cloud, tx, &[node]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -186,7 +153,7 @@ pub async fn new_secret(
     State(cloud): State<Cloud>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    let node = node_of(&cloud, &id).await?;
+    let node = node_of(&cloud.inner().pool, &id).await?;
     let secret = db::random_secret();
     let phc = hash(secret.clone()).await?;
     let mut tx = cloud.inner().pool.begin().await?;
@@ -198,9 +165,7 @@ pub async fn new_secret(
     if done.rows_affected() == 0 {
         return Err(AppError::not_found(format!("no device `{id}`")));
     }
-    db::bump_nodes(&mut tx, &[node]).await?;
-    tx.commit().await?;
-    cloud.notify_change();
+    commit_bumped(&cloud, tx, &[node]).await?;
     Ok(Json(
         json!({"device": load(&cloud, &id).await?, "secret": secret}),
     ))
@@ -213,7 +178,7 @@ pub async fn command(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &name)?;
-    let node = node_of(&cloud, &id).await?;
+    let node = node_of(&cloud.inner().pool, &id).await?;
     let topic = format!("nodes/{node}/down/devices/{id}/commands/{name}");
     let payload = body.to_string().into_bytes();
     // It must fit one MQTT packet on the way down (the node's broker takes
@@ -260,7 +225,7 @@ pub async fn messages(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<MessagesQuery>,
 ) -> Result<Json<Vec<Value>>, AppError> {
-    let node = node_of(&cloud, &id).await?;
+    let node = node_of(&cloud.inner().pool, &id).await?;
     let filter = format!("devices/{id}/#");
     Ok(Json(
         super::messages(&cloud, &node, &filter, q.after_id, q.limit.unwrap_or(100)).await?,

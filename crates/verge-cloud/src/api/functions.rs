@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use verge_functions::{DeployError, FunctionSpec, RuntimeKind};
 
+use super::rows::{commit_bumped, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
@@ -89,16 +90,9 @@ async fn function_json(cloud: &Cloud, row: FnRow) -> Result<Value, AppError> {
 }
 
 async fn load(cloud: &Cloud, name: &str) -> Result<Value, AppError> {
-    let row: Option<FnRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLS} FROM functions WHERE name = $1"
-    )))
-    .bind(name)
-    .fetch_optional(&cloud.inner().pool)
-    .await?;
-    match row {
-        Some(r) => function_json(cloud, r).await,
-        None => Err(AppError::not_found(format!("no function `{name}`"))),
-    }
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM functions WHERE name = $1"));
+    let row: FnRow = one_or_404(&cloud.inner().pool, sql, name, "function").await?;
+    function_json(cloud, row).await
 }
 
 pub async fn put(
@@ -172,9 +166,7 @@ pub async fn put(
         .await?;
     }
     let nodes = db::nodes_using_function(&mut tx, &name).await?;
-    db::bump_nodes(&mut tx, &nodes).await?;
-    tx.commit().await?;
-    cloud.notify_change();
+    commit_bumped(&cloud, tx, &nodes).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -253,14 +245,13 @@ pub async fn invoke(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<Invoke>,
 ) -> Result<Json<Value>, AppError> {
-    let row: Option<(String, String, Vec<u8>)> =
-        sqlx::query_as("SELECT sha256, spec, module FROM functions WHERE name = $1")
-            .bind(&name)
-            .fetch_optional(&cloud.inner().pool)
-            .await?;
-    let Some((sha, spec, module)) = row else {
-        return Err(AppError::not_found(format!("no function `{name}`")));
-    };
+    let (sha, spec, module): (String, String, Vec<u8>) = one_or_404(
+        &cloud.inner().pool,
+        "SELECT sha256, spec, module FROM functions WHERE name = $1",
+        &name,
+        "function",
+    )
+    .await?;
     let sandbox = &cloud.inner().functions;
     let current = sandbox.get(&name).and_then(|i| i.sha256);
     if current.as_deref() != Some(sha.as_str()) {

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod devices;
 pub mod functions;
 pub mod nodes;
+mod rows;
 pub mod rules;
 pub mod tokens;
 

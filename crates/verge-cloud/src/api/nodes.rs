@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::rows::{commit_bumped, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
@@ -153,13 +154,13 @@ pub async fn patch(
         return Err(AppError::invalid("`config` must be a JSON object"));
     }
     let mut tx = cloud.inner().pool.begin().await?;
-    let cur: Option<(String,)> = sqlx::query_as("SELECT config FROM nodes WHERE id = $1")
-        .bind(&id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((config,)) = cur else {
-        return Err(AppError::not_found(format!("no node `{id}`")));
-    };
+    let (config,): (String,) = one_or_404(
+        &mut *tx,
+        "SELECT config FROM nodes WHERE id = $1",
+        &id,
+        "node",
+    )
+    .await?;
     if let Some(d) = &body.description {
         sqlx::query("UPDATE nodes SET description = $1 WHERE id = $2")
             .bind(d)
@@ -167,7 +168,6 @@ pub async fn patch(
             .execute(&mut *tx)
             .await?;
     }
-    let mut bumped = false;
     if let Some(c) = &body.config
         && json_col(&config) != *c
     {
@@ -176,12 +176,9 @@ pub async fn patch(
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-        db::bump_nodes(&mut tx, std::slice::from_ref(&id)).await?;
-        bumped = true;
-    }
-    tx.commit().await?;
-    if bumped {
-        cloud.notify_change();
+        commit_bumped(&cloud, tx, std::slice::from_ref(&id)).await?;
+    } else {
+        tx.commit().await?;
     }
     Ok(Json(load(&cloud, &id).await?))
 }

@@ -16,9 +16,10 @@ use verge_rules::{
     RuleEngineConfig, Sample, Services, TelemetryPoint, TelemetryStore, Upstream,
 };
 
+use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
-use crate::db::{self, json_col, now_ms};
+use crate::db::{json_col, now_ms};
 use crate::error::{ApiJson, ApiQuery, AppError, check_name};
 
 /// Stand-ins for the node's services, so the engine accepts every action
@@ -154,16 +155,21 @@ async fn rule_json(cloud: &Cloud, row: RuleRow) -> Result<Value, AppError> {
 }
 
 async fn load(cloud: &Cloud, id: &str) -> Result<Value, AppError> {
-    let row: Option<RuleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLS} FROM rules WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(&cloud.inner().pool)
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM rules WHERE id = $1"));
+    let row: RuleRow = one_or_404(&cloud.inner().pool, sql, id, "rule").await?;
+    rule_json(cloud, row).await
+}
+
+/// The node the rule `id` runs on, or 404.
+async fn node_of(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<String, AppError> {
+    let (node,): (String,) = one_or_404(
+        &mut **tx,
+        "SELECT node_id FROM rules WHERE id = $1",
+        id,
+        "rule",
+    )
     .await?;
-    match row {
-        Some(r) => rule_json(cloud, r).await,
-        None => Err(AppError::not_found(format!("no rule `{id}`"))),
-    }
+    Ok(node)
 }
 
 async fn node_exists(
@@ -231,9 +237,7 @@ pub async fn create(
         )));
     }
     set_functions(&mut tx, &body.id, &functions).await?;
-    db::bump_nodes(&mut tx, std::slice::from_ref(&body.node_id)).await?;
-    tx.commit().await?;
-    cloud.notify_change();
+    commit_bumped(&cloud, tx, std::slice::from_ref(&body.node_id)).await?;
     Ok((StatusCode::CREATED, Json(load(&cloud, &body.id).await?)))
 }
 
@@ -251,13 +255,7 @@ pub async fn update(
     let config = parse(&body)?;
     let functions = validate(&cloud, &config).await?;
     let mut tx = cloud.inner().pool.begin().await?;
-    let old: Option<(String,)> = sqlx::query_as("SELECT node_id FROM rules WHERE id = $1")
-        .bind(&id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((old_node,)) = old else {
-        return Err(AppError::not_found(format!("no rule `{id}`")));
-    };
+    let old_node = node_of(&mut tx, &id).await?;
     node_exists(&mut tx, &body.node_id).await?;
     sqlx::query(
         "UPDATE rules SET node_id = $1, sql = $2, actions = $3, enabled = $4, description = $5, updated_ms = $6 WHERE id = $7",
@@ -276,43 +274,16 @@ pub async fn update(
     if nodes[0] != body.node_id {
         nodes.push(body.node_id.clone());
     }
-    db::bump_nodes(&mut tx, &nodes).await?;
-    tx.commit().await?;
-    cloud.notify_change();
+    commit_bumped(&cloud, tx, &nodes).await?;
     Ok(Json(load(&cloud, &id).await?))
-}
-
-/// `?node_id=`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    #[serde(default)]
-    node_id: Option<String>,
 }
 
 pub async fn list(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(q): ApiQuery<NodeFilter>,
 ) -> Result<Json<Vec<Value>>, AppError> {
-    let pool = &cloud.inner().pool;
-    let rows: Vec<RuleRow> = match &q.node_id {
-        Some(n) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLS} FROM rules WHERE node_id = $1 ORDER BY id"
-            )))
-            .bind(n)
-            .fetch_all(pool)
-            .await?
-        }
-        None => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLS} FROM rules ORDER BY id"
-            )))
-            .fetch_all(pool)
-            .await?
-        }
-    };
+    let rows: Vec<RuleRow> = list_by_node(&cloud, "rules", COLS, q.node_id.as_deref()).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(rule_json(&cloud, r).await?);
@@ -334,21 +305,13 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
-    let old: Option<(String,)> = sqlx::query_as("SELECT node_id FROM rules WHERE id = $1")
-        .bind(&id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((node,)) = old else {
-        return Err(AppError::not_found(format!("no rule `{id}`")));
-    };
+    let node = node_of(&mut tx, &id).await?;
     sqlx::query("DELETE FROM rules WHERE id = $1")
         .bind(&id)
         .execute(&mut *tx)
         .await?;
     set_functions(&mut tx, &id, &[]).await?;
-    db::bump_nodes(&mut tx, &[node]).await?;
-    tx.commit().await?;
-    cloud.notify_change();
+    commit_bumped(&cloud, tx, &[node]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,22 @@
+// The console's route table and start; loaded last, after every page.
+"use strict";
+
+// ---------------------------------------------------------------- routes
+
+const routes = [
+  [/^#\/nodes\/([^/]+)$/, (m) => nodeDetailPage(decodeURIComponent(m[1]))],
+  [/^#\/nodes$/, nodesPage],
+  [/^#\/devices$/, devicesPage],
+  [/^#\/rules$/, rulesPage],
+  [/^#\/functions$/, functionsPage],
+  [/^#\/messages$/, messagesPage],
+];
+
+// ---------------------------------------------------------------- start
+
+window.addEventListener("hashchange", route);
+document.addEventListener("DOMContentLoaded", () => {
+  byId("login-form").addEventListener("submit", login);
+  byId("logout").addEventListener("click", () => loggedOut());
+  route();
+});

@@ -1,0 +1,237 @@
+//! The component schemas of the OpenAPI document: errors, tokens, nodes,
+//! their metrics and messages, deployments, desired states and the agent's
+//! join; devices, rules and functions are in [`super::resources`].
+
+use serde_json::{Map, Value, json};
+
+use super::resources;
+use super::shapes::{
+    array, int, ms, name_schema, nullable_ms, nullable_ref, obj, object, r, string, uint,
+};
+
+/// Every component schema.
+pub fn schemas() -> Map<String, Value> {
+    let status_report = obj(
+        &[],
+        false,
+        json!({
+            "applied_version": int(),
+            "apply_errors": array(string()),
+            "agent_version": string(),
+            "uptime_s": uint(),
+            "cpu_percent": {"type": "number"},
+            "memory_bytes": uint(),
+            "disk_total_bytes": uint(),
+            "disk_free_bytes": uint(),
+            "connections": uint(),
+            "messages_in": uint(),
+            "messages_out": uint(),
+            "messages_in_rate": {"type": "number"},
+            "messages_out_rate": {"type": "number"},
+            "backlog_messages": uint(),
+            "backlog_bytes": uint(),
+            "link_up": {"type": "boolean"},
+            "rules": array(object()),
+            "functions": array(object()),
+        }),
+    );
+    let action = resources::rule_action();
+    let nodes = [
+        (
+            "Error",
+            obj(
+                &["error"],
+                true,
+                json!({"error": obj(&["code", "message"], true, json!({
+                    "code": {"type": "string", "enum": ["unauthorized", "forbidden", "not_found",
+                        "conflict", "invalid_request", "invalid_rule", "invalid_function",
+                        "payload_too_large", "method_not_allowed", "internal"]},
+                    "message": string(),
+                    "line": {"type": "integer", "minimum": 0},
+                    "column": {"type": "integer", "minimum": 0},
+                }))}),
+            ),
+        ),
+        ("Any", json!({"description": "any JSON value"})),
+        (
+            "TokenCreate",
+            obj(&["name"], true, json!({"name": name_schema()})),
+        ),
+        (
+            "Token",
+            obj(
+                &["id", "name", "created_ms"],
+                true,
+                json!({"id": string(), "name": string(), "created_ms": ms()}),
+            ),
+        ),
+        (
+            "NewToken",
+            obj(
+                &["id", "name", "created_ms", "token"],
+                true,
+                json!({"id": string(), "name": string(), "created_ms": ms(),
+                       "token": {"type": "string", "description": "shown once"}}),
+            ),
+        ),
+        ("StatusReport", status_report),
+        (
+            "Node",
+            obj(
+                &[
+                    "id",
+                    "name",
+                    "description",
+                    "status",
+                    "created_ms",
+                    "joined_ms",
+                    "last_seen_ms",
+                    "desired_version",
+                    "applied_version",
+                    "apply_errors",
+                    "config",
+                    "report",
+                ],
+                true,
+                json!({
+                    "id": string(), "name": string(), "description": string(),
+                    "status": {"type": "string", "enum": ["pending", "online", "offline"]},
+                    "created_ms": ms(), "joined_ms": nullable_ms(), "last_seen_ms": nullable_ms(),
+                    "desired_version": int(), "applied_version": int(),
+                    "apply_errors": {"type": "array", "items": string(), "nullable": true},
+                    "config": {"type": "object", "nullable": true},
+                    "report": nullable_ref("StatusReport"),
+                }),
+            ),
+        ),
+        (
+            "NodeCreate",
+            obj(
+                &["name"],
+                true,
+                json!({"name": name_schema(), "description": string()}),
+            ),
+        ),
+        (
+            "NodePatch",
+            obj(
+                &[],
+                true,
+                json!({"description": string(),
+                       "config": {"type": "object", "description": "a changed config bumps the desired version"}}),
+            ),
+        ),
+        (
+            "NewNode",
+            obj(
+                &["node", "join_token", "join_command"],
+                true,
+                json!({"node": r("Node"), "join_token": string(), "join_command": string()}),
+            ),
+        ),
+        (
+            "JoinToken",
+            obj(
+                &["join_token", "join_command"],
+                true,
+                json!({"join_token": string(), "join_command": string()}),
+            ),
+        ),
+        (
+            "NodeMetrics",
+            obj(
+                &[
+                    "ts_ms",
+                    "cpu_percent",
+                    "memory_bytes",
+                    "connections",
+                    "messages_in_rate",
+                    "messages_out_rate",
+                    "backlog_messages",
+                ],
+                true,
+                json!({"ts_ms": ms(), "cpu_percent": {"type": "number"}, "memory_bytes": int(),
+                       "connections": int(), "messages_in_rate": {"type": "number"},
+                       "messages_out_rate": {"type": "number"}, "backlog_messages": int()}),
+            ),
+        ),
+        (
+            "Message",
+            obj(
+                &["id", "node_id", "topic", "payload", "received_ms"],
+                true,
+                json!({"id": int(), "node_id": string(), "topic": string(),
+                       "payload": {"description": "JSON if it parses, else a string; null when not UTF-8", "nullable": true},
+                       "payload_base64": {"type": "string", "description": "only when the payload is not UTF-8"},
+                       "received_ms": ms()}),
+            ),
+        ),
+        (
+            "Deployment",
+            obj(
+                &[
+                    "node_id",
+                    "desired_version",
+                    "applied_version",
+                    "state",
+                    "errors",
+                ],
+                true,
+                json!({"node_id": string(), "desired_version": int(), "applied_version": int(),
+                       "state": {"type": "string", "enum": ["in_sync", "pending", "failed"]},
+                       "errors": {"type": "array", "items": string(), "nullable": true}}),
+            ),
+        ),
+        (
+            "DesiredState",
+            obj(
+                &[
+                    "node_id",
+                    "version",
+                    "devices",
+                    "rules",
+                    "functions",
+                    "config",
+                ],
+                true,
+                json!({
+                    "node_id": string(), "version": int(),
+                    "devices": array(obj(&["id", "password_hash"], true,
+                        json!({"id": string(), "password_hash": {"type": "string", "description": "argon2 PHC"}}))),
+                    "rules": array(obj(&["id", "sql", "actions", "enabled", "description"], true, json!({
+                        "id": string(), "sql": string(), "actions": {"type": "array", "items": action, "nullable": true},
+                        "enabled": {"type": "boolean"}, "description": string()}))),
+                    "functions": array(obj(&["name", "version", "sha256", "spec", "module_base64"], true, json!({
+                        "name": string(), "version": int(), "sha256": string(),
+                        "spec": {"type": "object", "nullable": true},
+                        "module_base64": {"type": "string", "description": "empty in the admin view (`/api/nodes/{id}/desired`)"}}))),
+                    "config": {"type": "object", "nullable": true},
+                }),
+            ),
+        ),
+    ];
+    let agent = [
+        (
+            "JoinRequest",
+            obj(
+                &["token"],
+                true,
+                json!({"token": string(), "hostname": string(), "agent_version": string()}),
+            ),
+        ),
+        (
+            "JoinResponse",
+            obj(
+                &["node_id", "secret", "mqtt_url"],
+                true,
+                json!({"node_id": string(), "secret": string(), "mqtt_url": string()}),
+            ),
+        ),
+    ];
+    nodes
+        .into_iter()
+        .chain(resources::schemas())
+        .chain(agent)
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
