@@ -44,13 +44,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(log, "warn")?;
             crate::ctl::run(args)
         }
-        Command::Config(ConfigCommand::Default) => {
+        Command::Config(ConfigCommand::Default { cloud: false }) => {
             print!("{}", config::DEFAULT_TOML);
             Ok(())
         }
-        Command::Config(ConfigCommand::Check { file }) => {
+        Command::Config(ConfigCommand::Default { cloud: true }) => {
+            print!("{}", config::CLOUD_DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file, cloud: false }) => {
             let cfg = load_node(None, Some(&file), &[], None)?;
             check(&cfg).with_context(|| format!("invalid config ({})", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file, cloud: true }) => {
+            load_cloud(Some(&file), &[], true)?;
             println!("{}: ok", file.display());
             Ok(())
         }

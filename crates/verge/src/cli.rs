@@ -109,12 +109,20 @@ pub struct CloudArgs {
 /// `verge config ...`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the full default node config, every key documented.
-    Default,
-    /// Validate a node config file (with the VERGE__* environment applied).
+    /// Print the full default config, every key documented (the node's;
+    /// with --cloud the cloud center's).
+    Default {
+        /// The cloud center's config (`verge cloud`).
+        #[arg(long)]
+        cloud: bool,
+    },
+    /// Validate a config file (with the VERGE__* environment applied).
     Check {
         /// The file to check.
         file: PathBuf,
+        /// A cloud center's config (`verge cloud`).
+        #[arg(long)]
+        cloud: bool,
     },
 }
 
@@ -232,11 +240,17 @@ mod tests {
     fn config_and_device_commands() {
         assert!(matches!(
             parse(&["config", "default"]).expect("ok").command,
-            Command::Config(ConfigCommand::Default)
+            Command::Config(ConfigCommand::Default { cloud: false })
+        ));
+        assert!(matches!(
+            parse(&["config", "default", "--cloud"])
+                .expect("ok")
+                .command,
+            Command::Config(ConfigCommand::Default { cloud: true })
         ));
         let cli = parse(&["config", "check", "x.toml"]).expect("ok");
         assert!(
-            matches!(cli.command, Command::Config(ConfigCommand::Check { file }) if file == Path::new("x.toml"))
+            matches!(cli.command, Command::Config(ConfigCommand::Check { file, cloud: false }) if file == Path::new("x.toml"))
         );
         assert!(parse(&["config", "check"]).is_err());
         let cli = parse(&[

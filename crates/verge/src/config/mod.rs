@@ -26,6 +26,9 @@ pub use load::{Layers, load};
 /// The full default configuration with a comment on every key.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
+/// The cloud center's documented defaults (`verge config default --cloud`).
+pub const CLOUD_DEFAULT_TOML: &str = include_str!("cloud-default.toml");
+
 /// The overlay that `verge up` applies over the defaults (demo only).
 pub const DEMO_TOML: &str = include_str!("demo.toml");
 
@@ -195,6 +198,16 @@ mod tests {
     fn embedded_default_equals_code_default() {
         let parsed: NodeConfig = toml::from_str(DEFAULT_TOML).expect("default.toml parses");
         assert_eq!(parsed, NodeConfig::default());
+    }
+
+    #[test]
+    fn embedded_cloud_default_equals_code_default_and_documents_every_key() {
+        let parsed: verge_cloud::CloudConfig =
+            toml::from_str(CLOUD_DEFAULT_TOML).expect("cloud-default.toml parses");
+        let code = toml::Value::try_from(verge_cloud::CloudConfig::default()).expect("serializes");
+        assert_eq!(toml::Value::try_from(parsed).expect("serializes"), code);
+        let text: toml::Value = toml::from_str(CLOUD_DEFAULT_TOML).expect("parses");
+        assert_eq!(text, code, "every key written out, with its default");
     }
 
     #[test]
