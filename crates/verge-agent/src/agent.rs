@@ -53,6 +53,10 @@ pub struct NodeParts {
 /// What the agent is doing, for the node's API and logs.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AgentStatus {
+    /// The node's id at the cloud.
+    pub node_id: String,
+    /// The cloud center's URL.
+    pub cloud_url: String,
     /// The desired-state version applied (0 = none).
     pub applied_version: i64,
     /// What failed while applying it.
@@ -63,6 +67,19 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     /// Whether the last poll reached the cloud.
     pub cloud_reachable: bool,
+}
+
+/// Reads the agent's status; cheap to clone.
+#[derive(Clone)]
+pub struct StatusHandle {
+    ctx: Arc<Ctx>,
+}
+
+impl StatusHandle {
+    /// The status now.
+    pub fn get(&self) -> AgentStatus {
+        self.ctx.status().clone()
+    }
 }
 
 /// State shared by the agent's handle and its two loops.
@@ -125,12 +142,17 @@ impl Agent {
         let token = node_bearer(&creds.node_id, &creds.secret)
             .trim_start_matches("Bearer ")
             .to_owned();
+        let status = AgentStatus {
+            node_id: creds.node_id.clone(),
+            cloud_url: creds.cloud_url.clone(),
+            ..AgentStatus::default()
+        };
         let ctx = Arc::new(Ctx {
             creds,
             token,
             dir,
             parts,
-            status: Mutex::new(AgentStatus::default()),
+            status: Mutex::new(status),
             report_now: Notify::new(),
         });
         if let Some(d) = &cached {
@@ -154,6 +176,13 @@ impl Agent {
     /// The agent's status now.
     pub fn status(&self) -> AgentStatus {
         self.ctx.status().clone()
+    }
+
+    /// A cheap handle on [`Agent::status`] for the node's HTTP API.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle {
+            ctx: self.ctx.clone(),
+        }
     }
 
     /// Stop both loops (a poll in progress is abandoned) and wait for them.

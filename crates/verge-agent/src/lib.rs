@@ -30,7 +30,7 @@ mod join;
 mod report;
 mod store;
 
-pub use agent::{Agent, AgentStatus, NodeParts};
+pub use agent::{Agent, AgentStatus, NodeParts, StatusHandle};
 pub use join::{Credentials, join, load_credentials, save_credentials};
 
 /// Why a join, a credentials file or the agent's start failed.

@@ -19,6 +19,7 @@ pub fn router(state: NodeState) -> Router {
     let api = Router::new()
         .route("/status", get(status))
         .route("/bridge", get(crate::bridge_api::status))
+        .route("/cloud", get(crate::bridge_api::cloud))
         .route("/rules", get(list_rules).post(create_rule))
         .route("/rules/test", post(test_rule))
         .route(

@@ -37,6 +37,20 @@ pub async fn status(State(s): State<NodeState>) -> Result<Json<BridgeBody>, AppE
     }))
 }
 
+/// `GET /api/cloud`: the cloud agent of a managed node (joined as which
+/// node, to which cloud, the desired-state version applied, its errors, the
+/// last sync and its error).
+pub async fn cloud(State(s): State<NodeState>) -> Result<Json<verge_agent::AgentStatus>, AppError> {
+    match &s.cloud {
+        Some(h) => Ok(Json(h.get())),
+        None => Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            "not_managed",
+            "this node is not managed by a cloud center (start it with `verge node --cloud URL --join TOKEN`)",
+        )),
+    }
+}
+
 /// Append the link's and the queue's values as `verge_bridge_*` and
 /// `verge_queue_*` metrics.
 pub fn render_metrics(link: &LinkStatus, queue: &QueueStats, out: &mut String) {

@@ -1,7 +1,7 @@
 //! The edge node's local HTTP API (default 127.0.0.1:8081): rules
 //! (create, list, get, update, delete, start, stop, test), broker status,
 //! edge functions (`/api/functions/*`), protocol drivers (`/api/drivers`), the local time-series store
-//! (`/api/store/*`) and Prometheus metrics at
+//! (`/api/store/*`), the cloud agent's status (`/api/cloud`) and Prometheus metrics at
 //! `/metrics`. Errors are JSON with a code and a
 //! message (see [`AppError`]). When a token is configured, `/api/*` needs
 //! `Authorization: Bearer <token>`; `/healthz` and `/metrics` stay open for
@@ -60,6 +60,9 @@ pub struct NodeState {
     pub drivers: Option<Arc<verge_drivers::Drivers>>,
     /// The CoAP gateway's counters (`/metrics`); none when it is off.
     pub coap: Option<Arc<verge_coap::Stats>>,
+    /// The cloud agent's status (`/api/cloud`); none unless the node is
+    /// managed by a cloud center.
+    pub cloud: Option<verge_agent::StatusHandle>,
 }
 
 /// Serve the API on an already-bound listener until `shutdown` resolves.

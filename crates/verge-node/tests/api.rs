@@ -29,6 +29,7 @@ fn state(broker: &Broker, token: Option<&str>) -> NodeState {
         functions: None,
         drivers: None,
         coap: None,
+        cloud: None,
     }
 }
 
@@ -331,4 +332,13 @@ async fn status_and_metrics() {
     ] {
         assert!(text.contains(want), "missing `{want}`:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn cloud_status_of_an_unmanaged_node_is_a_json_404() {
+    let b = broker();
+    let s = state(&b, None);
+    let (st, v) = json_call(&s, "GET", "/api/cloud", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["error"]["code"], "not_managed");
 }

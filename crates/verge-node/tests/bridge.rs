@@ -175,6 +175,7 @@ async fn bridge_status_and_metrics() {
         functions: None,
         drivers: None,
         coap: None,
+        cloud: None,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let v = loop {

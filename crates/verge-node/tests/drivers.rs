@@ -38,6 +38,7 @@ fn state(broker: &Broker, drivers: Option<Arc<Drivers>>) -> NodeState {
         functions: None,
         drivers,
         coap: None,
+        cloud: None,
     }
 }
 

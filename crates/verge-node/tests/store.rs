@@ -63,6 +63,7 @@ fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> NodeState {
         functions: None,
         drivers: None,
         coap: None,
+        cloud: None,
     }
 }
 

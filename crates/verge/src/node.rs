@@ -305,31 +305,6 @@ pub async fn serve(
         },
         _ => None,
     };
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut http_addr = None;
-    let http_task = http_listener.map(|listener| {
-        http_addr = listener.local_addr().ok();
-        let state = NodeState {
-            name: Arc::from(cfg.node.name.as_str()),
-            started: Instant::now(),
-            broker: broker.handle(),
-            rules: engine.clone(),
-            token: cfg.http.token.as_deref().map(Arc::from),
-            store: store.clone(),
-            bridge: bridge.as_ref().map(Bridge::handle),
-            functions: Some(functions.clone()),
-            drivers: Some(drivers.clone()),
-            coap: coap.as_ref().map(|c| c.stats_handle()),
-        };
-        tokio::spawn(async move {
-            let shutdown = async {
-                let _ = http_stopped.await;
-            };
-            if let Err(e) = verge_node::serve(listener, state, shutdown).await {
-                tracing::error!("http api stopped: {e}");
-            }
-        })
-    });
     let agent = match cloud {
         Some(link) => {
             let parts = verge_agent::NodeParts {
@@ -352,6 +327,32 @@ pub async fn serve(
         }
         None => None,
     };
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut http_addr = None;
+    let http_task = http_listener.map(|listener| {
+        http_addr = listener.local_addr().ok();
+        let state = NodeState {
+            name: Arc::from(cfg.node.name.as_str()),
+            started: Instant::now(),
+            broker: broker.handle(),
+            rules: engine.clone(),
+            token: cfg.http.token.as_deref().map(Arc::from),
+            store: store.clone(),
+            bridge: bridge.as_ref().map(Bridge::handle),
+            functions: Some(functions.clone()),
+            drivers: Some(drivers.clone()),
+            coap: coap.as_ref().map(|c| c.stats_handle()),
+            cloud: agent.as_ref().map(verge_agent::Agent::status_handle),
+        };
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = http_stopped.await;
+            };
+            if let Err(e) = verge_node::serve(listener, state, shutdown).await {
+                tracing::error!("http api stopped: {e}");
+            }
+        })
+    });
     info!(node = %cfg.node.name, rules = cfg.rules.len(), "node started");
     println!("{}", banner(&cfg, mode, &endpoints, tcp, http_addr));
     shutdown.await;

@@ -201,7 +201,13 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
             ])
             .args(node_args(&node_dir, mqtt_port)),
     );
-    node.wait_line("is running");
+    let banner = node.wait_line("HTTP API");
+    let first_http = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .expect("node http address")
+        .to_owned();
     eventually("the node to be online", || {
         let n = cloud.ok("GET", &format!("/api/nodes/{node_id}"), None);
         (n["status"] == "online").then_some(())
@@ -266,6 +272,12 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
         let n = cloud.ok("GET", &format!("/api/nodes/{node_id}"), None);
         (n["applied_version"].as_i64() == Some(desired)).then_some(n)
     });
+    // The node's own API says the same.
+    let (status, agent) = http(&first_http, "GET", "/api/cloud", "", None);
+    assert_eq!(status, 200, "{agent}");
+    assert_eq!(agent["node_id"], node_id.as_str(), "{agent}");
+    assert_eq!(agent["applied_version"].as_i64(), Some(desired), "{agent}");
+    assert_eq!(agent["cloud_reachable"], true, "{agent}");
 
     // 4. The device program connects to the node with its credentials.
     let device = Proc::spawn(&mut simulate(mqtt_port, &dev, &secret));

@@ -87,6 +87,7 @@ pub fn state(broker: &Broker, functions: Option<Functions>) -> NodeState {
         functions,
         drivers: None,
         coap: None,
+        cloud: None,
     }
 }
 
