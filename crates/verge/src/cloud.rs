@@ -54,13 +54,13 @@ pub struct Started {
 pub async fn start(cfg: CloudConfig) -> anyhow::Result<Started> {
     let http = TcpListener::bind(cfg.http.bind).await.with_context(|| {
         format!(
-            "http.bind {}: cannot listen (set another address with --set http.bind=…)",
+            "http.bind {}: cannot listen (set another address: `verge cloud --set http.bind=…`, or `verge up --cloud-set http.bind=…`)",
             cfg.http.bind
         )
     })?;
     let mqtt = TcpListener::bind(cfg.mqtt.bind).await.with_context(|| {
         format!(
-            "mqtt.bind {}: cannot listen (set another address with --set mqtt.bind=…)",
+            "mqtt.bind {}: cannot listen (set another address: `verge cloud --set mqtt.bind=…`, or `verge up --cloud-set mqtt.bind=…`)",
             cfg.mqtt.bind
         )
     })?;
@@ -68,7 +68,7 @@ pub async fn start(cfg: CloudConfig) -> anyhow::Result<Started> {
         let addr = cfg.mqtt.tls.bind;
         Some(TcpListener::bind(addr).await.with_context(|| {
             format!(
-                "mqtt.tls.bind {addr}: cannot listen (set another address with --set mqtt.tls.bind=…)"
+                "mqtt.tls.bind {addr}: cannot listen (set another address with `--set mqtt.tls.bind=…`)"
             )
         })?)
     } else {
