@@ -291,6 +291,37 @@ async fn prune_once(cloud: &Cloud) -> sqlx::Result<u64> {
     Ok(n)
 }
 
+/// Rows one pruning statement deletes at most: between statements the
+/// (single, on SQLite) connection serves other requests. Tiny in unit
+/// tests, so that they go through several chunks.
+#[cfg(not(test))]
+const PRUNE_CHUNK: i64 = 10_000;
+#[cfg(test)]
+const PRUNE_CHUNK: i64 = 2;
+
+/// Run `sql` (binding `bound` and [`PRUNE_CHUNK`]) until it deletes less
+/// than a chunk; the total deleted.
+async fn delete_in_chunks(
+    pool: &sqlx::AnyPool,
+    sql: &'static str,
+    bound: i64,
+) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(sql)
+            .bind(bound)
+            .bind(PRUNE_CHUNK)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += n;
+        if n < PRUNE_CHUNK as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// One pruning pass; returns how many messages it deleted.
 pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
     let inner = cloud.inner();
@@ -298,11 +329,13 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
     let retention =
         i64::try_from(inner.cfg.cloud.message_retention.get().as_millis()).unwrap_or(i64::MAX);
     let now = now_ms();
-    let old = sqlx::query("DELETE FROM messages WHERE received_ms < $1")
-        .bind(now.saturating_sub(retention))
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let old = delete_in_chunks(
+        pool,
+        "DELETE FROM messages WHERE id IN \
+         (SELECT id FROM messages WHERE received_ms < $1 ORDER BY id LIMIT $2)",
+        now.saturating_sub(retention),
+    )
+    .await?;
     let keep = i64::try_from(inner.cfg.cloud.max_messages).unwrap_or(i64::MAX);
     let cut: Option<(i64,)> =
         sqlx::query_as("SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET $1")
@@ -310,11 +343,15 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
             .fetch_optional(pool)
             .await?;
     let over = match cut {
-        Some((id,)) => sqlx::query("DELETE FROM messages WHERE id <= $1")
-            .bind(id)
-            .execute(pool)
+        Some((id,)) => {
+            delete_in_chunks(
+                pool,
+                "DELETE FROM messages WHERE id IN \
+                 (SELECT id FROM messages WHERE id <= $1 ORDER BY id LIMIT $2)",
+                id,
+            )
             .await?
-            .rows_affected(),
+        }
         None => 0,
     };
     sqlx::query("DELETE FROM node_metrics WHERE ts_ms < $1")
