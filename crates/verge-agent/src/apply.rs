@@ -27,6 +27,7 @@ pub(crate) async fn apply(
 ) -> Vec<String> {
     let mut errors = Vec::new();
     apply_devices(parts, &next.devices, &mut errors);
+    disconnect_revoked(parts, prev, &next.devices).await;
     apply_functions(parts, &next.functions, &mut errors).await;
     apply_rules(parts, prev, &next.rules, &mut errors).await;
     // After the rules, so no rule still running calls a removed function.
@@ -56,6 +57,33 @@ fn device_acl() -> Vec<AclRule> {
         rule(AclPolicy::Allow, "$shadow/%u/#"),
         rule(AclPolicy::Deny, "#"),
     ]
+}
+
+/// Close the connections of devices the previous cloud state had and
+/// `devices` has not, or has with another secret: their credentials no
+/// longer hold. (A removed device has no rights left anyway; this also
+/// ends the connection.)
+async fn disconnect_revoked(
+    parts: &NodeParts,
+    prev: Option<&DesiredState>,
+    devices: &[DeviceEntry],
+) {
+    let Some(prev) = prev else { return };
+    for old in &prev.devices {
+        let kept = devices
+            .iter()
+            .any(|d| d.id == old.id && d.password_hash == old.password_hash);
+        if kept {
+            continue;
+        }
+        match parts.broker.disconnect_user(&old.id).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(device = %old.id, connections = n, "revoked device disconnected")
+            }
+            Err(e) => tracing::warn!(device = %old.id, "disconnecting a revoked device: {e}"),
+        }
+    }
 }
 
 /// Registry = the node's own devices + the cloud's; a clash keeps the

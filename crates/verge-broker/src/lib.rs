@@ -241,6 +241,23 @@ impl BrokerHandle {
         ))
     }
 
+    /// Close every connection authenticated as `username` (a revoked
+    /// device or node), with DISCONNECT reason 0x98 "administrative
+    /// action" in 5.0; returns how many were closed. Their sessions stay,
+    /// as after any disconnect.
+    pub async fn disconnect_user(&self, username: &str) -> Result<usize, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Disconnect {
+                username: username.to_owned(),
+                reason: verge_mqtt::reason::ADMINISTRATIVE_ACTION,
+                reply,
+            })
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        rx.await.map_err(|_| BrokerError::Closed)
+    }
+
     /// The retained message of the topic name `topic`, if one is held and
     /// has not expired (for protocol gateways that answer a read with the
     /// current value, such as CoAP GET).

@@ -81,6 +81,8 @@ pub(crate) struct Carry {
 #[derive(Debug)]
 pub(crate) struct ConnectReq {
     pub client_id: Arc<str>,
+    /// The authenticated username, if any (for [`Event::Disconnect`]).
+    pub username: Option<Arc<str>>,
     pub clean_start: bool,
     pub expiry: Duration,
     /// The broker is at `max_connections`: only a takeover may proceed.
@@ -146,6 +148,13 @@ pub(crate) enum Event {
         key: SubKey,
         filters: Vec<String>,
     },
+    /// Close every connection authenticated as `username` (reason code
+    /// `reason` in 5.0); the number closed.
+    Disconnect {
+        username: String,
+        reason: u8,
+        reply: oneshot::Sender<usize>,
+    },
     /// The retained message of one topic name, if any (and not expired).
     Retained {
         topic: String,
@@ -165,6 +174,7 @@ pub(crate) struct RouterConfig {
 
 struct Link {
     conn_id: u64,
+    username: Option<Arc<str>>,
     mailbox: Arc<Mailbox>,
     kill: Arc<Kill>,
     /// Deliveries to this link wait in `Router::stalled` (keeps order).
@@ -332,6 +342,22 @@ impl Router {
                     self.durable.fetch_sub(1, Ordering::Relaxed);
                 }
             }
+            Event::Disconnect {
+                username,
+                reason,
+                reply,
+            } => {
+                let mut n = 0;
+                for s in self.sessions.values() {
+                    if let Some(link) = &s.link
+                        && link.username.as_deref() == Some(username.as_str())
+                    {
+                        link.kill.kill(reason);
+                        n += 1;
+                    }
+                }
+                let _ = reply.send(n);
+            }
             Event::Retained { topic, reply } => {
                 let now = Instant::now();
                 let msg = self
@@ -446,6 +472,7 @@ impl Router {
         s.expires = None;
         s.link = Some(Link {
             conn_id: req.conn_id,
+            username: req.username,
             mailbox: req.mailbox,
             kill: req.kill,
             stalled: false,

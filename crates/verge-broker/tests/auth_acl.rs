@@ -437,3 +437,33 @@ async fn v5_clients_cannot_publish_to_sys_topics() {
     let got = tokio::time::timeout(std::time::Duration::from_millis(300), spy.recv()).await;
     assert!(got.is_err(), "a client's $SYS publish was routed: {got:?}");
 }
+
+#[tokio::test]
+async fn disconnect_user_closes_only_that_users_connections() {
+    let b = broker(false, AclPolicy::Allow).await;
+    let mut v3 = connect3(b.addr, "s-3", creds3("sensor", PASSWORD)).await;
+    let mut v5 = connect5(b.addr, "s-5", creds5("sensor", PASSWORD)).await;
+    let mut other = connect5(b.addr, "pinned-1", creds5("pinned", PASSWORD)).await;
+    let closed = b.handle().disconnect_user("sensor").await.expect("broker");
+    assert_eq!(closed, 2);
+    assert!(
+        v3.closed_within(WAIT).await.is_some(),
+        "3.1.1 client closed"
+    );
+    let why = v5.closed_within(WAIT).await.expect("5.0 client closed");
+    assert!(
+        format!("{why:?}").contains("AdministrativeAction"),
+        "reason 0x98: {why:?}"
+    );
+    assert!(
+        other
+            .closed_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "another user stays connected"
+    );
+    assert_eq!(
+        b.handle().disconnect_user("nobody").await.expect("broker"),
+        0
+    );
+}

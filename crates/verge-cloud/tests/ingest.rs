@@ -211,13 +211,21 @@ async fn a_deleted_node_is_refused() {
         .call(Method::DELETE, &format!("/api/nodes/{node}"), None)
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let reasons = publish_all(
-        &client,
-        &mut el,
-        &[(format!("nodes/{node}/up/late"), b"1".to_vec())],
-    )
-    .await;
-    assert_ne!(reasons[0], PubAckReason::Success);
+    // Its connection is closed (DISCONNECT 0x98, administrative action).
+    let ended = timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                    return format!("{:?}", d.reason_code);
+                }
+                Ok(_) => {}
+                Err(e) => return format!("{e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the deleted node's connection ends");
+    assert!(ended.contains("AdministrativeAction"), "{ended}");
     let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
         .fetch_one(&pool)

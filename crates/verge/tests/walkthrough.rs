@@ -329,6 +329,32 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused its credentials"), "{err}");
 
+    // Revocation: a device deleted in the cloud is disconnected by its node
+    // and cannot log in again; the simulator ends with a clear error.
+    let gone = format!("gone{suffix}");
+    let made = cloud.ok(
+        "POST",
+        "/api/devices",
+        Some(json!({ "name": gone, "node_id": node_id })),
+    );
+    let gone_secret = made["secret"].as_str().expect("secret").to_owned();
+    let sim = Proc::spawn(&mut simulate(mqtt_port, &gone, &gone_secret));
+    sim.wait_line("connected");
+    cloud.ok("DELETE", &format!("/api/devices/{gone}"), None);
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let mut sim = sim;
+    let status = loop {
+        if let Some(s) = sim.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a deleted device's simulator kept running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!status.success(), "refused credentials end the simulator");
+
     // `verge ctl` over the same API: the deployment is in sync; a wrong
     // token ends the command with the API's error.
     let out = verge()

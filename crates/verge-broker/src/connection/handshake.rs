@@ -136,6 +136,7 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let (reply_tx, reply_rx) = oneshot::channel();
     let req = ConnectReq {
         client_id: identity.client_id.clone(),
+        username: identity.username.clone(),
         clean_start: connect.clean_start,
         expiry: Duration::from_secs(expiry_secs as u64),
         at_limit,

@@ -64,6 +64,10 @@ pub async fn join(
     tx.commit().await?;
     tracing::info!(node = %node_id, hostname = %req.hostname, agent = %req.agent_version, "node joined");
     cloud.refresh_registry().await.map_err(AppError::internal)?;
+    // A connection made with the old secret (a reinstalled node) ends.
+    if let Err(e) = cloud.inner().handle.disconnect_user(&node_id).await {
+        tracing::warn!(node = %node_id, "closing the old connection: {e}");
+    }
     Ok(Json(JoinResponse {
         node_id,
         secret,

@@ -215,6 +215,10 @@ pub async fn delete(
         .await?;
     tx.commit().await?;
     cloud.refresh_registry().await.map_err(AppError::internal)?;
+    // Its MQTT connection goes with it.
+    if let Err(e) = cloud.inner().handle.disconnect_user(&id).await {
+        tracing::warn!(node = %id, "closing the deleted node's connection: {e}");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
