@@ -65,8 +65,10 @@ pub struct AgentStatus {
     pub last_sync_ms: Option<i64>,
     /// The most recent sync error, cleared by a successful poll.
     pub last_error: Option<String>,
-    /// Whether the last poll reached the cloud.
+    /// Whether the last poll or heartbeat reached the cloud.
     pub cloud_reachable: bool,
+    /// When the cloud last took a heartbeat, ms since the Unix epoch.
+    pub last_heartbeat_ms: Option<i64>,
 }
 
 /// Reads the agent's status; cheap to clone.
@@ -138,7 +140,19 @@ impl Agent {
             path: dir.clone(),
             source,
         })?;
-        let cached = load_desired(&dir);
+        // A data dir reused for another node keeps the old node's state:
+        // never run that.
+        let cached = load_desired(&dir).filter(|d| {
+            let mine = d.node_id == creds.node_id;
+            if !mine {
+                tracing::warn!(
+                    cached = %d.node_id,
+                    node = %creds.node_id,
+                    "the cached desired state belongs to another node; not applied"
+                );
+            }
+            mine
+        });
         let token = node_bearer(&creds.node_id, &creds.secret)
             .trim_start_matches("Bearer ")
             .to_owned();
@@ -395,11 +409,17 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
         let result = sent.and_then(|(status, bytes)| http::check(status, bytes).map(drop));
         match result {
             Ok(()) => {
+                {
+                    let mut s = ctx.status();
+                    s.cloud_reachable = true;
+                    s.last_heartbeat_ms = Some(now_ms());
+                }
                 if failing.take().is_some() {
                     tracing::info!("heartbeats reach the cloud again");
                 }
             }
             Err(e) => {
+                ctx.status().cloud_reachable = false;
                 let message = e.to_string();
                 if failing.is_none() {
                     tracing::warn!("heartbeat not delivered (the node keeps running): {message}");

@@ -242,6 +242,23 @@ async fn the_cached_state_runs_after_a_restart_without_the_cloud() {
     // Still running from the cache.
     assert!(second.has_rule("r1").await);
     agent.shutdown().await;
+
+    // The same directory joined as another node: the cache is not its own.
+    let third = TestNode::new(&dir.path().join("c")).await;
+    std::fs::create_dir_all(third.cloud_dir()).expect("dir");
+    std::fs::copy(
+        first.cloud_dir().join("desired.json"),
+        third.cloud_dir().join("desired.json"),
+    )
+    .expect("copy cache");
+    let mut creds = cloud.creds();
+    creds.cloud_url = closed_url().await;
+    creds.node_id = "another-node".into();
+    let agent = third.agent(creds).await;
+    assert_eq!(agent.status().applied_version, 0);
+    assert!(!third.device_logs_in("d1", "d1-secret"));
+    assert!(!third.has_rule("r1").await);
+    agent.shutdown().await;
 }
 
 #[tokio::test]

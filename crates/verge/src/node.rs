@@ -68,19 +68,35 @@ pub fn cloud_link(
     let stored = verge_agent::load_credentials(&dir)
         .with_context(|| format!("reading the node's credentials in {}", dir.display()))?;
     let creds = match (join, stored) {
-        (Some(token), _) => {
-            let creds = runtime()?
-                .block_on(verge_agent::join(url, token))
-                .with_context(|| format!("joining the cloud center at {url}"))?;
-            verge_agent::save_credentials(&dir, &creds)
-                .with_context(|| format!("storing the node's credentials in {}", dir.display()))?;
-            eprintln!(
-                "joined {url} as node `{}`; credentials stored in {}",
-                creds.node_id,
-                dir.display()
-            );
-            creds
-        }
+        (Some(token), stored) => match runtime()?.block_on(verge_agent::join(url, token)) {
+            Ok(creds) => {
+                verge_agent::save_credentials(&dir, &creds).with_context(|| {
+                    format!("storing the node's credentials in {}", dir.display())
+                })?;
+                eprintln!(
+                    "joined {url} as node `{}`; credentials stored in {}",
+                    creds.node_id,
+                    dir.display()
+                );
+                creds
+            }
+            // The join command run again (the token is spent) or the cloud
+            // down: a node that already joined this cloud runs as before.
+            Err(e) => match stored {
+                Some(creds) if creds.cloud_url == url => {
+                    eprintln!(
+                        "note: joining again failed ({e}); this node joined {url} before as \
+                         `{}`: using its stored credentials",
+                        creds.node_id
+                    );
+                    creds
+                }
+                _ => {
+                    return Err(anyhow::Error::new(e))
+                        .with_context(|| format!("joining the cloud center at {url}"));
+                }
+            },
+        },
         (None, Some(mut creds)) => {
             if creds.cloud_url != url {
                 tracing::warn!(

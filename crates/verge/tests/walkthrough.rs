@@ -338,6 +338,10 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
         Some(json!({ "name": gone, "node_id": node_id })),
     );
     let gone_secret = made["secret"].as_str().expect("secret").to_owned();
+    eventually("the node to know the new device", || {
+        let n = cloud.ok("GET", &format!("/api/nodes/{node_id}"), None);
+        (n["applied_version"] == n["desired_version"]).then_some(())
+    });
     let sim = Proc::spawn(&mut simulate(mqtt_port, &gone, &gone_secret));
     sim.wait_line("connected");
     cloud.ok("DELETE", &format!("/api/devices/{gone}"), None);
@@ -388,11 +392,14 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
     });
 
     // Offline autonomy: the cloud is gone; the node restarts from its last
-    // desired state (no --join: the stored credentials are used).
+    // desired state. The user runs the same join command again: the token
+    // is spent and the cloud unreachable, so the stored credentials are
+    // used.
     drop(cloud);
     let node = Proc::spawn(
         verge()
             .args(["node", "--cloud", &format!("http://127.0.0.1:{cloud_http}")])
+            .args(["--join", &join_token])
             .args(node_args(&node_dir, mqtt_port)),
     );
     let banner = node.wait_line("HTTP API");
