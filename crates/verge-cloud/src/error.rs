@@ -1,8 +1,9 @@
 //! Errors: [`CloudError`] for starting and running the cloud, and the API's
 //! one [`AppError`], answered as `{"error": {"code", "message"}}`; plus the
-//! JSON and query extractors whose rejections become an [`AppError`].
+//! JSON, query and path extractors whose rejections become an [`AppError`].
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -198,6 +199,42 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         let axum::extract::Query(v) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(ApiQuery(v))
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(e: PathRejection) -> AppError {
+        let PathRejection::FailedToDeserializePathParams(failed) = &e else {
+            // The route and the handler disagree: a bug, not the client's.
+            return AppError::internal(e.body_text());
+        };
+        let message = match failed.kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => {
+                format!("path segment `{key}` is not valid UTF-8")
+            }
+            ErrorKind::ParseErrorAtKey {
+                key, expected_type, ..
+            } => format!("path segment `{key}` is not a valid {expected_type}"),
+            ErrorKind::DeserializeError { key, message, .. } => {
+                format!("path segment `{key}`: {message}")
+            }
+            other => format!("path: {other}"),
+        };
+        AppError::invalid(message)
+    }
+}
+
+/// `axum::extract::Path` whose rejection is an [`AppError`] (400
+/// `invalid_request` naming the segment, e.g. one that is not UTF-8).
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(v) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiPath(v))
     }
 }
 

@@ -71,11 +71,13 @@ fn reason(status: u16) -> &'static str {
         202 => "accepted",
         204 => "no content",
         400 => {
-            "invalid_request (bad JSON, a bad field or query parameter), invalid_rule or invalid_function"
+            "invalid_request (bad JSON, a bad field, query parameter or path segment), invalid_rule or invalid_function"
         }
         401 => "unauthorized: missing, unknown or revoked credentials",
         404 => "not_found",
-        409 => "conflict: the name is taken or the resource is in use",
+        409 => {
+            "conflict: the name is taken or the resource is in use; node_offline: a command's node is not online"
+        }
         413 => "payload_too_large",
         _ => "error",
     }
@@ -85,7 +87,8 @@ fn reason(status: u16) -> &'static str {
 pub fn statuses(route: &Route) -> Vec<u16> {
     let mut out = vec![route.status];
     out.extend(route.also);
-    if route.request.is_some() || !route.query.is_empty() {
+    // A path segment that does not decode (not UTF-8) is a 400 too.
+    if route.request.is_some() || !route.query.is_empty() || route.path.contains('{') {
         out.push(400);
     }
     if route.auth != "none" {

@@ -263,11 +263,11 @@ pub fn routes() -> Vec<Route> {
         op(
             "POST",
             "/api/devices/{id}/commands/{name}",
-            "send a command (any JSON) to a device through its node",
+            "send a command (any JSON) to a device through its node (409 while the node is not online)",
         )
         .body("Any")
         .ok(202, "CommandSent")
-        .errors(&[404])
+        .errors(&[404, 409])
         .to(devices::command),
         op(
             "GET",

@@ -43,6 +43,9 @@ both!(
     credentials_are_not_interchangeable,
     bad_query_values_and_bodies_are_json_errors_and_change_nothing,
     oversized_function_upload_is_a_json_413,
+    path_segment_not_utf8_is_a_json_400_on_every_route,
+    messages_older_than_50_000_rows_of_other_topics_are_found,
+    command_to_a_node_not_online_is_409_node_offline,
 );
 
 fn b64(s: &[u8]) -> String {
@@ -714,4 +717,210 @@ async fn a_huge_max_upload_bytes_does_not_overflow() {
         .call(Method::POST, "/api/nodes", Some(json!({"name": "n"})))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+/// Regression: `/api/nodes/%FF` answered 400 text/plain "Invalid URL:
+/// Invalid UTF-8 in `id`" (axum's own `Path` rejection).
+async fn path_segment_not_utf8_is_a_json_400_on_every_route(h: Harness) {
+    let doc = verge_cloud::openapi();
+    let mut n = 0;
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        let params: Vec<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect();
+        for bad in &params {
+            let concrete: String = path
+                .split('/')
+                .map(
+                    |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(p) if p == *bad => "%FF",
+                        Some(_) => "x",
+                        None => seg,
+                    },
+                )
+                .collect::<Vec<_>>()
+                .join("/");
+            for (method, op) in ops.as_object().expect("ops") {
+                let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+                let body = op.get("requestBody").map(|_| json!({}));
+                let (s, v) = h.call(m, &concrete, body).await;
+                let what = format!("{method} {concrete}");
+                assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_request", &what);
+                let message = v["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains(&format!("`{bad}`")), "{what}: {v}");
+                assert!(
+                    op["responses"]["400"].is_object(),
+                    "{what}: 400 not documented"
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 20, "{n}");
+    let (s, v) = h.call(Method::GET, "/api/nodes/%FF", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v["error"]["message"], "path segment `id` is not valid UTF-8",
+        "{v}"
+    );
+}
+
+/// Regression: the topic filter was checked in Rust over the newest 50
+/// pages of 1,000 rows only, so a device whose messages were older than
+/// the node's last 50,000 rows had none. `_` in the id also checks that the
+/// prefix is escaped in `LIKE` (unescaped, `d_1` would match `dx1`).
+async fn messages_older_than_50_000_rows_of_other_topics_are_found(h: Harness) {
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"name": "edge-many"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/devices",
+            Some(json!({"name": "d_1", "node_id": "edge-many"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    sqlx::query(
+        "INSERT INTO messages (node_id, topic, payload, received_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind("edge-many")
+    .bind("devices/d_1/telemetry")
+    .bind(br#"{"t":1}"#.to_vec())
+    .bind(1_i64)
+    .execute(&pool)
+    .await
+    .expect("the one row");
+    sqlx::query(
+        "INSERT INTO messages (node_id, topic, payload, received_ms) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000) \
+         SELECT $1, $2, $3, i + 1 FROM n",
+    )
+    .bind("edge-many")
+    .bind("devices/dx1/telemetry")
+    .bind(br#"{"t":2}"#.to_vec())
+    .execute(&pool)
+    .await
+    .expect("60,000 rows");
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 60_001);
+    pool.close().await;
+
+    for path in [
+        "/api/devices/d_1/messages",
+        "/api/devices/d_1/messages?after_id=0",
+        "/api/nodes/edge-many/messages?topic=devices/d_1/%23",
+        "/api/nodes/edge-many/messages?topic=devices/d_1/%2B",
+        "/api/nodes/edge-many/messages?topic=devices/d_1/telemetry",
+        "/api/nodes/edge-many/messages?topic=devices/d_1/telemetry&after_id=0",
+    ] {
+        let (s, v) = h.call(Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{path}: {v}");
+        assert_eq!(v[0]["topic"], "devices/d_1/telemetry", "{path}");
+        assert_eq!(v[0]["payload"]["t"], 1, "{path}");
+    }
+    // The other topic is still all there, newest last.
+    let (s, v) = h
+        .call(
+            Method::GET,
+            "/api/nodes/edge-many/messages?topic=devices/dx1/%23&limit=2",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v[1]["received_ms"], 60_001, "{v}");
+}
+
+async fn command(h: &Harness, device: &str) -> (StatusCode, Value) {
+    let path = format!("/api/devices/{device}/commands/reboot");
+    h.call(Method::POST, &path, Some(json!({"delay": 1}))).await
+}
+
+/// Regression: a command to a node without a session (never joined, or no
+/// heartbeat for `offline_after`) was answered 202 and dropped by the
+/// cloud's broker.
+async fn command_to_a_node_not_online_is_409_node_offline(h: Harness) {
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"name": "edge-new"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (node, secret) = h.joined_node("edge-cmd").await;
+    for (name, on) in [("dev-new", "edge-new"), ("dev-cmd", node.as_str())] {
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/api/devices",
+                Some(json!({"name": name, "node_id": on})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let offline = |v: &Value, what: &str, why: &str| {
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{what}: {v}");
+        assert!(message.ends_with("the command was not sent"), "{what}: {v}");
+    };
+
+    // Pending: never joined.
+    let (s, v) = command(&h, "dev-new").await;
+    assert_error(s, &v, StatusCode::CONFLICT, "node_offline", "pending");
+    offline(&v, "pending", "node `edge-new` has not joined yet");
+
+    // Joined, no heartbeat yet: offline.
+    let (s, v) = command(&h, "dev-cmd").await;
+    assert_error(s, &v, StatusCode::CONFLICT, "node_offline", "joined");
+    offline(&v, "joined", "node `edge-cmd` is offline");
+
+    // A heartbeat: online, the command is accepted.
+    let (s, v) = h
+        .call_as(
+            Method::POST,
+            "/api/agent/status",
+            Some(&verge_protocol::node_bearer(&node, &secret)),
+            Some(json!({"applied_version": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, n) = h.call(Method::GET, "/api/nodes/edge-cmd", None).await;
+    assert_eq!(n["status"], "online");
+    let (s, v) = command(&h, "dev-cmd").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["node_id"], "edge-cmd");
+
+    // The last heartbeat a minute ago (offline_after is 15 s): offline.
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    sqlx::query("UPDATE nodes SET last_seen_ms = $1 WHERE id = $2")
+        .bind(now - 60_000)
+        .bind("edge-cmd")
+        .execute(&pool)
+        .await
+        .expect("age the heartbeat");
+    pool.close().await;
+    let (_, n) = h.call(Method::GET, "/api/nodes/edge-cmd", None).await;
+    assert_eq!(n["status"], "offline");
+    let (s, v) = command(&h, "dev-cmd").await;
+    assert_error(s, &v, StatusCode::CONFLICT, "node_offline", "stale");
+    offline(&v, "stale", "node `edge-cmd` is offline (last seen 6");
 }

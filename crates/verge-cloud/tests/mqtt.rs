@@ -124,7 +124,16 @@ async fn upstream_is_stored_before_puback_acl_and_commands() {
         .await;
     assert_eq!(msgs, json!([]));
 
-    // A command reaches the node.
+    // A command reaches the node, online after its heartbeat.
+    let (s, _) = h
+        .call_as(
+            Method::POST,
+            "/api/agent/status",
+            Some(&verge_protocol::node_bearer(&node, &secret)),
+            Some(json!({"applied_version": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = h
         .call(
             Method::POST,

@@ -1,7 +1,7 @@
 //! `/api/devices`: devices bound to nodes, their secrets and commands.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
-use crate::error::{ApiJson, ApiQuery, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name};
 
 type DeviceRow = (String, String, String, i64, Option<String>, Option<i64>);
 
@@ -128,7 +128,7 @@ pub async fn list(
 pub async fn get(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, AppError> {
     Ok(Json(load(&cloud, &id).await?))
 }
@@ -136,7 +136,7 @@ pub async fn get(
 pub async fn delete(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
     let node = node_of(&mut *tx, &id).await?;
@@ -151,7 +151,7 @@ pub async fn delete(
 pub async fn new_secret(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, AppError> {
     let node = node_of(&cloud.inner().pool, &id).await?;
     let secret = db::random_secret();
@@ -174,7 +174,7 @@ pub async fn new_secret(
 pub async fn command(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path((id, name)): Path<(String, String)>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &name)?;
@@ -195,6 +195,34 @@ pub async fn command(
                 payload.len()
             ),
         ));
+    }
+    // Only a connected node takes it: the cloud's broker keeps no message
+    // for a node without a session, so a command to a node that is not
+    // online would be accepted and dropped.
+    let (joined, last_seen): (Option<i64>, Option<i64>) = one_or_404(
+        &cloud.inner().pool,
+        "SELECT joined_ms, last_seen_ms FROM nodes WHERE id = $1",
+        &node,
+        "node",
+    )
+    .await?;
+    match super::nodes::status(&cloud, joined, last_seen) {
+        "online" => {}
+        status => {
+            let why = match (status, last_seen) {
+                ("pending", _) => format!("node `{node}` has not joined yet"),
+                (_, Some(seen)) => format!(
+                    "node `{node}` is offline (last seen {} s ago)",
+                    (now_ms() - seen).max(0) / 1000
+                ),
+                (_, None) => format!("node `{node}` is offline (never seen since it joined)"),
+            };
+            return Err(AppError::new(
+                StatusCode::CONFLICT,
+                "node_offline",
+                format!("{why}; the command was not sent"),
+            ));
+        }
     }
     let msg = Message::local(topic.as_str(), payload, QoS::AtLeastOnce, false);
     cloud
@@ -222,7 +250,7 @@ pub struct MessagesQuery {
 pub async fn messages(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<MessagesQuery>,
 ) -> Result<Json<Vec<Value>>, AppError> {
     let node = node_of(&cloud.inner().pool, &id).await?;

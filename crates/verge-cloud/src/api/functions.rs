@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use base64::Engine as _;
@@ -16,7 +16,7 @@ use super::rows::{commit_bumped, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
-use crate::error::{ApiJson, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, AppError, check_name};
 
 /// `PUT /api/functions/{name}` body.
 #[derive(Deserialize)]
@@ -98,7 +98,7 @@ async fn load(cloud: &Cloud, name: &str) -> Result<Value, AppError> {
 pub async fn put(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Upload>,
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &name)?;
@@ -191,7 +191,7 @@ pub async fn list(_: ApiAuth, State(cloud): State<Cloud>) -> Result<Json<Vec<Val
 pub async fn get(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, AppError> {
     Ok(Json(load(&cloud, &name).await?))
 }
@@ -199,7 +199,7 @@ pub async fn get(
 pub async fn delete(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
     let users: Vec<(String,)> = sqlx::query_as(
@@ -242,7 +242,7 @@ pub struct Invoke {
 pub async fn invoke(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Invoke>,
 ) -> Result<Json<Value>, AppError> {
     let (sha, spec, module): (String, String, Vec<u8>) = one_or_404(

@@ -1,7 +1,7 @@
 //! `/api/nodes` and `/api/deployments`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use super::rows::{commit_bumped, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
-use crate::error::{ApiJson, ApiQuery, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name};
 
 /// How long a join token is valid.
 const JOIN_TOKEN_MS: i64 = 24 * 3600 * 1000;
@@ -25,15 +25,22 @@ pub fn offline_ms(cloud: &Cloud) -> i64 {
     i64::try_from(cloud.inner().cfg.cloud.offline_after.get().as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A node's `status` from its join and last heartbeat times: `pending`
+/// (never joined), `online` (a heartbeat within `offline_after`) or
+/// `offline`.
+pub fn status(cloud: &Cloud, joined_ms: Option<i64>, last_seen_ms: Option<i64>) -> &'static str {
+    match (joined_ms, last_seen_ms) {
+        (None, _) => "pending",
+        (_, Some(seen)) if now_ms() - seen <= offline_ms(cloud) => "online",
+        _ => "offline",
+    }
+}
+
 fn node_json(cloud: &Cloud, row: &AnyRow) -> Result<Value, sqlx::Error> {
     let id: String = row.try_get("id")?;
     let joined: Option<i64> = row.try_get("joined_ms")?;
     let last_seen: Option<i64> = row.try_get("last_seen_ms")?;
-    let status = match (joined, last_seen) {
-        (None, _) => "pending",
-        (_, Some(seen)) if now_ms() - seen <= offline_ms(cloud) => "online",
-        _ => "offline",
-    };
+    let status = status(cloud, joined, last_seen);
     let report: Option<String> = row.try_get("report")?;
     Ok(json!({
         "id": id,
@@ -129,7 +136,7 @@ pub async fn list(_: ApiAuth, State(cloud): State<Cloud>) -> Result<Json<Vec<Val
 pub async fn get(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, AppError> {
     Ok(Json(load(&cloud, &id).await?))
 }
@@ -147,7 +154,7 @@ pub struct PatchNode {
 pub async fn patch(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchNode>,
 ) -> Result<Json<Value>, AppError> {
     if body.config.as_ref().is_some_and(|c| !c.is_object()) {
@@ -186,7 +193,7 @@ pub async fn patch(
 pub async fn delete(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
     let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM devices WHERE node_id = $1")
@@ -225,7 +232,7 @@ pub async fn delete(
 pub async fn join_token(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, AppError> {
     let token = db::random_secret();
     let done =
@@ -246,7 +253,7 @@ pub async fn join_token(
 pub async fn desired(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<verge_protocol::DesiredState>, AppError> {
     crate::desired::assemble(&cloud.inner().pool, &id, false)
         .await?
@@ -265,7 +272,7 @@ pub struct SinceQuery {
 pub async fn metrics(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<SinceQuery>,
 ) -> Result<Json<Vec<Value>>, AppError> {
     load(&cloud, &id).await?;
@@ -302,7 +309,7 @@ pub struct MessagesQuery {
 pub async fn messages(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<MessagesQuery>,
 ) -> Result<Json<Vec<Value>>, AppError> {
     load(&cloud, &id).await?;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{json_col, now_ms};
-use crate::error::{ApiJson, ApiQuery, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name};
 
 /// Stand-ins for the node's services, so the engine accepts every action
 /// kind a node has; validation never runs them.
@@ -244,7 +244,7 @@ pub async fn create(
 pub async fn update(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(mut body): ApiJson<RuleBody>,
 ) -> Result<Json<Value>, AppError> {
     if !body.id.is_empty() && body.id != id {
@@ -294,7 +294,7 @@ pub async fn list(
 pub async fn get(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, AppError> {
     Ok(Json(load(&cloud, &id).await?))
 }
@@ -302,7 +302,7 @@ pub async fn get(
 pub async fn delete(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
     let node = node_of(&mut tx, &id).await?;

@@ -1,7 +1,7 @@
 //! `/api/tokens`: API tokens, shown once, stored as SHA-256.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, now_ms};
-use crate::error::{ApiJson, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, AppError, check_name};
 
 /// `POST /api/tokens` body.
 #[derive(Deserialize)]
@@ -56,7 +56,7 @@ pub async fn list(_: ApiAuth, State(cloud): State<Cloud>) -> Result<Json<Vec<Val
 pub async fn delete(
     _: ApiAuth,
     State(cloud): State<Cloud>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
     if id == "admin" {
         return Err(AppError::conflict(
