@@ -2,6 +2,7 @@
 //! PostgreSQL when `VERGE_TEST_POSTGRES_URL` is set (else it says why it
 //! skipped).
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -11,27 +12,6 @@ use axum::http::{Method, Request, StatusCode};
 use base64::Engine as _;
 use common::{DEMO_WAT, Harness, harness_on};
 use serde_json::{Value, json};
-
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(h) = super::harness_on(false).await {
-                    super::$name(h).await;
-                }
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(h) = super::harness_on(true).await {
-                    super::$name(h).await;
-                }
-            })*
-        }
-    };
-}
 
 both!(
     auth_and_tokens,

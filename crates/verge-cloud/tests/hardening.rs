@@ -3,6 +3,7 @@
 //! concurrent requests on the one SQLite connection all complete. Each test
 //! runs on SQLite, and on PostgreSQL when `VERGE_TEST_POSTGRES_URL` is set.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -15,27 +16,6 @@ use common::{DEMO_WAT, Harness, harness_on, harness_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
-
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(h) = super::harness_on(false).await {
-                    super::$name(h).await;
-                }
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(h) = super::harness_on(true).await {
-                    super::$name(h).await;
-                }
-            })*
-        }
-    };
-}
 
 both!(
     concurrent_requests_with_a_long_poll_all_complete,

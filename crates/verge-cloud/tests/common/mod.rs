@@ -9,6 +9,33 @@ use serde_json::Value;
 use tower::ServiceExt;
 use verge_cloud::{Cloud, CloudConfig};
 
+/// `both!(a, b)`: tests `sqlite::a`, `postgres::a`, … that run the async
+/// fns `a(h: Harness)`, `b(h)` of the including file against a fresh cloud
+/// on each database (the PostgreSQL ones return at once, saying why, unless
+/// `VERGE_TEST_POSTGRES_URL` is set). The including file imports
+/// `harness_on`.
+#[allow(unused_macros)]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(h) = super::harness_on(false).await {
+                    super::$name(h).await;
+                }
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(h) = super::harness_on(true).await {
+                    super::$name(h).await;
+                }
+            })*
+        }
+    };
+}
+
 pub struct Harness {
     pub cloud: Cloud,
     pub admin: String,
