@@ -30,6 +30,8 @@ mod join;
 mod report;
 mod store;
 
+pub use store::write_atomic;
+
 pub use agent::{Agent, AgentStatus, NodeParts, StatusHandle};
 pub use join::{Credentials, join, load_credentials, save_credentials};
 

@@ -12,7 +12,7 @@ use crate::AgentError;
 
 /// Write `bytes` to `path` atomically with permissions `mode`; creates the
 /// directory if needed.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| AgentError::Io { path: p, source }

@@ -287,10 +287,7 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
         },
         CtlCommand::Devices(c) => match c {
             DevicesCmd::List { node } => {
-                let q = node
-                    .as_ref()
-                    .map(|n| format!("?node_id={n}"))
-                    .unwrap_or_default();
+                let q = node_query(node.as_deref());
                 api.call("GET", &format!("/api/devices{q}"), None).await
             }
             DevicesCmd::Get { id } => api.call("GET", &format!("/api/devices/{id}"), None).await,
@@ -318,10 +315,7 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
         },
         CtlCommand::Rules(c) => match c {
             RulesCmd::List { node } => {
-                let q = node
-                    .as_ref()
-                    .map(|n| format!("?node_id={n}"))
-                    .unwrap_or_default();
+                let q = node_query(node.as_deref());
                 api.call("GET", &format!("/api/rules{q}"), None).await
             }
             RulesCmd::Get { id } => api.call("GET", &format!("/api/rules/{id}"), None).await,
@@ -479,6 +473,12 @@ fn api_error(method: &str, path: &str, status: u16, value: &Value) -> anyhow::Er
         .map(str::to_owned)
         .unwrap_or_else(|| value.to_string());
     anyhow::anyhow!("{method} {path}: {status} {code}: {message}")
+}
+
+/// `?node_id=…` for the list commands' `--node`, or nothing.
+fn node_query(node: Option<&str>) -> String {
+    node.map(|n| format!("?node_id={}", percent_encode(n)))
+        .unwrap_or_default()
 }
 
 fn parse_json(what: &str, text: &str) -> anyhow::Result<Value> {

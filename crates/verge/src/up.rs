@@ -128,11 +128,11 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Why a task that should have run until the stop ended.
 fn flatten(what: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
-    match r {
-        Ok(Ok(())) => anyhow::anyhow!("{what} stopped"),
-        Ok(Err(e)) => e.context(format!("{what} stopped")),
-        Err(e) => anyhow::anyhow!("{what} failed: {e}"),
+    match flatten_ok(what, r) {
+        Ok(()) => anyhow::anyhow!("{what} stopped"),
+        Err(e) => e,
     }
 }
 
@@ -176,22 +176,9 @@ async fn admin_token(started: &crate::cloud::Started, cloud_dir: &Path) -> anyho
     }
 }
 
-/// Write a file readable by its owner only.
+/// Write a file readable by its owner only (atomically).
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+    verge_agent::write_atomic(path, bytes, 0o600)
         .with_context(|| format!("writing {}", path.display()))
 }
 

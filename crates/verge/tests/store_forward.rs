@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -15,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use support::verge;
 use tokio::net::TcpListener;
 use verge_broker::{BoundListener, Broker, BrokerConfig, LocalSubscription, Transport};
 use verge_mqtt::{Connect, Packet, Properties, Protocol, Publish, QoS, decode, encode};
@@ -22,17 +25,6 @@ use verge_mqtt::{Connect, Packet, Properties, Protocol, Publish, QoS, decode, en
 const TELEMETRY: usize = 100_000;
 const ALARMS: usize = 1_000;
 const WAIT: Duration = Duration::from_secs(120);
-
-fn verge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_verge"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("VERGE__") {
-            c.env_remove(k);
-        }
-    }
-    c.env_remove("RUST_LOG");
-    c
-}
 
 /// A running node and the addresses its banner printed.
 struct Node {
