@@ -79,7 +79,7 @@ fn migrations() -> Vec<Migration> {
 }
 
 /// Connect to `url` and bring the schema up to date.
-pub async fn open(url: &str) -> Result<(AnyPool, Dialect), CloudError> {
+pub async fn open(url: &str) -> Result<AnyPool, CloudError> {
     sqlx::any::install_default_drivers();
     let dialect = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Dialect::Postgres
@@ -108,7 +108,7 @@ pub async fn open(url: &str) -> Result<(AnyPool, Dialect), CloudError> {
         .connect(url)
         .await?;
     migrate(&pool, dialect).await?;
-    Ok((pool, dialect))
+    Ok(pool)
 }
 
 async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), CloudError> {

@@ -52,7 +52,6 @@ pub use config::CloudConfig;
 pub use error::CloudError;
 pub use routes::openapi;
 
-use db::Dialect;
 use metrics::Metrics;
 
 /// The running cloud. Cheap to clone.
@@ -66,9 +65,6 @@ pub(crate) struct Inner {
     pub(crate) cfg: CloudConfig,
     /// The database.
     pub(crate) pool: AnyPool,
-    /// Its dialect.
-    #[allow(dead_code)]
-    pub(crate) dialect: Dialect,
     /// The broker, until `serve` takes it.
     broker: Mutex<Option<Broker>>,
     /// The broker's in-process API.
@@ -102,7 +98,7 @@ impl Cloud {
         // Check the TLS files first: a bad path fails the start before
         // anything is created, with the key named.
         let mqtt_tls = mqtt_tls(&cfg)?;
-        let (pool, dialect) = db::open(&cfg.database_url()).await?;
+        let pool = db::open(&cfg.database_url()).await?;
         let admin = ensure_admin(&pool).await?;
         let auth = Authenticator::new(Registry::default(), false, AclPolicy::Deny)?;
         let broker_cfg = BrokerConfig {
@@ -125,7 +121,6 @@ impl Cloud {
             inner: Arc::new(Inner {
                 cfg,
                 pool,
-                dialect,
                 broker: Mutex::new(Some(broker)),
                 handle,
                 auth,
