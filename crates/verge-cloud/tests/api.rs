@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use base64::Engine as _;
-use common::{DEMO_WAT, Harness, harness_on};
+use common::{DEMO_WAT, Harness, desired_as, harness_on};
 use serde_json::{Value, json};
 
 both!(
@@ -78,22 +78,6 @@ async fn auth_and_tokens(h: Harness) {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-}
-
-async fn desired_as(
-    h: &Harness,
-    node: &str,
-    secret: &str,
-    version: i64,
-    wait_ms: u64,
-) -> (StatusCode, Value) {
-    h.call_as(
-        Method::GET,
-        &format!("/api/agent/desired?version={version}&wait_ms={wait_ms}"),
-        Some(&verge_protocol::node_bearer(node, secret)),
-        None,
-    )
-    .await
 }
 
 async fn node_join_and_desired_state(h: Harness) {

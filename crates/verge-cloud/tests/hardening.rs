@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use base64::Engine as _;
-use common::{DEMO_WAT, Harness, harness_on, harness_with};
+use common::{DEMO_WAT, Harness, desired_as, harness_on, harness_with};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
@@ -36,22 +36,6 @@ fn assert_error(s: StatusCode, v: &Value, want: StatusCode, code: &str, what: &s
     assert_eq!(s, want, "{what}: {v}");
     assert_eq!(v["error"]["code"], code, "{what}: {v}");
     assert!(v["error"]["message"].is_string(), "{what}: {v}");
-}
-
-async fn desired_as(
-    h: &Harness,
-    node: &str,
-    secret: &str,
-    version: i64,
-    wait_ms: u64,
-) -> (StatusCode, Value) {
-    h.call_as(
-        Method::GET,
-        &format!("/api/agent/desired?version={version}&wait_ms={wait_ms}"),
-        Some(&verge_protocol::node_bearer(node, secret)),
-        None,
-    )
-    .await
 }
 
 /// SQLite runs on one pooled connection: a handler that held it across
@@ -99,11 +83,10 @@ async fn concurrent_requests_with_a_long_poll_all_complete(h: Harness) {
         let (h, node, secret) = (h.clone(), node.clone(), secret.clone());
         tasks.spawn(async move {
             let (s, v) = h
-                .call_as(
-                    Method::POST,
-                    "/api/agent/status",
-                    Some(&verge_protocol::node_bearer(&node, &secret)),
-                    Some(json!({"applied_version": version, "cpu_percent": f64::from(i)})),
+                .status_as(
+                    &node,
+                    &secret,
+                    json!({"applied_version": version, "cpu_percent": f64::from(i)}),
                 )
                 .await;
             (StatusCode::NO_CONTENT, s, format!("heartbeat {i}: {v}"))
@@ -321,12 +304,7 @@ async fn credentials_are_not_interchangeable(h: Harness) {
     let (s, v) = desired_as(&h, &node, &new_secret, 0, 0).await;
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized", "deleted");
     let (s, v) = h
-        .call_as(
-            Method::POST,
-            "/api/agent/status",
-            Some(&verge_protocol::node_bearer(&node, &new_secret)),
-            Some(json!({"applied_version": 0})),
-        )
+        .status_as(&node, &new_secret, json!({"applied_version": 0}))
         .await;
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized", "deleted");
 }
@@ -868,12 +846,7 @@ async fn command_to_a_node_not_online_is_409_node_offline(h: Harness) {
 
     // A heartbeat: online, the command is accepted.
     let (s, v) = h
-        .call_as(
-            Method::POST,
-            "/api/agent/status",
-            Some(&verge_protocol::node_bearer(&node, &secret)),
-            Some(json!({"applied_version": 0})),
-        )
+        .status_as(&node, &secret, json!({"applied_version": 0}))
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let (_, n) = h.call(Method::GET, "/api/nodes/edge-cmd", None).await;

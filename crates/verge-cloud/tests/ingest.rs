@@ -12,46 +12,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use common::Harness;
+use common::{Harness, Served, serve};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-struct Served {
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), verge_cloud::CloudError>>,
-    mqtt: std::net::SocketAddr,
-}
-
-async fn serve(h: &Harness) -> Served {
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-    let mqtt = TcpListener::bind("127.0.0.1:0").await.expect("bind mqtt");
-    let addr = mqtt.local_addr().expect("addr");
-    let (stop, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(h.cloud.clone().serve(http, mqtt, async {
-        let _ = rx.await;
-    }));
-    Served {
-        stop,
-        server,
-        mqtt: addr,
-    }
-}
-
-impl Served {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        timeout(WAIT, self.server)
-            .await
-            .expect("serve stops")
-            .expect("task")
-            .expect("serve ok");
-    }
-}
 
 async fn connect(s: &Served, node: &str, secret: &str) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(format!("c-{node}"), s.mqtt.ip().to_string(), s.mqtt.port());
@@ -70,6 +35,39 @@ async fn connect(s: &Served, node: &str, secret: &str) -> (AsyncClient, EventLoo
     .await
     .expect("CONNACK in time");
     (client, el)
+}
+
+/// Publish `payload` to `topic` at QoS 1 with `verge-id` set to `id`, and
+/// wait for a successful PUBACK.
+async fn publish_acked(
+    client: &AsyncClient,
+    el: &mut EventLoop,
+    topic: String,
+    payload: Vec<u8>,
+    id: &str,
+) {
+    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        user_properties: vec![("verge-id".into(), id.into())],
+        ..Default::default()
+    };
+    client
+        .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props)
+        .await
+        .expect("publish");
+    timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    assert_eq!(ack.reason, PubAckReason::Success);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("publish: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("PUBACK in time");
 }
 
 /// Publish `(topic, payload)` at QoS 1 and return each PUBACK reason in
@@ -318,34 +316,14 @@ async fn the_same_verge_id_from_two_nodes_is_stored_for_each() {
     for (node, secret, times) in [(&a, &secret_a, 2), (&b, &secret_b, 1)] {
         let (client, mut el) = connect(&s, node, secret).await;
         for _ in 0..times {
-            let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
-                user_properties: vec![("verge-id".into(), "q/telemetry/1".into())],
-                ..Default::default()
-            };
-            client
-                .publish_with_properties(
-                    format!("nodes/{node}/up/devices/x/telemetry"),
-                    QoS::AtLeastOnce,
-                    false,
-                    b"{}".to_vec(),
-                    props,
-                )
-                .await
-                .expect("publish");
-            timeout(WAIT, async {
-                loop {
-                    match el.poll().await {
-                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                            assert_eq!(ack.reason, PubAckReason::Success);
-                            return;
-                        }
-                        Ok(_) => {}
-                        Err(e) => panic!("publish: {e:?}"),
-                    }
-                }
-            })
-            .await
-            .expect("PUBACK in time");
+            publish_acked(
+                &client,
+                &mut el,
+                format!("nodes/{node}/up/devices/x/telemetry"),
+                b"{}".to_vec(),
+                "q/telemetry/1",
+            )
+            .await;
         }
     }
     assert_eq!(stored(&h, &a).await.len(), 1, "a resend is stored once");
@@ -378,34 +356,14 @@ async fn a_resent_old_reading_does_not_replace_the_last_telemetry() {
         ("q/telemetry/2", 2),
         ("q/telemetry/1", 1),
     ] {
-        let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
-            user_properties: vec![("verge-id".into(), id.into())],
-            ..Default::default()
-        };
-        client
-            .publish_with_properties(
-                format!("nodes/{node}/up/devices/dr/telemetry"),
-                QoS::AtLeastOnce,
-                false,
-                json!({ "t": t }).to_string(),
-                props,
-            )
-            .await
-            .expect("publish");
-        timeout(WAIT, async {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        assert_eq!(ack.reason, PubAckReason::Success);
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("publish: {e:?}"),
-                }
-            }
-        })
-        .await
-        .expect("PUBACK in time");
+        publish_acked(
+            &client,
+            &mut el,
+            format!("nodes/{node}/up/devices/dr/telemetry"),
+            json!({ "t": t }).to_string().into_bytes(),
+            id,
+        )
+        .await;
     }
     let (s, dev) = h.call(Method::GET, "/api/devices/dr", None).await;
     assert_eq!(s, StatusCode::OK, "{dev}");

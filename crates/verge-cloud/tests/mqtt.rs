@@ -11,7 +11,6 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -44,13 +43,8 @@ async fn upstream_is_stored_before_puback_acl_and_commands() {
         .await;
     assert_eq!(s, StatusCode::CREATED);
 
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-    let mqtt = TcpListener::bind("127.0.0.1:0").await.expect("bind mqtt");
-    let mqtt_addr = mqtt.local_addr().expect("addr");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(h.cloud.clone().serve(http, mqtt, async {
-        let _ = stop_rx.await;
-    }));
+    let served = common::serve(&h).await;
+    let mqtt_addr = served.mqtt;
 
     // Wrong password is refused.
     let mut bad = MqttOptions::new("bad", mqtt_addr.ip().to_string(), mqtt_addr.port());
@@ -126,12 +120,7 @@ async fn upstream_is_stored_before_puback_acl_and_commands() {
 
     // A command reaches the node, online after its heartbeat.
     let (s, _) = h
-        .call_as(
-            Method::POST,
-            "/api/agent/status",
-            Some(&verge_protocol::node_bearer(&node, &secret)),
-            Some(json!({"applied_version": 0})),
-        )
+        .status_as(&node, &secret, json!({"applied_version": 0}))
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = h
@@ -155,10 +144,5 @@ async fn upstream_is_stored_before_puback_acl_and_commands() {
         assert_eq!(&p.payload[..], br#"{"delay":1}"#);
     }
 
-    let _ = stop_tx.send(());
-    timeout(WAIT, server)
-        .await
-        .expect("serve stops")
-        .expect("task")
-        .expect("serve ok");
+    served.stop().await;
 }

@@ -27,6 +27,22 @@ async fn simulator(meters: &Meters) -> Simulator {
     Simulator::start(listener, meters.clone()).unwrap()
 }
 
+/// A subscription to every device's telemetry.
+async fn telemetry(broker: &Broker) -> LocalSubscription {
+    broker
+        .handle()
+        .subscribe("devices/+/telemetry", 256)
+        .await
+        .unwrap()
+}
+
+/// Starts a simulator for `meters` and a driver (with [`config`]) reading it.
+async fn start(broker: &Broker, meters: &Meters) -> (Simulator, Driver) {
+    let sim = simulator(meters).await;
+    let driver = Driver::start(config(sim.local_addr().port()), broker.handle()).unwrap();
+    (sim, driver)
+}
+
 /// Two meters: `m1` (000000000001) and `m2` (000000000002).
 fn config(port: u16) -> DriverConfig {
     serde_json::from_value(json!({
@@ -106,14 +122,9 @@ fn bad(v: &Value) -> bool {
 #[tokio::test]
 async fn reads_two_meters_with_scaled_values() {
     let broker = broker();
-    let mut sub = broker
-        .handle()
-        .subscribe("devices/+/telemetry", 256)
-        .await
-        .unwrap();
+    let mut sub = telemetry(&broker).await;
     let meters = meters();
-    let sim = simulator(&meters).await;
-    let driver = Driver::start(config(sim.local_addr().port()), broker.handle()).unwrap();
+    let (sim, driver) = start(&broker, &meters).await;
 
     let m1 = wait_for(&mut sub, "m1", good).await;
     assert_eq!(m1["values"]["energy"], json!(12345.67));
@@ -143,15 +154,10 @@ async fn reads_two_meters_with_scaled_values() {
 #[tokio::test]
 async fn follow_up_frames_are_joined() {
     let broker = broker();
-    let mut sub = broker
-        .handle()
-        .subscribe("devices/+/telemetry", 256)
-        .await
-        .unwrap();
+    let mut sub = telemetry(&broker).await;
     let meters = meters();
     meters.set_split(true);
-    let sim = simulator(&meters).await;
-    let driver = Driver::start(config(sim.local_addr().port()), broker.handle()).unwrap();
+    let (sim, driver) = start(&broker, &meters).await;
     let m1 = wait_for(&mut sub, "m1", good).await;
     assert_eq!(m1["values"]["energy"], json!(12345.67));
     assert_eq!(m1["values"]["ia"], json!(-1.234));
@@ -162,15 +168,10 @@ async fn follow_up_frames_are_joined() {
 #[tokio::test]
 async fn a_stopped_simulator_marks_the_device_bad_until_it_returns() {
     let broker = broker();
-    let mut sub = broker
-        .handle()
-        .subscribe("devices/+/telemetry", 256)
-        .await
-        .unwrap();
+    let mut sub = telemetry(&broker).await;
     let meters = meters();
-    let sim = simulator(&meters).await;
+    let (sim, driver) = start(&broker, &meters).await;
     let addr = sim.local_addr();
-    let driver = Driver::start(config(addr.port()), broker.handle()).unwrap();
     wait_for(&mut sub, "m1", good).await;
 
     sim.stop().await;
@@ -210,14 +211,9 @@ async fn a_stopped_simulator_marks_the_device_bad_until_it_returns() {
 #[tokio::test]
 async fn silence_then_garbage_mark_the_device_bad_without_panicking() {
     let broker = broker();
-    let mut sub = broker
-        .handle()
-        .subscribe("devices/+/telemetry", 256)
-        .await
-        .unwrap();
+    let mut sub = telemetry(&broker).await;
     let meters = meters();
-    let sim = simulator(&meters).await;
-    let driver = Driver::start(config(sim.local_addr().port()), broker.handle()).unwrap();
+    let (sim, driver) = start(&broker, &meters).await;
     wait_for(&mut sub, "m1", good).await;
 
     meters.set_mode(Mode::Silent);
@@ -248,15 +244,10 @@ async fn silence_then_garbage_mark_the_device_bad_without_panicking() {
 #[tokio::test]
 async fn error_frames_name_the_point_error() {
     let broker = broker();
-    let mut sub = broker
-        .handle()
-        .subscribe("devices/+/telemetry", 256)
-        .await
-        .unwrap();
+    let mut sub = telemetry(&broker).await;
     let meters = meters();
     meters.refuse("02010200", Some(0x02)).unwrap();
-    let sim = simulator(&meters).await;
-    let driver = Driver::start(config(sim.local_addr().port()), broker.handle()).unwrap();
+    let (sim, driver) = start(&broker, &meters).await;
 
     let m1 = wait_for(&mut sub, "m1", |v| v.get("errors").is_some()).await;
     assert_eq!(m1["quality"]["ub"], "bad");

@@ -112,6 +112,19 @@ fn broker() -> Broker {
     Broker::start(cfg, auth)
 }
 
+fn script() -> Arc<Mutex<Script>> {
+    Arc::new(Mutex::new(Script::default()))
+}
+
+/// Starts a driver over the fake protocol, scripted by `script`.
+fn start(cfg: DriverConfig, script: &Arc<Mutex<Script>>, b: &Broker) -> Driver {
+    Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle())
+}
+
+async fn subscribe(b: &Broker, filter: &str, capacity: usize) -> LocalSubscription {
+    b.handle().subscribe(filter, capacity).await.expect("sub")
+}
+
 async fn next(sub: &mut LocalSubscription) -> (String, Value) {
     let m = tokio::time::timeout(Duration::from_secs(10), sub.recv())
         .await
@@ -126,7 +139,7 @@ async fn next(sub: &mut LocalSubscription) -> (String, Value) {
 #[tokio::test]
 async fn telemetry_is_scaled_and_bad_points_are_marked() {
     let b = broker();
-    let script = Arc::new(Mutex::new(Script::default()));
+    let script = script();
     {
         let mut s = script.lock().expect("script");
         s.values.insert((0, "t".into()), json!(215));
@@ -137,12 +150,8 @@ async fn telemetry_is_scaled_and_bad_points_are_marked() {
         {"name": "t", "address": "hr:1", "scale": 0.1, "offset": 1},
         {"name": "on", "address": "coil:1"},
         {"name": "gone", "address": "hr:9"}]}]));
-    let mut sub = b
-        .handle()
-        .subscribe("devices/+/telemetry", 64)
-        .await
-        .expect("sub");
-    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    let mut sub = subscribe(&b, "devices/+/telemetry", 64).await;
+    let d = start(cfg, &script, &b);
     let (topic, doc) = next(&mut sub).await;
     assert_eq!(topic, "devices/boiler/telemetry");
     assert_eq!(doc["values"]["t"], json!(22.5));
@@ -162,22 +171,14 @@ async fn telemetry_is_scaled_and_bad_points_are_marked() {
 #[tokio::test]
 async fn a_silent_device_goes_bad_and_back_while_its_neighbour_keeps_going() {
     let b = broker();
-    let script = Arc::new(Mutex::new(Script::default()));
+    let script = script();
     script.lock().expect("script").silent.push(0);
     let cfg = config(json!([
         {"name": "a", "poll": "20ms", "points": [{"name": "v", "address": "hr:1"}]},
         {"name": "b", "poll": "20ms", "points": [{"name": "v", "address": "hr:1"}]}]));
-    let mut sub_a = b
-        .handle()
-        .subscribe("devices/a/telemetry", 256)
-        .await
-        .expect("sub");
-    let mut sub_b = b
-        .handle()
-        .subscribe("devices/b/telemetry", 256)
-        .await
-        .expect("sub");
-    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    let mut sub_a = subscribe(&b, "devices/a/telemetry", 256).await;
+    let mut sub_b = subscribe(&b, "devices/b/telemetry", 256).await;
+    let d = start(cfg, &script, &b);
     let (_, doc) = next(&mut sub_a).await;
     assert_eq!(doc["quality"]["v"], "bad");
     assert!(
@@ -207,17 +208,13 @@ async fn a_silent_device_goes_bad_and_back_while_its_neighbour_keeps_going() {
 #[tokio::test]
 async fn a_broken_connection_is_made_again() {
     let b = broker();
-    let script = Arc::new(Mutex::new(Script::default()));
+    let script = script();
     script.lock().expect("script").down = true;
     let cfg = config(
         json!([{"name": "a", "poll": "20ms", "points": [{"name": "v", "address": "hr:1"}]}]),
     );
-    let mut sub = b
-        .handle()
-        .subscribe("devices/a/telemetry", 256)
-        .await
-        .expect("sub");
-    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    let mut sub = subscribe(&b, "devices/a/telemetry", 256).await;
+    let d = start(cfg, &script, &b);
     // Refused a few times (with backoff), then up.
     while script.lock().expect("script").connects < 3 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -243,7 +240,7 @@ async fn a_broken_connection_is_made_again() {
 #[tokio::test]
 async fn changes_only_publishes_moves_past_the_deadband() {
     let b = broker();
-    let script = Arc::new(Mutex::new(Script::default()));
+    let script = script();
     script
         .lock()
         .expect("script")
@@ -251,12 +248,8 @@ async fn changes_only_publishes_moves_past_the_deadband() {
         .insert((0, "v".into()), json!(10.0));
     let cfg = config(json!([{"name": "a", "poll": "20ms", "changes_only": true,
         "points": [{"name": "v", "address": "hr:1", "deadband": 0.5}]}]));
-    let mut sub = b
-        .handle()
-        .subscribe("devices/a/telemetry", 256)
-        .await
-        .expect("sub");
-    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    let mut sub = subscribe(&b, "devices/a/telemetry", 256).await;
+    let d = start(cfg, &script, &b);
     let (_, doc) = next(&mut sub).await;
     assert_eq!(doc["values"]["v"], json!(10.0));
     // Within the deadband: nothing. Past it: published.
@@ -279,11 +272,7 @@ async fn changes_only_publishes_moves_past_the_deadband() {
 }
 
 async fn command(b: &Broker, device: &str, body: Value) -> Value {
-    let mut sub = b
-        .handle()
-        .subscribe(&format!("devices/{device}/commands/write/reply"), 8)
-        .await
-        .expect("sub");
+    let mut sub = subscribe(b, &format!("devices/{device}/commands/write/reply"), 8).await;
     let m = Message::local(
         format!("devices/{device}/commands/write"),
         body.to_string(),
@@ -297,16 +286,12 @@ async fn command(b: &Broker, device: &str, body: Value) -> Value {
 #[tokio::test]
 async fn write_commands_are_checked_carried_out_and_answered() {
     let b = broker();
-    let script = Arc::new(Mutex::new(Script::default()));
+    let script = script();
     let cfg = config(json!([{"name": "a", "poll": "50ms", "points": [
         {"name": "set", "address": "hr:1", "access": "rw", "scale": 0.1},
         {"name": "ro", "address": "hr:2"}]}]));
-    let mut sub = b
-        .handle()
-        .subscribe("devices/a/telemetry", 256)
-        .await
-        .expect("sub");
-    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    let mut sub = subscribe(&b, "devices/a/telemetry", 256).await;
+    let d = start(cfg, &script, &b);
     next(&mut sub).await;
     let r = command(&b, "a", json!({"point": "set", "value": 21.5, "id": 7})).await;
     assert_eq!(
@@ -341,21 +326,13 @@ async fn write_commands_are_checked_carried_out_and_answered() {
 #[tokio::test]
 async fn a_flood_of_writes_does_not_stop_polling() {
     let b = broker();
-    let script = Arc::new(Mutex::new(Script::default()));
+    let script = script();
     script.lock().expect("script").write_delay = Duration::from_millis(20);
     let cfg = config(json!([{"name": "a", "poll": "20ms", "points": [
         {"name": "set", "address": "hr:1", "access": "rw"}]}]));
-    let mut telemetry = b
-        .handle()
-        .subscribe("devices/a/telemetry", 1024)
-        .await
-        .expect("sub");
-    let mut replies = b
-        .handle()
-        .subscribe("devices/a/commands/write/reply", 1024)
-        .await
-        .expect("sub");
-    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    let mut telemetry = subscribe(&b, "devices/a/telemetry", 1024).await;
+    let mut replies = subscribe(&b, "devices/a/commands/write/reply", 1024).await;
+    let d = start(cfg, &script, &b);
     next(&mut telemetry).await;
     let reads_before = d.status().devices[0].reads;
     for i in 0..50 {
@@ -383,16 +360,12 @@ async fn a_flood_of_writes_does_not_stop_polling() {
 #[tokio::test]
 async fn writes_to_a_device_that_does_not_answer_are_refused_at_once() {
     let b = broker();
-    let script = Arc::new(Mutex::new(Script::default()));
+    let script = script();
     script.lock().expect("script").silent.push(0);
     let cfg = config(json!([{"name": "a", "poll": "20ms", "points": [
         {"name": "set", "address": "hr:1", "access": "rw"}]}]));
-    let mut telemetry = b
-        .handle()
-        .subscribe("devices/a/telemetry", 64)
-        .await
-        .expect("sub");
-    let d = Driver::start_with(cfg, Box::new(Fake(script.clone())), b.handle());
+    let mut telemetry = subscribe(&b, "devices/a/telemetry", 64).await;
+    let d = start(cfg, &script, &b);
     next(&mut telemetry).await;
     let r = command(&b, "a", json!({"point": "set", "value": 1})).await;
     assert_eq!(r["ok"], false, "{r}");

@@ -6,6 +6,10 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{Duration, timeout};
 use tower::ServiceExt;
 use verge_cloud::{Cloud, CloudConfig};
 
@@ -157,6 +161,17 @@ impl Harness {
         (status, value)
     }
 
+    /// A node's heartbeat (`POST /api/agent/status`) with its credentials.
+    pub async fn status_as(&self, node: &str, secret: &str, body: Value) -> (StatusCode, Value) {
+        self.call_as(
+            Method::POST,
+            "/api/agent/status",
+            Some(&verge_protocol::node_bearer(node, secret)),
+            Some(body),
+        )
+        .await
+    }
+
     /// Create node `name` and join it; returns (node id, secret).
     pub async fn joined_node(&self, name: &str) -> (String, String) {
         let (s, v) = self
@@ -181,6 +196,56 @@ impl Harness {
             v["node_id"].as_str().expect("node id").to_owned(),
             v["secret"].as_str().expect("secret").to_owned(),
         )
+    }
+}
+
+/// `GET /api/agent/desired` as a node.
+pub async fn desired_as(
+    h: &Harness,
+    node: &str,
+    secret: &str,
+    version: i64,
+    wait_ms: u64,
+) -> (StatusCode, Value) {
+    h.call_as(
+        Method::GET,
+        &format!("/api/agent/desired?version={version}&wait_ms={wait_ms}"),
+        Some(&verge_protocol::node_bearer(node, secret)),
+        None,
+    )
+    .await
+}
+
+/// The cloud serving HTTP and MQTT on ephemeral local ports.
+pub struct Served {
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), verge_cloud::CloudError>>,
+    pub mqtt: std::net::SocketAddr,
+}
+
+pub async fn serve(h: &Harness) -> Served {
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let mqtt = TcpListener::bind("127.0.0.1:0").await.expect("bind mqtt");
+    let addr = mqtt.local_addr().expect("addr");
+    let (stop, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(h.cloud.clone().serve(http, mqtt, async {
+        let _ = rx.await;
+    }));
+    Served {
+        stop,
+        server,
+        mqtt: addr,
+    }
+}
+
+impl Served {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("serve stops")
+            .expect("task")
+            .expect("serve ok");
     }
 }
 
