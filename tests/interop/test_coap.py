@@ -11,7 +11,7 @@ import pytest
 from aiocoap import Code, Context, Message
 from aiocoap.numbers import ContentFormat
 
-from verge_interop import V5, WAIT, Client, Node, free_port
+from verge_interop import V5, WAIT, Client, Node, free_port, own_topics_device
 
 
 def coap_node(anonymous=True, extra=""):
@@ -129,19 +129,7 @@ def test_block_wise_upload_then_download_of_the_retained_value(cnode):
 
 def test_device_credentials_and_acl(tmp_path):
     reg = tmp_path / "devices.toml"
-    reg.write_text(f"""
-[[devices]]
-username = "sensor"
-password_hash = "{argon2.PasswordHasher().hash("s3cret")}"
-[[devices.acl]]
-permission = "allow"
-action = "all"
-topic = "devices/%u/#"
-[[devices.acl]]
-permission = "deny"
-action = "all"
-topic = "#"
-""")
+    reg.write_text(own_topics_device("sensor", argon2.PasswordHasher().hash("s3cret")))
     n = coap_node(anonymous=False, extra=f'devices_file = "{reg}"')
     try:
         wait_for_coap(n)

@@ -12,8 +12,6 @@ tests/interop/artifacts/console.png.
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from verge_interop import REPO, free_port, verge_bin
+from verge_interop import REPO, free_port, port_open, terminate, verge_bin, verge_env
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -46,14 +44,6 @@ def need(ok, why):
     pytest.skip(why)
 
 
-def port_open(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 class Proc:
     """A verge subcommand with its output in a log file."""
 
@@ -61,9 +51,8 @@ class Proc:
         self.name = name
         self.log_path = Path(workdir) / f"{name}.log"
         self.log = open(self.log_path, "w+")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VERGE__")}
         self.proc = subprocess.Popen(
-            [verge_bin(), *args], cwd=workdir, env=env,
+            [verge_bin(), *args], cwd=workdir, env=verge_env(),
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
 
@@ -75,13 +64,7 @@ class Proc:
         return self.proc.poll() is None
 
     def stop(self):
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def wait_for(what, check, proc, timeout=15):

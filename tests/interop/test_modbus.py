@@ -5,11 +5,9 @@ register counting up) on its own thread; the real `verge node` binary with a
 which change the server's registers and coils."""
 
 import asyncio
-import json
+import functools
 import logging
-import threading
 import time
-import urllib.request
 
 import pytest
 
@@ -21,13 +19,22 @@ from pymodbus.datastore import (  # noqa: E402
 )
 from pymodbus.server import ModbusTcpServer  # noqa: E402
 
-from verge_interop import V5, Client, Node, free_port  # noqa: E402
+from verge_interop import (  # noqa: E402
+    V5,
+    Client,
+    LoopThread,
+    Node,
+    device_telemetry,
+    free_port,
+    write_command,
+)
+from verge_interop import node_api as api  # noqa: E402
 
 PATIENCE = 20  # seconds for anything that involves (re)connecting
 SIZE = 100  # registers and bits of each table
 
 
-class ModbusServer:
+class ModbusServer(LoopThread):
     """A pymodbus TCP server on its own thread and event loop. hr:0 counts up
     every 100 ms; the rest holds fixed values the test checks."""
 
@@ -52,24 +59,7 @@ class ModbusServer:
             ir=ModbusSequentialDataBlock(1, ir),
         )
         self.context = ModbusServerContext(devices=device, single=True)
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.error = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(30) or self.error:
-            raise RuntimeError(f"pymodbus server did not start: {self.error}")
-
-    def _run(self):
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._start())
-        except Exception as e:  # noqa: BLE001 - reported to the test
-            self.error = e
-            self.ready.set()
-            return
-        self.ready.set()
-        self.loop.run_forever()
+        self.start_loop("pymodbus server")
 
     async def _start(self):
         self.server = ModbusTcpServer(self.context, address=("127.0.0.1", self.port))
@@ -93,11 +83,7 @@ class ModbusServer:
         async def _stop():
             self.ticker.cancel()
             await self.server.shutdown()
-        try:
-            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
+        self.stop_loop(_stop())
 
 
 def drivers_toml(server):
@@ -165,40 +151,8 @@ def setup():
     server.stop()
 
 
-def telemetry(client, device, pred, timeout=PATIENCE):
-    """The next telemetry of `device` for which `pred` holds."""
-    deadline = time.time() + timeout
-    seen = []
-    while time.time() < deadline:
-        try:
-            m = client.msgs.get(timeout=max(0.01, deadline - time.time()))
-        except Exception:  # noqa: BLE001 - queue.Empty
-            break
-        if m.topic != f"devices/{device}/telemetry":
-            continue
-        doc = json.loads(m.payload)
-        seen.append(doc)
-        if pred(doc):
-            return doc
-    pytest.fail(f"no matching telemetry from {device} within {timeout} s; last: {seen[-3:]}")
-
-
-def write(client, device, point, value):
-    """Send a write command; return its reply."""
-    reply = f"devices/{device}/commands/write/reply"
-    client.sub(reply, 1)
-    client.pub(f"devices/{device}/commands/write", json.dumps({"point": point, "value": value}), 1)
-    deadline = time.time() + PATIENCE
-    while time.time() < deadline:
-        m = client.recv(PATIENCE)
-        if m.topic == reply:
-            return json.loads(m.payload)
-    pytest.fail(f"no reply on {reply}")
-
-
-def api(node, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=5) as r:
-        return json.loads(r.read().decode())
+telemetry = functools.partial(device_telemetry, timeout=PATIENCE)
+write = functools.partial(write_command, timeout=PATIENCE)
 
 
 def test_telemetry_carries_every_type(setup):

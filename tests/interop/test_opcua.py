@@ -6,15 +6,13 @@ an operator moving it out of `rejected/`); paho-mqtt sees the telemetry and
 sends write commands, which change the server's variable."""
 
 import asyncio
-import json
+import functools
 import os
 import shutil
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,12 +22,21 @@ from asyncua import Server, ua  # noqa: E402
 from asyncua.crypto.cert_gen import setup_self_signed_certificate  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
-from verge_interop import V5, Client, Node, free_port  # noqa: E402
+from verge_interop import (  # noqa: E402
+    V5,
+    Client,
+    LoopThread,
+    Node,
+    device_telemetry,
+    free_port,
+    write_command,
+)
+from verge_interop import node_api as api  # noqa: E402
 
 PATIENCE = 30  # seconds for anything that involves (re)connecting
 
 
-class OpcuaServer:
+class OpcuaServer(LoopThread):
     """An asyncua server on its own thread and event loop: `ns=N;s=Temperature`
     (Double, +0.5 every 200 ms) and `ns=N;s=Setpoint` (Int32, writable), on
     endpoints with security None and Basic256Sha256 (sign and encrypt)."""
@@ -38,24 +45,7 @@ class OpcuaServer:
         self.dir = tempfile.mkdtemp(prefix="verge-opcua-server-")
         self.port = free_port()
         self.url = f"opc.tcp://127.0.0.1:{self.port}/verge/"
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.error = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(30) or self.error:
-            raise RuntimeError(f"asyncua server did not start: {self.error}")
-
-    def _run(self):
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._start())
-        except Exception as e:  # noqa: BLE001 - reported to the test
-            self.error = e
-            self.ready.set()
-            return
-        self.ready.set()
-        self.loop.run_forever()
+        self.start_loop("asyncua server")
 
     async def _start(self):
         uri = "urn:verge:interop:asyncua"
@@ -104,10 +94,8 @@ class OpcuaServer:
                 t.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
         try:
-            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+            self.stop_loop(_stop())
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -123,32 +111,24 @@ name = "setpoint"
 address = "ns={ns};s=Setpoint"
 access = "rw"
 """
-    return f"""
+
+    def driver(name, security, pki_dir, device):
+        return f"""
 [[drivers]]
-name = "ua-plain"
+name = "{name}"
 protocol = "opcua"
 endpoint = "{server.url}"
-security = "none"
-pki_dir = "{pki}-plain"
+security = "{security}"
+pki_dir = "{pki_dir}"
 timeout = "2s"
 retry = {{ initial = "200ms", max = "1s" }}
 [[drivers.devices]]
-name = "boiler"
+name = "{device}"
 poll = "200ms"
-{points}
-[[drivers]]
-name = "ua-secure"
-protocol = "opcua"
-endpoint = "{server.url}"
-security = "basic256sha256"
-pki_dir = "{pki}"
-timeout = "2s"
-retry = {{ initial = "200ms", max = "1s" }}
-[[drivers.devices]]
-name = "boiler-secure"
-poll = "200ms"
-{points}
-"""
+{points}"""
+
+    return (driver("ua-plain", "none", f"{pki}-plain", "boiler")
+            + driver("ua-secure", "basic256sha256", pki, "boiler-secure") + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -163,39 +143,12 @@ def setup():
     shutil.rmtree(pki + "-plain", ignore_errors=True)
 
 
-def telemetry(client, device, pred, timeout=PATIENCE):
-    """The next telemetry of `device` for which `pred` holds."""
-    deadline = time.time() + timeout
-    seen = []
-    while time.time() < deadline:
-        try:
-            m = client.msgs.get(timeout=max(0.01, deadline - time.time()))
-        except Exception:  # noqa: BLE001 - queue.Empty
-            break
-        if m.topic != f"devices/{device}/telemetry":
-            continue
-        doc = json.loads(m.payload)
-        seen.append(doc)
-        if pred(doc):
-            return doc
-    pytest.fail(f"no matching telemetry from {device} within {timeout} s; last: {seen[-3:]}")
+telemetry = functools.partial(device_telemetry, timeout=PATIENCE)
+write = functools.partial(write_command, timeout=PATIENCE)
 
 
 def good(doc, point="temperature"):
     return doc.get("quality", {}).get(point) == "good"
-
-
-def write(client, device, point, value):
-    """Send a write command; return its reply."""
-    reply = f"devices/{device}/commands/write/reply"
-    client.sub(reply, 1)
-    client.pub(f"devices/{device}/commands/write", json.dumps({"point": point, "value": value}), 1)
-    deadline = time.time() + PATIENCE
-    while time.time() < deadline:
-        m = client.recv(PATIENCE)
-        if m.topic == reply:
-            return json.loads(m.payload)
-    pytest.fail(f"no reply on {reply}")
 
 
 def test_security_none_subscribes_and_writes(setup):
@@ -261,11 +214,6 @@ def test_basic256sha256_with_generated_certificate_and_trusted_server(setup):
         d = next(d for d in status if d["name"] == name)
         assert d["connected"] and d["protocol"] == "opcua", d
     c.close()
-
-
-def api(node, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=5) as r:
-        return json.loads(r.read().decode())
 
 
 def test_browse_finds_the_servers_variables(setup):

@@ -17,9 +17,7 @@ MAX_EXAMPLES generated cases per operation and phase.
 
 import atexit
 import json
-import os
 import re
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from verge_interop import free_port, verge_bin
+from verge_interop import free_port, terminate, verge_bin, verge_env
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402  (after the skip)
@@ -75,7 +73,7 @@ class Cloud:
         http, mqtt = free_port(), free_port()
         self.log_path = Path(self.tmp.name) / "cloud.log"
         self.log = open(self.log_path, "w+")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VERGE__")}
+        env = verge_env()
         env.setdefault("RUST_LOG", "warn")
         self.proc = subprocess.Popen(
             [verge_bin(), "cloud",
@@ -111,13 +109,7 @@ class Cloud:
         return self.log_path.read_text(errors="replace")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=10)
         if not self.log.closed:
             self.log.close()
         self.tmp.cleanup()

@@ -8,7 +8,7 @@ import uuid
 import argon2
 import pytest
 
-from verge_interop import V3, V5, WAIT, Client, Node, verge_bin
+from verge_interop import V3, V5, WAIT, Client, Node, own_topics_device, verge_bin
 
 BOTH = pytest.mark.parametrize("proto", [V3, V5], ids=["v311", "v5"])
 
@@ -34,20 +34,8 @@ def cli_hash(password, stdin=False):
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory):
     reg = tmp_path_factory.mktemp("registry") / "devices.toml"
-    reg.write_text(f"""
-# ACL: sensor may only use devices/<its username>/...
-[[devices]]
-username = "sensor"
-password_hash = "{cli_hash("s3cret", stdin=True)}"
-[[devices.acl]]
-permission = "allow"
-action = "all"
-topic = "devices/%u/#"
-[[devices.acl]]
-permission = "deny"
-action = "all"
-topic = "#"
-
+    # ACL: sensor may only use devices/<its username>/...
+    reg.write_text(own_topics_device("sensor", cli_hash("s3cret", stdin=True)) + f"""
 # hashed by a third-party library (argon2-cffi), not by verge
 [[devices]]
 username = "py"

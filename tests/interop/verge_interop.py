@@ -2,6 +2,8 @@
 paho-mqtt client wrapper with queues that the tests wait on (with timeouts, so
 nothing hangs)."""
 
+import asyncio
+import json
 import os
 import queue
 import re
@@ -9,7 +11,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -40,12 +44,51 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _port_open(port):
+def port_open(port):
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
         return True
     except OSError:
         return False
+
+
+def verge_env():
+    """This environment without VERGE__* overrides: the config alone decides."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("VERGE__")}
+
+
+def terminate(proc, timeout=5):
+    """SIGTERM a still running process; SIGKILL it if it has not ended in `timeout` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def node_api(node, path):
+    """GET `path` of a node's HTTP API; the JSON body."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=5) as r:
+        return json.loads(r.read().decode())
+
+
+def own_topics_device(username, password_hash):
+    """A `[[devices]]` entry of a device registry whose ACL allows the device
+    only `devices/<its username>/...`."""
+    return f"""[[devices]]
+username = "{username}"
+password_hash = "{password_hash}"
+[[devices.acl]]
+permission = "allow"
+action = "all"
+topic = "devices/%u/#"
+[[devices.acl]]
+permission = "deny"
+action = "all"
+topic = "#"
+"""
 
 
 class Node:
@@ -88,8 +131,7 @@ bind = "127.0.0.1:{self.http}"
 bind = "127.0.0.1:{self.coap}"
 {tail}
 """)
-        # The config file alone decides: no VERGE__* overrides leak in.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VERGE__")}
+        env = verge_env()
         self.log = open(os.path.join(self.dir, "verge.log"), "w+")
         self.proc = subprocess.Popen(
             [verge_bin(), "node", "--config", self.config],
@@ -97,7 +139,7 @@ bind = "127.0.0.1:{self.coap}"
         )
         deadline = time.time() + 10
         while time.time() < deadline:
-            if _port_open(self.tcp) and _port_open(self.ws) and _port_open(self.http):
+            if port_open(self.tcp) and port_open(self.ws) and port_open(self.http):
                 return
             if self.proc.poll() is not None:
                 break
@@ -117,13 +159,7 @@ bind = "127.0.0.1:{self.coap}"
         return "\n".join(self.output().splitlines()[-lines:])
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 _CONNACK_LOG = re.compile(r"Received CONNACK \((\d+), (\d+)\)")
@@ -260,3 +296,68 @@ class Client:
         sock = self.c.socket()
         sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+class LoopThread:
+    """A third-party server on its own thread and asyncio event loop. A
+    subclass defines `async _start()` and calls `start_loop(what)` once its
+    own state is set up."""
+
+    def start_loop(self, what):
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(30) or self.error:
+            raise RuntimeError(f"{what} did not start: {self.error}")
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._start())
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            self.error = e
+            self.ready.set()
+            return
+        self.ready.set()
+        self.loop.run_forever()
+
+    def stop_loop(self, shutdown):
+        """Run the coroutine `shutdown` on the loop, then end the loop and its thread."""
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown, self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+def device_telemetry(client, device, pred, timeout):
+    """The next telemetry of `device` for which `pred` holds."""
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        try:
+            m = client.msgs.get(timeout=max(0.01, deadline - time.time()))
+        except Exception:  # noqa: BLE001 - queue.Empty
+            break
+        if m.topic != f"devices/{device}/telemetry":
+            continue
+        doc = json.loads(m.payload)
+        seen.append(doc)
+        if pred(doc):
+            return doc
+    pytest.fail(f"no matching telemetry from {device} within {timeout} s; last: {seen[-3:]}")
+
+
+def write_command(client, device, point, value, timeout):
+    """Send a write command; return its reply."""
+    reply = f"devices/{device}/commands/write/reply"
+    client.sub(reply, 1)
+    client.pub(f"devices/{device}/commands/write", json.dumps({"point": point, "value": value}), 1)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        m = client.recv(timeout)
+        if m.topic == reply:
+            return json.loads(m.payload)
+    pytest.fail(f"no reply on {reply}")
