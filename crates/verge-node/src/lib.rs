@@ -1,77 +1,37 @@
-//! The edge node's local HTTP API (default 127.0.0.1:8081): rules
-//! (create, list, get, update, delete, start, stop, test), broker status,
-//! edge functions (`/api/functions/*`), protocol drivers (`/api/drivers`), the local time-series store
-//! (`/api/store/*`), the cloud agent's status (`/api/cloud`) and Prometheus metrics at
-//! `/metrics`. Errors are JSON with a code and a
-//! message (see [`AppError`]). When a token is configured, `/api/*` needs
-//! `Authorization: Bearer <token>`; `/healthz` and `/metrics` stay open for
-//! probes and scrapers.
+//! The edge node: its configuration ([`NodeConfig`]), the wiring of its
+//! parts ([`Node::start`] / [`Node::serve`] over already-bound
+//! [`Listeners`], in the style of a server's `run(listener, shutdown)`),
+//! the adapters through which rule actions reach the node's services
+//! ([`services`]), the link to a cloud center ([`cloud`]) and the node's
+//! local HTTP API ([`http`]).
 //!
-//! Handlers only translate HTTP to calls on the node's parts; the rules
-//! themselves live in `verge-rules`.
+//! The parts themselves live in their own crates — the broker
+//! (`verge-broker`), rules (`verge-rules`), functions (`verge-functions`),
+//! the local store (`verge-tsdb`), the cache queue (`verge-queue`), the
+//! cloud link (`verge-bridge`), drivers (`verge-drivers`), CoAP
+//! (`verge-coap`) and the cloud agent (`verge-agent`); this crate owns the
+//! order in which they start and stop and how they are connected. The
+//! `verge` binary only parses flags, loads the config, prints and calls
+//! [`Node::start`] and [`Node::serve`].
+//!
+//! Design notes:
+//! - Listeners are bound before anything is opened ([`Listeners::bind`]),
+//!   so a port in use is reported before a data directory is touched, and
+//!   served only once every part runs, so a client never meets a node whose
+//!   rules are not there yet.
+//! - Shutdown stops what produces before what consumes: the agent and the
+//!   APIs first, then drivers, rules and functions, then the cloud link
+//!   (which queues what its forwards hold), the cache queue (cursors) and
+//!   the store (last points), the broker last.
 
-mod api;
-mod bridge_api;
-mod drivers_api;
-mod error;
-mod functions;
-mod functions_api;
-mod metrics;
-mod store;
-mod store_api;
-mod upstream;
+pub mod cloud;
+pub mod config;
+pub mod http;
+mod listeners;
+mod node;
+pub mod services;
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use tokio::net::TcpListener;
-use verge_broker::BrokerHandle;
-use verge_rules::Engine;
-use verge_tsdb::Tsdb;
-
-pub use api::router;
-pub use error::AppError;
-pub use functions::{FunctionsInvoker, Triggers};
-pub use store::TsdbStore;
-pub use upstream::QueueUpstream;
-
-/// What the API serves.
-#[derive(Clone)]
-pub struct NodeState {
-    /// Node name, for `/api/status`.
-    pub name: Arc<str>,
-    /// When the node started.
-    pub started: Instant,
-    /// The broker.
-    pub broker: BrokerHandle,
-    /// The rule engine.
-    pub rules: Arc<Engine>,
-    /// Bearer token required on `/api/*`; none when `None`.
-    pub token: Option<Arc<str>>,
-    /// The local time-series store (`/api/store/*`); none when disabled.
-    pub store: Option<Arc<Tsdb>>,
-    /// The cloud link and its cache queue (`/api/bridge`); none when the
-    /// node has no cloud link.
-    pub bridge: Option<verge_bridge::BridgeHandle>,
-    /// The edge functions (`/api/functions`); none when the node has no
-    /// function runtime.
-    pub functions: Option<verge_functions::Functions>,
-    /// The protocol drivers (`/api/drivers`); none when the node has none.
-    pub drivers: Option<Arc<verge_drivers::Drivers>>,
-    /// The CoAP gateway's counters (`/metrics`); none when it is off.
-    pub coap: Option<Arc<verge_coap::Stats>>,
-    /// The cloud agent's status (`/api/cloud`); none unless the node is
-    /// managed by a cloud center.
-    pub cloud: Option<verge_agent::StatusHandle>,
-}
-
-/// Serve the API on an already-bound listener until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    state: NodeState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
+pub use cloud::CloudLink;
+pub use config::NodeConfig;
+pub use listeners::{Endpoint, Listeners};
+pub use node::{Node, StartError};

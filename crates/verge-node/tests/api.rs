@@ -11,11 +11,11 @@ use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use verge_broker::{Broker, BrokerConfig};
-use verge_node::{NodeState, router};
+use verge_node::http::{ApiState, router};
 use verge_rules::{Engine, RuleEngineConfig, Services};
 
-fn state(broker: &Broker, token: Option<&str>) -> NodeState {
-    NodeState {
+fn state(broker: &Broker, token: Option<&str>) -> ApiState {
+    ApiState {
         name: Arc::from("test-node"),
         started: Instant::now(),
         broker: broker.handle(),
@@ -40,7 +40,7 @@ fn broker() -> Broker {
 }
 
 async fn call(
-    s: &NodeState,
+    s: &ApiState,
     method: &str,
     path: &str,
     body: Option<&str>,
@@ -65,7 +65,7 @@ async fn call(
 }
 
 async fn json_call(
-    s: &NodeState,
+    s: &ApiState,
     method: &str,
     path: &str,
     body: Option<Value>,

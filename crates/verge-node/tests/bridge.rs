@@ -13,7 +13,8 @@ use tower::ServiceExt;
 use verge_bridge::{Bridge, BridgeConfig};
 use verge_broker::{Broker, BrokerConfig, Message};
 use verge_mqtt::QoS;
-use verge_node::{NodeState, QueueUpstream, router};
+use verge_node::http::{ApiState, router};
+use verge_node::services::QueueUpstream;
 use verge_queue::{Queue, QueueConfig};
 use verge_rules::{Engine, RuleConfig, RuleEngineConfig, Services, Upstream};
 
@@ -123,7 +124,7 @@ async fn an_unknown_lane_is_refused_when_the_rule_is_created() {
     b.shutdown().await;
 }
 
-async fn get(s: &NodeState, path: &str) -> (StatusCode, String) {
+async fn get(s: &ApiState, path: &str) -> (StatusCode, String) {
     let req = Request::builder()
         .uri(path)
         .body(Body::empty())
@@ -164,7 +165,7 @@ async fn bridge_status_and_metrics() {
     )
     .await
     .expect("append");
-    let mut state = NodeState {
+    let mut state = ApiState {
         name: Arc::from("edge-9"),
         started: Instant::now(),
         broker: b.handle(),

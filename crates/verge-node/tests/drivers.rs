@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use verge_broker::{Broker, BrokerConfig};
 use verge_drivers::Drivers;
-use verge_node::{NodeState, router};
+use verge_node::http::{ApiState, router};
 use verge_rules::{Engine, RuleEngineConfig, Services};
 
 fn broker() -> Broker {
@@ -23,8 +23,8 @@ fn broker() -> Broker {
     Broker::start(cfg, auth)
 }
 
-fn state(broker: &Broker, drivers: Option<Arc<Drivers>>) -> NodeState {
-    NodeState {
+fn state(broker: &Broker, drivers: Option<Arc<Drivers>>) -> ApiState {
+    ApiState {
         name: Arc::from("test-node"),
         started: Instant::now(),
         broker: broker.handle(),
@@ -42,7 +42,7 @@ fn state(broker: &Broker, drivers: Option<Arc<Drivers>>) -> NodeState {
     }
 }
 
-async fn call(s: &NodeState, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(s: &ApiState, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(path);
     if body.is_some() {
         req = req.header("content-type", "application/json");

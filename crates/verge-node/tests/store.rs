@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use verge_broker::{BoundListener, Broker, BrokerConfig, Transport};
-use verge_node::{NodeState, TsdbStore, router};
+use verge_node::http::{ApiState, router};
+use verge_node::services::TsdbStore;
 use verge_rules::{Engine, RuleConfig, RuleEngineConfig, Services};
 use verge_tsdb::{Point, Tsdb, TsdbConfig, now_ms};
 
@@ -47,12 +48,12 @@ fn open(dir: &std::path::Path) -> Arc<Tsdb> {
     )
 }
 
-fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> NodeState {
+fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> ApiState {
     let mut services = Services::new(broker.handle());
     services.store = store
         .clone()
         .map(|db| Arc::new(TsdbStore::new(db)) as Arc<dyn verge_rules::TelemetryStore>);
-    NodeState {
+    ApiState {
         name: Arc::from("test-node"),
         started: Instant::now(),
         broker: broker.handle(),
@@ -67,7 +68,7 @@ fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> NodeState {
     }
 }
 
-async fn get(s: &NodeState, path: &str) -> (StatusCode, String) {
+async fn get(s: &ApiState, path: &str) -> (StatusCode, String) {
     let req = Request::builder()
         .uri(path)
         .body(Body::empty())
@@ -80,7 +81,7 @@ async fn get(s: &NodeState, path: &str) -> (StatusCode, String) {
     (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
 }
 
-async fn get_json(s: &NodeState, path: &str) -> (StatusCode, Value) {
+async fn get_json(s: &ApiState, path: &str) -> (StatusCode, Value) {
     let (st, body) = get(s, path).await;
     let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
     (st, v)

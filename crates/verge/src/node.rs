@@ -1,25 +1,16 @@
-//! `verge node` (and the node of `verge up`): wire the configured node
-//! together (the broker and its listeners, the rule engine with the
-//! configured rules, functions, drivers, the cloud link and, when joined to a
-//! cloud center, its agent), print where it listens and run until Ctrl-C or
-//! SIGTERM.
+//! `verge node` (and the node of `verge up`): complete the config (the
+//! demo's TLS material, a managed node's cloud link), bind the listeners,
+//! start the node (`verge_node::Node`), print where it listens and serve
+//! until Ctrl-C or SIGTERM. The node itself, its start and shutdown order,
+//! lives in `verge-node`.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::Path;
 
 use anyhow::Context;
-use tracing::{debug, info};
-use verge_bridge::Bridge;
-use verge_broker::{BoundListener, Broker, BrokerError};
-use verge_drivers::Drivers;
-use verge_functions::{Functions, FunctionsConfig};
-use verge_node::{FunctionsInvoker, NodeState, QueueUpstream, Triggers, TsdbStore};
-use verge_queue::Queue;
-use verge_rules::{Engine, FunctionInvoker, Services, TelemetryStore, Upstream};
-use verge_tsdb::{Tsdb, TsdbError};
+use tracing::debug;
+use verge_node::{CloudLink, Endpoint, Listeners, Node};
 
 use crate::config::NodeConfig;
 
@@ -32,117 +23,16 @@ pub enum Mode {
     Node,
 }
 
-/// A node managed by a cloud center: its credentials and the folder where
-/// the agent keeps them and the last desired state (`<data_dir>/cloud`).
-pub struct CloudLink {
-    /// From the join.
-    pub creds: verge_agent::Credentials,
-    /// `<data_dir>/cloud`.
-    pub dir: PathBuf,
-}
-
-/// The credentials of a node managed by the cloud at `url`: a join with
-/// `join` (then stored in `<data_dir>/cloud`), else the stored ones.
-/// `ca` (`--cloud-ca`) is the CA file the cloud's certificates are verified
-/// against; it is stored with the credentials, and a stored one is used
-/// when none is given.
+/// The credentials of a node managed by the cloud at `url` (see
+/// [`CloudLink::establish`]).
 pub fn cloud_link(
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     url: &str,
     join: Option<&str>,
-    ca: Option<&std::path::Path>,
+    ca: Option<&Path>,
 ) -> anyhow::Result<CloudLink> {
-    let dir = data_dir.join("cloud");
-    let url = url.trim_end_matches('/');
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        anyhow::bail!("--cloud `{url}`: expected the cloud center's http(s)://host:port");
-    }
-    // Absolute: the node may be restarted from another directory.
-    let ca = ca
-        .map(std::path::absolute)
-        .transpose()
-        .context("--cloud-ca")?;
-    if let Some(ca) = &ca {
-        verge_agent::http::set_ca_file(Some(ca)).context("--cloud-ca")?;
-    }
-    let stored = verge_agent::load_credentials(&dir)
-        .with_context(|| format!("reading the node's credentials in {}", dir.display()))?;
-    let creds = match (join, stored) {
-        (Some(token), stored) => match runtime()?.block_on(verge_agent::join(url, token)) {
-            Ok(creds) => {
-                verge_agent::save_credentials(&dir, &creds).with_context(|| {
-                    format!("storing the node's credentials in {}", dir.display())
-                })?;
-                eprintln!(
-                    "joined {url} as node `{}`; credentials stored in {}",
-                    creds.node_id,
-                    dir.display()
-                );
-                creds
-            }
-            // The join command run again (the token is spent) or the cloud
-            // down: a node that already joined this cloud runs as before.
-            Err(e) => match stored {
-                Some(creds) if creds.cloud_url == url => {
-                    eprintln!(
-                        "note: joining again failed ({e}); this node joined {url} before as \
-                         `{}`: using its stored credentials",
-                        creds.node_id
-                    );
-                    creds
-                }
-                _ => {
-                    return Err(anyhow::Error::new(e))
-                        .with_context(|| format!("joining the cloud center at {url}"));
-                }
-            },
-        },
-        (None, Some(mut creds)) => {
-            if creds.cloud_url != url {
-                tracing::warn!(
-                    stored = %creds.cloud_url,
-                    given = %url,
-                    "the node joined another cloud URL; using the one given"
-                );
-                creds.cloud_url = url.to_owned();
-            }
-            match (&ca, &creds.ca_file) {
-                (Some(given), stored) if stored.as_ref() != Some(given) => {
-                    creds.ca_file = Some(given.clone());
-                    verge_agent::save_credentials(&dir, &creds).with_context(|| {
-                        format!("storing the node's credentials in {}", dir.display())
-                    })?;
-                }
-                (None, Some(stored)) => {
-                    verge_agent::http::set_ca_file(Some(stored)).with_context(|| {
-                        format!(
-                            "the CA file stored with the node's credentials in {}",
-                            dir.display()
-                        )
-                    })?;
-                }
-                _ => {}
-            }
-            creds
-        }
-        (None, None) => anyhow::bail!(
-            "this node has not joined a cloud center yet (no credentials in {}): \
-             run `verge node --cloud {url} --join <token>` with the token the console \
-             or `verge ctl nodes create` gave",
-            dir.display()
-        ),
-    };
-    Ok(CloudLink { creds, dir })
+    Ok(runtime()?.block_on(CloudLink::establish(data_dir, url, join, ca))?)
 }
-
-/// Upstream forwards of a cloud-managed node whose config names none:
-/// device telemetry, device events (alarms lane) and what functions
-/// publish under `processed/`.
-pub const CLOUD_FORWARDS: &[(&str, &str)] = &[
-    ("devices/+/telemetry", "telemetry"),
-    ("devices/+/events/#", "alarms"),
-    ("processed/#", "telemetry"),
-];
 
 /// Run a node until Ctrl-C or SIGTERM. Call outside any runtime.
 pub fn run(mut cfg: NodeConfig, mode: Mode, cloud: Option<CloudLink>) -> anyhow::Result<()> {
@@ -176,33 +66,7 @@ pub fn prepare(cfg: &mut NodeConfig, mode: Mode, cloud: Option<&CloudLink>) -> a
         demo_tls(cfg)?;
     }
     if let Some(link) = cloud {
-        let c = &link.creds;
-        // A managed node is known by its cloud id unless named in its config.
-        if cfg.node.name == crate::config::NodeConfig::default().node.name {
-            cfg.node.name = c.node_id.clone();
-        }
-        let b = &mut cfg.bridge;
-        b.enabled = true;
-        b.url = c.mqtt_url.clone();
-        // The CA given at join verifies the cloud's MQTT endpoint too,
-        // unless the node's config names one.
-        if b.ca_file.is_none() && c.mqtt_url.starts_with("mqtts://") {
-            b.ca_file = c.ca_file.clone();
-        }
-        b.node = c.node_id.clone();
-        b.username = Some(c.node_id.clone());
-        b.password = Some(c.secret.clone());
-        if b.forwards.is_empty() {
-            b.forwards = CLOUD_FORWARDS
-                .iter()
-                .map(|(filter, lane)| verge_bridge::Forward {
-                    filter: (*filter).to_owned(),
-                    lane: (*lane).to_owned(),
-                })
-                .collect();
-        }
-        b.plan(&cfg.node.name)
-            .context("the cloud link made from the node's credentials")?;
+        link.configure(cfg)?;
     }
     Ok(())
 }
@@ -214,261 +78,13 @@ pub async fn serve(
     cloud: Option<CloudLink>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let auth = Broker::authenticator(&cfg.broker).context("broker")?;
-    let listeners = verge_broker::bind_all(&cfg.broker.listeners)
-        .await
-        .map_err(|e| match e {
-            BrokerError::Listener { what, error } => anyhow::anyhow!(
-                "{what}: {error} (set another `bind` address for this listener, \
-             or `enabled = false`)"
-            ),
-            other => anyhow::Error::new(other).context("starting the broker's listeners"),
-        })?;
-    let endpoints: Vec<String> = listeners
-        .iter()
-        .map(|l| endpoint(l, &cfg))
-        .collect::<anyhow::Result<_>>()?;
-    let tcp = listeners
-        .iter()
-        .find(|l| l.kind() == "tcp")
-        .and_then(|l| l.local_addr().ok());
-    let http_listener = if cfg.http.enabled {
-        Some(
-            tokio::net::TcpListener::bind(cfg.http.bind)
-                .await
-                .with_context(|| {
-                    format!(
-                        "http.bind {}: cannot listen (set another address, or \
-                         http.enabled = false)",
-                        cfg.http.bind
-                    )
-                })?,
-        )
-    } else {
-        None
-    };
-    let bridge_plan = if cfg.bridge.enabled {
-        Some(cfg.bridge.plan(&cfg.node.name)?)
-    } else {
-        None
-    };
-    let coap_socket = if cfg.coap.enabled {
-        Some(verge_coap::bind(&cfg.coap).await.map_err(|e| {
-            anyhow::anyhow!("coap: {e} (set another coap.bind, or coap.enabled = false)")
-        })?)
-    } else {
-        None
-    };
-    let mut endpoints = endpoints;
-    if let Some(a) = coap_socket.as_ref().and_then(|s| s.local_addr().ok()) {
-        endpoints.push(format!("CoAP over UDP        coap://{a}/ps/<topic>"));
-    }
-    let store = open_store(&cfg).await?;
-    let queue = match bridge_plan {
-        Some(_) => Some(open_queue(&cfg).await?),
-        None => None,
-    };
-    let functions = open_functions(&cfg).await?;
-    let mut broker = Broker::start(cfg.broker.clone(), auth.clone());
-    for l in listeners {
-        broker.serve(l);
-    }
-    let triggers = Triggers::start(functions.clone(), broker.handle());
-    let coap = match coap_socket {
-        Some(sock) => Some(
-            verge_coap::Gateway::new(cfg.coap.clone(), broker.handle(), auth.clone())
-                .context("coap")?
-                .spawn(sock),
-        ),
-        None => None,
-    };
-    let drivers =
-        Arc::new(Drivers::new(broker.handle()).with_pki_root(cfg.node.data_dir.join("opcua-pki")));
-    for (i, d) in cfg.drivers.iter().enumerate() {
-        if !d.enabled {
-            continue;
-        }
-        if let Err(e) = drivers.create(d.clone()).await {
-            drivers.shutdown().await;
-            broker.shutdown().await;
-            anyhow::bail!("drivers[{i}] (`{}`): {e}", d.name);
-        }
-    }
-    let mut services = Services::new(broker.handle());
-    services.functions =
-        Some(Arc::new(FunctionsInvoker::new(functions.clone())) as Arc<dyn FunctionInvoker>);
-    services.store = store
-        .clone()
-        .map(|db| Arc::new(TsdbStore::new(db)) as Arc<dyn TelemetryStore>);
-    services.upstream = queue
-        .clone()
-        .map(|q| Arc::new(QueueUpstream::new(q)) as Arc<dyn Upstream>);
-    let engine = Arc::new(Engine::new(services, cfg.rule_engine.clone()));
-    for (i, rule) in cfg.rules.iter().enumerate() {
-        if let Err(e) = engine.create(rule.clone()).await {
-            broker.shutdown().await;
-            anyhow::bail!("rules[{i}] (`{}`): {e}", rule.id);
-        }
-    }
-    let bridge = match (bridge_plan, &queue) {
-        (Some(plan), Some(q)) => match Bridge::start(plan, q.clone(), broker.handle()).await {
-            Ok(b) => Some(b),
-            Err(e) => {
-                engine.shutdown().await;
-                broker.shutdown().await;
-                return Err(anyhow::Error::new(e));
-            }
-        },
-        _ => None,
-    };
-    let agent = match cloud {
-        Some(link) => {
-            let parts = verge_agent::NodeParts {
-                base_registry: auth.registry(),
-                auth: auth.clone(),
-                rules: engine.clone(),
-                functions: functions.clone(),
-                broker: broker.handle(),
-                bridge: bridge.as_ref().map(Bridge::handle),
-                data_dir: cfg.node.data_dir.clone(),
-                started: Instant::now(),
-            };
-            match verge_agent::Agent::start(link.creds, link.dir, parts).await {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::error!("the cloud agent did not start: {e}");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut http_addr = None;
-    let http_task = http_listener.map(|listener| {
-        http_addr = listener.local_addr().ok();
-        let state = NodeState {
-            name: Arc::from(cfg.node.name.as_str()),
-            started: Instant::now(),
-            broker: broker.handle(),
-            rules: engine.clone(),
-            token: cfg.http.token.as_deref().map(Arc::from),
-            store: store.clone(),
-            bridge: bridge.as_ref().map(Bridge::handle),
-            functions: Some(functions.clone()),
-            drivers: Some(drivers.clone()),
-            coap: coap.as_ref().map(|c| c.stats_handle()),
-            cloud: agent.as_ref().map(verge_agent::Agent::status_handle),
-        };
-        tokio::spawn(async move {
-            let shutdown = async {
-                let _ = http_stopped.await;
-            };
-            if let Err(e) = verge_node::serve(listener, state, shutdown).await {
-                tracing::error!("http api stopped: {e}");
-            }
-        })
-    });
-    info!(node = %cfg.node.name, rules = cfg.rules.len(), "node started");
-    println!("{}", banner(&cfg, mode, &endpoints, tcp, http_addr));
-    shutdown.await;
-    info!("shutting down");
-    if let Some(a) = agent {
-        a.shutdown().await;
-    }
-    let _ = stop_http.send(());
-    if let Some(t) = http_task {
-        let _ = t.await;
-    }
-    if let Some(c) = coap {
-        let _ = c.shutdown().await;
-    }
-    drivers.shutdown().await;
-    engine.shutdown().await;
-    triggers.stop();
-    // Finishes calls in progress, stops workers, saves functions' state.
-    functions.shutdown().await;
-    if let Some(b) = bridge {
-        // The forwards queue what they hold; the link says goodbye.
-        b.shutdown().await;
-    }
-    if let Some(q) = queue {
-        // Persists the acknowledged-up-to cursors.
-        q.close().await;
-    }
-    if let Some(db) = store {
-        // Writes the last buffered points.
-        let _ = tokio::task::spawn_blocking(move || db.close()).await;
-    }
-    broker.shutdown().await;
+    let listeners = Listeners::bind(&cfg).await?;
+    let endpoints = listeners.endpoints();
+    let node = Node::start(cfg, cloud).await?;
+    println!("{}", banner(node.config(), mode, &endpoints));
+    node.serve(listeners, shutdown).await?;
     debug!("stopped");
     Ok(())
-}
-
-/// The function registry under `<data_dir>/functions`, with the
-/// configured `[[functions]]` deployed (a changed one becomes a new
-/// version; an unchanged one keeps its version).
-async fn open_functions(cfg: &NodeConfig) -> anyhow::Result<Functions> {
-    let dir = cfg.node.data_dir.join("functions");
-    let functions = Functions::open(FunctionsConfig { dir: dir.clone() })
-        .await
-        .map_err(|e| anyhow::anyhow!("functions: {e}"))?;
-    for (i, spec) in cfg.functions.iter().enumerate() {
-        let name = spec.name.clone();
-        functions
-            .deploy(spec.clone(), None)
-            .await
-            .map_err(|e| anyhow::anyhow!("functions[{i}] (`{name}`): {e}"))?;
-    }
-    Ok(functions)
-}
-
-/// The local time-series store, when `[store] enabled`.
-async fn open_store(cfg: &NodeConfig) -> anyhow::Result<Option<Arc<Tsdb>>> {
-    if !cfg.store.enabled {
-        return Ok(None);
-    }
-    let tsdb = cfg.store.resolve(&cfg.node.data_dir);
-    let dir = tsdb.dir.clone();
-    let db = tokio::task::spawn_blocking(move || Tsdb::open(tsdb))
-        .await
-        .context("opening the store")?
-        .map_err(|e| match e {
-            TsdbError::Config { .. } => anyhow::anyhow!("store.{e}"),
-            other => anyhow::Error::new(other).context(format!(
-                "store: opening {} (set store.dir, or store.enabled = false)",
-                dir.display()
-            )),
-        })?;
-    Ok(Some(Arc::new(db)))
-}
-
-/// The cache queue in front of the cloud link, when `[bridge] enabled`.
-async fn open_queue(cfg: &NodeConfig) -> anyhow::Result<Queue> {
-    let qcfg = cfg.queue_config();
-    let dir = qcfg.dir.clone();
-    let (queue, recovery) = tokio::task::spawn_blocking(move || Queue::open(qcfg))
-        .await
-        .context("opening the cache queue")?
-        .with_context(|| format!("queue: opening {} (set queue.dir)", dir.display()))?;
-    for lane in &recovery.lanes {
-        if lane.truncated_bytes > 0 || lane.corrupt || lane.unreadable_bytes > 0 {
-            tracing::warn!(
-                lane = %lane.name,
-                truncated_bytes = lane.truncated_bytes,
-                unreadable_bytes = lane.unreadable_bytes,
-                "cache queue: a torn or corrupt tail was cut off at start"
-            );
-        }
-    }
-    let backlog: u64 = recovery.lanes.iter().map(|l| l.records).sum();
-    if backlog > 0 {
-        info!(
-            messages = backlog,
-            "cache queue: backlog from the previous run will be sent"
-        );
-    }
-    Ok(queue)
 }
 
 /// The demo also serves TLS (8883) and WSS (8084), with a self-signed
@@ -490,30 +106,27 @@ fn demo_tls(cfg: &mut NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tcp  mqtt://127.0.0.1:1883` for one listener.
-fn endpoint(l: &BoundListener, cfg: &NodeConfig) -> anyhow::Result<String> {
-    let addr = l
-        .local_addr()
-        .with_context(|| format!("address of the {} listener", l.kind()))?;
-    let ls = &cfg.broker.listeners;
-    Ok(match l.kind() {
+/// `MQTT over TCP        mqtt://127.0.0.1:1883` for one endpoint; the HTTP
+/// API has lines of its own.
+fn endpoint(e: &Endpoint, cfg: &NodeConfig) -> Option<String> {
+    let (addr, ls) = (e.addr, &cfg.broker.listeners);
+    Some(match e.kind {
         "tcp" => format!("MQTT over TCP        mqtt://{addr}"),
         "tls" => format!("MQTT over TLS        mqtts://{addr}"),
         "ws" => format!("MQTT over WebSocket  ws://{addr}{}", ls.ws.path),
         "wss" => format!("MQTT over WSS        wss://{addr}{}", ls.wss.path),
+        "coap" => format!("CoAP over UDP        coap://{addr}/ps/<topic>"),
+        "http" => return None,
         other => format!("{other:<20} {addr}"),
     })
 }
 
-fn banner(
-    cfg: &NodeConfig,
-    mode: Mode,
-    endpoints: &[String],
-    tcp: Option<SocketAddr>,
-    http: Option<SocketAddr>,
-) -> String {
+fn banner(cfg: &NodeConfig, mode: Mode, listening: &[Endpoint]) -> String {
+    let endpoints: Vec<String> = listening.iter().filter_map(|e| endpoint(e, cfg)).collect();
+    let at = |kind: &str| listening.iter().find(|e| e.kind == kind).map(|e| e.addr);
+    let (tcp, http): (Option<SocketAddr>, Option<SocketAddr>) = (at("tcp"), at("http"));
     let mut out = format!("verge node `{}` is running\n", cfg.node.name);
-    for e in endpoints {
+    for e in &endpoints {
         out.push_str(&format!("  {e}\n"));
     }
     if endpoints.is_empty() {
@@ -615,9 +228,16 @@ mod tests {
         let b = banner(
             &cfg,
             Mode::Demo,
-            &["MQTT over TCP        mqtt://127.0.0.1:1999".into()],
-            Some(([127, 0, 0, 1], 1999).into()),
-            Some(([127, 0, 0, 1], 8081).into()),
+            &[
+                Endpoint {
+                    kind: "tcp",
+                    addr: ([127, 0, 0, 1], 1999).into(),
+                },
+                Endpoint {
+                    kind: "http",
+                    addr: ([127, 0, 0, 1], 8081).into(),
+                },
+            ],
         );
         assert!(b.contains("http://127.0.0.1:8081/api/rules"), "{b}");
         assert!(b.contains("mosquitto_sub -h 127.0.0.1 -p 1999"), "{b}");
@@ -627,7 +247,7 @@ mod tests {
 
     #[test]
     fn node_banner_warns_when_nobody_can_connect() {
-        let b = banner(&NodeConfig::default(), Mode::Node, &[], None, None);
+        let b = banner(&NodeConfig::default(), Mode::Node, &[]);
         assert!(b.contains("no client can connect"), "{b}");
         assert!(!b.contains("mosquitto"), "{b}");
     }

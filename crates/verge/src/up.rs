@@ -18,7 +18,9 @@ use verge_cloud::CloudConfig;
 
 use crate::config::NodeConfig;
 use crate::ctl::Api;
-use crate::node::{CloudLink, Mode, Signals, runtime};
+use verge_node::CloudLink;
+
+use crate::node::{Mode, Signals, runtime};
 use crate::simulate::{SimulateArgs, simulate};
 
 /// The demo function (WebAssembly text; needs no toolchain).

@@ -1,13 +1,13 @@
-//! The node's configuration: typed sections, the embedded documented defaults
-//! and the `verge up` demo overlay.
+//! The node's configuration: typed sections and the embedded documented
+//! defaults.
 //!
 //! The documented defaults live in one place, `default.toml`, which is what
 //! `verge config default` prints; a unit test keeps it equal to
-//! [`NodeConfig::default`]. Loading (file → environment → flags → typed) is in
-//! [`load`].
+//! [`NodeConfig::default`]. Loading the layers (file → environment → flags)
+//! is the binary's; [`NodeConfig::validate`] holds the checks serde cannot
+//! express, each error naming its key.
 
-pub mod load;
-
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,16 +21,8 @@ use verge_queue::QueueConfig;
 use verge_rules::{RuleConfig, RuleEngineConfig};
 use verge_tsdb::TsdbConfig;
 
-pub use load::{Layers, load};
-
 /// The full default configuration with a comment on every key.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
-
-/// The cloud center's documented defaults (`verge config default --cloud`).
-pub const CLOUD_DEFAULT_TOML: &str = include_str!("cloud-default.toml");
-
-/// The overlay that `verge up` applies over the defaults (demo only).
-pub const DEMO_TOML: &str = include_str!("demo.toml");
 
 /// One node process's configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -155,6 +147,90 @@ impl NodeConfig {
     }
 }
 
+/// A configuration the node cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The value of `key` is wrong.
+    #[error("{key}: {message}")]
+    Key {
+        /// The key's path, e.g. `node.name`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An error whose message already names its key.
+    #[error("{0}")]
+    Named(String),
+}
+
+impl NodeConfig {
+    /// Checks serde cannot express (names, cross-references, each part's
+    /// own validation), run before anything is opened or bound; every
+    /// error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let named = |m: String| Err(ConfigError::Named(m));
+        if self.node.name.trim().is_empty() {
+            return Err(ConfigError::Key {
+                key: "node.name".into(),
+                message: "must not be empty".into(),
+            });
+        }
+        match self.queue_config().validate() {
+            Ok(()) => {}
+            // Already `queue.<key>: …`.
+            Err(verge_queue::QueueError::Config(msg)) => return named(msg),
+            Err(e) => return named(e.to_string()),
+        }
+        if self.bridge.enabled
+            && let Err(e) = self.bridge.plan(&self.node.name)
+        {
+            return named(e.to_string());
+        }
+        if let Err(e) = self.coap.validate() {
+            return named(e.to_string());
+        }
+        let mut drivers = HashSet::new();
+        let mut devices = HashSet::new();
+        for (i, d) in self.drivers.iter().enumerate() {
+            if let Err(e) = d.validate() {
+                return named(format!("drivers[{i}] (`{}`).{e}", d.name));
+            }
+            if !drivers.insert(d.name.as_str()) {
+                return named(format!(
+                    "drivers[{i}]: a driver named `{}` is already configured",
+                    d.name
+                ));
+            }
+            for (j, dev) in d.devices.iter().enumerate() {
+                if !devices.insert(dev.name.as_str()) {
+                    return named(format!(
+                        "drivers[{i}].devices[{j}].name: device `{}` is already read by another driver",
+                        dev.name
+                    ));
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, f) in self.functions.iter().enumerate() {
+            if let Err(e) = f.validate() {
+                return named(format!("functions[{i}] (`{}`): {e}", f.name));
+            }
+            if !names.insert(f.name.as_str()) {
+                return named(format!(
+                    "functions[{i}]: a function named `{}` is already configured",
+                    f.name
+                ));
+            }
+        }
+        if self.store.enabled
+            && let Err(e) = self.store.resolve(&self.node.data_dir).validate()
+        {
+            return named(format!("store.{e}"));
+        }
+        Ok(())
+    }
+}
+
 /// The `[node]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -201,16 +277,6 @@ mod tests {
     }
 
     #[test]
-    fn embedded_cloud_default_equals_code_default_and_documents_every_key() {
-        let parsed: verge_cloud::CloudConfig =
-            toml::from_str(CLOUD_DEFAULT_TOML).expect("cloud-default.toml parses");
-        let code = toml::Value::try_from(verge_cloud::CloudConfig::default()).expect("serializes");
-        assert_eq!(toml::Value::try_from(parsed).expect("serializes"), code);
-        let text: toml::Value = toml::from_str(CLOUD_DEFAULT_TOML).expect("parses");
-        assert_eq!(text, code, "every key written out, with its default");
-    }
-
-    #[test]
     fn embedded_default_documents_every_key() {
         // Every key the defaults serialize must appear in default.toml (the
         // optional paths are documented as commented-out lines).
@@ -249,17 +315,5 @@ mod tests {
         let t = set.store.resolve(&cfg.node.data_dir);
         assert_eq!(t.dir, PathBuf::from("/data/ts"));
         assert_eq!(t.retention, Duration::from_secs(2 * 86_400));
-    }
-
-    #[test]
-    fn demo_overlay_allows_anonymous() {
-        let cfg = load(&Layers {
-            base: Some(DEMO_TOML),
-            ..Layers::default()
-        })
-        .expect("demo loads");
-        assert!(cfg.broker.allow_anonymous);
-        assert_eq!(cfg.node.data_dir, PathBuf::from("./verge-data"));
-        assert_eq!(cfg.broker.listeners, NodeConfig::default().broker.listeners);
     }
 }

@@ -10,8 +10,8 @@ use serde::Serialize;
 use verge_bridge::LinkStatus;
 use verge_queue::{LaneStats, QueueStats};
 
-use crate::NodeState;
-use crate::error::AppError;
+use super::ApiState;
+use super::AppError;
 
 /// The body of `GET /api/bridge`.
 #[derive(Debug, Serialize)]
@@ -23,7 +23,7 @@ pub struct BridgeBody {
 }
 
 /// `GET /api/bridge`.
-pub async fn status(State(s): State<NodeState>) -> Result<Json<BridgeBody>, AppError> {
+pub async fn status(State(s): State<ApiState>) -> Result<Json<BridgeBody>, AppError> {
     let Some(b) = &s.bridge else {
         return Err(AppError::new(
             StatusCode::NOT_FOUND,
@@ -40,7 +40,7 @@ pub async fn status(State(s): State<NodeState>) -> Result<Json<BridgeBody>, AppE
 /// `GET /api/cloud`: the cloud agent of a managed node (joined as which
 /// node, to which cloud, the desired-state version applied, its errors, the
 /// last sync and its error).
-pub async fn cloud(State(s): State<NodeState>) -> Result<Json<verge_agent::AgentStatus>, AppError> {
+pub async fn cloud(State(s): State<ApiState>) -> Result<Json<verge_agent::AgentStatus>, AppError> {
     match &s.cloud {
         Some(h) => Ok(Json(h.get())),
         None => Err(AppError::new(

@@ -9,18 +9,18 @@ use axum::{Json, Router};
 use serde::Serialize;
 use verge_drivers::{DriverConfig, DriverStatus, Drivers};
 
-use crate::NodeState;
-use crate::error::AppError;
+use super::ApiState;
+use super::AppError;
 
 /// The routes, to nest under `/api`.
-pub fn routes() -> Router<NodeState> {
+pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/drivers", get(list).post(create))
         .route("/drivers/{name}", get(one).put(replace).delete(remove))
         .route("/drivers/{name}/browse", get(browse))
 }
 
-fn drivers(s: &NodeState) -> Result<std::sync::Arc<Drivers>, AppError> {
+fn drivers(s: &ApiState) -> Result<std::sync::Arc<Drivers>, AppError> {
     s.drivers.clone().ok_or_else(|| {
         AppError::new(
             StatusCode::NOT_FOUND,
@@ -38,7 +38,7 @@ fn not_found(name: &str) -> AppError {
     )
 }
 
-async fn list(State(s): State<NodeState>) -> Result<Json<Vec<DriverStatus>>, AppError> {
+async fn list(State(s): State<ApiState>) -> Result<Json<Vec<DriverStatus>>, AppError> {
     Ok(Json(drivers(&s)?.list()))
 }
 
@@ -50,7 +50,7 @@ struct DriverInfo {
 }
 
 async fn one(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<DriverInfo>, AppError> {
     let (config, status) = drivers(&s)?.get(&name).ok_or_else(|| not_found(&name))?;
@@ -75,7 +75,7 @@ async fn start(
 }
 
 async fn create(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     body: Result<Json<DriverConfig>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DriverStatus>), AppError> {
     let d = drivers(&s)?;
@@ -85,7 +85,7 @@ async fn create(
 
 /// `PUT /api/drivers/{name}`: a whole driver; its `name` must match.
 async fn replace(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
     body: Result<Json<DriverConfig>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DriverStatus>), AppError> {
@@ -105,7 +105,7 @@ async fn replace(
 }
 
 async fn remove(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
     if drivers(&s)?.delete(&name).await {
@@ -126,7 +126,7 @@ struct BrowseQuery {
 /// node on an OPC UA driver's server (a short session of its own), to build
 /// point tables from.
 async fn browse(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
     Query(q): Query<BrowseQuery>,
 ) -> Result<Json<Vec<verge_drivers::opcua::BrowseEntry>>, AppError> {

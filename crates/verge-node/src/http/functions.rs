@@ -21,11 +21,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use verge_functions::{CallError, DeployError, FunctionInfo, FunctionSpec, Functions, Message};
 
-use crate::NodeState;
-use crate::error::AppError;
+use super::ApiState;
+use super::AppError;
 
 /// The routes, to nest under `/api`.
-pub fn routes() -> Router<NodeState> {
+pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/functions", get(list).post(create))
         .route("/functions/{name}", get(one).put(replace).delete(remove))
@@ -37,7 +37,7 @@ pub fn routes() -> Router<NodeState> {
         ))
 }
 
-fn functions(s: &NodeState) -> Result<Functions, AppError> {
+fn functions(s: &ApiState) -> Result<Functions, AppError> {
     s.functions.clone().ok_or_else(|| {
         AppError::new(
             StatusCode::NOT_FOUND,
@@ -100,12 +100,12 @@ fn bad_request(message: impl Into<String>) -> AppError {
     AppError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
 }
 
-async fn list(State(s): State<NodeState>) -> Result<Json<Vec<FunctionInfo>>, AppError> {
+async fn list(State(s): State<ApiState>) -> Result<Json<Vec<FunctionInfo>>, AppError> {
     Ok(Json(functions(&s)?.list()))
 }
 
 async fn one(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionInfo>, AppError> {
     functions(&s)?
@@ -164,7 +164,7 @@ fn spec_from(doc: &serde_json::Value) -> Result<FunctionSpec, AppError> {
 }
 
 async fn create(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<FunctionInfo>), AppError> {
     let f = functions(&s)?;
@@ -176,7 +176,7 @@ async fn create(
 /// the same) version. Process functions run commands on the node, so the
 /// API takes them only when it requires a token.
 async fn deploy(
-    s: &NodeState,
+    s: &ApiState,
     f: &Functions,
     spec: FunctionSpec,
     module: Option<Vec<u8>>,
@@ -202,7 +202,7 @@ async fn deploy(
 }
 
 async fn replace(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -233,7 +233,7 @@ async fn replace(
 }
 
 async fn remove(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
     functions(&s)?.delete(&name).await?;
@@ -308,7 +308,7 @@ struct InvokeResponse {
 }
 
 async fn invoke(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
     body: Result<Json<InvokeRequest>, JsonRejection>,
 ) -> Result<Json<InvokeResponse>, AppError> {
@@ -353,7 +353,7 @@ async fn invoke(
                 ),
             ));
         }
-        crate::functions::publish_outputs(&s.broker, &name, 0, out)
+        crate::services::publish_outputs(&s.broker, &name, 0, out)
             .await
             .map_err(|e| AppError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_output", e))?;
     }
@@ -373,7 +373,7 @@ enum StateValue {
 }
 
 async fn state(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<BTreeMap<String, StateValue>>, AppError> {
     let entries = functions(&s)?

@@ -1,4 +1,32 @@
-//! Routes and handlers of the node's HTTP API.
+//! The edge node's local HTTP API (default 127.0.0.1:8081): rules
+//! (create, list, get, update, delete, start, stop, test), broker status,
+//! edge functions (`/api/functions/*`), protocol drivers (`/api/drivers`),
+//! the local time-series store (`/api/store/*`), the cloud link
+//! (`/api/bridge`), the cloud agent's status (`/api/cloud`) and Prometheus
+//! metrics at `/metrics`. Errors are JSON with a code and a message (see
+//! [`AppError`]). When a token is configured, `/api/*` needs
+//! `Authorization: Bearer <token>`; `/healthz` and `/metrics` stay open for
+//! probes and scrapers.
+//!
+//! Handlers only translate HTTP to calls on the node's parts; the parts
+//! themselves live in their own crates. This file holds the route table,
+//! the token check, status, metrics and the rules' handlers; each other
+//! resource has a file of its own.
+
+mod bridge;
+mod drivers;
+mod error;
+mod functions;
+mod metrics;
+mod store;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use verge_broker::BrokerHandle;
+use verge_rules::Engine;
+use verge_tsdb::Tsdb;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
@@ -10,16 +38,56 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use verge_rules::{RuleConfig, RuleInfo, Sample, TestOutput};
 
-use crate::NodeState;
-use crate::error::AppError;
-use crate::metrics::render_broker;
+pub use error::AppError;
+use metrics::render_broker;
+
+/// What the API serves: handles on the node's running parts.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Node name, for `/api/status`.
+    pub name: Arc<str>,
+    /// When the node started.
+    pub started: Instant,
+    /// The broker.
+    pub broker: BrokerHandle,
+    /// The rule engine.
+    pub rules: Arc<Engine>,
+    /// Bearer token required on `/api/*`; none when `None`.
+    pub token: Option<Arc<str>>,
+    /// The local time-series store (`/api/store/*`); none when disabled.
+    pub store: Option<Arc<Tsdb>>,
+    /// The cloud link and its cache queue (`/api/bridge`); none when the
+    /// node has no cloud link.
+    pub bridge: Option<verge_bridge::BridgeHandle>,
+    /// The edge functions (`/api/functions`); none when the node has no
+    /// function runtime.
+    pub functions: Option<verge_functions::Functions>,
+    /// The protocol drivers (`/api/drivers`); none when the node has none.
+    pub drivers: Option<Arc<verge_drivers::Drivers>>,
+    /// The CoAP gateway's counters (`/metrics`); none when it is off.
+    pub coap: Option<Arc<verge_coap::Stats>>,
+    /// The cloud agent's status (`/api/cloud`); none unless the node is
+    /// managed by a cloud center.
+    pub cloud: Option<verge_agent::StatusHandle>,
+}
+
+/// Serve the API on an already-bound listener until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
 
 /// The API's routes over `state`.
-pub fn router(state: NodeState) -> Router {
+pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/status", get(status))
-        .route("/bridge", get(crate::bridge_api::status))
-        .route("/cloud", get(crate::bridge_api::cloud))
+        .route("/bridge", get(bridge::status))
+        .route("/cloud", get(bridge::cloud))
         .route("/rules", get(list_rules).post(create_rule))
         .route("/rules/test", post(test_rule))
         .route(
@@ -28,9 +96,9 @@ pub fn router(state: NodeState) -> Router {
         )
         .route("/rules/{id}/start", post(start_rule))
         .route("/rules/{id}/stop", post(stop_rule))
-        .merge(crate::store_api::routes())
-        .merge(crate::functions_api::routes())
-        .merge(crate::drivers_api::routes())
+        .merge(store::routes())
+        .merge(functions::routes())
+        .merge(drivers::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -43,7 +111,7 @@ pub fn router(state: NodeState) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(state): State<NodeState>, req: Request, next: Next) -> Response {
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         let given = req
             .headers()
@@ -94,7 +162,7 @@ struct Status {
     rules: usize,
 }
 
-async fn status(State(s): State<NodeState>) -> Json<Status> {
+async fn status(State(s): State<ApiState>) -> Json<Status> {
     let broker = s
         .broker
         .stats()
@@ -111,24 +179,24 @@ async fn status(State(s): State<NodeState>) -> Json<Status> {
     })
 }
 
-async fn metrics(State(s): State<NodeState>) -> impl IntoResponse {
+async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     render_broker(s.broker.stats(), &mut out);
     s.rules.render_metrics(&mut out).await;
     if let Some(b) = &s.bridge {
-        crate::bridge_api::render_metrics(&b.link(), &b.queue(), &mut out);
+        bridge::render_metrics(&b.link(), &b.queue(), &mut out);
     }
     if let Some(db) = &s.store {
-        crate::store_api::render_metrics(&db.stats(), &mut out);
+        store::render_metrics(&db.stats(), &mut out);
     }
     if let Some(f) = &s.functions {
-        crate::functions_api::render_metrics(f, &mut out);
+        functions::render_metrics(f, &mut out);
     }
     if let Some(d) = &s.drivers {
         d.render_prometheus(&mut out);
     }
     if let Some(c) = &s.coap {
-        crate::metrics::render_coap(&c.snapshot(), &mut out);
+        metrics::render_coap(&c.snapshot(), &mut out);
     }
     (
         [(
@@ -139,12 +207,12 @@ async fn metrics(State(s): State<NodeState>) -> impl IntoResponse {
     )
 }
 
-async fn list_rules(State(s): State<NodeState>) -> Json<Vec<RuleInfo>> {
+async fn list_rules(State(s): State<ApiState>) -> Json<Vec<RuleInfo>> {
     Json(s.rules.list().await)
 }
 
 async fn create_rule(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     body: Result<Json<RuleConfig>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RuleInfo>), AppError> {
     let Json(cfg) = body?;
@@ -152,7 +220,7 @@ async fn create_rule(
 }
 
 async fn get_rule(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
     Ok(Json(s.rules.get(&id).await?))
@@ -161,7 +229,7 @@ async fn get_rule(
 /// `PUT /api/rules/{id}`: a whole rule; its `id` may be left out, and
 /// must match the path when given.
 async fn update_rule(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(id): Path<String>,
     body: Result<Json<RuleConfig>, JsonRejection>,
 ) -> Result<Json<RuleInfo>, AppError> {
@@ -181,7 +249,7 @@ async fn update_rule(
 }
 
 async fn delete_rule(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
     s.rules.delete(&id).await?;
@@ -189,14 +257,14 @@ async fn delete_rule(
 }
 
 async fn start_rule(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
     Ok(Json(s.rules.start(&id).await?))
 }
 
 async fn stop_rule(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
     Ok(Json(s.rules.stop(&id).await?))
@@ -212,7 +280,7 @@ struct TestRequest {
 }
 
 async fn test_rule(
-    State(s): State<NodeState>,
+    State(s): State<ApiState>,
     body: Result<Json<TestRequest>, JsonRejection>,
 ) -> Result<Json<TestOutput>, AppError> {
     let Json(req) = body?;

@@ -19,11 +19,11 @@ use axum::{Json, Router};
 use serde::Serialize;
 use verge_tsdb::{Bucket, LatestValue, MAX_LIMIT, RangeQuery, Sample, Tsdb, TsdbError, TsdbStats};
 
-use crate::NodeState;
-use crate::error::AppError;
+use super::ApiState;
+use super::AppError;
 
 /// The store's routes, to nest under `/api`.
-pub fn routes() -> Router<NodeState> {
+pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/store/series", get(series))
         .route("/store/query", get(query))
@@ -33,7 +33,7 @@ pub fn routes() -> Router<NodeState> {
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn store(s: &NodeState) -> Result<Arc<Tsdb>, AppError> {
+fn store(s: &ApiState) -> Result<Arc<Tsdb>, AppError> {
     s.store.clone().ok_or_else(|| {
         AppError::new(
             StatusCode::NOT_FOUND,
@@ -101,7 +101,7 @@ struct Series {
     metric: String,
 }
 
-async fn series(State(s): State<NodeState>) -> Result<Json<Vec<Series>>, AppError> {
+async fn series(State(s): State<ApiState>) -> Result<Json<Vec<Series>>, AppError> {
     let db = store(&s)?;
     let list = db
         .series()
@@ -133,10 +133,7 @@ struct BucketAnswer {
 }
 
 /// `GET /api/store/query?device=&metric=&from=&to=&limit=[&bucket=]`.
-async fn query(
-    State(s): State<NodeState>,
-    p: Params,
-) -> Result<axum::response::Response, AppError> {
+async fn query(State(s): State<ApiState>, p: Params) -> Result<axum::response::Response, AppError> {
     use axum::response::IntoResponse;
     let db = store(&s)?;
     let p = params(p, &["device", "metric", "from", "to", "limit", "bucket"])?;
@@ -222,14 +219,14 @@ async fn query(
 }
 
 /// `GET /api/store/latest[?device=]`.
-async fn latest(State(s): State<NodeState>, p: Params) -> Result<Json<Vec<LatestValue>>, AppError> {
+async fn latest(State(s): State<ApiState>, p: Params) -> Result<Json<Vec<LatestValue>>, AppError> {
     let db = store(&s)?;
     let p = params(p, &["device"])?;
     Ok(Json(db.latest(p.get("device").map(String::as_str))))
 }
 
 /// `GET /api/store/stats`.
-async fn stats(State(s): State<NodeState>) -> Result<Json<TsdbStats>, AppError> {
+async fn stats(State(s): State<ApiState>) -> Result<Json<TsdbStats>, AppError> {
     Ok(Json(store(&s)?.stats()))
 }
 

@@ -16,7 +16,8 @@ pub use tower::ServiceExt;
 pub use verge_broker::{Broker, BrokerConfig, BrokerHandle, LocalSubscription, Message};
 pub use verge_functions::{FunctionSpec, Functions, FunctionsConfig};
 pub use verge_mqtt::QoS;
-pub use verge_node::{FunctionsInvoker, NodeState, Triggers, router};
+pub use verge_node::http::{ApiState, router};
+pub use verge_node::services::{FunctionsInvoker, Triggers};
 pub use verge_rules::{Engine, FunctionInvoker, RuleConfig, RuleEngineConfig, Services};
 
 /// Longest wait for anything that should happen; only there so a broken
@@ -48,7 +49,7 @@ pub struct Node {
     pub _dir: tempfile::TempDir,
     pub _broker: Broker,
     pub functions: Functions,
-    pub state: NodeState,
+    pub state: ApiState,
 }
 
 pub async fn node() -> Node {
@@ -70,12 +71,12 @@ pub async fn node() -> Node {
 
 pub const TOKEN: &str = "functions-test-token";
 
-pub fn state(broker: &Broker, functions: Option<Functions>) -> NodeState {
+pub fn state(broker: &Broker, functions: Option<Functions>) -> ApiState {
     let mut services = Services::new(broker.handle());
     services.functions = functions
         .clone()
         .map(|f| Arc::new(FunctionsInvoker::new(f)) as Arc<dyn FunctionInvoker>);
-    NodeState {
+    ApiState {
         name: Arc::from("test-node"),
         started: Instant::now(),
         broker: broker.handle(),
@@ -93,7 +94,7 @@ pub fn state(broker: &Broker, functions: Option<Functions>) -> NodeState {
 
 /// One request; the body is sent with `content_type` when given.
 pub async fn raw(
-    s: &NodeState,
+    s: &ApiState,
     method: &str,
     path: &str,
     content_type: Option<&str>,
@@ -124,7 +125,7 @@ pub fn parse(method: &str, path: &str, text: &str) -> Value {
 
 /// A request with an optional JSON body; the answer parsed as JSON.
 pub async fn call(
-    s: &NodeState,
+    s: &ApiState,
     method: &str,
     path: &str,
     body: Option<Value>,
@@ -159,7 +160,7 @@ pub fn error(got: &(StatusCode, Value), status: StatusCode, code: &str) -> Strin
         .to_owned()
 }
 
-pub async fn deploy_wasm(s: &NodeState, name: &str, module: &str, extra: Value) -> Value {
+pub async fn deploy_wasm(s: &ApiState, name: &str, module: &str, extra: Value) -> Value {
     let mut spec = json!({"name": name, "path": path_str(&wat(module))});
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
@@ -172,7 +173,7 @@ pub async fn deploy_wasm(s: &NodeState, name: &str, module: &str, extra: Value) 
     v
 }
 
-pub async fn invoke(s: &NodeState, name: &str, body: Value) -> (StatusCode, Value) {
+pub async fn invoke(s: &ApiState, name: &str, body: Value) -> (StatusCode, Value) {
     call(
         s,
         "POST",

@@ -12,6 +12,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use toml::{Table, Value};
 
+use verge_node::config::ConfigError;
+
 use super::NodeConfig;
 
 /// Prefix of the environment variables that override config keys.
@@ -106,10 +108,13 @@ where
     Ok((cfg, sources))
 }
 
-/// Checks serde cannot express; errors name the key.
+/// Checks serde cannot express (the node's own, then the log filter);
+/// errors name the key and the override that set it.
 fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()> {
-    if cfg.node.name.trim().is_empty() {
-        bail!(describe("node.name", "must not be empty", sources));
+    match cfg.validate() {
+        Ok(()) => {}
+        Err(ConfigError::Key { key, message }) => bail!(describe(&key, &message, sources)),
+        Err(e @ ConfigError::Named(_)) => bail!(e.to_string()),
     }
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&cfg.log.level) {
         bail!(describe(
@@ -117,56 +122,6 @@ fn validate(cfg: &NodeConfig, sources: &[(String, String)]) -> anyhow::Result<()
             &format!("invalid filter `{}`: {e}", cfg.log.level),
             sources
         ));
-    }
-    match cfg.queue_config().validate() {
-        Ok(()) => {}
-        // Already `queue.<key>: …`.
-        Err(verge_queue::QueueError::Config(msg)) => bail!(msg),
-        Err(e) => bail!(e.to_string()),
-    }
-    if cfg.bridge.enabled {
-        cfg.bridge.plan(&cfg.node.name)?;
-    }
-    if let Err(e) = cfg.coap.validate() {
-        bail!(e.to_string());
-    }
-    let mut drivers = std::collections::HashSet::new();
-    let mut devices = std::collections::HashSet::new();
-    for (i, d) in cfg.drivers.iter().enumerate() {
-        if let Err(e) = d.validate() {
-            bail!(format!("drivers[{i}] (`{}`).{e}", d.name));
-        }
-        if !drivers.insert(d.name.as_str()) {
-            bail!(format!(
-                "drivers[{i}]: a driver named `{}` is already configured",
-                d.name
-            ));
-        }
-        for (j, dev) in d.devices.iter().enumerate() {
-            if !devices.insert(dev.name.as_str()) {
-                bail!(format!(
-                    "drivers[{i}].devices[{j}].name: device `{}` is already read by another driver",
-                    dev.name
-                ));
-            }
-        }
-    }
-    let mut names = std::collections::HashSet::new();
-    for (i, f) in cfg.functions.iter().enumerate() {
-        if let Err(e) = f.validate() {
-            bail!(format!("functions[{i}] (`{}`): {e}", f.name));
-        }
-        if !names.insert(f.name.as_str()) {
-            bail!(format!(
-                "functions[{i}]: a function named `{}` is already configured",
-                f.name
-            ));
-        }
-    }
-    if cfg.store.enabled
-        && let Err(e) = cfg.store.resolve(&cfg.node.data_dir).validate()
-    {
-        bail!(format!("store.{e}"));
     }
     Ok(())
 }
