@@ -198,49 +198,39 @@ impl Node {
     /// then stop every part: the agent, the HTTP API, CoAP, drivers, rules,
     /// functions, the cloud link, the cache queue, the store, the broker.
     pub async fn serve(
-        self,
+        mut self,
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
-        let Node {
-            cfg,
-            started,
-            auth,
-            mut broker,
-            store,
-            queue,
-            functions,
-            triggers,
-            drivers,
-            engine,
-            bridge,
-            agent,
-        } = self;
         for l in listeners.mqtt {
-            broker.serve(l);
+            self.broker.serve(l);
         }
         let coap = match listeners.coap {
             Some(sock) => Some(
-                verge_coap::Gateway::new(cfg.coap.clone(), broker.handle(), auth.clone())
-                    .map_err(|e| part("coap", e))?
-                    .spawn(sock),
+                verge_coap::Gateway::new(
+                    self.cfg.coap.clone(),
+                    self.broker.handle(),
+                    self.auth.clone(),
+                )
+                .map_err(|e| part("coap", e))?
+                .spawn(sock),
             ),
             None => None,
         };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http_task = listeners.http.map(|listener| {
             let state = ApiState {
-                name: Arc::from(cfg.node.name.as_str()),
-                started,
-                broker: broker.handle(),
-                rules: engine.clone(),
-                token: cfg.http.token.as_deref().map(Arc::from),
-                store: store.clone(),
-                bridge: bridge.as_ref().map(Bridge::handle),
-                functions: Some(functions.clone()),
-                drivers: Some(drivers.clone()),
+                name: Arc::from(self.cfg.node.name.as_str()),
+                started: self.started,
+                broker: self.broker.handle(),
+                rules: self.engine.clone(),
+                token: self.cfg.http.token.as_deref().map(Arc::from),
+                store: self.store.clone(),
+                bridge: self.bridge.as_ref().map(Bridge::handle),
+                functions: Some(self.functions.clone()),
+                drivers: Some(self.drivers.clone()),
                 coap: coap.as_ref().map(|c| c.stats_handle()),
-                cloud: agent.as_ref().map(Agent::status_handle),
+                cloud: self.agent.as_ref().map(Agent::status_handle),
             };
             tokio::spawn(async move {
                 let shutdown = async {
@@ -251,10 +241,10 @@ impl Node {
                 }
             })
         });
-        info!(node = %cfg.node.name, rules = cfg.rules.len(), "node started");
+        info!(node = %self.cfg.node.name, rules = self.cfg.rules.len(), "node started");
         shutdown.await;
         info!("shutting down");
-        if let Some(a) = agent {
+        if let Some(a) = self.agent {
             a.shutdown().await;
         }
         let _ = stop_http.send(());
@@ -264,24 +254,24 @@ impl Node {
         if let Some(c) = coap {
             let _ = c.shutdown().await;
         }
-        drivers.shutdown().await;
-        engine.shutdown().await;
-        triggers.stop();
+        self.drivers.shutdown().await;
+        self.engine.shutdown().await;
+        self.triggers.stop();
         // Finishes calls in progress, stops workers, saves functions' state.
-        functions.shutdown().await;
-        if let Some(b) = bridge {
+        self.functions.shutdown().await;
+        if let Some(b) = self.bridge {
             // The forwards queue what they hold; the link says goodbye.
             b.shutdown().await;
         }
-        if let Some(q) = queue {
+        if let Some(q) = self.queue {
             // Persists the acknowledged-up-to cursors.
             q.close().await;
         }
-        if let Some(db) = store {
+        if let Some(db) = self.store {
             // Writes the last buffered points.
             let _ = tokio::task::spawn_blocking(move || db.close()).await;
         }
-        broker.shutdown().await;
+        self.broker.shutdown().await;
         debug!("stopped");
         Ok(())
     }
