@@ -31,6 +31,7 @@ mod exec;
 mod expr;
 mod functions;
 mod lexer;
+mod limits;
 mod parser;
 mod payload;
 mod plan;
@@ -42,7 +43,8 @@ mod window;
 use std::sync::Arc;
 
 pub use error::{EvalError, SqlError};
-pub use exec::{ExecStats, Executor, Limits};
+pub use exec::Executor;
+pub use limits::{ExecStats, Limits};
 pub use row::Row;
 pub use value::Value;
 
