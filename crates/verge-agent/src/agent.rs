@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use verge_protocol::{DesiredState, node_bearer};
 
+use crate::parts::NodeParts;
 use crate::report::Reporter;
 use crate::{AgentError, Credentials, apply, http, store};
 
@@ -28,27 +29,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REFUSED_RETRY: Duration = Duration::from_secs(60);
 /// The cached desired state in the agent's directory.
 const DESIRED_FILE: &str = "desired.json";
-
-/// The parts of the running node the agent manages.
-pub struct NodeParts {
-    /// The node broker's authenticator; the agent replaces its registry.
-    pub auth: verge_broker::Authenticator,
-    /// The node's own devices (from its config); cloud devices are added to
-    /// them, and win no clash.
-    pub base_registry: verge_broker::Registry,
-    /// The rule engine.
-    pub rules: Arc<verge_rules::Engine>,
-    /// The function registry.
-    pub functions: verge_functions::Functions,
-    /// The broker, for its counters.
-    pub broker: verge_broker::BrokerHandle,
-    /// The cloud link, for its state and backlog, if the node has one.
-    pub bridge: Option<verge_bridge::BridgeHandle>,
-    /// The node's data dir, for disk usage.
-    pub data_dir: PathBuf,
-    /// When the node process started.
-    pub started: Instant,
-}
 
 /// What the agent is doing, for the node's API and logs.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -16,7 +16,7 @@ use verge_functions::{DeployError, FunctionSpec};
 use verge_protocol::{DesiredState, DeviceEntry, FunctionArtifact};
 use verge_rules::{RuleConfig, RuleError};
 
-use crate::agent::NodeParts;
+use crate::parts::NodeParts;
 
 /// Apply `next`; `prev` is the desired state applied before (what the cloud
 /// managed), `None` at start. Returns the errors.

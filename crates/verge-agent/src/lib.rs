@@ -27,13 +27,15 @@ mod agent;
 mod apply;
 pub mod http;
 mod join;
+mod parts;
 mod report;
 mod store;
 
 pub use store::write_atomic;
 
-pub use agent::{Agent, AgentStatus, NodeParts, StatusHandle};
+pub use agent::{Agent, AgentStatus, StatusHandle};
 pub use join::{Credentials, join, load_credentials, save_credentials};
+pub use parts::NodeParts;
 
 /// Why a join, a credentials file or the agent's start failed.
 #[derive(Debug, thiserror::Error)]

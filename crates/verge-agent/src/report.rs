@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use verge_protocol::StatusReport;
 
-use crate::agent::NodeParts;
+use crate::parts::NodeParts;
 
 /// Clock ticks per second of `/proc/self/stat` CPU times. `sysconf(_SC_CLK_TCK)`
 /// would need libc (unsafe is forbidden in the workspace); it is 100 on
