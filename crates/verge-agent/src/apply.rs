@@ -13,7 +13,7 @@ use verge_broker::auth::{AclAction, AclRule, Device};
 use verge_broker::config::AclPolicy;
 use verge_broker::{Authenticator, Registry};
 use verge_functions::{DeployError, FunctionSpec};
-use verge_protocol::{DesiredState, DeviceEntry, FunctionArtifact};
+use verge_protocol::{DesiredState, DeviceEntry, FunctionArtifact, RuleSpec};
 use verge_rules::{RuleConfig, RuleError};
 
 use crate::parts::NodeParts;
@@ -174,8 +174,8 @@ async fn apply_function(parts: &NodeParts, a: &FunctionArtifact) -> Result<(), S
             a.sha256
         ));
     }
-    let mut spec = match &a.spec {
-        serde_json::Value::Object(m) => m.clone(),
+    let mut spec = match serde_json::to_value(&a.spec) {
+        Ok(serde_json::Value::Object(m)) => m,
         _ => return Err("spec: not a JSON object".into()),
     };
     spec.insert("name".into(), serde_json::Value::String(a.name.clone()));
@@ -195,23 +195,31 @@ async fn apply_function(parts: &NodeParts, a: &FunctionArtifact) -> Result<(), S
     Ok(())
 }
 
-/// The `id` of a rule object, if it has one.
-fn rule_id(v: &serde_json::Value) -> Option<&str> {
-    v.get("id").and_then(serde_json::Value::as_str)
+/// The `id` of a rule spec, if it has one.
+fn rule_id(r: &RuleSpec) -> Option<&str> {
+    Some(r.id.as_str()).filter(|id| !id.is_empty())
+}
+
+/// The node's rule config of a rule spec: the same keys, each action's
+/// settings checked by the rule engine's own config types.
+fn rule_config(spec: &RuleSpec) -> Result<RuleConfig, String> {
+    serde_json::to_value(spec)
+        .and_then(serde_json::from_value)
+        .map_err(|e| e.to_string())
 }
 
 async fn apply_rules(
     parts: &NodeParts,
     prev: Option<&DesiredState>,
-    rules: &[serde_json::Value],
+    rules: &[RuleSpec],
     errors: &mut Vec<String>,
 ) {
     let managed: HashSet<&str> = prev
         .map(|p| p.rules.iter().filter_map(rule_id).collect())
         .unwrap_or_default();
-    for (i, value) in rules.iter().enumerate() {
-        let label = rule_id(value).map_or_else(|| format!("#{i}"), |id| format!("`{id}`"));
-        if let Err(e) = apply_rule(parts, &managed, value).await {
+    for (i, spec) in rules.iter().enumerate() {
+        let label = rule_id(spec).map_or_else(|| format!("#{i}"), |id| format!("`{id}`"));
+        if let Err(e) = apply_rule(parts, &managed, spec).await {
             errors.push(format!("rule {label}: {e}"));
         }
     }
@@ -232,9 +240,9 @@ async fn apply_rules(
 async fn apply_rule(
     parts: &NodeParts,
     managed: &HashSet<&str>,
-    value: &serde_json::Value,
+    spec: &RuleSpec,
 ) -> Result<(), String> {
-    let config: RuleConfig = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let config = rule_config(spec)?;
     if config.id.is_empty() {
         return Err("`id` is missing".into());
     }

@@ -330,7 +330,9 @@ async fn local_devices_and_rules_stay_and_a_clash_is_reported() {
         .expect("local rule");
     let v1 = cloud.publish(|d| {
         d.devices = vec![device("local", "cloud-secret"), device("d1", "d1-secret")];
-        d.rules = vec![serde_json::json!({"id": "r1", "sql": "SELECT * FROM \"b\""})];
+        d.rules = vec![rule_spec(
+            serde_json::json!({"id": "r1", "sql": "SELECT * FROM \"b\""}),
+        )];
         d.functions = vec![];
     });
     let agent = node.agent(cloud.creds()).await;
@@ -349,7 +351,7 @@ async fn local_devices_and_rules_stay_and_a_clash_is_reported() {
     // node's own.
     let v2 = cloud.publish(|d| {
         d.devices.clear();
-        d.rules = vec![serde_json::json!({"id": "bad", "sql": "SELEKT"})];
+        d.rules = vec![rule_spec(serde_json::json!({"id": "bad", "sql": "SELEKT"}))];
     });
     eventually("v2 applied", || async {
         agent.status().applied_version == v2

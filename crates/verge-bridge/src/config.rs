@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use verge_broker::duration::HumanDuration;
 use verge_mqtt::topic;
+use verge_protocol::topics;
 
 use crate::BridgeError;
 
@@ -184,8 +185,8 @@ impl BridgeConfig {
         }
         Ok(Plan {
             endpoint,
-            up_prefix: format!("nodes/{node}/up/"),
-            down_prefix: format!("nodes/{node}/down/"),
+            up_prefix: topics::up_prefix(&node),
+            down_prefix: topics::down_prefix(&node),
             node,
             client_id,
             config: self.clone(),

@@ -29,6 +29,8 @@ use verge_mqtt::{
     Ack, Connect, Disconnect, Packet, Properties, Protocol, Publish, QoS, SubOptions, Subscribe,
     SubscribeFilter, decode, encode, encoded_len, topic,
 };
+use verge_protocol::VergeId;
+use verge_protocol::topics::{self, VERGE_ID_PROPERTY, VERGE_TIME_PROPERTY};
 use verge_queue::{Entry, Queue};
 
 use crate::config::Plan;
@@ -244,7 +246,7 @@ impl Link {
             let sub = Subscribe {
                 packet_id: id,
                 filters: vec![SubscribeFilter {
-                    filter: format!("{}#", self.plan.down_prefix),
+                    filter: topics::down_filter(&self.plan.node),
                     options: SubOptions {
                         qos: QoS::AtLeastOnce,
                         no_local: true,
@@ -411,10 +413,10 @@ impl Link {
             properties: Properties {
                 user_properties: vec![
                     (
-                        "verge-id".into(),
-                        format!("{}/{lane}/{}", self.queue.id(), entry.seq),
+                        VERGE_ID_PROPERTY.into(),
+                        VergeId::format(self.queue.id(), lane, entry.seq),
                     ),
-                    ("verge-time".into(), entry.record.time_ms.to_string()),
+                    (VERGE_TIME_PROPERTY.into(), entry.record.time_ms.to_string()),
                 ],
                 ..Properties::default()
             },
@@ -472,8 +474,8 @@ impl Link {
                     && code >= 0x80
                 {
                     let e = format!(
-                        "the cloud refused the downstream subscription {}#: {}",
-                        self.plan.down_prefix,
+                        "the cloud refused the downstream subscription {}: {}",
+                        topics::down_filter(&self.plan.node),
                         reason_text(code, &ack.properties)
                     );
                     warn!("{e}");

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use sqlx::AnyPool;
-use verge_protocol::{DesiredState, DeviceEntry, FunctionArtifact};
+use verge_protocol::{DesiredState, DeviceEntry, FunctionArtifact, RuleSpec};
 
 use crate::db::json_col;
 use crate::error::AppError;
@@ -57,29 +57,38 @@ pub async fn assemble(
         rules: rules
             .into_iter()
             .map(|(id, sql, actions, enabled, description)| {
-                serde_json::json!({
-                    "id": id,
-                    "sql": sql,
-                    "actions": json_col(&actions),
-                    "enabled": enabled != 0,
-                    "description": description,
+                Ok(RuleSpec {
+                    actions: stored(&actions, "actions of rule", &id)?,
+                    id,
+                    sql,
+                    enabled: enabled != 0,
+                    description,
                 })
             })
-            .collect(),
+            .collect::<Result<_, AppError>>()?,
         functions: functions
             .into_iter()
-            .map(|(name, version, sha256, spec, module)| FunctionArtifact {
-                name,
-                version,
-                sha256,
-                spec: json_col(&spec),
-                module_base64: if modules {
-                    b64.encode(module)
-                } else {
-                    String::new()
-                },
+            .map(|(name, version, sha256, spec, module)| {
+                Ok(FunctionArtifact {
+                    spec: stored(&spec, "spec of function", &name)?,
+                    name,
+                    version,
+                    sha256,
+                    module_base64: if modules {
+                        b64.encode(module)
+                    } else {
+                        String::new()
+                    },
+                })
             })
-            .collect(),
+            .collect::<Result<_, AppError>>()?,
         config: json_col(&config),
     }))
+}
+
+/// A spec stored as JSON text by the API (checked before it was stored),
+/// read back as its contract type.
+fn stored<T: serde::de::DeserializeOwned>(text: &str, what: &str, id: &str) -> Result<T, AppError> {
+    serde_json::from_str(text)
+        .map_err(|e| AppError::internal(format!("stored {what} `{id}` is not valid: {e}")))
 }

@@ -8,27 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use verge_broker::{DurableMessage, DurableSubscription};
+use verge_protocol::topics::{self, VERGE_ID_PROPERTY};
 
 use crate::Cloud;
 use crate::db::now_ms;
 
 /// Most messages written in one transaction.
 const BATCH: usize = 256;
-
-/// Split `nodes/{n}/up/{rest}` into `(n, rest)`.
-fn split_topic(topic: &str) -> Option<(&str, &str)> {
-    let rest = topic.strip_prefix("nodes/")?;
-    let (node, rest) = rest.split_once('/')?;
-    let rest = rest.strip_prefix("up/")?;
-    (!node.is_empty() && !rest.is_empty()).then_some((node, rest))
-}
-
-/// `devices/{d}/telemetry` → `d`.
-fn telemetry_device(rest: &str) -> Option<&str> {
-    rest.strip_prefix("devices/")?
-        .strip_suffix("/telemetry")
-        .filter(|d| !d.is_empty() && !d.contains('/'))
-}
 
 /// Receive, store, confirm; until the broker stops.
 ///
@@ -118,7 +104,7 @@ fn refuse(cloud: &Cloud, msgs: impl IntoIterator<Item = DurableMessage>) {
 async fn admit(cloud: &Cloud, buf: &mut Vec<DurableMessage>) -> sqlx::Result<Vec<DurableMessage>> {
     let mut nodes: Vec<&str> = buf
         .iter()
-        .filter_map(|d| split_topic(&d.msg.topic).map(|(n, _)| n))
+        .filter_map(|d| topics::parse_up(&d.msg.topic).map(|(n, _)| n))
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
@@ -135,12 +121,13 @@ async fn admit(cloud: &Cloud, buf: &mut Vec<DurableMessage>) -> sqlx::Result<Vec
     }
     let (ok, bad): (Vec<_>, Vec<_>) = buf
         .drain(..)
-        .partition(|d| split_topic(&d.msg.topic).is_some_and(|(n, _)| joined.contains(n)));
+        .partition(|d| topics::parse_up(&d.msg.topic).is_some_and(|(n, _)| joined.contains(n)));
     if let Some(first) = bad.first() {
         tracing::warn!(
             topic = %first.msg.topic,
-            "{} upstream message(s) refused: not `nodes/{{id}}/up/…` of a joined node",
-            bad.len()
+            "{} upstream message(s) refused: not `{}` of a joined node",
+            bad.len(),
+            topics::up("{id}", "…")
         );
         refuse(cloud, bad);
     }
@@ -160,7 +147,7 @@ struct Row<'a> {
 }
 
 /// Write `batch` in one transaction; every message in it has a topic
-/// [`split_topic`] accepts (see [`admit`]). Messages go in by multi-row
+/// [`topics::parse_up`] accepts (see [`admit`]). Messages go in by multi-row
 /// INSERTs that skip a (node, `verge-id`) already stored; then each device
 /// whose telemetry was newly stored gets the last such reading as its
 /// `last_telemetry` (one UPDATE per device, not per message; a resent old
@@ -169,10 +156,11 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
     let now = now_ms();
     let mut rows = Vec::with_capacity(batch.len());
     for d in batch {
-        let Some((node, rest)) = split_topic(&d.msg.topic) else {
+        let Some((node, rest)) = topics::parse_up(&d.msg.topic) else {
             return Err(sqlx::Error::Protocol(format!(
-                "topic `{}` is not `nodes/{{id}}/up/…`",
-                d.msg.topic
+                "topic `{}` is not `{}`",
+                d.msg.topic,
+                topics::up("{id}", "…")
             )));
         };
         let verge_id = d
@@ -180,7 +168,7 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
             .properties
             .user_properties
             .iter()
-            .find(|(k, _)| k == "verge-id")
+            .find(|(k, _)| k == VERGE_ID_PROPERTY)
             .map(|(_, v)| v.clone());
         rows.push(Row {
             node,
@@ -229,7 +217,7 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
     // The last newly stored reading of each device, in arrival order.
     let mut latest: Vec<(&str, &str, &DurableMessage)> = Vec::new();
     for r in &rows {
-        let Some(device) = telemetry_device(r.rest) else {
+        let Some(device) = topics::telemetry_device(r.rest) else {
             continue;
         };
         let fresh = match &r.verge_id {
@@ -365,19 +353,6 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
 mod tests {
     use super::*;
     use crate::CloudConfig;
-
-    #[test]
-    fn topics() {
-        assert_eq!(
-            split_topic("nodes/e1/up/devices/d1/telemetry"),
-            Some(("e1", "devices/d1/telemetry"))
-        );
-        assert_eq!(split_topic("nodes/e1/down/x"), None);
-        assert_eq!(split_topic("nodes/e1/up/"), None);
-        assert_eq!(telemetry_device("devices/d1/telemetry"), Some("d1"));
-        assert_eq!(telemetry_device("devices/d1/x/telemetry"), None);
-        assert_eq!(telemetry_device("devices//telemetry"), None);
-    }
 
     /// Retention and `max_messages` delete the oldest messages, old
     /// heartbeat metrics go, and what was deleted is counted.

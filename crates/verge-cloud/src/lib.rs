@@ -47,6 +47,7 @@ use verge_broker::{
     Authenticator, BoundListener, Broker, BrokerConfig, BrokerHandle, Registry, Transport,
 };
 use verge_duration::HumanDuration;
+use verge_protocol::topics;
 
 pub use config::CloudConfig;
 pub use error::CloudError;
@@ -115,7 +116,7 @@ impl Cloud {
         .await
         .map_err(CloudError::Other)?;
         let subscription = handle
-            .subscribe_durable(&["nodes/+/up/#".to_owned()], 4096)
+            .subscribe_durable(&[topics::up_filter_all()], 4096)
             .await?;
         let cloud = Cloud {
             inner: Arc::new(Inner {
@@ -292,12 +293,12 @@ impl Cloud {
                     acl(
                         AclPolicy::Allow,
                         AclAction::Publish,
-                        &format!("nodes/{id}/up/#"),
+                        &topics::up_filter(&id),
                     ),
                     acl(
                         AclPolicy::Allow,
                         AclAction::Subscribe,
-                        &format!("nodes/{id}/down/#"),
+                        &topics::down_filter(&id),
                     ),
                     acl(AclPolicy::Deny, AclAction::All, "#"),
                 ],

@@ -6,16 +6,17 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Mutex;
-use verge_sql::{Event, Limits, Query, Row};
+use verge_sql::Query;
 
 use crate::Services;
 use crate::action::{self, ActionRunner, ActionStatus};
-use crate::config::{ActionKind, RuleConfig, RuleEngineConfig};
+use crate::config::{RuleConfig, RuleEngineConfig};
+use crate::dry_run::{Sample, TestOutput, check_samples, dry_run};
 use crate::error::RuleError;
-use crate::rule::{Running, finish_all, now_ms};
-use crate::template::Template;
+use crate::rule::{Running, finish_all};
+use crate::validate::{self, at};
 use verge_metrics::label;
 
 /// The node's rules. Management calls are serialised; running rules are
@@ -87,55 +88,6 @@ pub struct RuleMetrics {
     pub latency_p99_us: Option<u64>,
 }
 
-/// One sample message for [`Engine::test`], or a step of the clock.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sample {
-    /// Topic it was published to (required unless `advance` is given).
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// JSON payload.
-    #[serde(default)]
-    pub payload: Option<serde_json::Value>,
-    /// A payload given as text instead (need not be JSON).
-    #[serde(default)]
-    pub payload_raw: Option<String>,
-    /// Publishing client id (default `test`).
-    #[serde(default)]
-    pub clientid: Option<String>,
-    /// QoS (default 0).
-    #[serde(default)]
-    pub qos: u8,
-    /// Receive time in ms since the epoch (default: 1 ms after the previous
-    /// sample, starting now).
-    #[serde(default)]
-    pub time: Option<i64>,
-    /// Instead of a message: move processing time to this value (ms).
-    #[serde(default)]
-    pub advance: Option<i64>,
-}
-
-/// What a dry run produced.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TestOutput {
-    /// Rows in emission order; windows still open after the last sample are
-    /// closed at the end.
-    pub rows: Vec<Row>,
-    /// Samples whose evaluation failed: `(index, error)`.
-    pub errors: Vec<SampleError>,
-    /// Whether rows were cut at [`MAX_TEST_ROWS`] (the run stopped there).
-    pub truncated: bool,
-}
-
-/// A sample that failed to evaluate.
-#[derive(Debug, Clone, Serialize)]
-pub struct SampleError {
-    /// Index of the sample.
-    pub sample: usize,
-    /// The evaluation error.
-    pub error: String,
-}
-
 impl Engine {
     /// An engine with no rules.
     pub fn new(services: Services, settings: RuleEngineConfig) -> Engine {
@@ -150,7 +102,7 @@ impl Engine {
     /// Validate and add a rule; it starts if `enabled`. Nothing changes on
     /// error.
     pub async fn create(&self, config: RuleConfig) -> Result<RuleInfo, RuleError> {
-        let query = self.validate(&config)?;
+        let query = validate::check(&config, Some(&self.services))?;
         let mut rules = self.rules.lock().await;
         if rules.contains_key(&config.id) {
             return Err(RuleError::Exists(config.id));
@@ -172,7 +124,7 @@ impl Engine {
     /// validated before the old one stops; a running rule restarts with it.
     pub async fn update(&self, id: &str, mut config: RuleConfig) -> Result<RuleInfo, RuleError> {
         config.id = id.to_owned();
-        let query = self.validate(&config)?;
+        let query = validate::check(&config, Some(&self.services))?;
         let (info, old) = {
             let mut rules = self.rules.lock().await;
             let entry = rules
@@ -269,17 +221,13 @@ impl Engine {
         finish_all(old, self.settings.stop_grace.get()).await;
     }
 
-    /// Run `sql` over `samples` without side effects and return its rows.
-    /// Dry runs take turns on the blocking pool, so they never hold up the
-    /// node's async work, and each is bounded ([`MAX_TEST_SAMPLES`],
-    /// [`MAX_TEST_ROWS`], small window limits).
+    /// Run `sql` over `samples` without side effects and return its rows
+    /// ([`crate::dry_run`]). Dry runs take turns on the blocking pool, so
+    /// they never hold up the node's async work, and each is bounded
+    /// ([`crate::MAX_TEST_SAMPLES`], [`crate::MAX_TEST_ROWS`], small window
+    /// limits).
     pub async fn test(&self, sql: String, samples: Vec<Sample>) -> Result<TestOutput, RuleError> {
-        if samples.len() > MAX_TEST_SAMPLES {
-            return Err(RuleError::Sample {
-                index: MAX_TEST_SAMPLES,
-                message: format!("too many samples (at most {MAX_TEST_SAMPLES})"),
-            });
-        }
+        check_samples(&samples)?;
         let _turn = self
             .test_turn
             .acquire()
@@ -376,48 +324,6 @@ impl Engine {
         }
     }
 
-    /// Check everything about a rule that can be checked before it runs.
-    fn validate(&self, config: &RuleConfig) -> Result<Query, RuleError> {
-        let id = &config.id;
-        let id_ok = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !id_ok {
-            return Err(RuleError::InvalidId(id.clone()));
-        }
-        let query = Query::parse(&config.sql)?;
-        let columns = query.columns();
-        for (index, kind) in config.actions.iter().enumerate() {
-            action::build(kind, &self.services).map_err(|e| at(e, index))?;
-            let template = match kind {
-                ActionKind::Republish(c) => Some(&c.topic),
-                ActionKind::Upstream(c) => Some(&c.topic),
-                _ => None,
-            };
-            // Without `*` the row's columns are known: a template naming
-            // another one would fail on every row.
-            if let Some(t) = template.and_then(|t| Template::parse(t).ok())
-                && !query.has_star()
-                && let Some(missing) = t.columns().find(|c| !columns.contains(c))
-            {
-                let message = format!(
-                    "topic template uses `{{{missing}}}` but the rule's columns are: {}",
-                    columns.join(", ")
-                );
-                return Err(at(RuleError::action(kind.name(), message), index));
-            }
-            if kind.delivery().queue == 0 {
-                return Err(at(
-                    RuleError::action(kind.name(), "`delivery.queue` must be at least 1"),
-                    index,
-                ));
-            }
-        }
-        Ok(query)
-    }
-
     async fn launch(&self, entry: &Entry) -> Result<Running, RuleError> {
         let mut runners = Vec::with_capacity(entry.config.actions.len());
         for (index, kind) in entry.config.actions.iter().enumerate() {
@@ -446,111 +352,6 @@ impl Engine {
             entry.query.is_aggregate(),
             runners,
         ))
-    }
-}
-
-/// At most this many samples per dry run.
-pub const MAX_TEST_SAMPLES: usize = 10_000;
-/// At most this many rows come back from a dry run; the rest is cut and
-/// `truncated` is set.
-pub const MAX_TEST_ROWS: usize = 10_000;
-
-/// Window bounds of dry runs: small, since a request may ask for anything.
-fn test_limits() -> Limits {
-    Limits {
-        max_groups: 1_000,
-        max_rows_per_window: 10_000,
-        max_open_windows: 100,
-        ..Limits::default()
-    }
-}
-
-fn dry_run(sql: &str, samples: &[Sample]) -> Result<TestOutput, RuleError> {
-    let query = Query::parse(sql)?;
-    let mut exec = query.start(test_limits());
-    let mut out = TestOutput::default();
-    let mut rows = Vec::new();
-    let mut clock = now_ms();
-    for (i, s) in samples.iter().enumerate() {
-        let bad = |message: &str| RuleError::Sample {
-            index: i,
-            message: message.to_owned(),
-        };
-        if let Some(t) = s.advance {
-            if s.topic.is_some() || s.payload.is_some() || s.payload_raw.is_some() {
-                return Err(bad("`advance` cannot be combined with a message"));
-            }
-            clock = t;
-            exec.advance(t, &mut rows);
-        } else {
-            let topic = s
-                .topic
-                .as_deref()
-                .ok_or_else(|| bad("`topic` is missing"))?;
-            if !verge_mqtt::topic::valid_topic_name(topic) {
-                return Err(bad(&format!("`{topic}` is not a valid topic name")));
-            }
-            let payload = match (&s.payload, &s.payload_raw) {
-                (Some(_), Some(_)) => {
-                    return Err(bad("give `payload` or `payload_raw`, not both"));
-                }
-                (Some(v), None) => serde_json::to_vec(v).map_err(|e| bad(&e.to_string()))?,
-                (None, Some(t)) => t.clone().into_bytes(),
-                (None, None) => Vec::new(),
-            };
-            if s.qos > 2 {
-                return Err(bad("`qos` must be 0, 1 or 2"));
-            }
-            clock = s.time.unwrap_or(clock.saturating_add(1));
-            let ev = Event {
-                topic,
-                payload: &payload,
-                client_id: s.clientid.as_deref().unwrap_or("test"),
-                qos: s.qos,
-                timestamp_ms: clock,
-                user_properties: &[],
-            };
-            if query
-                .sources()
-                .iter()
-                .any(|f| verge_mqtt::topic::matches(f, topic))
-                && let Err(e) = exec.push(&ev, &mut rows)
-            {
-                out.errors.push(SampleError {
-                    sample: i,
-                    error: e.to_string(),
-                });
-            }
-        }
-        if take(&mut out, &mut rows) {
-            return Ok(out);
-        }
-    }
-    // Windows still open are closed at the end.
-    exec.flush(&mut rows);
-    take(&mut out, &mut rows);
-    Ok(out)
-}
-
-/// Move `rows` into `out` up to [`MAX_TEST_ROWS`]; true once cut.
-fn take(out: &mut TestOutput, rows: &mut Vec<Row>) -> bool {
-    let room = MAX_TEST_ROWS - out.rows.len();
-    if rows.len() > room {
-        rows.truncate(room);
-        out.truncated = true;
-    }
-    out.rows.append(rows);
-    out.truncated
-}
-
-fn at(e: RuleError, index: usize) -> RuleError {
-    match e {
-        RuleError::Action { kind, message, .. } => RuleError::Action {
-            index,
-            kind,
-            message,
-        },
-        other => other,
     }
 }
 

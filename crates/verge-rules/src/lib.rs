@@ -9,13 +9,20 @@
 //! with retries and counters, so a slow or failing action only fills (and
 //! then drops from) its own queue: it never stalls the rule, other rules or
 //! the router. A rule's own republished rows are not fed back into it.
+//!
+//! Two entry points need no node: [`validate`] checks a rule (id, SQL,
+//! action settings) the way [`Engine::create`] does before it changes
+//! anything, and [`dry_run`] runs SQL over sample messages; the cloud uses
+//! both.
 
 pub mod action;
 pub mod config;
+mod dry_run;
 mod engine;
 mod error;
 mod rule;
 mod template;
+mod validate;
 
 use std::sync::Arc;
 
@@ -24,11 +31,11 @@ pub use action::{
     TelemetryPoint, TelemetryStore, Upstream,
 };
 pub use config::{ActionKind, RuleConfig, RuleEngineConfig};
-pub use engine::{
-    Engine, MAX_TEST_ROWS, MAX_TEST_SAMPLES, RuleInfo, RuleMetrics, Sample, SampleError, TestOutput,
-};
+pub use dry_run::{MAX_TEST_ROWS, MAX_TEST_SAMPLES, Sample, SampleError, TestOutput, dry_run};
+pub use engine::{Engine, RuleInfo, RuleMetrics};
 pub use error::RuleError;
 pub use template::Template;
+pub use validate::validate;
 
 /// What actions may use on this node. Services a node does not have are
 /// `None`; a rule whose action needs one is refused when it is created.

@@ -27,7 +27,7 @@ use verge_broker::config::AclPolicy;
 use verge_broker::{Authenticator, Broker, BrokerConfig, Registry};
 use verge_functions::{Functions, FunctionsConfig};
 use verge_protocol::{
-    DesiredState, DeviceEntry, FunctionArtifact, JoinRequest, JoinResponse, StatusReport,
+    DesiredState, DeviceEntry, FunctionArtifact, JoinRequest, JoinResponse, RuleSpec, StatusReport,
     node_bearer,
 };
 use verge_rules::action::BoxFuture;
@@ -425,7 +425,7 @@ pub fn artifact(name: &str, module: &str, version: i64) -> FunctionArtifact {
         name: name.into(),
         version,
         sha256: hex::encode(Sha256::digest(module.as_bytes())),
-        spec: json!({"runtime": "wasm", "config": {}}),
+        spec: serde_json::from_value(json!({"runtime": "wasm", "config": {}})).expect("spec"),
         module_base64: B64.encode(module.as_bytes()),
     }
 }
@@ -437,12 +437,17 @@ pub fn device(id: &str, secret: &str) -> DeviceEntry {
     }
 }
 
-pub fn rule(id: &str, function: &str) -> Value {
-    json!({
+pub fn rule(id: &str, function: &str) -> RuleSpec {
+    rule_spec(json!({
         "id": id,
         "sql": "SELECT * FROM \"devices/+/telemetry\"",
         "actions": [{"type": "function", "name": function}],
-    })
+    }))
+}
+
+/// A rule spec from its JSON object.
+pub fn rule_spec(v: Value) -> RuleSpec {
+    serde_json::from_value(v).expect("rule spec")
 }
 
 /// Device d1 + function `tag` + rule r1 calling it.

@@ -179,7 +179,7 @@ pub async fn command(
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &name)?;
     let node = node_of(&cloud.inner().pool, &id).await?;
-    let topic = format!("nodes/{node}/down/devices/{id}/commands/{name}");
+    let topic = verge_protocol::topics::device_command(&node, &id, &name);
     let payload = body.to_string().into_bytes();
     // It must fit one MQTT packet on the way down (the node's broker takes
     // no larger), else it would be accepted here and dropped on the way.

@@ -1,20 +1,13 @@
-//! `/api/rules`: rules checked with the node's own rule engine before they
-//! are stored, and dry runs of SQL.
-
-use std::sync::Arc;
+//! `/api/rules`: rules checked with the node's own rule checks (no node
+//! runtime) before they are stored, and dry runs of SQL.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use verge_rules::action::BoxFuture;
-use verge_rules::{
-    ActionKind, Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleConfig,
-    RuleEngineConfig, Sample, Services, TelemetryPoint, TelemetryStore, Upstream,
-};
+use verge_rules::{ActionKind, RuleConfig, RuleError, Sample};
 
 use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
 use crate::Cloud;
@@ -22,53 +15,11 @@ use crate::auth::ApiAuth;
 use crate::db::{json_col, now_ms};
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name};
 
-/// Stand-ins for the node's services, so the engine accepts every action
-/// kind a node has; validation never runs them.
-struct Absent;
-
-impl FunctionInvoker for Absent {
-    fn exists(&self, _: &str) -> bool {
-        true
-    }
-    fn invoke<'a>(
-        &'a self,
-        name: &'a str,
-        _: FunctionMessage,
-    ) -> BoxFuture<'a, Result<Vec<FunctionMessage>, InvokeError>> {
-        Box::pin(async move {
-            Err(InvokeError {
-                retry: false,
-                message: format!("`{name}` does not run on the cloud"),
-            })
-        })
-    }
-}
-
-impl TelemetryStore for Absent {
-    fn write(&self, _: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Err("not on the cloud".to_owned()) })
-    }
-}
-
-impl Upstream for Absent {
-    fn send<'a>(&'a self, _: &'a str, _: String, _: Bytes) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async { Err("not on the cloud".to_owned()) })
-    }
-}
-
-/// Check a rule as a node would; returns the functions it names.
+/// Check a rule as a node would (the rule engine's pure check: id, SQL,
+/// action settings) and that the functions it names exist here; returns
+/// them.
 async fn validate(cloud: &Cloud, rule: &RuleConfig) -> Result<Vec<String>, AppError> {
-    let absent = Arc::new(Absent);
-    let services = Services {
-        broker: cloud.inner().handle.clone(),
-        functions: Some(absent.clone()),
-        store: Some(absent.clone()),
-        upstream: Some(absent),
-    };
-    let engine = Engine::new(services, RuleEngineConfig::default());
-    let mut probe = rule.clone();
-    probe.enabled = false;
-    engine.create(probe).await?;
+    verge_rules::validate(rule)?;
     let mut names = Vec::new();
     for (i, a) in rule.actions.iter().enumerate() {
         if let ActionKind::Function(f) = a {
@@ -326,12 +277,12 @@ pub struct TestBody {
 
 pub async fn test(
     _: ApiAuth,
-    State(cloud): State<Cloud>,
     ApiJson(body): ApiJson<TestBody>,
 ) -> Result<Json<verge_rules::TestOutput>, AppError> {
-    let engine = Engine::new(
-        Services::new(cloud.inner().handle.clone()),
-        RuleEngineConfig::default(),
-    );
-    Ok(Json(engine.test(body.sql, body.samples).await?))
+    let TestBody { sql, samples } = body;
+    // On the blocking pool, as the node's engine runs it.
+    let out = tokio::task::spawn_blocking(move || verge_rules::dry_run(&sql, &samples))
+        .await
+        .map_err(|e| RuleError::Internal(format!("dry run failed: {e}")))??;
+    Ok(Json(out))
 }

@@ -65,15 +65,23 @@ impl Function {
             .functions
             .clone()
             .ok_or_else(|| RuleError::action("function", "this node has no function runtime"))?;
-        if c.name.is_empty() {
-            return Err(RuleError::action("function", "`name` is empty"));
-        }
+        Function::settings(c)?;
         Ok(Function {
             name: c.name.clone(),
             invoker,
             broker: services.broker.clone(),
             origin: Arc::from(format!("$function/{}", c.name)),
         })
+    }
+}
+
+impl Function {
+    /// Check the settings: a function name.
+    pub(crate) fn settings(c: &FunctionConfig) -> Result<(), RuleError> {
+        if c.name.is_empty() {
+            return Err(RuleError::action("function", "`name` is empty"));
+        }
+        Ok(())
     }
 }
 

@@ -101,6 +101,20 @@ pub trait Action: Send + Sync + 'static {
     }
 }
 
+/// Check an action's settings without a node: the checks [`build`] makes,
+/// minus whether the node has the service the action needs (a function
+/// runtime, a local store, a cloud link and its lane).
+pub fn check(kind: &ActionKind) -> Result<(), RuleError> {
+    match kind {
+        ActionKind::Republish(c) => republish::Republish::settings(c).map(drop),
+        ActionKind::Function(c) => function::Function::settings(c),
+        ActionKind::Store(_) => Ok(()),
+        ActionKind::Upstream(c) => sinks::UpstreamAction::settings(c).map(drop),
+        ActionKind::Webhook(c) => webhook::Webhook::new(c).map(drop),
+        ActionKind::Log(c) => log::Log::new(c).map(drop),
+    }
+}
+
 /// Build an action from its config: the one list of action kinds.
 pub fn build(kind: &ActionKind, services: &Services) -> Result<Arc<dyn Action>, RuleError> {
     Ok(match kind {

@@ -22,16 +22,24 @@ pub struct Republish {
 impl Republish {
     /// Check the settings and build the action.
     pub fn new(c: &RepublishConfig, services: &Services) -> Result<Republish, RuleError> {
-        let topic = Template::parse(&c.topic).map_err(|e| RuleError::action("republish", e))?;
-        let qos = QoS::from_u8(c.qos).ok_or_else(|| {
-            RuleError::action("republish", format!("qos {} is not 0, 1 or 2", c.qos))
-        })?;
+        let (topic, qos) = Republish::settings(c)?;
         Ok(Republish {
             broker: services.broker.clone(),
             topic,
             qos,
             retain: c.retain,
         })
+    }
+}
+
+impl Republish {
+    /// Check the settings: the topic template and the QoS.
+    pub(crate) fn settings(c: &RepublishConfig) -> Result<(Template, QoS), RuleError> {
+        let topic = Template::parse(&c.topic).map_err(|e| RuleError::action("republish", e))?;
+        let qos = QoS::from_u8(c.qos).ok_or_else(|| {
+            RuleError::action("republish", format!("qos {} is not 0, 1 or 2", c.qos))
+        })?;
+        Ok((topic, qos))
     }
 }
 

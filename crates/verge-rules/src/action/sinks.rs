@@ -135,10 +135,7 @@ impl UpstreamAction {
             .upstream
             .clone()
             .ok_or_else(|| RuleError::action("upstream", "this node has no cloud link"))?;
-        let topic = Template::parse(&c.topic).map_err(|e| RuleError::action("upstream", e))?;
-        if c.lane.is_empty() {
-            return Err(RuleError::action("upstream", "`lane` is empty"));
-        }
+        let topic = UpstreamAction::settings(c)?;
         upstream
             .check_lane(&c.lane)
             .map_err(|e| RuleError::action("upstream", e))?;
@@ -147,6 +144,18 @@ impl UpstreamAction {
             topic,
             lane: c.lane.clone(),
         })
+    }
+}
+
+impl UpstreamAction {
+    /// Check the settings: the topic template and a lane name (whether the
+    /// node has that lane is the cache queue's to say).
+    pub(crate) fn settings(c: &UpstreamConfig) -> Result<Template, RuleError> {
+        let topic = Template::parse(&c.topic).map_err(|e| RuleError::action("upstream", e))?;
+        if c.lane.is_empty() {
+            return Err(RuleError::action("upstream", "`lane` is empty"));
+        }
+        Ok(topic)
     }
 }
 
