@@ -14,9 +14,10 @@ use crate::Services;
 use crate::action::{self, ActionRunner, ActionStatus};
 use crate::config::{ActionKind, RuleConfig, RuleEngineConfig};
 use crate::error::RuleError;
-use crate::rule::{Running, finish_all, now_ms};
+use crate::rule::{Running, finish_all};
 use crate::template::Template;
 use verge_metrics::label;
+use verge_net::now_ms;
 
 /// The node's rules. Management calls are serialised; running rules are
 /// independent tasks.
