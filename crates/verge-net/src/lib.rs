@@ -8,8 +8,8 @@
 //!   roots or a CA file; the only place client roots are built.
 //! - `client` (feature `client`): the HTTP/1 client of the webhook action
 //!   and the cloud agent, on hyper's connection API.
-//! - `http` (feature `http-server`): the HTTP APIs' one `AppError` and
-//!   their `Json` extractor.
+//! - `http` (feature `http-server`): the HTTP APIs' one `AppError`
+//!   (defined by `app_error!`) and their JSON extractor.
 //!
 //! Design note: one crate with features rather than three tiny crates, so
 //! a reader finds the infrastructure in one place, while a crate that only
@@ -20,6 +20,8 @@ mod clock;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "http-server")]
+pub mod http;
 #[cfg(feature = "tls")]
 pub mod tls;
 
