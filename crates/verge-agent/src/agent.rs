@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use verge_net::{Backoff, now_ms};
 use verge_protocol::{DesiredState, node_bearer};
 
 use crate::parts::NodeParts;
@@ -208,12 +209,6 @@ fn load_desired(dir: &std::path::Path) -> Option<DesiredState> {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Sleep, unless asked to stop first; `true` when asked to stop.
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
@@ -253,8 +248,8 @@ async fn poll(ctx: &Ctx, version: i64) -> Poll {
 
 /// Long-poll the cloud; apply, cache and report each new desired state.
 async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = BACKOFF_MIN;
-    let mut jitter = Jitter::new();
+    // ±20 %, so that nodes cut off together do not come back together.
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).with_jitter(0.2);
     // The error last logged, so a retry does not log it again.
     let mut logged: Option<String> = None;
     loop {
@@ -271,7 +266,7 @@ async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watc
             if logged.take().is_some() {
                 tracing::info!(cloud = %ctx.creds.cloud_url, "cloud reachable again");
             }
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
         match outcome {
             Poll::State(d) => {
@@ -333,8 +328,7 @@ async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watc
                     s.cloud_reachable = false;
                     s.last_error = Some(message);
                 }
-                let wait = jitter.spread(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let wait = backoff.next_delay();
                 if sleep_or_stop(wait, &mut stop).await {
                     return;
                 }
@@ -411,47 +405,5 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
         }
         // The report just sent covers any apply that asked for one meanwhile.
         tick.reset();
-    }
-}
-
-/// Spreads retry delays (±20 %) so that nodes cut off together do not
-/// come back together. A xorshift generator seeded from the clock is
-/// plenty for that.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Jitter {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64);
-        Jitter(seed | 1)
-    }
-
-    fn spread(&mut self, d: Duration) -> Duration {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        // A factor in [0.8, 1.2).
-        let factor = 0.8 + (x % 1000) as f64 / 2500.0;
-        d.mul_f64(factor)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_a_fifth() {
-        let mut j = Jitter::new();
-        for _ in 0..1000 {
-            let d = j.spread(Duration::from_secs(10));
-            assert!(
-                d >= Duration::from_secs(8) && d < Duration::from_secs(12),
-                "{d:?}"
-            );
-        }
     }
 }

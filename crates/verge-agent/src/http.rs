@@ -4,15 +4,17 @@
 //! `verge ctl`.
 //!
 //! Design notes:
-//! - hyper's low-level connection (`client::conn::http1`) as in the rules'
-//!   webhook action, not a pooled client: the agent sends a long poll and a
-//!   heartbeat every few seconds, so a pool would save next to nothing and
-//!   would keep idle sockets to the cloud open.
-//! - TLS with rustls (ring provider). The server is verified against
-//!   Mozilla's root certificates, or only against the CA file set with
-//!   [`set_ca_file`]. That setting is process-wide rather than a `Client`
-//!   value threaded through every call: a process talks to one cloud, and
-//!   the agent and `verge ctl` keep calling [`request`] as they did.
+//! - The connection and TLS are `verge_net::client`'s and
+//!   `verge_net::tls`'s (shared with the rules' webhook action); this
+//!   module builds the request and words the errors. One connection per
+//!   request, not a kept one: the agent sends a long poll and a heartbeat
+//!   every few seconds, so keeping it would save next to nothing and would
+//!   keep idle sockets to the cloud open.
+//! - The server is verified against Mozilla's root certificates, or only
+//!   against the CA file set with [`set_ca_file`]. That setting is
+//!   process-wide rather than a client value threaded through every call:
+//!   a process talks to one cloud, and the agent and `verge ctl` keep
+//!   calling [`request`] as they did.
 //! - Bodies are read up to [`MAX_BODY`]: a desired state carries function
 //!   modules (each at most 16 MiB, base64 encoded).
 
@@ -21,17 +23,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
 use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio::time::Instant;
+use tokio_rustls::rustls::ClientConfig;
+use verge_net::client::{BodyEnd, ClientError, Endpoint, Url, lower};
+use verge_net::tls::TlsError;
 
 /// Largest response body read.
 pub const MAX_BODY: usize = 256 << 20;
@@ -111,35 +110,13 @@ pub fn ca_file() -> Option<PathBuf> {
 }
 
 fn tls_settings(path: Option<&Path>) -> Result<TlsSettings, HttpError> {
-    let mut roots = RootCertStore::empty();
-    match path {
-        Some(path) => {
-            let bad = |e: &dyn std::fmt::Display| {
-                HttpError::Tls(format!("ca file {}: {e}", path.display()))
-            };
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(&e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| bad(&e))?;
-            if certs.is_empty() {
-                return Err(bad(&"holds no certificate"));
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| bad(&e))?;
-            }
-        }
-        None => roots.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| HttpError::Tls(format!("tls setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = verge_net::tls::http_client_config(path).map_err(|e| match e {
+        TlsError::Setup(_) => HttpError::Tls(e.to_string()),
+        _ => HttpError::Tls(format!("ca file {e}")),
+    })?;
     Ok(TlsSettings {
         ca_file: path.map(Path::to_path_buf),
-        config: Arc::new(config),
+        config,
     })
 }
 
@@ -170,7 +147,8 @@ pub async fn request(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<(u16, Bytes), HttpError> {
-    let target = Target::parse(url)?;
+    let bad_url = || HttpError::InvalidUrl(url.to_owned());
+    let target = Url::parse(url).map_err(|_| bad_url())?;
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| HttpError::Transport(format!("invalid method `{method}`")))?;
     let payload = match body {
@@ -179,35 +157,74 @@ pub async fn request(
         ),
         None => Bytes::new(),
     };
-    let mut req = Request::new(Full::new(payload));
-    *req.method_mut() = method;
-    *req.uri_mut() = target
-        .path
-        .parse()
-        .map_err(|_| HttpError::InvalidUrl(url.to_owned()))?;
-    let headers = req.headers_mut();
-    headers.insert(
-        HOST,
-        HeaderValue::from_str(&target.authority)
-            .map_err(|_| HttpError::InvalidUrl(url.to_owned()))?,
-    );
-    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-    headers.insert(
-        USER_AGENT,
-        HeaderValue::from_static(concat!("verge/", env!("CARGO_PKG_VERSION"))),
-    );
-    if body.is_some() {
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    }
-    if let Some(token) = bearer {
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| HttpError::Transport("the bearer token is not printable ascii".into()))?;
-        value.set_sensitive(true);
-        headers.insert(AUTHORIZATION, value);
-    }
-    tokio::time::timeout(timeout, exchange(&target, req))
+    let host = HeaderValue::from_str(&target.authority).map_err(|_| bad_url())?;
+    let authorization = match bearer {
+        Some(token) => {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                HttpError::Transport("the bearer token is not printable ascii".into())
+            })?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+        None => None,
+    };
+    let tls = current_tls()?;
+    let endpoint = Endpoint::new(target, tls.config)
+        .map_err(|e| HttpError::InvalidUrl(format!("{url}: {e}")))?;
+    let make = || {
+        let mut req = Request::new(Full::new(payload.clone()));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = endpoint.url().target.clone();
+        let headers = req.headers_mut();
+        headers.insert(HOST, host.clone());
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("verge/", env!("CARGO_PKG_VERSION"))),
+        );
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Some(value) = &authorization {
+            headers.insert(AUTHORIZATION, value.clone());
+        }
+        req
+    };
+    let authority = &endpoint.url().authority;
+    let reply = endpoint
+        .send(make, Instant::now() + timeout, MAX_BODY)
         .await
-        .map_err(|_| HttpError::Timeout(timeout))?
+        .map_err(|e| match e {
+            ClientError::TimedOut => HttpError::Timeout(timeout),
+            ClientError::Resolve { error: io, .. } | ClientError::Connect(io) => {
+                HttpError::Transport(format!("cannot connect to {authority}: {}", lower(&io)))
+            }
+            ClientError::NoAddress { .. } => HttpError::Transport(format!(
+                "cannot connect to {authority}: could not resolve to any address"
+            )),
+            ClientError::Tls(io) => {
+                let trusted = match &tls.ca_file {
+                    Some(p) => format!("the CA file {}", p.display()),
+                    None => "Mozilla's root certificates (no CA file set)".to_owned(),
+                };
+                HttpError::Transport(format!(
+                    "tls handshake with {authority} failed: {} (verifying against {trusted})",
+                    lower(&io)
+                ))
+            }
+            ClientError::Http(e) => transport(&e),
+        })?;
+    match reply.end {
+        BodyEnd::Complete => Ok((reply.status.as_u16(), reply.body)),
+        BodyEnd::TooLong => Err(HttpError::Transport(
+            "reading the answer: length limit exceeded".into(),
+        )),
+        BodyEnd::Failed(e) => Err(HttpError::Transport(format!(
+            "reading the answer: {}",
+            lower(&e)
+        ))),
+        BodyEnd::TimedOut => Err(HttpError::Timeout(timeout)),
+    }
 }
 
 /// `Ok(body)` for a 2xx answer, else the error the answer describes
@@ -277,77 +294,6 @@ pub async fn json<T: DeserializeOwned>(
         .map_err(|e| HttpError::InvalidBody(e.to_string()))
 }
 
-async fn exchange(target: &Target, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), HttpError> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| {
-            HttpError::Transport(format!(
-                "cannot connect to {}: {}",
-                target.authority,
-                lower(&e.to_string())
-            ))
-        })?;
-    let _ = tcp.set_nodelay(true);
-    if !target.tls {
-        return send(tcp, req).await;
-    }
-    let tls = current_tls()?;
-    let name = match target.host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ServerName::from(ip),
-        Err(_) => ServerName::try_from(target.host.clone()).map_err(|_| {
-            HttpError::InvalidUrl(format!("{}: not a valid server name", target.host))
-        })?,
-    };
-    let stream = TlsConnector::from(tls.config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| {
-            let trusted = match &tls.ca_file {
-                Some(p) => format!("the CA file {}", p.display()),
-                None => "Mozilla's root certificates (no CA file set)".to_owned(),
-            };
-            HttpError::Transport(format!(
-                "tls handshake with {} failed: {} (verifying against {trusted})",
-                target.authority,
-                lower(&e.to_string())
-            ))
-        })?;
-    send(stream, req).await
-}
-
-/// One HTTP/1 exchange over an open connection.
-async fn send<S>(io: S, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), HttpError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| transport(&e))?;
-    let conn = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "cloud connection ended");
-        }
-    });
-    let result = async {
-        let response = sender.send_request(req).await.map_err(|e| transport(&e))?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| {
-                HttpError::Transport(format!("reading the answer: {}", lower(&e.to_string())))
-            })?
-            .to_bytes();
-        Ok((status, body))
-    }
-    .await;
-    // One request per connection: close it now rather than when the server
-    // does.
-    drop(sender);
-    conn.abort();
-    result
-}
-
 fn transport(e: &hyper::Error) -> HttpError {
     let mut message = e.to_string();
     if let Some(source) = std::error::Error::source(e) {
@@ -356,105 +302,33 @@ fn transport(e: &hyper::Error) -> HttpError {
     HttpError::Transport(lower(&message))
 }
 
-fn lower(s: &str) -> String {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
-/// Where a request goes.
-#[derive(Debug, PartialEq)]
-struct Target {
-    /// Host name or IP (IPv6 without brackets), for connecting.
-    host: String,
-    /// TCP port.
-    port: u16,
-    /// `host[:port]` as written, for the `Host` header.
-    authority: String,
-    /// `https://`.
-    tls: bool,
-    /// Path and query, at least `/`.
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, HttpError> {
-        let bad = || HttpError::InvalidUrl(url.to_owned());
-        let (tls, rest) = match url.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
-            _ => return Err(bad()),
-        };
-        let default_port = if tls { 443 } else { 80 };
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(split);
-        if authority.is_empty() || authority.contains('@') {
-            return Err(bad());
-        }
-        let path = if path.is_empty() {
-            "/".to_owned()
-        } else if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_owned()
-        };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad())?,
-                None if after.is_empty() => default_port,
-                None => return Err(bad()),
-            };
-            (host.to_owned(), port)
-        } else {
-            match authority.split_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-                None => (authority.to_owned(), default_port),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(Target {
-            host,
-            port,
-            authority: authority.to_owned(),
-            tls,
-            path,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn urls_parse_with_and_without_port_and_path() {
-        let t = Target::parse("http://127.0.0.1:8080/api/x?y=1").expect("url");
+        let t = Url::parse("http://127.0.0.1:8080/api/x?y=1").expect("url");
+        assert_eq!(t.host, verge_net::client::Host::Ip([127, 0, 0, 1].into()));
+        assert_eq!((t.port, t.authority.as_str()), (8080, "127.0.0.1:8080"));
         assert_eq!(
-            t,
-            Target {
-                host: "127.0.0.1".into(),
-                port: 8080,
-                authority: "127.0.0.1:8080".into(),
-                tls: false,
-                path: "/api/x?y=1".into(),
-            }
+            (t.https, t.target.to_string().as_str()),
+            (false, "/api/x?y=1")
         );
-        let t = Target::parse("http://cloud.local").expect("url");
-        assert_eq!((t.port, t.path.as_str()), (80, "/"));
-        let t = Target::parse("http://[::1]:9/a").expect("url");
-        assert_eq!((t.host.as_str(), t.port), ("::1", 9));
-        let t = Target::parse("https://cloud.example.com/api").expect("url");
-        assert_eq!((t.port, t.tls), (443, true));
-        let t = Target::parse("HTTPS://[::1]:8443").expect("url");
-        assert_eq!((t.host.as_str(), t.port, t.tls), ("::1", 8443, true));
-        assert!(Target::parse("ftp://x/").is_err());
-        assert!(Target::parse("http://x:notaport/").is_err());
-        assert!(Target::parse("http:///x").is_err());
+        let t = Url::parse("http://cloud.local").expect("url");
+        assert_eq!((t.port, t.target.to_string().as_str()), (80, "/"));
+        let t = Url::parse("http://[::1]:9/a").expect("url");
+        assert_eq!((t.host.to_string().as_str(), t.port), ("::1", 9));
+        let t = Url::parse("https://cloud.example.com/api").expect("url");
+        assert_eq!((t.port, t.https), (443, true));
+        let t = Url::parse("HTTPS://[::1]:8443").expect("url");
+        assert_eq!(
+            (t.host.to_string().as_str(), t.port, t.https),
+            ("::1", 8443, true)
+        );
+        assert!(Url::parse("ftp://x/").is_err());
+        assert!(Url::parse("http://x:notaport/").is_err());
+        assert!(Url::parse("http:///x").is_err());
     }
 
     #[test]

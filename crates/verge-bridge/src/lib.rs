@@ -26,14 +26,12 @@ pub mod status;
 
 use std::sync::Arc;
 
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use verge_broker::BrokerHandle;
+use verge_net::tls::TlsError;
 use verge_queue::Queue;
 
 pub use config::{BridgeConfig, Endpoint, Forward, Plan};
@@ -163,33 +161,15 @@ impl BridgeHandle {
 
 fn tls(plan: &Plan) -> Result<(TlsConnector, ServerName<'static>), BridgeError> {
     let bad = |m: String| BridgeError::Config(m);
-    let mut roots = RootCertStore::empty();
-    match &plan.config.ca_file {
-        Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(format!("bridge.ca_file: {}: {e}", path.display())))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| bad(format!("bridge.ca_file: {}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(bad(format!(
-                    "bridge.ca_file: {} holds no certificate",
-                    path.display()
-                )));
+    let config = verge_net::tls::client_config(plan.config.ca_file.as_deref()).map_err(|e| {
+        bad(match e {
+            TlsError::Setup(_) => format!("bridge: {e}"),
+            TlsError::NoCertificate { path } => {
+                format!("bridge.ca_file: {} holds no certificate", path.display())
             }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| bad(format!("bridge.ca_file: {}: {e}", path.display())))?;
-            }
-        }
-        None => roots.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(format!("bridge: tls setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+            TlsError::CaFile { .. } => format!("bridge.ca_file: {e}"),
+        })
+    })?;
     let host = &plan.endpoint.host;
     let name = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ServerName::from(ip),
@@ -199,5 +179,5 @@ fn tls(plan: &Plan) -> Result<(TlsConnector, ServerName<'static>), BridgeError> 
             ))
         })?,
     };
-    Ok((TlsConnector::from(Arc::new(config)), name))
+    Ok((TlsConnector::from(config), name))
 }

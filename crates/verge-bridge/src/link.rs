@@ -29,6 +29,7 @@ use verge_mqtt::{
     Ack, Connect, Disconnect, Packet, Properties, Protocol, Publish, QoS, SubOptions, Subscribe,
     SubscribeFilter, decode, encode, encoded_len, topic,
 };
+use verge_net::Backoff;
 use verge_protocol::VergeId;
 use verge_protocol::topics::{self, VERGE_ID_PROPERTY, VERGE_TIME_PROPERTY};
 use verge_queue::{Entry, Queue};
@@ -81,7 +82,9 @@ impl Link {
         let cfg = &self.plan.config;
         let mut inflight: BTreeMap<u16, Pending> = BTreeMap::new();
         let mut next_id: u16 = 1;
-        let mut backoff = cfg.reconnect_min.get();
+        // ±20 %, so many nodes do not reconnect in lock step.
+        let mut backoff =
+            Backoff::new(cfg.reconnect_min.get(), cfg.reconnect_max.get()).with_jitter(0.2);
         loop {
             if *stop.borrow() {
                 break;
@@ -114,7 +117,7 @@ impl Link {
                         .session(io, rbuf, &connack, &mut inflight, &mut next_id, &mut stop)
                         .await;
                     if connected_at.elapsed() >= cfg.reconnect_max.get() {
-                        backoff = cfg.reconnect_min.get();
+                        backoff.reset();
                     }
                     match end {
                         End::Stopped => break,
@@ -130,12 +133,11 @@ impl Link {
                 }
             }
             self.status.set_state(LinkState::Disconnected);
-            let wait = jitter(backoff);
+            let wait = backoff.next_delay();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => break,
             }
-            backoff = (backoff * 2).min(cfg.reconnect_max.get());
         }
         self.status.set_state(LinkState::Stopped);
     }
@@ -561,17 +563,6 @@ fn free_id(inflight: &BTreeMap<u16, Pending>, next: &mut u16, reserved: Option<u
     }
 }
 
-/// `base` ± 20%, so many nodes do not reconnect in lock step.
-fn jitter(base: Duration) -> Duration {
-    let nanos = std::process::id().wrapping_mul(2_654_435_761)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    let frac = f64::from(nanos % 1000) / 1000.0; // 0..1
-    base.mul_f64(0.8 + 0.4 * frac)
-}
-
 fn reason_text(code: u8, props: &Properties) -> String {
     match &props.reason_string {
         Some(s) => format!("reason code 0x{code:02x} ({s})"),
@@ -672,17 +663,6 @@ impl AsyncWrite for Io {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_within_twenty_percent() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(10));
-            assert!(
-                j >= Duration::from_secs(8) && j <= Duration::from_secs(12),
-                "{j:?}"
-            );
-        }
-    }
 
     #[test]
     fn connack_reasons_are_spelled_out() {

@@ -5,8 +5,6 @@
 //! times in ms, JSON as `TEXT`, flags as `BIGINT` 0/1. Where DDL differs
 //! (auto-increment ids, blobs) a migration carries one string per dialect.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
@@ -168,12 +166,8 @@ pub async fn nodes_using_function(
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+/// Milliseconds since the Unix epoch (re-exported for the API modules).
+pub use verge_net::now_ms;
 
 /// Lower-case hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -1,14 +1,15 @@
 //! Errors: [`CloudError`] for starting and running the cloud, and the API's
-//! one [`AppError`], answered as `{"error": {"code", "message"}}`; plus the
-//! JSON, query and path extractors whose rejections become an [`AppError`].
+//! one [`AppError`], answered as `{"error": {"code", "message"}}` (the type,
+//! the body and the `ApiJson` extractor are `verge_net`'s `app_error!`; a
+//! JSON body that cannot be taken is 400 `invalid_request`, or 413
+//! `payload_too_large` over the limit); plus the query and path
+//! extractors whose rejections become an [`AppError`].
 
+use axum::extract::FromRequestParts;
 use axum::extract::path::ErrorKind;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use verge_rules::RuleError;
 
@@ -34,45 +35,9 @@ pub enum CloudError {
     Other(String),
 }
 
-/// An error answered to an API client.
-#[derive(Debug)]
-pub struct AppError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code (see docs/cloud.md).
-    pub code: &'static str,
-    /// What went wrong, for people.
-    pub message: String,
-    /// Line and column in the SQL, for `invalid_rule`.
-    pub position: Option<(u32, u32)>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
-}
-
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    line: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    column: Option<u32>,
-}
+verge_net::app_error!(verge_net::http::JsonRejections::TOO_LARGE_CODE);
 
 impl AppError {
-    /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AppError {
-        AppError {
-            status,
-            code,
-            message: message.into(),
-            position: None,
-        }
-    }
-
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> AppError {
         AppError::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -106,21 +71,6 @@ impl AppError {
             "internal",
             "internal error (see the cloud's log)",
         )
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (line, column) = self.position.unzip();
-        let body = Body {
-            error: Detail {
-                code: self.code,
-                message: &self.message,
-                line,
-                column,
-            },
-        };
-        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -158,34 +108,9 @@ impl From<RuleError> for AppError {
     }
 }
 
-impl From<JsonRejection> for AppError {
-    fn from(e: JsonRejection) -> AppError {
-        match &e {
-            JsonRejection::BytesRejection(_) => AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                e.body_text(),
-            ),
-            _ => AppError::invalid(e.body_text()),
-        }
-    }
-}
-
 impl From<QueryRejection> for AppError {
     fn from(e: QueryRejection) -> AppError {
         AppError::invalid(e.body_text())
-    }
-}
-
-/// `axum::Json` whose rejection is an [`AppError`] (JSON body, 400/413).
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(v))
     }
 }
 

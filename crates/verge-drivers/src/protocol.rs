@@ -1,15 +1,12 @@
 //! The boundary every protocol implements, its errors, and the one list of
 //! protocols ([`build`]).
 
-use std::future::Future;
-use std::pin::Pin;
-
 use serde_json::Value;
 
 use crate::config::{DeviceConfig, DriverConfig, PointConfig, ProtocolKind};
 
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed, sendable future (the workspace's one alias).
+pub use verge_net::BoxFuture;
 
 /// Why a request to a device failed as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

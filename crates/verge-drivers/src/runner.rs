@@ -16,6 +16,7 @@ use tokio::time::sleep_until;
 use verge_broker::{BrokerHandle, LocalSubscription, Message};
 use verge_metrics::Histogram;
 use verge_mqtt::QoS;
+use verge_net::{Backoff, now_ms};
 
 use crate::config::{Access, DriverConfig};
 use crate::protocol::{self, DriverError, PointResult, Protocol};
@@ -137,17 +138,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Per-device schedule and last published values.
 struct DeviceState {
     due: Instant,
-    backoff: Option<Duration>,
+    /// Set while the device is not answering (see `Retry`).
+    backoff: Option<Backoff>,
     last: HashMap<String, Value>,
 }
 
@@ -181,7 +176,7 @@ async fn run(
         })
         .collect();
     let mut connected = false;
-    let mut reconnect_wait = cfg.retry.initial;
+    let mut reconnect = Backoff::new(cfg.retry.initial, cfg.retry.max);
     let mut reconnect_at = start;
     loop {
         if *stop.borrow() {
@@ -203,7 +198,7 @@ async fn run(
             match attempt {
                 Ok(Ok(())) => {
                     connected = true;
-                    reconnect_wait = cfg.retry.initial;
+                    reconnect.reset();
                     let mut s = lock(&shared.status);
                     s.connected = true;
                     s.connects += 1;
@@ -214,7 +209,8 @@ async fn run(
                         Ok(Err(e)) => e.to_string(),
                         _ => format!("connecting timed out after {:?}", cfg.timeout * 5),
                     };
-                    tracing::warn!(driver = %cfg.name, "{why}; retrying in {reconnect_wait:?}");
+                    let wait = reconnect.next_delay();
+                    tracing::warn!(driver = %cfg.name, "{why}; retrying in {wait:?}");
                     {
                         let mut st = lock(&shared.status);
                         for d in &mut st.devices {
@@ -223,8 +219,7 @@ async fn run(
                         }
                         st.last_error = Some(why);
                     }
-                    reconnect_at = Instant::now() + reconnect_wait;
-                    reconnect_wait = (reconnect_wait * 2).min(cfg.retry.max);
+                    reconnect_at = Instant::now() + wait;
                 }
             }
             continue;
@@ -304,8 +299,8 @@ async fn run(
                     };
                     let wait = st
                         .backoff
-                        .map_or(cfg.retry.initial, |b| (b * 2).min(cfg.retry.max));
-                    st.backoff = Some(wait);
+                        .get_or_insert_with(|| Backoff::new(cfg.retry.initial, cfg.retry.max))
+                        .next_delay();
                     st.due = Instant::now() + wait.max(device.poll);
                     {
                         let mut s = lock(&shared.status);

@@ -36,13 +36,9 @@ impl Message {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch (re-exported for the runtimes and
+/// the node).
+pub use verge_net::now_ms;
 
 /// Why one call failed. Every variant is recorded against the function; none
 /// of them stops the node or other functions.

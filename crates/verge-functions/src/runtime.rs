@@ -1,15 +1,13 @@
 //! The boundary every function runtime implements.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::message::{CallError, Message};
 use crate::spec::Limits;
 use crate::state::State;
 
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed, sendable future (the workspace's one alias).
+pub use verge_net::BoxFuture;
 
 /// What a runtime is given about the function it runs.
 #[derive(Clone)]

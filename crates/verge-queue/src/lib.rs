@@ -275,12 +275,9 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
     m.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Milliseconds since the Unix epoch (re-exported for the queue's
+/// callers).
+pub use verge_net::now_ms;
 
 /// Read `<dir>/id` or create it: 16 hex chars from a randomly keyed hash of
 /// the time, the pid and the path.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use verge_sql::{Event, Limits, Query, Row};
 
 use crate::error::RuleError;
-use crate::rule::now_ms;
+use verge_net::now_ms;
 
 /// One sample message for [`dry_run`] and [`crate::Engine::test`], or a step of the clock.
 #[derive(Debug, Clone, Default, Deserialize)]

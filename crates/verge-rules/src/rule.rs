@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -14,6 +14,7 @@ use verge_sql::{Event, Executor, Row};
 
 use crate::action::{ActionInlet, ActionRunner, Output, rule_origin};
 use verge_metrics::Histogram;
+use verge_net::now_ms;
 
 /// Messages taken from the subscription per batch.
 const BATCH: usize = 256;
@@ -102,13 +103,6 @@ pub(crate) async fn finish_all(actions: Vec<ActionRunner>, grace: Duration) {
         tasks.spawn(a.finish(grace));
     }
     while tasks.join_next().await.is_some() {}
-}
-
-/// Milliseconds since the Unix epoch now.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn run(

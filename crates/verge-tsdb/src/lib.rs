@@ -67,7 +67,6 @@ mod value;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use config::TsdbConfig;
 pub use error::TsdbError;
@@ -191,9 +190,6 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The wall clock in ms since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+/// The wall clock in ms since the Unix epoch (the workspace's one clock,
+/// re-exported for the store's callers).
+pub use verge_net::now_ms;

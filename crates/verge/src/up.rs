@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use verge_cloud::CloudConfig;
+use verge_net::now_ms;
 
 use crate::config::NodeConfig;
 use crate::ctl::Api;
@@ -305,12 +306,6 @@ async fn ensure_rule(api: &Api, node_id: &str) -> anyhow::Result<()> {
         "actions": [{ "type": "function", "name": "demo-tag" }],
     });
     api.call("POST", "/api/rules", Some(body)).await.map(|_| ())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Wait until the node, in a report sent after `since_ms`, says it applied

@@ -22,6 +22,7 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use verge_net::Backoff;
 
 use crate::message::{CallError, Message};
 use crate::runtime::{BoxFuture, HostContext, Runtime};
@@ -454,7 +455,7 @@ struct Slot {
 impl Slot {
     async fn run(mut self, first: Worker) {
         let mut next = Some(first);
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut pending = None;
         loop {
             let worker = match next.take() {
@@ -468,25 +469,29 @@ impl Slot {
                         return;
                     };
                     if started.elapsed() >= STABLE_AFTER {
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                     }
                     tracing::warn!(
                         function = %self.cfg.name,
                         pid,
-                        "worker ended: {why}; restarting in {backoff:?}"
+                        "worker ended: {why}; restarting in {:?}",
+                        backoff.current()
                     );
                     Down::Exited(format!("{why} (pid {pid})"))
                 }
                 Err(e) => {
                     let why = self.cfg.spawn_error(&e);
-                    tracing::warn!(function = %self.cfg.name, "{why}; retrying in {backoff:?}");
+                    tracing::warn!(
+                        function = %self.cfg.name,
+                        "{why}; retrying in {:?}",
+                        backoff.current()
+                    );
                     Down::NotStarted(why)
                 }
             };
-            if !self.wait(&mut pending, backoff, &down).await {
+            if !self.wait(&mut pending, backoff.next_delay(), &down).await {
                 return;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 

@@ -1,67 +1,13 @@
 //! The API's one error type: every failure is a JSON body
-//! `{"error": {"code": …, "message": …}}` with a fitting HTTP status.
+//! `{"error": {"code": …, "message": …}}` with a fitting HTTP status. The
+//! type and the body are `verge_net`'s (`app_error!`); a JSON body that
+//! cannot be taken is answered 415 without `content-type`, 413 over the
+//! limit, else 400, all `invalid_request`.
 
-use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use verge_rules::RuleError;
 
-/// An error answered to an API client.
-#[derive(Debug)]
-pub struct AppError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code, e.g. `not_found`, `invalid_sql`.
-    pub code: &'static str,
-    /// What went wrong, for people.
-    pub message: String,
-    /// Where in the SQL, for `invalid_sql`.
-    pub position: Option<(u32, u32)>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
-}
-
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    line: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    column: Option<u32>,
-}
-
-impl AppError {
-    /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AppError {
-        AppError {
-            status,
-            code,
-            message: message.into(),
-            position: None,
-        }
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let (line, column) = self.position.unzip();
-        let body = Body {
-            error: Detail {
-                code: self.code,
-                message: &self.message,
-                line,
-                column,
-            },
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
+verge_net::app_error!(verge_net::http::JsonRejections::MEDIA_TYPE_415);
 
 impl From<RuleError> for AppError {
     fn from(e: RuleError) -> AppError {
@@ -85,16 +31,5 @@ impl From<RuleError> for AppError {
             message: e.to_string(),
             position,
         }
-    }
-}
-
-impl From<JsonRejection> for AppError {
-    fn from(e: JsonRejection) -> AppError {
-        let status = match &e {
-            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        AppError::new(status, "invalid_request", e.body_text())
     }
 }

@@ -9,8 +9,6 @@ mod runner;
 mod sinks;
 mod webhook;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,8 +23,9 @@ use crate::Services;
 use crate::config::ActionKind;
 use crate::error::RuleError;
 
-/// A boxed future, so actions can be trait objects.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed future, so actions can be trait objects (the workspace's one
+/// alias, re-exported for the services' implementations).
+pub use verge_net::BoxFuture;
 
 /// One row a rule produced, as every action of the rule sees it.
 #[derive(Debug)]

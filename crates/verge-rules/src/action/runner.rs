@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use verge_net::Backoff;
 
 use super::{Action, ActionError, Output};
 
@@ -152,7 +153,7 @@ async fn settle(
     metrics: &ActionMetrics,
 ) {
     let mut result = first;
-    let mut backoff = delivery.backoff.get();
+    let mut backoff = Backoff::new(delivery.backoff.get(), delivery.max_backoff.get());
     let mut attempt = 1;
     loop {
         match result {
@@ -163,8 +164,7 @@ async fn settle(
             Err(e) if e.retry && attempt < attempts => {
                 attempt += 1;
                 metrics.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(delivery.max_backoff.get());
+                tokio::time::sleep(backoff.next_delay()).await;
                 result = action.deliver(out).await;
             }
             Err(e) => {
