@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+mod delivery;
 mod durable;
 pub use verge_duration as duration;
 pub mod error;
