@@ -258,7 +258,12 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return Err(reason::SERVER_UNAVAILABLE),
     };
     if let Some(code) = reply.refused {
-        warn!(%peer, "max_connections reached; refusing");
+        let limit = if code == reason::QUOTA_EXCEEDED {
+            "max_persistent_sessions"
+        } else {
+            "max_connections"
+        };
+        warn!(%peer, client_id = %identity.client_id, limit, "limit reached; refusing");
         return Err(code);
     }
     let mut props = Properties::default();

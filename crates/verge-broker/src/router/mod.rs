@@ -34,6 +34,8 @@ pub(crate) use event::{Carry, ConnectReply, ConnectReq, Event, InflightOut, Kill
 #[derive(Debug, Clone)]
 pub(crate) struct RouterConfig {
     pub max_queued: usize,
+    pub max_subscriptions: usize,
+    pub max_persistent_sessions: usize,
     pub max_retained: usize,
     pub sys_interval: Duration,
     pub slow_consumer_wait: Duration,
@@ -58,6 +60,9 @@ struct Session {
     carry: Carry,
     expires: Option<Instant>,
     takeover: Option<ConnectReq>,
+    /// Kept after its connection ends (session expiry above 0); counted in
+    /// `Router::persistent`.
+    persistent: bool,
 }
 
 struct LocalSub {
@@ -78,6 +83,9 @@ pub(crate) struct Router {
     hits: Vec<Hit>,
     stalled: Vec<(SubKey, Arc<Mailbox>, Delivery)>,
     last_sys: Instant,
+    /// Persistent sessions held, connected or not (bounded by
+    /// `max_persistent_sessions`).
+    persistent: usize,
     /// Durable local subscriptions held, read by connections to decide
     /// whether a PUBLISH needs an acknowledgement gate.
     durable: Arc<AtomicUsize>,
@@ -98,6 +106,7 @@ impl Router {
             hits: Vec::new(),
             stalled: Vec::new(),
             last_sys: Instant::now(),
+            persistent: 0,
             durable,
         }
     }

@@ -28,6 +28,14 @@ impl Router {
                 codes.push(code);
                 continue;
             }
+            // Subscribing again to a filter the session holds replaces it.
+            if self.sessions.get(&key).is_some_and(|s| {
+                s.subs.len() >= self.cfg.max_subscriptions && !s.subs.contains_key(&req.filter)
+            }) {
+                inc(&self.stats.refused_subscriptions);
+                codes.push(reason::QUOTA_EXCEEDED);
+                continue;
+            }
             let (group, f) = split_shared(&req.filter);
             let entry = SubEntry {
                 options: req.options,

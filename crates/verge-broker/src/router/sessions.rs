@@ -9,6 +9,7 @@ use verge_mqtt::reason;
 
 use super::{Carry, ConnectReply, ConnectReq, Link, Router, Session, split_shared};
 use crate::message::Message;
+use crate::stats::inc;
 use crate::subs::SubKey;
 
 impl Router {
@@ -20,14 +21,23 @@ impl Router {
                 .and_then(|k| self.sessions.get(k))
                 .is_some_and(|s| s.link.is_some());
             if !takeover {
-                let _ = req.reply.send(ConnectReply {
-                    refused: Some(reason::SERVER_BUSY),
-                    key: 0,
-                    session_present: false,
-                    carry: Carry::default(),
-                });
+                refuse(req, reason::SERVER_BUSY);
                 return;
             }
+        }
+        // A client resuming (or taking over) its own persistent session adds
+        // none; any other CONNECT asking to be kept does.
+        if !req.expiry.is_zero()
+            && self.persistent >= self.cfg.max_persistent_sessions
+            && !self
+                .by_client
+                .get(&req.client_id)
+                .and_then(|k| self.sessions.get(k))
+                .is_some_and(|s| s.persistent)
+        {
+            inc(&self.stats.refused_sessions);
+            refuse(req, reason::QUOTA_EXCEEDED);
+            return;
         }
         let key = match self.by_client.get(&req.client_id) {
             Some(&key) => key,
@@ -44,6 +54,7 @@ impl Router {
                         carry: Carry::default(),
                         expires: None,
                         takeover: None,
+                        persistent: false,
                     },
                 );
                 self.complete_connect(key, req, false);
@@ -89,6 +100,15 @@ impl Router {
             return;
         };
         let session_present = existed && !req.clean_start;
+        let persistent = !req.expiry.is_zero();
+        if s.persistent != persistent {
+            s.persistent = persistent;
+            if persistent {
+                self.persistent += 1;
+            } else {
+                self.persistent = self.persistent.saturating_sub(1);
+            }
+        }
         let mut carry = std::mem::take(&mut s.carry);
         carry.queued.extend(s.offline.drain(..));
         s.expires = None;
@@ -134,6 +154,9 @@ impl Router {
         self.clear_session(key);
         if let Some(s) = self.sessions.remove(&key) {
             self.by_client.remove(&s.client_id);
+            if s.persistent {
+                self.persistent = self.persistent.saturating_sub(1);
+            }
         }
         // A delayed will is published when the session ends.
         let mut due = Vec::new();
@@ -210,4 +233,14 @@ impl Router {
             .map(|s| now + Duration::from_secs(u64::from(s)));
         self.route(Arc::new(msg));
     }
+}
+
+/// Answer a CONNECT with a refusal.
+fn refuse(req: ConnectReq, code: u8) {
+    let _ = req.reply.send(ConnectReply {
+        refused: Some(code),
+        key: 0,
+        session_present: false,
+        carry: Carry::default(),
+    });
 }
