@@ -1,4 +1,4 @@
-//! One client connection: the CONNECT handshake ([`handshake`]), then a
+//! One client connection: the CONNECT handshake (`handshake`), then a
 //! loop that reads packets and writes deliveries until the connection ends,
 //! and the hand-back of its session state to the router.
 //!

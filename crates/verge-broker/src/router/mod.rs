@@ -3,7 +3,7 @@
 //! one bounded channel; it answers through per-connection channels and never
 //! blocks on a slow consumer (a full queue drops and counts).
 //!
-//! Its parts: [`event`] (what it is asked, what travels with a session),
+//! Its parts: `event` (what it is asked, what travels with a session),
 //! `sessions` (session table, takeover, resume, expiry, wills), `route`
 //! (subscriptions, routing, retained messages) and `offline` (full
 //! mailboxes and offline queues).

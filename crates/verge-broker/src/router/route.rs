@@ -1,5 +1,6 @@
-//! Routing: a session's SUBSCRIBE and UNSUBSCRIBE, a message to every
-//! matching subscriber (socket or in-process), and the retained store.
+//! Routing: a session's SUBSCRIBE (with the `max_subscriptions` quota) and
+//! UNSUBSCRIBE, a message to every matching subscriber (socket or
+//! in-process), and the retained store.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,5 +1,6 @@
 //! The session table: attaching a connection (new session, takeover,
-//! resume), clearing and removing sessions, a connection's end, and wills.
+//! resume, the `max_persistent_sessions` quota), clearing and removing
+//! sessions, a connection's end, and wills.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
