@@ -27,6 +27,11 @@ pub struct BrokerConfig {
     /// Most messages queued for one session (connected but slow, or offline
     /// and persistent); beyond it messages are dropped and counted.
     pub max_queued_messages: usize,
+    /// Most subscriptions one session holds; a SUBSCRIBE filter beyond it
+    /// is refused (5.0: 0x97 quota exceeded, 3.1.1: 0x80 failure) and
+    /// counted. Subscribing again to a filter the session holds is not a
+    /// new subscription.
+    pub max_subscriptions: usize,
     /// How long a message waits for room in a connected session's full queue
     /// (slowing publishers down) before the session is marked slow and its
     /// messages are dropped and counted until its queue is half empty.
@@ -40,6 +45,13 @@ pub struct BrokerConfig {
     /// Longest a disconnected persistent session is kept (caps 5.0 Session
     /// Expiry Interval and applies to 3.1.1 clean-session=false sessions).
     pub max_session_expiry: HumanDuration,
+    /// Most persistent sessions (5.0 Session Expiry Interval above 0, 3.1.1
+    /// clean-session=false) held, connected or not: every connected one
+    /// becomes an offline one when its client goes away. A CONNECT that would
+    /// add one more is refused (5.0: CONNACK 0x97 quota exceeded, 3.1.1:
+    /// return code 3 server unavailable) and counted; a client resuming its
+    /// own persistent session is never refused.
+    pub max_persistent_sessions: usize,
     /// Topic Alias Maximum advertised to 5.0 clients (0 = no aliases).
     pub max_topic_alias: u16,
     /// Most retained messages kept; further new retained topics are dropped
@@ -68,10 +80,12 @@ impl Default for BrokerConfig {
             max_packet_size: 1024 * 1024,
             max_inflight: 256,
             max_queued_messages: 10_000,
+            max_subscriptions: 1000,
             slow_consumer_wait: HumanDuration(Duration::from_millis(500)),
             max_keep_alive: 0,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             max_session_expiry: HumanDuration(Duration::from_secs(24 * 3600)),
+            max_persistent_sessions: 100_000,
             max_topic_alias: 256,
             max_retained: 100_000,
             max_publish_rate: 0,

@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod config;
 mod connection;
+mod delivery;
 mod durable;
 pub use verge_duration as duration;
 pub mod error;
@@ -68,6 +69,8 @@ impl Broker {
         let router = Router::new(
             RouterConfig {
                 max_queued: config.max_queued_messages,
+                max_subscriptions: config.max_subscriptions,
+                max_persistent_sessions: config.max_persistent_sessions,
                 max_retained: config.max_retained,
                 sys_interval: config.sys_interval.get(),
                 slow_consumer_wait: config.slow_consumer_wait.get(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::router::Delivery;
+use crate::delivery::Delivery;
 
 /// Why a push failed; the delivery comes back.
 #[derive(Debug)]

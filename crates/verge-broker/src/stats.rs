@@ -40,6 +40,12 @@ pub struct Stats {
     pub denied_publish: AtomicU64,
     /// Subscriptions refused by the ACL.
     pub denied_subscribe: AtomicU64,
+    /// SUBSCRIBE filters refused because the session held
+    /// `max_subscriptions` subscriptions.
+    pub refused_subscriptions: AtomicU64,
+    /// CONNECTs refused because `max_persistent_sessions` persistent
+    /// sessions were held (also counted in `connects_refused`).
+    pub refused_sessions: AtomicU64,
     /// CONNECTs refused (bad credentials, not authorized, busy, bad packet).
     pub connects_refused: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
@@ -71,6 +77,8 @@ impl Default for Stats {
             durable_refused: AtomicU64::new(0),
             denied_publish: AtomicU64::new(0),
             denied_subscribe: AtomicU64::new(0),
+            refused_subscriptions: AtomicU64::new(0),
+            refused_sessions: AtomicU64::new(0),
             connects_refused: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
@@ -111,6 +119,8 @@ impl Stats {
             ("durable_refused", g(&self.durable_refused)),
             ("denied_publish", g(&self.denied_publish)),
             ("denied_subscribe", g(&self.denied_subscribe)),
+            ("refused_subscriptions", g(&self.refused_subscriptions)),
+            ("refused_sessions", g(&self.refused_sessions)),
             ("connects_refused", g(&self.connects_refused)),
             ("protocol_errors", g(&self.protocol_errors)),
             ("subscriptions", g(&self.subscriptions)),

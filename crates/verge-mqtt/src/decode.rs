@@ -1,154 +1,16 @@
 //! Decoding: bytes from the network into [`Packet`]s. Strict, never panics,
 //! never trusts a length before checking it against the bytes present.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
+use crate::error::DecodeError;
 use crate::packet::*;
 use crate::props::{Place, decode_props};
-
-/// Why bytes could not be decoded into a packet.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// The bytes break the packet format.
-    #[error("malformed packet: {0}")]
-    MalformedPacket(&'static str),
-    /// Well-formed, but against the protocol's rules.
-    #[error("protocol error: {0}")]
-    ProtocolError(&'static str),
-    /// The packet is larger than allowed.
-    #[error("packet too large")]
-    PacketTooLarge,
-    /// CONNECT asked for a protocol level we do not speak.
-    #[error("unsupported protocol level {0}")]
-    UnsupportedProtocolVersion(u8),
-    /// CONNECT did not name the MQTT protocol.
-    #[error("invalid protocol name")]
-    InvalidProtocolName,
-    /// A topic name is empty where not allowed or holds wildcards.
-    #[error("invalid topic name")]
-    TopicNameInvalid,
-    /// A string is not well-formed UTF-8 or holds U+0000.
-    #[error("invalid utf-8 string")]
-    InvalidUtf8,
-}
-
-impl DecodeError {
-    /// The 5.0 reason code to close the connection with.
-    pub fn reason_code(&self) -> u8 {
-        match self {
-            DecodeError::MalformedPacket(_) | DecodeError::InvalidUtf8 => reason::MALFORMED_PACKET,
-            DecodeError::ProtocolError(_) => reason::PROTOCOL_ERROR,
-            DecodeError::PacketTooLarge => reason::PACKET_TOO_LARGE,
-            DecodeError::UnsupportedProtocolVersion(_) | DecodeError::InvalidProtocolName => {
-                reason::UNSUPPORTED_PROTOCOL_VERSION
-            }
-            DecodeError::TopicNameInvalid => reason::TOPIC_NAME_INVALID,
-        }
-    }
-}
-
-/// A bounds-checked cursor over one packet's bytes.
-pub(crate) struct Reader {
-    buf: Bytes,
-}
-
-const SHORT: DecodeError = DecodeError::MalformedPacket("packet shorter than its contents");
-/// A variable byte integer "MUST use the minimum number of bytes necessary"
-/// (\[MQTT-1.5.5-1\]): a last byte of 0 after a continuation byte breaks that.
-const NOT_SHORTEST: DecodeError =
-    DecodeError::MalformedPacket("variable byte integer not in its shortest form");
+use crate::wire::{Reader, V3_CONNACK, fixed_header};
 
 /// The most `decode` reserves ahead for a packet that has not fully arrived:
 /// the announced length is untrusted, so it never sizes an allocation.
 const RESERVE_AHEAD: usize = 64 * 1024;
-
-impl Reader {
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-    pub fn u8(&mut self) -> Result<u8, DecodeError> {
-        if self.buf.is_empty() {
-            return Err(SHORT);
-        }
-        Ok(self.buf.get_u8())
-    }
-    pub fn u16(&mut self) -> Result<u16, DecodeError> {
-        if self.buf.len() < 2 {
-            return Err(SHORT);
-        }
-        Ok(self.buf.get_u16())
-    }
-    pub fn u32(&mut self) -> Result<u32, DecodeError> {
-        if self.buf.len() < 4 {
-            return Err(SHORT);
-        }
-        Ok(self.buf.get_u32())
-    }
-    pub fn varint(&mut self) -> Result<u32, DecodeError> {
-        let mut value: u32 = 0;
-        for i in 0..4 {
-            let b = self.u8()?;
-            value |= ((b & 0x7F) as u32) << (7 * i);
-            if b & 0x80 == 0 {
-                if i > 0 && b == 0 {
-                    return Err(NOT_SHORTEST);
-                }
-                return Ok(value);
-            }
-        }
-        Err(DecodeError::MalformedPacket(
-            "variable byte integer longer than 4 bytes",
-        ))
-    }
-    pub fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
-        if self.buf.len() < n {
-            return Err(SHORT);
-        }
-        Ok(self.buf.split_to(n))
-    }
-    pub fn sub(&mut self, n: usize) -> Result<Reader, DecodeError> {
-        Ok(Reader { buf: self.take(n)? })
-    }
-    pub fn binary(&mut self) -> Result<Bytes, DecodeError> {
-        let n = self.u16()? as usize;
-        self.take(n)
-    }
-    pub fn string(&mut self) -> Result<String, DecodeError> {
-        let b = self.binary()?;
-        let s = std::str::from_utf8(&b).map_err(|_| DecodeError::InvalidUtf8)?;
-        if s.contains('\0') {
-            return Err(DecodeError::InvalidUtf8);
-        }
-        Ok(s.to_owned())
-    }
-    pub fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.buf)
-    }
-}
-
-/// Read the fixed header: `(first byte, remaining length, header length)`,
-/// `None` if more bytes are needed.
-fn fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, DecodeError> {
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let mut len: usize = 0;
-    for i in 0..4 {
-        let Some(&b) = buf.get(1 + i) else {
-            return Ok(None);
-        };
-        len |= ((b & 0x7F) as usize) << (7 * i);
-        if b & 0x80 == 0 {
-            if i > 0 && b == 0 {
-                return Err(NOT_SHORTEST);
-            }
-            return Ok(Some((buf[0], len, 2 + i)));
-        }
-    }
-    Err(DecodeError::MalformedPacket(
-        "remaining length longer than 4 bytes",
-    ))
-}
 
 /// Decode one packet from the front of `buf`. `Ok(None)` means more bytes
 /// are needed and `buf` is untouched. A CONNECT is decoded by its own
@@ -174,7 +36,7 @@ pub fn decode(
     }
     let mut frame = buf.split_to(total).freeze();
     frame.advance(header);
-    let mut r = Reader { buf: frame };
+    let mut r = Reader::new(frame);
     let packet = body(first, &mut r, protocol)?;
     if !r.is_empty() {
         return Err(DecodeError::MalformedPacket(
@@ -340,27 +202,6 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         will,
         properties,
     })
-}
-
-const V3_CONNACK: [(u8, u8); 6] = [
-    (0, reason::SUCCESS),
-    (1, reason::UNSUPPORTED_PROTOCOL_VERSION),
-    (2, reason::CLIENT_IDENTIFIER_NOT_VALID),
-    (3, reason::SERVER_UNAVAILABLE),
-    (4, reason::BAD_USERNAME_OR_PASSWORD),
-    (5, reason::NOT_AUTHORIZED),
-];
-
-/// The 3.1.1 connect return code for a 5.0 reason code.
-pub(crate) fn v3_connack_code(code: u8) -> u8 {
-    match code {
-        reason::SUCCESS => 0,
-        reason::UNSUPPORTED_PROTOCOL_VERSION => 1,
-        reason::CLIENT_IDENTIFIER_NOT_VALID => 2,
-        reason::BAD_USERNAME_OR_PASSWORD => 4,
-        reason::NOT_AUTHORIZED | reason::BANNED => 5,
-        _ => 3,
-    }
 }
 
 fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {

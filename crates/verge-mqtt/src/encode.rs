@@ -3,73 +3,15 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::decode::v3_connack_code;
+use crate::error::EncodeError;
 use crate::packet::*;
 use crate::props::{check_props, is_empty, props_len, write_props};
-
-/// Why a packet could not be encoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EncodeError {
-    /// A string or binary field is longer than 65,535 bytes.
-    #[error("field longer than 65535 bytes")]
-    FieldTooLong,
-    /// The packet is larger than MQTT's 268,435,455-byte limit.
-    #[error("packet larger than the mqtt limit")]
-    PacketTooLarge,
-    /// A subscription identifier is above 268,435,455, the largest variable
-    /// byte integer.
-    #[error("subscription identifier larger than 268435455")]
-    ValueTooLarge,
-    /// The packet type does not exist in the protocol version (AUTH in 3.1.1).
-    #[error("packet type not in this protocol version")]
-    NotInProtocol,
-}
-
-/// Largest value of a variable byte integer.
-pub(crate) const MAX_VARINT: u32 = 268_435_455;
+use crate::wire::{
+    MAX_VARINT, bin_len, str_len, v3_connack_code, varint_len, write_bin, write_str, write_varint,
+};
 
 /// Largest remaining length of a packet.
 const MAX_REMAINING: usize = MAX_VARINT as usize;
-
-pub(crate) fn varint_len(v: u32) -> usize {
-    match v {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
-}
-
-pub(crate) fn write_varint(buf: &mut BytesMut, mut v: u32) {
-    loop {
-        let mut b = (v & 0x7F) as u8;
-        v >>= 7;
-        if v > 0 {
-            b |= 0x80;
-        }
-        buf.put_u8(b);
-        if v == 0 {
-            return;
-        }
-    }
-}
-
-pub(crate) fn str_len(s: &str) -> usize {
-    2 + s.len()
-}
-
-pub(crate) fn bin_len(b: &[u8]) -> usize {
-    2 + b.len()
-}
-
-pub(crate) fn write_str(buf: &mut BytesMut, s: &str) {
-    write_bin(buf, s.as_bytes());
-}
-
-pub(crate) fn write_bin(buf: &mut BytesMut, b: &[u8]) {
-    buf.put_u16(b.len() as u16);
-    buf.put_slice(b);
-}
 
 fn reason_tail_len(code: u8, p: &Properties, v5: bool) -> usize {
     // The reason-code-only form is legal, but several clients (rumqttc)

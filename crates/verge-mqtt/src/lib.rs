@@ -6,12 +6,15 @@
 
 mod decode;
 mod encode;
+mod error;
 pub mod packet;
 mod props;
 pub mod topic;
+mod wire;
 
-pub use decode::{DecodeError, decode};
-pub use encode::{EncodeError, encode, encoded_len, to_bytes};
+pub use decode::decode;
+pub use encode::{encode, encoded_len, to_bytes};
+pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 
 #[cfg(test)]

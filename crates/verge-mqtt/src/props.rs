@@ -3,11 +3,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::decode::{DecodeError, Reader};
-use crate::encode::{
-    EncodeError, MAX_VARINT, bin_len, str_len, varint_len, write_bin, write_str, write_varint,
-};
+use crate::error::{DecodeError, EncodeError};
 use crate::packet::Properties;
+use crate::wire::{
+    MAX_VARINT, Reader, bin_len, str_len, varint_len, write_bin, write_str, write_varint,
+};
 
 /// Where a property block appears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

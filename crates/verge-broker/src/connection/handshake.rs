@@ -1,10 +1,115 @@
-//! The CONNECT handshake: identify the client, authenticate it, attach it
-//! to its session in the router and answer CONNACK.
+//! The CONNECT handshake: read CONNECT, identify the client, authenticate
+//! it, attach it to its session in the router and answer CONNACK.
 
-use super::*;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+use verge_mqtt::{
+    ConnAck, Connect, DecodeError, Packet, Properties, Protocol, decode, encode, reason,
+};
+
+use super::{Conn, Ctx, Io, is_reserved};
+use crate::auth::AuthFailure;
+use crate::mailbox::Mailbox;
+use crate::message::Message;
+use crate::router::{ConnectReply, ConnectReq, Event, Kill};
+use crate::stats::{add, inc};
+
+/// Read CONNECT and run the handshake; answers refusals itself.
+pub(super) async fn handshake<S>(
+    io: &mut Io<S>,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    ctx: &Arc<Ctx>,
+) -> Option<Conn>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let max = ctx.cfg.max_packet_size as usize;
+    let connect =
+        match tokio::time::timeout(ctx.cfg.connect_timeout.get(), io.read_connect(max)).await {
+            Err(_) => {
+                debug!(%peer, "no CONNECT within the connect timeout; closing");
+                return None;
+            }
+            Ok(Err(e)) => {
+                inc(&ctx.stats.connects_refused);
+                info!(%peer, error = %e, "bad CONNECT; closing");
+                if let ConnectError::Decode(d) = &e {
+                    // Answer with a CONNACK where the version is known.
+                    if !matches!(d, DecodeError::UnsupportedProtocolVersion(_)) {
+                        return None;
+                    }
+                    let ack = ConnAck {
+                        reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                        ..ConnAck::default()
+                    };
+                    let _ = io.send(&Packet::ConnAck(ack), Protocol::V311).await;
+                }
+                return None;
+            }
+            Ok(Ok(c)) => c,
+        };
+    let protocol = connect.protocol;
+    match accept(io, connect, peer, cert_name, ctx).await {
+        Ok(conn) => Some(conn),
+        Err(code) => {
+            inc(&ctx.stats.connects_refused);
+            let ack = ConnAck {
+                reason_code: code,
+                ..ConnAck::default()
+            };
+            let _ = io.send(&Packet::ConnAck(ack), protocol).await;
+            None
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Decode(DecodeError),
+    #[error("first packet is not CONNECT")]
+    NotConnect,
+    #[error("connection closed before CONNECT")]
+    Closed,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
+    async fn read_connect(&mut self, max: usize) -> Result<Connect, ConnectError> {
+        loop {
+            // Anything but CONNECT first (an HTTP request, TLS on the plain
+            // port) is refused at once rather than at the connect timeout.
+            if self.rbuf.first().is_some_and(|b| b >> 4 != 1) {
+                return Err(ConnectError::NotConnect);
+            }
+            match decode(&mut self.rbuf, Protocol::V5, max) {
+                Ok(Some(Packet::Connect(c))) => return Ok(c),
+                Ok(Some(_)) => return Err(ConnectError::NotConnect),
+                Ok(None) => {}
+                Err(e) => return Err(ConnectError::Decode(e)),
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|_| ConnectError::Closed)?;
+            if n == 0 {
+                return Err(ConnectError::Closed);
+            }
+            add(&self.stats.bytes_received, n as u64);
+        }
+    }
+}
+
 /// The CONNECT handshake: identify, authenticate, attach to a session and
 /// answer CONNACK. Returns the refusing reason code on failure.
-pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Io<S>,
     connect: Connect,
     peer: SocketAddr,
@@ -153,7 +258,12 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return Err(reason::SERVER_UNAVAILABLE),
     };
     if let Some(code) = reply.refused {
-        warn!(%peer, "max_connections reached; refusing");
+        let limit = if code == reason::QUOTA_EXCEEDED {
+            "max_persistent_sessions"
+        } else {
+            "max_connections"
+        };
+        warn!(%peer, client_id = %identity.client_id, limit, "limit reached; refusing");
         return Err(code);
     }
     let mut props = Properties::default();
