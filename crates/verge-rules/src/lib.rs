@@ -15,6 +15,7 @@ pub mod config;
 mod engine;
 mod error;
 mod rule;
+mod service;
 mod template;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use engine::{
     Engine, MAX_TEST_ROWS, MAX_TEST_SAMPLES, RuleInfo, RuleMetrics, Sample, SampleError, TestOutput,
 };
 pub use error::RuleError;
+pub use service::{Domain, ServiceError};
 pub use template::Template;
 
 /// What actions may use on this node. Services a node does not have are

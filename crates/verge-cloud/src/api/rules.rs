@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use verge_rules::action::BoxFuture;
 use verge_rules::{
-    ActionKind, Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleConfig,
-    RuleEngineConfig, Sample, Services, TelemetryPoint, TelemetryStore, Upstream,
+    ActionKind, Domain, Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleConfig,
+    RuleEngineConfig, Sample, ServiceError, Services, TelemetryPoint, TelemetryStore, Upstream,
 };
 
 use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
@@ -36,23 +36,38 @@ impl FunctionInvoker for Absent {
         _: FunctionMessage,
     ) -> BoxFuture<'a, Result<Vec<FunctionMessage>, InvokeError>> {
         Box::pin(async move {
-            Err(InvokeError {
-                retry: false,
-                message: format!("`{name}` does not run on the cloud"),
-            })
+            Err(InvokeError::permanent(
+                Domain::Internal,
+                format!("`{name}` does not run on the cloud"),
+            ))
         })
     }
 }
 
 impl TelemetryStore for Absent {
-    fn write(&self, _: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Err("not on the cloud".to_owned()) })
+    fn write(&self, _: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), ServiceError>> {
+        Box::pin(async {
+            Err(ServiceError::permanent(
+                Domain::Internal,
+                "not on the cloud",
+            ))
+        })
     }
 }
 
 impl Upstream for Absent {
-    fn send<'a>(&'a self, _: &'a str, _: String, _: Bytes) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async { Err("not on the cloud".to_owned()) })
+    fn send<'a>(
+        &'a self,
+        _: &'a str,
+        _: String,
+        _: Bytes,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async {
+            Err(ServiceError::permanent(
+                Domain::Internal,
+                "not on the cloud",
+            ))
+        })
     }
 }
 
