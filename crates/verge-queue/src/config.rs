@@ -24,6 +24,10 @@ pub struct QueueConfig {
     pub group_commit: Duration,
     /// Largest segment file; a lane uses `min(segment_bytes, max_bytes / 4)`.
     pub segment_bytes: u64,
+    /// Most append calls waiting in the channel to the writer thread; an
+    /// append beyond it waits for room (counted in `writer_waits`), never
+    /// dropped.
+    pub max_pending_appends: usize,
     /// The lanes, drained highest priority first.
     pub lanes: Vec<LaneConfig>,
 }
@@ -35,6 +39,7 @@ impl Default for QueueConfig {
             sync: SyncPolicy::Group,
             group_commit: Duration::from_millis(5),
             segment_bytes: 8 * MIB,
+            max_pending_appends: 1024,
             lanes: vec![
                 LaneConfig {
                     name: "alarms".into(),
@@ -106,6 +111,8 @@ pub const MIN_LANE_BYTES: u64 = 4096;
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
 /// Largest `segment_bytes`.
 pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+/// Largest `max_pending_appends`.
+pub const MAX_PENDING_APPENDS: usize = 1 << 20;
 
 impl QueueConfig {
     /// Check the config; the error names the key.
@@ -121,6 +128,12 @@ impl QueueConfig {
             return bad(
                 "segment_bytes".into(),
                 format!("must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}"),
+            );
+        }
+        if !(1..=MAX_PENDING_APPENDS).contains(&self.max_pending_appends) {
+            return bad(
+                "max_pending_appends".into(),
+                format!("must be between 1 and {MAX_PENDING_APPENDS}"),
             );
         }
         if self.lanes.is_empty() {
@@ -248,6 +261,9 @@ mod tests {
         cfg = with_dir();
         cfg.group_commit = Duration::from_secs(5);
         assert!(err(&cfg).contains("queue.group_commit"));
+        cfg = with_dir();
+        cfg.max_pending_appends = 0;
+        assert!(err(&cfg).contains("queue.max_pending_appends: must be between 1"));
     }
 
     #[test]

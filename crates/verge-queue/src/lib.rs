@@ -54,9 +54,13 @@
 //! keep streaming in. (Rejected alternative: at most one sync per
 //! `group_commit`. With 64 appenders and 5 ms that caps the queue at 12,800
 //! appends/s while the disk idles.) Under `always` each append call gets
-//! its own fdatasync. The channel is unbounded but each appender has at most
-//! one call in it (it awaits the answer), so its length is bounded by the
-//! number of concurrent appenders.
+//! its own fdatasync. The channel holds at most `max_pending_appends` calls:
+//! an append takes a permit before it sends and the writer returns it when
+//! it takes the call off the channel, so an append beyond the bound waits
+//! (backpressure, counted in `writer_waits` and `writer_wait_ms`) rather
+//! than being dropped or growing memory while a slow fdatasync runs.
+//! (Rejected alternative: a std `sync_channel`, whose blocking send would
+//! stall the async appender's runtime thread.)
 //!
 //! # Reading
 //!
@@ -81,12 +85,12 @@ mod writer;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 pub use config::{LaneConfig, QueueConfig, SyncPolicy, WhenFull};
 pub use record::{MAX_RECORD, Record};
@@ -180,6 +184,11 @@ pub struct QueueStats {
     pub rejected: u64,
     /// Bytes of all segment files.
     pub disk_bytes: u64,
+    /// Appends that waited for room in the writer's channel
+    /// (`max_pending_appends`).
+    pub writer_waits: u64,
+    /// Milliseconds they waited in all.
+    pub writer_wait_ms: u64,
 }
 
 /// Errors of the queue.
@@ -255,6 +264,12 @@ struct Inner {
     /// Lane indexes, highest priority first.
     order: Vec<usize>,
     tx: mpsc::Sender<Cmd>,
+    /// Room in the channel to the writer: one permit per pending append.
+    room: Arc<Semaphore>,
+    /// Appends that waited for room.
+    waits: AtomicU64,
+    /// Microseconds they waited.
+    waited_us: AtomicU64,
     /// The directory lock, released at close.
     lock: Mutex<Option<File>>,
     /// The writer thread.
@@ -345,6 +360,7 @@ impl Queue {
             notify: Notify::new(),
             closed: AtomicBool::new(false),
         });
+        let room = Arc::new(Semaphore::new(shared.cfg.max_pending_appends));
         let (tx, rx) = mpsc::channel();
         let writer = Writer::new(Arc::clone(&shared), rx);
         let thread = std::thread::Builder::new()
@@ -356,6 +372,9 @@ impl Queue {
             id,
             order,
             tx,
+            room,
+            waits: AtomicU64::new(0),
+            waited_us: AtomicU64::new(0),
             lock: Mutex::new(Some(lock)),
             thread: Mutex::new(Some(thread)),
         };
@@ -427,6 +446,18 @@ impl Queue {
         if self.inner.shared.closed.load(Ordering::SeqCst) {
             return Err(QueueError::Closed);
         }
+        let permit = match Arc::clone(&self.inner.room).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full (or closed, which the awaited acquire reports).
+                self.inner.waits.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let p = Arc::clone(&self.inner.room).acquire_owned().await;
+                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.inner.waited_us.fetch_add(us, Ordering::Relaxed);
+                p.map_err(|_| QueueError::Closed)?
+            }
+        };
         let (tx, rx) = oneshot::channel();
         self.inner
             .tx
@@ -434,6 +465,7 @@ impl Queue {
                 lane: i,
                 records,
                 reply: tx,
+                permit,
             })
             .map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)?
@@ -518,6 +550,8 @@ impl Queue {
             s.disk_bytes += l.disk_bytes;
             s.lanes.push(l);
         }
+        s.writer_waits = self.inner.waits.load(Ordering::Relaxed);
+        s.writer_wait_ms = self.inner.waited_us.load(Ordering::Relaxed) / 1000;
         s
     }
 
@@ -528,8 +562,65 @@ impl Queue {
         if self.inner.tx.send(Cmd::Close(tx)).is_ok() {
             let _ = rx.await;
         }
+        // Appends still waiting for room fail with `Closed`.
+        self.inner.room.close();
         self.inner.shared.closed.store(true, Ordering::SeqCst);
         self.inner.shared.notify.notify_waiters();
         drop(take(&self.inner.lock));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// With the writer held up, appends beyond `max_pending_appends` wait
+    /// (and are counted) instead of piling up; none is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::await_holding_lock)] // holding up the writer is the point
+    async fn appends_beyond_the_writer_bound_wait_and_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = QueueConfig {
+            dir: dir.path().to_path_buf(),
+            max_pending_appends: 1,
+            ..QueueConfig::default()
+        };
+        let (q, _) = Queue::open(cfg).expect("open");
+        let rec = |i: u64| Record {
+            topic: format!("t/{i}"),
+            payload: bytes::Bytes::from_static(b"x"),
+            time_ms: 1,
+        };
+        // The writer blocks on this lane's mutex while staging the first
+        // append; the second fills the channel; the third must wait.
+        let held = q.lane(0);
+        let appends: Vec<_> = (0..3)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(async move { q.append("alarms", vec![rec(i)]).await })
+            })
+            .collect();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while q.inner.waits.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no append waited for room");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            appends.iter().all(|a| !a.is_finished()),
+            "none answered yet"
+        );
+        drop(held);
+        let mut seqs = Vec::new();
+        for a in appends {
+            seqs.extend(a.await.expect("task").expect("appended"));
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, vec![1, 2, 3], "every append acknowledged");
+        let s = q.stats();
+        assert!(s.writer_waits >= 1, "{s:?}");
+        assert_eq!(s.lanes[0].depth, 3);
+        q.close().await;
     }
 }

@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use crate::config::{SyncPolicy, WhenFull};
 use crate::lane::{Lane, Segment, segment_path};
@@ -32,6 +32,9 @@ pub(crate) enum Cmd {
         records: Vec<Record>,
         /// Where the answer goes.
         reply: Reply,
+        /// The append's room in the channel, given back when the writer
+        /// takes it off.
+        permit: OwnedSemaphorePermit,
     },
     /// Flush, write cursors and stop.
     Close(oneshot::Sender<()>),
@@ -160,7 +163,9 @@ impl Writer {
                 lane,
                 records,
                 reply,
+                permit,
             } => {
+                drop(permit);
                 if let Some(msg) = &self.failed {
                     let _ = reply.send(Err(QueueError::Failed(msg.clone())));
                     return;

@@ -33,6 +33,7 @@ fn config(dir: &Path) -> QueueConfig {
             lane("alarms", 10, 1 << 20, WhenFull::Reject),
             lane("telemetry", 0, 1 << 20, WhenFull::DropOldest),
         ],
+        ..QueueConfig::default()
     }
 }
 

@@ -21,6 +21,7 @@ mod dry_run;
 mod engine;
 mod error;
 mod rule;
+mod service;
 mod template;
 mod validate;
 
@@ -34,6 +35,7 @@ pub use config::{ActionKind, RuleConfig, RuleEngineConfig};
 pub use dry_run::{MAX_TEST_ROWS, MAX_TEST_SAMPLES, Sample, SampleError, TestOutput, dry_run};
 pub use engine::{Engine, RuleInfo, RuleMetrics};
 pub use error::RuleError;
+pub use service::{Domain, ServiceError};
 pub use template::Template;
 pub use validate::validate;
 

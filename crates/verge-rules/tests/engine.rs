@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use verge_broker::{BoundListener, Broker, BrokerConfig, Message, Transport};
 use verge_rules::action::BoxFuture;
 use verge_rules::{
-    Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleConfig, RuleEngineConfig, RuleError,
-    Sample, Services, TelemetryPoint, TelemetryStore, Upstream,
+    Domain, Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleConfig, RuleEngineConfig,
+    RuleError, Sample, ServiceError, Services, TelemetryPoint, TelemetryStore, Upstream,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -307,6 +307,7 @@ async fn failing_actions_are_retried_and_counted() {
             Box::pin(async move {
                 if fail {
                     return Err(InvokeError {
+                        domain: Domain::External,
                         retry,
                         message: format!("failure {n}"),
                     });
@@ -560,7 +561,7 @@ async fn store_and_upstream_actions_reach_their_services() {
         sent: std::sync::Mutex<Vec<(String, String, Bytes)>>,
     }
     impl TelemetryStore for Sink {
-        fn write(&self, points: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), String>> {
+        fn write(&self, points: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), ServiceError>> {
             self.points.lock().unwrap().extend(points);
             Box::pin(async { Ok(()) })
         }
@@ -571,7 +572,7 @@ async fn store_and_upstream_actions_reach_their_services() {
             lane: &'a str,
             topic: String,
             payload: Bytes,
-        ) -> BoxFuture<'a, Result<(), String>> {
+        ) -> BoxFuture<'a, Result<(), ServiceError>> {
             self.sent
                 .lock()
                 .unwrap()

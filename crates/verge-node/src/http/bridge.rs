@@ -127,6 +127,21 @@ pub fn render_metrics(link: &LinkStatus, queue: &QueueStats, out: &mut String) {
         &[("", link.inflight)],
     );
 
+    for (name, help, v) in [
+        (
+            "verge_queue_writer_waits_total",
+            "appends that waited for room in the queue writer's channel",
+            queue.writer_waits,
+        ),
+        (
+            "verge_queue_writer_wait_milliseconds_total",
+            "time appends waited for room in the queue writer's channel",
+            queue.writer_wait_ms,
+        ),
+    ] {
+        metric(out, name, "counter", help, &[("", v)]);
+    }
+
     type Get = fn(&LaneStats) -> u64;
     let lanes: [(&str, &str, &str, Get); 8] = [
         (

@@ -10,10 +10,10 @@ use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use verge_broker::{BrokerHandle, Message as BrokerMessage};
-use verge_functions::{Functions, Message};
+use verge_functions::{CallError, Functions, Message};
 use verge_mqtt::QoS;
 use verge_rules::action::BoxFuture;
-use verge_rules::{FunctionInvoker, FunctionMessage, InvokeError};
+use verge_rules::{Domain, FunctionInvoker, FunctionMessage, InvokeError, ServiceError};
 
 /// Messages produced by more in-node steps than this are not handed to a
 /// function (the same bound as rules), so functions that feed each other
@@ -56,10 +56,7 @@ impl FunctionInvoker for FunctionsInvoker {
                 .functions
                 .invoke(name, input)
                 .await
-                .map_err(|e| InvokeError {
-                    retry: e.is_transient(),
-                    message: e.to_string(),
-                })?;
+                .map_err(service_error)?;
             Ok(out
                 .into_iter()
                 .map(|m| FunctionMessage {
@@ -71,6 +68,23 @@ impl FunctionInvoker for FunctionsInvoker {
                 })
                 .collect())
         })
+    }
+}
+
+/// A function call's error as a service error: retried when the runtime
+/// says another attempt may succeed ([`CallError::is_transient`]). What
+/// the function did (returned an error, trapped, ran too long, answered
+/// nonsense, is not deployed) is on the user's side; a worker that exited
+/// or a runtime that could not run the call is external.
+pub fn service_error(e: CallError) -> ServiceError {
+    let domain = match e {
+        CallError::WorkerExited(_) | CallError::Unavailable(_) => Domain::External,
+        _ => Domain::User,
+    };
+    ServiceError {
+        domain,
+        retry: e.is_transient(),
+        message: e.to_string(),
     }
 }
 

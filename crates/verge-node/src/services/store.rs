@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use verge_rules::action::BoxFuture;
-use verge_rules::{TelemetryPoint, TelemetryStore};
+use verge_rules::{Domain, ServiceError, TelemetryPoint, TelemetryStore};
 use verge_sql::Value as Sql;
-use verge_tsdb::{Point, Tsdb, Value};
+use verge_tsdb::{Point, Tsdb, TsdbError, Value};
 
 /// [`TelemetryStore`] over a [`Tsdb`].
 pub struct TsdbStore {
@@ -34,8 +34,29 @@ pub fn to_value(v: &Sql) -> Option<Value> {
     })
 }
 
+/// A store error as a service error: whether the rule's action may retry.
+///
+/// - `Backlog` (flushes keep failing) and `Io`: retry, the disk may recover.
+/// - `Closed`: the store is shut down; no retry.
+/// - `Config`, `InvalidQuery`: the request is wrong; no retry.
+///
+/// Points the store refuses one by one (bad names, out of retention) are
+/// not errors: they are counted in its `points_dropped`.
+pub fn service_error(e: TsdbError) -> ServiceError {
+    let message = e.to_string();
+    match e {
+        TsdbError::Backlog(_) | TsdbError::Io { .. } => {
+            ServiceError::transient(Domain::External, message)
+        }
+        TsdbError::Closed => ServiceError::permanent(Domain::Internal, message),
+        TsdbError::Config { .. } | TsdbError::InvalidQuery { .. } => {
+            ServiceError::permanent(Domain::User, message)
+        }
+    }
+}
+
 impl TelemetryStore for TsdbStore {
-    fn write(&self, points: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), String>> {
+    fn write(&self, points: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), ServiceError>> {
         Box::pin(async move {
             let points: Vec<Point> = points
                 .into_iter()
@@ -52,8 +73,10 @@ impl TelemetryStore for TsdbStore {
             // Usually a memory copy, but a full buffer means a write(2).
             tokio::task::spawn_blocking(move || db.write(&points))
                 .await
-                .map_err(|e| format!("store task failed: {e}"))?
-                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    ServiceError::permanent(Domain::Internal, format!("store task failed: {e}"))
+                })?
+                .map_err(service_error)
         })
     }
 }
@@ -61,6 +84,33 @@ impl TelemetryStore for TsdbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use verge_tsdb::TsdbConfig;
+
+    /// Regression: a closed store's refusal was retried as transient.
+    #[tokio::test]
+    async fn a_closed_store_is_not_retried_a_backlog_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(
+            Tsdb::open(TsdbConfig {
+                dir: dir.path().to_path_buf(),
+                ..TsdbConfig::default()
+            })
+            .expect("open"),
+        );
+        let store = TsdbStore::new(db.clone());
+        let point = || TelemetryPoint {
+            device: "d".into(),
+            metric: "t".into(),
+            time_ms: verge_tsdb::now_ms(),
+            value: Sql::Int(1),
+        };
+        store.write(vec![point()]).await.expect("written");
+        db.close();
+        let e = store.write(vec![point()]).await.expect_err("closed");
+        assert_eq!((e.domain, e.retry), (Domain::Internal, false), "{e}");
+        let e = service_error(TsdbError::Backlog(1));
+        assert_eq!((e.domain, e.retry), (Domain::External, true), "{e}");
+    }
 
     #[test]
     fn sql_values_map_to_stored_values() {

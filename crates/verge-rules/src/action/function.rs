@@ -9,6 +9,7 @@ use verge_broker::{BrokerHandle, Message};
 use verge_mqtt::QoS;
 
 use super::{Action, ActionError, BoxFuture, Output};
+use crate::ServiceError;
 use crate::Services;
 use crate::config::FunctionConfig;
 use crate::error::RuleError;
@@ -28,14 +29,10 @@ pub struct FunctionMessage {
     pub time_ms: i64,
 }
 
-/// Why a function call failed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvokeError {
-    /// Whether another attempt may succeed (e.g. a worker restarting).
-    pub retry: bool,
-    /// What happened (trap, timeout, function returned an error…).
-    pub message: String,
-}
+/// Why a function call failed (trap, timeout, function returned an
+/// error…); `retry` when another attempt may succeed (e.g. a worker
+/// restarting).
+pub type InvokeError = ServiceError;
 
 /// Runs deployed functions (the functions runtime implements this).
 pub trait FunctionInvoker: Send + Sync + 'static {
@@ -99,10 +96,7 @@ impl Action for Function {
                 .invoker
                 .invoke(&self.name, msg)
                 .await
-                .map_err(|e| ActionError {
-                    retry: e.retry,
-                    message: format!("function `{}`: {}", self.name, e.message),
-                })?;
+                .map_err(|e| ActionError::service(&format!("function `{}`", self.name), e))?;
             for r in results {
                 let mut m = Message::local(r.topic, r.payload, QoS::AtLeastOnce, false);
                 m.origin = self.origin.clone();

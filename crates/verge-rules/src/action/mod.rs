@@ -19,6 +19,7 @@ pub use republish::rule_origin;
 pub use runner::{ActionInlet, ActionMetrics, ActionRunner, ActionStatus};
 pub use sinks::{TelemetryPoint, TelemetryStore, Upstream};
 
+use crate::ServiceError;
 use crate::Services;
 use crate::config::ActionKind;
 use crate::error::RuleError;
@@ -71,6 +72,15 @@ impl ActionError {
         ActionError {
             retry: false,
             message: message.into(),
+        }
+    }
+
+    /// A service's failure, retried only if the service says it may help;
+    /// `context` (the action or function) goes in front of the message.
+    pub fn service(context: &str, e: ServiceError) -> ActionError {
+        ActionError {
+            retry: e.retry,
+            message: format!("{context}: {e}"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `store` and `upstream`: rows to the local time-series store and to the
 //! cloud through the cache queue. Both services are behind traits the node
-//! supplies ([`TelemetryStore`], [`Upstream`]).
+//! supplies ([`TelemetryStore`], [`Upstream`]); their [`ServiceError`]s say
+//! whether a row is worth another attempt.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use verge_sql::Value;
 
 use super::{Action, ActionError, BoxFuture, Output};
+use crate::ServiceError;
 use crate::Services;
 use crate::config::{StoreConfig, UpstreamConfig};
 use crate::error::RuleError;
@@ -28,24 +30,26 @@ pub struct TelemetryPoint {
 
 /// The local time-series store.
 pub trait TelemetryStore: Send + Sync + 'static {
-    /// Write points; done when they are stored.
-    fn write(&self, points: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), String>>;
+    /// Write points; done when they are stored. The error says whether
+    /// writing them again may succeed.
+    fn write(&self, points: Vec<TelemetryPoint>) -> BoxFuture<'_, Result<(), ServiceError>>;
 }
 
 /// The way to the cloud: the cache queue in front of the bridge.
 pub trait Upstream: Send + Sync + 'static {
     /// Queue a message for the cloud on `lane`; done when it is durable in
-    /// the queue (not when the cloud has it).
+    /// the queue (not when the cloud has it). The error says whether
+    /// sending it again may succeed (a record too large never will).
     fn send<'a>(
         &'a self,
         lane: &'a str,
         topic: String,
         payload: Bytes,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
 
     /// Whether `lane` exists (checked when a rule is created, so a typo is
     /// an error then rather than a failure per row).
-    fn check_lane(&self, lane: &str) -> Result<(), String> {
+    fn check_lane(&self, lane: &str) -> Result<(), ServiceError> {
         let _ = lane;
         Ok(())
     }
@@ -56,7 +60,7 @@ pub trait Upstream: Send + Sync + 'static {
         &'a self,
         lane: &'a str,
         messages: Vec<(String, Bytes)>,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
         Box::pin(async move {
             for (topic, payload) in messages {
                 self.send(lane, topic, payload).await?;
@@ -116,7 +120,7 @@ impl Action for Store {
             self.store
                 .write(points)
                 .await
-                .map_err(|e| ActionError::transient(format!("store: {e}")))
+                .map_err(|e| ActionError::service("store", e))
         })
     }
 }
@@ -138,7 +142,7 @@ impl UpstreamAction {
         let topic = UpstreamAction::settings(c)?;
         upstream
             .check_lane(&c.lane)
-            .map_err(|e| RuleError::action("upstream", e))?;
+            .map_err(|e| RuleError::action("upstream", e.message))?;
         Ok(UpstreamAction {
             upstream,
             topic,
@@ -169,7 +173,7 @@ impl Action for UpstreamAction {
             self.upstream
                 .send(&self.lane, topic, out.json.clone())
                 .await
-                .map_err(|e| ActionError::transient(format!("upstream: {e}")))
+                .map_err(|e| ActionError::service("upstream", e))
         })
     }
 
@@ -191,13 +195,27 @@ impl Action for UpstreamAction {
                     Err(e) => results.push(Err(ActionError::permanent(e))),
                 }
             }
-            if messages.is_empty() {
+            let sent = messages.len();
+            if sent == 0 {
                 return results;
             }
-            if let Err(e) = self.upstream.send_many(&self.lane, messages).await {
-                let e = ActionError::transient(format!("upstream: {e}"));
-                for r in results.iter_mut().filter(|r| r.is_ok()) {
-                    *r = Err(e.clone());
+            match self.upstream.send_many(&self.lane, messages).await {
+                Ok(()) => {}
+                // Refused for good as a whole (all or none, so nothing was
+                // queued): the batch may be what is too large, so each row
+                // gets its own answer.
+                Err(e) if !e.retry && sent > 1 => {
+                    for (out, r) in outs.iter().zip(results.iter_mut()) {
+                        if r.is_ok() {
+                            *r = self.deliver(out).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = ActionError::service("upstream", e);
+                    for r in results.iter_mut().filter(|r| r.is_ok()) {
+                        *r = Err(e.clone());
+                    }
                 }
             }
             results
