@@ -230,10 +230,7 @@ enum Poll {
 }
 
 async fn poll(ctx: &Ctx, version: i64) -> Poll {
-    let url = format!(
-        "{}/api/agent/desired?version={version}&wait_ms={WAIT_MS}",
-        ctx.creds.cloud_url
-    );
+    let url = verge_protocol::paths::desired_poll(&ctx.creds.cloud_url, version, WAIT_MS);
     match http::request("GET", &url, Some(&ctx.token), None, POLL_TIMEOUT).await {
         Ok((200, body)) => match serde_json::from_slice::<DesiredState>(&body) {
             Ok(d) => Poll::State(Box::new(d)),
@@ -356,7 +353,7 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let mut reporter = Reporter::new(&ctx.parts);
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let url = format!("{}/api/agent/status", ctx.creds.cloud_url);
+    let url = format!("{}{}", ctx.creds.cloud_url, verge_protocol::paths::STATUS);
     let mut failing: Option<String> = None;
     loop {
         tokio::select! {

@@ -48,7 +48,7 @@ pub async fn join(cloud_url: &str, token: &str) -> Result<Credentials, AgentErro
     };
     let body = serde_json::to_value(&request)
         .map_err(|e| AgentError::Invalid(format!("join request: {e}")))?;
-    let url = format!("{cloud_url}/api/agent/join");
+    let url = format!("{cloud_url}{}", verge_protocol::paths::JOIN);
     let (status, bytes) = http::request("POST", &url, None, Some(&body), JOIN_TIMEOUT).await?;
     if status == 401 {
         return Err(AgentError::JoinRefused(

@@ -342,7 +342,7 @@ pub fn routes() -> Vec<Route> {
         // node protocol
         op(
             "POST",
-            "/api/agent/join",
+            verge_protocol::paths::JOIN,
             "a node joins with its one-time token (401: unknown, used or expired)",
         )
         .auth("none")
@@ -352,7 +352,7 @@ pub fn routes() -> Vec<Route> {
         .to(agent::join),
         op(
             "GET",
-            "/api/agent/desired",
+            verge_protocol::paths::DESIRED,
             "long-poll the desired state (204 when unchanged)",
         )
         .auth("node")
@@ -361,7 +361,7 @@ pub fn routes() -> Vec<Route> {
         .also(204)
         .errors(&[404])
         .to(agent::desired),
-        op("POST", "/api/agent/status", "a node's heartbeat")
+        op("POST", verge_protocol::paths::STATUS, "a node's heartbeat")
             .auth("node")
             .body("StatusReport")
             .empty(204)

@@ -27,6 +27,7 @@
 //! and clouds of today.
 
 mod desired;
+pub mod paths;
 mod status;
 pub mod topics;
 mod verge_id;

@@ -144,8 +144,10 @@ fn banner(cfg: &NodeConfig, mode: Mode, listening: &[Endpoint]) -> String {
             &cfg.bridge.node
         };
         out.push_str(&format!(
-            "  cloud link           {} as nodes/{node}/up|down/…{}\n",
+            "  cloud link           {} as {}…, {}…{}\n",
             cfg.bridge.url,
+            verge_protocol::topics::up_prefix(node),
+            verge_protocol::topics::down_prefix(node),
             http.map(|a| format!("  (status: http://{a}/api/bridge)"))
                 .unwrap_or_default()
         ));
