@@ -91,7 +91,7 @@ fn message() -> Message {
     m
 }
 
-const ECHO_WAT: &str = include_str!("../../../verge-functions/tests/wat/echo.wat");
+const ECHO_WAT: &str = include_str!("../../verge-functions/tests/wat/echo.wat");
 
 /// A Python worker loop around `handle(request) -> list of messages`.
 const PY_LOOP: &str = r#"
