@@ -182,7 +182,7 @@ async fn measure(
                 keep_alive,
             )
             .await?;
-            anyhow::Ok(c.stream)
+            c.into_stream()
         });
     }
     let mut held: Vec<TcpStream> = Vec::with_capacity(args.count);
