@@ -20,7 +20,6 @@ pub mod connections;
 pub mod drain;
 pub mod drivers;
 pub mod functions;
-mod histogram;
 mod pubsub;
 pub mod queue;
 mod report;

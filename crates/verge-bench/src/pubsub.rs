@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Semaphore;
+use verge_metrics::Histogram;
 use verge_mqtt::{Ack, Packet, Properties, Publish, QoS};
 
 use super::client::{Client, Reader};
-use super::histogram::Histogram;
 
 /// Packets encoded per write by a publisher.
 const BATCH: usize = 64;
@@ -309,7 +309,7 @@ pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubRe
                     {
                         let ts = u64::from_be_bytes(ts);
                         if plan.in_window(ts) {
-                            res.latency.record(now.saturating_sub(ts));
+                            res.latency.record_mut(now.saturating_sub(ts));
                         }
                     }
                     let ack = Ack {
