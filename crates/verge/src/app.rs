@@ -79,12 +79,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(b) => {
             init_logging(log, "warn")?;
             match b {
-                BenchCommand::Broker(args) => crate::bench::broker::run(&args),
-                BenchCommand::Connections(args) => crate::bench::connections::run(&args),
-                BenchCommand::Rules(args) => crate::bench::rules::run(&args),
-                BenchCommand::Queue(args) => crate::bench::queue::run(&args),
-                BenchCommand::Functions(args) => crate::bench::functions::run(&args),
-                BenchCommand::Drivers(args) => crate::bench::drivers::run(&args),
+                BenchCommand::Broker(args) => verge_bench::broker::run(&args),
+                BenchCommand::Connections(args) => verge_bench::connections::run(&args),
+                BenchCommand::Rules(args) => verge_bench::rules::run(&args),
+                BenchCommand::Queue(args) => verge_bench::queue::run(&args),
+                BenchCommand::Functions(args) => verge_bench::functions::run(&args),
+                BenchCommand::Drivers(args) => verge_bench::drivers::run(&args),
             }
         }
     }

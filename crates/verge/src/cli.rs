@@ -162,17 +162,17 @@ pub enum DeviceCommand {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Publish/subscribe throughput and end-to-end latency.
-    Broker(crate::bench::broker::BrokerBenchArgs),
+    Broker(verge_bench::broker::BrokerBenchArgs),
     /// Memory per idle connection.
-    Connections(crate::bench::connections::ConnectionsArgs),
+    Connections(verge_bench::connections::ConnectionsArgs),
     /// Rule engine throughput and latency, in-process or through the broker.
-    Rules(crate::bench::rules::RulesBenchArgs),
+    Rules(verge_bench::rules::RulesBenchArgs),
     /// Cache queue durable appends/s per sync policy and read-back rate.
-    Queue(crate::bench::queue::QueueBenchArgs),
+    Queue(verge_bench::queue::QueueBenchArgs),
     /// Edge function calls/s and latency, WebAssembly and process runtimes.
-    Functions(crate::bench::functions::FunctionsBenchArgs),
+    Functions(verge_bench::functions::FunctionsBenchArgs),
     /// Modbus driver points/s, CPU and memory against an in-process simulator.
-    Drivers(crate::bench::drivers::DriversBenchArgs),
+    Drivers(verge_bench::drivers::DriversBenchArgs),
 }
 
 /// `KEY=VALUE`.
@@ -414,7 +414,7 @@ mod tests {
         let Command::Bench(BenchCommand::Rules(r)) = cli.command else {
             panic!("not bench rules")
         };
-        assert_eq!(r.mode, crate::bench::rules::Mode::Engine);
+        assert_eq!(r.mode, verge_bench::rules::Mode::Engine);
         assert_eq!(
             (
                 r.devices,
@@ -446,8 +446,8 @@ mod tests {
         let Command::Bench(BenchCommand::Rules(r)) = cli.command else {
             panic!("not bench rules")
         };
-        assert_eq!(r.mode, crate::bench::rules::Mode::Broker);
-        assert_eq!(r.query, Some(crate::bench::rules::QueryArg::Tumbling));
+        assert_eq!(r.mode, verge_bench::rules::Mode::Broker);
+        assert_eq!(r.query, Some(verge_bench::rules::QueryArg::Tumbling));
         assert_eq!((r.publishers, r.publish_rate, r.duration), (2, 50_000, 3.0));
         assert!(r.json);
 
@@ -502,7 +502,7 @@ mod tests {
 
     #[test]
     fn bench_queue_options() {
-        use crate::bench::queue::PolicyArg;
+        use verge_bench::queue::PolicyArg;
         let cli = parse(&["bench", "queue"]).expect("parses");
         let Command::Bench(BenchCommand::Queue(q)) = cli.command else {
             panic!("not bench queue")

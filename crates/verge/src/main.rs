@@ -1,7 +1,6 @@
 //! The `verge` binary: parse the command line and hand over to [`app`].
 
 mod app;
-mod bench;
 mod cli;
 mod cloud;
 mod config;

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use verge_duration::HumanDuration;
 use verge_mqtt::{Ack, Packet, Properties, Protocol, Publish, QoS};
 
-use crate::bench::client::Client;
+use verge_bench::client::Client;
 
 /// `verge device simulate`.
 #[derive(Debug, Clone, Args)]

@@ -24,8 +24,8 @@ use verge_functions::wasm::{WasmModule, WasmRuntime};
 use verge_functions::{
     FunctionSpec, Functions, FunctionsConfig, HostContext, Limits, Message, RuntimeKind, State,
 };
+use verge_metrics::Histogram;
 
-use super::histogram::Histogram;
 use super::thousands;
 
 /// Options of `verge bench functions`.
@@ -91,7 +91,7 @@ fn message() -> Message {
     m
 }
 
-const ECHO_WAT: &str = include_str!("../../../verge-functions/tests/wat/echo.wat");
+const ECHO_WAT: &str = include_str!("../../verge-functions/tests/wat/echo.wat");
 
 /// A Python worker loop around `handle(request) -> list of messages`.
 const PY_LOOP: &str = r#"
@@ -291,7 +291,7 @@ fn direct(name: &'static str, module: &[u8], dur: Duration) -> anyhow::Result<Ro
     while start.elapsed() < dur {
         let t = Instant::now();
         let out = rt.call_blocking(&msg)?;
-        hist.record(t.elapsed().as_nanos() as u64);
+        hist.record_mut(t.elapsed().as_nanos() as u64);
         std::hint::black_box(out);
         calls += 1;
     }
@@ -329,7 +329,7 @@ async fn through_registry(
                 }
                 f.invoke(name, msg.clone()).await?;
                 if t >= warm_until {
-                    hist.record(t.elapsed().as_nanos() as u64);
+                    hist.record_mut(t.elapsed().as_nanos() as u64);
                     calls += 1;
                 }
             }

@@ -8,16 +8,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use verge_bridge::{Bridge, BridgeConfig};
 use verge_broker::duration::HumanDuration;
-use verge_mqtt::{Connect, Packet, Properties, Protocol, Publish, QoS, decode, encode};
+use verge_mqtt::{Connect, Packet, Properties, Protocol, Publish, QoS};
 use verge_queue::{Queue, QueueConfig, Record, SyncPolicy, now_ms};
 
+use super::client::Client;
 use super::{InProcessBroker, thousands};
 
 /// Options of the drain part of `verge bench queue`.
@@ -192,11 +191,6 @@ async fn link_speed(
     node_name: &str,
     creds: Option<(&str, &str)>,
 ) -> anyhow::Result<(f64, u16)> {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_nodelay(true)?;
-    let mut wbuf = BytesMut::new();
     let connect = Connect {
         protocol: Protocol::V5,
         clean_start: true,
@@ -210,23 +204,9 @@ async fn link_speed(
             ..Properties::default()
         },
     };
-    encode(&Packet::Connect(connect), Protocol::V5, &mut wbuf)?;
-    s.write_all(&wbuf).await?;
-    wbuf.clear();
-    let mut rbuf = BytesMut::with_capacity(1 << 16);
-    let window = loop {
-        if let Some(p) = decode(&mut rbuf, Protocol::V5, 1 << 20)? {
-            match p {
-                Packet::ConnAck(a) if a.reason_code < 0x80 => {
-                    break window.min(a.properties.receive_maximum.unwrap_or(u16::MAX));
-                }
-                other => bail!("{addr} answered CONNECT with {other:?}"),
-            }
-        }
-        if s.read_buf(&mut rbuf).await? == 0 {
-            bail!("{addr} closed the connection");
-        }
-    };
+    let (client, ack) = Client::connect_with(addr, None, connect).await?;
+    let window = window.min(ack.properties.receive_maximum.unwrap_or(u16::MAX));
+    let (mut rd, mut wr) = client.into_split();
     let started = Instant::now();
     let (mut sent, mut acked, mut inflight) = (0u64, 0u64, 0u64);
     let mut next_id: u16 = 0;
@@ -251,18 +231,15 @@ async fn link_speed(
                 },
                 payload: payload.clone(),
             };
-            encode(&Packet::Publish(p), Protocol::V5, &mut wbuf)?;
+            wr.queue(&Packet::Publish(p))?;
             sent += 1;
             inflight += 1;
         }
-        if !wbuf.is_empty() {
-            s.write_all(&wbuf).await?;
-            wbuf.clear();
-        }
-        if s.read_buf(&mut rbuf).await? == 0 {
+        wr.flush().await.context("publishing")?;
+        if rd.fill(1 << 16).await.context("reading acknowledgements")? == 0 {
             bail!("{addr} closed the connection");
         }
-        while let Some(p) = decode(&mut rbuf, Protocol::V5, 1 << 20)? {
+        while let Some(p) = rd.next_packet()? {
             if let Packet::PubAck(_) = p {
                 acked += 1;
                 inflight -= 1;

@@ -1,8 +1,9 @@
 //! The result of `verge bench broker`: rates, latency quantiles and losses,
 //! as a table or JSON.
 
+use verge_metrics::Histogram;
+
 use super::broker::{BrokerBenchArgs, Outcome};
-use super::histogram::Histogram;
 use super::thousands;
 
 /// The broker's non-zero `dropped_*` counters.
@@ -198,7 +199,7 @@ impl Report {
                 "p50": self.ms(0.5),
                 "p99": self.ms(0.99),
                 "max": self.latency.max() as f64 / 1e6,
-                "samples": self.latency.len(),
+                "samples": self.latency.count(),
             },
             "published": self.published,
             "refused": self.refused,

@@ -13,9 +13,9 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use verge_metrics::Histogram;
 use verge_queue::{LaneConfig, Queue, QueueConfig, Record, SyncPolicy, WhenFull};
 
-use super::histogram::Histogram;
 use super::thousands;
 
 /// Options of `verge bench queue`.
@@ -159,7 +159,7 @@ async fn appends(
                 i += batch;
                 q.append("bench", recs).await?;
                 if start >= warm {
-                    h.record(start.elapsed().as_nanos() as u64);
+                    h.record_mut(start.elapsed().as_nanos() as u64);
                     n += batch;
                 }
             }

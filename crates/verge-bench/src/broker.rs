@@ -165,7 +165,6 @@ async fn drive(args: &BrokerBenchArgs, addr: std::net::SocketAddr) -> anyhow::Re
     .context("connecting the publishers")?;
     let from = Duration::from_secs_f64(args.warmup);
     let plan = Arc::new(Plan {
-        protocol,
         qos,
         payload: args.payload as usize,
         window: args.window as usize,

@@ -1,6 +1,10 @@
 //! `verge bench`: load generators that measure a broker (Verge or any other
 //! MQTT broker) from the outside, over TCP, with our own codec.
 //!
+//! Each subcommand is a module with its clap `Args` struct and a `run`
+//! that prints the report; the `verge` binary only names the subcommands
+//! and calls `run`. Nothing in the node or the cloud depends on this crate.
+//!
 //! - [`broker`]: publish/subscribe throughput and end-to-end latency.
 //! - [`connections`]: broker memory per idle connection.
 //! - [`rules`]: the rule engine, in-process and through an in-process broker.
@@ -16,7 +20,6 @@ pub mod connections;
 pub mod drain;
 pub mod drivers;
 pub mod functions;
-mod histogram;
 mod pubsub;
 pub mod queue;
 mod report;

@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use verge_metrics::Histogram;
 use verge_sql::{Event, ExecStats, Limits, Query, Row};
 
-use super::super::histogram::Histogram;
 use super::super::thousands;
 use super::{RulesBenchArgs, Scenario, Workload};
 
@@ -120,7 +120,7 @@ pub fn run(args: &RulesBenchArgs, sc: &Scenario, w: &Workload) -> anyhow::Result
         rows += out.len() as u64;
         out.clear();
         let after = Instant::now();
-        latency.record((after - t).as_nanos() as u64 / n);
+        latency.record_mut((after - t).as_nanos() as u64 / n);
         i += n;
         if after >= next_progress {
             eprintln!(
@@ -224,7 +224,7 @@ impl Report {
                         "p50": r.latency.quantile(0.5),
                         "p99": r.latency.quantile(0.99),
                         "max": r.latency.max(),
-                        "batches": r.latency.len(),
+                        "batches": r.latency.count(),
                     },
                     "eval_errors": r.stats.eval_errors,
                     "dropped": r.dropped(),

@@ -137,7 +137,6 @@ async fn drive(
         .context("connecting the publishers")?;
     let from = Duration::from_secs_f64(args.warmup);
     let plan = Arc::new(Plan {
-        protocol,
         qos: QoS::AtMostOnce,
         payload: w.messages.iter().map(|(_, p)| p.len()).max().unwrap_or(0),
         window: 1,

@@ -15,26 +15,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Semaphore;
-use verge_mqtt::{Ack, Disconnect, Packet, Properties, Protocol, Publish, QoS, decode, encode};
+use verge_metrics::Histogram;
+use verge_mqtt::{Ack, Packet, Properties, Publish, QoS};
 
-use super::client::{Client, MAX_PACKET};
-use super::histogram::Histogram;
+use super::client::{Client, Reader};
 
 /// Packets encoded per write by a publisher.
 const BATCH: usize = 64;
 /// Read buffer of a subscriber.
 const READ_BUF: usize = 256 * 1024;
+/// Read buffer of a publisher's acknowledgement reader.
+const ACK_READ_BUF: usize = 64 * 1024;
 /// Poll interval of a subscriber waiting for the end of the run.
 const TICK: Duration = Duration::from_millis(100);
 
 /// What every publisher and subscriber of one run shares.
 #[derive(Debug)]
 pub struct Plan {
-    /// Protocol of every client.
-    pub protocol: Protocol,
     /// QoS of publishes and subscriptions.
     pub qos: QoS,
     /// Payload size in bytes (at least 8).
@@ -134,21 +132,19 @@ pub async fn publisher(
         bail!("a publisher has no messages to send");
     }
     let qos1 = plan.qos != QoS::AtMostOnce;
-    let (rd, mut wr) = client.stream.into_split();
+    let (rd, mut wr) = client.into_split();
     let permits = Arc::new(Semaphore::new(plan.window));
     let acked = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let reader = tokio::spawn(read_acks(
         rd,
-        client.rbuf,
-        plan.protocol,
         permits.clone(),
         acked.clone(),
         refused.clone(),
     ));
     let stop_at = plan.t0 + plan.to;
     let mut res = PubResult::default();
-    let mut wbuf = BytesMut::with_capacity(BATCH * (plan.payload + 64));
+    wr.reserve(BATCH * (plan.payload + 64));
     let mut next_id: u16 = 0;
     loop {
         if Instant::now() >= stop_at || reader.is_finished() {
@@ -201,20 +197,19 @@ pub async fn publisher(
                 properties: Properties::default(),
                 payload,
             };
-            encode(&Packet::Publish(publish), plan.protocol, &mut wbuf)
+            wr.queue(&Packet::Publish(publish))
                 .context("encoding PUBLISH")?;
             if plan.in_window(ts) {
                 res.sent_in_window += 1;
             }
         }
         // A broker that stops reading must not hang the bench.
-        match tokio::time::timeout_at((stop_at + plan.drain).into(), wr.write_all(&wbuf)).await {
+        match tokio::time::timeout_at((stop_at + plan.drain).into(), wr.flush()).await {
             Ok(r) => r.context("publishing")?,
             Err(_) => {
                 bail!("the broker stopped reading (a publish blocked past the end of the run)")
             }
         }
-        wbuf.clear();
         res.sent += n;
         // A socket that always has room never makes this task yield; give
         // the subscribers on the same workers their turn.
@@ -235,24 +230,20 @@ pub async fn publisher(
         reader.await.context("ack reader")??;
         bail!("the broker closed the connection");
     }
-    disconnect(&mut wr, plan.protocol).await;
+    wr.disconnect().await;
     reader.abort();
     Ok(res)
 }
 
 /// Count PUBACKs and give their window slots back.
 async fn read_acks(
-    mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
-    protocol: Protocol,
+    mut rd: Reader,
     permits: Arc<Semaphore>,
     acked: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     loop {
-        while let Some(p) =
-            decode(&mut buf, protocol, MAX_PACKET).context("decoding from the broker")?
-        {
+        while let Some(p) = rd.next_packet().context("decoding from the broker")? {
             match p {
                 Packet::PubAck(a) => {
                     let counter = if a.reason_code < 0x80 {
@@ -270,9 +261,8 @@ async fn read_acks(
                 _ => {}
             }
         }
-        buf.reserve(16 * 1024);
         if rd
-            .read_buf(&mut buf)
+            .fill(ACK_READ_BUF)
             .await
             .context("reading acknowledgements")?
             == 0
@@ -285,13 +275,9 @@ async fn read_acks(
 /// Receive until every expected message arrived or nothing arrived for the
 /// drain time after publishing stopped.
 pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubResult> {
-    let Client {
-        mut stream,
-        rbuf: mut buf,
-        protocol,
-    } = client;
+    let (mut rd, mut wr) = client.into_split();
     let mut res = SubResult::default();
-    let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    wr.reserve(16 * 1024);
     let mut last_progress = Instant::now();
     loop {
         let expected = plan.expected.load(Ordering::Relaxed);
@@ -300,10 +286,7 @@ pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubRe
         {
             break;
         }
-        if buf.capacity() - buf.len() < READ_BUF / 4 {
-            buf.reserve(READ_BUF);
-        }
-        match tokio::time::timeout(TICK, stream.read_buf(&mut buf)).await {
+        match tokio::time::timeout(TICK, rd.fill(READ_BUF)).await {
             Err(_) => continue,
             Ok(Ok(0)) => bail!("the broker closed the connection"),
             Ok(Err(e)) => return Err(e).context("reading deliveries"),
@@ -311,9 +294,7 @@ pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubRe
         }
         let now = plan.now_ns();
         let before = res.received;
-        while let Some(p) =
-            decode(&mut buf, protocol, MAX_PACKET).context("decoding from the broker")?
-        {
+        while let Some(p) = rd.next_packet().context("decoding from the broker")? {
             match p {
                 Packet::Publish(p) => {
                     res.received += 1;
@@ -328,7 +309,7 @@ pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubRe
                     {
                         let ts = u64::from_be_bytes(ts);
                         if plan.in_window(ts) {
-                            res.latency.record(now.saturating_sub(ts));
+                            res.latency.record_mut(now.saturating_sub(ts));
                         }
                     }
                     let ack = Ack {
@@ -337,11 +318,11 @@ pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubRe
                     };
                     match p.qos {
                         QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => encode(&Packet::PubAck(ack), protocol, &mut wbuf)?,
-                        QoS::ExactlyOnce => encode(&Packet::PubRec(ack), protocol, &mut wbuf)?,
+                        QoS::AtLeastOnce => wr.queue(&Packet::PubAck(ack))?,
+                        QoS::ExactlyOnce => wr.queue(&Packet::PubRec(ack))?,
                     }
                 }
-                Packet::PubRel(a) => encode(&Packet::PubComp(a), protocol, &mut wbuf)?,
+                Packet::PubRel(a) => wr.queue(&Packet::PubComp(a))?,
                 Packet::Disconnect(d) => {
                     bail!(
                         "the broker disconnected a subscriber (reason 0x{:02x})",
@@ -354,30 +335,10 @@ pub async fn subscriber(plan: Arc<Plan>, client: Client) -> anyhow::Result<SubRe
         if res.received > before {
             last_progress = Instant::now();
         }
-        if !wbuf.is_empty() {
-            stream
-                .write_all(&wbuf)
-                .await
-                .context("acknowledging deliveries")?;
-            wbuf.clear();
+        if wr.has_queued() {
+            wr.flush().await.context("acknowledging deliveries")?;
         }
     }
-    let (_, mut wr) = stream.into_split();
-    disconnect(&mut wr, protocol).await;
+    wr.disconnect().await;
     Ok(res)
-}
-
-/// Send DISCONNECT and close the write side; errors do not matter here.
-async fn disconnect(wr: &mut tokio::net::tcp::OwnedWriteHalf, protocol: Protocol) {
-    let mut buf = BytesMut::new();
-    if encode(
-        &Packet::Disconnect(Disconnect::default()),
-        protocol,
-        &mut buf,
-    )
-    .is_ok()
-    {
-        let _ = wr.write_all(&buf).await;
-    }
-    let _ = wr.shutdown().await;
 }
