@@ -14,6 +14,8 @@ use serde::Serialize;
 use verge_bridge::{Bridge, BridgeConfig};
 use verge_broker::duration::HumanDuration;
 use verge_mqtt::{Connect, Packet, Properties, Protocol, Publish, QoS};
+use verge_protocol::VergeId;
+use verge_protocol::topics;
 use verge_queue::{Queue, QueueConfig, Record, SyncPolicy, now_ms};
 
 use super::client::Client;
@@ -217,15 +219,15 @@ async fn link_speed(
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                topic: format!("nodes/{node_name}/up/bench/link"),
+                topic: topics::up(node_name, "bench/link"),
                 packet_id: next_id,
                 properties: Properties {
                     user_properties: vec![
                         (
-                            "verge-id".into(),
-                            format!("0123456789abcdef/telemetry/{sent}"),
+                            topics::VERGE_ID_PROPERTY.into(),
+                            VergeId::format("0123456789abcdef", "telemetry", sent),
                         ),
-                        ("verge-time".into(), "1795879573698".into()),
+                        (topics::VERGE_TIME_PROPERTY.into(), "1795879573698".into()),
                     ],
                     ..Properties::default()
                 },
