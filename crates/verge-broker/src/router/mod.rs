@@ -276,16 +276,7 @@ impl Router {
         for k in expired {
             self.remove_session(k);
         }
-        let mut due = Vec::new();
-        self.wills.retain(|(at, _, m)| {
-            if *at <= now {
-                due.push(m.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for m in due {
+        for m in self.take_wills(|at, _| at <= now) {
             self.route_will(m);
         }
         self.retained.retain(|_, m| !m.expired(now));

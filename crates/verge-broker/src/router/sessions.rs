@@ -81,17 +81,8 @@ impl Router {
         // A new connection for this client cancels a pending (delayed) will,
         // unless it starts clean: then the old session ends, and a session's
         // end is when its delayed will is due.
-        let mut due = Vec::new();
-        self.wills.retain(|(_, k, m)| {
-            if *k != key {
-                return true;
-            }
-            if req.clean_start {
-                due.push(m.clone());
-            }
-            false
-        });
-        for m in due {
+        let pending = self.take_wills(|_, k| *k == key);
+        for m in pending.into_iter().filter(|_| req.clean_start) {
             self.route_will(m);
         }
         if req.clean_start && existed {
@@ -160,16 +151,7 @@ impl Router {
             }
         }
         // A delayed will is published when the session ends.
-        let mut due = Vec::new();
-        self.wills.retain(|(_, k, m)| {
-            if *k == key {
-                due.push(m.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for m in due {
+        for m in self.take_wills(|_, k| *k == key) {
             self.route_will(m);
         }
     }
@@ -219,6 +201,23 @@ impl Router {
         } else if let Some(s) = self.sessions.get_mut(&key) {
             s.expires = Some(Instant::now() + expiry);
         }
+    }
+
+    /// Take the pending (delayed) wills that `pick` chooses by due time and
+    /// session out of the list.
+    pub(super) fn take_wills(
+        &mut self,
+        mut pick: impl FnMut(Instant, &SubKey) -> bool,
+    ) -> Vec<Arc<Message>> {
+        let mut taken = Vec::new();
+        self.wills.retain(|(at, k, m)| {
+            let take = pick(*at, k);
+            if take {
+                taken.push(m.clone());
+            }
+            !take
+        });
+        taken
     }
 
     /// Publish a will: it is received now, so its Message Expiry Interval
