@@ -14,9 +14,10 @@ use serde::Serialize;
 use verge_bridge::{Bridge, BridgeConfig};
 use verge_broker::duration::HumanDuration;
 use verge_mqtt::{Connect, Packet, Properties, Protocol, Publish, QoS};
+use verge_net::now_ms;
 use verge_protocol::VergeId;
 use verge_protocol::topics;
-use verge_queue::{Queue, QueueConfig, Record, SyncPolicy, now_ms};
+use verge_queue::{Queue, QueueConfig, Record, SyncPolicy};
 
 use super::client::Client;
 use super::{InProcessBroker, thousands};

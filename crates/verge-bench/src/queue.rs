@@ -124,7 +124,7 @@ fn record(payload: &Bytes, i: u64) -> Record {
     Record {
         topic: format!("devices/dev-{:04}/telemetry", i % 1000),
         payload: payload.clone(),
-        time_ms: verge_queue::now_ms(),
+        time_ms: verge_net::now_ms(),
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::warn;
@@ -65,10 +65,7 @@ pub async fn run(
 /// Downstream messages (origin `$bridge`) are not forwarded and are
 /// confirmed at once.
 async fn append(buf: &mut Vec<DurableMessage>, lane: &str, queue: &Queue, status: &Status) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = verge_net::now_ms();
     let mut records = Vec::with_capacity(buf.len());
     let mut confirms = Vec::with_capacity(buf.len());
     for DurableMessage { msg, confirm } in buf.drain(..) {

@@ -167,7 +167,7 @@ pub async fn nodes_using_function(
 }
 
 /// Milliseconds since the Unix epoch (re-exported for the API modules).
-pub use verge_net::now_ms;
+pub(crate) use verge_net::now_ms;
 
 /// Lower-case hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::config::{DeviceConfig, DriverConfig, PointConfig, ProtocolKind};
 
 /// A boxed, sendable future (the workspace's one alias).
-pub use verge_net::BoxFuture;
+pub(crate) use verge_net::BoxFuture;
 
 /// Why a request to a device failed as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

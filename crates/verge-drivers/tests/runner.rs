@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use verge_broker::{Broker, BrokerConfig, LocalSubscription, Message};
-use verge_drivers::protocol::{BoxFuture, PointResult};
+use verge_drivers::protocol::PointResult;
 use verge_drivers::{
     DeviceConfig, Driver, DriverConfig, DriverError, PointConfig, PointError, Protocol,
 };
 use verge_mqtt::QoS;
+use verge_net::BoxFuture;
 
 /// What the fake device does, shared with the test.
 #[derive(Default)]

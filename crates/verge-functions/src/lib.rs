@@ -20,9 +20,9 @@ mod spec;
 mod state;
 pub mod wasm;
 
-pub use message::{CallError, Message, now_ms};
+pub use message::{CallError, Message};
 pub use metrics::{FunctionMetrics, MetricsSnapshot};
 pub use registry::{DeployError, FunctionInfo, Functions, FunctionsConfig, MAX_MODULE_BYTES};
-pub use runtime::{BoxFuture, HostContext, Runtime};
+pub use runtime::{HostContext, Runtime};
 pub use spec::{FunctionSpec, Limits, MAX_NAME, RuntimeKind, validate_name};
 pub use state::{MAX_KEY, SetError, State};

@@ -38,7 +38,7 @@ impl Message {
 
 /// Milliseconds since the Unix epoch (re-exported for the runtimes and
 /// the node).
-pub use verge_net::now_ms;
+pub(crate) use verge_net::now_ms;
 
 /// Why one call failed. Every variant is recorded against the function; none
 /// of them stops the node or other functions.

@@ -7,7 +7,7 @@ use crate::spec::Limits;
 use crate::state::State;
 
 /// A boxed, sendable future (the workspace's one alias).
-pub use verge_net::BoxFuture;
+pub(crate) use verge_net::BoxFuture;
 
 /// What a runtime is given about the function it runs.
 #[derive(Clone)]

@@ -61,26 +61,74 @@ fn part(part: impl Into<String>, message: impl ToString) -> StartError {
 pub struct Node {
     cfg: NodeConfig,
     started: Instant,
-    auth: Authenticator,
-    broker: Broker,
+    /// The CoAP gateway, made at start, spawned on its socket by `serve`.
+    coap: Option<verge_coap::Gateway>,
+    parts: Parts,
+}
+
+/// The node's running parts, each present once started, so that a start
+/// that fails halfway and a finished `serve` stop them the same way.
+#[derive(Default)]
+struct Parts {
+    broker: Option<Broker>,
     store: Option<Arc<Tsdb>>,
     queue: Option<Queue>,
-    functions: Functions,
-    triggers: Triggers,
-    drivers: Arc<Drivers>,
-    engine: Arc<Engine>,
+    functions: Option<Functions>,
+    triggers: Option<Triggers>,
+    drivers: Option<Arc<Drivers>>,
+    engine: Option<Arc<Engine>>,
     bridge: Option<Bridge>,
     agent: Option<Agent>,
 }
 
+impl Parts {
+    /// Stop what runs, producers before consumers: the agent, drivers,
+    /// rules, triggers and functions, the cloud link (which queues what its
+    /// forwards hold), the cache queue (cursors), the store (last points),
+    /// the broker last.
+    async fn stop(self) {
+        if let Some(a) = self.agent {
+            a.shutdown().await;
+        }
+        if let Some(d) = self.drivers {
+            d.shutdown().await;
+        }
+        if let Some(e) = self.engine {
+            e.shutdown().await;
+        }
+        if let Some(t) = self.triggers {
+            t.stop();
+        }
+        if let Some(f) = self.functions {
+            // Finishes calls in progress, stops workers, saves state.
+            f.shutdown().await;
+        }
+        if let Some(b) = self.bridge {
+            b.shutdown().await;
+        }
+        if let Some(q) = self.queue {
+            q.close().await;
+        }
+        if let Some(db) = self.store {
+            let _ = tokio::task::spawn_blocking(move || db.close()).await;
+        }
+        if let Some(b) = self.broker {
+            b.shutdown().await;
+        }
+    }
+}
+
 impl Node {
-    /// Open and wire the node's parts per `cfg` (checked first with
-    /// [`NodeConfig::validate`]); with `cloud`, the node is managed by that
-    /// cloud center (`cfg` should have been completed with
-    /// [`CloudLink::configure`]). Creates `node.data_dir` if missing.
-    /// Call inside a tokio runtime; what started before a failure is
-    /// stopped again.
-    pub async fn start(cfg: NodeConfig, cloud: Option<CloudLink>) -> Result<Node, StartError> {
+    /// Open and wire the node's parts per `cfg`; with `cloud`, the node is
+    /// managed by that cloud center and `cfg` is completed from its
+    /// credentials first ([`CloudLink::configure`]). The config is checked
+    /// ([`NodeConfig::validate`]) before anything is opened, and
+    /// `node.data_dir` is created if missing. Call inside a tokio runtime;
+    /// when a part fails, what started before it is stopped again.
+    pub async fn start(mut cfg: NodeConfig, cloud: Option<CloudLink>) -> Result<Node, StartError> {
+        if let Some(link) = &cloud {
+            link.configure(&mut cfg).map_err(|e| part("cloud", e))?;
+        }
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| {
             part(
@@ -92,6 +140,29 @@ impl Node {
             )
         })?;
         let auth = Broker::authenticator(&cfg.broker).map_err(|e| part("broker", e))?;
+        let mut parts = Parts::default();
+        match Node::open(&cfg, &auth, cloud, &mut parts).await {
+            Ok(coap) => Ok(Node {
+                cfg,
+                started: Instant::now(),
+                coap,
+                parts,
+            }),
+            Err(e) => {
+                parts.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Start the parts in dependency order into `parts`; returns the CoAP
+    /// gateway when `[coap] enabled`.
+    async fn open(
+        cfg: &NodeConfig,
+        auth: &Authenticator,
+        cloud: Option<CloudLink>,
+        parts: &mut Parts,
+    ) -> Result<Option<verge_coap::Gateway>, StartError> {
         let bridge_plan = match cfg.bridge.enabled {
             true => Some(
                 cfg.bridge
@@ -100,93 +171,79 @@ impl Node {
             ),
             false => None,
         };
-        let store = open_store(&cfg).await?;
-        let queue = match bridge_plan {
-            Some(_) => Some(open_queue(&cfg).await?),
-            None => None,
-        };
-        let functions = open_functions(&cfg).await?;
+        parts.store = open_store(cfg).await?;
+        if bridge_plan.is_some() {
+            parts.queue = Some(open_queue(cfg).await?);
+        }
+        let functions = open_functions(cfg).await?;
+        parts.functions = Some(functions.clone());
         let broker = Broker::start(cfg.broker.clone(), auth.clone());
-        let triggers = Triggers::start(functions.clone(), broker.handle());
+        let handle = broker.handle();
+        parts.broker = Some(broker);
+        parts.triggers = Some(Triggers::start(functions.clone(), handle.clone()));
+        let coap = match cfg.coap.enabled {
+            true => Some(
+                verge_coap::Gateway::new(cfg.coap.clone(), handle.clone(), auth.clone())
+                    .map_err(|e| part("coap", e))?,
+            ),
+            false => None,
+        };
         let drivers = Arc::new(
-            Drivers::new(broker.handle()).with_pki_root(cfg.node.data_dir.join("opcua-pki")),
+            Drivers::new(handle.clone()).with_pki_root(cfg.node.data_dir.join("opcua-pki")),
         );
+        parts.drivers = Some(drivers.clone());
         for (i, d) in cfg.drivers.iter().enumerate() {
-            if !d.enabled {
-                continue;
-            }
-            if let Err(e) = drivers.create(d.clone()).await {
-                drivers.shutdown().await;
-                broker.shutdown().await;
-                return Err(part(format!("drivers[{i}] (`{}`)", d.name), e));
+            if d.enabled {
+                drivers
+                    .create(d.clone())
+                    .await
+                    .map_err(|e| part(format!("drivers[{i}] (`{}`)", d.name), e))?;
             }
         }
-        let mut services = Services::new(broker.handle());
+        let mut services = Services::new(handle.clone());
         services.functions =
             Some(Arc::new(FunctionsInvoker::new(functions.clone())) as Arc<dyn FunctionInvoker>);
-        services.store = store
+        services.store = parts
+            .store
             .clone()
             .map(|db| Arc::new(TsdbStore::new(db)) as Arc<dyn TelemetryStore>);
-        services.upstream = queue
+        services.upstream = parts
+            .queue
             .clone()
             .map(|q| Arc::new(QueueUpstream::new(q)) as Arc<dyn Upstream>);
         let engine = Arc::new(Engine::new(services, cfg.rule_engine.clone()));
+        parts.engine = Some(engine.clone());
         for (i, rule) in cfg.rules.iter().enumerate() {
-            if let Err(e) = engine.create(rule.clone()).await {
-                drivers.shutdown().await;
-                broker.shutdown().await;
-                return Err(part(format!("rules[{i}] (`{}`)", rule.id), e));
+            engine
+                .create(rule.clone())
+                .await
+                .map_err(|e| part(format!("rules[{i}] (`{}`)", rule.id), e))?;
+        }
+        if let (Some(plan), Some(q)) = (bridge_plan, &parts.queue) {
+            let bridge = Bridge::start(plan, q.clone(), handle.clone())
+                .await
+                .map_err(|e| part("bridge", e))?;
+            parts.bridge = Some(bridge);
+        }
+        if let Some(link) = cloud {
+            let node_parts = verge_agent::NodeParts {
+                base_registry: auth.registry(),
+                auth: auth.clone(),
+                rules: engine,
+                functions,
+                broker: handle,
+                bridge: parts.bridge.as_ref().map(Bridge::handle),
+                data_dir: cfg.node.data_dir.clone(),
+                started: Instant::now(),
+            };
+            match Agent::start(link.creds, link.dir, node_parts).await {
+                Ok(a) => parts.agent = Some(a),
+                // The node runs on without its cloud; the agent's status
+                // in the API says why.
+                Err(e) => tracing::error!("the cloud agent did not start: {e}"),
             }
         }
-        let bridge = match (bridge_plan, &queue) {
-            (Some(plan), Some(q)) => match Bridge::start(plan, q.clone(), broker.handle()).await {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    drivers.shutdown().await;
-                    engine.shutdown().await;
-                    broker.shutdown().await;
-                    return Err(part("bridge", e));
-                }
-            },
-            _ => None,
-        };
-        let started = Instant::now();
-        let agent = match cloud {
-            Some(link) => {
-                let parts = verge_agent::NodeParts {
-                    base_registry: auth.registry(),
-                    auth: auth.clone(),
-                    rules: engine.clone(),
-                    functions: functions.clone(),
-                    broker: broker.handle(),
-                    bridge: bridge.as_ref().map(Bridge::handle),
-                    data_dir: cfg.node.data_dir.clone(),
-                    started,
-                };
-                match Agent::start(link.creds, link.dir, parts).await {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        tracing::error!("the cloud agent did not start: {e}");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        Ok(Node {
-            cfg,
-            started,
-            auth,
-            broker,
-            store,
-            queue,
-            functions,
-            triggers,
-            drivers,
-            engine,
-            bridge,
-            agent,
-        })
+        Ok(coap)
     }
 
     /// The configuration the node runs.
@@ -195,42 +252,43 @@ impl Node {
     }
 
     /// Serve `listeners` (MQTT, CoAP, HTTP API) until `shutdown` resolves,
-    /// then stop every part: the agent, the HTTP API, CoAP, drivers, rules,
-    /// functions, the cloud link, the cache queue, the store, the broker.
+    /// then stop the HTTP API and CoAP, and every part (see `Parts::stop`).
     pub async fn serve(
         mut self,
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
+        let p = &mut self.parts;
+        let (Some(broker), Some(engine), Some(functions), Some(drivers)) = (
+            p.broker.as_mut(),
+            p.engine.clone(),
+            p.functions.clone(),
+            p.drivers.clone(),
+        ) else {
+            return Err(part("node", "not started"));
+        };
         for l in listeners.mqtt {
-            self.broker.serve(l);
+            broker.serve(l);
         }
-        let coap = match listeners.coap {
-            Some(sock) => Some(
-                verge_coap::Gateway::new(
-                    self.cfg.coap.clone(),
-                    self.broker.handle(),
-                    self.auth.clone(),
-                )
-                .map_err(|e| part("coap", e))?
-                .spawn(sock),
-            ),
-            None => None,
+        let handle = broker.handle();
+        let coap = match (self.coap.take(), listeners.coap) {
+            (Some(gateway), Some(sock)) => Some(gateway.spawn(sock)),
+            _ => None,
         };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http_task = listeners.http.map(|listener| {
             let state = ApiState {
                 name: Arc::from(self.cfg.node.name.as_str()),
                 started: self.started,
-                broker: self.broker.handle(),
-                rules: self.engine.clone(),
+                broker: handle,
+                rules: engine,
                 token: self.cfg.http.token.as_deref().map(Arc::from),
-                store: self.store.clone(),
-                bridge: self.bridge.as_ref().map(Bridge::handle),
-                functions: Some(self.functions.clone()),
-                drivers: Some(self.drivers.clone()),
+                store: p.store.clone(),
+                bridge: p.bridge.as_ref().map(Bridge::handle),
+                functions: Some(functions),
+                drivers: Some(drivers),
                 coap: coap.as_ref().map(|c| c.stats_handle()),
-                cloud: self.agent.as_ref().map(Agent::status_handle),
+                cloud: p.agent.as_ref().map(Agent::status_handle),
             };
             tokio::spawn(async move {
                 let shutdown = async {
@@ -244,7 +302,7 @@ impl Node {
         info!(node = %self.cfg.node.name, rules = self.cfg.rules.len(), "node started");
         shutdown.await;
         info!("shutting down");
-        if let Some(a) = self.agent {
+        if let Some(a) = self.parts.agent.take() {
             a.shutdown().await;
         }
         let _ = stop_http.send(());
@@ -254,24 +312,7 @@ impl Node {
         if let Some(c) = coap {
             let _ = c.shutdown().await;
         }
-        self.drivers.shutdown().await;
-        self.engine.shutdown().await;
-        self.triggers.stop();
-        // Finishes calls in progress, stops workers, saves functions' state.
-        self.functions.shutdown().await;
-        if let Some(b) = self.bridge {
-            // The forwards queue what they hold; the link says goodbye.
-            b.shutdown().await;
-        }
-        if let Some(q) = self.queue {
-            // Persists the acknowledged-up-to cursors.
-            q.close().await;
-        }
-        if let Some(db) = self.store {
-            // Writes the last buffered points.
-            let _ = tokio::task::spawn_blocking(move || db.close()).await;
-        }
-        self.broker.shutdown().await;
+        self.parts.stop().await;
         debug!("stopped");
         Ok(())
     }

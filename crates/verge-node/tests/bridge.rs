@@ -160,7 +160,7 @@ async fn bridge_status_and_metrics() {
         vec![verge_queue::Record {
             topic: "alarms/x".into(),
             payload: "hot".into(),
-            time_ms: verge_queue::now_ms(),
+            time_ms: verge_net::now_ms(),
         }],
     )
     .await

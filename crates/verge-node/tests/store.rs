@@ -16,10 +16,11 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use verge_broker::{BoundListener, Broker, BrokerConfig, Transport};
+use verge_net::now_ms;
 use verge_node::http::{ApiState, router};
 use verge_node::services::TsdbStore;
 use verge_rules::{Engine, RuleConfig, RuleEngineConfig, Services};
-use verge_tsdb::{Point, Tsdb, TsdbConfig, now_ms};
+use verge_tsdb::{Point, Tsdb, TsdbConfig};
 
 async fn broker() -> (Broker, SocketAddr) {
     let cfg = BrokerConfig {

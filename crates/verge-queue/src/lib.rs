@@ -292,7 +292,7 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
 
 /// Milliseconds since the Unix epoch (re-exported for the queue's
 /// callers).
-pub use verge_net::now_ms;
+pub(crate) use verge_net::now_ms;
 
 /// Read `<dir>/id` or create it: 16 hex chars from a randomly keyed hash of
 /// the time, the pid and the path.

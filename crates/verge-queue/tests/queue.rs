@@ -43,7 +43,7 @@ fn rec(i: u64) -> Record {
     Record {
         topic: format!("devices/d{}/telemetry", i % 7),
         payload: Bytes::from(format!("payload-{i:06}-{}", "x".repeat((i % 50) as usize))),
-        time_ms: *T0.get_or_init(verge_queue::now_ms) + i as i64,
+        time_ms: *T0.get_or_init(verge_net::now_ms) + i as i64,
     }
 }
 
@@ -272,7 +272,7 @@ async fn expired_records_are_skipped_and_counted() {
     cfg.lanes[1].max_age = Some(Duration::from_secs(3600));
     let (q, _) = Queue::open(cfg).expect("open");
     let old = |i| Record {
-        time_ms: verge_queue::now_ms() - 2 * 3600 * 1000,
+        time_ms: verge_net::now_ms() - 2 * 3600 * 1000,
         ..rec(i)
     };
     q.append("telemetry", vec![old(0), old(1), rec(2), old(3), rec(4)])

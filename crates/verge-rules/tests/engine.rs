@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use verge_broker::{BoundListener, Broker, BrokerConfig, Message, Transport};
-use verge_rules::action::BoxFuture;
+use verge_net::BoxFuture;
 use verge_rules::{
     Domain, Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleConfig, RuleEngineConfig,
     RuleError, Sample, ServiceError, Services, TelemetryPoint, TelemetryStore, Upstream,

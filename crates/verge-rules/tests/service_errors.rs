@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use verge_broker::{Broker, BrokerConfig, BrokerHandle, Message};
-use verge_rules::action::BoxFuture;
+use verge_net::BoxFuture;
 use verge_rules::{
     ActionStatus, Domain, Engine, RuleConfig, RuleEngineConfig, ServiceError, Services,
     TelemetryPoint, TelemetryStore, Upstream,

@@ -192,4 +192,4 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 
 /// The wall clock in ms since the Unix epoch (the workspace's one clock,
 /// re-exported for the store's callers).
-pub use verge_net::now_ms;
+pub(crate) use verge_net::now_ms;

@@ -8,7 +8,8 @@ use std::fs::OpenOptions;
 use std::path::Path;
 use std::time::Duration;
 
-use verge_tsdb::{Point, RangeQuery, Tsdb, TsdbConfig, TsdbError, Value, now_ms};
+use verge_net::now_ms;
+use verge_tsdb::{Point, RangeQuery, Tsdb, TsdbConfig, TsdbError, Value};
 
 const HOUR: i64 = 3_600_000;
 

@@ -36,7 +36,7 @@ pub fn cloud_link(
 
 /// Run a node until Ctrl-C or SIGTERM. Call outside any runtime.
 pub fn run(mut cfg: NodeConfig, mode: Mode, cloud: Option<CloudLink>) -> anyhow::Result<()> {
-    prepare(&mut cfg, mode, cloud.as_ref())?;
+    prepare(&mut cfg, mode)?;
     runtime()?.block_on(async {
         let signals = Signals::install()?;
         serve(cfg, mode, cloud, signals.wait()).await
@@ -52,9 +52,9 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-/// Make the data dir, the demo's TLS material, and point the cloud link at
-/// the cloud a managed node joined.
-pub fn prepare(cfg: &mut NodeConfig, mode: Mode, cloud: Option<&CloudLink>) -> anyhow::Result<()> {
+/// Raise the open-file limit, make the data dir and the demo's TLS
+/// material. (A managed node's cloud link is completed by `Node::start`.)
+pub fn prepare(cfg: &mut NodeConfig, mode: Mode) -> anyhow::Result<()> {
     raise_nofile();
     std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| {
         format!(
@@ -64,9 +64,6 @@ pub fn prepare(cfg: &mut NodeConfig, mode: Mode, cloud: Option<&CloudLink>) -> a
     })?;
     if mode == Mode::Demo {
         demo_tls(cfg)?;
-    }
-    if let Some(link) = cloud {
-        link.configure(cfg)?;
     }
     Ok(())
 }

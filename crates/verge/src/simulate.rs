@@ -15,6 +15,7 @@ use clap::Args;
 use tokio::sync::watch;
 use verge_duration::HumanDuration;
 use verge_mqtt::{Ack, Packet, Properties, Protocol, Publish, QoS};
+use verge_net::Backoff;
 
 use verge_bench::client::Client;
 
@@ -65,7 +66,7 @@ pub async fn simulate(args: SimulateArgs, mut stop: watch::Receiver<bool>) -> an
     }
     let addr = resolve(&args.node).await?;
     let mut sent: u64 = 0;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
         let outcome = tokio::select! {
             r = session(&args, addr, &mut sent) => r,
@@ -75,16 +76,16 @@ pub async fn simulate(args: SimulateArgs, mut stop: watch::Receiver<bool>) -> an
             Ok(()) => return Ok(()),
             Err(Failure::Refused(e)) => return Err(e),
             Err(Failure::Lost(e)) => {
+                let wait = backoff.next_delay();
                 eprintln!(
                     "device {}: {e:#}; retrying in {}",
                     args.device,
-                    verge_duration::format(backoff)
+                    verge_duration::format(wait)
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => return Ok(()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -218,9 +219,7 @@ fn reading(n: u64) -> Vec<u8> {
     let phase = (n % 60) as f64 / 60.0 * std::f64::consts::TAU;
     let temperature = 24.0 + 8.0 * phase.sin();
     let humidity = 45.0 + 10.0 * phase.cos();
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let ts = verge_net::now_ms();
     serde_json::json!({
         "temperature": (temperature * 10.0).round() / 10.0,
         "humidity": (humidity * 10.0).round() / 10.0,

@@ -51,7 +51,7 @@ pub fn run(mut node: NodeConfig, mut cloud: CloudConfig, devices: usize) -> anyh
         // Steps 1 and 2: the node, created in the cloud and joined with its token.
         let node_id = node.node.name.clone();
         let link = ensure_node(&api, &node_id, &data).await?;
-        crate::node::prepare(&mut node, Mode::Demo, Some(&link))?;
+        crate::node::prepare(&mut node, Mode::Demo)?;
         let mqtt_node = node.broker.listeners.tcp.bind;
         let http_node = node.http.bind;
         let node_started_ms = now_ms();
@@ -210,19 +210,9 @@ async fn ensure_node(api: &Api, node_id: &str, data: &Path) -> anyhow::Result<Cl
             Some(str_field(&fresh, "join_token")?)
         }
     };
-    let creds = match (token, stored) {
-        (Some(token), _) => {
-            let creds = verge_agent::join(&api.base, &token)
-                .await
-                .context("joining the node to the cloud center")?;
-            verge_agent::save_credentials(&dir, &creds)
-                .with_context(|| format!("storing the node's credentials in {}", dir.display()))?;
-            creds
-        }
-        (None, Some(creds)) => creds,
-        (None, None) => anyhow::bail!("no join token and no stored credentials"),
-    };
-    Ok(CloudLink { creds, dir })
+    CloudLink::establish(data, &api.base, token.as_deref(), None)
+        .await
+        .context("joining the node to the cloud center")
 }
 
 /// Devices d1…dN bound to the node; their secrets are kept in the data dir

@@ -26,11 +26,11 @@ use verge_agent::{Agent, Credentials, NodeParts};
 use verge_broker::config::AclPolicy;
 use verge_broker::{Authenticator, Broker, BrokerConfig, Registry};
 use verge_functions::{Functions, FunctionsConfig};
+use verge_net::BoxFuture;
 use verge_protocol::{
     DesiredState, DeviceEntry, FunctionArtifact, JoinRequest, JoinResponse, RuleSpec, StatusReport,
     node_bearer,
 };
-use verge_rules::action::BoxFuture;
 use verge_rules::{
     Engine, FunctionInvoker, FunctionMessage, InvokeError, RuleEngineConfig, Services,
 };

@@ -145,7 +145,7 @@ async fn query(State(s): State<ApiState>, p: Params) -> Result<axum::response::R
     };
     let device = required("device")?;
     let metric = required("metric")?;
-    let now = verge_tsdb::now_ms();
+    let now = verge_net::now_ms();
     let to = p
         .get("to")
         .map(|v| parse_time(v, now).map_err(|e| bad("to", e)))

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use verge_broker::{BrokerHandle, Message as BrokerMessage};
 use verge_functions::{CallError, Functions, Message};
 use verge_mqtt::QoS;
-use verge_rules::action::BoxFuture;
+use verge_net::BoxFuture;
 use verge_rules::{Domain, FunctionInvoker, FunctionMessage, InvokeError, ServiceError};
 
 /// Messages produced by more in-node steps than this are not handed to a
@@ -95,7 +95,7 @@ pub fn input(m: &BrokerMessage) -> Message {
         payload: m.payload.clone(),
         content_type: m.properties.content_type.clone(),
         user_properties: m.properties.user_properties.clone(),
-        time_ms: verge_functions::now_ms(),
+        time_ms: verge_net::now_ms(),
         qos: m.qos as u8,
         retain: m.retain,
     }

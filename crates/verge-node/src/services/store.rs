@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use verge_rules::action::BoxFuture;
+use verge_net::BoxFuture;
 use verge_rules::{Domain, ServiceError, TelemetryPoint, TelemetryStore};
 use verge_sql::Value as Sql;
 use verge_tsdb::{Point, Tsdb, TsdbError, Value};
@@ -101,7 +101,7 @@ mod tests {
         let point = || TelemetryPoint {
             device: "d".into(),
             metric: "t".into(),
-            time_ms: verge_tsdb::now_ms(),
+            time_ms: verge_net::now_ms(),
             value: Sql::Int(1),
         };
         store.write(vec![point()]).await.expect("written");

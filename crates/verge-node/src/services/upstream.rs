@@ -2,8 +2,9 @@
 //! queue records, acknowledged once they are durable.
 
 use bytes::Bytes;
-use verge_queue::{Queue, QueueError, Record, now_ms};
-use verge_rules::action::BoxFuture;
+use verge_net::BoxFuture;
+use verge_net::now_ms;
+use verge_queue::{Queue, QueueError, Record};
 use verge_rules::{Domain, ServiceError, Upstream};
 
 /// A queue error as a service error: whether the rule's action may retry.

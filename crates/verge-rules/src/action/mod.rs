@@ -26,7 +26,7 @@ use crate::error::RuleError;
 
 /// A boxed future, so actions can be trait objects (the workspace's one
 /// alias, re-exported for the services' implementations).
-pub use verge_net::BoxFuture;
+pub(crate) use verge_net::BoxFuture;
 
 /// One row a rule produced, as every action of the rule sees it.
 #[derive(Debug)]
