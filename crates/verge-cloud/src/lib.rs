@@ -27,6 +27,7 @@ mod db;
 mod desired;
 mod error;
 mod ingest;
+mod listeners;
 mod metrics;
 mod openapi;
 mod routes;
@@ -51,6 +52,7 @@ use verge_protocol::topics;
 
 pub use config::CloudConfig;
 pub use error::CloudError;
+pub use listeners::{BindError, Listeners};
 pub use routes::openapi;
 
 use metrics::Metrics;

@@ -1,13 +1,12 @@
-//! `verge cloud`: open the cloud center's database, bind its HTTP and MQTT
-//! ports (and the MQTT TLS port when `mqtt.tls.enabled`), print where it listens (and the admin token on the first start)
-//! and serve until Ctrl-C or SIGTERM.
+//! `verge cloud`: bind the cloud center's ports (`verge_cloud::Listeners`),
+//! open its database, print where it listens (and the admin token on the
+//! first start) and serve until Ctrl-C or SIGTERM.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
-use verge_cloud::{Cloud, CloudConfig};
+use verge_cloud::{Cloud, CloudConfig, Listeners};
 
 use crate::node::{Signals, runtime};
 
@@ -45,53 +44,26 @@ pub struct Started {
     /// How users reach the API (the configured public URL, else the bind
     /// address).
     pub url: String,
-    http: TcpListener,
-    mqtt: TcpListener,
-    mqtt_tls: Option<TcpListener>,
+    listeners: Listeners,
 }
 
 /// Bind the ports and open the database.
-pub async fn start(cfg: CloudConfig) -> anyhow::Result<Started> {
-    let http = TcpListener::bind(cfg.http.bind).await.with_context(|| {
-        format!(
-            "http.bind {}: cannot listen (set another address: `verge cloud --set http.bind=…`, or `verge up --cloud-set http.bind=…`)",
-            cfg.http.bind
-        )
-    })?;
-    let mqtt = TcpListener::bind(cfg.mqtt.bind).await.with_context(|| {
-        format!(
-            "mqtt.bind {}: cannot listen (set another address: `verge cloud --set mqtt.bind=…`, or `verge up --cloud-set mqtt.bind=…`)",
-            cfg.mqtt.bind
-        )
-    })?;
-    let mqtt_tls = if cfg.mqtt.tls.enabled {
-        let addr = cfg.mqtt.tls.bind;
-        Some(TcpListener::bind(addr).await.with_context(|| {
-            format!(
-                "mqtt.tls.bind {addr}: cannot listen (set another address with `--set mqtt.tls.bind=…`)"
-            )
-        })?)
-    } else {
-        None
-    };
-    let http_addr = http.local_addr().context("the HTTP listener's address")?;
-    let mqtt_addr = mqtt.local_addr().context("the MQTT listener's address")?;
-    let mqtt_tls_addr = match &mqtt_tls {
-        Some(l) => Some(l.local_addr().context("the MQTT TLS listener's address")?),
-        None => None,
-    };
-    let mut cfg = cfg;
-    // Port 0 asks for any free port: tell nodes and users the real one.
-    if cfg.cloud.public_url.is_empty() {
-        cfg.cloud.public_url = format!("http://{http_addr}");
-    }
-    if cfg.mqtt.public_url.is_empty() {
-        // Nodes are told the TLS endpoint when it is on.
-        cfg.mqtt.public_url = match mqtt_tls_addr {
-            Some(a) => format!("mqtts://{a}"),
-            None => format!("mqtt://{mqtt_addr}"),
+pub async fn start(mut cfg: CloudConfig) -> anyhow::Result<Started> {
+    let listeners = Listeners::bind(&cfg).await.map_err(|e| {
+        let hint = match e.key {
+            "mqtt.tls.bind" => "set another address with `--set mqtt.tls.bind=…`".to_owned(),
+            key => format!(
+                "set another address: `verge cloud --set {key}=…`, or `verge up --cloud-set {key}=…`"
+            ),
         };
-    }
+        anyhow::Error::new(e.error).context(format!("{} {}: cannot listen ({hint})", e.key, e.addr))
+    })?;
+    let (_, mqtt_addr, mqtt_tls_addr) = listeners
+        .addrs()
+        .context("the addresses of the cloud's listeners")?;
+    listeners
+        .complete(&mut cfg)
+        .context("the addresses of the cloud's listeners")?;
     let url = cfg.cloud.public_url.clone();
     let (cloud, new_admin_token) = open(&cfg).await?;
     Ok(Started {
@@ -100,9 +72,7 @@ pub async fn start(cfg: CloudConfig) -> anyhow::Result<Started> {
         mqtt_addr,
         mqtt_tls_addr,
         url,
-        http,
-        mqtt,
-        mqtt_tls,
+        listeners,
     })
 }
 
@@ -151,7 +121,12 @@ impl Started {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         self.cloud
-            .serve_with(self.http, self.mqtt, self.mqtt_tls, shutdown)
+            .serve_with(
+                self.listeners.http,
+                self.listeners.mqtt,
+                self.listeners.mqtt_tls,
+                shutdown,
+            )
             .await
             .context("the cloud center stopped")
     }
