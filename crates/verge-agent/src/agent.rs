@@ -230,7 +230,13 @@ enum Poll {
 }
 
 async fn poll(ctx: &Ctx, version: i64) -> Poll {
-    let url = verge_protocol::paths::desired_poll(&ctx.creds.cloud_url, version, WAIT_MS);
+    let url = verge_protocol::paths::desired_poll(
+        &ctx.creds.cloud_url,
+        verge_protocol::paths::DesiredQuery {
+            version,
+            wait_ms: WAIT_MS,
+        },
+    );
     match http::request("GET", &url, Some(&ctx.token), None, POLL_TIMEOUT).await {
         Ok((200, body)) => match serde_json::from_slice::<DesiredState>(&body) {
             Ok(d) => Poll::State(Box::new(d)),

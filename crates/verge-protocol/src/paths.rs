@@ -2,6 +2,8 @@
 //! base URL: the agent builds its requests and the cloud its routes from
 //! these, so the two cannot drift apart.
 
+use serde::{Deserialize, Serialize};
+
 /// `POST`: a node joins with its one-time token ([`JoinRequest`](crate::JoinRequest)).
 pub const JOIN: &str = "/api/agent/join";
 
@@ -11,9 +13,23 @@ pub const DESIRED: &str = "/api/agent/desired";
 /// `POST`: a node's heartbeat ([`StatusReport`](crate::StatusReport)).
 pub const STATUS: &str = "/api/agent/status";
 
+/// The query of the long poll ([`DESIRED`]): `?version=N&wait_ms=M`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredQuery {
+    /// The version the node runs; answered at once when the cloud's
+    /// differs.
+    #[serde(default)]
+    pub version: i64,
+    /// How long the cloud may hold the request when it does not, in ms.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
 /// The long poll's URL at the cloud `base`: answered when the desired
 /// version differs from `version`, or with 204 after `wait_ms`.
-pub fn desired_poll(base: &str, version: i64, wait_ms: u64) -> String {
+pub fn desired_poll(base: &str, q: DesiredQuery) -> String {
+    let DesiredQuery { version, wait_ms } = q;
     format!("{base}{DESIRED}?version={version}&wait_ms={wait_ms}")
 }
 
@@ -24,7 +40,13 @@ mod tests {
     #[test]
     fn poll_url_carries_version_and_wait() {
         assert_eq!(
-            desired_poll("http://c:8080", 7, 25_000),
+            desired_poll(
+                "http://c:8080",
+                DesiredQuery {
+                    version: 7,
+                    wait_ms: 25_000
+                }
+            ),
             "http://c:8080/api/agent/desired?version=7&wait_ms=25000"
         );
     }

@@ -7,7 +7,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use verge_protocol::{JoinRequest, JoinResponse, StatusReport};
 
 use crate::Cloud;
@@ -75,20 +74,10 @@ pub async fn join(
     }))
 }
 
-/// `?version=N&wait_ms=M`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DesiredQuery {
-    #[serde(default)]
-    version: i64,
-    #[serde(default)]
-    wait_ms: u64,
-}
-
 pub async fn desired(
     NodeAuth(node): NodeAuth,
     State(cloud): State<Cloud>,
-    ApiQuery(q): ApiQuery<DesiredQuery>,
+    ApiQuery(q): ApiQuery<verge_protocol::paths::DesiredQuery>,
 ) -> Result<Response, AppError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(60_000));
     let mut changes = cloud.inner().changes.subscribe();
