@@ -2,6 +2,17 @@
 
 use crate::error::SqlError;
 
+/// Keywords that cannot be used as bare column names (quote them: `"from"`).
+const RESERVED: &[&str] = &[
+    "select", "from", "where", "group", "by", "having", "as", "and", "or", "not", "in", "between",
+    "like", "is", "null", "true", "false", "case", "when", "then", "else", "end", "cast",
+];
+
+/// Whether `s` is a reserved keyword (case-insensitive).
+pub(crate) fn is_reserved(s: &str) -> bool {
+    RESERVED.iter().any(|k| k.eq_ignore_ascii_case(s))
+}
+
 /// What a token is.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Tok {
@@ -51,7 +62,7 @@ impl Tok {
     pub fn describe(&self) -> String {
         match self {
             Tok::Ident(s) => {
-                if crate::parser::is_reserved(s) {
+                if is_reserved(s) {
                     format!("'{}'", s.to_ascii_uppercase())
                 } else {
                     format!("identifier '{s}'")

@@ -1,9 +1,10 @@
 //! Expression parsing: a Pratt parser with SQL's predicates (IS, IN, BETWEEN, LIKE), CASE and CAST.
 
-use super::{MAX_DEPTH, MAX_NODES, Parser, is_reserved};
+use super::{MAX_DEPTH, MAX_NODES, Parser};
 use crate::ast::*;
 use crate::error::SqlError;
 use crate::lexer::Tok;
+use crate::lexer::is_reserved;
 
 impl Parser<'_> {
     /// Builds a syntax-tree node, enforcing the limits on tree depth and node

@@ -4,13 +4,7 @@ mod expr;
 
 use crate::ast::*;
 use crate::error::SqlError;
-use crate::lexer::{Tok, Token, lex};
-
-/// Keywords that cannot be used as bare column names (quote them: `"from"`).
-const RESERVED: &[&str] = &[
-    "select", "from", "where", "group", "by", "having", "as", "and", "or", "not", "in", "between",
-    "like", "is", "null", "true", "false", "case", "when", "then", "else", "end", "cast",
-];
+use crate::lexer::{Tok, Token, is_reserved, lex};
 
 /// Deepest expression accepted, in levels of the syntax tree (`a + b + c` is 3
 /// levels, `f(g(x))` is 3) and in nested parentheses. The compiler and the
@@ -26,11 +20,6 @@ pub(crate) const MAX_DURATION_MS: i64 = 365 * 86_400_000;
 
 /// Longest rule SQL accepted, in bytes.
 pub(crate) const MAX_SQL_LEN: usize = 64 * 1024;
-
-/// Whether `s` is a reserved keyword (case-insensitive).
-pub(crate) fn is_reserved(s: &str) -> bool {
-    RESERVED.iter().any(|k| k.eq_ignore_ascii_case(s))
-}
 
 /// Parses a whole statement.
 pub(crate) fn parse(src: &str) -> Result<Statement, SqlError> {
