@@ -180,6 +180,14 @@ impl Conn {
         let mut read_hint = MIN_READ;
         let kill = self.kill.clone();
         let mailbox = self.mailbox.clone();
+        // Packets that came in the same read as the CONNECT: the loop below
+        // handles the buffer only after a read, and the client may be
+        // waiting for their answers before it sends anything else.
+        if !io.rbuf.is_empty()
+            && let Some(end) = Box::pin(self.on_read(io)).await
+        {
+            return end;
+        }
         loop {
             if let Err(e) = self.flush_all(io).await {
                 debug!(peer = %self.peer, "write failed: {e}");
