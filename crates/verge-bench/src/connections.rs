@@ -281,35 +281,17 @@ fn spawn_node(count: usize) -> anyhow::Result<(ChildBroker, SocketAddr)> {
     }
 }
 
-/// The spawned node's config file: the keys that differ from the node's
-/// defaults (which `verge node` fills in) — its name and data directory,
-/// quiet logs, no HTTP API, and the bench broker with room for `count`
-/// connections.
+/// The spawned node's config file: the node's defaults with its name and
+/// data directory, quiet logs, no HTTP API, and the bench broker with room
+/// for `count` connections.
 fn node_config(data_dir: &std::path::Path, port: u16, count: usize) -> anyhow::Result<String> {
-    let mut broker = spawned_config(port);
-    broker.max_connections = broker.max_connections.max(count + 16);
-    let mut node = toml::Table::new();
-    node.insert("name".into(), "verge-bench".into());
-    let data_dir = data_dir
-        .to_str()
-        .context("the temporary directory is not UTF-8")?;
-    node.insert("data_dir".into(), data_dir.into());
-    let mut cfg = toml::Table::new();
-    cfg.insert("node".into(), node.into());
-    cfg.insert(
-        "log".into(),
-        toml::Table::from_iter([("level".to_owned(), "warn".into())]).into(),
-    );
-    cfg.insert(
-        "http".into(),
-        toml::Table::from_iter([("enabled".to_owned(), false.into())]).into(),
-    );
-    cfg.insert(
-        "broker".into(),
-        toml::Table::try_from(&broker)
-            .context("writing the bench config")?
-            .into(),
-    );
+    let mut cfg = verge_node::NodeConfig::default();
+    cfg.node.name = "verge-bench".into();
+    cfg.node.data_dir = data_dir.to_owned();
+    cfg.log.level = "warn".into();
+    cfg.broker = spawned_config(port);
+    cfg.http.enabled = false;
+    cfg.broker.max_connections = cfg.broker.max_connections.max(count + 16);
     toml::to_string(&cfg).context("writing the bench config")
 }
 
@@ -333,17 +315,15 @@ mod tests {
     }
 
     #[test]
-    fn spawned_node_config_names_only_what_differs() {
+    fn spawned_node_config_sets_the_bench_keys() {
         let text = node_config(std::path::Path::new("/tmp/x/data"), 1999, 100_000).expect("config");
-        let t: toml::Table = toml::from_str(&text).expect("toml");
-        assert_eq!(t["node"]["name"].as_str(), Some("verge-bench"));
-        assert_eq!(t["node"]["data_dir"].as_str(), Some("/tmp/x/data"));
-        assert_eq!(t["log"]["level"].as_str(), Some("warn"));
-        assert_eq!(t["http"]["enabled"].as_bool(), Some(false));
-        assert_eq!(t["broker"]["max_connections"].as_integer(), Some(100_016));
-        let broker: verge_broker::BrokerConfig =
-            t["broker"].clone().try_into().expect("broker config");
-        assert_eq!(broker.listeners.tcp.bind.port(), 1999);
+        let cfg: verge_node::NodeConfig = toml::from_str(&text).expect("a node config");
+        assert_eq!(cfg.node.name, "verge-bench");
+        assert_eq!(cfg.node.data_dir, std::path::Path::new("/tmp/x/data"));
+        assert_eq!(cfg.log.level, "warn");
+        assert!(!cfg.http.enabled);
+        assert_eq!(cfg.broker.max_connections, 100_016);
+        assert_eq!(cfg.broker.listeners.tcp.bind.port(), 1999);
     }
 
     #[test]
