@@ -1,8 +1,8 @@
 //! The edge node as one value: [`Node::start`] opens and wires its parts in
-//! order (store, cache queue, functions, broker, drivers, rules, cloud link,
-//! agent) and [`Node::serve`] serves already-bound [`Listeners`] until a
-//! shutdown future resolves, then stops the parts in the reverse order of
-//! what depends on what.
+//! order (store, cache queue, functions, broker, function triggers, CoAP
+//! gateway, drivers, rules, cloud link, agent) and [`Node::serve`] serves
+//! already-bound [`Listeners`] until a shutdown future resolves, then stops
+//! the parts, producers before consumers (`Parts::stop`).
 
 use std::future::Future;
 use std::sync::Arc;

@@ -52,17 +52,19 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-/// Raise the open-file limit, make the data dir and the demo's TLS
-/// material. (A managed node's cloud link is completed by `Node::start`.)
+/// Raise the open-file limit; for the demo, make the data dir (`verge up`
+/// keeps its own files there before the node starts) and its TLS
+/// material. `Node::start` makes the data dir of every node and completes
+/// a managed node's cloud link.
 pub fn prepare(cfg: &mut NodeConfig, mode: Mode) -> anyhow::Result<()> {
     raise_nofile();
-    std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| {
-        format!(
-            "node.data_dir: cannot create {}",
-            cfg.node.data_dir.display()
-        )
-    })?;
     if mode == Mode::Demo {
+        std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| {
+            format!(
+                "node.data_dir: cannot create {}",
+                cfg.node.data_dir.display()
+            )
+        })?;
         demo_tls(cfg)?;
     }
     Ok(())
