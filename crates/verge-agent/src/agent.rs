@@ -1,6 +1,7 @@
 //! The running agent: the desired-state sync loop (long poll, apply, cache)
 //! and the heartbeat loop, sharing the agent's status.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -50,6 +51,11 @@ pub struct AgentStatus {
     pub cloud_reachable: bool,
     /// When the cloud last took a heartbeat, ms since the Unix epoch.
     pub last_heartbeat_ms: Option<i64>,
+    /// Cloud-managed items found changed on the node and put back by the
+    /// last reconciliation that found any (one line each).
+    pub drift: Vec<String>,
+    /// When that was, ms since the Unix epoch.
+    pub drift_ms: Option<i64>,
 }
 
 /// Reads the agent's status; cheap to clone.
@@ -62,6 +68,38 @@ impl StatusHandle {
     /// The status now.
     pub fn get(&self) -> AgentStatus {
         self.ctx.status().clone()
+    }
+
+    /// Whether the rule `id` is deployed by the cloud (so the node's own
+    /// API must not change it).
+    pub fn manages_rule(&self, id: &str) -> bool {
+        self.ctx.managed().rules.contains(id)
+    }
+
+    /// Whether the function `name` is deployed by the cloud.
+    pub fn manages_function(&self, name: &str) -> bool {
+        self.ctx.managed().functions.contains(name)
+    }
+}
+
+/// The rules and functions of the desired state last applied.
+#[derive(Default)]
+struct Managed {
+    rules: HashSet<String>,
+    functions: HashSet<String>,
+}
+
+impl Managed {
+    fn of(d: &DesiredState) -> Managed {
+        Managed {
+            rules: d
+                .rules
+                .iter()
+                .filter(|r| !r.id.is_empty())
+                .map(|r| r.id.clone())
+                .collect(),
+            functions: d.functions.iter().map(|f| f.name.clone()).collect(),
+        }
     }
 }
 
@@ -79,11 +117,17 @@ struct Ctx {
     status: Mutex<AgentStatus>,
     /// Asks the heartbeat loop to report now (after an apply).
     report_now: Notify,
+    /// What the cloud manages on the node now.
+    managed: Mutex<Managed>,
 }
 
 impl Ctx {
     fn status(&self) -> std::sync::MutexGuard<'_, AgentStatus> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn managed(&self) -> std::sync::MutexGuard<'_, Managed> {
+        self.managed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -149,10 +193,12 @@ impl Agent {
             parts,
             status: Mutex::new(status),
             report_now: Notify::new(),
+            managed: Mutex::new(Managed::default()),
         });
         if let Some(d) = &cached {
             tracing::info!(version = d.version, "applying the cached desired state");
             let errors = apply::apply(&ctx.parts, None, d).await;
+            *ctx.managed() = Managed::of(d);
             let mut s = ctx.status();
             s.applied_version = d.version;
             s.apply_errors = errors;
@@ -289,6 +335,7 @@ async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watc
                     continue;
                 }
                 let mut errors = apply::apply(&ctx.parts, prev.as_ref(), &d).await;
+                *ctx.managed() = Managed::of(&d);
                 if let Err(e) = save_desired(&ctx.dir, &d) {
                     tracing::error!("desired state not cached: {e}");
                     errors.push(format!("desired state not cached on the node: {e}"));
@@ -301,7 +348,26 @@ async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watc
                 prev = Some(*d);
                 ctx.report_now.notify_one();
             }
-            Poll::Unchanged => mark(&ctx, None),
+            Poll::Unchanged => {
+                mark(&ctx, None);
+                // Each quiet poll also checks that what the cloud manages
+                // still runs as it said: a change made on the node is put
+                // back within one poll and reported as drift.
+                if let Some(d) = &prev {
+                    let restored = apply::reconcile(&ctx.parts, d).await;
+                    if !restored.is_empty() {
+                        tracing::warn!(
+                            "cloud-managed items changed on the node were restored: {}",
+                            restored.join("; ")
+                        );
+                        let mut s = ctx.status();
+                        s.drift = restored;
+                        s.drift_ms = Some(now_ms());
+                        drop(s);
+                        ctx.report_now.notify_one();
+                    }
+                }
+            }
             Poll::Refused(message) => {
                 let text = format!("the cloud refused the node's credentials: {message}");
                 if logged.as_deref() != Some(text.as_str()) {
@@ -367,11 +433,12 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
             _ = ctx.report_now.notified() => {}
             _ = stop.changed() => return,
         }
-        let (version, errors) = {
+        let (version, errors, drift) = {
             let s = ctx.status();
-            (s.applied_version, s.apply_errors.clone())
+            (s.applied_version, s.apply_errors.clone(), s.drift.clone())
         };
-        let report = reporter.build(&ctx.parts, version, errors).await;
+        let mut report = reporter.build(&ctx.parts, version, errors).await;
+        report.drift = drift;
         let body = match serde_json::to_value(&report) {
             Ok(b) => b,
             Err(e) => {

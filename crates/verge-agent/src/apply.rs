@@ -143,6 +143,32 @@ async fn apply_functions(
     }
 }
 
+/// Put back what was changed on the node since `d` was applied: a
+/// cloud-managed rule updated, stopped or deleted, a function replaced or
+/// deleted (through the config file or an API older than the refusal of
+/// such changes). Returns one line per item put back; what cannot be put
+/// back is logged and left for the next sync.
+pub(crate) async fn reconcile(parts: &NodeParts, d: &DesiredState) -> Vec<String> {
+    let mut restored = Vec::new();
+    for a in &d.functions {
+        match apply_function(parts, a).await {
+            Ok(true) => restored.push(format!("function `{}` restored", a.name)),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(function = %a.name, "not restored: {e}"),
+        }
+    }
+    let managed: HashSet<&str> = d.rules.iter().filter_map(rule_id).collect();
+    for spec in &d.rules {
+        let Some(id) = rule_id(spec) else { continue };
+        match apply_rule(parts, &managed, spec).await {
+            Ok(true) => restored.push(format!("rule `{id}` restored")),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(rule = %id, "not restored: {e}"),
+        }
+    }
+    restored
+}
+
 /// Remove the functions the previous cloud state had and `artifacts` has
 /// not.
 async fn remove_functions(
@@ -163,7 +189,9 @@ async fn remove_functions(
     }
 }
 
-async fn apply_function(parts: &NodeParts, a: &FunctionArtifact) -> Result<(), String> {
+/// Deploy `a` unless the same module and spec run now; `true` when it
+/// deployed.
+async fn apply_function(parts: &NodeParts, a: &FunctionArtifact) -> Result<bool, String> {
     let module = B64
         .decode(a.module_base64.as_bytes())
         .map_err(|e| format!("module_base64: {e}"))?;
@@ -185,14 +213,14 @@ async fn apply_function(parts: &NodeParts, a: &FunctionArtifact) -> Result<(), S
         && cur.sha256.as_deref() == Some(sha256.as_str())
         && cur.spec == spec
     {
-        return Ok(());
+        return Ok(false);
     }
     parts
         .functions
         .deploy(spec, Some(module))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(true)
 }
 
 /// The `id` of a rule spec, if it has one.
@@ -237,17 +265,19 @@ async fn apply_rules(
     }
 }
 
+/// Create or update the rule of `spec` unless it runs as is; `true` when
+/// it changed something.
 async fn apply_rule(
     parts: &NodeParts,
     managed: &HashSet<&str>,
     spec: &RuleSpec,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let config = rule_config(spec)?;
     if config.id.is_empty() {
         return Err("`id` is missing".into());
     }
     match parts.rules.get(&config.id).await {
-        Ok(info) if info.config == config => Ok(()),
+        Ok(info) if info.config == config => Ok(false),
         Ok(_) => {
             if !managed.contains(config.id.as_str()) {
                 tracing::warn!(
@@ -260,14 +290,14 @@ async fn apply_rule(
                 .rules
                 .update(&id, config)
                 .await
-                .map(drop)
+                .map(|_| true)
                 .map_err(|e| e.to_string())
         }
         Err(RuleError::NotFound(_)) => parts
             .rules
             .create(config)
             .await
-            .map(drop)
+            .map(|_| true)
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     }

@@ -10,6 +10,8 @@
 //! API's own crate. Everything the two instances share (the body, the
 //! answers to a bad JSON body) lives here as functions.
 
+pub mod guard;
+
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

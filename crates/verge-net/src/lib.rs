@@ -4,6 +4,8 @@
 //! - [`now_ms`], [`Backoff`] and [`BoxFuture`]: no dependency at all, so
 //!   the pure crates (the time-series store, the queue) use them without
 //!   pulling in a network stack.
+//! - [`fs`]: atomic writes of private files (0600 in 0700 directories),
+//!   for tokens, credentials and state.
 //! - `tls` (feature `tls`): the rustls client settings, trusting Mozilla's
 //!   roots or a CA file; the only place client roots are built.
 //! - `client` (feature `client`): the HTTP/1 client of the webhook action
@@ -17,6 +19,8 @@
 
 mod backoff;
 mod clock;
+pub mod fs;
+mod host;
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -27,6 +31,7 @@ pub mod tls;
 
 pub use backoff::Backoff;
 pub use clock::now_ms;
+pub use host::host_of;
 
 /// A boxed, `Send` future: what the object-safe async traits (actions,
 /// function runtimes, driver protocols, node services) return.

@@ -20,6 +20,7 @@ use verge_tsdb::{Tsdb, TsdbError};
 
 use crate::cloud::CloudLink;
 use crate::http::ApiState;
+use crate::http::auth::ApiTokens;
 use crate::services::{FunctionsInvoker, QueueUpstream, Triggers, TsdbStore};
 use crate::{Listeners, NodeConfig};
 
@@ -63,6 +64,8 @@ pub struct Node {
     started: Instant,
     /// The CoAP gateway, made at start, spawned on its socket by `serve`.
     coap: Option<verge_coap::Gateway>,
+    /// The HTTP API's credentials; none when it asks for none.
+    api_tokens: Option<Arc<ApiTokens>>,
     parts: Parts,
 }
 
@@ -130,7 +133,7 @@ impl Node {
             link.configure(&mut cfg).map_err(|e| part("cloud", e))?;
         }
         cfg.validate()?;
-        std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| {
+        verge_net::fs::create_private_dir(&cfg.node.data_dir).map_err(|e| {
             part(
                 format!(
                     "node.data_dir: cannot create {}",
@@ -139,6 +142,13 @@ impl Node {
                 e,
             )
         })?;
+        let api_tokens = match cfg.http.enabled && cfg.http.auth {
+            true => Some(Arc::new(
+                ApiTokens::open(&cfg.node.data_dir, cfg.http.token.as_deref())
+                    .map_err(|e| part("http", e))?,
+            )),
+            false => None,
+        };
         let auth = Broker::authenticator(&cfg.broker).map_err(|e| part("broker", e))?;
         let mut parts = Parts::default();
         match Node::open(&cfg, &auth, cloud, &mut parts).await {
@@ -146,6 +156,7 @@ impl Node {
                 cfg,
                 started: Instant::now(),
                 coap,
+                api_tokens,
                 parts,
             }),
             Err(e) => {
@@ -246,6 +257,12 @@ impl Node {
         Ok(coap)
     }
 
+    /// Where the HTTP API's admin token is kept: `None` when the API asks
+    /// for no token or the config sets it.
+    pub fn api_token_file(&self) -> Option<&std::path::Path> {
+        self.api_tokens.as_ref().and_then(|t| t.admin_file())
+    }
+
     /// The configuration the node runs.
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
@@ -282,7 +299,11 @@ impl Node {
                 started: self.started,
                 broker: handle,
                 rules: engine,
-                token: self.cfg.http.token.as_deref().map(Arc::from),
+                auth: self.api_tokens.clone(),
+                guard: Arc::new(verge_net::http::guard::Guard::new(
+                    &self.cfg.http.allowed_hosts,
+                    &self.cfg.http.allowed_origins,
+                )),
                 store: p.store.clone(),
                 bridge: p.bridge.as_ref().map(Bridge::handle),
                 functions: Some(functions),

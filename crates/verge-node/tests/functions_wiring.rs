@@ -233,20 +233,17 @@ async fn a_failing_triggered_call_does_not_stop_the_trigger() {
     let n = node().await;
     let s = &n.state;
     let triggers = Triggers::start(n.functions.clone(), s.broker.clone());
-    let (st, v) = call(
-        s,
-        "POST",
-        "/api/functions",
-        Some(json!({
+    deploy_process(
+        &n,
+        json!({
             "name": "py",
             "runtime": "process",
             "command": ["python3", path_str(&python_example())],
             "config": {"above": 30, "topic": "alerts/py"},
             "subscribe": ["sensors/+"],
-        })),
+        }),
     )
     .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
     let mut alerts = s.broker.subscribe("alerts/py", 16).await.unwrap();
     // Until the trigger is subscribed, readings go nowhere: keep sending.
     let deadline = Instant::now() + WAIT;

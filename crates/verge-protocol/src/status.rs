@@ -10,6 +10,9 @@ pub struct StatusReport {
     pub applied_version: i64,
     /// What failed while applying it (empty when all of it applied).
     pub apply_errors: Vec<String>,
+    /// Cloud-managed items the node found changed locally and put back at
+    /// its last reconciliation that found any (one line each).
+    pub drift: Vec<String>,
     /// The node's Verge version.
     pub agent_version: String,
     /// Seconds since the node process started.

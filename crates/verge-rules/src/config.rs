@@ -224,6 +224,9 @@ pub struct RuleEngineConfig {
     pub max_event_time_ahead: HumanDuration,
     /// How long a stopped rule's actions may take to finish their queues.
     pub stop_grace: HumanDuration,
+    /// Hosts `webhook` actions may send to: `*` any, a name or IP, or
+    /// `*.domain` for its subdomains.
+    pub webhook_hosts: Vec<String>,
 }
 
 impl Default for RuleEngineConfig {
@@ -238,11 +241,26 @@ impl Default for RuleEngineConfig {
                 u64::try_from(sql.max_future_ms).unwrap_or(0),
             )),
             stop_grace: HumanDuration(Duration::from_secs(5)),
+            webhook_hosts: vec!["*".into()],
         }
     }
 }
 
 impl RuleEngineConfig {
+    /// Whether a `webhook` action may send to `host` (compared without
+    /// case).
+    pub fn webhook_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.webhook_hosts.iter().any(|allowed| {
+            let allowed = allowed.to_ascii_lowercase();
+            match allowed.strip_prefix("*.") {
+                _ if allowed == "*" => true,
+                Some(domain) => host.ends_with(&format!(".{domain}")),
+                None => host == allowed,
+            }
+        })
+    }
+
     /// The executor limits these settings give.
     pub fn limits(&self) -> verge_sql::Limits {
         verge_sql::Limits {

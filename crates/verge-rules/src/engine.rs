@@ -99,10 +99,48 @@ impl Engine {
         }
     }
 
+    /// Refuse a webhook to a host `rule_engine.webhook_hosts` does not
+    /// allow; log each allowed target, so that where rows go is on record.
+    fn check_webhooks(&self, config: &RuleConfig) -> Result<(), RuleError> {
+        for (index, url, host) in webhook_targets(config) {
+            if !self.settings.webhook_allowed(host) {
+                return Err(validate::at(
+                    RuleError::action(
+                        "webhook",
+                        format!(
+                            "the host `{host}` is not in rule_engine.webhook_hosts ({})",
+                            self.settings.webhook_hosts.join(", ")
+                        ),
+                    ),
+                    index,
+                ));
+            }
+            tracing::info!(rule = %config.id, %url, "the rule's webhook sends rows to {host}");
+        }
+        Ok(())
+    }
+
+    /// The hosts webhook actions may send to (`rule_engine.webhook_hosts`).
+    pub fn webhook_hosts(&self) -> &[String] {
+        &self.settings.webhook_hosts
+    }
+
+    /// Every rule's webhook targets: (rule id, URL).
+    pub async fn webhook_targets(&self) -> Vec<(String, String)> {
+        let rules = self.rules.lock().await;
+        rules
+            .values()
+            .flat_map(|e| {
+                webhook_targets(&e.config).map(|(_, url, _)| (e.config.id.clone(), url.to_owned()))
+            })
+            .collect()
+    }
+
     /// Validate and add a rule; it starts if `enabled`. Nothing changes on
     /// error.
     pub async fn create(&self, config: RuleConfig) -> Result<RuleInfo, RuleError> {
         let query = validate::check(&config, Some(&self.services))?;
+        self.check_webhooks(&config)?;
         let mut rules = self.rules.lock().await;
         if rules.contains_key(&config.id) {
             return Err(RuleError::Exists(config.id));
@@ -125,6 +163,7 @@ impl Engine {
     pub async fn update(&self, id: &str, mut config: RuleConfig) -> Result<RuleInfo, RuleError> {
         config.id = id.to_owned();
         let query = validate::check(&config, Some(&self.services))?;
+        self.check_webhooks(&config)?;
         let (info, old) = {
             let mut rules = self.rules.lock().await;
             let entry = rules
@@ -409,4 +448,19 @@ fn info(e: &Entry) -> RuleInfo {
         metrics: metrics(e),
         action_metrics: actions(e),
     }
+}
+
+/// A rule's webhook actions: their index, URL and host (a URL without a
+/// host is the action's own check to refuse).
+fn webhook_targets(config: &RuleConfig) -> impl Iterator<Item = (usize, &str, &str)> {
+    config
+        .actions
+        .iter()
+        .enumerate()
+        .filter_map(|(index, a)| match a {
+            crate::config::ActionKind::Webhook(w) => {
+                verge_net::host_of(&w.url).map(|h| (index, w.url.as_str(), h))
+            }
+            _ => None,
+        })
 }

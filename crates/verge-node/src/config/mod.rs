@@ -64,9 +64,19 @@ pub struct HttpSection {
     pub enabled: bool,
     /// Address to listen on.
     pub bind: SocketAddr,
-    /// Bearer token required on `/api/*`; none when unset.
+    /// Ask for a bearer token on `/api/*` (turning it off is for a node
+    /// nobody else can reach).
+    pub auth: bool,
+    /// The admin token; unset: the one in `<data_dir>/api-token`, made at
+    /// the first start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Host names (besides IP literals and `localhost`) the API answers
+    /// for; `*`: any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://name[:port]`) whose browser pages may call the
+    /// API, besides its own.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpSection {
@@ -74,7 +84,10 @@ impl Default for HttpSection {
         HttpSection {
             enabled: true,
             bind: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            auth: true,
             token: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }

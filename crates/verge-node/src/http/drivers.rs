@@ -74,12 +74,46 @@ async fn start(
     Ok((code, Json(status)))
 }
 
+/// 400 for settings that name places on the node's file system other than
+/// a serial device: `pki_dir` comes from the config file only (the API
+/// would otherwise write certificates anywhere), and a serial line must be
+/// a device under `/dev/`. The `pki_dir` the running driver of that name
+/// has (the node's default, shown by GET) may be sent back unchanged.
+fn refuse_paths(d: &Drivers, cfg: &DriverConfig) -> Result<(), AppError> {
+    let bad = |m: String| AppError::new(StatusCode::BAD_REQUEST, "invalid_driver", m);
+    let current = d.get(&cfg.name).and_then(|(c, _)| c.pki_dir);
+    if cfg.pki_dir.is_some() && cfg.pki_dir != current {
+        return Err(bad(
+            "`pki_dir` names a directory on the node, which the API does not write to: set it \
+             in the config file, or leave it out (the node keeps the certificates in \
+             <data_dir>/opcua-pki/<driver>)"
+                .into(),
+        ));
+    }
+    if let Some(serial) = &cfg.serial {
+        let dev = std::path::Path::new(&serial.device);
+        let under_dev = dev.is_absolute()
+            && dev.starts_with("/dev")
+            && !dev
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if !under_dev {
+            return Err(bad(format!(
+                "`serial.device` {:?} is not a device under /dev/ (e.g. /dev/ttyUSB0)",
+                serial.device
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn create(
     State(s): State<ApiState>,
     body: Result<Json<DriverConfig>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DriverStatus>), AppError> {
     let d = drivers(&s)?;
     let Json(cfg) = body?;
+    refuse_paths(&d, &cfg)?;
     start(&d, cfg).await
 }
 
@@ -101,6 +135,7 @@ async fn replace(
             ),
         ));
     }
+    refuse_paths(&d, &cfg)?;
     start(&d, cfg).await
 }
 

@@ -2,10 +2,11 @@
 //! read their state; their metrics on `/metrics`.
 //!
 //! A deploy is `POST /api/functions` (or `PUT /api/functions/{name}`) with
-//! the function's spec as JSON; a wasm module comes from the spec's `path`
-//! on the node, or uploaded as `module_base64` in the same body, or as the
-//! raw body of `PUT /api/functions/{name}` with `Content-Type:
-//! application/wasm` (keeping the function's current spec).
+//! the function's spec as JSON; a wasm module is uploaded as
+//! `module_base64` in the same body, or as the raw body of
+//! `PUT /api/functions/{name}` with `Content-Type: application/wasm`
+//! (keeping the function's current spec). The API never reads a file on
+//! the node: `path` and process functions come from the config file only.
 
 use std::collections::BTreeMap;
 
@@ -92,6 +93,22 @@ impl From<CallError> for AppError {
     }
 }
 
+/// 409 when the cloud manages the function `name`: it is changed there,
+/// or the node's next sync would undo the change.
+fn refuse_managed(s: &ApiState, name: &str) -> Result<(), AppError> {
+    match &s.cloud {
+        Some(c) if c.manages_function(name) => Err(AppError::new(
+            StatusCode::CONFLICT,
+            "managed_by_cloud",
+            format!(
+                "the function `{name}` is deployed by the cloud center; change it there \
+                 (a local change would be undone at the next sync)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn bad(message: impl Into<String>) -> AppError {
     AppError::new(StatusCode::BAD_REQUEST, "invalid_function", message)
 }
@@ -173,8 +190,10 @@ async fn create(
 }
 
 /// Deploy through the API: `201` for a new function, `200` for a new (or
-/// the same) version. Process functions run commands on the node, so the
-/// API takes them only when it requires a token.
+/// the same) version. Nothing on the node's file system is reachable
+/// through the API: a module comes as bytes, never as a `path`, and
+/// process functions (commands and working directories on the node) are
+/// declared in the config file only.
 async fn deploy(
     s: &ApiState,
     f: &Functions,
@@ -182,15 +201,28 @@ async fn deploy(
     module: Option<Vec<u8>>,
 ) -> Result<(StatusCode, Json<FunctionInfo>), AppError> {
     spec.validate().map_err(bad)?;
-    if spec.runtime == verge_functions::RuntimeKind::Process && s.token.is_none() {
+    verge_net::http::guard::check_text(
+        "description",
+        &spec.description,
+        verge_net::http::guard::MAX_DESCRIPTION,
+    )
+    .map_err(bad)?;
+    if spec.path.is_some() {
+        return Err(bad(
+            "`path` names a file on the node, which the API does not read: upload the module \
+             as `module_base64` or as the body of PUT /api/functions/{name} with \
+             `Content-Type: application/wasm` (a `path` is taken from the config file only)",
+        ));
+    }
+    if spec.runtime == verge_functions::RuntimeKind::Process || spec.workdir.is_some() {
         return Err(AppError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "process functions run commands on the node: the API deploys them only when it \
-             requires a token (set [http] token), or list them under [[functions]] in the \
-             config file",
+            "process functions run commands on the node: list them under [[functions]] in \
+             the node's config file; the API deploys WebAssembly modules only",
         ));
     }
+    refuse_managed(s, &spec.name)?;
     let existed = f.exists(&spec.name);
     let info = f.deploy(spec, module).await?;
     let status = if existed {
@@ -236,7 +268,9 @@ async fn remove(
     State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    functions(&s)?.delete(&name).await?;
+    let f = functions(&s)?;
+    refuse_managed(&s, &name)?;
+    f.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -4,15 +4,18 @@
 //! the local time-series store (`/api/store/*`), the cloud link
 //! (`/api/bridge`), the cloud agent's status (`/api/cloud`) and Prometheus
 //! metrics at `/metrics`. Errors are JSON with a code and a message (see
-//! [`AppError`]). When a token is configured, `/api/*` needs
-//! `Authorization: Bearer <token>`; `/healthz` and `/metrics` stay open for
-//! probes and scrapers.
+//! [`AppError`]). `/api/*` needs `Authorization: Bearer <token>` unless
+//! `[http] auth = false` (see [`auth`]); `/healthz` and `/metrics` stay
+//! open for probes and scrapers. Every request passes the browser guard
+//! (`verge_net::http::guard`: Host, Origin, content type, security
+//! headers).
 //!
 //! Handlers only translate HTTP to calls on the node's parts; the parts
 //! themselves live in their own crates. This file holds the route table,
-//! the token check, status, metrics and the rules' handlers; each other
+//! status, metrics and the rules' handlers; each other
 //! resource has a file of its own.
 
+pub mod auth;
 mod bridge;
 mod drivers;
 mod error;
@@ -31,14 +34,14 @@ use verge_tsdb::Tsdb;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use verge_rules::{RuleConfig, RuleInfo, Sample, TestOutput};
 
-pub use error::AppError;
+pub use error::{ApiJson, AppError};
 use metrics::render_broker;
 
 /// What the API serves: handles on the node's running parts.
@@ -52,8 +55,10 @@ pub struct ApiState {
     pub broker: BrokerHandle,
     /// The rule engine.
     pub rules: Arc<Engine>,
-    /// Bearer token required on `/api/*`; none when `None`.
-    pub token: Option<Arc<str>>,
+    /// The credentials `/api/*` asks for; none when `[http] auth = false`.
+    pub auth: Option<Arc<auth::ApiTokens>>,
+    /// The Host, Origin and content-type checks on every request.
+    pub guard: Arc<verge_net::http::guard::Guard>,
     /// The local time-series store (`/api/store/*`); none when disabled.
     pub store: Option<Arc<Tsdb>>,
     /// The cloud link and its cache queue (`/api/bridge`); none when the
@@ -99,9 +104,14 @@ pub fn router(state: ApiState) -> Router {
         .merge(store::routes())
         .merge(functions::routes())
         .merge(drivers::routes())
+        .merge(auth::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    let guard = state.guard.clone();
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -109,32 +119,10 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
-            return AppError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong `Authorization: Bearer` token",
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
-}
-
-/// Compare secrets in time that depends only on their lengths.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .layer(middleware::from_fn_with_state(
+            guard,
+            verge_net::http::guard::guard,
+        ))
 }
 
 async fn method_not_allowed(req: Request) -> AppError {
@@ -160,6 +148,22 @@ struct Status {
     uptime_seconds: u64,
     broker: serde_json::Map<String, serde_json::Value>,
     rules: usize,
+    /// Where rules' webhook actions send rows, and the hosts allowed.
+    webhooks: Webhooks,
+    /// Whether `/api/*` asks for a token.
+    auth: bool,
+}
+
+#[derive(Serialize)]
+struct Webhooks {
+    allowed_hosts: Vec<String>,
+    targets: Vec<WebhookTarget>,
+}
+
+#[derive(Serialize)]
+struct WebhookTarget {
+    rule: String,
+    url: String,
 }
 
 async fn status(State(s): State<ApiState>) -> Json<Status> {
@@ -176,6 +180,17 @@ async fn status(State(s): State<ApiState>) -> Json<Status> {
         uptime_seconds: s.started.elapsed().as_secs(),
         broker,
         rules: s.rules.list().await.len(),
+        webhooks: Webhooks {
+            allowed_hosts: s.rules.webhook_hosts().to_vec(),
+            targets: s
+                .rules
+                .webhook_targets()
+                .await
+                .into_iter()
+                .map(|(rule, url)| WebhookTarget { rule, url })
+                .collect(),
+        },
+        auth: s.auth.is_some(),
     })
 }
 
@@ -211,11 +226,39 @@ async fn list_rules(State(s): State<ApiState>) -> Json<Vec<RuleInfo>> {
     Json(s.rules.list().await)
 }
 
+/// 409 when the cloud manages the rule `id`: it is changed there, or the
+/// node's next sync would undo the change.
+fn refuse_managed(s: &ApiState, id: &str) -> Result<(), AppError> {
+    match &s.cloud {
+        Some(c) if c.manages_rule(id) => Err(AppError::new(
+            StatusCode::CONFLICT,
+            "managed_by_cloud",
+            format!(
+                "the rule `{id}` is deployed by the cloud center; change it there \
+                 (a local change would be undone at the next sync)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// 400 for a description too long or holding control characters.
+fn check_description(description: &str) -> Result<(), AppError> {
+    verge_net::http::guard::check_text(
+        "description",
+        description,
+        verge_net::http::guard::MAX_DESCRIPTION,
+    )
+    .map_err(|m| AppError::new(StatusCode::BAD_REQUEST, "invalid_request", m))
+}
+
 async fn create_rule(
     State(s): State<ApiState>,
     body: Result<Json<RuleConfig>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RuleInfo>), AppError> {
     let Json(cfg) = body?;
+    check_description(&cfg.description)?;
+    refuse_managed(&s, &cfg.id)?;
     Ok((StatusCode::CREATED, Json(s.rules.create(cfg).await?)))
 }
 
@@ -244,6 +287,8 @@ async fn update_rule(
             ),
         ));
     }
+    check_description(&cfg.description)?;
+    refuse_managed(&s, &id)?;
     cfg.id = id.clone();
     Ok(Json(s.rules.update(&id, cfg).await?))
 }
@@ -252,6 +297,7 @@ async fn delete_rule(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
+    refuse_managed(&s, &id)?;
     s.rules.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -260,6 +306,7 @@ async fn start_rule(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
+    refuse_managed(&s, &id)?;
     Ok(Json(s.rules.start(&id).await?))
 }
 
@@ -267,6 +314,7 @@ async fn stop_rule(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
+    refuse_managed(&s, &id)?;
     Ok(Json(s.rules.stop(&id).await?))
 }
 

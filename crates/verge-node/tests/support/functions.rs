@@ -34,6 +34,20 @@ pub fn python_example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/functions/python/handler.py")
 }
 
+/// A test module's text as `module_base64` takes it (the API reads no
+/// file on the node).
+pub fn wat_b64(name: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(wat(name)).expect("module"))
+}
+
+/// Deploy a process function straight into the registry: the API refuses
+/// them (they come from the config file).
+pub async fn deploy_process(n: &Node, spec: Value) {
+    let spec: verge_functions::FunctionSpec = serde_json::from_value(spec).expect("spec");
+    n.functions.deploy(spec, None).await.expect("deploy");
+}
+
 pub fn path_str(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_owned()
 }
@@ -81,8 +95,15 @@ pub fn state(broker: &Broker, functions: Option<Functions>) -> ApiState {
         started: Instant::now(),
         broker: broker.handle(),
         rules: Arc::new(Engine::new(services, RuleEngineConfig::default())),
-        // With a token, as process functions need one through the API.
-        token: Some(Arc::from(TOKEN)),
+        // With a token, as the node's API has by default.
+        auth: Some(Arc::new(
+            verge_node::http::auth::ApiTokens::open(
+                &tempfile::tempdir().expect("dir").keep(),
+                Some(TOKEN),
+            )
+            .expect("tokens"),
+        )),
+        guard: Default::default(),
         store: None,
         bridge: None,
         functions,
@@ -101,8 +122,8 @@ pub async fn raw(
     body: Vec<u8>,
 ) -> (StatusCode, String) {
     let mut req = Request::builder().method(method).uri(path);
-    if let Some(t) = &s.token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    if s.auth.is_some() {
+        req = req.header("authorization", format!("Bearer {TOKEN}"));
     }
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
@@ -161,7 +182,7 @@ pub fn error(got: &(StatusCode, Value), status: StatusCode, code: &str) -> Strin
 }
 
 pub async fn deploy_wasm(s: &ApiState, name: &str, module: &str, extra: Value) -> Value {
-    let mut spec = json!({"name": name, "path": path_str(&wat(module))});
+    let mut spec = json!({"name": name, "module_base64": wat_b64(module)});
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
     }
