@@ -15,6 +15,7 @@ import re
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     page.get_by_test_id("login-token").fill(admin_token)
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("nav-nodes")).to_be_visible()
-    assert page.evaluate("localStorage.getItem('verge.token')") == admin_token
+    assert page.evaluate("sessionStorage.getItem('verge.token')") == admin_token
 
     # 1. Create a node; the join command and token are shown once.
     page.get_by_test_id("node-name").fill("edge-1")
@@ -264,3 +265,27 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     expect(page.locator('#node-rules [data-id="to-function"]')).to_be_visible()
     expect(page.get_by_test_id("live-messages").locator('[data-topic^="processed/"]').first).to_be_visible(timeout=SLOW)
     assert device.alive(), f"the simulated device stopped:\n{device.output()}"
+
+    # 7. A read-only API token made on the tokens page is shown once, reads
+    #    but cannot change anything, and stops working once revoked.
+    goto(page, "nav-tokens")
+    page.get_by_test_id("token-name").fill("dashboard")
+    page.get_by_test_id("token-scope").select_option("read")
+    page.get_by_test_id("token-create").click()
+    expect(page.get_by_test_id("token-secret")).to_be_visible()
+    read_token = page.get_by_test_id("token-secret").text_content()
+    token_row = page.locator('[data-testid="token-row"][data-name="dashboard"]')
+    expect(token_row.get_by_test_id("token-scope-cell")).to_have_text("read")
+    assert api(cloud_url, read_token, "/api/nodes"), "a read token lists the nodes"
+    req = urllib.request.Request(
+        cloud_url + "/api/nodes", data=b'{"name":"by-reader"}', method="POST",
+        headers={"Authorization": f"Bearer {read_token}", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=5)
+    assert refused.value.code == 403
+    page.once("dialog", lambda d: d.accept())
+    token_row.get_by_test_id("token-revoke").click()
+    expect(token_row).to_have_count(0)
+    with pytest.raises(urllib.error.HTTPError) as revoked:
+        api(cloud_url, read_token, "/api/nodes")
+    assert revoked.value.code == 401

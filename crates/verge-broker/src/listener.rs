@@ -112,18 +112,25 @@ pub async fn bind_all(cfg: &ListenersConfig) -> Result<Vec<BoundListener>, Broke
 
 /// A self-signed certificate for `localhost` / `127.0.0.1` in `dir`
 /// (`cert.pem`, `key.pem`), generated on first use and reused after; for the
-/// demo's TLS listeners. Returns the TLS settings pointing at the files.
+/// demo's TLS listeners. The key is private (0600, in a 0700 directory;
+/// a key an older version left readable is made private). Returns the TLS
+/// settings pointing at the files.
 pub fn self_signed(dir: &Path) -> Result<TlsConfig, BrokerError> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let io = |what: &Path, e: std::io::Error| BrokerError::Tls(format!("{}: {e}", what.display()));
     if !(cert.exists() && key.exists()) {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        verge_net::fs::create_private_dir(dir).map_err(|e| io(dir, e))?;
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let made = rcgen::generate_simple_self_signed(names)
             .map_err(|e| BrokerError::Tls(format!("generating a self-signed certificate: {e}")))?;
-        std::fs::write(&key, made.signing_key.serialize_pem()).map_err(|e| io(&key, e))?;
-        std::fs::write(&cert, made.cert.pem()).map_err(|e| io(&cert, e))?;
+        let key_pem = made.signing_key.serialize_pem();
+        verge_net::fs::write_atomic(&key, key_pem.as_bytes(), verge_net::fs::PRIVATE_FILE)
+            .map_err(|e| io(&key, e))?;
+        verge_net::fs::write_atomic(&cert, made.cert.pem().as_bytes(), 0o644)
+            .map_err(|e| io(&cert, e))?;
+    } else {
+        verge_net::fs::make_private(&key).map_err(|e| io(&key, e))?;
     }
     Ok(TlsConfig {
         cert: Some(cert),
@@ -377,4 +384,27 @@ where
         }
     });
     Some(ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Finding 8 of the security review: the demo's TLS private key was
+    /// written 0644. It is 0600 in a 0700 directory, and a key left
+    /// readable by an older version is made private at the next start.
+    #[test]
+    fn finding_8_the_self_signed_key_is_private() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dir = root.path().join("tls");
+        let made = super::self_signed(&dir).expect("made");
+        let key = made.key.expect("key");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        super::self_signed(&dir).expect("reused");
+        assert_eq!(mode(&key), 0o600);
+    }
 }

@@ -107,7 +107,7 @@ class ApiError extends Error {
 }
 
 function token() {
-  return localStorage.getItem(TOKEN_KEY) || "";
+  return sessionStorage.getItem(TOKEN_KEY) || "";
 }
 
 /** One open-API call; resolves with the parsed body, rejects with ApiError. */
@@ -240,7 +240,7 @@ function route() {
 }
 
 function loggedOut(reason) {
-  localStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(TOKEN_KEY);
   routeGen++;
   timers.forEach(clearInterval);
   timers = [];
@@ -267,7 +267,7 @@ async function login(ev) {
     err.hidden = false;
     return;
   }
-  localStorage.setItem(TOKEN_KEY, tok);
+  sessionStorage.setItem(TOKEN_KEY, tok);
   byId("login-token").value = "";
   if (!location.hash || location.hash === "#/") location.hash = "#/nodes";
   else route();

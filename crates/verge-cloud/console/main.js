@@ -10,6 +10,7 @@ const routes = [
   [/^#\/rules$/, rulesPage],
   [/^#\/functions$/, functionsPage],
   [/^#\/messages$/, messagesPage],
+  [/^#\/tokens$/, tokensPage],
 ];
 
 // ---------------------------------------------------------------- start

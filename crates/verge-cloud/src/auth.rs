@@ -1,44 +1,64 @@
 //! Who is calling: API tokens (admin and others) and node credentials,
 //! as axum extractors. Tokens and secrets are stored as SHA-256 only and
-//! looked up by that hash.
+//! looked up by that hash. A token's scope is `admin` (everything) or
+//! `read` (`GET` and `HEAD` only); only `admin` tokens manage tokens.
+
+use axum::http::Method;
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
 
 use crate::Cloud;
 use crate::db::sha256_hex;
 use crate::error::AppError;
 
-/// A request carrying a valid API token.
+/// A request carrying a valid API token allowed to make it.
 pub struct ApiAuth;
+
+/// A request carrying a valid API token of the `admin` scope.
+pub struct AdminAuth;
 
 /// A request carrying a node's credentials; holds the node id.
 pub struct NodeAuth(pub String);
 
 fn bearer(parts: &Parts) -> Result<&str, AppError> {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    verge_net::http::guard::bearer(&parts.headers)
         .ok_or_else(|| AppError::unauthorized("missing `Authorization: Bearer <token>`"))
+}
+
+/// The scope of the token the request carries; 401 without a known one.
+async fn scope(parts: &Parts, cloud: &Cloud) -> Result<String, AppError> {
+    let token = bearer(parts)?;
+    let found: Option<(String,)> = sqlx::query_as("SELECT scope FROM tokens WHERE hash = $1")
+        .bind(sha256_hex(token.as_bytes()))
+        .fetch_optional(&cloud.inner().pool)
+        .await?;
+    found
+        .map(|(s,)| s)
+        .ok_or_else(|| AppError::unauthorized("unknown or revoked token"))
 }
 
 impl FromRequestParts<Cloud> for ApiAuth {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, cloud: &Cloud) -> Result<Self, AppError> {
-        let token = bearer(parts)?;
-        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM tokens WHERE hash = $1")
-            .bind(sha256_hex(token.as_bytes()))
-            .fetch_optional(&cloud.inner().pool)
-            .await?;
-        match found {
-            Some(_) => Ok(ApiAuth),
-            None => Err(AppError::unauthorized("unknown or revoked token")),
+        let scope = scope(parts, cloud).await?;
+        let reading = matches!(parts.method, Method::GET | Method::HEAD);
+        if scope == "admin" || (scope == "read" && reading) {
+            Ok(ApiAuth)
+        } else {
+            Err(AppError::forbidden("this token is read-only"))
+        }
+    }
+}
+
+impl FromRequestParts<Cloud> for AdminAuth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, cloud: &Cloud) -> Result<Self, AppError> {
+        match scope(parts, cloud).await?.as_str() {
+            "admin" => Ok(AdminAuth),
+            _ => Err(AppError::forbidden("only admin tokens manage tokens")),
         }
     }
 }

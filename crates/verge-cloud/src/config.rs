@@ -62,12 +62,19 @@ impl Default for CloudSection {
 pub struct HttpSection {
     /// Address of the HTTP server.
     pub bind: SocketAddr,
+    /// Host names answered besides IP literals, `localhost` and the host
+    /// of `cloud.public_url`; `*`: any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins whose web pages may call the API besides the console's own.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }

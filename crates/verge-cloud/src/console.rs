@@ -24,6 +24,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("rules.js", include_str!("../console/rules.js")),
     ("functions.js", include_str!("../console/functions.js")),
     ("messages.js", include_str!("../console/messages.js")),
+    ("tokens.js", include_str!("../console/tokens.js")),
     ("main.js", include_str!("../console/main.js")),
 ];
 

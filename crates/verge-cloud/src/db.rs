@@ -57,6 +57,9 @@ const COMMON_V2: &[&str] = &[
     "CREATE INDEX node_metrics_node ON node_metrics (node_id, ts_ms)",
 ];
 
+/// API tokens get a scope: `admin` (everything) or `read` (GET only).
+const COMMON_V3: &[&str] = &["ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'"];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -73,7 +76,45 @@ fn migrations() -> Vec<Migration> {
             sqlite: COMMON_V2,
             postgres: COMMON_V2,
         },
+        Migration {
+            version: 3,
+            sqlite: COMMON_V3,
+            postgres: COMMON_V3,
+        },
     ]
+}
+
+/// Create the SQLite file `path` empty with mode 0600 unless it exists, so
+/// that the database (password hashes, telemetry) is never readable by
+/// others, whatever the umask; SQLite gives its `-wal` and `-shm` files
+/// the same mode.
+pub fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(verge_net::fs::PRIVATE_FILE)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Make the SQLite file `path` and its `-wal` and `-shm` files private
+/// (0600): a database an older version made readable is fixed at start.
+pub fn make_private(path: &std::path::Path) -> std::io::Result<()> {
+    verge_net::fs::make_private(path)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        match verge_net::fs::make_private(std::path::Path::new(&side)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Connect to `url` and bring the schema up to date.

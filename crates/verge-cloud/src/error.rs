@@ -53,6 +53,11 @@ impl AppError {
         AppError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// 401 `unauthorized`.
     pub fn unauthorized(message: impl Into<String>) -> AppError {
         AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -165,6 +170,25 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 
 /// Check a name or id: 1–64 letters, digits, `-` or `_`; the error names
 /// the field.
+/// 400 unless `value` (a description or other free text) is at most
+/// `verge_net::http::guard::MAX_DESCRIPTION` bytes without control
+/// characters (but tabs and line breaks).
+pub fn check_text(field: &str, value: &str) -> Result<(), AppError> {
+    verge_net::http::guard::check_text(field, value, verge_net::http::guard::MAX_DESCRIPTION)
+        .map_err(AppError::invalid)
+}
+
+/// 400 unless the JSON text of `value` is at most `max` bytes.
+pub fn check_json_size(field: &str, value: &serde_json::Value, max: usize) -> Result<(), AppError> {
+    let len = serde_json::to_vec(value).map_or(usize::MAX, |b| b.len());
+    if len > max {
+        return Err(AppError::invalid(format!(
+            "`{field}` is {len} bytes of JSON; at most {max} are accepted"
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_name(field: &str, value: &str) -> Result<(), AppError> {
     let ok = !value.is_empty()
         && value.len() <= 64

@@ -94,14 +94,31 @@ impl Cloud {
     /// Returns the new admin token (plain) when one was just generated
     /// (first start), else `None`.
     pub async fn open(cfg: CloudConfig) -> Result<(Cloud, Option<String>), CloudError> {
-        std::fs::create_dir_all(&cfg.cloud.data_dir).map_err(|error| CloudError::Io {
+        verge_net::fs::create_private_dir(&cfg.cloud.data_dir).map_err(|error| CloudError::Io {
             what: format!("cloud.data_dir {}", cfg.cloud.data_dir.display()),
             error,
         })?;
         // Check the TLS files first: a bad path fails the start before
         // anything is created, with the key named.
         let mqtt_tls = mqtt_tls(&cfg)?;
+        let sqlite_file = cfg
+            .cloud
+            .database
+            .is_empty()
+            .then(|| cfg.cloud.data_dir.join("cloud.db"));
+        if let Some(file) = &sqlite_file {
+            db::create_private(file).map_err(|error| CloudError::Io {
+                what: format!("{}", file.display()),
+                error,
+            })?;
+        }
         let pool = db::open(&cfg.database_url()).await?;
+        if let Some(file) = &sqlite_file {
+            db::make_private(file).map_err(|error| CloudError::Io {
+                what: format!("{}", file.display()),
+                error,
+            })?;
+        }
         let admin = ensure_admin(&pool).await?;
         let auth = Authenticator::new(Registry::default(), false, AclPolicy::Deny)?;
         let broker_cfg = BrokerConfig {
@@ -172,12 +189,20 @@ impl Cloud {
         let body_limit = (self.inner.cfg.cloud.max_upload_bytes / 3)
             .saturating_mul(4)
             .saturating_add(1 << 20);
+        let cfg = &self.inner.cfg;
+        let mut hosts = cfg.http.allowed_hosts.clone();
+        hosts.push(cfg.http_url());
+        let guard = verge_net::http::guard::Guard::new(&hosts, &cfg.http.allowed_origins);
         routes::api_router()
             .with_state(self.clone())
             .merge(console::router())
             .fallback(routes::not_found)
             .method_not_allowed_fallback(routes::method_not_allowed)
             .layer(DefaultBodyLimit::max(body_limit))
+            .layer(axum::middleware::from_fn_with_state(
+                std::sync::Arc::new(guard),
+                verge_net::http::guard::guard,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 metrics::count_requests,

@@ -74,6 +74,9 @@ fn reason(status: u16) -> &'static str {
             "invalid_request (bad JSON, a bad field, query parameter or path segment), invalid_rule or invalid_function"
         }
         401 => "unauthorized: missing, unknown or revoked credentials",
+        403 => {
+            "forbidden: a read-only token on a route that changes state, or a token that may not manage tokens"
+        }
         404 => "not_found",
         409 => {
             "conflict: the name is taken or the resource is in use; node_offline: a command's node is not online"
@@ -93,6 +96,9 @@ pub fn statuses(route: &Route) -> Vec<u16> {
     }
     if route.auth != "none" {
         out.push(401);
+    }
+    if route.auth == "api" {
+        out.push(403);
     }
     out.extend(route.errors);
     if route.request.is_some() {

@@ -77,7 +77,7 @@ pub async fn start(mut cfg: CloudConfig) -> anyhow::Result<Started> {
 }
 
 async fn open(cfg: &CloudConfig) -> anyhow::Result<(Cloud, Option<String>)> {
-    std::fs::create_dir_all(&cfg.cloud.data_dir).with_context(|| {
+    verge_net::fs::create_private_dir(&cfg.cloud.data_dir).with_context(|| {
         format!(
             "cloud.data_dir: cannot create {}",
             cfg.cloud.data_dir.display()

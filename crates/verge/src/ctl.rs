@@ -17,8 +17,18 @@ pub struct CtlArgs {
     #[arg(long, env = "VERGE_CLOUD", default_value = "http://127.0.0.1:8080")]
     pub cloud: String,
     /// An API token (the admin token or one made with `tokens create`).
+    /// Prefer `--token-file` or `VERGE_TOKEN`: a token on the command line
+    /// ends up in the shell's history and in `ps`.
     #[arg(long, env = "VERGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the API token (e.g. `verge up`'s admin-token file).
+    #[arg(
+        long,
+        env = "VERGE_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// PEM CA file an https:// cloud is verified against instead of
     /// Mozilla's roots.
     #[arg(long, env = "VERGE_CA", value_name = "FILE")]
@@ -240,6 +250,9 @@ pub enum TokensCmd {
     Create {
         /// What it is for.
         name: String,
+        /// `admin` (everything) or `read` (GET only).
+        #[arg(long, default_value = "admin", value_parser = ["admin", "read"])]
+        scope: String,
     },
     /// Revoke a token.
     Delete {
@@ -267,9 +280,19 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
 
 /// The request(s) of one command; the answer to print.
 async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("--token-file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
     let api = Api {
         base: args.cloud.trim_end_matches('/').to_owned(),
-        token: args.token.clone(),
+        token,
     };
     match &args.command {
         CtlCommand::Nodes(c) => match c {
@@ -378,9 +401,9 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
         },
         CtlCommand::Tokens(c) => match c {
             TokensCmd::List => api.call("GET", "/api/tokens", None).await,
-            TokensCmd::Create { name } => {
-                api.call("POST", "/api/tokens", Some(json!({ "name": name })))
-                    .await
+            TokensCmd::Create { name, scope } => {
+                let body = json!({ "name": name, "scope": scope });
+                api.call("POST", "/api/tokens", Some(body)).await
             }
             TokensCmd::Delete { id } => {
                 api.call("DELETE", &format!("/api/tokens/{id}"), None).await

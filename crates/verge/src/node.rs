@@ -80,7 +80,10 @@ pub async fn serve(
     let listeners = Listeners::bind(&cfg).await?;
     let endpoints = listeners.endpoints();
     let node = Node::start(cfg, cloud).await?;
-    println!("{}", banner(node.config(), mode, &endpoints));
+    println!(
+        "{}",
+        banner(node.config(), mode, &endpoints, node.api_token_file())
+    );
     node.serve(listeners, shutdown).await?;
     debug!("stopped");
     Ok(())
@@ -120,7 +123,12 @@ fn endpoint(e: &Endpoint, cfg: &NodeConfig) -> Option<String> {
     })
 }
 
-fn banner(cfg: &NodeConfig, mode: Mode, listening: &[Endpoint]) -> String {
+fn banner(
+    cfg: &NodeConfig,
+    mode: Mode,
+    listening: &[Endpoint],
+    token_file: Option<&std::path::Path>,
+) -> String {
     let endpoints: Vec<String> = listening.iter().filter_map(|e| endpoint(e, cfg)).collect();
     let at = |kind: &str| listening.iter().find(|e| e.kind == kind).map(|e| e.addr);
     let (tcp, http): (Option<SocketAddr>, Option<SocketAddr>) = (at("tcp"), at("http"));
@@ -131,10 +139,28 @@ fn banner(cfg: &NodeConfig, mode: Mode, listening: &[Endpoint]) -> String {
     if endpoints.is_empty() {
         out.push_str("  (no listener is enabled)\n");
     }
+    // How a curl command authenticates to the API.
+    let auth = match token_file {
+        Some(f) => format!("-H \"Authorization: Bearer $(cat {})\" ", f.display()),
+        None if cfg.http.auth => "-H 'Authorization: Bearer <[http] token>' ".to_owned(),
+        None => String::new(),
+    };
     if let Some(a) = http {
         out.push_str(&format!(
             "  HTTP API             http://{a}/api/rules  (metrics: http://{a}/metrics)\n"
         ));
+        match token_file {
+            Some(f) => out.push_str(&format!(
+                "  API token            in {} (send it as Authorization: Bearer <token>)\n",
+                f.display()
+            )),
+            None if cfg.http.auth => out.push_str(
+                "  API token            [http] token of the config (Authorization: Bearer <token>)\n",
+            ),
+            None => out.push_str(
+                "warning: [http] auth = false: every local process and web page may use the API\n",
+            ),
+        }
     }
     if cfg.bridge.enabled {
         let node = if cfg.bridge.node.is_empty() {
@@ -164,10 +190,10 @@ fn banner(cfg: &NodeConfig, mode: Mode, listening: &[Endpoint]) -> String {
                 "try it:\n  mosquitto_sub -h {h} -p {p} -t 'devices/#' -t 'alerts/#' -v\n  \
                  mosquitto_pub -h {h} -p {p} -t devices/d1/telemetry -m '{{\"temperature\":35.5}}'\n\
                  (the demo rule `demo-hot` republishes readings over 30 to alerts/<device>;\n\
-                  `demo-store` keeps every temperature: curl 'http://{http_hint}/api/store/query?device=d1&metric=temperature';\n\
+                  `demo-store` keeps every temperature: curl {auth}'http://{http_hint}/api/store/query?device=d1&metric=temperature';\n\
                   `demo-function`, set in the cloud, hands every reading to the WebAssembly function\n\
                   demo-tag, whose output appears on processed/<topic>: mosquitto_sub -h {h} -p {p} -t 'processed/#' -v;\n\
-                  its metrics: curl http://{http_hint}/api/functions/demo-tag)\n"
+                  its metrics: curl {auth}http://{http_hint}/api/functions/demo-tag)\n"
             ));
         }
         let ls = &cfg.broker.listeners;
@@ -239,8 +265,17 @@ mod tests {
                     addr: ([127, 0, 0, 1], 8081).into(),
                 },
             ],
+            Some(std::path::Path::new("/var/lib/verge/api-token")),
         );
         assert!(b.contains("http://127.0.0.1:8081/api/rules"), "{b}");
+        assert!(
+            b.contains("curl -H \"Authorization: Bearer $(cat /var/lib/verge/api-token)\" "),
+            "{b}"
+        );
+        assert!(
+            b.contains("API token            in /var/lib/verge/api-token"),
+            "{b}"
+        );
         assert!(b.contains("mosquitto_sub -h 127.0.0.1 -p 1999"), "{b}");
         assert!(b.contains("mosquitto_pub -h 127.0.0.1 -p 1999"), "{b}");
         assert!(b.contains("anonymous"), "{b}");
@@ -248,8 +283,20 @@ mod tests {
 
     #[test]
     fn node_banner_warns_when_nobody_can_connect() {
-        let b = banner(&NodeConfig::default(), Mode::Node, &[]);
+        let b = banner(&NodeConfig::default(), Mode::Node, &[], None);
         assert!(b.contains("no client can connect"), "{b}");
         assert!(!b.contains("mosquitto"), "{b}");
+    }
+
+    #[test]
+    fn node_banner_warns_when_the_api_has_no_auth() {
+        let mut cfg = NodeConfig::default();
+        cfg.http.auth = false;
+        let http = Endpoint {
+            kind: "http",
+            addr: ([127, 0, 0, 1], 8081).into(),
+        };
+        let b = banner(&cfg, Mode::Node, &[http], None);
+        assert!(b.contains("[http] auth = false"), "{b}");
     }
 }

@@ -92,21 +92,22 @@ pub fn run(mut node: NodeConfig, mut cloud: CloudConfig, devices: usize) -> anyh
         println!(
             "\nverge up: the walkthrough is running\n  \
              console        {console}/   (log in with the admin token)\n  \
-             admin token    {token}   (kept in {})\n  \
+             admin token    {token}   (kept in {token_file}, mode 0600)\n  \
              cloud MQTT     mqtt://{mqtt_cloud}   (for nodes)\n  \
-             node           `{node_id}`, joined: MQTT mqtt://{mqtt_node}, API http://{http_node}/api\n  \
-             devices        {}   (simulated, one reading a second; secrets in {})\n  \
+             node           `{node_id}`, joined: MQTT mqtt://{mqtt_node}, API http://{http_node}/api   (its token: {node_token})\n  \
+             devices        {devices}   (simulated, one reading a second; secrets in {secrets_file})\n  \
              rule           `{DEMO_RULE}`: devices/+/telemetry -> function demo-tag -> processed/<topic>\n\
              step 6, what the function produced:\n  \
-             verge ctl --cloud {console} --token {token} messages {node_id} --topic 'processed/#'\n\
+             verge ctl --cloud {console} --token-file {token_file} messages {node_id} --topic 'processed/#'\n\
              press Ctrl-C to stop",
-            token_file(&cloud.cloud.data_dir).display(),
-            if names.is_empty() {
+            token_file = token_file(&cloud.cloud.data_dir).display(),
+            node_token = data.join(verge_node::http::auth::TOKEN_FILE).display(),
+            devices = if names.is_empty() {
                 "(none: --devices 0)".to_owned()
             } else {
                 names.join(", ")
             },
-            devices_file(&data).display(),
+            secrets_file = devices_file(&data).display(),
         );
 
         let outcome = tokio::select! {

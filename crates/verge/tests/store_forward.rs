@@ -31,6 +31,8 @@ struct Node {
     child: Child,
     mqtt: String,
     http: String,
+    /// The API's admin token, from the line of the banner naming its file.
+    token: String,
 }
 
 fn start_node(config: &Path) -> Node {
@@ -41,13 +43,24 @@ fn start_node(config: &Path) -> Node {
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut mqtt, mut http) = (None, None);
-    while mqtt.is_none() || http.is_none() {
+    let (mut mqtt, mut http, mut token) = (None, None, None);
+    while mqtt.is_none() || http.is_none() || token.is_none() {
         let line = lines.next().expect("banner line").expect("read");
+        if let Some(file) = line.split("API token            in ").nth(1) {
+            let file = file.split(" (").next().expect("file");
+            token = Some(
+                std::fs::read_to_string(file)
+                    .expect("token file")
+                    .trim()
+                    .to_owned(),
+            );
+        }
         if let Some(a) = line.split("mqtt://").nth(1) {
             mqtt = Some(a.trim().to_owned());
         }
-        if let Some(a) = line.split("http://").nth(1) {
+        if let Some(a) = line.split("http://").nth(1)
+            && http.is_none()
+        {
             http = Some(a.split('/').next().unwrap().to_owned());
         }
     }
@@ -57,21 +70,27 @@ fn start_node(config: &Path) -> Node {
         child,
         mqtt: mqtt.unwrap(),
         http: http.unwrap(),
+        token: token.unwrap(),
     }
 }
 
 /// `GET path` on the node's HTTP API, body as JSON.
-fn get_json(http: &str, path: &str) -> serde_json::Value {
-    let mut s = TcpStream::connect(http).expect("http connect");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+fn get_json(node: &Node, path: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(&node.http).expect("http connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        node.http, node.token
+    )
+    .expect("write");
     let mut body = String::new();
     s.read_to_string(&mut body).expect("read");
     let json = body.split("\r\n\r\n").nth(1).expect("body");
     serde_json::from_str(json).expect("json")
 }
 
-fn queue_depth(http: &str) -> u64 {
-    get_json(http, "/api/bridge")["queue"]["depth"]
+fn queue_depth(node: &Node) -> u64 {
+    get_json(node, "/api/bridge")["queue"]["depth"]
         .as_u64()
         .expect("depth")
 }
@@ -256,9 +275,8 @@ lane = "alarms"
         .expect("publisher");
     // Every message is acknowledged by the node; wait until all are in
     // the queue (the forwards append them in batches).
-    let http = node.http.clone();
     let deadline = Instant::now() + WAIT;
-    while queue_depth(&http) < (TELEMETRY + ALARMS) as u64 {
+    while queue_depth(&node) < (TELEMETRY + ALARMS) as u64 {
         assert!(Instant::now() < deadline, "not everything was queued");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -289,7 +307,7 @@ lane = "alarms"
     );
 
     let deadline = Instant::now() + WAIT;
-    while queue_depth(&node2.http) > 0 {
+    while queue_depth(&node2) > 0 {
         assert!(Instant::now() < deadline, "the queue did not empty");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -273,7 +273,8 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
         (n["applied_version"].as_i64() == Some(desired)).then_some(n)
     });
     // The node's own API says the same.
-    let (status, agent) = http(&first_http, "GET", "/api/cloud", "", None);
+    let first_token = std::fs::read_to_string(node_dir.join("api-token")).expect("node api token");
+    let (status, agent) = http(&first_http, "GET", "/api/cloud", first_token.trim(), None);
     assert_eq!(status, 200, "{agent}");
     assert_eq!(agent["node_id"], node_id.as_str(), "{agent}");
     assert_eq!(agent["applied_version"].as_i64(), Some(desired), "{agent}");
@@ -411,11 +412,28 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
         .to_owned();
     let device = Proc::spawn(&mut simulate(mqtt_port, &dev, &secret));
     device.wait_line("connected");
+    // The node's API asks for the token it made in its data dir.
+    let node_token = std::fs::read_to_string(node_dir.join("api-token")).expect("node api token");
+    let node_token = node_token.trim();
+    let (status, _) = http(&node_http, "GET", "/api/rules", "", None);
+    assert_eq!(status, 401, "the node's API answers without a token");
     eventually("the cached rule to call the function", || {
-        let (status, f) = http(&node_http, "GET", "/api/functions/demo-tag", "", None);
+        let (status, f) = http(
+            &node_http,
+            "GET",
+            "/api/functions/demo-tag",
+            node_token,
+            None,
+        );
         (status == 200 && f["metrics"]["invocations"].as_u64().unwrap_or(0) > 0).then_some(())
     });
-    let (status, rule) = http(&node_http, "GET", &format!("/api/rules/{rule}"), "", None);
+    let (status, rule) = http(
+        &node_http,
+        "GET",
+        &format!("/api/rules/{rule}"),
+        node_token,
+        None,
+    );
     assert_eq!(status, 200, "{rule}");
     drop(device);
     assert!(node.stop().success());

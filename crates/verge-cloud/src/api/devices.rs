@@ -13,7 +13,7 @@ use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
-use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name, check_text};
 
 type DeviceRow = (String, String, String, i64, Option<String>, Option<i64>);
 
@@ -78,6 +78,7 @@ pub async fn create(
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &body.name)?;
     check_name("node_id", &body.node_id)?;
+    check_text("description", &body.description)?;
     let secret = db::random_secret();
     let phc = hash(secret.clone()).await?;
     let mut tx = cloud.inner().pool.begin().await?;

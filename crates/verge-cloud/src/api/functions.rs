@@ -16,7 +16,7 @@ use super::rows::{commit_bumped, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
-use crate::error::{ApiJson, ApiPath, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, AppError, check_name, check_text};
 
 /// `PUT /api/functions/{name}` body.
 #[derive(Deserialize)]
@@ -41,6 +41,7 @@ fn spec_for(name: &str, spec: &Value) -> Result<FunctionSpec, AppError> {
     map.insert("name".into(), Value::String(name.to_owned()));
     let spec: FunctionSpec = serde_json::from_value(Value::Object(map))
         .map_err(|e| AppError::invalid_function(format!("spec: {e}")))?;
+    check_text("spec.description", &spec.description)?;
     if spec.runtime != RuntimeKind::Wasm {
         return Err(AppError::invalid_function(
             "`spec.runtime`: the cloud takes only `wasm` functions",

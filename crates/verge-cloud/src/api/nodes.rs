@@ -13,7 +13,10 @@ use super::rows::{commit_bumped, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
-use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_json_size, check_name, check_text};
+
+/// Largest node config (`PATCH /api/nodes/{id}`), bytes of JSON.
+const MAX_NODE_CONFIG: usize = 64 << 10;
 
 /// How long a join token is valid.
 const JOIN_TOKEN_MS: i64 = 24 * 3600 * 1000;
@@ -92,6 +95,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateNode>,
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &body.name)?;
+    check_text("description", &body.description)?;
     let token = db::random_secret();
     let now = now_ms();
     let done = sqlx::query(
@@ -159,6 +163,12 @@ pub async fn patch(
 ) -> Result<Json<Value>, AppError> {
     if body.config.as_ref().is_some_and(|c| !c.is_object()) {
         return Err(AppError::invalid("`config` must be a JSON object"));
+    }
+    if let Some(d) = &body.description {
+        check_text("description", d)?;
+    }
+    if let Some(c) = &body.config {
+        check_json_size("config", c, MAX_NODE_CONFIG)?;
     }
     let mut tx = cloud.inner().pool.begin().await?;
     let (config,): (String,) = one_or_404(
@@ -323,15 +333,19 @@ pub async fn deployments(
     _: ApiAuth,
     State(cloud): State<Cloud>,
 ) -> Result<Json<Vec<Value>>, AppError> {
-    let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
-        "SELECT id, desired_version, applied_version, apply_errors FROM nodes ORDER BY id",
+    let rows: Vec<(String, i64, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, desired_version, applied_version, apply_errors, report FROM nodes ORDER BY id",
     )
     .fetch_all(&cloud.inner().pool)
     .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(id, desired, applied, errors)| {
+            .map(|(id, desired, applied, errors, report)| {
                 let errors = json_col(&errors);
+                let drift = report
+                    .map(|r| json_col(&r)["drift"].clone())
+                    .filter(Value::is_array)
+                    .unwrap_or_else(|| json!([]));
                 let failed = errors.as_array().is_some_and(|e| !e.is_empty());
                 let state = if failed {
                     "failed"
@@ -341,7 +355,7 @@ pub async fn deployments(
                     "pending"
                 };
                 json!({"node_id": id, "desired_version": desired, "applied_version": applied,
-                       "state": state, "errors": errors})
+                       "state": state, "errors": errors, "drift": drift})
             })
             .collect(),
     ))

@@ -13,7 +13,7 @@ use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{json_col, now_ms};
-use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name};
+use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name, check_text};
 
 /// Check a rule as a node would (the rule engine's pure check: id, SQL,
 /// action settings) and that the functions it names exist here; returns
@@ -63,7 +63,17 @@ fn yes() -> bool {
     true
 }
 
+/// Longest rule SQL accepted, in bytes.
+const MAX_SQL: usize = 64 << 10;
+
 fn parse(body: &RuleBody) -> Result<RuleConfig, AppError> {
+    check_text("description", &body.description)?;
+    if body.sql.len() > MAX_SQL {
+        return Err(AppError::invalid(format!(
+            "`sql` is {} bytes; at most {MAX_SQL} are accepted",
+            body.sql.len()
+        )));
+    }
     let raw = json!({
         "id": body.id, "sql": body.sql, "actions": body.actions,
         "enabled": body.enabled, "description": body.description,

@@ -1,4 +1,5 @@
-//! `/api/tokens`: API tokens, shown once, stored as SHA-256.
+//! `/api/tokens`: API tokens, shown once, stored as SHA-256, each with a
+//! scope (`admin` or `read`); managed with an admin token only.
 
 use axum::Json;
 use axum::extract::State;
@@ -8,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Cloud;
-use crate::auth::ApiAuth;
+use crate::auth::AdminAuth;
 use crate::db::{self, now_ms};
 use crate::error::{ApiJson, ApiPath, AppError, check_name};
 
@@ -17,44 +18,64 @@ use crate::error::{ApiJson, ApiPath, AppError, check_name};
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     name: String,
+    /// `admin` (default) or `read`.
+    #[serde(default = "admin")]
+    scope: String,
+}
+
+fn admin() -> String {
+    "admin".into()
 }
 
 pub async fn create(
-    _: ApiAuth,
+    _: AdminAuth,
     State(cloud): State<Cloud>,
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &body.name)?;
+    if !matches!(body.scope.as_str(), "admin" | "read") {
+        return Err(AppError::invalid(format!(
+            "`scope` must be `admin` or `read`, not `{}`",
+            body.scope
+        )));
+    }
     let token = db::random_secret();
     let id = db::random_secret()[..16].to_owned();
     let now = now_ms();
-    sqlx::query("INSERT INTO tokens (id, name, hash, created_ms) VALUES ($1, $2, $3, $4)")
-        .bind(&id)
-        .bind(&body.name)
-        .bind(db::sha256_hex(token.as_bytes()))
-        .bind(now)
-        .execute(&cloud.inner().pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO tokens (id, name, hash, created_ms, scope) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&id)
+    .bind(&body.name)
+    .bind(db::sha256_hex(token.as_bytes()))
+    .bind(now)
+    .bind(&body.scope)
+    .execute(&cloud.inner().pool)
+    .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "name": body.name, "created_ms": now, "token": token})),
+        Json(
+            json!({"id": id, "name": body.name, "scope": body.scope, "created_ms": now, "token": token}),
+        ),
     ))
 }
 
-pub async fn list(_: ApiAuth, State(cloud): State<Cloud>) -> Result<Json<Vec<Value>>, AppError> {
-    let rows: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT id, name, created_ms FROM tokens ORDER BY created_ms, id")
+pub async fn list(_: AdminAuth, State(cloud): State<Cloud>) -> Result<Json<Vec<Value>>, AppError> {
+    let rows: Vec<(String, String, i64, String)> =
+        sqlx::query_as("SELECT id, name, created_ms, scope FROM tokens ORDER BY created_ms, id")
             .fetch_all(&cloud.inner().pool)
             .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(id, name, created_ms)| json!({"id": id, "name": name, "created_ms": created_ms}))
+            .map(|(id, name, created_ms, scope)| {
+                json!({"id": id, "name": name, "created_ms": created_ms, "scope": scope})
+            })
             .collect(),
     ))
 }
 
 pub async fn delete(
-    _: ApiAuth,
+    _: AdminAuth,
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {

@@ -17,6 +17,7 @@ pub fn schemas() -> Map<String, Value> {
         json!({
             "applied_version": int(),
             "apply_errors": array(string()),
+            "drift": array(string()),
             "agent_version": string(),
             "uptime_s": uint(),
             "cpu_percent": {"type": "number"},
@@ -55,22 +56,29 @@ pub fn schemas() -> Map<String, Value> {
         ("Any", json!({"description": "any JSON value"})),
         (
             "TokenCreate",
-            obj(&["name"], true, json!({"name": name_schema()})),
+            obj(
+                &["name"],
+                true,
+                json!({"name": name_schema(),
+                       "scope": {"type": "string", "enum": ["admin", "read"], "default": "admin"}}),
+            ),
         ),
         (
             "Token",
             obj(
-                &["id", "name", "created_ms"],
+                &["id", "name", "created_ms", "scope"],
                 true,
-                json!({"id": string(), "name": string(), "created_ms": ms()}),
+                json!({"id": string(), "name": string(), "created_ms": ms(),
+                       "scope": {"type": "string", "enum": ["admin", "read"]}}),
             ),
         ),
         (
             "NewToken",
             obj(
-                &["id", "name", "created_ms", "token"],
+                &["id", "name", "created_ms", "scope", "token"],
                 true,
                 json!({"id": string(), "name": string(), "created_ms": ms(),
+                       "scope": {"type": "string", "enum": ["admin", "read"]},
                        "token": {"type": "string", "description": "shown once"}}),
             ),
         ),
@@ -175,11 +183,14 @@ pub fn schemas() -> Map<String, Value> {
                     "applied_version",
                     "state",
                     "errors",
+                    "drift",
                 ],
                 true,
                 json!({"node_id": string(), "desired_version": int(), "applied_version": int(),
                        "state": {"type": "string", "enum": ["in_sync", "pending", "failed"]},
-                       "errors": {"type": "array", "items": string(), "nullable": true}}),
+                       "errors": {"type": "array", "items": string(), "nullable": true},
+                       "drift": {"type": "array", "items": string(),
+                                 "description": "cloud-managed items the node found changed locally and restored at its last reconciliation"}}),
             ),
         ),
         (
