@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from verge_interop import V5, Client, Node, free_port
+from verge_interop import V5, Client, Node, free_port, node_request
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto") is None, reason="mosquitto not installed (.ci/run installs it)"
@@ -77,7 +77,7 @@ class CloudPort:
 
 
 def bridge_status(node):
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.http}/api/bridge", timeout=5) as r:
+    with node_request(node, "GET", "/api/bridge") as r:
         return json.load(r)
 
 

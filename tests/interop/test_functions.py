@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from verge_interop import REPO, V3, V5, WAIT, Client, Node
+from verge_interop import REPO, V3, V5, WAIT, Client, Node, node_request
 
 WAT = REPO / "crates" / "verge-functions" / "tests" / "wat"
 HANDLER = REPO / "examples" / "functions" / "python" / "handler.py"
@@ -75,11 +75,8 @@ def node():
 def api(node, method, path, body=None, raw=None, content_type="application/json"):
     """One request to the node's HTTP API: (status, parsed JSON or text)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(f"http://127.0.0.1:{node.http}{path}", data=data, method=method)
-    if data is not None:
-        req.add_header("content-type", content_type)
     try:
-        with urllib.request.urlopen(req, timeout=WAIT) as r:
+        with node_request(node, method, path, data, content_type, timeout=WAIT) as r:
             text = r.read().decode()
             return r.status, (json.loads(text) if text and path != "/metrics" else text)
     except urllib.error.HTTPError as e:
@@ -208,6 +205,17 @@ def test_failed_invokes_answer_json_errors(node):
     assert (st, out["error"]["code"]) == (404, "not_found"), out
     st, out = api(node, "POST", "/api/functions", {"name": "no good", "path": str(WAT / "echo.wat")})
     assert (st, out["error"]["code"]) == (400, "invalid_function"), out
+    # Finding 2: the API reads no file on the node, and says nothing of it.
+    st, out = api(node, "POST", "/api/functions", {"name": "peek", "path": "/etc/passwd"})
+    assert (st, out["error"]["code"]) == (400, "invalid_function"), out
+    assert "root:" not in out["error"]["message"], out
+    # Finding 4: a cross-site "simple" POST (text/plain) deploys nothing.
+    spec = json.dumps({"name": "xsite", "module_base64": base64.b64encode((WAT / "echo.wat").read_bytes()).decode(),
+                       "subscribe": ["#"]}).encode()
+    st, out = api(node, "POST", "/api/functions", raw=spec, content_type="text/plain")
+    assert st == 415, out
+    st, out = api(node, "GET", "/api/functions/xsite")
+    assert st == 404, out
     st, out = api(node, "POST", "/api/functions",
                   {"name": "junk", "module_base64": base64.b64encode(b"junk").decode()})
     assert (st, out["error"]["code"]) == (422, "unusable_function"), out
@@ -244,7 +252,7 @@ def test_deploy_invoke_and_delete_at_run_time(node):
 
     # A function deployed at run time with `subscribe` is triggered.
     st, f = api(node, "PUT", "/api/functions/rt-sub",
-                {"path": str(WAT / "echo.wat"), "subscribe": ["rt-sub/#"]})
+                {"module_base64": base64.b64encode(echo).decode(), "subscribe": ["rt-sub/#"]})
     assert st == 201, f
     watcher.sub("rt-sub/#", 1)
     device = Client(node, V3)

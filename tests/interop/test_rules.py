@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from verge_interop import V3, V5, Client, Node
+from verge_interop import V3, V5, Client, Node, node_request
 
 RULES = r'''
 [[rules]]
@@ -44,11 +44,8 @@ def node():
 
 def api(node, method, path, body=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{node.http}{path}", data=data, method=method)
-    if data is not None:
-        req.add_header("content-type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with node_request(node, method, path, data) as r:
             text = r.read().decode()
             return r.status, (json.loads(text) if text and path != "/metrics" else text)
     except urllib.error.HTTPError as e:

@@ -11,6 +11,7 @@ import tempfile
 import time
 import json
 import re
+import urllib.error
 import urllib.request
 import uuid
 
@@ -19,6 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import free_port
+from verge_interop import node_token
 
 
 def start_up(d, ports):
@@ -133,7 +135,7 @@ def test_up_demo_rule_runs_the_demo_function(up):
     import urllib.request
 
     d, ports, log, banner = up
-    eventually("the cloud's rule on the node", lambda: _node_has_rule(ports, "demo-function"))
+    eventually("the cloud's rule on the node", lambda: _node_has_rule(d, ports, "demo-function"))
     got = queue.Queue()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sub.on_message = lambda c, u, m: got.put((m.topic, m.payload))
@@ -151,7 +153,7 @@ def test_up_demo_rule_runs_the_demo_function(up):
         doc = json.loads(payload)
         assert doc["tagged_by"] == "demo-tag"
         assert doc["row"] == {"device": "fn1", "temperature": 22.5}
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/functions/demo-tag", timeout=5) as r:
+        with urllib.request.urlopen(_node_req(d, ports, "/api/functions/demo-tag"), timeout=5) as r:
             info = json.load(r)
         assert info["metrics"]["invocations"] >= 1
         assert info["metrics"]["errors"] == 0
@@ -161,12 +163,48 @@ def test_up_demo_rule_runs_the_demo_function(up):
             c.loop_stop()
 
 
-def _node_has_rule(ports, rule):
+def _node_req(d, ports, path):
+    """A GET of the demo node's API with the token it keeps in its data dir."""
+    req = urllib.request.Request(f"http://127.0.0.1:{ports['http']}{path}")
+    req.add_header("authorization", f"Bearer {node_token(os.path.join(d, 'verge-data'))}")
+    return req
+
+
+def _node_has_rule(d, ports, rule):
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/rules/{rule}", timeout=5) as r:
+        with urllib.request.urlopen(_node_req(d, ports, f"/api/rules/{rule}"), timeout=5) as r:
             return r.status == 200
     except OSError:
         return False
+
+
+def test_up_prints_the_admin_token_once_and_keeps_secrets_private(up):
+    """Finding 8: `verge up` printed the admin token twice, once inside a
+    suggested command line; its files were readable by others."""
+    import stat
+
+    d, ports, log, _ = up
+    log.flush()
+    log.seek(0)
+    out = log.read()
+    with open(os.path.join(d, "verge-data", "cloud-center", "admin-token")) as f:
+        admin = f.read().strip()
+    # The first start's output (a later test may start `up` again).
+    head, rest = out.split("the walkthrough is running", 1)
+    first_run = head + rest.split("press Ctrl-C to stop", 1)[0]
+    assert first_run.count(admin) == 1, first_run
+    assert "--token-file" in first_run, first_run
+    data = os.path.join(d, "verge-data")
+    for path in ("api-token", "cloud-center/admin-token", "cloud-center/cloud.db", "tls/key.pem"):
+        mode = stat.S_IMODE(os.stat(os.path.join(data, path)).st_mode)
+        assert mode == 0o600, f"{path}: {oct(mode)}"
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    # The node's API asks for its token.
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/api/rules", timeout=5)
+        raise AssertionError("the node's API answered without a token")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401
 
 
 def test_up_runs_the_walkthrough_through_the_cloud(up):

@@ -68,9 +68,24 @@ def terminate(proc, timeout=5):
             proc.wait()
 
 
+def node_token(data_dir):
+    """The admin token a node made at its first start in `data_dir`."""
+    with open(os.path.join(data_dir, "api-token")) as f:
+        return f.read().strip()
+
+
+def node_request(node, method, path, data=None, content_type="application/json", timeout=5):
+    """A request to a node's HTTP API with its admin token."""
+    req = urllib.request.Request(f"http://127.0.0.1:{node.http}{path}", data=data, method=method)
+    req.add_header("authorization", f"Bearer {node.token}")
+    if data is not None:
+        req.add_header("content-type", content_type)
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
 def node_api(node, path):
     """GET `path` of a node's HTTP API; the JSON body."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.http}{path}", timeout=5) as r:
+    with node_request(node, "GET", path) as r:
         return json.loads(r.read().decode())
 
 
@@ -149,6 +164,11 @@ bind = "127.0.0.1:{self.coap}"
             f"verge did not accept connections on 127.0.0.1:{self.tcp} within 10 s "
             f"(exit code {self.proc.returncode}); its output:\n{self.output()}"
         )
+
+    @property
+    def token(self):
+        """The node API's admin token (made in the data dir at start)."""
+        return node_token(os.path.join(self.dir, "data"))
 
     def output(self):
         self.log.flush()

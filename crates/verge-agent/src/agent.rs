@@ -161,7 +161,7 @@ impl Agent {
         {
             http::set_ca_file(Some(ca))?;
         }
-        std::fs::create_dir_all(&dir).map_err(|source| AgentError::Io {
+        verge_net::fs::create_private_dir(&dir).map_err(|source| AgentError::Io {
             path: dir.clone(),
             source,
         })?;

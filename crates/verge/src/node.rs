@@ -59,7 +59,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn prepare(cfg: &mut NodeConfig, mode: Mode) -> anyhow::Result<()> {
     raise_nofile();
     if mode == Mode::Demo {
-        std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| {
+        verge_net::fs::create_private_dir(&cfg.node.data_dir).with_context(|| {
             format!(
                 "node.data_dir: cannot create {}",
                 cfg.node.data_dir.display()
