@@ -368,3 +368,46 @@ async fn local_devices_and_rules_stay_and_a_clash_is_reported() {
     assert!(!node.device_logs_in("d1", "d1-secret"));
     agent.shutdown().await;
 }
+
+/// Finding 6 of the security review: cloud rules stopped or cloud
+/// functions deleted on the node stayed so until the next desired-state
+/// change while the cloud showed "in_sync". The agent knows what the cloud
+/// manages (so the node's API can refuse local changes to it), puts back
+/// what was changed anyway at the next quiet poll, and reports it as drift
+/// in its status and heartbeat.
+#[tokio::test]
+async fn finding_6_cloud_items_changed_on_the_node_are_restored_and_reported() {
+    let cloud = FakeCloud::start().await;
+    cloud.state.hold_ms.store(200, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let v1 = cloud.publish(full_state);
+    let agent = node.agent(cloud.creds()).await;
+    eventually("v1 applied", || async {
+        agent.status().applied_version == v1
+    })
+    .await;
+    let handle = agent.status_handle();
+    assert!(handle.manages_rule("r1") && handle.manages_function("tag"));
+    assert!(!handle.manages_rule("mine") && !handle.manages_function("other"));
+    assert!(agent.status().drift.is_empty());
+
+    // Changed behind the cloud's back.
+    node.rules.stop("r1").await.expect("stop");
+    node.functions.delete("tag").await.expect("delete");
+    eventually("the rule and function restored", || async {
+        node.rules.get("r1").await.is_ok_and(|r| r.config.enabled)
+            && node.functions.get("tag").is_some()
+    })
+    .await;
+    let drift = agent.status().drift;
+    assert!(drift.contains(&"rule `r1` restored".to_owned()), "{drift:?}");
+    assert!(drift.contains(&"function `tag` restored".to_owned()), "{drift:?}");
+    assert!(agent.status().drift_ms.is_some());
+    eventually("the drift reported to the cloud", || async {
+        cloud.reports().iter().any(|r| r.drift.len() == 2)
+    })
+    .await;
+    assert_eq!(agent.status().applied_version, v1, "no new version needed");
+    agent.shutdown().await;
+}

@@ -279,6 +279,14 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
     assert_eq!(agent["node_id"], node_id.as_str(), "{agent}");
     assert_eq!(agent["applied_version"].as_i64(), Some(desired), "{agent}");
     assert_eq!(agent["cloud_reachable"], true, "{agent}");
+    // Finding 6: what the cloud deployed is changed in the cloud, not
+    // through the node's API (which would be undone at the next sync).
+    let stop = format!("/api/rules/{rule}/stop");
+    let (status, refused) = http(&first_http, "POST", &stop, first_token.trim(), None);
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "managed_by_cloud", "{refused}");
+    let (status, refused) = http(&first_http, "DELETE", "/api/functions/demo-tag", first_token.trim(), None);
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("managed_by_cloud")), "{refused}");
 
     // 4. The device program connects to the node with its credentials.
     let device = Proc::spawn(&mut simulate(mqtt_port, &dev, &secret));

@@ -57,6 +57,9 @@ pub struct CloudState {
     pub refuse: AtomicBool,
     /// Desired-state polls received.
     pub polls: AtomicU64,
+    /// Longest a poll is held without a change, ms (the node asks for
+    /// 25 s; a test of what happens between quiet polls shortens it).
+    pub hold_ms: AtomicU64,
     /// Polls now waiting for a change.
     pub waiting: AtomicU64,
 }
@@ -144,6 +147,7 @@ impl FakeCloud {
             joins: Mutex::new(Vec::new()),
             refuse: AtomicBool::new(false),
             polls: AtomicU64::new(0),
+            hold_ms: AtomicU64::new(60_000),
             waiting: AtomicU64::new(0),
         });
         let app = Router::new()
@@ -264,7 +268,7 @@ async fn desired_state(
         );
     }
     let mut rx = s.desired.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(60_000));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(s.hold_ms.load(Ordering::SeqCst)));
     s.waiting.fetch_add(1, Ordering::SeqCst);
     let answer = loop {
         {
