@@ -401,8 +401,14 @@ async fn finding_6_cloud_items_changed_on_the_node_are_restored_and_reported() {
     })
     .await;
     let drift = agent.status().drift;
-    assert!(drift.contains(&"rule `r1` restored".to_owned()), "{drift:?}");
-    assert!(drift.contains(&"function `tag` restored".to_owned()), "{drift:?}");
+    assert!(
+        drift.contains(&"rule `r1` restored".to_owned()),
+        "{drift:?}"
+    );
+    assert!(
+        drift.contains(&"function `tag` restored".to_owned()),
+        "{drift:?}"
+    );
     assert!(agent.status().drift_ms.is_some());
     eventually("the drift reported to the cloud", || async {
         cloud.reports().iter().any(|r| r.drift.len() == 2)

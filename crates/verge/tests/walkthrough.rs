@@ -285,8 +285,18 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
     let (status, refused) = http(&first_http, "POST", &stop, first_token.trim(), None);
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["error"]["code"], "managed_by_cloud", "{refused}");
-    let (status, refused) = http(&first_http, "DELETE", "/api/functions/demo-tag", first_token.trim(), None);
-    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("managed_by_cloud")), "{refused}");
+    let (status, refused) = http(
+        &first_http,
+        "DELETE",
+        "/api/functions/demo-tag",
+        first_token.trim(),
+        None,
+    );
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (409, Some("managed_by_cloud")),
+        "{refused}"
+    );
 
     // 4. The device program connects to the node with its credentials.
     let device = Proc::spawn(&mut simulate(mqtt_port, &dev, &secret));

@@ -268,7 +268,8 @@ async fn desired_state(
         );
     }
     let mut rx = s.desired.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(s.hold_ms.load(Ordering::SeqCst)));
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(q.wait_ms.min(s.hold_ms.load(Ordering::SeqCst)));
     s.waiting.fetch_add(1, Ordering::SeqCst);
     let answer = loop {
         {

@@ -93,20 +93,14 @@ impl From<CallError> for AppError {
     }
 }
 
-/// 409 when the cloud manages the function `name`: it is changed there,
-/// or the node's next sync would undo the change.
+/// 409 when the cloud manages the function `name`.
 fn refuse_managed(s: &ApiState, name: &str) -> Result<(), AppError> {
-    match &s.cloud {
-        Some(c) if c.manages_function(name) => Err(AppError::new(
-            StatusCode::CONFLICT,
-            "managed_by_cloud",
-            format!(
-                "the function `{name}` is deployed by the cloud center; change it there \
-                 (a local change would be undone at the next sync)"
-            ),
-        )),
-        _ => Ok(()),
-    }
+    super::refuse_managed(
+        s,
+        "function",
+        name,
+        verge_agent::StatusHandle::manages_function,
+    )
 }
 
 fn bad(message: impl Into<String>) -> AppError {

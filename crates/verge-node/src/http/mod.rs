@@ -226,20 +226,31 @@ async fn list_rules(State(s): State<ApiState>) -> Json<Vec<RuleInfo>> {
     Json(s.rules.list().await)
 }
 
-/// 409 when the cloud manages the rule `id`: it is changed there, or the
-/// node's next sync would undo the change.
-fn refuse_managed(s: &ApiState, id: &str) -> Result<(), AppError> {
+/// 409 when the cloud manages the `kind` (`rule`, `function`) `name`,
+/// as `manages` tells of the agent: it is changed there, or the node's
+/// next sync would undo the change.
+fn refuse_managed(
+    s: &ApiState,
+    kind: &str,
+    name: &str,
+    manages: fn(&verge_agent::StatusHandle, &str) -> bool,
+) -> Result<(), AppError> {
     match &s.cloud {
-        Some(c) if c.manages_rule(id) => Err(AppError::new(
+        Some(c) if manages(c, name) => Err(AppError::new(
             StatusCode::CONFLICT,
             "managed_by_cloud",
             format!(
-                "the rule `{id}` is deployed by the cloud center; change it there \
+                "the {kind} `{name}` is deployed by the cloud center; change it there \
                  (a local change would be undone at the next sync)"
             ),
         )),
         _ => Ok(()),
     }
+}
+
+/// [`refuse_managed`] for the rule `id`.
+fn refuse_managed_rule(s: &ApiState, id: &str) -> Result<(), AppError> {
+    refuse_managed(s, "rule", id, verge_agent::StatusHandle::manages_rule)
 }
 
 /// 400 for a description too long or holding control characters.
@@ -258,7 +269,7 @@ async fn create_rule(
 ) -> Result<(StatusCode, Json<RuleInfo>), AppError> {
     let Json(cfg) = body?;
     check_description(&cfg.description)?;
-    refuse_managed(&s, &cfg.id)?;
+    refuse_managed_rule(&s, &cfg.id)?;
     Ok((StatusCode::CREATED, Json(s.rules.create(cfg).await?)))
 }
 
@@ -288,7 +299,7 @@ async fn update_rule(
         ));
     }
     check_description(&cfg.description)?;
-    refuse_managed(&s, &id)?;
+    refuse_managed_rule(&s, &id)?;
     cfg.id = id.clone();
     Ok(Json(s.rules.update(&id, cfg).await?))
 }
@@ -297,7 +308,7 @@ async fn delete_rule(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    refuse_managed(&s, &id)?;
+    refuse_managed_rule(&s, &id)?;
     s.rules.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -306,7 +317,7 @@ async fn start_rule(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
-    refuse_managed(&s, &id)?;
+    refuse_managed_rule(&s, &id)?;
     Ok(Json(s.rules.start(&id).await?))
 }
 
@@ -314,7 +325,7 @@ async fn stop_rule(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
-    refuse_managed(&s, &id)?;
+    refuse_managed_rule(&s, &id)?;
     Ok(Json(s.rules.stop(&id).await?))
 }
 
