@@ -600,7 +600,7 @@ async fn oversized_function_upload_is_a_json_413(h: Harness) {
     let text = body.to_string().into_bytes();
     let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
-        "PUT /api/functions/big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "PUT /api/functions/big HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         h.admin,
         text.len()
     );
