@@ -26,6 +26,8 @@
 
 pub mod codec;
 pub mod config;
+#[cfg(feature = "dtls")]
+mod dtls;
 pub mod error;
 mod exchange;
 mod gateway;
@@ -36,7 +38,7 @@ mod request;
 pub mod stats;
 
 pub use codec::{CoapMessage, Code, DecodeError, MsgType};
-pub use config::{CoapConfig, NotifyType};
+pub use config::{CoapConfig, DtlsConfig, NotifyType, PskEntry};
 pub use error::CoapError;
-pub use gateway::{Gateway, RunningGateway, bind};
+pub use gateway::{Gateway, RunningGateway, bind, bind_dtls};
 pub use stats::{Stats, StatsSnapshot};

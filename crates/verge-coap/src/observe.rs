@@ -121,6 +121,20 @@ impl Loop {
         }
     }
 
+    /// Remove the observers of `peer` (its DTLS session ended).
+    #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
+    pub(crate) fn drop_observers_of(&mut self, peer: SocketAddr) {
+        let ids: Vec<u64> = self
+            .observers
+            .iter()
+            .filter(|(_, o)| o.peer == peer)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.drop_observer(id, true);
+        }
+    }
+
     /// Remove every observer (on shutdown).
     pub(crate) fn drop_all_observers(&mut self) {
         let ids: Vec<u64> = self.observers.keys().copied().collect();
