@@ -112,8 +112,9 @@ pub struct PskEntry {
     /// The key as hex digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_hex: Option<String>,
-    /// A file whose bytes are the key (read at start; keeps the key out of
-    /// the config file).
+    /// A file holding the key as text, like `key`; one trailing newline is
+    /// not part of it (read at start; keeps the key out of the config
+    /// file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
 }
@@ -158,8 +159,17 @@ impl PskEntry {
             (None, Some(h), None) => {
                 hex::decode(h.trim()).map_err(|e| bad("key_hex", format!("not hex: {e}")))?
             }
-            (None, None, Some(path)) => std::fs::read(path)
-                .map_err(|e| bad("key_file", format!("{}: {e}", path.display())))?,
+            (None, None, Some(path)) => {
+                let mut b = std::fs::read(path)
+                    .map_err(|e| bad("key_file", format!("{}: {e}", path.display())))?;
+                if b.ends_with(b"\n") {
+                    b.pop();
+                    if b.ends_with(b"\r") {
+                        b.pop();
+                    }
+                }
+                b
+            }
             (None, None, None) => {
                 return Err(bad(
                     "key",
