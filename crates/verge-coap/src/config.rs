@@ -84,7 +84,8 @@ pub struct DtlsConfig {
     /// unfinished one is dropped and counted as failed.
     pub handshake_timeout: HumanDuration,
     /// A session with no datagram either way for this long is forgotten
-    /// (the device then makes a new handshake).
+    /// unless its device observes something (the device then makes a new
+    /// handshake).
     pub idle_timeout: HumanDuration,
     /// Most sessions at once (handshaking or established); a ClientHello
     /// from a new address beyond it is dropped and counted.

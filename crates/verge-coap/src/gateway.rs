@@ -331,7 +331,8 @@ impl Loop {
                     self.ctx.stats.blocks_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     #[cfg(feature = "dtls")]
                     if let Transport::Dtls(sessions) = &mut self.transport {
-                        for peer in sessions.tick(&self.socket, now) {
+                        let observing = self.observers.values().map(|o| o.peer()).collect();
+                        for peer in sessions.tick(&self.socket, now, &observing) {
                             self.drop_observers_of(peer);
                         }
                     }

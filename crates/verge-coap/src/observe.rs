@@ -47,6 +47,14 @@ pub(crate) struct Pending {
     deadline: Instant,
 }
 
+impl Observer {
+    /// Where its notifications go.
+    #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
 impl Loop {
     /// Register (or re-register) the observer of `meta`; returns the
     /// Observe number for the answer, or `None` when `max_observers` is

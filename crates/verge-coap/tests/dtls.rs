@@ -477,6 +477,44 @@ async fn handshakes_are_bounded_and_expire_and_the_cookie_answer_is_small() {
     );
 }
 
+#[tokio::test]
+async fn idle_sessions_expire_but_not_while_observing() {
+    let cfg = CoapConfig {
+        dtls: DtlsConfig {
+            idle_timeout: HumanDuration(Duration::from_millis(300)),
+            ..config().dtls
+        },
+        ..config()
+    };
+    let e = env_with(cfg).await;
+    let mut quiet = Client::connect(e.addr).await;
+    assert_eq!(
+        quiet.post("/ps/devices/sensor/q", b"1").await.code,
+        Code::CHANGED
+    );
+    let mut watcher = Client::connect(e.addr).await;
+    let mut reg = watcher.request(Code::GET, "/ps/devices/sensor/w");
+    reg.push_uint(option::OBSERVE, 0);
+    assert_eq!(watcher.call(&reg).await.code, Code::CONTENT);
+    eventually(&e.gw, |s| s.dtls_sessions_closed == 1).await;
+    assert_eq!(
+        e.gw.stats().dtls_sessions,
+        1,
+        "the observer's session is kept"
+    );
+    e.broker
+        .handle()
+        .publish(Message::local(
+            "devices/sensor/w",
+            b"late".to_vec(),
+            QoS::AtMostOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+    assert_eq!(watcher.recv().await.payload, b"late".to_vec());
+}
+
 #[test]
 fn dtls_without_keys_is_a_config_error_naming_the_key() {
     let cfg = CoapConfig {

@@ -48,9 +48,14 @@ impl DtlsContext {
             .map_err(|e| ssl_err("protocol version", e))?;
         b.set_cipher_list(CIPHERS)
             .map_err(|e| ssl_err("cipher list", e))?;
-        // The BIO is memory, not a socket: the MTU is set, not queried.
+        // The BIO is memory, not a socket: the MTU is set, not queried. Our
+        // order of suites wins (forward secrecy when the client has it).
         b.set_options(
-            SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET,
+            SslOptions::COOKIE_EXCHANGE
+                | SslOptions::NO_QUERY_MTU
+                | SslOptions::NO_TICKET
+                | SslOptions::NO_RENEGOTIATION
+                | SslOptions::CIPHER_SERVER_PREFERENCE,
         );
         b.set_session_cache_mode(SslSessionCacheMode::OFF);
         let keys = Arc::new(keys);

@@ -267,9 +267,17 @@ impl Sessions {
     }
 
     /// Retransmit handshake flights that are due, drop handshakes past
-    /// their timeout and sessions idle past theirs. Returns the peers whose
-    /// established sessions ended (their observers go with them).
-    pub fn tick(&mut self, socket: &UdpSocket, now: Instant) -> Vec<SocketAddr> {
+    /// their timeout and sessions idle past theirs, except those of peers
+    /// in `observing` (an observation may be quiet for long; a vanished
+    /// observer is dropped by its unanswered Confirmable notifications and
+    /// its session expires after). Returns the peers whose established
+    /// sessions ended (their observers go with them).
+    pub fn tick(
+        &mut self,
+        socket: &UdpSocket,
+        now: Instant,
+        observing: &std::collections::HashSet<SocketAddr>,
+    ) -> Vec<SocketAddr> {
         let mut timed_out = Vec::new();
         let mut idle = Vec::new();
         for (&peer, s) in self.map.iter_mut() {
@@ -285,7 +293,10 @@ impl Sessions {
                     let _ = s.stream.accept();
                     flush(socket, peer, &mut s.stream, &self.stats);
                 }
-                State::Established(_) if now.duration_since(s.last_seen) >= self.idle_timeout => {
+                State::Established(_)
+                    if now.duration_since(s.last_seen) >= self.idle_timeout
+                        && !observing.contains(&peer) =>
+                {
                     idle.push(peer);
                 }
                 State::Established(_) => {}
@@ -399,4 +410,36 @@ fn flush(
         }
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plausible;
+
+    fn record(epoch: u16, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![23, 0xfe, 0xfd];
+        r.extend_from_slice(&epoch.to_be_bytes());
+        r.extend_from_slice(&[0, 0, 0, 0, 0, 1]);
+        r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[test]
+    fn only_whole_records_of_plausible_length_pass() {
+        assert!(plausible(&record(0, b"hi")), "epoch 0 is not encrypted");
+        assert!(plausible(&record(1, &[0; 16])));
+        assert!(
+            !plausible(&record(1, &[0; 15])),
+            "shorter than any sealed record"
+        );
+        let two = [record(0, b"x"), record(1, &[0; 24])].concat();
+        assert!(plausible(&two));
+        assert!(!plausible(&two[..two.len() - 1]), "cut short");
+        assert!(!plausible(&[]));
+        assert!(!plausible(&[23, 0xfe, 0xfd, 0, 0]), "header cut short");
+        let mut not_dtls = record(0, b"x");
+        not_dtls[1] = 0x03;
+        assert!(!plausible(&not_dtls), "a TLS, not DTLS, version");
+    }
 }
