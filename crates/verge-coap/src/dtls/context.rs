@@ -25,9 +25,11 @@ const COOKIE_LEN: usize = 16;
 
 /// The server context and what a new session needs.
 pub(crate) struct DtlsContext {
+    /// DTLS 1.2 server context with the PSK and cookie callbacks.
     ctx: SslContext,
     /// Where a session keeps its peer's address (for the cookie).
     peer_index: Index<Ssl, SocketAddr>,
+    /// `coap.dtls.mtu`.
     mtu: u32,
 }
 

@@ -41,7 +41,9 @@ const RECORD_HEADER: usize = 13;
 /// The datagrams between one session and the socket.
 #[derive(Default)]
 struct Channel {
+    /// The datagram OpenSSL reads next (one read takes it whole).
     inbound: Option<Vec<u8>>,
+    /// Datagrams OpenSSL wrote (one per write), sent by the loop.
     outbound: Vec<Vec<u8>>,
 }
 
@@ -77,30 +79,44 @@ enum State {
     Established(Arc<str>),
 }
 
+/// One peer's DTLS session.
 struct Session {
+    /// OpenSSL's session over the in-memory channel.
     stream: SslStream<Channel>,
+    /// Handshaking or established.
     state: State,
+    /// Last datagram either way (idle expiry).
     last_seen: Instant,
 }
 
 /// Every DTLS session of one listener.
 pub(crate) struct Sessions {
+    /// The server context new sessions are made from.
     ctx: Arc<DtlsContext>,
+    /// Sessions by peer address (at most `max_sessions`).
     map: HashMap<SocketAddr, Session>,
+    /// How many of them are handshaking (at most `max_handshakes`).
     handshaking: usize,
+    /// `coap.dtls.handshake_timeout`.
     handshake_timeout: Duration,
+    /// `coap.dtls.idle_timeout`.
     idle_timeout: Duration,
+    /// `coap.dtls.max_sessions`.
     max_sessions: usize,
+    /// `coap.dtls.max_handshakes`.
     max_handshakes: usize,
+    /// The gateway's counters.
     stats: Arc<Stats>,
-    /// Failures since the last warning, and when it was.
+    /// Failures and refusals since the last warning.
     failures: u64,
+    /// When the last warning was logged.
     warned: Option<Instant>,
-    /// Decrypted datagrams of the last received one (reused).
+    /// Buffer for decrypted datagrams (reused).
     plain: Vec<u8>,
 }
 
 impl Sessions {
+    /// No sessions yet; bounds and timeouts from `cfg`.
     pub fn new(ctx: Arc<DtlsContext>, cfg: &DtlsConfig, stats: Arc<Stats>) -> Sessions {
         Sessions {
             ctx,
