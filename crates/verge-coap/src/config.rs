@@ -97,6 +97,17 @@ pub struct DtlsConfig {
     /// The devices' pre-shared keys; the PSK identity is the device's
     /// username in the broker's registry, whose ACL applies.
     pub psk: Vec<PskEntry>,
+    /// The node's certificate chain (PEM) for devices with certificates;
+    /// needs `key` and `client_ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) a device's certificate must chain to; its
+    /// common name is the device's username in the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One `[[coap.dtls.psk]]`: a PSK identity and its key, given in exactly
@@ -146,6 +157,9 @@ impl Default for DtlsConfig {
             max_handshakes: 256,
             mtu: 1280,
             psk: Vec::new(),
+            cert: None,
+            key: None,
+            client_ca: None,
         }
     }
 }
@@ -216,10 +230,22 @@ impl DtlsConfig {
                 "this build has no DTLS (the `dtls` cargo feature of verge-coap is off)",
             );
         }
-        if self.psk.is_empty() {
+        let files = [
+            ("cert", self.cert.is_some()),
+            ("key", self.key.is_some()),
+            ("client_ca", self.client_ca.is_some()),
+        ];
+        let certs = files.iter().any(|(_, given)| *given);
+        if certs && let Some((missing, _)) = files.iter().find(|(_, given)| !*given) {
+            return bad(
+                missing,
+                "missing: certificates need all of coap.dtls.cert, key and client_ca",
+            );
+        }
+        if self.psk.is_empty() && !certs {
             return bad(
                 "psk",
-                "DTLS is enabled but no [[coap.dtls.psk]] is configured (add one, or set coap.dtls.enabled = false)",
+                "DTLS is enabled but has no [[coap.dtls.psk]] and no cert/key/client_ca (add keys, or set coap.dtls.enabled = false)",
             );
         }
         let mut seen = std::collections::HashSet::new();

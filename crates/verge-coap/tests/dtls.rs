@@ -8,7 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{ErrorCode, Ssl, SslContext, SslMethod, SslStream, SslVersion};
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslStream, SslVerifyMode, SslVersion,
+};
+use openssl::x509::X509;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::net::UdpSocket;
 use verge_broker::auth::{Registry, hash_password};
 use verge_broker::config::AclPolicy;
@@ -119,11 +124,22 @@ struct Client {
     mid: u16,
 }
 
-fn client_session(identity: &str, key: &[u8], ciphers: &str) -> SslStream<Channel> {
+fn client_builder(ciphers: &str) -> SslContextBuilder {
     let mut b = SslContext::builder(SslMethod::dtls_client()).expect("ctx");
     b.set_min_proto_version(Some(SslVersion::DTLS1_2))
         .expect("version");
     b.set_cipher_list(ciphers).expect("ciphers");
+    b
+}
+
+fn stream_of(b: SslContextBuilder) -> SslStream<Channel> {
+    let mut ssl = Ssl::new(&b.build()).expect("ssl");
+    ssl.set_mtu(1200).expect("mtu");
+    SslStream::new(ssl, Channel::default()).expect("stream")
+}
+
+fn client_session(identity: &str, key: &[u8], ciphers: &str) -> SslStream<Channel> {
+    let mut b = client_builder(ciphers);
     let (identity, key) = (identity.as_bytes().to_vec(), key.to_vec());
     b.set_psk_client_callback(move |_ssl, _hint, id_out, key_out| {
         id_out[..identity.len()].copy_from_slice(&identity);
@@ -131,9 +147,7 @@ fn client_session(identity: &str, key: &[u8], ciphers: &str) -> SslStream<Channe
         key_out[..key.len()].copy_from_slice(&key);
         Ok(key.len())
     });
-    let mut ssl = Ssl::new(&b.build()).expect("ssl");
-    ssl.set_mtu(1200).expect("mtu");
-    SslStream::new(ssl, Channel::default()).expect("stream")
+    stream_of(b)
 }
 
 impl Client {
@@ -160,11 +174,16 @@ impl Client {
         key: &[u8],
         ciphers: &str,
     ) -> Result<Client, String> {
+        Client::handshake(addr, client_session(identity, key, ciphers)).await
+    }
+
+    /// Handshake over `stream`; the error is what the client saw.
+    async fn handshake(addr: SocketAddr, stream: SslStream<Channel>) -> Result<Client, String> {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         socket.connect(addr).await.expect("connect");
         let mut c = Client {
             socket,
-            stream: client_session(identity, key, ciphers),
+            stream,
             mid: 1000,
         };
         let deadline = Instant::now() + WAIT;
@@ -513,6 +532,154 @@ async fn idle_sessions_expire_but_not_while_observing() {
         .await
         .expect("publish");
     assert_eq!(watcher.recv().await.payload, b"late".to_vec());
+}
+
+/// A CA, and files of a server certificate it signed.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+fn pki(name: &str) -> Pki {
+    let key = KeyPair::generate().expect("ca key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let cert = params.self_signed(&key).expect("self-sign");
+    let pki = Pki {
+        dir: tempfile::tempdir().expect("tempdir"),
+        ca_pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    };
+    let (cert, key) = pki.leaf("127.0.0.1");
+    std::fs::write(pki.dir.path().join("server.pem"), cert).expect("write");
+    std::fs::write(pki.dir.path().join("server.key"), key).expect("write");
+    std::fs::write(pki.dir.path().join("ca.pem"), &pki.ca_pem).expect("write");
+    pki
+}
+
+impl Pki {
+    /// A certificate with common name `cn` and its key, both PEM.
+    fn leaf(&self, cn: &str) -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn path(&self, file: &str) -> Option<std::path::PathBuf> {
+        Some(self.dir.path().join(file))
+    }
+
+    /// A client session that trusts this CA, with a certificate (signed by
+    /// `by`) of common name `cn`, or none.
+    fn client(&self, cert: Option<(&Pki, &str)>) -> SslStream<Channel> {
+        let mut b = client_builder("ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-GCM-SHA256");
+        b.set_ca_file(self.dir.path().join("ca.pem")).expect("ca");
+        b.set_verify(SslVerifyMode::PEER);
+        if let Some((by, cn)) = cert {
+            let (cert, key) = by.leaf(cn);
+            b.set_certificate(&X509::from_pem(cert.as_bytes()).expect("x509"))
+                .expect("cert");
+            b.set_private_key(&PKey::private_key_from_pem(key.as_bytes()).expect("key"))
+                .expect("key");
+        }
+        stream_of(b)
+    }
+}
+
+fn cert_config(p: &Pki) -> CoapConfig {
+    CoapConfig {
+        dtls: DtlsConfig {
+            cert: p.path("server.pem"),
+            key: p.path("server.key"),
+            client_ca: p.path("ca.pem"),
+            ..config().dtls
+        },
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn client_certificate_common_name_is_the_device() {
+    let p = pki("Verge Test CA");
+    let e = env_with(cert_config(&p)).await;
+    let mut sub = e
+        .broker
+        .handle()
+        .subscribe("devices/sensor/#", 16)
+        .await
+        .expect("sub");
+    let mut c = Client::handshake(e.addr, p.client(Some((&p, "sensor"))))
+        .await
+        .expect("certificate handshake");
+    assert_eq!(
+        c.post("/ps/devices/sensor/c", b"1").await.code,
+        Code::CHANGED
+    );
+    assert_eq!(&*next(&mut sub).await.topic, "devices/sensor/c");
+    assert_eq!(
+        c.post("/ps/devices/other/c", b"1").await.code,
+        Code::FORBIDDEN,
+        "the ACL of the certificate's name applies"
+    );
+    // PSK devices keep working beside certificates.
+    let mut k = Client::connect(e.addr).await;
+    assert_eq!(
+        k.post("/ps/devices/sensor/k", b"1").await.code,
+        Code::CHANGED
+    );
+    assert_eq!(e.gw.stats().dtls_handshakes, 2);
+}
+
+#[tokio::test]
+async fn no_client_certificate_or_one_of_another_ca_is_refused() {
+    let p = pki("Verge Test CA");
+    let other = pki("Another CA");
+    let e = env_with(cert_config(&p)).await;
+    let r = Client::handshake(e.addr, p.client(None)).await;
+    assert!(r.is_err(), "no client certificate");
+    let r = Client::handshake(e.addr, p.client(Some((&other, "sensor")))).await;
+    assert!(r.is_err(), "a certificate of another CA");
+    eventually(&e.gw, |s| s.dtls_handshake_failures == 2).await;
+    assert_eq!(e.gw.stats().dtls_sessions, 0);
+}
+
+#[tokio::test]
+async fn certificates_need_all_three_files() {
+    let cfg = CoapConfig {
+        dtls: DtlsConfig {
+            enabled: true,
+            cert: Some("/etc/verge/server.pem".into()),
+            ..DtlsConfig::default()
+        },
+        ..CoapConfig::default()
+    };
+    let e = cfg.validate().expect_err("no key");
+    assert!(e.to_string().contains("coap.dtls.key"), "{e}");
+    let cfg = CoapConfig {
+        dtls: DtlsConfig {
+            cert: Some("/nonexistent/server.pem".into()),
+            key: Some("/nonexistent/server.key".into()),
+            client_ca: Some("/nonexistent/ca.pem".into()),
+            ..config().dtls
+        },
+        ..config()
+    };
+    cfg.validate()
+        .expect("valid: files are read when the gateway is made");
+    let auth = Authenticator::new(Registry::default(), false, AclPolicy::Allow).expect("auth");
+    let broker = Broker::start(BrokerConfig::default(), auth.clone());
+    let Err(e) = Gateway::new(cfg, broker.handle(), auth) else {
+        panic!("a missing certificate file must fail");
+    };
+    assert!(
+        e.to_string()
+            .contains("coap.dtls.cert /nonexistent/server.pem"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The DTLS server's OpenSSL context, built once from `[coap.dtls]`: DTLS
-//! 1.2 only, PSK cipher suites only, the devices' keys, and stateless
-//! HelloVerifyRequest cookies (a keyed hash of the peer's address).
+//! 1.2 only, PSK cipher suites with the devices' keys and, when
+//! `cert`/`key`/`client_ca` are set, ECDHE suites with a required client
+//! certificate from that CA; stateless HelloVerifyRequest cookies (a keyed
+//! hash of the peer's address).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,7 +10,11 @@ use std::sync::Arc;
 
 use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
-use openssl::ssl::{Ssl, SslContext, SslMethod, SslOptions, SslSessionCacheMode, SslVersion};
+use openssl::nid::Nid;
+use openssl::ssl::{
+    Ssl, SslContext, SslFiletype, SslMethod, SslOptions, SslRef, SslSessionCacheMode,
+    SslVerifyMode, SslVersion,
+};
 use sha2::{Digest, Sha256};
 
 use crate::config::DtlsConfig;
@@ -19,6 +25,11 @@ use crate::error::CoapError;
 /// the ECDHE_PSK ones add forward secrecy for clients that have them.
 const CIPHERS: &str = "ECDHE-PSK-CHACHA20-POLY1305:PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:\
 PSK-AES128-CCM:PSK-AES128-CCM8:ECDHE-PSK-AES128-CBC-SHA256:PSK-AES128-CBC-SHA256";
+
+/// Certificate suites, offered when the node has a certificate: RFC 7252
+/// §9.1.3.3 makes TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 mandatory.
+const CERT_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:\
+ECDHE-ECDSA-AES128-CCM8:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305";
 
 /// Bytes of a HelloVerifyRequest cookie.
 const COOKIE_LEN: usize = 16;
@@ -48,8 +59,27 @@ impl DtlsContext {
             SslContext::builder(SslMethod::dtls_server()).map_err(|e| ssl_err("context", e))?;
         b.set_min_proto_version(Some(SslVersion::DTLS1_2))
             .map_err(|e| ssl_err("protocol version", e))?;
-        b.set_cipher_list(CIPHERS)
-            .map_err(|e| ssl_err("cipher list", e))?;
+        let files = (&cfg.cert, &cfg.key, &cfg.client_ca);
+        if let (Some(cert), Some(key), Some(ca)) = files {
+            let file_err = |k: &str, p: &std::path::Path, e: ErrorStack| {
+                CoapError::Config(format!("coap.dtls.{k} {}: {e}", p.display()))
+            };
+            b.set_certificate_chain_file(cert)
+                .map_err(|e| file_err("cert", cert, e))?;
+            b.set_private_key_file(key, SslFiletype::PEM)
+                .map_err(|e| file_err("key", key, e))?;
+            b.check_private_key().map_err(|e| file_err("key", key, e))?;
+            b.set_ca_file(ca)
+                .map_err(|e| file_err("client_ca", ca, e))?;
+            // Asked only in certificate suites; PSK suites never send a
+            // CertificateRequest.
+            b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+            b.set_cipher_list(&format!("{CIPHERS}:{CERT_CIPHERS}"))
+                .map_err(|e| ssl_err("cipher list", e))?;
+        } else {
+            b.set_cipher_list(CIPHERS)
+                .map_err(|e| ssl_err("cipher list", e))?;
+        }
         // The BIO is memory, not a socket: the MTU is set, not queried. Our
         // order of suites wins (forward secrecy when the client has it).
         b.set_options(
@@ -98,6 +128,17 @@ impl DtlsContext {
         ssl.set_mtu(self.mtu)?;
         Ok(ssl)
     }
+}
+
+/// Who a finished handshake proved: the PSK identity, or the common name
+/// of the verified client certificate.
+pub(crate) fn identity(ssl: &SslRef) -> Option<String> {
+    if let Some(id) = ssl.psk_identity() {
+        return Some(String::from_utf8_lossy(id).into_owned());
+    }
+    let cert = ssl.peer_certificate()?;
+    let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
+    cn.data().to_string().ok()
 }
 
 /// The cookie of a peer: SHA-256 over the secret and its address (so it

@@ -75,7 +75,8 @@ impl Write for Channel {
 enum State {
     /// Handshake running since then.
     Handshaking(Instant),
-    /// Handshake done; the PSK identity the device proved.
+    /// Handshake done; the PSK identity or certificate name the device
+    /// proved.
     Established(Arc<str>),
 }
 
@@ -182,12 +183,13 @@ impl Sessions {
         if let State::Handshaking(_) = s.state {
             match s.stream.accept() {
                 Ok(()) => {
-                    let id = s
-                        .stream
-                        .ssl()
-                        .psk_identity()
-                        .map(|id| Arc::<str>::from(String::from_utf8_lossy(id)))
-                        .unwrap_or_else(|| Arc::from(""));
+                    let Some(id) = context::identity(s.stream.ssl()) else {
+                        let _ = s.stream.shutdown();
+                        flush(socket, peer, &mut s.stream, &self.stats);
+                        self.fail(peer, "certificate without a common name", now);
+                        return ended;
+                    };
+                    let id = Arc::<str>::from(id);
                     debug!(%peer, identity = %id, "coaps: handshake done");
                     s.state = State::Established(id);
                     self.handshaking -= 1;
