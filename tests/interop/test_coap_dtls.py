@@ -1,10 +1,12 @@
 """CoAP over DTLS (coaps://, RFC 7252 §9) from third-party clients against
 the real `verge node`: aiocoap with its tinydtls transport (the DTLSSocket
 package, TLS_PSK_WITH_AES_128_CCM_8) and, where installed, libcoap's
-`coap-client-openssl`. The PSK identity is the device: its ACL applies and
-a wrong key gets no session."""
+`coap-client-openssl` (PSK and client certificates). The PSK identity, or
+the certificate's common name, is the device: its ACL applies, and a wrong
+key or a missing certificate gets no session."""
 
 import asyncio
+import queue
 import shutil
 import subprocess
 
@@ -154,3 +156,64 @@ def test_libcoap_client_psk_post(dnode):
         capture_output=True, text=True, timeout=4 * WAIT)
     assert "2.04" not in bad.stdout + bad.stderr
     sub.close()
+
+
+def make_pki(d):
+    """A CA (EC P-256), the node's certificate for 127.0.0.1 and a device
+    certificate with common name `sensor`, made with the openssl tool."""
+    def ossl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=Verge Interop CA")
+    for name, cn, ext in (("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+                          ("sensor", "sensor", "extendedKeyUsage=clientAuth")):
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        (d / f"{name}.ext").write_text(ext + "\n")
+        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+
+
+@pytest.mark.skipif(shutil.which("coap-client-openssl") is None or shutil.which("openssl") is None,
+                    reason="needs libcoap's coap-client-openssl and the openssl tool")
+def test_libcoap_client_certificate_is_the_device(tmp_path):
+    make_pki(tmp_path)
+    reg = tmp_path / "devices.toml"
+    reg.write_text(own_topics_device("sensor", argon2.PasswordHasher().hash("s3cret")))
+    port = free_port()
+    n = Node(extra=f'devices_file = "{reg}"', tail=f"""
+[coap.dtls]
+enabled = true
+bind = "127.0.0.1:{port}"
+cert = "{tmp_path}/server.crt"
+key = "{tmp_path}/server.key"
+client_ca = "{tmp_path}/ca.crt"
+""")
+    try:
+        sub = Client(n, V5)
+        assert sub.sub("devices/#", 1) == [1]
+
+        def post(path, *cert):
+            return subprocess.run(
+                ["coap-client-openssl", "-B", "5", *cert, "-m", "post", "-e", "by-cert",
+                 f"coaps://127.0.0.1:{port}{path}"],
+                capture_output=True, text=True, timeout=4 * WAIT)
+
+        device = ("-c", str(tmp_path / "sensor.crt"), "-j", str(tmp_path / "sensor.key"),
+                  "-C", str(tmp_path / "ca.crt"))
+        out = post("/ps/devices/sensor/c", *device)
+        assert out.returncode == 0, out.stderr
+        m = sub.recv()
+        assert (m.topic, m.payload) == ("devices/sensor/c", b"by-cert")
+        # The ACL of the certificate's name applies.
+        out = post("/ps/devices/other/c", *device)
+        assert "4.03" in out.stdout + out.stderr, out.stdout + out.stderr
+        # Without a client certificate there is no session.
+        out = post("/ps/devices/sensor/c", "-C", str(tmp_path / "ca.crt"))
+        assert "2.04" not in out.stdout + out.stderr
+        with pytest.raises(queue.Empty):
+            sub.msgs.get(timeout=1)
+        sub.close()
+    finally:
+        n.stop()
