@@ -8,7 +8,10 @@
 //! their credentials as query parameters (`?u=USER&p=PASSWORD`, optional
 //! `c=CLIENT_ID`); the broker's [`verge_broker::Authenticator`] checks them
 //! and its ACL decides, so a device has the same rights over CoAP as over
-//! MQTT.
+//! MQTT. Over DTLS (`coaps://`, feature `dtls`, module `dtls`) the device
+//! is the PSK identity or client certificate name its handshake proved,
+//! and the query string carries no credentials; both listeners share one
+//! exchange implementation (`gateway::Transport`).
 //!
 //! Design: one task owns the socket and all exchange state (message-id
 //! de-duplication, observers, Confirmable retransmissions, block-wise
