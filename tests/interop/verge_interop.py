@@ -143,6 +143,7 @@ bind = "127.0.0.1:0"
 [http]
 bind = "127.0.0.1:{self.http}"
 [coap]
+enabled = true
 bind = "127.0.0.1:{self.coap}"
 {tail}
 """)

@@ -1,7 +1,9 @@
-//! The `[coap]` section: where the gateway listens and its bounds, with
-//! documented defaults in one place ([`CoapConfig::default`]).
+//! The `[coap]` section: where the gateway listens (plain UDP and DTLS)
+//! and its bounds, with documented defaults in one place
+//! ([`CoapConfig::default`], [`DtlsConfig::default`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -15,10 +17,11 @@ use crate::error::CoapError;
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoapConfig {
-    /// Whether the gateway runs (like the MQTT TCP listener: on by default,
-    /// on loopback).
+    /// Whether plain CoAP (no encryption, credentials in the query string)
+    /// is served on `bind`. Off by default; the demo (`verge up`) turns it
+    /// on. The DTLS listener is `[coap.dtls]`.
     pub enabled: bool,
-    /// UDP address to bind.
+    /// UDP address of plain CoAP.
     pub bind: SocketAddr,
     /// Largest request or notification body in bytes, whole or reassembled
     /// from Block1 blocks; larger uploads get 4.13 with Size1.
@@ -63,6 +66,236 @@ pub struct CoapConfig {
     /// Queue of each observer's broker subscription, in messages; a full
     /// queue drops and counts.
     pub observer_queue: usize,
+    /// `[coap.dtls]`: CoAP over DTLS 1.2 with pre-shared keys (RFC 7252
+    /// §9.1).
+    pub dtls: DtlsConfig,
+}
+
+/// The `[coap.dtls]` section: the `coaps://` listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DtlsConfig {
+    /// Whether CoAP over DTLS is served on `bind`; needs at least one
+    /// `[[coap.dtls.psk]]`.
+    pub enabled: bool,
+    /// UDP address of CoAP over DTLS (5684 is the `coaps` port).
+    pub bind: SocketAddr,
+    /// Longest a handshake may take from the first ClientHello; an
+    /// unfinished one is dropped and counted as failed.
+    pub handshake_timeout: HumanDuration,
+    /// A session with no datagram either way for this long is forgotten
+    /// unless its device observes something (the device then makes a new
+    /// handshake).
+    pub idle_timeout: HumanDuration,
+    /// Most sessions at once (handshaking or established); a ClientHello
+    /// from a new address beyond it is dropped and counted.
+    pub max_sessions: usize,
+    /// Most handshakes in progress at once (part of `max_sessions`).
+    pub max_handshakes: usize,
+    /// Largest datagram the gateway sends over DTLS (path MTU).
+    pub mtu: u32,
+    /// The devices' pre-shared keys; the PSK identity is the device's
+    /// username in the broker's registry, whose ACL applies.
+    pub psk: Vec<PskEntry>,
+    /// The node's certificate chain (PEM) for devices with certificates;
+    /// needs `key` and `client_ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// CA certificates (PEM) a device's certificate must chain to; its
+    /// common name is the device's username in the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// One `[[coap.dtls.psk]]`: a PSK identity and its key, given in exactly
+/// one of three ways.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PskEntry {
+    /// PSK identity the device sends (its username).
+    pub identity: String,
+    /// The key as text (its UTF-8 bytes are the key; what `coap-client -k`
+    /// takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key as hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hex: Option<String>,
+    /// A file holding the key as text, like `key`; one trailing newline is
+    /// not part of it (read at start; keeps the key out of the config
+    /// file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PskEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a key.
+        f.debug_struct("PskEntry")
+            .field("identity", &self.identity)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest PSK accepted (OpenSSL's limit, PSK_MAX_PSK_LEN).
+pub const MAX_PSK_LEN: usize = 256;
+/// Longest PSK identity (RFC 4279 allows 2^16 - 1; OpenSSL takes 128).
+pub const MAX_IDENTITY_LEN: usize = 128;
+
+impl Default for DtlsConfig {
+    fn default() -> Self {
+        DtlsConfig {
+            enabled: false,
+            bind: SocketAddr::from(([127, 0, 0, 1], 5684)),
+            handshake_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(300)),
+            max_sessions: 4096,
+            max_handshakes: 256,
+            mtu: 1280,
+            psk: Vec::new(),
+            cert: None,
+            key: None,
+            client_ca: None,
+        }
+    }
+}
+
+impl PskEntry {
+    /// The key's bytes (reads `key_file`); the error names the key.
+    pub fn resolve(&self, i: usize) -> Result<Vec<u8>, CoapError> {
+        let bad =
+            |key: &str, why: String| CoapError::Config(format!("coap.dtls.psk[{i}].{key}: {why}"));
+        let bytes = match (&self.key, &self.key_hex, &self.key_file) {
+            (Some(k), None, None) => k.as_bytes().to_vec(),
+            (None, Some(h), None) => {
+                hex::decode(h.trim()).map_err(|e| bad("key_hex", format!("not hex: {e}")))?
+            }
+            (None, None, Some(path)) => {
+                let mut b = std::fs::read(path)
+                    .map_err(|e| bad("key_file", format!("{}: {e}", path.display())))?;
+                if b.ends_with(b"\n") {
+                    b.pop();
+                    if b.ends_with(b"\r") {
+                        b.pop();
+                    }
+                }
+                b
+            }
+            (None, None, None) => {
+                return Err(bad(
+                    "key",
+                    "missing: give one of key, key_hex or key_file".into(),
+                ));
+            }
+            _ => {
+                return Err(bad(
+                    "key",
+                    "give only one of key, key_hex or key_file".into(),
+                ));
+            }
+        };
+        if bytes.is_empty() || bytes.len() > MAX_PSK_LEN {
+            let key = match (&self.key_hex, &self.key_file) {
+                (Some(_), _) => "key_hex",
+                (_, Some(_)) => "key_file",
+                _ => "key",
+            };
+            return Err(bad(
+                key,
+                format!(
+                    "the key must be 1 to {MAX_PSK_LEN} bytes, not {}",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl DtlsConfig {
+    /// Check the values; the error names the key. Does not read key files
+    /// (the gateway does when it starts).
+    pub fn validate(&self) -> Result<(), CoapError> {
+        let bad = |key: &str, why: &str| Err(CoapError::Config(format!("coap.dtls.{key}: {why}")));
+        if !self.enabled {
+            return Ok(());
+        }
+        if !cfg!(feature = "dtls") {
+            return bad(
+                "enabled",
+                "this build has no DTLS (the `dtls` cargo feature of verge-coap is off)",
+            );
+        }
+        let files = [
+            ("cert", self.cert.is_some()),
+            ("key", self.key.is_some()),
+            ("client_ca", self.client_ca.is_some()),
+        ];
+        let certs = files.iter().any(|(_, given)| *given);
+        if certs && let Some((missing, _)) = files.iter().find(|(_, given)| !*given) {
+            return bad(
+                missing,
+                "missing: certificates need all of coap.dtls.cert, key and client_ca",
+            );
+        }
+        if self.psk.is_empty() && !certs {
+            return bad(
+                "psk",
+                "DTLS is enabled but has no [[coap.dtls.psk]] and no cert/key/client_ca (add keys, or set coap.dtls.enabled = false)",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.psk.iter().enumerate() {
+            if p.identity.is_empty() || p.identity.len() > MAX_IDENTITY_LEN {
+                return Err(CoapError::Config(format!(
+                    "coap.dtls.psk[{i}].identity: must be 1 to {MAX_IDENTITY_LEN} bytes"
+                )));
+            }
+            if !seen.insert(p.identity.as_str()) {
+                return Err(CoapError::Config(format!(
+                    "coap.dtls.psk[{i}].identity: `{}` appears twice",
+                    p.identity
+                )));
+            }
+            let given = [p.key.is_some(), p.key_hex.is_some(), p.key_file.is_some()];
+            match given.iter().filter(|g| **g).count() {
+                1 => {}
+                0 => {
+                    return Err(CoapError::Config(format!(
+                        "coap.dtls.psk[{i}].key: missing: give one of key, key_hex or key_file"
+                    )));
+                }
+                _ => {
+                    return Err(CoapError::Config(format!(
+                        "coap.dtls.psk[{i}].key: give only one of key, key_hex or key_file"
+                    )));
+                }
+            }
+            if p.key_hex.is_some() {
+                p.resolve(i)?;
+            }
+        }
+        if self.handshake_timeout.get().is_zero() {
+            return bad("handshake_timeout", "must be above 0s");
+        }
+        if self.idle_timeout.get().is_zero() {
+            return bad("idle_timeout", "must be above 0s");
+        }
+        if self.max_sessions == 0 {
+            return bad("max_sessions", "must be above 0");
+        }
+        if self.max_handshakes == 0 || self.max_handshakes > self.max_sessions {
+            return bad("max_handshakes", "must be between 1 and max_sessions");
+        }
+        if !(256..=65_535).contains(&self.mtu) {
+            return bad("mtu", "must be between 256 and 65535");
+        }
+        Ok(())
+    }
 }
 
 /// Which message type notifications use.
@@ -80,7 +313,7 @@ pub enum NotifyType {
 impl Default for CoapConfig {
     fn default() -> Self {
         CoapConfig {
-            enabled: true,
+            enabled: false,
             bind: SocketAddr::from(([127, 0, 0, 1], 5683)),
             max_payload: 64 * 1024,
             block_size: 1024,
@@ -96,6 +329,7 @@ impl Default for CoapConfig {
             auth_cache_ttl: HumanDuration(Duration::from_secs(300)),
             auth_cache_entries: 4096,
             observer_queue: 64,
+            dtls: DtlsConfig::default(),
         }
     }
 }
@@ -129,7 +363,7 @@ impl CoapConfig {
                 return bad(key, "must be above 0");
             }
         }
-        Ok(())
+        self.dtls.validate()
     }
 }
 
@@ -148,6 +382,46 @@ mod tests {
         assert_eq!(c.ack_timeout.get(), Duration::from_millis(500));
         let e = toml::from_str::<CoapConfig>("bnd = \"x\"").expect_err("unknown key");
         assert!(e.to_string().contains("bnd"), "{e}");
+    }
+
+    #[test]
+    fn dtls_psk_entries_are_checked_and_errors_name_the_key() {
+        let parse = |t: &str| toml::from_str::<CoapConfig>(t).expect("parses");
+        let on = "[dtls]\nenabled = true\n";
+        for (text, key) in [
+            ("", "coap.dtls.psk"),
+            ("[[dtls.psk]]\nidentity = \"a\"\n", "coap.dtls.psk[0].key"),
+            (
+                "[[dtls.psk]]\nidentity = \"a\"\nkey = \"k\"\nkey_hex = \"00\"\n",
+                "coap.dtls.psk[0].key",
+            ),
+            (
+                "[[dtls.psk]]\nidentity = \"a\"\nkey_hex = \"zz\"\n",
+                "coap.dtls.psk[0].key_hex",
+            ),
+            (
+                "[[dtls.psk]]\nidentity = \"\"\nkey = \"k\"\n",
+                "coap.dtls.psk[0].identity",
+            ),
+            (
+                "[[dtls.psk]]\nidentity = \"a\"\nkey = \"k\"\n[[dtls.psk]]\nidentity = \"a\"\nkey = \"j\"\n",
+                "coap.dtls.psk[1].identity",
+            ),
+        ] {
+            let e = parse(&format!("{on}{text}")).validate().expect_err(text);
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        let c = parse(&format!(
+            "{on}[[dtls.psk]]\nidentity = \"a\"\nkey_hex = \"00ff\"\n[[dtls.psk]]\nidentity = \"b\"\nkey_file = \"/nonexistent/key\"\n"
+        ));
+        assert!(c.validate().is_ok() || !cfg!(feature = "dtls"));
+        assert_eq!(c.dtls.psk[0].resolve(0).expect("hex"), vec![0, 0xff]);
+        let e = c.dtls.psk[1].resolve(1).expect_err("no such file");
+        assert!(e.to_string().contains("coap.dtls.psk[1].key_file"), "{e}");
+        assert!(
+            !format!("{:?}", c.dtls.psk[0]).contains("00ff"),
+            "keys are not printed"
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@ pub enum CoapError {
     /// A config value is invalid; the message names the key.
     #[error("{0}")]
     Config(String),
+    /// Setting up DTLS failed (the TLS library's error).
+    #[error("coap.dtls: {0}")]
+    Dtls(String),
     /// Binding or using the UDP socket failed.
     #[error("coap socket {what}: {source}")]
     Io {

@@ -1,6 +1,7 @@
-//! The gateway's public face ([`Gateway`], [`RunningGateway`], [`bind`])
-//! and its run loop: one task that owns the socket and every piece of
-//! exchange state, and sends every datagram.
+//! The gateway's public face ([`Gateway`], [`RunningGateway`], [`bind`],
+//! [`bind_dtls`]) and its run loop: one task per listener that owns the
+//! socket and every piece of exchange state, and sends every datagram,
+//! in the clear or through the listener's DTLS sessions ([`Transport`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,12 +27,17 @@ use crate::stats::{Stats, StatsSnapshot};
 /// Room for a datagram's header and options beyond its body.
 const MAX_DATAGRAM: usize = 2048;
 
-/// A configured gateway, not yet serving.
+/// A configured gateway, not yet serving. Its listeners (plain UDP and
+/// DTLS) share the configuration, the counters and the authentication
+/// cache; each runs its own loop.
+#[derive(Clone)]
 pub struct Gateway {
     ctx: Arc<Ctx>,
+    #[cfg(feature = "dtls")]
+    dtls: Option<Arc<crate::dtls::DtlsContext>>,
 }
 
-/// Bind the configured UDP address.
+/// Bind the configured plain CoAP address (`coap.bind`).
 pub async fn bind(config: &CoapConfig) -> Result<UdpSocket, CoapError> {
     UdpSocket::bind(config.bind)
         .await
@@ -39,6 +45,25 @@ pub async fn bind(config: &CoapConfig) -> Result<UdpSocket, CoapError> {
             what: format!("bind {}", config.bind),
             source,
         })
+}
+
+/// Bind the configured DTLS address (`coap.dtls.bind`).
+pub async fn bind_dtls(config: &CoapConfig) -> Result<UdpSocket, CoapError> {
+    UdpSocket::bind(config.dtls.bind)
+        .await
+        .map_err(|source| CoapError::Io {
+            what: format!("bind {}", config.dtls.bind),
+            source,
+        })
+}
+
+/// How a listener's datagrams travel.
+pub(crate) enum Transport {
+    /// Plain UDP; devices give credentials in the query string.
+    Plain,
+    /// DTLS sessions; the session's PSK identity is the device.
+    #[cfg(feature = "dtls")]
+    Dtls(crate::dtls::Sessions),
 }
 
 impl Gateway {
@@ -51,9 +76,16 @@ impl Gateway {
         auth: Authenticator,
     ) -> Result<Gateway, CoapError> {
         config.validate()?;
+        #[cfg(feature = "dtls")]
+        let dtls = match config.dtls.enabled {
+            true => Some(Arc::new(crate::dtls::DtlsContext::new(&config.dtls)?)),
+            false => None,
+        };
         let stats = Arc::new(Stats::default());
         Ok(Gateway {
             ctx: Arc::new(Ctx::new(config, broker, auth, stats)),
+            #[cfg(feature = "dtls")]
+            dtls,
         })
     }
 
@@ -62,8 +94,8 @@ impl Gateway {
         self.ctx.stats.clone()
     }
 
-    /// Serve on an already-bound socket until `shutdown` completes (or the
-    /// broker stops); observers are dropped on return.
+    /// Serve plain CoAP on an already-bound socket until `shutdown`
+    /// completes (or the broker stops); observers are dropped on return.
     pub async fn run(
         self,
         socket: UdpSocket,
@@ -71,26 +103,45 @@ impl Gateway {
     ) -> Result<(), CoapError> {
         let addr = socket.local_addr().ok();
         info!(?addr, "coap gateway listening");
-        let mut lp = Loop::new(self.ctx, socket);
-        let result = lp.run(shutdown).await;
-        lp.drop_all_observers();
-        result
+        Loop::new(self.ctx, socket, Transport::Plain)
+            .serve(shutdown)
+            .await
     }
 
-    /// Run on the current runtime in a task of its own.
+    /// Serve CoAP over DTLS on an already-bound socket until `shutdown`
+    /// completes; needs `coap.dtls.enabled` (else a config error).
+    #[cfg(feature = "dtls")]
+    pub async fn run_dtls(
+        self,
+        socket: UdpSocket,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), CoapError> {
+        let Some(dtls) = self.dtls else {
+            return Err(CoapError::Config(
+                "coap.dtls.enabled: dtls is off in this gateway's config".into(),
+            ));
+        };
+        let addr = socket.local_addr().ok();
+        info!(?addr, "coap gateway listening (dtls)");
+        let sessions = crate::dtls::Sessions::new(dtls, &self.ctx.cfg.dtls, self.ctx.stats.clone());
+        Loop::new(self.ctx, socket, Transport::Dtls(sessions))
+            .serve(shutdown)
+            .await
+    }
+
+    /// Serve plain CoAP on the current runtime in a task of its own.
     pub fn spawn(self, socket: UdpSocket) -> RunningGateway {
-        let stats = self.stats();
         let local_addr = socket.local_addr().ok();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(self.run(socket, async move {
-            let _ = stopped.await;
-        }));
-        RunningGateway {
-            stats,
-            local_addr,
-            stop,
-            task,
-        }
+        let stats = self.stats();
+        RunningGateway::start(stats, local_addr, |stopped| self.run(socket, stopped))
+    }
+
+    /// Serve CoAP over DTLS in a task of its own.
+    #[cfg(feature = "dtls")]
+    pub fn spawn_dtls(self, socket: UdpSocket) -> RunningGateway {
+        let local_addr = socket.local_addr().ok();
+        let stats = self.stats();
+        RunningGateway::start(stats, local_addr, |stopped| self.run_dtls(socket, stopped))
     }
 }
 
@@ -103,7 +154,24 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
-    /// The counters now.
+    fn start<F, Fut>(stats: Arc<Stats>, local_addr: Option<SocketAddr>, run: F) -> RunningGateway
+    where
+        F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+        Fut: Future<Output = Result<(), CoapError>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        RunningGateway {
+            stats,
+            local_addr,
+            stop,
+            task,
+        }
+    }
+
+    /// The counters (shared by every listener of one gateway) now.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
@@ -113,7 +181,7 @@ impl RunningGateway {
         self.stats.clone()
     }
 
-    /// The bound UDP address.
+    /// The bound UDP address of this listener.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
@@ -165,6 +233,7 @@ pub(crate) struct Body {
 pub(crate) struct Loop {
     pub ctx: Arc<Ctx>,
     pub socket: UdpSocket,
+    pub transport: Transport,
     pub dedup: Dedup,
     /// Block1 uploads being reassembled, by peer and URI.
     pub uploads: Transfers<(SocketAddr, String), Vec<u8>>,
@@ -185,7 +254,7 @@ pub(crate) struct Loop {
 }
 
 impl Loop {
-    fn new(ctx: Arc<Ctx>, socket: UdpSocket) -> Loop {
+    fn new(ctx: Arc<Ctx>, socket: UdpSocket, transport: Transport) -> Loop {
         let cfg = &ctx.cfg;
         let life = cfg.exchange_lifetime.get();
         let seed = std::time::SystemTime::now()
@@ -210,8 +279,21 @@ impl Loop {
             notify_tx,
             notify_rx,
             socket,
+            transport,
             ctx,
         }
+    }
+
+    /// Run until `shutdown`, then drop the observers (and close the DTLS
+    /// sessions).
+    async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<(), CoapError> {
+        let result = self.run(shutdown).await;
+        self.drop_all_observers();
+        #[cfg(feature = "dtls")]
+        if let Transport::Dtls(sessions) = &mut self.transport {
+            sessions.close_all(&self.socket);
+        }
+        result
     }
 
     async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), CoapError> {
@@ -233,7 +315,7 @@ impl Loop {
                     }
                     Ok((n, peer)) => {
                         Stats::inc(&self.ctx.stats.datagrams_received);
-                        self.on_datagram(peer, &buf[..n]);
+                        self.receive(peer, &buf[..n]);
                     }
                     // ICMP port unreachable and the like surface here on
                     // some systems: not fatal for a UDP server.
@@ -247,16 +329,69 @@ impl Loop {
                     self.dedup.expire(now);
                     let n = self.uploads.expire(now) + self.bodies.expire(now);
                     self.ctx.stats.blocks_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    #[cfg(feature = "dtls")]
+                    if let Transport::Dtls(sessions) = &mut self.transport {
+                        let observing = self.observers.values().map(|o| o.peer()).collect();
+                        for peer in sessions.tick(&self.socket, now, &observing) {
+                            self.drop_observers_of(peer);
+                        }
+                    }
                 }
             }
         }
     }
 
+    /// One datagram from the socket: CoAP as it is, or DTLS records whose
+    /// decrypted CoAP datagrams go the same way.
+    fn receive(&mut self, peer: SocketAddr, data: &[u8]) {
+        match &mut self.transport {
+            Transport::Plain => self.on_datagram(peer, data),
+            #[cfg(feature = "dtls")]
+            Transport::Dtls(sessions) => {
+                let mut plain = Vec::new();
+                if sessions.receive(&self.socket, peer, data, Instant::now(), &mut plain) {
+                    self.drop_observers_of(peer);
+                }
+                for d in plain {
+                    self.on_datagram(peer, &d);
+                }
+            }
+        }
+    }
+
+    /// The identity `peer` proved by its DTLS session (never on plain UDP).
+    pub fn session_identity(&self, peer: SocketAddr) -> Option<Arc<str>> {
+        match &self.transport {
+            Transport::Plain => {
+                let _ = peer;
+                None
+            }
+            #[cfg(feature = "dtls")]
+            Transport::Dtls(sessions) => sessions.identity(peer),
+        }
+    }
+
+    /// Whether requests arrive over DTLS.
+    pub fn is_dtls(&self) -> bool {
+        !matches!(self.transport, Transport::Plain)
+    }
+
     /// Send one datagram (failures are counted, never fatal).
-    pub fn send(&self, peer: SocketAddr, bytes: &[u8]) {
-        if let Err(e) = self.socket.try_send_to(bytes, peer) {
-            debug!(%peer, "coap send: {e}");
-            Stats::inc(&self.ctx.stats.send_errors);
+    pub fn send(&mut self, peer: SocketAddr, bytes: &[u8]) {
+        match &mut self.transport {
+            Transport::Plain => {
+                if let Err(e) = self.socket.try_send_to(bytes, peer) {
+                    debug!(%peer, "coap send: {e}");
+                    Stats::inc(&self.ctx.stats.send_errors);
+                }
+            }
+            #[cfg(feature = "dtls")]
+            Transport::Dtls(sessions) => {
+                if !sessions.send(&self.socket, peer, bytes) {
+                    debug!(%peer, "coaps send: no session or send failed");
+                    Stats::inc(&self.ctx.stats.send_errors);
+                }
+            }
         }
     }
 

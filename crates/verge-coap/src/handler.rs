@@ -119,9 +119,33 @@ impl Outcome {
     }
 }
 
-/// Run one job for `peer`.
-pub(crate) async fn handle(ctx: &Ctx, peer: SocketAddr, query: Query, job: Job) -> Outcome {
-    let who = match identify(ctx, peer, &query).await {
+/// Run one job for `peer`; `session` is the identity its DTLS session
+/// proved (then the query carries no credentials).
+pub(crate) async fn handle(
+    ctx: &Ctx,
+    peer: SocketAddr,
+    query: Query,
+    session: Option<Arc<str>>,
+    job: Job,
+) -> Outcome {
+    let who = match session {
+        Some(name) => {
+            let client = query
+                .client
+                .clone()
+                .unwrap_or_else(|| format!("coaps-{peer}"));
+            // The PSK proved the name, as a verified certificate would over
+            // MQTT/TLS: the registry's device of that name and its ACL apply.
+            ctx.auth
+                .authenticate(&client, None, None, Some(&name))
+                .map_err(|f| match f {
+                    AuthFailure::BadCredentials => Code::UNAUTHORIZED,
+                    AuthFailure::NotAuthorized => Code::FORBIDDEN,
+                })
+        }
+        None => identify(ctx, peer, &query).await,
+    };
+    let who = match who {
         Ok(who) => who,
         Err(code) => return Outcome::code(code),
     };

@@ -8,7 +8,10 @@
 //! their credentials as query parameters (`?u=USER&p=PASSWORD`, optional
 //! `c=CLIENT_ID`); the broker's [`verge_broker::Authenticator`] checks them
 //! and its ACL decides, so a device has the same rights over CoAP as over
-//! MQTT.
+//! MQTT. Over DTLS (`coaps://`, feature `dtls`, module `dtls`) the device
+//! is the PSK identity or client certificate name its handshake proved,
+//! and the query string carries no credentials; both listeners share one
+//! exchange implementation (`gateway::Transport`).
 //!
 //! Design: one task owns the socket and all exchange state (message-id
 //! de-duplication, observers, Confirmable retransmissions, block-wise
@@ -26,6 +29,8 @@
 
 pub mod codec;
 pub mod config;
+#[cfg(feature = "dtls")]
+mod dtls;
 pub mod error;
 mod exchange;
 mod gateway;
@@ -36,7 +41,7 @@ mod request;
 pub mod stats;
 
 pub use codec::{CoapMessage, Code, DecodeError, MsgType};
-pub use config::{CoapConfig, NotifyType};
+pub use config::{CoapConfig, DtlsConfig, NotifyType, PskEntry};
 pub use error::CoapError;
-pub use gateway::{Gateway, RunningGateway, bind};
+pub use gateway::{Gateway, RunningGateway, bind, bind_dtls};
 pub use stats::{Stats, StatsSnapshot};

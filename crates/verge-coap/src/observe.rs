@@ -47,6 +47,14 @@ pub(crate) struct Pending {
     deadline: Instant,
 }
 
+impl Observer {
+    /// Where its notifications go.
+    #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
 impl Loop {
     /// Register (or re-register) the observer of `meta`; returns the
     /// Observe number for the answer, or `None` when `max_observers` is
@@ -118,6 +126,20 @@ impl Loop {
         self.ctx.stats.observers.fetch_sub(1, Ordering::Relaxed);
         if counted {
             Stats::inc(&self.ctx.stats.observers_dropped);
+        }
+    }
+
+    /// Remove the observers of `peer` (its DTLS session ended).
+    #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
+    pub(crate) fn drop_observers_of(&mut self, peer: SocketAddr) {
+        let ids: Vec<u64> = self
+            .observers
+            .iter()
+            .filter(|(_, o)| o.peer == peer)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.drop_observer(id, true);
         }
     }
 

@@ -91,6 +91,14 @@ impl Loop {
         else {
             return self.answer_code(&meta, Code::BAD_REQUEST);
         };
+        // Over DTLS the session's identity is the device: a password in the
+        // query string is refused rather than silently ignored, so a
+        // misconfigured device is noticed (and stops sending it).
+        if self.is_dtls() && (query.user.is_some() || query.pass.is_some()) {
+            let mut resp = self.response(&meta, Code::BAD_REQUEST);
+            resp.payload = b"over dtls the session identity is the device: drop u= and p=".to_vec();
+            return self.answer(&meta, &resp);
+        }
         // Absent is fine; present but unreadable is 4.02.
         let (block1, block2) = (block(option::BLOCK1), block(option::BLOCK2));
         if matches!(block1, Some(None)) || matches!(block2, Some(None)) {
@@ -279,8 +287,9 @@ impl Loop {
         };
         let ctx = self.ctx.clone();
         let tx = self.done_tx.clone();
+        let session = self.session_identity(meta.peer);
         tokio::spawn(async move {
-            let outcome = handler::handle(&ctx, meta.peer, query, job).await;
+            let outcome = handler::handle(&ctx, meta.peer, query, session, job).await;
             let _ = tx.send(Done { meta, outcome }).await;
             drop(permit);
         });

@@ -69,6 +69,21 @@ counters! {
     auth_cache_evicted,
     /// Datagrams that could not be sent.
     send_errors,
+    /// DTLS handshakes completed.
+    dtls_handshakes,
+    /// DTLS handshakes that failed: unknown identity, wrong key, bad
+    /// messages, or not finished within `handshake_timeout`.
+    dtls_handshake_failures,
+    /// DTLS sessions established now (a gauge).
+    dtls_sessions,
+    /// ClientHellos dropped because `max_sessions` or `max_handshakes` was
+    /// reached.
+    dtls_refused,
+    /// Datagrams on the DTLS port dropped: not a DTLS record of a session,
+    /// or a record that failed to decrypt.
+    dtls_dropped,
+    /// DTLS sessions forgotten after `idle_timeout`, or closed by the peer.
+    dtls_sessions_closed,
 }
 
 impl Stats {

@@ -15,14 +15,16 @@ pub struct Listeners {
     pub mqtt: Vec<BoundListener>,
     /// The HTTP API's listener, when `[http] enabled`.
     pub http: Option<TcpListener>,
-    /// The CoAP gateway's socket, when `[coap] enabled`.
+    /// The CoAP gateway's plain UDP socket, when `[coap] enabled`.
     pub coap: Option<UdpSocket>,
+    /// The CoAP gateway's DTLS socket, when `[coap.dtls] enabled`.
+    pub coap_dtls: Option<UdpSocket>,
 }
 
 /// One address the node listens on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// `tcp`, `tls`, `ws`, `wss` (MQTT), `coap` or `http`.
+    /// `tcp`, `tls`, `ws`, `wss` (MQTT), `coap`, `coaps` or `http`.
     pub kind: &'static str,
     /// The bound address.
     pub addr: SocketAddr,
@@ -71,7 +73,25 @@ impl Listeners {
         } else {
             None
         };
-        Ok(Listeners { mqtt, http, coap })
+        let coap_dtls = if cfg.coap.dtls.enabled {
+            Some(
+                verge_coap::bind_dtls(&cfg.coap)
+                    .await
+                    .map_err(|e| StartError::Bind {
+                        what: "coap.dtls".into(),
+                        error: e.to_string(),
+                        hint: "set another coap.dtls.bind, or coap.dtls.enabled = false",
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Listeners {
+            mqtt,
+            http,
+            coap,
+            coap_dtls,
+        })
     }
 
     /// Where the node listens, MQTT listeners first, in the order bound.
@@ -88,6 +108,12 @@ impl Listeners {
             .collect();
         if let Some(addr) = self.coap.as_ref().and_then(|s| s.local_addr().ok()) {
             out.push(Endpoint { kind: "coap", addr });
+        }
+        if let Some(addr) = self.coap_dtls.as_ref().and_then(|s| s.local_addr().ok()) {
+            out.push(Endpoint {
+                kind: "coaps",
+                addr,
+            });
         }
         if let Some(addr) = self.http.as_ref().and_then(|l| l.local_addr().ok()) {
             out.push(Endpoint { kind: "http", addr });

@@ -167,7 +167,7 @@ impl Node {
     }
 
     /// Start the parts in dependency order into `parts`; returns the CoAP
-    /// gateway when `[coap] enabled`.
+    /// gateway when `[coap] enabled` or `[coap.dtls] enabled`.
     async fn open(
         cfg: &NodeConfig,
         auth: &Authenticator,
@@ -192,7 +192,7 @@ impl Node {
         let handle = broker.handle();
         parts.broker = Some(broker);
         parts.triggers = Some(Triggers::start(functions.clone(), handle.clone()));
-        let coap = match cfg.coap.enabled {
+        let coap = match cfg.coap.enabled || cfg.coap.dtls.enabled {
             true => Some(
                 verge_coap::Gateway::new(cfg.coap.clone(), handle.clone(), auth.clone())
                     .map_err(|e| part("coap", e))?,
@@ -288,10 +288,21 @@ impl Node {
             broker.serve(l);
         }
         let handle = broker.handle();
-        let coap = match (self.coap.take(), listeners.coap) {
-            (Some(gateway), Some(sock)) => Some(gateway.spawn(sock)),
-            _ => None,
-        };
+        let mut coap = Vec::new();
+        if let Some(gateway) = self.coap.take() {
+            if let Some(sock) = listeners.coap {
+                coap.push(gateway.clone().spawn(sock));
+            }
+            if let Some(sock) = listeners.coap_dtls {
+                #[cfg(feature = "coap-dtls")]
+                coap.push(gateway.spawn_dtls(sock));
+                #[cfg(not(feature = "coap-dtls"))]
+                {
+                    drop(sock);
+                    return Err(part("coap.dtls", "this build has no DTLS"));
+                }
+            }
+        }
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http_task = listeners.http.map(|listener| {
             let state = ApiState {
@@ -308,7 +319,7 @@ impl Node {
                 bridge: p.bridge.as_ref().map(Bridge::handle),
                 functions: Some(functions),
                 drivers: Some(drivers),
-                coap: coap.as_ref().map(|c| c.stats_handle()),
+                coap: coap.first().map(|c| c.stats_handle()),
                 cloud: p.agent.as_ref().map(Agent::status_handle),
             };
             tokio::spawn(async move {
@@ -330,7 +341,7 @@ impl Node {
         if let Some(t) = http_task {
             let _ = t.await;
         }
-        if let Some(c) = coap {
+        for c in coap {
             let _ = c.shutdown().await;
         }
         self.parts.stop().await;

@@ -118,6 +118,7 @@ fn endpoint(e: &Endpoint, cfg: &NodeConfig) -> Option<String> {
         "ws" => format!("MQTT over WebSocket  ws://{addr}{}", ls.ws.path),
         "wss" => format!("MQTT over WSS        wss://{addr}{}", ls.wss.path),
         "coap" => format!("CoAP over UDP        coap://{addr}/ps/<topic>"),
+        "coaps" => format!("CoAP over DTLS       coaps://{addr}/ps/<topic>"),
         "http" => return None,
         other => format!("{other:<20} {addr}"),
     })

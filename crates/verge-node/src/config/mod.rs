@@ -34,7 +34,7 @@ pub struct NodeConfig {
     pub log: LogSection,
     /// `[broker]`: the MQTT broker, its limits and listeners.
     pub broker: BrokerConfig,
-    /// `[coap]`: the CoAP gateway (RFC 7252) over UDP.
+    /// `[coap]`: the CoAP gateway (RFC 7252) over UDP and DTLS.
     pub coap: verge_coap::CoapConfig,
     /// `[http]`: the node's local HTTP API and metrics.
     pub http: HttpSection,

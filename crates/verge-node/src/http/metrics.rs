@@ -30,15 +30,15 @@ pub fn render_broker(stats: &Stats, out: &mut String) {
     }
 }
 
-/// The CoAP gateway's counters as `verge_coap_<name>` (observers is a
-/// gauge, the rest are counters).
+/// The CoAP gateway's counters as `verge_coap_<name>` (observers and
+/// dtls_sessions are gauges, the rest are counters).
 pub fn render_coap(stats: &verge_coap::StatsSnapshot, out: &mut String) {
     use std::fmt::Write;
     let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(stats) else {
         return;
     };
     for (name, v) in fields {
-        let (metric, kind) = if name == "observers" {
+        let (metric, kind) = if name == "observers" || name == "dtls_sessions" {
             (name.clone(), "gauge")
         } else {
             (format!("{name}_total"), "counter")

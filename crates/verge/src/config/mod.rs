@@ -42,4 +42,17 @@ mod tests {
         assert_eq!(cfg.node.data_dir, PathBuf::from("./verge-data"));
         assert_eq!(cfg.broker.listeners, NodeConfig::default().broker.listeners);
     }
+
+    #[test]
+    fn plain_coap_is_on_in_the_demo_only() {
+        let demo = load(&Layers {
+            base: Some(DEMO_TOML),
+            ..Layers::default()
+        })
+        .expect("demo loads");
+        assert!(demo.coap.enabled, "verge up serves plain CoAP");
+        let node = load(&Layers::default()).expect("defaults load");
+        assert!(!node.coap.enabled, "a real node does not");
+        assert!(!node.coap.dtls.enabled, "DTLS waits for keys");
+    }
 }
