@@ -26,22 +26,38 @@
 //! brings three crates (two versions of `coap-message`), keeps options in
 //! a map of linked lists and accepts some malformed messages (payload marker
 //! without payload); the CoAP header is small enough to own and fuzz.
+//!
+//! The gateway is the default `gateway` feature; without it the crate is
+//! the codec alone (no broker, no async runtime), as the fuzz target
+//! (`fuzz/fuzz_targets/fuzz_coap.rs`) builds it.
 
 pub mod codec;
+#[cfg(feature = "gateway")]
 pub mod config;
 #[cfg(feature = "dtls")]
 mod dtls;
+#[cfg(feature = "gateway")]
 pub mod error;
+#[cfg(feature = "gateway")]
 mod exchange;
+#[cfg(feature = "gateway")]
 mod gateway;
+#[cfg(feature = "gateway")]
 mod handler;
+#[cfg(feature = "gateway")]
 mod observe;
 pub mod option;
+#[cfg(feature = "gateway")]
 mod request;
+#[cfg(feature = "gateway")]
 pub mod stats;
 
 pub use codec::{CoapMessage, Code, DecodeError, MsgType};
+#[cfg(feature = "gateway")]
 pub use config::{CoapConfig, DtlsConfig, NotifyType, PskEntry};
+#[cfg(feature = "gateway")]
 pub use error::CoapError;
+#[cfg(feature = "gateway")]
 pub use gateway::{Gateway, RunningGateway, bind, bind_dtls};
+#[cfg(feature = "gateway")]
 pub use stats::{Stats, StatsSnapshot};

@@ -22,6 +22,7 @@ pub mod modbus;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 pub mod protocol;
+#[cfg(feature = "runner")]
 pub mod runner;
 pub mod serial;
 pub mod status;
@@ -31,5 +32,6 @@ pub use config::{
     SerialConfig,
 };
 pub use protocol::{DriverError, PointError, Protocol};
+#[cfg(feature = "runner")]
 pub use runner::{Driver, Drivers};
 pub use status::{DeviceStatus, DriverStatus};

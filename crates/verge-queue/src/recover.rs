@@ -16,8 +16,9 @@ const CURSOR_MAGIC: &[u8; 4] = b"VQC1";
 /// Its size.
 const CURSOR_LEN: usize = 4 + 8 + 8 + 4;
 
-/// Read `<lane>/cursor`: `(acked_upto, next_seq)`, or `None` when missing
-/// or unreadable (then the segments alone decide).
+/// Read `<lane>/cursor`: `(acked_upto, next_seq)` with `acked_upto <
+/// next_seq`, or `None` when missing, unreadable or inconsistent (then the
+/// segments alone decide).
 fn read_cursor(dir: &Path, lane: &str) -> Option<(u64, u64)> {
     let path = dir.join("cursor");
     let buf = match fs::read(&path) {
@@ -39,7 +40,20 @@ fn read_cursor(dir: &Path, lane: &str) -> Option<(u64, u64)> {
     let mut n = [0; 8];
     a.copy_from_slice(&buf[4..12]);
     n.copy_from_slice(&buf[12..20]);
-    Some((u64::from_le_bytes(a), u64::from_le_bytes(n)))
+    let (acked_upto, next_seq) = (u64::from_le_bytes(a), u64::from_le_bytes(n));
+    // Only assigned seqs are acked: a cursor saying otherwise was not
+    // written by the queue.
+    if acked_upto >= next_seq {
+        tracing::warn!(
+            lane,
+            acked_upto,
+            next_seq,
+            "{} acks past its next seq, ignoring it",
+            path.display()
+        );
+        return None;
+    }
+    Some((acked_upto, next_seq))
 }
 
 /// Write the cursor atomically: temp file, fsync, rename, fsync the dir.
@@ -120,7 +134,8 @@ pub(crate) fn open_lane(
         let (mut off, mut expect, mut first_time, mut bad) = (0u64, first, None, None);
         while off < disk_len {
             let d = match reader.frame(off, disk_len) {
-                Ok(Ok(d)) if d.seq == expect => d,
+                // No record can follow seq u64::MAX, so no lane writes it.
+                Ok(Ok(d)) if d.seq == expect && d.seq < u64::MAX => d,
                 Ok(Ok(_)) => {
                     bad = Some(Bad::Corrupt);
                     break;
@@ -214,4 +229,79 @@ pub(crate) fn open_lane(
         .map_err(io_err(format!("writing the cursor of lane {}", lc.name)))?;
     lane.cursor_dirty = false;
     Ok((lane, rec))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::record::{self, Record};
+    use crate::{LaneConfig, Queue, WhenFull};
+
+    fn config(dir: &Path) -> QueueConfig {
+        QueueConfig {
+            dir: dir.to_path_buf(),
+            lanes: vec![LaneConfig {
+                name: "l".into(),
+                priority: 0,
+                max_bytes: 1 << 20,
+                max_age: None,
+                when_full: WhenFull::Reject,
+            }],
+            ..QueueConfig::default()
+        }
+    }
+
+    fn record(seq: u64, out: &mut Vec<u8>) {
+        let rec = Record {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            time_ms: 1,
+        };
+        record::encode(seq, &rec, out);
+    }
+
+    /// Found by fuzz_queue_recovery: a valid record with seq u64::MAX (in
+    /// a segment named after it) overflowed the next expected seq and
+    /// panicked the open. No lane can get there by appending; such a
+    /// record is treated as corrupt.
+    #[test]
+    fn fuzz_queue_recovery_seq_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let lane = dir.path().join("l");
+        fs::create_dir_all(&lane).unwrap();
+        let mut seg = Vec::new();
+        record(u64::MAX - 1, &mut seg);
+        record(u64::MAX, &mut seg);
+        fs::write(segment_path(&lane, u64::MAX - 1), &seg).unwrap();
+        let (q, rec) = Queue::open(config(dir.path())).expect("opens");
+        assert_eq!(rec.lanes[0].records, 1);
+        assert!(rec.lanes[0].corrupt);
+        let mut got = Vec::new();
+        q.try_next_batch(10, &mut got);
+        let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![u64::MAX - 1]);
+    }
+
+    /// Found by fuzz_queue_recovery: a well-formed cursor file with
+    /// acked-up-to u64::MAX overflowed `acked_upto + 1` and panicked the
+    /// open. A cursor acking at or past its next seq is ignored.
+    #[test]
+    fn fuzz_queue_recovery_cursor_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let lane = dir.path().join("l");
+        fs::create_dir_all(&lane).unwrap();
+        write_cursor(&lane, u64::MAX, 1).unwrap();
+        let mut seg = Vec::new();
+        record(1, &mut seg);
+        record(2, &mut seg);
+        fs::write(segment_path(&lane, 1), &seg).unwrap();
+        let (q, rec) = Queue::open(config(dir.path())).expect("opens");
+        assert_eq!(rec.lanes[0].records, 2, "the segments alone decide");
+        let mut got = Vec::new();
+        q.try_next_batch(10, &mut got);
+        let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2]);
+    }
 }

@@ -268,8 +268,12 @@ impl Modbus {
     }
 }
 
-/// Map one read's answer onto its points.
-fn fill(
+/// Map one read's answer (as tokio-modbus parsed it from the device's
+/// bytes) onto its points: `out[i]` becomes point `i`'s value or error for
+/// every point the read serves. A response of the wrong function or size
+/// fails the whole read; nothing in `resp` can make it panic. Public for
+/// the fuzz target (`fuzz/fuzz_targets/fuzz_modbus.rs`).
+pub fn fill(
     specs: &[plan::Spec],
     read: &Read,
     resp: Response,

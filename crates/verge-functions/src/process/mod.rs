@@ -28,6 +28,8 @@ use crate::message::{CallError, Message};
 use crate::runtime::{BoxFuture, HostContext, Runtime};
 use crate::spec::RuntimeKind;
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod wire;
 
 use wire::{Answer, Line, LineReader, encode_request, parse_answer, preview, text};

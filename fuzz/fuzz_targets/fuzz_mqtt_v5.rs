@@ -1,0 +1,9 @@
+//! MQTT 5.0: the broker's packet decoder on arbitrary bytes (see
+//! `verge_fuzz::mqtt` for what is checked). The broker also reads every
+//! client's first packet, the CONNECT, this way.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use verge_mqtt::Protocol;
+
+fuzz_target!(|data: &[u8]| verge_fuzz::mqtt(data, Protocol::V5));
