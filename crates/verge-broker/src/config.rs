@@ -64,6 +64,17 @@ pub struct BrokerConfig {
     pub sys_interval: HumanDuration,
     /// Accept clients without credentials.
     pub allow_anonymous: bool,
+    /// How a client id is bound to the username (or certificate name) a
+    /// client authenticated with: "prefix" (the id is the username or
+    /// starts with `{username}:`), "exact" (the id is the username) or
+    /// "off". A CONNECT breaking it is refused (5.0: CONNACK 0x85 client
+    /// identifier not valid, 3.1.1: return code 2 identifier rejected) and
+    /// counted. Devices whose registry entry pins a `client_id` use that id;
+    /// anonymous clients may not use an id a registered username would own.
+    /// Whatever the setting, a session belongs to the username that made
+    /// it: a CONNECT with another identity (or none) is refused the same way
+    /// instead of taking it over.
+    pub client_id_binding: ClientIdBinding,
     /// Device registry file (TOML) with usernames, argon2 password hashes and
     /// per-device ACLs; optional.
     pub devices_file: Option<PathBuf>,
@@ -91,6 +102,7 @@ impl Default for BrokerConfig {
             max_publish_rate: 0,
             sys_interval: HumanDuration(Duration::from_secs(10)),
             allow_anonymous: false,
+            client_id_binding: ClientIdBinding::Prefix,
             devices_file: None,
             acl_default: AclPolicy::Allow,
             listeners: ListenersConfig::default(),
@@ -107,6 +119,26 @@ pub enum AclPolicy {
     /// Refuse.
     Deny,
 }
+
+/// How a client id is bound to the authenticated username
+/// (`broker.client_id_binding`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdBinding {
+    /// The client id is the username, or the username followed by
+    /// [`CLIENT_ID_SEPARATOR`] and anything.
+    Prefix,
+    /// The client id is the username.
+    Exact,
+    /// Any client id; sessions still belong to the username that made them.
+    Off,
+}
+
+/// What follows the username in a client id under prefix binding: `dev1:a`
+/// is `dev1`'s, `dev10` and `dev1-a` are not. Not `-`, which usernames
+/// often hold (`edge-1` and `edge` would share ids), nor `/`, which ACL
+/// `%c` substitution rewrites.
+pub const CLIENT_ID_SEPARATOR: char = ':';
 
 /// The four listener kinds.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

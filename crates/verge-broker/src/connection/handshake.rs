@@ -15,6 +15,7 @@ use verge_mqtt::{
 
 use super::{Conn, Ctx, Io, is_reserved};
 use crate::auth::AuthFailure;
+use crate::config::{CLIENT_ID_SEPARATOR, ClientIdBinding};
 use crate::mailbox::Mailbox;
 use crate::message::Message;
 use crate::router::{ConnectReply, ConnectReq, Event, Kill};
@@ -129,9 +130,13 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
         // Unique within the process by the counter, across restarts by the
-        // start time.
+        // start time; under the username, so that client id binding holds.
+        let user = match (&connect.username, cfg.client_id_binding) {
+            (Some(u), ClientIdBinding::Prefix) => format!("{u}{CLIENT_ID_SEPARATOR}"),
+            _ => String::new(),
+        };
         let id = format!(
-            "verge-{:x}-{:x}-{:x}",
+            "{user}verge-{:x}-{:x}-{:x}",
             std::process::id(),
             nanos(),
             ctx.next_conn
@@ -187,6 +192,11 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
     };
+    if !ctx.auth.client_id_allowed(&identity, cfg.client_id_binding) {
+        inc(&ctx.stats.refused_client_ids);
+        info!(%peer, client_id, username = ?identity.username, binding = ?cfg.client_id_binding, "client id not bound to the identity; refusing");
+        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+    }
     let max_expiry = cfg.max_session_expiry.get().as_secs().min(u32::MAX as u64) as u32;
     let expiry_secs = if v5 {
         connect
@@ -258,6 +268,10 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return Err(reason::SERVER_UNAVAILABLE),
     };
     if let Some(code) = reply.refused {
+        if code == reason::CLIENT_IDENTIFIER_NOT_VALID {
+            warn!(%peer, client_id = %identity.client_id, username = ?identity.username, "the session of this client id belongs to another identity; refusing");
+            return Err(code);
+        }
         let limit = if code == reason::QUOTA_EXCEEDED {
             "max_persistent_sessions"
         } else {
