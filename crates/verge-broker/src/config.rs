@@ -36,9 +36,11 @@ pub struct BrokerConfig {
     /// (slowing publishers down) before the session is marked slow and its
     /// messages are dropped and counted until its queue is half empty.
     pub slow_consumer_wait: HumanDuration,
-    /// Highest keep alive a client may ask for, in seconds; a 5.0 client
-    /// asking for more (or for 0) is told this value as Server Keep Alive.
-    /// 0 = accept whatever the client asks for, including 0 (off).
+    /// Highest keep alive a 5.0 client may ask for, in seconds; one asking
+    /// for more (or for 0, off) is told this value as Server Keep Alive in
+    /// the CONNACK and held to it. 3.1.1 has no way to tell the client, so
+    /// a 3.1.1 client keeps the keep alive it asked for. 0 = accept
+    /// whatever a client asks for, including 0.
     pub max_keep_alive: u16,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout: HumanDuration,
@@ -93,7 +95,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 10_000,
             max_subscriptions: 1000,
             slow_consumer_wait: HumanDuration(Duration::from_millis(500)),
-            max_keep_alive: 0,
+            max_keep_alive: 300,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             max_session_expiry: HumanDuration(Duration::from_secs(24 * 3600)),
             max_persistent_sessions: 100_000,
