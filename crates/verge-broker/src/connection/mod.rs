@@ -379,6 +379,11 @@ impl Conn {
             let _ = io.stream.shutdown().await;
         })
         .await;
+        // Closing a socket with unread input sends a reset, and a client
+        // still writing then sees its connection reset (often before it
+        // reads the DISCONNECT): read its input until it closes, a little
+        // while, after the session is handed back.
+        let drain = matches!(end, End::Error(..));
         // QoS 2 PUBLISHes whose PUBREC was never sent are routed again
         // when resent: they may not have been persisted.
         for a in self.acks.drain(..) {
@@ -408,6 +413,31 @@ impl Conn {
         };
         let _ = self.ctx.router.send(ev).await;
         debug!(peer = %self.peer, client_id = %self.identity.client_id, ?end, "disconnected");
+        if drain {
+            discard_input(io).await;
+        }
+    }
+}
+
+/// Longest a closing connection reads and discards its client's input.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// Most bytes a closing connection reads and discards.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Read and discard input until the client closes, or [`DRAIN_TIME`] or
+/// [`DRAIN_BYTES`] is reached.
+async fn discard_input<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut left = DRAIN_BYTES;
+    while left > 0 {
+        io.rbuf.clear();
+        if io.rbuf.capacity() < MIN_READ {
+            io.rbuf.reserve(MIN_READ);
+        }
+        match tokio::time::timeout_at(deadline, io.stream.read_buf(&mut io.rbuf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
     }
 }
 
