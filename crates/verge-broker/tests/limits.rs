@@ -262,7 +262,12 @@ async fn regression_receive_maximum_disconnect_is_not_lost_to_a_reset() {
     }
     match last {
         Some(Packet::Disconnect(d)) => {
-            assert_eq!(d.reason_code, verge_mqtt::reason::RECEIVE_MAXIMUM_EXCEEDED)
+            assert_eq!(d.reason_code, verge_mqtt::reason::RECEIVE_MAXIMUM_EXCEEDED);
+            // paho-mqtt reads the reason code only with more bytes behind it
+            assert_eq!(
+                d.properties.reason_string.as_deref(),
+                Some("receive maximum exceeded")
+            );
         }
         other => panic!("expected DISCONNECT 0x93 last, got {other:?}"),
     }

@@ -358,20 +358,32 @@ impl Conn {
 
     /// Send the closing DISCONNECT if any, hand state back to the router.
     async fn finish<S: AsyncRead + AsyncWrite + Unpin>(mut self, io: &mut Io<S>, end: End) {
-        let (will, code) = match &end {
-            End::Disconnect { with_will } => (*with_will, None),
-            End::Closed => (true, None),
+        let (will, code, why) = match &end {
+            End::Disconnect { with_will } => (*with_will, None, None),
+            End::Closed => (true, None, None),
             End::Error(code, why) => {
                 debug!(peer = %self.peer, client_id = %self.identity.client_id, why, "closing connection");
-                (true, Some(*code))
+                (true, Some(*code), Some(*why))
             }
-            End::Killed(code) => (true, Some(*code)),
+            End::Killed(code) => (true, Some(*code), killed_why(*code)),
         };
         if let (Some(code), true) = (code, self.v5()) {
-            let d = Disconnect {
+            // The Reason String tells a person why; it also makes the
+            // reason code readable to paho-mqtt (2.1), which reads a
+            // DISCONNECT's reason code only when more than two bytes follow
+            // the fixed header.
+            let mut d = Disconnect {
                 reason_code: code,
-                properties: Properties::default(),
+                properties: Properties {
+                    reason_string: why.map(str::to_owned),
+                    ..Properties::default()
+                },
             };
+            if verge_mqtt::encoded_len(&Packet::Disconnect(d.clone()), self.protocol)
+                > self.client_max_packet
+            {
+                d.properties = Properties::default();
+            }
             let _ = encode(&Packet::Disconnect(d), self.protocol, &mut io.wbuf);
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -416,6 +428,16 @@ impl Conn {
         if drain {
             discard_input(io).await;
         }
+    }
+}
+
+/// The Reason String of a DISCONNECT the router asked for.
+fn killed_why(code: u8) -> Option<&'static str> {
+    match code {
+        reason::SESSION_TAKEN_OVER => Some("session taken over"),
+        reason::SERVER_SHUTTING_DOWN => Some("server shutting down"),
+        reason::ADMINISTRATIVE_ACTION => Some("disconnected by an administrator"),
+        _ => None,
     }
 }
 
