@@ -31,10 +31,13 @@ use crate::subs::SubKey;
 
 mod deliver;
 mod handshake;
+mod order;
 mod publish;
 mod subscribe;
 
 use handshake::handshake;
+pub(crate) use order::SubscribeOrder;
+use order::holds_subscribe;
 use publish::HeldAck;
 
 /// Smallest read buffer; what an idle connection holds.
@@ -55,6 +58,9 @@ pub(crate) struct Ctx {
     /// Durable local subscriptions held (kept by the router); while it is
     /// zero no PUBLISH gets an acknowledgement gate.
     pub durable: Arc<AtomicUsize>,
+    /// Connections holding a SUBSCRIBE not yet sent to the router; publishes
+    /// wait for them (see `order`).
+    pub order: SubscribeOrder,
 }
 
 /// Two argon2 checks per core at a time.
@@ -165,6 +171,12 @@ struct Conn {
     wake: Option<Arc<Notify>>,
     /// Publishes for the router, each with the router's hold on its gate.
     batch: Vec<(Arc<Message>, Confirm)>,
+    /// Whether the publishes of the current read already waited their one
+    /// turn (see `flush_batch`).
+    read_yielded: bool,
+    /// Whether this connection holds `Ctx::order` (a SUBSCRIBE read and not
+    /// yet sent to the router).
+    order_held: bool,
     rate_tokens: f64,
     rate_at: Instant,
 }
@@ -276,6 +288,36 @@ impl Conn {
     /// Decode and handle every complete packet in the read buffer (stops
     /// early while the held acknowledgements are at their bound).
     async fn on_read<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> Option<End> {
+        // Taken in the poll that read the bytes, before anything awaits.
+        if holds_subscribe(&io.rbuf) {
+            self.hold_order();
+        }
+        self.read_yielded = false;
+        let end = self.handle_packets(io).await;
+        self.release_order();
+        end
+    }
+
+    /// Hold back other connections' publishes until this one's SUBSCRIBE
+    /// is with the router.
+    fn hold_order(&mut self) {
+        if !self.order_held {
+            self.order_held = true;
+            self.ctx.order.hold();
+        }
+    }
+
+    fn release_order(&mut self) {
+        if self.order_held {
+            self.order_held = false;
+            self.ctx.order.release();
+        }
+    }
+
+    async fn handle_packets<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+    ) -> Option<End> {
         let max = self.ctx.cfg.max_packet_size as usize;
         loop {
             if self.acks.len() >= self.ack_limit() {
