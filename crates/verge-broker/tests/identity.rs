@@ -127,7 +127,35 @@ async fn an_empty_client_id_is_assigned_under_the_username() {
     .await;
     let props = c.connack.properties.clone().expect("CONNACK properties");
     let id = props.assigned_client_identifier.expect("assigned id");
-    assert!(id.starts_with("dev1:"), "{id}");
+    assert!(id.starts_with("dev1:verge-"), "{id}");
+}
+
+#[tokio::test]
+async fn an_empty_client_id_is_the_username_under_exact_binding() {
+    let b = broker(ClientIdBinding::Exact, false).await;
+    let c = connect5(b.addr, "", |o| {
+        o.set_credentials("dev1", PASSWORD);
+    })
+    .await;
+    let props = c.connack.properties.clone().expect("CONNACK properties");
+    assert_eq!(props.assigned_client_identifier.as_deref(), Some("dev1"));
+}
+
+/// A username without a password is no identity: with anonymous access on
+/// such a client is anonymous, and its assigned id is an ordinary one.
+#[tokio::test]
+async fn an_unverified_username_does_not_place_the_assigned_id() {
+    let b = broker(ClientIdBinding::Prefix, true).await;
+    let mut c = connect_packet(Protocol::V5, "", 0);
+    c.username = Some("dev1".into());
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    let ack = raw.connect(c).await;
+    assert_eq!(ack.reason_code, 0, "{ack:?}");
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .expect("assigned id");
+    assert!(id.starts_with("verge-"), "{id}");
 }
 
 #[tokio::test]

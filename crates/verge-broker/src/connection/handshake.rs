@@ -130,13 +130,9 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
         // Unique within the process by the counter, across restarts by the
-        // start time; under the username, so that client id binding holds.
-        let user = match (&connect.username, cfg.client_id_binding) {
-            (Some(u), ClientIdBinding::Prefix) => format!("{u}{CLIENT_ID_SEPARATOR}"),
-            _ => String::new(),
-        };
+        // start time; put under the identity once it is known.
         let id = format!(
-            "{user}verge-{:x}-{:x}-{:x}",
+            "verge-{:x}-{:x}-{:x}",
             std::process::id(),
             nanos(),
             ctx.next_conn
@@ -182,7 +178,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| reason::UNSPECIFIED_ERROR)?
     };
-    let identity = match identity {
+    let mut identity = match identity {
         Ok(i) => i,
         Err(f) => {
             info!(%peer, client_id, username = ?connect.username, "authentication failed: {f:?}");
@@ -192,6 +188,16 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
     };
+    // An assigned client id goes where the binding wants an authenticated
+    // identity's ids: under its username, or the username itself.
+    if let (Some(id), Some(user)) = (&mut assigned, identity.username.clone()) {
+        match cfg.client_id_binding {
+            ClientIdBinding::Prefix => *id = format!("{user}{CLIENT_ID_SEPARATOR}{id}"),
+            ClientIdBinding::Exact => *id = user.to_string(),
+            ClientIdBinding::Off => {}
+        }
+        identity.client_id = Arc::from(id.as_str());
+    }
     if !ctx.auth.client_id_allowed(&identity, cfg.client_id_binding) {
         inc(&ctx.stats.refused_client_ids);
         info!(%peer, client_id, username = ?identity.username, binding = ?cfg.client_id_binding, "client id not bound to the identity; refusing");
