@@ -196,7 +196,10 @@ class Client:
 
     def __init__(self, node, proto, cid=None, transport="tcp", clean=True, expiry=None,
                  will=None, user=None, connect=True):
-        self.cid = cid or "c-" + uuid.uuid4().hex[:10]
+        # A device's client id goes under its username (the broker's default
+        # client_id_binding = "prefix").
+        default = f"{user[0]}:" if user else "c-"
+        self.cid = cid or default + uuid.uuid4().hex[:10]
         kw = {"clean_session": clean} if proto == V3 else {}
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cid, protocol=proto,
                              transport=transport, reconnect_on_failure=False, **kw)

@@ -17,7 +17,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AclPolicy;
+use crate::config::{AclPolicy, CLIENT_ID_SEPARATOR, ClientIdBinding};
 use crate::error::BrokerError;
 
 /// The device registry file.
@@ -82,6 +82,9 @@ pub struct Identity {
     /// Whether it authenticated as a device of the registry (its rules are
     /// looked up by username at each check).
     device: bool,
+    /// Whether its registry entry pins the client id (checked when it
+    /// authenticated; the client id binding does not apply then).
+    pinned: bool,
 }
 
 /// Why a CONNECT was refused.
@@ -210,6 +213,7 @@ impl Authenticator {
             client_id: Arc::from(client_id),
             username: user.map(Arc::from),
             device: device.is_some(),
+            pinned: device.is_some_and(|i| inner.registry.devices[i].client_id.is_some()),
         };
         let check_client = |i: usize| -> Result<(), AuthFailure> {
             match &inner.registry.devices[i].client_id {
@@ -245,6 +249,47 @@ impl Authenticator {
             // An unverified user name must not borrow that device's rights.
             _ if inner.allow_anonymous => Ok(ident(None, None)),
             _ => Err(AuthFailure::BadCredentials),
+        }
+    }
+
+    /// May `who` use its client id under `binding`? An authenticated
+    /// identity (password or certificate) owns its username and, under
+    /// prefix binding, `{username}:…`, except the ids under a longer
+    /// registered username (`a:b:x` is device `a:b`'s, not `a`'s). A device
+    /// whose registry entry pins a client id was checked against the pin
+    /// when it authenticated. An anonymous client may use any id no
+    /// registered username owns.
+    pub fn client_id_allowed(&self, who: &Identity, binding: ClientIdBinding) -> bool {
+        if binding == ClientIdBinding::Off || who.pinned {
+            return true;
+        }
+        let inner = &*self.current();
+        let id = &*who.client_id;
+        // The registered username owning `id`: the longest one that is the
+        // id or a prefix of it ending before a separator.
+        let owner = |exact_only: bool| -> Option<&str> {
+            if inner.by_username.contains_key(id) {
+                return Some(id);
+            }
+            if exact_only {
+                return None;
+            }
+            id.char_indices()
+                .rev()
+                .filter(|&(_, c)| c == CLIENT_ID_SEPARATOR)
+                .map(|(i, _)| &id[..i])
+                .find(|prefix| inner.by_username.contains_key(*prefix))
+        };
+        match who.username.as_deref() {
+            None => owner(binding == ClientIdBinding::Exact).is_none(),
+            Some(user) if id == user => true,
+            Some(user) => {
+                binding == ClientIdBinding::Prefix
+                    && id
+                        .strip_prefix(user)
+                        .is_some_and(|rest| rest.starts_with(CLIENT_ID_SEPARATOR))
+                    && owner(false).is_none_or(|o| o == user)
+            }
         }
     }
 
@@ -501,6 +546,7 @@ mod tests {
             client_id: Arc::from("x"),
             username: None,
             device: false,
+            pinned: false,
         };
         assert!(auth.may_subscribe(&anon, "public/news"));
         assert!(auth.may_publish(&anon, "anything"), "default allow");
@@ -558,6 +604,102 @@ mod tests {
         assert!(!auth.may_subscribe(&anon, "secret/pin"));
         assert!(auth.may_subscribe(&anon, "public/#"));
         assert!(auth.may_subscribe(&anon, "$SYS/#"));
+    }
+
+    fn bound_registry() -> Registry {
+        let hash = hash_password("pw").expect("hash");
+        let dev = |name: &str| {
+            format!("[[devices]]\nusername = \"{name}\"\npassword_hash = \"{hash}\"\n")
+        };
+        toml::from_str(&format!(
+            "{}{}{}{}[[devices]]\nusername = \"pin\"\npassword_hash = \"{hash}\"\nclient_id = \"anything\"\n",
+            dev("dev1"),
+            dev("dev10"),
+            dev("a"),
+            dev("a:b"),
+        ))
+        .expect("registry parses")
+    }
+
+    fn allowed(auth: &Authenticator, user: Option<&str>, id: &str, b: ClientIdBinding) -> bool {
+        let who = Identity {
+            client_id: Arc::from(id),
+            username: user.map(Arc::from),
+            device: user.is_some(),
+            pinned: false,
+        };
+        auth.client_id_allowed(&who, b)
+    }
+
+    #[test]
+    fn prefix_binding_edge_cases() {
+        use ClientIdBinding::Prefix;
+        let auth = Authenticator::new(bound_registry(), true, AclPolicy::Allow).expect("auth");
+        let dev1 = Some("dev1");
+        assert!(allowed(&auth, dev1, "dev1", Prefix), "the username itself");
+        assert!(
+            allowed(&auth, dev1, "dev1:sensor-a", Prefix),
+            "username and separator"
+        );
+        assert!(allowed(&auth, dev1, "dev1:", Prefix), "empty rest");
+        assert!(
+            !allowed(&auth, dev1, "dev10", Prefix),
+            "dev1 is not a prefix of dev10"
+        );
+        assert!(!allowed(&auth, dev1, "dev10:x", Prefix));
+        assert!(
+            !allowed(&auth, dev1, "dev1-a", Prefix),
+            "`-` is not the separator"
+        );
+        assert!(!allowed(&auth, dev1, "dev1/a", Prefix));
+        assert!(!allowed(&auth, dev1, "xdev1", Prefix));
+        assert!(!allowed(&auth, dev1, "", Prefix));
+        assert!(!allowed(&auth, dev1, "DEV1", Prefix), "case matters");
+        // The longer registered username owns its ids.
+        assert!(allowed(&auth, Some("a"), "a:c", Prefix));
+        assert!(!allowed(&auth, Some("a"), "a:b", Prefix));
+        assert!(!allowed(&auth, Some("a"), "a:b:x", Prefix));
+        assert!(allowed(&auth, Some("a:b"), "a:b:x", Prefix));
+        // Anonymous clients keep out of registered usernames' ids.
+        assert!(allowed(&auth, None, "free", Prefix));
+        assert!(allowed(&auth, None, "dev100", Prefix));
+        assert!(!allowed(&auth, None, "dev1", Prefix));
+        assert!(!allowed(&auth, None, "dev1:x", Prefix));
+        assert!(!allowed(&auth, None, "a:b:c", Prefix));
+    }
+
+    #[test]
+    fn exact_and_off_binding() {
+        use ClientIdBinding::{Exact, Off};
+        let auth = Authenticator::new(bound_registry(), true, AclPolicy::Allow).expect("auth");
+        assert!(allowed(&auth, Some("dev1"), "dev1", Exact));
+        assert!(!allowed(&auth, Some("dev1"), "dev1:x", Exact));
+        assert!(!allowed(&auth, None, "dev1", Exact));
+        assert!(
+            allowed(&auth, None, "dev1:x", Exact),
+            "nobody owns it under exact"
+        );
+        assert!(allowed(&auth, Some("dev1"), "dev10", Off));
+        assert!(allowed(&auth, None, "dev1", Off));
+    }
+
+    #[test]
+    fn a_pinned_client_id_replaces_the_binding() {
+        let auth = Authenticator::new(bound_registry(), false, AclPolicy::Allow).expect("auth");
+        let who = auth
+            .authenticate("anything", Some("pin"), Some(b"pw"), None)
+            .expect("pinned id");
+        assert!(auth.client_id_allowed(&who, ClientIdBinding::Exact));
+        let who = auth
+            .authenticate("dev1:x", Some("dev1"), Some(b"pw"), None)
+            .expect("password ok");
+        assert!(auth.client_id_allowed(&who, ClientIdBinding::Prefix));
+        assert!(!auth.client_id_allowed(&who, ClientIdBinding::Exact));
+        // A verified certificate name is bound like a username.
+        let who = auth
+            .authenticate("other", None, None, Some("dev1"))
+            .expect("cert");
+        assert!(!auth.client_id_allowed(&who, ClientIdBinding::Prefix));
     }
 
     #[test]

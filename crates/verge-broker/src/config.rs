@@ -36,9 +36,11 @@ pub struct BrokerConfig {
     /// (slowing publishers down) before the session is marked slow and its
     /// messages are dropped and counted until its queue is half empty.
     pub slow_consumer_wait: HumanDuration,
-    /// Highest keep alive a client may ask for, in seconds; a 5.0 client
-    /// asking for more (or for 0) is told this value as Server Keep Alive.
-    /// 0 = accept whatever the client asks for, including 0 (off).
+    /// Highest keep alive a 5.0 client may ask for, in seconds; one asking
+    /// for more (or for 0, off) is told this value as Server Keep Alive in
+    /// the CONNACK and held to it. 3.1.1 has no way to tell the client, so
+    /// a 3.1.1 client keeps the keep alive it asked for. 0 = accept
+    /// whatever a client asks for, including 0.
     pub max_keep_alive: u16,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout: HumanDuration,
@@ -64,6 +66,17 @@ pub struct BrokerConfig {
     pub sys_interval: HumanDuration,
     /// Accept clients without credentials.
     pub allow_anonymous: bool,
+    /// How a client id is bound to the username (or certificate name) a
+    /// client authenticated with: "prefix" (the id is the username or
+    /// starts with `{username}:`), "exact" (the id is the username) or
+    /// "off". A CONNECT breaking it is refused (5.0: CONNACK 0x85 client
+    /// identifier not valid, 3.1.1: return code 2 identifier rejected) and
+    /// counted. Devices whose registry entry pins a `client_id` use that id;
+    /// anonymous clients may not use an id a registered username would own.
+    /// Whatever the setting, a session belongs to the username that made
+    /// it: a CONNECT with another identity (or none) is refused the same way
+    /// instead of taking it over.
+    pub client_id_binding: ClientIdBinding,
     /// Device registry file (TOML) with usernames, argon2 password hashes and
     /// per-device ACLs; optional.
     pub devices_file: Option<PathBuf>,
@@ -82,7 +95,7 @@ impl Default for BrokerConfig {
             max_queued_messages: 10_000,
             max_subscriptions: 1000,
             slow_consumer_wait: HumanDuration(Duration::from_millis(500)),
-            max_keep_alive: 0,
+            max_keep_alive: 300,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             max_session_expiry: HumanDuration(Duration::from_secs(24 * 3600)),
             max_persistent_sessions: 100_000,
@@ -91,6 +104,7 @@ impl Default for BrokerConfig {
             max_publish_rate: 0,
             sys_interval: HumanDuration(Duration::from_secs(10)),
             allow_anonymous: false,
+            client_id_binding: ClientIdBinding::Prefix,
             devices_file: None,
             acl_default: AclPolicy::Allow,
             listeners: ListenersConfig::default(),
@@ -107,6 +121,26 @@ pub enum AclPolicy {
     /// Refuse.
     Deny,
 }
+
+/// How a client id is bound to the authenticated username
+/// (`broker.client_id_binding`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIdBinding {
+    /// The client id is the username, or the username followed by
+    /// [`CLIENT_ID_SEPARATOR`] and anything.
+    Prefix,
+    /// The client id is the username.
+    Exact,
+    /// Any client id; sessions still belong to the username that made them.
+    Off,
+}
+
+/// What follows the username in a client id under prefix binding: `dev1:a`
+/// is `dev1`'s, `dev10` and `dev1-a` are not. Not `-`, which usernames
+/// often hold (`edge-1` and `edge` would share ids), nor `/`, which ACL
+/// `%c` substitution rewrites.
+pub const CLIENT_ID_SEPARATOR: char = ':';
 
 /// The four listener kinds.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -46,6 +46,10 @@ pub struct Stats {
     /// CONNECTs refused because `max_persistent_sessions` persistent
     /// sessions were held (also counted in `connects_refused`).
     pub refused_sessions: AtomicU64,
+    /// CONNECTs refused for their client id: not bound to the identity
+    /// (`client_id_binding`) or naming a session of another identity (also
+    /// counted in `connects_refused`).
+    pub refused_client_ids: AtomicU64,
     /// CONNECTs refused (bad credentials, not authorized, busy, bad packet).
     pub connects_refused: AtomicU64,
     /// Connections closed for a protocol violation or malformed packet.
@@ -79,6 +83,7 @@ impl Default for Stats {
             denied_subscribe: AtomicU64::new(0),
             refused_subscriptions: AtomicU64::new(0),
             refused_sessions: AtomicU64::new(0),
+            refused_client_ids: AtomicU64::new(0),
             connects_refused: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
@@ -121,6 +126,7 @@ impl Stats {
             ("denied_subscribe", g(&self.denied_subscribe)),
             ("refused_subscriptions", g(&self.refused_subscriptions)),
             ("refused_sessions", g(&self.refused_sessions)),
+            ("refused_client_ids", g(&self.refused_client_ids)),
             ("connects_refused", g(&self.connects_refused)),
             ("protocol_errors", g(&self.protocol_errors)),
             ("subscriptions", g(&self.subscriptions)),

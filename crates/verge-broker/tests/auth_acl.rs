@@ -1,5 +1,6 @@
 //! Authentication against a registry built in code and the topic ACL, with
-//! 3.1.1 and 5.0 rumqttc clients.
+//! 3.1.1 and 5.0 rumqttc clients. Devices use client ids under their username
+//! (`sensor:…`), as the default client id binding wants.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -95,9 +96,9 @@ fn creds5(user: &'static str, pass: &'static str) -> impl FnOnce(&mut rumqttc::v
 #[tokio::test]
 async fn v3_password_authentication() {
     let b = broker(false, AclPolicy::Allow).await;
-    let ok = connect3(b.addr, "c1", creds3("sensor", PASSWORD)).await;
+    let ok = connect3(b.addr, "sensor:c1", creds3("sensor", PASSWORD)).await;
     assert_eq!(ok.connack.code, rumqttc::ConnectReturnCode::Success);
-    let bad = try_connect3(b.addr, "c2", creds3("sensor", "wrong")).await;
+    let bad = try_connect3(b.addr, "sensor:c2", creds3("sensor", "wrong")).await;
     assert_eq!(
         refused3(bad),
         rumqttc::ConnectReturnCode::BadUserNamePassword
@@ -122,9 +123,9 @@ async fn v3_password_authentication() {
 #[tokio::test]
 async fn v5_password_authentication() {
     let b = broker(false, AclPolicy::Allow).await;
-    let ok = connect5(b.addr, "c1", creds5("sensor", PASSWORD)).await;
+    let ok = connect5(b.addr, "sensor:c1", creds5("sensor", PASSWORD)).await;
     assert_eq!(ok.connack.code, m5::ConnectReturnCode::Success);
-    let bad = try_connect5(b.addr, "c2", creds5("sensor", "wrong")).await;
+    let bad = try_connect5(b.addr, "sensor:c2", creds5("sensor", "wrong")).await;
     assert_eq!(refused5(bad), m5::ConnectReturnCode::BadUserNamePassword);
     let anon = refused5(try_connect5(b.addr, "c3", |_| {}).await);
     assert!(
@@ -149,7 +150,7 @@ async fn device_pinned_to_a_client_id() {
 #[tokio::test]
 async fn v3_acl_subscribe_denied_gets_failure_code() {
     let b = broker(false, AclPolicy::Allow).await;
-    let mut c = connect3(b.addr, "c", creds3("sensor", PASSWORD)).await;
+    let mut c = connect3(b.addr, "sensor:c", creds3("sensor", PASSWORD)).await;
     c.client
         .subscribe_many([
             rumqttc::SubscribeFilter::new("devices/sensor/cmd".into(), Q3::AtLeastOnce),
@@ -179,7 +180,7 @@ async fn v3_acl_subscribe_denied_gets_failure_code() {
 #[tokio::test]
 async fn v5_acl_subscribe_denied_gets_not_authorized() {
     let b = broker(false, AclPolicy::Allow).await;
-    let mut c = connect5(b.addr, "c", creds5("sensor", PASSWORD)).await;
+    let mut c = connect5(b.addr, "sensor:c", creds5("sensor", PASSWORD)).await;
     let codes = c
         .subscribe_filters(
             vec![
@@ -204,7 +205,7 @@ async fn v5_acl_subscribe_denied_gets_not_authorized() {
 async fn v5_acl_publish_denied_gets_puback_not_authorized_and_is_not_delivered() {
     let b = broker(false, AclPolicy::Allow).await;
     let mut spy = spy(&b.handle()).await;
-    let mut c = connect5(b.addr, "c", creds5("sensor", PASSWORD)).await;
+    let mut c = connect5(b.addr, "sensor:c", creds5("sensor", PASSWORD)).await;
     c.publish("devices/other/x", Q5::AtLeastOnce, false, "denied")
         .await;
     match c.wait_pub_ack(Q5::AtLeastOnce).await {
@@ -238,7 +239,7 @@ async fn v5_acl_publish_denied_gets_puback_not_authorized_and_is_not_delivered()
 async fn v3_acl_publish_denied_is_not_delivered() {
     let b = broker(false, AclPolicy::Allow).await;
     let mut spy = spy(&b.handle()).await;
-    let mut c = connect3(b.addr, "c", creds3("sensor", PASSWORD)).await;
+    let mut c = connect3(b.addr, "sensor:c", creds3("sensor", PASSWORD)).await;
     c.publish_acked("devices/other/x", Q3::AtLeastOnce, false, "denied")
         .await;
     c.publish_acked("telemetry/other", Q3::AtMostOnce, false, "denied")
@@ -258,12 +259,12 @@ async fn v3_acl_publish_denied_is_not_delivered() {
 #[tokio::test]
 async fn acl_substitutes_username_and_client_id() {
     let b = broker(false, AclPolicy::Allow).await;
-    let mut c = connect5(b.addr, "c-9", creds5("sensor", PASSWORD)).await;
+    let mut c = connect5(b.addr, "sensor:c-9", creds5("sensor", PASSWORD)).await;
     let codes = c
         .subscribe_filters(
             vec![
-                filter5("clients/c-9/#", Q5::AtMostOnce),
-                filter5("clients/c-8/#", Q5::AtMostOnce),
+                filter5("clients/sensor:c-9/#", Q5::AtMostOnce),
+                filter5("clients/sensor:c-8/#", Q5::AtMostOnce),
                 filter5("devices/sensor/+", Q5::AtMostOnce),
                 filter5("devices/sensor2/+", Q5::AtMostOnce),
             ],
@@ -285,7 +286,7 @@ async fn acl_substitutes_username_and_client_id() {
 #[tokio::test]
 async fn wildcard_client_id_does_not_widen_acl() {
     let b = broker(false, AclPolicy::Allow).await;
-    let mut c = connect5(b.addr, "+", creds5("sensor", PASSWORD)).await;
+    let mut c = connect5(b.addr, "sensor:+", creds5("sensor", PASSWORD)).await;
     let codes = c
         .subscribe_filters(vec![filter5("clients/+/secret", Q5::AtMostOnce)], None)
         .await;
@@ -351,7 +352,7 @@ async fn default_deny_with_anonymous_clients() {
 async fn will_to_a_denied_topic_is_dropped() {
     let b = broker(false, AclPolicy::Allow).await;
     let mut spy = spy(&b.handle()).await;
-    let denied = connect3(b.addr, "w1", |o| {
+    let denied = connect3(b.addr, "sensor:w1", |o| {
         o.set_credentials("sensor", PASSWORD);
         o.set_last_will(rumqttc::LastWill::new(
             "devices/other/will",
@@ -362,7 +363,7 @@ async fn will_to_a_denied_topic_is_dropped() {
     })
     .await;
     denied.kill().await;
-    let allowed = connect3(b.addr, "w2", |o| {
+    let allowed = connect3(b.addr, "sensor:w2", |o| {
         o.set_credentials("sensor", PASSWORD);
         o.set_last_will(rumqttc::LastWill::new(
             "devices/sensor/will",
@@ -395,13 +396,13 @@ async fn username_without_password_does_not_impersonate() {
     let b = start_with_auth(cfg, auth).await;
 
     // The real device gets its rights.
-    let mut real = connect5(b.addr, "real", creds5("sensor", PASSWORD)).await;
+    let mut real = connect5(b.addr, "sensor:real", creds5("sensor", PASSWORD)).await;
     assert_eq!(
         real.subscribe("devices/sensor/cmd", Q5::AtMostOnce).await,
         vec![m5::SubscribeReasonCode::Success(Q5::AtMostOnce)]
     );
     // A wrong password is refused.
-    let wrong = try_connect5(b.addr, "wrong", creds5("sensor", "nope")).await;
+    let wrong = try_connect5(b.addr, "sensor:wrong", creds5("sensor", "nope")).await;
     assert_eq!(refused5(wrong), m5::ConnectReturnCode::BadUserNamePassword);
 
     // Username, no password.
@@ -441,8 +442,8 @@ async fn v5_clients_cannot_publish_to_sys_topics() {
 #[tokio::test]
 async fn disconnect_user_closes_only_that_users_connections() {
     let b = broker(false, AclPolicy::Allow).await;
-    let mut v3 = connect3(b.addr, "s-3", creds3("sensor", PASSWORD)).await;
-    let mut v5 = connect5(b.addr, "s-5", creds5("sensor", PASSWORD)).await;
+    let mut v3 = connect3(b.addr, "sensor:s-3", creds3("sensor", PASSWORD)).await;
+    let mut v5 = connect5(b.addr, "sensor:s-5", creds5("sensor", PASSWORD)).await;
     let mut other = connect5(b.addr, "pinned-1", creds5("pinned", PASSWORD)).await;
     let closed = b.handle().disconnect_user("sensor").await.expect("broker");
     assert_eq!(closed, 2);

@@ -1,6 +1,6 @@
 //! Keep alive: a silent client is closed after 1.5 × keep alive, a pinging
-//! one is not, keep alive 0 is off, and 5.0 Server Keep Alive when
-//! `max_keep_alive` is configured. Raw TCP clients so nothing pings behind
+//! one is not, keep alive 0 is off, and 5.0 Server Keep Alive when a client
+//! asks for more than `max_keep_alive` (300 s unless configured). Raw TCP clients so nothing pings behind
 //! the test's back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -68,8 +68,8 @@ async fn pinging_client_stays_connected() {
 }
 
 #[tokio::test]
-async fn keep_alive_zero_is_accepted_and_never_times_out() {
-    let b = start().await;
+async fn keep_alive_zero_is_accepted_and_never_times_out_without_max_keep_alive() {
+    let b = start_with(|c| c.max_keep_alive = 0).await;
     let mut v3 = raw_tcp(b.addr, Protocol::V311).await;
     assert_eq!(
         v3.connect(connect_packet(Protocol::V311, "ka0-3", 0))
@@ -89,6 +89,37 @@ async fn keep_alive_zero_is_accepted_and_never_times_out() {
             other => panic!("keep alive 0 connection: expected PINGRESP, got {other:?}"),
         }
     }
+}
+
+/// The default `max_keep_alive` (300 s) lowers a 5.0 client asking for
+/// more, or for 0, and says so; a 3.1.1 client cannot be told, so it keeps
+/// keep alive 0 (off).
+#[tokio::test]
+async fn default_max_keep_alive_caps_v5_clients_only() {
+    let b = start().await;
+    for asked in [3600, 0] {
+        let mut v5 = raw_tcp(b.addr, Protocol::V5).await;
+        let ack = v5
+            .connect(connect_packet(Protocol::V5, &format!("ka-{asked}"), asked))
+            .await;
+        assert_eq!(ack.reason_code, 0);
+        assert_eq!(ack.properties.server_keep_alive, Some(300), "asked {asked}");
+    }
+    let mut v5 = raw_tcp(b.addr, Protocol::V5).await;
+    let ack = v5.connect(connect_packet(Protocol::V5, "ka-60", 60)).await;
+    assert_eq!(
+        ack.properties.server_keep_alive, None,
+        "60 is under the cap"
+    );
+    let mut v3 = raw_tcp(b.addr, Protocol::V311).await;
+    let ack = v3.connect(connect_packet(Protocol::V311, "ka0-3", 0)).await;
+    assert_eq!(ack.reason_code, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    v3.send(&Packet::PingReq).await;
+    assert!(matches!(
+        v3.read(WAIT).await,
+        Read::Packet(Packet::PingResp)
+    ));
 }
 
 #[tokio::test]

@@ -216,6 +216,63 @@ async fn exceeding_receive_maximum_with_qos2_is_disconnect_0x93() {
     );
 }
 
+/// Regression (issue 16): a client still writing when the broker closed the
+/// connection for exceeding the Receive Maximum got a TCP reset for its
+/// next write, and paho reported "connection lost" instead of the DISCONNECT
+/// 0x93 it had been sent. The broker now reads (and discards) the client's
+/// input for a while after the DISCONNECT, so the client's writes succeed
+/// and the stream ends with the DISCONNECT and a clean close, not a reset.
+#[tokio::test]
+async fn regression_receive_maximum_disconnect_is_not_lost_to_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = start_with(|c| c.max_inflight = 2).await;
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    raw.connect(connect_packet(Protocol::V5, "keeps-writing", 0))
+        .await;
+    let mut burst = bytes::BytesMut::new();
+    for id in 1..=3u16 {
+        let p = publish_packet("rm/t", QoS::ExactlyOnce, id, b"x");
+        verge_mqtt::encode(&p, Protocol::V5, &mut burst).expect("encode");
+    }
+    raw.stream.write_all(&burst).await.expect("burst written");
+    // Keep writing, as a client with more to send does, for a while after
+    // the broker has decided to close.
+    let mut later = bytes::BytesMut::new();
+    let p = publish_packet("rm/t", QoS::ExactlyOnce, 9, b"x");
+    verge_mqtt::encode(&p, Protocol::V5, &mut later).expect("encode");
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Err(e) = raw.stream.write_all(&later).await {
+            panic!("write {i} after the limit failed ({e}): the broker reset the connection");
+        }
+    }
+    raw.stream.shutdown().await.expect("shutdown");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, raw.stream.read_to_end(&mut got))
+        .await
+        .expect("the broker closed within WAIT");
+    assert!(
+        read.is_ok(),
+        "the stream ended with {read:?}, not a clean close"
+    );
+    let mut buf = bytes::BytesMut::from(&got[..]);
+    let mut last = None;
+    while let Some(p) = verge_mqtt::decode(&mut buf, Protocol::V5, usize::MAX).expect("decode") {
+        last = Some(p);
+    }
+    match last {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, verge_mqtt::reason::RECEIVE_MAXIMUM_EXCEEDED);
+            // paho-mqtt reads the reason code only with more bytes behind it
+            assert_eq!(
+                d.properties.reason_string.as_deref(),
+                Some("receive maximum exceeded")
+            );
+        }
+        other => panic!("expected DISCONNECT 0x93 last, got {other:?}"),
+    }
+}
+
 /// `max_publish_rate` slows a publisher down without losing anything. Only a
 /// lower bound on the time is asserted: the rate cannot be beaten.
 #[tokio::test]

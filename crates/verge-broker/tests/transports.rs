@@ -224,7 +224,7 @@ async fn tls_client_certificate_common_name_is_the_identity() {
     let mut raw = Raw::new(stream, Protocol::V5);
     // No username or password: the certificate authenticates.
     let connack = raw
-        .connect(connect_packet(Protocol::V5, "cert-client", 0))
+        .connect(connect_packet(Protocol::V5, "sensor1:cert-client", 0))
         .await;
     assert_eq!(
         connack.reason_code, 0,
@@ -372,7 +372,7 @@ async fn tls_optional_client_certificate_falls_back_to_password() {
         .await
         .expect("tls handshake");
     let mut raw = Raw::new(stream, Protocol::V311);
-    let mut c = connect_packet(Protocol::V311, "pw-client", 0);
+    let mut c = connect_packet(Protocol::V311, "bridge:pw-client", 0);
     c.username = Some("bridge".into());
     c.password = Some(bytes::Bytes::from_static(b"pw"));
     assert_eq!(raw.connect(c).await.reason_code, 0);
@@ -385,7 +385,7 @@ async fn tls_optional_client_certificate_falls_back_to_password() {
     .expect("tls handshake");
     let mut raw = Raw::new(stream, Protocol::V311);
     assert_eq!(
-        raw.connect(connect_packet(Protocol::V311, "c", 0))
+        raw.connect(connect_packet(Protocol::V311, "sensor1:c", 0))
             .await
             .reason_code,
         0

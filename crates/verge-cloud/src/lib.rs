@@ -43,7 +43,7 @@ use sqlx::AnyPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use verge_broker::auth::{AclAction, AclRule, Device};
-use verge_broker::config::AclPolicy;
+use verge_broker::config::{AclPolicy, ClientIdBinding};
 use verge_broker::{
     Authenticator, BoundListener, Broker, BrokerConfig, BrokerHandle, Registry, Transport,
 };
@@ -125,6 +125,11 @@ impl Cloud {
             sys_interval: HumanDuration(Duration::ZERO),
             allow_anonymous: false,
             acl_default: AclPolicy::Deny,
+            // Nodes log in as their id with the bridge's client id
+            // (`verge-node-{id}` unless configured); each may only use its
+            // own topics, and a session still belongs to the node that made
+            // it, so one node cannot take over another's.
+            client_id_binding: ClientIdBinding::Off,
             ..BrokerConfig::default()
         };
         let broker = Broker::start(broker_cfg, auth.clone());

@@ -15,6 +15,7 @@ use verge_mqtt::{
 
 use super::{Conn, Ctx, Io, is_reserved};
 use crate::auth::AuthFailure;
+use crate::config::{CLIENT_ID_SEPARATOR, ClientIdBinding};
 use crate::mailbox::Mailbox;
 use crate::message::Message;
 use crate::router::{ConnectReply, ConnectReq, Event, Kill};
@@ -129,7 +130,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
         // Unique within the process by the counter, across restarts by the
-        // start time.
+        // start time; put under the identity once it is known.
         let id = format!(
             "verge-{:x}-{:x}-{:x}",
             std::process::id(),
@@ -177,7 +178,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| reason::UNSPECIFIED_ERROR)?
     };
-    let identity = match identity {
+    let mut identity = match identity {
         Ok(i) => i,
         Err(f) => {
             info!(%peer, client_id, username = ?connect.username, "authentication failed: {f:?}");
@@ -187,6 +188,21 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
     };
+    // An assigned client id goes where the binding wants an authenticated
+    // identity's ids: under its username, or the username itself.
+    if let (Some(id), Some(user)) = (&mut assigned, identity.username.clone()) {
+        match cfg.client_id_binding {
+            ClientIdBinding::Prefix => *id = format!("{user}{CLIENT_ID_SEPARATOR}{id}"),
+            ClientIdBinding::Exact => *id = user.to_string(),
+            ClientIdBinding::Off => {}
+        }
+        identity.client_id = Arc::from(id.as_str());
+    }
+    if !ctx.auth.client_id_allowed(&identity, cfg.client_id_binding) {
+        inc(&ctx.stats.refused_client_ids);
+        info!(%peer, client_id, username = ?identity.username, binding = ?cfg.client_id_binding, "client id not bound to the identity; refusing");
+        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+    }
     let max_expiry = cfg.max_session_expiry.get().as_secs().min(u32::MAX as u64) as u32;
     let expiry_secs = if v5 {
         connect
@@ -258,6 +274,10 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return Err(reason::SERVER_UNAVAILABLE),
     };
     if let Some(code) = reply.refused {
+        if code == reason::CLIENT_IDENTIFIER_NOT_VALID {
+            warn!(%peer, client_id = %identity.client_id, username = ?identity.username, "the session of this client id belongs to another identity; refusing");
+            return Err(code);
+        }
         let limit = if code == reason::QUOTA_EXCEEDED {
             "max_persistent_sessions"
         } else {
@@ -327,6 +347,8 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         acks: VecDeque::new(),
         wake: None,
         batch: Vec::new(),
+        read_yielded: false,
+        order_held: false,
         rate_tokens: cfg.max_publish_rate as f64,
         rate_at: Instant::now(),
     };

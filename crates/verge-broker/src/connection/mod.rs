@@ -31,10 +31,13 @@ use crate::subs::SubKey;
 
 mod deliver;
 mod handshake;
+mod order;
 mod publish;
 mod subscribe;
 
 use handshake::handshake;
+pub(crate) use order::SubscribeOrder;
+use order::holds_subscribe;
 use publish::HeldAck;
 
 /// Smallest read buffer; what an idle connection holds.
@@ -55,6 +58,9 @@ pub(crate) struct Ctx {
     /// Durable local subscriptions held (kept by the router); while it is
     /// zero no PUBLISH gets an acknowledgement gate.
     pub durable: Arc<AtomicUsize>,
+    /// Connections holding a SUBSCRIBE not yet sent to the router; publishes
+    /// wait for them (see `order`).
+    pub order: SubscribeOrder,
 }
 
 /// Two argon2 checks per core at a time.
@@ -165,6 +171,12 @@ struct Conn {
     wake: Option<Arc<Notify>>,
     /// Publishes for the router, each with the router's hold on its gate.
     batch: Vec<(Arc<Message>, Confirm)>,
+    /// Whether the publishes of the current read already waited their one
+    /// turn (see `flush_batch`).
+    read_yielded: bool,
+    /// Whether this connection holds `Ctx::order` (a SUBSCRIBE read and not
+    /// yet sent to the router).
+    order_held: bool,
     rate_tokens: f64,
     rate_at: Instant,
 }
@@ -276,6 +288,36 @@ impl Conn {
     /// Decode and handle every complete packet in the read buffer (stops
     /// early while the held acknowledgements are at their bound).
     async fn on_read<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> Option<End> {
+        // Taken in the poll that read the bytes, before anything awaits.
+        if holds_subscribe(&io.rbuf) {
+            self.hold_order();
+        }
+        self.read_yielded = false;
+        let end = self.handle_packets(io).await;
+        self.release_order();
+        end
+    }
+
+    /// Hold back other connections' publishes until this one's SUBSCRIBE
+    /// is with the router.
+    fn hold_order(&mut self) {
+        if !self.order_held {
+            self.order_held = true;
+            self.ctx.order.hold();
+        }
+    }
+
+    fn release_order(&mut self) {
+        if self.order_held {
+            self.order_held = false;
+            self.ctx.order.release();
+        }
+    }
+
+    async fn handle_packets<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Io<S>,
+    ) -> Option<End> {
         let max = self.ctx.cfg.max_packet_size as usize;
         loop {
             if self.acks.len() >= self.ack_limit() {
@@ -358,20 +400,32 @@ impl Conn {
 
     /// Send the closing DISCONNECT if any, hand state back to the router.
     async fn finish<S: AsyncRead + AsyncWrite + Unpin>(mut self, io: &mut Io<S>, end: End) {
-        let (will, code) = match &end {
-            End::Disconnect { with_will } => (*with_will, None),
-            End::Closed => (true, None),
+        let (will, code, why) = match &end {
+            End::Disconnect { with_will } => (*with_will, None, None),
+            End::Closed => (true, None, None),
             End::Error(code, why) => {
                 debug!(peer = %self.peer, client_id = %self.identity.client_id, why, "closing connection");
-                (true, Some(*code))
+                (true, Some(*code), Some(*why))
             }
-            End::Killed(code) => (true, Some(*code)),
+            End::Killed(code) => (true, Some(*code), killed_why(*code)),
         };
         if let (Some(code), true) = (code, self.v5()) {
-            let d = Disconnect {
+            // The Reason String tells a person why; it also makes the
+            // reason code readable to paho-mqtt (2.1), which reads a
+            // DISCONNECT's reason code only when more than two bytes follow
+            // the fixed header.
+            let mut d = Disconnect {
                 reason_code: code,
-                properties: Properties::default(),
+                properties: Properties {
+                    reason_string: why.map(str::to_owned),
+                    ..Properties::default()
+                },
             };
+            if verge_mqtt::encoded_len(&Packet::Disconnect(d.clone()), self.protocol)
+                > self.client_max_packet
+            {
+                d.properties = Properties::default();
+            }
             let _ = encode(&Packet::Disconnect(d), self.protocol, &mut io.wbuf);
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -379,6 +433,11 @@ impl Conn {
             let _ = io.stream.shutdown().await;
         })
         .await;
+        // Closing a socket with unread input sends a reset, and a client
+        // still writing then sees its connection reset (often before it
+        // reads the DISCONNECT): read its input until it closes, a little
+        // while, after the session is handed back.
+        let drain = matches!(end, End::Error(..));
         // QoS 2 PUBLISHes whose PUBREC was never sent are routed again
         // when resent: they may not have been persisted.
         for a in self.acks.drain(..) {
@@ -408,6 +467,41 @@ impl Conn {
         };
         let _ = self.ctx.router.send(ev).await;
         debug!(peer = %self.peer, client_id = %self.identity.client_id, ?end, "disconnected");
+        if drain {
+            discard_input(io).await;
+        }
+    }
+}
+
+/// The Reason String of a DISCONNECT the router asked for.
+fn killed_why(code: u8) -> Option<&'static str> {
+    match code {
+        reason::SESSION_TAKEN_OVER => Some("session taken over"),
+        reason::SERVER_SHUTTING_DOWN => Some("server shutting down"),
+        reason::ADMINISTRATIVE_ACTION => Some("disconnected by an administrator"),
+        _ => None,
+    }
+}
+
+/// Longest a closing connection reads and discards its client's input.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// Most bytes a closing connection reads and discards.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Read and discard input until the client closes, or [`DRAIN_TIME`] or
+/// [`DRAIN_BYTES`] is reached.
+async fn discard_input<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut left = DRAIN_BYTES;
+    while left > 0 {
+        io.rbuf.clear();
+        if io.rbuf.capacity() < MIN_READ {
+            io.rbuf.reserve(MIN_READ);
+        }
+        match tokio::time::timeout_at(deadline, io.stream.read_buf(&mut io.rbuf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
     }
 }
 

@@ -54,6 +54,9 @@ struct Link {
 
 struct Session {
     client_id: Arc<str>,
+    /// The username (or certificate name) of the connection that made it;
+    /// `None` for an anonymous one. Only the same identity attaches to it.
+    owner: Option<Arc<str>>,
     link: Option<Link>,
     subs: HashMap<String, SubEntry>,
     offline: VecDeque<Delivery>,

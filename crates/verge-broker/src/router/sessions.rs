@@ -15,6 +15,19 @@ use crate::subs::SubKey;
 
 impl Router {
     pub(super) fn on_connect(&mut self, req: ConnectReq) {
+        // A session belongs to the identity that made it: another one
+        // neither takes over its connection nor resumes it (whatever the
+        // client id binding), nor starts it afresh.
+        if self
+            .by_client
+            .get(&req.client_id)
+            .and_then(|k| self.sessions.get(k))
+            .is_some_and(|s| s.owner != req.username)
+        {
+            inc(&self.stats.refused_client_ids);
+            refuse(req, reason::CLIENT_IDENTIFIER_NOT_VALID);
+            return;
+        }
         if req.at_limit {
             let takeover = self
                 .by_client
@@ -49,6 +62,7 @@ impl Router {
                     key,
                     Session {
                         client_id: req.client_id.clone(),
+                        owner: req.username.clone(),
                         link: None,
                         subs: HashMap::new(),
                         offline: VecDeque::new(),
