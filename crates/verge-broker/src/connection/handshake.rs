@@ -347,7 +347,6 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         acks: VecDeque::new(),
         wake: None,
         batch: Vec::new(),
-        read_yielded: false,
         order_held: false,
         rate_tokens: cfg.max_publish_rate as f64,
         rate_at: Instant::now(),

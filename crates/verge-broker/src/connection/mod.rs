@@ -171,9 +171,6 @@ struct Conn {
     wake: Option<Arc<Notify>>,
     /// Publishes for the router, each with the router's hold on its gate.
     batch: Vec<(Arc<Message>, Confirm)>,
-    /// Whether the publishes of the current read already waited their one
-    /// turn (see `flush_batch`).
-    read_yielded: bool,
     /// Whether this connection holds `Ctx::order` (a SUBSCRIBE read and not
     /// yet sent to the router).
     order_held: bool,
@@ -292,7 +289,6 @@ impl Conn {
         if holds_subscribe(&io.rbuf) {
             self.hold_order();
         }
-        self.read_yielded = false;
         let end = self.handle_packets(io).await;
         self.release_order();
         end

@@ -42,15 +42,6 @@ impl Conn {
         // Not waiting for others while holding them back (two connections
         // would wait for each other).
         self.release_order();
-        if !self.read_yielded {
-            // Connections whose sockets became readable together run in an
-            // order of the runtime's choosing (the one woken last often
-            // first): one turn for them before this read's publishes are
-            // routed lets a SUBSCRIBE that reached the broker first be read,
-            // and so hold these publishes back until it is with the router.
-            self.read_yielded = true;
-            tokio::task::yield_now().await;
-        }
         self.ctx.order.wait().await;
         let batch = std::mem::take(&mut self.batch);
         let _ = self.ctx.router.send(Event::Publish(batch)).await;
