@@ -154,7 +154,7 @@ pub(crate) async fn reconcile(parts: &NodeParts, d: &DesiredState) -> Vec<String
         match apply_function(parts, a).await {
             Ok(true) => restored.push(format!("function `{}` restored", a.name)),
             Ok(false) => {}
-            Err(e) => tracing::warn!(function = %a.name, "not restored: {e}"),
+            Err(e) => tracing::debug!(function = %a.name, "not restored: {e}"),
         }
     }
     let managed: HashSet<&str> = d.rules.iter().filter_map(rule_id).collect();
@@ -190,8 +190,26 @@ async fn remove_functions(
 }
 
 /// Deploy `a` unless the same module and spec run now; `true` when it
-/// deployed.
+/// deployed. What runs is compared by the module's SHA-256 first, so the
+/// module is decoded and hashed only when it is to be deployed (the
+/// reconciliation at every quiet poll costs no module work).
 async fn apply_function(parts: &NodeParts, a: &FunctionArtifact) -> Result<bool, String> {
+    let mut spec = match serde_json::to_value(&a.spec) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return Err("spec: not a JSON object".into()),
+    };
+    spec.insert("name".into(), serde_json::Value::String(a.name.clone()));
+    let spec: FunctionSpec = serde_json::from_value(serde_json::Value::Object(spec))
+        .map_err(|e| format!("spec: {e}"))?;
+    if let Some(cur) = parts.functions.get(&a.name)
+        && cur
+            .sha256
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(&a.sha256))
+        && cur.spec == spec
+    {
+        return Ok(false);
+    }
     let module = B64
         .decode(a.module_base64.as_bytes())
         .map_err(|e| format!("module_base64: {e}"))?;
@@ -201,19 +219,6 @@ async fn apply_function(parts: &NodeParts, a: &FunctionArtifact) -> Result<bool,
             "the module's sha256 is {sha256}, the cloud says {}",
             a.sha256
         ));
-    }
-    let mut spec = match serde_json::to_value(&a.spec) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => return Err("spec: not a JSON object".into()),
-    };
-    spec.insert("name".into(), serde_json::Value::String(a.name.clone()));
-    let spec: FunctionSpec = serde_json::from_value(serde_json::Value::Object(spec))
-        .map_err(|e| format!("spec: {e}"))?;
-    if let Some(cur) = parts.functions.get(&a.name)
-        && cur.sha256.as_deref() == Some(sha256.as_str())
-        && cur.spec == spec
-    {
-        return Ok(false);
     }
     parts
         .functions

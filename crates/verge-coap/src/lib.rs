@@ -55,6 +55,8 @@ pub mod stats;
 pub use codec::{CoapMessage, Code, DecodeError, MsgType};
 #[cfg(feature = "gateway")]
 pub use config::{CoapConfig, DtlsConfig, NotifyType, PskEntry};
+#[cfg(feature = "dtls")]
+pub use dtls::Channel as DatagramChannel;
 #[cfg(feature = "gateway")]
 pub use error::CoapError;
 #[cfg(feature = "gateway")]

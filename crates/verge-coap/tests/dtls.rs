@@ -3,7 +3,10 @@
 //! gateway's DTLS listener, with a broker in the same process.
 #![cfg(feature = "dtls")]
 
-use std::io::{self, Read, Write};
+mod common;
+use common::registry;
+use verge_broker::auth::Registry;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,9 +18,9 @@ use openssl::ssl::{
 use openssl::x509::X509;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::net::UdpSocket;
-use verge_broker::auth::{Registry, hash_password};
 use verge_broker::config::AclPolicy;
 use verge_broker::{Authenticator, Broker, BrokerConfig, Message};
+use verge_coap::DatagramChannel as Channel;
 use verge_coap::option;
 use verge_coap::{
     CoapConfig, CoapMessage, Code, DtlsConfig, Gateway, MsgType, PskEntry, RunningGateway,
@@ -28,26 +31,6 @@ use verge_mqtt::QoS;
 /// Guard against hangs only; nothing asserts on time.
 const WAIT: Duration = Duration::from_secs(10);
 const KEY: &[u8] = b"sensor-secret-key";
-
-fn registry() -> Registry {
-    let hash = hash_password("s3cret").expect("hash");
-    toml::from_str(&format!(
-        r##"
-        [[devices]]
-        username = "sensor"
-        password_hash = "{hash}"
-        [[devices.acl]]
-        permission = "allow"
-        action = "all"
-        topic = "devices/%u/#"
-        [[devices.acl]]
-        permission = "deny"
-        action = "all"
-        topic = "#"
-        "##
-    ))
-    .expect("registry")
-}
 
 fn psk(identity: &str, key: &[u8]) -> PskEntry {
     PskEntry {
@@ -84,37 +67,6 @@ async fn env_with(cfg: CoapConfig) -> Env {
     let addr = socket.local_addr().expect("addr");
     let gw = gw.spawn_dtls(socket);
     Env { broker, gw, addr }
-}
-
-/// The datagrams between the test's client session and its socket.
-#[derive(Default)]
-struct Channel {
-    inbound: Option<Vec<u8>>,
-    outbound: Vec<Vec<u8>>,
-}
-
-impl Read for Channel {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inbound.take() {
-            Some(d) => {
-                let n = d.len().min(buf.len());
-                buf[..n].copy_from_slice(&d[..n]);
-                Ok(n)
-            }
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-}
-
-impl Write for Channel {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbound.push(buf.to_vec());
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A DTLS 1.2 PSK client.

@@ -1,12 +1,14 @@
 //! The gateway end to end over real UDP on loopback, with raw datagrams
 //! built by the crate's codec and a broker in the same process.
 
+mod common;
+use common::registry;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use verge_broker::auth::{Registry, hash_password};
 use verge_broker::config::AclPolicy;
 use verge_broker::{Authenticator, Broker, BrokerConfig, Message};
 use verge_coap::option::{self, Block};
@@ -22,26 +24,6 @@ struct Env {
     addr: SocketAddr,
     client: UdpSocket,
     mid: u16,
-}
-
-fn registry() -> Registry {
-    let hash = hash_password("s3cret").expect("hash");
-    toml::from_str(&format!(
-        r##"
-        [[devices]]
-        username = "sensor"
-        password_hash = "{hash}"
-        [[devices.acl]]
-        permission = "allow"
-        action = "all"
-        topic = "devices/%u/#"
-        [[devices.acl]]
-        permission = "deny"
-        action = "all"
-        topic = "#"
-        "##
-    ))
-    .expect("registry")
 }
 
 async fn env_with(cfg: CoapConfig, anonymous: bool) -> Env {

@@ -76,13 +76,9 @@ pub async fn start(mut cfg: CloudConfig) -> anyhow::Result<Started> {
     })
 }
 
+/// `Cloud::open` makes the data dir (0700) and names `cloud.data_dir` when
+/// it cannot.
 async fn open(cfg: &CloudConfig) -> anyhow::Result<(Cloud, Option<String>)> {
-    verge_net::fs::create_private_dir(&cfg.cloud.data_dir).with_context(|| {
-        format!(
-            "cloud.data_dir: cannot create {}",
-            cfg.cloud.data_dir.display()
-        )
-    })?;
     Cloud::open(cfg.clone())
         .await
         .context("opening the cloud center")

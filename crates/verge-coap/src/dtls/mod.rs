@@ -38,13 +38,16 @@ const HANDSHAKE: u8 = 22;
 /// Length of a DTLS record header.
 const RECORD_HEADER: usize = 13;
 
-/// The datagrams between one session and the socket.
-#[derive(Default)]
-struct Channel {
+/// The datagrams between one OpenSSL DTLS session and a UDP socket the
+/// caller owns: what the socket received goes into `inbound`, what the
+/// session wrote comes out of `outbound`, one datagram per write. The
+/// gateway's sessions use it, and so can a DTLS client (the tests' does).
+#[derive(Debug, Default)]
+pub struct Channel {
     /// The datagram OpenSSL reads next (one read takes it whole).
-    inbound: Option<Vec<u8>>,
-    /// Datagrams OpenSSL wrote (one per write), sent by the loop.
-    outbound: Vec<Vec<u8>>,
+    pub inbound: Option<Vec<u8>>,
+    /// Datagrams OpenSSL wrote (one per write), for the caller to send.
+    pub outbound: Vec<Vec<u8>>,
 }
 
 impl Read for Channel {
