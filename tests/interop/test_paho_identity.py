@@ -4,12 +4,10 @@ device's persistent session or the commands queued for it, and does not
 disconnect it. Client ids are bound to usernames (`client_id_binding`,
 default "prefix": the username or `{username}:…`)."""
 
-import queue
-
 import pytest
 
-from verge_interop import V3, V5, WAIT, Client, Node, own_topics_device
-from test_paho_auth import cli_hash
+from verge_interop import V3, V5, Client, Node, own_topics_device
+from test_paho_auth import assert_refused, cli_hash, connack_code
 
 BOTH = pytest.mark.parametrize("proto", [V3, V5], ids=["v311", "v5"])
 
@@ -46,22 +44,9 @@ def unbound(tmp_path_factory):
     n.stop()
 
 
-def connack_code(c):
-    if c.proto == V3:
-        assert c.raw_connack is not None, "CONNACK not seen in paho's log"
-        return c.raw_connack[1]
-    return c.rc.value
-
-
 def refused(c, proto):
-    code = connack_code(c)
-    assert code == ID_REJECTED[proto], f"CONNACK code {code:#x} ({c.rc})"
-    try:
-        c.disconnects.get(timeout=WAIT)
-    except queue.Empty:
-        pytest.fail("the broker kept a refused connection open")
-    finally:
-        c.c.loop_stop()
+    """CONNACK "identifier rejected" for `proto`, then the connection closed."""
+    assert_refused(c, {ID_REJECTED[proto]})
 
 
 def persistent(node, proto, cid, user):
