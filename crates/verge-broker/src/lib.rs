@@ -87,7 +87,6 @@ impl Broker {
             stats: stats.clone(),
             next_conn: AtomicU64::new(1),
             password_checks: connection::password_check_slots(),
-            order: Default::default(),
             durable,
         });
         let (shutdown, _) = watch::channel(false);

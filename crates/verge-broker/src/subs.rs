@@ -103,6 +103,18 @@ impl SubTree {
         removed
     }
 
+    /// Whether the shared group `group` on `filter` has no members.
+    pub fn group_is_empty(&self, filter: &str, group: &str) -> bool {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            match node.children.get(level) {
+                Some(n) => node = n,
+                None => return true,
+            }
+        }
+        node.shared.get(group).is_none_or(|g| g.members.is_empty())
+    }
+
     /// Collect every subscriber whose filter matches `topic` into `out`. For
     /// each shared group one member is chosen, round robin, preferring members
     /// for which `online` is true.

@@ -1,17 +1,15 @@
 //! Ordering across connections: a SUBSCRIBE written to its socket before
-//! another client writes a PUBLISH should be in force for that PUBLISH,
-//! without waiting for the SUBACK (issue 16: the publisher's connection,
-//! woken by the same readiness poll, often read and routed its PUBLISH
-//! before the subscriber's connection had read its SUBSCRIBE).
+//! another client writes a PUBLISH is in force for that PUBLISH, without
+//! waiting for the SUBACK (issue 16: the publisher's connection, woken by
+//! the same readiness poll, often read and routed its PUBLISH before the
+//! subscriber's connection had read its SUBSCRIBE; 29-31 of 50 trials
+//! missed with two workers).
 //!
 //! The clients are blocking sockets on a thread of their own, so their
 //! writes happen in program order outside the broker's runtime, and the
-//! runtime has two workers as in the node. What the broker guarantees is
-//! read order (see `connection/order.rs`); arrival order across two sockets
-//! it cannot observe, and these tests still miss some trials (before the
-//! change 29–31 of 50, after it 13–18 with two workers, 1–2 with one), so
-//! they are ignored until the broker orders reads by readiness: run them
-//! with `cargo test -p verge-broker --test ordering -- --ignored`.
+//! runtime has two workers as in the node. The broker orders them by when
+//! their bytes reached its sockets (see `connection/arrival.rs` and
+//! `router/recent.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -117,13 +115,11 @@ async fn subscribe_before_publish(protocol: Protocol) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "arrival order across sockets is not guaranteed yet; see the module doc"]
 async fn regression_subscribe_written_before_publish_is_in_force_v5() {
     subscribe_before_publish(Protocol::V5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "arrival order across sockets is not guaranteed yet; see the module doc"]
 async fn regression_subscribe_written_before_publish_is_in_force_v311() {
     subscribe_before_publish(Protocol::V311).await;
 }

@@ -347,7 +347,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         acks: VecDeque::new(),
         wake: None,
         batch: Vec::new(),
-        order_held: false,
+        arrived: super::Arrival::now(),
         rate_tokens: cfg.max_publish_rate as f64,
         rate_at: Instant::now(),
     };

@@ -29,15 +29,14 @@ use crate::router::{Carry, Event, InflightOut, Kill};
 use crate::stats::{Stats, add, inc};
 use crate::subs::SubKey;
 
+mod arrival;
 mod deliver;
 mod handshake;
-mod order;
 mod publish;
 mod subscribe;
 
+use arrival::{Arrival, Stamped};
 use handshake::handshake;
-pub(crate) use order::SubscribeOrder;
-use order::holds_subscribe;
 use publish::HeldAck;
 
 /// Smallest read buffer; what an idle connection holds.
@@ -58,9 +57,6 @@ pub(crate) struct Ctx {
     /// Durable local subscriptions held (kept by the router); while it is
     /// zero no PUBLISH gets an acknowledgement gate.
     pub durable: Arc<AtomicUsize>,
-    /// Connections holding a SUBSCRIBE not yet sent to the router; publishes
-    /// wait for them (see `order`).
-    pub order: SubscribeOrder,
 }
 
 /// Two argon2 checks per core at a time.
@@ -90,7 +86,7 @@ where
 {
     inc(&ctx.stats.connections_total);
     let mut io = Io {
-        stream,
+        stream: Stamped::new(stream),
         rbuf: BytesMut::with_capacity(MIN_READ),
         wbuf: BytesMut::new(),
         stats: ctx.stats.clone(),
@@ -111,7 +107,7 @@ where
 }
 
 struct Io<S> {
-    stream: S,
+    stream: Stamped<S>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     stats: Arc<Stats>,
@@ -171,9 +167,8 @@ struct Conn {
     wake: Option<Arc<Notify>>,
     /// Publishes for the router, each with the router's hold on its gate.
     batch: Vec<(Arc<Message>, Confirm)>,
-    /// Whether this connection holds `Ctx::order` (a SUBSCRIBE read and not
-    /// yet sent to the router).
-    order_held: bool,
+    /// When the bytes of the last read reached the socket (see `arrival`).
+    arrived: Arrival,
     rate_tokens: f64,
     rate_at: Instant,
 }
@@ -189,6 +184,7 @@ impl Conn {
         let mut read_hint = MIN_READ;
         let kill = self.kill.clone();
         let mailbox = self.mailbox.clone();
+        self.arrived = io.stream.arrival();
         // Packets that came in the same read as the CONNECT: the loop below
         // handles the buffer only after a read, and the client may be
         // waiting for their answers before it sends anything else.
@@ -237,6 +233,7 @@ impl Conn {
                     match r {
                         Ok(0) | Err(_) => break End::Closed,
                         Ok(n) => {
+                            self.arrived = io.stream.arrival();
                             // Busy connections read big, idle ones hold little.
                             read_hint = if n >= spare { (read_hint * 2).min(MAX_READ) } else { (read_hint / 2).max(MIN_READ) };
                             add(&self.ctx.stats.bytes_received, n as u64);
@@ -285,35 +282,6 @@ impl Conn {
     /// Decode and handle every complete packet in the read buffer (stops
     /// early while the held acknowledgements are at their bound).
     async fn on_read<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut Io<S>) -> Option<End> {
-        // Taken in the poll that read the bytes, before anything awaits.
-        if holds_subscribe(&io.rbuf) {
-            self.hold_order();
-        }
-        let end = self.handle_packets(io).await;
-        self.release_order();
-        end
-    }
-
-    /// Hold back other connections' publishes until this one's SUBSCRIBE
-    /// is with the router.
-    fn hold_order(&mut self) {
-        if !self.order_held {
-            self.order_held = true;
-            self.ctx.order.hold();
-        }
-    }
-
-    fn release_order(&mut self) {
-        if self.order_held {
-            self.order_held = false;
-            self.ctx.order.release();
-        }
-    }
-
-    async fn handle_packets<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut Io<S>,
-    ) -> Option<End> {
         let max = self.ctx.cfg.max_packet_size as usize;
         loop {
             if self.acks.len() >= self.ack_limit() {

@@ -39,10 +39,6 @@ impl Conn {
         if self.batch.is_empty() {
             return;
         }
-        // Not waiting for others while holding them back (two connections
-        // would wait for each other).
-        self.release_order();
-        self.ctx.order.wait().await;
         let batch = std::mem::take(&mut self.batch);
         let _ = self.ctx.router.send(Event::Publish(batch)).await;
     }
@@ -132,7 +128,7 @@ impl Conn {
         if !allowed {
             return None;
         }
-        let now = Instant::now();
+        let now = self.arrived.latest;
         let mut props = p.properties;
         props.subscription_identifiers.clear();
         let expires = props

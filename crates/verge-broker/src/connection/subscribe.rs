@@ -64,14 +64,11 @@ impl Conn {
         let ev = Event::Subscribe {
             key: self.key,
             filters,
+            arrived: self.arrived.earliest,
             reply: tx,
         };
         if self.ctx.router.send(ev).await.is_err() {
             return Some(End::Error(reason::SERVER_SHUTTING_DOWN, "router gone"));
-        }
-        // With the router: publishes read after it may be routed now.
-        if !super::holds_subscribe(&io.rbuf) {
-            self.release_order();
         }
         let Ok((codes, retained)) = rx.await else {
             return Some(End::Error(reason::SERVER_SHUTTING_DOWN, "router gone"));

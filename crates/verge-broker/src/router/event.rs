@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
 use verge_mqtt::SubOptions;
@@ -109,6 +109,8 @@ pub(crate) enum Event {
     Subscribe {
         key: SubKey,
         filters: Vec<SubReq>,
+        /// When the SUBSCRIBE reached the broker's socket.
+        arrived: Instant,
         reply: oneshot::Sender<(Vec<u8>, Vec<Delivery>)>,
     },
     Unsubscribe {

@@ -22,9 +22,11 @@ use crate::mailbox::Mailbox;
 use crate::message::Message;
 use crate::stats::Stats;
 use crate::subs::{Hit, SubEntry, SubKey, SubTree};
+use recent::Recent;
 
 mod event;
 mod offline;
+mod recent;
 mod route;
 mod sessions;
 
@@ -92,6 +94,8 @@ pub(crate) struct Router {
     /// Durable local subscriptions held, read by connections to decide
     /// whether a PUBLISH needs an acknowledgement gate.
     durable: Arc<AtomicUsize>,
+    /// What was routed just now, for SUBSCRIBEs that arrived before it.
+    recent: Recent,
 }
 
 impl Router {
@@ -111,6 +115,7 @@ impl Router {
             last_sys: Instant::now(),
             persistent: 0,
             durable,
+            recent: Recent::default(),
         }
     }
 
@@ -162,9 +167,10 @@ impl Router {
             Event::Subscribe {
                 key,
                 filters,
+                arrived,
                 reply,
             } => {
-                let r = self.on_subscribe(key, filters);
+                let r = self.on_subscribe(key, filters, arrived);
                 let _ = reply.send(r);
             }
             Event::Unsubscribe {
@@ -270,6 +276,7 @@ impl Router {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        self.recent.expire(now);
         let expired: Vec<SubKey> = self
             .sessions
             .iter()
@@ -327,3 +334,6 @@ pub(crate) fn split_shared(filter: &str) -> (Option<&str>, &str) {
         None => (None, filter),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,14 +16,26 @@ use crate::message::Message;
 use crate::stats::inc;
 use crate::subs::{SubEntry, SubKey};
 
+/// A subscription a SUBSCRIBE made (not one it replaced).
+struct Fresh {
+    /// As subscribed, `$share/` included.
+    filter: String,
+    shared: bool,
+    entry: SubEntry,
+    /// The retained messages it matches went with the SUBACK.
+    retained_sent: bool,
+}
+
 impl Router {
     pub(super) fn on_subscribe(
         &mut self,
         key: SubKey,
         filters: Vec<SubReq>,
+        arrived: Instant,
     ) -> (Vec<u8>, Vec<Delivery>) {
         let mut codes = Vec::with_capacity(filters.len());
-        let mut retained = Vec::new();
+        let mut sent = Vec::new();
+        let mut fresh = Vec::new();
         for req in filters {
             if let Some(code) = req.refused {
                 codes.push(code);
@@ -42,17 +54,20 @@ impl Router {
                 options: req.options,
                 id: req.id,
             };
+            // A shared group that had members gave them what it matched.
+            let group_was_empty = group.is_some_and(|g| self.tree.group_is_empty(f, g));
             let existed = self.tree.insert(f, group, key, entry);
             if let Some(s) = self.sessions.get_mut(&key) {
                 s.subs.insert(req.filter.clone(), entry);
             }
             codes.push(req.options.qos as u8);
             let rh = req.options.retain_handling;
-            if group.is_none() && (rh == 0 || (rh == 1 && !existed)) {
+            let retained_sent = group.is_none() && (rh == 0 || (rh == 1 && !existed));
+            if retained_sent {
                 let now = Instant::now();
                 for (t, m) in &self.retained {
                     if topic::matches(f, t) && !m.expired(now) {
-                        retained.push(Delivery {
+                        sent.push(Delivery {
                             msg: m.clone(),
                             qos: m.qos.min(req.options.qos),
                             retain: true,
@@ -61,8 +76,67 @@ impl Router {
                     }
                 }
             }
+            if !existed && (group.is_none() || group_was_empty) {
+                let shared = group.is_some();
+                fresh.push(Fresh {
+                    filter: req.filter,
+                    shared,
+                    entry,
+                    retained_sent,
+                });
+            }
         }
-        (codes, retained)
+        if !fresh.is_empty() {
+            self.replay(key, &fresh, arrived, &mut sent);
+        }
+        (codes, sent)
+    }
+
+    /// Give new subscriptions the messages routed before them that arrived
+    /// after their SUBSCRIBE (see `recent`), once per message, in routing
+    /// order, after the retained messages.
+    fn replay(&self, key: SubKey, fresh: &[Fresh], arrived: Instant, out: &mut Vec<Delivery>) {
+        let Some(session) = self.sessions.get(&key) else {
+            return;
+        };
+        // Filters the session held before: what they matched it has.
+        let held: Vec<&str> = session
+            .subs
+            .keys()
+            .filter(|f| !f.starts_with("$share/") && !fresh.iter().any(|n| &n.filter == *f))
+            .map(String::as_str)
+            .collect();
+        let now = Instant::now();
+        for m in self.recent.after(arrived) {
+            if m.expired(now) || held.iter().any(|f| topic::matches(f, &m.topic)) {
+                continue;
+            }
+            let mut got: Option<Delivery> = None;
+            for n in fresh {
+                let o = n.entry.options;
+                if !topic::matches(split_shared(&n.filter).1, &m.topic)
+                    || (o.no_local && !n.shared && *session.client_id == *m.origin)
+                    || (n.retained_sent
+                        && m.retain
+                        && self
+                            .retained
+                            .get(&m.topic)
+                            .is_some_and(|r| Arc::ptr_eq(r, m)))
+                {
+                    continue;
+                }
+                let d = got.get_or_insert_with(|| Delivery {
+                    msg: m.clone(),
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    sub_ids: Vec::new(),
+                });
+                d.qos = d.qos.max(m.qos.min(o.qos));
+                d.retain |= o.retain_as_published && m.retain;
+                d.sub_ids.extend(n.entry.id);
+            }
+            out.extend(got);
+        }
     }
 
     pub(super) fn unsubscribe(&mut self, key: SubKey, filter: &str) -> u8 {
@@ -92,6 +166,7 @@ impl Router {
         if msg.retain {
             self.retain(&msg);
         }
+        self.recent.push(&msg);
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
         {
