@@ -75,3 +75,47 @@ fn payload_floats_are_read_one_ulp_off() {
         );
     }
 }
+
+#[test]
+fn round_with_digits_is_inexact() {
+    let r = |x: &str, n: i64| {
+        let sql = format!(r##"SELECT round({x}, {n}) AS r FROM "#""##);
+        val(&sql, "{}", "r")
+    };
+    assert_eq!(r("123456789", -5), Value::Float(123_500_000.0));
+    assert_eq!(r("-946949363", 10), Value::Float(-946_949_363.0));
+    assert_eq!(r("-123450000", -4), Value::Float(-123_450_000.0));
+    assert_eq!(r("-123450000", -5), Value::Float(-123_500_000.0));
+    assert_eq!(r("9223372036854775807", -18), Value::Float(9e18));
+    // Halves of the decimal the double is written as round away from zero.
+    assert_eq!(r("2.675", 2), Value::Float(2.68));
+    assert_eq!(r("143.355", 2), Value::Float(143.36));
+    assert_eq!(r("-143.355", 2), Value::Float(-143.36));
+    assert_eq!(r("2.45", 1), Value::Float(2.5));
+    assert_eq!(r("0.0049", 2), Value::Float(0.0));
+    assert_eq!(r("0.005", 2), Value::Float(0.01));
+    assert_eq!(r("99.99", 1), Value::Float(100.0));
+    assert_eq!(r("123456.7", -2), Value::Float(123_500.0));
+    assert_eq!(r("1e300", 2), Value::Float(1e300));
+    assert_eq!(r("1.5e-300", 18), Value::Float(0.0));
+
+    // Every integer and every n: the exact decimal answer, computed independently.
+    let mut rng = Rng(42);
+    for _ in 0..3_000 {
+        let i = (rng.next() >> (rng.next() % 64)) as i64 * if rng.next() % 2 == 0 { 1 } else { -1 };
+        let n = (rng.next() % 37) as i64 - 18;
+        let want = if n >= 0 {
+            i as f64
+        } else {
+            let p = 10i128.pow(n.unsigned_abs() as u32);
+            let q = (i128::from(i).abs() + p / 2) / p * p;
+            (if i < 0 { -q } else { q }) as f64
+        };
+        let q = Query::parse(r##"SELECT round(a, b) AS r FROM "#""##).expect("compiles");
+        let mut ex = q.start(Limits::default());
+        let mut out = Vec::new();
+        let payload = format!(r#"{{"a":{i},"b":{n}}}"#);
+        ex.push(&ev(&payload, 0), &mut out).expect("push");
+        assert_eq!(out[0].get("r"), Some(&Value::Float(want)), "round({i}, {n})");
+    }
+}
