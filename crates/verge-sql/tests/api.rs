@@ -282,13 +282,11 @@ fn arithmetic_on_extreme_numbers_is_an_error_not_a_panic() {
     assert_eq!(e.message, "integer overflow in 'abs(a)'");
     for expr in [
         "-a",
-        "a % b",
         "a / b",
         "a * a",
         "a - c",
         "ceil(f)",
         "CAST(f AS INT)",
-        "mod(a, b)",
     ] {
         let q = Query::parse(&format!("SELECT {expr} AS x FROM \"#\"")).expect("compiles");
         let mut ex = q.start(Limits::default());
@@ -301,6 +299,8 @@ fn arithmetic_on_extreme_numbers_is_an_error_not_a_panic() {
         "year(a)",
         "format_time(c, '%Y')",
         "lpad(s, 65536)",
+        "a % b",
+        "mod(a, b)",
     ] {
         let q = Query::parse(&format!("SELECT {expr} AS x FROM \"#\"")).expect("compiles");
         let mut ex = q.start(Limits::default());

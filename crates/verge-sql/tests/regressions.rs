@@ -119,3 +119,20 @@ fn round_with_digits_is_inexact() {
         assert_eq!(out[0].get("r"), Some(&Value::Float(want)), "round({i}, {n})");
     }
 }
+
+#[test]
+fn int_min_remainder_minus_one_reports_overflow() {
+    let sql = r##"SELECT -9223372036854775808 AS m, a % -1 AS r, mod(a, -1) AS md, -9223372036854775808 % -1 AS c FROM "#""##;
+    let row = one(sql, r#"{"a": -9223372036854775808}"#).expect("row");
+    assert_eq!(
+        row.to_json(),
+        r#"{"m":-9223372036854775808,"r":0,"md":0,"c":0}"#
+    );
+    // The quotient still overflows, and 2^63 without a minus is no INT.
+    assert!(one(r##"SELECT a / -1 AS q FROM "#""##, r#"{"a": -9223372036854775808}"#).is_err());
+    let e = Query::parse(r##"SELECT 9223372036854775808 AS x FROM "#""##).expect_err("too large");
+    assert_eq!(
+        e.to_string(),
+        "line 1, column 8: number '9223372036854775808' is too large for a 64-bit integer"
+    );
+}

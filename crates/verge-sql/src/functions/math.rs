@@ -160,7 +160,8 @@ pub(crate) fn arith(op: BinOp, a: &Value, b: &Value) -> Result<Value, String> {
                 BinOp::Mul => x.checked_mul(y),
                 BinOp::Div | BinOp::Mod if y == 0 => return Err("division by zero".into()),
                 BinOp::Div => x.checked_div(y),
-                _ => x.checked_rem(y),
+                // i64::MIN % -1 is 0; only the quotient overflows.
+                _ => Some(x.wrapping_rem(y)),
             };
             r.map(Value::Int).ok_or_else(|| "integer overflow".into())
         }
