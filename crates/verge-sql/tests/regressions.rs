@@ -19,7 +19,8 @@ fn one(sql: &str, payload: &str) -> Result<Row, String> {
     let q = Query::parse(sql).map_err(|e| format!("compile: {e}"))?;
     let mut ex = q.start(Limits::default());
     let mut out = Vec::new();
-    ex.push(&ev(payload, 0), &mut out).map_err(|e| e.to_string())?;
+    ex.push(&ev(payload, 0), &mut out)
+        .map_err(|e| e.to_string())?;
     out.pop().ok_or_else(|| "no row".to_string())
 }
 
@@ -116,7 +117,11 @@ fn round_with_digits_is_inexact() {
         let mut out = Vec::new();
         let payload = format!(r#"{{"a":{i},"b":{n}}}"#);
         ex.push(&ev(&payload, 0), &mut out).expect("push");
-        assert_eq!(out[0].get("r"), Some(&Value::Float(want)), "round({i}, {n})");
+        assert_eq!(
+            out[0].get("r"),
+            Some(&Value::Float(want)),
+            "round({i}, {n})"
+        );
     }
 }
 
@@ -129,10 +134,42 @@ fn int_min_remainder_minus_one_reports_overflow() {
         r#"{"m":-9223372036854775808,"r":0,"md":0,"c":0}"#
     );
     // The quotient still overflows, and 2^63 without a minus is no INT.
-    assert!(one(r##"SELECT a / -1 AS q FROM "#""##, r#"{"a": -9223372036854775808}"#).is_err());
+    assert!(
+        one(
+            r##"SELECT a / -1 AS q FROM "#""##,
+            r#"{"a": -9223372036854775808}"#
+        )
+        .is_err()
+    );
     let e = Query::parse(r##"SELECT 9223372036854775808 AS x FROM "#""##).expect_err("too large");
     assert_eq!(
         e.to_string(),
         "line 1, column 8: number '9223372036854775808' is too large for a 64-bit integer"
+    );
+}
+
+#[test]
+fn int_float_comparison_loses_precision() {
+    let payload = r#"{"a": 9007199254740993, "f": 9007199254740992.0}"#;
+    let sql = r##"SELECT a = f AS eq, a < f AS lt, a > f AS gt, a <= f AS le, a >= f AS ge,
+        a <> f AS ne, a IN (f) AS isin, nullif(a, f) AS ni, greatest(a, f) AS g, least(a, f) AS l,
+        a BETWEEN f AND f AS btw, CASE a WHEN f THEN 'same' ELSE 'different' END AS cs FROM "#""##;
+    let row = one(sql, payload).expect("row");
+    assert_eq!(
+        row.to_json(),
+        r#"{"eq":false,"lt":false,"gt":true,"le":false,"ge":true,"ne":true,"isin":false,"ni":9007199254740993,"g":9007199254740993,"l":9007199254740992.0,"btw":false,"cs":"different"}"#
+    );
+    // min and max over a window compare the same way.
+    let q = Query::parse(r##"SELECT min(v) AS lo, max(v) AS hi FROM "#" GROUP BY COUNT(2)"##)
+        .expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut out = Vec::new();
+    ex.push(&ev(r#"{"v": 9007199254740992.0}"#, 0), &mut out)
+        .expect("push");
+    ex.push(&ev(r#"{"v": 9007199254740993}"#, 1), &mut out)
+        .expect("push");
+    assert_eq!(
+        out[0].to_json(),
+        r#"{"lo":9007199254740992.0,"hi":9007199254740993}"#
     );
 }

@@ -77,7 +77,9 @@ fn round_digits(x: &Value, n: i32) -> Result<Value, String> {
     // `{:e}` writes the shortest digits that read back as `f`: d.ddde±x.
     let text = format!("{:e}", f.abs());
     let (mantissa, exp) = text.split_once('e').unwrap_or((&text, "0"));
-    let exp: i64 = exp.parse().map_err(|_| "round() cannot read its argument")?;
+    let exp: i64 = exp
+        .parse()
+        .map_err(|_| "round() cannot read its argument")?;
     let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
     // Digits kept: those at or above the position of 10^-n.
     let keep = exp + 1 + i64::from(n);
