@@ -273,7 +273,8 @@ impl WinState {
                 seq,
             } => {
                 let gap = *gap;
-                let closes = |s: &Session| t >= s.last.saturating_add(gap);
+                // A message exactly `gap` after the last one continues the session.
+                let closes = |s: &Session| t > s.last.saturating_add(gap);
                 match groups.get(keys) {
                     Some(s) if !closes(s) => sink.check(&s.accs, args)?,
                     _ => sink.check(&sink.new_accs(), args)?,
@@ -308,7 +309,7 @@ impl WinState {
                                 seq: *seq,
                             },
                         );
-                        let d = t.saturating_add(gap);
+                        let d = close_time(t, gap);
                         *next_close = Some(next_close.map_or(d, |c| c.min(d)));
                     }
                 }
@@ -401,7 +402,7 @@ impl WinState {
                 let gap = *gap;
                 let mut due: Vec<(i64, u64, Key)> = groups
                     .iter()
-                    .filter(|(_, s)| s.last.saturating_add(gap) <= limit)
+                    .filter(|(_, s)| close_time(s.last, gap) <= limit)
                     .map(|(k, s)| (s.last.saturating_add(gap), s.seq, k.clone()))
                     .collect();
                 due.sort_by_key(|d| (d.0, d.1));
@@ -411,7 +412,7 @@ impl WinState {
                         sink.emit(&key, &aggs, (s.start, end), now);
                     }
                 }
-                *next_close = groups.values().map(|s| s.last.saturating_add(gap)).min();
+                *next_close = groups.values().map(|s| close_time(s.last, gap)).min();
             }
             Kind::Sliding { .. } | Kind::Count { .. } => {}
         }
@@ -558,6 +559,12 @@ impl WinState {
         s.bytes_held = (entries + key_values) * value + groups * 64;
         s.watermark = self.watermark();
     }
+}
+
+/// When a session whose last message came at `last` closes: once time has
+/// passed `last + gap` (a message at exactly `last + gap` still joins it).
+fn close_time(last: i64, gap: i64) -> i64 {
+    last.saturating_add(gap).saturating_add(1)
 }
 
 impl Sink<'_> {

@@ -67,13 +67,15 @@ fn session_deadline_follows_the_latest_message() {
     let mut ex = q.start(Limits::default());
     let mut out = Vec::new();
     ex.push(&ev("{}", 1_000), &mut out).expect("push");
-    assert_eq!(ex.next_deadline(), Some(6_000));
+    assert_eq!(ex.next_deadline(), Some(6_001));
     ex.push(&ev("{}", 4_000), &mut out).expect("push");
     // The cached deadline may be early; advancing to it emits nothing and moves it.
-    ex.advance(6_000, &mut out);
+    ex.advance(6_001, &mut out);
     assert!(out.is_empty());
-    assert_eq!(ex.next_deadline(), Some(9_000));
+    assert_eq!(ex.next_deadline(), Some(9_001));
     ex.advance(9_000, &mut out);
+    assert!(out.is_empty());
+    ex.advance(9_001, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(ex.next_deadline(), None);
 }

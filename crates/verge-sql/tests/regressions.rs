@@ -173,3 +173,32 @@ fn int_float_comparison_loses_precision() {
         r#"{"lo":9007199254740992.0,"hi":9007199254740993}"#
     );
 }
+
+#[test]
+fn session_splits_messages_exactly_gap_apart() {
+    let q = Query::parse(
+        r##"SELECT count(*) AS n, window_start() AS ws, window_end() AS we FROM "#" GROUP BY SESSION(5s)"##,
+    )
+    .expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut out = Vec::new();
+    ex.push(&ev("{}", 1_000), &mut out).expect("push");
+    ex.advance(6_000, &mut out);
+    ex.push(&ev("{}", 6_000), &mut out).expect("push");
+    assert!(out.is_empty(), "{out:?}");
+    ex.push(&ev("{}", 11_001), &mut out).expect("push");
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to_json(), r#"{"n":2,"ws":1000,"we":11000}"#);
+
+    // Event time: the same rule, as the watermark moves.
+    let q = Query::parse(r##"SELECT count(*) AS n FROM "#" TIMESTAMP BY ts GROUP BY SESSION(5s)"##)
+        .expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut out = Vec::new();
+    for ts in [1_000, 6_000, 11_000, 16_001] {
+        ex.push(&ev(&format!(r#"{{"ts":{ts}}}"#), 20_000), &mut out)
+            .expect("push");
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to_json(), r#"{"n":3}"#);
+}
