@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::Event;
 use crate::error::EvalError;
-use crate::expr::Ctx;
+use crate::expr::{Ctx, truth};
 use crate::limits::{ExecStats, Limits};
 use crate::payload::Fields;
 use crate::plan::{Item, Plan};
@@ -70,7 +70,7 @@ impl Executor {
             window: (0, 0),
         };
         if let Some(w) = &plan.where_
-            && !matches!(w.eval(&ctx)?, Value::Bool(true))
+            && truth(&ctx, w, "WHERE")? != Some(true)
         {
             self.stats.filtered += 1;
             return Ok(());

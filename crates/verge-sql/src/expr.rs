@@ -74,7 +74,10 @@ impl Ctx<'_> {
     }
 }
 
-fn truth(ctx: &Ctx<'_>, e: &CExpr, what: &str) -> EvalResult<Option<bool>> {
+/// A condition's truth value (NULL is `None`); anything but BOOL or NULL is an
+/// error naming `what` (WHERE, HAVING, NOT, AND, OR, WHEN), so every condition
+/// follows one rule.
+pub(crate) fn truth(ctx: &Ctx<'_>, e: &CExpr, what: &str) -> EvalResult<Option<bool>> {
     match e.eval(ctx)? {
         Value::Null => Ok(None),
         Value::Bool(b) => Ok(Some(b)),

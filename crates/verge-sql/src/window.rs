@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::agg::Acc;
 use crate::ast::WindowKind;
 use crate::error::{EvalError, EvalResult};
-use crate::expr::Ctx;
+use crate::expr::{Ctx, truth};
 use crate::limits::{ExecStats, Limits};
 use crate::plan::{Item, Plan};
 use crate::row::Row;
@@ -658,7 +658,7 @@ impl Sink<'_> {
         }
         if let Some(h) = plan.agg.as_ref().and_then(|a| a.having.as_ref()) {
             ctx.outs = &outs;
-            if !matches!(h.eval(&ctx)?, Value::Bool(true)) {
+            if truth(&ctx, h, "HAVING")? != Some(true) {
                 return Ok(None);
             }
         }

@@ -202,3 +202,45 @@ fn session_splits_messages_exactly_gap_apart() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].to_json(), r#"{"n":3}"#);
 }
+
+#[test]
+fn where_with_a_non_bool_value_silently_drops_the_message() {
+    for (sql, what) in [
+        (r##"SELECT 1 AS x FROM "#" WHERE flag"##, "WHERE"),
+        (r##"SELECT NOT flag AS x FROM "#""##, "NOT"),
+        (r##"SELECT flag AND true AS x FROM "#""##, "AND"),
+        (r##"SELECT flag OR false AS x FROM "#""##, "OR"),
+        (
+            r##"SELECT CASE WHEN flag THEN 1 END AS x FROM "#""##,
+            "WHEN",
+        ),
+    ] {
+        let q = Query::parse(sql).expect("compiles");
+        let mut ex = q.start(Limits::default());
+        let mut out = Vec::new();
+        let e = ex.push(&ev(r#"{"flag": 1}"#, 0), &mut out).expect_err(sql);
+        assert_eq!(
+            e.message,
+            format!("{what} expects a boolean, found int in 'flag'"),
+            "{sql}"
+        );
+        let s = ex.stats();
+        assert_eq!((s.eval_errors, s.filtered), (1, 0), "{sql}");
+        // NULL is no error: the condition is not true.
+        ex.push(&ev(r#"{"flag": null}"#, 0), &mut out)
+            .expect("null");
+    }
+    // HAVING: the row is dropped and counted as an error.
+    let q = Query::parse(r##"SELECT max(v) AS m FROM "#" GROUP BY COUNT(1) HAVING m"##)
+        .expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut out = Vec::new();
+    ex.push(&ev(r#"{"v": 3}"#, 0), &mut out).expect("push");
+    assert!(out.is_empty());
+    let s = ex.stats();
+    assert_eq!(s.eval_errors, 1);
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("HAVING expects a boolean, found int in 'm'")
+    );
+}
