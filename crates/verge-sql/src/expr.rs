@@ -277,6 +277,16 @@ impl CExpr {
         let CKind::Call(f, args) = &self.kind else {
             return Ok(Value::Null);
         };
+        if matches!(f, Func::Coalesce | Func::Ifnull) {
+            // Short-circuit: arguments after the first non-NULL one are not evaluated.
+            for a in args {
+                let v = a.eval(ctx)?;
+                if !v.is_null() {
+                    return Ok(v);
+                }
+            }
+            return Ok(Value::Null);
+        }
         Ok({
             if args.len() <= 4 {
                 let mut buf: [Value; 4] = Default::default();

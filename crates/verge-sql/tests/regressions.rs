@@ -244,3 +244,13 @@ fn where_with_a_non_bool_value_silently_drops_the_message() {
         Some("HAVING expects a boolean, found int in 'm'")
     );
 }
+
+#[test]
+fn coalesce_and_ifnull_evaluate_every_argument() {
+    let sql = r##"SELECT coalesce(a, b / c) AS co, ifnull(a, b / c) AS ifn, coalesce(n, a, b / c) AS co3 FROM "#""##;
+    let row = one(sql, r#"{"a": 5, "b": 1, "c": 0}"#).expect("row");
+    assert_eq!(row.to_json(), r#"{"co":5,"ifn":5,"co3":5}"#);
+    // An argument that is reached is still evaluated, errors included.
+    let e = one(sql, r#"{"a": null, "b": 1, "c": 0}"#).expect_err("division by zero");
+    assert_eq!(e, "division by zero in 'b / c'");
+}
