@@ -282,7 +282,15 @@ fn arithmetic_on_extreme_numbers_is_an_error_not_a_panic() {
     );
     let e = ex.push(&ev(&payload, 0), &mut rows).expect_err("overflow");
     assert_eq!(e.message, "integer overflow in 'abs(a)'");
-    for expr in ["-a", "a / b", "a * a", "a - c", "ceil(f)", "CAST(f AS INT)"] {
+    for expr in [
+        "-a",
+        "a / b",
+        "a * a",
+        "a - c",
+        "ceil(f)",
+        "CAST(f AS INT)",
+        "pow(f, f)",
+    ] {
         let q = Query::parse(&format!("SELECT {expr} AS x FROM \"#\"")).expect("compiles");
         let mut ex = q.start(Limits::default());
         assert!(ex.push(&ev(&payload, 0), &mut rows).is_err(), "{expr}");
@@ -290,7 +298,6 @@ fn arithmetic_on_extreme_numbers_is_an_error_not_a_panic() {
     for expr in [
         "round(f, 18)",
         "substring(s, a, c)",
-        "pow(f, f)",
         "year(a)",
         "format_time(c, '%Y')",
         "lpad(s, 65536)",

@@ -254,3 +254,82 @@ fn coalesce_and_ifnull_evaluate_every_argument() {
     let e = one(sql, r#"{"a": null, "b": 1, "c": 0}"#).expect_err("division by zero");
     assert_eq!(e, "division by zero in 'b / c'");
 }
+
+#[test]
+fn float_overflow_is_null_in_functions_but_an_error_in_operators() {
+    let sql =
+        r##"SELECT exp(x) AS e, pow(x, y) AS p, ln(y) AS l, sqrt(y) AS s, x * y AS m FROM "#""##;
+    assert_eq!(
+        one(sql, r#"{"x": 0, "y": 4}"#).expect("row").to_json(),
+        r#"{"e":1.0,"p":0.0,"l":1.3862943611198906,"s":2.0,"m":0}"#
+    );
+    for (payload, error) in [
+        (
+            r#"{"x": 710, "y": 1}"#,
+            "exp(710) is not a finite number in 'exp(x)'",
+        ),
+        (
+            r#"{"x": 2, "y": 1024}"#,
+            "pow(2, 1024) is not a finite number in 'pow(x, y)'",
+        ),
+        (
+            r#"{"x": 0, "y": -1}"#,
+            "pow(0, -1) is not a finite number in 'pow(x, y)'",
+        ),
+        (
+            r#"{"x": 1, "y": 0}"#,
+            "ln(0) is not a finite number in 'ln(y)'",
+        ),
+        (
+            r#"{"x": 1, "y": -1}"#,
+            "ln(-1) is not a finite number in 'ln(y)'",
+        ),
+        (
+            r#"{"x": -8, "y": 0.5}"#,
+            "pow(-8, 0.5) is not a finite number in 'pow(x, y)'",
+        ),
+    ] {
+        assert_eq!(one(sql, payload).expect_err(payload), error, "{payload}");
+    }
+    assert_eq!(
+        one(
+            r##"SELECT x * y AS m FROM "#""##,
+            r#"{"x": 1e308, "y": 10}"#
+        )
+        .expect_err("overflow"),
+        "float overflow in 'x * y'"
+    );
+    // Aggregates: a sum that would leave the FLOAT range fails that message.
+    let q = Query::parse(r##"SELECT sum(v) AS s, avg(v) AS a FROM "#" GROUP BY TUMBLING(10s)"##)
+        .expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut out = Vec::new();
+    ex.push(&ev(r#"{"v": 1e308}"#, 0), &mut out).expect("push");
+    let e = ex
+        .push(&ev(r#"{"v": 1e308}"#, 1), &mut out)
+        .expect_err("overflow");
+    assert_eq!(e.message, "float overflow in 'sum(v)'");
+    ex.push(&ev(r#"{"v": -1e308}"#, 2), &mut out).expect("push");
+    ex.push(&ev(r#"{"v": 0.5}"#, 3), &mut out).expect("push");
+    ex.flush(&mut out);
+    assert_eq!(out.len(), 1);
+    assert!(
+        matches!(out[0].get("s"), Some(Value::Float(s)) if *s == 0.5),
+        "{:?}",
+        out[0]
+    );
+}
+
+#[test]
+fn payload_integers_beyond_64_bits_and_minus_zero_are_floats() {
+    let sql = r##"SELECT a, b, z, z = 0 AS zero FROM "#""##;
+    let row = one(
+        sql,
+        r#"{"a": 18446744073709551615, "b": -9223372036854775809, "z": -0}"#,
+    )
+    .expect("row");
+    assert_eq!(
+        row.to_json(),
+        r#"{"a":1.8446744073709552e+19,"b":-9.223372036854776e+18,"z":-0.0,"zero":true}"#
+    );
+}

@@ -22,11 +22,15 @@ pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, Stri
                 round_digits(a, round_n(want_int(name, n)?)?)?
             }
         },
-        Func::Sqrt => Value::float_or_null(want_f64(name, a)?.sqrt()),
-        Func::Pow => Value::float_or_null(want_f64(name, a)?.powf(want_f64(name, &args[1])?)),
-        Func::Exp => Value::float_or_null(want_f64(name, a)?.exp()),
-        Func::Ln => Value::float_or_null(want_f64(name, a)?.ln()),
-        Func::Log10 => Value::float_or_null(want_f64(name, a)?.log10()),
+        Func::Sqrt => finite(name, args, want_f64(name, a)?.sqrt())?,
+        Func::Pow => finite(
+            name,
+            args,
+            want_f64(name, a)?.powf(want_f64(name, &args[1])?),
+        )?,
+        Func::Exp => finite(name, args, want_f64(name, a)?.exp())?,
+        Func::Ln => finite(name, args, want_f64(name, a)?.ln())?,
+        Func::Log10 => finite(name, args, want_f64(name, a)?.log10())?,
         Func::Mod => {
             want_f64(name, a)?;
             want_f64(name, &args[1])?;
@@ -46,6 +50,20 @@ pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, Stri
         Func::Least => extreme(name, args, Ordering::Less)?,
         _ => Value::Null,
     })
+}
+
+/// A function's FLOAT result, or an error when it is not a finite number:
+/// overflow (`exp(710)`, `pow(2, 1024)`) and undefined results (`sqrt(-1)`,
+/// `ln(0)`, `pow(0, -1)`) are errors, like division by zero, never NULL.
+fn finite(name: &str, args: &[Value], r: f64) -> Result<Value, String> {
+    if r.is_finite() {
+        return Ok(Value::Float(r));
+    }
+    let args: Vec<String> = args.iter().map(Value::to_string).collect();
+    Err(format!(
+        "{name}({}) is not a finite number",
+        args.join(", ")
+    ))
 }
 
 /// The digits argument of `round(x, n)`, checked.
