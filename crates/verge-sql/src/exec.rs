@@ -58,7 +58,9 @@ impl Executor {
 
     fn push_inner(&mut self, ev: &Event<'_>, out: &mut Vec<Row>) -> Result<(), EvalError> {
         let plan = Arc::clone(&self.plan);
-        self.fields.load(ev.payload, &plan.field_names, plan.star);
+        self.fields
+            .load(ev.payload, &plan.field_names, plan.star)
+            .map_err(EvalError::new)?;
         let ctx = Ctx {
             sql: &plan.sql,
             fields: &self.fields.slots,

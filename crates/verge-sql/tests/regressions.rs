@@ -333,3 +333,42 @@ fn payload_integers_beyond_64_bits_and_minus_zero_are_floats() {
         r#"{"a":1.8446744073709552e+19,"b":-9.223372036854776e+18,"z":-0.0,"zero":true}"#
     );
 }
+
+#[test]
+fn payload_nested_too_deeply_gives_silent_nulls() {
+    let deep = format!(r#"{{"a": 1, "b": {}{}}}"#, "[".repeat(200), "]".repeat(200));
+    let sql = r##"SELECT a, b FROM "#""##;
+    let q = Query::parse(sql).expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut out = Vec::new();
+    let e = ex.push(&ev(&deep, 0), &mut out).expect_err("too deep");
+    assert_eq!(
+        e.message,
+        "payload is nested more than 127 levels deep (line 1, column 141)"
+    );
+    assert!(out.is_empty());
+    let s = ex.stats();
+    assert_eq!(
+        (s.eval_errors, s.last_error.as_deref()),
+        (1, Some(e.message.as_str()))
+    );
+    // SELECT * reads every field, so it fails the same way; a query that does
+    // not read the deep field does not.
+    assert!(one(r##"SELECT * FROM "#""##, &deep).is_err());
+    assert_eq!(
+        one(r##"SELECT a FROM "#""##, &deep).expect("row").to_json(),
+        r#"{"a":1}"#
+    );
+
+    // A number beyond the FLOAT range is the same kind of error, not NULL fields.
+    let e = one(sql, r#"{"a": 1, "b": 1e400}"#).expect_err("out of range");
+    assert_eq!(
+        e,
+        "payload number is out of the FLOAT range (line 1, column 19)"
+    );
+    // A payload that is not a JSON object still gives NULL fields, as documented.
+    assert_eq!(
+        one(sql, "not json").expect("row").to_json(),
+        r#"{"a":null,"b":null}"#
+    );
+}
