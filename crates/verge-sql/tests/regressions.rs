@@ -372,3 +372,77 @@ fn payload_nested_too_deeply_gives_silent_nulls() {
         r#"{"a":null,"b":null}"#
     );
 }
+
+#[test]
+fn constant_expressions_that_always_fail_are_accepted_at_creation() {
+    for (sql, error) in [
+        (
+            r##"SELECT 1/0 AS x FROM "#""##,
+            "line 1, column 8: division by zero in '1/0'",
+        ),
+        (
+            r##"SELECT a, round(a, 19) AS r FROM "#""##,
+            "line 1, column 20: round() digits must be between -18 and 18",
+        ),
+        (
+            r##"SELECT lpad(s, 70000) AS p FROM "#""##,
+            "line 1, column 16: lpad() length must be between 0 and 65536",
+        ),
+        (
+            r##"SELECT rpad(s, -1, 'x') AS p FROM "#""##,
+            "line 1, column 16: rpad() length must be between 0 and 65536",
+        ),
+        (
+            r##"SELECT substring(s, 1, -2) AS p FROM "#""##,
+            "line 1, column 24: substring() length must not be negative",
+        ),
+        (
+            r##"SELECT a % 0 AS m FROM "#""##,
+            "line 1, column 8: division by zero in 'a % 0'",
+        ),
+        (
+            r##"SELECT a / 0.0 AS m FROM "#""##,
+            "line 1, column 8: division by zero in 'a / 0.0'",
+        ),
+        (
+            r##"SELECT mod(a, 0) AS m FROM "#""##,
+            "line 1, column 15: division by zero",
+        ),
+        (
+            r##"SELECT json_get(j, 'a..b') AS m FROM "#""##,
+            "line 1, column 20: json_get() path 'a..b' is not valid",
+        ),
+        (
+            r##"SELECT a FROM "#" WHERE a > sqrt(-1)"##,
+            "line 1, column 29: sqrt(-1) is not a finite number in 'sqrt(-1)'",
+        ),
+        (
+            r##"SELECT CAST('x' AS INT) + a AS m FROM "#""##,
+            "line 1, column 8: cannot cast string \"x\" to INT in 'CAST('x' AS INT)'",
+        ),
+        (
+            r##"SELECT upper(topic()) AS t, 9223372036854775807 + 1 AS m FROM "#""##,
+            "line 1, column 29: integer overflow in '9223372036854775807 + 1'",
+        ),
+    ] {
+        let e = Query::parse(sql).expect_err(sql);
+        assert_eq!(e.to_string(), error, "{sql}");
+    }
+    // Constants that work are computed once; NULL arguments are no error.
+    assert_eq!(
+        val(r##"SELECT round(2.5) + 1 AS x FROM "#""##, "{}", "x"),
+        Value::Int(4)
+    );
+    assert_eq!(
+        val(
+            r##"SELECT round(a, NULL) AS x FROM "#""##,
+            r#"{"a":1.5}"#,
+            "x"
+        ),
+        Value::Null
+    );
+    assert_eq!(
+        val(r##"SELECT lpad('7', 3, '0') AS x FROM "#""##, "{}", "x"),
+        Value::str("007")
+    );
+}

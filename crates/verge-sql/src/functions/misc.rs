@@ -113,6 +113,13 @@ pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, Stri
     })
 }
 
+/// Checks a json_get() path.
+pub(super) fn check_path(path: &str) -> Result<(), String> {
+    parse_path(path)
+        .map(drop)
+        .ok_or_else(|| format!("json_get() path '{path}' is not valid"))
+}
+
 enum Seg {
     Field(String),
     Index(i64),
