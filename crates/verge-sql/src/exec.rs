@@ -203,7 +203,7 @@ const MAX_TIME: i64 = 3_155_760_000_000_000;
 fn event_time(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
-        Value::Float(f) => crate::functions::math::float_to_int(f.trunc()).ok(),
+        Value::Float(f) => crate::time::float_ms(*f),
         Value::Str(s) => crate::time::parse(s),
         _ => None,
     }

@@ -446,3 +446,67 @@ fn constant_expressions_that_always_fail_are_accepted_at_creation() {
         Value::str("007")
     );
 }
+
+#[test]
+fn time_functions_accept_some_float_epochs_but_not_others() {
+    let sql = r##"SELECT year(t) AS y, format_time(t, '%Y-%m-%dT%H:%M:%S.%fZ') AS f, second(t) AS s FROM "#""##;
+    for (t, y, f) in [
+        ("266917550683.0", 1978, "1978-06-17T07:45:50.683Z"),
+        ("1126681071262.1", 2005, "2005-09-14T06:57:51.262Z"),
+        ("1126681071262.9", 2005, "2005-09-14T06:57:51.262Z"),
+        ("-0.5", 1969, "1969-12-31T23:59:59.999Z"),
+        ("1126681071262", 2005, "2005-09-14T06:57:51.262Z"),
+    ] {
+        let row = one(sql, &format!(r#"{{"t": {t}}}"#)).expect(t);
+        assert_eq!(row.get("y"), Some(&Value::Int(y)), "{t}");
+        assert_eq!(row.get("f"), Some(&Value::str(f)), "{t}");
+    }
+    let e = one(sql, r#"{"t": 1e19}"#).expect_err("out of range");
+    assert_eq!(
+        e,
+        "year() expects milliseconds within the INT range, found 1e+19 in 'year(t)'"
+    );
+    // Event time reads FLOAT milliseconds the same way.
+    let q = Query::parse(
+        r##"SELECT window_start() AS ws FROM "#" TIMESTAMP BY t GROUP BY TUMBLING(1s)"##,
+    )
+    .expect("compiles");
+    let mut ex = q.start(Limits::default());
+    let mut out = Vec::new();
+    ex.push(&ev(r#"{"t": -0.5}"#, 0), &mut out).expect("push");
+    ex.flush(&mut out);
+    assert_eq!(out[0].to_json(), r#"{"ws":-1000}"#);
+}
+
+#[test]
+fn parse_time_rejects_rfc3339_without_seconds() {
+    let p = |s: &str| {
+        one(
+            &format!(r##"SELECT parse_time('{s}') AS t FROM "#""##),
+            "{}",
+        )
+    };
+    for (text, ms) in [
+        ("2024-01-01T10:00Z", 1_704_103_200_000),
+        ("2024-01-01T10:00", 1_704_103_200_000),
+        ("2024-01-01 10:00+01:00", 1_704_099_600_000),
+        ("2024-01-01t10:00:00z", 1_704_103_200_000),
+        ("2024-01-01T10:00:00.123456789123Z", 1_704_103_200_123),
+        ("2024-01-01", 1_704_067_200_000),
+    ] {
+        assert_eq!(
+            p(text).expect(text).get("t"),
+            Some(&Value::Int(ms)),
+            "{text}"
+        );
+    }
+    for bad in [
+        "2024-01-01T10Z",
+        "2024-01-01T10:00.5Z",
+        "2024-01-01T10:0Z",
+        "2024-01-01T10:00:00+0100",
+        "2024-01-01Z",
+    ] {
+        assert!(p(bad).is_err(), "{bad}");
+    }
+}
