@@ -157,15 +157,16 @@ impl Executor {
         }
     }
 
-    /// Closes every open window now and appends its rows: TUMBLING and HOPPING
-    /// windows (oldest first), SESSION windows (by end), and COUNT groups with
-    /// messages that are in no row yet (a partial window: the messages the
-    /// next row would have held that are already here). SLIDING rows were
-    /// emitted per message, so its buffers are just released. Works the same
-    /// in processing and event time; `now()` in the rows is the latest
-    /// processing time seen. The executor is left empty (the clock and the
-    /// watermark stay where they are). The runtime calls it at the end of a
-    /// dry run, where event-time windows would otherwise never close.
+    /// Closes every open window now and appends its rows, as if time ran on
+    /// with no more messages: TUMBLING and HOPPING windows (oldest first) and
+    /// SESSION windows (by end). COUNT windows close only when they fill, so
+    /// the messages of a COUNT group that are in no row yet are dropped, as
+    /// they would be live; SLIDING rows were emitted per message, so its
+    /// buffers are just released. Works the same in processing and event
+    /// time; `now()` in the rows is the latest processing time seen. The
+    /// executor is left empty (the clock and the watermark stay where they
+    /// are). The runtime calls it at the end of a dry run, where event-time
+    /// windows would otherwise never close.
     pub fn flush(&mut self, out: &mut Vec<Row>) {
         let plan = Arc::clone(&self.plan);
         if let Some(state) = self.state.as_mut() {

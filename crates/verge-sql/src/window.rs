@@ -45,8 +45,6 @@ struct Session {
 
 #[derive(Debug, Default)]
 struct CountGroup {
-    /// Order of first appearance.
-    seq: u64,
     buf: VecDeque<Entry>,
     since: usize,
     emitted: bool,
@@ -73,7 +71,6 @@ enum Kind {
         n: usize,
         step: usize,
         groups: HashMap<Key, CountGroup>,
-        seq: u64,
     },
 }
 
@@ -115,7 +112,6 @@ impl WinState {
                 n,
                 step,
                 groups: HashMap::new(),
-                seq: 0,
             },
         };
         WinState {
@@ -315,12 +311,7 @@ impl WinState {
                 }
                 Ok(())
             }
-            Kind::Count {
-                n,
-                step,
-                groups,
-                seq,
-            } => {
+            Kind::Count { n, step, groups } => {
                 let (n, step) = (*n, *step);
                 // Reject values that no aggregate accepts before buffering them.
                 sink.check(&sink.new_accs(), args)?;
@@ -345,13 +336,7 @@ impl WinState {
                     let aggs = sink.fold(entries.map(|e| &*e.args).chain(std::iter::once(args)))?;
                     row = Some((aggs, (first, t)));
                 }
-                let g = groups.entry(keys.into()).or_insert_with(|| {
-                    *seq += 1;
-                    CountGroup {
-                        seq: *seq,
-                        ..CountGroup::default()
-                    }
-                });
+                let g = groups.entry(keys.into()).or_default();
                 g.buf.push_back(Entry {
                     t,
                     args: args.into(),
@@ -452,35 +437,9 @@ impl WinState {
                 *next_close = None;
             }
             Kind::Sliding { groups, .. } => groups.clear(),
-            Kind::Count {
-                n, step, groups, ..
-            } => {
-                let (n, step) = (*n, *step);
-                // Groups in order of first appearance, like the rows of a time window.
-                let mut list: Vec<(Key, CountGroup)> = groups.drain().collect();
-                list.sort_by_key(|(_, g)| g.seq);
-                for (key, g) in list {
-                    if g.since == 0 {
-                        continue;
-                    }
-                    let due = if g.emitted { step } else { n };
-                    let take = n
-                        .saturating_sub(due.saturating_sub(g.since))
-                        .min(g.buf.len());
-                    let entries = g.buf.iter().skip(g.buf.len() - take);
-                    let window = (
-                        entries.clone().next().map_or(now, |e| e.t),
-                        g.buf.back().map_or(now, |e| e.t),
-                    );
-                    match sink.fold(entries.map(|e| &*e.args)) {
-                        Ok(aggs) => sink.emit(&key, &aggs, window, now),
-                        Err(e) => {
-                            sink.stats.eval_errors += 1;
-                            sink.stats.last_error = Some(e.message);
-                        }
-                    }
-                }
-            }
+            // A COUNT window closes only when it fills, not as time passes:
+            // its messages that are in no row yet never make one.
+            Kind::Count { groups, .. } => groups.clear(),
         }
     }
 
