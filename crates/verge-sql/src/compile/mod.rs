@@ -694,7 +694,7 @@ fn describe(t: Ty, e: &Expr) -> &'static str {
 }
 
 /// Whether `c` is the constant 0 (INT or FLOAT).
-pub(crate) fn is_zero(c: &CExpr) -> bool {
+fn is_zero(c: &CExpr) -> bool {
     matches!(&c.kind, CKind::Const(Value::Int(0)))
         || matches!(&c.kind, CKind::Const(Value::Float(f)) if *f == 0.0)
 }
