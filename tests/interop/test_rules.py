@@ -150,3 +150,32 @@ def test_metrics_expose_rule_counters(node):
     assert "verge_broker_clients_connected" in text
     line = next(l for l in text.splitlines() if l.startswith('verge_rule_rows_total{rule="hot"}'))
     assert int(line.split()[-1]) >= 1, line
+
+
+def test_live_rule_and_dry_run_read_payloads_exactly(node):
+    # Issue 17: payload floats were read 1 ULP off, INT/FLOAT comparisons
+    # rounded the INT, and the dry run sorted the keys of SELECT *.
+    sql = ('SELECT *, a = 10928588.983213553 AS eq, m > 9007199254740992.0 AS gt '
+           'FROM "exact/in"')
+    payload = '{"z": 1, "a": 10928588.983213553, "m": 9007199254740993}'
+    want = '{"z":1,"a":10928588.983213553,"m":9007199254740993,"eq":true,"gt":true}'
+    st, r = api(node, "POST", "/api/rules", {
+        "id": "exact", "sql": sql,
+        "actions": [{"type": "republish", "topic": "exact/out"}],
+    })
+    assert st == 201, r
+    watcher = Client(node, V5)
+    watcher.sub("exact/out", 1)
+    device = Client(node, V5)
+    device.pub("exact/in", payload, 1)
+    assert watcher.recv().payload.decode() == want
+    st, out = api(node, "POST", "/api/rules/test", {
+        "sql": sql, "samples": [{"topic": "exact/in", "payload": json.loads(payload)}],
+    })
+    assert st == 200, out
+    assert len(out["rows"]) == 1, out
+    assert json.dumps(out["rows"][0], separators=(",", ":")) == want
+    st, _ = api(node, "DELETE", "/api/rules/exact")
+    assert st == 204
+    watcher.close()
+    device.close()

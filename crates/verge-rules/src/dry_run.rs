@@ -14,9 +14,11 @@ pub struct Sample {
     /// Topic it was published to (required unless `advance` is given).
     #[serde(default)]
     pub topic: Option<String>,
-    /// JSON payload.
+    /// JSON payload, kept as the text it was sent as: the rule reads it like
+    /// a live message's payload (key order, duplicate keys and every digit of
+    /// its numbers as written), not as re-serialised JSON.
     #[serde(default)]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<Box<serde_json::value::RawValue>>,
     /// A payload given as text instead (need not be JSON).
     #[serde(default)]
     pub payload_raw: Option<String>,
@@ -118,7 +120,7 @@ pub fn dry_run(sql: &str, samples: &[Sample]) -> Result<TestOutput, RuleError> {
                 (Some(_), Some(_)) => {
                     return Err(bad("give `payload` or `payload_raw`, not both"));
                 }
-                (Some(v), None) => serde_json::to_vec(v).map_err(|e| bad(&e.to_string()))?,
+                (Some(v), None) => v.get().as_bytes().to_vec(),
                 (None, Some(t)) => t.clone().into_bytes(),
                 (None, None) => Vec::new(),
             };

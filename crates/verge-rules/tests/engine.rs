@@ -636,14 +636,17 @@ async fn test_runs_sql_over_samples_without_side_effects() {
     let (broker, _) = broker().await;
     let handle = broker.handle();
     let engine = Engine::new(Services::new(handle.clone()), RuleEngineConfig::default());
-    let samples: Vec<Sample> = serde_json::from_value(serde_json::json!([
-        {"topic": "devices/a/telemetry", "payload": {"device": "a", "t": 10}, "time": 1000},
-        {"topic": "devices/a/telemetry", "payload": {"device": "a", "t": 20}, "time": 2000},
-        {"topic": "other", "payload": {"device": "a", "t": 99}, "time": 2500},
-        {"topic": "devices/b/telemetry", "payload": {"device": "b", "t": 5}, "time": 11000},
-        {"advance": 20000},
-        {"topic": "devices/b/telemetry", "payload": {"device": "b", "t": 7}, "time": 21000}
-    ]))
+    let samples: Vec<Sample> = serde_json::from_str(
+        &serde_json::json!([
+            {"topic": "devices/a/telemetry", "payload": {"device": "a", "t": 10}, "time": 1000},
+            {"topic": "devices/a/telemetry", "payload": {"device": "a", "t": 20}, "time": 2000},
+            {"topic": "other", "payload": {"device": "a", "t": 99}, "time": 2500},
+            {"topic": "devices/b/telemetry", "payload": {"device": "b", "t": 5}, "time": 11000},
+            {"advance": 20000},
+            {"topic": "devices/b/telemetry", "payload": {"device": "b", "t": 7}, "time": 21000}
+        ])
+        .to_string(),
+    )
     .expect("samples");
     let out = engine
         .test(

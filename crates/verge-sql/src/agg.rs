@@ -88,20 +88,24 @@ impl Acc {
         }
         let num = |name: &str| {
             v.as_f64()
-                .map(|_| ())
                 .ok_or_else(|| format!("{name}() expects a number, found {}", v.type_name()))
         };
         match self {
             Acc::Count(_) => Ok(()),
-            Acc::Sum { int, is_float, .. } => match v {
+            Acc::Sum {
+                int,
+                float,
+                is_float,
+                ..
+            } => match v {
                 Value::Int(i) if !*is_float => int
                     .checked_add(*i)
                     .map(|_| ())
                     .ok_or_else(|| "integer overflow".to_string()),
-                _ => num("sum"),
+                _ => float_sum(*int, *float, num("sum")?).map(drop),
             },
-            Acc::Avg { .. } => num("avg"),
-            Acc::Stddev { .. } => num("stddev"),
+            Acc::Avg { sum, .. } => float_sum(0, *sum, num("avg")?).map(drop),
+            Acc::Stddev { n, mean, m2 } => welford(*n, *mean, *m2, num("stddev")?).map(drop),
             Acc::Pick(cur) => {
                 if matches!(kind, AggKind::Min | AggKind::Max)
                     && !cur.is_null()
@@ -116,7 +120,7 @@ impl Acc {
                 }
                 Ok(())
             }
-            Acc::Values(_) if kind == AggKind::Percentile => num("percentile"),
+            Acc::Values(_) if kind == AggKind::Percentile => num("percentile").map(drop),
             Acc::Values(_) => Ok(()),
         }
     }
@@ -152,22 +156,17 @@ impl Acc {
                         None => return Err("integer overflow".into()),
                     },
                     _ => {
-                        *float += num("sum")?;
+                        *float = float_sum(*int, *float, num("sum")?)?;
                         *is_float = true;
                     }
                 }
             }
             Acc::Avg { sum, n } => {
-                *sum += num("avg")?;
+                *sum = float_sum(0, *sum, num("avg")?)?;
                 *n = n.saturating_add(1);
             }
             Acc::Stddev { n, mean, m2 } => {
-                // Welford's online algorithm.
-                let x = num("stddev")?;
-                *n += 1;
-                let d = x - *mean;
-                *mean += d / *n as f64;
-                *m2 += d * (x - *mean);
+                (*n, *mean, *m2) = welford(*n, *mean, *m2, num("stddev")?)?;
             }
             Acc::Pick(cur) => {
                 let replace = match kind {
@@ -222,16 +221,14 @@ impl Acc {
                 ..
             } => {
                 if *is_float {
-                    Value::float_or_null(*int as f64 + *float)
+                    Value::Float(*int as f64 + *float)
                 } else {
                     Value::Int(*int)
                 }
             }
             Acc::Avg { n: 0, .. } => Value::Null,
-            Acc::Avg { sum, n } => Value::float_or_null(*sum / *n as f64),
-            Acc::Stddev { n, m2, .. } if *n >= 2 => {
-                Value::float_or_null((*m2 / (*n - 1) as f64).sqrt())
-            }
+            Acc::Avg { sum, n } => Value::Float(*sum / *n as f64),
+            Acc::Stddev { n, m2, .. } if *n >= 2 => Value::Float((*m2 / (*n - 1) as f64).sqrt()),
             Acc::Stddev { .. } => Value::Null,
             Acc::Pick(v) => v.clone(),
             Acc::Values(vals) if spec.kind == AggKind::Collect => Value::Array(vals.clone()),
@@ -249,6 +246,32 @@ impl Acc {
 }
 
 /// Linear interpolation between closest ranks (rank = p × (n − 1)), always a float.
+/// The FLOAT part of a sum after adding `x`, or an error when the sum
+/// (with its INT part `int`) leaves the FLOAT range: overflow is an error,
+/// as for `+`, so every finished sum and average is finite.
+fn float_sum(int: i64, float: f64, x: f64) -> Result<f64, String> {
+    let next = float + x;
+    if (int as f64 + next).is_finite() {
+        Ok(next)
+    } else {
+        Err("float overflow".into())
+    }
+}
+
+/// One step of Welford's online algorithm for the standard deviation, or an
+/// error when its sums leave the FLOAT range.
+fn welford(n: i64, mean: f64, m2: f64, x: f64) -> Result<(i64, f64, f64), String> {
+    let n = n + 1;
+    let d = x - mean;
+    let mean = mean + d / n as f64;
+    let m2 = m2 + d * (x - mean);
+    if mean.is_finite() && m2.is_finite() {
+        Ok((n, mean, m2))
+    } else {
+        Err("float overflow".into())
+    }
+}
+
 fn percentile(vals: &[Value], p: f64) -> Value {
     let mut xs: Vec<f64> = vals.iter().filter_map(Value::as_f64).collect();
     if xs.is_empty() {

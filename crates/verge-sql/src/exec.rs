@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::Event;
 use crate::error::EvalError;
-use crate::expr::Ctx;
+use crate::expr::{Ctx, truth};
 use crate::limits::{ExecStats, Limits};
 use crate::payload::Fields;
 use crate::plan::{Item, Plan};
@@ -58,7 +58,9 @@ impl Executor {
 
     fn push_inner(&mut self, ev: &Event<'_>, out: &mut Vec<Row>) -> Result<(), EvalError> {
         let plan = Arc::clone(&self.plan);
-        self.fields.load(ev.payload, &plan.field_names, plan.star);
+        self.fields
+            .load(ev.payload, &plan.field_names, plan.star)
+            .map_err(EvalError::new)?;
         let ctx = Ctx {
             sql: &plan.sql,
             fields: &self.fields.slots,
@@ -70,7 +72,7 @@ impl Executor {
             window: (0, 0),
         };
         if let Some(w) = &plan.where_
-            && !matches!(w.eval(&ctx)?, Value::Bool(true))
+            && truth(&ctx, w, "WHERE")? != Some(true)
         {
             self.stats.filtered += 1;
             return Ok(());
@@ -155,15 +157,16 @@ impl Executor {
         }
     }
 
-    /// Closes every open window now and appends its rows: TUMBLING and HOPPING
-    /// windows (oldest first), SESSION windows (by end), and COUNT groups with
-    /// messages that are in no row yet (a partial window: the messages the
-    /// next row would have held that are already here). SLIDING rows were
-    /// emitted per message, so its buffers are just released. Works the same
-    /// in processing and event time; `now()` in the rows is the latest
-    /// processing time seen. The executor is left empty (the clock and the
-    /// watermark stay where they are). The runtime calls it at the end of a
-    /// dry run, where event-time windows would otherwise never close.
+    /// Closes every open window now and appends its rows, as if time ran on
+    /// with no more messages: TUMBLING and HOPPING windows (oldest first) and
+    /// SESSION windows (by end). COUNT windows close only when they fill, so
+    /// the messages of a COUNT group that are in no row yet are dropped, as
+    /// they would be live; SLIDING rows were emitted per message, so its
+    /// buffers are just released. Works the same in processing and event
+    /// time; `now()` in the rows is the latest processing time seen. The
+    /// executor is left empty (the clock and the watermark stay where they
+    /// are). The runtime calls it at the end of a dry run, where event-time
+    /// windows would otherwise never close.
     pub fn flush(&mut self, out: &mut Vec<Row>) {
         let plan = Arc::clone(&self.plan);
         if let Some(state) = self.state.as_mut() {
@@ -201,7 +204,7 @@ const MAX_TIME: i64 = 3_155_760_000_000_000;
 fn event_time(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
-        Value::Float(f) => crate::functions::math::float_to_int(f.trunc()).ok(),
+        Value::Float(f) => crate::time::float_ms(*f),
         Value::Str(s) => crate::time::parse(s),
         _ => None,
     }

@@ -74,7 +74,10 @@ impl Ctx<'_> {
     }
 }
 
-fn truth(ctx: &Ctx<'_>, e: &CExpr, what: &str) -> EvalResult<Option<bool>> {
+/// A condition's truth value (NULL is `None`); anything but BOOL or NULL is an
+/// error naming `what` (WHERE, HAVING, NOT, AND, OR, WHEN), so every condition
+/// follows one rule.
+pub(crate) fn truth(ctx: &Ctx<'_>, e: &CExpr, what: &str) -> EvalResult<Option<bool>> {
     match e.eval(ctx)? {
         Value::Null => Ok(None),
         Value::Bool(b) => Ok(Some(b)),
@@ -274,6 +277,16 @@ impl CExpr {
         let CKind::Call(f, args) = &self.kind else {
             return Ok(Value::Null);
         };
+        if matches!(f, Func::Coalesce | Func::Ifnull) {
+            // Short-circuit: arguments after the first non-NULL one are not evaluated.
+            for a in args {
+                let v = a.eval(ctx)?;
+                if !v.is_null() {
+                    return Ok(v);
+                }
+            }
+            return Ok(Value::Null);
+        }
         Ok({
             if args.len() <= 4 {
                 let mut buf: [Value; 4] = Default::default();

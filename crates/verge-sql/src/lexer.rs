@@ -24,6 +24,9 @@ pub(crate) enum Tok {
     Str(String),
     /// An integer literal.
     Int(i64),
+    /// The integer 9223372036854775808 (2^63): only valid after a minus sign,
+    /// where the parser folds the two into `i64::MIN`.
+    IntMinMagnitude,
     /// A floating point literal.
     Float(f64),
     /// A duration literal in milliseconds (`10s`, `500ms`).
@@ -71,6 +74,7 @@ impl Tok {
             Tok::Quoted(s) => format!("quoted name \"{s}\""),
             Tok::Str(s) => format!("string '{s}'"),
             Tok::Int(i) => format!("number {i}"),
+            Tok::IntMinMagnitude => "number 9223372036854775808".to_string(),
             Tok::Float(f) => format!("number {f}"),
             Tok::Duration(d) => format!("duration {d}ms"),
             Tok::Eof => "end of input".to_string(),
@@ -267,6 +271,8 @@ fn number(src: &str, start: usize) -> Result<(Tok, usize), SqlError> {
             ));
         }
         Ok((Tok::Float(f), i))
+    } else if text.parse::<u64>() == Ok(1 << 63) {
+        Ok((Tok::IntMinMagnitude, i))
     } else {
         let n: i64 = text.parse().map_err(|_| {
             SqlError::at(

@@ -7,6 +7,10 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 use crate::value::Value;
 
+/// The deepest nesting of objects and arrays (the payload object itself is
+/// level 1) that a query can read; serde_json's recursion limit.
+pub(crate) const MAX_PAYLOAD_DEPTH: usize = 127;
+
 /// The fields of one message that a query references.
 #[derive(Debug, Default)]
 pub(crate) struct Fields {
@@ -33,10 +37,15 @@ impl Fields {
     }
 
     /// Decodes `payload`; fields stay NULL when it is not a JSON object.
-    pub fn load(&mut self, payload: &[u8], names: &[Arc<str>], star: bool) {
+    ///
+    /// A JSON object the query cannot read is an error rather than NULL
+    /// fields: a value it reads nested deeper than [`MAX_PAYLOAD_DEPTH`], or a
+    /// number it reads beyond the FLOAT range (`1e400`). Fields the query
+    /// does not read are skipped without being checked.
+    pub fn load(&mut self, payload: &[u8], names: &[Arc<str>], star: bool) -> Result<(), String> {
         self.clear();
         if names.is_empty() && !star {
-            return;
+            return Ok(());
         }
         let mut de = serde_json::Deserializer::from_slice(payload);
         let seed = Top {
@@ -44,10 +53,27 @@ impl Fields {
             slots: &mut self.slots,
             all: star.then_some(&mut self.all),
         };
-        let ok = seed.deserialize(&mut de).is_ok() && de.end().is_ok();
-        if !ok {
+        let r = seed.deserialize(&mut de).and_then(|()| de.end());
+        if let Err(e) = r {
             self.clear();
+            // serde_json names these two only in its message text.
+            let text = e.to_string();
+            if text.starts_with("recursion limit exceeded") {
+                return Err(format!(
+                    "payload is nested more than {MAX_PAYLOAD_DEPTH} levels deep (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ));
+            }
+            if text.starts_with("number out of range") {
+                return Err(format!(
+                    "payload number is out of the FLOAT range (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ));
+            }
         }
+        Ok(())
     }
 }
 
@@ -132,14 +158,40 @@ mod tests {
     fn keeps_only_referenced_fields() {
         let names: Vec<Arc<str>> = vec![Arc::from("b"), Arc::from("z")];
         let mut f = Fields::new(2);
-        f.load(br#"{"a":{"deep":[1,2]},"b":"x\"y","c":3}"#, &names, false);
+        let load = |f: &mut Fields, p: &[u8], star: bool| f.load(p, &names, star).expect("load");
+        load(&mut f, br#"{"a":{"deep":[1,2]},"b":"x\"y","c":3}"#, false);
         assert_eq!(f.slots, vec![Value::str("x\"y"), Value::Null]);
-        f.load(b"not json", &names, false);
+        load(&mut f, b"not json", false);
         assert_eq!(f.slots, vec![Value::Null, Value::Null]);
-        f.load(br#"{"b":1} trailing"#, &names, false);
+        load(&mut f, br#"{"b":1} trailing"#, false);
         assert_eq!(f.slots, vec![Value::Null, Value::Null]);
-        f.load(br#"{"b":1,"a":2}"#, &names, true);
+        load(&mut f, br#"{"b":1,"a":2}"#, true);
         assert_eq!(f.slots[0], Value::Int(1));
         assert_eq!(f.all.len(), 2);
+    }
+
+    #[test]
+    fn nesting_limit_is_exact() {
+        let names: Vec<Arc<str>> = vec![Arc::from("a")];
+        let mut f = Fields::new(1);
+        let nested = |levels: usize| {
+            // The payload object is level 1; `a` holds the rest.
+            let inner = levels - 1;
+            format!(r#"{{"a":{}{}}}"#, "[".repeat(inner), "]".repeat(inner))
+        };
+        f.load(nested(MAX_PAYLOAD_DEPTH).as_bytes(), &names, false)
+            .expect("at the limit");
+        assert!(matches!(f.slots[0], Value::Array(_)));
+        let e = f
+            .load(nested(MAX_PAYLOAD_DEPTH + 1).as_bytes(), &names, false)
+            .expect_err("beyond the limit");
+        assert!(
+            e.starts_with("payload is nested more than 127 levels deep"),
+            "{e}"
+        );
+        // A deep field the query does not read is skipped unchecked.
+        let other: Vec<Arc<str>> = vec![Arc::from("b")];
+        f.load(nested(500).as_bytes(), &other, false)
+            .expect("not read");
     }
 }

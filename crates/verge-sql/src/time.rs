@@ -99,8 +99,15 @@ pub(crate) fn format(ms: i64, fmt: &str) -> String {
     out
 }
 
+/// A FLOAT number of milliseconds as whole milliseconds (rounded down), or
+/// `None` when it is outside the INT range.
+pub(crate) fn float_ms(f: f64) -> Option<i64> {
+    crate::functions::math::float_to_int(f.floor()).ok()
+}
+
 /// Parses an RFC 3339 / ISO 8601 timestamp (`2024-02-29T12:30:00.250Z`,
-/// `2024-02-29 12:30:00+02:00`, `2024-02-29`) to milliseconds; no zone means UTC.
+/// `2024-02-29 12:30:00+02:00`, `2024-02-29T12:30Z`, `2024-02-29`) to
+/// milliseconds; no zone means UTC. The grammar is in docs/rules.md.
 pub(crate) fn parse(s: &str) -> Option<i64> {
     let b = s.trim().as_bytes();
     let num = |from: usize, len: usize| -> Option<i64> {
@@ -123,19 +130,21 @@ pub(crate) fn parse(s: &str) -> Option<i64> {
     if b.len() == 10 {
         return Some(ms);
     }
-    if !matches!(b.get(10), Some(b'T' | b't' | b' '))
-        || b.get(13) != Some(&b':')
-        || b.get(16) != Some(&b':')
-    {
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(13) != Some(&b':') {
         return None;
     }
-    let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    let (h, mi) = (num(11, 2)?, num(14, 2)?);
+    // Seconds may be left out (`10:00Z`, as ISO 8601 allows).
+    let (sec, mut i) = if b.get(16) == Some(&b':') {
+        (num(17, 2)?, 19)
+    } else {
+        (0, 16)
+    };
     if h > 23 || mi > 59 || sec > 60 {
         return None;
     }
     ms += h * 3_600_000 + mi * 60_000 + sec * 1000;
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
+    if i == 19 && b.get(i) == Some(&b'.') {
         i += 1;
         let start = i;
         while i < b.len() && b[i].is_ascii_digit() {

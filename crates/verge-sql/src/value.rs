@@ -124,8 +124,8 @@ impl Value {
     pub(crate) fn sql_cmp(&self, other: &Value) -> Option<Ordering> {
         match (self, other) {
             (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
-            (Value::Int(a), Value::Float(b)) => (*a as f64).partial_cmp(b),
-            (Value::Float(a), Value::Int(b)) => a.partial_cmp(&(*b as f64)),
+            (Value::Int(a), Value::Float(b)) => cmp_int_float(*a, *b),
+            (Value::Float(a), Value::Int(b)) => cmp_int_float(*b, *a).map(Ordering::reverse),
             (Value::Float(a), Value::Float(b)) => a.partial_cmp(b),
             (Value::Str(a), Value::Str(b)) => Some(a.cmp(b)),
             (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
@@ -145,6 +145,34 @@ impl Value {
             _ => self.sql_cmp(other) == Some(Ordering::Equal),
         }
     }
+}
+
+/// Orders an INT and a FLOAT by their exact values (converting the INT to a
+/// FLOAT would round it above 2^53); `None` for NaN.
+fn cmp_int_float(i: i64, f: f64) -> Option<Ordering> {
+    // ±2^63 are exact doubles; every i64 is in [-2^63, 2^63).
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if f.is_nan() {
+        return None;
+    }
+    if f >= TWO_63 {
+        return Some(Ordering::Less);
+    }
+    if f < -TWO_63 {
+        return Some(Ordering::Greater);
+    }
+    // In range, the whole part of `f` is an exact i64.
+    let whole = f.trunc();
+    Some(i.cmp(&(whole as i64)).then_with(|| {
+        let frac = f - whole;
+        if frac > 0.0 {
+            Ordering::Less
+        } else if frac < 0.0 {
+            Ordering::Greater
+        } else {
+            Ordering::Equal
+        }
+    }))
 }
 
 impl PartialEq for Value {
@@ -323,5 +351,28 @@ mod tests {
         assert_ne!(Value::Int(1), Value::Float(1.0));
         assert_eq!(Value::str("a").sql_cmp(&Value::Int(1)), None);
         assert_eq!(Value::Float(-0.0), Value::Float(0.0));
+    }
+
+    #[test]
+    fn int_and_float_compare_by_exact_value() {
+        use Ordering::*;
+        let c = |i: i64, f: f64| Value::Int(i).sql_cmp(&Value::Float(f));
+        assert_eq!(
+            c(9_007_199_254_740_993, 9_007_199_254_740_992.0),
+            Some(Greater)
+        );
+        assert_eq!(
+            c(9_007_199_254_740_992, 9_007_199_254_740_992.0),
+            Some(Equal)
+        );
+        assert_eq!(c(i64::MAX, 9_223_372_036_854_775_807.0), Some(Less));
+        assert_eq!(c(i64::MIN, -9_223_372_036_854_775_808.0), Some(Equal));
+        assert_eq!(c(i64::MIN, -9.3e18), Some(Greater));
+        assert_eq!(c(2, 2.5), Some(Less));
+        assert_eq!(c(-2, -2.5), Some(Greater));
+        assert_eq!(c(-3, -2.5), Some(Less));
+        assert_eq!(c(0, -0.0), Some(Equal));
+        assert_eq!(c(1, f64::NAN), None);
+        assert_eq!(Value::Float(2.5).sql_cmp(&Value::Int(2)), Some(Greater));
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::agg::Acc;
 use crate::ast::WindowKind;
 use crate::error::{EvalError, EvalResult};
-use crate::expr::Ctx;
+use crate::expr::{Ctx, truth};
 use crate::limits::{ExecStats, Limits};
 use crate::plan::{Item, Plan};
 use crate::row::Row;
@@ -45,8 +45,6 @@ struct Session {
 
 #[derive(Debug, Default)]
 struct CountGroup {
-    /// Order of first appearance.
-    seq: u64,
     buf: VecDeque<Entry>,
     since: usize,
     emitted: bool,
@@ -73,7 +71,6 @@ enum Kind {
         n: usize,
         step: usize,
         groups: HashMap<Key, CountGroup>,
-        seq: u64,
     },
 }
 
@@ -115,7 +112,6 @@ impl WinState {
                 n,
                 step,
                 groups: HashMap::new(),
-                seq: 0,
             },
         };
         WinState {
@@ -273,7 +269,8 @@ impl WinState {
                 seq,
             } => {
                 let gap = *gap;
-                let closes = |s: &Session| t >= s.last.saturating_add(gap);
+                // A message exactly `gap` after the last one continues the session.
+                let closes = |s: &Session| t > s.last.saturating_add(gap);
                 match groups.get(keys) {
                     Some(s) if !closes(s) => sink.check(&s.accs, args)?,
                     _ => sink.check(&sink.new_accs(), args)?,
@@ -308,18 +305,13 @@ impl WinState {
                                 seq: *seq,
                             },
                         );
-                        let d = t.saturating_add(gap);
+                        let d = close_time(t, gap);
                         *next_close = Some(next_close.map_or(d, |c| c.min(d)));
                     }
                 }
                 Ok(())
             }
-            Kind::Count {
-                n,
-                step,
-                groups,
-                seq,
-            } => {
+            Kind::Count { n, step, groups } => {
                 let (n, step) = (*n, *step);
                 // Reject values that no aggregate accepts before buffering them.
                 sink.check(&sink.new_accs(), args)?;
@@ -344,13 +336,7 @@ impl WinState {
                     let aggs = sink.fold(entries.map(|e| &*e.args).chain(std::iter::once(args)))?;
                     row = Some((aggs, (first, t)));
                 }
-                let g = groups.entry(keys.into()).or_insert_with(|| {
-                    *seq += 1;
-                    CountGroup {
-                        seq: *seq,
-                        ..CountGroup::default()
-                    }
-                });
+                let g = groups.entry(keys.into()).or_default();
                 g.buf.push_back(Entry {
                     t,
                     args: args.into(),
@@ -401,7 +387,7 @@ impl WinState {
                 let gap = *gap;
                 let mut due: Vec<(i64, u64, Key)> = groups
                     .iter()
-                    .filter(|(_, s)| s.last.saturating_add(gap) <= limit)
+                    .filter(|(_, s)| close_time(s.last, gap) <= limit)
                     .map(|(k, s)| (s.last.saturating_add(gap), s.seq, k.clone()))
                     .collect();
                 due.sort_by_key(|d| (d.0, d.1));
@@ -411,7 +397,7 @@ impl WinState {
                         sink.emit(&key, &aggs, (s.start, end), now);
                     }
                 }
-                *next_close = groups.values().map(|s| s.last.saturating_add(gap)).min();
+                *next_close = groups.values().map(|s| close_time(s.last, gap)).min();
             }
             Kind::Sliding { .. } | Kind::Count { .. } => {}
         }
@@ -451,35 +437,9 @@ impl WinState {
                 *next_close = None;
             }
             Kind::Sliding { groups, .. } => groups.clear(),
-            Kind::Count {
-                n, step, groups, ..
-            } => {
-                let (n, step) = (*n, *step);
-                // Groups in order of first appearance, like the rows of a time window.
-                let mut list: Vec<(Key, CountGroup)> = groups.drain().collect();
-                list.sort_by_key(|(_, g)| g.seq);
-                for (key, g) in list {
-                    if g.since == 0 {
-                        continue;
-                    }
-                    let due = if g.emitted { step } else { n };
-                    let take = n
-                        .saturating_sub(due.saturating_sub(g.since))
-                        .min(g.buf.len());
-                    let entries = g.buf.iter().skip(g.buf.len() - take);
-                    let window = (
-                        entries.clone().next().map_or(now, |e| e.t),
-                        g.buf.back().map_or(now, |e| e.t),
-                    );
-                    match sink.fold(entries.map(|e| &*e.args)) {
-                        Ok(aggs) => sink.emit(&key, &aggs, window, now),
-                        Err(e) => {
-                            sink.stats.eval_errors += 1;
-                            sink.stats.last_error = Some(e.message);
-                        }
-                    }
-                }
-            }
+            // A COUNT window closes only when it fills, not as time passes:
+            // its messages that are in no row yet never make one.
+            Kind::Count { groups, .. } => groups.clear(),
         }
     }
 
@@ -558,6 +518,12 @@ impl WinState {
         s.bytes_held = (entries + key_values) * value + groups * 64;
         s.watermark = self.watermark();
     }
+}
+
+/// When a session whose last message came at `last` closes: once time has
+/// passed `last + gap` (a message at exactly `last + gap` still joins it).
+fn close_time(last: i64, gap: i64) -> i64 {
+    last.saturating_add(gap).saturating_add(1)
 }
 
 impl Sink<'_> {
@@ -651,7 +617,7 @@ impl Sink<'_> {
         }
         if let Some(h) = plan.agg.as_ref().and_then(|a| a.having.as_ref()) {
             ctx.outs = &outs;
-            if !matches!(h.eval(&ctx)?, Value::Bool(true)) {
+            if truth(&ctx, h, "HAVING")? != Some(true) {
                 return Ok(None);
             }
         }

@@ -67,13 +67,15 @@ fn session_deadline_follows_the_latest_message() {
     let mut ex = q.start(Limits::default());
     let mut out = Vec::new();
     ex.push(&ev("{}", 1_000), &mut out).expect("push");
-    assert_eq!(ex.next_deadline(), Some(6_000));
+    assert_eq!(ex.next_deadline(), Some(6_001));
     ex.push(&ev("{}", 4_000), &mut out).expect("push");
     // The cached deadline may be early; advancing to it emits nothing and moves it.
-    ex.advance(6_000, &mut out);
+    ex.advance(6_001, &mut out);
     assert!(out.is_empty());
-    assert_eq!(ex.next_deadline(), Some(9_000));
+    assert_eq!(ex.next_deadline(), Some(9_001));
     ex.advance(9_000, &mut out);
+    assert!(out.is_empty());
+    ex.advance(9_001, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(ex.next_deadline(), None);
 }
@@ -140,12 +142,8 @@ fn flush_closes_every_window_kind_and_leaves_the_executor_empty() {
             &[1000, 3000],
             &[r#"{"n":2,"ws":1000,"we":8000}"#],
         ),
-        // A COUNT window that never filled: a partial row.
-        (
-            "COUNT(3)",
-            &[1000, 2000],
-            &[r#"{"n":2,"ws":1000,"we":2000}"#],
-        ),
+        // A COUNT window that never filled emits nothing, as it would live.
+        ("COUNT(3)", &[1000, 2000], &[]),
         // Every message already is in a row: nothing more.
         ("COUNT(2, 1)", &[1000, 2000, 3000], &[]),
     ];
@@ -282,13 +280,12 @@ fn arithmetic_on_extreme_numbers_is_an_error_not_a_panic() {
     assert_eq!(e.message, "integer overflow in 'abs(a)'");
     for expr in [
         "-a",
-        "a % b",
         "a / b",
         "a * a",
         "a - c",
         "ceil(f)",
         "CAST(f AS INT)",
-        "mod(a, b)",
+        "pow(f, f)",
     ] {
         let q = Query::parse(&format!("SELECT {expr} AS x FROM \"#\"")).expect("compiles");
         let mut ex = q.start(Limits::default());
@@ -297,10 +294,11 @@ fn arithmetic_on_extreme_numbers_is_an_error_not_a_panic() {
     for expr in [
         "round(f, 18)",
         "substring(s, a, c)",
-        "pow(f, f)",
         "year(a)",
         "format_time(c, '%Y')",
         "lpad(s, 65536)",
+        "a % b",
+        "mod(a, b)",
     ] {
         let q = Query::parse(&format!("SELECT {expr} AS x FROM \"#\"")).expect("compiles");
         let mut ex = q.start(Limits::default());

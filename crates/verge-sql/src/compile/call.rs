@@ -160,6 +160,13 @@ impl Compiler<'_> {
                     ),
                 ));
             }
+            // A constant argument that fails on every call (`round(x, 19)`,
+            // `lpad(s, 70000)`) is refused now.
+            if let CKind::Const(v) = &c.kind
+                && !v.is_null()
+            {
+                functions::check_const_arg(spec.func, lname, i, v).map_err(|m| self.at(a, m))?;
+            }
             cargs.push(c);
         }
         Ok((self.mk(CKind::Call(spec.func, cargs), e), spec.ret))

@@ -354,8 +354,14 @@ impl Compiler<'_> {
         )
     }
 
-    /// Compiles an expression and infers its static type.
+    /// Compiles an expression and infers its static type; a constant
+    /// sub-expression is evaluated now (see [`fold`]).
     fn expr(&mut self, e: &Expr, scope: Scope) -> Result<(CExpr, Ty), SqlError> {
+        let (c, ty) = self.expr_inner(e, scope)?;
+        Ok((fold(self.src, c)?, ty))
+    }
+
+    fn expr_inner(&mut self, e: &Expr, scope: Scope) -> Result<(CExpr, Ty), SqlError> {
         if let Scope::Group { having } = scope
             && let Some(r) = self.group_ref(e, having)
         {
@@ -470,6 +476,10 @@ impl Compiler<'_> {
             let (lc, lt) = self.boxed(l, scope)?;
             let (rc, rt) = self.boxed(r, scope)?;
             let ty = self.binary_type(e, op, lt, rt, l, r)?;
+            // `x / 0` fails for every x that is not NULL.
+            if matches!(op, BinOp::Div | BinOp::Mod) && is_zero(&rc) {
+                return Err(self.at(e, format!("division by zero in '{}'", self.text(e))));
+            }
             (CKind::Bin(op, lc, rc), ty)
         })
     }
@@ -680,6 +690,55 @@ fn describe(t: Ty, e: &Expr) -> &'static str {
         (Ty::Any, ExprKind::Column(_)) => "a payload field",
         (Ty::Any, _) => "a value of unknown type",
         _ => t.name(),
+    }
+}
+
+/// Whether `c` is the constant 0 (INT or FLOAT).
+fn is_zero(c: &CExpr) -> bool {
+    matches!(&c.kind, CKind::Const(Value::Int(0)))
+        || matches!(&c.kind, CKind::Const(Value::Float(f)) if *f == 0.0)
+}
+
+/// Constant folding: an operator, CAST, CASE or scalar function whose
+/// operands are all constants is evaluated once, now. If that fails, the
+/// expression would fail on every message that reaches it, so the rule is
+/// refused with the evaluation error at the expression (`SELECT 1/0`:
+/// `division by zero in '1/0'`). Meta columns (`topic()`, `now()`...), fields
+/// and aggregates are never constant.
+fn fold(src: &str, c: CExpr) -> Result<CExpr, SqlError> {
+    let konst = |x: &CExpr| matches!(x.kind, CKind::Const(_));
+    let foldable = match &c.kind {
+        CKind::Neg(x) | CKind::Not(x) | CKind::IsNull(x, _) | CKind::Cast(x, _) => konst(x),
+        CKind::Bin(_, l, r) | CKind::Like(l, r, _) => konst(l) && konst(r),
+        CKind::In(x, list, _) => konst(x) && list.iter().all(konst),
+        CKind::Between(x, lo, hi, _) => konst(x) && konst(lo) && konst(hi),
+        CKind::Case(op, arms, els) => {
+            op.as_deref().is_none_or(konst)
+                && arms.iter().all(|(w, t)| konst(w) && konst(t))
+                && els.as_deref().is_none_or(konst)
+        }
+        CKind::Call(_, args) => args.iter().all(konst),
+        _ => false,
+    };
+    if !foldable {
+        return Ok(c);
+    }
+    let ctx = crate::expr::Ctx {
+        sql: src,
+        fields: &[],
+        ev: None,
+        now: 0,
+        keys: &[],
+        aggs: &[],
+        outs: &[],
+        window: (0, 0),
+    };
+    match c.eval(&ctx) {
+        Ok(v) => Ok(CExpr {
+            kind: CKind::Const(v),
+            ..c
+        }),
+        Err(e) => Err(SqlError::at(src, c.start as usize, e.message)),
     }
 }
 

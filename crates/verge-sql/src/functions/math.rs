@@ -18,20 +18,19 @@ pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, Stri
         Func::Round => match args.get(1) {
             None => to_int(a, name, f64::round)?,
             Some(n) => {
-                let x = want_f64(name, a)?;
-                let n = want_int(name, n)?;
-                if !(-18..=18).contains(&n) {
-                    return Err("round() digits must be between -18 and 18".into());
-                }
-                let scale = 10f64.powi(n as i32);
-                Value::float_or_null((x * scale).round() / scale)
+                want_f64(name, a)?;
+                round_digits(a, round_n(want_int(name, n)?)?)?
             }
         },
-        Func::Sqrt => Value::float_or_null(want_f64(name, a)?.sqrt()),
-        Func::Pow => Value::float_or_null(want_f64(name, a)?.powf(want_f64(name, &args[1])?)),
-        Func::Exp => Value::float_or_null(want_f64(name, a)?.exp()),
-        Func::Ln => Value::float_or_null(want_f64(name, a)?.ln()),
-        Func::Log10 => Value::float_or_null(want_f64(name, a)?.log10()),
+        Func::Sqrt => finite(name, args, want_f64(name, a)?.sqrt())?,
+        Func::Pow => finite(
+            name,
+            args,
+            want_f64(name, a)?.powf(want_f64(name, &args[1])?),
+        )?,
+        Func::Exp => finite(name, args, want_f64(name, a)?.exp())?,
+        Func::Ln => finite(name, args, want_f64(name, a)?.ln())?,
+        Func::Log10 => finite(name, args, want_f64(name, a)?.log10())?,
         Func::Mod => {
             want_f64(name, a)?;
             want_f64(name, &args[1])?;
@@ -51,6 +50,80 @@ pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, Stri
         Func::Least => extreme(name, args, Ordering::Less)?,
         _ => Value::Null,
     })
+}
+
+/// A function's FLOAT result, or an error when it is not a finite number:
+/// overflow (`exp(710)`, `pow(2, 1024)`) and undefined results (`sqrt(-1)`,
+/// `ln(0)`, `pow(0, -1)`) are errors, like division by zero, never NULL.
+fn finite(name: &str, args: &[Value], r: f64) -> Result<Value, String> {
+    if r.is_finite() {
+        return Ok(Value::Float(r));
+    }
+    let args: Vec<String> = args.iter().map(Value::to_string).collect();
+    Err(format!(
+        "{name}({}) is not a finite number",
+        args.join(", ")
+    ))
+}
+
+/// The digits argument of `round(x, n)`, checked.
+pub(crate) fn round_n(n: i64) -> Result<i32, String> {
+    if (-18..=18).contains(&n) {
+        Ok(n as i32)
+    } else {
+        Err("round() digits must be between -18 and 18".into())
+    }
+}
+
+/// `round(x, n)`: rounds the decimal number `x` is written as (for a FLOAT its
+/// shortest form, which reads back as the same double) half away from zero to
+/// `n` decimals, in decimal arithmetic, and returns the FLOAT nearest to the
+/// result. An INT with `n < 0` is rounded in integer arithmetic.
+fn round_digits(x: &Value, n: i32) -> Result<Value, String> {
+    let f = match *x {
+        Value::Int(i) if n >= 0 => return Ok(Value::Float(i as f64)),
+        Value::Int(i) => {
+            // 10^18 at most, so this fits; the rounded value may not fit an i64.
+            let p = 10i128.pow(n.unsigned_abs());
+            let (q, r) = (i128::from(i) / p, i128::from(i) % p);
+            let q = if 2 * r.abs() >= p { q + r.signum() } else { q };
+            return Ok(Value::Float((q * p) as f64));
+        }
+        Value::Float(f) => f,
+        _ => return Err("round() expects a number".into()),
+    };
+    // `{:e}` writes the shortest digits that read back as `f`: d.ddde±x.
+    let text = format!("{:e}", f.abs());
+    let (mantissa, exp) = text.split_once('e').unwrap_or((&text, "0"));
+    let exp: i64 = exp
+        .parse()
+        .map_err(|_| "round() cannot read its argument")?;
+    let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    // Digits kept: those at or above the position of 10^-n.
+    let keep = exp + 1 + i64::from(n);
+    if keep >= digits.len() as i64 {
+        return Ok(Value::Float(f));
+    }
+    let mut kept: u64 = 0;
+    for d in digits.iter().take(usize::try_from(keep).unwrap_or(0)) {
+        kept = kept * 10 + u64::from(d - b'0');
+    }
+    let next = usize::try_from(keep).ok().and_then(|k| digits.get(k));
+    if next.is_some_and(|d| *d >= b'5') {
+        kept += 1;
+    }
+    if kept == 0 {
+        return Ok(Value::Float(0.0));
+    }
+    let r: f64 = format!("{kept}e{}", -n)
+        .parse()
+        .map_err(|_| "round() cannot read its result")?;
+    let r = if f < 0.0 { -r } else { r };
+    if r.is_finite() {
+        Ok(Value::Float(r))
+    } else {
+        Err("round() result is out of the float range".into())
+    }
 }
 
 /// Applies a rounding function and returns an int.
@@ -107,7 +180,8 @@ pub(crate) fn arith(op: BinOp, a: &Value, b: &Value) -> Result<Value, String> {
                 BinOp::Mul => x.checked_mul(y),
                 BinOp::Div | BinOp::Mod if y == 0 => return Err("division by zero".into()),
                 BinOp::Div => x.checked_div(y),
-                _ => x.checked_rem(y),
+                // i64::MIN % -1 is 0; only the quotient overflows.
+                _ => Some(x.wrapping_rem(y)),
             };
             r.map(Value::Int).ok_or_else(|| "integer overflow".into())
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use md5::Digest;
 
-use super::{Func, want_data, want_int, want_str};
+use super::{Func, want_data, want_str};
 use crate::codec;
 use crate::time;
 use crate::value::Value;
@@ -12,9 +12,10 @@ use crate::value::Value;
 pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, String> {
     let a = &args[0];
     Ok(match func {
-        Func::FormatTime => {
-            Value::str(&time::format(want_int(name, a)?, want_str(name, &args[1])?))
-        }
+        Func::FormatTime => Value::str(&time::format(
+            want_time(name, a)?,
+            want_str(name, &args[1])?,
+        )),
         Func::ParseTime => {
             let s = want_str(name, a)?;
             Value::Int(
@@ -29,7 +30,7 @@ pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, Stri
         | Func::Minute
         | Func::Second
         | Func::DayOfWeek => {
-            let c = time::civil(want_int(name, a)?);
+            let c = time::civil(want_time(name, a)?);
             Value::Int(match func {
                 Func::Year => c.year,
                 Func::Month => i64::from(c.month),
@@ -111,6 +112,31 @@ pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, Stri
         }
         _ => Value::Null,
     })
+}
+
+/// Checks a json_get() path.
+pub(super) fn check_path(path: &str) -> Result<(), String> {
+    parse_path(path)
+        .map(drop)
+        .ok_or_else(|| format!("json_get() path '{path}' is not valid"))
+}
+
+/// A time argument: INT milliseconds, or FLOAT milliseconds rounded down to
+/// a whole millisecond (an error outside the INT range).
+fn want_time(name: &str, v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::Float(f) => time::float_ms(*f).ok_or_else(|| {
+            format!(
+                "{name}() expects milliseconds within the INT range, found {}",
+                crate::value::format_float(*f)
+            )
+        }),
+        other => Err(format!(
+            "{name}() expects milliseconds (a number), found {}",
+            other.type_name()
+        )),
+    }
 }
 
 enum Seg {

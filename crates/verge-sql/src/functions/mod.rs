@@ -275,6 +275,22 @@ pub(crate) fn call(func: Func, args: &[Value]) -> Result<Value, String> {
     }
 }
 
+/// Checks argument `i` of `func` when it is a constant (not NULL): an
+/// argument that makes every call fail whatever the other arguments are is an
+/// error when the rule is created, not on every message.
+pub(crate) fn check_const_arg(func: Func, name: &str, i: usize, v: &Value) -> Result<(), String> {
+    match (func, i) {
+        (Func::Round, 1) => math::round_n(want_int(name, v)?).map(drop),
+        (Func::Lpad | Func::Rpad, 1) => string::pad_len(name, want_int(name, v)?).map(drop),
+        (Func::Substring, 2) if want_int(name, v)? < 0 => {
+            Err("substring() length must not be negative".into())
+        }
+        (Func::Mod, 1) if v.as_f64() == Some(0.0) => Err("division by zero".into()),
+        (Func::JsonGet, 1) => misc::check_path(want_str(name, v)?),
+        _ => Ok(()),
+    }
+}
+
 /// The argument as a string, or a type error.
 pub(crate) fn want_str<'a>(name: &str, v: &'a Value) -> Result<&'a str, String> {
     match v {

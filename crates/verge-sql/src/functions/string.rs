@@ -8,6 +8,15 @@ use crate::value::Value;
 /// Longest string lpad/rpad may produce, in characters.
 const MAX_PAD: i64 = 65_536;
 
+/// The length argument of lpad/rpad, checked.
+pub(super) fn pad_len(name: &str, n: i64) -> Result<usize, String> {
+    if (0..=MAX_PAD).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(format!("{name}() length must be between 0 and {MAX_PAD}"))
+    }
+}
+
 pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, String> {
     if func == Func::Concat {
         let mut s = String::new();
@@ -68,11 +77,7 @@ pub(super) fn call(func: Func, name: &str, args: &[Value]) -> Result<Value, Stri
         Func::EndsWith => Value::Bool(a.ends_with(arg(1)?)),
         Func::Contains => Value::Bool(a.contains(arg(1)?)),
         Func::Lpad | Func::Rpad => {
-            let n = want_int(name, &args[1])?;
-            if !(0..=MAX_PAD).contains(&n) {
-                return Err(format!("{name}() length must be between 0 and {MAX_PAD}"));
-            }
-            let n = n as usize;
+            let n = pad_len(name, want_int(name, &args[1])?)?;
             let pad = if args.len() > 2 { arg(2)? } else { " " };
             let have = a.chars().count();
             if have >= n {

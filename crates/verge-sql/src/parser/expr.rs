@@ -217,12 +217,16 @@ impl Parser<'_> {
     fn prefix_sign(&mut self) -> Result<Expr, SqlError> {
         let t = self.bump();
         let start = t.start;
+        if t.tok == Tok::Minus && self.peek().tok == Tok::IntMinMagnitude {
+            let end = self.bump().end;
+            return self.node(ExprKind::Lit(Lit::Int(i64::MIN)), start, end, start);
+        }
         let e = self.expr_bp(8)?;
         let end = e.end;
         if t.tok == Tok::Plus {
             return Ok(e);
         }
-        // Fold negative numeric literals so that -9223372036854775808 style limits stay literal.
+        // Fold negative numeric literals (-9223372036854775808 is folded above).
         let kind = match e.kind {
             ExprKind::Lit(Lit::Int(n)) if n != i64::MIN => ExprKind::Lit(Lit::Int(-n)),
             ExprKind::Lit(Lit::Float(f)) => ExprKind::Lit(Lit::Float(-f)),
@@ -270,6 +274,11 @@ impl Parser<'_> {
                 self.bump();
                 lit(self, Lit::Int(n), t.end)
             }
+            Tok::IntMinMagnitude => Err(SqlError::at(
+                self.src,
+                start,
+                "number '9223372036854775808' is too large for a 64-bit integer",
+            )),
             Tok::Duration(n) => {
                 self.bump();
                 lit(self, Lit::Int(n), t.end)

@@ -1,1 +1,1 @@
-SELECT abs(a) AS ab, ceil(f) AS ce, floor(f) AS fl, round(f) AS r, round(f, 1) AS r1, sqrt(16) AS sq, pow(2, 10) AS pw, exp(0) AS ex, ln(1) AS l, log10(1000) AS lg, mod(a, 3) AS md, sign(a) AS sg, greatest(1, a, 2.5, NULL) AS gr, least(1, a, 2.5) AS le, sqrt(-1) AS nan FROM "#"
+SELECT abs(a) AS ab, ceil(f) AS ce, floor(f) AS fl, round(f) AS r, round(f, 1) AS r1, sqrt(16) AS sq, pow(2, 10) AS pw, exp(0) AS ex, ln(1) AS l, log10(1000) AS lg, mod(a, 3) AS md, sign(a) AS sg, greatest(1, a, 2.5, NULL) AS gr, least(1, a, 2.5) AS le FROM "#"
