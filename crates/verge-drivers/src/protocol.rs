@@ -84,6 +84,14 @@ pub trait Protocol: Send {
     ) -> BoxFuture<'a, Result<(), DriverError>>;
 }
 
+/// The protocol's own checks of `cfg` (addresses, types, meter addresses,
+/// node ids, security), without opening anything: building the client
+/// opens no connection and touches no file, so this is [`build`] with the
+/// client dropped. Part of [`DriverConfig::validate`].
+pub fn check(cfg: &DriverConfig) -> Result<(), String> {
+    build(cfg).map(drop)
+}
+
 /// Build the protocol client for `cfg`, checking its point addresses and
 /// types; the error names the field. The one list of protocols.
 pub fn build(cfg: &DriverConfig) -> Result<Box<dyn Protocol>, String> {
