@@ -134,12 +134,9 @@ impl Modbus {
         let e = match r {
             Ok(Ok(answer)) => return Ok(answer),
             Err(_) => DriverError::Timeout(ms),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => match e.kind() {
-                ErrorKind::InvalidData | ErrorKind::InvalidInput => {
-                    DriverError::BadResponse(format!("unit {unit}: {e}"))
-                }
-                _ => DriverError::Connection(format!("unit {unit}: {e}")),
-            },
+            Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                transport_error(unit, &e, matches!(self.target, Target::Tcp { .. }))
+            }
             Ok(Err(tokio_modbus::Error::Protocol(p))) => {
                 let what = match p {
                     tokio_modbus::ProtocolError::HeaderMismatch { message, .. } => message,
@@ -265,6 +262,29 @@ impl Modbus {
             ))),
             Err(e) => Err(DriverError::Refused(codec::exception_name(e))),
         }
+    }
+}
+
+/// A transport error as the driver reports it. tokio-modbus reports the
+/// end of a TCP stream (the device closed the connection) as the thread's
+/// last OS error, a stale errno such as "No such file or directory (os
+/// error 2)" or "Operation now in progress (os error 115)"; so on TCP every
+/// error but the few a live socket reports for itself (timeouts,
+/// unreachable hosts) is the device closing or resetting the connection.
+pub fn transport_error(unit: u8, e: &std::io::Error, tcp: bool) -> DriverError {
+    match e.kind() {
+        ErrorKind::InvalidData | ErrorKind::InvalidInput => {
+            DriverError::BadResponse(format!("unit {unit}: {e}"))
+        }
+        ErrorKind::TimedOut
+        | ErrorKind::HostUnreachable
+        | ErrorKind::NetworkUnreachable
+        | ErrorKind::NetworkDown => DriverError::Connection(format!("unit {unit}: {e}")),
+        _ if !tcp => DriverError::Connection(format!("unit {unit}: {e}")),
+        ErrorKind::ConnectionReset => {
+            DriverError::Connection(format!("unit {unit}: connection reset by the device"))
+        }
+        _ => DriverError::Connection(format!("unit {unit}: connection closed by the device")),
     }
 }
 
