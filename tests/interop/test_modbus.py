@@ -141,6 +141,15 @@ address = "di:7"
 [[drivers.devices.points]]
 name = "missing"
 address = "hr:5000"
+[[drivers.devices.points]]
+name = "limit"
+address = "hr:40"
+type = "f32"
+access = "rw"
+[[drivers.devices.points]]
+name = "count"
+address = "hr:44"
+access = "rw"
 """
 
 
@@ -213,6 +222,44 @@ def test_status_in_the_api(setup):
     press = plc["devices"][0]
     assert press["name"] == "press" and press["state"] == "good", press
     assert press["bad_points"] == 1
+
+
+def test_f32_write_out_of_range_is_refused(setup):
+    """Issue 17, drivers 2: 1e40 into an f32 answered ok and wrote +inf."""
+    server, node = setup
+    c = Client(node, V5)
+    for value in (1e40, -3.5e38):
+        r = write(c, "press", "limit", value)
+        assert r["ok"] is False and "out of range" in r["error"], r
+    assert server.get(3, 40, 2) == [0, 0]
+    r = write(c, "press", "limit", 21.5)
+    assert r["ok"] is True and r["value"] == 21.5, r
+    assert server.get(3, 40, 2) == [0x41AC, 0x0000]
+    c.close()
+
+
+def test_lossy_write_is_refused_and_the_reply_is_the_value_written(setup):
+    """Issue 17, drivers 7: 4.7 into a u16 replied 4.7 while the device got
+    5; `true` into a u16 wrote 1. Lossy writes are refused before anything
+    is sent; the reply of a write carries the value the device was given."""
+    server, node = setup
+    c = Client(node, V5)
+    r = write(c, "press", "count", 9)
+    assert r["ok"] is True and r["value"] == 9, r
+    r = write(c, "press", "count", 4.7)
+    assert r["ok"] is False and "not a whole number" in r["error"], r
+    r = write(c, "press", "count", True)
+    assert r["ok"] is False and "not a number" in r["error"], r
+    assert server.get(3, 44) == [9]
+    # with scale 0.1, 123.45 would be 1234.5 raw steps: refused too
+    r = write(c, "press", "setpoint", 123.45)
+    assert r["ok"] is False and "not a whole number" in r["error"], r
+    # an f32 keeps its nearest value; the reply says which
+    r = write(c, "press", "limit", 0.1)
+    assert r["ok"] is True and r["value"] == 0.1, r
+    r = write(c, "press", "limit", 16777217)
+    assert r["ok"] is True and r["value"] == 16777216, r
+    c.close()
 
 
 def two_devices_toml(name, port, devices):

@@ -534,8 +534,18 @@ async fn write(
         )));
     }
     let raw = p.unscaled(value);
-    proto.write(i, device, p, raw).await?;
-    Ok(value.clone())
+    // The reply carries the value the device was given, in published
+    // terms (what the next telemetry shows), not the one asked for.
+    let written = proto
+        .write(i, device, p, raw.clone())
+        .await
+        .map_err(|e| match e {
+            DriverError::Invalid(m) if raw != *value => DriverError::Invalid(format!(
+                "{m} ({value} is {raw} on the device, with scale and offset undone)"
+            )),
+            e => e,
+        })?;
+    Ok(p.scaled(written))
 }
 
 /// Answer a write command on `<topic>/reply`, echoing its `id` if any.

@@ -84,14 +84,14 @@ impl Protocol for Fake {
         _device: &'a DeviceConfig,
         point: &'a PointConfig,
         raw: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    ) -> BoxFuture<'a, Result<Value, DriverError>> {
         Box::pin(async move {
             let delay = self.0.lock().expect("script").write_delay;
             tokio::time::sleep(delay).await;
             let mut s = self.0.lock().expect("script");
             s.writes.push((index, point.name.clone(), raw.clone()));
-            s.values.insert((index, point.name.clone()), raw);
-            Ok(())
+            s.values.insert((index, point.name.clone()), raw.clone());
+            Ok(raw)
         })
     }
 }

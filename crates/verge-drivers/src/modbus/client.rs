@@ -197,14 +197,14 @@ impl Modbus {
         Ok(out)
     }
 
-    /// Write one point.
+    /// Write one point; the value written, as a read would decode it.
     async fn write_point(
         &mut self,
         index: usize,
         device: &DeviceConfig,
         point: &PointConfig,
         raw: &Value,
-    ) -> Result<(), DriverError> {
+    ) -> Result<Value, DriverError> {
         let plan = self
             .plans
             .get(index)
@@ -224,11 +224,12 @@ impl Modbus {
                 point.name
             )));
         }
-        let (single, multiple) = if spec.area == Area::Coil {
+        let (single, multiple, written) = if spec.area == Area::Coil {
             let b = codec::encode_bool(raw).map_err(DriverError::Invalid)?;
             (
                 Some(Request::WriteSingleCoil(spec.address, b)),
                 Request::WriteMultipleCoils(spec.address, Cow::Owned(vec![b])),
+                Value::Bool(b),
             )
         } else {
             let words = codec::encode(&spec, raw).map_err(DriverError::Invalid)?;
@@ -236,9 +237,12 @@ impl Modbus {
                 [w] => Some(Request::WriteSingleRegister(spec.address, *w)),
                 _ => None,
             };
+            // What a read of these registers gives back.
+            let written = codec::decode(&spec, &words).unwrap_or_else(|_| raw.clone());
             (
                 single,
                 Request::WriteMultipleRegisters(spec.address, Cow::Owned(words)),
+                written,
             )
         };
         let answer = match single {
@@ -255,7 +259,7 @@ impl Modbus {
                 | Response::WriteMultipleCoils(..)
                 | Response::WriteSingleRegister(..)
                 | Response::WriteMultipleRegisters(..),
-            ) => Ok(()),
+            ) => Ok(written),
             Ok(other) => Err(DriverError::BadResponse(format!(
                 "unexpected answer to a write: {:?}",
                 other.function_code()
@@ -360,7 +364,7 @@ impl Protocol for Modbus {
         device: &'a DeviceConfig,
         point: &'a PointConfig,
         raw: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    ) -> BoxFuture<'a, Result<Value, DriverError>> {
         Box::pin(async move { self.write_point(index, device, point, &raw).await })
     }
 }
