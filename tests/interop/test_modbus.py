@@ -6,7 +6,9 @@ which change the server's registers and coils."""
 
 import asyncio
 import functools
+import json
 import logging
+import re
 import time
 
 import pytest
@@ -38,9 +40,9 @@ class ModbusServer(LoopThread):
     """A pymodbus TCP server on its own thread and event loop. hr:0 counts up
     every 100 ms; the rest holds fixed values the test checks."""
 
-    def __init__(self):
+    def __init__(self, port=None):
         logging.getLogger("pymodbus").setLevel(logging.ERROR)
-        self.port = free_port()
+        self.port = port or free_port()
         hr = [0] * SIZE
         hr[1:3] = [0x41AC, 0x0000]  # f32 21.5
         hr[30:32] = [0x4F4B, 0x0000]  # "OK"
@@ -139,6 +141,15 @@ address = "di:7"
 [[drivers.devices.points]]
 name = "missing"
 address = "hr:5000"
+[[drivers.devices.points]]
+name = "limit"
+address = "hr:40"
+type = "f32"
+access = "rw"
+[[drivers.devices.points]]
+name = "count"
+address = "hr:44"
+access = "rw"
 """
 
 
@@ -211,3 +222,123 @@ def test_status_in_the_api(setup):
     press = plc["devices"][0]
     assert press["name"] == "press" and press["state"] == "good", press
     assert press["bad_points"] == 1
+
+
+def test_f32_write_out_of_range_is_refused(setup):
+    """Issue 17, drivers 2: 1e40 into an f32 answered ok and wrote +inf."""
+    server, node = setup
+    c = Client(node, V5)
+    for value in (1e40, -3.5e38):
+        r = write(c, "press", "limit", value)
+        assert r["ok"] is False and "out of range" in r["error"], r
+    assert server.get(3, 40, 2) == [0, 0]
+    r = write(c, "press", "limit", 21.5)
+    assert r["ok"] is True and r["value"] == 21.5, r
+    assert server.get(3, 40, 2) == [0x41AC, 0x0000]
+    c.close()
+
+
+def test_lossy_write_is_refused_and_the_reply_is_the_value_written(setup):
+    """Issue 17, drivers 7: 4.7 into a u16 replied 4.7 while the device got
+    5; `true` into a u16 wrote 1. Lossy writes are refused before anything
+    is sent; the reply of a write carries the value the device was given."""
+    server, node = setup
+    c = Client(node, V5)
+    r = write(c, "press", "count", 9)
+    assert r["ok"] is True and r["value"] == 9, r
+    r = write(c, "press", "count", 4.7)
+    assert r["ok"] is False and "not a whole number" in r["error"], r
+    r = write(c, "press", "count", True)
+    assert r["ok"] is False and "not a number" in r["error"], r
+    assert server.get(3, 44) == [9]
+    # with scale 0.1, 123.45 would be 1234.5 raw steps: refused too
+    r = write(c, "press", "setpoint", 123.45)
+    assert r["ok"] is False and "not a whole number" in r["error"], r
+    # an f32 keeps its nearest value; the reply says which
+    r = write(c, "press", "limit", 0.1)
+    assert r["ok"] is True and r["value"] == 0.1, r
+    r = write(c, "press", "limit", 16777217)
+    assert r["ok"] is True and r["value"] == 16777216, r
+    c.close()
+
+
+def two_devices_toml(name, port, devices):
+    tables = "".join(f"""
+[[drivers.devices]]
+name = "{d}"
+unit = 1
+poll = "200ms"
+[[drivers.devices.points]]
+name = "counter"
+address = "hr:0"
+""" for d in devices)
+    return f"""
+[[drivers]]
+name = "{name}"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+port = {port}
+timeout = "500ms"
+retry = {{ initial = "200ms", max = "1s" }}
+{tables}"""
+
+
+def collect_bad(c, devices, n, timeout=PATIENCE):
+    """Telemetry until each of `devices` published `n` all-bad messages;
+    the errors seen, per device."""
+    errors = {d: [] for d in devices}
+    deadline = time.time() + timeout
+    while any(len(e) < n for e in errors.values()):
+        assert time.time() < deadline, f"bad messages seen: {errors}"
+        m = c.recv(max(0.1, deadline - time.time()))
+        device = m.topic.split("/")[1]
+        doc = json.loads(m.payload)
+        if device in errors and doc["quality"] and all(q == "bad" for q in doc["quality"].values()):
+            errors[device].append(doc["error"])
+    return errors
+
+
+def test_every_device_publishes_bad_on_its_cadence_when_its_connection_is_down():
+    """Issue 17, drivers 1 and 4, and 8 (status after recovery): when the
+    connection dropped only the device whose read hit it published `bad`,
+    a driver that never connected published nothing, the closed connection
+    was reported as a stale errno, and after recovery the status kept the
+    old `last_error`."""
+    server = ModbusServer()
+    port = server.port
+    nobody = free_port()
+    node = Node(tail=two_devices_toml("line", port, ["left", "right"])
+                + two_devices_toml("ghost", nobody, ["ghost-1", "ghost-2"]))
+    try:
+        c = Client(node, V5)
+        c.sub("devices/+/telemetry", 0)
+        # a driver that never connects: each of its devices says so, again and again
+        errors = collect_bad(c, ["ghost-1", "ghost-2"], 3)
+        assert all("refused" in e for es in errors.values() for e in es), errors
+        # the live connection: both good
+        for d in ("left", "right"):
+            telemetry(c, d, lambda doc: doc["quality"].get("counter") == "good")
+        # the device goes away: both of its devices publish bad on their cadence
+        server.stop()
+        errors = collect_bad(c, ["left", "right"], 3)
+        seen = [e for es in errors.values() for e in es]
+        assert not any(re.search(r"os error (2|115)\b", e) for e in seen), seen
+        assert any("connection closed by the device" in e for e in seen), seen
+        status = next(d for d in api(node, "/api/drivers") if d["name"] == "line")
+        assert not status["connected"], status
+        assert all(dev["state"] == "bad" for dev in status["devices"]), status
+        # back: good again, and the status forgets the old error
+        server = ModbusServer(port)
+        for d in ("left", "right"):
+            telemetry(c, d, lambda doc: doc["quality"].get("counter") == "good")
+        status = next(d for d in api(node, "/api/drivers") if d["name"] == "line")
+        assert status["connected"] and status["last_error"] is None, status
+        assert all(dev["state"] == "good" and dev["last_error"] is None
+                   for dev in status["devices"]), status
+        c.close()
+    finally:
+        node.stop()
+        try:
+            server.stop()
+        except Exception:  # noqa: BLE001 - already stopped by a failed step
+            pass

@@ -128,7 +128,9 @@ poll = "200ms"
 {points}"""
 
     return (driver("ua-plain", "none", f"{pki}-plain", "boiler")
-            + driver("ua-secure", "basic256sha256", pki, "boiler-secure") + "\n")
+            + driver("ua-secure", "basic256sha256", pki, "boiler-secure")
+            # the server has no sign-only endpoint
+            + driver("ua-sign", "basic256sha256-sign", f"{pki}-sign", "boiler-sign") + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +143,7 @@ def setup():
     server.stop()
     shutil.rmtree(pki, ignore_errors=True)
     shutil.rmtree(pki + "-plain", ignore_errors=True)
+    shutil.rmtree(pki + "-sign", ignore_errors=True)
 
 
 telemetry = functools.partial(device_telemetry, timeout=PATIENCE)
@@ -235,3 +238,42 @@ def test_browse_finds_the_servers_variables(setup):
         pytest.fail("a bad node id was accepted")
     except urllib.error.HTTPError as e:
         assert e.code == 400, e
+
+
+# What async-opcua logs when a client has no application instance
+# certificate (which security "none" does not need).
+CERT_ERRORS = ("application instance certificate", "cert and private key",
+               "cert or private key")
+
+
+def test_security_none_logs_no_certificate_errors(setup):
+    """Issue 17, drivers 5: with security "none" every connect and browse
+    logged ERROR lines about a missing application instance certificate."""
+    server, node, _ = setup
+    c = Client(node, V5)
+    c.sub("devices/boiler/telemetry", 0)
+    telemetry(c, "boiler", good)
+    c.close()
+    assert api(node, "/api/drivers/ua-plain/browse")
+    assert api(node, "/api/drivers/ua-plain/browse")
+    lines = [line for line in node.output().splitlines()
+             if "ERROR" in line and any(e in line for e in CERT_ERRORS)]
+    assert not lines, "\n".join(lines)
+
+
+def test_security_policy_the_server_lacks_is_named(setup):
+    """Issue 17, drivers 8: a security policy the server does not offer was
+    reported as BadTcpEndpointUrlInvalid."""
+    _, node, _ = setup
+    deadline = time.time() + PATIENCE
+    sign = {}
+    while time.time() < deadline:
+        sign = next(d for d in api(node, "/api/drivers") if d["name"] == "ua-sign")
+        if sign["last_error"]:
+            break
+        time.sleep(0.2)
+    error = sign["last_error"] or ""
+    assert not sign["connected"], sign
+    assert "no endpoint with security basic256sha256 (sign only)" in error, sign
+    assert "none" in error and "basic256sha256 (sign and encrypt)" in error, sign
+    assert "BadTcpEndpointUrlInvalid" not in error, sign

@@ -44,9 +44,14 @@ pub struct BridgeConfig {
     pub inflight: u16,
     /// Give up on a connection attempt after this long.
     pub connect_timeout: HumanDuration,
-    /// First wait before reconnecting; doubles up to `reconnect_max`.
+    /// First wait before reconnecting (±20 % jitter); doubles up to
+    /// `reconnect_max`, and starts again here once a connection proved
+    /// healthy (the cloud acknowledged a message or the downstream
+    /// subscription, and deferred none).
     pub reconnect_min: HumanDuration,
-    /// Longest wait before reconnecting.
+    /// Longest wait before reconnecting (±20 % jitter): after an outage,
+    /// the link is back at most about this long after the cloud is. Keep
+    /// it a few seconds.
     pub reconnect_max: HumanDuration,
     /// Subscribe to `nodes/{node}/down/#` at the cloud and publish what
     /// arrives into the local broker with the prefix stripped.
@@ -71,7 +76,7 @@ impl Default for BridgeConfig {
             inflight: 1000,
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             reconnect_min: HumanDuration(Duration::from_millis(500)),
-            reconnect_max: HumanDuration(Duration::from_secs(30)),
+            reconnect_max: HumanDuration(Duration::from_secs(5)),
             downstream: true,
             forwards: Vec::new(),
         }

@@ -68,6 +68,17 @@ struct Pending {
     entry: Entry,
 }
 
+/// What a connection proved about the cloud, for the reconnect backoff.
+#[derive(Default)]
+struct Proof {
+    /// The cloud acknowledged a PUBLISH or the downstream SUBSCRIBE with
+    /// success: it is up and taking messages.
+    acked: bool,
+    /// The cloud deferred a message (quota exceeded and the like): going
+    /// back at `reconnect_min` would hammer it.
+    deferred: bool,
+}
+
 /// Why a connection ended.
 enum End {
     /// Asked to stop.
@@ -106,17 +117,31 @@ impl Link {
                     self.status.error("connect: the cloud sent a CONNACK with Receive Maximum or Maximum Packet Size 0 (a protocol error)");
                 }
                 Ok((io, connack, rbuf)) => {
-                    // The backoff resets only once a connection proved
-                    // healthy (see below), so a cloud that accepts and then
-                    // drops the link is not hammered at reconnect_min.
+                    // The backoff resets once a connection proved healthy:
+                    // the cloud acknowledged something and deferred nothing,
+                    // or the link stayed up for `reconnect_max`. So the
+                    // first wait after an outage of a working link is
+                    // `reconnect_min`, while a cloud that accepts and then
+                    // drops or defers is not hammered at that pace.
                     let connected_at = Instant::now();
                     self.status.connects.fetch_add(1, Ordering::Relaxed);
                     self.status.set_state(LinkState::Connected);
                     info!(url = %cfg.url, session = connack.session_present, "connected to the cloud");
+                    let mut proof = Proof::default();
                     let end = self
-                        .session(io, rbuf, &connack, &mut inflight, &mut next_id, &mut stop)
+                        .session(
+                            io,
+                            rbuf,
+                            &connack,
+                            &mut inflight,
+                            &mut next_id,
+                            &mut stop,
+                            &mut proof,
+                        )
                         .await;
-                    if connected_at.elapsed() >= cfg.reconnect_max.get() {
+                    if (proof.acked && !proof.deferred)
+                        || connected_at.elapsed() >= cfg.reconnect_max.get()
+                    {
                         backoff.reset();
                     }
                     match end {
@@ -210,6 +235,7 @@ impl Link {
     }
 
     /// One connected session; returns why it ended.
+    #[allow(clippy::too_many_arguments)]
     async fn session(
         &self,
         io: Io,
@@ -218,6 +244,7 @@ impl Link {
         inflight: &mut BTreeMap<u16, Pending>,
         next_id: &mut u16,
         stop: &mut watch::Receiver<bool>,
+        proof: &mut Proof,
     ) -> End {
         let cfg = &self.plan.config;
         let (mut rd, wr) = tokio::io::split(io);
@@ -285,7 +312,7 @@ impl Link {
 
         // Packets that came with the CONNACK.
         if let Err(e) = self
-            .handle_read(&mut rbuf, inflight, sub_id, &mut out)
+            .handle_read(&mut rbuf, inflight, sub_id, &mut out, proof)
             .await
         {
             return End::Lost(e);
@@ -317,7 +344,7 @@ impl Link {
                         Ok(_) => last_in = Instant::now(),
                         Err(e) => return End::Lost(format!("read: {e}")),
                     }
-                    if let Err(e) = self.handle_read(&mut rbuf, inflight, sub_id, &mut out).await {
+                    if let Err(e) = self.handle_read(&mut rbuf, inflight, sub_id, &mut out, proof).await {
                         return End::Lost(e);
                     }
                     if !out.buf.is_empty() {
@@ -395,11 +422,12 @@ impl Link {
         inflight: &mut BTreeMap<u16, Pending>,
         sub_id: Option<u16>,
         out: &mut Writer,
+        proof: &mut Proof,
     ) -> Result<(), String> {
         while let Some(packet) = decode(rbuf, Protocol::V5, MAX_IN_PACKET)
             .map_err(|e| format!("bad packet from the cloud: {e}"))?
         {
-            self.on_packet(packet, inflight, sub_id, out).await?;
+            self.on_packet(packet, inflight, sub_id, out, proof).await?;
         }
         Ok(())
     }
@@ -432,6 +460,7 @@ impl Link {
         inflight: &mut BTreeMap<u16, Pending>,
         sub_id: Option<u16>,
         out: &mut Writer,
+        proof: &mut Proof,
     ) -> Result<(), String> {
         match packet {
             Packet::PubAck(ack) => {
@@ -444,6 +473,7 @@ impl Link {
                     .store(inflight.len() as u64, Ordering::Relaxed);
                 match ack.reason_code {
                     c if c < 0x80 => {
+                        proof.acked = true;
                         self.queue.ack(p.entry.lane, p.entry.seq);
                         self.status.sent.fetch_add(1, Ordering::Relaxed);
                     }
@@ -452,6 +482,7 @@ impl Link {
                     // (0x91) is a session mix-up, not a refusal. Keep it in
                     // flight and reconnect after a pause.
                     0x80 | 0x83 | 0x91 | 0x97 => {
+                        proof.deferred = true;
                         let id = ack.packet_id;
                         inflight.insert(id, p);
                         return Err(format!(
@@ -472,6 +503,9 @@ impl Link {
                 }
             }
             Packet::SubAck(ack) if Some(ack.packet_id) == sub_id => {
+                if ack.reason_codes.first().is_some_and(|&c| c < 0x80) {
+                    proof.acked = true;
+                }
                 if let Some(&code) = ack.reason_codes.first()
                     && code >= 0x80
                 {

@@ -714,3 +714,120 @@ async fn bytes_after_the_connack_are_not_lost() {
     queue.close().await;
     node.shutdown().await;
 }
+
+/// Issue 17, cloud link: after the cloud came back the bridge could stay
+/// idle for ~14 s, because its backoff doubled up to 30 s and reset only
+/// after a connection had lasted 30 s, so a link that dropped twice waited
+/// long after the cloud was up. With the default backoff, a link that
+/// worked (the cloud acknowledged a message) is back within the cap (5 s,
+/// +20 % jitter) of the cloud listening again, outage after outage. The
+/// bound is the cap's, not a speed measurement: generous, under 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_reconnects_within_the_backoff_cap_after_the_cloud_restarts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().await;
+    let (node, _) = broker(None, true).await;
+    let queue = open_queue(dir.path());
+    let cfg = BridgeConfig {
+        enabled: true,
+        url: format!("mqtt://127.0.0.1:{port}"),
+        connect_timeout: HumanDuration(Duration::from_secs(2)),
+        forwards: vec![Forward {
+            filter: "devices/#".into(),
+            lane: "telemetry".into(),
+        }],
+        ..BridgeConfig::default()
+    };
+    let cap = cfg.reconnect_max.get();
+    // The cap with its jitter, plus the connection and one message's
+    // round trip (generous).
+    let bound = cap.mul_f64(1.2) + Duration::from_secs(3);
+    assert!(
+        bound < Duration::from_secs(10),
+        "the default cap is a few seconds"
+    );
+    let (mut cloud_broker, mut sub) = cloud(port).await;
+    let bridge = Bridge::start(cfg.plan("n1").expect("plan"), queue.clone(), node.handle())
+        .await
+        .expect("bridge");
+    let status = bridge.handle();
+    let h = node.handle();
+    let send = |i: usize| {
+        let h = h.clone();
+        async move {
+            h.publish(Message::local(
+                "devices/d/telemetry",
+                format!("m-{i}"),
+                QoS::AtLeastOnce,
+                false,
+            ))
+            .await
+            .expect("publish");
+        }
+    };
+    let mut got = Received::default();
+    send(0).await;
+    got.collect(&mut sub, 1).await;
+    wait_for("the first message acknowledged", || status.link().sent >= 1).await;
+
+    // Two outages, each long enough for the backoff to reach its cap
+    // (0.5 + 1 + 2 + 4 s of attempts): the second shows that the first
+    // reconnection reset the backoff.
+    for round in 1..=2 {
+        cloud_broker.shutdown().await;
+        drop(sub);
+        wait_for("the link to notice", || {
+            status.link().state != LinkState::Connected
+        })
+        .await;
+        let sent = status.link().sent;
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        (cloud_broker, sub) = cloud(port).await;
+        let back = Instant::now();
+        send(round).await;
+        // The cloud confirms (and so PUBACKs) what the test records.
+        got.collect(&mut sub, round + 1).await;
+        let took = back.elapsed();
+        eprintln!("outage {round}: link back {took:?} after the cloud listened");
+        assert!(
+            took < bound,
+            "outage {round}: the link came back {took:?} after the cloud (bound {bound:?})"
+        );
+        wait_for("the message acknowledged", || status.link().sent > sent).await;
+    }
+
+    // A short outage right after a reconnection: the backoff was reset by
+    // the acknowledged message, so the link is back after a wait of
+    // reconnect_min and one doubling (0.5 + 1 s, +20 %), not after the cap
+    // (4 to 6 s), which is what a reset only after `reconnect_max` of
+    // uptime gave.
+    let min = cfg.reconnect_min.get();
+    let short = min.mul_f64(3.0 * 1.2) + Duration::from_secs(1);
+    assert!(
+        short < cap.mul_f64(0.8),
+        "the bound tells a reset from the cap"
+    );
+    cloud_broker.shutdown().await;
+    drop(sub);
+    wait_for("the link to notice", || {
+        status.link().state != LinkState::Connected
+    })
+    .await;
+    let lost = Instant::now();
+    let sent = status.link().sent;
+    tokio::time::sleep(min).await;
+    (cloud_broker, sub) = cloud(port).await;
+    send(3).await;
+    got.collect(&mut sub, 4).await;
+    let took = lost.elapsed();
+    eprintln!("short outage: link back {took:?} after it was lost");
+    assert!(
+        took < short,
+        "short outage: the link came back {took:?} after it was lost (bound {short:?}): the backoff was not reset"
+    );
+    wait_for("the message acknowledged", || status.link().sent > sent).await;
+    bridge.shutdown().await;
+    queue.close().await;
+    cloud_broker.shutdown().await;
+    node.shutdown().await;
+}

@@ -24,7 +24,9 @@ pub struct CoapConfig {
     /// UDP address of plain CoAP.
     pub bind: SocketAddr,
     /// Largest request or notification body in bytes, whole or reassembled
-    /// from Block1 blocks; larger uploads get 4.13 with Size1.
+    /// from Block1 blocks; larger uploads get 4.13 with Size1, larger
+    /// messages are not sent to observers (counted in
+    /// `notifications_too_large`; the observation goes on).
     pub max_payload: usize,
     /// Largest block the gateway sends (rounded down to a power of two,
     /// 16–1024); bodies above it go out block-wise (Block2).

@@ -152,7 +152,18 @@ impl Loop {
     }
 
     /// Send a notification of `msg` to observer `id`.
+    /// A message larger than `max_payload` is not sent (counted in
+    /// `notifications_too_large`); the observer stays registered.
     pub(crate) fn notify(&mut self, id: u64, msg: &Arc<Message>) {
+        if msg.payload.len() > self.ctx.cfg.max_payload {
+            debug!(
+                topic = %msg.topic,
+                bytes = msg.payload.len(),
+                "coap: a notification larger than max_payload was not sent"
+            );
+            Stats::inc(&self.ctx.stats.notifications_too_large);
+            return;
+        }
         let mid = self.mid();
         let Some(obs) = self.observers.get_mut(&id) else {
             return;

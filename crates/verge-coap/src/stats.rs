@@ -61,6 +61,9 @@ counters! {
     retransmissions,
     /// Notifications lost because an observer's queue was full.
     notifications_dropped,
+    /// Notifications not sent because the message is larger than
+    /// `max_payload`.
+    notifications_too_large,
     /// Message ids forgotten early because the de-duplication cache was full.
     dedup_evicted,
     /// Block-wise transfers dropped unfinished (cache full or expired).

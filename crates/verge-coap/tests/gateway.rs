@@ -213,6 +213,38 @@ async fn observe_notifies_on_publish_and_deregisters() {
     assert_eq!(e.gw.stats().notifications, 3);
 }
 
+/// Issue 17, drivers 8: `coap.max_payload` said it limits notifications,
+/// but a 100,000-byte notification was delivered. A message above it is
+/// not sent to observers (counted); the observation goes on.
+#[tokio::test]
+async fn notification_larger_than_max_payload_is_not_sent() {
+    let cfg = CoapConfig {
+        max_payload: 1024,
+        ..CoapConfig::default()
+    };
+    let e = env_with(cfg, true).await;
+    let handle = e.broker.handle();
+    let mut reg = request(MsgType::Non, Code::GET, 9, "/ps/big/x");
+    reg.push_uint(option::OBSERVE, 0);
+    let resp = e.call(&reg).await;
+    assert_eq!(resp.code, Code::CONTENT);
+    assert_eq!(e.gw.stats().observers, 1);
+    for payload in [vec![b'a'; 100_000], vec![b'b'; 1025], b"small".to_vec()] {
+        handle
+            .publish(Message::local("big/x", payload, QoS::AtMostOnce, false))
+            .await
+            .expect("publish");
+    }
+    // The first notification to arrive is the small one.
+    let n = e.recv().await;
+    assert_eq!(n.token, reg.token);
+    assert_eq!(n.payload, b"small".to_vec());
+    let stats = e.gw.stats();
+    assert_eq!(stats.notifications_too_large, 2);
+    assert_eq!(stats.notifications, 1);
+    assert_eq!(stats.observers, 1);
+}
+
 #[tokio::test]
 async fn reset_or_silence_drops_an_observer() {
     let cfg = CoapConfig {

@@ -310,10 +310,103 @@ pub const MAX_DEVICES: usize = 10_000;
 pub const MAX_POINTS: usize = 100_000;
 
 impl DriverConfig {
-    /// Check what serde cannot; the error names the field
-    /// (`devices[2].points[0].address: …`). Protocol-specific address
-    /// checks are the protocol's ([`crate::protocol::build`]).
+    /// Check everything a driver can be refused for without opening
+    /// anything: what serde cannot express, keys the protocol does not use,
+    /// and the protocol's own checks of addresses, types, meter addresses,
+    /// node ids and security ([`crate::protocol::check`]). The one
+    /// validation path: `verge config check`, the node's config before it
+    /// binds a socket, `Drivers::create` and the HTTP API all call this.
+    /// The error names the field (`devices[2].points[0].address: …`).
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_common()?;
+        self.validate_applicable()?;
+        crate::protocol::check(self)
+    }
+
+    /// Keys that the protocol would ignore are refused rather than
+    /// silently dropped (e.g. `host` on an OPC UA driver).
+    fn validate_applicable(&self) -> Result<(), String> {
+        let p = self.protocol;
+        let proto = p.as_str();
+        let tcp = matches!(p, ProtocolKind::ModbusTcp | ProtocolKind::Dlt645Tcp);
+        let opcua = p == ProtocolKind::Opcua;
+        let unused = |key: &str, instead: &str| {
+            Err(format!(
+                "{key}: not used by protocol {proto} ({instead}); remove it"
+            ))
+        };
+        let instead = if opcua {
+            "it connects to `endpoint`"
+        } else if p.serial() {
+            "it uses the `serial` line"
+        } else {
+            "it connects to `host` and `port`"
+        };
+        if !tcp && self.host.is_some() {
+            return unused("host", instead);
+        }
+        if !tcp && self.port.is_some() {
+            return unused("port", instead);
+        }
+        if !p.serial() && self.serial.is_some() {
+            return unused("serial", instead);
+        }
+        if !opcua {
+            let opcua_only = "it is an OPC UA key";
+            if self.endpoint.is_some() {
+                return unused("endpoint", instead);
+            }
+            if self.security.is_some() {
+                return unused("security", opcua_only);
+            }
+            if self.pki_dir.is_some() {
+                return unused("pki_dir", opcua_only);
+            }
+            if self.trust_server_certs {
+                return unused("trust_server_certs", opcua_only);
+            }
+        }
+        let modbus = matches!(p, ProtocolKind::ModbusTcp | ProtocolKind::ModbusRtu);
+        let dlt645 = matches!(p, ProtocolKind::Dlt645Tcp | ProtocolKind::Dlt645Serial);
+        for (i, d) in self.devices.iter().enumerate() {
+            if !modbus && d.unit.is_some() {
+                return Err(format!(
+                    "devices[{i}].unit: a Modbus unit id, not used by protocol {proto}; remove it"
+                ));
+            }
+            if !dlt645 && d.meter.is_some() {
+                return Err(format!(
+                    "devices[{i}].meter: a DL/T 645 meter address, not used by protocol {proto}; remove it"
+                ));
+            }
+            if modbus {
+                continue;
+            }
+            for (j, pt) in d.points.iter().enumerate() {
+                let at = |f: &str| format!("devices[{i}].points[{j}].{f}");
+                if pt.length.is_some() {
+                    return Err(format!(
+                        "{}: the registers of a Modbus string, not used by protocol {proto}; remove it",
+                        at("length")
+                    ));
+                }
+                if pt.byte_order != ByteOrder::Big || pt.word_order != ByteOrder::Big {
+                    return Err(format!(
+                        "{}: Modbus register layout, not used by protocol {proto}; remove it",
+                        at(if pt.byte_order != ByteOrder::Big {
+                            "byte_order"
+                        } else {
+                            "word_order"
+                        })
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that do not depend on the protocol.
+    fn validate_common(&self) -> Result<(), String> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self

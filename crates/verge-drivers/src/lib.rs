@@ -7,8 +7,20 @@
 //! {"ts": 1764390000000, "values": {"temperature": 21.5}, "quality": {"temperature": "good"}}
 //! ```
 //!
+//! A device that cannot be read (its connection is down, from the first
+//! failed connect on, or it stopped answering) publishes on its cadence a
+//! message with every point bad and the reason:
+//!
+//! ```json
+//! {"ts": 1764390000000, "values": {}, "quality": {"temperature": "bad"}, "error": "connection: …"}
+//! ```
+//!
 //! Writes arrive on `devices/{device}/commands/write` (`{"point": …,
-//! "value": …}`) and are answered on `devices/{device}/commands/write/reply`.
+//! "value": …}`) and are answered on `devices/{device}/commands/write/reply`
+//! with the value the device was given (`{"point", "ok": true, "value"}`),
+//! or the reason it was refused; a value the point cannot hold as given (a
+//! fraction for an integer, a bool for a number, a number out of the
+//! type's range) is refused before anything is sent.
 //!
 //! The protocol is behind [`Protocol`] (connect, read a device's points,
 //! write one point); [`runner`] is the protocol-independent part: reconnect

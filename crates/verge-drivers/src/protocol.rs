@@ -74,14 +74,27 @@ pub trait Protocol: Send {
     ) -> BoxFuture<'a, Result<Vec<PointResult>, DriverError>>;
 
     /// Write one point's raw value (already converted from the published
-    /// value by the inverse of scale and offset).
+    /// value by the inverse of scale and offset). A value the point cannot
+    /// hold exactly as given (a fraction for an integer, a number beyond
+    /// the type's range, a bool for a number) is refused with
+    /// [`DriverError::Invalid`] before anything is sent; the answer is the
+    /// raw value the device now holds, as a read would return it (e.g. an
+    /// f32's value).
     fn write<'a>(
         &'a mut self,
         index: usize,
         device: &'a DeviceConfig,
         point: &'a PointConfig,
         raw: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    ) -> BoxFuture<'a, Result<Value, DriverError>>;
+}
+
+/// The protocol's own checks of `cfg` (addresses, types, meter addresses,
+/// node ids, security), without opening anything: building the client
+/// opens no connection and touches no file, so this is [`build`] with the
+/// client dropped. Part of [`DriverConfig::validate`].
+pub fn check(cfg: &DriverConfig) -> Result<(), String> {
+    build(cfg).map(drop)
 }
 
 /// Build the protocol client for `cfg`, checking its point addresses and

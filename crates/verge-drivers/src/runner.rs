@@ -138,12 +138,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Per-device schedule and last published values.
+/// Per-device schedule, health and last published values.
 struct DeviceState {
+    /// Its next slot on its cadence: a read, or (while the connection is
+    /// down or the device is backing off) a `bad` message.
     due: Instant,
-    /// Set while the device is not answering (see `Retry`).
-    backoff: Option<Backoff>,
+    /// While the device is not answering: when to read it again and the
+    /// backoff behind that (see `Retry`).
+    retry: Option<(Instant, Backoff)>,
+    /// Why it is bad, published with every `bad` message.
+    error: Option<String>,
     last: HashMap<String, Value>,
+}
+
+impl DeviceState {
+    /// Whether its slot at `now` may read the device.
+    fn readable(&self, now: Instant) -> bool {
+        self.retry.as_ref().is_none_or(|(at, _)| now >= *at)
+    }
 }
 
 async fn run(
@@ -171,7 +183,8 @@ async fn run(
         .iter()
         .map(|_| DeviceState {
             due: start,
-            backoff: None,
+            retry: None,
+            error: None,
             last: HashMap::new(),
         })
         .collect();
@@ -182,15 +195,7 @@ async fn run(
         if *stop.borrow() {
             return;
         }
-        if !connected {
-            tokio::select! {
-                _ = sleep_until(reconnect_at.into()) => {}
-                _ = stop.changed() => return,
-                cmd = recv(&mut commands) => {
-                    answer(&broker, &cmd, Err("the driver is not connected".into())).await;
-                    continue;
-                }
-            }
+        if !connected && Instant::now() >= reconnect_at {
             let attempt = tokio::select! {
                 r = tokio::time::timeout(cfg.timeout * 5, proto.connect()) => r,
                 _ = stop.changed() => return,
@@ -202,6 +207,7 @@ async fn run(
                     let mut s = lock(&shared.status);
                     s.connected = true;
                     s.connects += 1;
+                    s.last_error = None;
                     tracing::info!(driver = %cfg.name, "connected");
                 }
                 failed => {
@@ -211,6 +217,9 @@ async fn run(
                     };
                     let wait = reconnect.next_delay();
                     tracing::warn!(driver = %cfg.name, "{why}; retrying in {wait:?}");
+                    for st in &mut devices {
+                        st.error = Some(why.clone());
+                    }
                     {
                         let mut st = lock(&shared.status);
                         for d in &mut st.devices {
@@ -232,17 +241,24 @@ async fn run(
         else {
             return;
         };
-        // Due reads come before queued commands, so a flood of writes
+        let wake = if connected {
+            due
+        } else {
+            due.min(reconnect_at)
+        };
+        // Due slots come before queued commands, so a flood of writes
         // cannot stop polling; every protocol call is raced with `stop`.
-        let mut poll = false;
+        let mut slot = false;
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            _ = sleep_until(due.into()) => poll = true,
+            _ = sleep_until(wake.into()) => slot = Instant::now() >= due,
             cmd = recv(&mut commands) => {
                 let backing_off = command_device(&cfg, &cmd)
-                    .is_some_and(|j| devices[j].backoff.is_some());
-                let r = if backing_off {
+                    .is_some_and(|j| devices[j].retry.is_some());
+                let r = if !connected {
+                    Err(DriverError::Connection("the driver is not connected".into()))
+                } else if backing_off {
                     Err(DriverError::Refused(
                         "the device is not answering; it is being retried with backoff".into(),
                     ))
@@ -252,11 +268,12 @@ async fn run(
                         _ = stop.changed() => return,
                     }
                 };
-                if let Err(e) = &r
+                if connected
+                    && let Err(e) = &r
                     && e.is_connection()
                 {
                     connected = false;
-                    lost(&cfg, &shared, e);
+                    lost(&cfg, &shared, &mut devices, e);
                 }
                 {
                     let mut s = lock(&shared.status);
@@ -267,67 +284,80 @@ async fn run(
                 }
                 answer(&broker, &cmd, r.map_err(|e| e.to_string())).await;
             }
-
         }
-        if poll {
-            let device = &cfg.devices[i];
-            let t = Instant::now();
-            let r = tokio::select! {
-                r = proto.read(i, device) => r,
-                _ = stop.changed() => return,
-            };
-            let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-            let st = &mut devices[i];
-            match r {
-                Ok(results) if results.len() == device.points.len() => {
-                    shared.latency.record(us);
-                    st.backoff = None;
-                    st.due = next_due(due, device.poll);
-                    let published = publish(&broker, &cfg, i, st, results, &shared, us).await;
-                    if published {
-                        lock(&shared.status).published += 1;
-                    }
-                }
-                other => {
-                    let e = match other {
-                        Err(e) => e,
-                        Ok(r) => DriverError::BadResponse(format!(
-                            "{} results for {} points",
-                            r.len(),
-                            device.points.len()
-                        )),
-                    };
-                    let wait = st
-                        .backoff
-                        .get_or_insert_with(|| Backoff::new(cfg.retry.initial, cfg.retry.max))
-                        .next_delay();
-                    st.due = Instant::now() + wait.max(device.poll);
-                    {
-                        let mut s = lock(&shared.status);
-                        s.errors += 1;
-                        let d = &mut s.devices[i];
-                        d.errors += 1;
-                        d.state = "bad";
-                        d.last_error = Some(e.to_string());
-                        d.last_latency_us = Some(us);
-                    }
-                    tracing::debug!(driver = %cfg.name, device = %device.name, "read failed: {e}");
-                    publish_bad(&broker, device, &e).await;
-                    if e.is_connection() {
-                        connected = false;
-                        lost(&cfg, &shared, &e);
-                    }
+        if !slot {
+            continue;
+        }
+        let device = &cfg.devices[i];
+        let st = &mut devices[i];
+        st.due = next_due(due, device.poll);
+        if !connected || !st.readable(Instant::now()) {
+            // Not readable now: say so on its cadence, so that a consumer
+            // can tell a dead device from a quiet one.
+            let why = st.error.as_deref().unwrap_or("not connected");
+            publish_bad(&broker, device, why).await;
+            continue;
+        }
+        let t = Instant::now();
+        let r = tokio::select! {
+            r = proto.read(i, device) => r,
+            _ = stop.changed() => return,
+        };
+        let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match r {
+            Ok(results) if results.len() == device.points.len() => {
+                shared.latency.record(us);
+                st.retry = None;
+                st.error = None;
+                let published = publish(&broker, &cfg, i, st, results, &shared, us).await;
+                if published {
+                    lock(&shared.status).published += 1;
                 }
             }
-            let mut rate = lock(&shared.rate);
-            let reads = lock(&shared.status).reads;
-            rate.push_back((Instant::now(), reads));
-            while rate
-                .front()
-                .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(10))
-            {
-                rate.pop_front();
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    Ok(r) => DriverError::BadResponse(format!(
+                        "{} results for {} points",
+                        r.len(),
+                        device.points.len()
+                    )),
+                };
+                // A broken connection is the connection's backoff; a
+                // device that does not answer backs off on its own.
+                if !e.is_connection() {
+                    let now = Instant::now();
+                    let (at, backoff) = st.retry.get_or_insert_with(|| {
+                        (now, Backoff::new(cfg.retry.initial, cfg.retry.max))
+                    });
+                    *at = now + backoff.next_delay();
+                }
+                st.error = Some(e.to_string());
+                {
+                    let mut s = lock(&shared.status);
+                    s.errors += 1;
+                    let d = &mut s.devices[i];
+                    d.errors += 1;
+                    d.state = "bad";
+                    d.last_error = Some(e.to_string());
+                    d.last_latency_us = Some(us);
+                }
+                tracing::debug!(driver = %cfg.name, device = %device.name, "read failed: {e}");
+                publish_bad(&broker, device, &e.to_string()).await;
+                if e.is_connection() {
+                    connected = false;
+                    lost(&cfg, &shared, &mut devices, &e);
+                }
             }
+        }
+        let mut rate = lock(&shared.rate);
+        let reads = lock(&shared.status).reads;
+        rate.push_back((Instant::now(), reads));
+        while rate
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(10))
+        {
+            rate.pop_front();
         }
     }
 }
@@ -344,8 +374,11 @@ fn next_due(prev: Instant, poll: Duration) -> Instant {
     next
 }
 
-fn lost(cfg: &DriverConfig, shared: &Shared, e: &DriverError) {
+fn lost(cfg: &DriverConfig, shared: &Shared, devices: &mut [DeviceState], e: &DriverError) {
     tracing::warn!(driver = %cfg.name, "connection lost: {e}");
+    for st in devices {
+        st.error = Some(e.to_string());
+    }
     let mut s = lock(&shared.status);
     s.connected = false;
     s.last_error = Some(e.to_string());
@@ -420,12 +453,12 @@ async fn publish(
         d.state = "good";
         d.last_latency_us = Some(us);
         d.last_ok_ms = Some(now_ms());
-        if bad > 0 {
-            d.last_error = errors
-                .iter()
-                .next()
-                .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()));
-        }
+        // The last error is the current one: cleared once every point
+        // answers again.
+        d.last_error = errors
+            .iter()
+            .next()
+            .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()));
     }
     if quality.is_empty() {
         return false;
@@ -438,14 +471,15 @@ async fn publish(
     true
 }
 
-/// A device that did not answer: every point bad, with the reason.
-async fn publish_bad(broker: &BrokerHandle, device: &crate::config::DeviceConfig, e: &DriverError) {
+/// A device that cannot be read (it did not answer, or the connection is
+/// down): every point bad, with the reason.
+async fn publish_bad(broker: &BrokerHandle, device: &crate::config::DeviceConfig, e: &str) {
     let quality: Map<String, Value> = device
         .points
         .iter()
         .map(|p| (p.name.clone(), Value::from("bad")))
         .collect();
-    let doc = json!({"ts": now_ms(), "values": {}, "quality": quality, "error": e.to_string()});
+    let doc = json!({"ts": now_ms(), "values": {}, "quality": quality, "error": e});
     send(broker, &format!("devices/{}/telemetry", device.name), doc).await;
 }
 
@@ -500,8 +534,18 @@ async fn write(
         )));
     }
     let raw = p.unscaled(value);
-    proto.write(i, device, p, raw).await?;
-    Ok(value.clone())
+    // The reply carries the value the device was given, in published
+    // terms (what the next telemetry shows), not the one asked for.
+    let written = proto
+        .write(i, device, p, raw.clone())
+        .await
+        .map_err(|e| match e {
+            DriverError::Invalid(m) if raw != *value => DriverError::Invalid(format!(
+                "{m} ({value} is {raw} on the device, with scale and offset undone)"
+            )),
+            e => e,
+        })?;
+    Ok(p.scaled(written))
 }
 
 /// Answer a write command on `<topic>/reply`, echoing its `id` if any.

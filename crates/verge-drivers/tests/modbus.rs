@@ -432,3 +432,38 @@ async fn bad_point_tables_are_refused_naming_the_field() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+/// Issue 17, drivers 4: a Modbus TCP connection the device closes was
+/// reported as a stale errno (`unit 1: No such file or directory (os
+/// error 2)`, `Operation now in progress (os error 115)`).
+#[tokio::test]
+async fn tcp_connection_closed_by_the_peer_is_named() {
+    let b = broker();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Every connection: read the request, then close without answering.
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 260];
+            let _ = s.read(&mut buf).await;
+            drop(s);
+        }
+    });
+    let cfg = config(
+        port,
+        json!([{"name": "closing", "poll": "20ms", "points": [{"name": "v", "address": "hr:0"}]}]),
+    );
+    let mut sub = telemetry(&b, "closing").await;
+    let d = Driver::start(cfg, b.handle()).expect("driver");
+    let doc = until(&mut sub, |d| d["quality"]["v"] == "bad").await;
+    let error = doc["error"].as_str().expect("error");
+    assert!(error.contains("connection closed by the device"), "{error}");
+    assert!(!error.contains("os error"), "{error}");
+    let st = d.status();
+    let last = st.devices[0].last_error.clone().unwrap_or_default();
+    assert!(last.contains("connection closed by the device"), "{st:?}");
+    d.stop().await;
+    server.abort();
+}

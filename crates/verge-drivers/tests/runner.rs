@@ -84,14 +84,14 @@ impl Protocol for Fake {
         _device: &'a DeviceConfig,
         point: &'a PointConfig,
         raw: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    ) -> BoxFuture<'a, Result<Value, DriverError>> {
         Box::pin(async move {
             let delay = self.0.lock().expect("script").write_delay;
             tokio::time::sleep(delay).await;
             let mut s = self.0.lock().expect("script");
             s.writes.push((index, point.name.clone(), raw.clone()));
-            s.values.insert((index, point.name.clone()), raw);
-            Ok(())
+            s.values.insert((index, point.name.clone()), raw.clone());
+            Ok(raw)
         })
     }
 }
@@ -222,9 +222,20 @@ async fn a_broken_connection_is_made_again() {
     }
     assert!(!d.status().connected);
     assert!(d.status().last_error.expect("error").contains("refused"));
-    script.lock().expect("script").down = false;
+    // Meanwhile the device says it is bad, on its cadence.
     let (_, doc) = next(&mut sub).await;
-    assert_eq!(doc["quality"]["v"], "good");
+    assert_eq!(doc["quality"]["v"], "bad");
+    script.lock().expect("script").down = false;
+    loop {
+        let (_, doc) = next(&mut sub).await;
+        if doc["quality"]["v"] == "good" {
+            break;
+        }
+    }
+    // Recovered: the status no longer shows the old error.
+    let st = d.status();
+    assert!(st.connected && st.last_error.is_none(), "{st:?}");
+    assert_eq!(st.devices[0].last_error, None, "{st:?}");
     // The connection breaks during a read: reconnected, reads go on.
     let before = script.lock().expect("script").connects;
     script.lock().expect("script").broken = true;
@@ -419,4 +430,72 @@ fn bad_configs_name_the_field() {
     let unknown: Result<DriverConfig, _> = serde_json::from_value(json!({
         "name": "x", "protocol": "modbus-tcp", "host": "h", "colour": 1, "devices": []}));
     assert!(unknown.is_err());
+}
+
+/// Issue 17, drivers 1: when the connection dropped only the device whose
+/// read hit the failure published `bad`, the others on the connection
+/// published nothing, and a driver that never connected published nothing
+/// at all. Now every device publishes `bad` on its cadence from the first
+/// failed connect on.
+#[tokio::test]
+async fn every_device_publishes_bad_on_its_cadence_while_the_connection_is_down() {
+    let b = broker();
+    let script = script();
+    script.lock().expect("script").down = true;
+    let cfg = config(json!([
+        {"name": "a", "poll": "30ms", "points": [{"name": "v", "address": "hr:1"}]},
+        {"name": "b", "poll": "30ms", "points": [{"name": "v", "address": "hr:2"}, {"name": "w", "address": "hr:3"}]}]));
+    let mut sub_a = subscribe(&b, "devices/a/telemetry", 1024).await;
+    let mut sub_b = subscribe(&b, "devices/b/telemetry", 1024).await;
+    let d = start(cfg, &script, &b);
+    // Never connected: both say so, again and again (the reconnect backoff
+    // is up to 200 ms, the cadence 30 ms).
+    for sub in [&mut sub_a, &mut sub_b] {
+        for _ in 0..5 {
+            let (_, doc) = next(sub).await;
+            assert!(
+                doc["quality"]
+                    .as_object()
+                    .expect("quality")
+                    .values()
+                    .all(|q| q == "bad"),
+                "{doc}"
+            );
+            assert!(
+                doc["error"].as_str().expect("error").contains("refused"),
+                "{doc}"
+            );
+        }
+    }
+    assert_eq!(d.status().connects, 0);
+    // Up: both good.
+    script.lock().expect("script").down = false;
+    for sub in [&mut sub_a, &mut sub_b] {
+        loop {
+            let (_, doc) = next(sub).await;
+            if doc["quality"]["v"] == "good" {
+                break;
+            }
+        }
+    }
+    // The connection breaks (and cannot be made again): the device whose
+    // read hit it and its neighbour both go on publishing `bad`.
+    {
+        let mut s = script.lock().expect("script");
+        s.broken = true;
+        s.down = true;
+    }
+    for sub in [&mut sub_a, &mut sub_b] {
+        let mut bad = 0;
+        while bad < 5 {
+            let (_, doc) = next(sub).await;
+            if doc["quality"]["v"] == "bad" {
+                bad += 1;
+            }
+        }
+    }
+    let st = d.status();
+    assert!(!st.connected);
+    assert!(st.devices.iter().all(|d| d.state == "bad"), "{st:?}");
+    d.stop().await;
 }

@@ -150,10 +150,18 @@ async fn bad_drivers_are_refused_naming_the_field() {
     no_host.as_object_mut().unwrap().remove("host");
     let mut unknown = driver("x", 1);
     unknown["colour"] = json!("red");
+    // A key the protocol does not use (issue 17, drivers 8: `host` on an
+    // OPC UA driver was accepted and ignored).
+    let opcua_host = json!({
+        "name": "ua", "protocol": "opcua", "endpoint": "opc.tcp://127.0.0.1:4840/",
+        "host": "127.0.0.1",
+        "devices": [{"name": "d", "points": [{"name": "t", "address": "ns=2;s=T"}]}]
+    });
     for (body, needle) in [
         (bad_address, "address"),
         (no_host, "host"),
         (unknown, "colour"),
+        (opcua_host, "host: not used by protocol opcua"),
         (json!({"name": "x"}), "protocol"),
     ] {
         let (st, v) = call(&s, "POST", "/api/drivers", Some(body)).await;

@@ -164,7 +164,7 @@ impl Protocol for Dlt645 {
         _device: &'a DeviceConfig,
         _point: &'a PointConfig,
         _raw: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    ) -> BoxFuture<'a, Result<Value, DriverError>> {
         Box::pin(async {
             Err(DriverError::Invalid(
                 "DL/T 645 points are read-only here".into(),

@@ -134,12 +134,9 @@ impl Modbus {
         let e = match r {
             Ok(Ok(answer)) => return Ok(answer),
             Err(_) => DriverError::Timeout(ms),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => match e.kind() {
-                ErrorKind::InvalidData | ErrorKind::InvalidInput => {
-                    DriverError::BadResponse(format!("unit {unit}: {e}"))
-                }
-                _ => DriverError::Connection(format!("unit {unit}: {e}")),
-            },
+            Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                transport_error(unit, &e, matches!(self.target, Target::Tcp { .. }))
+            }
             Ok(Err(tokio_modbus::Error::Protocol(p))) => {
                 let what = match p {
                     tokio_modbus::ProtocolError::HeaderMismatch { message, .. } => message,
@@ -200,14 +197,14 @@ impl Modbus {
         Ok(out)
     }
 
-    /// Write one point.
+    /// Write one point; the value written, as a read would decode it.
     async fn write_point(
         &mut self,
         index: usize,
         device: &DeviceConfig,
         point: &PointConfig,
         raw: &Value,
-    ) -> Result<(), DriverError> {
+    ) -> Result<Value, DriverError> {
         let plan = self
             .plans
             .get(index)
@@ -227,11 +224,12 @@ impl Modbus {
                 point.name
             )));
         }
-        let (single, multiple) = if spec.area == Area::Coil {
+        let (single, multiple, written) = if spec.area == Area::Coil {
             let b = codec::encode_bool(raw).map_err(DriverError::Invalid)?;
             (
                 Some(Request::WriteSingleCoil(spec.address, b)),
                 Request::WriteMultipleCoils(spec.address, Cow::Owned(vec![b])),
+                Value::Bool(b),
             )
         } else {
             let words = codec::encode(&spec, raw).map_err(DriverError::Invalid)?;
@@ -239,9 +237,12 @@ impl Modbus {
                 [w] => Some(Request::WriteSingleRegister(spec.address, *w)),
                 _ => None,
             };
+            // What a read of these registers gives back.
+            let written = codec::decode(&spec, &words).unwrap_or_else(|_| raw.clone());
             (
                 single,
                 Request::WriteMultipleRegisters(spec.address, Cow::Owned(words)),
+                written,
             )
         };
         let answer = match single {
@@ -258,13 +259,36 @@ impl Modbus {
                 | Response::WriteMultipleCoils(..)
                 | Response::WriteSingleRegister(..)
                 | Response::WriteMultipleRegisters(..),
-            ) => Ok(()),
+            ) => Ok(written),
             Ok(other) => Err(DriverError::BadResponse(format!(
                 "unexpected answer to a write: {:?}",
                 other.function_code()
             ))),
             Err(e) => Err(DriverError::Refused(codec::exception_name(e))),
         }
+    }
+}
+
+/// A transport error as the driver reports it. tokio-modbus reports the
+/// end of a TCP stream (the device closed the connection) as the thread's
+/// last OS error, a stale errno such as "No such file or directory (os
+/// error 2)" or "Operation now in progress (os error 115)"; so on TCP every
+/// error but the few a live socket reports for itself (timeouts,
+/// unreachable hosts) is the device closing or resetting the connection.
+pub fn transport_error(unit: u8, e: &std::io::Error, tcp: bool) -> DriverError {
+    match e.kind() {
+        ErrorKind::InvalidData | ErrorKind::InvalidInput => {
+            DriverError::BadResponse(format!("unit {unit}: {e}"))
+        }
+        ErrorKind::TimedOut
+        | ErrorKind::HostUnreachable
+        | ErrorKind::NetworkUnreachable
+        | ErrorKind::NetworkDown => DriverError::Connection(format!("unit {unit}: {e}")),
+        _ if !tcp => DriverError::Connection(format!("unit {unit}: {e}")),
+        ErrorKind::ConnectionReset => {
+            DriverError::Connection(format!("unit {unit}: connection reset by the device"))
+        }
+        _ => DriverError::Connection(format!("unit {unit}: connection closed by the device")),
     }
 }
 
@@ -340,7 +364,7 @@ impl Protocol for Modbus {
         device: &'a DeviceConfig,
         point: &'a PointConfig,
         raw: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    ) -> BoxFuture<'a, Result<Value, DriverError>> {
         Box::pin(async move { self.write_point(index, device, point, &raw).await })
     }
 }

@@ -109,9 +109,12 @@ pub fn decode(spec: &Spec, regs: &[u16]) -> Result<Value, PointError> {
     }
 }
 
-/// An integer to write: a JSON integer, or a float (scale and offset make
-/// floats) rounded to the nearest integer; within `lo..=hi`.
-fn integer(v: &Value, lo: i64, hi: i64) -> Result<i64, String> {
+/// An integer to write: a JSON integer, or a float that is a whole number
+/// (up to the rounding noise scale and offset leave, e.g.
+/// 1233.9999999999998 for 123.4 with scale 0.1); within `lo..=hi`. A
+/// fraction or a bool is refused, never rounded or converted: the device
+/// would hold another value than the one asked for.
+fn integer(v: &Value, lo: i64, hi: i64, ty: &str) -> Result<i64, String> {
     let n = match v {
         Value::Number(n) => match n.as_i64() {
             Some(i) => i,
@@ -120,10 +123,16 @@ fn integer(v: &Value, lo: i64, hi: i64) -> Result<i64, String> {
                 if !f.is_finite() || f < lo as f64 - 0.5 || f > hi as f64 + 0.5 {
                     return Err(format!("{v} is out of range ({lo} to {hi})"));
                 }
-                f.round() as i64
+                whole(f).ok_or_else(|| {
+                    format!("{v} is not a whole number; a {ty} point takes whole numbers only")
+                })?
             }
         },
-        Value::Bool(b) => i64::from(*b),
+        Value::Bool(_) => {
+            return Err(format!(
+                "{v} is not a number; a {ty} point takes numbers only"
+            ));
+        }
         _ => return Err(format!("{v} is not a number")),
     };
     if n < lo || n > hi {
@@ -132,23 +141,51 @@ fn integer(v: &Value, lo: i64, hi: i64) -> Result<i64, String> {
     Ok(n)
 }
 
+/// `f` as an integer when it is one, allowing for the last bits of
+/// floating-point noise (relative 1e-9) that scale and offset leave.
+fn whole(f: f64) -> Option<i64> {
+    let r = f.round();
+    ((f - r).abs() <= 1e-9 * f.abs().max(1.0)).then_some(r as i64)
+}
+
 fn number(v: &Value) -> Result<f64, String> {
     v.as_f64()
         .filter(|f| f.is_finite())
         .ok_or_else(|| format!("{v} is not a finite number"))
 }
 
+/// A number to write to an f32 point: refused beyond f32's range (it
+/// would become infinity on the device), rounded to the nearest f32
+/// within it.
+fn single(v: &Value) -> Result<f32, String> {
+    let f = number(v)?;
+    let g = f as f32;
+    if !g.is_finite() {
+        return Err(format!(
+            "{v} is out of range for f32 (magnitude at most {:e})",
+            f32::MAX
+        ));
+    }
+    Ok(g)
+}
+
 /// Encode a value for a register point: its registers, in wire order.
 pub fn encode(spec: &Spec, v: &Value) -> Result<Vec<u16>, String> {
     let be: Vec<u8> = match spec.data_type {
         DataType::Bool => return Err("register bits cannot be written".into()),
-        DataType::U16 => (integer(v, 0, 0xFFFF)? as u16).to_be_bytes().to_vec(),
-        DataType::I16 => (integer(v, -0x8000, 0x7FFF)? as i16).to_be_bytes().to_vec(),
-        DataType::U32 => (integer(v, 0, 0xFFFF_FFFF)? as u32).to_be_bytes().to_vec(),
-        DataType::I32 => (integer(v, -0x8000_0000, 0x7FFF_FFFF)? as i32)
+        DataType::U16 => (integer(v, 0, 0xFFFF, "u16")? as u16)
             .to_be_bytes()
             .to_vec(),
-        DataType::F32 => (number(v)? as f32).to_be_bytes().to_vec(),
+        DataType::I16 => (integer(v, -0x8000, 0x7FFF, "i16")? as i16)
+            .to_be_bytes()
+            .to_vec(),
+        DataType::U32 => (integer(v, 0, 0xFFFF_FFFF, "u32")? as u32)
+            .to_be_bytes()
+            .to_vec(),
+        DataType::I32 => (integer(v, -0x8000_0000, 0x7FFF_FFFF, "i32")? as i32)
+            .to_be_bytes()
+            .to_vec(),
+        DataType::F32 => single(v)?.to_be_bytes().to_vec(),
         DataType::F64 => number(v)?.to_be_bytes().to_vec(),
         DataType::String => {
             let s = v.as_str().ok_or_else(|| format!("{v} is not a string"))?;

@@ -227,6 +227,38 @@ fn values_to_write_are_checked() {
     );
 }
 
+/// Issue 17, drivers 2: an f32 write of 1e40 answered `ok` and wrote
+/// +infinity into the device.
+#[test]
+fn f32_write_out_of_range_is_refused() {
+    let f32s = typed("f32", "big", "big");
+    for v in [json!(1e40), json!(-3.5e38), json!(f64::MAX)] {
+        let e = encode(&f32s, &v).expect_err("refused");
+        assert!(e.contains("out of range"), "{e}");
+    }
+    // The largest f32 itself, and a value that only loses precision.
+    let words = encode(&f32s, &json!(3.4e38)).expect("in range");
+    assert_eq!(decode(&f32s, &words), Ok(json!(3.4e38)));
+    let words = encode(&f32s, &json!(0.1)).expect("in range");
+    assert_eq!(decode(&f32s, &words), Ok(json!(0.1)));
+}
+
+/// Issue 17, drivers 7: 4.7 written to a u16 gave the device 5 (and
+/// `true` gave it 1) while the reply echoed the value asked for.
+#[test]
+fn lossy_integer_write_is_refused() {
+    for t in ["u16", "i16", "u32", "i32"] {
+        let s = typed(t, "big", "big");
+        let e = encode(&s, &json!(4.7)).expect_err("a fraction");
+        assert!(e.contains("not a whole number"), "{t}: {e}");
+        let e = encode(&s, &json!(true)).expect_err("a bool");
+        assert!(e.contains("not a number"), "{t}: {e}");
+        // Whole numbers, also as floats, are written as they are.
+        let words = encode(&s, &json!(5.0)).expect("whole");
+        assert_eq!(decode(&s, &words), Ok(json!(5)));
+    }
+}
+
 fn order() -> impl Strategy<Value = &'static str> {
     prop_oneof![Just("big"), Just("little")]
 }

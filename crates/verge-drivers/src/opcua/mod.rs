@@ -178,7 +178,7 @@ impl Protocol for OpcuaClient {
         device: &'a DeviceConfig,
         point: &'a PointConfig,
         raw: Value,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    ) -> BoxFuture<'a, Result<Value, DriverError>> {
         Box::pin(async move {
             let j = device
                 .points
@@ -191,6 +191,8 @@ impl Protocol for OpcuaClient {
             let variant = kind
                 .variant(&raw)
                 .map_err(|e| DriverError::Invalid(format!("point {:?}: {e}", point.name)))?;
+            // What a read of the variable gives back.
+            let written = to_json(&variant).unwrap_or_else(|_| raw.clone());
             let write = WriteValue {
                 node_id: self.nodes[index][j].clone(),
                 attribute_id: AttributeId::Value as u32,
@@ -202,7 +204,7 @@ impl Protocol for OpcuaClient {
             };
             let codes = bounded(self.cfg.timeout, conn.session.write(&[write])).await?;
             match codes.first() {
-                Some(c) if c.is_good() => Ok(()),
+                Some(c) if c.is_good() => Ok(written),
                 Some(c) => Err(DriverError::Refused(c.to_string())),
                 None => Err(DriverError::BadResponse("empty write result".into())),
             }

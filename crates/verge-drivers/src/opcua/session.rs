@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use opcua::client::{Client, ClientBuilder, IdentityToken, SessionPollResult};
 use opcua::crypto::SecurityPolicy;
 use opcua::types::{
-    AttributeId, EndpointDescription, ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy,
+    AttributeId, EndpointDescription, MessageSecurityMode, ReadValueId, StatusCode,
+    TimestampsToReturn, UserTokenPolicy,
 };
 use tokio::sync::oneshot;
 
@@ -100,10 +101,22 @@ impl OpcuaClient {
             UserTokenPolicy::anonymous(),
         )
             .into();
-        let (session, event_loop) = client
+        let connected = client
             .connect_to_matching_endpoint(endpoint, IdentityToken::Anonymous)
-            .await
-            .map_err(|e| connection_error(e.status(), &e.to_string(), &pki))?;
+            .await;
+        let (session, event_loop) = match connected {
+            Ok(c) => c,
+            // The library's word for "no endpoint of the server matches"
+            // is BadTcpEndpointUrlInvalid; say which part does not match.
+            Err(e) if e.status() == StatusCode::BadTcpEndpointUrlInvalid => {
+                let offered = client.get_server_endpoints_from_url(url.as_str()).await;
+                return Err(match offered {
+                    Ok(list) => no_matching_endpoint(&list, &url, policy, mode),
+                    Err(_) => connection_error(e.status(), &e.to_string(), &pki),
+                });
+            }
+            Err(e) => return Err(connection_error(e.status(), &e.to_string(), &pki)),
+        };
         let state = Arc::new(State {
             slots: Mutex::new(vec![Slot::default(); total]),
             lost: Mutex::new(None),
@@ -191,9 +204,80 @@ impl OpcuaClient {
     }
 }
 
+/// Why no endpoint of the server matches the one asked for: the security
+/// the server does not offer (listing what it does), or the URL.
+pub(super) fn no_matching_endpoint(
+    offered: &[EndpointDescription],
+    url: &str,
+    policy: SecurityPolicy,
+    mode: MessageSecurityMode,
+) -> DriverError {
+    let security = |p: SecurityPolicy, m: MessageSecurityMode| {
+        let name = match p {
+            SecurityPolicy::Unknown => "an unknown policy".to_owned(),
+            p => p.to_str().to_ascii_lowercase(),
+        };
+        match m {
+            MessageSecurityMode::Sign => format!("{name} (sign only)"),
+            MessageSecurityMode::SignAndEncrypt => format!("{name} (sign and encrypt)"),
+            _ => name,
+        }
+    };
+    let same_security = |e: &&EndpointDescription| {
+        e.security_mode == mode
+            && SecurityPolicy::from_uri(e.security_policy_uri.as_ref()) == policy
+    };
+    if let Some(e) = offered.iter().find(same_security) {
+        return DriverError::Connection(format!(
+            "the server offers security {} at {}, not at {url}; set `endpoint` to it",
+            security(policy, mode),
+            e.endpoint_url.as_ref()
+        ));
+    }
+    let mut list: Vec<String> = offered
+        .iter()
+        .map(|e| {
+            security(
+                SecurityPolicy::from_uri(e.security_policy_uri.as_ref()),
+                e.security_mode,
+            )
+        })
+        .collect();
+    list.sort();
+    list.dedup();
+    DriverError::Connection(format!(
+        "security: the server offers no endpoint with security {} (it offers: {})",
+        security(policy, mode),
+        if list.is_empty() {
+            "nothing".to_owned()
+        } else {
+            list.join(", ")
+        }
+    ))
+}
+
 /// Make the client: PKI directory, certificate (generated when missing and
-/// needed), retry left to the runner.
+/// needed), retry left to the runner. With security `none` the client
+/// needs no certificate, so async-opcua's ERROR lines about the missing
+/// application instance certificate (logged while the client is made, on
+/// every driver start and browse) are not emitted: the client is made
+/// with logging off for this thread, which is all that runs here.
 pub(super) fn make_client(
+    pki: PathBuf,
+    secure: bool,
+    name: &str,
+    trust: bool,
+    timeout: Duration,
+) -> Result<Client, DriverError> {
+    if secure {
+        return build_client(pki, secure, name, trust, timeout);
+    }
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        build_client(pki, secure, name, trust, timeout)
+    })
+}
+
+fn build_client(
     pki: PathBuf,
     secure: bool,
     name: &str,

@@ -281,6 +281,8 @@ impl Default for LogSection {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -314,6 +316,163 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    /// Every key of `cfg` as serialized, as (table path, key): arrays of
+    /// tables by their own path (`drivers.devices.points`).
+    fn serialized_keys(v: &toml::Value, table: &str, out: &mut BTreeSet<(String, String)>) {
+        let toml::Value::Table(t) = v else { return };
+        for (k, v) in t {
+            out.insert((table.to_owned(), k.clone()));
+            let path = if table.is_empty() {
+                k.clone()
+            } else {
+                format!("{table}.{k}")
+            };
+            match v {
+                toml::Value::Table(_) => serialized_keys(v, &path, out),
+                toml::Value::Array(items) => {
+                    for item in items {
+                        serialized_keys(item, &path, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every key `default.toml` shows, set or in a commented-out example,
+    /// as (table path, key): comment marks are stripped, `[x]` and `[[x]]`
+    /// headers (also commented) set the table, and a line that parses as
+    /// TOML names its keys (inline tables' keys under the key's path).
+    fn documented_keys(text: &str) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        let mut table = String::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches(|c: char| c == '#' || c.is_whitespace());
+            let head = line.split(" #").next().unwrap_or_default().trim();
+            if let Some(name) = head
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .map(|h| h.trim_matches(|c| c == '[' || c == ']'))
+                .filter(|h| {
+                    h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                })
+            {
+                table = name.to_owned();
+                // `[a.b.c]` shows `a`, `a.b` and `a.b.c`.
+                let mut parent = String::new();
+                for part in name.split('.') {
+                    out.insert((parent.clone(), part.to_owned()));
+                    if !parent.is_empty() {
+                        parent.push('.');
+                    }
+                    parent.push_str(part);
+                }
+                continue;
+            }
+            let Ok(kv) = toml::from_str::<toml::Table>(line) else {
+                continue;
+            };
+            for (k, v) in kv {
+                if let toml::Value::Table(inner) = &v {
+                    let path = if table.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{table}.{k}")
+                    };
+                    for ik in inner.keys() {
+                        out.insert((path.clone(), ik.clone()));
+                    }
+                }
+                out.insert((table.clone(), k));
+            }
+        }
+        out
+    }
+
+    /// A driver with every key set to a value that is serialized (not its
+    /// default where defaults are skipped): a key added to the driver
+    /// types must be set here, which makes
+    /// `embedded_default_documents_every_driver_key` ask for its
+    /// documentation. (Not a valid driver: it is only serialized.)
+    fn every_driver_key() -> DriverConfig {
+        use verge_drivers::{
+            Access, ByteOrder, DataType, DeviceConfig, PointConfig, ProtocolKind, Retry,
+            SerialConfig,
+        };
+        DriverConfig {
+            name: "d".into(),
+            protocol: ProtocolKind::ModbusTcp,
+            host: Some("h".into()),
+            port: Some(502),
+            serial: Some(SerialConfig {
+                device: "/dev/ttyS0".into(),
+                baud: 9600,
+                parity: "even".into(),
+                data_bits: 8,
+                stop_bits: 1,
+            }),
+            endpoint: Some("opc.tcp://h:4840/".into()),
+            security: Some("none".into()),
+            pki_dir: Some("pki".into()),
+            trust_server_certs: true,
+            timeout: Duration::from_secs(1),
+            retry: Retry::default(),
+            devices: vec![DeviceConfig {
+                name: "dev".into(),
+                unit: Some(1),
+                meter: Some("000000000001".into()),
+                poll: Duration::from_secs(1),
+                changes_only: true,
+                points: vec![PointConfig {
+                    name: "p".into(),
+                    address: "hr:0".into(),
+                    data_type: Some(DataType::String),
+                    byte_order: ByteOrder::Little,
+                    word_order: ByteOrder::Little,
+                    length: Some(2),
+                    scale: Some(2.0),
+                    offset: Some(1.0),
+                    unit: Some("V".into()),
+                    access: Access::Rw,
+                    deadband: Some(0.5),
+                }],
+            }],
+            enabled: true,
+        }
+    }
+
+    /// Issue 17, drivers 6: `verge config default` claimed to document
+    /// every key but left out byte_order, word_order, length, offset,
+    /// deadband, security, pki_dir, trust_server_certs and the serial
+    /// parity, data_bits and stop_bits.
+    #[test]
+    fn embedded_default_documents_every_driver_key() {
+        let cfg = NodeConfig {
+            drivers: vec![every_driver_key()],
+            ..NodeConfig::default()
+        };
+        let mut keys = BTreeSet::new();
+        serialized_keys(
+            &toml::Value::try_from(&cfg).expect("serializes"),
+            "",
+            &mut keys,
+        );
+        assert!(keys.contains(&("drivers.devices.points".into(), "deadband".into())));
+        let documented = documented_keys(DEFAULT_TOML);
+        let missing: Vec<String> = keys
+            .difference(&documented)
+            .map(|(t, k)| {
+                if t.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{t}.{k}")
+                }
+            })
+            .collect();
+        assert!(missing.is_empty(), "not in default.toml: {missing:?}");
     }
 
     #[test]
