@@ -11,7 +11,7 @@ import pytest
 from aiocoap import Code, Context, Message
 from aiocoap.numbers import ContentFormat
 
-from verge_interop import V5, WAIT, Client, Node, free_port, own_topics_device
+from verge_interop import V5, WAIT, Client, Node, free_port, node_request, own_topics_device
 
 
 def coap_node(anonymous=True, extra=""):
@@ -111,6 +111,40 @@ def test_observe_gets_mqtt_publishes_including_large_ones(cnode):
 
     assert run(observe()) == [b"one", big]
     pub.close()
+
+
+def test_notification_larger_than_max_payload_is_not_sent_to_an_aiocoap_observer():
+    """Issue 17: `coap.max_payload` said it bounds notifications, yet a
+    100,000-byte notification was delivered. A message over the bound is
+    not notified (counted in verge_coap_notifications_too_large_total) and the
+    observation goes on with the next one."""
+    n = Node(anonymous=True, tail="max_payload = 2048")
+    try:
+        wait_for_coap(n)
+        pub = Client(n, V5)
+
+        async def observe():
+            ctx = await Context.create_client_context()
+            try:
+                pr = ctx.request(Message(code=Code.GET, uri=uri(n, "/ps/obs/big"), observe=0))
+                first = await pr.response
+                assert first.code == Code.CONTENT
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, pub.pub, "obs/big", b"x" * 4096, 1)
+                await loop.run_in_executor(None, pub.pub, "obs/big", b"small", 1)
+                async for note in pr.observation:
+                    pr.observation.cancel()
+                    return note.payload
+            finally:
+                await ctx.shutdown()
+
+        assert run(observe()) == b"small"
+        with node_request(n, "GET", "/metrics", None, None, timeout=WAIT) as r:
+            metrics = r.read().decode()
+        assert "verge_coap_notifications_too_large_total 1" in metrics.splitlines(), metrics
+        pub.close()
+    finally:
+        n.stop()
 
 
 def test_block_wise_upload_then_download_of_the_retained_value(cnode):

@@ -68,6 +68,10 @@ struct Pending {
     entry: Entry,
 }
 
+/// How long a connection whose messages the cloud acknowledged must last
+/// to count as healthy.
+const PROVEN_AFTER: Duration = Duration::from_secs(1);
+
 /// What a connection proved about the cloud, for the reconnect backoff.
 #[derive(Default)]
 struct Proof {
@@ -118,11 +122,13 @@ impl Link {
                 }
                 Ok((io, connack, rbuf)) => {
                     // The backoff resets once a connection proved healthy:
-                    // the cloud acknowledged something and deferred nothing,
-                    // or the link stayed up for `reconnect_max`. So the
-                    // first wait after an outage of a working link is
-                    // `reconnect_min`, while a cloud that accepts and then
-                    // drops or defers is not hammered at that pace.
+                    // the cloud acknowledged something, deferred nothing
+                    // and kept the link for `PROVEN_AFTER`, or the link
+                    // stayed up for `reconnect_max`. So the first wait
+                    // after an outage of a working link is `reconnect_min`,
+                    // while a cloud that accepts and then drops or defers
+                    // (or two nodes with one identity taking the session
+                    // from each other) is not hammered at that pace.
                     let connected_at = Instant::now();
                     self.status.connects.fetch_add(1, Ordering::Relaxed);
                     self.status.set_state(LinkState::Connected);
@@ -139,8 +145,9 @@ impl Link {
                             &mut proof,
                         )
                         .await;
-                    if (proof.acked && !proof.deferred)
-                        || connected_at.elapsed() >= cfg.reconnect_max.get()
+                    let up = connected_at.elapsed();
+                    if (proof.acked && !proof.deferred && up >= PROVEN_AFTER)
+                        || up >= cfg.reconnect_max.get()
                     {
                         backoff.reset();
                     }

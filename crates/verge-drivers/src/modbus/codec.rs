@@ -141,11 +141,21 @@ fn integer(v: &Value, lo: i64, hi: i64, ty: &str) -> Result<i64, String> {
     Ok(n)
 }
 
-/// `f` as an integer when it is one, allowing for the last bits of
-/// floating-point noise (relative 1e-9) that scale and offset leave.
+/// `f` as an integer when it is one, allowing for the floating-point noise
+/// that scale and offset leave (relative 1e-9, an offset's cancellation
+/// included), but never more than 1e-6 or less than 8 units in the last
+/// place: a real fraction is refused at any magnitude (1000000000.5 too).
 fn whole(f: f64) -> Option<i64> {
     let r = f.round();
-    ((f - r).abs() <= 1e-9 * f.abs().max(1.0)).then_some(r as i64)
+    (f.is_finite() && (f - r).abs() <= noise(f) && r.abs() < 9.2e18).then_some(r as i64)
+}
+
+/// How far from a whole number `f` may be and still count as one (see
+/// [`whole`]).
+pub(crate) fn noise(f: f64) -> f64 {
+    (1e-9 * f.abs().max(1.0))
+        .min(1e-6)
+        .max(8.0 * f64::EPSILON * f.abs())
 }
 
 fn number(v: &Value) -> Result<f64, String> {

@@ -257,6 +257,13 @@ fn lossy_integer_write_is_refused() {
         let words = encode(&s, &json!(5.0)).expect("whole");
         assert_eq!(decode(&s, &words), Ok(json!(5)));
     }
+    // A fraction is refused at any magnitude, not only where it is large
+    // against the number.
+    for (t, v) in [("u32", 1_000_000_000.5), ("i32", -2_000_000_000.5)] {
+        let s = typed(t, "big", "big");
+        let e = encode(&s, &json!(v)).expect_err("a fraction of a large number");
+        assert!(e.contains("not a whole number"), "{t}: {e}");
+    }
 }
 
 fn order() -> impl Strategy<Value = &'static str> {

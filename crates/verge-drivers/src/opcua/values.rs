@@ -134,11 +134,14 @@ impl Kind {
                 Ok(i128::from(u))
             } else {
                 // A whole number, up to the rounding noise that scale
-                // and offset leave (relative 1e-9); a fraction is refused,
-                // never rounded.
+                // and offset leave (as for Modbus); a fraction is
+                // refused, never rounded.
                 let f = n.as_f64().unwrap_or(f64::NAN);
                 let r = f.round();
-                if f.is_finite() && (f - r).abs() <= 1e-9 * f.abs().max(1.0) && r.abs() < 1.9e19 {
+                if f.is_finite()
+                    && (f - r).abs() <= crate::modbus::codec::noise(f)
+                    && r.abs() < 1.9e19
+                {
                     Ok(r as i128)
                 } else {
                     Err(format!("{v} is not an integer"))
