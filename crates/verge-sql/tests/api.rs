@@ -1,17 +1,9 @@
 //! The public API as the rules runtime uses it: sources, deadlines, rows by name, stats, errors.
 
-use verge_sql::{Event, Limits, Query, SqlError, Value};
+mod common;
 
-fn ev(payload: &str, t: i64) -> Event<'_> {
-    Event {
-        topic: "devices/d1/telemetry",
-        payload: payload.as_bytes(),
-        client_id: "c",
-        qos: 0,
-        timestamp_ms: t,
-        user_properties: &[],
-    }
-}
+use common::ev;
+use verge_sql::{Limits, Query, SqlError, Value};
 
 #[test]
 fn query_is_send_sync_and_cheap_to_clone() {

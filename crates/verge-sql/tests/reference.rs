@@ -11,8 +11,11 @@
 //! else must be equal: the type (INT, FLOAT, text, NULL; a BOOL is SQLite's
 //! 0 or 1) and the value, FLOATs bit for bit (except the sign of zero).
 
+mod common;
+
+use common::{Rng, ev};
 use rusqlite::types::Value as Sql;
-use verge_sql::{Event, Limits, Query, Value};
+use verge_sql::{Limits, Query, Value};
 
 /// Rows (payloads) per run.
 const ROWS: usize = 1000;
@@ -92,21 +95,8 @@ const CASES: &[(&str, &str)] = &[
     ("flag OR b < f", "flag OR b < f"),
 ];
 
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
+/// The payload values of the comparison.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     fn int(&mut self) -> i64 {
         let sign = if self.below(2) == 0 { 1 } else { -1 };
         sign * match self.below(4) {
@@ -268,14 +258,7 @@ fn stateless_queries_agree_with_sqlite() {
         for (p, want) in payloads.iter().zip(&want) {
             let mut ex = query.start(Limits::default());
             let mut rows = Vec::new();
-            let ev = Event {
-                topic: "t",
-                payload: p.json.as_bytes(),
-                client_id: "c",
-                qos: 0,
-                timestamp_ms: 0,
-                user_properties: &[],
-            };
+            let ev = ev(&p.json, 0);
             // A Verge error is a documented difference (SQLite answers NULL
             // or a REAL there); the row is not compared.
             if ex.push(&ev, &mut rows).is_err() || documented_difference(verge_expr, p) {

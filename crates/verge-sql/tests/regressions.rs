@@ -1,18 +1,10 @@
 //! Regression tests for defects found by comparing the rule language with a
 //! reference SQL engine; each test is named after the defect it pins.
 
-use verge_sql::{Event, Limits, Query, Row, Value};
+mod common;
 
-fn ev(payload: &str, t: i64) -> Event<'_> {
-    Event {
-        topic: "devices/d1/telemetry",
-        payload: payload.as_bytes(),
-        client_id: "c",
-        qos: 0,
-        timestamp_ms: t,
-        user_properties: &[],
-    }
-}
+use common::{Rng, ev};
+use verge_sql::{Limits, Query, Row, Value};
 
 /// Runs a stateless query over one payload: its row, or the error text.
 fn one(sql: &str, payload: &str) -> Result<Row, String> {
@@ -29,18 +21,6 @@ fn val(sql: &str, payload: &str, col: &str) -> Value {
     match one(sql, payload) {
         Ok(row) => row.get(col).cloned().unwrap_or(Value::Null),
         Err(e) => panic!("{sql} on {payload}: {e}"),
-    }
-}
-
-/// A small deterministic generator (xorshift64*), so the samples are the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
 
