@@ -11,12 +11,12 @@
 //! the order the kernel queued them, so these moments order arrivals across
 //! sockets. A read that did not have to wait found bytes that came while
 //! its connection was busy and not listening, some time between the return
-//! of the previous read and its own (plus a little slack): a SUBSCRIBE in it
-//! counts from the earliest of these moments, a PUBLISH from the latest. So
-//! when the broker cannot tell which of a SUBSCRIBE and a PUBLISH came
-//! first, the subscription gets the message; a subscription may get a
-//! message that came up to that much before it. Stamps a few microseconds
-//! apart count as simultaneous ([`TIE`]).
+//! of the previous read and its own: a SUBSCRIBE in it counts from the
+//! earliest of these moments, a PUBLISH from the latest. So when the broker
+//! cannot tell which of a SUBSCRIBE and a PUBLISH came first, the
+//! subscription gets the message; a subscription may get a message that
+//! came up to that span before it. Stamps a few microseconds apart count as
+//! simultaneous ([`TIE`]).
 //! Each PUBLISH carries its read's stamp as `Message::received`, each
 //! SUBSCRIBE its own; the router gives a new subscription the messages it
 //! routed just before whose stamps are later than the SUBSCRIBE's (see
@@ -62,14 +62,6 @@ impl Wake for WakeStamp {
         self.task.wake();
     }
 }
-
-/// How much later than its return a read that did not wait may have got
-/// its bytes, by the I/O driver's clock: a read finds bytes the driver has
-/// not reported yet when the stream's readiness was left set (tokio keeps
-/// it when another event, such as the first writable one, came between
-/// the readiness check and the read), and the driver's report of another
-/// socket's earlier bytes may still be to come.
-const SLACK: Duration = Duration::from_millis(2);
 
 /// Arrivals this close are taken as simultaneous: the kernel may hand two
 /// sockets' bytes to the I/O driver a few microseconds out of the order the
@@ -129,13 +121,12 @@ impl<S> Stamped<S> {
     /// earliest and the latest moment they can have: when the reader was
     /// woken for them (both); if it did not wait, they came while the
     /// connection was busy, after its previous read returned (unless that
-    /// one left some unread) and before this one did (give or take
-    /// [`SLACK`]).
+    /// one left some unread) and before this one did.
     pub fn arrival(&self) -> Arrival {
         match self.stamp.at.swap(0, Ordering::AcqRel) {
             0 => Arrival {
                 earliest: self.since.checked_sub(TIE).unwrap_or(self.since),
-                latest: self.returned + SLACK,
+                latest: self.returned,
             },
             n => {
                 let at = epoch() + Duration::from_nanos(n);
@@ -236,8 +227,8 @@ mod tests {
         a.read_exact(&mut buf).await.unwrap();
         let first = a.arrival();
         let first_returned = Instant::now();
-        // It did not wait either: up to its return, and a little slack.
-        assert!(first.latest >= first_returned && first.latest <= first_returned + SLACK);
+        // It did not wait either: its bytes came before it returned.
+        assert!(first.latest >= first_polled && first.latest <= first_returned);
         // Busy: the bytes come while nobody polls the read.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         b.write_all(b"two").await.unwrap();
