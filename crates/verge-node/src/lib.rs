@@ -25,6 +25,7 @@
 //!   the store (last points), the broker last.
 
 pub mod cloud;
+pub mod components;
 pub mod config;
 pub mod http;
 mod listeners;
