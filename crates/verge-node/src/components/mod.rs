@@ -202,12 +202,15 @@ pub enum ComponentsError {
     NotFound(String),
 }
 
+/// A component's name and its supervising task.
+type Task = (String, JoinHandle<()>);
+
 /// The running supervisor; clones share it.
 #[derive(Clone)]
 pub struct Components {
     /// In start order (dependencies first).
     entries: Arc<Vec<Arc<Entry>>>,
-    tasks: Arc<Mutex<Vec<(String, JoinHandle<()>)>>>,
+    tasks: Arc<Mutex<Vec<Task>>>,
 }
 
 impl Components {

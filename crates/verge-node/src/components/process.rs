@@ -62,10 +62,11 @@ async fn read_into(mut r: impl AsyncRead + Unpin, stream: &'static str, logs: Ar
             }
         }
     }
-    if !buf.is_empty() && !skipping {
-        if let Ok(mut ring) = logs.lock() {
-            ring.push(stream, String::from_utf8_lossy(&buf).into_owned());
-        }
+    if !buf.is_empty()
+        && !skipping
+        && let Ok(mut ring) = logs.lock()
+    {
+        ring.push(stream, String::from_utf8_lossy(&buf).into_owned());
     }
 }
 
