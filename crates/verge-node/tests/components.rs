@@ -205,8 +205,8 @@ async fn stop_timeout_kills_a_process_that_ignores_sigterm() {
     let c = Components::start(
         &[spec(
             "stubborn",
-            "trap '' TERM; echo ready; while true; do sleep 0.05; done",
-            json!({"stop_timeout": "300ms"}),
+            "trap '' TERM; (while true; do sleep 0.05; done) & echo $! > child.pid; echo ready; while true; do sleep 0.05; done",
+            json!({"stop_timeout": "300ms", "workdir": dir.path().to_str().expect("utf-8")}),
         )],
         dir.path(),
     )
@@ -234,6 +234,20 @@ async fn stop_timeout_kills_a_process_that_ignores_sigterm() {
         "{info:?}"
     );
     assert!(!alive(pid), "pid {pid} still runs");
+    // What it started went with it (the whole process group).
+    let child: u32 = std::fs::read_to_string(dir.path().join("child.pid"))
+        .expect("child pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let t0 = Instant::now();
+    while alive(child) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "its child {child} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(info.pid, None);
 
     // The node's shutdown also stops it within its timeout.
@@ -474,4 +488,77 @@ async fn api_lists_controls_and_tails_components() {
     }
     let _ = TOKEN;
     c.shutdown().await;
+}
+
+/// The node starts its `[[components]]` with its parts (in the default
+/// working directory, with their config in the environment) and stops
+/// them when it stops, within their stop timeouts.
+#[tokio::test]
+async fn the_node_runs_its_configured_components_and_stops_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("out");
+    let toml = format!(
+        r#"
+[node]
+data_dir = {data:?}
+[broker.listeners.tcp]
+enabled = true
+bind = "127.0.0.1:0"
+[broker.listeners.ws]
+enabled = false
+bind = "127.0.0.1:0"
+path = "/mqtt"
+[http]
+enabled = false
+[store]
+enabled = false
+
+[[components]]
+name = "stubborn"
+version = "2.1"
+command = "sh"
+args = ["-c", "trap '' TERM; echo $$ > pid; pwd > {out}; echo \"$VERGE_COMPONENT_CONFIG\" >> {out}; while true; do sleep 0.05; done"]
+config = {{ answer = 42 }}
+stop_timeout = "300ms"
+"#,
+        data = dir.path().join("data").to_str().expect("utf-8"),
+        out = out.display(),
+    );
+    let cfg: verge_node::NodeConfig = toml::from_str(&toml).expect("config");
+    cfg.validate().expect("valid");
+    let listeners = verge_node::Listeners::bind(&cfg).await.expect("bind");
+    let node = verge_node::Node::start(cfg, None).await.expect("start");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(node.serve(listeners, async {
+        let _ = stopped.await;
+    }));
+    let workdir = dir.path().join("data/components/stubborn/2.1");
+    let t = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break text;
+        }
+        assert!(t.elapsed() < WAIT, "the component did not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [workdir.to_str().expect("utf-8"), r#"{"answer":42}"#]
+    );
+    let pid: u32 = std::fs::read_to_string(workdir.join("pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(alive(pid));
+    let t = Instant::now();
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, serving)
+        .await
+        .expect("the node stops")
+        .expect("task")
+        .expect("serve");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert!(!alive(pid), "pid {pid} outlived the node");
 }
