@@ -35,7 +35,7 @@ mod verge_id;
 
 pub use component::{
     ComponentError, ComponentSpec, HealthCheck, HealthKind, RestartPolicy, component_start_order,
-    duration, valid_component_name,
+    valid_component_name,
 };
 pub use desired::{
     ActionSpec, DesiredState, DeviceEntry, FunctionArtifact, FunctionSpec, RuleSpec,
