@@ -128,7 +128,12 @@ async fn command_not_found_fails_and_others_keep_running() {
     );
     ghost.command = "/nonexistent/verge-component".into();
     let steady = spec("steady", "exec sleep 30", json!({}));
-    let c = Components::start(&[steady, ghost], dir.path()).expect("start");
+    let nowhere = spec(
+        "nowhere",
+        "true",
+        json!({"restart": "never", "workdir": "/nonexistent/verge-dir"}),
+    );
+    let c = Components::start(&[steady, ghost, nowhere], dir.path()).expect("start");
     let before = wait_for(&c, "steady", "healthy", |i| i.state == State::Healthy).await;
     let info = wait_for(&c, "ghost", "failed", |i| i.state == State::Failed).await;
     let reason = info.last_error.expect("reason");
@@ -136,6 +141,22 @@ async fn command_not_found_fails_and_others_keep_running() {
         reason.contains("cannot start `/nonexistent/verge-component`")
             && reason.contains("No such file"),
         "{reason}"
+    );
+    let t = Instant::now();
+    let nowhere = loop {
+        let i = c.get("nowhere").expect("nowhere");
+        if i.state == State::Failed {
+            break i;
+        }
+        assert!(t.elapsed() < WAIT, "{i:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        nowhere
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("workdir /nonexistent/verge-dir is not a directory")),
+        "{nowhere:?}"
     );
     let after = c.get("steady").expect("steady");
     assert_eq!(

@@ -184,6 +184,15 @@ async fn wait_for(e: &Entry, deps: &[Arc<Entry>], want_rx: &mut watch::Receiver<
 /// or the want changes.
 async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) -> Ended {
     let spec = &e.spec;
+    if !tokio::fs::metadata(&e.workdir)
+        .await
+        .is_ok_and(|m| m.is_dir())
+    {
+        return Ended::Exited(Some(format!(
+            "workdir {} is not a directory",
+            e.workdir.display()
+        )));
+    }
     let mut child = match process::spawn(spec, &e.workdir, &e.logs) {
         Ok(c) => c,
         Err(err) => {
