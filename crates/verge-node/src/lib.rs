@@ -2,7 +2,8 @@
 //! parts ([`Node::start`] / [`Node::serve`] over already-bound
 //! [`Listeners`], in the style of a server's `run(listener, shutdown)`),
 //! the adapters through which rule actions reach the node's services
-//! ([`services`]), the link to a cloud center ([`cloud`]) and the node's
+//! ([`services`]), the supervisor of user components ([`components`]),
+//! the link to a cloud center ([`cloud`]) and the node's
 //! local HTTP API ([`http`]).
 //!
 //! The parts themselves live in their own crates — the broker
@@ -20,11 +21,13 @@
 //!   served only once every part runs, so a client never meets a node whose
 //!   rules are not there yet.
 //! - Shutdown stops what produces before what consumes: the agent and the
-//!   APIs first, then drivers, rules and functions, then the cloud link
+//!   APIs first, then user components ([`components`]), drivers, rules
+//!   and functions, then the cloud link
 //!   (which queues what its forwards hold), the cache queue (cursors) and
 //!   the store (last points), the broker last.
 
 pub mod cloud;
+pub mod components;
 pub mod config;
 pub mod http;
 mod listeners;

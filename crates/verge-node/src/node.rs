@@ -1,6 +1,6 @@
 //! The edge node as one value: [`Node::start`] opens and wires its parts in
 //! order (store, cache queue, functions, broker, function triggers, CoAP
-//! gateway, drivers, rules, cloud link, agent) and [`Node::serve`] serves
+//! gateway, drivers, rules, cloud link, user components, agent) and [`Node::serve`] serves
 //! already-bound [`Listeners`] until a shutdown future resolves, then stops
 //! the parts, producers before consumers (`Parts::stop`).
 
@@ -19,6 +19,7 @@ use verge_rules::{Engine, FunctionInvoker, Services, TelemetryStore, Upstream};
 use verge_tsdb::{Tsdb, TsdbError};
 
 use crate::cloud::CloudLink;
+use crate::components::Components;
 use crate::http::ApiState;
 use crate::http::auth::ApiTokens;
 use crate::services::{FunctionsInvoker, QueueUpstream, Triggers, TsdbStore};
@@ -81,17 +82,22 @@ struct Parts {
     drivers: Option<Arc<Drivers>>,
     engine: Option<Arc<Engine>>,
     bridge: Option<Bridge>,
+    components: Option<Components>,
     agent: Option<Agent>,
 }
 
 impl Parts {
-    /// Stop what runs, producers before consumers: the agent, drivers,
+    /// Stop what runs, producers before consumers: the agent, user
+    /// components (each within its stop timeout), drivers,
     /// rules, triggers and functions, the cloud link (which queues what its
     /// forwards hold), the cache queue (cursors), the store (last points),
     /// the broker last.
     async fn stop(self) {
         if let Some(a) = self.agent {
             a.shutdown().await;
+        }
+        if let Some(c) = self.components {
+            c.shutdown().await;
         }
         if let Some(d) = self.drivers {
             d.shutdown().await;
@@ -236,6 +242,11 @@ impl Node {
                 .map_err(|e| part("bridge", e))?;
             parts.bridge = Some(bridge);
         }
+        if !cfg.components.is_empty() {
+            let components = Components::start(&cfg.components, &cfg.node.data_dir)
+                .map_err(|e| part("components", e))?;
+            parts.components = Some(components);
+        }
         if let Some(link) = cloud {
             let node_parts = verge_agent::NodeParts {
                 base_registry: auth.registry(),
@@ -319,6 +330,7 @@ impl Node {
                 bridge: p.bridge.as_ref().map(Bridge::handle),
                 functions: Some(functions),
                 drivers: Some(drivers),
+                components: p.components.clone(),
                 coap: coap.first().map(|c| c.stats_handle()),
                 cloud: p.agent.as_ref().map(Agent::status_handle),
             };

@@ -33,6 +33,7 @@ fn state(broker: &Broker, token: Option<&str>) -> ApiState {
         bridge: None,
         functions: None,
         drivers: None,
+        components: None,
         coap: None,
         cloud: None,
     }

@@ -176,6 +176,7 @@ async fn bridge_status_and_metrics() {
         bridge: Some(bridge.handle()),
         functions: None,
         drivers: None,
+        components: None,
         coap: None,
         cloud: None,
     };

@@ -38,6 +38,7 @@ fn state(broker: &Broker, drivers: Option<Arc<Drivers>>) -> ApiState {
         bridge: None,
         functions: None,
         drivers,
+        components: None,
         coap: None,
         cloud: None,
     }

@@ -65,6 +65,7 @@ fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> ApiState {
         bridge: None,
         functions: None,
         drivers: None,
+        components: None,
         coap: None,
         cloud: None,
     }

@@ -26,12 +26,17 @@
 //! resource (drivers, components, …) is added without breaking the nodes
 //! and clouds of today.
 
+mod component;
 mod desired;
 pub mod paths;
 mod status;
 pub mod topics;
 mod verge_id;
 
+pub use component::{
+    ComponentError, ComponentSpec, HealthCheck, HealthKind, RestartPolicy, component_start_order,
+    valid_component_name,
+};
 pub use desired::{
     ActionSpec, DesiredState, DeviceEntry, FunctionArtifact, FunctionSpec, RuleSpec,
 };

@@ -445,3 +445,22 @@ fn bench_drivers_reads_points() {
         "{doc}"
     );
 }
+
+#[test]
+fn config_check_refuses_a_component_cycle_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.toml");
+    std::fs::write(
+        &path,
+        "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\ndepends_on = [\"b\"]\n\
+         [[components]]\nname = \"b\"\nversion = \"1\"\ncommand = \"true\"\ndepends_on = [\"a\"]\n",
+    )
+    .expect("write");
+    let out = run(&["config", "check", path.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("components[0]: component `a`: dependency cycle a -> b -> a"),
+        "{err}"
+    );
+}

@@ -54,6 +54,9 @@ pub struct NodeConfig {
     /// `[[drivers]]`: protocol drivers (Modbus, DL/T 645, OPC UA) started
     /// with the node (more through the HTTP API).
     pub drivers: Vec<DriverConfig>,
+    /// `[[components]]`: user process components the node supervises;
+    /// they come from this file only (see docs/components.md).
+    pub components: Vec<verge_protocol::ComponentSpec>,
 }
 
 /// The `[http]` section.
@@ -234,6 +237,18 @@ impl NodeConfig {
                     f.name
                 ));
             }
+        }
+        if let Err(e) = verge_protocol::component_start_order(&self.components) {
+            let at = self
+                .components
+                .iter()
+                .position(|c| {
+                    e.to_string()
+                        .starts_with(&format!("component `{}`", c.name))
+                })
+                .map(|i| format!("components[{i}]"))
+                .unwrap_or_else(|| "components".to_owned());
+            return named(format!("{at}: {e}"));
         }
         if self.store.enabled
             && let Err(e) = self.store.resolve(&self.node.data_dir).validate()
@@ -473,6 +488,51 @@ mod tests {
             })
             .collect();
         assert!(missing.is_empty(), "not in default.toml: {missing:?}");
+    }
+
+    /// The commented `[[components]]` example parses, sets every key, and
+    /// every key it serializes is documented; a cycle is refused naming
+    /// the component.
+    #[test]
+    fn components_example_parses_and_documents_every_key() {
+        let example: String = DEFAULT_TOML
+            .lines()
+            .skip_while(|l| !l.starts_with("#   [[components]]"))
+            .take_while(|l| l.starts_with("#   "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        let cfg: NodeConfig = toml::from_str(&example).expect("the example parses");
+        let c = &cfg.components[0];
+        assert_eq!(c.health.kind, verge_protocol::HealthKind::Http);
+        assert_eq!(c.stop_timeout, Duration::from_secs(10));
+        let mut keys = BTreeSet::new();
+        serialized_keys(
+            &toml::Value::try_from(&cfg).expect("serializes"),
+            "",
+            &mut keys,
+        );
+        assert!(keys.contains(&("components.health".into(), "start_grace".into())));
+        let documented = documented_keys(DEFAULT_TOML);
+        let missing: Vec<_> = keys.difference(&documented).collect();
+        assert!(missing.is_empty(), "not in default.toml: {missing:?}");
+
+        let cyclic: NodeConfig = toml::from_str(
+            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\ndepends_on = [\"b\"]\n\
+             [[components]]\nname = \"b\"\nversion = \"1\"\ncommand = \"true\"\ndepends_on = [\"a\"]\n",
+        )
+        .expect("parses");
+        let e = cyclic
+            .validate()
+            .expect_err("a cycle is refused")
+            .to_string();
+        assert_eq!(
+            e,
+            "components[0]: component `a`: dependency cycle a -> b -> a"
+        );
+        let unknown = toml::from_str::<NodeConfig>(
+            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\nimage = \"x\"\n",
+        );
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The edge node's local HTTP API (default 127.0.0.1:8081): rules
 //! (create, list, get, update, delete, start, stop, test), broker status,
 //! edge functions (`/api/functions/*`), protocol drivers (`/api/drivers`),
+//! user components (`/api/components`),
 //! the local time-series store (`/api/store/*`), the cloud link
 //! (`/api/bridge`), the cloud agent's status (`/api/cloud`) and Prometheus
 //! metrics at `/metrics`. Errors are JSON with a code and a message (see
@@ -17,6 +18,7 @@
 
 pub mod auth;
 mod bridge;
+mod components;
 mod drivers;
 mod error;
 mod functions;
@@ -69,6 +71,9 @@ pub struct ApiState {
     pub functions: Option<verge_functions::Functions>,
     /// The protocol drivers (`/api/drivers`); none when the node has none.
     pub drivers: Option<Arc<verge_drivers::Drivers>>,
+    /// The user components (`/api/components`); none when the node has
+    /// none.
+    pub components: Option<crate::components::Components>,
     /// The CoAP gateway's counters (`/metrics`); none when it is off.
     pub coap: Option<Arc<verge_coap::Stats>>,
     /// The cloud agent's status (`/api/cloud`); none unless the node is
@@ -104,6 +109,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(store::routes())
         .merge(functions::routes())
         .merge(drivers::routes())
+        .merge(components::routes())
         .merge(auth::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -209,6 +215,9 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     }
     if let Some(d) = &s.drivers {
         d.render_prometheus(&mut out);
+    }
+    if let Some(c) = &s.components {
+        c.render_metrics(&mut out);
     }
     if let Some(c) = &s.coap {
         metrics::render_coap(&c.snapshot(), &mut out);

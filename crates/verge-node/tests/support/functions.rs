@@ -108,6 +108,7 @@ pub fn state(broker: &Broker, functions: Option<Functions>) -> ApiState {
         bridge: None,
         functions,
         drivers: None,
+        components: None,
         coap: None,
         cloud: None,
     }

@@ -1,0 +1,585 @@
+//! User components with real processes: small `sh` and `python3` scripts
+//! in a temporary directory, supervised by `Components` and reached through
+//! the node's API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/functions.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{StatusCode, TOKEN, broker, call, raw, state};
+use verge_node::components::{ComponentInfo, Components, LOG_LINES, State};
+use verge_protocol::{ComponentError, ComponentSpec};
+
+/// Longest wait for anything that should happen; only there so a broken
+/// build fails instead of hanging.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn spec(name: &str, script: &str, extra: Value) -> ComponentSpec {
+    let mut v = json!({
+        "name": name, "version": "1.0.0",
+        "command": "sh", "args": ["-c", script],
+        "backoff_min": "50ms", "backoff_max": "200ms",
+        "stop_timeout": "2s",
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    serde_json::from_value(v).expect("spec")
+}
+
+/// Poll `name` until `ok` holds; the last info.
+async fn wait_for(
+    c: &Components,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&ComponentInfo) -> bool,
+) -> ComponentInfo {
+    let t = Instant::now();
+    loop {
+        let info = c.get(name).expect("component");
+        if ok(&info) {
+            return info;
+        }
+        assert!(t.elapsed() < WAIT, "{name}: not {what}: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test]
+async fn crash_is_restarted_with_backoff_and_counted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Components::start(
+        &[spec(
+            "crash",
+            "echo started; exit 3",
+            json!({"backoff_min": "100ms", "backoff_max": "400ms", "max_restarts": 100}),
+        )],
+        dir.path(),
+    )
+    .expect("start");
+    let t = Instant::now();
+    let info = wait_for(&c, "crash", "restarted 3 times", |i| i.restarts >= 3).await;
+    // Waits of 100, 200 and 400 ms come before the fourth run.
+    wait_for(&c, "crash", "restarted 4 times", |i| i.restarts >= 4).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(700),
+        "backoff did not grow: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(info.last_error.as_deref(), Some("exited with status 3"));
+    let (lines, _) = c.logs("crash", 10).expect("logs");
+    assert!(lines.iter().filter(|l| l.line == "started").count() >= 3);
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn exits_at_once_in_a_loop_ends_failed_after_the_limit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Components::start(
+        &[spec(
+            "flap",
+            "exit 1",
+            json!({"max_restarts": 3, "restart_window": "60s", "backoff_min": "10ms", "backoff_max": "20ms"}),
+        )],
+        dir.path(),
+    )
+    .expect("start");
+    let info = wait_for(&c, "flap", "failed", |i| i.state == State::Failed).await;
+    assert_eq!(info.restarts, 3);
+    let reason = info.last_error.expect("reason");
+    assert!(
+        reason.contains("gave up after 3 restarts within 60 s")
+            && reason.contains("exited with status 1"),
+        "{reason}"
+    );
+    // It stays failed: no more restarts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.get("flap").expect("flap").restarts, 3);
+    // Starting it again gives it a fresh restart history.
+    c.start_one("flap").expect("start");
+    wait_for(&c, "flap", "restarted", |i| i.restarts > 3).await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn command_not_found_fails_and_others_keep_running() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut ghost = spec(
+        "ghost",
+        "",
+        json!({"max_restarts": 2, "backoff_min": "10ms", "backoff_max": "20ms"}),
+    );
+    ghost.command = "/nonexistent/verge-component".into();
+    let steady = spec("steady", "exec sleep 30", json!({}));
+    let nowhere = spec(
+        "nowhere",
+        "true",
+        json!({"restart": "never", "workdir": "/nonexistent/verge-dir"}),
+    );
+    let c = Components::start(&[steady, ghost, nowhere], dir.path()).expect("start");
+    let before = wait_for(&c, "steady", "healthy", |i| i.state == State::Healthy).await;
+    let info = wait_for(&c, "ghost", "failed", |i| i.state == State::Failed).await;
+    let reason = info.last_error.expect("reason");
+    assert!(
+        reason.contains("cannot start `/nonexistent/verge-component`")
+            && reason.contains("No such file"),
+        "{reason}"
+    );
+    let t = Instant::now();
+    let nowhere = loop {
+        let i = c.get("nowhere").expect("nowhere");
+        if i.state == State::Failed {
+            break i;
+        }
+        assert!(t.elapsed() < WAIT, "{i:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        nowhere
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("workdir /nonexistent/verge-dir is not a directory")),
+        "{nowhere:?}"
+    );
+    let after = c.get("steady").expect("steady");
+    assert_eq!(
+        (after.state, after.pid, after.restarts),
+        (State::Healthy, before.pid, 0)
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hung_http_service_becomes_unhealthy_and_is_restarted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    // Accepts connections and never answers.
+    let script = dir.path().join("hang.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import socket, time\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('127.0.0.1', {port})); s.listen(16)\n\
+             conns = []\n\
+             while True:\n    c, _ = s.accept(); conns.append(c)\n"
+        ),
+    )
+    .expect("script");
+    let mut hang = spec(
+        "hang",
+        "",
+        json!({
+            "health": {"kind": "http", "url": format!("http://127.0.0.1:{port}/health"),
+                       "interval": "100ms", "timeout": "200ms", "failures": 2, "start_grace": "0s"},
+            "max_restarts": 100,
+        }),
+    );
+    hang.command = "python3".into();
+    hang.args = vec![script.to_str().expect("utf-8").into()];
+    // Nothing listens on its port at all.
+    let tcp = spec(
+        "deaf",
+        "exec sleep 30",
+        json!({
+            "health": {"kind": "tcp", "address": format!("127.0.0.1:{}", free_port()),
+                       "interval": "100ms", "timeout": "200ms", "failures": 2, "start_grace": "0s"},
+            "max_restarts": 100,
+        }),
+    );
+    let c = Components::start(&[hang, tcp], dir.path()).expect("start");
+    for name in ["hang", "deaf"] {
+        let info = wait_for(&c, name, "restarted", |i| i.restarts >= 1).await;
+        let reason = info.last_error.expect("reason");
+        assert!(
+            reason.starts_with("unhealthy after 2 failed health checks"),
+            "{name}: {reason}"
+        );
+    }
+    let hang = c.get("hang").expect("hang").last_error.expect("reason");
+    assert!(hang.contains("timed out"), "{hang}");
+    let deaf = c.get("deaf").expect("deaf").last_error.expect("reason");
+    assert!(deaf.contains("tcp connect"), "{deaf}");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn stop_timeout_kills_a_process_that_ignores_sigterm() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Components::start(
+        &[spec(
+            "stubborn",
+            "trap '' TERM; (while true; do sleep 0.05; done) & echo $! > child.pid; echo ready; while true; do sleep 0.05; done",
+            json!({"stop_timeout": "300ms", "workdir": dir.path().to_str().expect("utf-8")}),
+        )],
+        dir.path(),
+    )
+    .expect("start");
+    let info = wait_for(&c, "stubborn", "healthy", |i| i.state == State::Healthy).await;
+    let pid = info.pid.expect("pid");
+    // Its trap is set once it printed.
+    let t0 = Instant::now();
+    while c.logs("stubborn", 1).expect("logs").0.is_empty() {
+        assert!(t0.elapsed() < WAIT, "no output");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    c.stop_one("stubborn").expect("stop");
+    let info = wait_for(&c, "stubborn", "stopped", |i| i.state == State::Stopped).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        info.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not stop within 300 ms of SIGTERM")),
+        "{info:?}"
+    );
+    assert!(!alive(pid), "pid {pid} still runs");
+    // What it started went with it (the whole process group).
+    let child: u32 = std::fs::read_to_string(dir.path().join("child.pid"))
+        .expect("child pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let t0 = Instant::now();
+    while alive(child) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "its child {child} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(info.pid, None);
+
+    // The node's shutdown also stops it within its timeout.
+    c.start_one("stubborn").expect("start");
+    let pid = wait_for(&c, "stubborn", "running again", |i| i.pid.is_some())
+        .await
+        .pid
+        .expect("pid");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    c.shutdown().await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(!alive(pid), "pid {pid} still runs after shutdown");
+}
+
+#[tokio::test]
+async fn a_component_starts_only_once_its_dependency_is_healthy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let script = dir.path().join("a.py");
+    let ready = dir.path().join("a-ready");
+    let seen = dir.path().join("b-saw");
+    // Listens only after a while, then answers 200.
+    std::fs::write(
+        &script,
+        format!(
+            "import http.server, time, pathlib\n\
+             time.sleep(0.8)\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def do_GET(self):\n\
+             \x20       self.send_response(200); self.end_headers()\n\
+             \x20   def log_message(self, *a): pass\n\
+             srv = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+             pathlib.Path({ready:?}).write_text('up')\n\
+             srv.serve_forever()\n",
+            ready = ready.to_str().expect("utf-8"),
+        ),
+    )
+    .expect("script");
+    let mut a = spec(
+        "a",
+        "",
+        json!({"health": {"kind": "http", "url": format!("http://127.0.0.1:{port}/"),
+                          "interval": "100ms", "timeout": "500ms", "start_grace": "5s"}}),
+    );
+    a.command = "python3".into();
+    a.args = vec![script.to_str().expect("utf-8").into()];
+    let b = spec(
+        "b",
+        &format!(
+            "if [ -f {r} ]; then echo after > {s}; else echo before > {s}; fi; exec sleep 30",
+            r = ready.display(),
+            s = seen.display()
+        ),
+        json!({"depends_on": ["a"]}),
+    );
+    // Listed dependent first: the order comes from depends_on.
+    let c = Components::start(&[b, a], dir.path()).expect("start");
+    let waiting = wait_for(&c, "b", "waiting", |i| !i.waiting_for.is_empty()).await;
+    assert_eq!(
+        (waiting.state, waiting.waiting_for),
+        (State::Starting, vec!["a".to_owned()])
+    );
+    wait_for(&c, "b", "healthy", |i| i.state == State::Healthy).await;
+    assert_eq!(c.get("a").expect("a").state, State::Healthy);
+    let t = Instant::now();
+    while !seen.exists() {
+        assert!(t.elapsed() < WAIT, "b wrote nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("read").trim(),
+        "after"
+    );
+    assert_eq!(
+        c.list().iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dependency_cycle_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = spec("a", "true", json!({"depends_on": ["c"]}));
+    let b = spec("b", "true", json!({"depends_on": ["a"]}));
+    let cc = spec("c", "true", json!({"depends_on": ["b"]}));
+    let Err(e) = Components::start(&[a, b, cc], dir.path()) else {
+        panic!("a cycle was accepted");
+    };
+    assert!(matches!(e, ComponentError::Cycle { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "component `a`: dependency cycle a -> c -> b -> a"
+    );
+    let x = spec("x", "true", json!({"depends_on": ["nope"]}));
+    let Err(e) = Components::start(&[x], dir.path()) else {
+        panic!("an unknown dependency was accepted");
+    };
+    assert_eq!(
+        e.to_string(),
+        "component `x`: depends_on names `nope`, which is not a component"
+    );
+}
+
+#[tokio::test]
+async fn output_is_captured_in_a_bounded_ring() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Components::start(
+        &[spec(
+            "chatty",
+            "i=0; while [ $i -lt 1500 ]; do echo \"line $i\"; i=$((i+1)); done; echo oops >&2; exec sleep 30",
+            json!({}),
+        )],
+        dir.path(),
+    )
+    .expect("start");
+    wait_for(&c, "chatty", "done printing", |i| {
+        i.log_lines_dropped >= 500
+    })
+    .await;
+    let t = Instant::now();
+    loop {
+        let (lines, _) = c.logs("chatty", LOG_LINES).expect("logs");
+        if lines
+            .iter()
+            .any(|l| l.stream == "stderr" && l.line == "oops")
+        {
+            break;
+        }
+        assert!(t.elapsed() < WAIT, "no stderr line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (lines, dropped) = c.logs("chatty", usize::MAX).expect("logs");
+    assert_eq!(lines.len(), LOG_LINES);
+    assert_eq!(dropped, 501);
+    let (tail, _) = c.logs("chatty", 2).expect("logs");
+    let out: Vec<_> = tail
+        .iter()
+        .filter(|l| l.stream == "stdout")
+        .map(|l| l.line.as_str())
+        .collect();
+    assert!(out.iter().all(|l| l.starts_with("line 14")), "{out:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_lists_controls_and_tails_components() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Components::start(
+        &[spec(
+            "svc",
+            "echo hello; echo world; exec sleep 30",
+            json!({"config": {"k": 1}}),
+        )],
+        dir.path(),
+    )
+    .expect("start");
+    let b = broker();
+    let mut s = state(&b, None);
+    s.components = Some(c.clone());
+    wait_for(&c, "svc", "healthy", |i| i.state == State::Healthy).await;
+
+    let (st, v) = call(&s, "GET", "/api/components", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v[0]["name"], "svc");
+    assert_eq!(v[0]["state"], "healthy");
+    assert_eq!(v[0]["restarts"], 0);
+    assert!(v[0]["pid"].as_u64().is_some(), "{v}");
+    assert!(v[0]["uptime_seconds"].as_u64().is_some(), "{v}");
+
+    let (st, v) = call(&s, "GET", "/api/components/svc", None).await;
+    assert_eq!((st, v["version"].as_str()), (StatusCode::OK, Some("1.0.0")));
+
+    let t = Instant::now();
+    loop {
+        let (st, v) = call(&s, "GET", "/api/components/svc/logs?tail=1", None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        if v["lines"][0]["line"] == "world" {
+            assert_eq!(v["lines"].as_array().map(Vec::len), Some(1));
+            assert_eq!(v["dropped"], 0);
+            break;
+        }
+        assert!(t.elapsed() < WAIT, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (st, v) = call(&s, "POST", "/api/components/svc/stop", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    wait_for(&c, "svc", "stopped", |i| i.state == State::Stopped).await;
+    let (st, _) = call(&s, "POST", "/api/components/svc/start", None).await;
+    assert_eq!(st, StatusCode::OK);
+    let first = wait_for(&c, "svc", "healthy", |i| i.state == State::Healthy).await;
+    let (st, _) = call(&s, "POST", "/api/components/svc/restart", None).await;
+    assert_eq!(st, StatusCode::OK);
+    wait_for(&c, "svc", "restarted", |i| {
+        i.state == State::Healthy && i.pid.is_some() && i.pid != first.pid
+    })
+    .await;
+
+    for path in ["/api/components/nope", "/api/components/nope/logs"] {
+        let (st, v) = call(&s, "GET", path, None).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}: {v}");
+        assert_eq!(v["error"]["message"], "no component named `nope`");
+    }
+    let (st, _) = call(&s, "POST", "/api/components/nope/restart", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&s, "GET", "/api/components/svc/logs?tail=x", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Without the token: refused.
+    let mut anon = s.clone();
+    let req = axum::http::Request::builder()
+        .uri("/api/components")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    use tower::ServiceExt;
+    let resp = verge_node::http::router(anon.clone())
+        .oneshot(req)
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    anon.components = None;
+    let (st, v) = call(&anon, "GET", "/api/components", None).await;
+    assert_eq!((st, v), (StatusCode::OK, json!([])));
+
+    let (st, text) = raw(&s, "GET", "/metrics", None, Vec::new()).await;
+    assert_eq!(st, StatusCode::OK);
+    for line in [
+        "verge_component_restarts_total{component=\"svc\"} 0",
+        "verge_component_state{component=\"svc\",state=\"healthy\"} 1",
+        "verge_component_state{component=\"svc\",state=\"failed\"} 0",
+        "verge_component_up{component=\"svc\"} 1",
+        "verge_component_log_lines_dropped_total{component=\"svc\"} 0",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+    let _ = TOKEN;
+    c.shutdown().await;
+}
+
+/// The node starts its `[[components]]` with its parts (in the default
+/// working directory, with their config in the environment) and stops
+/// them when it stops, within their stop timeouts.
+#[tokio::test]
+async fn the_node_runs_its_configured_components_and_stops_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("out");
+    let toml = format!(
+        r#"
+[node]
+data_dir = {data:?}
+[broker.listeners.tcp]
+enabled = true
+bind = "127.0.0.1:0"
+[broker.listeners.ws]
+enabled = false
+bind = "127.0.0.1:0"
+path = "/mqtt"
+[http]
+enabled = false
+[store]
+enabled = false
+
+[[components]]
+name = "stubborn"
+version = "2.1"
+command = "sh"
+args = ["-c", "trap '' TERM; echo $$ > pid; pwd > {out}; echo \"$VERGE_COMPONENT_CONFIG\" >> {out}; while true; do sleep 0.05; done"]
+config = {{ answer = 42 }}
+stop_timeout = "300ms"
+"#,
+        data = dir.path().join("data").to_str().expect("utf-8"),
+        out = out.display(),
+    );
+    let cfg: verge_node::NodeConfig = toml::from_str(&toml).expect("config");
+    cfg.validate().expect("valid");
+    let listeners = verge_node::Listeners::bind(&cfg).await.expect("bind");
+    let node = verge_node::Node::start(cfg, None).await.expect("start");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(node.serve(listeners, async {
+        let _ = stopped.await;
+    }));
+    let workdir = dir.path().join("data/components/stubborn/2.1");
+    let t = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break text;
+        }
+        assert!(t.elapsed() < WAIT, "the component did not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [workdir.to_str().expect("utf-8"), r#"{"answer":42}"#]
+    );
+    let pid: u32 = std::fs::read_to_string(workdir.join("pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(alive(pid));
+    let t = Instant::now();
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, serving)
+        .await
+        .expect("the node stops")
+        .expect("task")
+        .expect("serve");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert!(!alive(pid), "pid {pid} outlived the node");
+}
