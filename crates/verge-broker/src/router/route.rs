@@ -20,7 +20,6 @@ use crate::subs::{SubEntry, SubKey};
 struct Fresh {
     /// As subscribed, `$share/` included.
     filter: String,
-    shared: bool,
     entry: SubEntry,
     /// The retained messages it matches went with the SUBACK.
     retained_sent: bool,
@@ -77,10 +76,8 @@ impl Router {
                 }
             }
             if !existed && (group.is_none() || group_was_empty) {
-                let shared = group.is_some();
                 fresh.push(Fresh {
                     filter: req.filter,
-                    shared,
                     entry,
                     retained_sent,
                 });
@@ -114,8 +111,9 @@ impl Router {
             let mut got: Option<Delivery> = None;
             for n in fresh {
                 let o = n.entry.options;
-                if !topic::matches(split_shared(&n.filter).1, &m.topic)
-                    || (o.no_local && !n.shared && *session.client_id == *m.origin)
+                let (group, f) = split_shared(&n.filter);
+                if !topic::matches(f, &m.topic)
+                    || (o.no_local && group.is_none() && *session.client_id == *m.origin)
                     || (n.retained_sent
                         && m.retain
                         && self
