@@ -2,9 +2,33 @@
 //! node at start; the agent changes the node only through their public
 //! APIs.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
+
+use verge_protocol::ComponentSpec;
+
+/// What [`ComponentHost::apply`] returns: one line per component that
+/// could not be applied.
+pub type ApplyFuture<'a> = Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>>;
+
+/// The node's component supervisor as the agent drives it. The supervisor
+/// lives in the node (which depends on this crate), so the agent sees it
+/// through this trait.
+pub trait ComponentHost: Send + Sync {
+    /// Run exactly `specs` as the cloud's components: start new ones,
+    /// replace changed ones (a new version that does not become healthy
+    /// within its `update_grace` is replaced by the old one again), stop
+    /// and remove dropped ones. A process component's artifact is already
+    /// in its directory. Returns at once with what could not be applied;
+    /// the rest applies.
+    fn apply<'a>(&'a self, specs: &'a [ComponentSpec]) -> ApplyFuture<'a>;
+    /// Each component's status object, as the node's components API shows
+    /// it.
+    fn report(&self) -> Vec<serde_json::Value>;
+}
 
 /// The parts of the running node the agent manages.
 pub struct NodeParts {
@@ -21,7 +45,9 @@ pub struct NodeParts {
     pub broker: verge_broker::BrokerHandle,
     /// The cloud link, for its state and backlog, if the node has one.
     pub bridge: Option<verge_bridge::BridgeHandle>,
-    /// The node's data dir, for disk usage.
+    /// The component supervisor, if the node runs one.
+    pub components: Option<Arc<dyn ComponentHost>>,
+    /// The node's data dir, for disk usage and component artifacts.
     pub data_dir: PathBuf,
     /// When the node process started.
     pub started: Instant,

@@ -114,6 +114,11 @@ impl Reporter {
             link_up,
             rules,
             functions,
+            components: parts
+                .components
+                .as_ref()
+                .map(|c| c.report())
+                .unwrap_or_default(),
         };
         self.at = now;
         self.cpu_ticks = ticks;

@@ -48,6 +48,7 @@ pub async fn assemble(
     tx.commit().await?;
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Some(DesiredState {
+        components: Vec::new(),
         node_id: node_id.to_owned(),
         version,
         devices: devices

@@ -255,6 +255,7 @@ impl Node {
                 functions,
                 broker: handle,
                 bridge: parts.bridge.as_ref().map(Bridge::handle),
+                components: None,
                 data_dir: cfg.node.data_dir.clone(),
                 started: Instant::now(),
             };

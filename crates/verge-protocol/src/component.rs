@@ -1,26 +1,55 @@
-//! The spec of a user component the node keeps running: a process with its
-//! restart policy, health check, stop timeout and dependencies, and the
-//! checks that a set of specs can run (names, dependencies, cycles).
+//! The spec of a user component the node keeps running: a process or a
+//! container, with its restart policy, health check, resource limits, MQTT
+//! rights, stop timeout and dependencies, and the checks that a set of
+//! specs can run (names, dependencies, cycles).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// One process component.
+/// One component.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentSpec {
     /// Unique name: 1 to 64 of `a-z A-Z 0-9 _ - .`, starting with a letter
     /// or digit.
     pub name: String,
-    /// Version label (free text, shown in the status).
+    /// Version label: 1 to 64 of the name's characters.
     pub version: String,
-    /// Program to run (a path, or a name looked up in `PATH`).
+    /// A process (default) or a container.
+    #[serde(default)]
+    pub kind: ComponentKind,
+    /// Process: the program to run (a path, or a name looked up in `PATH`;
+    /// a relative path is taken in the working directory). Container: the
+    /// command run instead of the image's (empty: the image's own).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
     /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Container: the OCI image reference (`localhost/reader:1.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Container: `host` (default: the component reaches the broker on
+    /// 127.0.0.1), `none` or `bridge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Process: the files it runs, fetched from the cloud into its
+    /// directory `<data_dir>/components/<name>/<version>` before it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactRef>,
+    /// Resource limits.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+    /// The MQTT rights its credentials on the node's broker get, beyond
+    /// its own `components/<name>/#`.
+    #[serde(default, skip_serializing_if = "MqttRights::is_empty")]
+    pub mqtt: MqttRights,
+    /// After a version update, how long the new version has to become
+    /// healthy before the old one is started again.
+    #[serde(default = "d_update_grace", with = "verge_duration")]
+    pub update_grace: Duration,
     /// Working directory; `<data_dir>/components/<name>/<version>` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
@@ -57,6 +86,119 @@ pub struct ComponentSpec {
     pub health: HealthCheck,
 }
 
+/// What runs a component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComponentKind {
+    /// A process started by the node.
+    #[default]
+    Process,
+    /// An OCI image run by the container engine.
+    Container,
+}
+
+impl ComponentKind {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentKind::Process => "process",
+            ComponentKind::Container => "container",
+        }
+    }
+}
+
+/// A process component's files: a gzipped tar archive the cloud serves
+/// and the node checks against its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRef {
+    /// SHA-256 of the archive, lower-case hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Resource limits of a component. Containers get them through the
+/// engine; processes get `memory` as their address-space limit and
+/// `cpu_shares` as a scheduling priority.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Most memory in bytes (an integer, or text such as `"256MiB"`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bytes::deserialize"
+    )]
+    pub memory: Option<u64>,
+    /// Relative CPU weight, 2 to 262144 (1024 is a normal share).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u32>,
+}
+
+impl Limits {
+    /// No limit set.
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.cpu_shares.is_none()
+    }
+}
+
+/// Topic filters a component may publish and subscribe to on the node's
+/// broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttRights {
+    /// Filters it may publish to.
+    pub publish: Vec<String>,
+    /// Filters it may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+impl MqttRights {
+    /// No right beyond its own topics.
+    pub fn is_empty(&self) -> bool {
+        self.publish.is_empty() && self.subscribe.is_empty()
+    }
+}
+
+/// Byte sizes as an integer or as text with a unit (`B`, `KiB`, `MiB`,
+/// `GiB`, and `K`, `M`, `G` for the same).
+mod bytes {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Int(u64),
+        Text(String),
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size such as 256MiB"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "KiB" | "KB" => 1 << 10,
+            "M" | "MiB" | "MB" => 1 << 20,
+            "G" | "GiB" | "GB" => 1 << 30,
+            u => return Err(format!("`{u}` is not a size unit (B, KiB, MiB, GiB)")),
+        };
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Size>::deserialize(d)? {
+            None => Ok(None),
+            Some(Size::Int(n)) => Ok(Some(n)),
+            Some(Size::Text(t)) => parse(&t).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// When a component's process is started again after it ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -81,6 +223,9 @@ pub enum HealthKind {
     Tcp,
     /// `GET url` answers `status`.
     Http,
+    /// A message on `topic` (default `components/<name>/heartbeat`) at
+    /// least once per `interval`.
+    Mqtt,
 }
 
 /// A component's health check.
@@ -95,6 +240,10 @@ pub struct HealthCheck {
     /// `http://host:port/path` for `http`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The heartbeat topic for `mqtt` (default
+    /// `components/<name>/heartbeat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// The status `http` expects.
     pub status: u16,
     /// Time between probes.
@@ -117,6 +266,7 @@ impl Default for HealthCheck {
             kind: HealthKind::Alive,
             address: None,
             url: None,
+            topic: None,
             status: 200,
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
@@ -140,6 +290,23 @@ fn d_restart_window() -> Duration {
 }
 fn d_stop_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn d_update_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Whether `f` is a valid MQTT topic filter (wildcards whole levels, `#`
+/// last), without NUL, at most 1,024 bytes.
+fn valid_filter(f: &str) -> bool {
+    if f.is_empty() || f.len() > 1024 || f.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    levels.iter().enumerate().all(|(i, l)| match *l {
+        "#" => i + 1 == levels.len(),
+        "+" => true,
+        l => !l.contains(['#', '+']),
+    })
 }
 
 /// Why a component spec, or a set of them, cannot run; every message names
@@ -207,8 +374,58 @@ impl ComponentSpec {
                 "must be 1 to 64 of a-z A-Z 0-9 _ - . starting with a letter or digit",
             ));
         }
-        if self.command.trim().is_empty() || self.command.contains('\0') {
-            return Err(err("command", "must be a program name or path"));
+        match self.kind {
+            ComponentKind::Process => {
+                if self.command.trim().is_empty() || self.command.contains('\0') {
+                    return Err(err("command", "must be a program name or path"));
+                }
+                if self.image.is_some() || self.network.is_some() {
+                    return Err(err("image", "image and network are for containers only"));
+                }
+            }
+            ComponentKind::Container => {
+                let image = self.image.as_deref().unwrap_or("");
+                if image.trim().is_empty()
+                    || image.len() > 255
+                    || image.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(err("image", "a container needs an image reference"));
+                }
+                if self.command.contains('\0') {
+                    return Err(err("command", "must not hold NUL characters"));
+                }
+                if let Some(n) = &self.network
+                    && !matches!(n.as_str(), "host" | "none" | "bridge")
+                {
+                    return Err(err("network", "must be host, none or bridge"));
+                }
+                if self.artifact.is_some() {
+                    return Err(err("artifact", "a container's files are its image"));
+                }
+            }
+        }
+        if let Some(a) = &self.artifact
+            && (a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(err("artifact.sha256", "must be 64 hex digits"));
+        }
+        if let Some(w) = self.limits.cpu_shares
+            && !(2..=262_144).contains(&w)
+        {
+            return Err(err("limits.cpu_shares", "must be 2 to 262144"));
+        }
+        if let Some(m) = self.limits.memory
+            && m < 4 << 20
+        {
+            return Err(err("limits.memory", "must be at least 4MiB"));
+        }
+        for (key, filters) in [
+            ("mqtt.publish", &self.mqtt.publish),
+            ("mqtt.subscribe", &self.mqtt.subscribe),
+        ] {
+            if let Some(f) = filters.iter().find(|f| !valid_filter(f)) {
+                return Err(err(key, &format!("`{f}` is not a topic filter")));
+            }
         }
         if self.args.iter().any(|a| a.contains('\0')) {
             return Err(err("args", "must not hold NUL characters"));
@@ -262,6 +479,13 @@ impl ComponentSpec {
                 }
                 if !(100..=599).contains(&h.status) {
                     return Err(err("health.status", "must be an HTTP status (100-599)"));
+                }
+            }
+            HealthKind::Mqtt => {
+                if let Some(t) = &h.topic
+                    && (!valid_filter(t) || t.contains(['+', '#']))
+                {
+                    return Err(err("health.topic", "must be a topic without wildcards"));
                 }
             }
         }
@@ -379,9 +603,12 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         let r: Result<ComponentSpec, _> = serde_json::from_value(serde_json::json!({
-            "name": "a", "version": "1", "command": "true", "image": "x"
+            "name": "a", "version": "1", "command": "true", "surprise": "x"
         }));
         assert!(r.is_err());
+        let mut s = spec("a", &[]);
+        s.image = Some("x".into());
+        assert!(s.validate().unwrap_err().to_string().contains("image"));
         let mut s = spec("a", &[]);
         s.name = "../x".into();
         assert!(s.validate().is_err());
@@ -392,5 +619,43 @@ mod tests {
             "name": "a", "version": "1", "command": "true", "stop_timeout": "soon"
         }));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn containers_limits_and_rights_are_checked() {
+        let c: ComponentSpec = serde_json::from_value(serde_json::json!({
+            "name": "c", "version": "1", "kind": "container", "image": "localhost/c:1",
+            "limits": {"memory": "64MiB", "cpu_shares": 512},
+            "mqtt": {"publish": ["sensors/+/x"], "subscribe": ["cmd/#"]},
+        }))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.memory, Some(64 << 20));
+        let mut bad = c.clone();
+        bad.image = None;
+        assert!(bad.validate().unwrap_err().to_string().contains("image"));
+        let mut bad = c.clone();
+        bad.network = Some("overlay".into());
+        assert!(bad.validate().is_err());
+        let mut bad = c.clone();
+        bad.mqtt.publish = vec!["a/#/b".into()];
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt.publish")
+        );
+        let mut bad = c.clone();
+        bad.limits.cpu_shares = Some(1);
+        assert!(bad.validate().is_err());
+        let r: Result<ComponentSpec, _> = serde_json::from_value(serde_json::json!({
+            "name": "c", "version": "1", "command": "x", "limits": {"memory": "12 parsecs"}
+        }));
+        assert!(r.is_err());
+        let mut p = spec("p", &[]);
+        p.command = String::new();
+        assert!(p.validate().unwrap_err().to_string().contains("command"));
+        assert_eq!(bytes::parse("1GiB"), Ok(1 << 30));
+        assert!(bytes::parse("99999999999999G").is_err());
     }
 }

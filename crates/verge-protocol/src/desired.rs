@@ -28,6 +28,10 @@ pub struct DesiredState {
     /// Functions the node's rules use.
     #[serde(default)]
     pub functions: Vec<FunctionArtifact>,
+    /// Components the node keeps running (a process component's files
+    /// are fetched from [`paths::component_artifact`](crate::paths::component_artifact)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<crate::ComponentSpec>,
     /// Free-form node settings set in the cloud (a JSON object).
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
@@ -153,6 +157,7 @@ mod tests {
             }],
             rules: vec![parse(json!({"id": "r", "sql": "SELECT * FROM \"a\""}))],
             functions: vec![],
+            components: vec![],
             config: empty_object(),
         };
         let text = serde_json::to_string(&d).unwrap_or_default();

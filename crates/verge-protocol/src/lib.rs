@@ -34,8 +34,8 @@ pub mod topics;
 mod verge_id;
 
 pub use component::{
-    ComponentError, ComponentSpec, HealthCheck, HealthKind, RestartPolicy, component_start_order,
-    valid_component_name,
+    ArtifactRef, ComponentError, ComponentKind, ComponentSpec, HealthCheck, HealthKind, Limits,
+    MqttRights, RestartPolicy, component_start_order, valid_component_name,
 };
 pub use desired::{
     ActionSpec, DesiredState, DeviceEntry, FunctionArtifact, FunctionSpec, RuleSpec,

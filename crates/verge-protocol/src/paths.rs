@@ -13,6 +13,20 @@ pub const DESIRED: &str = "/api/agent/desired";
 /// `POST`: a node's heartbeat ([`StatusReport`](crate::StatusReport)).
 pub const STATUS: &str = "/api/agent/status";
 
+/// `GET`: a process component's archive, `{name}` and `{version}` in the
+/// path ([`component_artifact`]); answered with the node's credentials.
+pub const COMPONENT_ARTIFACT: &str = "/api/agent/components/{name}/{version}/artifact";
+
+/// The URL of a process component's archive at the cloud `base`. Names
+/// and versions are checked ([`valid_component_name`](crate::valid_component_name))
+/// before they are put in a URL, so they need no escaping.
+pub fn component_artifact(base: &str, name: &str, version: &str) -> String {
+    let path = COMPONENT_ARTIFACT
+        .replace("{name}", name)
+        .replace("{version}", version);
+    format!("{base}{path}")
+}
+
 /// The query of the long poll ([`DESIRED`]): `?version=N&wait_ms=M`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -46,6 +46,9 @@ pub struct StatusReport {
     pub rules: Vec<serde_json::Value>,
     /// Each function's status object as the node's functions API shows it.
     pub functions: Vec<serde_json::Value>,
+    /// Each component's status object as the node's components API shows
+    /// it (`name`, `version`, `kind`, `state`, `restarts`, `last_error`, …).
+    pub components: Vec<serde_json::Value>,
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ impl FakeCloud {
             devices: vec![],
             rules: vec![],
             functions: vec![],
+            components: vec![],
             config: json!({}),
         });
         let state = Arc::new(CloudState {
@@ -374,6 +375,7 @@ impl TestNode {
             functions: self.functions.clone(),
             broker: self.broker.handle(),
             bridge: None,
+            components: None,
             data_dir: self.dir.clone(),
             started: Instant::now(),
         }

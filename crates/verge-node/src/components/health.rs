@@ -31,6 +31,7 @@ async fn probe_inner(check: &HealthCheck) -> Result<(), String> {
             let url = check.url.as_deref().unwrap_or_default();
             http_get(url, check.status).await
         }
+        HealthKind::Mqtt => Err("the mqtt heartbeat check is not built yet".to_owned()),
     }
 }
 
