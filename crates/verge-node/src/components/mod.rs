@@ -14,6 +14,7 @@
 
 pub mod log;
 
+mod env;
 mod health;
 mod process;
 mod supervise;

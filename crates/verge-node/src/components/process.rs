@@ -19,17 +19,7 @@ pub fn spawn(
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(workdir)
-        .envs(&spec.env)
-        .env("VERGE_COMPONENT_NAME", &spec.name)
-        .env("VERGE_COMPONENT_VERSION", &spec.version)
-        .env("VERGE_COMPONENT_DIR", workdir)
-        .env(
-            "VERGE_COMPONENT_CONFIG",
-            match &spec.config {
-                serde_json::Value::Null => "{}".to_owned(),
-                v => v.to_string(),
-            },
-        )
+        .envs(super::env::component_env(spec, workdir))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
