@@ -122,6 +122,14 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Where component artifacts are fetched from.
+    fn source(&self) -> crate::artifact::Source<'_> {
+        crate::artifact::Source {
+            cloud_url: &self.creds.cloud_url,
+            token: &self.token,
+        }
+    }
+
     fn status(&self) -> std::sync::MutexGuard<'_, AgentStatus> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -197,7 +205,7 @@ impl Agent {
         });
         if let Some(d) = &cached {
             tracing::info!(version = d.version, "applying the cached desired state");
-            let errors = apply::apply(&ctx.parts, None, d).await;
+            let errors = apply::apply(&ctx.parts, &ctx.source(), None, d).await;
             *ctx.managed() = Managed::of(d);
             let mut s = ctx.status();
             s.applied_version = d.version;
@@ -334,7 +342,7 @@ async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watc
                     }
                     continue;
                 }
-                let mut errors = apply::apply(&ctx.parts, prev.as_ref(), &d).await;
+                let mut errors = apply::apply(&ctx.parts, &ctx.source(), prev.as_ref(), &d).await;
                 *ctx.managed() = Managed::of(&d);
                 if let Err(e) = save_desired(&ctx.dir, &d) {
                     tracing::error!("desired state not cached: {e}");

@@ -1,5 +1,5 @@
 //! Applying a desired state to the running node: devices, then functions,
-//! then rules. Idempotent; what fails is collected as one message per item
+//! then rules, then components (their artifacts fetched first). Idempotent; what fails is collected as one message per item
 //! (reported to the cloud as `apply_errors`) and the rest still applies.
 //! A failed item keeps what ran before (an old function version, an old
 //! rule config).
@@ -13,15 +13,17 @@ use verge_broker::auth::{AclAction, AclRule, Device};
 use verge_broker::config::AclPolicy;
 use verge_broker::{Authenticator, Registry};
 use verge_functions::{DeployError, FunctionSpec};
-use verge_protocol::{DesiredState, DeviceEntry, FunctionArtifact, RuleSpec};
+use verge_protocol::{ComponentSpec, DesiredState, DeviceEntry, FunctionArtifact, RuleSpec};
 use verge_rules::{RuleConfig, RuleError};
 
+use crate::artifact;
 use crate::parts::NodeParts;
 
 /// Apply `next`; `prev` is the desired state applied before (what the cloud
 /// managed), `None` at start. Returns the errors.
 pub(crate) async fn apply(
     parts: &NodeParts,
+    source: &artifact::Source<'_>,
     prev: Option<&DesiredState>,
     next: &DesiredState,
 ) -> Vec<String> {
@@ -32,6 +34,7 @@ pub(crate) async fn apply(
     apply_rules(parts, prev, &next.rules, &mut errors).await;
     // After the rules, so no rule still running calls a removed function.
     remove_functions(parts, prev, &next.functions, &mut errors).await;
+    apply_components(parts, source, prev, &next.components, &mut errors).await;
     if errors.is_empty() {
         tracing::info!(version = next.version, "desired state applied");
     } else {
@@ -305,5 +308,61 @@ async fn apply_rule(
             .map(|_| true)
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Install the artifacts of `specs` (fetched when not on disk yet), then
+/// have the supervisor run exactly them. A component whose artifact cannot
+/// be installed keeps the version the previous state ran (or is not
+/// started); old versions' directories are removed, but for the one the
+/// previous state ran (the way back of an update).
+async fn apply_components(
+    parts: &NodeParts,
+    source: &artifact::Source<'_>,
+    prev: Option<&DesiredState>,
+    specs: &[ComponentSpec],
+    errors: &mut Vec<String>,
+) {
+    let Some(host) = &parts.components else {
+        if !specs.is_empty() {
+            errors.push("components: this node runs no component supervisor".to_owned());
+        }
+        return;
+    };
+    let previous = |name: &str| prev.and_then(|p| p.components.iter().find(|c| c.name == name));
+    let mut ready: Vec<ComponentSpec> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let Some(a) = &spec.artifact else {
+            ready.push(spec.clone());
+            continue;
+        };
+        match artifact::ensure(source, &parts.data_dir, spec, a).await {
+            Ok(()) => ready.push(spec.clone()),
+            Err(e) => {
+                errors.push(format!(
+                    "component `{}`: artifact of version {} not installed: {e}",
+                    spec.name, spec.version
+                ));
+                if let Some(old) = previous(&spec.name) {
+                    ready.push(old.clone());
+                }
+            }
+        }
+    }
+    errors.extend(host.apply(&ready).await);
+    for spec in &ready {
+        if spec.artifact.is_none() {
+            continue;
+        }
+        let mut keep = vec![spec.version.as_str()];
+        if let Some(old) = previous(&spec.name) {
+            keep.push(old.version.as_str());
+        }
+        artifact::prune(&parts.data_dir, &spec.name, &keep);
+    }
+    for old in prev.map(|p| p.components.as_slice()).unwrap_or_default() {
+        if old.artifact.is_some() && !ready.iter().any(|r| r.name == old.name) {
+            artifact::prune(&parts.data_dir, &old.name, &[]);
+        }
     }
 }

@@ -25,6 +25,7 @@
 
 mod agent;
 mod apply;
+pub mod artifact;
 pub mod http;
 mod join;
 mod parts;

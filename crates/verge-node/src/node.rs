@@ -242,11 +242,10 @@ impl Node {
                 .map_err(|e| part("bridge", e))?;
             parts.bridge = Some(bridge);
         }
-        if !cfg.components.is_empty() {
-            let components = Components::start(&cfg.components, &cfg.node.data_dir)
-                .map_err(|e| part("components", e))?;
-            parts.components = Some(components);
-        }
+        // Always, so a cloud-managed node can be given components.
+        let components = Components::start(&cfg.components, &cfg.node.data_dir)
+            .map_err(|e| part("components", e))?;
+        parts.components = Some(components.clone());
         if let Some(link) = cloud {
             let node_parts = verge_agent::NodeParts {
                 base_registry: auth.registry(),
@@ -255,7 +254,7 @@ impl Node {
                 functions,
                 broker: handle,
                 bridge: parts.bridge.as_ref().map(Bridge::handle),
-                components: None,
+                components: Some(Arc::new(components)),
                 data_dir: cfg.node.data_dir.clone(),
                 started: Instant::now(),
             };

@@ -46,8 +46,9 @@ pub struct ComponentSpec {
     /// its own `components/<name>/#`.
     #[serde(default, skip_serializing_if = "MqttRights::is_empty")]
     pub mqtt: MqttRights,
-    /// After a version update, how long the new version has to become
-    /// healthy before the old one is started again.
+    /// After an update, the new version must be healthy at the end of this
+    /// time and must not fail (restart, `unhealthy`, `failed`) during it;
+    /// else the old version is started again.
     #[serde(default = "d_update_grace", with = "verge_duration")]
     pub update_grace: Duration,
     /// Working directory; `<data_dir>/components/<name>/<version>` when unset.

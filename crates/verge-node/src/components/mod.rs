@@ -21,7 +21,7 @@ mod supervise;
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -90,6 +90,16 @@ impl State {
     }
 }
 
+/// Where a component's spec comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The node's config file.
+    Config,
+    /// The cloud's desired state.
+    Cloud,
+}
+
 /// A component as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComponentInfo {
@@ -97,6 +107,10 @@ pub struct ComponentInfo {
     pub name: String,
     /// Its version.
     pub version: String,
+    /// `process` or `container`.
+    pub kind: &'static str,
+    /// Where its spec comes from.
+    pub source: Source,
     /// Lifecycle state.
     pub state: State,
     /// Whether the last health probe passed (`None`: not probed since the
@@ -110,6 +124,10 @@ pub struct ComponentInfo {
     pub pid: Option<u32>,
     /// Why it last failed (exit status, spawn error, health check).
     pub last_error: Option<String>,
+    /// Set when an update to another version was rolled back: which
+    /// version failed and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<String>,
     /// Dependencies it waits for to be healthy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
@@ -127,7 +145,8 @@ struct Want {
     /// Bumped by start (after failed or stopped) and restart: a new run
     /// with a fresh restart history.
     generation: u64,
-    /// The node stops: end the task.
+    /// The node stops, or the component is removed or replaced: end the
+    /// task.
     exit: bool,
 }
 
@@ -140,12 +159,14 @@ struct Status {
     started: Option<Instant>,
     pid: Option<u32>,
     last_error: Option<String>,
+    rollback: Option<String>,
     waiting_for: Vec<String>,
 }
 
 /// One component: its spec and what its task shares.
 struct Entry {
     spec: ComponentSpec,
+    source: Source,
     workdir: PathBuf,
     /// Whether `workdir` is the node's own (created at install).
     own_workdir: bool,
@@ -154,6 +175,8 @@ struct Entry {
     want: watch::Sender<Want>,
     /// Bumped on every state change of any component.
     changed: Arc<watch::Sender<u64>>,
+    /// The components of the node, to look dependencies up by name.
+    set: Weak<Set>,
 }
 
 impl Entry {
@@ -168,6 +191,20 @@ impl Entry {
         self.status.lock().map(|s| s.state).unwrap_or(State::Failed)
     }
 
+    /// The state of each dependency that is not healthy (`None`: no such
+    /// component now).
+    fn unhealthy_dependencies(&self) -> Vec<String> {
+        let Some(set) = self.set.upgrade() else {
+            return self.spec.depends_on.clone();
+        };
+        self.spec
+            .depends_on
+            .iter()
+            .filter(|d| set.find(d).map(|e| e.state()) != Some(State::Healthy))
+            .cloned()
+            .collect()
+    }
+
     fn info(&self) -> ComponentInfo {
         let (log_lines, log_lines_dropped) = self
             .logs
@@ -179,6 +216,8 @@ impl Entry {
         ComponentInfo {
             name: self.spec.name.clone(),
             version: self.spec.version.clone(),
+            kind: self.spec.kind.as_str(),
+            source: self.source,
             state: s.map(|s| s.state).unwrap_or(State::Failed),
             healthy: s.ok().and_then(|s| s.healthy),
             restarts: s.map(|s| s.restarts).unwrap_or_default(),
@@ -188,6 +227,7 @@ impl Entry {
                 .map(|t| t.elapsed().as_secs()),
             pid: s.ok().and_then(|s| s.pid),
             last_error: s.ok().and_then(|s| s.last_error.clone()),
+            rollback: s.ok().and_then(|s| s.rollback.clone()),
             waiting_for: s.map(|s| s.waiting_for.clone()).unwrap_or_default(),
             log_lines,
             log_lines_dropped,
@@ -203,89 +243,278 @@ pub enum ComponentsError {
     NotFound(String),
 }
 
-/// A component's name and its supervising task.
-type Task = (String, JoinHandle<()>);
+/// One component of the set: its entry, its task and what its last
+/// update left.
+struct Slot {
+    entry: Arc<Entry>,
+    task: Option<JoinHandle<()>>,
+    /// A spec that was rolled back, and why: asked for again, it is not
+    /// tried again.
+    refused: Option<(ComponentSpec, String)>,
+}
+
+/// The node's components, in start order (dependencies first).
+struct Set {
+    slots: Mutex<Vec<Slot>>,
+    data_dir: PathBuf,
+    changed: Arc<watch::Sender<u64>>,
+    /// One apply or shutdown at a time.
+    applying: tokio::sync::Mutex<bool>,
+}
+
+impl Set {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn find(&self, name: &str) -> Option<Arc<Entry>> {
+        self.slots()
+            .iter()
+            .find(|s| s.entry.spec.name == name)
+            .map(|s| s.entry.clone())
+    }
+}
+
+/// How long a task may take to end after its stop timeout before it is
+/// aborted (which kills its process).
+const END_SLACK: Duration = Duration::from_secs(2);
+
+/// Ask `entry`'s task to end and wait for it within its stop timeout
+/// (then abort it, which kills its process).
+async fn end_task(entry: &Entry, task: Option<JoinHandle<()>>) {
+    entry.want.send_modify(|w| w.exit = true);
+    let Some(task) = task else { return };
+    let abort = task.abort_handle();
+    if tokio::time::timeout(entry.spec.stop_timeout + END_SLACK, task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        tracing::warn!(component = %entry.spec.name, "component did not stop in time; killed");
+    }
+}
 
 /// The running supervisor; clones share it.
 #[derive(Clone)]
 pub struct Components {
-    /// In start order (dependencies first).
-    entries: Arc<Vec<Arc<Entry>>>,
-    tasks: Arc<Mutex<Vec<Task>>>,
+    set: Arc<Set>,
 }
 
 impl Components {
-    /// Check `specs` (names, dependencies, cycles) and start one task per
-    /// component; processes without their own `workdir` run in
-    /// `<data_dir>/components/<name>/<version>`. Call inside a tokio
-    /// runtime.
+    /// Check `specs` (the node config's components: names, dependencies,
+    /// cycles) and start one task per component; processes without their
+    /// own `workdir` run in `<data_dir>/components/<name>/<version>`. More
+    /// components come and go with [`Components::apply`]. Call inside a
+    /// tokio runtime.
     pub fn start(specs: &[ComponentSpec], data_dir: &Path) -> Result<Components, ComponentError> {
         let order = component_start_order(specs)?;
-        let changed = Arc::new(watch::channel(0u64).0);
-        let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(specs.len());
+        let set = Arc::new(Set {
+            slots: Mutex::new(Vec::new()),
+            data_dir: data_dir.to_owned(),
+            changed: Arc::new(watch::channel(0u64).0),
+            applying: tokio::sync::Mutex::new(false),
+        });
+        let c = Components { set };
         for name in &order {
-            let Some(spec) = specs.iter().find(|s| &s.name == name) else {
-                continue;
-            };
-            let (workdir, own_workdir) = match &spec.workdir {
-                Some(w) => (PathBuf::from(w), false),
-                None => (
-                    data_dir
-                        .join("components")
-                        .join(&spec.name)
-                        .join(&spec.version),
-                    true,
-                ),
-            };
-            entries.push(Arc::new(Entry {
-                spec: spec.clone(),
-                workdir,
-                own_workdir,
-                status: Mutex::new(Status {
-                    state: State::Installing,
-                    healthy: None,
-                    restarts: 0,
-                    started: None,
-                    pid: None,
-                    last_error: None,
-                    waiting_for: Vec::new(),
-                }),
-                logs: Arc::new(Mutex::new(LogRing::new(LOG_LINES, LOG_BYTES))),
-                want: watch::channel(Want {
-                    run: true,
-                    generation: 0,
-                    exit: false,
-                })
-                .0,
-                changed: changed.clone(),
-            }));
+            if let Some(spec) = specs.iter().find(|s| &s.name == name) {
+                let entry = c.entry_for(spec, Source::Config);
+                let task = tokio::spawn(supervise::supervise(entry.clone(), None));
+                c.set.slots().push(Slot {
+                    entry,
+                    task: Some(task),
+                    refused: None,
+                });
+            }
         }
-        let mut tasks = Vec::with_capacity(entries.len());
-        for e in &entries {
-            let deps: Vec<Arc<Entry>> = entries
-                .iter()
-                .filter(|d| e.spec.depends_on.contains(&d.spec.name))
-                .cloned()
-                .collect();
-            let task = tokio::spawn(supervise::supervise(e.clone(), deps));
-            tasks.push((e.spec.name.clone(), task));
-        }
-        Ok(Components {
-            entries: Arc::new(entries),
-            tasks: Arc::new(Mutex::new(tasks)),
+        Ok(c)
+    }
+
+    fn entry_for(&self, spec: &ComponentSpec, source: Source) -> Arc<Entry> {
+        let (workdir, own_workdir) = match &spec.workdir {
+            Some(w) => (PathBuf::from(w), false),
+            None => (component_dir(&self.set.data_dir, spec), true),
+        };
+        Arc::new(Entry {
+            spec: spec.clone(),
+            source,
+            workdir,
+            own_workdir,
+            status: Mutex::new(Status {
+                state: State::Installing,
+                healthy: None,
+                restarts: 0,
+                started: None,
+                pid: None,
+                last_error: None,
+                rollback: None,
+                waiting_for: Vec::new(),
+            }),
+            logs: Arc::new(Mutex::new(LogRing::new(LOG_LINES, LOG_BYTES))),
+            want: watch::channel(Want {
+                run: true,
+                generation: 0,
+                exit: false,
+            })
+            .0,
+            changed: self.set.changed.clone(),
+            set: Arc::downgrade(&self.set),
         })
     }
 
-    fn entry(&self, name: &str) -> Result<&Arc<Entry>, ComponentsError> {
-        self.entries
-            .iter()
-            .find(|e| e.spec.name == name)
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, ComponentsError> {
+        self.set
+            .find(name)
             .ok_or_else(|| ComponentsError::NotFound(name.to_owned()))
+    }
+
+    /// Make the cloud's components exactly `specs`: start new ones, replace
+    /// changed ones, stop and remove the ones left out. Components of the
+    /// node's config file are never touched; a cloud component with the
+    /// name of one is refused. A replaced component's new version gets its
+    /// `update_grace` to become healthy, else its old version runs again
+    /// (see [`ComponentInfo::rollback`]); a spec rolled back once is not
+    /// tried again until another is asked for. Waits for removed
+    /// components to stop (each within its stop timeout); returns one line
+    /// per component not applied.
+    pub async fn apply(&self, specs: &[ComponentSpec]) -> Vec<String> {
+        let guard = self.set.applying.lock().await;
+        if *guard {
+            return vec!["components: the node is stopping".to_owned()];
+        }
+        let mut errors = Vec::new();
+        let (config, current): (Vec<ComponentSpec>, Vec<ComponentSpec>) = {
+            let slots = self.set.slots();
+            let config = slots
+                .iter()
+                .filter(|s| s.entry.source == Source::Config)
+                .map(|s| s.entry.spec.clone())
+                .collect();
+            let current = slots
+                .iter()
+                .filter(|s| s.entry.source == Source::Cloud)
+                .map(|s| s.entry.spec.clone())
+                .collect();
+            (config, current)
+        };
+        let mut wanted: Vec<ComponentSpec> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if let Err(e) = spec.validate() {
+                errors.push(e.to_string());
+            } else if config.iter().any(|c| c.name == spec.name) {
+                errors.push(format!(
+                    "component `{}`: the node's config file defines it; the cloud's is not applied",
+                    spec.name
+                ));
+            } else {
+                wanted.push(spec.clone());
+            }
+        }
+        let all: Vec<ComponentSpec> = config.iter().chain(&wanted).cloned().collect();
+        let order = match component_start_order(&all) {
+            Ok(o) => o,
+            Err(e) => {
+                errors.push(format!("components not applied: {e}"));
+                return errors;
+            }
+        };
+        // Removed ones stop first, together.
+        let removed: Vec<(Arc<Entry>, Option<JoinHandle<()>>)> = {
+            let mut slots = self.set.slots();
+            let mut out = Vec::new();
+            slots.retain_mut(|s| {
+                let keep = s.entry.source == Source::Config
+                    || wanted.iter().any(|w| w.name == s.entry.spec.name);
+                if !keep {
+                    out.push((s.entry.clone(), s.task.take()));
+                }
+                keep
+            });
+            out
+        };
+        let mut stopping = tokio::task::JoinSet::new();
+        for (entry, task) in removed {
+            tracing::info!(component = %entry.spec.name, "component removed from the desired state; stopping it");
+            stopping.spawn(async move { end_task(&entry, task).await });
+        }
+        while stopping.join_next().await.is_some() {}
+        self.set.changed.send_modify(|v| *v = v.wrapping_add(1));
+        for spec in &wanted {
+            let old = current.iter().find(|c| c.name == spec.name);
+            match old {
+                None => {
+                    let entry = self.entry_for(spec, Source::Cloud);
+                    tracing::info!(component = %spec.name, version = %spec.version, "component added");
+                    let task = tokio::spawn(supervise::supervise(entry.clone(), None));
+                    self.set.slots().push(Slot {
+                        entry,
+                        task: Some(task),
+                        refused: None,
+                    });
+                }
+                Some(old) if old == spec => {}
+                Some(_) => {
+                    if let Some(e) = self.replace(spec) {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        // Keep the start order, so the node stops dependents first.
+        self.set.slots().sort_by_key(|s| {
+            order
+                .iter()
+                .position(|n| n == &s.entry.spec.name)
+                .unwrap_or(usize::MAX)
+        });
+        // Ones refused before and asked for again are reported each time.
+        for s in self.set.slots().iter() {
+            if let Some((refused, why)) = &s.refused
+                && wanted.iter().any(|w| w == refused)
+            {
+                errors.push(format!(
+                    "component `{}`: version {} was rolled back: {why}",
+                    refused.name, refused.version
+                ));
+            }
+        }
+        drop(guard);
+        errors
+    }
+
+    /// Replace the running component of `spec`'s name with `spec`: the
+    /// new version's task starts once the old one's has ended, and a
+    /// watcher rolls back to the old spec if the new one is not healthy
+    /// within its `update_grace`. `Some` when it is not replaced.
+    fn replace(&self, spec: &ComponentSpec) -> Option<String> {
+        let old = {
+            let mut slots = self.set.slots();
+            let slot = slots.iter_mut().find(|s| s.entry.spec.name == spec.name)?;
+            if slot.refused.as_ref().is_some_and(|(r, _)| r == spec) {
+                return None;
+            }
+            let new_entry = self.entry_for(spec, Source::Cloud);
+            let old_entry = std::mem::replace(&mut slot.entry, new_entry.clone());
+            slot.refused = None;
+            // The old version's task ends first (its process stopped), then
+            // the new one starts.
+            old_entry.want.send_modify(|w| w.exit = true);
+            let previous = slot.task.take().map(|t| (old_entry.clone(), t));
+            slot.task = Some(tokio::spawn(supervise::supervise(new_entry, previous)));
+            old_entry.spec.clone()
+        };
+        tracing::info!(
+            component = %spec.name,
+            from = %old.version,
+            to = %spec.version,
+            "component update: the old version stops, the new one starts"
+        );
+        tokio::spawn(watch_update(self.clone(), old, spec.clone()));
+        None
     }
 
     /// Every component, in start order.
     pub fn list(&self) -> Vec<ComponentInfo> {
-        self.entries.iter().map(|e| e.info()).collect()
+        self.set.slots().iter().map(|s| s.entry.info()).collect()
     }
 
     /// One component.
@@ -343,22 +572,19 @@ impl Components {
     }
 
     /// Stop every component, dependents before their dependencies, each
-    /// within its stop timeout, and end their tasks.
+    /// within its stop timeout, and end their tasks; later applies are
+    /// refused.
     pub async fn shutdown(&self) {
-        let tasks = match self.tasks.lock() {
-            Ok(mut t) => std::mem::take(&mut *t),
-            Err(_) => return,
-        };
-        for (name, task) in tasks.into_iter().rev() {
-            let Ok(e) = self.entry(&name) else { continue };
-            e.want.send_modify(|w| w.exit = true);
-            let limit = e.spec.stop_timeout + Duration::from_secs(2);
-            let abort = task.abort_handle();
-            if tokio::time::timeout(limit, task).await.is_err() {
-                // Dropping the task kills its process (kill_on_drop).
-                abort.abort();
-                tracing::warn!(component = %name, "component did not stop in time; killed");
-            }
+        let mut guard = self.set.applying.lock().await;
+        *guard = true;
+        let slots: Vec<(Arc<Entry>, Option<JoinHandle<()>>)> = self
+            .set
+            .slots()
+            .iter_mut()
+            .map(|s| (s.entry.clone(), s.task.take()))
+            .collect();
+        for (entry, task) in slots.into_iter().rev() {
+            end_task(&entry, task).await;
         }
     }
 
@@ -422,4 +648,127 @@ impl Components {
             );
         }
     }
+}
+
+/// Lines of a component's output in the cloud's status report.
+pub const REPORT_LOG_LINES: usize = 10;
+/// Characters kept of each of them.
+const REPORT_LINE_CHARS: usize = 240;
+
+impl verge_agent::ComponentHost for Components {
+    fn apply<'a>(&'a self, specs: &'a [ComponentSpec]) -> verge_agent::ApplyFuture<'a> {
+        Box::pin(Components::apply(self, specs))
+    }
+
+    fn report(&self) -> Vec<serde_json::Value> {
+        let slots: Vec<Arc<Entry>> = self.set.slots().iter().map(|s| s.entry.clone()).collect();
+        slots
+            .iter()
+            .filter_map(|e| {
+                let mut v = serde_json::to_value(e.info()).ok()?;
+                let tail: Vec<serde_json::Value> = e
+                    .logs
+                    .lock()
+                    .map(|l| l.tail(REPORT_LOG_LINES))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|l| {
+                        let mut line = l.line;
+                        if line.len() > REPORT_LINE_CHARS {
+                            let mut cut = REPORT_LINE_CHARS;
+                            while !line.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            line.truncate(cut);
+                        }
+                        serde_json::json!({"stream": l.stream, "line": line})
+                    })
+                    .collect();
+                if let Some(m) = v.as_object_mut() {
+                    m.insert("log_tail".into(), tail.into());
+                }
+                Some(v)
+            })
+            .collect()
+    }
+}
+
+/// A component's own directory: `<data_dir>/components/<name>/<version>`
+/// (where the agent unpacks its artifact).
+pub use verge_agent::artifact::component_dir;
+
+/// After `new` replaced `old`: the new version must be healthy at the end
+/// of its `update_grace` without a failure in between (a restart, or the
+/// `failed`, `unhealthy` or `backoff` states). If it is not (and is still the running
+/// spec), start `old` again and keep why on both.
+async fn watch_update(c: Components, old: ComponentSpec, new: ComponentSpec) {
+    let mut changed = c.set.changed.subscribe();
+    let deadline = tokio::time::Instant::now() + new.update_grace;
+    loop {
+        changed.borrow_and_update();
+        let Some(entry) = c.set.find(&new.name) else {
+            return;
+        };
+        if entry.spec != new {
+            return; // replaced or removed since
+        }
+        let info = entry.info();
+        let failed = info.restarts > 0
+            || matches!(
+                info.state,
+                State::Failed | State::Unhealthy | State::Backoff
+            );
+        if failed {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if info.state == State::Healthy {
+                tracing::info!(component = %new.name, version = %new.version, "component update healthy");
+                return;
+            }
+            break;
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+    let stopping = c.set.applying.lock().await;
+    if *stopping {
+        return;
+    }
+    let (last, reason) = {
+        let Some(entry) = c.set.find(&new.name) else {
+            return;
+        };
+        if entry.spec != new {
+            return;
+        }
+        let info = entry.info();
+        let last = info
+            .last_error
+            .unwrap_or_else(|| format!("state {}", info.state.as_str()));
+        let reason = format!(
+            "version {} did not become healthy within {} s ({last}); version {} runs again",
+            new.version,
+            new.update_grace.as_secs(),
+            old.version
+        );
+        (last, reason)
+    };
+    tracing::warn!(component = %new.name, "component update rolled back: {reason}");
+    let mut slots = c.set.slots();
+    let Some(slot) = slots.iter_mut().find(|s| s.entry.spec == new) else {
+        return;
+    };
+    let back = c.entry_for(&old, Source::Cloud);
+    back.update(|s| {
+        s.rollback = Some(reason.clone());
+        s.last_error = Some(format!("update to {} rolled back: {last}", new.version));
+    });
+    let failed = std::mem::replace(&mut slot.entry, back.clone());
+    failed.want.send_modify(|w| w.exit = true);
+    let previous = slot.task.take().map(|t| (failed, t));
+    slot.task = Some(tokio::spawn(supervise::supervise(back, previous)));
+    slot.refused = Some((new, reason));
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio::process::Child;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use verge_protocol::{HealthKind, RestartPolicy};
 
 use super::process::{self, Signal};
@@ -22,8 +23,14 @@ enum Ended {
     Interrupted,
 }
 
-/// Run `e` until the node stops; `deps` are the components it waits for.
-pub(super) async fn supervise(e: Arc<Entry>, deps: Vec<Arc<Entry>>) {
+/// Run `e` until the node stops or it is removed or replaced. `previous`
+/// is the task of the component it replaces: it starts once that one has
+/// ended (its process stopped).
+pub(super) async fn supervise(e: Arc<Entry>, previous: Option<(Arc<Entry>, JoinHandle<()>)>) {
+    if let Some((old, task)) = previous {
+        e.update(|s| s.state = State::Starting);
+        super::end_task(&old, Some(task)).await;
+    }
     let mut want_rx = e.want.subscribe();
     // Restarts within the restart window, for the limit.
     let mut history: VecDeque<Instant> = VecDeque::new();
@@ -64,7 +71,7 @@ pub(super) async fn supervise(e: Arc<Entry>, deps: Vec<Arc<Entry>>) {
             }
             continue;
         }
-        if !wait_for(&e, &deps, &mut want_rx).await {
+        if !wait_for(&e, &mut want_rx).await {
             continue;
         }
         let run_started = Instant::now();
@@ -147,15 +154,11 @@ async fn park_failed(e: &Entry, want_rx: &mut watch::Receiver<Want>, reason: Str
 
 /// Wait until every dependency is healthy; false when the want changed
 /// first.
-async fn wait_for(e: &Entry, deps: &[Arc<Entry>], want_rx: &mut watch::Receiver<Want>) -> bool {
+async fn wait_for(e: &Entry, want_rx: &mut watch::Receiver<Want>) -> bool {
     let mut changed = e.changed.subscribe();
     loop {
         changed.borrow_and_update();
-        let missing: Vec<String> = deps
-            .iter()
-            .filter(|d| d.state() != State::Healthy)
-            .map(|d| d.spec.name.clone())
-            .collect();
+        let missing = e.unhealthy_dependencies();
         let differs = e
             .status
             .lock()
