@@ -314,8 +314,8 @@ async fn apply_rule(
 /// Install the artifacts of `specs` (fetched when not on disk yet), then
 /// have the supervisor run exactly them. A component whose artifact cannot
 /// be installed keeps the version the previous state ran (or is not
-/// started); old versions' directories are removed, but for the one the
-/// previous state ran (the way back of an update).
+/// started); old versions' directories are removed, but for the one that
+/// ran before (the way back of an update).
 async fn apply_components(
     parts: &NodeParts,
     source: &artifact::Source<'_>,
@@ -349,15 +349,29 @@ async fn apply_components(
             }
         }
     }
+    // What runs before this apply: its directory stays as the way back.
+    let running: Vec<(String, String)> = host
+        .report()
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c["name"].as_str()?.to_owned(),
+                c["version"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
     errors.extend(host.apply(&ready).await);
     for spec in &ready {
         if spec.artifact.is_none() {
             continue;
         }
         let mut keep = vec![spec.version.as_str()];
-        if let Some(old) = previous(&spec.name) {
-            keep.push(old.version.as_str());
-        }
+        keep.extend(
+            running
+                .iter()
+                .filter(|(n, _)| n == &spec.name)
+                .map(|(_, v)| v.as_str()),
+        );
         artifact::prune(&parts.data_dir, &spec.name, &keep);
     }
     for old in prev.map(|p| p.components.as_slice()).unwrap_or_default() {

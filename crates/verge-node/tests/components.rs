@@ -603,9 +603,21 @@ async fn apply_adds_replaces_and_removes_cloud_components_and_leaves_config_ones
     let c = Components::start(&[spec("local", "exec sleep 1000", json!({}))], dir.path())
         .expect("start");
     let local = wait_for(&c, "local", "healthy", |i| i.state == State::Healthy).await;
+    // A relative command with a slash is the component's own file.
+    let own = dir.path().join("components/a/1.0.0");
+    std::fs::create_dir_all(&own).expect("dir");
+    std::fs::write(own.join("run.sh"), "#!/bin/sh\nexec sleep 1000\n").expect("script");
+    std::fs::set_permissions(
+        own.join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("mode");
+    let mut a = cloud("a", "1.0.0", "", json!({}));
+    a.command = "./run.sh".into();
+    a.args.clear();
     let errors = c
         .apply(&[
-            cloud("a", "1.0.0", "exec sleep 1000", json!({})),
+            a,
             // A cloud component may depend on a config one.
             cloud(
                 "b",

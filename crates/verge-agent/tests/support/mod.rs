@@ -62,6 +62,10 @@ pub struct CloudState {
     pub hold_ms: AtomicU64,
     /// Polls now waiting for a change.
     pub waiting: AtomicU64,
+    /// Component archives by (name, version).
+    pub artifacts: Mutex<std::collections::HashMap<(String, String), Vec<u8>>>,
+    /// Archive downloads served.
+    pub downloads: AtomicU64,
 }
 
 pub struct FakeCloud {
@@ -150,11 +154,17 @@ impl FakeCloud {
             polls: AtomicU64::new(0),
             hold_ms: AtomicU64::new(60_000),
             waiting: AtomicU64::new(0),
+            artifacts: Mutex::new(std::collections::HashMap::new()),
+            downloads: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/api/agent/join", post(join))
             .route("/api/agent/desired", get(desired_state))
             .route("/api/agent/status", post(status))
+            .route(
+                verge_protocol::paths::COMPONENT_ARTIFACT,
+                get(component_archive),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -227,6 +237,79 @@ fn node_authorized(s: &CloudState, headers: &HeaderMap) -> bool {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == expected)
+}
+
+async fn component_archive(
+    State(s): State<Arc<CloudState>>,
+    headers: HeaderMap,
+    axum::extract::Path((name, version)): axum::extract::Path<(String, String)>,
+) -> Response {
+    if !node_authorized(&s, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "bad node credentials",
+        );
+    }
+    let body = s.artifacts.lock().unwrap().get(&(name, version)).cloned();
+    match body {
+        Some(b) => {
+            s.downloads.fetch_add(1, Ordering::SeqCst);
+            b.into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such artifact"),
+    }
+}
+
+/// A component supervisor that records what it is asked to run.
+#[derive(Default)]
+pub struct RecordingHost {
+    /// Every apply's specs.
+    pub applies: Mutex<Vec<Vec<verge_protocol::ComponentSpec>>>,
+}
+
+impl verge_agent::ComponentHost for RecordingHost {
+    fn apply<'a>(
+        &'a self,
+        specs: &'a [verge_protocol::ComponentSpec],
+    ) -> verge_agent::ApplyFuture<'a> {
+        self.applies.lock().unwrap().push(specs.to_vec());
+        Box::pin(async { Vec::new() })
+    }
+
+    fn report(&self) -> Vec<Value> {
+        let last = self
+            .applies
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default();
+        last.iter()
+            .map(|s| json!({"name": s.name, "version": s.version, "state": "healthy"}))
+            .collect()
+    }
+}
+
+impl RecordingHost {
+    /// The specs of the last apply.
+    pub fn last(&self) -> Option<Vec<verge_protocol::ComponentSpec>> {
+        self.applies.lock().unwrap().last().cloned()
+    }
+}
+
+/// A gzipped tar archive of `files` (path, contents, mode).
+pub fn tar_gz(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
 }
 
 async fn join(State(s): State<Arc<CloudState>>, Json(req): Json<JoinRequest>) -> Response {
@@ -388,6 +471,15 @@ impl TestNode {
 
     pub async fn agent(&self, creds: Credentials) -> Agent {
         Agent::start(creds, self.cloud_dir(), self.parts())
+            .await
+            .expect("agent")
+    }
+
+    /// An agent whose node runs `host` as its component supervisor.
+    pub async fn agent_with(&self, creds: Credentials, host: Arc<RecordingHost>) -> Agent {
+        let mut parts = self.parts();
+        parts.components = Some(host);
+        Agent::start(creds, self.cloud_dir(), parts)
             .await
             .expect("agent")
     }

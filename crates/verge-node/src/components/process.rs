@@ -1,6 +1,7 @@
 //! Starting a component's process (its own process group, output piped
 //! into its log ring) and signalling its group.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -13,10 +14,18 @@ use super::log::{LogRing, take_lines};
 /// Spawn `spec` in `workdir`, its stdout and stderr read into `logs`.
 pub fn spawn(
     spec: &ComponentSpec,
-    workdir: &std::path::Path,
+    workdir: &Path,
     logs: &Arc<Mutex<LogRing>>,
 ) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&spec.command);
+    // A relative path with a slash (`./run.sh`, `bin/reader`) is the
+    // component's own file, in its working directory.
+    let program = Path::new(&spec.command);
+    let program = if program.is_relative() && spec.command.contains('/') {
+        workdir.join(program)
+    } else {
+        program.to_path_buf()
+    };
+    let mut cmd = Command::new(program);
     cmd.args(&spec.args)
         .current_dir(workdir)
         .envs(super::env::component_env(spec, workdir))
