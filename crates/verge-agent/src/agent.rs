@@ -22,6 +22,11 @@ const WAIT_MS: u64 = 25_000;
 const POLL_TIMEOUT: Duration = Duration::from_millis(WAIT_MS + 10_000);
 /// Heartbeat period.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Least time between two reports sent for component state changes.
+const TRANSITION_GAP: Duration = Duration::from_secs(1);
+/// Wait after a component state change, so the changes of one event go
+/// in one report.
+const TRANSITION_SETTLE: Duration = Duration::from_millis(100);
 /// Time limit of a heartbeat.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First retry delay after a failed poll; doubles up to [`BACKOFF_MAX`].
@@ -263,6 +268,14 @@ fn load_desired(dir: &std::path::Path) -> Option<DesiredState> {
     }
 }
 
+/// Sleep until `at`, unless asked to stop first; `true` when asked to stop.
+async fn sleep_until_or_stop(at: tokio::time::Instant, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(at) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
 /// Sleep, unless asked to stop first; `true` when asked to stop.
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
@@ -435,12 +448,36 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let url = format!("{}{}", ctx.creds.cloud_url, verge_protocol::paths::STATUS);
     let mut failing: Option<String> = None;
+    let mut transitions = ctx.parts.components.as_ref().and_then(|c| c.transitions());
+    let mut last_sent = tokio::time::Instant::now();
     loop {
+        let transition = async {
+            match transitions.as_mut() {
+                Some(t) => t.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
             _ = ctx.report_now.notified() => {}
+            alive = transition => {
+                if !alive {
+                    transitions = None;
+                    continue;
+                }
+                // A burst of changes (a crash loop, an update) is one
+                // report, at most one per TRANSITION_GAP.
+                let at = (last_sent + TRANSITION_GAP).max(tokio::time::Instant::now() + TRANSITION_SETTLE);
+                if sleep_until_or_stop(at, &mut stop).await {
+                    return;
+                }
+                if let Some(t) = transitions.as_mut() {
+                    t.borrow_and_update();
+                }
+            }
             _ = stop.changed() => return,
         }
+        last_sent = tokio::time::Instant::now();
         let (version, errors, drift) = {
             let s = ctx.status();
             (s.applied_version, s.apply_errors.clone(), s.drift.clone())

@@ -28,6 +28,11 @@ pub trait ComponentHost: Send + Sync {
     /// Each component's status object, as the node's components API shows
     /// it.
     fn report(&self) -> Vec<serde_json::Value>;
+    /// A value that changes whenever a component's state changes, so the
+    /// agent reports it without waiting for the next heartbeat.
+    fn transitions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// The parts of the running node the agent manages.

@@ -134,3 +134,43 @@ async fn an_archive_the_cloud_does_not_have_is_an_apply_error_naming_the_compone
     assert_eq!(host.last(), Some(vec![]), "nothing to run");
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_component_state_change_is_reported_before_the_next_heartbeat() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::new(dir.path()).await;
+    let host = Arc::new(RecordingHost::default());
+    let spec: ComponentSpec =
+        serde_json::from_value(json!({"name": "svc", "version": "1", "command": "true"})).unwrap();
+    cloud.publish(|d| d.components = vec![spec.clone()]);
+    let agent = node.agent_with(cloud.creds(), host.clone()).await;
+    let state_in_last = |cloud: &FakeCloud| {
+        cloud
+            .reports()
+            .last()
+            .and_then(|r| r.components.first().map(|c| c["state"].clone()))
+    };
+    eventually("a report with the component", || async {
+        state_in_last(&cloud) == Some(json!("healthy"))
+    })
+    .await;
+    // Right after a heartbeat, the next periodic one is 5 s away.
+    let sent = cloud.reports().len();
+    eventually("the next heartbeat", || async {
+        cloud.reports().len() > sent
+    })
+    .await;
+    let changed = std::time::Instant::now();
+    host.set_state("backoff");
+    eventually("the change reported", || async {
+        state_in_last(&cloud) == Some(json!("backoff"))
+    })
+    .await;
+    let took = changed.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "reported after {took:?}: it waited for the periodic heartbeat"
+    );
+    agent.shutdown().await;
+}

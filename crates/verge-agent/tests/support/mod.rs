@@ -266,6 +266,10 @@ async fn component_archive(
 pub struct RecordingHost {
     /// Every apply's specs.
     pub applies: Mutex<Vec<Vec<verge_protocol::ComponentSpec>>>,
+    /// The state every component reports (`healthy` when unset).
+    pub state: Mutex<Option<String>>,
+    /// Bumped by [`RecordingHost::set_state`].
+    pub transitions: watch::Sender<u64>,
 }
 
 impl verge_agent::ComponentHost for RecordingHost {
@@ -285,13 +289,29 @@ impl verge_agent::ComponentHost for RecordingHost {
             .last()
             .cloned()
             .unwrap_or_default();
+        let state = self
+            .state
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| "healthy".into());
         last.iter()
-            .map(|s| json!({"name": s.name, "version": s.version, "state": "healthy"}))
+            .map(|s| json!({"name": s.name, "version": s.version, "state": state}))
             .collect()
+    }
+
+    fn transitions(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.transitions.subscribe())
     }
 }
 
 impl RecordingHost {
+    /// Every component is now in `state`.
+    pub fn set_state(&self, state: &str) {
+        *self.state.lock().unwrap() = Some(state.into());
+        self.transitions.send_modify(|v| *v += 1);
+    }
+
     /// The specs of the last apply.
     pub fn last(&self) -> Option<Vec<verge_protocol::ComponentSpec>> {
         self.applies.lock().unwrap().last().cloned()

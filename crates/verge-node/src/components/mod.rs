@@ -173,18 +173,28 @@ struct Entry {
     status: Mutex<Status>,
     logs: Arc<Mutex<LogRing>>,
     want: watch::Sender<Want>,
-    /// Bumped on every state change of any component.
+    /// Bumped on every status change of any component.
     changed: Arc<watch::Sender<u64>>,
+    /// Bumped when any component's lifecycle state changes.
+    transitions: Arc<watch::Sender<u64>>,
     /// The components of the node, to look dependencies up by name.
     set: Weak<Set>,
 }
 
 impl Entry {
     fn update(&self, f: impl FnOnce(&mut Status)) {
-        if let Ok(mut s) = self.status.lock() {
-            f(&mut s);
-        }
+        let moved = match self.status.lock() {
+            Ok(mut s) => {
+                let before = s.state;
+                f(&mut s);
+                s.state != before
+            }
+            Err(_) => false,
+        };
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        if moved {
+            self.transitions.send_modify(|v| *v = v.wrapping_add(1));
+        }
     }
 
     fn state(&self) -> State {
@@ -258,6 +268,7 @@ struct Set {
     slots: Mutex<Vec<Slot>>,
     data_dir: PathBuf,
     changed: Arc<watch::Sender<u64>>,
+    transitions: Arc<watch::Sender<u64>>,
     /// One apply or shutdown at a time.
     applying: tokio::sync::Mutex<bool>,
 }
@@ -312,6 +323,7 @@ impl Components {
             slots: Mutex::new(Vec::new()),
             data_dir: data_dir.to_owned(),
             changed: Arc::new(watch::channel(0u64).0),
+            transitions: Arc::new(watch::channel(0u64).0),
             applying: tokio::sync::Mutex::new(false),
         });
         let c = Components { set };
@@ -357,6 +369,7 @@ impl Components {
             })
             .0,
             changed: self.set.changed.clone(),
+            transitions: self.set.transitions.clone(),
             set: Arc::downgrade(&self.set),
         })
     }
@@ -690,6 +703,10 @@ impl verge_agent::ComponentHost for Components {
                 Some(v)
             })
             .collect()
+    }
+
+    fn transitions(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.set.transitions.subscribe())
     }
 }
 
