@@ -561,6 +561,10 @@ pub async fn unassign(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// One assignment of a node: name, version, assigned_ms, kind and the
+/// version's artifact digest and size.
+type AssignedRow = (String, String, i64, String, Option<String>, Option<i64>);
+
 /// `NodeComponent`s of `node`: each assigned component with the node's
 /// report of it, then the components the node reports that the cloud did
 /// not assign (its own, from its config file) with `version` null.
@@ -572,7 +576,7 @@ async fn node_components_json(cloud: &Cloud, node: &str) -> Result<Vec<Value>, A
         "node",
     )
     .await?;
-    let rows: Vec<(String, String, i64, String, Option<String>, Option<i64>)> = sqlx::query_as(
+    let rows: Vec<AssignedRow> = sqlx::query_as(
         "SELECT a.name, a.version, a.assigned_ms, c.kind, c.artifact_sha256, c.artifact_size \
          FROM node_components a JOIN component_versions c ON c.name = a.name AND c.version = a.version \
          WHERE a.node_id = $1 ORDER BY a.name",
