@@ -6,29 +6,6 @@
 
 // ---------------------------------------------------------------- components
 
-/** PUT a file as `application/gzip`; resolves with the parsed answer. */
-async function uploadGzip(path, file) {
-  let res;
-  try {
-    res = await fetch(path, {
-      method: "PUT",
-      headers: { Authorization: `Bearer ${token()}`, "Content-Type": "application/gzip" },
-      body: file,
-    });
-  } catch (e) {
-    throw new ApiError(0, "network", `cannot reach the cloud (${e.message})`);
-  }
-  const text = await res.text();
-  let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
-  if (!res.ok) {
-    const err = (data && typeof data === "object" && data.error) || {};
-    if (res.status === 401) loggedOut("token refused");
-    throw new ApiError(res.status, err.code || `http_${res.status}`, err.message || res.statusText, err);
-  }
-  return data;
-}
-
 /** One line of a reported log tail: a string or `{stream, line}`. */
 function logLine(l) {
   if (typeof l === "string") return l;
@@ -87,7 +64,7 @@ function componentsPage() {
       let note = `added ${r.name} ${r.version}`;
       const f = file.files[0];
       if (kind.value === "process" && f) {
-        const up = await uploadGzip(`/api/components/${enc(r.name)}/versions/${enc(r.version)}/artifact`, f);
+        const up = await apiUpload("PUT", `/api/components/${enc(r.name)}/versions/${enc(r.version)}/artifact`, f, "application/gzip");
         note += ` with files (${bytes(up.artifact.size)}, sha256 ${up.artifact.sha256.slice(0, 12)})`;
       }
       added.textContent = note;

@@ -104,7 +104,7 @@ fn reason(status: u16) -> &'static str {
         }
         404 => "not_found",
         409 => {
-            "conflict: the name is taken or the resource is in use; node_offline: a command's node is not online"
+            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, or a node's components could not run together; node_offline: a command's node is not online"
         }
         413 => "payload_too_large",
         _ => "error",
