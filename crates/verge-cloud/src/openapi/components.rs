@@ -67,18 +67,12 @@ fn artifact() -> Value {
     })
 }
 
-/// A node's report of one component: optional keys, as the node sends them.
+/// A node's report of one component, as the node sends it: any object
+/// (the cloud stores the report as it came), so no key is promised.
 pub(super) fn component_status() -> Value {
     json!({
         "type": "object", "nullable": true,
-        "description": "the node's last report of the component (keys as the node's components API shows them); null when it reported none",
-        "properties": {
-            "name": string(), "version": string(), "kind": string(), "state": string(),
-            "healthy": {"type": "boolean"}, "restarts": uint(),
-            "uptime_seconds": {"type": "number", "nullable": true},
-            "last_error": {"type": "string", "nullable": true},
-            "log_tail": {"type": "array", "items": {}},
-        },
+        "description": "the node's last report of the component, as its components API shows it: usually `name`, `version`, `kind`, `state`, `healthy`, `restarts`, `uptime_seconds`, `last_error`, and `log_tail` (recent output lines) when the node sends it; any key may be missing. Null when the node reported none",
     })
 }
 
@@ -155,7 +149,7 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
                 json!({
                     "node_id": name_schema(), "name": string(),
                     "version": {"type": "string", "nullable": true, "description": "the assigned version; null for a component the node runs from its own config"},
-                    "kind": {"type": "string", "nullable": true},
+                    "kind": {"nullable": true, "description": "`process` or `container` for an assigned one; as the node reports it otherwise"},
                     "assigned_ms": {"type": "integer", "format": "int64", "nullable": true},
                     "artifact": artifact(),
                     "status": component_status(),
