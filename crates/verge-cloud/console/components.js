@@ -19,7 +19,9 @@ function componentStatusCells(st) {
   const tail = Array.isArray(s.log_tail) ? s.log_tail.slice(-20) : [];
   return [
     h("td", { testid: "component-state" }, s.state ? badge(s.state) : "not reported",
-      s.healthy === true ? h("div", { class: "muted" }, "healthy") : s.healthy === false ? h("div", { class: "muted" }, "not healthy") : null),
+      // Health in words only where the state does not already say it.
+      typeof s.healthy === "boolean" && !["healthy", "unhealthy"].includes(s.state)
+        ? h("div", { class: "muted" }, s.healthy ? "healthy" : "not healthy") : null),
     h("td", { testid: "component-restarts" }, s.restarts ?? "–"),
     h("td", { class: "muted" }, s.uptime_seconds === undefined || s.uptime_seconds === null ? "–" : duration(Math.round(s.uptime_seconds))),
     h("td", { class: "error", testid: "component-last-error" }, s.last_error || ""),
