@@ -46,7 +46,7 @@ pub async fn assemble(
     .bind(node_id)
     .fetch_all(&mut *tx)
     .await?;
-    let components = crate::api::components::assigned_specs(&mut tx, node_id).await?;
+    let components = crate::api::assignments::assigned_specs(&mut tx, node_id).await?;
     tx.commit().await?;
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Some(DesiredState {

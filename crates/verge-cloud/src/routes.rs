@@ -10,7 +10,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::Value;
 
 use crate::Cloud;
-use crate::api::{agent, components, devices, functions, nodes, rules, tokens};
+use crate::api::{agent, assignments, components, devices, functions, nodes, rules, tokens};
 use crate::error::AppError;
 
 pub use crate::openapi::document as openapi;
@@ -413,7 +413,7 @@ pub fn routes() -> Vec<Route> {
         )
         .ok(200, "NodeComponent[]")
         .errors(&[404])
-        .to(components::of_node),
+        .to(assignments::of_node),
         op(
             "PUT",
             "/api/nodes/{id}/components/{name}",
@@ -423,7 +423,7 @@ pub fn routes() -> Vec<Route> {
         .ok(200, "NodeComponent")
         .also(201)
         .errors(&[404, 409])
-        .to(components::assign),
+        .to(assignments::assign),
         op(
             "DELETE",
             "/api/nodes/{id}/components/{name}",
@@ -431,7 +431,7 @@ pub fn routes() -> Vec<Route> {
         )
         .empty(204)
         .errors(&[404, 409])
-        .to(components::unassign),
+        .to(assignments::unassign),
         // node protocol
         op(
             "POST",
@@ -462,7 +462,7 @@ pub fn routes() -> Vec<Route> {
         .auth("node")
         .ok(200, "Gzip")
         .errors(&[404])
-        .to(components::artifact_for_node),
+        .to(assignments::artifact_for_node),
         op("POST", verge_protocol::paths::STATUS, "a node's heartbeat")
             .auth("node")
             .body("StatusReport")
