@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -244,6 +245,48 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     expect(page.get_by_test_id("rule-error")).to_be_hidden()
     expect(page.locator('[data-testid="rule-row"][data-id="to-function"]')).to_be_visible()
 
+    # 5c. A component: a process version with its files (.tar.gz) added
+    #     in the console, then assigned to the node; both pages show it.
+    archive = Path(workdir) / "ticker-1.0.0.tar.gz"
+    script = Path(workdir) / "ticker.sh"
+    script.write_text("#!/bin/sh\nwhile true; do echo tick; sleep 1; done\n")
+    script.chmod(0o755)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(script, arcname="ticker.sh")
+    goto(page, "nav-components")
+    page.get_by_test_id("component-name").fill("ticker")
+    page.get_by_test_id("component-version").fill("1.0.0")
+    page.get_by_test_id("component-kind").select_option("process")
+    page.get_by_test_id("component-command").fill("/bin/sh")
+    page.get_by_test_id("component-spec").fill('{"args": ["ticker.sh"], "restart": "always"}')
+    page.get_by_test_id("component-artifact").set_input_files(str(archive))
+    page.get_by_test_id("component-add").click()
+    expect(page.get_by_test_id("component-added")).to_contain_text("added ticker 1.0.0 with files")
+    component_row = page.locator('[data-testid="component-row"][data-name="ticker"]')
+    expect(component_row.get_by_test_id("component-latest")).to_have_text("1.0.0")
+    # A spec the node could not run is refused inline, naming the key.
+    page.get_by_test_id("component-name").fill("no-image")
+    page.get_by_test_id("component-kind").select_option("container")
+    page.get_by_test_id("component-command").fill("")
+    page.get_by_test_id("component-spec").fill("{}")
+    page.get_by_test_id("component-add").click()
+    expect(page.get_by_test_id("component-error")).to_contain_text("invalid_component")
+    expect(page.get_by_test_id("component-error")).to_contain_text("image")
+    # Assign 1.0.0 to the node.
+    page.locator(f'#assign-node option[value="{node_id}"]').wait_for(state="attached")
+    page.get_by_test_id("assign-node").select_option(node_id)
+    page.locator('#assign-component option[value="ticker"]').wait_for(state="attached")
+    page.get_by_test_id("assign-component").select_option("ticker")
+    page.locator('#assign-version option[value="1.0.0"]').wait_for(state="attached")
+    page.get_by_test_id("assign-version").select_option("1.0.0")
+    page.get_by_test_id("assign-run").click()
+    expect(page.get_by_test_id("assign-done")).to_contain_text(f"ticker 1.0.0 assigned to {node_id}")
+    on_node = page.locator(f'[data-testid="component-node-row"][data-name="ticker"][data-node="{node_id}"]')
+    expect(on_node.get_by_test_id("component-node-version")).to_contain_text("1.0.0")
+    desired = api(cloud_url, admin_token, f"/api/nodes/{node_id}/desired")
+    ticker = [c for c in desired.get("components", []) if c["name"] == "ticker"]
+    assert ticker and ticker[0]["artifact"]["size"] == archive.stat().st_size, desired
+
     # 6. The function's output arrives in the live message view.
     goto(page, "nav-messages")
     page.locator(f'#messages-node option[value="{node_id}"]').wait_for(state="attached")
@@ -263,6 +306,7 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     expect(page.get_by_test_id("node-summary")).to_contain_text("online")
     expect(page.get_by_test_id("chart-cpu").locator("svg")).to_be_visible()
     expect(page.locator('#node-rules [data-id="to-function"]')).to_be_visible()
+    expect(page.locator('#node-components [data-name="ticker"]')).to_be_visible()
     expect(page.get_by_test_id("live-messages").locator('[data-topic^="processed/"]').first).to_be_visible(timeout=SLOW)
     assert device.alive(), f"the simulated device stopped:\n{device.output()}"
 

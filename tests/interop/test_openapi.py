@@ -50,6 +50,10 @@ CHECKS = [
 # (crates/verge-cloud/src/openapi.rs).
 KNOWN_DEFECTS = {}
 
+# A component's archive is uploaded as raw `application/gzip` bytes: sent
+# as generated, as schemathesis sends `application/octet-stream`.
+schemathesis.serializer.alias("application/gzip", "application/octet-stream")
+
 
 def request(base, method, path, token=None, body=None):
     data = None if body is None else json.dumps(body).encode()
@@ -128,6 +132,9 @@ def load_schema(server):
     schemas["RuleBody"]["example"] = {
         "id": "r1", "node_id": "schemathesis-node",
         "sql": 'SELECT * FROM "devices/+/telemetry"', "actions": [],
+    }
+    schemas["ComponentSpec"]["example"] = {
+        "name": "c1", "version": "1.0.0", "command": "/bin/true", "args": ["x"],
     }
     schemas["RuleTestRequest"]["example"] = {
         "sql": 'SELECT temperature FROM "t/#" WHERE temperature > 20',

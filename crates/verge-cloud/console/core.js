@@ -118,6 +118,16 @@ async function api(method, path, body, tok) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
+  return send(path, init, tok);
+}
+
+/** A raw upload (`blob`, e.g. a File, sent as `type`), answered as api(). */
+async function apiUpload(method, path, blob, type) {
+  const headers = { Authorization: `Bearer ${token()}`, "Content-Type": type };
+  return send(path, { method, headers, body: blob });
+}
+
+async function send(path, init, tok) {
   let res;
   try {
     res = await fetch(path, init);

@@ -9,6 +9,7 @@ const routes = [
   [/^#\/devices$/, devicesPage],
   [/^#\/rules$/, rulesPage],
   [/^#\/functions$/, functionsPage],
+  [/^#\/components$/, componentsPage],
   [/^#\/messages$/, messagesPage],
   [/^#\/tokens$/, tokensPage],
 ];

@@ -1,5 +1,6 @@
 // The nodes page (list and create) and a node's detail page (status,
-// metrics charts, deployment, what runs on it, live messages).
+// metrics charts, deployment, what runs on it (rules, functions,
+// components), live messages).
 "use strict";
 
 // ---------------------------------------------------------------- nodes
@@ -90,6 +91,7 @@ function nodeDetailPage(id) {
   const [dt, devBody] = table("node-devices", ["Device", "Last telemetry", "When"]);
   const [rt, ruleBody] = table("node-rules", ["Rule", "Enabled", "State", "In", "Rows out", "Errors", "p99", "Last error"]);
   const [ft, fnBody] = table("node-functions", ["Function", "Version", "Calls", "Errors", "Timeouts", "p50", "p99", "Last error"]);
+  const [ct, compBody] = table("node-components", ["Component", "Version", "State", "Restarts", "Uptime", "Last failure", "Recent log"]);
   const newToken = h("div");
   const reinstall = h("button", { type: "button", class: "ghost", testid: "node-join-token", onclick: () => act(async () => {
     const r = await api("POST", `/api/nodes/${enc(id)}/join-token`);
@@ -104,18 +106,19 @@ function nodeDetailPage(id) {
     section("Status", summary, h("div", { class: "row" }, reinstall, del), newToken),
     section("Metrics", charts),
     section("Deployment", deploy),
-    section("Devices", dt), section("Rules", rt), section("Functions", ft),
+    section("Devices", dt), section("Rules", rt), section("Functions", ft), section("Components", ct),
     section("Live messages", liveMessages((after, topic) =>
       messagesUrl(`/api/nodes/${enc(id)}/messages`, after, topic), { key: "node-messages" })));
 
   poll(2000, "node", async () => {
-    const [n, metrics, deps, devices, rules, fns] = await Promise.all([
+    const [n, metrics, deps, devices, rules, fns, comps] = await Promise.all([
       api("GET", `/api/nodes/${enc(id)}`),
       api("GET", `/api/nodes/${enc(id)}/metrics?since_ms=${Date.now() - 15 * 60 * 1000}`),
       api("GET", "/api/deployments"),
       api("GET", `/api/devices?node_id=${enc(id)}`),
       api("GET", `/api/rules?node_id=${enc(id)}`),
       api("GET", "/api/functions"),
+      api("GET", `/api/nodes/${enc(id)}/components`),
     ]);
     if (!current(gen)) return;
     const r = n.report || {};
@@ -168,5 +171,8 @@ function nodeDetailPage(id) {
         h("td", {}, m.errors ?? "–"), h("td", {}, m.timeouts ?? "–"), h("td", {}, us(m.p50_us)), h("td", {}, us(m.p99_us)),
         h("td", { class: "error" }, m.last_error ? `${m.last_error.code}: ${m.last_error.message}` : ""));
     }) : emptyRow(8, "No functions on this node."));
+    replace(compBody, comps.length ? comps.map((c) => h("tr", { testid: "node-component-row", "data-name": c.name },
+      h("td", {}, c.name), h("td", {}, c.version ?? h("span", { class: "muted" }, "node's own")),
+      componentStatusCells(c.status))) : emptyRow(7, "No components on this node."));
   });
 }

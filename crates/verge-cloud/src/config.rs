@@ -40,6 +40,8 @@ pub struct CloudSection {
     pub max_messages: u64,
     /// Largest function module accepted, in bytes.
     pub max_upload_bytes: usize,
+    /// Largest component artifact (a `.tar.gz`) accepted, in bytes.
+    pub max_artifact_bytes: usize,
 }
 
 impl Default for CloudSection {
@@ -52,6 +54,7 @@ impl Default for CloudSection {
             message_retention: HumanDuration(Duration::from_secs(24 * 3600)),
             max_messages: 1_000_000,
             max_upload_bytes: 16 << 20,
+            max_artifact_bytes: 64 << 20,
         }
     }
 }

@@ -23,6 +23,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("devices.js", include_str!("../console/devices.js")),
     ("rules.js", include_str!("../console/rules.js")),
     ("functions.js", include_str!("../console/functions.js")),
+    ("components.js", include_str!("../console/components.js")),
     ("messages.js", include_str!("../console/messages.js")),
     ("tokens.js", include_str!("../console/tokens.js")),
     ("main.js", include_str!("../console/main.js")),

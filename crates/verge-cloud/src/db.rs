@@ -60,6 +60,21 @@ const COMMON_V2: &[&str] = &[
 /// API tokens get a scope: `admin` (everything) or `read` (GET only).
 const COMMON_V3: &[&str] = &["ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin'"];
 
+/// Components: one row per version (its spec immutable once stored, its
+/// artifact set once), and which version of which component each node runs.
+const COMPONENTS_COMMON_V4: &[&str] = &[
+    "CREATE TABLE node_components (node_id TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, assigned_ms BIGINT NOT NULL, PRIMARY KEY (node_id, name))",
+    "CREATE INDEX node_components_name ON node_components (name, version)",
+];
+
+const SQLITE_V4: &[&str] = &[
+    "CREATE TABLE component_versions (name TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL, spec TEXT NOT NULL, artifact_sha256 TEXT, artifact_size BIGINT, artifact BLOB, created_ms BIGINT NOT NULL, PRIMARY KEY (name, version))",
+];
+
+const POSTGRES_V4: &[&str] = &[
+    "CREATE TABLE component_versions (name TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL, spec TEXT NOT NULL, artifact_sha256 TEXT, artifact_size BIGINT, artifact BYTEA, created_ms BIGINT NOT NULL, PRIMARY KEY (name, version))",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -80,6 +95,11 @@ fn migrations() -> Vec<Migration> {
             version: 3,
             sqlite: COMMON_V3,
             postgres: COMMON_V3,
+        },
+        Migration {
+            version: 4,
+            sqlite: join(SQLITE_V4, COMPONENTS_COMMON_V4),
+            postgres: join(POSTGRES_V4, COMPONENTS_COMMON_V4),
         },
     ]
 }

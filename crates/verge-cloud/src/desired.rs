@@ -1,5 +1,6 @@
 //! A node's desired state, assembled from the database: its devices, its
-//! rules, the functions those rules name and its config.
+//! rules, the functions those rules name, the components assigned to it
+//! and its config.
 
 use base64::Engine as _;
 use sqlx::AnyPool;
@@ -45,10 +46,11 @@ pub async fn assemble(
     .bind(node_id)
     .fetch_all(&mut *tx)
     .await?;
+    let components = crate::api::assignments::assigned_specs(&mut tx, node_id).await?;
     tx.commit().await?;
     let b64 = base64::engine::general_purpose::STANDARD;
     Ok(Some(DesiredState {
-        components: Vec::new(),
+        components,
         node_id: node_id.to_owned(),
         version,
         devices: devices

@@ -68,6 +68,11 @@ impl AppError {
         AppError::new(StatusCode::BAD_REQUEST, "invalid_function", message)
     }
 
+    /// 400 `invalid_component`.
+    pub fn invalid_component(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::BAD_REQUEST, "invalid_component", message)
+    }
+
     /// 500 `internal` (details go to the log, not the client).
     pub fn internal(message: impl std::fmt::Display) -> AppError {
         tracing::error!("internal error: {message}");

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::routes::{Route, routes};
 
+mod components;
 mod resources;
 mod schemas;
 mod shapes;
@@ -54,6 +55,8 @@ pub fn query_param(name: &str) -> Option<Value> {
 /// The schema of a body named in the route table: `Text`, `Object`, a
 /// component name, or `X[]`.
 fn schema_ref(name: &str) -> Value {
+    // Component schemas are named in the route table; a body named `Gzip`
+    // travels as `application/gzip` (see `content_type`).
     match name {
         "Text" => string(),
         "Object" => object(),
@@ -64,6 +67,28 @@ fn schema_ref(name: &str) -> Value {
     }
 }
 
+/// The media type of a body named `name` in the route table.
+fn content_type(name: &str) -> &'static str {
+    match name {
+        "Text" => "text/plain",
+        "Gzip" => "application/gzip",
+        _ => "application/json",
+    }
+}
+
+/// The schema of a path parameter: component names and versions allow
+/// `.`; every other name or id is a [`name_schema`].
+fn path_param_schema(path: &str, param: &str) -> Value {
+    let component = path.starts_with("/api/components")
+        || path.starts_with("/api/agent/components")
+        || (path.starts_with("/api/nodes/{id}/components") && param == "name");
+    if component && matches!(param, "name" | "version") {
+        components::component_name_schema()
+    } else {
+        name_schema()
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "success",
@@ -71,7 +96,7 @@ fn reason(status: u16) -> &'static str {
         202 => "accepted",
         204 => "no content",
         400 => {
-            "invalid_request (bad JSON, a bad field, query parameter or path segment), invalid_rule or invalid_function"
+            "invalid_request (bad JSON, a bad field, query parameter or path segment), invalid_rule, invalid_function or invalid_component"
         }
         401 => "unauthorized: missing, unknown or revoked credentials",
         403 => {
@@ -79,7 +104,7 @@ fn reason(status: u16) -> &'static str {
         }
         404 => "not_found",
         409 => {
-            "conflict: the name is taken or the resource is in use; node_offline: a command's node is not online"
+            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, or a node's components could not run together; node_offline: a command's node is not online"
         }
         413 => "payload_too_large",
         _ => "error",
@@ -125,7 +150,7 @@ fn operation(route: &Route) -> Value {
         .path
         .split('/')
         .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .map(|p| json!({"name": p, "in": "path", "required": true, "schema": name_schema()}))
+        .map(|p| json!({"name": p, "in": "path", "required": true, "schema": path_param_schema(route.path, p)}))
         .collect();
     params.extend(route.query.iter().filter_map(|q| query_param(q)));
     if !params.is_empty() {
@@ -140,7 +165,7 @@ fn operation(route: &Route) -> Value {
     if let Some(body) = route.request {
         op.insert(
             "requestBody".into(),
-            json!({"required": true, "content": {"application/json": {"schema": schema_ref(body)}}}),
+            json!({"required": true, "content": {content_type(body): {"schema": schema_ref(body)}}}),
         );
     }
     let mut responses = Map::new();
@@ -149,12 +174,7 @@ fn operation(route: &Route) -> Value {
         if status >= 400 {
             resp["content"] = json!({"application/json": {"schema": r("Error")}});
         } else if let Some(body) = route.response.filter(|_| status != 204) {
-            let ct = if body == "Text" {
-                "text/plain"
-            } else {
-                "application/json"
-            };
-            resp["content"] = json!({ ct: {"schema": schema_ref(body)} });
+            resp["content"] = json!({ content_type(body): {"schema": schema_ref(body)} });
         }
         responses.insert(status.to_string(), resp);
     }

@@ -10,7 +10,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::Value;
 
 use crate::Cloud;
-use crate::api::{agent, devices, functions, nodes, rules, tokens};
+use crate::api::{agent, assignments, components, devices, functions, nodes, rules, tokens};
 use crate::error::AppError;
 
 pub use crate::openapi::document as openapi;
@@ -339,6 +339,99 @@ pub fn routes() -> Vec<Route> {
         .ok(200, "InvokeOutput")
         .errors(&[404])
         .to(functions::invoke),
+        // components
+        op(
+            "POST",
+            "/api/components",
+            "add a component version (201 new, 200 the same spec again; 409 another spec: versions are immutable)",
+        )
+        .body("ComponentSpec")
+        .ok(201, "ComponentVersion")
+        .also(200)
+        .errors(&[409])
+        .to(components::create),
+        op(
+            "GET",
+            "/api/components",
+            "list components with their versions and nodes",
+        )
+        .ok(200, "Component[]")
+        .to(components::list),
+        op(
+            "GET",
+            "/api/components/{name}",
+            "one component: versions, nodes and their reports",
+        )
+        .ok(200, "Component")
+        .errors(&[404])
+        .to(components::get),
+        op(
+            "DELETE",
+            "/api/components/{name}",
+            "delete a component and all its versions (409 while assigned)",
+        )
+        .empty(204)
+        .errors(&[404, 409])
+        .to(components::delete),
+        op(
+            "GET",
+            "/api/components/{name}/versions",
+            "a component's versions with their specs, oldest first",
+        )
+        .ok(200, "ComponentVersion[]")
+        .errors(&[404])
+        .to(components::versions),
+        op(
+            "GET",
+            "/api/components/{name}/versions/{version}",
+            "one version with its spec",
+        )
+        .ok(200, "ComponentVersion")
+        .errors(&[404])
+        .to(components::version),
+        op(
+            "DELETE",
+            "/api/components/{name}/versions/{version}",
+            "delete a version (409 while assigned)",
+        )
+        .empty(204)
+        .errors(&[404, 409])
+        .to(components::delete_version),
+        op(
+            "PUT",
+            "/api/components/{name}/versions/{version}/artifact",
+            "upload a process version's files as a .tar.gz (set once; 409 for other bytes)",
+        )
+        .body("Gzip")
+        .ok(200, "ComponentVersion")
+        .errors(&[404, 409])
+        .to(components::put_artifact),
+        op(
+            "GET",
+            "/api/nodes/{id}/components",
+            "the node's components: assigned ones and those it reports",
+        )
+        .ok(200, "NodeComponent[]")
+        .errors(&[404])
+        .to(assignments::of_node),
+        op(
+            "PUT",
+            "/api/nodes/{id}/components/{name}",
+            "run a component version on the node (201 new, 200 changed or the same; 409 missing dependency or cycle)",
+        )
+        .body("ComponentAssign")
+        .ok(200, "NodeComponent")
+        .also(201)
+        .errors(&[404, 409])
+        .to(assignments::assign),
+        op(
+            "DELETE",
+            "/api/nodes/{id}/components/{name}",
+            "stop running a component on the node (409 while another depends on it)",
+        )
+        .empty(204)
+        .errors(&[404, 409])
+        .to(assignments::unassign),
         // node protocol
         op(
             "POST",
@@ -361,6 +454,15 @@ pub fn routes() -> Vec<Route> {
         .also(204)
         .errors(&[404])
         .to(agent::desired),
+        op(
+            "GET",
+            verge_protocol::paths::COMPONENT_ARTIFACT,
+            "a process component's .tar.gz, for a node it is assigned to",
+        )
+        .auth("node")
+        .ok(200, "Gzip")
+        .errors(&[404])
+        .to(assignments::artifact_for_node),
         op("POST", verge_protocol::paths::STATUS, "a node's heartbeat")
             .auth("node")
             .body("StatusReport")
@@ -534,6 +636,7 @@ mod tests {
             "FunctionUpload",
             "InvokeRequest",
             "JoinRequest",
+            "ComponentAssign",
         ] {
             assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
         }

@@ -1,6 +1,8 @@
 //! The HTTP API handlers, one module per resource.
 
 pub mod agent;
+pub mod assignments;
+pub mod components;
 pub mod devices;
 pub mod functions;
 pub mod nodes;

@@ -230,6 +230,11 @@ pub async fn delete(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
+    // Its component assignments go with it (the versions stay).
+    sqlx::query("DELETE FROM node_components WHERE node_id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     cloud.refresh_registry().await.map_err(AppError::internal)?;
     // Its MQTT connection goes with it.

@@ -34,6 +34,7 @@ pub fn schemas() -> Map<String, Value> {
             "link_up": {"type": "boolean"},
             "rules": array(object()),
             "functions": array(object()),
+            "components": array(super::components::component_status()),
         }),
     );
     let action = resources::rule_action();
@@ -45,7 +46,7 @@ pub fn schemas() -> Map<String, Value> {
                 true,
                 json!({"error": obj(&["code", "message"], true, json!({
                     "code": {"type": "string", "enum": ["unauthorized", "forbidden", "not_found",
-                        "conflict", "invalid_request", "invalid_rule", "invalid_function",
+                        "conflict", "invalid_request", "invalid_rule", "invalid_function", "invalid_component",
                         "payload_too_large", "method_not_allowed", "internal"]},
                     "message": string(),
                     "line": {"type": "integer", "minimum": 0},
@@ -216,6 +217,8 @@ pub fn schemas() -> Map<String, Value> {
                         "name": string(), "version": int(), "sha256": string(),
                         "spec": {"type": "object", "nullable": true},
                         "module_base64": {"type": "string", "description": "empty in the admin view (`/api/nodes/{id}/desired`)"}}))),
+                    "components": {"type": "array", "items": r("DesiredComponent"),
+                        "description": "left out when empty; a process component's archive is at /api/agent/components/{name}/{version}/artifact"},
                     "config": {"type": "object", "nullable": true},
                 }),
             ),
@@ -242,6 +245,7 @@ pub fn schemas() -> Map<String, Value> {
     nodes
         .into_iter()
         .chain(resources::schemas())
+        .chain(super::components::schemas())
         .chain(agent)
         .map(|(k, v)| (k.to_owned(), v))
         .collect()

@@ -31,6 +31,7 @@ const BODY_TYPES: &[&str] = &[
     "application/json",
     "application/wasm",
     "application/octet-stream",
+    "application/gzip",
 ];
 
 /// The policy of the console and of every API answer: only the server's
