@@ -1,0 +1,101 @@
+"""Real `verge cloud` and `verge node --cloud` processes for the interop
+tests: each with its output in a log file, stopped at the end of the test
+(and their logs shown) through the `procs` fixture."""
+
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from verge_interop import free_port, port_open, terminate, verge_bin, verge_env
+
+
+class Proc:
+    """A verge subcommand with its output in a log file."""
+
+    def __init__(self, name, args, workdir):
+        self.name = name
+        self.log_path = Path(workdir) / f"{name}.log"
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(
+            [verge_bin(), *args], cwd=workdir, env=verge_env(),
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def output(self):
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        terminate(self.proc)
+
+
+def wait_for(what, check, proc, timeout=15):
+    """Poll `check()` until it returns a truthy value; fail naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        if not proc.alive():
+            break
+        time.sleep(0.1)
+    pytest.fail(f"{what} (exit code {proc.proc.poll()}); {proc.name} said:\n{proc.output()[-4000:]}")
+
+
+def api(url, token, path):
+    req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read() or b"null")
+
+
+@pytest.fixture
+def procs():
+    """Processes started by the test; stopped at the end, their logs shown on failure."""
+    started = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+    for p in started:
+        print(f"----- {p.name} ({p.log_path}) -----\n{p.output()[-6000:]}")
+
+
+def start_cloud(procs, workdir):
+    http, mqtt = free_port(), free_port()
+    cloud = Proc("cloud", [
+        "cloud",
+        "--set", f"http.bind=127.0.0.1:{http}",
+        "--set", f"mqtt.bind=127.0.0.1:{mqtt}",
+        "--set", f"cloud.data_dir={workdir}/cloud",
+    ], workdir)
+    procs.append(cloud)
+    token = wait_for("the cloud printed no `admin token: …` line",
+                     lambda: (m := re.search(r"admin token: (\S+)", cloud.output())) and m.group(1), cloud)
+    wait_for(f"the cloud did not listen on 127.0.0.1:{http}", lambda: port_open(http), cloud)
+    return f"http://127.0.0.1:{http}", token
+
+
+def start_node(procs, workdir, cloud_url, join_token, ports=None):
+    """`verge node --cloud` with data in `workdir`/node: joined with
+    `join_token`, or with its stored credentials when it is None (on the
+    same `ports` as before, when given)."""
+    ports = ports or {k: free_port() for k in ("tcp", "ws", "http", "coap")}
+    join = ["--join", join_token] if join_token else []
+    node = Proc("node", [
+        "node", "--cloud", cloud_url, *join,
+        "--set", f"node.data_dir={workdir}/node",
+        "--set", f"broker.listeners.tcp.bind=127.0.0.1:{ports['tcp']}",
+        "--set", f"broker.listeners.ws.bind=127.0.0.1:{ports['ws']}",
+        "--set", f"http.bind=127.0.0.1:{ports['http']}",
+        "--set", f"coap.bind=127.0.0.1:{ports['coap']}",
+    ], workdir)
+    procs.append(node)
+    wait_for(f"the node did not listen on 127.0.0.1:{ports['tcp']}", lambda: port_open(ports["tcp"]), node)
+    return node, ports
