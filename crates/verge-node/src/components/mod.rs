@@ -1,11 +1,12 @@
-//! User components: the supervisor of the node's process components
-//! (`[[components]]` in the node's config file). Each component has one
-//! task that owns its process: it waits for the component's dependencies to
-//! be healthy, starts the process in its own process group, probes its
-//! health, restarts it per its policy with exponential backoff until the
-//! restart limit makes it `failed`, and stops it with SIGTERM, then SIGKILL
-//! after its stop timeout. Output goes to a bounded ring of lines per
-//! component ([`log`]).
+//! User components: the supervisor of the node's process and container
+//! components (`[[components]]` in the node's config file). Each component
+//! has one task that owns its process or container: it waits for the
+//! component's dependencies to be healthy, starts the process in its own
+//! process group (or the container through the engine's API, [`container`]),
+//! probes its health, restarts it per its policy with exponential backoff
+//! until the restart limit makes it `failed`, and stops it with SIGTERM,
+//! then SIGKILL after its stop timeout. Output goes to a bounded ring of
+//! lines per component ([`log`]).
 //!
 //! Invariants: nothing here blocks the node (every wait is in a
 //! component's own task, every probe and stop has a timeout); restarts and
@@ -14,6 +15,7 @@
 
 pub mod log;
 
+mod container;
 mod env;
 mod health;
 mod process;
@@ -30,6 +32,8 @@ use tokio::task::JoinHandle;
 use verge_protocol::{ComponentError, ComponentSpec, component_start_order};
 
 use log::{LogLine, LogRing};
+
+pub use container::socket_path as engine_socket;
 
 /// Lines kept per component.
 pub const LOG_LINES: usize = 1000;
@@ -107,7 +111,13 @@ pub struct ComponentInfo {
     /// Seconds since its process started; none when not running.
     pub uptime_seconds: Option<u64>,
     /// Its process id (also its process group); none when not running.
+    /// For a container: its main process on the host, when the engine
+    /// says.
     pub pid: Option<u32>,
+    /// A container component's container id (12 characters) while it
+    /// runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     /// Why it last failed (exit status, spawn error, health check).
     pub last_error: Option<String>,
     /// Dependencies it waits for to be healthy.
@@ -139,6 +149,7 @@ struct Status {
     restarts: u64,
     started: Option<Instant>,
     pid: Option<u32>,
+    container_id: Option<String>,
     last_error: Option<String>,
     waiting_for: Vec<String>,
 }
@@ -151,6 +162,8 @@ struct Entry {
     own_workdir: bool,
     status: Mutex<Status>,
     logs: Arc<Mutex<LogRing>>,
+    /// The container engine (used by container components only).
+    engine: Arc<container::Engine>,
     want: watch::Sender<Want>,
     /// Bumped on every state change of any component.
     changed: Arc<watch::Sender<u64>>,
@@ -187,6 +200,7 @@ impl Entry {
                 .and_then(|s| s.started)
                 .map(|t| t.elapsed().as_secs()),
             pid: s.ok().and_then(|s| s.pid),
+            container_id: s.ok().and_then(|s| s.container_id.clone()),
             last_error: s.ok().and_then(|s| s.last_error.clone()),
             waiting_for: s.map(|s| s.waiting_for.clone()).unwrap_or_default(),
             log_lines,
@@ -214,13 +228,49 @@ pub struct Components {
     tasks: Arc<Mutex<Vec<Task>>>,
 }
 
+/// How the supervisor reaches what runs container components.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentsOptions {
+    /// The container engine's unix socket (Docker Engine API).
+    pub engine: PathBuf,
+    /// Pull a container image that is not on the engine.
+    pub pull: bool,
+    /// The node's name, for the `io.verge.node` container label.
+    pub node: String,
+}
+
+impl Default for ComponentsOptions {
+    fn default() -> Self {
+        ComponentsOptions {
+            engine: PathBuf::from("/var/run/docker.sock"),
+            pull: true,
+            node: "verge-node".to_owned(),
+        }
+    }
+}
+
 impl Components {
-    /// Check `specs` (names, dependencies, cycles) and start one task per
-    /// component; processes without their own `workdir` run in
-    /// `<data_dir>/components/<name>/<version>`. Call inside a tokio
-    /// runtime.
+    /// [`Components::start_with`] the default options (Docker's socket).
     pub fn start(specs: &[ComponentSpec], data_dir: &Path) -> Result<Components, ComponentError> {
+        Components::start_with(specs, data_dir, &ComponentsOptions::default())
+    }
+
+    /// Check `specs` (names, dependencies, cycles) and start one task per
+    /// component; components without their own `workdir` run in
+    /// `<data_dir>/components/<name>/<version>`; containers run on the
+    /// engine of `options`. Call inside a tokio runtime.
+    pub fn start_with(
+        specs: &[ComponentSpec],
+        data_dir: &Path,
+        options: &ComponentsOptions,
+    ) -> Result<Components, ComponentError> {
         let order = component_start_order(specs)?;
+        let engine = Arc::new(container::Engine::new(
+            options.engine.clone(),
+            options.pull,
+            &options.node,
+            data_dir,
+        ));
         let changed = Arc::new(watch::channel(0u64).0);
         let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(specs.len());
         for name in &order {
@@ -247,10 +297,12 @@ impl Components {
                     restarts: 0,
                     started: None,
                     pid: None,
+                    container_id: None,
                     last_error: None,
                     waiting_for: Vec::new(),
                 }),
                 logs: Arc::new(Mutex::new(LogRing::new(LOG_LINES, LOG_BYTES))),
+                engine: engine.clone(),
                 want: watch::channel(Want {
                     run: true,
                     generation: 0,
@@ -352,7 +404,12 @@ impl Components {
         for (name, task) in tasks.into_iter().rev() {
             let Ok(e) = self.entry(&name) else { continue };
             e.want.send_modify(|w| w.exit = true);
-            let limit = e.spec.stop_timeout + Duration::from_secs(2);
+            // A container's stop and removal are engine calls: more slack.
+            let slack = match e.spec.kind {
+                verge_protocol::ComponentKind::Process => 2,
+                verge_protocol::ComponentKind::Container => 10,
+            };
+            let limit = e.spec.stop_timeout + Duration::from_secs(slack);
             let abort = task.abort_handle();
             if tokio::time::timeout(limit, task).await.is_err() {
                 // Dropping the task kills its process (kill_on_drop).
@@ -395,7 +452,7 @@ impl Components {
         }
         let _ = writeln!(
             out,
-            "# HELP verge_component_up 1 while a component's process runs"
+            "# HELP verge_component_up 1 while a component's process or container runs"
         );
         let _ = writeln!(out, "# TYPE verge_component_up gauge");
         for i in &infos {
@@ -403,7 +460,7 @@ impl Components {
                 out,
                 "verge_component_up{{component=\"{}\"}} {}",
                 i.name,
-                u8::from(i.pid.is_some())
+                u8::from(i.pid.is_some() || i.container_id.is_some())
             );
         }
         let _ = writeln!(

@@ -54,9 +54,32 @@ pub struct NodeConfig {
     /// `[[drivers]]`: protocol drivers (Modbus, DL/T 645, OPC UA) started
     /// with the node (more through the HTTP API).
     pub drivers: Vec<DriverConfig>,
-    /// `[[components]]`: user process components the node supervises;
-    /// they come from this file only (see docs/components.md).
+    /// `[[components]]`: user process and container components the node
+    /// supervises; they come from this file only (see docs/components.md).
     pub components: Vec<verge_protocol::ComponentSpec>,
+    /// `[containers]`: the container engine that runs container
+    /// components (`components` is taken by the array above).
+    pub containers: ContainersSection,
+}
+
+/// The `[containers]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainersSection {
+    /// The engine's Docker Engine API socket: `unix:///path` or a plain
+    /// absolute path.
+    pub engine: String,
+    /// Pull an image that is not on the engine.
+    pub pull: bool,
+}
+
+impl Default for ContainersSection {
+    fn default() -> Self {
+        ContainersSection {
+            engine: "unix:///var/run/docker.sock".into(),
+            pull: true,
+        }
+    }
 }
 
 /// The `[http]` section.
@@ -249,6 +272,12 @@ impl NodeConfig {
                 .map(|i| format!("components[{i}]"))
                 .unwrap_or_else(|| "components".to_owned());
             return named(format!("{at}: {e}"));
+        }
+        if let Err(e) = crate::components::engine_socket(&self.containers.engine) {
+            return Err(ConfigError::Key {
+                key: "containers.engine".into(),
+                message: e,
+            });
         }
         if self.store.enabled
             && let Err(e) = self.store.resolve(&self.node.data_dir).validate()
