@@ -64,6 +64,9 @@ if [ -n "${VERGE_BIN:-}" ]; then
   tag=$(sha256sum "$VERGE_BIN" | cut -c1-12)
   verge_image="localhost/verge-test-verge:$tag"
   if ! podman image exists "$verge_image"; then
+    # Images of earlier builds go first.
+    podman images --filter reference=localhost/verge-test-verge --format '{{.ID}}' |
+      xargs -r podman rmi -f >/dev/null 2>&1 || true
     root=$(mktemp -d)
     mkdir -p "$root/bin" "$root/tmp"
     cp "$VERGE_BIN" "$root/bin/verge"

@@ -276,3 +276,39 @@ async fn unreachable_engine_names_the_socket() {
     wait_for(&c, "steady", "healthy", |i| i.state == State::Healthy).await;
     c.shutdown().await;
 }
+
+/// A container that ignores SIGTERM (a shell as its first process does)
+/// is killed by the engine after the stop timeout, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_timeout_kills_a_container_that_ignores_sigterm() {
+    let Some((sock, image)) = engine() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let deaf = spec(
+        "deaf",
+        json!({
+            "kind": "container", "image": image, "network": "none",
+            "command": "sh", "args": ["-c", "trap '' TERM; echo up; while true; do sleep 1; done"],
+            "stop_timeout": "1s",
+        }),
+    );
+    let c = Components::start_with(&[deaf], dir.path(), &options(sock)).expect("start");
+    wait_for(&c, "deaf", "healthy", |i| i.state == State::Healthy).await;
+    let t = Instant::now();
+    loop {
+        let (lines, _) = c.logs("deaf", 10).expect("logs");
+        if lines.iter().any(|l| l.line == "up") {
+            break;
+        }
+        assert!(t.elapsed() < WAIT, "no output: {lines:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.stop_one("deaf").expect("stop");
+    let info = wait_for(&c, "deaf", "stopped", |i| i.state == State::Stopped).await;
+    assert_eq!(
+        info.last_error.as_deref(),
+        Some("did not stop within 1000 ms of SIGTERM; killed")
+    );
+    c.shutdown().await;
+}

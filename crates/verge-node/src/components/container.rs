@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, RemoveContainerOptions,
     StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{API_DEFAULT_VERSION, Docker};
@@ -165,7 +166,24 @@ impl Engine {
             }
         };
         let id = created.id;
+        // Attached before the start, so no early line is missed (following
+        // its logs after the start lost lines on Podman).
+        let options = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attached = match client.attach_container(&id, Some(options)).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.remove(&client, &id).await;
+                return Err(self.fail(&format!("attaching to container {name}"), e));
+            }
+        };
+        let follow = tokio::spawn(follow_output(attached, logs.clone()));
         if let Err(e) = client.start_container(&id, None).await {
+            follow.abort();
             let _ = self.remove(&client, &id).await;
             return Err(self.fail(&format!("starting container {name}"), e));
         }
@@ -177,7 +195,6 @@ impl Engine {
             .and_then(|s| s.pid)
             .and_then(|p| u32::try_from(p).ok())
             .filter(|p| *p > 0);
-        let follow = tokio::spawn(follow_logs(client.clone(), id.clone(), logs.clone()));
         let exit = Box::pin(wait_stream(&client, &id));
         Ok(Container {
             client,
@@ -272,24 +289,23 @@ fn wait_stream(client: &Docker, id: &str) -> impl Stream<Item = Result<i64, Engi
 }
 
 /// Read the container's stdout and stderr into `logs` until it ends.
-async fn follow_logs(client: Docker, id: String, logs: Arc<Mutex<LogRing>>) {
-    let options = LogsOptions {
-        follow: true,
-        stdout: true,
-        stderr: true,
-        ..Default::default()
-    };
-    let mut stream = client.logs(&id, Some(options));
+async fn follow_output(attached: AttachContainerResults, logs: Arc<Mutex<LogRing>>) {
+    // Its stdin half stays open (unused) while the output is read.
+    let AttachContainerResults {
+        output: mut stream,
+        input: _input,
+    } = attached;
     // Per stream: bytes after the last newline, and whether the rest of a
     // too long line is being skipped.
     let mut out = (Vec::new(), false);
     let mut err = (Vec::new(), false);
     while let Some(Ok(chunk)) = stream.next().await {
         let (name, (buf, skipping), bytes) = match chunk {
-            bollard::container::LogOutput::StdErr { message } => ("stderr", &mut err, message),
-            bollard::container::LogOutput::StdOut { message }
-            | bollard::container::LogOutput::Console { message } => ("stdout", &mut out, message),
-            bollard::container::LogOutput::StdIn { .. } => continue,
+            LogOutput::StdErr { message } => ("stderr", &mut err, message),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                ("stdout", &mut out, message)
+            }
+            LogOutput::StdIn { .. } => continue,
         };
         buf.extend_from_slice(&bytes);
         let lines = take_lines(buf, skipping);
