@@ -229,7 +229,8 @@ async fn missing_image_fails_clearly_and_a_process_runs_on() {
         "steady",
         json!({ "command": "sh", "args": ["-c", "exec sleep 60"] }),
     );
-    let c = Components::start_with(&[ghost, steady], dir.path(), &options(sock)).expect("start");
+    let c = Components::start_with(&[ghost, steady], dir.path(), &options(sock.clone()))
+        .expect("start");
     let info = wait_for(&c, "ghost", "failed", |i| i.state == State::Failed).await;
     let reason = info.last_error.clone().unwrap_or_default();
     assert!(
@@ -241,6 +242,29 @@ async fn missing_image_fails_clearly_and_a_process_runs_on() {
     assert!(info.restarts >= 1, "the failure is counted: {info:?}");
     let steady = wait_for(&c, "steady", "healthy", |i| i.state == State::Healthy).await;
     assert!(steady.pid.is_some());
+    c.shutdown().await;
+
+    // With pulling off the engine is not asked to pull at all.
+    let dir = tempfile::tempdir().expect("tmp");
+    let ghost = spec(
+        "ghost",
+        json!({
+            "kind": "container", "image": "localhost/verge-test-missing:1",
+            "restart": "never",
+        }),
+    );
+    let no_pull = ComponentsOptions {
+        pull: false,
+        ..options(sock)
+    };
+    let c = Components::start_with(&[ghost], dir.path(), &no_pull).expect("start");
+    let info = wait_for(&c, "ghost", "failed", |i| i.state == State::Failed).await;
+    assert_eq!(
+        info.last_error.as_deref(),
+        Some(
+            "image `localhost/verge-test-missing:1` is not on the engine and pulling is off (containers.pull)"
+        )
+    );
     c.shutdown().await;
 }
 

@@ -565,6 +565,22 @@ mod tests {
     }
 
     #[test]
+    fn containers_engine_is_a_unix_socket() {
+        let cfg: NodeConfig =
+            toml::from_str("[containers]\nengine = \"/run/podman/podman.sock\"\npull = false")
+                .expect("parses");
+        cfg.validate().expect("a plain path is a socket");
+        assert!(!cfg.containers.pull);
+        let tcp: NodeConfig =
+            toml::from_str("[containers]\nengine = \"tcp://127.0.0.1:2375\"").expect("parses");
+        let e = tcp.validate().expect_err("tcp is refused").to_string();
+        assert!(
+            e.starts_with("containers.engine: `tcp://127.0.0.1:2375` is not a unix socket"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn store_dir_defaults_to_the_data_dir() {
         let cfg = NodeConfig::default();
         let t = cfg.store.resolve(&cfg.node.data_dir);
