@@ -559,9 +559,22 @@ mod tests {
             "components[0]: component `a`: dependency cycle a -> b -> a"
         );
         let unknown = toml::from_str::<NodeConfig>(
-            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\nimage = \"x\"\n",
+            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\nimages = \"x\"\n",
         );
         assert!(unknown.is_err());
+        // A process with an image parses, and is refused naming the key.
+        let process_image: NodeConfig = toml::from_str(
+            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\nimage = \"x\"\n",
+        )
+        .expect("parses");
+        let e = process_image
+            .validate()
+            .expect_err("an image on a process is refused")
+            .to_string();
+        assert!(
+            e.contains("image and network are for containers only"),
+            "{e}"
+        );
     }
 
     #[test]
