@@ -336,3 +336,60 @@ async fn stop_timeout_kills_a_container_that_ignores_sigterm() {
     );
     c.shutdown().await;
 }
+
+/// A node that ended without stopping its components (killed) leaves its
+/// container running; the next start on the same data directory removes
+/// it and runs a new one under the same name.
+#[test]
+fn a_container_left_by_a_killed_node_is_replaced() {
+    let Some((sock, image)) = engine() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let left = spec(
+        "left",
+        json!({
+            "kind": "container", "image": image, "network": "none",
+            "command": "sleep", "args": ["3600"],
+        }),
+    );
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    // The first node: its runtime goes away without a shutdown.
+    let first = runtime();
+    let old = first.block_on(async {
+        let c = Components::start_with(
+            std::slice::from_ref(&left),
+            dir.path(),
+            &options(sock.clone()),
+        )
+        .expect("start");
+        let info = wait_for(&c, "left", "healthy", |i| i.state == State::Healthy).await;
+        info.container_id.expect("id")
+    });
+    first.shutdown_background();
+
+    let second = runtime();
+    second.block_on(async {
+        let docker = client(&sock);
+        let running = docker.inspect_container(&old, None).await.expect("inspect");
+        assert_eq!(
+            running.state.and_then(|s| s.running),
+            Some(true),
+            "the killed node's container still runs"
+        );
+        let c = Components::start_with(&[left], dir.path(), &options(sock.clone())).expect("start");
+        let info = wait_for(&c, "left", "healthy", |i| i.state == State::Healthy).await;
+        assert_ne!(info.container_id.as_deref(), Some(old.as_str()));
+        assert!(
+            is_gone(docker.inspect_container(&old, None).await),
+            "the old container is removed"
+        );
+        c.shutdown().await;
+    });
+}
