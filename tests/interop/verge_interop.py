@@ -111,13 +111,16 @@ class Node:
     WebSocket and the HTTP API)."""
 
     def __init__(self, extra="", anonymous=True, acl_default="allow", tail=""):
-        """`extra` goes into [broker]; `tail` (e.g. [[rules]] tables) at the end."""
+        """`extra` goes into [broker]; `tail` (e.g. [[rules]] tables) at the end,
+        or a function of the node (its ports chosen) returning that text."""
         self.dir = tempfile.mkdtemp(prefix="verge-interop-")
         self.tcp = free_port()
         self.ws = free_port()
         self.http = free_port()
         self.coap = free_port()
         self.config = os.path.join(self.dir, "node.toml")
+        if callable(tail):
+            tail = tail(self)
         with open(self.config, "w") as f:
             f.write(f"""
 [node]

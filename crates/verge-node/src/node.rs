@@ -19,7 +19,7 @@ use verge_rules::{Engine, FunctionInvoker, Services, TelemetryStore, Upstream};
 use verge_tsdb::{Tsdb, TsdbError};
 
 use crate::cloud::CloudLink;
-use crate::components::Components;
+use crate::components::{Components, ComponentsOptions};
 use crate::http::ApiState;
 use crate::http::auth::ApiTokens;
 use crate::services::{FunctionsInvoker, QueueUpstream, Triggers, TsdbStore};
@@ -243,7 +243,14 @@ impl Node {
             parts.bridge = Some(bridge);
         }
         // Always, so a cloud-managed node can be given components.
-        let components = Components::start(&cfg.components, &cfg.node.data_dir)
+        let options = ComponentsOptions {
+            // Checked by `NodeConfig::validate`.
+            engine: crate::components::engine_socket(&cfg.containers.engine)
+                .map_err(|e| part("containers.engine", e))?,
+            pull: cfg.containers.pull,
+            node: cfg.node.name.clone(),
+        };
+        let components = Components::start_with(&cfg.components, &cfg.node.data_dir, &options)
             .map_err(|e| part("components", e))?;
         parts.components = Some(components.clone());
         if let Some(link) = cloud {

@@ -1,11 +1,12 @@
-//! User components: the supervisor of the node's process components
-//! (`[[components]]` in the node's config file). Each component has one
-//! task that owns its process: it waits for the component's dependencies to
-//! be healthy, starts the process in its own process group, probes its
-//! health, restarts it per its policy with exponential backoff until the
-//! restart limit makes it `failed`, and stops it with SIGTERM, then SIGKILL
-//! after its stop timeout. Output goes to a bounded ring of lines per
-//! component ([`log`]).
+//! User components: the supervisor of the node's process and container
+//! components (`[[components]]` in the node's config file). Each component
+//! has one task that owns its process or container: it waits for the
+//! component's dependencies to be healthy, starts the process in its own
+//! process group (or the container through the engine's API, [`container`]),
+//! probes its health, restarts it per its policy with exponential backoff
+//! until the restart limit makes it `failed`, and stops it with SIGTERM,
+//! then SIGKILL after its stop timeout. Output goes to a bounded ring of
+//! lines per component ([`log`]).
 //!
 //! Invariants: nothing here blocks the node (every wait is in a
 //! component's own task, every probe and stop has a timeout); restarts and
@@ -14,6 +15,7 @@
 
 pub mod log;
 
+mod container;
 mod env;
 mod health;
 mod process;
@@ -30,6 +32,8 @@ use tokio::task::JoinHandle;
 use verge_protocol::{ComponentError, ComponentSpec, component_start_order};
 
 use log::{LogLine, LogRing};
+
+pub use container::socket_path as engine_socket;
 
 /// Lines kept per component.
 pub const LOG_LINES: usize = 1000;
@@ -121,7 +125,13 @@ pub struct ComponentInfo {
     /// Seconds since its process started; none when not running.
     pub uptime_seconds: Option<u64>,
     /// Its process id (also its process group); none when not running.
+    /// For a container: its main process on the host, when the engine
+    /// says.
     pub pid: Option<u32>,
+    /// A container component's container id (12 characters) while it
+    /// runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     /// Why it last failed (exit status, spawn error, health check).
     pub last_error: Option<String>,
     /// Set when an update to another version was rolled back: which
@@ -158,6 +168,7 @@ struct Status {
     restarts: u64,
     started: Option<Instant>,
     pid: Option<u32>,
+    container_id: Option<String>,
     last_error: Option<String>,
     rollback: Option<String>,
     waiting_for: Vec<String>,
@@ -172,6 +183,8 @@ struct Entry {
     own_workdir: bool,
     status: Mutex<Status>,
     logs: Arc<Mutex<LogRing>>,
+    /// The container engine (used by container components only).
+    engine: Arc<container::Engine>,
     want: watch::Sender<Want>,
     /// Bumped on every status change of any component.
     changed: Arc<watch::Sender<u64>>,
@@ -236,6 +249,7 @@ impl Entry {
                 .and_then(|s| s.started)
                 .map(|t| t.elapsed().as_secs()),
             pid: s.ok().and_then(|s| s.pid),
+            container_id: s.ok().and_then(|s| s.container_id.clone()),
             last_error: s.ok().and_then(|s| s.last_error.clone()),
             rollback: s.ok().and_then(|s| s.rollback.clone()),
             waiting_for: s.map(|s| s.waiting_for.clone()).unwrap_or_default(),
@@ -267,6 +281,8 @@ struct Slot {
 struct Set {
     slots: Mutex<Vec<Slot>>,
     data_dir: PathBuf,
+    /// The container engine (used by container components only).
+    engine: Arc<container::Engine>,
     changed: Arc<watch::Sender<u64>>,
     transitions: Arc<watch::Sender<u64>>,
     /// One apply or shutdown at a time.
@@ -287,8 +303,14 @@ impl Set {
 }
 
 /// How long a task may take to end after its stop timeout before it is
-/// aborted (which kills its process).
-const END_SLACK: Duration = Duration::from_secs(2);
+/// aborted (which kills its process); a container's stop and removal are
+/// engine calls, so it gets more.
+fn end_slack(spec: &ComponentSpec) -> Duration {
+    match spec.kind {
+        verge_protocol::ComponentKind::Process => Duration::from_secs(2),
+        verge_protocol::ComponentKind::Container => Duration::from_secs(10),
+    }
+}
 
 /// Ask `entry`'s task to end and wait for it within its stop timeout
 /// (then abort it, which kills its process).
@@ -296,7 +318,7 @@ async fn end_task(entry: &Entry, task: Option<JoinHandle<()>>) {
     entry.want.send_modify(|w| w.exit = true);
     let Some(task) = task else { return };
     let abort = task.abort_handle();
-    if tokio::time::timeout(entry.spec.stop_timeout + END_SLACK, task)
+    if tokio::time::timeout(entry.spec.stop_timeout + end_slack(&entry.spec), task)
         .await
         .is_err()
     {
@@ -311,16 +333,53 @@ pub struct Components {
     set: Arc<Set>,
 }
 
+/// How the supervisor reaches what runs container components.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentsOptions {
+    /// The container engine's unix socket (Docker Engine API).
+    pub engine: PathBuf,
+    /// Pull a container image that is not on the engine.
+    pub pull: bool,
+    /// The node's name, for the `io.verge.node` container label.
+    pub node: String,
+}
+
+impl Default for ComponentsOptions {
+    fn default() -> Self {
+        ComponentsOptions {
+            engine: PathBuf::from("/var/run/docker.sock"),
+            pull: true,
+            node: "verge-node".to_owned(),
+        }
+    }
+}
+
 impl Components {
-    /// Check `specs` (the node config's components: names, dependencies,
-    /// cycles) and start one task per component; processes without their
-    /// own `workdir` run in `<data_dir>/components/<name>/<version>`. More
-    /// components come and go with [`Components::apply`]. Call inside a
-    /// tokio runtime.
+    /// [`Components::start_with`] the default options (Docker's socket).
     pub fn start(specs: &[ComponentSpec], data_dir: &Path) -> Result<Components, ComponentError> {
+        Components::start_with(specs, data_dir, &ComponentsOptions::default())
+    }
+
+    /// Check `specs` (the node config's components: names, dependencies,
+    /// cycles) and start one task per component; components without their
+    /// own `workdir` run in `<data_dir>/components/<name>/<version>`;
+    /// containers run on the engine of `options`. More components come and
+    /// go with [`Components::apply`]. Call inside a tokio runtime.
+    pub fn start_with(
+        specs: &[ComponentSpec],
+        data_dir: &Path,
+        options: &ComponentsOptions,
+    ) -> Result<Components, ComponentError> {
         let order = component_start_order(specs)?;
+        let engine = Arc::new(container::Engine::new(
+            options.engine.clone(),
+            options.pull,
+            &options.node,
+            data_dir,
+        ));
         let set = Arc::new(Set {
             slots: Mutex::new(Vec::new()),
+            engine,
             data_dir: data_dir.to_owned(),
             changed: Arc::new(watch::channel(0u64).0),
             transitions: Arc::new(watch::channel(0u64).0),
@@ -357,11 +416,13 @@ impl Components {
                 restarts: 0,
                 started: None,
                 pid: None,
+                container_id: None,
                 last_error: None,
                 rollback: None,
                 waiting_for: Vec::new(),
             }),
             logs: Arc::new(Mutex::new(LogRing::new(LOG_LINES, LOG_BYTES))),
+            engine: self.set.engine.clone(),
             want: watch::channel(Want {
                 run: true,
                 generation: 0,
@@ -634,7 +695,7 @@ impl Components {
         }
         let _ = writeln!(
             out,
-            "# HELP verge_component_up 1 while a component's process runs"
+            "# HELP verge_component_up 1 while a component's process or container runs"
         );
         let _ = writeln!(out, "# TYPE verge_component_up gauge");
         for i in &infos {
@@ -642,7 +703,7 @@ impl Components {
                 out,
                 "verge_component_up{{component=\"{}\"}} {}",
                 i.name,
-                u8::from(i.pid.is_some())
+                u8::from(i.pid.is_some() || i.container_id.is_some())
             );
         }
         let _ = writeln!(

@@ -1,5 +1,7 @@
 //! One component's task: install, wait for dependencies, run, probe,
-//! restart with backoff within the restart limit, stop.
+//! restart with backoff within the restart limit, stop. A process and a
+//! container differ only in how they start, end and are stopped
+//! ([`Running`]).
 
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -9,8 +11,9 @@ use std::time::Instant;
 use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use verge_protocol::{HealthKind, RestartPolicy};
+use verge_protocol::{ComponentKind, HealthKind, RestartPolicy};
 
+use super::container::Container;
 use super::process::{self, Signal};
 use super::{Entry, State, Want, health};
 
@@ -42,6 +45,7 @@ pub(super) async fn supervise(e: Arc<Entry>, previous: Option<(Arc<Entry>, JoinH
             e.update(|s| {
                 s.state = State::Stopped;
                 s.pid = None;
+                s.container_id = None;
                 s.started = None;
             });
             return;
@@ -71,11 +75,19 @@ pub(super) async fn supervise(e: Arc<Entry>, previous: Option<(Arc<Entry>, JoinH
             }
             continue;
         }
-        if !wait_for(&e, &mut want_rx).await {
-            continue;
-        }
-        let run_started = Instant::now();
-        let failure = match run_once(&e, want, &mut want_rx).await {
+        let mut run_started = Instant::now();
+        let ended = match install(&e, &mut want_rx).await {
+            None => continue,
+            Some(Err(reason)) => Ended::Exited(Some(reason)),
+            Some(Ok(())) => {
+                if !wait_for(&e, &mut want_rx).await {
+                    continue;
+                }
+                run_started = Instant::now();
+                run_once(&e, want, &mut want_rx).await
+            }
+        };
+        let failure = match ended {
             Ended::Interrupted => continue,
             Ended::Exited(f) => f,
         };
@@ -146,10 +158,23 @@ async fn park_failed(e: &Entry, want_rx: &mut watch::Receiver<Want>, reason: Str
     e.update(|s| {
         s.state = State::Failed;
         s.pid = None;
+        s.container_id = None;
         s.started = None;
         s.last_error = Some(reason);
     });
     want_rx.changed().await.is_err()
+}
+
+/// A container's image on the engine (a process has nothing to install
+/// beyond its directory); `None` when the want changed first.
+async fn install(e: &Entry, want_rx: &mut watch::Receiver<Want>) -> Option<Result<(), String>> {
+    if e.spec.kind != ComponentKind::Container {
+        return Some(Ok(()));
+    }
+    tokio::select! {
+        r = e.engine.install(&e.spec) => Some(r),
+        _ = want_rx.changed() => None,
+    }
 }
 
 /// Wait until every dependency is healthy; false when the want changed
@@ -183,26 +208,83 @@ async fn wait_for(e: &Entry, want_rx: &mut watch::Receiver<Want>) -> bool {
     }
 }
 
-/// Spawn the process and watch it until it ends, fails its health check,
-/// or the want changes.
+/// A component's process or container while it runs.
+enum Running {
+    /// A process, the leader of its own process group.
+    Process(Child, Option<u32>),
+    /// A container on the engine.
+    Container(Box<Container>),
+}
+
+impl Running {
+    /// Start `e`'s process or container.
+    async fn start(e: &Entry) -> Result<Running, String> {
+        if !tokio::fs::metadata(&e.workdir)
+            .await
+            .is_ok_and(|m| m.is_dir())
+        {
+            return Err(format!(
+                "workdir {} is not a directory",
+                e.workdir.display()
+            ));
+        }
+        match e.spec.kind {
+            ComponentKind::Process => match process::spawn(&e.spec, &e.workdir, &e.logs) {
+                Ok(child) => {
+                    let pid = child.id();
+                    Ok(Running::Process(child, pid))
+                }
+                Err(err) => Err(format!("cannot start `{}`: {err}", e.spec.command)),
+            },
+            ComponentKind::Container => e
+                .engine
+                .start(&e.spec, &e.workdir, &e.logs)
+                .await
+                .map(|c| Running::Container(Box::new(c))),
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Process(_, pid) => *pid,
+            Running::Container(c) => c.pid(),
+        }
+    }
+
+    fn container_id(&self) -> Option<String> {
+        match self {
+            Running::Process(..) => None,
+            Running::Container(c) => Some(c.short_id()),
+        }
+    }
+
+    /// Wait until it ends; `Some` says why it failed. Cancel-safe.
+    async fn wait(&mut self) -> Option<String> {
+        match self {
+            Running::Process(child, _) => match child.wait().await {
+                Ok(s) if s.success() => None,
+                Ok(s) => Some(match (s.code(), s.signal()) {
+                    (Some(c), _) => format!("exited with status {c}"),
+                    (None, Some(sig)) => format!("killed by signal {sig}"),
+                    _ => "exited".to_owned(),
+                }),
+                Err(err) => Some(format!("waiting for the process: {err}")),
+            },
+            Running::Container(c) => c.wait().await,
+        }
+    }
+}
+
+/// Start the process or container and watch it until it ends, fails its
+/// health check, or the want changes.
 async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) -> Ended {
     let spec = &e.spec;
-    if !tokio::fs::metadata(&e.workdir)
-        .await
-        .is_ok_and(|m| m.is_dir())
-    {
-        return Ended::Exited(Some(format!(
-            "workdir {} is not a directory",
-            e.workdir.display()
-        )));
-    }
-    let mut child = match process::spawn(spec, &e.workdir, &e.logs) {
-        Ok(c) => c,
-        Err(err) => {
-            return Ended::Exited(Some(format!("cannot start `{}`: {err}", spec.command)));
-        }
+    let mut run = match Running::start(e).await {
+        Ok(r) => r,
+        Err(reason) => return Ended::Exited(Some(reason)),
     };
-    let pid = child.id();
+    let pid = run.pid();
+    let container_id = run.container_id();
     let started = Instant::now();
     let probing = spec.health.kind != HealthKind::Alive;
     e.update(|s| {
@@ -213,27 +295,20 @@ async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) ->
         };
         s.healthy = (!probing).then_some(true);
         s.pid = pid;
+        s.container_id = container_id.clone();
         s.started = Some(started);
     });
-    tracing::info!(component = %spec.name, pid, "component started");
+    tracing::info!(component = %spec.name, pid, container = container_id.as_deref(), "component started");
     let interval = spec.health.interval;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
     loop {
         tokio::select! {
-            status = child.wait() => {
-                let failure = match status {
-                    Ok(s) if s.success() => None,
-                    Ok(s) => Some(match (s.code(), s.signal()) {
-                        (Some(c), _) => format!("exited with status {c}"),
-                        (None, Some(sig)) => format!("killed by signal {sig}"),
-                        _ => "exited".to_owned(),
-                    }),
-                    Err(err) => Some(format!("waiting for the process: {err}")),
-                };
+            failure = run.wait() => {
                 e.update(|s| {
                     s.pid = None;
+                    s.container_id = None;
                     s.started = None;
                     s.healthy = None;
                 });
@@ -262,7 +337,7 @@ async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) ->
                                 s.state = State::Unhealthy;
                                 s.last_error = Some(reason.clone());
                             });
-                            stop(e, &mut child, pid).await;
+                            stop(e, &mut run).await;
                             return Ended::Exited(Some(reason));
                         }
                     }
@@ -272,16 +347,33 @@ async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) ->
                 if r.is_ok() && *want_rx.borrow() == want {
                     continue;
                 }
-                stop(e, &mut child, pid).await;
+                stop(e, &mut run).await;
                 return Ended::Interrupted;
             }
         }
     }
 }
 
-/// SIGTERM to the process group, SIGKILL after the stop timeout.
-async fn stop(e: &Entry, child: &mut Child, pid: Option<u32>) {
+/// SIGTERM to the process group, SIGKILL after the stop timeout; a
+/// container is stopped (the same way) and removed by the engine.
+async fn stop(e: &Entry, run: &mut Running) {
     e.update(|s| s.state = State::Stopping);
+    let (child, pid) = match run {
+        Running::Process(child, pid) => (child, *pid),
+        Running::Container(c) => {
+            let note = c.stop(e.spec.stop_timeout).await;
+            e.update(|s| {
+                if let Some(note) = note {
+                    s.last_error = Some(note);
+                }
+                s.pid = None;
+                s.container_id = None;
+                s.started = None;
+                s.healthy = None;
+            });
+            return;
+        }
+    };
     if let Some(pid) = pid {
         process::signal_group(pid, Signal::Term);
     }

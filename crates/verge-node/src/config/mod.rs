@@ -54,9 +54,32 @@ pub struct NodeConfig {
     /// `[[drivers]]`: protocol drivers (Modbus, DL/T 645, OPC UA) started
     /// with the node (more through the HTTP API).
     pub drivers: Vec<DriverConfig>,
-    /// `[[components]]`: user process components the node supervises;
-    /// they come from this file only (see docs/components.md).
+    /// `[[components]]`: user process and container components the node
+    /// supervises; they come from this file only (see docs/components.md).
     pub components: Vec<verge_protocol::ComponentSpec>,
+    /// `[containers]`: the container engine that runs container
+    /// components (`components` is taken by the array above).
+    pub containers: ContainersSection,
+}
+
+/// The `[containers]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainersSection {
+    /// The engine's Docker Engine API socket: `unix:///path` or a plain
+    /// absolute path.
+    pub engine: String,
+    /// Pull an image that is not on the engine.
+    pub pull: bool,
+}
+
+impl Default for ContainersSection {
+    fn default() -> Self {
+        ContainersSection {
+            engine: "unix:///var/run/docker.sock".into(),
+            pull: true,
+        }
+    }
 }
 
 /// The `[http]` section.
@@ -249,6 +272,12 @@ impl NodeConfig {
                 .map(|i| format!("components[{i}]"))
                 .unwrap_or_else(|| "components".to_owned());
             return named(format!("{at}: {e}"));
+        }
+        if let Err(e) = crate::components::engine_socket(&self.containers.engine) {
+            return Err(ConfigError::Key {
+                key: "containers.engine".into(),
+                message: e,
+            });
         }
         if self.store.enabled
             && let Err(e) = self.store.resolve(&self.node.data_dir).validate()
@@ -530,9 +559,38 @@ mod tests {
             "components[0]: component `a`: dependency cycle a -> b -> a"
         );
         let unknown = toml::from_str::<NodeConfig>(
-            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\nimage = \"x\"\n",
+            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\nimages = \"x\"\n",
         );
         assert!(unknown.is_err());
+        // A process with an image parses, and is refused naming the key.
+        let process_image: NodeConfig = toml::from_str(
+            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\nimage = \"x\"\n",
+        )
+        .expect("parses");
+        let e = process_image
+            .validate()
+            .expect_err("an image on a process is refused")
+            .to_string();
+        assert!(
+            e.contains("image and network are for containers only"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn containers_engine_is_a_unix_socket() {
+        let cfg: NodeConfig =
+            toml::from_str("[containers]\nengine = \"/run/podman/podman.sock\"\npull = false")
+                .expect("parses");
+        cfg.validate().expect("a plain path is a socket");
+        assert!(!cfg.containers.pull);
+        let tcp: NodeConfig =
+            toml::from_str("[containers]\nengine = \"tcp://127.0.0.1:2375\"").expect("parses");
+        let e = tcp.validate().expect_err("tcp is refused").to_string();
+        assert!(
+            e.starts_with("containers.engine: `tcp://127.0.0.1:2375` is not a unix socket"),
+            "{e}"
+        );
     }
 
     #[test]
