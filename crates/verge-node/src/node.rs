@@ -20,6 +20,7 @@ use verge_tsdb::{Tsdb, TsdbError};
 
 use crate::cloud::CloudLink;
 use crate::components::Components;
+use crate::components::bus::{Bus, NodeIdent};
 use crate::http::ApiState;
 use crate::http::auth::ApiTokens;
 use crate::services::{FunctionsInvoker, QueueUpstream, Triggers, TsdbStore};
@@ -243,8 +244,20 @@ impl Node {
             parts.bridge = Some(bridge);
         }
         if !cfg.components.is_empty() {
-            let components = Components::start(&cfg.components, &cfg.node.data_dir)
-                .map_err(|e| part("components", e))?;
+            let bus = Bus::start(
+                auth.clone(),
+                handle.clone(),
+                NodeIdent {
+                    name: cfg.node.name.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                },
+                parts.store.clone(),
+            )
+            .await
+            .map_err(|e| part("components (mqtt rpc)", e))?;
+            let components =
+                Components::start_with_bus(&cfg.components, &cfg.node.data_dir, Some(bus))
+                    .map_err(|e| part("components", e))?;
             parts.components = Some(components);
         }
         if let Some(link) = cloud {
@@ -296,8 +309,17 @@ impl Node {
         ) else {
             return Err(part("node", "not started"));
         };
+        let mqtt_addrs: Vec<_> = listeners
+            .mqtt
+            .iter()
+            .filter_map(|l| l.local_addr().ok().map(|a| (l.kind(), a)))
+            .collect();
         for l in listeners.mqtt {
             broker.serve(l);
+        }
+        // Components start once the broker serves: they learn where.
+        if let Some(bus) = p.components.as_ref().and_then(Components::bus) {
+            bus.set_url(crate::components::bus::listener_url(&mqtt_addrs));
         }
         let handle = broker.handle();
         let mut coap = Vec::new();

@@ -12,11 +12,13 @@
 //! logs are bounded per component; one component's failure changes only
 //! its own state.
 
+pub mod bus;
 pub mod log;
 
 mod env;
 mod health;
 mod process;
+mod rpc;
 mod supervise;
 
 use std::fmt::Write;
@@ -29,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use verge_protocol::{ComponentError, ComponentSpec, component_start_order};
 
+use bus::Bus;
 use log::{LogLine, LogRing};
 
 /// Lines kept per component.
@@ -154,6 +157,8 @@ struct Entry {
     want: watch::Sender<Want>,
     /// Bumped on every state change of any component.
     changed: Arc<watch::Sender<u64>>,
+    /// The node's MQTT side: credentials at each start, heartbeats.
+    bus: Option<Bus>,
 }
 
 impl Entry {
@@ -212,6 +217,7 @@ pub struct Components {
     /// In start order (dependencies first).
     entries: Arc<Vec<Arc<Entry>>>,
     tasks: Arc<Mutex<Vec<Task>>>,
+    bus: Option<Bus>,
 }
 
 impl Components {
@@ -220,6 +226,18 @@ impl Components {
     /// `<data_dir>/components/<name>/<version>`. Call inside a tokio
     /// runtime.
     pub fn start(specs: &[ComponentSpec], data_dir: &Path) -> Result<Components, ComponentError> {
+        Components::start_with_bus(specs, data_dir, None)
+    }
+
+    /// [`start`](Self::start) with the node's MQTT [`Bus`]: each process
+    /// gets its own broker credentials at every start (in
+    /// `VERGE_MQTT_*`), after the node serves its listeners, and the
+    /// `mqtt` health check reads its heartbeats.
+    pub fn start_with_bus(
+        specs: &[ComponentSpec],
+        data_dir: &Path,
+        bus: Option<Bus>,
+    ) -> Result<Components, ComponentError> {
         let order = component_start_order(specs)?;
         let changed = Arc::new(watch::channel(0u64).0);
         let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(specs.len());
@@ -258,6 +276,7 @@ impl Components {
                 })
                 .0,
                 changed: changed.clone(),
+                bus: bus.clone(),
             }));
         }
         let mut tasks = Vec::with_capacity(entries.len());
@@ -273,6 +292,7 @@ impl Components {
         Ok(Components {
             entries: Arc::new(entries),
             tasks: Arc::new(Mutex::new(tasks)),
+            bus,
         })
     }
 
@@ -359,7 +379,15 @@ impl Components {
                 abort.abort();
                 tracing::warn!(component = %name, "component did not stop in time; killed");
             }
+            if let Some(bus) = &self.bus {
+                bus.revoke(&name).await;
+            }
         }
+    }
+
+    /// The node's MQTT side of its components, when it has one.
+    pub fn bus(&self) -> Option<&Bus> {
+        self.bus.as_ref()
     }
 
     /// Append the `verge_component_*` metrics.
@@ -420,6 +448,9 @@ impl Components {
                 "verge_component_log_lines_dropped_total{{component=\"{}\"}} {}",
                 i.name, i.log_lines_dropped
             );
+        }
+        if let Some(bus) = &self.bus {
+            bus.render_metrics(out);
         }
     }
 }

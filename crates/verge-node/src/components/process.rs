@@ -8,18 +8,21 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use verge_protocol::ComponentSpec;
 
+use super::bus::Credentials;
 use super::log::{LogRing, take_lines};
 
-/// Spawn `spec` in `workdir`, its stdout and stderr read into `logs`.
+/// Spawn `spec` in `workdir`, its stdout and stderr read into `logs`,
+/// with `mqtt` credentials in its environment.
 pub fn spawn(
     spec: &ComponentSpec,
     workdir: &std::path::Path,
     logs: &Arc<Mutex<LogRing>>,
+    mqtt: Option<&Credentials>,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(workdir)
-        .envs(super::env::component_env(spec, workdir))
+        .envs(super::env::component_env(spec, workdir, mqtt))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

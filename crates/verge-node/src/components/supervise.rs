@@ -193,7 +193,30 @@ async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) ->
             e.workdir.display()
         )));
     }
-    let mut child = match process::spawn(spec, &e.workdir, &e.logs) {
+    let creds = match &e.bus {
+        None => None,
+        Some(bus) => {
+            // Components start once the node serves its listeners.
+            let url = tokio::select! {
+                u = bus.url() => u,
+                r = want_rx.changed() => {
+                    if r.is_ok() && *want_rx.borrow() == want {
+                        bus.url().await
+                    } else {
+                        return Ended::Interrupted;
+                    }
+                }
+            };
+            if let Err(why) = &url {
+                tracing::warn!(component = %spec.name, "{why}");
+            }
+            match bus.grant(spec).await {
+                Ok(c) => Some(c),
+                Err(err) => return Ended::Exited(Some(err.to_string())),
+            }
+        }
+    };
+    let mut child = match process::spawn(spec, &e.workdir, &e.logs, creds.as_ref()) {
         Ok(c) => c,
         Err(err) => {
             return Ended::Exited(Some(format!("cannot start `{}`: {err}", spec.command)));
@@ -237,7 +260,9 @@ async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) ->
                 return Ended::Exited(failure);
             }
             _ = tick.tick(), if probing => {
-                match health::probe(&spec.health).await {
+                let hb = e.bus.as_ref().and_then(|b| b.heartbeat(&spec.name));
+                let topic = super::bus::heartbeat_topic(spec);
+                match health::probe(&spec.health, hb.as_deref().map(|h| (h, topic.as_str()))).await {
                     Ok(()) => {
                         failures = 0;
                         e.update(|s| {
