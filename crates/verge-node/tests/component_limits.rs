@@ -79,3 +79,29 @@ async fn memory_limit_fails_a_large_allocation_and_nice_follows_cpu_shares() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn cpu_and_memory_of_a_running_component() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let busy = "exec python3 -c 'b = bytearray(50 * 1024 * 1024)\nfor i in range(len(b) // 4096): b[i * 4096] = 1\nwhile True: pass'";
+    let c = Components::start(
+        &[spec(json!({"name": "busy", "args": ["-c", busy]}))],
+        dir.path(),
+    )
+    .expect("start");
+    let info = wait_for(&c, "busy", "using 50 MiB", |i| {
+        i.memory_bytes.is_some_and(|m| m > 50 * 1024 * 1024)
+    })
+    .await;
+    assert!(info.cpu_percent.is_some());
+    // A busy loop uses CPU time.
+    wait_for(&c, "busy", "using CPU", |i| i.cpu_seconds.is_some_and(|s| s > 0.1)).await;
+    let mut m = String::new();
+    c.render_metrics(&mut m);
+    assert!(m.contains("verge_component_memory_bytes{component=\"busy\"} "), "{m}");
+    assert!(m.contains("verge_component_cpu_seconds_total{component=\"busy\"} "), "{m}");
+    c.stop_one("busy").expect("stop");
+    let info = wait_for(&c, "busy", "stopped", |i| i.state == State::Stopped).await;
+    assert_eq!((info.cpu_percent, info.memory_bytes), (None, None));
+    c.shutdown().await;
+}

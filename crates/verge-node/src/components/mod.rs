@@ -20,6 +20,7 @@ mod health;
 mod process;
 mod rpc;
 mod supervise;
+mod usage;
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -120,6 +121,14 @@ pub struct ComponentInfo {
     pub log_lines: usize,
     /// Log lines dropped from its ring.
     pub log_lines_dropped: u64,
+    /// CPU use of its process (the group leader) in percent of one core,
+    /// since the previous reading at least a second before (or since it
+    /// started); none when not running.
+    pub cpu_percent: Option<f64>,
+    /// CPU seconds its process has used; none when not running.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory of its process in bytes; none when not running.
+    pub memory_bytes: Option<u64>,
 }
 
 /// What the API asks of a component's task.
@@ -159,6 +168,8 @@ struct Entry {
     changed: Arc<watch::Sender<u64>>,
     /// The node's MQTT side: credentials at each start, heartbeats.
     bus: Option<Bus>,
+    /// CPU readings of its process.
+    usage: Mutex<usage::Sampler>,
 }
 
 impl Entry {
@@ -181,6 +192,13 @@ impl Entry {
             .unwrap_or_default();
         let s = self.status.lock();
         let s = s.as_deref();
+        let running = s.ok().and_then(|s| s.pid.zip(s.started));
+        let sample = running.and_then(|(pid, started)| {
+            self.usage
+                .lock()
+                .ok()
+                .and_then(|mut u| u.sample(pid, started))
+        });
         ComponentInfo {
             name: self.spec.name.clone(),
             version: self.spec.version.clone(),
@@ -196,6 +214,9 @@ impl Entry {
             waiting_for: s.map(|s| s.waiting_for.clone()).unwrap_or_default(),
             log_lines,
             log_lines_dropped,
+            cpu_percent: sample.map(|(_, p)| p),
+            cpu_seconds: sample.map(|(u, _)| u.cpu_seconds),
+            memory_bytes: sample.map(|(u, _)| u.memory_bytes),
         }
     }
 }
@@ -277,6 +298,7 @@ impl Components {
                 .0,
                 changed: changed.clone(),
                 bus: bus.clone(),
+                usage: Mutex::new(usage::Sampler::default()),
             }));
         }
         let mut tasks = Vec::with_capacity(entries.len());
@@ -448,6 +470,34 @@ impl Components {
                 "verge_component_log_lines_dropped_total{{component=\"{}\"}} {}",
                 i.name, i.log_lines_dropped
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP verge_component_memory_bytes resident memory of a running component's process"
+        );
+        let _ = writeln!(out, "# TYPE verge_component_memory_bytes gauge");
+        for i in &infos {
+            if let Some(m) = i.memory_bytes {
+                let _ = writeln!(
+                    out,
+                    "verge_component_memory_bytes{{component=\"{}\"}} {m}",
+                    i.name
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP verge_component_cpu_seconds_total CPU time of a running component's process (user + system)"
+        );
+        let _ = writeln!(out, "# TYPE verge_component_cpu_seconds_total counter");
+        for i in &infos {
+            if let Some(c) = i.cpu_seconds {
+                let _ = writeln!(
+                    out,
+                    "verge_component_cpu_seconds_total{{component=\"{}\"}} {c}",
+                    i.name
+                );
+            }
         }
         if let Some(bus) = &self.bus {
             bus.render_metrics(out);
