@@ -372,6 +372,9 @@ impl Node {
         if let Some(a) = self.parts.agent.take() {
             a.shutdown().await;
         }
+        if let Some(c) = &self.parts.components {
+            c.end_follows();
+        }
         let _ = stop_http.send(());
         if let Some(t) = http_task {
             let _ = t.await;

@@ -5,6 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "support/functions.rs"]
+mod support;
+
+use futures_util::StreamExt;
+use tower::ServiceExt;
+
 use serde_json::{Value, json};
 use verge_node::components::{ComponentInfo, Components, State};
 use verge_protocol::ComponentSpec;
@@ -104,4 +110,66 @@ async fn cpu_and_memory_of_a_running_component() {
     let info = wait_for(&c, "busy", "stopped", |i| i.state == State::Stopped).await;
     assert_eq!((info.cpu_percent, info.memory_bytes), (None, None));
     c.shutdown().await;
+}
+
+#[tokio::test]
+async fn log_follow_streams_new_lines_until_the_node_ends_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let c = Components::start(
+        &[spec(json!({
+            "name": "ticker",
+            "args": ["-c", "echo old; read x < fifo; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done"],
+            "workdir": dir.path().to_str().expect("utf-8"),
+        }))],
+        dir.path(),
+    )
+    .expect("start");
+    while c.logs("ticker", 1).expect("logs").0.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let broker = support::broker();
+    let mut st = support::state(&broker, None);
+    st.components = Some(c.clone());
+    let req = axum::http::Request::builder()
+        .uri("/api/components/ticker/logs?tail=1&follow=true")
+        .header("authorization", format!("Bearer {}", support::TOKEN))
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let resp = verge_node::http::router(st).oneshot(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let mut body = resp.into_body().into_data_stream();
+    let mut text = String::new();
+    // Release the ticker once the follower has the old line.
+    text.push_str(&String::from_utf8(next(&mut body).await.expect("chunk").expect("ok").to_vec()).expect("utf-8"));
+    std::fs::write(&fifo, "go\n").expect("fifo");
+    while text.lines().count() < 4 {
+        let chunk = next(&mut body).await.expect("chunk").expect("ok");
+        text.push_str(&String::from_utf8(chunk.to_vec()).expect("utf-8"));
+    }
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(lines[0], json!({"stream": "stdout", "line": "old"}));
+    assert_eq!(lines[1]["line"], "tick 1");
+    assert_eq!(lines[2]["line"], "tick 2");
+    // The node stops: the stream ends (a graceful HTTP shutdown would
+    // otherwise wait for it forever).
+    c.end_follows();
+    loop {
+        match next(&mut body).await {
+            None => break,
+            Some(_) => continue,
+        }
+    }
+    c.shutdown().await;
+}
+
+async fn next(
+    body: &mut axum::body::BodyDataStream,
+) -> Option<Result<bytes::Bytes, axum::Error>> {
+    tokio::time::timeout(WAIT, body.next())
+        .await
+        .expect("a chunk in time")
 }

@@ -239,6 +239,8 @@ pub struct Components {
     entries: Arc<Vec<Arc<Entry>>>,
     tasks: Arc<Mutex<Vec<Task>>>,
     bus: Option<Bus>,
+    /// True ends every log follower (the node stops).
+    follow_end: Arc<watch::Sender<bool>>,
 }
 
 impl Components {
@@ -315,6 +317,7 @@ impl Components {
             entries: Arc::new(entries),
             tasks: Arc::new(Mutex::new(tasks)),
             bus,
+            follow_end: Arc::new(watch::channel(false).0),
         })
     }
 
@@ -384,9 +387,27 @@ impl Components {
             .unwrap_or_default())
     }
 
+    /// Follow a component's output from its last `tail` lines on, until
+    /// [`end_follows`](Self::end_follows).
+    pub fn follow(&self, name: &str, tail: usize) -> Result<log::Follow, ComponentsError> {
+        let e = self.entry(name)?;
+        Ok(log::Follow::new(
+            e.logs.clone(),
+            tail,
+            self.follow_end.subscribe(),
+        ))
+    }
+
+    /// End every log follower (before the HTTP API stops: an open follow
+    /// would hold its graceful shutdown).
+    pub fn end_follows(&self) {
+        self.follow_end.send_replace(true);
+    }
+
     /// Stop every component, dependents before their dependencies, each
     /// within its stop timeout, and end their tasks.
     pub async fn shutdown(&self) {
+        self.end_follows();
         let tasks = match self.tasks.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => return,
