@@ -850,7 +850,9 @@ mod tests {
         assert!(!auth.may_subscribe(&who, "#"));
         let anon_auth = Authenticator::new(Registry::default(), true, AclPolicy::Allow).expect("a");
         anon_auth.set_local_rules(vec![rule(AclPolicy::Deny, AclAction::All, "$verge/#")]);
-        let anon = anon_auth.authenticate("x", None, None, None).expect("anonymous");
+        let anon = anon_auth
+            .authenticate("x", None, None, None)
+            .expect("anonymous");
         assert!(!anon_auth.may_publish(&anon, "$verge/rpc/a/config.get"));
         assert!(anon_auth.may_publish(&anon, "elsewhere"));
         // Nobody else may take the local user's client id.

@@ -64,11 +64,18 @@ async fn memory_limit_fails_a_large_allocation_and_nice_follows_cpu_shares() {
     .expect("start");
     let limited = wait_for(&c, "limited", "ended", |i| i.state == State::Failed).await;
     assert!(
-        limited.last_error.as_deref().unwrap_or("").contains("status 1"),
+        limited
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("status 1"),
         "{limited:?}"
     );
     let (lines, _) = c.logs("limited", 50).expect("logs");
-    assert!(lines.iter().any(|l| l.line.contains("MemoryError")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.line.contains("MemoryError")),
+        "{lines:?}"
+    );
     wait_for(&c, "free", "done", |i| i.state == State::Stopped).await;
     let (lines, _) = c.logs("free", 50).expect("logs");
     assert!(lines.iter().any(|l| l.line == "209715200"), "{lines:?}");
@@ -101,11 +108,20 @@ async fn cpu_and_memory_of_a_running_component() {
     .await;
     assert!(info.cpu_percent.is_some());
     // A busy loop uses CPU time.
-    wait_for(&c, "busy", "using CPU", |i| i.cpu_seconds.is_some_and(|s| s > 0.1)).await;
+    wait_for(&c, "busy", "using CPU", |i| {
+        i.cpu_seconds.is_some_and(|s| s > 0.1)
+    })
+    .await;
     let mut m = String::new();
     c.render_metrics(&mut m);
-    assert!(m.contains("verge_component_memory_bytes{component=\"busy\"} "), "{m}");
-    assert!(m.contains("verge_component_cpu_seconds_total{component=\"busy\"} "), "{m}");
+    assert!(
+        m.contains("verge_component_memory_bytes{component=\"busy\"} "),
+        "{m}"
+    );
+    assert!(
+        m.contains("verge_component_cpu_seconds_total{component=\"busy\"} "),
+        "{m}"
+    );
     c.stop_one("busy").expect("stop");
     let info = wait_for(&c, "busy", "stopped", |i| i.state == State::Stopped).await;
     assert_eq!((info.cpu_percent, info.memory_bytes), (None, None));
@@ -116,7 +132,10 @@ async fn cpu_and_memory_of_a_running_component() {
 async fn log_follow_streams_new_lines_until_the_node_ends_it() {
     let dir = tempfile::tempdir().expect("tmp");
     let fifo = dir.path().join("fifo");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
     assert!(made.success());
     let c = Components::start(
         &[spec(json!({
@@ -138,19 +157,26 @@ async fn log_follow_streams_new_lines_until_the_node_ends_it() {
         .header("authorization", format!("Bearer {}", support::TOKEN))
         .body(axum::body::Body::empty())
         .expect("request");
-    let resp = verge_node::http::router(st).oneshot(req).await.expect("response");
+    let resp = verge_node::http::router(st)
+        .oneshot(req)
+        .await
+        .expect("response");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let mut body = resp.into_body().into_data_stream();
     let mut text = String::new();
     // Release the ticker once the follower has the old line.
-    text.push_str(&String::from_utf8(next(&mut body).await.expect("chunk").expect("ok").to_vec()).expect("utf-8"));
+    let first = next(&mut body).await.expect("chunk").expect("ok");
+    text.push_str(std::str::from_utf8(&first).expect("utf-8"));
     std::fs::write(&fifo, "go\n").expect("fifo");
     while text.lines().count() < 4 {
         let chunk = next(&mut body).await.expect("chunk").expect("ok");
-        text.push_str(&String::from_utf8(chunk.to_vec()).expect("utf-8"));
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
     }
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
     assert_eq!(lines[0], json!({"stream": "stdout", "line": "old"}));
     assert_eq!(lines[1]["line"], "tick 1");
     assert_eq!(lines[2]["line"], "tick 2");
@@ -166,9 +192,7 @@ async fn log_follow_streams_new_lines_until_the_node_ends_it() {
     c.shutdown().await;
 }
 
-async fn next(
-    body: &mut axum::body::BodyDataStream,
-) -> Option<Result<bytes::Bytes, axum::Error>> {
+async fn next(body: &mut axum::body::BodyDataStream) -> Option<Result<bytes::Bytes, axum::Error>> {
     tokio::time::timeout(WAIT, body.next())
         .await
         .expect("a chunk in time")

@@ -39,8 +39,10 @@ struct Setup {
 /// with the bus over it.
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = BrokerConfig::default();
-    cfg.allow_anonymous = true;
+    let mut cfg = BrokerConfig {
+        allow_anonymous: true,
+        ..BrokerConfig::default()
+    };
     cfg.listeners.tcp.enabled = true;
     cfg.listeners.tcp.bind = "127.0.0.1:0".parse().expect("addr");
     cfg.listeners.ws.enabled = false;
@@ -138,7 +140,11 @@ struct Client {
     rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
 }
 
-async fn connect(addr: SocketAddr, id: &str, creds: Option<(&str, &str)>) -> Result<Client, String> {
+async fn connect(
+    addr: SocketAddr,
+    id: &str,
+    creds: Option<(&str, &str)>,
+) -> Result<Client, String> {
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
@@ -146,7 +152,10 @@ async fn connect(addr: SocketAddr, id: &str, creds: Option<(&str, &str)>) -> Res
         o.set_credentials(u, p);
     }
     let (c, mut el) = AsyncClient::new(o, 64);
-    match tokio::time::timeout(WAIT, el.poll()).await.expect("connack in time") {
+    match tokio::time::timeout(WAIT, el.poll())
+        .await
+        .expect("connack in time")
+    {
         Ok(Event::Incoming(Packet::ConnAck(a))) if a.code == ConnectReturnCode::Success => {}
         Ok(other) => return Err(format!("{other:?}")),
         Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Err(format!("{code:?}")),
@@ -207,7 +216,10 @@ impl Client {
 
     async fn message(&mut self, topic: &str) -> Vec<u8> {
         match self
-            .next(topic, |p| matches!(p, Packet::Publish(m) if m.topic == topic))
+            .next(
+                topic,
+                |p| matches!(p, Packet::Publish(m) if m.topic == topic),
+            )
             .await
         {
             Packet::Publish(m) => m.payload.to_vec(),
@@ -220,8 +232,11 @@ impl Client {
         let reply = format!("components/{component}/reply");
         let mut body = body;
         body["reply_to"] = json!(reply);
-        self.publish(&format!("$verge/rpc/{component}/{method}"), body.to_string())
-            .await;
+        self.publish(
+            &format!("$verge/rpc/{component}/{method}"),
+            body.to_string(),
+        )
+        .await;
         serde_json::from_slice(&self.message(&reply).await).expect("json answer")
     }
 }
@@ -263,9 +278,15 @@ async fn component_credentials_acl_rpc_and_revoke() {
     me.publish("components/b/x", "no").await;
     me.publish("shared/a", "yes").await;
     me.publish("components/a/telemetry", "yes").await;
-    let first = tokio::time::timeout(WAIT, spy.recv()).await.expect("spy").expect("msg");
+    let first = tokio::time::timeout(WAIT, spy.recv())
+        .await
+        .expect("spy")
+        .expect("msg");
     assert_eq!(&*first.topic, "shared/a");
-    let second = tokio::time::timeout(WAIT, spy.recv()).await.expect("spy").expect("msg");
+    let second = tokio::time::timeout(WAIT, spy.recv())
+        .await
+        .expect("spy")
+        .expect("msg");
     assert_eq!(&*second.topic, "components/a/telemetry");
     assert_eq!(
         me.subscribe("#").await,
@@ -289,17 +310,33 @@ async fn component_credentials_acl_rpc_and_revoke() {
     assert_eq!(got["result"]["version"], "9.9.9");
     let got = me.call("a", "no.such", json!({})).await;
     assert_eq!(got["ok"], false);
-    assert!(got["error"].as_str().expect("error").contains("unknown method"));
+    assert!(
+        got["error"]
+            .as_str()
+            .expect("error")
+            .contains("unknown method")
+    );
     let got = me
-        .call("a", "store.write", json!({"params": {"points": [{"metric": "temp", "value": 21.5}]}}))
+        .call(
+            "a",
+            "store.write",
+            json!({"params": {"points": [{"metric": "temp", "value": 21.5}]}}),
+        )
         .await;
     assert_eq!(got, json!({"ok": true, "result": {"points": 1}}));
     let latest = s.db.latest(Some("a"));
     assert_eq!(latest.len(), 1, "{latest:?}");
     let got = me
-        .call("a", "store.write", json!({"params": {"points": [{"value": 1}]}}))
+        .call(
+            "a",
+            "store.write",
+            json!({"params": {"points": [{"value": 1}]}}),
+        )
         .await;
-    assert!(got["error"].as_str().expect("error").contains("metric"), "{got}");
+    assert!(
+        got["error"].as_str().expect("error").contains("metric"),
+        "{got}"
+    );
     // Not a JSON object, or too large: over 3.1.1 the response topic is
     // only in the body, so there is no one to answer (MQTT 5 requests get
     // an error answer: tests/interop/test_components_mqtt.py).
@@ -320,8 +357,14 @@ async fn component_credentials_acl_rpc_and_revoke() {
     assert_eq!(got["ok"], true);
     let mut metrics = String::new();
     c.render_metrics(&mut metrics);
-    assert!(metrics.contains("verge_component_rpc_requests_total{result=\"error\"} 2"), "{metrics}");
-    assert!(metrics.contains("verge_component_rpc_requests_total{result=\"unanswerable\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("verge_component_rpc_requests_total{result=\"error\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("verge_component_rpc_requests_total{result=\"unanswerable\"} 3"),
+        "{metrics}"
+    );
     assert!(!metrics.contains(&secret));
 
     // Another client cannot call for it, even where the broker allows
@@ -339,12 +382,10 @@ async fn component_credentials_acl_rpc_and_revoke() {
 
     // Revoked: disconnected, and the secret no longer works.
     s.bus.revoke("a").await;
-    loop {
-        match tokio::time::timeout(WAIT, me.rx.recv()).await.expect("disconnected in time") {
-            Some(Ok(_)) => continue,
-            _ => break,
-        }
-    }
+    while let Some(Ok(_)) = tokio::time::timeout(WAIT, me.rx.recv())
+        .await
+        .expect("disconnected in time")
+    {}
     assert!(connect(s.addr, "component:a", user).await.is_err());
     c.shutdown().await;
 }
@@ -352,9 +393,7 @@ async fn component_credentials_acl_rpc_and_revoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_heartbeat_makes_healthy_and_its_absence_restarts() {
     let s = setup().await;
-    let health = |grace: &str| {
-        json!({"kind": "mqtt", "interval": "200ms", "timeout": "100ms", "failures": 2, "start_grace": grace})
-    };
+    let health = |grace: &str| json!({"kind": "mqtt", "interval": "200ms", "timeout": "100ms", "failures": 2, "start_grace": grace});
     let beating = spec(json!({
         "name": "beating", "args": ["-c", "env > env.txt; exec sleep 1000"],
         "health": health("30s"),

@@ -396,7 +396,9 @@ pub fn listener_url(listeners: &[(&'static str, std::net::SocketAddr)]) -> Resul
         .iter()
         .find(|(k, _)| *k == "tcp")
         .or_else(|| listeners.first())
-        .ok_or_else(|| "the node has no MQTT listener; components get no VERGE_MQTT_URL".to_owned())?;
+        .ok_or_else(|| {
+            "the node has no MQTT listener; components get no VERGE_MQTT_URL".to_owned()
+        })?;
     let (kind, mut addr) = *pick;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
@@ -437,10 +439,15 @@ mod tests {
         hb.beat();
         assert!(hb.check("t", Duration::from_secs(5)).is_ok());
         hb.report(false, Some("sensor gone".into()));
-        let e = hb.check("t", Duration::from_secs(5)).expect_err("unhealthy");
+        let e = hb
+            .check("t", Duration::from_secs(5))
+            .expect_err("unhealthy");
         assert!(e.contains("sensor gone"), "{e}");
         hb.beat();
-        assert!(hb.check("t", Duration::from_secs(5)).is_err(), "a beat does not clear a report");
+        assert!(
+            hb.check("t", Duration::from_secs(5)).is_err(),
+            "a beat does not clear a report"
+        );
         hb.report(true, None);
         assert!(hb.check("t", Duration::from_secs(5)).is_ok());
     }

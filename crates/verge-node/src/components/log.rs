@@ -235,7 +235,10 @@ mod tests {
         }
         let (lines, next, missed) = r.since(0, 10);
         assert_eq!((missed, next), (2, 5));
-        assert_eq!(lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["l2", "l3", "l4"]);
+        assert_eq!(
+            lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+            ["l2", "l3", "l4"]
+        );
         let (lines, next, missed) = r.since(3, 1);
         assert_eq!((lines[0].line.as_str(), next, missed), ("l3", 4, 0));
         assert!(r.since(5, 10).0.is_empty());

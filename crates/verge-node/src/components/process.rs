@@ -37,7 +37,11 @@ pub fn spawn(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    apply_limits(&mut cmd, spec.limits.memory, spec.limits.cpu_shares.map(nice_for_shares));
+    apply_limits(
+        &mut cmd,
+        spec.limits.memory,
+        spec.limits.cpu_shares.map(nice_for_shares),
+    );
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(read_into(out, "stdout", logs.clone()));

@@ -133,13 +133,7 @@ async fn handle(bus: &Bus, msg: &Message) {
     }
 }
 
-type Routed = (
-    String,
-    String,
-    String,
-    Option<Value>,
-    Result<Value, String>,
-);
+type Routed = (String, String, String, Option<Value>, Result<Value, String>);
 
 /// The component, method, response topic, request id and parameters of a
 /// request (parameters `Err` when the body is unusable, which is answered).
@@ -158,9 +152,11 @@ fn route(bus: &Bus, msg: &Message) -> Result<Routed, Unanswerable> {
     if !known || *msg.origin != username(component) {
         return Err(Unanswerable::NotAComponent);
     }
-    let body: Result<serde_json::Map<String, Value>, String> = if msg.payload.len() > MAX_REQUEST
-    {
-        Err(format!("request too large: {} bytes, at most {MAX_REQUEST}", msg.payload.len()))
+    let body: Result<serde_json::Map<String, Value>, String> = if msg.payload.len() > MAX_REQUEST {
+        Err(format!(
+            "request too large: {} bytes, at most {MAX_REQUEST}",
+            msg.payload.len()
+        ))
     } else if msg.payload.is_empty() {
         Ok(serde_json::Map::new())
     } else {

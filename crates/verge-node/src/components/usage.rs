@@ -66,7 +66,8 @@ impl Sampler {
         } else {
             0.0
         };
-        let keep = matches!(self.last, Some((p, t, _)) if p == pid && now.duration_since(t).as_secs() < 1);
+        let keep =
+            matches!(self.last, Some((p, t, _)) if p == pid && now.duration_since(t).as_secs() < 1);
         if !keep {
             self.last = Some((pid, now, u.cpu_seconds));
         }
@@ -80,9 +81,13 @@ mod tests {
 
     #[test]
     fn parses_stat_and_status() {
-        let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 5 1000 10";
+        let stat =
+            "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 5 1000 10";
         assert_eq!(cpu_ticks(stat), Some(300));
-        assert_eq!(rss_bytes("Name:\tx\nVmRSS:\t  1234 kB\n"), Some(1234 * 1024));
+        assert_eq!(
+            rss_bytes("Name:\tx\nVmRSS:\t  1234 kB\n"),
+            Some(1234 * 1024)
+        );
         let me = read(std::process::id()).expect("own usage");
         assert!(me.memory_bytes > 0);
     }

@@ -123,7 +123,10 @@ fn follow(f: Follow) -> Response {
                 out.push(b'\n');
             }
         }
-        Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(out)), f))
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(out)),
+            f,
+        ))
     });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
