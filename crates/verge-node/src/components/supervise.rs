@@ -216,7 +216,10 @@ async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) ->
             }
         }
     };
-    let mut child = match process::spawn(spec, &e.workdir, &e.logs, creds.as_ref()) {
+    let spawned = process::spawn(spec, &e.workdir, &e.logs, creds.as_ref());
+    // The secret lives on only in the process's environment.
+    drop(creds);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(err) => {
             return Ended::Exited(Some(format!("cannot start `{}`: {err}", spec.command)));
