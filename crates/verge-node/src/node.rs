@@ -312,7 +312,14 @@ impl Node {
         let mqtt_addrs: Vec<_> = listeners
             .mqtt
             .iter()
-            .filter_map(|l| l.local_addr().ok().map(|a| (l.kind(), a)))
+            .filter_map(|l| {
+                let path = match &l.transport {
+                    verge_broker::listener::Transport::Ws(p)
+                    | verge_broker::listener::Transport::Wss(_, p) => p.clone(),
+                    _ => String::new(),
+                };
+                l.local_addr().ok().map(|a| (l.kind(), a, path))
+            })
             .collect();
         for l in listeners.mqtt {
             broker.serve(l);

@@ -51,7 +51,7 @@ async fn setup() -> Setup {
     let listeners = verge_broker::bind_all(&cfg.listeners).await.expect("bind");
     let addrs: Vec<_> = listeners
         .iter()
-        .map(|l| (l.kind(), l.local_addr().expect("addr")))
+        .map(|l| (l.kind(), l.local_addr().expect("addr"), String::new()))
         .collect();
     let addr = addrs[0].1;
     for l in listeners {

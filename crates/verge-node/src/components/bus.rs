@@ -388,18 +388,23 @@ fn random_secret() -> Result<String, BusError> {
     Ok(hex::encode(b))
 }
 
+/// One bound MQTT listener: its kind (`tcp`, `tls`, `ws`, `wss`), address,
+/// and WebSocket path (empty for the others).
+pub type ListenerAddr = (&'static str, std::net::SocketAddr, String);
+
 /// The URL components get from the node's bound MQTT listeners: the first
-/// plain TCP one, else the first one; an unspecified bind address
-/// (`0.0.0.0`, `::`) becomes the loopback address.
-pub fn listener_url(listeners: &[(&'static str, std::net::SocketAddr)]) -> Result<String, String> {
+/// plain TCP one, else the first one (with its WebSocket path); an
+/// unspecified bind address (`0.0.0.0`, `::`) becomes the loopback
+/// address.
+pub fn listener_url(listeners: &[ListenerAddr]) -> Result<String, String> {
     let pick = listeners
         .iter()
-        .find(|(k, _)| *k == "tcp")
+        .find(|(k, _, _)| *k == "tcp")
         .or_else(|| listeners.first())
         .ok_or_else(|| {
             "the node has no MQTT listener; components get no VERGE_MQTT_URL".to_owned()
         })?;
-    let (kind, mut addr) = *pick;
+    let (kind, mut addr, path) = pick.clone();
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
             std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -411,7 +416,7 @@ pub fn listener_url(listeners: &[(&'static str, std::net::SocketAddr)]) -> Resul
         "tls" => "mqtts",
         other => other,
     };
-    Ok(format!("{scheme}://{addr}"))
+    Ok(format!("{scheme}://{addr}{path}"))
 }
 
 #[cfg(test)]
@@ -422,12 +427,19 @@ mod tests {
     fn url_prefers_tcp_and_loopback() {
         let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
         assert_eq!(
-            listener_url(&[("ws", a("127.0.0.1:9001")), ("tcp", a("0.0.0.0:1883"))]),
+            listener_url(&[
+                ("ws", a("127.0.0.1:9001"), "/mqtt".into()),
+                ("tcp", a("0.0.0.0:1883"), String::new())
+            ]),
             Ok("mqtt://127.0.0.1:1883".to_owned())
         );
         assert_eq!(
-            listener_url(&[("tls", a("[::]:8883"))]),
+            listener_url(&[("tls", a("[::]:8883"), String::new())]),
             Ok("mqtts://[::1]:8883".to_owned())
+        );
+        assert_eq!(
+            listener_url(&[("ws", a("127.0.0.1:9001"), "/mqtt".into())]),
+            Ok("ws://127.0.0.1:9001/mqtt".to_owned())
         );
         assert!(listener_url(&[]).is_err());
     }
