@@ -187,8 +187,10 @@ async fn a_hung_http_service_becomes_unhealthy_and_is_restarted() {
         "hang",
         "",
         json!({
+            // The grace covers python's start on a loaded machine (it
+            // listens only then).
             "health": {"kind": "http", "url": format!("http://127.0.0.1:{port}/health"),
-                       "interval": "100ms", "timeout": "200ms", "failures": 2, "start_grace": "0s"},
+                       "interval": "100ms", "timeout": "200ms", "failures": 2, "start_grace": "2s"},
             "max_restarts": 100,
         }),
     );
