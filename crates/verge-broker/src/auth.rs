@@ -8,6 +8,16 @@
 //! ([`Authenticator::replace`], used by the cloud agent). ACL checks of
 //! connected devices follow the registry in use: a device removed from it
 //! may no longer publish or subscribe, even on a connection made before.
+//!
+//! Beside the registry the authenticator holds *local users*: credentials
+//! the node itself issues (to its user components), added and removed one
+//! by one ([`Authenticator::set_local_user`],
+//! [`Authenticator::remove_local_user`]) and kept across
+//! [`Authenticator::replace`], which swaps the registry only. A local user
+//! wins over a registry device of the same username. *Local rules*
+//! ([`Authenticator::set_local_rules`]) are global rules the node adds,
+//! also kept across `replace`, checked after a client's own rules and
+//! before the registry's global rules.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,6 +116,10 @@ pub struct Authenticator {
 struct Inner {
     registry: Registry,
     by_username: HashMap<String, usize>,
+    /// Local users by username (kept across `replace`).
+    local: Arc<HashMap<String, Device>>,
+    /// Local global rules (kept across `replace`).
+    local_rules: Arc<Vec<AclRule>>,
     allow_anonymous: bool,
     default: AclPolicy,
 }
@@ -135,9 +149,24 @@ impl Inner {
         Ok(Inner {
             registry,
             by_username,
+            local: Arc::default(),
+            local_rules: Arc::default(),
             allow_anonymous,
             default,
         })
+    }
+
+    /// The local user or registry device named `username`.
+    fn user(&self, username: &str) -> Option<&Device> {
+        self.local.get(username).or_else(|| {
+            self.by_username
+                .get(username)
+                .map(|&i| &self.registry.devices[i])
+        })
+    }
+
+    fn knows(&self, username: &str) -> bool {
+        self.local.contains_key(username) || self.by_username.contains_key(username)
     }
 }
 
@@ -159,16 +188,78 @@ impl Authenticator {
     /// connections and the next ACL checks of existing ones see it; an
     /// existing connection keeps its own device rules.
     pub fn replace(&self, registry: Registry) -> Result<(), BrokerError> {
-        let (allow_anonymous, default) = {
-            let cur = self.current();
-            (cur.allow_anonymous, cur.default)
+        let mut guard = match self.inner.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         };
-        let next = Arc::new(Inner::build(registry, allow_anonymous, default)?);
-        match self.inner.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
+        let mut next = Inner::build(registry, guard.allow_anonymous, guard.default)?;
+        next.local = guard.local.clone();
+        next.local_rules = guard.local_rules.clone();
+        *guard = Arc::new(next);
         Ok(())
+    }
+
+    /// Add or replace the local user `user.username` (its `password_hash`
+    /// an argon2 PHC string, as in the registry). Kept across
+    /// [`replace`](Self::replace). Connections made with an earlier secret
+    /// stay until closed ([`BrokerHandle::disconnect_user`](crate::BrokerHandle::disconnect_user)).
+    pub fn set_local_user(&self, user: Device) -> Result<(), BrokerError> {
+        if let Some(h) = &user.password_hash {
+            PasswordHash::new(h).map_err(|e| {
+                BrokerError::Config(format!(
+                    "local user `{}`: password_hash: not an argon2 PHC string: {e}",
+                    user.username
+                ))
+            })?;
+        }
+        self.modify(|inner| {
+            let mut local = (*inner.local).clone();
+            local.insert(user.username.clone(), user);
+            inner.local = Arc::new(local);
+        });
+        Ok(())
+    }
+
+    /// Remove the local user `username`; true when there was one. Its
+    /// connections lose every right at their next ACL check.
+    pub fn remove_local_user(&self, username: &str) -> bool {
+        let mut removed = false;
+        self.modify(|inner| {
+            if inner.local.contains_key(username) {
+                let mut local = (*inner.local).clone();
+                local.remove(username);
+                inner.local = Arc::new(local);
+                removed = true;
+            }
+        });
+        removed
+    }
+
+    /// Set the local global rules (kept across [`replace`](Self::replace)).
+    pub fn set_local_rules(&self, rules: Vec<AclRule>) {
+        self.modify(|inner| inner.local_rules = Arc::new(rules));
+    }
+
+    /// Usernames of the local users.
+    pub fn local_users(&self) -> Vec<String> {
+        self.current().local.keys().cloned().collect()
+    }
+
+    fn modify(&self, f: impl FnOnce(&mut Inner)) {
+        let mut guard = match self.inner.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = Inner {
+            registry: guard.registry.clone(),
+            by_username: guard.by_username.clone(),
+            local: guard.local.clone(),
+            local_rules: guard.local_rules.clone(),
+            allow_anonymous: guard.allow_anonymous,
+            default: guard.default,
+        };
+        f(&mut next);
+        *guard = Arc::new(next);
     }
 
     /// A copy of the registry in use.
@@ -209,33 +300,30 @@ impl Authenticator {
         cert_name: Option<&str>,
     ) -> Result<Identity, AuthFailure> {
         let inner = &*self.current();
-        let ident = |user: Option<&str>, device: Option<usize>| Identity {
+        let ident = |user: Option<&str>, device: Option<&Device>| Identity {
             client_id: Arc::from(client_id),
             username: user.map(Arc::from),
             device: device.is_some(),
-            pinned: device.is_some_and(|i| inner.registry.devices[i].client_id.is_some()),
+            pinned: device.is_some_and(|d| d.client_id.is_some()),
         };
-        let check_client = |i: usize| -> Result<(), AuthFailure> {
-            match &inner.registry.devices[i].client_id {
+        let check_client = |d: &Device| -> Result<(), AuthFailure> {
+            match &d.client_id {
                 Some(c) if c != client_id => Err(AuthFailure::NotAuthorized),
                 _ => Ok(()),
             }
         };
         if let Some(name) = cert_name {
             // A verified certificate is the identity; a known device's rules apply.
-            let device = inner.by_username.get(name).copied();
-            if let Some(i) = device {
-                check_client(i)?;
+            let device = inner.user(name);
+            if let Some(d) = device {
+                check_client(d)?;
             }
             return Ok(ident(Some(name), device));
         }
         match (username, password) {
             (Some(user), Some(pass)) => {
-                let i = *inner
-                    .by_username
-                    .get(user)
-                    .ok_or(AuthFailure::BadCredentials)?;
-                let hash = inner.registry.devices[i]
+                let d = inner.user(user).ok_or(AuthFailure::BadCredentials)?;
+                let hash = d
                     .password_hash
                     .as_deref()
                     .ok_or(AuthFailure::BadCredentials)?;
@@ -243,8 +331,8 @@ impl Authenticator {
                 Argon2::default()
                     .verify_password(pass, &parsed)
                     .map_err(|_| AuthFailure::BadCredentials)?;
-                check_client(i)?;
-                Ok(ident(Some(user), Some(i)))
+                check_client(d)?;
+                Ok(ident(Some(user), Some(d)))
             }
             // An unverified user name must not borrow that device's rights.
             _ if inner.allow_anonymous => Ok(ident(None, None)),
@@ -268,7 +356,7 @@ impl Authenticator {
         // The registered username owning `id`: the longest one that is the
         // id or a prefix of it ending before a separator.
         let owner = |exact_only: bool| -> Option<&str> {
-            if inner.by_username.contains_key(id) {
+            if inner.knows(id) {
                 return Some(id);
             }
             if exact_only {
@@ -278,7 +366,7 @@ impl Authenticator {
                 .rev()
                 .filter(|&(_, c)| c == CLIENT_ID_SEPARATOR)
                 .map(|(i, _)| &id[..i])
-                .find(|prefix| inner.by_username.contains_key(*prefix))
+                .find(|prefix| inner.knows(prefix))
         };
         match who.username.as_deref() {
             None => owner(binding == ClientIdBinding::Exact).is_none(),
@@ -307,19 +395,19 @@ impl Authenticator {
     fn check(&self, who: &Identity, action: AclAction, topic: &str) -> bool {
         let inner = &*self.current();
         let own: &[AclRule] = if who.device {
-            let found = who
-                .username
-                .as_deref()
-                .and_then(|u| inner.by_username.get(u));
-            match found {
-                Some(&i) => &inner.registry.devices[i].acl,
+            match who.username.as_deref().and_then(|u| inner.user(u)) {
+                Some(d) => &d.acl,
                 // Removed from the registry since it connected: revoked.
                 None => return false,
             }
         } else {
             &[]
         };
-        for rule in own.iter().chain(inner.registry.acl.iter()) {
+        let rules = own
+            .iter()
+            .chain(inner.local_rules.iter())
+            .chain(inner.registry.acl.iter());
+        for rule in rules {
             if rule.action != action && rule.action != AclAction::All {
                 continue;
             }
@@ -714,6 +802,66 @@ mod tests {
         assert!(
             err.to_string().contains("devices[0].password_hash"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn local_users_and_rules_survive_a_registry_replace() {
+        let auth = Authenticator::new(registry(), false, AclPolicy::Allow).expect("auth");
+        let rule = |permission, action, topic: &str| AclRule {
+            permission,
+            action,
+            topic: topic.to_owned(),
+        };
+        auth.set_local_user(Device {
+            username: "component:a".into(),
+            password_hash: Some(hash_password("pw").expect("hash")),
+            client_id: Some("component:a".into()),
+            acl: vec![
+                rule(AclPolicy::Allow, AclAction::All, "components/a/#"),
+                rule(AclPolicy::Deny, AclAction::All, "#"),
+            ],
+        })
+        .expect("local user");
+        auth.set_local_rules(vec![rule(AclPolicy::Deny, AclAction::All, "$verge/#")]);
+        // What the cloud agent does on every apply: a fresh registry.
+        auth.replace(Registry::default()).expect("replace");
+        assert!(
+            auth.authenticate("sensor", Some("sensor"), Some(b"s3cret"), None)
+                .is_err(),
+            "the registry was replaced"
+        );
+        assert_eq!(
+            auth.authenticate("component:a", Some("component:a"), Some(b"wrong"), None)
+                .err(),
+            Some(AuthFailure::BadCredentials)
+        );
+        assert_eq!(
+            auth.authenticate("other", Some("component:a"), Some(b"pw"), None)
+                .err(),
+            Some(AuthFailure::NotAuthorized),
+            "the client id is pinned"
+        );
+        let who = auth
+            .authenticate("component:a", Some("component:a"), Some(b"pw"), None)
+            .expect("local user kept");
+        assert!(auth.may_publish(&who, "components/a/x"));
+        assert!(!auth.may_publish(&who, "components/b/x"));
+        assert!(!auth.may_subscribe(&who, "#"));
+        let anon_auth = Authenticator::new(Registry::default(), true, AclPolicy::Allow).expect("a");
+        anon_auth.set_local_rules(vec![rule(AclPolicy::Deny, AclAction::All, "$verge/#")]);
+        let anon = anon_auth
+            .authenticate("x", None, None, None)
+            .expect("anonymous");
+        assert!(!anon_auth.may_publish(&anon, "$verge/rpc/a/config.get"));
+        assert!(anon_auth.may_publish(&anon, "elsewhere"));
+        // Nobody else may take the local user's client id.
+        assert!(!allowed(&auth, None, "component:a", ClientIdBinding::Exact));
+        assert!(auth.remove_local_user("component:a"));
+        assert!(!auth.may_publish(&who, "components/a/x"), "revoked");
+        assert!(
+            auth.authenticate("component:a", Some("component:a"), Some(b"pw"), None)
+                .is_err()
         );
     }
 }

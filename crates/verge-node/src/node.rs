@@ -19,6 +19,7 @@ use verge_rules::{Engine, FunctionInvoker, Services, TelemetryStore, Upstream};
 use verge_tsdb::{Tsdb, TsdbError};
 
 use crate::cloud::CloudLink;
+use crate::components::bus::{Bus, NodeIdent};
 use crate::components::{Components, ComponentsOptions};
 use crate::http::ApiState;
 use crate::http::auth::ApiTokens;
@@ -242,7 +243,19 @@ impl Node {
                 .map_err(|e| part("bridge", e))?;
             parts.bridge = Some(bridge);
         }
-        // Always, so a cloud-managed node can be given components.
+        // Always, so a cloud-managed node can be given components (the bus
+        // is one in-process subscription).
+        let bus = Bus::start(
+            auth.clone(),
+            handle.clone(),
+            NodeIdent {
+                name: cfg.node.name.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+            parts.store.clone(),
+        )
+        .await
+        .map_err(|e| part("components (mqtt rpc)", e))?;
         let options = ComponentsOptions {
             // Checked by `NodeConfig::validate`.
             engine: crate::components::engine_socket(&cfg.containers.engine)
@@ -250,8 +263,9 @@ impl Node {
             pull: cfg.containers.pull,
             node: cfg.node.name.clone(),
         };
-        let components = Components::start_with(&cfg.components, &cfg.node.data_dir, &options)
-            .map_err(|e| part("components", e))?;
+        let components =
+            Components::start_with(&cfg.components, &cfg.node.data_dir, &options, Some(bus))
+                .map_err(|e| part("components", e))?;
         parts.components = Some(components.clone());
         if let Some(link) = cloud {
             let node_parts = verge_agent::NodeParts {
@@ -302,8 +316,24 @@ impl Node {
         ) else {
             return Err(part("node", "not started"));
         };
+        let mqtt_addrs: Vec<_> = listeners
+            .mqtt
+            .iter()
+            .filter_map(|l| {
+                let path = match &l.transport {
+                    verge_broker::listener::Transport::Ws(p)
+                    | verge_broker::listener::Transport::Wss(_, p) => p.clone(),
+                    _ => String::new(),
+                };
+                l.local_addr().ok().map(|a| (l.kind(), a, path))
+            })
+            .collect();
         for l in listeners.mqtt {
             broker.serve(l);
+        }
+        // Components start once the broker serves: they learn where.
+        if let Some(bus) = p.components.as_ref().and_then(Components::bus) {
+            bus.set_url(crate::components::bus::listener_url(&mqtt_addrs));
         }
         let handle = broker.handle();
         let mut coap = Vec::new();
@@ -355,6 +385,9 @@ impl Node {
         info!("shutting down");
         if let Some(a) = self.parts.agent.take() {
             a.shutdown().await;
+        }
+        if let Some(c) = &self.parts.components {
+            c.end_follows();
         }
         let _ = stop_http.send(());
         if let Some(t) = http_task {

@@ -137,7 +137,8 @@ async fn container_runs_logs_restarts_after_kill_and_stop_removes_it() {
             },
         }),
     );
-    let c = Components::start_with(&[web], dir.path(), &options(sock.clone())).expect("start");
+    let c =
+        Components::start_with(&[web], dir.path(), &options(sock.clone()), None).expect("start");
     let info = wait_for(&c, "web", "healthy", |i| i.state == State::Healthy).await;
     let id = info.container_id.clone().expect("a container id");
     assert_eq!(id.len(), 12);
@@ -229,7 +230,7 @@ async fn missing_image_fails_clearly_and_a_process_runs_on() {
         "steady",
         json!({ "command": "sh", "args": ["-c", "exec sleep 60"] }),
     );
-    let c = Components::start_with(&[ghost, steady], dir.path(), &options(sock.clone()))
+    let c = Components::start_with(&[ghost, steady], dir.path(), &options(sock.clone()), None)
         .expect("start");
     let info = wait_for(&c, "ghost", "failed", |i| i.state == State::Failed).await;
     let reason = info.last_error.clone().unwrap_or_default();
@@ -257,7 +258,7 @@ async fn missing_image_fails_clearly_and_a_process_runs_on() {
         pull: false,
         ..options(sock)
     };
-    let c = Components::start_with(&[ghost], dir.path(), &no_pull).expect("start");
+    let c = Components::start_with(&[ghost], dir.path(), &no_pull, None).expect("start");
     let info = wait_for(&c, "ghost", "failed", |i| i.state == State::Failed).await;
     assert_eq!(
         info.last_error.as_deref(),
@@ -286,7 +287,7 @@ async fn unreachable_engine_names_the_socket() {
         "steady",
         json!({ "command": "sh", "args": ["-c", "exec sleep 60"] }),
     );
-    let c = Components::start_with(&[boxed, steady], dir.path(), &options(sock.clone()))
+    let c = Components::start_with(&[boxed, steady], dir.path(), &options(sock.clone()), None)
         .expect("start");
     let info = wait_for(&c, "boxed", "failed", |i| i.state == State::Failed).await;
     let reason = info.last_error.clone().unwrap_or_default();
@@ -317,7 +318,7 @@ async fn stop_timeout_kills_a_container_that_ignores_sigterm() {
             "stop_timeout": "1s",
         }),
     );
-    let c = Components::start_with(&[deaf], dir.path(), &options(sock)).expect("start");
+    let c = Components::start_with(&[deaf], dir.path(), &options(sock), None).expect("start");
     wait_for(&c, "deaf", "healthy", |i| i.state == State::Healthy).await;
     let t = Instant::now();
     loop {
@@ -367,6 +368,7 @@ fn a_container_left_by_a_killed_node_is_replaced() {
             std::slice::from_ref(&left),
             dir.path(),
             &options(sock.clone()),
+            None,
         )
         .expect("start");
         let info = wait_for(&c, "left", "healthy", |i| i.state == State::Healthy).await;
@@ -383,7 +385,8 @@ fn a_container_left_by_a_killed_node_is_replaced() {
             Some(true),
             "the killed node's container still runs"
         );
-        let c = Components::start_with(&[left], dir.path(), &options(sock.clone())).expect("start");
+        let c = Components::start_with(&[left], dir.path(), &options(sock.clone()), None)
+            .expect("start");
         let info = wait_for(&c, "left", "healthy", |i| i.state == State::Healthy).await;
         assert_ne!(info.container_id.as_deref(), Some(old.as_str()));
         assert!(

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use verge_protocol::ComponentSpec;
 
+use super::bus::Credentials;
 use super::log::{LogRing, take_lines};
 
 /// Longest wait for an engine call that is not a stream.
@@ -147,13 +148,14 @@ impl Engine {
         spec: &ComponentSpec,
         workdir: &Path,
         logs: &Arc<Mutex<LogRing>>,
+        mqtt: Option<&Credentials>,
     ) -> Result<Container, String> {
         let client = self.client().await?;
         let name = self.container_name(&spec.name);
         self.remove(&client, &name)
             .await
             .map_err(|e| self.fail(&format!("removing the old container {name}"), e))?;
-        let body = self.create_body(spec, workdir);
+        let body = self.create_body(spec, workdir, mqtt);
         let options = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
@@ -207,8 +209,13 @@ impl Engine {
         })
     }
 
-    fn create_body(&self, spec: &ComponentSpec, workdir: &Path) -> ContainerCreateBody {
-        let env = super::env::component_env(spec, workdir)
+    fn create_body(
+        &self,
+        spec: &ComponentSpec,
+        workdir: &Path,
+        mqtt: Option<&Credentials>,
+    ) -> ContainerCreateBody {
+        let env = super::env::component_env(spec, workdir, mqtt)
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();

@@ -1,13 +1,26 @@
-//! Health probes: a TCP connect, or an HTTP/1.1 GET whose status line is
+//! Health probes: a TCP connect, an HTTP/1.1 GET whose status line is
 //! compared with the expected status (plain HTTP on the node's host; the
-//! probe reads only the status line).
+//! probe reads only the status line), or the MQTT heartbeat: a message on
+//! the heartbeat topic within the last `interval` + `timeout`, and no
+//! `health.report` saying unhealthy since ([`bus::Heartbeat`]).
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use verge_protocol::{HealthCheck, HealthKind};
 
+use super::bus;
+
 /// Probe once within the check's timeout; `Err` says why it failed.
-pub async fn probe(check: &HealthCheck) -> Result<(), String> {
+/// `heartbeat` is the component's heartbeat state and topic, for `mqtt`.
+pub async fn probe(
+    check: &HealthCheck,
+    heartbeat: Option<(&bus::Heartbeat, &str)>,
+) -> Result<(), String> {
+    if check.kind == HealthKind::Mqtt {
+        let (hb, topic) =
+            heartbeat.ok_or("the mqtt heartbeat check needs the node's broker; none is wired")?;
+        return hb.check(topic, check.interval + check.timeout);
+    }
     match tokio::time::timeout(check.timeout, probe_inner(check)).await {
         Ok(r) => r,
         Err(_) => Err(format!(
@@ -31,7 +44,7 @@ async fn probe_inner(check: &HealthCheck) -> Result<(), String> {
             let url = check.url.as_deref().unwrap_or_default();
             http_get(url, check.status).await
         }
-        HealthKind::Mqtt => Err("the mqtt heartbeat check is not built yet".to_owned()),
+        HealthKind::Mqtt => Err("the mqtt heartbeat check is probed apart".to_owned()),
     }
 }
 

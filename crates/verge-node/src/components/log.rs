@@ -1,9 +1,14 @@
 //! A component's captured output: a ring of the latest lines bounded in
-//! lines and bytes, with a counter of the lines it dropped.
+//! lines and bytes, with a counter of the lines it dropped. Lines are
+//! numbered; a [`Follow`] reads new lines as they come, at its own pace:
+//! it holds no more than one batch, and a follower that falls behind the
+//! ring learns how many lines it missed.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 /// Longest line kept; the rest of a longer line is cut off.
 pub const MAX_LINE: usize = 4096;
@@ -26,6 +31,10 @@ pub struct LogRing {
     max_lines: usize,
     max_bytes: usize,
     dropped: u64,
+    /// Lines pushed ever: the number of the next line.
+    pushed: u64,
+    /// `pushed`, for followers.
+    notify: watch::Sender<u64>,
 }
 
 impl LogRing {
@@ -38,6 +47,8 @@ impl LogRing {
             max_lines: max_lines.max(1),
             max_bytes: max_bytes.max(MAX_LINE),
             dropped: 0,
+            pushed: 0,
+            notify: watch::channel(0).0,
         }
     }
 
@@ -45,6 +56,8 @@ impl LogRing {
     pub fn push(&mut self, stream: &'static str, line: String) {
         self.bytes += line.len();
         self.lines.push_back(LogLine { stream, line });
+        self.pushed += 1;
+        self.notify.send_replace(self.pushed);
         while self.lines.len() > self.max_lines || self.bytes > self.max_bytes {
             match self.lines.pop_front() {
                 Some(old) => {
@@ -62,6 +75,19 @@ impl LogRing {
         self.lines.iter().skip(skip).cloned().collect()
     }
 
+    /// Up to `max` lines numbered `from` on, the number after the last one
+    /// returned, and how many lines from `from` on the ring no longer
+    /// holds.
+    pub fn since(&self, from: u64, max: usize) -> (Vec<LogLine>, u64, u64) {
+        let first = self.pushed - self.lines.len() as u64;
+        let start = from.max(first);
+        let missed = start - from.min(start);
+        let skip = (start - first) as usize;
+        let out: Vec<LogLine> = self.lines.iter().skip(skip).take(max).cloned().collect();
+        let next = start + out.len() as u64;
+        (out, next, missed)
+    }
+
     /// Lines dropped since the component was created.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -75,6 +101,78 @@ impl LogRing {
     /// Whether no line is held.
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
+    }
+}
+
+/// Most lines a follower takes at once.
+pub const FOLLOW_BATCH: usize = 256;
+
+/// What a follower gets next.
+#[derive(Debug)]
+pub enum Followed {
+    /// New lines, oldest first.
+    Lines(Vec<LogLine>),
+    /// Lines the ring dropped before this follower read them.
+    Missed(u64),
+}
+
+/// A reader of new lines of one ring.
+pub struct Follow {
+    ring: Arc<Mutex<LogRing>>,
+    rx: watch::Receiver<u64>,
+    end: watch::Receiver<bool>,
+    cursor: u64,
+}
+
+impl Follow {
+    /// Follow `ring` from its last `tail` lines on, until `end` turns
+    /// true or is dropped.
+    pub fn new(ring: Arc<Mutex<LogRing>>, tail: usize, end: watch::Receiver<bool>) -> Follow {
+        let (rx, cursor) = match ring.lock() {
+            Ok(r) => (
+                r.notify.subscribe(),
+                r.pushed - (tail.min(r.lines.len()) as u64),
+            ),
+            Err(_) => (watch::channel(0).1, 0),
+        };
+        Follow {
+            ring,
+            rx,
+            end,
+            cursor,
+        }
+    }
+
+    /// The next lines (waiting for them), or how many were missed; `None`
+    /// once the end is signalled.
+    pub async fn next(&mut self) -> Option<Followed> {
+        loop {
+            if *self.end.borrow() {
+                return None;
+            }
+            let (lines, next, missed) = match self.ring.lock() {
+                Ok(r) => r.since(self.cursor, FOLLOW_BATCH),
+                Err(_) => return None,
+            };
+            if missed > 0 {
+                self.cursor += missed;
+                return Some(Followed::Missed(missed));
+            }
+            if !lines.is_empty() {
+                self.cursor = next;
+                return Some(Followed::Lines(lines));
+            }
+            self.rx.borrow_and_update();
+            // A line pushed between the read above and this wait has
+            // changed the value already: `changed` returns at once.
+            if *self.rx.borrow() != self.cursor {
+                continue;
+            }
+            tokio::select! {
+                r = self.rx.changed() => if r.is_err() { return None },
+                r = self.end.changed() => if r.is_err() { return None },
+            }
+        }
     }
 }
 
@@ -127,6 +225,49 @@ mod tests {
             r.push("stderr", "x".repeat(MAX_LINE / 2));
         }
         assert_eq!((r.len(), r.dropped()), (2, 1));
+    }
+
+    #[test]
+    fn since_numbers_lines_and_counts_what_was_missed() {
+        let mut r = LogRing::new(3, 1 << 20);
+        for i in 0..5 {
+            r.push("stdout", format!("l{i}"));
+        }
+        let (lines, next, missed) = r.since(0, 10);
+        assert_eq!((missed, next), (2, 5));
+        assert_eq!(
+            lines.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+            ["l2", "l3", "l4"]
+        );
+        let (lines, next, missed) = r.since(3, 1);
+        assert_eq!((lines[0].line.as_str(), next, missed), ("l3", 4, 0));
+        assert!(r.since(5, 10).0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_slow_follower_gets_a_missed_count_not_more_memory() {
+        let ring = Arc::new(Mutex::new(LogRing::new(4, 1 << 20)));
+        let (end_tx, end) = watch::channel(false);
+        let mut f = Follow::new(ring.clone(), 0, end);
+        ring.lock().unwrap().push("stdout", "a".into());
+        match f.next().await {
+            Some(Followed::Lines(l)) => assert_eq!(l[0].line, "a"),
+            other => panic!("{other:?}"),
+        }
+        for i in 0..10 {
+            ring.lock().unwrap().push("stdout", format!("n{i}"));
+        }
+        match f.next().await {
+            Some(Followed::Missed(n)) => assert_eq!(n, 6),
+            other => panic!("{other:?}"),
+        }
+        match f.next().await {
+            Some(Followed::Lines(l)) => assert_eq!(l.len(), 4),
+            other => panic!("{other:?}"),
+        }
+        let waiting = tokio::spawn(async move { f.next().await.is_none() });
+        end_tx.send_replace(true);
+        assert!(waiting.await.unwrap());
     }
 
     #[test]

@@ -13,13 +13,16 @@
 //! logs are bounded per component; one component's failure changes only
 //! its own state.
 
+pub mod bus;
 pub mod log;
 
 mod container;
 mod env;
 mod health;
 mod process;
+mod rpc;
 mod supervise;
+mod usage;
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use verge_protocol::{ComponentError, ComponentSpec, component_start_order};
 
+use bus::Bus;
 use log::{LogLine, LogRing};
 
 pub use container::socket_path as engine_socket;
@@ -145,6 +149,14 @@ pub struct ComponentInfo {
     pub log_lines: usize,
     /// Log lines dropped from its ring.
     pub log_lines_dropped: u64,
+    /// CPU use of its process (the group leader) in percent of one core,
+    /// since the previous reading at least a second before (or since it
+    /// started); none when not running.
+    pub cpu_percent: Option<f64>,
+    /// CPU seconds its process has used; none when not running.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory of its process in bytes; none when not running.
+    pub memory_bytes: Option<u64>,
 }
 
 /// What the API asks of a component's task.
@@ -192,6 +204,10 @@ struct Entry {
     transitions: Arc<watch::Sender<u64>>,
     /// The components of the node, to look dependencies up by name.
     set: Weak<Set>,
+    /// The node's MQTT side: credentials at each start, heartbeats.
+    bus: Option<Bus>,
+    /// CPU readings of its process.
+    usage: Mutex<usage::Sampler>,
 }
 
 impl Entry {
@@ -236,6 +252,13 @@ impl Entry {
             .unwrap_or_default();
         let s = self.status.lock();
         let s = s.as_deref();
+        let running = s.ok().and_then(|s| s.pid.zip(s.started));
+        let sample = running.and_then(|(pid, started)| {
+            self.usage
+                .lock()
+                .ok()
+                .and_then(|mut u| u.sample(pid, started))
+        });
         ComponentInfo {
             name: self.spec.name.clone(),
             version: self.spec.version.clone(),
@@ -255,6 +278,9 @@ impl Entry {
             waiting_for: s.map(|s| s.waiting_for.clone()).unwrap_or_default(),
             log_lines,
             log_lines_dropped,
+            cpu_percent: sample.map(|(_, p)| p),
+            cpu_seconds: sample.map(|(u, _)| u.cpu_seconds),
+            memory_bytes: sample.map(|(u, _)| u.memory_bytes),
         }
     }
 }
@@ -283,6 +309,10 @@ struct Set {
     data_dir: PathBuf,
     /// The container engine (used by container components only).
     engine: Arc<container::Engine>,
+    /// The node's MQTT side: credentials at each start, heartbeats.
+    bus: Option<Bus>,
+    /// True ends every log follower (the node stops).
+    follow_end: Arc<watch::Sender<bool>>,
     changed: Arc<watch::Sender<u64>>,
     transitions: Arc<watch::Sender<u64>>,
     /// One apply or shutdown at a time.
@@ -313,17 +343,22 @@ fn end_slack(spec: &ComponentSpec) -> Duration {
 }
 
 /// Ask `entry`'s task to end and wait for it within its stop timeout
-/// (then abort it, which kills its process).
+/// (then abort it, which kills its process); then its MQTT credentials
+/// are revoked.
 async fn end_task(entry: &Entry, task: Option<JoinHandle<()>>) {
     entry.want.send_modify(|w| w.exit = true);
-    let Some(task) = task else { return };
-    let abort = task.abort_handle();
-    if tokio::time::timeout(entry.spec.stop_timeout + end_slack(&entry.spec), task)
-        .await
-        .is_err()
-    {
-        abort.abort();
-        tracing::warn!(component = %entry.spec.name, "component did not stop in time; killed");
+    if let Some(task) = task {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(entry.spec.stop_timeout + end_slack(&entry.spec), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+            tracing::warn!(component = %entry.spec.name, "component did not stop in time; killed");
+        }
+    }
+    if let Some(bus) = &entry.bus {
+        bus.revoke(&entry.spec.name).await;
     }
 }
 
@@ -357,18 +392,31 @@ impl Default for ComponentsOptions {
 impl Components {
     /// [`Components::start_with`] the default options (Docker's socket).
     pub fn start(specs: &[ComponentSpec], data_dir: &Path) -> Result<Components, ComponentError> {
-        Components::start_with(specs, data_dir, &ComponentsOptions::default())
+        Components::start_with(specs, data_dir, &ComponentsOptions::default(), None)
+    }
+
+    /// [`start`](Self::start) with the node's MQTT [`Bus`].
+    pub fn start_with_bus(
+        specs: &[ComponentSpec],
+        data_dir: &Path,
+        bus: Option<Bus>,
+    ) -> Result<Components, ComponentError> {
+        Components::start_with(specs, data_dir, &ComponentsOptions::default(), bus)
     }
 
     /// Check `specs` (the node config's components: names, dependencies,
     /// cycles) and start one task per component; components without their
     /// own `workdir` run in `<data_dir>/components/<name>/<version>`;
-    /// containers run on the engine of `options`. More components come and
-    /// go with [`Components::apply`]. Call inside a tokio runtime.
+    /// containers run on the engine of `options`. With the node's MQTT
+    /// [`Bus`], each component gets its own broker credentials at every
+    /// start (in `VERGE_MQTT_*`), after the node serves its listeners, and
+    /// the `mqtt` health check reads its heartbeats. More components come
+    /// and go with [`Components::apply`]. Call inside a tokio runtime.
     pub fn start_with(
         specs: &[ComponentSpec],
         data_dir: &Path,
         options: &ComponentsOptions,
+        bus: Option<Bus>,
     ) -> Result<Components, ComponentError> {
         let order = component_start_order(specs)?;
         let engine = Arc::new(container::Engine::new(
@@ -380,6 +428,8 @@ impl Components {
         let set = Arc::new(Set {
             slots: Mutex::new(Vec::new()),
             engine,
+            bus,
+            follow_end: Arc::new(watch::channel(false).0),
             data_dir: data_dir.to_owned(),
             changed: Arc::new(watch::channel(0u64).0),
             transitions: Arc::new(watch::channel(0u64).0),
@@ -423,6 +473,8 @@ impl Components {
             }),
             logs: Arc::new(Mutex::new(LogRing::new(LOG_LINES, LOG_BYTES))),
             engine: self.set.engine.clone(),
+            bus: self.set.bus.clone(),
+            usage: Mutex::new(usage::Sampler::default()),
             want: watch::channel(Want {
                 run: true,
                 generation: 0,
@@ -645,10 +697,28 @@ impl Components {
             .unwrap_or_default())
     }
 
+    /// Follow a component's output from its last `tail` lines on, until
+    /// [`end_follows`](Self::end_follows).
+    pub fn follow(&self, name: &str, tail: usize) -> Result<log::Follow, ComponentsError> {
+        let e = self.entry(name)?;
+        Ok(log::Follow::new(
+            e.logs.clone(),
+            tail,
+            self.set.follow_end.subscribe(),
+        ))
+    }
+
+    /// End every log follower (before the HTTP API stops: an open follow
+    /// would hold its graceful shutdown).
+    pub fn end_follows(&self) {
+        self.set.follow_end.send_replace(true);
+    }
+
     /// Stop every component, dependents before their dependencies, each
     /// within its stop timeout, and end their tasks; later applies are
     /// refused.
     pub async fn shutdown(&self) {
+        self.end_follows();
         let mut guard = self.set.applying.lock().await;
         *guard = true;
         let slots: Vec<(Arc<Entry>, Option<JoinHandle<()>>)> = self
@@ -660,6 +730,11 @@ impl Components {
         for (entry, task) in slots.into_iter().rev() {
             end_task(&entry, task).await;
         }
+    }
+
+    /// The node's MQTT side of its components, when it has one.
+    pub fn bus(&self) -> Option<&Bus> {
+        self.set.bus.as_ref()
     }
 
     /// Append the `verge_component_*` metrics.
@@ -720,6 +795,37 @@ impl Components {
                 "verge_component_log_lines_dropped_total{{component=\"{}\"}} {}",
                 i.name, i.log_lines_dropped
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP verge_component_memory_bytes resident memory of a running component's process"
+        );
+        let _ = writeln!(out, "# TYPE verge_component_memory_bytes gauge");
+        for i in &infos {
+            if let Some(m) = i.memory_bytes {
+                let _ = writeln!(
+                    out,
+                    "verge_component_memory_bytes{{component=\"{}\"}} {m}",
+                    i.name
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP verge_component_cpu_seconds_total CPU time of a running component's process (user + system)"
+        );
+        let _ = writeln!(out, "# TYPE verge_component_cpu_seconds_total counter");
+        for i in &infos {
+            if let Some(c) = i.cpu_seconds {
+                let _ = writeln!(
+                    out,
+                    "verge_component_cpu_seconds_total{{component=\"{}\"}} {c}",
+                    i.name
+                );
+            }
+        }
+        if let Some(bus) = &self.set.bus {
+            bus.render_metrics(out);
         }
     }
 }

@@ -1,5 +1,14 @@
 //! Starting a component's process (its own process group, output piped
-//! into its log ring) and signalling its group.
+//! into its log ring, its resource limits set in the child before it
+//! runs the program) and signalling its group.
+//!
+//! Limits of a process component: `limits.memory` becomes its address
+//! space limit (`RLIMIT_AS`: an allocation past it fails in the process),
+//! and `limits.cpu_shares` its nice value, mapped on the kernel's scheduler
+//! weights (1024 = nice 0, each nice step about 1.25 times less weight):
+//! `nice = round(ln(1024 / shares) / ln(1.25))`, clamped to 0..=19, so 512
+//! → 3, 256 → 6, 128 → 9, 2 → 19. More than 1024 shares stays nice 0: a
+//! raised priority needs privileges the node should not have.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -9,13 +18,16 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use verge_protocol::ComponentSpec;
 
+use super::bus::Credentials;
 use super::log::{LogRing, take_lines};
 
-/// Spawn `spec` in `workdir`, its stdout and stderr read into `logs`.
+/// Spawn `spec` in `workdir`, its stdout and stderr read into `logs`,
+/// with `mqtt` credentials in its environment.
 pub fn spawn(
     spec: &ComponentSpec,
     workdir: &Path,
     logs: &Arc<Mutex<LogRing>>,
+    mqtt: Option<&Credentials>,
 ) -> std::io::Result<Child> {
     // A relative path with a slash (`./run.sh`, `bin/reader`) is the
     // component's own file, in its working directory.
@@ -28,12 +40,17 @@ pub fn spawn(
     let mut cmd = Command::new(program);
     cmd.args(&spec.args)
         .current_dir(workdir)
-        .envs(super::env::component_env(spec, workdir))
+        .envs(super::env::component_env(spec, workdir, mqtt))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
+    apply_limits(
+        &mut cmd,
+        spec.limits.memory,
+        spec.limits.cpu_shares.map(nice_for_shares),
+    );
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {
         tokio::spawn(read_into(out, "stdout", logs.clone()));
@@ -69,6 +86,53 @@ async fn read_into(mut r: impl AsyncRead + Unpin, stream: &'static str, logs: Ar
     }
 }
 
+/// The nice value for `shares` (see the module doc).
+pub fn nice_for_shares(shares: u32) -> i32 {
+    if shares >= 1024 || shares == 0 {
+        return 0;
+    }
+    let steps = (1024.0 / f64::from(shares)).ln() / 1.25f64.ln();
+    (steps.round() as i32).clamp(0, 19)
+}
+
+/// Set `RLIMIT_AS` to `memory` bytes and the nice value to `nice` in the
+/// child between fork and exec.
+#[allow(unsafe_code)]
+fn apply_limits(cmd: &mut Command, memory: Option<u64>, nice: Option<i32>) {
+    if memory.is_none() && nice.is_none_or(|n| n == 0) {
+        return;
+    }
+    let limit = memory.map(|m| libc::rlimit {
+        rlim_cur: m as libc::rlim_t,
+        rlim_max: m as libc::rlim_t,
+    });
+    let closure = move || -> std::io::Result<()> {
+        if let Some(l) = &limit {
+            // SAFETY: setrlimit(2) is a plain system call on a pointer to
+            // a value this closure owns; it takes no lock and allocates
+            // nothing, so it is safe between fork and exec.
+            if unsafe { libc::setrlimit(libc::RLIMIT_AS, l) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if let Some(n) = nice.filter(|n| *n != 0) {
+            // SAFETY: setpriority(2) is a plain system call taking
+            // integers (who = 0: this process, the child); no lock, no
+            // allocation.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only the two system calls above (async-signal-safe in practice: no
+    // locks, no allocation, no I/O of the parent's state).
+    unsafe {
+        cmd.pre_exec(closure);
+    }
+}
+
 /// Which signal to send.
 #[derive(Debug, Clone, Copy)]
 pub enum Signal {
@@ -97,5 +161,20 @@ pub fn signal_group(pgid: u32, sig: Signal) {
     // (it was spawned with its own process group), never pid 0 or -1.
     unsafe {
         libc::kill(-pgid, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nice_for_shares;
+
+    #[test]
+    fn shares_map_to_nice_on_the_kernel_weights() {
+        assert_eq!(nice_for_shares(1024), 0);
+        assert_eq!(nice_for_shares(4096), 0, "no raised priority");
+        assert_eq!(nice_for_shares(512), 3);
+        assert_eq!(nice_for_shares(256), 6);
+        assert_eq!(nice_for_shares(128), 9);
+        assert_eq!(nice_for_shares(2), 19);
     }
 }

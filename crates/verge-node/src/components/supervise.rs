@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use verge_protocol::{ComponentKind, HealthKind, RestartPolicy};
 
+use super::bus::Credentials;
 use super::container::Container;
 use super::process::{self, Signal};
 use super::{Entry, State, Want, health};
@@ -218,7 +219,7 @@ enum Running {
 
 impl Running {
     /// Start `e`'s process or container.
-    async fn start(e: &Entry) -> Result<Running, String> {
+    async fn start(e: &Entry, mqtt: Option<&Credentials>) -> Result<Running, String> {
         if !tokio::fs::metadata(&e.workdir)
             .await
             .is_ok_and(|m| m.is_dir())
@@ -229,7 +230,7 @@ impl Running {
             ));
         }
         match e.spec.kind {
-            ComponentKind::Process => match process::spawn(&e.spec, &e.workdir, &e.logs) {
+            ComponentKind::Process => match process::spawn(&e.spec, &e.workdir, &e.logs, mqtt) {
                 Ok(child) => {
                     let pid = child.id();
                     Ok(Running::Process(child, pid))
@@ -238,7 +239,7 @@ impl Running {
             },
             ComponentKind::Container => e
                 .engine
-                .start(&e.spec, &e.workdir, &e.logs)
+                .start(&e.spec, &e.workdir, &e.logs, mqtt)
                 .await
                 .map(|c| Running::Container(Box::new(c))),
         }
@@ -279,7 +280,33 @@ impl Running {
 /// health check, or the want changes.
 async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) -> Ended {
     let spec = &e.spec;
-    let mut run = match Running::start(e).await {
+    let creds = match &e.bus {
+        None => None,
+        Some(bus) => {
+            // Components start once the node serves its listeners.
+            let url = tokio::select! {
+                u = bus.url() => u,
+                r = want_rx.changed() => {
+                    if r.is_ok() && *want_rx.borrow() == want {
+                        bus.url().await
+                    } else {
+                        return Ended::Interrupted;
+                    }
+                }
+            };
+            if let Err(why) = &url {
+                tracing::warn!(component = %spec.name, "{why}");
+            }
+            match bus.grant(spec).await {
+                Ok(c) => Some(c),
+                Err(err) => return Ended::Exited(Some(err.to_string())),
+            }
+        }
+    };
+    let started = Running::start(e, creds.as_ref()).await;
+    // The secret lives on only in the component's environment.
+    drop(creds);
+    let mut run = match started {
         Ok(r) => r,
         Err(reason) => return Ended::Exited(Some(reason)),
     };
@@ -315,7 +342,9 @@ async fn run_once(e: &Entry, want: Want, want_rx: &mut watch::Receiver<Want>) ->
                 return Ended::Exited(failure);
             }
             _ = tick.tick(), if probing => {
-                match health::probe(&spec.health).await {
+                let hb = e.bus.as_ref().and_then(|b| b.heartbeat(&spec.name));
+                let topic = super::bus::heartbeat_topic(spec);
+                match health::probe(&spec.health, hb.as_deref().map(|h| (h, topic.as_str()))).await {
                     Ok(()) => {
                         failures = 0;
                         e.update(|s| {

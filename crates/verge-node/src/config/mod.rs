@@ -559,7 +559,7 @@ mod tests {
             "components[0]: component `a`: dependency cycle a -> b -> a"
         );
         let unknown = toml::from_str::<NodeConfig>(
-            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\nimages = \"x\"\n",
+            "[[components]]\nname = \"a\"\nversion = \"1\"\ncommand = \"true\"\ncolour = \"x\"\n",
         );
         assert!(unknown.is_err());
         // A process with an image parses, and is refused naming the key.
