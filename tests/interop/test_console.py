@@ -200,6 +200,9 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     desired = api(cloud_url, admin_token, f"/api/nodes/{node_id}/desired")
     ticker = [c for c in desired.get("components", []) if c["name"] == "ticker"]
     assert ticker and ticker[0]["artifact"]["size"] == archive.stat().st_size, desired
+    # The node fetches and runs it: its state and output come back to the page.
+    expect(on_node.get_by_test_id("component-state")).to_contain_text("healthy", timeout=SLOW)
+    expect(on_node.get_by_test_id("component-log")).to_contain_text("tick", timeout=SLOW)
 
     # 6. The function's output arrives in the live message view.
     goto(page, "nav-messages")
