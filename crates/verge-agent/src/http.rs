@@ -147,15 +147,34 @@ pub async fn request(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<(u16, Bytes), HttpError> {
+    let body = match body {
+        Some(v) => Some((
+            Bytes::from(
+                serde_json::to_vec(v).map_err(|e| HttpError::Transport(format!("body: {e}")))?,
+            ),
+            "application/json",
+        )),
+        None => None,
+    };
+    request_raw(method, url, bearer, body, timeout).await
+}
+
+/// [`request`] with a body of any type: its bytes and its content type
+/// (e.g. a component's archive as `application/gzip`).
+pub async fn request_raw(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<(Bytes, &'static str)>,
+    timeout: Duration,
+) -> Result<(u16, Bytes), HttpError> {
     let bad_url = || HttpError::InvalidUrl(url.to_owned());
     let target = Url::parse(url).map_err(|_| bad_url())?;
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| HttpError::Transport(format!("invalid method `{method}`")))?;
-    let payload = match body {
-        Some(v) => Bytes::from(
-            serde_json::to_vec(v).map_err(|e| HttpError::Transport(format!("body: {e}")))?,
-        ),
-        None => Bytes::new(),
+    let (payload, content_type) = match body {
+        Some((bytes, kind)) => (bytes, Some(HeaderValue::from_static(kind))),
+        None => (Bytes::new(), None),
     };
     let host = HeaderValue::from_str(&target.authority).map_err(|_| bad_url())?;
     let authorization = match bearer {
@@ -182,8 +201,8 @@ pub async fn request(
             USER_AGENT,
             HeaderValue::from_static(concat!("verge/", env!("CARGO_PKG_VERSION"))),
         );
-        if body.is_some() {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(kind) = &content_type {
+            headers.insert(CONTENT_TYPE, kind.clone());
         }
         if let Some(value) = &authorization {
             headers.insert(AUTHORIZATION, value.clone());

@@ -53,6 +53,9 @@ pub enum CtlCommand {
     /// Function artifacts.
     #[command(subcommand)]
     Functions(FunctionsCmd),
+    /// User components: versions, their files, and the nodes that run them.
+    #[command(subcommand)]
+    Components(ComponentsCmd),
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -241,6 +244,57 @@ pub enum FunctionsCmd {
     },
 }
 
+/// `verge ctl components …`.
+#[derive(Debug, Subcommand)]
+pub enum ComponentsCmd {
+    /// List components with their versions and the nodes that run them.
+    List,
+    /// Show one component, with its state on each node.
+    Get {
+        /// Component name.
+        name: String,
+    },
+    /// Add a version from a spec file (JSON, as `[[components]]` takes it,
+    /// with `name` and `version`), and for a process its files.
+    Add {
+        /// The spec (JSON file).
+        spec: PathBuf,
+        /// The process's files: a `.tar.gz` unpacked into its directory on
+        /// the node.
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
+    },
+    /// Run a version of a component on a node (again: a version update).
+    Assign {
+        /// Component name.
+        name: String,
+        /// The version (named so apart from `--version`, which clap keeps).
+        #[arg(value_name = "VERSION")]
+        release: String,
+        /// Node id.
+        #[arg(long)]
+        node: String,
+    },
+    /// Stop running a component on a node.
+    Unassign {
+        /// Component name.
+        name: String,
+        /// Node id.
+        #[arg(long)]
+        node: String,
+    },
+    /// The components of a node, with the state it reports.
+    Node {
+        /// Node id.
+        id: String,
+    },
+    /// Delete a component (refused while a node runs it).
+    Delete {
+        /// Component name.
+        name: String,
+    },
+}
+
 /// `verge ctl tokens …`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCmd {
@@ -399,6 +453,7 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
                     .await
             }
         },
+        CtlCommand::Components(c) => components(&api, c).await,
         CtlCommand::Tokens(c) => match c {
             TokensCmd::List => api.call("GET", "/api/tokens", None).await,
             TokensCmd::Create { name, scope } => {
@@ -429,6 +484,67 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
     }
 }
 
+async fn components(api: &Api, c: &ComponentsCmd) -> anyhow::Result<Value> {
+    match c {
+        ComponentsCmd::List => api.call("GET", "/api/components", None).await,
+        ComponentsCmd::Get { name } => {
+            api.call("GET", &format!("/api/components/{name}"), None)
+                .await
+        }
+        ComponentsCmd::Add { spec, archive } => {
+            let text = std::fs::read_to_string(spec)
+                .with_context(|| format!("reading the spec {}", spec.display()))?;
+            let body = parse_json(&spec.display().to_string(), &text)?;
+            let added = api.call("POST", "/api/components", Some(body)).await?;
+            let Some(archive) = archive else {
+                return Ok(added);
+            };
+            let bytes = std::fs::read(archive)
+                .with_context(|| format!("reading the archive {}", archive.display()))?;
+            let (name, version) = (
+                added["name"].as_str().unwrap_or_default(),
+                added["version"].as_str().unwrap_or_default(),
+            );
+            api.upload(
+                "PUT",
+                &format!("/api/components/{name}/versions/{version}/artifact"),
+                bytes,
+                "application/gzip",
+            )
+            .await
+        }
+        ComponentsCmd::Assign {
+            name,
+            node,
+            release,
+        } => {
+            let body = json!({ "version": release });
+            api.call(
+                "PUT",
+                &format!("/api/nodes/{node}/components/{name}"),
+                Some(body),
+            )
+            .await
+        }
+        ComponentsCmd::Unassign { name, node } => {
+            api.call(
+                "DELETE",
+                &format!("/api/nodes/{node}/components/{name}"),
+                None,
+            )
+            .await
+        }
+        ComponentsCmd::Node { id } => {
+            api.call("GET", &format!("/api/nodes/{id}/components"), None)
+                .await
+        }
+        ComponentsCmd::Delete { name } => {
+            api.call("DELETE", &format!("/api/components/{name}"), None)
+                .await
+        }
+    }
+}
+
 /// The cloud's address and the token.
 pub struct Api {
     /// Base URL without a trailing slash.
@@ -449,6 +565,32 @@ impl Api {
         match self.send(method, path, body).await? {
             (status, value) if (200..300).contains(&status) => Ok(value),
             (status, value) => Err(api_error(method, path, status, &value)),
+        }
+    }
+
+    /// One request with a raw body of `content_type` (an upload).
+    pub async fn upload(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let (status, bytes) = verge_agent::http::request_raw(
+            method,
+            &url,
+            self.token.as_deref(),
+            Some((body.into(), content_type)),
+            Duration::from_secs(300),
+        )
+        .await
+        .with_context(|| format!("{method} {url}"))?;
+        let value = answer(&bytes);
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(api_error(method, path, status, &value))
         }
     }
 
@@ -478,13 +620,17 @@ impl Api {
         )
         .await
         .with_context(|| format!("{method} {url}"))?;
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Ok((status, value))
+        Ok((status, answer(&bytes)))
+    }
+}
+
+/// An answer's JSON (`null` when empty, a string when not JSON).
+fn answer(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
     }
 }
 

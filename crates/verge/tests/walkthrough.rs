@@ -402,6 +402,85 @@ fn walkthrough(database: Option<&str>, suffix: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("401 unauthorized"), "{err}");
 
+    // 5c. A component through `verge ctl`: a version with its files,
+    //     assigned to the node, which fetches and runs it.
+    let component = format!("ticker{suffix}");
+    let files = tmp.path().join("ticker");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(
+        files.join("run.sh"),
+        "#!/bin/sh\nwhile true; do echo tick; sleep 1; done\n",
+    )
+    .unwrap();
+    let archive = tmp.path().join("ticker.tar.gz");
+    let tarred = Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&files)
+        .arg("run.sh")
+        .status()
+        .expect("tar");
+    assert!(tarred.success());
+    let spec = tmp.path().join("ticker.json");
+    std::fs::write(
+        &spec,
+        json!({"name": component, "version": "1.0.0", "command": "sh", "args": ["run.sh"]})
+            .to_string(),
+    )
+    .unwrap();
+    let ctl = |args: &[&str]| -> Value {
+        let out = verge()
+            .args(["ctl", "--cloud", &format!("http://{}", cloud.addr)])
+            .args(["--token", &cloud.token])
+            .args(args)
+            .output()
+            .expect("verge ctl");
+        assert!(out.status.success(), "verge ctl {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("ctl prints JSON")
+    };
+    let added = ctl(&[
+        "components",
+        "add",
+        spec.to_str().unwrap(),
+        "--archive",
+        archive.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        added["artifact"]["size"].as_u64(),
+        Some(std::fs::metadata(&archive).unwrap().len()),
+        "{added}"
+    );
+    ctl(&[
+        "components",
+        "assign",
+        &component,
+        "1.0.0",
+        "--node",
+        &node_id,
+    ]);
+    eventually("the node to run the component and report it", || {
+        let rows = ctl(&["components", "node", &node_id]);
+        rows.as_array()?
+            .iter()
+            .find(|r| {
+                r["name"] == component.as_str()
+                    && r["status"]["state"] == "healthy"
+                    && r["status"]["log_tail"].to_string().contains("tick")
+            })
+            .map(drop)
+    });
+    assert!(
+        node_dir
+            .join(format!("components/{component}/1.0.0/run.sh"))
+            .is_file()
+    );
+    ctl(&["components", "unassign", &component, "--node", &node_id]);
+    eventually("the node to stop reporting the component", || {
+        let rows = ctl(&["components", "node", &node_id]);
+        (!rows.to_string().contains(&component)).then_some(())
+    });
+
     // A stopped node is marked offline.
     drop(device);
     assert!(node.stop().success(), "the node stops cleanly on SIGTERM");
