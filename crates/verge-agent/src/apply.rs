@@ -314,8 +314,8 @@ async fn apply_rule(
 /// Install the artifacts of `specs` (fetched when not on disk yet), then
 /// have the supervisor run exactly them. A component whose artifact cannot
 /// be installed keeps the version the previous state ran (or is not
-/// started); old versions' directories are removed, but for the one that
-/// ran before (the way back of an update).
+/// started); old versions' directories are removed, but for the ones the
+/// supervisor may still go back to.
 async fn apply_components(
     parts: &NodeParts,
     source: &artifact::Source<'_>,
@@ -349,25 +349,17 @@ async fn apply_components(
             }
         }
     }
-    // What runs before this apply: its directory stays as the way back.
-    let running: Vec<(String, String)> = host
-        .report()
-        .iter()
-        .filter_map(|c| {
-            Some((
-                c["name"].as_str()?.to_owned(),
-                c["version"].as_str()?.to_owned(),
-            ))
-        })
-        .collect();
     errors.extend(host.apply(&ready).await);
+    // Old versions go, but for the ones the supervisor may still go back
+    // to (an update within its grace, a rolled-back one).
+    let in_use = host.versions_in_use();
     for spec in &ready {
         if spec.artifact.is_none() {
             continue;
         }
         let mut keep = vec![spec.version.as_str()];
         keep.extend(
-            running
+            in_use
                 .iter()
                 .filter(|(n, _)| n == &spec.name)
                 .map(|(_, v)| v.as_str()),

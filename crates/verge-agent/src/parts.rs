@@ -33,6 +33,19 @@ pub trait ComponentHost: Send + Sync {
     fn transitions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// The `(name, version)` whose files must stay on disk: what runs, and
+    /// the versions an update or a rollback may go back to.
+    fn versions_in_use(&self) -> Vec<(String, String)> {
+        self.report()
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c["name"].as_str()?.to_owned(),
+                    c["version"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
 }
 
 /// The parts of the running node the agent manages.

@@ -756,3 +756,83 @@ async fn apply_refuses_a_config_name_a_cycle_and_a_bad_spec_changing_nothing_els
         "no apply after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_rollback_survives_a_restart_and_another_version_is_tried_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = cloud("svc", "1.0.0", "exec sleep 1000", json!({}));
+    let bad = cloud(
+        "svc",
+        "2.0.0",
+        "exit 3",
+        json!({"update_grace": "1s", "max_restarts": 100}),
+    );
+    {
+        let c = Components::start(&[], dir.path()).expect("start");
+        assert!(c.apply(std::slice::from_ref(&good)).await.is_empty());
+        wait_for(&c, "svc", "healthy", |i| i.state == State::Healthy).await;
+        assert!(c.apply(std::slice::from_ref(&bad)).await.is_empty());
+        // Within the grace the old version's directory is still in use.
+        assert!(
+            c.versions_in_use()
+                .contains(&("svc".to_owned(), "1.0.0".to_owned())),
+            "{:?}",
+            c.versions_in_use()
+        );
+        wait_for(&c, "svc", "rolled back", |i| {
+            i.version == "1.0.0" && i.state == State::Healthy && i.rollback.is_some()
+        })
+        .await;
+        c.shutdown().await;
+    }
+    // The node restarts with the state that still names version 2: the
+    // good version runs, and the refusal is reported.
+    let c = Components::start(&[], dir.path()).expect("start");
+    let errors = c.apply(std::slice::from_ref(&bad)).await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("version 2.0.0 was rolled back"),
+        "{errors:?}"
+    );
+    let info = wait_for(&c, "svc", "version 1 healthy", |i| {
+        i.version == "1.0.0" && i.state == State::Healthy
+    })
+    .await;
+    assert!(info.rollback.is_some(), "{info:?}");
+    assert!(
+        c.versions_in_use()
+            .contains(&("svc".to_owned(), "1.0.0".to_owned()))
+    );
+    // The cloud asks for the good version: the rollback is forgotten, and
+    // version 2 asked for later is tried again.
+    assert!(c.apply(std::slice::from_ref(&good)).await.is_empty());
+    assert!(c.apply(std::slice::from_ref(&bad)).await.is_empty());
+    wait_for(&c, "svc", "version 2 tried again", |i| i.version == "2.0.0").await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_new_spec_the_node_refuses_keeps_the_running_version() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Components::start(&[], dir.path()).expect("start");
+    let v1 = cloud("svc", "1.0.0", "exec sleep 1000", json!({}));
+    assert!(c.apply(std::slice::from_ref(&v1)).await.is_empty());
+    let before = wait_for(&c, "svc", "healthy", |i| i.state == State::Healthy).await;
+    let mut invalid = cloud("svc", "2.0.0", "", json!({}));
+    invalid.command = String::new();
+    let errors = c.apply(&[invalid]).await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("command"),
+        "{errors:?}"
+    );
+    // A cloud spec may not choose a host directory either.
+    let mut elsewhere = cloud("svc", "2.0.0", "exec sleep 1000", json!({}));
+    elsewhere.workdir = Some("/".into());
+    let errors = c.apply(&[elsewhere]).await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("workdir"),
+        "{errors:?}"
+    );
+    let after = c.get("svc").expect("svc");
+    assert_eq!((after.version.as_str(), after.pid), ("1.0.0", before.pid));
+    c.shutdown().await;
+}

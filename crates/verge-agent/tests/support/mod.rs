@@ -303,6 +303,18 @@ impl verge_agent::ComponentHost for RecordingHost {
     fn transitions(&self) -> Option<watch::Receiver<u64>> {
         Some(self.transitions.subscribe())
     }
+
+    /// Like a supervisor within an update's grace: every version asked
+    /// for so far may still be gone back to.
+    fn versions_in_use(&self) -> Vec<(String, String)> {
+        self.applies
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|s| (s.name.clone(), s.version.clone()))
+            .collect()
+    }
 }
 
 impl RecordingHost {

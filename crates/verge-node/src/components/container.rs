@@ -256,6 +256,16 @@ impl Engine {
         }
     }
 
+    /// Force-remove the container of component `name` (one whose task was
+    /// aborted), logging a failure.
+    pub async fn force_remove(&self, name: &str) {
+        let container = self.container_name(name);
+        match self.client().await {
+            Ok(client) => remove_quietly(&client, &container).await,
+            Err(e) => tracing::warn!(%container, "not removed: {e}"),
+        }
+    }
+
     /// Remove container `name` whatever its state; one that is not there
     /// is not an error.
     async fn remove(&self, client: &Docker, name: &str) -> Result<(), EngineError> {

@@ -24,6 +24,7 @@ mod rpc;
 mod supervise;
 mod usage;
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -293,15 +294,24 @@ pub enum ComponentsError {
     NotFound(String),
 }
 
-/// One component of the set: its entry, its task and what its last
-/// update left.
+/// One component of the set: its entry and its task.
 struct Slot {
     entry: Arc<Entry>,
     task: Option<JoinHandle<()>>,
-    /// A spec that was rolled back, and why: asked for again, it is not
-    /// tried again.
-    refused: Option<(ComponentSpec, String)>,
 }
+
+/// An update that was rolled back: the spec that failed is not tried
+/// again until the cloud asks for another, and a restart runs `good`
+/// instead of it. Kept in `<data_dir>/components/rollbacks.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Rollback {
+    refused: ComponentSpec,
+    good: ComponentSpec,
+    reason: String,
+}
+
+/// The file the rollbacks are kept in.
+const ROLLBACKS_FILE: &str = "rollbacks.json";
 
 /// The node's components, in start order (dependencies first).
 struct Set {
@@ -317,11 +327,48 @@ struct Set {
     transitions: Arc<watch::Sender<u64>>,
     /// One apply or shutdown at a time.
     applying: tokio::sync::Mutex<bool>,
+    /// Rolled-back updates by component name (persisted).
+    rollbacks: Mutex<BTreeMap<String, Rollback>>,
+    /// The old specs of updates still within their grace (their files
+    /// are the way back).
+    pending: Mutex<Vec<ComponentSpec>>,
 }
 
 impl Set {
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<ComponentSpec>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn rollbacks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Rollback>> {
+        self.rollbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Write the rollbacks; a failure is logged (they hold on until the
+    /// node restarts).
+    fn save_rollbacks(&self) {
+        let text = match serde_json::to_vec_pretty(&*self.rollbacks()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("rollbacks not saved: {e}");
+                return;
+            }
+        };
+        let dir = self.data_dir.join("components");
+        let saved = std::fs::create_dir_all(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                verge_agent::write_atomic(&dir.join(ROLLBACKS_FILE), &text, 0o600)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = saved {
+            tracing::warn!("rollbacks not saved: {e}");
+        }
     }
 
     fn find(&self, name: &str) -> Option<Arc<Entry>> {
@@ -354,6 +401,20 @@ async fn end_task(entry: &Entry, task: Option<JoinHandle<()>>) {
             .is_err()
         {
             abort.abort();
+            // Aborting drops the child (kill_on_drop kills the leader
+            // only) or the container handle (which stops nothing): finish
+            // the job.
+            let pid = entry.status.lock().ok().and_then(|s| s.pid);
+            match entry.spec.kind {
+                verge_protocol::ComponentKind::Process => {
+                    if let Some(pid) = pid {
+                        process::signal_group(pid, process::Signal::Kill);
+                    }
+                }
+                verge_protocol::ComponentKind::Container => {
+                    entry.engine.force_remove(&entry.spec.name).await;
+                }
+            }
             tracing::warn!(component = %entry.spec.name, "component did not stop in time; killed");
         }
     }
@@ -434,6 +495,8 @@ impl Components {
             changed: Arc::new(watch::channel(0u64).0),
             transitions: Arc::new(watch::channel(0u64).0),
             applying: tokio::sync::Mutex::new(false),
+            rollbacks: Mutex::new(load_rollbacks(data_dir)),
+            pending: Mutex::new(Vec::new()),
         });
         let c = Components { set };
         for name in &order {
@@ -443,7 +506,6 @@ impl Components {
                 c.set.slots().push(Slot {
                     entry,
                     task: Some(task),
-                    refused: None,
                 });
             }
         }
@@ -522,19 +584,63 @@ impl Components {
                 .collect();
             (config, current)
         };
+        let running = |name: &str| current.iter().find(|c| c.name == name).cloned();
         let mut wanted: Vec<ComponentSpec> = Vec::with_capacity(specs.len());
         for spec in specs {
-            if let Err(e) = spec.validate() {
-                errors.push(e.to_string());
-            } else if config.iter().any(|c| c.name == spec.name) {
-                errors.push(format!(
+            let refused = if config.iter().any(|c| c.name == spec.name) {
+                Some(format!(
                     "component `{}`: the node's config file defines it; the cloud's is not applied",
                     spec.name
-                ));
+                ))
+            } else if spec.workdir.is_some() {
+                Some(format!(
+                    "component `{}`: workdir: a component from the cloud runs in its own \
+                     directory under the node's data dir",
+                    spec.name
+                ))
             } else {
-                wanted.push(spec.clone());
+                spec.validate().err().map(|e| e.to_string())
+            };
+            match refused {
+                None => wanted.push(spec.clone()),
+                Some(e) => {
+                    errors.push(e);
+                    // What runs under that name keeps running.
+                    if let Some(r) = running(&spec.name)
+                        && !config.iter().any(|c| c.name == spec.name)
+                    {
+                        wanted.push(r);
+                    }
+                }
             }
         }
+        // A spec rolled back before runs as its good version (after a
+        // restart, or when it was removed and asked for again); a spec
+        // other than the refused one forgets the rollback.
+        let mut effective: Vec<ComponentSpec> = Vec::with_capacity(wanted.len());
+        {
+            let mut rollbacks = self.set.rollbacks();
+            let before = rollbacks.len();
+            rollbacks.retain(|name, r| wanted.iter().any(|w| &w.name == name && *w == r.refused));
+            for w in &wanted {
+                match rollbacks.get(&w.name) {
+                    Some(r) => {
+                        errors.push(format!(
+                            "component `{}`: version {} was rolled back: {}",
+                            w.name, w.version, r.reason
+                        ));
+                        effective.push(running(&w.name).unwrap_or_else(|| r.good.clone()));
+                    }
+                    None => effective.push(w.clone()),
+                }
+            }
+            let changed = rollbacks.len() != before;
+            drop(rollbacks);
+            if changed {
+                self.set.save_rollbacks();
+            }
+        }
+        let wanted = effective;
         let all: Vec<ComponentSpec> = config.iter().chain(&wanted).cloned().collect();
         let order = match component_start_order(&all) {
             Ok(o) => o,
@@ -565,24 +671,24 @@ impl Components {
         while stopping.join_next().await.is_some() {}
         self.set.changed.send_modify(|v| *v = v.wrapping_add(1));
         for spec in &wanted {
-            let old = current.iter().find(|c| c.name == spec.name);
-            match old {
+            match current.iter().find(|c| c.name == spec.name) {
                 None => {
                     let entry = self.entry_for(spec, Source::Cloud);
+                    if let Some(r) = self.set.rollbacks().get(&spec.name)
+                        && r.good == *spec
+                    {
+                        let reason = r.reason.clone();
+                        entry.update(|s| s.rollback = Some(reason));
+                    }
                     tracing::info!(component = %spec.name, version = %spec.version, "component added");
                     let task = tokio::spawn(supervise::supervise(entry.clone(), None));
                     self.set.slots().push(Slot {
                         entry,
                         task: Some(task),
-                        refused: None,
                     });
                 }
                 Some(old) if old == spec => {}
-                Some(_) => {
-                    if let Some(e) = self.replace(spec) {
-                        errors.push(e);
-                    }
-                }
+                Some(_) => self.replace(spec),
             }
         }
         // Keep the start order, so the node stops dependents first.
@@ -592,17 +698,6 @@ impl Components {
                 .position(|n| n == &s.entry.spec.name)
                 .unwrap_or(usize::MAX)
         });
-        // Ones refused before and asked for again are reported each time.
-        for s in self.set.slots().iter() {
-            if let Some((refused, why)) = &s.refused
-                && wanted.iter().any(|w| w == refused)
-            {
-                errors.push(format!(
-                    "component `{}`: version {} was rolled back: {why}",
-                    refused.name, refused.version
-                ));
-            }
-        }
         drop(guard);
         errors
     }
@@ -610,17 +705,15 @@ impl Components {
     /// Replace the running component of `spec`'s name with `spec`: the
     /// new version's task starts once the old one's has ended, and a
     /// watcher rolls back to the old spec if the new one is not healthy
-    /// within its `update_grace`. `Some` when it is not replaced.
-    fn replace(&self, spec: &ComponentSpec) -> Option<String> {
+    /// within its `update_grace`.
+    fn replace(&self, spec: &ComponentSpec) {
         let old = {
             let mut slots = self.set.slots();
-            let slot = slots.iter_mut().find(|s| s.entry.spec.name == spec.name)?;
-            if slot.refused.as_ref().is_some_and(|(r, _)| r == spec) {
-                return None;
-            }
+            let Some(slot) = slots.iter_mut().find(|s| s.entry.spec.name == spec.name) else {
+                return;
+            };
             let new_entry = self.entry_for(spec, Source::Cloud);
             let old_entry = std::mem::replace(&mut slot.entry, new_entry.clone());
-            slot.refused = None;
             // The old version's task ends first (its process stopped), then
             // the new one starts.
             old_entry.want.send_modify(|w| w.exit = true);
@@ -634,8 +727,33 @@ impl Components {
             to = %spec.version,
             "component update: the old version stops, the new one starts"
         );
+        self.set.pending().push(old.clone());
         tokio::spawn(watch_update(self.clone(), old, spec.clone()));
-        None
+    }
+
+    /// The `(name, version)` whose directories must stay: what runs, the
+    /// old versions of updates within their grace, and the good versions
+    /// of rolled-back updates.
+    pub fn versions_in_use(&self) -> Vec<(String, String)> {
+        let mut keep: Vec<(String, String)> = self
+            .set
+            .slots()
+            .iter()
+            .map(|s| (s.entry.spec.name.clone(), s.entry.spec.version.clone()))
+            .collect();
+        keep.extend(
+            self.set
+                .pending()
+                .iter()
+                .map(|s| (s.name.clone(), s.version.clone())),
+        );
+        keep.extend(
+            self.set
+                .rollbacks()
+                .values()
+                .map(|r| (r.good.name.clone(), r.good.version.clone())),
+        );
+        keep
     }
 
     /// Every component, in start order.
@@ -875,19 +993,60 @@ impl verge_agent::ComponentHost for Components {
     fn transitions(&self) -> Option<watch::Receiver<u64>> {
         Some(self.set.transitions.subscribe())
     }
+
+    fn versions_in_use(&self) -> Vec<(String, String)> {
+        Components::versions_in_use(self)
+    }
 }
 
 /// A component's own directory: `<data_dir>/components/<name>/<version>`
 /// (where the agent unpacks its artifact).
 pub use verge_agent::artifact::component_dir;
 
+/// Loads the rollbacks kept in `<data_dir>/components`; an unreadable file
+/// is logged and taken as none.
+fn load_rollbacks(data_dir: &Path) -> BTreeMap<String, Rollback> {
+    let path = data_dir.join("components").join(ROLLBACKS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!("{}: not read, ignored: {e}", path.display());
+            BTreeMap::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => {
+            tracing::warn!("{}: not read, ignored: {e}", path.display());
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Removes `old` from the pending updates when the watch ends, however it
+/// ends.
+struct Pending<'a>(&'a Set, &'a ComponentSpec);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.0.pending();
+        if let Some(i) = pending.iter().position(|s| s == self.1) {
+            pending.remove(i);
+        }
+    }
+}
+
 /// After `new` replaced `old`: the new version must be healthy at the end
-/// of its `update_grace` without a failure in between (a restart, or the
-/// `failed`, `unhealthy` or `backoff` states). If it is not (and is still the running
-/// spec), start `old` again and keep why on both.
+/// of its `update_grace`, counted from when its process or container first
+/// runs, without a failure in between (a restart, or the `failed`,
+/// `unhealthy` or `backoff` states). If it is not (and is still the
+/// running spec), start `old` again and remember why (persisted). One that
+/// never gets to run (stuck installing or waiting for dependencies) is
+/// rolled back after its grace plus the old version's stop timeout plus a
+/// minute.
 async fn watch_update(c: Components, old: ComponentSpec, new: ComponentSpec) {
+    let _pending = Pending(&c.set, &old);
     let mut changed = c.set.changed.subscribe();
-    let deadline = tokio::time::Instant::now() + new.update_grace;
+    let outer =
+        tokio::time::Instant::now() + new.update_grace + old.stop_timeout + Duration::from_secs(60);
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         changed.borrow_and_update();
         let Some(entry) = c.set.find(&new.name) else {
@@ -905,7 +1064,12 @@ async fn watch_update(c: Components, old: ComponentSpec, new: ComponentSpec) {
         if failed {
             break;
         }
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if deadline.is_none() && matches!(info.state, State::Running | State::Healthy) {
+            deadline = Some(now + new.update_grace);
+        }
+        let until = deadline.unwrap_or(outer);
+        if now >= until {
             if info.state == State::Healthy {
                 tracing::info!(component = %new.name, version = %new.version, "component update healthy");
                 return;
@@ -914,7 +1078,7 @@ async fn watch_update(c: Components, old: ComponentSpec, new: ComponentSpec) {
         }
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep_until(until) => {}
         }
     }
     let stopping = c.set.applying.lock().await;
@@ -941,18 +1105,29 @@ async fn watch_update(c: Components, old: ComponentSpec, new: ComponentSpec) {
         (last, reason)
     };
     tracing::warn!(component = %new.name, "component update rolled back: {reason}");
-    let mut slots = c.set.slots();
-    let Some(slot) = slots.iter_mut().find(|s| s.entry.spec == new) else {
-        return;
-    };
-    let back = c.entry_for(&old, Source::Cloud);
-    back.update(|s| {
-        s.rollback = Some(reason.clone());
-        s.last_error = Some(format!("update to {} rolled back: {last}", new.version));
-    });
-    let failed = std::mem::replace(&mut slot.entry, back.clone());
-    failed.want.send_modify(|w| w.exit = true);
-    let previous = slot.task.take().map(|t| (failed, t));
-    slot.task = Some(tokio::spawn(supervise::supervise(back, previous)));
-    slot.refused = Some((new, reason));
+    {
+        let mut slots = c.set.slots();
+        let Some(slot) = slots.iter_mut().find(|s| s.entry.spec == new) else {
+            return;
+        };
+        let back = c.entry_for(&old, Source::Cloud);
+        back.update(|s| {
+            s.rollback = Some(reason.clone());
+            s.last_error = Some(format!("update to {} rolled back: {last}", new.version));
+        });
+        let failed = std::mem::replace(&mut slot.entry, back.clone());
+        failed.want.send_modify(|w| w.exit = true);
+        let previous = slot.task.take().map(|t| (failed, t));
+        slot.task = Some(tokio::spawn(supervise::supervise(back, previous)));
+    }
+    c.set.rollbacks().insert(
+        new.name.clone(),
+        Rollback {
+            refused: new,
+            good: old.clone(),
+            reason,
+        },
+    );
+    c.set.save_rollbacks();
+    drop(stopping);
 }
