@@ -11,7 +11,12 @@
 //!   without the cloud finds its files there).
 //! - Nothing lands outside the directory: only regular files and
 //!   directories are unpacked, paths must be relative without `..`, and
-//!   the unpacked size and entry count are bounded.
+//!   the unpacked size and entry count are bounded. The size counted is
+//!   the entry's real one (a PAX `size` record overrides the raw header's),
+//!   and sparse entries, whose unpacked size differs from what they
+//!   declare, are refused.
+//! - No file or directory is group- or world-writable: modes are masked
+//!   with 0o022.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -131,6 +136,7 @@ pub fn install(archive: &[u8], dir: &Path, sha256: &str) -> Result<(), String> {
 fn unpack(archive: &[u8], into: &Path) -> Result<(), String> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     tar.set_preserve_permissions(false);
+    tar.set_mask(0o022);
     tar.set_overwrite(true);
     let entries = tar
         .entries()
@@ -155,6 +161,9 @@ fn unpack(archive: &[u8], into: &Path) -> Result<(), String> {
             ));
         }
         let kind = entry.header().entry_type();
+        if kind.is_gnu_sparse() || sparse_pax(&mut entry)? {
+            return Err(format!("entry `{shown}`: sparse files are not installed"));
+        }
         if !(kind.is_file() || kind.is_dir()) {
             return Err(format!(
                 "entry `{shown}`: only files and directories are installed, not links or devices"
@@ -163,7 +172,8 @@ fn unpack(archive: &[u8], into: &Path) -> Result<(), String> {
         if path.file_name().is_some_and(|f| f == MARKER) {
             return Err(format!("entry `{shown}`: the name {MARKER} is the node's"));
         }
-        total = total.saturating_add(entry.header().size().unwrap_or(0));
+        // The real size: a PAX `size` record overrides the raw header's.
+        total = total.saturating_add(entry.size());
         if total > MAX_UNPACKED {
             return Err(format!(
                 "the archive unpacks to more than {MAX_UNPACKED} bytes"
@@ -184,6 +194,23 @@ fn unpack(archive: &[u8], into: &Path) -> Result<(), String> {
         .read_to_end(&mut rest)
         .map_err(|e| format!("not a whole gzip stream: {e}"))?;
     Ok(())
+}
+
+/// Whether `entry` has PAX records of a sparse file (`GNU.sparse.*`).
+fn sparse_pax<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<bool, String> {
+    let Some(records) = entry
+        .pax_extensions()
+        .map_err(|e| format!("an entry's PAX records: {e}"))?
+    else {
+        return Ok(false);
+    };
+    for record in records {
+        let record = record.map_err(|e| format!("an entry's PAX records: {e}"))?;
+        if record.key_bytes().starts_with(b"GNU.sparse.") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Remove the installed versions of `name` other than `keep` (the ones
@@ -281,6 +308,90 @@ mod tests {
             );
             assert!(!t.path().join("evil").exists());
         }
+    }
+
+    #[test]
+    fn the_size_limit_counts_a_pax_size_record() {
+        // The raw header says 0 bytes; the PAX record says more than the
+        // limit, and the reader would read that many.
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let big = (MAX_UNPACKED + 1).to_string();
+        b.append_pax_extensions([("size", big.as_bytes())]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_path("big.bin").unwrap();
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+        let a = b.into_inner().unwrap().finish().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("components/r/1.0");
+        let e = install(&a, &dir, "abc").unwrap_err();
+        assert!(e.contains("unpacks to more than"), "{e}");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn refuses_sparse_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("components/r/1.0");
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_path("s").unwrap();
+        h.as_gnu_mut().unwrap().set_real_size(1 << 20);
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+        let a = b.into_inner().unwrap().finish().unwrap();
+        let e = install(&a, &dir, "abc").unwrap_err();
+        assert!(e.contains("sparse"), "{e}");
+        // A PAX sparse file is a regular entry with `GNU.sparse.*` records.
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        b.append_pax_extensions([("GNU.sparse.major", &b"1"[..]), ("GNU.sparse.minor", b"0")])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_path("s").unwrap();
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let a = b.into_inner().unwrap().finish().unwrap();
+        let e = install(&a, &dir, "abc").unwrap_err();
+        assert!(e.contains("sparse"), "{e}");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn world_writable_modes_are_masked() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("components/r/1.0");
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (path, kind, data) in [
+            ("d/", tar::EntryType::Directory, &b""[..]),
+            ("d/run.sh", tar::EntryType::Regular, b"#!/bin/sh\n"),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o777);
+            h.set_path(path).unwrap();
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        let a = b.into_inner().unwrap().finish().unwrap();
+        install(&a, &dir, "abc").unwrap();
+        let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("d/run.sh"), 0o755);
+        assert_eq!(mode("d"), 0o755);
     }
 
     #[test]

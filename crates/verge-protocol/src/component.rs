@@ -427,6 +427,15 @@ impl ComponentSpec {
             if let Some(f) = filters.iter().find(|f| !valid_filter(f)) {
                 return Err(err(key, &format!("`{f}` is not a topic filter")));
             }
+            // `$verge/...` (the node's RPC) and `$SYS/...` are the node's
+            // and the broker's; a component's own RPC topics are granted
+            // without being listed.
+            if let Some(f) = filters.iter().find(|f| f.starts_with('$')) {
+                return Err(err(
+                    key,
+                    &format!("`{f}`: topics starting with $ are reserved"),
+                ));
+            }
         }
         if self.args.iter().any(|a| a.contains('\0')) {
             return Err(err("args", "must not hold NUL characters"));
@@ -487,6 +496,9 @@ impl ComponentSpec {
                     && (!valid_filter(t) || t.contains(['+', '#']))
                 {
                     return Err(err("health.topic", "must be a topic without wildcards"));
+                }
+                if h.topic.as_ref().is_some_and(|t| t.starts_with('$')) {
+                    return Err(err("health.topic", "topics starting with $ are reserved"));
                 }
             }
         }
@@ -620,6 +632,31 @@ mod tests {
             "name": "a", "version": "1", "command": "true", "stop_timeout": "soon"
         }));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn reserved_dollar_topics_are_refused() {
+        for (key, filter) in [
+            ("mqtt.subscribe", "$verge/rpc/+/+"),
+            ("mqtt.subscribe", "$SYS/#"),
+            ("mqtt.publish", "$verge/rpc/other/config.get"),
+        ] {
+            let mut s = spec("a", &[]);
+            if key == "mqtt.publish" {
+                s.mqtt.publish = vec![filter.into()];
+            } else {
+                s.mqtt.subscribe = vec![filter.into()];
+            }
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("reserved"), "{filter}: {e}");
+        }
+        let mut s = spec("a", &[]);
+        s.health.kind = HealthKind::Mqtt;
+        s.health.topic = Some("$SYS/broker/uptime".into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("health.topic"), "{e}");
+        s.health.topic = Some("a/alive".into());
+        s.validate().unwrap();
     }
 
     #[test]
