@@ -217,6 +217,10 @@ async fn bad_specs_are_refused_with_the_reason(h: Harness) {
             "`artifact` is not accepted",
         ),
         (
+            json!({"name": "r", "version": "1", "command": "x", "workdir": "/etc"}),
+            "`workdir` is not accepted",
+        ),
+        (
             json!({"name": "r", "version": "1", "command": "x", "depends_on": ["r"]}),
             "dependency cycle",
         ),

@@ -326,6 +326,32 @@ async fn component_credentials_acl_rpc_and_revoke() {
     assert_eq!(got, json!({"ok": true, "result": {"points": 1}}));
     let latest = s.db.latest(Some("a"));
     assert_eq!(latest.len(), 1, "{latest:?}");
+    // Its own series and those under its name, never another device's.
+    let got = me
+        .call(
+            "a",
+            "store.write",
+            json!({"params": {"points": [{"metric": "rpm", "value": 3, "device": "a/pump-1"}]}}),
+        )
+        .await;
+    assert_eq!(got["ok"], true, "{got}");
+    assert_eq!(s.db.latest(Some("a/pump-1")).len(), 1);
+    for other in ["b", "ab", "a/", "pump-1"] {
+        let got = me
+            .call(
+                "a",
+                "store.write",
+                json!({"params": {"points": [{"metric": "rpm", "value": 3, "device": other}]}}),
+            )
+            .await;
+        assert!(
+            got["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not this component's")),
+            "{other}: {got}"
+        );
+        assert!(s.db.latest(Some(other)).is_empty(), "{other}");
+    }
     let got = me
         .call(
             "a",
@@ -358,7 +384,7 @@ async fn component_credentials_acl_rpc_and_revoke() {
     let mut metrics = String::new();
     c.render_metrics(&mut metrics);
     assert!(
-        metrics.contains("verge_component_rpc_requests_total{result=\"error\"} 2"),
+        metrics.contains("verge_component_rpc_requests_total{result=\"error\"} 6"),
         "{metrics}"
     );
     assert!(

@@ -420,7 +420,44 @@ async fn output_is_captured_in_a_bounded_ring() {
         .filter(|l| l.stream == "stdout")
         .map(|l| l.line.as_str())
         .collect();
+    assert!(!out.is_empty(), "{tail:?}");
     assert!(out.iter().all(|l| l.starts_with("line 14")), "{out:?}");
+    c.shutdown().await;
+}
+
+/// A process component does not inherit the node's environment (which
+/// may hold its secrets), only PATH and a few like it, plus its own.
+#[tokio::test]
+async fn a_process_gets_its_own_environment_not_the_nodes() {
+    let inherited = "CARGO_MANIFEST_DIR";
+    assert!(std::env::var_os(inherited).is_some(), "cargo sets it");
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("env");
+    let c = Components::start(
+        &[spec(
+            "envy",
+            &format!("env > {}.tmp; mv {0}.tmp {0}; exec sleep 30", out.display()),
+            json!({"env": {"MINE": "yes"}}),
+        )],
+        dir.path(),
+    )
+    .expect("start");
+    let t = Instant::now();
+    while !out.exists() {
+        assert!(t.elapsed() < WAIT, "the component did not write its env");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let env = std::fs::read_to_string(&out).expect("env");
+    let keys: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    assert!(!keys.contains(&inherited), "{env}");
+    for k in [
+        "PATH",
+        "MINE",
+        "VERGE_COMPONENT_NAME",
+        "VERGE_COMPONENT_DIR",
+    ] {
+        assert!(keys.contains(&k), "{k} missing: {env}");
+    }
     c.shutdown().await;
 }
 

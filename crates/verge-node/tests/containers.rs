@@ -396,3 +396,45 @@ fn a_container_left_by_a_killed_node_is_replaced() {
         c.shutdown().await;
     });
 }
+
+/// A container component deployed from the cloud (`apply`) and then
+/// dropped from the desired state (`apply(&[])`) is stopped and its
+/// container removed from the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_unassigned_by_the_cloud_is_removed() {
+    let Some((sock, image)) = engine() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Components::start_with(&[], dir.path(), &options(sock.clone()), None).expect("start");
+    let sleeper = spec(
+        "sleeper",
+        json!({
+            "kind": "container", "image": image,
+            "command": "sh", "args": ["-c", "exec sleep 600"],
+            "stop_timeout": "1s",
+        }),
+    );
+    let errors = c.apply(&[sleeper]).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let info = wait_for(&c, "sleeper", "healthy", |i| i.state == State::Healthy).await;
+    let id = info.container_id.clone().expect("a container id");
+    let docker = client(&sock);
+    docker.inspect_container(&id, None).await.expect("running");
+
+    let errors = c.apply(&[]).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let t = Instant::now();
+    while c.get("sleeper").is_ok() {
+        assert!(t.elapsed() < WAIT, "sleeper still listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while !is_gone(docker.inspect_container(&id, None).await) {
+        assert!(
+            t.elapsed() < WAIT,
+            "container {id} not removed after unassign"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.shutdown().await;
+}

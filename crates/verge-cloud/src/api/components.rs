@@ -36,7 +36,8 @@ pub(super) fn check_component_name(field: &str, value: &str) -> Result<(), AppEr
 }
 
 /// The spec of a new version, as posted: every key of [`ComponentSpec`]
-/// but `artifact` (set by uploading the archive), checked alone.
+/// but `artifact` (set by uploading the archive) and `workdir` (the node
+/// picks it), checked alone.
 fn parse_spec(body: &Value) -> Result<ComponentSpec, AppError> {
     let Value::Object(map) = body else {
         return Err(AppError::invalid_component(
@@ -47,6 +48,12 @@ fn parse_spec(body: &Value) -> Result<ComponentSpec, AppError> {
         return Err(AppError::invalid_component(
             "`artifact` is not accepted: upload the archive with \
              PUT /api/components/{name}/versions/{version}/artifact",
+        ));
+    }
+    if map.contains_key("workdir") {
+        return Err(AppError::invalid_component(
+            "`workdir` is not accepted: a component from the cloud runs in its own \
+             directory on the node (<data_dir>/components/<name>/<version>)",
         ));
     }
     check_json_size("spec", body, MAX_SPEC)?;

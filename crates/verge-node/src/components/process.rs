@@ -21,6 +21,10 @@ use verge_protocol::ComponentSpec;
 use super::bus::Credentials;
 use super::log::{LogRing, take_lines};
 
+/// The node's environment variables a process component inherits; every
+/// other one is left out.
+const PASSED_THROUGH: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "TMPDIR"];
+
 /// Spawn `spec` in `workdir`, its stdout and stderr read into `logs`,
 /// with `mqtt` credentials in its environment.
 pub fn spawn(
@@ -38,6 +42,14 @@ pub fn spawn(
         program.to_path_buf()
     };
     let mut cmd = Command::new(program);
+    // The node's own environment (which may hold its secrets) is not
+    // inherited: only the variables a program needs to run at all.
+    cmd.env_clear();
+    for key in PASSED_THROUGH {
+        if let Some(v) = std::env::var_os(key) {
+            cmd.env(key, v);
+        }
+    }
     cmd.args(&spec.args)
         .current_dir(workdir)
         .envs(super::env::component_env(spec, workdir, mqtt))

@@ -238,8 +238,18 @@ async fn call(bus: &Bus, component: &str, method: &str, params: Value) -> Result
     }
 }
 
+/// Whether `device` is `component` or a name under it (`component/x`).
+fn own_device(component: &str, device: &str) -> bool {
+    device == component
+        || device
+            .strip_prefix(component)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|sub| !sub.is_empty())
+}
+
 /// `params.points`: `[{metric, value, device?, time_ms?}]`; `device`
-/// defaults to the component's name, `time_ms` to now.
+/// defaults to the component's name and must be it or a name under it,
+/// `time_ms` defaults to now.
 async fn store_write(bus: &Bus, component: &str, params: &Value) -> Result<Value, String> {
     let db = bus
         .inner
@@ -267,9 +277,16 @@ async fn store_write(bus: &Bus, component: &str, params: &Value) -> Result<Value
             .and_then(Value::as_str)
             .filter(|m| !m.is_empty())
             .ok_or_else(|| format!("params.points[{i}].metric: expected a name"))?;
+        // A component writes only its own series: its name, or a name
+        // under it (`reader/pump-1`), never another device's.
         let device = match p.get("device") {
             None | Some(Value::Null) => component.to_owned(),
-            Some(Value::String(d)) if !d.is_empty() => d.clone(),
+            Some(Value::String(d)) if own_device(component, d) => d.clone(),
+            Some(Value::String(d)) => {
+                return Err(format!(
+                    "params.points[{i}].device: `{d}` is not this component's; use `{component}` or `{component}/<name>`"
+                ));
+            }
             Some(_) => return Err(format!("params.points[{i}].device: expected a name")),
         };
         let time_ms = match p.get("time_ms") {
