@@ -694,12 +694,19 @@ async fn apply_adds_replaces_and_removes_cloud_components_and_leaves_config_ones
     assert_ne!(a2.pid, Some(a1_pid));
     assert!(!alive(a1_pid), "the old version's process is gone");
 
-    // Left out: stopped and removed; the config component runs on.
+    // Left out: stopped and removed; the config component runs on. A
+    // follower of its output ends.
     let b_pid = c.get("b").expect("b").pid.expect("pid");
+    let mut follow = c.follow("b", 0).expect("follow");
+    let following = tokio::spawn(async move { while follow.next().await.is_some() {} });
     let errors = c
         .apply(&[cloud("a", "2.0.0", "exec sleep 1000", json!({}))])
         .await;
     assert!(errors.is_empty(), "{errors:?}");
+    tokio::time::timeout(WAIT, following)
+        .await
+        .expect("the follower of a removed component ends")
+        .expect("task");
     assert!(c.get("b").is_err(), "b is removed");
     assert!(!alive(b_pid), "b's process is stopped before apply returns");
     let names: Vec<String> = c.list().into_iter().map(|i| i.name).collect();

@@ -35,6 +35,9 @@ pub struct LogRing {
     pushed: u64,
     /// `pushed`, for followers.
     notify: watch::Sender<u64>,
+    /// Its component is gone (removed or replaced): followers end once
+    /// they have read what is left.
+    closed: bool,
 }
 
 impl LogRing {
@@ -49,7 +52,15 @@ impl LogRing {
             dropped: 0,
             pushed: 0,
             notify: watch::channel(0).0,
+            closed: false,
         }
+    }
+
+    /// Mark the ring's component gone: its followers read what is left,
+    /// then end.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.notify.send_modify(|_| {});
     }
 
     /// Add a line, dropping the oldest ones past either bound.
@@ -144,14 +155,17 @@ impl Follow {
     }
 
     /// The next lines (waiting for them), or how many were missed; `None`
-    /// once the end is signalled.
+    /// once the end is signalled, or once the ring is closed and read.
     pub async fn next(&mut self) -> Option<Followed> {
         loop {
             if *self.end.borrow() {
                 return None;
             }
-            let (lines, next, missed) = match self.ring.lock() {
-                Ok(r) => r.since(self.cursor, FOLLOW_BATCH),
+            let (lines, next, missed, closed) = match self.ring.lock() {
+                Ok(r) => {
+                    let (lines, next, missed) = r.since(self.cursor, FOLLOW_BATCH);
+                    (lines, next, missed, r.closed)
+                }
                 Err(_) => return None,
             };
             if missed > 0 {
@@ -161,6 +175,9 @@ impl Follow {
             if !lines.is_empty() {
                 self.cursor = next;
                 return Some(Followed::Lines(lines));
+            }
+            if closed {
+                return None;
             }
             self.rx.borrow_and_update();
             // A line pushed between the read above and this wait has
@@ -268,6 +285,33 @@ mod tests {
         let waiting = tokio::spawn(async move { f.next().await.is_none() });
         end_tx.send_replace(true);
         assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_closed_ring_ends_its_followers_after_the_last_lines() {
+        let ring = Arc::new(Mutex::new(LogRing::new(8, 1 << 20)));
+        let (_end_tx, end) = watch::channel(false);
+        let mut f = Follow::new(ring.clone(), 0, end);
+        let waiting = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(next) = f.next().await {
+                if let Followed::Lines(l) = next {
+                    got.extend(l.into_iter().map(|l| l.line));
+                }
+            }
+            got
+        });
+        tokio::task::yield_now().await;
+        {
+            let mut r = ring.lock().unwrap();
+            r.push("stdout", "last".into());
+            r.close();
+        }
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("the follower ends")
+            .unwrap();
+        assert_eq!(got, ["last"]);
     }
 
     #[test]

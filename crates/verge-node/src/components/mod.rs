@@ -391,8 +391,17 @@ fn end_slack(spec: &ComponentSpec) -> Duration {
 
 /// Ask `entry`'s task to end and wait for it within its stop timeout
 /// (then abort it, which kills its process); then its MQTT credentials
-/// are revoked.
+/// are revoked and its log followers end.
 async fn end_task(entry: &Entry, task: Option<JoinHandle<()>>) {
+    stop_task(entry, task).await;
+    // Its log followers end once they have read the last lines.
+    if let Ok(mut l) = entry.logs.lock() {
+        l.close();
+    }
+}
+
+/// The first part of [`end_task`].
+async fn stop_task(entry: &Entry, task: Option<JoinHandle<()>>) {
     entry.want.send_modify(|w| w.exit = true);
     if let Some(task) = task {
         let abort = task.abort_handle();
