@@ -455,3 +455,55 @@ async fn mqtt_heartbeat_makes_healthy_and_its_absence_restarts() {
     beats.abort();
     c.shutdown().await;
 }
+
+/// A component stopped through the API loses its credentials at once (its
+/// connections are closed, its secret refused); a start makes new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_component_has_no_credentials() {
+    let s = setup().await;
+    let a = spec(json!({"name": "a", "args": ["-c", "env > env.txt; exec sleep 1000"]}));
+    let c = Components::start_with_bus(&[a], &s.data, Some(s.bus.clone())).expect("start");
+    let dir = s.data.join("components/a/1");
+    let env = env_of(&dir).await;
+    let secret = env["VERGE_MQTT_PASSWORD"].clone();
+    let mut me = connect(
+        s.addr,
+        "component:a",
+        Some(("component:a", secret.as_str())),
+    )
+    .await
+    .expect("connect while it runs");
+    c.stop_one("a").expect("stop");
+    while let Some(Ok(_)) = tokio::time::timeout(WAIT, me.rx.recv())
+        .await
+        .expect("disconnected in time")
+    {}
+    let t = Instant::now();
+    while c.get("a").expect("a").state != verge_node::components::State::Stopped {
+        assert!(t.elapsed() < WAIT, "not stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        connect(
+            s.addr,
+            "component:a",
+            Some(("component:a", secret.as_str()))
+        )
+        .await
+        .is_err(),
+        "the stopped component's secret still works"
+    );
+    // Started again: a new secret that works.
+    std::fs::remove_file(dir.join("env.txt")).expect("rm");
+    c.start_one("a").expect("start");
+    let env = env_of(&dir).await;
+    assert_ne!(env["VERGE_MQTT_PASSWORD"], secret);
+    connect(
+        s.addr,
+        "component:a",
+        Some(("component:a", env["VERGE_MQTT_PASSWORD"].as_str())),
+    )
+    .await
+    .expect("the new secret works");
+    c.shutdown().await;
+}

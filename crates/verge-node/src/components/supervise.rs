@@ -57,6 +57,7 @@ pub(super) async fn supervise(e: Arc<Entry>, previous: Option<(Arc<Entry>, JoinH
             consecutive = 0;
         }
         if !want.run {
+            revoke(&e).await;
             e.update(|s| {
                 s.state = State::Stopped;
                 s.waiting_for.clear();
@@ -101,6 +102,7 @@ pub(super) async fn supervise(e: Arc<Entry>, previous: Option<(Arc<Entry>, JoinH
             let parked = match failure {
                 Some(reason) => park_failed(&e, &mut want_rx, reason).await,
                 None => {
+                    revoke(&e).await;
                     e.update(|s| s.state = State::Stopped);
                     want_rx.changed().await.is_err()
                 }
@@ -156,6 +158,7 @@ pub(super) async fn supervise(e: Arc<Entry>, previous: Option<(Arc<Entry>, JoinH
 /// when the task should end.
 async fn park_failed(e: &Entry, want_rx: &mut watch::Receiver<Want>, reason: String) -> bool {
     tracing::warn!(component = %e.spec.name, "component failed: {reason}");
+    revoke(e).await;
     e.update(|s| {
         s.state = State::Failed;
         s.pid = None;
@@ -164,6 +167,14 @@ async fn park_failed(e: &Entry, want_rx: &mut watch::Receiver<Want>, reason: Str
         s.last_error = Some(reason);
     });
     want_rx.changed().await.is_err()
+}
+
+/// Revoke the MQTT credentials of a component that is not going to run
+/// until it is started again (a start makes new ones).
+async fn revoke(e: &Entry) {
+    if let Some(bus) = &e.bus {
+        bus.revoke(&e.spec.name).await;
+    }
 }
 
 /// A container's image on the engine (a process has nothing to install
