@@ -105,6 +105,10 @@ def test_a_component_is_deployed_updated_rolled_back_removed_and_runs_offline(pr
                       and status(r).get("version") == "1.0.0"
                       and any("1.0.0 up as app" in line["line"] for line in status(r).get("log_tail", [])))
     assert status(seen)["source"] == "cloud", seen
+    # Each state change on the way reached the cloud, though they came
+    # faster than one report a second.
+    states = [t["state"] for t in status(seen).get("history", [])]
+    assert states == ["installing", "starting", "healthy"], states
 
     # A new version replaces the old process.
     assign("2.0.0")

@@ -13,15 +13,25 @@ function logLine(l) {
   return String(l);
 }
 
+/** One reported state change: `{at_ms, state, reason?}`, newest first in the list. */
+function historyLine(t) {
+  const at = t && typeof t.at_ms === "number" ? new Date(t.at_ms).toLocaleTimeString() : "?";
+  return `${at} ${t && t.state ? t.state : "?"}${t && t.reason ? ` (${t.reason})` : ""}`;
+}
+
 /** The cells of one node's report of a component (any key may be missing). */
 function componentStatusCells(st) {
   const s = st || {};
   const tail = Array.isArray(s.log_tail) ? s.log_tail.slice(-20) : [];
+  const history = Array.isArray(s.history) ? s.history.slice().reverse() : [];
   return [
     h("td", { testid: "component-state" }, s.state ? badge(s.state) : "not reported",
       // Health in words only where the state does not already say it.
       typeof s.healthy === "boolean" && !["healthy", "unhealthy"].includes(s.state)
-        ? h("div", { class: "muted" }, s.healthy ? "healthy" : "not healthy") : null),
+        ? h("div", { class: "muted" }, s.healthy ? "healthy" : "not healthy") : null,
+      history.length ? h("details", { testid: "component-history" },
+        h("summary", { class: "muted" }, "recent states"),
+        h("pre", { class: "inline-json" }, history.map(historyLine).join("\n"))) : null),
     h("td", { testid: "component-restarts" }, s.restarts ?? "–"),
     h("td", { class: "muted" }, s.uptime_seconds === undefined || s.uptime_seconds === null ? "–" : duration(Math.round(s.uptime_seconds))),
     h("td", { class: "error", testid: "component-last-error" }, s.last_error || ""),

@@ -86,6 +86,31 @@ async fn crash_is_restarted_with_backoff_and_counted() {
     assert_eq!(info.last_error.as_deref(), Some("exited with status 3"));
     let (lines, _) = c.logs("crash", 10).expect("logs");
     assert!(lines.iter().filter(|l| l.line == "started").count() >= 3);
+    // Every state change is kept (the last 16), with the reason of each
+    // backoff, oldest first.
+    let history = &c.get("crash").expect("crash").history;
+    assert_eq!(
+        history.len(),
+        verge_node::components::HISTORY,
+        "{history:?}"
+    );
+    assert!(history.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    let backoffs: Vec<_> = history
+        .iter()
+        .filter(|t| t.state == State::Backoff)
+        .collect();
+    assert!(backoffs.len() >= 3, "{history:?}");
+    assert!(
+        backoffs
+            .iter()
+            .all(|t| t.reason.as_deref() == Some("exited with status 3")),
+        "{history:?}"
+    );
+    let json = serde_json::to_value(c.get("crash").expect("crash")).expect("json");
+    assert_eq!(
+        json["history"].as_array().map(Vec::len),
+        Some(verge_node::components::HISTORY)
+    );
     c.shutdown().await;
 }
 

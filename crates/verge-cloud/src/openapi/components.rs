@@ -72,7 +72,7 @@ fn artifact() -> Value {
 pub(super) fn component_status() -> Value {
     json!({
         "type": "object", "nullable": true,
-        "description": "the node's last report of the component, as its components API shows it: usually `name`, `version`, `kind`, `state`, `healthy`, `restarts`, `uptime_seconds`, `last_error`, and `log_tail` (recent output lines) when the node sends it; any key may be missing. Null when the node reported none",
+        "description": "the node's last report of the component, as its components API shows it: usually `name`, `version`, `kind`, `state`, `healthy`, `restarts`, `uptime_seconds`, `last_error`, `history` (its last 16 state changes: `{at_ms, state, reason?}`, oldest first) and `log_tail` (recent output lines) when the node sends it; any key may be missing. Null when the node reported none",
     })
 }
 

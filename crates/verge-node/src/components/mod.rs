@@ -158,6 +158,26 @@ pub struct ComponentInfo {
     pub cpu_seconds: Option<f64>,
     /// Resident memory of its process in bytes; none when not running.
     pub memory_bytes: Option<u64>,
+    /// Its last [`HISTORY`] state changes, oldest first: every change
+    /// reaches the cloud with the next status report, even when several
+    /// happen between two reports.
+    pub history: Vec<Transition>,
+}
+
+/// State changes a component keeps.
+pub const HISTORY: usize = 16;
+
+/// One state change of a component.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    /// When, in milliseconds since 1970.
+    pub at_ms: u64,
+    /// The state it entered.
+    pub state: State,
+    /// The last failure, when it entered `backoff`, `failed` or
+    /// `unhealthy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What the API asks of a component's task.
@@ -185,6 +205,7 @@ struct Status {
     last_error: Option<String>,
     rollback: Option<String>,
     waiting_for: Vec<String>,
+    history: std::collections::VecDeque<Transition>,
 }
 
 /// One component: its spec and what its task shares.
@@ -217,7 +238,23 @@ impl Entry {
             Ok(mut s) => {
                 let before = s.state;
                 f(&mut s);
-                s.state != before
+                let moved = s.state != before;
+                if moved {
+                    let reason = match s.state {
+                        State::Backoff | State::Failed | State::Unhealthy => s.last_error.clone(),
+                        _ => None,
+                    };
+                    if s.history.len() >= HISTORY {
+                        s.history.pop_front();
+                    }
+                    let state = s.state;
+                    s.history.push_back(Transition {
+                        at_ms: now_ms(),
+                        state,
+                        reason,
+                    });
+                }
+                moved
             }
             Err(_) => false,
         };
@@ -282,8 +319,19 @@ impl Entry {
             cpu_percent: sample.map(|(_, p)| p),
             cpu_seconds: sample.map(|(u, _)| u.cpu_seconds),
             memory_bytes: sample.map(|(u, _)| u.memory_bytes),
+            history: s
+                .map(|s| s.history.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
+}
+
+/// Milliseconds since 1970.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 /// An API call on a component that cannot be done.
@@ -541,6 +589,11 @@ impl Components {
                 last_error: None,
                 rollback: None,
                 waiting_for: Vec::new(),
+                history: std::collections::VecDeque::from([Transition {
+                    at_ms: now_ms(),
+                    state: State::Installing,
+                    reason: None,
+                }]),
             }),
             logs: Arc::new(Mutex::new(LogRing::new(LOG_LINES, LOG_BYTES))),
             engine: self.set.engine.clone(),
