@@ -57,11 +57,12 @@ if ! podman image exists "$image"; then
   rm -f "$dir/rootfs.tar"
 fi
 
-# With VERGE_BIN: an image holding that verge binary and the shared
-# libraries it links (ldd), so a container can run `verge device simulate`
-# against a node's broker; tagged by the binary's digest.
+# With VERGE_BIN: an image holding that verge binary, the shared
+# libraries it links (ldd) and busybox's sh, so a container can run
+# `verge device simulate` against a node's broker with the credentials in
+# its environment; tagged by the binary's digest and this layout's number.
 if [ -n "${VERGE_BIN:-}" ]; then
-  tag=$(sha256sum "$VERGE_BIN" | cut -c1-12)
+  tag=$(sha256sum "$VERGE_BIN" | cut -c1-12)-2
   verge_image="localhost/verge-test-verge:$tag"
   if ! podman image exists "$verge_image"; then
     # Images of earlier builds go first.
@@ -70,13 +71,15 @@ if [ -n "${VERGE_BIN:-}" ]; then
     root=$(mktemp -d)
     mkdir -p "$root/bin" "$root/tmp"
     cp "$VERGE_BIN" "$root/bin/verge"
+    cp /bin/busybox "$root/bin/busybox"
+    ln -s busybox "$root/bin/sh"
     for lib in $(ldd "$VERGE_BIN" | grep -o '/[^ ]*'); do
       mkdir -p "$root$(dirname "$lib")"
       cp -L "$lib" "$root$lib"
     done
     tar -C "$root" -cf "$dir/verge-rootfs.tar" .
     rm -rf "$root"
-    podman import --change 'ENTRYPOINT ["/bin/verge"]' \
+    podman import --change 'CMD ["/bin/verge", "--help"]' \
       "$dir/verge-rootfs.tar" "$verge_image" >/dev/null 2>&1
     rm -f "$dir/verge-rootfs.tar"
   fi

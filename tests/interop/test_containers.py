@@ -1,9 +1,12 @@
 """A container component reaches the node's broker: Podman's Docker
 Engine API service runs an image holding the verge binary (built offline
 by tests/containers/engine.sh), whose `verge device simulate` connects to
-the node on 127.0.0.1 through the host network with its secret from the
-environment; a paho subscriber sees its telemetry, and the node's API
-shows the component healthy with its container id and its output.
+the node on 127.0.0.1 through the host network with the component's own
+MQTT credentials from its environment (VERGE_MQTT_USERNAME/PASSWORD, made
+by the node) and publishes on the topic its spec's rights allow; a paho
+subscriber sees its telemetry, and the node's API shows the component
+healthy with its container id and its output. Killed from outside, it is
+restarted with new credentials and publishes again.
 
 Without Podman the test skips, saying so; in CI (`CI` or
 `VERGE_REQUIRE_ENGINE` set) it fails instead."""
@@ -17,10 +20,9 @@ import urllib.parse
 import subprocess
 import time
 
-import argon2
 import pytest
 
-from verge_interop import REPO, V5, Client, Node, device_telemetry, node_api, own_topics_device, verge_bin
+from verge_interop import REPO, V5, Client, Node, device_telemetry, node_api, verge_bin
 
 
 def engine():
@@ -59,10 +61,23 @@ def engine_get(sock, path):
     return json.loads(body)
 
 
+def engine_post(sock, path):
+    """POST `path` of the engine's API (no body); the status."""
+    conn = http.client.HTTPConnection("engine")
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.connect(sock.removeprefix("unix://"))
+    conn.request("POST", path)
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    return r.status
+
+
 def test_container_component_publishes_to_the_node_broker(tmp_path):
     sock, image = engine()
-    reg = tmp_path / "devices.toml"
-    reg.write_text(own_topics_device("boxed-sensor", argon2.PasswordHasher().hash("c0ntainer")))
+    # The component's MQTT username is `component:sim`; it publishes as a
+    # device of that name, on the topics its spec asks rights for.
+    topic = "devices/component:sim/telemetry"
 
     def components(node):
         return f"""
@@ -75,18 +90,19 @@ name = "sim"
 version = "1.0.0"
 kind = "container"
 image = "{image}"
-args = ["device", "simulate", "--node", "127.0.0.1:{node.tcp}",
-        "--device", "boxed-sensor", "--interval", "200ms"]
-env = {{ VERGE_DEVICE_SECRET = "c0ntainer" }}
+command = "sh"
+args = ["-c", 'exec verge device simulate --node 127.0.0.1:{node.tcp} --device "$VERGE_MQTT_USERNAME" --secret "$VERGE_MQTT_PASSWORD" --interval 200ms']
 stop_timeout = "2s"
+backoff_min = "100ms"
+mqtt = {{ publish = ["{topic}"], subscribe = ["devices/component:sim/commands/#"] }}
 """
 
-    n = Node(extra=f'devices_file = "{reg}"', tail=components)
+    n = Node(tail=components)
     sub = None
     try:
         sub = Client(n, V5)
-        sub.sub("devices/boxed-sensor/telemetry", 1)
-        device_telemetry(sub, "boxed-sensor", lambda doc: True, timeout=60)
+        sub.sub(topic, 1)
+        device_telemetry(sub, "component:sim", lambda doc: True, timeout=60)
         deadline = time.time() + 10
         while True:
             info = node_api(n, "/api/components/sim")
@@ -97,6 +113,23 @@ stop_timeout = "2s"
         assert len(info["container_id"]) == 12, info
         logs = node_api(n, "/api/components/sim/logs?tail=100")
         assert logs["lines"], f"no output from the container: {logs}"
+
+        # Killed from outside the node: a new container, new credentials,
+        # telemetry again.
+        first = info["container_id"]
+        assert engine_post(sock, f"/v1.41/containers/{first}/kill") == 204
+        deadline = time.time() + 60
+        while True:
+            info = node_api(n, "/api/components/sim")
+            if info["restarts"] >= 1 and info["state"] == "healthy" \
+                    and info.get("container_id") not in (None, first):
+                break
+            assert time.time() < deadline, info
+            time.sleep(0.1)
+        assert "exited with status" in (info.get("last_error") or ""), info
+        while not sub.msgs.empty():  # what the first container sent
+            sub.msgs.get_nowait()
+        device_telemetry(sub, "component:sim", lambda doc: True, timeout=60)
     finally:
         if sub:
             sub.close()
