@@ -93,6 +93,15 @@ async fn assign(h: &Harness, node: &str, name: &str, version: &str) -> (StatusCo
     .await
 }
 
+async fn unassign(h: &Harness, node: &str, name: &str) -> (StatusCode, Value) {
+    h.call(
+        Method::DELETE,
+        &format!("/api/nodes/{node}/components/{name}"),
+        None,
+    )
+    .await
+}
+
 async fn desired_version(h: &Harness, node: &str) -> i64 {
     let (s, v) = h
         .call(Method::GET, &format!("/api/nodes/{node}"), None)
@@ -401,13 +410,7 @@ async fn assignment_bumps_the_desired_state_and_carries_the_artifact(h: Harness)
         tokio::spawn(async move { desired_as(&h, &node, &secret, current, 20_000).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let (s, _) = h2
-        .call(
-            Method::DELETE,
-            &format!("/api/nodes/{node}/components/box"),
-            None,
-        )
-        .await;
+    let (s, _) = unassign(&h2, &node, "box").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, d) = tokio::time::timeout(std::time::Duration::from_secs(10), poll)
         .await
@@ -486,37 +489,13 @@ async fn assignments_must_form_a_runnable_set(h: Harness) {
         .unwrap_or_default();
     assert_eq!(db["version"], "1");
     // Unassigning `db` would leave `app` without its dependency.
-    let (s, v) = h
-        .call(
-            Method::DELETE,
-            &format!("/api/nodes/{node}/components/db"),
-            None,
-        )
-        .await;
+    let (s, v) = unassign(&h, &node, "db").await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    let (s, _) = h
-        .call(
-            Method::DELETE,
-            &format!("/api/nodes/{node}/components/app"),
-            None,
-        )
-        .await;
+    let (s, _) = unassign(&h, &node, "app").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = h
-        .call(
-            Method::DELETE,
-            &format!("/api/nodes/{node}/components/db"),
-            None,
-        )
-        .await;
+    let (s, _) = unassign(&h, &node, "db").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = h
-        .call(
-            Method::DELETE,
-            &format!("/api/nodes/{node}/components/db"),
-            None,
-        )
-        .await;
+    let (s, _) = unassign(&h, &node, "db").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/components.rs"]
+mod comp;
 use std::time::{Duration, Instant};
 
 #[path = "support/functions.rs"]
@@ -11,38 +13,21 @@ mod support;
 use futures_util::StreamExt;
 use tower::ServiceExt;
 
+use comp::{spec_from, wait_for};
 use serde_json::{Value, json};
-use verge_node::components::{ComponentInfo, Components, State};
+use verge_node::components::{Components, State};
 use verge_protocol::ComponentSpec;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn spec(v: Value) -> ComponentSpec {
-    let mut base = json!({
-        "version": "1", "command": "sh", "restart": "never",
-        "backoff_min": "50ms", "backoff_max": "200ms", "stop_timeout": "1s",
-    });
-    base.as_object_mut()
-        .expect("object")
-        .extend(v.as_object().expect("object").clone());
-    serde_json::from_value(base).expect("spec")
-}
-
-async fn wait_for(
-    c: &Components,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&ComponentInfo) -> bool,
-) -> ComponentInfo {
-    let t = Instant::now();
-    loop {
-        let info = c.get(name).expect("component");
-        if ok(&info) {
-            return info;
-        }
-        assert!(t.elapsed() < WAIT, "{name}: not {what}: {info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    spec_from(
+        json!({
+            "version": "1", "command": "sh", "restart": "never",
+            "backoff_min": "50ms", "backoff_max": "200ms", "stop_timeout": "1s",
+        }),
+        v,
+    )
 }
 
 #[tokio::test]

@@ -6,12 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/components.rs"]
+mod comp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use comp::{spec_from, wait_for};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -19,7 +22,7 @@ use verge_broker::auth::Registry;
 use verge_broker::config::AclPolicy;
 use verge_broker::{Authenticator, Broker, BrokerConfig};
 use verge_node::components::bus::{Bus, NodeIdent, listener_url};
-use verge_node::components::{ComponentInfo, Components, State};
+use verge_node::components::{Components, State};
 use verge_protocol::ComponentSpec;
 use verge_tsdb::{Tsdb, TsdbConfig};
 
@@ -89,31 +92,13 @@ async fn setup() -> Setup {
 }
 
 fn spec(v: Value) -> ComponentSpec {
-    let mut base = json!({
-        "version": "1", "command": "sh",
-        "backoff_min": "50ms", "backoff_max": "200ms", "stop_timeout": "1s",
-    });
-    base.as_object_mut()
-        .expect("object")
-        .extend(v.as_object().expect("object").clone());
-    serde_json::from_value(base).expect("spec")
-}
-
-async fn wait_for(
-    c: &Components,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&ComponentInfo) -> bool,
-) -> ComponentInfo {
-    let t = Instant::now();
-    loop {
-        let info = c.get(name).expect("component");
-        if ok(&info) {
-            return info;
-        }
-        assert!(t.elapsed() < WAIT, "{name}: not {what}: {info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    spec_from(
+        json!({
+            "version": "1", "command": "sh",
+            "backoff_min": "50ms", "backoff_max": "200ms", "stop_timeout": "1s",
+        }),
+        v,
+    )
 }
 
 /// The `VERGE_*` variables a component wrote to `env.txt` in its workdir.

@@ -7,12 +7,15 @@
 #[path = "support/functions.rs"]
 mod support;
 
+#[path = "support/components.rs"]
+mod comp;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use comp::{free_port, spec_from, wait_for};
 use serde_json::{Value, json};
 use support::{StatusCode, TOKEN, broker, call, raw, state};
-use verge_node::components::{ComponentInfo, Components, LOG_LINES, State};
+use verge_node::components::{Components, LOG_LINES, State};
 use verge_protocol::{ComponentError, ComponentSpec};
 
 /// Longest wait for anything that should happen; only there so a broken
@@ -20,42 +23,15 @@ use verge_protocol::{ComponentError, ComponentSpec};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn spec(name: &str, script: &str, extra: Value) -> ComponentSpec {
-    let mut v = json!({
-        "name": name, "version": "1.0.0",
-        "command": "sh", "args": ["-c", script],
-        "backoff_min": "50ms", "backoff_max": "200ms",
-        "stop_timeout": "2s",
-    });
-    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
-        o.extend(e.clone());
-    }
-    serde_json::from_value(v).expect("spec")
-}
-
-/// Poll `name` until `ok` holds; the last info.
-async fn wait_for(
-    c: &Components,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&ComponentInfo) -> bool,
-) -> ComponentInfo {
-    let t = Instant::now();
-    loop {
-        let info = c.get(name).expect("component");
-        if ok(&info) {
-            return info;
-        }
-        assert!(t.elapsed() < WAIT, "{name}: not {what}: {info:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    spec_from(
+        json!({
+            "name": name, "version": "1.0.0",
+            "command": "sh", "args": ["-c", script],
+            "backoff_min": "50ms", "backoff_max": "200ms",
+            "stop_timeout": "2s",
+        }),
+        extra,
+    )
 }
 
 fn alive(pid: u32) -> bool {

@@ -7,13 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/components.rs"]
+mod comp;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::errors::Error as EngineError;
+use comp::{free_port, spec_from, wait_for};
 use serde_json::{Value, json};
-use verge_node::components::{ComponentInfo, Components, ComponentsOptions, State};
+use verge_node::components::{Components, ComponentsOptions, State};
 use verge_protocol::ComponentSpec;
 
 /// Longest wait for anything that should happen; only there so a broken
@@ -44,42 +47,16 @@ fn engine() -> Option<(PathBuf, String)> {
 }
 
 fn spec(name: &str, v: Value) -> ComponentSpec {
-    let mut base = json!({
-        "name": name, "version": "1.0.0",
-        "backoff_min": "100ms", "backoff_max": "500ms",
-        "stop_timeout": "2s",
-    });
-    if let (Some(o), Some(e)) = (base.as_object_mut(), v.as_object()) {
-        o.extend(e.clone());
-    }
-    let s: ComponentSpec = serde_json::from_value(base).expect("spec");
+    let s = spec_from(
+        json!({
+            "name": name, "version": "1.0.0",
+            "backoff_min": "100ms", "backoff_max": "500ms",
+            "stop_timeout": "2s",
+        }),
+        v,
+    );
     s.validate().expect("valid spec");
     s
-}
-
-async fn wait_for(
-    c: &Components,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&ComponentInfo) -> bool,
-) -> ComponentInfo {
-    let t = Instant::now();
-    loop {
-        let info = c.get(name).expect("component");
-        if ok(&info) {
-            return info;
-        }
-        assert!(t.elapsed() < WAIT, "{name}: not {what}: {info:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn options(sock: PathBuf) -> ComponentsOptions {
