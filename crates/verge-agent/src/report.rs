@@ -97,6 +97,7 @@ impl Reporter {
         let report = StatusReport {
             applied_version,
             apply_errors,
+            attempt: None,
             drift: Vec::new(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: parts.started.elapsed().as_secs(),

@@ -6,10 +6,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StatusReport {
-    /// The desired-state version the node last applied (0 = none).
+    /// The desired-state version (revision) the node runs: the last one
+    /// that applied completely (0 = none). A revision with a failed item
+    /// does not advance it: the node returns to this one.
     pub applied_version: i64,
-    /// What failed while applying it (empty when all of it applied).
+    /// What failed in the last apply (empty when all of it applied).
     pub apply_errors: Vec<String>,
+    /// The last revision the node tried, and how that went; `None` before
+    /// the first apply of this process (and from nodes older than the
+    /// field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<ApplyAttempt>,
     /// Cloud-managed items the node found changed locally and put back at
     /// its last reconciliation that found any (one line each).
     pub drift: Vec<String>,
@@ -51,6 +58,71 @@ pub struct StatusReport {
     pub components: Vec<serde_json::Value>,
 }
 
+/// How applying one revision went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApplyAttempt {
+    /// The revision tried.
+    pub version: i64,
+    /// Where it stands.
+    pub state: AttemptState,
+    /// When the node started applying it, ms since 1970.
+    pub started_ms: u64,
+    /// When it ended (applied, or rolled back), ms since 1970; `None`
+    /// while applying.
+    pub finished_ms: Option<u64>,
+    /// One entry per item of the revision that was applied, failed or
+    /// removed (items already as the revision wants them are left out).
+    pub items: Vec<ItemResult>,
+    /// Why the revision as a whole failed (a deadline, a component's
+    /// health check), beside the failed items.
+    pub error: Option<String>,
+    /// The revision the node returned to after a failure (its
+    /// `applied_version`), when it returned to one.
+    pub rolled_back_to: Option<i64>,
+}
+
+/// Where an [`ApplyAttempt`] stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    /// Being applied, or its components are within their health grace.
+    #[default]
+    Applying,
+    /// Every item applied (and every updated component is healthy).
+    Applied,
+    /// An item failed; the node returned to its last good revision.
+    RolledBack,
+}
+
+/// The outcome of one item of a revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ItemResult {
+    /// `device`, `rule`, `function`, `component` or `config`.
+    pub kind: String,
+    /// The item's name (id) within its kind.
+    pub name: String,
+    /// What happened to it.
+    pub result: ItemOutcome,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What happened to one item of a revision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemOutcome {
+    /// Added or changed as the revision wants it.
+    #[default]
+    Applied,
+    /// Removed, as the revision no longer has it.
+    Removed,
+    /// Not applied: see its `error`.
+    Failed,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +133,33 @@ mod tests {
             serde_json::from_str(r#"{"applied_version": 3}"#).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.applied_version, 3);
         assert_eq!(r.connections, 0);
+        assert_eq!(r.attempt, None);
+    }
+
+    #[test]
+    fn an_attempt_round_trips_in_snake_case() {
+        let r = StatusReport {
+            applied_version: 4,
+            attempt: Some(ApplyAttempt {
+                version: 5,
+                state: AttemptState::RolledBack,
+                started_ms: 1,
+                finished_ms: Some(2),
+                items: vec![ItemResult {
+                    kind: "rule".into(),
+                    name: "hot".into(),
+                    result: ItemOutcome::Failed,
+                    error: Some("bad SQL".into()),
+                }],
+                error: None,
+                rolled_back_to: Some(4),
+            }),
+            ..StatusReport::default()
+        };
+        let v = serde_json::to_value(&r).unwrap_or_default();
+        assert_eq!(v["attempt"]["state"], "rolled_back");
+        assert_eq!(v["attempt"]["items"][0]["result"], "failed");
+        let back: StatusReport = serde_json::from_value(v).unwrap_or_default();
+        assert_eq!(back, r);
     }
 }
