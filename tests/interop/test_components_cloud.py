@@ -52,6 +52,14 @@ def node_components(ports, token):
         return {c["name"]: c for c in json.loads(r.read())}
 
 
+def node_agent(ports, token):
+    """The node's view of its cloud link: applied revision, last attempt."""
+    req = urllib.request.Request(f"http://127.0.0.1:{ports['http']}/api/cloud")
+    req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
 def pid_alive(pid):
     return os.path.exists(f"/proc/{pid}")
 
@@ -66,7 +74,10 @@ def test_a_component_is_deployed_updated_rolled_back_removed_and_runs_offline(pr
 
     def version(v, body, extra=None):
         spec = {"name": "app", "version": v, "command": "python3", "args": ["app.py"],
-                "backoff_min": "100ms", "backoff_max": "500ms", "max_restarts": 50}
+                "backoff_min": "100ms", "backoff_max": "500ms", "max_restarts": 50,
+                # How long a new version must stay healthy before its
+                # revision counts as applied.
+                "update_grace": "1s"}
         spec.update(extra or {})
         cloud_call(cloud_url, admin, "POST", "/api/components", spec)
         cloud_call(cloud_url, admin, "PUT", f"/api/components/app/versions/{v}/artifact",
@@ -115,13 +126,27 @@ def test_a_component_is_deployed_updated_rolled_back_removed_and_runs_offline(pr
     v2 = running("2.0.0")
     assert not pid_alive(v1["pid"]), "version 1's process is gone"
 
-    # A version that exits at once is rolled back to the one before.
+    # A version that exits at once fails its revision: the node returns to
+    # the revision before (version 2 runs again) and says why.
+    good = wait_for("version 2's revision applied", lambda: (
+        (a := node_agent(ports, node_token).get("attempt"))
+        and a["state"] == "applied" and a["version"]), node, timeout=30)
     assign("3.0.0")
-    back = wait_for("version 3 rolled back", lambda: (
-        (c := node_components(ports, node_token).get("app"))
-        and c["version"] == "2.0.0" and c.get("rollback") and c), node, timeout=30)
-    assert "version 3.0.0" in back["rollback"], back
-    cloud_sees(lambda r: "version 3.0.0" in (status(r).get("rollback") or ""))
+    attempt = wait_for("the revision with version 3 rolled back", lambda: (
+        (a := node_agent(ports, node_token).get("attempt"))
+        and a["version"] > good and a["state"] == "rolled_back" and a), node, timeout=60)
+    assert attempt["rolled_back_to"] == good, attempt
+    failed = [i for i in attempt["items"] if i["result"] == "failed"]
+    assert [i["name"] for i in failed] == ["app"], attempt
+    assert "version 3.0.0" in failed[0]["error"], attempt
+    back = running("2.0.0")
+    assert node_agent(ports, node_token)["applied_version"] == good
+
+    def cloud_has_the_errors():
+        row = cloud_call(cloud_url, admin, "GET", f"/api/nodes/{node_id}")
+        row = row.get("node", row)
+        return any("component `app`" in e and "3.0.0" in e for e in row.get("apply_errors") or [])
+    wait_for("the failure in the cloud", cloud_has_the_errors, node, timeout=30)
 
     # Unassigned: stopped and removed from the node.
     running_pid = back["pid"]

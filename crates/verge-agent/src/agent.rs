@@ -44,10 +44,13 @@ pub struct AgentStatus {
     pub node_id: String,
     /// The cloud center's URL.
     pub cloud_url: String,
-    /// The desired-state version applied (0 = none).
+    /// The desired-state version (revision) the node runs: the last one
+    /// that applied completely (0 = none).
     pub applied_version: i64,
-    /// What failed while applying it.
+    /// What failed in the last apply.
     pub apply_errors: Vec<String>,
+    /// The last revision tried and how that went.
+    pub attempt: Option<verge_protocol::ApplyAttempt>,
     /// When the cloud last answered a poll, ms since the Unix epoch.
     pub last_sync_ms: Option<i64>,
     /// The most recent sync error, cleared by a successful poll.
@@ -210,14 +213,20 @@ impl Agent {
         });
         if let Some(d) = &cached {
             tracing::info!(version = d.version, "applying the cached desired state");
-            let errors = apply::apply(&ctx.parts, &ctx.source(), None, d).await;
+            let results = apply::apply(&ctx.parts, &ctx.source(), None, d).await;
             *ctx.managed() = Managed::of(d);
             let mut s = ctx.status();
             s.applied_version = d.version;
-            s.apply_errors = errors;
+            s.apply_errors = results.errors();
         }
+        let running = cached.as_ref().map_or(0, |d| d.version);
+        let attempt = crate::deploy::load_attempt(&ctx.dir, running);
+        // A revision that failed before the restart is not fetched again:
+        // the poll asks for what is newer than it.
+        let seen = attempt.as_ref().map_or(running, |a| a.version.max(running));
+        ctx.status().attempt = attempt;
         let (stop, stop_rx) = watch::channel(false);
-        let sync = tokio::spawn(sync_loop(ctx.clone(), cached, stop_rx.clone()));
+        let sync = tokio::spawn(sync_loop(ctx.clone(), cached, seen, stop_rx.clone()));
         let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone(), stop_rx));
         Ok(Agent {
             ctx,
@@ -316,8 +325,15 @@ async fn poll(ctx: &Ctx, version: i64) -> Poll {
     }
 }
 
-/// Long-poll the cloud; apply, cache and report each new desired state.
-async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watch::Receiver<bool>) {
+/// Long-poll the cloud; deploy, cache and report each new revision.
+/// `prev` is the last good state (the one that runs), `seen` the newest
+/// revision the node has tried: the poll waits for one newer than that.
+async fn sync_loop(
+    ctx: Arc<Ctx>,
+    mut prev: Option<DesiredState>,
+    mut seen: i64,
+    mut stop: watch::Receiver<bool>,
+) {
     // ±20 %, so that nodes cut off together do not come back together.
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).with_jitter(0.2);
     // The error last logged, so a retry does not log it again.
@@ -326,9 +342,8 @@ async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watc
         if *stop.borrow() {
             return;
         }
-        let version = prev.as_ref().map_or(0, |d| d.version);
         let outcome = tokio::select! {
-            o = poll(&ctx, version) => o,
+            o = poll(&ctx, seen) => o,
             _ = stop.changed() => return,
         };
         let reachable = !matches!(outcome, Poll::Failed(_));
@@ -348,25 +363,46 @@ async fn sync_loop(ctx: Arc<Ctx>, mut prev: Option<DesiredState>, mut stop: watc
                         "the desired state names another node; applied anyway"
                     );
                 }
-                if prev.as_ref().is_some_and(|p| p.version == d.version) {
+                if d.version == seen {
                     // The cloud should have answered 204; do not spin.
                     if sleep_or_stop(BACKOFF_MIN, &mut stop).await {
                         return;
                     }
                     continue;
                 }
-                let mut errors = apply::apply(&ctx.parts, &ctx.source(), prev.as_ref(), &d).await;
-                *ctx.managed() = Managed::of(&d);
-                if let Err(e) = save_desired(&ctx.dir, &d) {
+                seen = d.version;
+                let good = prev
+                    .take()
+                    .unwrap_or_else(|| crate::deploy::empty_state(&ctx.creds.node_id));
+                let deployed = crate::deploy::deploy(
+                    &ctx.parts,
+                    &ctx.source(),
+                    &ctx.dir,
+                    &good,
+                    *d,
+                    |attempt| {
+                        ctx.status().attempt = Some(attempt.clone());
+                        ctx.report_now.notify_one();
+                    },
+                )
+                .await;
+                let running = deployed.running;
+                *ctx.managed() = Managed::of(&running);
+                if deployed.attempt.state == verge_protocol::AttemptState::Applied
+                    && let Err(e) = save_desired(&ctx.dir, &running)
+                {
+                    // It runs; after a restart the previous cached state
+                    // would run instead, and the cloud's next poll brings
+                    // this one again.
                     tracing::error!("desired state not cached: {e}");
-                    errors.push(format!("desired state not cached on the node: {e}"));
                 }
                 {
                     let mut s = ctx.status();
-                    s.applied_version = d.version;
-                    s.apply_errors = errors;
+                    s.applied_version = running.version;
+                    s.apply_errors = crate::deploy::errors_of(&deployed.attempt);
+                    s.attempt = Some(deployed.attempt);
                 }
-                prev = Some(*d);
+                prev = Some(running);
                 ctx.report_now.notify_one();
             }
             Poll::Unchanged => {
@@ -478,12 +514,18 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         last_sent = tokio::time::Instant::now();
-        let (version, errors, drift) = {
+        let (version, errors, drift, attempt) = {
             let s = ctx.status();
-            (s.applied_version, s.apply_errors.clone(), s.drift.clone())
+            (
+                s.applied_version,
+                s.apply_errors.clone(),
+                s.drift.clone(),
+                s.attempt.clone(),
+            )
         };
         let mut report = reporter.build(&ctx.parts, version, errors).await;
         report.drift = drift;
+        report.attempt = attempt;
         let body = match serde_json::to_value(&report) {
             Ok(b) => b,
             Err(e) => {

@@ -1,8 +1,10 @@
 //! Applying a desired state to the running node: devices, then functions,
-//! then rules, then components (their artifacts fetched first). Idempotent; what fails is collected as one message per item
-//! (reported to the cloud as `apply_errors`) and the rest still applies.
-//! A failed item keeps what ran before (an old function version, an old
-//! rule config).
+//! then rules, then components (their artifacts fetched first).
+//! Idempotent; the outcome is one [`ItemResult`] per item applied,
+//! removed or failed (items already as the state wants them are left
+//! out), and the rest still applies. A failed item keeps what ran before
+//! (an old function version, an old rule config); the agent then returns
+//! the node to its last good state as a whole.
 
 use std::collections::HashSet;
 
@@ -13,39 +15,98 @@ use verge_broker::auth::{AclAction, AclRule, Device};
 use verge_broker::config::AclPolicy;
 use verge_broker::{Authenticator, Registry};
 use verge_functions::{DeployError, FunctionSpec};
-use verge_protocol::{ComponentSpec, DesiredState, DeviceEntry, FunctionArtifact, RuleSpec};
+use verge_protocol::{
+    ComponentSpec, DesiredState, DeviceEntry, FunctionArtifact, ItemOutcome, ItemResult, RuleSpec,
+};
 use verge_rules::{RuleConfig, RuleError};
 
 use crate::artifact;
 use crate::parts::NodeParts;
 
-/// Apply `next`; `prev` is the desired state applied before (what the cloud
-/// managed), `None` at start. Returns the errors.
+/// What applying a state did, item by item.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Results {
+    pub(crate) items: Vec<ItemResult>,
+}
+
+impl Results {
+    fn push(&mut self, kind: &str, name: &str, result: ItemOutcome, error: Option<String>) {
+        self.items.push(ItemResult {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            result,
+            error,
+        });
+    }
+
+    fn applied(&mut self, kind: &str, name: &str) {
+        self.push(kind, name, ItemOutcome::Applied, None);
+    }
+
+    fn removed(&mut self, kind: &str, name: &str) {
+        self.push(kind, name, ItemOutcome::Removed, None);
+    }
+
+    fn failed(&mut self, kind: &str, name: &str, error: impl Into<String>) {
+        self.push(kind, name, ItemOutcome::Failed, Some(error.into()));
+    }
+
+    /// Whether any item failed.
+    pub(crate) fn any_failed(&self) -> bool {
+        self.items.iter().any(|i| i.result == ItemOutcome::Failed)
+    }
+
+    /// One line per failed item: ``rule `hot`: the error``.
+    pub(crate) fn errors(&self) -> Vec<String> {
+        failed_lines(&self.items).collect()
+    }
+}
+
+/// One line per failed item of `items`: ``rule `hot`: the error``.
+pub(crate) fn failed_lines(items: &[ItemResult]) -> impl Iterator<Item = String> + '_ {
+    items
+        .iter()
+        .filter(|i| i.result == ItemOutcome::Failed)
+        .map(|i| {
+            format!(
+                "{} `{}`: {}",
+                i.kind,
+                i.name,
+                i.error.as_deref().unwrap_or("failed")
+            )
+        })
+}
+
+/// Apply `next`; `prev` is the desired state that ran before (what the
+/// cloud managed), `None` at start.
 pub(crate) async fn apply(
     parts: &NodeParts,
     source: &artifact::Source<'_>,
     prev: Option<&DesiredState>,
     next: &DesiredState,
-) -> Vec<String> {
-    let mut errors = Vec::new();
-    apply_devices(parts, &next.devices, &mut errors);
+) -> Results {
+    let mut out = Results::default();
+    apply_devices(parts, prev, &next.devices, &mut out);
     disconnect_revoked(parts, prev, &next.devices).await;
-    apply_functions(parts, &next.functions, &mut errors).await;
-    apply_rules(parts, prev, &next.rules, &mut errors).await;
+    apply_functions(parts, &next.functions, &mut out).await;
+    apply_rules(parts, prev, &next.rules, &mut out).await;
     // After the rules, so no rule still running calls a removed function.
-    remove_functions(parts, prev, &next.functions, &mut errors).await;
-    apply_components(parts, source, prev, &next.components, &mut errors).await;
-    if errors.is_empty() {
-        tracing::info!(version = next.version, "desired state applied");
-    } else {
+    remove_functions(parts, prev, &next.functions, &mut out).await;
+    apply_components(parts, source, prev, &next.components, &mut out).await;
+    if out.any_failed() {
         tracing::warn!(
             version = next.version,
-            errors = errors.len(),
             "desired state applied with errors: {}",
-            errors.join("; ")
+            out.errors().join("; ")
+        );
+    } else {
+        tracing::info!(
+            version = next.version,
+            changed = out.items.len(),
+            "desired state applied"
         );
     }
-    errors
+    out
 }
 
 /// The ACL of a cloud device: its own topics and shadow, nothing else.
@@ -90,8 +151,18 @@ async fn disconnect_revoked(
 }
 
 /// Registry = the node's own devices + the cloud's; a clash keeps the
-/// node's own device.
-fn apply_devices(parts: &NodeParts, devices: &[DeviceEntry], errors: &mut Vec<String>) {
+/// node's own device (and fails that item).
+fn apply_devices(
+    parts: &NodeParts,
+    prev: Option<&DesiredState>,
+    devices: &[DeviceEntry],
+    out: &mut Results,
+) {
+    let before = |id: &str| {
+        prev.and_then(|p| p.devices.iter().find(|d| d.id == id))
+            .map(|d| d.password_hash.as_str())
+    };
+    let mut changed = Vec::new();
     let mut registry = parts.base_registry.clone();
     let mut taken: HashSet<String> = registry
         .devices
@@ -101,14 +172,15 @@ fn apply_devices(parts: &NodeParts, devices: &[DeviceEntry], errors: &mut Vec<St
     let base = taken.clone();
     for entry in devices {
         if base.contains(&entry.id) {
-            errors.push(format!(
-                "device `{}`: the node's own config has a device of that name; it is kept",
-                entry.id
-            ));
+            out.failed(
+                "device",
+                &entry.id,
+                "the node's own config has a device of that name; it is kept",
+            );
             continue;
         }
         if !taken.insert(entry.id.clone()) {
-            errors.push(format!("device `{}`: listed twice", entry.id));
+            out.failed("device", &entry.id, "listed twice");
             continue;
         }
         let device = Device {
@@ -124,24 +196,34 @@ fn apply_devices(parts: &NodeParts, devices: &[DeviceEntry], errors: &mut Vec<St
             devices: vec![device.clone()],
         };
         if let Err(e) = Authenticator::new(alone, false, AclPolicy::Deny) {
-            errors.push(format!("device `{}`: {e}", entry.id));
+            out.failed("device", &entry.id, e.to_string());
             continue;
+        }
+        if before(&entry.id) != Some(entry.password_hash.as_str()) {
+            changed.push(entry.id.clone());
         }
         registry.devices.push(device);
     }
     if let Err(e) = parts.auth.replace(registry) {
-        errors.push(format!("devices: not applied: {e}"));
+        out.failed("device", "*", format!("the registry was not replaced: {e}"));
+        return;
+    }
+    for id in changed {
+        out.applied("device", &id);
+    }
+    for old in prev.map(|p| p.devices.as_slice()).unwrap_or_default() {
+        if !devices.iter().any(|d| d.id == old.id) {
+            out.removed("device", &old.id);
+        }
     }
 }
 
-async fn apply_functions(
-    parts: &NodeParts,
-    artifacts: &[FunctionArtifact],
-    errors: &mut Vec<String>,
-) {
+async fn apply_functions(parts: &NodeParts, artifacts: &[FunctionArtifact], out: &mut Results) {
     for a in artifacts {
-        if let Err(e) = apply_function(parts, a).await {
-            errors.push(format!("function `{}`: {e}", a.name));
+        match apply_function(parts, a).await {
+            Ok(true) => out.applied("function", &a.name),
+            Ok(false) => {}
+            Err(e) => out.failed("function", &a.name, e),
         }
     }
 }
@@ -178,7 +260,7 @@ async fn remove_functions(
     parts: &NodeParts,
     prev: Option<&DesiredState>,
     artifacts: &[FunctionArtifact],
-    errors: &mut Vec<String>,
+    out: &mut Results,
 ) {
     let wanted: HashSet<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
     for old in prev.map(|p| p.functions.as_slice()).unwrap_or_default() {
@@ -186,8 +268,9 @@ async fn remove_functions(
             continue;
         }
         match parts.functions.delete(&old.name).await {
-            Ok(()) | Err(DeployError::NotFound(_)) => {}
-            Err(e) => errors.push(format!("function `{}`: not removed: {e}", old.name)),
+            Ok(()) => out.removed("function", &old.name),
+            Err(DeployError::NotFound(_)) => {}
+            Err(e) => out.failed("function", &old.name, format!("not removed: {e}")),
         }
     }
 }
@@ -248,15 +331,17 @@ async fn apply_rules(
     parts: &NodeParts,
     prev: Option<&DesiredState>,
     rules: &[RuleSpec],
-    errors: &mut Vec<String>,
+    out: &mut Results,
 ) {
     let managed: HashSet<&str> = prev
         .map(|p| p.rules.iter().filter_map(rule_id).collect())
         .unwrap_or_default();
     for (i, spec) in rules.iter().enumerate() {
-        let label = rule_id(spec).map_or_else(|| format!("#{i}"), |id| format!("`{id}`"));
-        if let Err(e) = apply_rule(parts, &managed, spec).await {
-            errors.push(format!("rule {label}: {e}"));
+        let label = rule_id(spec).map_or_else(|| format!("#{i}"), str::to_owned);
+        match apply_rule(parts, &managed, spec).await {
+            Ok(true) => out.applied("rule", &label),
+            Ok(false) => {}
+            Err(e) => out.failed("rule", &label, e),
         }
     }
     // Ids the new state names, even when their config is invalid: such a
@@ -267,8 +352,9 @@ async fn apply_rules(
             continue;
         }
         match parts.rules.delete(id).await {
-            Ok(()) | Err(RuleError::NotFound(_)) => {}
-            Err(e) => errors.push(format!("rule `{id}`: not removed: {e}")),
+            Ok(()) => out.removed("rule", id),
+            Err(RuleError::NotFound(_)) => {}
+            Err(e) => out.failed("rule", id, format!("not removed: {e}")),
         }
     }
 }
@@ -311,6 +397,14 @@ async fn apply_rule(
     }
 }
 
+/// The component a supervisor's apply error names (``component `x`: …``)
+/// and the rest of the line; `*` for an error of the whole set.
+fn component_error(line: &str) -> (&str, &str) {
+    line.strip_prefix("component `")
+        .and_then(|rest| rest.split_once("`: "))
+        .unwrap_or(("*", line))
+}
+
 /// Install the artifacts of `specs` (fetched when not on disk yet), then
 /// have the supervisor run exactly them. A component whose artifact cannot
 /// be installed keeps the version the previous state ran (or is not
@@ -321,11 +415,15 @@ async fn apply_components(
     source: &artifact::Source<'_>,
     prev: Option<&DesiredState>,
     specs: &[ComponentSpec],
-    errors: &mut Vec<String>,
+    out: &mut Results,
 ) {
     let Some(host) = &parts.components else {
-        if !specs.is_empty() {
-            errors.push("components: this node runs no component supervisor".to_owned());
+        for spec in specs {
+            out.failed(
+                "component",
+                &spec.name,
+                "this node runs no component supervisor",
+            );
         }
         return;
     };
@@ -339,17 +437,36 @@ async fn apply_components(
         match artifact::ensure(source, &parts.data_dir, spec, a).await {
             Ok(()) => ready.push(spec.clone()),
             Err(e) => {
-                errors.push(format!(
-                    "component `{}`: artifact of version {} not installed: {e}",
-                    spec.name, spec.version
-                ));
+                out.failed(
+                    "component",
+                    &spec.name,
+                    format!("artifact of version {} not installed: {e}", spec.version),
+                );
                 if let Some(old) = previous(&spec.name) {
                     ready.push(old.clone());
                 }
             }
         }
     }
-    errors.extend(host.apply(&ready).await);
+    let refused = host.apply(&ready).await;
+    for line in &refused {
+        let (name, error) = component_error(line);
+        out.failed("component", name, error);
+    }
+    for spec in &ready {
+        let failed = out
+            .items
+            .iter()
+            .any(|i| i.kind == "component" && i.name == spec.name);
+        if !failed && previous(&spec.name) != Some(spec) {
+            out.applied("component", &spec.name);
+        }
+    }
+    for old in prev.map(|p| p.components.as_slice()).unwrap_or_default() {
+        if !specs.iter().any(|s| s.name == old.name) {
+            out.removed("component", &old.name);
+        }
+    }
     // Old versions go, but for the ones the supervisor may still go back
     // to (an update within its grace, a rolled-back one).
     let in_use = host.versions_in_use();

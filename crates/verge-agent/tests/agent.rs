@@ -14,6 +14,7 @@ use support::*;
 use verge_agent::{AgentError, Credentials, join, load_credentials, save_credentials};
 use verge_broker::Registry;
 use verge_broker::auth::Device;
+use verge_protocol::{AttemptState, ItemOutcome};
 
 #[tokio::test]
 async fn join_saves_credentials_owner_only_and_a_bad_token_is_refused() {
@@ -328,6 +329,9 @@ async fn local_devices_and_rules_stay_and_a_clash_is_reported() {
         )
         .await
         .expect("local rule");
+    // A revision with one bad item (a device that clashes with the node's
+    // own) does not apply: the node returns to its last good state (here:
+    // nothing from the cloud), and says which item failed.
     let v1 = cloud.publish(|d| {
         d.devices = vec![device("local", "cloud-secret"), device("d1", "d1-secret")];
         d.rules = vec![rule_spec(
@@ -336,36 +340,94 @@ async fn local_devices_and_rules_stay_and_a_clash_is_reported() {
         d.functions = vec![];
     });
     let agent = node.agent(cloud.creds()).await;
-    eventually("v1 applied", || async {
-        agent.status().applied_version == v1
-    })
-    .await;
+    let attempt = eventually_attempt(&agent, v1, AttemptState::RolledBack).await;
+    assert_eq!(agent.status().applied_version, 0);
+    assert_eq!(attempt.rolled_back_to, Some(0));
+    let failed: Vec<_> = attempt
+        .items
+        .iter()
+        .filter(|i| i.result == ItemOutcome::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{attempt:?}");
+    assert_eq!(
+        (failed[0].kind.as_str(), failed[0].name.as_str()),
+        ("device", "local")
+    );
     let errors = agent.status().apply_errors;
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].contains("device `local`"), "{errors:?}");
+    assert!(
+        errors.len() == 1 && errors[0].starts_with("device `local`"),
+        "{errors:?}"
+    );
     assert!(node.device_logs_in("local", "local-secret"));
     assert!(!node.device_logs_in("local", "cloud-secret"));
-    assert!(node.device_logs_in("d1", "d1-secret"));
+    assert!(
+        !node.device_logs_in("d1", "d1-secret"),
+        "d1 went with the revision"
+    );
+    assert!(!node.has_rule("r1").await, "r1 went with the revision");
+    assert!(node.has_rule("mine").await);
 
-    // A bad rule is reported; the cloud's removal of its rules leaves the
-    // node's own.
+    // The next good revision applies, item by item.
     let v2 = cloud.publish(|d| {
+        d.devices = vec![device("d1", "d1-secret")];
+    });
+    let attempt = eventually_attempt(&agent, v2, AttemptState::Applied).await;
+    assert_eq!(agent.status().applied_version, v2);
+    assert!(agent.status().apply_errors.is_empty());
+    let mut items: Vec<_> = attempt
+        .items
+        .iter()
+        .map(|i| (i.kind.as_str(), i.name.as_str(), i.result))
+        .collect();
+    items.sort_by_key(|i| (i.0, i.1));
+    assert_eq!(
+        items,
+        [
+            ("device", "d1", ItemOutcome::Applied),
+            ("rule", "r1", ItemOutcome::Applied)
+        ]
+    );
+    assert!(node.device_logs_in("d1", "d1-secret"));
+    assert!(node.has_rule("r1").await);
+
+    // A bad rule fails its revision; the node stays on v2 (the removal of
+    // d1 and r1 in it is undone), and the node's own rule stays.
+    let v3 = cloud.publish(|d| {
         d.devices.clear();
         d.rules = vec![rule_spec(serde_json::json!({"id": "bad", "sql": "SELEKT"}))];
     });
-    eventually("v2 applied", || async {
-        agent.status().applied_version == v2
-    })
-    .await;
+    let attempt = eventually_attempt(&agent, v3, AttemptState::RolledBack).await;
+    assert_eq!(agent.status().applied_version, v2);
+    assert_eq!(attempt.rolled_back_to, Some(v2));
     let errors = agent.status().apply_errors;
     assert!(
         errors.len() == 1 && errors[0].starts_with("rule `bad`"),
         "{errors:?}"
     );
-    assert!(!node.has_rule("r1").await);
+    assert!(node.has_rule("r1").await);
+    assert!(!node.has_rule("bad").await);
     assert!(node.has_rule("mine").await);
     assert!(node.device_logs_in("local", "local-secret"));
-    assert!(!node.device_logs_in("d1", "d1-secret"));
+    assert!(node.device_logs_in("d1", "d1-secret"));
+    // The failed revision is not fetched again; the heartbeat says it all.
+    let polls = cloud.state.polls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cloud.state.polls.load(Ordering::SeqCst) <= polls + 1);
+    let report = eventually_report(&cloud, |r| {
+        r.attempt.as_ref().is_some_and(|a| a.version == v3)
+    })
+    .await;
+    assert_eq!(report.applied_version, v2);
+    agent.shutdown().await;
+
+    // After a restart the node runs v2 and does not try v3 again.
+    let agent = node.agent(cloud.creds()).await;
+    assert_eq!(agent.status().applied_version, v2);
+    let again = agent.status().attempt.expect("the last attempt");
+    assert_eq!((again.version, again.state), (v3, AttemptState::RolledBack));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(agent.status().attempt.map(|a| a.version), Some(v3));
+    assert!(node.has_rule("r1").await);
     agent.shutdown().await;
 }
 
@@ -415,5 +477,73 @@ async fn finding_6_cloud_items_changed_on_the_node_are_restored_and_reported() {
     })
     .await;
     assert_eq!(agent.status().applied_version, v1, "no new version needed");
+    agent.shutdown().await;
+}
+
+/// A node that stopped in the middle of applying a revision (killed, power
+/// cut) finds the attempt at its next start: it runs its last good
+/// revision, reports the cut-off one as rolled back with the reason, and
+/// does not try it again (a revision that kills the node must not do so at
+/// every start); a newer revision applies as usual.
+#[tokio::test]
+async fn an_apply_cut_off_by_the_node_stopping_is_reported_rolled_back() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let v1 = cloud.publish(|d| {
+        d.rules = vec![rule_spec(
+            serde_json::json!({"id": "r1", "sql": "SELECT * FROM \"a\""}),
+        )];
+    });
+    let agent = node.agent(cloud.creds()).await;
+    eventually_attempt(&agent, v1, AttemptState::Applied).await;
+    agent.shutdown().await;
+
+    // What a node killed while applying v2 leaves behind.
+    let v2 = cloud.publish(|d| {
+        d.rules = vec![rule_spec(
+            serde_json::json!({"id": "r2", "sql": "SELECT * FROM \"b\""}),
+        )];
+    });
+    let cut = verge_protocol::ApplyAttempt {
+        version: v2,
+        state: AttemptState::Applying,
+        started_ms: 1,
+        ..Default::default()
+    };
+    std::fs::write(
+        node.cloud_dir().join("attempt.json"),
+        serde_json::to_vec(&cut).expect("json"),
+    )
+    .expect("write");
+    let agent = node.agent(cloud.creds()).await;
+    let attempt = agent.status().attempt.expect("the attempt");
+    assert_eq!(
+        (attempt.version, attempt.state),
+        (v2, AttemptState::RolledBack)
+    );
+    assert_eq!(attempt.rolled_back_to, Some(v1));
+    assert!(
+        attempt
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("stopped while applying")),
+        "{attempt:?}"
+    );
+    assert_eq!(agent.status().applied_version, v1);
+    let report = eventually_report(&cloud, |r| {
+        r.attempt
+            .as_ref()
+            .is_some_and(|a| a.version == v2 && a.state == AttemptState::RolledBack)
+    })
+    .await;
+    assert_eq!(report.applied_version, v1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(node.has_rule("r1").await && !node.has_rule("r2").await);
+
+    // The next revision applies.
+    let v3 = cloud.publish(|_| {});
+    eventually_attempt(&agent, v3, AttemptState::Applied).await;
+    assert!(node.has_rule("r2").await && !node.has_rule("r1").await);
     agent.shutdown().await;
 }

@@ -19,6 +19,8 @@ use verge_protocol::{ArtifactRef, ComponentSpec};
 fn component(version: &str, archive: &[u8]) -> ComponentSpec {
     serde_json::from_value(json!({
         "name": "reader", "version": version, "command": "./run.sh",
+        // The revision's verdict waits for this grace.
+        "update_grace": "100ms",
         "artifact": {"sha256": hex::encode(Sha256::digest(archive)), "size": archive.len()},
     }))
     .unwrap()
@@ -73,15 +75,20 @@ async fn archives_are_fetched_checked_unpacked_and_a_bad_one_keeps_the_old_versi
         .lock()
         .unwrap()
         .insert(("reader".into(), "2.0".into()), v2.clone());
+    let applied = agent.status().applied_version;
     let version = cloud.publish(|d| d.components = vec![spec2.clone()]);
-    eventually("version 2 refused", || async {
-        let s = agent.status();
-        s.applied_version == version
-            && s.apply_errors
-                .iter()
-                .any(|e| e.contains("`reader`") && e.contains("SHA-256"))
-    })
-    .await;
+    eventually_attempt(&agent, version, verge_protocol::AttemptState::RolledBack).await;
+    let s = agent.status();
+    assert_eq!(
+        s.applied_version, applied,
+        "the node stays on its good revision"
+    );
+    assert!(
+        s.apply_errors
+            .iter()
+            .any(|e| e.contains("`reader`") && e.contains("SHA-256")),
+        "{s:?}"
+    );
     assert_eq!(host.last(), Some(vec![spec1.clone()]), "version 1 runs on");
     assert!(!dir.path().join("components/reader/2.0").exists());
 
@@ -122,15 +129,16 @@ async fn an_archive_the_cloud_does_not_have_is_an_apply_error_naming_the_compone
     let spec = component("1.0", b"never served");
     let version = cloud.publish(|d| d.components = vec![spec.clone()]);
     let agent = node.agent_with(cloud.creds(), host.clone()).await;
-    eventually("the error", || async {
-        let s = agent.status();
-        s.applied_version == version
-            && s.apply_errors.iter().any(|e| {
-                e.contains("component `reader`: artifact of version 1.0 not installed")
-                    && e.contains("404")
-            })
-    })
-    .await;
+    eventually_attempt(&agent, version, verge_protocol::AttemptState::RolledBack).await;
+    let s = agent.status();
+    assert_eq!(s.applied_version, 0);
+    assert!(
+        s.apply_errors.iter().any(|e| {
+            e.contains("component `reader`: artifact of version 1.0 not installed")
+                && e.contains("404")
+        }),
+        "{s:?}"
+    );
     assert_eq!(host.last(), Some(vec![]), "nothing to run");
     agent.shutdown().await;
 }
@@ -141,10 +149,13 @@ async fn a_component_state_change_is_reported_before_the_next_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::new(dir.path()).await;
     let host = Arc::new(RecordingHost::default());
-    let spec: ComponentSpec =
-        serde_json::from_value(json!({"name": "svc", "version": "1", "command": "true"})).unwrap();
-    cloud.publish(|d| d.components = vec![spec.clone()]);
+    let spec: ComponentSpec = serde_json::from_value(
+        json!({"name": "svc", "version": "1", "command": "true", "update_grace": "100ms"}),
+    )
+    .unwrap();
+    let version = cloud.publish(|d| d.components = vec![spec.clone()]);
     let agent = node.agent_with(cloud.creds(), host.clone()).await;
+    eventually_attempt(&agent, version, verge_protocol::AttemptState::Applied).await;
     let state_in_last = |cloud: &FakeCloud| {
         cloud
             .reports()
@@ -172,5 +183,61 @@ async fn a_component_state_change_is_reported_before_the_next_heartbeat() {
         took < std::time::Duration::from_millis(2500),
         "reported after {took:?}: it waited for the periodic heartbeat"
     );
+    agent.shutdown().await;
+}
+
+/// A revision whose component does not stay healthy through its grace
+/// fails as a whole: the node returns to the last good revision (its
+/// component specs and its other items) and says which component and why.
+#[tokio::test]
+async fn a_component_that_fails_in_its_grace_fails_the_revision() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::new(dir.path()).await;
+    let host = Arc::new(RecordingHost::default());
+    let svc = |version: &str| -> ComponentSpec {
+        serde_json::from_value(json!({
+            "name": "svc", "version": version, "command": "true", "update_grace": "2s",
+        }))
+        .unwrap()
+    };
+    let good = cloud.publish(|d| d.components = vec![svc("1")]);
+    let agent = node.agent_with(cloud.creds(), host.clone()).await;
+    eventually_attempt(&agent, good, verge_protocol::AttemptState::Applied).await;
+
+    // Version 2 starts, then crashes within its grace.
+    host.set_state("starting");
+    let bad = cloud.publish(|d| {
+        d.components = vec![svc("2")];
+        d.rules = vec![rule_spec(json!({"id": "r2", "sql": "SELECT * FROM \"x\""}))];
+    });
+    eventually("version 2 asked for", || async {
+        host.last().is_some_and(|l| l == vec![svc("2")])
+    })
+    .await;
+    assert!(node.has_rule("r2").await);
+    host.set_state("backoff");
+    let attempt = eventually_attempt(&agent, bad, verge_protocol::AttemptState::RolledBack).await;
+    assert_eq!(attempt.rolled_back_to, Some(good));
+    let failed: Vec<_> = attempt
+        .items
+        .iter()
+        .filter(|i| i.result == verge_protocol::ItemOutcome::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{attempt:?}");
+    assert_eq!(failed[0].name, "svc");
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("version 2 is backoff")),
+        "{attempt:?}"
+    );
+    assert_eq!(host.last(), Some(vec![svc("1")]), "version 1 again");
+    assert!(
+        !node.has_rule("r2").await,
+        "the revision's rule went with it"
+    );
+    assert_eq!(agent.status().applied_version, good);
     agent.shutdown().await;
 }

@@ -54,7 +54,8 @@ pub struct ComponentSpec {
     /// Working directory; `<data_dir>/components/<name>/<version>` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
-    /// Environment added to the node's.
+    /// Environment of the component (with the `VERGE_*` variables; a
+    /// process does not inherit the node's own, but for `PATH` and a few).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// A JSON document handed to the component as `VERGE_COMPONENT_CONFIG`.

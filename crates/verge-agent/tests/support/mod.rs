@@ -540,6 +540,45 @@ where
     }
 }
 
+/// Wait until the agent's last attempt is of revision `version` in
+/// `state`; that attempt.
+pub async fn eventually_attempt(
+    agent: &verge_agent::Agent,
+    version: i64,
+    state: verge_protocol::AttemptState,
+) -> verge_protocol::ApplyAttempt {
+    let start = Instant::now();
+    loop {
+        let attempt = agent.status().attempt;
+        if let Some(a) = &attempt
+            && a.version == version
+            && a.state == state
+        {
+            return a.clone();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "revision {version} not {state:?}: {attempt:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until a heartbeat the cloud took satisfies `check`; that report.
+pub async fn eventually_report(
+    cloud: &FakeCloud,
+    check: impl Fn(&StatusReport) -> bool,
+) -> StatusReport {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = cloud.reports().into_iter().rev().find(|r| check(r)) {
+            return r;
+        }
+        assert!(start.elapsed() < WAIT, "no such report");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A function module: answers every call with no messages (status 0 and a
 /// count of 0, the five zero bytes at offset 2048).
 pub const MODULE_WAT: &str = r#"
