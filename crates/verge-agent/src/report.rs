@@ -98,6 +98,7 @@ impl Reporter {
             applied_version,
             apply_errors,
             attempt: None,
+            local: Vec::new(),
             drift: Vec::new(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: parts.started.elapsed().as_secs(),

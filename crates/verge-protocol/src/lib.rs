@@ -40,7 +40,7 @@ pub use component::{
 pub use desired::{
     ActionSpec, DesiredState, DeviceEntry, FunctionArtifact, FunctionSpec, RuleSpec,
 };
-pub use status::{ApplyAttempt, AttemptState, ItemOutcome, ItemResult, StatusReport};
+pub use status::{ApplyAttempt, AttemptState, ItemOutcome, ItemResult, LocalItem, StatusReport};
 pub use verge_id::{ParseVergeIdError, VergeId};
 
 use serde::{Deserialize, Serialize};

@@ -20,6 +20,11 @@ pub struct StatusReport {
     /// Cloud-managed items the node found changed locally and put back at
     /// its last reconciliation that found any (one line each).
     pub drift: Vec<String>,
+    /// Items the node runs that are not the cloud's: created through the
+    /// node's own API or config (the cloud shows them as drift from the
+    /// node's revision). Empty from nodes older than the field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub local: Vec<LocalItem>,
     /// The node's Verge version.
     pub agent_version: String,
     /// Seconds since the node process started.
@@ -56,6 +61,19 @@ pub struct StatusReport {
     /// Each component's status object as the node's components API shows
     /// it (`name`, `version`, `kind`, `state`, `restarts`, `last_error`, …).
     pub components: Vec<serde_json::Value>,
+}
+
+/// An item the node runs on its own (not from the cloud's revision).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LocalItem {
+    /// `rule`, `function`, `driver` or `component`.
+    pub kind: String,
+    /// Its name (id) within its kind.
+    pub name: String,
+    /// Where it comes from: `api` (the node's HTTP API, kept in the
+    /// node's data dir) or `config` (the node's config file).
+    pub source: String,
 }
 
 /// How applying one revision went.
