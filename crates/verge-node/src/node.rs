@@ -276,6 +276,7 @@ impl Node {
                 broker: handle,
                 bridge: parts.bridge.as_ref().map(Bridge::handle),
                 components: Some(Arc::new(components)),
+                store: parts.store.clone(),
                 data_dir: cfg.node.data_dir.clone(),
                 started: Instant::now(),
             };
