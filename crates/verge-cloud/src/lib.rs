@@ -30,6 +30,7 @@ mod ingest;
 mod listeners;
 mod metrics;
 mod openapi;
+mod revisions;
 mod routes;
 
 use std::future::Future;

@@ -17,6 +17,7 @@ use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
 use crate::error::{ApiJson, ApiPath, AppError, check_name, check_text};
+use crate::revisions::Reason;
 
 /// `PUT /api/functions/{name}` body.
 #[derive(Deserialize)]
@@ -97,7 +98,7 @@ async fn load(cloud: &Cloud, name: &str) -> Result<Value, AppError> {
 }
 
 pub async fn put(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Upload>,
@@ -133,6 +134,7 @@ pub async fn put(
         m.remove("name");
     }
     let sha = db::sha256_hex(&module);
+    let module_copy = module.clone();
     let size = i64::try_from(module.len()).unwrap_or(i64::MAX);
     let now = now_ms();
     let mut tx = cloud.inner().pool.begin().await?;
@@ -166,8 +168,17 @@ pub async fn put(
         .execute(&mut *tx)
         .await?;
     }
+    crate::revisions::keep_module(&mut tx, &sha, &module_copy).await?;
+    let (version,): (i64,) = sqlx::query_as("SELECT version FROM functions WHERE name = $1")
+        .bind(&name)
+        .fetch_one(&mut *tx)
+        .await?;
     let nodes = db::nodes_using_function(&mut tx, &name).await?;
-    commit_bumped(&cloud, tx, &nodes).await?;
+    let reason = Reason::new(
+        &auth.caller,
+        format!("function `{name}` uploaded as version {version}"),
+    );
+    commit_bumped(&cloud, tx, &nodes, &reason).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -223,6 +234,8 @@ pub async fn delete(
     if done.rows_affected() == 0 {
         return Err(AppError::not_found(format!("no function `{name}`")));
     }
+    // Its module stays while a kept revision names it.
+    crate::revisions::prune_modules(&mut tx).await?;
     tx.commit().await?;
     match cloud.inner().functions.delete(&name).await {
         Ok(()) | Err(DeployError::NotFound(_)) => {}
