@@ -21,6 +21,9 @@ both!(
     cancel_keeps_the_node_on_its_applied_revision,
     status_reports_record_results_and_superseded_revisions,
     bad_revision_inputs_are_clear_errors,
+    a_node_from_before_revisions_gets_its_snapshot_when_first_needed,
+    modules_are_kept_while_a_revision_names_them,
+    migration_keeps_the_stored_modules_and_serves_the_same_state,
 );
 
 fn b64(s: &str) -> String {
@@ -680,4 +683,159 @@ async fn bad_revision_inputs_are_clear_errors(h: Harness) {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+async fn a_node_from_before_revisions_gets_its_snapshot_when_first_needed(h: Harness) {
+    let (node, secret) = h.joined_node("edge-old").await;
+    rule(&h, &node, "a", "SELECT * FROM \"a\"").await; // 2
+    // As a database migrated from before revisions: no snapshots at all.
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    sqlx::query("DELETE FROM node_revisions")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let (s, got) = desired_as(&h, &node, &secret, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(got["version"], 2);
+    assert_eq!(got["rules"][0]["id"], "a");
+    let list = revisions(&h, &node).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["revision"], 2);
+    assert_eq!(list[0]["author"], "system");
+    assert_eq!(list[0]["summary"], "state when revisions were introduced");
+    // Older revisions were never kept: 409 on a rollback to them.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/api/nodes/{node}/rollback"),
+            Some(json!({"revision": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // The listing makes it too (a node nobody polled yet).
+    let (other, _) = h.joined_node("edge-old2").await;
+    sqlx::query("DELETE FROM node_revisions WHERE node_id = $1")
+        .bind(&other)
+        .execute(&pool)
+        .await
+        .expect("delete");
+    pool.close().await;
+    assert_eq!(revisions(&h, &other).await[0]["author"], "system");
+}
+
+async fn modules(h: &Harness) -> Vec<String> {
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT sha256 FROM function_modules ORDER BY sha256")
+            .fetch_all(&pool)
+            .await
+            .expect("rows");
+    pool.close().await;
+    rows.into_iter().map(|r| r.0).collect()
+}
+
+async fn modules_are_kept_while_a_revision_names_them(h: Harness) {
+    let (node, _) = h.joined_node("edge-m").await;
+    let mut shas = Vec::new();
+    for text in [DEMO_WAT.to_owned(), format!("{DEMO_WAT}\n;; two\n")] {
+        let (s, f) = h
+            .call(
+                Method::PUT,
+                "/api/functions/tag",
+                Some(json!({"spec": {"runtime": "wasm"}, "module_base64": b64(&text)})),
+            )
+            .await;
+        assert!(s.is_success(), "{f}");
+        shas.push(f["sha256"].as_str().expect("sha").to_owned());
+        if shas.len() == 1 {
+            let (s, v) = h
+                .call(
+                    Method::POST,
+                    "/api/rules",
+                    Some(
+                        json!({"id": "uses", "node_id": node, "sql": "SELECT * FROM \"x\"",
+                                "actions": [{"type": "function", "name": "tag"}]}),
+                    ),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+        }
+    }
+    // A third upload no revision names replaces the second in `functions`.
+    let (s, _) = h.call(Method::DELETE, "/api/rules/uses", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let three = format!("{DEMO_WAT}\n;; three\n");
+    let (_, f) = h
+        .call(
+            Method::PUT,
+            "/api/functions/tag",
+            Some(json!({"spec": {"runtime": "wasm"}, "module_base64": b64(&three)})),
+        )
+        .await;
+    let sha3 = f["sha256"].as_str().expect("sha").to_owned();
+    let mut want = vec![shas[0].clone(), shas[1].clone(), sha3.clone()];
+    want.sort();
+    assert_eq!(modules(&h).await, want);
+    // The function goes: its modules stay while revisions name them.
+    let (s, _) = h.call(Method::DELETE, "/api/functions/tag", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let mut want = shas.clone();
+    want.sort();
+    assert_eq!(modules(&h).await, want);
+    // The node goes with its revisions: nothing names them any more.
+    let (s, v) = h
+        .call(Method::DELETE, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(modules(&h).await, Vec::<String>::new());
+}
+
+async fn migration_keeps_the_stored_modules_and_serves_the_same_state(h: Harness) {
+    let (node, secret) = h.joined_node("edge-mig").await;
+    let (s, f) = h
+        .call(
+            Method::PUT,
+            "/api/functions/tag",
+            Some(json!({"spec": {"runtime": "wasm"}, "module_base64": b64(DEMO_WAT)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{f}");
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/rules",
+            Some(
+                json!({"id": "uses", "node_id": node, "sql": "SELECT * FROM \"x\"",
+                        "actions": [{"type": "function", "name": "tag"}]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, before) = desired_as(&h, &node, &secret, 0, 0).await;
+    // Back to the schema before revisions (version 4), then open again.
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    for sql in [
+        "DROP TABLE node_revisions",
+        "DROP TABLE revision_modules",
+        "DROP TABLE function_modules",
+        "DELETE FROM schema_migrations WHERE version = 5",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+    }
+    pool.close().await;
+    let mut cfg = verge_cloud::CloudConfig::default();
+    cfg.cloud.data_dir = h.dir.path().join("data");
+    cfg.cloud.database = h.db_url.clone();
+    let (cloud, _) = verge_cloud::Cloud::open(cfg).await.expect("migrates");
+    let again = Harness {
+        cloud,
+        admin: h.admin.clone(),
+        db_url: h.db_url.clone(),
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    assert_eq!(modules(&again).await, [f["sha256"].as_str().expect("sha")]);
+    let (s, after) = desired_as(&again, &node, &secret, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{after}");
+    assert_eq!(after, before);
+    assert_eq!(revisions(&again, &node).await[0]["author"], "system");
 }
