@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::shapes::{array, int, ms, nullable_ref, obj, r, string};
+use super::shapes::{array, int, ms, nullable_ref, obj, r, string, uint};
 
 /// The schema of a revision number in a path (`{n}`, `{a}`, `{b}`).
 pub(super) fn revision_number() -> Value {
@@ -53,9 +53,9 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
                 json!({
                     "version": int(),
                     "state": {"type": "string", "enum": ["applying", "applied", "rolled_back"]},
-                    "started_ms": int(),
-                    "finished_ms": {"type": "integer", "format": "int64", "nullable": true},
-                    "items": array(obj(&["kind", "name", "result"], false, json!({
+                    "started_ms": uint(),
+                    "finished_ms": {"type": "integer", "format": "int64", "minimum": 0, "nullable": true},
+                    "items": array(obj(&[], false, json!({
                         "kind": string(), "name": string(),
                         "result": {"type": "string", "enum": ["applied", "removed", "failed"]},
                         "error": {"type": "string", "nullable": true}}))),
