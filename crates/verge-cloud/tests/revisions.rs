@@ -490,6 +490,16 @@ async fn cancel_keeps_the_node_on_its_applied_revision(h: Harness) {
 async fn status_reports_record_results_and_superseded_revisions(h: Harness) {
     let (node, secret) = h.joined_node("edge-s").await;
     rule(&h, &node, "a", "SELECT * FROM \"a\"").await; // 2
+    // A report of a revision beyond the desired one marks nothing past it.
+    status(
+        &h,
+        &node,
+        &secret,
+        json!({"applied_version": 0, "attempt": {"version": 999, "state": "applied"}}),
+    )
+    .await;
+    let list = revisions(&h, &node).await;
+    assert_eq!(list[0]["result"], "pending", "{list:?}");
     rule(&h, &node, "b", "SELECT * FROM \"b\"").await; // 3
     status(
         &h,

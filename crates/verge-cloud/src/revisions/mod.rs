@@ -333,6 +333,12 @@ pub async fn record_report(
     .bind(applied)
     .execute(&mut **tx)
     .await?;
+    // Never past the desired revision, whatever the report says.
+    let desired: Option<(i64,)> = sqlx::query_as("SELECT desired_version FROM nodes WHERE id = $1")
+        .bind(node)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let tried = desired.map_or(tried, |(d,)| tried.min(d));
     sqlx::query(
         "UPDATE node_revisions SET result = 'superseded' WHERE node_id = $1 AND revision < $2 AND result IS NULL",
     )
