@@ -134,7 +134,6 @@ pub async fn put(
         m.remove("name");
     }
     let sha = db::sha256_hex(&module);
-    let module_copy = module.clone();
     let size = i64::try_from(module.len()).unwrap_or(i64::MAX);
     let now = now_ms();
     let mut tx = cloud.inner().pool.begin().await?;
@@ -162,13 +161,13 @@ pub async fn put(
         .bind(&sha)
         .bind(size)
         .bind(stored.to_string())
-        .bind(module)
+        .bind(&module)
         .bind(now)
         .bind(&name)
         .execute(&mut *tx)
         .await?;
     }
-    crate::revisions::keep_module(&mut tx, &sha, &module_copy).await?;
+    crate::revisions::keep_module(&mut tx, &sha, &module).await?;
     let (version,): (i64,) = sqlx::query_as("SELECT version FROM functions WHERE name = $1")
         .bind(&name)
         .fetch_one(&mut *tx)
