@@ -9,6 +9,7 @@ install`: the system Chromium is used). A screenshot of the last page goes to
 tests/interop/artifacts/console.png.
 """
 
+import json
 import os
 import tarfile
 import tempfile
@@ -20,6 +21,15 @@ import pytest
 
 from cloud_procs import Proc, api, procs, start_cloud, start_node, wait_for  # noqa: F401 (procs: fixture)
 from verge_interop import REPO, verge_bin
+
+
+def send(url, token, method, path, body):
+    """An API call with a JSON body; the JSON answer."""
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method=method,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"null")
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -172,7 +182,7 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     page.get_by_test_id("component-version").fill("1.0.0")
     page.get_by_test_id("component-kind").select_option("process")
     page.get_by_test_id("component-command").fill("/bin/sh")
-    page.get_by_test_id("component-spec").fill('{"args": ["ticker.sh"], "restart": "always"}')
+    page.get_by_test_id("component-spec").fill('{"args": ["ticker.sh"], "restart": "always", "update_grace": "2s"}')
     page.get_by_test_id("component-artifact").set_input_files(str(archive))
     page.get_by_test_id("component-add").click()
     expect(page.get_by_test_id("component-added")).to_contain_text("added ticker 1.0.0 with files")
@@ -226,6 +236,27 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     expect(page.locator('#node-components [data-name="ticker"]')).to_be_visible()
     expect(page.get_by_test_id("live-messages").locator('[data-topic^="processed/"]').first).to_be_visible(timeout=SLOW)
     assert device.alive(), f"the simulated device stopped:\n{device.output()}"
+
+    # 6b. A bad revision: ticker 2.0.0 exits at once. The node applies it,
+    #     sees the component fail within its grace, returns to the last
+    #     good revision (1.0.0 runs again) and the node's page says why.
+    send(cloud_url, admin_token, "POST", "/api/components",
+         {"name": "ticker", "version": "2.0.0", "command": "/bin/sh", "args": ["-c", "exit 3"],
+          "update_grace": "2s"})
+    send(cloud_url, admin_token, "PUT", f"/api/nodes/{node_id}/components/ticker", {"version": "2.0.0"})
+    expect(page.get_by_test_id("revisions-state")).to_have_text("failed", timeout=SLOW)
+    expect(page.get_by_test_id("revisions-state-error")).to_contain_text("ticker", timeout=SLOW)
+    bad = page.locator('[data-testid="revision-row"]').first
+    expect(bad.get_by_test_id("revision-summary")).to_contain_text("2.0.0")
+    expect(bad.get_by_test_id("revision-result")).to_have_text("rolled back", timeout=SLOW)
+    bad.get_by_test_id("revision-show").click()
+    failed_item = page.locator('[data-testid="revision-item"][data-result="failed"]')
+    expect(failed_item).to_contain_text("ticker")
+    expect(failed_item).to_contain_text("version 2.0.0")
+    ticker_row = page.locator('#node-components [data-name="ticker"]')
+    expect(ticker_row.get_by_test_id("node-component-version")).to_contain_text("2.0.0")
+    expect(ticker_row.get_by_test_id("node-component-running")).to_have_text("runs 1.0.0", timeout=SLOW)
+    expect(ticker_row.get_by_test_id("component-state")).to_contain_text("healthy", timeout=SLOW)
 
     # 7. A read-only API token made on the tokens page is shown once, reads
     #    but cannot change anything, and stops working once revoked.

@@ -176,7 +176,11 @@ function nodeDetailPage(id) {
         h("td", { class: "error" }, m.last_error ? `${m.last_error.code}: ${m.last_error.message}` : ""));
     }) : emptyRow(8, "No functions on this node."));
     replace(compBody, comps.length ? comps.map((c) => h("tr", { testid: "node-component-row", "data-name": c.name },
-      h("td", {}, c.name), h("td", {}, c.version ?? h("span", { class: "muted" }, "node's own")),
+      h("td", {}, c.name), h("td", { testid: "node-component-version" }, c.version ?? h("span", { class: "muted" }, "node's own"),
+        // The node may run another version than the one assigned (a
+        // failed revision it returned from, one not applied yet).
+        c.status && c.status.version && c.version && c.status.version !== c.version
+          ? h("div", { class: "muted", testid: "node-component-running" }, `runs ${c.status.version}`) : null),
       componentStatusCells(c.status))) : emptyRow(7, "No components on this node."));
   });
 }
