@@ -457,10 +457,23 @@ impl Cloud {
         }
     }
 
-    /// The next revision: its rules are `rules`.
+    /// The next revision: its rules are `rules`, and it has the function
+    /// `cloud-fn`.
     fn publish(&self, rules: &[Value]) -> i64 {
+        let module = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../verge-functions/tests/wat/echo.wat"),
+        )
+        .expect("module");
+        let function = verge_protocol::FunctionArtifact {
+            name: "cloud-fn".into(),
+            version: 1,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&module)),
+            spec: serde_json::from_value(json!({"runtime": "wasm"})).expect("spec"),
+            module_base64: base64::engine::general_purpose::STANDARD.encode(&module),
+        };
         let mut version = 0;
         self.desired.send_modify(|d| {
+            d.functions = vec![function];
             d.rules = rules
                 .iter()
                 .map(|r| serde_json::from_value(r.clone()).expect("rule spec"))
@@ -521,8 +534,20 @@ async fn the_heartbeat_lists_the_nodes_own_items_and_never_the_clouds() {
     let data = dir.path().join("data");
     let cloud = Cloud::start().await;
     cloud.publish(&[rule("cloud-rule", "cloud/out")]);
-    let node = start(config(&data, CONFIG_RULE), Some(cloud.link(&data))).await;
+    let component = r#"
+[[components]]
+name = "sleeper"
+version = "1"
+command = "sleep"
+args = ["1000"]
+"#;
+    let cfg = config(&data, &format!("{CONFIG_RULE}{component}"));
+    let node = start(cfg, Some(cloud.link(&data))).await;
     wait_for_rule(&node, "cloud-rule").await;
+    assert_eq!(
+        node.call("GET", "/api/functions/cloud-fn", None).await.0,
+        200
+    );
     assert_eq!(
         node.call("POST", "/api/rules", Some(rule("own", "own/out")))
             .await
@@ -539,13 +564,21 @@ async fn the_heartbeat_lists_the_nodes_own_items_and_never_the_clouds() {
         .call("POST", "/api/drivers", Some(driver("meter", closed_port())))
         .await;
     assert_eq!(st, 201, "{v}");
-    let items = cloud
-        .local_items(|i| i.len() == 4 && i.iter().any(|x| x.contains("meter")))
+    let (st, v) = node
+        .call(
+            "POST",
+            "/api/functions",
+            Some(json!({"name": "echo", "module_base64": module_b64()})),
+        )
         .await;
+    assert_eq!(st, 201, "{v}");
+    let items = cloud.local_items(|i| i.len() == 6).await;
     assert_eq!(
         items,
         [
+            "component/sleeper/config",
             "driver/meter/api",
+            "function/echo/api",
             "rule/from-config/config",
             "rule/own/api",
             "rule/taken/api"
@@ -561,7 +594,15 @@ async fn the_heartbeat_lists_the_nodes_own_items_and_never_the_clouds() {
     let items = cloud
         .local_items(|i| !i.iter().any(|x| x.contains("taken")))
         .await;
-    assert_eq!(items, ["driver/meter/api", "rule/own/api"]);
+    assert_eq!(
+        items,
+        [
+            "component/sleeper/config",
+            "driver/meter/api",
+            "function/echo/api",
+            "rule/own/api"
+        ]
+    );
     let (st, v) = node.call("DELETE", "/api/rules/taken", None).await;
     assert_eq!(
         (st, v["error"]["code"].as_str()),
