@@ -12,7 +12,8 @@
 //!                                 the function registry's, under <data_dir>/functions)
 //! ```
 //!
-//! The rules, as `docs/rules.md` ("Local changes") tells operators:
+//! The rules, as `docs/rules.md` ("Local changes survive a restart") tells
+//! operators:
 //! - At start the config file's items come first, then the saved ones. A
 //!   saved item named like one of the config file's is not restored: the
 //!   config file wins, a warning says so, and the saved copy is dropped.
