@@ -303,11 +303,12 @@ impl LocalStore {
     }
 
     /// Save the rule `id` as it runs now (or its absence), after the API
-    /// changed it. Reading what runs, under the store's lock, keeps the
-    /// file right when two requests race.
+    /// changed it. What runs is read under the store's lock: of two racing
+    /// requests, the one that writes last reads after both changes, so
+    /// the file ends as the node runs.
     pub async fn rule_changed(&self, id: &str) -> Result<(), AppError> {
-        let now = self.rules.get(id).await.ok().map(|i| i.config);
         let mut saved = self.saved.lock().await;
+        let now = self.rules.get(id).await.ok().map(|i| i.config);
         match now {
             Some(c) => saved.rules.insert(id.to_owned(), c),
             None => saved.rules.remove(id),
@@ -318,6 +319,7 @@ impl LocalStore {
 
     /// Save the driver `name` as it runs now (or its absence).
     pub async fn driver_changed(&self, name: &str) -> Result<(), AppError> {
+        let mut saved = self.saved.lock().await;
         let now = self.drivers.get(name).map(|(mut c, _)| {
             let default_pki = self.pki_root.join(name);
             if c.pki_dir.as_deref() == default_pki.to_str() {
@@ -325,7 +327,6 @@ impl LocalStore {
             }
             c
         });
-        let mut saved = self.saved.lock().await;
         match now {
             Some(c) => saved.drivers.insert(name.to_owned(), c),
             None => saved.drivers.remove(name),
@@ -337,8 +338,8 @@ impl LocalStore {
     /// Record whether the function `name` runs, after the API deployed or
     /// deleted it.
     pub async fn function_changed(&self, name: &str) -> Result<(), AppError> {
-        let exists = self.functions.exists(name);
         let mut saved = self.saved.lock().await;
+        let exists = self.functions.exists(name);
         match exists {
             true => saved.functions.insert(name.to_owned()),
             false => saved.functions.remove(name),

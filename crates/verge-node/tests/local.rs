@@ -1,7 +1,8 @@
 //! Changes made through the node's own HTTP API survive a restart: whole
 //! nodes started from a config file, changed over HTTP, stopped and
 //! started again on the same data dir; the config file wins a clash; a
-//! corrupt file is moved aside and the node starts; a cloud-managed node
+//! corrupt file is moved aside and the node starts; concurrent updates
+//! leave the file as the node runs; a cloud-managed node
 //! reports its own items (and never the cloud's) in the heartbeat.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -614,4 +615,96 @@ args = ["1000"]
         saved.contains("own/out") && !saved.contains("taken"),
         "the cloud's revision wins: {saved}"
     );
+}
+
+// --- Concurrent changes ----------------------------------------------
+
+/// The API over a node's parts in `data`, saving into `<data>/local`.
+async fn api_over(data: &Path, broker: &verge_broker::Broker) -> verge_node::http::ApiState {
+    use verge_node::local::{ConfigNames, LocalParts, LocalStore, Saved};
+    let rules = Arc::new(verge_rules::Engine::new(
+        verge_rules::Services::new(broker.handle()),
+        verge_rules::RuleEngineConfig::default(),
+    ));
+    let drivers = Arc::new(verge_drivers::Drivers::new(broker.handle()));
+    let functions = verge_functions::Functions::open(verge_functions::FunctionsConfig {
+        dir: data.join("functions"),
+    })
+    .await
+    .expect("functions");
+    let local = LocalStore::new(
+        data,
+        ConfigNames::default(),
+        Saved::default(),
+        LocalParts {
+            rules: rules.clone(),
+            drivers: drivers.clone(),
+            functions: functions.clone(),
+            components: None,
+        },
+        false,
+    );
+    verge_node::http::ApiState {
+        name: Arc::from("concurrent"),
+        started: Instant::now(),
+        broker: broker.handle(),
+        rules,
+        auth: None,
+        guard: Default::default(),
+        store: None,
+        bridge: None,
+        functions: Some(functions),
+        drivers: Some(drivers),
+        components: None,
+        coap: None,
+        cloud: None,
+        local: Some(Arc::new(local)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_leave_the_file_as_the_rule_runs() {
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = verge_broker::BrokerConfig::default();
+    let auth = verge_broker::Broker::authenticator(&cfg).expect("auth");
+    let broker = verge_broker::Broker::start(cfg, auth);
+    let s = api_over(dir.path(), &broker).await;
+    let send = |method: &'static str, path: String, body: Value| {
+        let app = verge_node::http::router(s.clone());
+        async move {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .expect("request");
+            app.oneshot(req).await.expect("answer").status()
+        }
+    };
+    assert_eq!(
+        send("POST", "/api/rules".into(), rule("hot", "t/0")).await,
+        StatusCode::CREATED
+    );
+    for round in 0..5 {
+        let puts: Vec<_> = (0..16)
+            .map(|i| {
+                tokio::spawn(send(
+                    "PUT",
+                    "/api/rules/hot".into(),
+                    rule("hot", &format!("t/{round}/{i}")),
+                ))
+            })
+            .collect();
+        for p in puts {
+            assert_eq!(p.await.expect("task"), StatusCode::OK);
+        }
+        let runs = s.rules.get("hot").await.expect("rule").config;
+        let saved: Vec<verge_rules::RuleConfig> = serde_json::from_slice(
+            &std::fs::read(dir.path().join("local/rules.json")).expect("saved"),
+        )
+        .expect("a list of rules");
+        assert_eq!(saved, [runs], "round {round}");
+    }
+    broker.shutdown().await;
 }
