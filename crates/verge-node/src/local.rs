@@ -227,10 +227,21 @@ pub struct LocalStore {
     drivers: Arc<Drivers>,
     functions: Functions,
     components: Option<Components>,
-    /// Whether the node runs a cloud agent.
-    cloud_managed: bool,
-    /// The agent's status handle, once it runs; taken back at shutdown.
-    cloud: watch::Sender<Option<StatusHandle>>,
+    /// The agent's status handle, once it runs.
+    cloud: watch::Sender<Agent>,
+}
+
+/// Where the node's cloud agent is, for the store.
+#[derive(Clone)]
+enum Agent {
+    /// The node runs none.
+    None,
+    /// The node runs one, and has not handed over its status handle yet.
+    Coming,
+    /// It runs.
+    Running(StatusHandle),
+    /// It is stopping: the handle was taken back.
+    Gone,
 }
 
 /// The node's parts the store reads.
@@ -263,8 +274,12 @@ impl LocalStore {
             drivers: parts.drivers,
             functions: parts.functions,
             components: parts.components,
-            cloud_managed,
-            cloud: watch::channel(None).0,
+            cloud: watch::channel(if cloud_managed {
+                Agent::Coming
+            } else {
+                Agent::None
+            })
+            .0,
         }
     }
 
@@ -272,7 +287,10 @@ impl LocalStore {
     /// the cloud manages), or take it back (`None`, at shutdown: the agent
     /// holds the store, so the store must not keep the agent alive).
     pub fn set_cloud(&self, cloud: Option<StatusHandle>) {
-        self.cloud.send_replace(cloud);
+        self.cloud.send_replace(match cloud {
+            Some(h) => Agent::Running(h),
+            None => Agent::Gone,
+        });
     }
 
     /// Write every file (after a start that dropped saved items).
@@ -348,15 +366,18 @@ impl LocalStore {
             .map_err(|e| not_saved("function", name, &e))
     }
 
-    /// The agent's status handle; `Err` while a cloud-managed node has not
-    /// handed it over (within [`CLOUD_WAIT`]).
+    /// The agent's status handle (`None`: the node runs no agent); `Err`
+    /// when a cloud-managed node has not handed it over within
+    /// [`CLOUD_WAIT`], or took it back to stop.
     async fn agent(&self) -> Result<Option<StatusHandle>, ()> {
-        if !self.cloud_managed {
-            return Ok(None);
-        }
         let mut rx = self.cloud.subscribe();
-        match tokio::time::timeout(CLOUD_WAIT, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(h)) => Ok(h.clone()),
+        let ready = rx.wait_for(|a| !matches!(a, Agent::Coming));
+        match tokio::time::timeout(CLOUD_WAIT, ready).await {
+            Ok(Ok(a)) => match &*a {
+                Agent::None => Ok(None),
+                Agent::Running(h) => Ok(Some(h.clone())),
+                Agent::Coming | Agent::Gone => Err(()),
+            },
             _ => Err(()),
         }
     }
@@ -367,7 +388,7 @@ impl LocalStore {
         let Ok(agent) = self.agent().await else {
             // Without the agent's account a cloud item could be listed as
             // the node's own; list nothing rather than that.
-            tracing::debug!("local items not listed: the agent's status is not there yet");
+            tracing::debug!("local items not listed: the agent's status is not there");
             return Vec::new();
         };
         let manages =
