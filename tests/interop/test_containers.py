@@ -111,8 +111,12 @@ mqtt = {{ publish = ["{topic}"], subscribe = ["devices/component:sim/commands/#"
             assert time.time() < deadline, info
             time.sleep(0.1)
         assert len(info["container_id"]) == 12, info
-        logs = node_api(n, "/api/components/sim/logs?tail=100")
-        assert logs["lines"], f"no output from the container: {logs}"
+        # The engine's attach stream may bring the output a moment after
+        # the broker has the telemetry.
+        deadline = time.time() + 20
+        while not (logs := node_api(n, "/api/components/sim/logs?tail=100"))["lines"]:
+            assert time.time() < deadline, f"no output from the container: {logs}"
+            time.sleep(0.1)
 
         # Killed from outside the node: a new container, new credentials,
         # telemetry again.

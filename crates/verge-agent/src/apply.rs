@@ -39,15 +39,15 @@ impl Results {
         });
     }
 
-    fn applied(&mut self, kind: &str, name: &str) {
+    pub(crate) fn applied(&mut self, kind: &str, name: &str) {
         self.push(kind, name, ItemOutcome::Applied, None);
     }
 
-    fn removed(&mut self, kind: &str, name: &str) {
+    pub(crate) fn removed(&mut self, kind: &str, name: &str) {
         self.push(kind, name, ItemOutcome::Removed, None);
     }
 
-    fn failed(&mut self, kind: &str, name: &str, error: impl Into<String>) {
+    pub(crate) fn failed(&mut self, kind: &str, name: &str, error: impl Into<String>) {
         self.push(kind, name, ItemOutcome::Failed, Some(error.into()));
     }
 
@@ -86,6 +86,7 @@ pub(crate) async fn apply(
     next: &DesiredState,
 ) -> Results {
     let mut out = Results::default();
+    crate::config::apply_config(parts, prev.map(|p| &p.config), &next.config, &mut out);
     apply_devices(parts, prev, &next.devices, &mut out);
     disconnect_revoked(parts, prev, &next.devices).await;
     apply_functions(parts, &next.functions, &mut out).await;

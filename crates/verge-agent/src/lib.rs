@@ -26,6 +26,7 @@
 mod agent;
 mod apply;
 pub mod artifact;
+mod config;
 mod deploy;
 pub mod http;
 mod join;

@@ -78,6 +78,9 @@ pub struct NodeParts {
     pub broker: verge_broker::BrokerHandle,
     /// The cloud link, for its state and backlog, if the node has one.
     pub bridge: Option<verge_bridge::BridgeHandle>,
+    /// The local time-series store, if the node runs one (its retention
+    /// is a run-time setting of the deployed config).
+    pub store: Option<Arc<verge_tsdb::Tsdb>>,
     /// The component supervisor, if the node runs one.
     pub components: Option<Arc<dyn ComponentHost>>,
     /// The node's own items (config file, local API), for the heartbeat's

@@ -1,6 +1,6 @@
 // The nodes page (list and create) and a node's detail page (status,
-// metrics charts, deployment, what runs on it (rules, functions,
-// components), live messages).
+// metrics charts, deployment, revisions (revisions.js), what runs on it
+// (rules, functions, components), live messages).
 "use strict";
 
 // ---------------------------------------------------------------- nodes
@@ -88,6 +88,7 @@ function nodeDetailPage(id) {
   const summary = h("dl", { id: "node-summary", testid: "node-summary", class: "summary" });
   const charts = h("div", { class: "charts", id: "node-charts" });
   const deploy = h("div", { id: "node-deployment", testid: "node-deployment" });
+  const revs = nodeRevisions(id);
   const [dt, devBody] = table("node-devices", ["Device", "Last telemetry", "When"]);
   const [rt, ruleBody] = table("node-rules", ["Rule", "Enabled", "State", "In", "Rows out", "Errors", "p99", "Last error"]);
   const [ft, fnBody] = table("node-functions", ["Function", "Version", "Calls", "Errors", "Timeouts", "p50", "p99", "Last error"]);
@@ -106,6 +107,7 @@ function nodeDetailPage(id) {
     section("Status", summary, h("div", { class: "row" }, reinstall, del), newToken),
     section("Metrics", charts),
     section("Deployment", deploy),
+    section("Revisions", revs.el),
     section("Devices", dt), section("Rules", rt), section("Functions", ft), section("Components", ct),
     section("Live messages", liveMessages((after, topic) =>
       messagesUrl(`/api/nodes/${enc(id)}/messages`, after, topic), { key: "node-messages" })));
@@ -120,6 +122,8 @@ function nodeDetailPage(id) {
       api("GET", "/api/functions"),
       api("GET", `/api/nodes/${enc(id)}/components`),
     ]);
+    if (!current(gen)) return;
+    await revs.refresh(n);
     if (!current(gen)) return;
     const r = n.report || {};
     replace(title, n.name || n.id, " ", badge(n.status));

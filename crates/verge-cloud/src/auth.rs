@@ -12,8 +12,13 @@ use crate::Cloud;
 use crate::db::sha256_hex;
 use crate::error::AppError;
 
-/// A request carrying a valid API token allowed to make it.
-pub struct ApiAuth;
+/// A request carrying a valid API token allowed to make it; holds who
+/// called (the token's name, or its id when the name is empty), the
+/// author of the revisions the request creates.
+pub struct ApiAuth {
+    /// The token's name, or its id when it has none.
+    pub caller: String,
+}
 
 /// A request carrying a valid API token of the `admin` scope.
 pub struct AdminAuth;
@@ -26,15 +31,17 @@ fn bearer(parts: &Parts) -> Result<&str, AppError> {
         .ok_or_else(|| AppError::unauthorized("missing `Authorization: Bearer <token>`"))
 }
 
-/// The scope of the token the request carries; 401 without a known one.
-async fn scope(parts: &Parts, cloud: &Cloud) -> Result<String, AppError> {
+/// The scope and the caller (name, else id) of the token the request
+/// carries; 401 without a known one.
+async fn scope(parts: &Parts, cloud: &Cloud) -> Result<(String, String), AppError> {
     let token = bearer(parts)?;
-    let found: Option<(String,)> = sqlx::query_as("SELECT scope FROM tokens WHERE hash = $1")
-        .bind(sha256_hex(token.as_bytes()))
-        .fetch_optional(&cloud.inner().pool)
-        .await?;
+    let found: Option<(String, String, String)> =
+        sqlx::query_as("SELECT scope, name, id FROM tokens WHERE hash = $1")
+            .bind(sha256_hex(token.as_bytes()))
+            .fetch_optional(&cloud.inner().pool)
+            .await?;
     found
-        .map(|(s,)| s)
+        .map(|(s, name, id)| (s, if name.is_empty() { id } else { name }))
         .ok_or_else(|| AppError::unauthorized("unknown or revoked token"))
 }
 
@@ -42,10 +49,10 @@ impl FromRequestParts<Cloud> for ApiAuth {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, cloud: &Cloud) -> Result<Self, AppError> {
-        let scope = scope(parts, cloud).await?;
+        let (scope, caller) = scope(parts, cloud).await?;
         let reading = matches!(parts.method, Method::GET | Method::HEAD);
         if scope == "admin" || (scope == "read" && reading) {
-            Ok(ApiAuth)
+            Ok(ApiAuth { caller })
         } else {
             Err(AppError::forbidden("this token is read-only"))
         }
@@ -56,7 +63,7 @@ impl FromRequestParts<Cloud> for AdminAuth {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, cloud: &Cloud) -> Result<Self, AppError> {
-        match scope(parts, cloud).await?.as_str() {
+        match scope(parts, cloud).await?.0.as_str() {
             "admin" => Ok(AdminAuth),
             _ => Err(AppError::forbidden("only admin tokens manage tokens")),
         }

@@ -20,6 +20,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("core.js", include_str!("../console/core.js")),
     ("widgets.js", include_str!("../console/widgets.js")),
     ("nodes.js", include_str!("../console/nodes.js")),
+    ("revisions.js", include_str!("../console/revisions.js")),
     ("devices.js", include_str!("../console/devices.js")),
     ("rules.js", include_str!("../console/rules.js")),
     ("functions.js", include_str!("../console/functions.js")),

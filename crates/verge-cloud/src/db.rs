@@ -75,6 +75,26 @@ const POSTGRES_V4: &[&str] = &[
     "CREATE TABLE component_versions (name TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL, spec TEXT NOT NULL, artifact_sha256 TEXT, artifact_size BIGINT, artifact BYTEA, created_ms BIGINT NOT NULL, PRIMARY KEY (name, version))",
 ];
 
+/// Revisions: every change of what a node should run is a numbered,
+/// immutable snapshot of its desired state (without function modules),
+/// with who made it, what changed and what the node made of it
+/// (`crate::revisions`). Function modules are kept by content, so an
+/// older revision can be served exactly; `revision_modules` says which
+/// revision names which module (modules no revision and no function
+/// names are pruned). Modules stored before this migration are copied.
+const REVISIONS_COMMON_V5: &[&str] = &[
+    "CREATE TABLE node_revisions (node_id TEXT NOT NULL, revision BIGINT NOT NULL, created_ms BIGINT NOT NULL, author TEXT NOT NULL, summary TEXT NOT NULL, state TEXT NOT NULL, result TEXT, result_json TEXT, PRIMARY KEY (node_id, revision))",
+    "CREATE TABLE revision_modules (node_id TEXT NOT NULL, revision BIGINT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (node_id, revision, sha256))",
+    "CREATE INDEX revision_modules_sha256 ON revision_modules (sha256)",
+    "INSERT INTO function_modules (sha256, module) SELECT DISTINCT sha256, module FROM functions",
+];
+
+const SQLITE_V5: &[&str] =
+    &["CREATE TABLE function_modules (sha256 TEXT PRIMARY KEY, module BLOB NOT NULL)"];
+
+const POSTGRES_V5: &[&str] =
+    &["CREATE TABLE function_modules (sha256 TEXT PRIMARY KEY, module BYTEA NOT NULL)"];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -100,6 +120,11 @@ fn migrations() -> Vec<Migration> {
             version: 4,
             sqlite: join(SQLITE_V4, COMPONENTS_COMMON_V4),
             postgres: join(POSTGRES_V4, COMPONENTS_COMMON_V4),
+        },
+        Migration {
+            version: 5,
+            sqlite: join(SQLITE_V5, REVISIONS_COMMON_V5),
+            postgres: join(POSTGRES_V5, REVISIONS_COMMON_V5),
         },
     ]
 }
@@ -200,14 +225,24 @@ async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), CloudError> {
     Ok(())
 }
 
-/// Bump the desired version of each node in `nodes` (in the caller's
-/// transaction, so the change and the bump commit together).
-pub async fn bump_nodes(tx: &mut Transaction<'_, Any>, nodes: &[String]) -> sqlx::Result<()> {
+/// Bump the desired version of each node in `nodes` and record the new
+/// revision of each, built from the tables, with `reason` (in the
+/// caller's transaction, so the change, the bump and the revision commit
+/// together).
+pub async fn bump_nodes(
+    tx: &mut Transaction<'_, Any>,
+    nodes: &[String],
+    reason: &crate::revisions::Reason,
+) -> Result<(), crate::error::AppError> {
     for n in nodes {
-        sqlx::query("UPDATE nodes SET desired_version = desired_version + 1 WHERE id = $1")
-            .bind(n)
-            .execute(&mut **tx)
-            .await?;
+        let done =
+            sqlx::query("UPDATE nodes SET desired_version = desired_version + 1 WHERE id = $1")
+                .bind(n)
+                .execute(&mut **tx)
+                .await?;
+        if done.rows_affected() == 1 {
+            crate::revisions::record(tx, n, reason).await?;
+        }
     }
     Ok(())
 }

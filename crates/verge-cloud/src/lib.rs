@@ -7,8 +7,10 @@
 //! for replicas); the process keeps only caches (the broker's device
 //! registry, refreshed from the database every 10 s, and the function
 //! sandbox, redeployed from the database when its copy differs). Every
-//! change to what a node should run bumps that node's desired version in
-//! the same transaction, and wakes long-polling nodes in this process;
+//! change to what a node should run bumps that node's desired version and
+//! makes its revision of that number (a snapshot the node is served from,
+//! `revisions`) in the same transaction, and wakes long-polling nodes in
+//! this process;
 //! other replicas notice within a second by re-reading the version.
 //!
 //! Upstream messages reach the database through a durable broker
@@ -30,6 +32,7 @@ mod ingest;
 mod listeners;
 mod metrics;
 mod openapi;
+mod revisions;
 mod routes;
 
 use std::future::Future;

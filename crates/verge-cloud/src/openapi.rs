@@ -14,6 +14,7 @@ use crate::routes::{Route, routes};
 
 mod components;
 mod resources;
+mod revisions;
 mod schemas;
 mod shapes;
 
@@ -25,7 +26,7 @@ pub fn query_param(name: &str) -> Option<Value> {
     let (schema, description) = match name {
         "limit" => (
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": 1000, "default": 100}),
-            "at most this many messages",
+            "at most this many messages (revisions: newest first)",
         ),
         "after_id" => (int(), "only messages with a greater id, oldest first"),
         "topic" => (
@@ -84,6 +85,8 @@ fn path_param_schema(path: &str, param: &str) -> Value {
         || (path.starts_with("/api/nodes/{id}/components") && param == "name");
     if component && matches!(param, "name" | "version") {
         components::component_name_schema()
+    } else if path.contains("/revisions/") && matches!(param, "n" | "a" | "b") {
+        revisions::revision_number()
     } else {
         name_schema()
     }

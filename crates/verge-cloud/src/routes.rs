@@ -10,7 +10,9 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::Value;
 
 use crate::Cloud;
-use crate::api::{agent, assignments, components, devices, functions, nodes, rules, tokens};
+use crate::api::{
+    agent, assignments, components, devices, functions, nodes, revisions, rules, tokens,
+};
 use crate::error::AppError;
 
 pub use crate::openapi::document as openapi;
@@ -223,6 +225,48 @@ pub fn routes() -> Vec<Route> {
         .ok(200, "Message[]")
         .errors(&[404])
         .to(nodes::messages),
+        op(
+            "GET",
+            "/api/nodes/{id}/revisions",
+            "the node's revisions, newest first, with what the node made of each",
+        )
+        .query(&["limit"])
+        .ok(200, "Revision[]")
+        .errors(&[404])
+        .to(revisions::list),
+        op(
+            "GET",
+            "/api/nodes/{id}/revisions/{n}",
+            "one revision: its state (without modules) and the node's attempt",
+        )
+        .ok(200, "RevisionDetail")
+        .errors(&[404])
+        .to(revisions::get),
+        op(
+            "GET",
+            "/api/nodes/{id}/revisions/{a}/diff/{b}",
+            "what changed from revision a to revision b, per kind",
+        )
+        .ok(200, "RevisionDiff")
+        .errors(&[404])
+        .to(revisions::diff),
+        op(
+            "POST",
+            "/api/nodes/{id}/rollback",
+            "a new revision with an older one's content (404 unknown revision, 409 no longer kept)",
+        )
+        .body("Rollback")
+        .ok(201, "Revision")
+        .errors(&[404, 409])
+        .to(revisions::rollback),
+        op(
+            "POST",
+            "/api/nodes/{id}/cancel",
+            "a new revision with the content the node runs (409 nothing to cancel)",
+        )
+        .ok(201, "Revision")
+        .errors(&[404, 409])
+        .to(revisions::cancel),
         op(
             "GET",
             "/api/deployments",
@@ -637,6 +681,7 @@ mod tests {
             "InvokeRequest",
             "JoinRequest",
             "ComponentAssign",
+            "Rollback",
         ] {
             assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
         }

@@ -21,6 +21,7 @@ mod backoff;
 mod clock;
 pub mod fs;
 mod host;
+pub mod log_filter;
 
 #[cfg(feature = "client")]
 pub mod client;

@@ -305,6 +305,7 @@ impl Node {
                 broker: handle,
                 bridge: parts.bridge.as_ref().map(Bridge::handle),
                 components: Some(Arc::new(components)),
+                store: parts.store.clone(),
                 local: Some(local.clone() as Arc<dyn verge_agent::LocalItems>),
                 data_dir: cfg.node.data_dir.clone(),
                 started: Instant::now(),

@@ -87,6 +87,8 @@ pub const MAX_BUCKETS: usize = 10_000;
 /// `spawn_blocking` for them).
 pub struct Tsdb {
     inner: Arc<Mutex<Inner>>,
+    /// The retention it was opened with.
+    configured_retention: std::time::Duration,
     flusher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -94,6 +96,7 @@ impl Tsdb {
     /// Open (or create) the store in `cfg.dir` and start its flusher.
     pub fn open(cfg: TsdbConfig) -> Result<Tsdb, TsdbError> {
         let interval = cfg.flush_interval;
+        let configured_retention = cfg.retention;
         let inner = Arc::new(Mutex::new(Inner::open(cfg, now_ms())?));
         let (tx, rx) = mpsc::channel::<()>();
         let shared = inner.clone();
@@ -110,6 +113,7 @@ impl Tsdb {
             .map_err(|e| TsdbError::io("spawn flusher for", "", e))?;
         Ok(Tsdb {
             inner,
+            configured_retention,
             flusher: Mutex::new(Some((tx, handle))),
         })
     }
@@ -152,6 +156,22 @@ impl Tsdb {
     /// Write the buffers now.
     pub fn flush(&self) -> Result<(), TsdbError> {
         lock(&self.inner).flush()
+    }
+
+    /// Change how long points are kept, at run time (at least one
+    /// `chunk`); chunks past it go at the flusher's next pass.
+    pub fn set_retention(&self, retention: std::time::Duration) -> Result<(), TsdbError> {
+        lock(&self.inner).set_retention(retention)
+    }
+
+    /// The retention of its config (before any [`set_retention`](Self::set_retention)).
+    pub fn configured_retention(&self) -> std::time::Duration {
+        self.configured_retention
+    }
+
+    /// How long points are kept now.
+    pub fn retention(&self) -> std::time::Duration {
+        lock(&self.inner).retention()
     }
 
     /// Apply the retention as of `now_ms` (the flusher does this every

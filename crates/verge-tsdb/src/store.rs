@@ -172,6 +172,21 @@ impl Inner {
     }
 
     /// Delete chunks whose newest point is older than the retention.
+    /// Change the retention (checked as the config checks it); the next
+    /// [`expire`](Self::expire) applies it.
+    pub fn set_retention(&mut self, retention: std::time::Duration) -> Result<(), TsdbError> {
+        let mut cfg = self.cfg.clone();
+        cfg.retention = retention;
+        cfg.validate()?;
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// The retention in force.
+    pub fn retention(&self) -> std::time::Duration {
+        self.cfg.retention
+    }
+
     pub fn expire(&mut self, now: i64) {
         let cutoff = now.saturating_sub(self.cfg.retention_ms());
         let old: Vec<i64> = self

@@ -248,6 +248,30 @@ fn retention_deletes_old_chunks() {
 }
 
 #[test]
+fn retention_changes_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let db = Tsdb::open(cfg(dir.path())).unwrap();
+    db.write(&[
+        p("d", "t", now - 3 * 86_400_000, Value::Number(1.0)),
+        p("d", "t", now - 1000, Value::Number(2.0)),
+    ])
+    .unwrap();
+    // Less than one chunk: refused, nothing changes.
+    let e = db.set_retention(Duration::from_secs(1)).unwrap_err();
+    assert!(e.to_string().contains("retention"), "{e}");
+    assert_eq!(db.retention(), Duration::from_secs(7 * 86_400));
+    db.expire(now);
+    assert_eq!(db.stats().chunks, 2);
+    // Two days: the three-day-old chunk goes at the next pass.
+    db.set_retention(Duration::from_secs(2 * 86_400)).unwrap();
+    assert_eq!(db.retention(), Duration::from_secs(2 * 86_400));
+    db.expire(now);
+    let s = db.stats();
+    assert_eq!((s.chunks, s.chunks_expired), (1, 1));
+}
+
+#[test]
 fn max_bytes_evicts_oldest_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let db = Tsdb::open(TsdbConfig {

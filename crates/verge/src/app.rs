@@ -162,24 +162,30 @@ fn check(cfg: &NodeConfig) -> anyhow::Result<()> {
 /// Logging to stderr. Precedence: `--log`, then RUST_LOG, then `fallback`
 /// (the config's `log.level`).
 fn init_logging(flag: Option<&str>, fallback: &str) -> anyhow::Result<()> {
-    let filter = match (
-        flag,
-        std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()),
-    ) {
-        (Some(f), _) => EnvFilter::builder()
-            .parse(f)
-            .with_context(|| format!("--log `{f}`"))?,
-        (None, Some(env)) => EnvFilter::builder()
-            .parse(&env)
-            .with_context(|| format!("RUST_LOG `{env}`"))?,
-        (None, None) => EnvFilter::builder()
-            .parse(fallback)
-            .with_context(|| format!("log.level `{fallback}`"))?,
+    let env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    let (text, origin) = match (flag, env.as_deref()) {
+        (Some(f), _) => (f.to_owned(), "--log"),
+        (None, Some(env)) => (env.to_owned(), "RUST_LOG"),
+        (None, None) => (fallback.to_owned(), "log.level"),
     };
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::builder()
+        .parse(&text)
+        .with_context(|| format!("{origin} `{text}`"))?;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder
         .try_init()
-        .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
+        .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))?;
+    // A cloud-managed node's deployed config may change it (`log.level`).
+    verge_net::log_filter::register(&text, move |f| {
+        let filter = EnvFilter::builder()
+            .parse(f)
+            .map_err(|e| format!("`{f}` is not a log filter: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    Ok(())
 }

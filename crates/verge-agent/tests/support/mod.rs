@@ -491,6 +491,7 @@ impl TestNode {
             broker: self.broker.handle(),
             bridge: None,
             components: None,
+            store: None,
             local: None,
             data_dir: self.dir.clone(),
             started: Instant::now(),

@@ -93,7 +93,7 @@ pub async fn desired(
             return Err(AppError::not_found(format!("no node `{node}`")));
         };
         if version != q.version {
-            let state = crate::desired::assemble(&cloud.inner().pool, &node, true)
+            let state = crate::revisions::serve(&cloud.inner().pool, &node, true)
                 .await?
                 .ok_or_else(|| AppError::not_found(format!("no node `{node}`")))?;
             return Ok(Json(state).into_response());
@@ -132,6 +132,13 @@ pub async fn status(
     .bind(errors)
     .bind(&node)
     .execute(&mut *tx)
+    .await?;
+    crate::revisions::record_report(
+        &mut tx,
+        &node,
+        report.applied_version,
+        report.attempt.as_ref(),
+    )
     .await?;
     sqlx::query(
         "INSERT INTO node_metrics (node_id, ts_ms, cpu_percent, memory_bytes, connections, messages_in_rate, messages_out_rate, backlog_messages) \

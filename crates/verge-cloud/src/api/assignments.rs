@@ -18,6 +18,7 @@ use crate::Cloud;
 use crate::auth::{ApiAuth, NodeAuth};
 use crate::db::{json_col, now_ms};
 use crate::error::{ApiJson, ApiPath, AppError};
+use crate::revisions::Reason;
 
 /// `PUT /api/nodes/{id}/components/{name}` body.
 #[derive(Deserialize)]
@@ -81,7 +82,7 @@ fn check_set(node: &str, specs: &[ComponentSpec]) -> Result<(), AppError> {
 }
 
 pub async fn assign(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath((node, name)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<Assign>,
@@ -124,7 +125,11 @@ pub async fn assign(
         .execute(&mut *tx)
         .await?;
         check_set(&node, &assigned_specs(&mut tx, &node).await?)?;
-        commit_bumped(&cloud, tx, std::slice::from_ref(&node)).await?;
+        let reason = Reason::new(
+            &auth.caller,
+            format!("component `{name}` assigned {}", body.version),
+        );
+        commit_bumped(&cloud, tx, std::slice::from_ref(&node), &reason).await?;
     } else {
         tx.commit().await?;
     }
@@ -144,7 +149,7 @@ pub async fn assign(
 }
 
 pub async fn unassign(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath((node, name)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, AppError> {
@@ -161,7 +166,8 @@ pub async fn unassign(
         )));
     }
     check_set(&node, &assigned_specs(&mut tx, &node).await?)?;
-    commit_bumped(&cloud, tx, std::slice::from_ref(&node)).await?;
+    let reason = Reason::new(&auth.caller, format!("component `{name}` unassigned"));
+    commit_bumped(&cloud, tx, std::slice::from_ref(&node), &reason).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -353,7 +353,7 @@ async fn read_limited(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec
 }
 
 pub async fn put_artifact(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath((name, version)): ApiPath<(String, String)>,
     headers: HeaderMap,
@@ -410,7 +410,11 @@ pub async fn put_artifact(
     } else {
         // Nodes that run this version now get its ArtifactRef.
         let nodes = nodes_running(&mut tx, &name, Some(&version)).await?;
-        commit_bumped(&cloud, tx, &nodes).await?;
+        let reason = crate::revisions::Reason::new(
+            &auth.caller,
+            format!("component `{name}` {version}: artifact uploaded"),
+        );
+        commit_bumped(&cloud, tx, &nodes, &reason).await?;
     }
     Ok(Json(version_json(
         &load_version(&cloud, &name, &version).await?,

@@ -14,6 +14,7 @@ use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name, check_text};
+use crate::revisions::Reason;
 
 type DeviceRow = (String, String, String, i64, Option<String>, Option<i64>);
 
@@ -72,7 +73,7 @@ pub struct CreateDevice {
 }
 
 pub async fn create(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiJson(body): ApiJson<CreateDevice>,
 ) -> Result<impl IntoResponse, AppError> {
@@ -109,7 +110,8 @@ pub async fn create(
             body.name
         )));
     }
-    commit_bumped(&cloud, tx, std::slice::from_ref(&body.node_id)).await?;
+    let reason = Reason::new(&auth.caller, format!("device `{}` added", body.name));
+    commit_bumped(&cloud, tx, std::slice::from_ref(&body.node_id), &reason).await?;
     let device = load(&cloud, &body.name).await?;
     Ok((
         StatusCode::CREATED,
@@ -135,7 +137,7 @@ pub async fn get(
 }
 
 pub async fn delete(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
@@ -145,12 +147,13 @@ pub async fn delete(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
-    commit_bumped(&cloud, tx, &[node]).await?;
+    let reason = Reason::new(&auth.caller, format!("device `{id}` removed"));
+    commit_bumped(&cloud, tx, &[node], &reason).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn new_secret(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, AppError> {
@@ -166,7 +169,8 @@ pub async fn new_secret(
     if done.rows_affected() == 0 {
         return Err(AppError::not_found(format!("no device `{id}`")));
     }
-    commit_bumped(&cloud, tx, &[node]).await?;
+    let reason = Reason::new(&auth.caller, format!("device `{id}` secret changed"));
+    commit_bumped(&cloud, tx, &[node], &reason).await?;
     Ok(Json(
         json!({"device": load(&cloud, &id).await?, "secret": secret}),
     ))

@@ -17,6 +17,7 @@ use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
 use crate::error::{ApiJson, ApiPath, AppError, check_name, check_text};
+use crate::revisions::Reason;
 
 /// `PUT /api/functions/{name}` body.
 #[derive(Deserialize)]
@@ -97,7 +98,7 @@ async fn load(cloud: &Cloud, name: &str) -> Result<Value, AppError> {
 }
 
 pub async fn put(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Upload>,
@@ -160,14 +161,23 @@ pub async fn put(
         .bind(&sha)
         .bind(size)
         .bind(stored.to_string())
-        .bind(module)
+        .bind(&module)
         .bind(now)
         .bind(&name)
         .execute(&mut *tx)
         .await?;
     }
+    crate::revisions::keep_module(&mut tx, &sha, &module).await?;
+    let (version,): (i64,) = sqlx::query_as("SELECT version FROM functions WHERE name = $1")
+        .bind(&name)
+        .fetch_one(&mut *tx)
+        .await?;
     let nodes = db::nodes_using_function(&mut tx, &name).await?;
-    commit_bumped(&cloud, tx, &nodes).await?;
+    let reason = Reason::new(
+        &auth.caller,
+        format!("function `{name}` uploaded as version {version}"),
+    );
+    commit_bumped(&cloud, tx, &nodes, &reason).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -223,6 +233,8 @@ pub async fn delete(
     if done.rows_affected() == 0 {
         return Err(AppError::not_found(format!("no function `{name}`")));
     }
+    // Its module stays while a kept revision names it.
+    crate::revisions::prune_modules(&mut tx).await?;
     tx.commit().await?;
     match cloud.inner().functions.delete(&name).await {
         Ok(()) | Err(DeployError::NotFound(_)) => {}

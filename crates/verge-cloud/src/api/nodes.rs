@@ -45,6 +45,11 @@ fn node_json(cloud: &Cloud, row: &AnyRow) -> Result<Value, sqlx::Error> {
     let last_seen: Option<i64> = row.try_get("last_seen_ms")?;
     let status = status(cloud, joined, last_seen);
     let report: Option<String> = row.try_get("report")?;
+    let report = report.as_deref().map_or(Value::Null, json_col);
+    let attempt: Option<verge_protocol::ApplyAttempt> =
+        serde_json::from_value(report["attempt"].clone()).unwrap_or(None);
+    let desired: i64 = row.try_get("desired_version")?;
+    let applied: i64 = row.try_get("applied_version")?;
     Ok(json!({
         "id": id,
         "name": id,
@@ -53,11 +58,13 @@ fn node_json(cloud: &Cloud, row: &AnyRow) -> Result<Value, sqlx::Error> {
         "created_ms": row.try_get::<i64, _>("created_ms")?,
         "joined_ms": joined,
         "last_seen_ms": last_seen,
-        "desired_version": row.try_get::<i64, _>("desired_version")?,
-        "applied_version": row.try_get::<i64, _>("applied_version")?,
+        "desired_version": desired,
+        "applied_version": applied,
+        "deployment": crate::revisions::deployment(desired, applied, attempt.as_ref(), status),
+        "last_attempt": attempt,
         "apply_errors": json_col(&row.try_get::<String, _>("apply_errors")?),
         "config": json_col(&row.try_get::<String, _>("config")?),
-        "report": report.as_deref().map_or(Value::Null, json_col),
+        "report": report,
     }))
 }
 
@@ -90,7 +97,7 @@ fn join_command(cloud: &Cloud, token: &str) -> String {
 }
 
 pub async fn create(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiJson(body): ApiJson<CreateNode>,
 ) -> Result<impl IntoResponse, AppError> {
@@ -98,6 +105,7 @@ pub async fn create(
     check_text("description", &body.description)?;
     let token = db::random_secret();
     let now = now_ms();
+    let mut tx = cloud.inner().pool.begin().await?;
     let done = sqlx::query(
         "INSERT INTO nodes (id, description, config, created_ms, desired_version, applied_version, apply_errors, join_token_hash, join_expires_ms) \
          VALUES ($1, $2, '{}', $3, 1, 0, '[]', $4, $5) ON CONFLICT (id) DO NOTHING",
@@ -107,7 +115,7 @@ pub async fn create(
     .bind(now)
     .bind(db::sha256_hex(token.as_bytes()))
     .bind(now + JOIN_TOKEN_MS)
-    .execute(&cloud.inner().pool)
+    .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
         return Err(AppError::conflict(format!(
@@ -115,6 +123,10 @@ pub async fn create(
             body.name
         )));
     }
+    // Revision 1: what the new node should run (its empty config).
+    let reason = crate::revisions::Reason::new(&auth.caller, "node created");
+    crate::revisions::record(&mut tx, &body.name, &reason).await?;
+    tx.commit().await?;
     let node = load(&cloud, &body.name).await?;
     Ok((
         StatusCode::CREATED,
@@ -156,7 +168,7 @@ pub struct PatchNode {
 }
 
 pub async fn patch(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchNode>,
@@ -193,7 +205,8 @@ pub async fn patch(
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-        commit_bumped(&cloud, tx, std::slice::from_ref(&id)).await?;
+        let reason = crate::revisions::Reason::new(&auth.caller, "config changed");
+        commit_bumped(&cloud, tx, std::slice::from_ref(&id), &reason).await?;
     } else {
         tx.commit().await?;
     }
@@ -230,11 +243,13 @@ pub async fn delete(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
-    // Its component assignments go with it (the versions stay).
+    // Its component assignments go with it (the versions stay), and its
+    // revisions.
     sqlx::query("DELETE FROM node_components WHERE node_id = $1")
         .bind(&id)
         .execute(&mut *tx)
         .await?;
+    crate::revisions::forget_node(&mut tx, &id).await?;
     tx.commit().await?;
     cloud.refresh_registry().await.map_err(AppError::internal)?;
     // Its MQTT connection goes with it.
@@ -270,7 +285,7 @@ pub async fn desired(
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<verge_protocol::DesiredState>, AppError> {
-    crate::desired::assemble(&cloud.inner().pool, &id, false)
+    crate::revisions::serve(&cloud.inner().pool, &id, false)
         .await?
         .map(Json)
         .ok_or_else(|| AppError::not_found(format!("no node `{id}`")))

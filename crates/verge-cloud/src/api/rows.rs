@@ -1,6 +1,6 @@
 //! Database steps the resource handlers share: a row or 404, a list
-//! filtered by `?node_id=`, and "bump the nodes' desired version, commit,
-//! wake the long polls".
+//! filtered by `?node_id=`, and "bump the nodes' desired version (a new
+//! revision each), commit, wake the long polls".
 
 use serde::Deserialize;
 use sqlx::any::AnyRow;
@@ -62,14 +62,16 @@ where
     Ok(query.fetch_all(&cloud.inner().pool).await?)
 }
 
-/// Bump the desired version of `nodes`, commit `tx`, then tell the long
-/// polls that something changed.
+/// Bump the desired version of `nodes` (a new revision of each, made for
+/// `reason`), commit `tx`, then tell the long polls that something
+/// changed.
 pub async fn commit_bumped(
     cloud: &Cloud,
     mut tx: Transaction<'_, Any>,
     nodes: &[String],
+    reason: &crate::revisions::Reason,
 ) -> Result<(), AppError> {
-    db::bump_nodes(&mut tx, nodes).await?;
+    db::bump_nodes(&mut tx, nodes, reason).await?;
     tx.commit().await?;
     cloud.notify_change();
     Ok(())

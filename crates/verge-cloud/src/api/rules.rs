@@ -14,6 +14,7 @@ use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{json_col, now_ms};
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name, check_text};
+use crate::revisions::Reason;
 
 /// Check a rule as a node would (the rule engine's pure check: id, SQL,
 /// action settings) and that the functions it names exist here; returns
@@ -167,7 +168,7 @@ async fn set_functions(
 }
 
 pub async fn create(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiJson(body): ApiJson<RuleBody>,
 ) -> Result<impl IntoResponse, AppError> {
@@ -198,12 +199,13 @@ pub async fn create(
         )));
     }
     set_functions(&mut tx, &body.id, &functions).await?;
-    commit_bumped(&cloud, tx, std::slice::from_ref(&body.node_id)).await?;
+    let reason = Reason::new(&auth.caller, format!("rule `{}` added", body.id));
+    commit_bumped(&cloud, tx, std::slice::from_ref(&body.node_id), &reason).await?;
     Ok((StatusCode::CREATED, Json(load(&cloud, &body.id).await?)))
 }
 
 pub async fn update(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
     ApiJson(mut body): ApiJson<RuleBody>,
@@ -231,11 +233,19 @@ pub async fn update(
     .execute(&mut *tx)
     .await?;
     set_functions(&mut tx, &id, &functions).await?;
+    let summary = if old_node == body.node_id {
+        format!("rule `{id}` updated")
+    } else {
+        format!(
+            "rule `{id}` moved from node `{old_node}` to `{}`",
+            body.node_id
+        )
+    };
     let mut nodes = vec![old_node];
     if nodes[0] != body.node_id {
         nodes.push(body.node_id.clone());
     }
-    commit_bumped(&cloud, tx, &nodes).await?;
+    commit_bumped(&cloud, tx, &nodes, &Reason::new(&auth.caller, summary)).await?;
     Ok(Json(load(&cloud, &id).await?))
 }
 
@@ -261,7 +271,7 @@ pub async fn get(
 }
 
 pub async fn delete(
-    _: ApiAuth,
+    auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
@@ -272,7 +282,8 @@ pub async fn delete(
         .execute(&mut *tx)
         .await?;
     set_functions(&mut tx, &id, &[]).await?;
-    commit_bumped(&cloud, tx, &[node]).await?;
+    let reason = Reason::new(&auth.caller, format!("rule `{id}` removed"));
+    commit_bumped(&cloud, tx, &[node], &reason).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

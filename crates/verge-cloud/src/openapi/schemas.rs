@@ -1,6 +1,7 @@
 //! The component schemas of the OpenAPI document: errors, tokens, nodes,
 //! their metrics and messages, deployments, desired states and the agent's
-//! join; devices, rules and functions are in [`super::resources`].
+//! join; devices, rules and functions are in [`super::resources`],
+//! revisions in [`super::revisions`].
 
 use serde_json::{Map, Value, json};
 
@@ -17,6 +18,7 @@ pub fn schemas() -> Map<String, Value> {
         json!({
             "applied_version": int(),
             "apply_errors": array(string()),
+            "attempt": r("ApplyAttempt"),
             "drift": array(string()),
             "agent_version": string(),
             "uptime_s": uint(),
@@ -97,6 +99,8 @@ pub fn schemas() -> Map<String, Value> {
                     "last_seen_ms",
                     "desired_version",
                     "applied_version",
+                    "deployment",
+                    "last_attempt",
                     "apply_errors",
                     "config",
                     "report",
@@ -107,6 +111,8 @@ pub fn schemas() -> Map<String, Value> {
                     "status": {"type": "string", "enum": ["pending", "online", "offline"]},
                     "created_ms": ms(), "joined_ms": nullable_ms(), "last_seen_ms": nullable_ms(),
                     "desired_version": int(), "applied_version": int(),
+                    "deployment": r("NodeDeployment"),
+                    "last_attempt": nullable_ref("ApplyAttempt"),
                     "apply_errors": {"type": "array", "items": string(), "nullable": true},
                     "config": {"type": "object", "nullable": true},
                     "report": nullable_ref("StatusReport"),
@@ -246,6 +252,7 @@ pub fn schemas() -> Map<String, Value> {
         .into_iter()
         .chain(resources::schemas())
         .chain(super::components::schemas())
+        .chain(super::revisions::schemas())
         .chain(agent)
         .map(|(k, v)| (k.to_owned(), v))
         .collect()

@@ -1,0 +1,155 @@
+//! The difference between two revisions of a node, per kind (devices,
+//! rules, functions, components, config): the names added, removed and
+//! changed, and for changed items both versions. Devices never show their
+//! password hashes: a changed device says only `secret changed`.
+//! Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use verge_protocol::DesiredState;
+
+/// The items of one kind by name, each as JSON.
+type Items = BTreeMap<String, Value>;
+
+fn by_name<T: serde::Serialize>(items: &[T], name: impl Fn(&T) -> &str) -> Items {
+    items
+        .iter()
+        .map(|i| {
+            (
+                name(i).to_owned(),
+                serde_json::to_value(i).unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+/// `{added, removed, changed}` between `a` and `b`; `show` turns the two
+/// versions of a changed item into its entry.
+fn kind(a: &Items, b: &Items, show: impl Fn(&str, &Value, &Value) -> Value) -> Value {
+    let added: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    let removed: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    let changed: Vec<Value> = a
+        .iter()
+        .filter_map(|(k, va)| match b.get(k) {
+            Some(vb) if vb != va => Some(show(k, va, vb)),
+            _ => None,
+        })
+        .collect();
+    json!({"added": added, "removed": removed, "changed": changed})
+}
+
+fn both(name: &str, from: &Value, to: &Value) -> Value {
+    json!({"name": name, "from": from, "to": to})
+}
+
+/// The difference from revision `a` to revision `b`.
+pub fn diff(a: &DesiredState, b: &DesiredState) -> Value {
+    // A device is only its id and its password hash: a changed device is
+    // one whose secret changed, and the hashes stay out of the answer.
+    let devices = |s: &DesiredState| -> Items {
+        s.devices
+            .iter()
+            .map(|d| (d.id.clone(), Value::String(d.password_hash.clone())))
+            .collect()
+    };
+    let functions = |s: &DesiredState| -> Items {
+        s.functions
+            .iter()
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    json!({"version": f.version, "sha256": f.sha256, "spec": f.spec}),
+                )
+            })
+            .collect()
+    };
+    let config = |s: &DesiredState| -> Items {
+        s.config
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    };
+    json!({
+        "from": a.version,
+        "to": b.version,
+        "devices": kind(&devices(a), &devices(b), |name, _, _| {
+            json!({"name": name, "change": "secret changed"})
+        }),
+        "rules": kind(&by_name(&a.rules, |r| &r.id), &by_name(&b.rules, |r| &r.id), both),
+        "functions": kind(&functions(a), &functions(b), both),
+        "components": kind(
+            &by_name(&a.components, |c| &c.name),
+            &by_name(&b.components, |c| &c.name),
+            both,
+        ),
+        "config": kind(&config(a), &config(b), both),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verge_protocol::DeviceEntry;
+
+    fn state(version: i64) -> DesiredState {
+        DesiredState {
+            node_id: "n".into(),
+            version,
+            devices: Vec::new(),
+            rules: Vec::new(),
+            functions: Vec::new(),
+            components: Vec::new(),
+            config: json!({}),
+        }
+    }
+
+    #[test]
+    fn devices_show_names_and_never_hashes() {
+        let mut a = state(1);
+        a.devices.push(DeviceEntry {
+            id: "d1".into(),
+            password_hash: "$argon2id$old".into(),
+        });
+        a.devices.push(DeviceEntry {
+            id: "d2".into(),
+            password_hash: "$argon2id$two".into(),
+        });
+        let mut b = state(2);
+        b.devices.push(DeviceEntry {
+            id: "d1".into(),
+            password_hash: "$argon2id$new".into(),
+        });
+        b.devices.push(DeviceEntry {
+            id: "d3".into(),
+            password_hash: "$argon2id$three".into(),
+        });
+        let d = diff(&a, &b);
+        assert_eq!(d["devices"]["added"], json!(["d3"]));
+        assert_eq!(d["devices"]["removed"], json!(["d2"]));
+        assert_eq!(
+            d["devices"]["changed"],
+            json!([{"name": "d1", "change": "secret changed"}])
+        );
+        assert!(!d.to_string().contains("argon2"), "{d}");
+    }
+
+    #[test]
+    fn config_keys_are_items() {
+        let mut a = state(1);
+        a.config = json!({"level": "info", "gone": 1});
+        let mut b = state(2);
+        b.config = json!({"level": "debug", "new": true});
+        let d = diff(&a, &b);
+        assert_eq!(d["config"]["added"], json!(["new"]));
+        assert_eq!(d["config"]["removed"], json!(["gone"]));
+        assert_eq!(
+            d["config"]["changed"],
+            json!([{"name": "level", "from": "info", "to": "debug"}])
+        );
+        assert_eq!(
+            d["rules"],
+            json!({"added": [], "removed": [], "changed": []})
+        );
+    }
+}
