@@ -100,11 +100,6 @@ impl Saved {
         }
     }
 
-    /// Whether nothing was saved.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.drivers.is_empty() && self.functions.is_empty()
-    }
-
     /// Start the saved drivers the config file does not name; the ones it
     /// names are dropped. `true` when something was dropped.
     pub async fn restore_drivers(&mut self, drivers: &Drivers, config: &ConfigNames) -> bool {
@@ -178,35 +173,26 @@ fn drop_shadowed<T>(kind: &str, saved: &mut BTreeMap<String, T>, config: &HashSe
 /// The list in `path`; empty when the file is missing, and when it cannot
 /// be read or parsed (then reported and moved aside).
 fn read_list<T: DeserializeOwned>(path: &Path) -> Vec<T> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let why = match std::fs::read(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
-        Err(e) => {
-            tracing::error!(
-                "{}: cannot be read, the items saved through the API in it are not restored: {e}",
-                path.display()
-            );
-            return Vec::new();
-        }
+        Err(e) => format!("cannot be read: {e}"),
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(list) => return list,
+            Err(e) => format!("not a valid list ({e})"),
+        },
     };
-    match serde_json::from_slice(&bytes) {
-        Ok(list) => list,
-        Err(e) => {
-            let mut aside = path.as_os_str().to_owned();
-            aside.push(".corrupt");
-            let aside = PathBuf::from(aside);
-            let moved = match std::fs::rename(path, &aside) {
-                Ok(()) => format!("moved to {}", aside.display()),
-                Err(m) => format!("could not be moved aside: {m}"),
-            };
-            tracing::error!(
-                "{}: not a valid list ({e}); the items saved through the API in it are not \
-                 restored, the file was {moved}",
-                path.display()
-            );
-            Vec::new()
-        }
-    }
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".corrupt");
+    let aside = PathBuf::from(aside);
+    let moved = match std::fs::rename(path, &aside) {
+        Ok(()) => format!("the file was moved to {}", aside.display()),
+        Err(e) => format!("the file could not be moved aside: {e}"),
+    };
+    tracing::error!(
+        "{}: {why}; the items saved through the API in it are not restored, {moved}",
+        path.display()
+    );
+    Vec::new()
 }
 
 /// The node's account of its own items: what its API changed (kept in
@@ -493,5 +479,44 @@ fn not_saved(kind: &str, name: &str, error: &str) -> AppError {
 impl LocalItems for LocalStore {
     fn items(&self) -> LocalFuture<'_> {
         Box::pin(self.list())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_missing_file_holds_nothing_and_a_bad_one_is_moved_aside() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join(RULES);
+        assert!(read_list::<RuleConfig>(&path).is_empty());
+        assert!(!path.exists(), "nothing written");
+        // JSON, but not a list of rules.
+        std::fs::write(&path, br#"{"id": "x"}"#).expect("write");
+        assert!(read_list::<RuleConfig>(&path).is_empty());
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read(dir.path().join("rules.json.corrupt")).expect("aside"),
+            br#"{"id": "x"}"#
+        );
+        // Unreadable as a file (a directory in its place).
+        let names = dir.path().join(FUNCTIONS);
+        std::fs::create_dir(&names).expect("dir");
+        assert!(read_list::<String>(&names).is_empty());
+        assert!(dir.path().join("functions.json.corrupt").is_dir());
+        // A good list.
+        std::fs::write(&names, br#"["a", "b"]"#).expect("write");
+        assert_eq!(read_list::<String>(&names), ["a", "b"]);
+    }
+
+    #[test]
+    fn the_source_is_the_config_files_first() {
+        assert_eq!(source(true, true), Some("config"));
+        assert_eq!(source(true, false), Some("config"));
+        assert_eq!(source(false, true), Some("api"));
+        assert_eq!(source(false, false), None, "the cloud's, or unknown");
     }
 }
