@@ -12,8 +12,7 @@ use serde_json::{Map, Value};
 use crate::apply::Results;
 use crate::parts::NodeParts;
 
-/// The keys the node changes at run time.
-pub const RUNTIME_KEYS: [&str; 2] = ["log.level", "store.retention"];
+use verge_protocol::RUNTIME_SETTINGS as RUNTIME_KEYS;
 
 /// `section.key` → value, for every leaf two levels deep; anything else
 /// (a top-level scalar, deeper nesting) is named as it is.

@@ -181,13 +181,13 @@ async fn node_join_and_desired_state(h: Harness) {
         .call(
             Method::PATCH,
             "/api/nodes/edge-1",
-            Some(json!({"config": {"k": 1}})),
+            Some(json!({"config": {"log": {"level": "debug"}}})),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
     let (_, d) = desired_as(&h, "edge-1", &secret, v4, 0).await;
     assert!(d["version"].as_i64().unwrap_or_default() > v4);
-    assert_eq!(d["config"]["k"], 1);
+    assert_eq!(d["config"]["log"]["level"], "debug");
 
     // Node status from heartbeats; node delete refused while bound.
     let (s, _) = h
@@ -236,14 +236,41 @@ async fn long_poll(h: Harness) {
         .call(
             Method::PATCH,
             &format!("/api/nodes/{node}"),
-            Some(json!({"config": {"x": true}})),
+            Some(json!({"config": {"store": {"retention": "3d"}}})),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
     let ((s, d), answered) = poll.await.expect("poll task");
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(d["config"]["x"], true);
+    assert_eq!(d["config"]["store"]["retention"], "3d");
     assert!(answered.duration_since(changed) < Duration::from_secs(3));
+    // A setting the node cannot change while it runs, or a bad value, is
+    // refused naming the key, and changes nothing.
+    for (bad, named) in [
+        (
+            json!({"broker": {"max_connections": 5}}),
+            "config.broker.max_connections",
+        ),
+        (
+            json!({"store": {"retention": "soon"}}),
+            "config.store.retention",
+        ),
+        (json!({"log": "debug"}), "config.log"),
+    ] {
+        let (s, v) = h
+            .call(
+                Method::PATCH,
+                &format!("/api/nodes/{node}"),
+                Some(json!({"config": bad})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v.to_string().contains(named), "{v}");
+    }
+    let (_, d) = h
+        .call(Method::GET, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(d["config"], json!({"store": {"retention": "3d"}}), "{d}");
 }
 
 async fn device_secret_is_shown_once_and_stored_hashed(h: Harness) {

@@ -118,7 +118,7 @@ async fn every_change_makes_a_revision_with_author_and_summary(h: Harness) {
         (
             Method::PATCH,
             "/api/nodes/edge",
-            json!({"config": {"level": "debug"}}),
+            json!({"config": {"log": {"level": "debug"}}}),
         ),
         (
             Method::POST,
@@ -145,7 +145,7 @@ async fn every_change_makes_a_revision_with_author_and_summary(h: Harness) {
         assert!(s.is_success(), "{method} {path}: {s} {v}");
     }
     // A change that changes nothing makes no revision.
-    patch_config(&h, "edge", json!({"level": "debug"})).await;
+    patch_config(&h, "edge", json!({"log": {"level": "debug"}})).await;
     let list = revisions(&h, "edge").await;
     let got: Vec<(i64, &str, &str)> = list
         .iter()
@@ -183,7 +183,7 @@ async fn every_change_makes_a_revision_with_author_and_summary(h: Harness) {
     assert_eq!(r4["attempt"], Value::Null);
     let (_, r6) = revision(&h, "edge", 6).await;
     assert_eq!(r6["state"]["components"][0]["version"], "2.0.0");
-    assert_eq!(r6["state"]["config"]["level"], "debug");
+    assert_eq!(r6["state"]["config"]["log"]["level"], "debug");
     patch_config(&h, "edge", json!({})).await;
     assert_eq!(revisions(&h, "edge").await[0]["author"], "admin");
     // Limit.
@@ -197,10 +197,15 @@ async fn every_change_makes_a_revision_with_author_and_summary(h: Harness) {
 
 async fn history_is_bounded_but_keeps_the_desired_and_applied_revisions(h: Harness) {
     let (node, secret) = h.joined_node("edge-b").await;
-    patch_config(&h, &node, json!({"n": 0})).await;
+    patch_config(&h, &node, json!({"store": {"retention": "1000m"}})).await;
     status(&h, &node, &secret, json!({"applied_version": 2})).await;
     for i in 1..=105 {
-        patch_config(&h, &node, json!({"n": i})).await;
+        patch_config(
+            &h,
+            &node,
+            json!({"store": {"retention": format!("{}m", 1000 + i)}}),
+        )
+        .await;
     }
     // Revisions 1..=107 were made; the newest 100 are 8..=107, plus 2.
     let list = revisions(&h, &node).await;
@@ -210,7 +215,7 @@ async fn history_is_bounded_but_keeps_the_desired_and_applied_revisions(h: Harne
     assert_eq!(list[100]["revision"], 2);
     let (s, r2) = revision(&h, &node, 2).await;
     assert_eq!(s, StatusCode::OK, "{r2}");
-    assert_eq!(r2["state"]["config"]["n"], 0);
+    assert_eq!(r2["state"]["config"]["store"]["retention"], "1000m");
     assert_eq!(r2["result"], "applied");
     let (s, v) = revision(&h, &node, 7).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
@@ -250,7 +255,7 @@ async fn diff_names_items_per_kind_and_never_shows_hashes(h: Harness) {
     }
     rule(&h, &node, "hot", "SELECT * FROM \"t\"").await;
     rule(&h, &node, "old", "SELECT * FROM \"o\"").await;
-    patch_config(&h, &node, json!({"level": "info"})).await;
+    patch_config(&h, &node, json!({"log": {"level": "info"}})).await;
     let a = revisions(&h, &node).await[0]["revision"]
         .as_i64()
         .expect("n");
@@ -272,7 +277,12 @@ async fn diff_names_items_per_kind_and_never_shows_hashes(h: Harness) {
         .await;
     assert_eq!(s, StatusCode::OK);
     h.call(Method::DELETE, "/api/rules/old", None).await;
-    patch_config(&h, &node, json!({"level": "debug", "lanes": 2})).await;
+    patch_config(
+        &h,
+        &node,
+        json!({"log": {"level": "debug"}, "store": {"retention": "3d"}}),
+    )
+    .await;
     let b = revisions(&h, &node).await[0]["revision"]
         .as_i64()
         .expect("n");
@@ -301,10 +311,10 @@ async fn diff_names_items_per_kind_and_never_shows_hashes(h: Harness) {
         "SELECT * FROM \"t\""
     );
     assert_eq!(d["rules"]["changed"][0]["to"]["sql"], "SELECT a FROM \"t\"");
-    assert_eq!(d["config"]["added"], json!(["lanes"]));
+    assert_eq!(d["config"]["added"], json!(["store.retention"]));
     assert_eq!(
         d["config"]["changed"],
-        json!([{"name": "level", "from": "info", "to": "debug"}])
+        json!([{"name": "log.level", "from": "info", "to": "debug"}])
     );
     assert_eq!(
         d["functions"],
@@ -425,7 +435,7 @@ async fn rollback_pins_an_older_revision(h: Harness) {
     // The rule stays in the tables: the next change builds from them.
     let (s, _) = h.call(Method::GET, "/api/rules/b", None).await;
     assert_eq!(s, StatusCode::OK);
-    patch_config(&h, &node, json!({"x": 1})).await;
+    patch_config(&h, &node, json!({"log": {"level": "warn"}})).await;
     let (_, r5) = revision(&h, &node, 5).await;
     assert_eq!(r5["state"]["rules"].as_array().map(Vec::len), Some(2));
     // Unknown revision, unknown node.

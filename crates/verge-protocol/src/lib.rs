@@ -29,6 +29,7 @@
 mod component;
 mod desired;
 pub mod paths;
+mod settings;
 mod status;
 pub mod topics;
 mod verge_id;
@@ -40,6 +41,7 @@ pub use component::{
 pub use desired::{
     ActionSpec, DesiredState, DeviceEntry, FunctionArtifact, FunctionSpec, RuleSpec,
 };
+pub use settings::{RUNTIME_SETTINGS, check_node_config, check_setting};
 pub use status::{ApplyAttempt, AttemptState, ItemOutcome, ItemResult, LocalItem, StatusReport};
 pub use verge_id::{ParseVergeIdError, VergeId};
 

@@ -181,6 +181,9 @@ pub async fn patch(
     }
     if let Some(c) = &body.config {
         check_json_size("config", c, MAX_NODE_CONFIG)?;
+        // Only settings the node changes while it runs: anything else
+        // would fail every revision on the node.
+        verge_protocol::check_node_config(c).map_err(AppError::invalid)?;
     }
     let mut tx = cloud.inner().pool.begin().await?;
     let (config,): (String,) = one_or_404(

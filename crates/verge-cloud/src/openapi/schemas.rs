@@ -133,7 +133,7 @@ pub fn schemas() -> Map<String, Value> {
                 &[],
                 true,
                 json!({"description": string(),
-                       "config": {"type": "object", "description": "a changed config bumps the desired version"}}),
+                       "config": {"type": "object", "description": "the node settings changed at run time, one object per section of the node config: {\"log\": {\"level\": \"debug\"}, \"store\": {\"retention\": \"3d\"}}; any other key is a 400. A changed config makes a new revision"}}),
             ),
         ),
         (

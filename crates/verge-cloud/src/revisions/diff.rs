@@ -64,11 +64,22 @@ pub fn diff(a: &DesiredState, b: &DesiredState) -> Value {
             })
             .collect()
     };
+    // One item per setting, `section.key`, as the node reports them.
     let config = |s: &DesiredState| -> Items {
-        s.config
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
+        let mut items = Items::new();
+        for (section, v) in s.config.as_object().into_iter().flatten() {
+            match v.as_object() {
+                Some(keys) => {
+                    for (key, v) in keys {
+                        items.insert(format!("{section}.{key}"), v.clone());
+                    }
+                }
+                None => {
+                    items.insert(section.clone(), v.clone());
+                }
+            }
+        }
+        items
     };
     json!({
         "from": a.version,
@@ -137,15 +148,15 @@ mod tests {
     #[test]
     fn config_keys_are_items() {
         let mut a = state(1);
-        a.config = json!({"level": "info", "gone": 1});
+        a.config = json!({"log": {"level": "info"}, "store": {"gone": 1}});
         let mut b = state(2);
-        b.config = json!({"level": "debug", "new": true});
+        b.config = json!({"log": {"level": "debug"}, "store": {"retention": "3d"}});
         let d = diff(&a, &b);
-        assert_eq!(d["config"]["added"], json!(["new"]));
-        assert_eq!(d["config"]["removed"], json!(["gone"]));
+        assert_eq!(d["config"]["added"], json!(["store.retention"]));
+        assert_eq!(d["config"]["removed"], json!(["store.gone"]));
         assert_eq!(
             d["config"]["changed"],
-            json!([{"name": "level", "from": "info", "to": "debug"}])
+            json!([{"name": "log.level", "from": "info", "to": "debug"}])
         );
         assert_eq!(
             d["rules"],
