@@ -38,7 +38,7 @@ pub use store::write_atomic;
 
 pub use agent::{Agent, AgentStatus, StatusHandle};
 pub use join::{Credentials, join, load_credentials, save_credentials};
-pub use parts::{ApplyFuture, ComponentHost, NodeParts};
+pub use parts::{ApplyFuture, ComponentHost, LocalFuture, LocalItems, NodeParts};
 
 /// Why a join, a credentials file or the agent's start failed.
 #[derive(Debug, thiserror::Error)]

@@ -8,11 +8,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use verge_protocol::ComponentSpec;
+use verge_protocol::{ComponentSpec, LocalItem};
 
 /// What [`ComponentHost::apply`] returns: one line per component that
 /// could not be applied.
 pub type ApplyFuture<'a> = Pin<Box<dyn Future<Output = Vec<String>> + Send + 'a>>;
+
+/// What [`LocalItems::items`] returns.
+pub type LocalFuture<'a> = Pin<Box<dyn Future<Output = Vec<LocalItem>> + Send + 'a>>;
+
+/// The node's own items as the agent reports them in the heartbeat's
+/// `local`: what the node runs from its config file (source `config`) or
+/// was given through its own HTTP API (source `api`). The node keeps that
+/// account (it alone knows where an item came from), so the agent sees it
+/// through this trait.
+pub trait LocalItems: Send + Sync {
+    /// Every rule, function, driver and component the node runs of its
+    /// own. Never an item the cloud manages now: the node asks the
+    /// agent's [`StatusHandle::manages`](crate::StatusHandle::manages).
+    fn items(&self) -> LocalFuture<'_>;
+}
 
 /// The node's component supervisor as the agent drives it. The supervisor
 /// lives in the node (which depends on this crate), so the agent sees it
@@ -68,6 +83,9 @@ pub struct NodeParts {
     pub store: Option<Arc<verge_tsdb::Tsdb>>,
     /// The component supervisor, if the node runs one.
     pub components: Option<Arc<dyn ComponentHost>>,
+    /// The node's own items (config file, local API), for the heartbeat's
+    /// `local`; none: the heartbeat lists none.
+    pub local: Option<Arc<dyn LocalItems>>,
     /// The node's data dir, for disk usage and component artifacts.
     pub data_dir: PathBuf,
     /// When the node process started.

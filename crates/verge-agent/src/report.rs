@@ -1,14 +1,43 @@
 //! The heartbeat's [`StatusReport`]: what the node runs and how it is
 //! doing (process CPU and memory from `/proc`, disk of the data dir,
-//! broker counters, bridge link and backlog, rules and functions).
+//! broker counters, bridge link and backlog, rules and functions), and the
+//! node's own items (`local`, from [`NodeParts::local`]).
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use verge_protocol::StatusReport;
+use verge_protocol::{LocalItem, StatusReport};
 
+use crate::StatusHandle;
 use crate::parts::NodeParts;
+
+impl StatusHandle {
+    /// Whether the cloud's revision that runs manages the item `name` of
+    /// `kind` (`rule`, `function`, `driver`, `component`), so that the
+    /// node does not count it among its own. Drivers are not deployed by
+    /// the cloud; cloud components are told apart by the node's
+    /// supervisor itself (a clash keeps the config file's).
+    pub fn manages(&self, kind: &str, name: &str) -> bool {
+        match kind {
+            "rule" => self.manages_rule(name),
+            "function" => self.manages_function(name),
+            _ => false,
+        }
+    }
+}
+
+/// The node's own items, in a stable order (kind, then name), at most one
+/// per kind and name.
+async fn local_items(parts: &NodeParts) -> Vec<LocalItem> {
+    let Some(local) = &parts.local else {
+        return Vec::new();
+    };
+    let mut items = local.items().await;
+    items.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+    items.dedup_by(|a, b| a.kind == b.kind && a.name == b.name);
+    items
+}
 
 /// Clock ticks per second of `/proc/self/stat` CPU times. `sysconf(_SC_CLK_TCK)`
 /// would need libc (unsafe is forbidden in the workspace); it is 100 on
@@ -98,7 +127,7 @@ impl Reporter {
             applied_version,
             apply_errors,
             attempt: None,
-            local: Vec::new(),
+            local: local_items(parts).await,
             drift: Vec::new(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: parts.started.elapsed().as_secs(),

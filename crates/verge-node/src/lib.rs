@@ -3,8 +3,9 @@
 //! [`Listeners`], in the style of a server's `run(listener, shutdown)`),
 //! the adapters through which rule actions reach the node's services
 //! ([`services`]), the supervisor of user components ([`components`]),
-//! the link to a cloud center ([`cloud`]) and the node's
-//! local HTTP API ([`http`]).
+//! the link to a cloud center ([`cloud`]), the node's
+//! local HTTP API ([`http`]) and what that API changes, kept across
+//! restarts and reported to the cloud as the node's own items ([`local`]).
 //!
 //! The parts themselves live in their own crates — the broker
 //! (`verge-broker`), rules (`verge-rules`), functions (`verge-functions`),
@@ -31,6 +32,7 @@ pub mod components;
 pub mod config;
 pub mod http;
 mod listeners;
+pub mod local;
 mod node;
 pub mod services;
 

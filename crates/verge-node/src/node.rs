@@ -23,6 +23,7 @@ use crate::components::bus::{Bus, NodeIdent};
 use crate::components::{Components, ComponentsOptions};
 use crate::http::ApiState;
 use crate::http::auth::ApiTokens;
+use crate::local::{ConfigNames, LocalParts, LocalStore, Saved};
 use crate::services::{FunctionsInvoker, QueueUpstream, Triggers, TsdbStore};
 use crate::{Listeners, NodeConfig};
 
@@ -84,6 +85,7 @@ struct Parts {
     engine: Option<Arc<Engine>>,
     bridge: Option<Bridge>,
     components: Option<Components>,
+    local: Option<Arc<LocalStore>>,
     agent: Option<Agent>,
 }
 
@@ -94,6 +96,10 @@ impl Parts {
     /// forwards hold), the cache queue (cursors), the store (last points),
     /// the broker last.
     async fn stop(self) {
+        if let Some(l) = &self.local {
+            // The agent holds the store: let go of the agent's handle.
+            l.set_cloud(None);
+        }
         if let Some(a) = self.agent {
             a.shutdown().await;
         }
@@ -218,6 +224,11 @@ impl Node {
                     .map_err(|e| part(format!("drivers[{i}] (`{}`)", d.name), e))?;
             }
         }
+        // What the API changed before the last stop, after the config
+        // file's items (which win a clash).
+        let names = ConfigNames::of(cfg);
+        let mut saved = Saved::load(&cfg.node.data_dir.join(crate::local::DIR));
+        let mut dropped = saved.restore_drivers(&drivers, &names).await;
         let mut services = Services::new(handle.clone());
         services.functions =
             Some(Arc::new(FunctionsInvoker::new(functions.clone())) as Arc<dyn FunctionInvoker>);
@@ -237,6 +248,8 @@ impl Node {
                 .await
                 .map_err(|e| part(format!("rules[{i}] (`{}`)", rule.id), e))?;
         }
+        dropped |= saved.restore_rules(&engine, &names).await;
+        dropped |= saved.check_functions(&functions, &names);
         if let (Some(plan), Some(q)) = (bridge_plan, &parts.queue) {
             let bridge = Bridge::start(plan, q.clone(), handle.clone())
                 .await
@@ -267,6 +280,22 @@ impl Node {
             Components::start_with(&cfg.components, &cfg.node.data_dir, &options, Some(bus))
                 .map_err(|e| part("components", e))?;
         parts.components = Some(components.clone());
+        let local = Arc::new(LocalStore::new(
+            &cfg.node.data_dir,
+            names,
+            saved,
+            LocalParts {
+                rules: engine.clone(),
+                drivers,
+                functions: functions.clone(),
+                components: Some(components.clone()),
+            },
+            cloud.is_some(),
+        ));
+        if dropped && let Err(e) = local.save_all().await {
+            tracing::error!("local items not saved: {e}");
+        }
+        parts.local = Some(local.clone());
         if let Some(link) = cloud {
             let node_parts = verge_agent::NodeParts {
                 base_registry: auth.registry(),
@@ -277,11 +306,15 @@ impl Node {
                 bridge: parts.bridge.as_ref().map(Bridge::handle),
                 components: Some(Arc::new(components)),
                 store: parts.store.clone(),
+                local: Some(local.clone() as Arc<dyn verge_agent::LocalItems>),
                 data_dir: cfg.node.data_dir.clone(),
                 started: Instant::now(),
             };
             match Agent::start(link.creds, link.dir, node_parts).await {
-                Ok(a) => parts.agent = Some(a),
+                Ok(a) => {
+                    local.set_cloud(Some(a.status_handle()));
+                    parts.agent = Some(a);
+                }
                 // The node runs on without its cloud; the agent's status
                 // in the API says why.
                 Err(e) => tracing::error!("the cloud agent did not start: {e}"),
@@ -371,6 +404,7 @@ impl Node {
                 components: p.components.clone(),
                 coap: coap.first().map(|c| c.stats_handle()),
                 cloud: p.agent.as_ref().map(Agent::status_handle),
+                local: p.local.clone(),
             };
             tokio::spawn(async move {
                 let shutdown = async {
@@ -384,6 +418,9 @@ impl Node {
         info!(node = %self.cfg.node.name, rules = self.cfg.rules.len(), "node started");
         shutdown.await;
         info!("shutting down");
+        if let Some(l) = &self.parts.local {
+            l.set_cloud(None);
+        }
         if let Some(a) = self.parts.agent.take() {
             a.shutdown().await;
         }

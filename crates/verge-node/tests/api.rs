@@ -36,6 +36,7 @@ fn state(broker: &Broker, token: Option<&str>) -> ApiState {
         components: None,
         coap: None,
         cloud: None,
+        local: None,
     }
 }
 

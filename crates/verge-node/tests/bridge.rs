@@ -179,6 +179,7 @@ async fn bridge_status_and_metrics() {
         components: None,
         coap: None,
         cloud: None,
+        local: None,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let v = loop {

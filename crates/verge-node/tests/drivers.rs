@@ -41,6 +41,7 @@ fn state(broker: &Broker, drivers: Option<Arc<Drivers>>) -> ApiState {
         components: None,
         coap: None,
         cloud: None,
+        local: None,
     }
 }
 

@@ -68,6 +68,7 @@ fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> ApiState {
         components: None,
         coap: None,
         cloud: None,
+        local: None,
     }
 }
 

@@ -492,6 +492,7 @@ impl TestNode {
             bridge: None,
             components: None,
             store: None,
+            local: None,
             data_dir: self.dir.clone(),
             started: Instant::now(),
         }

@@ -1,5 +1,6 @@
 //! `/api/drivers`: the node's protocol drivers (create, list, get, replace,
-//! delete) with their status, and their Prometheus metrics.
+//! delete) with their status, and their Prometheus metrics. What the API
+//! changes is saved in the node's data dir ([`crate::local`]).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -114,7 +115,10 @@ async fn create(
     let d = drivers(&s)?;
     let Json(cfg) = body?;
     refuse_paths(&d, &cfg)?;
-    start(&d, cfg).await
+    let name = cfg.name.clone();
+    let out = start(&d, cfg).await?;
+    changed(&s, &name).await?;
+    Ok(out)
 }
 
 /// `PUT /api/drivers/{name}`: a whole driver; its `name` must match.
@@ -136,7 +140,10 @@ async fn replace(
         ));
     }
     refuse_paths(&d, &cfg)?;
-    start(&d, cfg).await
+    let name = cfg.name.clone();
+    let out = start(&d, cfg).await?;
+    changed(&s, &name).await?;
+    Ok(out)
 }
 
 async fn remove(
@@ -144,9 +151,19 @@ async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
     if drivers(&s)?.delete(&name).await {
+        changed(&s, &name).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found(&name))
+    }
+}
+
+/// Save the driver `name` as it now runs (or its absence) in the node's
+/// data dir, so the change survives a restart.
+async fn changed(s: &ApiState, name: &str) -> Result<(), AppError> {
+    match &s.local {
+        Some(l) => l.driver_changed(name).await,
+        None => Ok(()),
     }
 }
 

@@ -103,6 +103,15 @@ fn refuse_managed(s: &ApiState, name: &str) -> Result<(), AppError> {
     )
 }
 
+/// Record in the node's data dir that the function `name` was deployed
+/// (or deleted) through the API; the registry keeps the function itself.
+async fn changed(s: &ApiState, name: &str) -> Result<(), AppError> {
+    match &s.local {
+        Some(l) => l.function_changed(name).await,
+        None => Ok(()),
+    }
+}
+
 fn bad(message: impl Into<String>) -> AppError {
     AppError::new(StatusCode::BAD_REQUEST, "invalid_function", message)
 }
@@ -218,7 +227,9 @@ async fn deploy(
     }
     refuse_managed(s, &spec.name)?;
     let existed = f.exists(&spec.name);
+    let name = spec.name.clone();
     let info = f.deploy(spec, module).await?;
+    changed(s, &name).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -265,6 +276,7 @@ async fn remove(
     let f = functions(&s)?;
     refuse_managed(&s, &name)?;
     f.delete(&name).await?;
+    changed(&s, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

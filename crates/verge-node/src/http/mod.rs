@@ -11,6 +11,10 @@
 //! (`verge_net::http::guard`: Host, Origin, content type, security
 //! headers).
 //!
+//! Rules, drivers and functions created, changed or deleted through the
+//! API are saved under `<data_dir>/local` and restored at the next start
+//! ([`crate::local`]).
+//!
 //! Handlers only translate HTTP to calls on the node's parts; the parts
 //! themselves live in their own crates. This file holds the route table,
 //! status, metrics and the rules' handlers; each other
@@ -79,6 +83,9 @@ pub struct ApiState {
     /// The cloud agent's status (`/api/cloud`); none unless the node is
     /// managed by a cloud center.
     pub cloud: Option<verge_agent::StatusHandle>,
+    /// Where changes made through the API are saved (`<data_dir>/local`);
+    /// none: they last until the node stops.
+    pub local: Option<Arc<crate::local::LocalStore>>,
 }
 
 /// Serve the API on an already-bound listener until `shutdown` resolves.
@@ -262,6 +269,15 @@ fn refuse_managed_rule(s: &ApiState, id: &str) -> Result<(), AppError> {
     refuse_managed(s, "rule", id, verge_agent::StatusHandle::manages_rule)
 }
 
+/// Save the rule `id` as it now runs (or its absence) in the node's
+/// data dir, so the change survives a restart.
+async fn rule_changed(s: &ApiState, id: &str) -> Result<(), AppError> {
+    match &s.local {
+        Some(l) => l.rule_changed(id).await,
+        None => Ok(()),
+    }
+}
+
 /// 400 for a description too long or holding control characters.
 fn check_description(description: &str) -> Result<(), AppError> {
     verge_net::http::guard::check_text(
@@ -279,7 +295,9 @@ async fn create_rule(
     let Json(cfg) = body?;
     check_description(&cfg.description)?;
     refuse_managed_rule(&s, &cfg.id)?;
-    Ok((StatusCode::CREATED, Json(s.rules.create(cfg).await?)))
+    let info = s.rules.create(cfg).await?;
+    rule_changed(&s, &info.config.id).await?;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn get_rule(
@@ -310,7 +328,9 @@ async fn update_rule(
     check_description(&cfg.description)?;
     refuse_managed_rule(&s, &id)?;
     cfg.id = id.clone();
-    Ok(Json(s.rules.update(&id, cfg).await?))
+    let info = s.rules.update(&id, cfg).await?;
+    rule_changed(&s, &id).await?;
+    Ok(Json(info))
 }
 
 async fn delete_rule(
@@ -319,6 +339,7 @@ async fn delete_rule(
 ) -> Result<StatusCode, AppError> {
     refuse_managed_rule(&s, &id)?;
     s.rules.delete(&id).await?;
+    rule_changed(&s, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -327,7 +348,9 @@ async fn start_rule(
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
     refuse_managed_rule(&s, &id)?;
-    Ok(Json(s.rules.start(&id).await?))
+    let info = s.rules.start(&id).await?;
+    rule_changed(&s, &id).await?;
+    Ok(Json(info))
 }
 
 async fn stop_rule(
@@ -335,7 +358,9 @@ async fn stop_rule(
     Path(id): Path<String>,
 ) -> Result<Json<RuleInfo>, AppError> {
     refuse_managed_rule(&s, &id)?;
-    Ok(Json(s.rules.stop(&id).await?))
+    let info = s.rules.stop(&id).await?;
+    rule_changed(&s, &id).await?;
+    Ok(Json(info))
 }
 
 /// The body of `POST /api/rules/test`.

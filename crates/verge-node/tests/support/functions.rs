@@ -111,6 +111,7 @@ pub fn state(broker: &Broker, functions: Option<Functions>) -> ApiState {
         components: None,
         coap: None,
         cloud: None,
+        local: None,
     }
 }
 

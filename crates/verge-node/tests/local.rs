@@ -1,0 +1,710 @@
+//! Changes made through the node's own HTTP API survive a restart: whole
+//! nodes started from a config file, changed over HTTP, stopped and
+//! started again on the same data dir; the config file wins a clash; a
+//! corrupt file is moved aside and the node starts; concurrent updates
+//! leave the file as the node runs; a cloud-managed node
+//! reports its own items (and never the cloud's) in the heartbeat.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use verge_agent::Credentials;
+use verge_node::{CloudLink, Listeners, Node, NodeConfig};
+use verge_protocol::{DesiredState, StatusReport};
+
+/// Longest wait for anything that should happen.
+const WAIT: Duration = Duration::from_secs(15);
+const TOKEN: &str = "local-test-token";
+
+/// A node serving its listeners until stopped.
+struct Running {
+    /// `http://127.0.0.1:<port>` of its API.
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), verge_node::StartError>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the node stops")
+            .expect("task")
+            .expect("serve");
+    }
+
+    /// A request to the API; the answer's status and JSON body (`null`
+    /// when empty).
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, bytes) = verge_agent::http::request(
+            method,
+            &format!("{}{path}", self.url),
+            Some(TOKEN),
+            body.as_ref(),
+            WAIT,
+        )
+        .await
+        .expect("request");
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON")
+        };
+        (status, v)
+    }
+
+    /// The ids (names) of `GET path`'s list.
+    async fn names(&self, path: &str, key: &str) -> Vec<String> {
+        let (st, v) = self.call("GET", path, None).await;
+        assert_eq!(st, 200, "{v}");
+        let mut names: Vec<String> = v
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|i| i[key].as_str().expect("name").to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// A node's config over `data`, with `extra` appended.
+fn config(data: &Path, extra: &str) -> NodeConfig {
+    let toml = format!(
+        r#"
+[node]
+data_dir = {data:?}
+[broker.listeners.tcp]
+enabled = true
+bind = "127.0.0.1:0"
+[broker.listeners.ws]
+enabled = false
+bind = "127.0.0.1:0"
+path = "/mqtt"
+[http]
+enabled = true
+bind = "127.0.0.1:0"
+token = "{TOKEN}"
+[store]
+enabled = false
+{extra}
+"#,
+        data = data.to_str().expect("utf-8"),
+    );
+    let cfg: NodeConfig = toml::from_str(&toml).expect("config");
+    cfg.validate().expect("valid");
+    cfg
+}
+
+async fn start(cfg: NodeConfig, cloud: Option<CloudLink>) -> Running {
+    let listeners = Listeners::bind(&cfg).await.expect("bind");
+    let addr = listeners
+        .http
+        .as_ref()
+        .expect("http")
+        .local_addr()
+        .expect("addr");
+    let node = Node::start(cfg, cloud).await.expect("start");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(node.serve(listeners, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        url: format!("http://{addr}"),
+        stop,
+        task,
+    }
+}
+
+/// The config file's rule.
+const CONFIG_RULE: &str = r#"
+[[rules]]
+id = "from-config"
+sql = "SELECT * FROM \"devices/+/telemetry\""
+actions = [{ type = "republish", topic = "config/out" }]
+"#;
+
+fn rule(id: &str, topic: &str) -> Value {
+    json!({"id": id, "sql": "SELECT temperature FROM \"devices/+/telemetry\"",
+           "actions": [{"type": "republish", "topic": topic}]})
+}
+
+/// A port on loopback where nothing listens.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn driver(name: &str, port: u16) -> Value {
+    json!({"name": name, "protocol": "dlt645-tcp", "host": "127.0.0.1", "port": port,
+           "timeout": "100ms", "retry": {"initial": "50ms", "max": "100ms"},
+           "devices": [{"name": format!("{name}-dev"), "meter": "000000000001", "poll": "100ms",
+                        "points": [{"name": "voltage", "address": "02010100"},
+                                   {"name": "current", "address": "02020100"}]}]})
+}
+
+fn module_b64() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../verge-functions/tests/wat/echo.wat");
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).expect("module"))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn api_changes_survive_a_restart_and_deleted_ones_stay_deleted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let port = closed_port();
+    let node = start(config(&data, CONFIG_RULE), None).await;
+    assert_eq!(
+        node.call("POST", "/api/rules", Some(rule("own", "own/out")))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        node.call("POST", "/api/rules", Some(rule("paused", "paused/out")))
+            .await
+            .0,
+        201
+    );
+    let (st, v) = node.call("POST", "/api/rules/paused/stop", None).await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("stopped")));
+    // Updated after it was created: the new version is the one kept.
+    assert_eq!(
+        node.call("PUT", "/api/rules/own", Some(rule("own", "own/v2")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        node.call("POST", "/api/rules", Some(rule("gone", "gone/out")))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(node.call("DELETE", "/api/rules/gone", None).await.0, 204);
+    // The config file's rule deleted through the API: gone until restart.
+    assert_eq!(
+        node.call("DELETE", "/api/rules/from-config", None).await.0,
+        204
+    );
+    let (st, v) = node
+        .call("POST", "/api/drivers", Some(driver("meter", port)))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        node.call("POST", "/api/drivers", Some(driver("old-meter", port)))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        node.call("DELETE", "/api/drivers/old-meter", None).await.0,
+        204
+    );
+    let (st, v) = node
+        .call(
+            "POST",
+            "/api/functions",
+            Some(json!({"name": "echo", "module_base64": module_b64()})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, _) = node
+        .call(
+            "POST",
+            "/api/functions",
+            Some(json!({"name": "dropped", "module_base64": module_b64()})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    assert_eq!(
+        node.call("DELETE", "/api/functions/dropped", None).await.0,
+        204
+    );
+    assert_eq!(
+        node.names("/api/rules", "id").await,
+        ["own", "paused"],
+        "from-config deleted"
+    );
+    let (_, meter) = node.call("GET", "/api/drivers/meter", None).await;
+    node.stop().await;
+
+    // Kept private, in the data dir.
+    let local = data.join("local");
+    assert_eq!(mode(&local), 0o700);
+    for f in ["rules.json", "drivers.json", "functions.json"] {
+        assert_eq!(mode(&local.join(f)), 0o600, "{f}");
+    }
+
+    let node = start(config(&data, CONFIG_RULE), None).await;
+    assert_eq!(
+        node.names("/api/rules", "id").await,
+        ["from-config", "own", "paused"],
+        "the config's rule is back; the deleted API rule stays deleted"
+    );
+    let (_, own) = node.call("GET", "/api/rules/own", None).await;
+    assert_eq!(own["actions"][0]["topic"], "own/v2", "the updated version");
+    assert_eq!(own["status"], "running");
+    let (_, paused) = node.call("GET", "/api/rules/paused", None).await;
+    assert_eq!(paused["status"], "stopped", "stopped stays stopped");
+    assert_eq!(node.names("/api/drivers", "name").await, ["meter"]);
+    let (_, again) = node.call("GET", "/api/drivers/meter", None).await;
+    assert_eq!(again["config"], meter["config"], "the same point table");
+    assert_eq!(
+        again["config"]["devices"][0]["points"][1]["name"],
+        "current"
+    );
+    assert_eq!(node.names("/api/functions", "name").await, ["echo"]);
+    let (st, v) = node
+        .call(
+            "POST",
+            "/api/functions/echo/invoke",
+            Some(json!({"payload": "hi"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn the_config_file_wins_a_clash_at_start_and_drops_the_saved_copy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let node = start(config(&data, ""), None).await;
+    assert_eq!(
+        node.call("POST", "/api/rules", Some(rule("from-config", "api/out")))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        node.call("POST", "/api/rules", Some(rule("mine", "mine/out")))
+            .await
+            .0,
+        201
+    );
+    node.stop().await;
+    let saved = std::fs::read_to_string(data.join("local/rules.json")).expect("saved");
+    assert!(saved.contains("api/out"), "{saved}");
+
+    // The config file now declares a rule of the same id.
+    let node = start(config(&data, CONFIG_RULE), None).await;
+    let (_, r) = node.call("GET", "/api/rules/from-config", None).await;
+    assert_eq!(r["actions"][0]["topic"], "config/out", "the config's runs");
+    assert_eq!(
+        node.names("/api/rules", "id").await,
+        ["from-config", "mine"]
+    );
+    node.stop().await;
+    let saved = std::fs::read_to_string(data.join("local/rules.json")).expect("saved");
+    assert!(
+        !saved.contains("api/out") && saved.contains("mine/out"),
+        "{saved}"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_moved_aside_and_the_node_starts_with_the_rest() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let node = start(config(&data, ""), None).await;
+    assert_eq!(
+        node.call("POST", "/api/rules", Some(rule("kept", "kept/out")))
+            .await
+            .0,
+        201
+    );
+    let (st, v) = node
+        .call("POST", "/api/drivers", Some(driver("meter", closed_port())))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    node.stop().await;
+    let drivers = data.join("local/drivers.json");
+    std::fs::write(&drivers, b"[{\"name\": \"meter\", \"protocol\": tr").expect("corrupt");
+
+    let node = start(config(&data, CONFIG_RULE), None).await;
+    assert_eq!(
+        node.names("/api/rules", "id").await,
+        ["from-config", "kept"],
+        "the readable file's items run"
+    );
+    assert!(node.names("/api/drivers", "name").await.is_empty());
+    let aside = data.join("local/drivers.json.corrupt");
+    assert_eq!(
+        std::fs::read(&aside).expect("moved aside"),
+        b"[{\"name\": \"meter\", \"protocol\": tr"
+    );
+    assert!(!drivers.exists());
+    // A new change writes a fresh file.
+    assert_eq!(
+        node.call("POST", "/api/drivers", Some(driver("new", closed_port())))
+            .await
+            .0,
+        201
+    );
+    node.stop().await;
+    let node = start(config(&data, CONFIG_RULE), None).await;
+    assert_eq!(node.names("/api/drivers", "name").await, ["new"]);
+    node.stop().await;
+}
+
+// --- A cloud-managed node ---------------------------------------------
+
+const NODE_ID: &str = "edge-local";
+const SECRET: &str = "edge-local-secret";
+
+/// A cloud that serves one desired state (changed with `publish`) and
+/// keeps the heartbeats.
+struct Cloud {
+    url: String,
+    desired: watch::Sender<DesiredState>,
+    reports: Arc<Mutex<Vec<StatusReport>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct CloudState {
+    desired: watch::Sender<DesiredState>,
+    reports: Arc<Mutex<Vec<StatusReport>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Poll {
+    version: i64,
+}
+
+async fn serve_desired(State(s): State<CloudState>, Query(q): Query<Poll>) -> Response {
+    let mut rx = s.desired.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    loop {
+        {
+            let d = rx.borrow_and_update();
+            if d.version != q.version {
+                return Json(d.clone()).into_response();
+            }
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+    }
+}
+
+async fn status(State(s): State<CloudState>, Json(r): Json<StatusReport>) -> StatusCode {
+    s.reports.lock().unwrap().push(r);
+    StatusCode::NO_CONTENT
+}
+
+impl Cloud {
+    async fn start() -> Cloud {
+        let (desired, _) = watch::channel(DesiredState {
+            node_id: NODE_ID.into(),
+            version: 0,
+            devices: vec![],
+            rules: vec![],
+            functions: vec![],
+            components: vec![],
+            config: json!({}),
+        });
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route(verge_protocol::paths::DESIRED, get(serve_desired))
+            .route(verge_protocol::paths::STATUS, post(status))
+            .with_state(CloudState {
+                desired: desired.clone(),
+                reports: reports.clone(),
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+        Cloud {
+            url,
+            desired,
+            reports,
+            task,
+        }
+    }
+
+    /// The next revision: its rules are `rules`, and it has the function
+    /// `cloud-fn`.
+    fn publish(&self, rules: &[Value]) -> i64 {
+        let module = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../verge-functions/tests/wat/echo.wat"),
+        )
+        .expect("module");
+        let function = verge_protocol::FunctionArtifact {
+            name: "cloud-fn".into(),
+            version: 1,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&module)),
+            spec: serde_json::from_value(json!({"runtime": "wasm"})).expect("spec"),
+            module_base64: base64::engine::general_purpose::STANDARD.encode(&module),
+        };
+        let mut version = 0;
+        self.desired.send_modify(|d| {
+            d.functions = vec![function];
+            d.rules = rules
+                .iter()
+                .map(|r| serde_json::from_value(r.clone()).expect("rule spec"))
+                .collect();
+            d.version += 1;
+            version = d.version;
+        });
+        version
+    }
+
+    fn link(&self, data: &Path) -> CloudLink {
+        CloudLink {
+            creds: Credentials {
+                cloud_url: self.url.clone(),
+                node_id: NODE_ID.into(),
+                secret: SECRET.into(),
+                mqtt_url: format!("mqtt://127.0.0.1:{}", closed_port()),
+                ca_file: None,
+            },
+            dir: data.join("cloud"),
+        }
+    }
+
+    /// The node's own items, as `kind/name/source`, of the newest
+    /// heartbeat once it satisfies `check`.
+    async fn local_items(&self, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let newest = self.reports.lock().unwrap().last().cloned();
+            if let Some(r) = newest {
+                let mut items: Vec<String> = r
+                    .local
+                    .iter()
+                    .map(|i| format!("{}/{}/{}", i.kind, i.name, i.source))
+                    .collect();
+                items.sort();
+                if check(&items) {
+                    return items;
+                }
+            }
+            assert!(start.elapsed() < WAIT, "no such heartbeat");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn wait_for_rule(node: &Running, id: &str) {
+    let start = Instant::now();
+    while node.call("GET", &format!("/api/rules/{id}"), None).await.0 != 200 {
+        assert!(start.elapsed() < WAIT, "rule {id} never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_heartbeat_lists_the_nodes_own_items_and_never_the_clouds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let cloud = Cloud::start().await;
+    cloud.publish(&[rule("cloud-rule", "cloud/out")]);
+    let component = r#"
+[[components]]
+name = "sleeper"
+version = "1"
+command = "sleep"
+args = ["1000"]
+"#;
+    let cfg = config(&data, &format!("{CONFIG_RULE}{component}"));
+    let node = start(cfg, Some(cloud.link(&data))).await;
+    wait_for_rule(&node, "cloud-rule").await;
+    assert_eq!(
+        node.call("GET", "/api/functions/cloud-fn", None).await.0,
+        200
+    );
+    assert_eq!(
+        node.call("POST", "/api/rules", Some(rule("own", "own/out")))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        node.call("POST", "/api/rules", Some(rule("taken", "taken/out")))
+            .await
+            .0,
+        201
+    );
+    let (st, v) = node
+        .call("POST", "/api/drivers", Some(driver("meter", closed_port())))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = node
+        .call(
+            "POST",
+            "/api/functions",
+            Some(json!({"name": "echo", "module_base64": module_b64()})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let items = cloud.local_items(|i| i.len() == 6).await;
+    assert_eq!(
+        items,
+        [
+            "component/sleeper/config",
+            "driver/meter/api",
+            "function/echo/api",
+            "rule/from-config/config",
+            "rule/own/api",
+            "rule/taken/api"
+        ]
+    );
+    // The cloud takes over `taken` (and replaces the config file's rule):
+    // neither is the node's own any more.
+    cloud.publish(&[
+        rule("cloud-rule", "cloud/out"),
+        rule("taken", "cloud/taken"),
+        rule("from-config", "cloud/config"),
+    ]);
+    let items = cloud
+        .local_items(|i| !i.iter().any(|x| x.contains("taken")))
+        .await;
+    assert_eq!(
+        items,
+        [
+            "component/sleeper/config",
+            "driver/meter/api",
+            "function/echo/api",
+            "rule/own/api"
+        ]
+    );
+    let (st, v) = node.call("DELETE", "/api/rules/taken", None).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("managed_by_cloud"))
+    );
+    node.stop().await;
+    let saved = std::fs::read_to_string(data.join("local/rules.json")).expect("saved");
+    assert!(
+        saved.contains("own/out") && !saved.contains("taken"),
+        "the cloud's revision wins: {saved}"
+    );
+}
+
+// --- Concurrent changes ----------------------------------------------
+
+/// The API over a node's parts in `data`, saving into `<data>/local`.
+async fn api_over(data: &Path, broker: &verge_broker::Broker) -> verge_node::http::ApiState {
+    use verge_node::local::{ConfigNames, LocalParts, LocalStore, Saved};
+    let rules = Arc::new(verge_rules::Engine::new(
+        verge_rules::Services::new(broker.handle()),
+        verge_rules::RuleEngineConfig::default(),
+    ));
+    let drivers = Arc::new(verge_drivers::Drivers::new(broker.handle()));
+    let functions = verge_functions::Functions::open(verge_functions::FunctionsConfig {
+        dir: data.join("functions"),
+    })
+    .await
+    .expect("functions");
+    let local = LocalStore::new(
+        data,
+        ConfigNames::default(),
+        Saved::default(),
+        LocalParts {
+            rules: rules.clone(),
+            drivers: drivers.clone(),
+            functions: functions.clone(),
+            components: None,
+        },
+        false,
+    );
+    verge_node::http::ApiState {
+        name: Arc::from("concurrent"),
+        started: Instant::now(),
+        broker: broker.handle(),
+        rules,
+        auth: None,
+        guard: Default::default(),
+        store: None,
+        bridge: None,
+        functions: Some(functions),
+        drivers: Some(drivers),
+        components: None,
+        coap: None,
+        cloud: None,
+        local: Some(Arc::new(local)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_leave_the_file_as_the_rule_runs() {
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = verge_broker::BrokerConfig::default();
+    let auth = verge_broker::Broker::authenticator(&cfg).expect("auth");
+    let broker = verge_broker::Broker::start(cfg, auth);
+    let s = api_over(dir.path(), &broker).await;
+    let send = |method: &'static str, path: String, body: Value| {
+        let app = verge_node::http::router(s.clone());
+        async move {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .expect("request");
+            app.oneshot(req).await.expect("answer").status()
+        }
+    };
+    assert_eq!(
+        send("POST", "/api/rules".into(), rule("hot", "t/0")).await,
+        StatusCode::CREATED
+    );
+    for round in 0..5 {
+        let puts: Vec<_> = (0..16)
+            .map(|i| {
+                tokio::spawn(send(
+                    "PUT",
+                    "/api/rules/hot".into(),
+                    rule("hot", &format!("t/{round}/{i}")),
+                ))
+            })
+            .collect();
+        for p in puts {
+            assert_eq!(p.await.expect("task"), StatusCode::OK);
+        }
+        let runs = s.rules.get("hot").await.expect("rule").config;
+        let saved: Vec<verge_rules::RuleConfig> = serde_json::from_slice(
+            &std::fs::read(dir.path().join("local/rules.json")).expect("saved"),
+        )
+        .expect("a list of rules");
+        assert_eq!(saved, [runs], "round {round}");
+    }
+    broker.shutdown().await;
+}
