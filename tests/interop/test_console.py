@@ -253,6 +253,16 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     failed_item = page.locator('[data-testid="revision-item"][data-result="failed"]')
     expect(failed_item).to_contain_text("ticker")
     expect(failed_item).to_contain_text("version 2.0.0")
+    # 6c. Drift: a rule made through the node's own API shows as an item
+    #     of its own, with the node marked as differing from its revision.
+    node_token = wait_for("the node's API token", lambda: (
+        Path(workdir, "node", "api-token").read_text().strip()
+        if Path(workdir, "node", "api-token").exists() else None), node)
+    send(f"http://127.0.0.1:{ports['http']}", node_token, "POST", "/api/rules",
+         {"id": "local-only", "sql": 'SELECT * FROM "local/#"', "actions": []})
+    expect(page.get_by_test_id("node-drift-badge")).to_be_visible(timeout=SLOW)
+    expect(page.locator('[data-testid="node-local-item"][data-kind="rule"][data-name="local-only"]')) \
+        .to_contain_text("node's API", timeout=SLOW)
     ticker_row = page.locator('#node-components [data-name="ticker"]')
     expect(ticker_row.get_by_test_id("node-component-version")).to_contain_text("2.0.0")
     expect(ticker_row.get_by_test_id("node-component-running")).to_have_text("runs 1.0.0", timeout=SLOW)

@@ -82,6 +82,23 @@ function lineChart(id, title, series, fmt) {
   return fig;
 }
 
+/** How the node differs from its revision: items it runs on its own
+ * (`local`, from its API or config file) and cloud items it found changed
+ * and put back (`drift`), as its last report says. */
+function driftView(r) {
+  const local = Array.isArray(r.local) ? r.local : [];
+  const restored = Array.isArray(r.drift) ? r.drift : [];
+  if (!local.length && !restored.length) {
+    return h("p", { class: "muted", testid: "node-drift" }, "Runs exactly its revision (no items of its own).");
+  }
+  return h("div", { testid: "node-drift" },
+    h("span", { class: "badge state-drift", testid: "node-drift-badge" }, "differs from its revision"),
+    local.length ? h("ul", { class: "plain", testid: "node-local-items" }, local.map((i) =>
+      h("li", { testid: "node-local-item", "data-kind": i.kind, "data-name": i.name },
+        `${i.kind} ${i.name} `, h("span", { class: "muted" }, i.source === "api" ? "(made through the node's API)" : "(the node's config file)")))) : null,
+    restored.length ? h("ul", { class: "errors", testid: "node-drift-restored" }, restored.map((x) => h("li", {}, x))) : null);
+}
+
 function nodeDetailPage(id) {
   const gen = routeGen;
   const title = h("h1", {}, id);
@@ -152,7 +169,8 @@ function nodeDetailPage(id) {
     replace(deploy, d
       ? [h("span", { class: `badge state-${d.state}`, testid: "deployment-state" }, d.state), ` desired ${d.desired_version}, applied ${d.applied_version}`,
         (d.errors || []).length ? h("ul", { class: "errors" }, d.errors.map((e) => h("li", {}, e))) : null]
-      : "no deployment yet");
+      : "no deployment yet",
+      driftView(r));
     replace(devBody, devices.length ? devices.map((x) => h("tr", {},
       h("td", {}, x.id), h("td", {}, h("pre", { class: "inline-json" }, x.last_telemetry === null ? "–" : json(x.last_telemetry))),
       h("td", {}, ago(x.last_telemetry_ms)))) : emptyRow(3, "No devices bound to this node."));
