@@ -90,7 +90,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Wakes the rollout driver (a node reported its status).
     pub(crate) rollouts_wake: tokio::sync::Notify,
-    /// Background tasks (ingest, registry refresh, pruning).
+    /// Background tasks (ingest, registry refresh, pruning, the rollout
+    /// driver).
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
