@@ -267,9 +267,7 @@ fn failure_rate(failed: usize, nodes: usize) -> f64 {
     if nodes == 0 {
         return 0.0;
     }
-    // Stages hold at most a few thousand nodes: exact as f64.
-    f64::from(u32::try_from(failed).unwrap_or(u32::MAX))
-        / f64::from(u32::try_from(nodes).unwrap_or(u32::MAX))
+    failed as f64 / nodes as f64
 }
 
 /// Assign the rollout's version to `node` (a revision when that changes

@@ -23,6 +23,8 @@ both!(
     a_node_without_a_result_in_time_fails_its_stage,
     bad_rollout_inputs_are_clear_errors,
     the_driver_goes_on_after_a_restart,
+    a_one_stage_rollout_counts_nodes_that_run_the_version_already,
+    a_node_deleted_before_its_stage_fails_and_a_rate_at_the_maximum_goes_on,
 );
 
 /// A joined node with `labels`; (id, secret).
@@ -576,4 +578,73 @@ async fn the_driver_goes_on_after_a_restart(h: Harness) {
     .await;
     assert_eq!(r["stage"], 2);
     assert_eq!(assigned(&h, "a3").await.as_deref(), Some("2.0.0"));
+}
+
+async fn a_one_stage_rollout_counts_nodes_that_run_the_version_already(h: Harness) {
+    let nodes = fleet(&h).await;
+    component(&h, "2.0.0").await;
+    // a1 runs 2.0.0 already (revision 2, applied).
+    let (s, v) = h
+        .call(
+            Method::PUT,
+            "/api/nodes/a1/components/app",
+            Some(json!({"version": "2.0.0"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    applied(&h, &nodes[0].0, &nodes[0].1, 2).await;
+    // Every node of site a in one stage.
+    let r = start(
+        &h,
+        json!({"component": "app", "version": "2.0.0", "selector": {"site": "a"},
+               "canary_percent": 100}),
+    )
+    .await;
+    let id = r["id"].as_i64().expect("id");
+    assert_eq!(r["stages"].as_array().expect("stages").len(), 1);
+    let first = stage_nodes(&r, 1);
+    assert_eq!(
+        first,
+        [
+            ("a1".to_owned(), Some(2), "applied".to_owned()),
+            ("a2".to_owned(), Some(2), "pending".to_owned()),
+            ("a3".to_owned(), Some(2), "pending".to_owned()),
+        ]
+    );
+    // a1 got no new revision.
+    let (_, n) = h.call(Method::GET, "/api/nodes/a1", None).await;
+    assert_eq!(n["desired_version"], 2);
+    // Nodes that report no attempt count once their applied version
+    // reaches the revision.
+    for (node, secret) in &nodes[1..3] {
+        report(&h, node, secret, json!({"applied_version": 2})).await;
+    }
+    let r = wait_for(&h, id, "completed", |r| r["state"] == "completed").await;
+    assert_eq!(r["stages"][0]["state"], "succeeded");
+    assert_eq!(assigned(&h, "b1").await, None);
+}
+
+async fn a_node_deleted_before_its_stage_fails_and_a_rate_at_the_maximum_goes_on(h: Harness) {
+    let nodes = fleet(&h).await;
+    component(&h, "2.0.0").await;
+    let r = start(
+        &h,
+        json!({"component": "app", "version": "2.0.0", "selector": {"site": "a"},
+               "canary": 1, "max_failure_rate": 0.5}),
+    )
+    .await;
+    let id = r["id"].as_i64().expect("id");
+    let (s, v) = h.call(Method::DELETE, "/api/nodes/a2", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    applied(&h, &nodes[0].0, &nodes[0].1, 2).await;
+    let r = wait_for(&h, id, "stage 2 started", |r| r["stage"] == 2).await;
+    let a2 = &r["stages"][1]["nodes"][0];
+    assert_eq!(a2["node_id"], "a2");
+    assert_eq!(a2["result"], "failed", "{r:#}");
+    assert_eq!(a2["error"], "no node `a2`");
+    assert_eq!(assigned(&h, "a3").await.as_deref(), Some("2.0.0"));
+    // One of two failed: 0.5 is not above the maximum 0.5.
+    applied(&h, &nodes[2].0, &nodes[2].1, 2).await;
+    let r = wait_for(&h, id, "completed", |r| r["state"] == "completed").await;
+    assert_eq!(r["stages"][1]["state"], "succeeded");
 }

@@ -63,14 +63,9 @@ fn canary_count(body: &CreateRollout, matched: usize) -> Result<usize, AppError>
                     "`canary_percent` must be above 0 and at most 100",
                 ));
             }
-            // ceil(p% of matched), at least one node.
-            let m = u32::try_from(matched).unwrap_or(u32::MAX);
-            let share = (p * f64::from(m) / 100.0).ceil();
-            let mut n = 1;
-            while n < matched && f64::from(u32::try_from(n).unwrap_or(u32::MAX)) < share {
-                n += 1;
-            }
-            n
+            // p % of the matched nodes rounded up (at least one: clamped
+            // below); p ≤ 100, so never more than `matched`.
+            (p * matched as f64 / 100.0).ceil() as usize
         }
         (None, None) => 1,
     };
