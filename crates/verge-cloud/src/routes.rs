@@ -178,7 +178,7 @@ pub fn routes() -> Vec<Route> {
         op(
             "PATCH",
             "/api/nodes/{id}",
-            "change a node's description or config",
+            "change a node's description, config or labels",
         )
         .body("NodePatch")
         .ok(200, "Node")
