@@ -10,6 +10,7 @@ const routes = [
   [/^#\/rules$/, rulesPage],
   [/^#\/functions$/, functionsPage],
   [/^#\/components$/, componentsPage],
+  [/^#\/rollouts$/, rolloutsPage],
   [/^#\/messages$/, messagesPage],
   [/^#\/tokens$/, tokensPage],
 ];

@@ -1,5 +1,5 @@
 // The nodes page (list and create) and a node's detail page (status,
-// metrics charts, deployment, revisions (revisions.js), what runs on it
+// metrics charts, labels (rollouts.js), deployment, revisions (revisions.js), what runs on it
 // (rules, functions, components), live messages).
 "use strict";
 
@@ -26,7 +26,7 @@ function nodesPage() {
       await refresh();
     });
   });
-  const [t, body] = table("nodes-table", ["Name", "Status", "Last seen", "Desired / applied", "CPU", "Memory", "Connections"]);
+  const [t, body] = table("nodes-table", ["Name", "Status", "Labels", "Last seen", "Desired / applied", "CPU", "Memory", "Connections"]);
   const refresh = async () => {
     const nodes = await api("GET", "/api/nodes");
     if (!current(gen)) return;
@@ -35,12 +35,13 @@ function nodesPage() {
       return h("tr", { testid: "node-row", "data-id": n.id, "data-name": n.name },
         h("td", {}, h("a", { href: `#/nodes/${enc(n.id)}`, testid: "node-link" }, n.name || n.id)),
         h("td", {}, badge(n.status)),
+        h("td", { testid: "node-row-labels" }, labelsText(n.labels) || "–"),
         h("td", { testid: "node-last-seen" }, ago(n.last_seen_ms)),
         h("td", {}, `${n.desired_version ?? "–"} / ${n.applied_version ?? "–"}`),
         h("td", {}, n.report ? `${num(r.cpu_percent)} %` : "–"),
         h("td", {}, n.report ? bytes(r.memory_bytes) : "–"),
         h("td", {}, n.report ? String(r.connections ?? "–") : "–"));
-    }) : emptyRow(7, "No nodes yet: create one above."));
+    }) : emptyRow(8, "No nodes yet: create one above."));
   };
   append(byId("main"), h("h1", {}, "Nodes"), section("Create node", form, created), section("All nodes", t));
   poll(2000, "nodes", refresh);
@@ -106,6 +107,7 @@ function nodeDetailPage(id) {
   const charts = h("div", { class: "charts", id: "node-charts" });
   const deploy = h("div", { id: "node-deployment", testid: "node-deployment" });
   const revs = nodeRevisions(id);
+  const labels = nodeLabels(id);
   const [dt, devBody] = table("node-devices", ["Device", "Last telemetry", "When"]);
   const [rt, ruleBody] = table("node-rules", ["Rule", "Enabled", "State", "In", "Rows out", "Errors", "p99", "Last error"]);
   const [ft, fnBody] = table("node-functions", ["Function", "Version", "Calls", "Errors", "Timeouts", "p50", "p99", "Last error"]);
@@ -122,6 +124,7 @@ function nodeDetailPage(id) {
   append(byId("main"),
     h("p", {}, h("a", { href: "#/nodes" }, "← Nodes")), title,
     section("Status", summary, h("div", { class: "row" }, reinstall, del), newToken),
+    section("Labels", labels.el),
     section("Metrics", charts),
     section("Deployment", deploy),
     section("Revisions", revs.el),
@@ -140,6 +143,7 @@ function nodeDetailPage(id) {
       api("GET", `/api/nodes/${enc(id)}/components`),
     ]);
     if (!current(gen)) return;
+    labels.refresh(n);
     await revs.refresh(n);
     if (!current(gen)) return;
     const r = n.report || {};

@@ -95,6 +95,23 @@ const SQLITE_V5: &[&str] =
 const POSTGRES_V5: &[&str] =
     &["CREATE TABLE function_modules (sha256 TEXT PRIMARY KEY, module BYTEA NOT NULL)"];
 
+/// Node labels (a JSON object, `crate::api::labels`) and staged rollouts
+/// (`crate::rollouts`): one row per rollout with its current stage, one
+/// per node it targets (fixed at creation) with the revision it made and
+/// what came of it.
+const ROLLOUTS_COMMON_V7: &[&str] = &[
+    "ALTER TABLE nodes ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
+    "CREATE TABLE rollout_nodes (rollout_id BIGINT NOT NULL, node_id TEXT NOT NULL, stage BIGINT NOT NULL, revision BIGINT, result TEXT NOT NULL, error TEXT, PRIMARY KEY (rollout_id, node_id))",
+];
+
+const SQLITE_V7: &[&str] = &[
+    "CREATE TABLE rollouts (id INTEGER PRIMARY KEY AUTOINCREMENT, component TEXT NOT NULL, version TEXT NOT NULL, selector TEXT NOT NULL, max_failure_rate DOUBLE PRECISION NOT NULL, stage_timeout_ms BIGINT NOT NULL, stages BIGINT NOT NULL, stage BIGINT NOT NULL, stage_started_ms BIGINT NOT NULL, state TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, author TEXT NOT NULL)",
+];
+
+const POSTGRES_V7: &[&str] = &[
+    "CREATE TABLE rollouts (id BIGSERIAL PRIMARY KEY, component TEXT NOT NULL, version TEXT NOT NULL, selector TEXT NOT NULL, max_failure_rate DOUBLE PRECISION NOT NULL, stage_timeout_ms BIGINT NOT NULL, stages BIGINT NOT NULL, stage BIGINT NOT NULL, stage_started_ms BIGINT NOT NULL, state TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, author TEXT NOT NULL)",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -125,6 +142,11 @@ fn migrations() -> Vec<Migration> {
             version: 5,
             sqlite: join(SQLITE_V5, REVISIONS_COMMON_V5),
             postgres: join(POSTGRES_V5, REVISIONS_COMMON_V5),
+        },
+        Migration {
+            version: 7,
+            sqlite: join(SQLITE_V7, ROLLOUTS_COMMON_V7),
+            postgres: join(POSTGRES_V7, ROLLOUTS_COMMON_V7),
         },
     ]
 }

@@ -33,6 +33,7 @@ mod listeners;
 mod metrics;
 mod openapi;
 mod revisions;
+mod rollouts;
 mod routes;
 
 use std::future::Future;
@@ -87,7 +88,10 @@ pub(crate) struct Inner {
     pub(crate) stop: watch::Sender<bool>,
     /// Counters.
     pub(crate) metrics: Metrics,
-    /// Background tasks (ingest, registry refresh, pruning).
+    /// Wakes the rollout driver (a node reported its status).
+    pub(crate) rollouts_wake: tokio::sync::Notify,
+    /// Background tasks (ingest, registry refresh, pruning, the rollout
+    /// driver).
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -157,6 +161,7 @@ impl Cloud {
                 changes: watch::channel(0).0,
                 stop: watch::channel(false).0,
                 metrics: Metrics::default(),
+                rollouts_wake: tokio::sync::Notify::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -165,6 +170,7 @@ impl Cloud {
             tokio::spawn(ingest::run(cloud.clone(), subscription)),
             tokio::spawn(ingest::prune_loop(cloud.clone())),
             tokio::spawn(registry_loop(cloud.clone())),
+            tokio::spawn(rollouts::run(cloud.clone())),
         ];
         if let Ok(mut t) = cloud.inner.tasks.lock() {
             t.extend(tasks);

@@ -15,6 +15,7 @@ use crate::routes::{Route, routes};
 mod components;
 mod resources;
 mod revisions;
+mod rollouts;
 mod schemas;
 mod shapes;
 
@@ -41,6 +42,10 @@ pub fn query_param(name: &str) -> Option<Value> {
         "version" => (
             json!({"type": "integer", "format": "int64", "default": 0}),
             "the desired version the node has; answered at once when it differs",
+        ),
+        "selector" => (
+            json!({"type": "string", "pattern": "^([A-Za-z0-9_.-]{1,63}=[A-Za-z0-9_.-]{1,63})?(,[A-Za-z0-9_.-]{1,63}=[A-Za-z0-9_.-]{1,63})*$"}),
+            "a label selector `key=value,key=value`: only nodes with every label",
         ),
         "wait_ms" => (
             json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 60000, "default": 0}),
@@ -85,7 +90,9 @@ fn path_param_schema(path: &str, param: &str) -> Value {
         || (path.starts_with("/api/nodes/{id}/components") && param == "name");
     if component && matches!(param, "name" | "version") {
         components::component_name_schema()
-    } else if path.contains("/revisions/") && matches!(param, "n" | "a" | "b") {
+    } else if (path.contains("/revisions/") && matches!(param, "n" | "a" | "b"))
+        || path.starts_with("/api/rollouts/")
+    {
         revisions::revision_number()
     } else {
         name_schema()
@@ -107,7 +114,7 @@ fn reason(status: u16) -> &'static str {
         }
         404 => "not_found",
         409 => {
-            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, or a node's components could not run together; node_offline: a command's node is not online"
+            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, a node's components could not run together, no node matches a rollout's selector, or a rollout is not paused or has ended; node_offline: a command's node is not online"
         }
         413 => "payload_too_large",
         _ => "error",

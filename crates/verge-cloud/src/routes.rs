@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::Cloud;
 use crate::api::{
-    agent, assignments, components, devices, functions, nodes, revisions, rules, tokens,
+    agent, assignments, components, devices, functions, nodes, revisions, rollouts, rules, tokens,
 };
 use crate::error::AppError;
 
@@ -167,7 +167,8 @@ pub fn routes() -> Vec<Route> {
             .ok(201, "NewNode")
             .errors(&[409])
             .to(nodes::create),
-        op("GET", "/api/nodes", "list nodes")
+        op("GET", "/api/nodes", "list nodes (`?selector=k=v,…`: those with every label)")
+            .query(&["selector"])
             .ok(200, "Node[]")
             .to(nodes::list),
         op("GET", "/api/nodes/{id}", "one node")
@@ -177,7 +178,7 @@ pub fn routes() -> Vec<Route> {
         op(
             "PATCH",
             "/api/nodes/{id}",
-            "change a node's description or config",
+            "change a node's description, config or labels",
         )
         .body("NodePatch")
         .ok(200, "Node")
@@ -476,6 +477,43 @@ pub fn routes() -> Vec<Route> {
         .empty(204)
         .errors(&[404, 409])
         .to(assignments::unassign),
+        // staged rollouts
+        op(
+            "POST",
+            "/api/rollouts",
+            "roll a component version out to the nodes a label selector matches, canary stage first (409: no node matches)",
+        )
+        .body("RolloutCreate")
+        .ok(201, "Rollout")
+        .errors(&[404, 409])
+        .to(rollouts::create),
+        op("GET", "/api/rollouts", "the newest 100 rollouts, newest first")
+            .ok(200, "Rollout[]")
+            .to(rollouts::list),
+        op(
+            "GET",
+            "/api/rollouts/{id}",
+            "one rollout with its stages and nodes",
+        )
+        .ok(200, "Rollout")
+        .errors(&[404])
+        .to(rollouts::get),
+        op(
+            "POST",
+            "/api/rollouts/{id}/resume",
+            "go on with the next stage of a paused rollout (409 unless paused)",
+        )
+        .ok(200, "Rollout")
+        .errors(&[404, 409])
+        .to(rollouts::resume),
+        op(
+            "POST",
+            "/api/rollouts/{id}/cancel",
+            "start no more stages; changed nodes keep what they got (409 once ended)",
+        )
+        .ok(200, "Rollout")
+        .errors(&[404, 409])
+        .to(rollouts::cancel),
         // node protocol
         op(
             "POST",
@@ -682,6 +720,7 @@ mod tests {
             "JoinRequest",
             "ComponentAssign",
             "Rollback",
+            "RolloutCreate",
         ] {
             assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
         }

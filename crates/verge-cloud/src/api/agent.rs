@@ -155,6 +155,8 @@ pub async fn status(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    // The report may finish a rollout's stage.
+    cloud.inner().rollouts_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -81,50 +81,67 @@ fn check_set(node: &str, specs: &[ComponentSpec]) -> Result<(), AppError> {
     })
 }
 
+/// Assign `version` of component `name` to `node` in `tx` (the node's row
+/// locked): 404 for an unknown node or version, 409 when the node could
+/// not run its set then. Returns `(changed, created)`: whether the
+/// assignment changed (the caller bumps the node's revision) and whether
+/// the node had no version of `name` before.
+pub(crate) async fn assign_in(
+    tx: &mut Transaction<'_, Any>,
+    node: &str,
+    name: &str,
+    version: &str,
+) -> Result<(bool, bool), AppError> {
+    check_component_name("version", version)?;
+    lock_node(tx, node).await?;
+    let found: Option<(String,)> =
+        sqlx::query_as("SELECT kind FROM component_versions WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if found.is_none() {
+        return Err(AppError::not_found(format!(
+            "no version `{version}` of component `{name}`"
+        )));
+    }
+    let before: Option<(String,)> =
+        sqlx::query_as("SELECT version FROM node_components WHERE node_id = $1 AND name = $2")
+            .bind(node)
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let created = before.is_none();
+    if before.as_ref().map(|b| b.0.as_str()) == Some(version) {
+        return Ok((false, created));
+    }
+    sqlx::query("DELETE FROM node_components WHERE node_id = $1 AND name = $2")
+        .bind(node)
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO node_components (node_id, name, version, assigned_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(node)
+    .bind(name)
+    .bind(version)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    check_set(node, &assigned_specs(tx, node).await?)?;
+    Ok((true, created))
+}
+
 pub async fn assign(
     auth: ApiAuth,
     State(cloud): State<Cloud>,
     ApiPath((node, name)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<Assign>,
 ) -> Result<impl IntoResponse, AppError> {
-    check_component_name("version", &body.version)?;
     let mut tx = cloud.inner().pool.begin().await?;
-    lock_node(&mut tx, &node).await?;
-    let found: Option<(String,)> =
-        sqlx::query_as("SELECT kind FROM component_versions WHERE name = $1 AND version = $2")
-            .bind(&name)
-            .bind(&body.version)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if found.is_none() {
-        return Err(AppError::not_found(format!(
-            "no version `{}` of component `{name}`",
-            body.version
-        )));
-    }
-    let before: Option<(String,)> =
-        sqlx::query_as("SELECT version FROM node_components WHERE node_id = $1 AND name = $2")
-            .bind(&node)
-            .bind(&name)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let created = before.is_none();
-    if before.as_ref().map(|b| b.0.as_str()) != Some(body.version.as_str()) {
-        sqlx::query("DELETE FROM node_components WHERE node_id = $1 AND name = $2")
-            .bind(&node)
-            .bind(&name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO node_components (node_id, name, version, assigned_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&node)
-        .bind(&name)
-        .bind(&body.version)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        check_set(&node, &assigned_specs(&mut tx, &node).await?)?;
+    let (changed, created) = assign_in(&mut tx, &node, &name, &body.version).await?;
+    if changed {
         let reason = Reason::new(
             &auth.caller,
             format!("component `{name}` assigned {}", body.version),

@@ -21,7 +21,7 @@ const MAX_NODE_CONFIG: usize = 64 << 10;
 /// How long a join token is valid.
 const JOIN_TOKEN_MS: i64 = 24 * 3600 * 1000;
 
-const COLS: &str = "id, description, config, created_ms, joined_ms, last_seen_ms, desired_version, applied_version, apply_errors, report";
+const COLS: &str = "id, description, config, created_ms, joined_ms, last_seen_ms, desired_version, applied_version, apply_errors, report, labels";
 
 /// `offline_after` in ms.
 pub fn offline_ms(cloud: &Cloud) -> i64 {
@@ -64,6 +64,7 @@ fn node_json(cloud: &Cloud, row: &AnyRow) -> Result<Value, sqlx::Error> {
         "last_attempt": attempt,
         "apply_errors": json_col(&row.try_get::<String, _>("apply_errors")?),
         "config": json_col(&row.try_get::<String, _>("config")?),
+        "labels": json_col(&row.try_get::<String, _>("labels")?),
         "report": report,
     }))
 }
@@ -87,6 +88,9 @@ pub struct CreateNode {
     name: String,
     #[serde(default)]
     description: String,
+    /// Labels (`super::labels`); none when absent.
+    #[serde(default)]
+    labels: Option<Value>,
 }
 
 fn join_command(cloud: &Cloud, token: &str) -> String {
@@ -103,18 +107,24 @@ pub async fn create(
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &body.name)?;
     check_text("description", &body.description)?;
+    let labels = match &body.labels {
+        Some(l) => super::labels::parse("labels", l)?,
+        None => super::labels::Labels::new(),
+    };
+    let labels = serde_json::to_string(&labels).map_err(AppError::internal)?;
     let token = db::random_secret();
     let now = now_ms();
     let mut tx = cloud.inner().pool.begin().await?;
     let done = sqlx::query(
-        "INSERT INTO nodes (id, description, config, created_ms, desired_version, applied_version, apply_errors, join_token_hash, join_expires_ms) \
-         VALUES ($1, $2, '{}', $3, 1, 0, '[]', $4, $5) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO nodes (id, description, config, created_ms, desired_version, applied_version, apply_errors, join_token_hash, join_expires_ms, labels) \
+         VALUES ($1, $2, '{}', $3, 1, 0, '[]', $4, $5, $6) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&body.name)
     .bind(&body.description)
     .bind(now)
     .bind(db::sha256_hex(token.as_bytes()))
     .bind(now + JOIN_TOKEN_MS)
+    .bind(labels)
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
@@ -136,7 +146,20 @@ pub async fn create(
     ))
 }
 
-pub async fn list(_: ApiAuth, State(cloud): State<Cloud>) -> Result<Json<Vec<Value>>, AppError> {
+/// `?selector=key=value,…` of the node list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    selector: Option<String>,
+}
+
+pub async fn list(
+    _: ApiAuth,
+    State(cloud): State<Cloud>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    let selector = super::labels::parse_selector(q.selector.as_deref().unwrap_or(""))?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLS} FROM nodes ORDER BY id"
     )))
@@ -144,7 +167,10 @@ pub async fn list(_: ApiAuth, State(cloud): State<Cloud>) -> Result<Json<Vec<Val
     .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
-        out.push(node_json(&cloud, r)?);
+        let labels: String = r.try_get("labels")?;
+        if super::labels::matches(&selector, &super::labels::from_column(&labels)) {
+            out.push(node_json(&cloud, r)?);
+        }
     }
     Ok(Json(out))
 }
@@ -165,6 +191,10 @@ pub struct PatchNode {
     description: Option<String>,
     #[serde(default)]
     config: Option<Value>,
+    /// Replaces the node's labels (no revision: labels do not change what
+    /// the node runs).
+    #[serde(default)]
+    labels: Option<Value>,
 }
 
 pub async fn patch(
@@ -185,6 +215,10 @@ pub async fn patch(
         // would fail every revision on the node.
         verge_protocol::check_node_config(c).map_err(AppError::invalid)?;
     }
+    let labels = match &body.labels {
+        Some(l) => Some(super::labels::parse("labels", l)?),
+        None => None,
+    };
     let mut tx = cloud.inner().pool.begin().await?;
     let (config,): (String,) = one_or_404(
         &mut *tx,
@@ -196,6 +230,13 @@ pub async fn patch(
     if let Some(d) = &body.description {
         sqlx::query("UPDATE nodes SET description = $1 WHERE id = $2")
             .bind(d)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(l) = &labels {
+        sqlx::query("UPDATE nodes SET labels = $1 WHERE id = $2")
+            .bind(serde_json::to_string(l).map_err(AppError::internal)?)
             .bind(&id)
             .execute(&mut *tx)
             .await?;

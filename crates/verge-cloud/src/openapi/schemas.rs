@@ -103,6 +103,7 @@ pub fn schemas() -> Map<String, Value> {
                     "last_attempt",
                     "apply_errors",
                     "config",
+                    "labels",
                     "report",
                 ],
                 true,
@@ -115,6 +116,7 @@ pub fn schemas() -> Map<String, Value> {
                     "last_attempt": nullable_ref("ApplyAttempt"),
                     "apply_errors": {"type": "array", "items": string(), "nullable": true},
                     "config": {"type": "object", "nullable": true},
+                    "labels": super::rollouts::labels(),
                     "report": nullable_ref("StatusReport"),
                 }),
             ),
@@ -124,7 +126,8 @@ pub fn schemas() -> Map<String, Value> {
             obj(
                 &["name"],
                 true,
-                json!({"name": name_schema(), "description": string()}),
+                json!({"name": name_schema(), "description": string(),
+                       "labels": super::rollouts::labels()}),
             ),
         ),
         (
@@ -133,6 +136,7 @@ pub fn schemas() -> Map<String, Value> {
                 &[],
                 true,
                 json!({"description": string(),
+                       "labels": super::rollouts::labels(),
                        "config": {"type": "object", "description": "the node settings changed at run time, one object per section of the node config: {\"log\": {\"level\": \"debug\"}, \"store\": {\"retention\": \"3d\"}}; any other key is a 400. A changed config makes a new revision"}}),
             ),
         ),
@@ -253,6 +257,7 @@ pub fn schemas() -> Map<String, Value> {
         .chain(resources::schemas())
         .chain(super::components::schemas())
         .chain(super::revisions::schemas())
+        .chain(super::rollouts::schemas())
         .chain(agent)
         .map(|(k, v)| (k.to_owned(), v))
         .collect()

@@ -18,7 +18,7 @@
 pub mod diff;
 mod results;
 
-pub use results::{deployment, record_report, result_of};
+pub use results::{deployment, failure, record_report, result_of};
 
 use base64::Engine as _;
 use sqlx::{Any, Transaction};

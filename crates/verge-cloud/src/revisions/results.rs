@@ -101,7 +101,7 @@ pub fn deployment(
 
 /// Why an attempt failed, in one line: its own error, else its failed
 /// items.
-fn failure(a: &ApplyAttempt) -> String {
+pub fn failure(a: &ApplyAttempt) -> String {
     let items: Vec<String> = a
         .items
         .iter()
