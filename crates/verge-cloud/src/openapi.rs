@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::routes::{Route, routes};
 
 mod components;
+mod releases;
 mod resources;
 mod revisions;
 mod schemas;
@@ -73,6 +74,7 @@ fn content_type(name: &str) -> &'static str {
     match name {
         "Text" => "text/plain",
         "Gzip" => "application/gzip",
+        "Binary" => "application/octet-stream",
         _ => "application/json",
     }
 }
@@ -83,7 +85,10 @@ fn path_param_schema(path: &str, param: &str) -> Value {
     let component = path.starts_with("/api/components")
         || path.starts_with("/api/agent/components")
         || (path.starts_with("/api/nodes/{id}/components") && param == "name");
-    if component && matches!(param, "name" | "version") {
+    let release = path.starts_with("/api/releases") || path.starts_with("/api/agent/releases");
+    if release && param == "version" {
+        releases::release_version_schema()
+    } else if component && matches!(param, "name" | "version") {
         components::component_name_schema()
     } else if path.contains("/revisions/") && matches!(param, "n" | "a" | "b") {
         revisions::revision_number()

@@ -143,6 +143,7 @@ impl FakeCloud {
             rules: vec![],
             functions: vec![],
             components: vec![],
+            release: None,
             config: json!({}),
         });
         let state = Arc::new(CloudState {
@@ -214,6 +215,7 @@ impl FakeCloud {
             secret: SECRET.into(),
             mqtt_url: "mqtt://127.0.0.1:1884".into(),
             ca_file: None,
+            release_key: None,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod components;
 pub mod devices;
 pub mod functions;
 pub mod nodes;
+pub mod releases;
 pub mod revisions;
 mod rows;
 pub mod rules;

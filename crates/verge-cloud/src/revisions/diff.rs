@@ -100,6 +100,7 @@ mod tests {
             rules: Vec::new(),
             functions: Vec::new(),
             components: Vec::new(),
+            release: None,
             config: json!({}),
         }
     }
