@@ -134,6 +134,8 @@ struct Ctx {
     /// `true`: the node must restart (into a new binary, or back into the
     /// previous one).
     restart: watch::Sender<bool>,
+    /// How long a new binary on trial has to confirm.
+    grace: Duration,
 }
 
 impl Ctx {
@@ -163,6 +165,18 @@ impl Ctx {
     }
 }
 
+/// Settings of [`Agent::start_with`] that only tests or special setups
+/// change.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// The executable a release replaces; `None`: the running one
+    /// (`std::env::current_exe`, read at start).
+    pub exe: Option<PathBuf>,
+    /// How long a new binary on trial has to confirm; `None`:
+    /// [`update::grace`] (120 s, or `VERGE_RELEASE_GRACE_S`).
+    pub release_grace: Option<Duration>,
+}
+
 /// The node's cloud agent. Dropping it stops its loops too;
 /// [`Agent::shutdown`] also waits for them.
 pub struct Agent {
@@ -188,6 +202,16 @@ impl Agent {
         dir: PathBuf,
         parts: NodeParts,
     ) -> Result<Agent, AgentError> {
+        Agent::start_with(creds, dir, parts, AgentOptions::default()).await
+    }
+
+    /// [`Agent::start`] with `options`.
+    pub async fn start_with(
+        creds: Credentials,
+        dir: PathBuf,
+        parts: NodeParts,
+        options: AgentOptions,
+    ) -> Result<Agent, AgentError> {
         if let Some(ca) = &creds.ca_file
             && http::ca_file().as_deref() != Some(ca.as_path())
         {
@@ -198,10 +222,15 @@ impl Agent {
             source,
         })?;
         let release_dir = parts.data_dir.join(release::RELEASE_DIR);
-        let exe = std::env::current_exe().unwrap_or_else(|e| {
-            tracing::warn!("the running executable is unknown, releases cannot be installed: {e}");
-            PathBuf::new()
-        });
+        let exe = match options.exe {
+            Some(exe) => exe,
+            None => std::env::current_exe().unwrap_or_else(|e| {
+                tracing::warn!(
+                    "the running executable is unknown, releases cannot be installed: {e}"
+                );
+                PathBuf::new()
+            }),
+        };
         let at_start = update::at_start(&release_dir, release::build_version());
         if let update::AtStart::Abandoned(u, why) = &at_start {
             tracing::warn!("{why}");
@@ -243,6 +272,7 @@ impl Agent {
             exe,
             release_dir,
             restart: watch::channel(false).0,
+            grace: options.release_grace.unwrap_or_else(update::grace),
         });
         if let Some(d) = &cached {
             tracing::info!(version = d.version, "applying the cached desired state");
@@ -260,7 +290,7 @@ impl Agent {
                 tracing::info!(
                     release = %u.to,
                     boots = u.boots,
-                    grace_s = update::grace().as_secs(),
+                    grace_s = ctx.grace.as_secs(),
                     "this binary is on trial: it must apply its revision and reach the cloud"
                 );
                 ctx.status().applied_version = u.previous_revision;
@@ -470,7 +500,7 @@ async fn sync_loop(
                 .await;
                 if deployed.restart {
                     ctx.status().attempt = Some(deployed.attempt);
-                    let _ = ctx.restart.send(true);
+                    ctx.restart.send_replace(true);
                     return;
                 }
                 let running = deployed.running;
@@ -554,7 +584,7 @@ async fn sync_loop(
 /// with no failed item and for a heartbeat the cloud took; then confirm the
 /// release (`true`). Otherwise revert to the previous binary (`false`).
 async fn trial_watch(ctx: Arc<Ctx>, u: update::Update, mut stop: watch::Receiver<bool>) -> bool {
-    let grace = update::grace();
+    let grace = ctx.grace;
     let deadline = tokio::time::Instant::now() + grace;
     loop {
         let healthy = {
@@ -599,7 +629,7 @@ fn revert(ctx: &Ctx, u: &update::Update, why: String) {
     };
     let a = finish_trial(&ctx.dir, u, Err(&why));
     ctx.status().attempt = Some(a);
-    let _ = ctx.restart.send(true);
+    ctx.restart.send_replace(true);
 }
 
 /// Finish the attempt of the trial's revision: applied with the item

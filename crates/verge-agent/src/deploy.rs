@@ -170,6 +170,7 @@ async fn self_update(
         "this node was given no release key at join (`--release-key`), so it takes no release"
             .to_owned()
     })?;
+    release::check_replaceable(setup.exe)?;
     verge_net::fs::create_private_dir(&setup.dir)
         .map_err(|e| format!("{}: {e}", setup.dir.display()))?;
     let staged = release::fetch(source, &setup.dir, key, r).await?;

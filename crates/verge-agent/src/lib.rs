@@ -43,7 +43,7 @@ pub mod update;
 
 pub use store::write_atomic;
 
-pub use agent::{Agent, AgentStatus, StatusHandle};
+pub use agent::{Agent, AgentOptions, AgentStatus, StatusHandle};
 pub use join::{Credentials, join, load_credentials, save_credentials};
 pub use parts::{ApplyFuture, ComponentHost, NodeParts};
 

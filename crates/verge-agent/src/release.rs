@@ -176,10 +176,8 @@ pub async fn check_version(binary: &Path, version: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Copy `from` over `to` by a temporary file in `to`'s directory and a
-/// rename, keeping mode 0755: `to` is the old file or the new one, never a
-/// partial one.
-pub fn replace_file(from: &Path, to: &Path) -> Result<(), String> {
+/// The temporary file beside `to` that [`replace_file`] renames over it.
+fn temp_beside(to: &Path) -> Result<PathBuf, String> {
     let dir = to
         .parent()
         .ok_or_else(|| format!("{}: no directory", to.display()))?;
@@ -187,7 +185,29 @@ pub fn replace_file(from: &Path, to: &Path) -> Result<(), String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.verge-new"));
+    Ok(dir.join(format!(".{name}.verge-new")))
+}
+
+/// Whether the node can replace `exe`: a file can be made in its
+/// directory (and is removed again). Checked before anything changes.
+pub fn check_replaceable(exe: &Path) -> Result<(), String> {
+    let tmp = temp_beside(exe)?;
+    let made = std::fs::File::create(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    made.map(drop).map_err(|e| {
+        format!(
+            "{} cannot be replaced (its directory {} must be writable by the node): {e}",
+            exe.display(),
+            tmp.parent().unwrap_or(exe).display()
+        )
+    })
+}
+
+/// Copy `from` over `to` by a temporary file in `to`'s directory and a
+/// rename, keeping mode 0755: `to` is the old file or the new one, never a
+/// partial one.
+pub fn replace_file(from: &Path, to: &Path) -> Result<(), String> {
+    let tmp = temp_beside(to)?;
     let copied = std::fs::copy(from, &tmp).and_then(|_| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
@@ -196,9 +216,9 @@ pub fn replace_file(from: &Path, to: &Path) -> Result<(), String> {
     if let Err(e) = copied {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(
-            "{} cannot be replaced (its directory {} must be writable by the node): {e}",
-            to.display(),
-            dir.display()
+            "copying {} to {}: {e}",
+            from.display(),
+            tmp.display()
         ));
     }
     std::fs::rename(&tmp, to).map_err(|e| {
@@ -280,7 +300,11 @@ mod tests {
         assert_eq!(std::fs::read(&b).expect("b"), b"new");
         assert!(!dir.path().join(".b.verge-new").exists());
         let e = replace_file(&a, Path::new("/proc/verge-none/x")).expect_err("read-only");
-        assert!(e.contains("must be writable"), "{e}");
+        assert!(e.contains("/proc/verge-none"), "{e}");
+        check_replaceable(&b).expect("writable");
+        assert!(!dir.path().join(".b.verge-new").exists());
+        let e = check_replaceable(Path::new("/proc/verge-none/x")).expect_err("read-only");
+        assert!(e.contains("must be writable by the node"), "{e}");
     }
 
     #[tokio::test]
