@@ -251,6 +251,15 @@ async fn assignment_puts_the_release_in_the_desired_state(h: Harness) {
         .call(Method::GET, &format!("/api/nodes/{node}/revisions"), None)
         .await;
     assert_eq!(revs[0]["summary"], "release 0.1.0+b2 assigned", "{revs}");
+    let (s, diff) = h
+        .call(
+            Method::GET,
+            &format!("/api/nodes/{node}/revisions/{v0}/diff/{}", v0 + 1),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{diff}");
+    assert_eq!(diff["release"]["added"], json!(["verge"]), "{diff}");
     // The same again changes nothing.
     let (s, _) = h
         .call(
