@@ -201,5 +201,6 @@ def test_self_update_refused_reverted_and_applied(procs, tmp_path):
     wait_for("the node does not report b2", lambda: reported_version().endswith("+b2"), node, timeout=30)
     assert exe.read_bytes() == b2_bytes
     assert (data / "release" / "verge-previous").read_bytes() == original_bytes
+    assert not staged.exists(), "the download is removed once the release is confirmed"
     deployment = node_info()["deployment"]
     assert deployment["state"] == "in_sync" and deployment["applied_revision"] == revision, deployment

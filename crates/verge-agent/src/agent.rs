@@ -597,6 +597,7 @@ async fn trial_watch(ctx: Arc<Ctx>, u: update::Update, mut stop: watch::Receiver
             let mut done = u.clone();
             done.state = update::UpdateState::Confirmed;
             update::save(&ctx.release_dir, &done);
+            update::prune(&ctx.release_dir);
             {
                 let mut s = ctx.status();
                 s.applied_version = u.revision;

@@ -143,6 +143,24 @@ pub fn save(release_dir: &Path, u: &Update) {
     }
 }
 
+/// Remove the downloaded releases (`verge-{version}`) from `release_dir`
+/// once a trial ended: the executable holds the binary that runs and
+/// `verge-previous` the one before; nothing else is needed.
+pub fn prune(release_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(release_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("verge-")
+            && name != crate::release::PREVIOUS_BINARY
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!("{}: not removed: {err}", e.path().display());
+        }
+    }
+}
+
 /// Remove `update.json`.
 pub fn clear(release_dir: &Path) {
     let _ = std::fs::remove_file(release_dir.join(UPDATE_FILE));
@@ -156,6 +174,7 @@ pub fn revert(release_dir: &Path, agent_dir: &Path, exe: &Path) -> Result<(), St
     crate::release::replace_file(&previous, exe)?;
     restore_desired(agent_dir)?;
     clear(release_dir);
+    prune(release_dir);
     Ok(())
 }
 
@@ -239,6 +258,27 @@ mod tests {
             grace_passed(&u, Duration::from_secs(120)),
             "release 0.1.0+b2 did not report healthy within 120 s; 0.1.0 runs again"
         );
+    }
+
+    #[test]
+    fn prune_keeps_the_previous_binary_and_the_record() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for f in [
+            "verge-previous",
+            "verge-0.1.0+b2",
+            "verge-0.2.0",
+            "update.json",
+        ] {
+            std::fs::write(dir.path().join(f), b"x").expect("write");
+        }
+        prune(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["update.json", "verge-previous"]);
     }
 
     #[test]

@@ -267,6 +267,7 @@ fn after_swap(s: &Setup, to: &str, boots: u32) -> (i64, i64) {
         b"the previous binary",
     )
     .unwrap();
+    std::fs::write(s.release_dir().join(format!("verge-{to}")), b"the download").unwrap();
     update::save(
         &s.release_dir(),
         &Update {
@@ -328,6 +329,9 @@ async fn the_new_binary_confirms_once_it_applied_and_reached_the_cloud() {
         b"the old binary",
         "nothing reverted"
     );
+    let download = s.release_dir().join(format!("verge-{}", build_version()));
+    assert!(!download.exists(), "the download is removed once confirmed");
+    assert!(s.release_dir().join(release::PREVIOUS_BINARY).exists());
     agent.shutdown().await;
 }
 
@@ -355,6 +359,9 @@ async fn the_new_binary_reverts_when_the_cloud_is_not_reached_within_the_grace()
         "the last good revision runs again"
     );
     assert!(update::load(&s.release_dir()).is_none());
+    assert!(s.release_dir().join(release::PREVIOUS_BINARY).exists());
+    let download = s.release_dir().join(format!("verge-{}", build_version()));
+    assert!(!download.exists(), "the download is removed at the revert");
     agent.shutdown().await;
     // The previous binary at its start reports the attempt and does not
     // take that revision again.
