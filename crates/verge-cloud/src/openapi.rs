@@ -112,7 +112,7 @@ fn reason(status: u16) -> &'static str {
         }
         404 => "not_found",
         409 => {
-            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, or a node's components could not run together, a release exists with another digest or signature, is assigned, or has no binary yet; node_offline: a command's node is not online"
+            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, a node's components could not run together, or a release exists with another digest or signature, is assigned or has no binary yet; node_offline: a command's node is not online"
         }
         413 => "payload_too_large",
         _ => "error",
