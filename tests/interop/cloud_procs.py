@@ -67,13 +67,15 @@ def procs():
         print(f"----- {p.name} ({p.log_path}) -----\n{p.output()[-6000:]}")
 
 
-def start_cloud(procs, workdir):
+def start_cloud(procs, workdir, extra=()):
+    """`verge cloud` with data in `workdir`/cloud; `extra`: more arguments."""
     http, mqtt = free_port(), free_port()
     cloud = Proc("cloud", [
         "cloud",
         "--set", f"http.bind=127.0.0.1:{http}",
         "--set", f"mqtt.bind=127.0.0.1:{mqtt}",
         "--set", f"cloud.data_dir={workdir}/cloud",
+        *extra,
     ], workdir)
     procs.append(cloud)
     token = wait_for("the cloud printed no `admin token: …` line",

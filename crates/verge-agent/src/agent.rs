@@ -14,7 +14,7 @@ use verge_protocol::{DesiredState, node_bearer};
 
 use crate::parts::NodeParts;
 use crate::report::Reporter;
-use crate::{AgentError, Credentials, apply, http, store};
+use crate::{AgentError, Credentials, apply, http, release, store, update};
 
 /// How long the cloud may hold a desired-state poll.
 const WAIT_MS: u64 = 25_000;
@@ -35,7 +35,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Retry delay while the cloud refuses the node's credentials.
 const REFUSED_RETRY: Duration = Duration::from_secs(60);
 /// The cached desired state in the agent's directory.
-const DESIRED_FILE: &str = "desired.json";
+pub(crate) const DESIRED_FILE: &str = "desired.json";
 
 /// What the agent is doing, for the node's API and logs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -127,6 +127,15 @@ struct Ctx {
     report_now: Notify,
     /// What the cloud manages on the node now.
     managed: Mutex<Managed>,
+    /// The running executable, read at start (before any swap).
+    exe: PathBuf,
+    /// `<data_dir>/release`.
+    release_dir: PathBuf,
+    /// `true`: the node must restart (into a new binary, or back into the
+    /// previous one).
+    restart: watch::Sender<bool>,
+    /// How long a new binary on trial has to confirm.
+    grace: Duration,
 }
 
 impl Ctx {
@@ -138,6 +147,15 @@ impl Ctx {
         }
     }
 
+    /// What a revision's release needs.
+    fn release_setup(&self) -> crate::deploy::ReleaseSetup<'_> {
+        crate::deploy::ReleaseSetup {
+            key: self.creds.release_key.as_deref(),
+            dir: self.release_dir.clone(),
+            exe: &self.exe,
+        }
+    }
+
     fn status(&self) -> std::sync::MutexGuard<'_, AgentStatus> {
         self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -145,6 +163,18 @@ impl Ctx {
     fn managed(&self) -> std::sync::MutexGuard<'_, Managed> {
         self.managed.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Settings of [`Agent::start_with`] that only tests or special setups
+/// change.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// The executable a release replaces; `None`: the running one
+    /// (`std::env::current_exe`, read at start).
+    pub exe: Option<PathBuf>,
+    /// How long a new binary on trial has to confirm; `None`:
+    /// [`update::grace`] (120 s, or `VERGE_RELEASE_GRACE_S`).
+    pub release_grace: Option<Duration>,
 }
 
 /// The node's cloud agent. Dropping it stops its loops too;
@@ -172,6 +202,16 @@ impl Agent {
         dir: PathBuf,
         parts: NodeParts,
     ) -> Result<Agent, AgentError> {
+        Agent::start_with(creds, dir, parts, AgentOptions::default()).await
+    }
+
+    /// [`Agent::start`] with `options`.
+    pub async fn start_with(
+        creds: Credentials,
+        dir: PathBuf,
+        parts: NodeParts,
+        options: AgentOptions,
+    ) -> Result<Agent, AgentError> {
         if let Some(ca) = &creds.ca_file
             && http::ca_file().as_deref() != Some(ca.as_path())
         {
@@ -181,6 +221,25 @@ impl Agent {
             path: dir.clone(),
             source,
         })?;
+        let release_dir = parts.data_dir.join(release::RELEASE_DIR);
+        let exe = match options.exe {
+            Some(exe) => exe,
+            None => std::env::current_exe().unwrap_or_else(|e| {
+                tracing::warn!(
+                    "the running executable is unknown, releases cannot be installed: {e}"
+                );
+                PathBuf::new()
+            }),
+        };
+        let at_start = update::at_start(&release_dir, release::build_version());
+        if let update::AtStart::Abandoned(u, why) = &at_start {
+            tracing::warn!("{why}");
+            if let Err(e) = update::restore_desired(&dir) {
+                tracing::error!("the last good revision was not put back: {e}");
+            }
+            update::clear(&release_dir);
+            finish_trial(&dir, u, Err(why));
+        }
         // A data dir reused for another node keeps the old node's state:
         // never run that.
         let cached = load_desired(&dir).filter(|d| {
@@ -210,6 +269,10 @@ impl Agent {
             status: Mutex::new(status),
             report_now: Notify::new(),
             managed: Mutex::new(Managed::default()),
+            exe,
+            release_dir,
+            restart: watch::channel(false).0,
+            grace: options.release_grace.unwrap_or_else(update::grace),
         });
         if let Some(d) = &cached {
             tracing::info!(version = d.version, "applying the cached desired state");
@@ -220,13 +283,35 @@ impl Agent {
             s.apply_errors = results.errors();
         }
         let running = cached.as_ref().map_or(0, |d| d.version);
-        let attempt = crate::deploy::load_attempt(&ctx.dir, running);
+        let (stop, stop_rx) = watch::channel(false);
+        let mut trial = None;
+        let attempt = match at_start {
+            update::AtStart::Trial(u) => {
+                tracing::info!(
+                    release = %u.to,
+                    boots = u.boots,
+                    grace_s = ctx.grace.as_secs(),
+                    "this binary is on trial: it must apply its revision and reach the cloud"
+                );
+                ctx.status().applied_version = u.previous_revision;
+                trial = Some(tokio::spawn(trial_watch(ctx.clone(), u, stop_rx.clone())));
+                crate::deploy::read_attempt(&ctx.dir)
+            }
+            update::AtStart::Revert(u, why) => {
+                tracing::error!("{why}");
+                revert(&ctx, &u, why);
+                trial = Some(tokio::spawn(async { false }));
+                crate::deploy::read_attempt(&ctx.dir)
+            }
+            update::AtStart::Run | update::AtStart::Abandoned(..) => {
+                crate::deploy::load_attempt(&ctx.dir, running)
+            }
+        };
         // A revision that failed before the restart is not fetched again:
         // the poll asks for what is newer than it.
         let seen = attempt.as_ref().map_or(running, |a| a.version.max(running));
         ctx.status().attempt = attempt;
-        let (stop, stop_rx) = watch::channel(false);
-        let sync = tokio::spawn(sync_loop(ctx.clone(), cached, seen, stop_rx.clone()));
+        let sync = tokio::spawn(sync_loop(ctx.clone(), cached, seen, trial, stop_rx.clone()));
         let heartbeat = tokio::spawn(heartbeat_loop(ctx.clone(), stop_rx));
         Ok(Agent {
             ctx,
@@ -239,6 +324,20 @@ impl Agent {
     /// The agent's status now.
     pub fn status(&self) -> AgentStatus {
         self.ctx.status().clone()
+    }
+
+    /// Resolves when the node must restart its executable: a new binary
+    /// was put in place, or a new binary on trial was reverted. The node
+    /// stops as on SIGTERM and executes its binary again with the same
+    /// arguments.
+    pub fn restart_requested(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.ctx.restart.subscribe();
+        async move {
+            if rx.wait_for(|r| *r).await.is_err() {
+                // The agent is gone without asking.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// A cheap handle on [`Agent::status`] for the node's HTTP API.
@@ -332,8 +431,20 @@ async fn sync_loop(
     ctx: Arc<Ctx>,
     mut prev: Option<DesiredState>,
     mut seen: i64,
+    trial: Option<JoinHandle<bool>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // A new binary on trial takes no new revision before it is confirmed;
+    // reverted, the node restarts.
+    if let Some(t) = trial {
+        let confirmed = tokio::select! {
+            c = t => c.unwrap_or(false),
+            _ = stop.changed() => return,
+        };
+        if !confirmed {
+            return;
+        }
+    }
     // ±20 %, so that nodes cut off together do not come back together.
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX).with_jitter(0.2);
     // The error last logged, so a retry does not log it again.
@@ -380,12 +491,18 @@ async fn sync_loop(
                     &ctx.dir,
                     &good,
                     *d,
+                    &ctx.release_setup(),
                     |attempt| {
                         ctx.status().attempt = Some(attempt.clone());
                         ctx.report_now.notify_one();
                     },
                 )
                 .await;
+                if deployed.restart {
+                    ctx.status().attempt = Some(deployed.attempt);
+                    ctx.restart.send_replace(true);
+                    return;
+                }
                 let running = deployed.running;
                 *ctx.managed() = Managed::of(&running);
                 if deployed.attempt.state == verge_protocol::AttemptState::Applied
@@ -461,6 +578,99 @@ async fn sync_loop(
             }
         }
     }
+}
+
+/// Wait, within the grace, for the new binary's revision to have applied
+/// with no failed item and for a heartbeat the cloud took; then confirm the
+/// release (`true`). Otherwise revert to the previous binary (`false`).
+async fn trial_watch(ctx: Arc<Ctx>, u: update::Update, mut stop: watch::Receiver<bool>) -> bool {
+    let grace = ctx.grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        let healthy = {
+            let s = ctx.status();
+            s.apply_errors.is_empty() && s.last_heartbeat_ms.is_some()
+        };
+        if healthy {
+            tracing::info!(release = %u.to, "the new binary is healthy: release confirmed");
+            let a = finish_trial(&ctx.dir, &u, Ok(()));
+            let mut done = u.clone();
+            done.state = update::UpdateState::Confirmed;
+            update::save(&ctx.release_dir, &done);
+            update::prune(&ctx.release_dir);
+            {
+                let mut s = ctx.status();
+                s.applied_version = u.revision;
+                s.attempt = Some(a);
+            }
+            ctx.report_now.notify_one();
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = update::grace_passed(&u, grace);
+            tracing::error!("{why}");
+            revert(&ctx, &u, why);
+            return false;
+        }
+        if sleep_or_stop(Duration::from_millis(200), &mut stop).await {
+            return false;
+        }
+    }
+}
+
+/// Put the previous binary and revision back, record the attempt as
+/// rolled back for `why`, and ask for the restart into it.
+fn revert(ctx: &Ctx, u: &update::Update, why: String) {
+    let why = match update::revert(&ctx.release_dir, &ctx.dir, &ctx.exe) {
+        Ok(()) => why,
+        Err(e) => {
+            tracing::error!("the previous binary was not put back: {e}");
+            format!("{why}; putting the previous binary back failed: {e}")
+        }
+    };
+    let a = finish_trial(&ctx.dir, u, Err(&why));
+    ctx.status().attempt = Some(a);
+    ctx.restart.send_replace(true);
+}
+
+/// Finish the attempt of the trial's revision: applied with the item
+/// `release`, or rolled back to the previous revision with the error.
+fn finish_trial(
+    dir: &std::path::Path,
+    u: &update::Update,
+    outcome: Result<(), &String>,
+) -> verge_protocol::ApplyAttempt {
+    use verge_protocol::{ApplyAttempt, AttemptState, ItemOutcome, ItemResult};
+    let mut a = crate::deploy::read_attempt(dir)
+        .filter(|a| a.version == u.revision)
+        .unwrap_or_else(|| ApplyAttempt {
+            version: u.revision,
+            started_ms: u.started_ms,
+            ..ApplyAttempt::default()
+        });
+    a.items.retain(|i| i.kind != "release");
+    let (state, result, error) = match outcome {
+        Ok(()) => (AttemptState::Applied, ItemOutcome::Applied, None),
+        Err(why) => (
+            AttemptState::RolledBack,
+            ItemOutcome::Failed,
+            Some(why.clone()),
+        ),
+    };
+    a.items.push(ItemResult {
+        kind: "release".into(),
+        name: u.to.clone(),
+        result,
+        error: error.clone(),
+    });
+    a.state = state;
+    if state == AttemptState::RolledBack {
+        a.rolled_back_to = Some(u.previous_revision);
+        a.error = error;
+    }
+    a.finished_ms = Some(crate::deploy::now_ms());
+    crate::deploy::save_attempt(dir, &a);
+    a
 }
 
 /// Record an answer from the cloud (with the error it carried, if any).

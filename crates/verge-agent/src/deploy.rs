@@ -6,7 +6,7 @@
 //! and reports it as rolled back instead of leaving it in progress.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use verge_protocol::{ApplyAttempt, AttemptState, ComponentSpec, DesiredState, ItemOutcome};
@@ -33,8 +33,19 @@ pub(crate) fn empty_state(node_id: &str) -> DesiredState {
         rules: Vec::new(),
         functions: Vec::new(),
         components: Vec::new(),
+        release: None,
         config: serde_json::Value::Object(serde_json::Map::new()),
     }
+}
+
+/// What a revision's release (a new `verge` binary) needs.
+pub(crate) struct ReleaseSetup<'a> {
+    /// The node's release key (hex), if it was given one at join.
+    pub(crate) key: Option<&'a str>,
+    /// `<data_dir>/release`.
+    pub(crate) dir: PathBuf,
+    /// The running executable (read at start, before any swap).
+    pub(crate) exe: &'a Path,
 }
 
 /// What one deployment came to.
@@ -44,6 +55,9 @@ pub(crate) struct Deployed {
     pub(crate) running: DesiredState,
     /// How it went (also written to [`ATTEMPT_FILE`]).
     pub(crate) attempt: ApplyAttempt,
+    /// A new binary is in place: the node must restart into it (the
+    /// attempt stays `applying` until the new binary confirms it).
+    pub(crate) restart: bool,
 }
 
 /// Apply `next` over `good` (the state that runs now). `started` is told
@@ -54,6 +68,7 @@ pub(crate) async fn deploy(
     dir: &Path,
     good: &DesiredState,
     next: DesiredState,
+    release: &ReleaseSetup<'_>,
     started: impl FnOnce(&ApplyAttempt),
 ) -> Deployed {
     let mut attempt = ApplyAttempt {
@@ -75,6 +90,34 @@ pub(crate) async fn deploy(
             .collect();
         for (name, error) in verdict(host.as_ref(), &changed).await {
             results.fail_component(&name, error);
+        }
+    }
+    if !results.any_failed()
+        && let Some(r) = next
+            .release
+            .as_ref()
+            .filter(|r| r.version != crate::release::build_version())
+    {
+        match self_update(source, dir, release, good, &next, r).await {
+            Ok(()) => {
+                tracing::info!(
+                    release = %r.version,
+                    "new binary in place; the node restarts into it"
+                );
+                attempt.items = results.items;
+                save_attempt(dir, &attempt);
+                return Deployed {
+                    running: next,
+                    attempt,
+                    restart: true,
+                };
+            }
+            Err(e) => results.items.push(verge_protocol::ItemResult {
+                kind: "release".into(),
+                name: r.version.clone(),
+                result: ItemOutcome::Failed,
+                error: Some(e),
+            }),
         }
     }
     let failed = results.any_failed();
@@ -102,7 +145,73 @@ pub(crate) async fn deploy(
     };
     attempt.finished_ms = Some(now_ms());
     save_attempt(dir, &attempt);
-    Deployed { running, attempt }
+    Deployed {
+        running,
+        attempt,
+        restart: false,
+    }
+}
+
+/// Fetch and check the release `r`, keep the running binary as
+/// `verge-previous`, cache `next` (to run after the restart) and `good`
+/// (to go back to), record the trial and put the new binary at the
+/// executable's path. On an error nothing changed but files in the
+/// release folder.
+async fn self_update(
+    source: &artifact::Source<'_>,
+    dir: &Path,
+    setup: &ReleaseSetup<'_>,
+    good: &DesiredState,
+    next: &DesiredState,
+    r: &verge_protocol::ReleaseRef,
+) -> Result<(), String> {
+    use crate::{release, update};
+    let key = setup.key.ok_or_else(|| {
+        "this node was given no release key at join (`--release-key`), so it takes no release"
+            .to_owned()
+    })?;
+    release::check_replaceable(setup.exe)?;
+    verge_net::fs::create_private_dir(&setup.dir)
+        .map_err(|e| format!("{}: {e}", setup.dir.display()))?;
+    let staged = release::fetch(source, &setup.dir, key, r).await?;
+    release::replace_file(setup.exe, &setup.dir.join(release::PREVIOUS_BINARY))?;
+    let json = |d: &DesiredState| serde_json::to_vec(d).map_err(|e| e.to_string());
+    let previous = dir.join(update::PREVIOUS_DESIRED);
+    if good.version > 0 {
+        store::write_atomic(&previous, &json(good)?, 0o600).map_err(|e| e.to_string())?;
+    } else {
+        let _ = std::fs::remove_file(&previous);
+    }
+    let desired = dir.join(crate::agent::DESIRED_FILE);
+    let restore = || {
+        if good.version > 0 {
+            let _ = json(good).map(|b| store::write_atomic(&desired, &b, 0o600));
+        } else {
+            let _ = std::fs::remove_file(&desired);
+        }
+        update::clear(&setup.dir);
+    };
+    let trial = update::Update {
+        state: update::UpdateState::Trial,
+        from: release::build_version().to_owned(),
+        to: r.version.clone(),
+        revision: next.version,
+        previous_revision: good.version,
+        boots: 0,
+        started_ms: now_ms(),
+    };
+    let cached = json(next)
+        .and_then(|b| store::write_atomic(&desired, &b, 0o600).map_err(|e| e.to_string()));
+    if let Err(e) = cached {
+        restore();
+        return Err(format!("caching the revision: {e}"));
+    }
+    update::save(&setup.dir, &trial);
+    if let Err(e) = release::replace_file(&staged, setup.exe) {
+        restore();
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The apply errors of `attempt`: one line per failed item, then its
@@ -210,22 +319,7 @@ async fn verdict(host: &dyn ComponentHost, changed: &[&ComponentSpec]) -> Vec<(S
 /// back to `running` (the cached good state, which the node applies at
 /// start).
 pub(crate) fn load_attempt(dir: &Path, running: i64) -> Option<ApplyAttempt> {
-    let path = dir.join(ATTEMPT_FILE);
-    let bytes = match store::read_optional(&path) {
-        Ok(Some(b)) => b,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!("{}: not read: {e}", path.display());
-            return None;
-        }
-    };
-    let mut a: ApplyAttempt = match serde_json::from_slice(&bytes) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!("{}: not an apply attempt, ignored: {e}", path.display());
-            return None;
-        }
-    };
+    let mut a = read_attempt(dir)?;
     if a.state == AttemptState::Applying {
         tracing::warn!(
             version = a.version,
@@ -241,7 +335,27 @@ pub(crate) fn load_attempt(dir: &Path, running: i64) -> Option<ApplyAttempt> {
     Some(a)
 }
 
-fn save_attempt(dir: &Path, a: &ApplyAttempt) {
+/// The attempt in `dir` as it was saved.
+pub(crate) fn read_attempt(dir: &Path) -> Option<ApplyAttempt> {
+    let path = dir.join(ATTEMPT_FILE);
+    let bytes = match store::read_optional(&path) {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!("{}: not read: {e}", path.display());
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!("{}: not an apply attempt, ignored: {e}", path.display());
+            None
+        }
+    }
+}
+
+pub(crate) fn save_attempt(dir: &Path, a: &ApplyAttempt) {
     let written = serde_json::to_vec(a)
         .map_err(|e| e.to_string())
         .and_then(|b| {
@@ -252,7 +366,7 @@ fn save_attempt(dir: &Path, a: &ApplyAttempt) {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -34,6 +34,10 @@ pub struct Credentials {
     /// before TLS support.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The ed25519 public key (hex) releases of `verge` must be signed
+    /// with (`--release-key` at join); `None`: the node takes no release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
 }
 
 /// Join the cloud at `cloud_url` with a one-time `token`; returns the
@@ -44,7 +48,7 @@ pub async fn join(cloud_url: &str, token: &str) -> Result<Credentials, AgentErro
     let request = JoinRequest {
         token: token.to_owned(),
         hostname: hostname(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agent_version: crate::release::build_version().to_owned(),
     };
     let body = serde_json::to_value(&request)
         .map_err(|e| AgentError::Invalid(format!("join request: {e}")))?;
@@ -64,6 +68,7 @@ pub async fn join(cloud_url: &str, token: &str) -> Result<Credentials, AgentErro
         secret: answer.secret,
         mqtt_url: answer.mqtt_url,
         ca_file: http::ca_file(),
+        release_key: None,
     })
 }
 

@@ -19,6 +19,11 @@
 //! - Whole states, not diffs: every answer is the complete desired state and
 //!   applying it is idempotent, so a lost answer, a restart or a crash in the
 //!   middle of an apply is repaired by the next apply.
+//! - Self-update: a revision may name a release of the `verge` binary;
+//!   the agent checks its signature with the key given at join, swaps it
+//!   in (keeping the previous binary), asks the node to restart into it
+//!   ([`Agent::restart_requested`]) and, in the new process, confirms it
+//!   or reverts ([`release`], [`update`]).
 //! - The previous desired state (the cached `desired.json`) tells what the
 //!   cloud manages: only what it listed before is removed when it is gone,
 //!   so rules and functions from the node's own config are never touched.
@@ -31,12 +36,14 @@ mod deploy;
 pub mod http;
 mod join;
 mod parts;
+pub mod release;
 mod report;
 mod store;
+pub mod update;
 
 pub use store::write_atomic;
 
-pub use agent::{Agent, AgentStatus, StatusHandle};
+pub use agent::{Agent, AgentOptions, AgentStatus, StatusHandle};
 pub use join::{Credentials, join, load_credentials, save_credentials};
 pub use parts::{ApplyFuture, ComponentHost, LocalFuture, LocalItems, NodeParts};
 

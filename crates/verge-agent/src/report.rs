@@ -129,7 +129,7 @@ impl Reporter {
             attempt: None,
             local: local_items(parts).await,
             drift: Vec::new(),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_version: crate::release::build_version().to_owned(),
             uptime_s: parts.started.elapsed().as_secs(),
             cpu_percent,
             memory_bytes: memory_bytes().unwrap_or(0),

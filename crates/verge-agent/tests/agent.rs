@@ -42,6 +42,7 @@ async fn join_saves_credentials_owner_only_and_a_bad_token_is_refused() {
             secret: SECRET.into(),
             mqtt_url: "mqtt://127.0.0.1:1884".into(),
             ca_file: None,
+            release_key: None,
         }
     );
     let joins = cloud.state.joins.lock().unwrap().clone();

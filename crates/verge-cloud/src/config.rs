@@ -42,6 +42,8 @@ pub struct CloudSection {
     pub max_upload_bytes: usize,
     /// Largest component artifact (a `.tar.gz`) accepted, in bytes.
     pub max_artifact_bytes: usize,
+    /// Largest release binary of `verge` accepted, in bytes.
+    pub max_release_bytes: usize,
 }
 
 impl Default for CloudSection {
@@ -55,6 +57,7 @@ impl Default for CloudSection {
             max_messages: 1_000_000,
             max_upload_bytes: 16 << 20,
             max_artifact_bytes: 64 << 20,
+            max_release_bytes: 128 << 20,
         }
     }
 }

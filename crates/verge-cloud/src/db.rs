@@ -112,6 +112,22 @@ const POSTGRES_V7: &[&str] = &[
     "CREATE TABLE rollouts (id BIGSERIAL PRIMARY KEY, component TEXT NOT NULL, version TEXT NOT NULL, selector TEXT NOT NULL, max_failure_rate DOUBLE PRECISION NOT NULL, stage_timeout_ms BIGINT NOT NULL, stages BIGINT NOT NULL, stage BIGINT NOT NULL, stage_started_ms BIGINT NOT NULL, state TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, author TEXT NOT NULL)",
 ];
 
+/// Releases of the `verge` binary (self-update of nodes): one row per
+/// version (digest and signature immutable, the binary set once), and the
+/// release each node should run.
+const RELEASES_COMMON_V6: &[&str] = &[
+    "CREATE TABLE node_releases (node_id TEXT PRIMARY KEY, version TEXT NOT NULL, assigned_ms BIGINT NOT NULL)",
+    "CREATE INDEX node_releases_version ON node_releases (version)",
+];
+
+const SQLITE_V6: &[&str] = &[
+    "CREATE TABLE releases (version TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size BIGINT NOT NULL, signature TEXT NOT NULL, data BLOB, created_ms BIGINT NOT NULL)",
+];
+
+const POSTGRES_V6: &[&str] = &[
+    "CREATE TABLE releases (version TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size BIGINT NOT NULL, signature TEXT NOT NULL, data BYTEA, created_ms BIGINT NOT NULL)",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -142,6 +158,11 @@ fn migrations() -> Vec<Migration> {
             version: 5,
             sqlite: join(SQLITE_V5, REVISIONS_COMMON_V5),
             postgres: join(POSTGRES_V5, REVISIONS_COMMON_V5),
+        },
+        Migration {
+            version: 6,
+            sqlite: join(SQLITE_V6, RELEASES_COMMON_V6),
+            postgres: join(POSTGRES_V6, RELEASES_COMMON_V6),
         },
         Migration {
             version: 7,

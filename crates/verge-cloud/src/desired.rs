@@ -45,8 +45,10 @@ pub async fn from_tables(
     .fetch_all(&mut **tx)
     .await?;
     let components = crate::api::assignments::assigned_specs(tx, node_id).await?;
+    let release = crate::api::releases::assigned_release(tx, node_id).await?;
     Ok(Some(DesiredState {
         components,
+        release,
         node_id: node_id.to_owned(),
         version,
         devices: devices

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::routes::{Route, routes};
 
 mod components;
+mod releases;
 mod resources;
 mod revisions;
 mod rollouts;
@@ -78,6 +79,7 @@ fn content_type(name: &str) -> &'static str {
     match name {
         "Text" => "text/plain",
         "Gzip" => "application/gzip",
+        "Binary" => "application/octet-stream",
         _ => "application/json",
     }
 }
@@ -88,7 +90,10 @@ fn path_param_schema(path: &str, param: &str) -> Value {
     let component = path.starts_with("/api/components")
         || path.starts_with("/api/agent/components")
         || (path.starts_with("/api/nodes/{id}/components") && param == "name");
-    if component && matches!(param, "name" | "version") {
+    let release = path.starts_with("/api/releases") || path.starts_with("/api/agent/releases");
+    if release && param == "version" {
+        releases::release_version_schema()
+    } else if component && matches!(param, "name" | "version") {
         components::component_name_schema()
     } else if (path.contains("/revisions/") && matches!(param, "n" | "a" | "b"))
         || path.starts_with("/api/rollouts/")
@@ -114,7 +119,7 @@ fn reason(status: u16) -> &'static str {
         }
         404 => "not_found",
         409 => {
-            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, a node's components could not run together, no node matches a rollout's selector, or a rollout is not paused or has ended; node_offline: a command's node is not online"
+            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, a node's components could not run together, no node matches a rollout's selector, a rollout is not paused or has ended, or a release exists with another digest or signature, is assigned or has no binary yet; node_offline: a command's node is not online"
         }
         413 => "payload_too_large",
         _ => "error",

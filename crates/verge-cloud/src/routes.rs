@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use crate::Cloud;
 use crate::api::{
-    agent, assignments, components, devices, functions, nodes, revisions, rollouts, rules, tokens,
+    agent, assignments, components, devices, functions, nodes, releases, revisions, rollouts,
+    rules, tokens,
 };
 use crate::error::AppError;
 
@@ -514,6 +515,55 @@ pub fn routes() -> Vec<Route> {
         .ok(200, "Rollout")
         .errors(&[404, 409])
         .to(rollouts::cancel),
+        // releases of the verge binary (self-update of nodes)
+        op(
+            "POST",
+            "/api/releases",
+            "add a release of the verge binary as `verge release sign` prints it (201 new, 200 the same again; 409 another digest or signature)",
+        )
+        .body("ReleaseRef")
+        .ok(201, "Release")
+        .also(200)
+        .errors(&[409])
+        .to(releases::create),
+        op("GET", "/api/releases", "list releases with the nodes assigned each")
+            .ok(200, "Release[]")
+            .to(releases::list),
+        op(
+            "DELETE",
+            "/api/releases/{version}",
+            "delete a release (409 while a node is assigned it)",
+        )
+        .empty(204)
+        .errors(&[404, 409])
+        .to(releases::delete),
+        op(
+            "PUT",
+            "/api/releases/{version}/binary",
+            "upload a release's binary (400 unless its size and SHA-256 are the release's)",
+        )
+        .body("Binary")
+        .ok(200, "Release")
+        .errors(&[404])
+        .to(releases::put_binary),
+        op(
+            "PUT",
+            "/api/nodes/{id}/release",
+            "run a release of the verge binary on the node (201 new, 200 changed or the same; 409 without its binary)",
+        )
+        .body("ReleaseAssign")
+        .ok(200, "NodeRelease")
+        .also(201)
+        .errors(&[404, 409])
+        .to(releases::assign),
+        op(
+            "DELETE",
+            "/api/nodes/{id}/release",
+            "stop deploying a release to the node (it keeps the binary it runs)",
+        )
+        .empty(204)
+        .errors(&[404])
+        .to(releases::unassign),
         // node protocol
         op(
             "POST",
@@ -545,6 +595,15 @@ pub fn routes() -> Vec<Route> {
         .ok(200, "Gzip")
         .errors(&[404])
         .to(assignments::artifact_for_node),
+        op(
+            "GET",
+            verge_protocol::paths::RELEASE_BINARY,
+            "a release's binary, for a node assigned it",
+        )
+        .auth("node")
+        .ok(200, "Binary")
+        .errors(&[404])
+        .to(releases::binary_for_node),
         op("POST", verge_protocol::paths::STATUS, "a node's heartbeat")
             .auth("node")
             .body("StatusReport")

@@ -329,6 +329,20 @@ impl Node {
         self.api_tokens.as_ref().and_then(|t| t.admin_file())
     }
 
+    /// Resolves when the node's cloud agent asks for a restart of the
+    /// executable (a self-update, or its revert); never for a node without
+    /// a cloud. Pass it into [`Node::serve`]'s shutdown and execute the
+    /// binary again once `serve` returns.
+    pub fn restart_requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        let agent = self.parts.agent.as_ref().map(Agent::restart_requested);
+        async move {
+            match agent {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// The configuration the node runs.
     pub fn config(&self) -> &NodeConfig {
         &self.cfg

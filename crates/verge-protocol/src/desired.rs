@@ -32,6 +32,10 @@ pub struct DesiredState {
     /// are fetched from [`paths::component_artifact`](crate::paths::component_artifact)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<crate::ComponentSpec>,
+    /// The release of the `verge` binary the node should run; `None`
+    /// leaves the node on whatever binary runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<crate::ReleaseRef>,
     /// Free-form node settings set in the cloud (a JSON object).
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
@@ -158,6 +162,7 @@ mod tests {
             rules: vec![parse(json!({"id": "r", "sql": "SELECT * FROM \"a\""}))],
             functions: vec![],
             components: vec![],
+            release: None,
             config: empty_object(),
         };
         let text = serde_json::to_string(&d).unwrap_or_default();

@@ -29,6 +29,7 @@
 mod component;
 mod desired;
 pub mod paths;
+mod release;
 mod settings;
 mod status;
 pub mod topics;
@@ -41,6 +42,7 @@ pub use component::{
 pub use desired::{
     ActionSpec, DesiredState, DeviceEntry, FunctionArtifact, FunctionSpec, RuleSpec,
 };
+pub use release::{ReleaseRef, release_message, valid_release_version, valid_sha256};
 pub use settings::{RUNTIME_SETTINGS, check_node_config, check_setting};
 pub use status::{ApplyAttempt, AttemptState, ItemOutcome, ItemResult, LocalItem, StatusReport};
 pub use verge_id::{ParseVergeIdError, VergeId};

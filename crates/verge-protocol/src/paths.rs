@@ -27,6 +27,18 @@ pub fn component_artifact(base: &str, name: &str, version: &str) -> String {
     format!("{base}{path}")
 }
 
+/// `GET`: the binary of a release of `verge`, `{version}` in the path
+/// ([`release_binary`]); answered with the node's credentials to a node
+/// assigned that release.
+pub const RELEASE_BINARY: &str = "/api/agent/releases/{version}/binary";
+
+/// The URL of a release's binary at the cloud `base`. Versions are checked
+/// ([`valid_release_version`](crate::valid_release_version)) before they
+/// are put in a URL, so they need no escaping.
+pub fn release_binary(base: &str, version: &str) -> String {
+    format!("{base}{}", RELEASE_BINARY.replace("{version}", version))
+}
+
 /// The query of the long poll ([`DESIRED`]): `?version=N&wait_ms=M`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, DeviceCommand};
+use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, DeviceCommand, ReleaseCommand};
 use crate::config::{self, Layers, NodeConfig};
 use crate::node::Mode;
 
@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     url,
                     n.join.as_deref(),
                     n.cloud_ca.as_deref(),
+                    n.release_key.as_deref(),
                 )?),
                 None => None,
             };
@@ -74,6 +75,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 } => crate::device::add(&registry, &username, password, client_id),
                 DeviceCommand::HashPassword { password } => crate::device::hash(password),
                 DeviceCommand::Simulate(args) => crate::simulate::run(&args),
+            }
+        }
+        Command::Release(r) => {
+            init_logging(log, "warn")?;
+            match r {
+                ReleaseCommand::Keygen { out } => crate::release::keygen(&out),
+                ReleaseCommand::Sign { key, version, file } => {
+                    crate::release::sign(&key, &version, &file)
+                }
             }
         }
         Command::Bench(b) => {

@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// Verge: an IoT edge platform in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "verge", version, propagate_version = true)]
+#[command(
+    name = "verge",
+    version = crate::BUILD_VERSION.as_str(),
+    propagate_version = true
+)]
 pub struct Cli {
     /// Log filter (e.g. `debug`, `info,verge_broker=trace`); overrides RUST_LOG
     /// and the config's `log.level`.
@@ -42,6 +46,37 @@ pub enum Command {
     /// Load generators for the broker and the rule engine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Keys and signatures of releases of the `verge` binary (self-update
+    /// of nodes).
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+/// `verge release ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Make an ed25519 release key: write the private key (PKCS#8, mode
+    /// 0600, never overwritten) and print the public key (hex) that nodes
+    /// are given with `verge node --release-key`.
+    Keygen {
+        /// Where the private key goes.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a `verge` binary as a release: print the JSON to POST to the
+    /// cloud's /api/releases (`{version, sha256, size, signature}`).
+    // `--version` is the release's here, not the program's.
+    #[command(disable_version_flag = true)]
+    Sign {
+        /// The private key `verge release keygen` wrote.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The version the binary reports (`verge --version`).
+        #[arg(long)]
+        version: String,
+        /// The binary.
+        file: PathBuf,
+    },
 }
 
 /// Options shared by the commands that run a node.
@@ -87,6 +122,11 @@ pub struct NodeArgs {
     /// node's credentials.
     #[arg(long, value_name = "FILE", requires = "cloud")]
     pub cloud_ca: Option<PathBuf>,
+    /// The ed25519 public key (64 hex digits, from `verge release keygen`)
+    /// releases of `verge` must be signed with; stored with the node's
+    /// credentials. Without one the node takes no release.
+    #[arg(long, value_name = "HEX", requires = "cloud")]
+    pub release_key: Option<String>,
     /// Overrides.
     #[command(flatten)]
     pub run: RunArgs,
@@ -198,6 +238,38 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn release_commands_and_the_release_key() {
+        let cli = parse(&[
+            "release",
+            "sign",
+            "--key",
+            "k",
+            "--version",
+            "0.1.0+b2",
+            "verge",
+        ])
+        .expect("sign");
+        match cli.command {
+            Command::Release(ReleaseCommand::Sign { key, version, file }) => {
+                assert_eq!(key, Path::new("k"));
+                assert_eq!(version, "0.1.0+b2");
+                assert_eq!(file, Path::new("verge"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["release", "keygen", "--out", "k"]).is_ok());
+        let cli = parse(&["node", "--cloud", "http://c", "--release-key", "ab"]).expect("node");
+        match cli.command {
+            Command::Node(n) => assert_eq!(n.release_key.as_deref(), Some("ab")),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse(&["node", "--release-key", "ab"]).is_err(),
+            "needs --cloud"
+        );
     }
 
     #[test]

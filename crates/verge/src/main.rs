@@ -7,15 +7,31 @@ mod config;
 mod ctl;
 mod device;
 mod node;
+mod release;
 mod simulate;
 mod up;
 
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use clap::Parser;
 
+/// The version this build reports (`--version`, the heartbeat, the join):
+/// the crate's, plus `+{tag}` when `VERGE_BUILD_TAG` was set at compile
+/// time (two builds of one source that differ in their version, for the
+/// self-update test). Read here only, so a tagged build recompiles this
+/// crate alone.
+pub static BUILD_VERSION: LazyLock<String> =
+    LazyLock::new(
+        || match option_env!("VERGE_BUILD_TAG").filter(|t| !t.is_empty()) {
+            Some(tag) => format!("{}+{tag}", env!("CARGO_PKG_VERSION")),
+            None => env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    );
+
 fn main() -> ExitCode {
     keep_large_blocks_mapped();
+    verge_agent::release::set_build_version(&BUILD_VERSION);
     let cli = cli::Cli::parse();
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,23 +24,56 @@ pub enum Mode {
 }
 
 /// The credentials of a node managed by the cloud at `url` (see
-/// [`CloudLink::establish`]).
+/// [`CloudLink::establish`]); `release_key` (`--release-key`) is checked
+/// and stored with them.
 pub fn cloud_link(
     data_dir: &Path,
     url: &str,
     join: Option<&str>,
     ca: Option<&Path>,
+    release_key: Option<&str>,
 ) -> anyhow::Result<CloudLink> {
-    Ok(runtime()?.block_on(CloudLink::establish(data_dir, url, join, ca))?)
+    let key = release_key
+        .map(|k| {
+            verge_agent::release::parse_public_key(k)
+                .map(|_| k.trim().to_ascii_lowercase())
+                .map_err(|e| anyhow::anyhow!("--release-key: {e}"))
+        })
+        .transpose()?;
+    let mut link = runtime()?.block_on(CloudLink::establish(data_dir, url, join, ca))?;
+    if let Some(key) = key
+        && link.creds.release_key.as_deref() != Some(key.as_str())
+    {
+        link.creds.release_key = Some(key);
+        verge_agent::save_credentials(&link.dir, &link.creds)
+            .context("storing the release key with the node's credentials")?;
+    }
+    Ok(link)
 }
 
-/// Run a node until Ctrl-C or SIGTERM. Call outside any runtime.
+/// Run a node until Ctrl-C or SIGTERM. Call outside any runtime. When the
+/// cloud agent asks for a restart (a self-update or its revert), the node
+/// stops as on SIGTERM and the process executes its binary again, with
+/// the same arguments (the same process id, so a service manager sees one
+/// process).
 pub fn run(mut cfg: NodeConfig, mode: Mode, cloud: Option<CloudLink>) -> anyhow::Result<()> {
+    // Read before anything can replace the file (then the link names a
+    // deleted file).
+    let exe = std::env::current_exe().context("the running executable")?;
     prepare(&mut cfg, mode)?;
-    runtime()?.block_on(async {
+    let restart = runtime()?.block_on(async {
         let signals = Signals::install()?;
         serve(cfg, mode, cloud, signals.wait()).await
-    })
+    })?;
+    if restart {
+        use std::os::unix::process::CommandExt;
+        eprintln!("restarting {}", exe.display());
+        let e = std::process::Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        return Err(e).with_context(|| format!("restarting {}", exe.display()));
+    }
+    Ok(())
 }
 
 /// The multi-threaded runtime every long-running command uses.
@@ -70,13 +103,14 @@ pub fn prepare(cfg: &mut NodeConfig, mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run a prepared node until `shutdown` resolves.
+/// Run a prepared node until `shutdown` resolves or its cloud agent asks
+/// for a restart (then `true`).
 pub async fn serve(
     cfg: NodeConfig,
     mode: Mode,
     cloud: Option<CloudLink>,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let listeners = Listeners::bind(&cfg).await?;
     let endpoints = listeners.endpoints();
     let node = Node::start(cfg, cloud).await?;
@@ -84,9 +118,20 @@ pub async fn serve(
         "{}",
         banner(node.config(), mode, &endpoints, node.api_token_file())
     );
-    node.serve(listeners, shutdown).await?;
+    let restart = node.restart_requested();
+    let restarting = std::sync::atomic::AtomicBool::new(false);
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = restart => {
+                tracing::info!("restarting the node's binary");
+                restarting.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    };
+    node.serve(listeners, stop).await?;
     debug!("stopped");
-    Ok(())
+    Ok(restarting.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// The demo also serves TLS (8883) and WSS (8084), with a self-signed

@@ -55,12 +55,15 @@ pub fn run(mut node: NodeConfig, mut cloud: CloudConfig, devices: usize) -> anyh
         let mqtt_node = node.broker.listeners.tcp.bind;
         let http_node = node.http.bind;
         let node_started_ms = now_ms();
-        let mut node_task = tokio::spawn(crate::node::serve(
-            node,
-            Mode::Demo,
-            Some(link),
-            stopped(stop.clone()),
-        ));
+        // The demo's node never restarts itself: it has no release key.
+        let mut node_task = tokio::spawn({
+            let stop = stopped(stop.clone());
+            async move {
+                crate::node::serve(node, Mode::Demo, Some(link), stop)
+                    .await
+                    .map(drop)
+            }
+        });
 
         // Step 3: devices bound to the node, with credentials.
         let secrets = ensure_devices(&api, &node_id, devices, &data).await?;

@@ -66,6 +66,8 @@ pub struct CloudState {
     pub artifacts: Mutex<std::collections::HashMap<(String, String), Vec<u8>>>,
     /// Archive downloads served.
     pub downloads: AtomicU64,
+    /// Release binaries by version.
+    pub releases: Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 pub struct FakeCloud {
@@ -143,6 +145,7 @@ impl FakeCloud {
             rules: vec![],
             functions: vec![],
             components: vec![],
+            release: None,
             config: json!({}),
         });
         let state = Arc::new(CloudState {
@@ -156,6 +159,7 @@ impl FakeCloud {
             waiting: AtomicU64::new(0),
             artifacts: Mutex::new(std::collections::HashMap::new()),
             downloads: AtomicU64::new(0),
+            releases: Mutex::new(std::collections::HashMap::new()),
         });
         let app = Router::new()
             .route("/api/agent/join", post(join))
@@ -165,6 +169,7 @@ impl FakeCloud {
                 verge_protocol::paths::COMPONENT_ARTIFACT,
                 get(component_archive),
             )
+            .route(verge_protocol::paths::RELEASE_BINARY, get(release_binary))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -214,6 +219,7 @@ impl FakeCloud {
             secret: SECRET.into(),
             mqtt_url: "mqtt://127.0.0.1:1884".into(),
             ca_file: None,
+            release_key: None,
         }
     }
 
@@ -258,6 +264,25 @@ async fn component_archive(
             b.into_response()
         }
         None => error(StatusCode::NOT_FOUND, "not_found", "no such artifact"),
+    }
+}
+
+async fn release_binary(
+    State(s): State<Arc<CloudState>>,
+    headers: HeaderMap,
+    axum::extract::Path(version): axum::extract::Path<String>,
+) -> Response {
+    if !node_authorized(&s, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "bad node credentials",
+        );
+    }
+    let body = s.releases.lock().unwrap().get(&version).cloned();
+    match body {
+        Some(b) => b.into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such release"),
     }
 }
 
@@ -501,6 +526,18 @@ impl TestNode {
     /// The agent's directory.
     pub fn cloud_dir(&self) -> PathBuf {
         self.dir.join("cloud")
+    }
+
+    /// An agent with `options` (the executable a release replaces, the
+    /// grace of a new binary).
+    pub async fn agent_opts(
+        &self,
+        creds: Credentials,
+        options: verge_agent::AgentOptions,
+    ) -> Agent {
+        Agent::start_with(creds, self.cloud_dir(), self.parts(), options)
+            .await
+            .expect("agent")
     }
 
     pub async fn agent(&self, creds: Credentials) -> Agent {

@@ -328,26 +328,32 @@ pub async fn delete_version(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn too_large(max: usize) -> AppError {
+fn too_large(max: usize, key: &str) -> AppError {
     AppError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-        format!("the artifact is larger than {max} bytes (`cloud.max_artifact_bytes`)"),
+        format!("the body is larger than {max} bytes (`{key}`)"),
     )
 }
 
-/// The request body, at most `max` bytes (413 beyond).
-async fn read_limited(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, AppError> {
+/// The request body, at most `max` bytes (413 beyond, naming the config
+/// `key` that sets it).
+pub(super) async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    key: &str,
+) -> Result<Vec<u8>, AppError> {
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if announced.is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX)) {
-        return Err(too_large(max));
+        return Err(too_large(max, key));
     }
     match Limited::new(body, max).collect().await {
         Ok(b) => Ok(b.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(max)),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(max, key)),
         Err(e) => Err(AppError::invalid(format!("reading the body: {e}"))),
     }
 }
@@ -367,7 +373,7 @@ pub async fn put_artifact(
         )));
     }
     let max = cloud.inner().cfg.cloud.max_artifact_bytes;
-    let data = read_limited(&headers, body, max).await?;
+    let data = read_limited(&headers, body, max, "cloud.max_artifact_bytes").await?;
     if data.is_empty() {
         return Err(AppError::invalid_component("the artifact is empty"));
     }

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod functions;
 pub mod labels;
 pub mod nodes;
+pub mod releases;
 pub mod revisions;
 pub mod rollouts;
 mod rows;

@@ -293,6 +293,10 @@ pub async fn delete(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
+    sqlx::query("DELETE FROM node_releases WHERE node_id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
     crate::revisions::forget_node(&mut tx, &id).await?;
     tx.commit().await?;
     cloud.refresh_registry().await.map_err(AppError::internal)?;

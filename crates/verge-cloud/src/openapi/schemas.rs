@@ -229,6 +229,8 @@ pub fn schemas() -> Map<String, Value> {
                         "module_base64": {"type": "string", "description": "empty in the admin view (`/api/nodes/{id}/desired`)"}}))),
                     "components": {"type": "array", "items": r("DesiredComponent"),
                         "description": "left out when empty; a process component's archive is at /api/agent/components/{name}/{version}/artifact"},
+                    "release": {"allOf": [r("ReleaseRef")],
+                        "description": "the release of the verge binary the node should run; left out when none is assigned. Its binary is at /api/agent/releases/{version}/binary"},
                     "config": {"type": "object", "nullable": true},
                 }),
             ),
@@ -258,6 +260,7 @@ pub fn schemas() -> Map<String, Value> {
         .chain(super::components::schemas())
         .chain(super::revisions::schemas())
         .chain(super::rollouts::schemas())
+        .chain(super::releases::schemas())
         .chain(agent)
         .map(|(k, v)| (k.to_owned(), v))
         .collect()

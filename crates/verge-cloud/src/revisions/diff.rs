@@ -1,5 +1,5 @@
 //! The difference between two revisions of a node, per kind (devices,
-//! rules, functions, components, config): the names added, removed and
+//! rules, functions, components, config, release): the names added, removed and
 //! changed, and for changed items both versions. Devices never show their
 //! password hashes: a changed device says only `secret changed`.
 //! Pure: no I/O.
@@ -81,6 +81,18 @@ pub fn diff(a: &DesiredState, b: &DesiredState) -> Value {
         }
         items
     };
+    // The release of the verge binary: one item, named `verge`.
+    let release = |s: &DesiredState| -> Items {
+        s.release
+            .iter()
+            .map(|r| {
+                (
+                    "verge".to_owned(),
+                    serde_json::to_value(r).unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    };
     json!({
         "from": a.version,
         "to": b.version,
@@ -95,6 +107,7 @@ pub fn diff(a: &DesiredState, b: &DesiredState) -> Value {
             both,
         ),
         "config": kind(&config(a), &config(b), both),
+        "release": kind(&release(a), &release(b), both),
     })
 }
 
@@ -111,6 +124,7 @@ mod tests {
             rules: Vec::new(),
             functions: Vec::new(),
             components: Vec::new(),
+            release: None,
             config: json!({}),
         }
     }
@@ -160,6 +174,29 @@ mod tests {
         );
         assert_eq!(
             d["rules"],
+            json!({"added": [], "removed": [], "changed": []})
+        );
+    }
+
+    #[test]
+    fn the_release_is_one_item_named_verge() {
+        let release = |version: &str| verge_protocol::ReleaseRef {
+            version: version.into(),
+            sha256: "ab".repeat(32),
+            size: 1,
+            signature: "sig".into(),
+        };
+        let (a, mut b, mut c) = (state(1), state(2), state(3));
+        b.release = Some(release("0.1.0"));
+        c.release = Some(release("0.2.0"));
+        assert_eq!(diff(&a, &b)["release"]["added"], json!(["verge"]));
+        assert_eq!(diff(&b, &a)["release"]["removed"], json!(["verge"]));
+        let changed = &diff(&b, &c)["release"]["changed"][0];
+        assert_eq!(changed["name"], "verge");
+        assert_eq!(changed["from"]["version"], "0.1.0");
+        assert_eq!(changed["to"]["version"], "0.2.0");
+        assert_eq!(
+            diff(&a, &a)["release"],
             json!({"added": [], "removed": [], "changed": []})
         );
     }
