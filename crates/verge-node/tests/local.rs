@@ -434,6 +434,7 @@ impl Cloud {
             functions: vec![],
             components: vec![],
             config: json!({}),
+            release: None,
         });
         let reports = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
@@ -493,6 +494,7 @@ impl Cloud {
                 secret: SECRET.into(),
                 mqtt_url: format!("mqtt://127.0.0.1:{}", closed_port()),
                 ca_file: None,
+                release_key: None,
             },
             dir: data.join("cloud"),
         }
