@@ -86,11 +86,11 @@ def test_a_component_is_deployed_updated_rolled_back_removed_and_runs_offline(pr
     def assign(v):
         cloud_call(cloud_url, admin, "PUT", f"/api/nodes/{node_id}/components/app", {"version": v})
 
-    def running(v):
+    def running(v, proc=None):
         def check():
             c = node_components(ports, node_token).get("app")
             return c if c and c["version"] == v and c["state"] == "healthy" and c["pid"] else None
-        return wait_for(f"app {v} healthy on the node", check, node, timeout=30)
+        return wait_for(f"app {v} healthy on the node", check, proc or node, timeout=30)
 
     version("1.0.0", "while True: time.sleep(1)")
     version("2.0.0", "while True: time.sleep(1)")
@@ -159,11 +159,16 @@ def test_a_component_is_deployed_updated_rolled_back_removed_and_runs_offline(pr
     # the cached state's component runs again from its files on disk.
     assign("2.0.0")
     running("2.0.0")
+    # The revision is the node's (cached) once its grace has passed.
+    wait_for("the revision with version 2 applied", lambda: (
+        (a := node_agent(ports, node_token).get("attempt"))
+        and a["state"] == "applied" and a["version"] == node_agent(ports, node_token)["applied_version"]
+        and any(i["name"] == "app" for i in a["items"])), node, timeout=30)
     for p in list(procs):
         if p.name in ("cloud", "node"):
             p.stop()
     node2, ports2 = start_node(procs, workdir, cloud_url, None, ports=ports)
-    again = running("2.0.0")
+    again = running("2.0.0", node2)
     assert again["pid"] != v2["pid"]
     node2.stop()
     assert not pid_alive(again["pid"]), "the node stops its components when it stops"
