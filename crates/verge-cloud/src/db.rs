@@ -290,6 +290,25 @@ pub async fn bump_nodes(
     Ok(())
 }
 
+/// Lock node `node`'s row for the rest of `tx` (PostgreSQL; SQLite has
+/// one writer anyway), so changes to what it runs queue up; 404 when there
+/// is no such node.
+pub async fn lock_node(
+    tx: &mut Transaction<'_, Any>,
+    node: &str,
+) -> Result<(), crate::error::AppError> {
+    let done = sqlx::query("UPDATE nodes SET desired_version = desired_version WHERE id = $1")
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(crate::error::AppError::not_found(format!(
+            "no node `{node}`"
+        )));
+    }
+    Ok(())
+}
+
 /// Nodes whose rules name the function `name`.
 pub async fn nodes_using_function(
     tx: &mut Transaction<'_, Any>,

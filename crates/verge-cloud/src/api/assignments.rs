@@ -27,19 +27,6 @@ pub struct Assign {
     version: String,
 }
 
-/// Lock the node's row for the rest of `tx` (PostgreSQL; SQLite has one
-/// writer anyway), or 404.
-async fn lock_node(tx: &mut Transaction<'_, Any>, node: &str) -> Result<(), AppError> {
-    let done = sqlx::query("UPDATE nodes SET desired_version = desired_version WHERE id = $1")
-        .bind(node)
-        .execute(&mut **tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(AppError::not_found(format!("no node `{node}`")));
-    }
-    Ok(())
-}
-
 /// The specs assigned to `node`, by name.
 pub(crate) async fn assigned_specs(
     tx: &mut Transaction<'_, Any>,
@@ -93,7 +80,7 @@ pub(crate) async fn assign_in(
     version: &str,
 ) -> Result<(bool, bool), AppError> {
     check_component_name("version", version)?;
-    lock_node(tx, node).await?;
+    crate::db::lock_node(tx, node).await?;
     let found: Option<(String,)> =
         sqlx::query_as("SELECT kind FROM component_versions WHERE name = $1 AND version = $2")
             .bind(name)
@@ -171,7 +158,7 @@ pub async fn unassign(
     ApiPath((node, name)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
-    lock_node(&mut tx, &node).await?;
+    crate::db::lock_node(&mut tx, &node).await?;
     let done = sqlx::query("DELETE FROM node_components WHERE node_id = $1 AND name = $2")
         .bind(&node)
         .bind(&name)

@@ -200,18 +200,6 @@ pub async fn put_binary(
     ))
 }
 
-/// Lock the node's row for the rest of `tx`, or 404.
-async fn lock_node(tx: &mut Transaction<'_, Any>, node: &str) -> Result<(), AppError> {
-    let done = sqlx::query("UPDATE nodes SET desired_version = desired_version WHERE id = $1")
-        .bind(node)
-        .execute(&mut **tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(AppError::not_found(format!("no node `{node}`")));
-    }
-    Ok(())
-}
-
 /// The release assigned to `node`, for its desired state.
 pub(crate) async fn assigned_release(
     tx: &mut Transaction<'_, Any>,
@@ -240,7 +228,7 @@ pub async fn assign(
 ) -> Result<impl IntoResponse, AppError> {
     check_version(&body.version)?;
     let mut tx = cloud.inner().pool.begin().await?;
-    lock_node(&mut tx, &node).await?;
+    crate::db::lock_node(&mut tx, &node).await?;
     let found: Option<(i64,)> = sqlx::query_as(
         "SELECT CASE WHEN data IS NULL THEN 0 ELSE 1 END FROM releases WHERE version = $1",
     )
@@ -303,7 +291,7 @@ pub async fn unassign(
     ApiPath(node): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
-    lock_node(&mut tx, &node).await?;
+    crate::db::lock_node(&mut tx, &node).await?;
     let done = sqlx::query("DELETE FROM node_releases WHERE node_id = $1")
         .bind(&node)
         .execute(&mut *tx)

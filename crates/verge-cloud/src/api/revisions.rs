@@ -164,10 +164,7 @@ pub struct Rollback {
 /// Lock the node's row for the rest of `tx` (PostgreSQL; SQLite has one
 /// writer anyway) and return its desired and applied revisions, or 404.
 async fn lock(tx: &mut Transaction<'_, Any>, node: &str) -> Result<(i64, i64), AppError> {
-    sqlx::query("UPDATE nodes SET desired_version = desired_version WHERE id = $1")
-        .bind(node)
-        .execute(&mut **tx)
-        .await?;
+    crate::db::lock_node(tx, node).await?;
     versions(&mut **tx, node).await
 }
 
