@@ -32,6 +32,7 @@ pub(crate) fn empty_state(node_id: &str) -> DesiredState {
         devices: Vec::new(),
         rules: Vec::new(),
         functions: Vec::new(),
+        drivers: Vec::new(),
         components: Vec::new(),
         release: None,
         config: serde_json::Value::Object(serde_json::Map::new()),

@@ -79,6 +79,8 @@ pub async fn from_tables(
                 })
             })
             .collect::<Result<_, AppError>>()?,
+        // Drivers become deployable with their own table (migration 8).
+        drivers: Vec::new(),
         config: json_col(&config),
     }))
 }

@@ -432,6 +432,7 @@ impl Cloud {
             devices: vec![],
             rules: vec![],
             functions: vec![],
+            drivers: vec![],
             components: vec![],
             config: json!({}),
             release: None,

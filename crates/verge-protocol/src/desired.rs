@@ -28,6 +28,9 @@ pub struct DesiredState {
     /// Functions the node's rules use.
     #[serde(default)]
     pub functions: Vec<FunctionArtifact>,
+    /// Protocol drivers with their point tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<DriverSpec>,
     /// Components the node keeps running (a process component's files
     /// are fetched from [`paths::component_artifact`](crate::paths::component_artifact)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -96,6 +99,56 @@ pub struct ActionSpec {
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
+/// One protocol driver with its point table, with the keys the node's
+/// drivers API takes (docs/drivers.md): `name`, `protocol`, the
+/// connection and `devices`. The settings stay JSON here so the contract
+/// does not depend on the driver crate; the driver crate's config type
+/// checks them on the node and in the cloud before a driver is stored.
+/// A driver the cloud deploys never names a file of the node: no
+/// `pki_dir` (the node's own default holds), serial lines only under
+/// `/dev/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriverSpec {
+    /// The driver's name, unique on the node.
+    pub name: String,
+    /// Every other key of the driver's config.
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DriverSpec {
+    /// Why this driver may not come from the cloud: it names a file of
+    /// the node (`pki_dir`, a serial `device` outside `/dev/` or with a
+    /// `..` component); `Ok` when it names none. The rest of the config is
+    /// the driver crate's to check.
+    pub fn check_files(&self) -> Result<(), String> {
+        if self.settings.contains_key("pki_dir") {
+            return Err(format!(
+                "driver `{}`: `pki_dir` is the node's own (its default, under its data dir); \
+                 a driver from the cloud cannot name a directory",
+                self.name
+            ));
+        }
+        if let Some(serial) = self.settings.get("serial")
+            && let Some(device) = serial.get("device")
+        {
+            let ok = device.as_str().is_some_and(|d| {
+                d.strip_prefix("/dev/").is_some_and(|rest| {
+                    !rest.is_empty() && !rest.split('/').any(|c| c == ".." || c.is_empty())
+                })
+            });
+            if !ok {
+                return Err(format!(
+                    "driver `{}`: `serial.device` must be a serial line under /dev/, such as \
+                     /dev/ttyUSB0",
+                    self.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A function's code and spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +214,10 @@ mod tests {
             }],
             rules: vec![parse(json!({"id": "r", "sql": "SELECT * FROM \"a\""}))],
             functions: vec![],
+            drivers: vec![parse(json!({
+                "name": "plc1", "protocol": "modbus-tcp", "host": "127.0.0.1",
+                "devices": [{"name": "m1", "points": []}],
+            }))],
             components: vec![],
             release: None,
             config: empty_object(),
@@ -210,6 +267,26 @@ mod tests {
         assert_eq!(d.rules[0].actions[1].settings["name"], "tag");
         assert_eq!(d.functions[0].spec.runtime, "wasm");
         assert_eq!(serde_json::to_value(&d).ok(), Some(before));
+    }
+
+    #[test]
+    fn a_driver_from_the_cloud_names_no_file() {
+        let d = |v| parse::<DriverSpec>(v).check_files();
+        assert!(
+            d(json!({"name": "a", "protocol": "modbus-tcp", "host": "h", "devices": []})).is_ok()
+        );
+        assert!(d(json!({"name": "a", "serial": {"device": "/dev/ttyUSB0"}})).is_ok());
+        assert!(d(json!({"name": "a", "serial": {"device": "/dev/serial/by-id/usb-1"}})).is_ok());
+        for bad in [
+            json!({"name": "a", "pki_dir": "/etc"}),
+            json!({"name": "a", "serial": {"device": "/etc/passwd"}}),
+            json!({"name": "a", "serial": {"device": "/dev/../etc/passwd"}}),
+            json!({"name": "a", "serial": {"device": "/dev/"}}),
+            json!({"name": "a", "serial": {"device": "/dev//x"}}),
+            json!({"name": "a", "serial": {"device": 3}}),
+        ] {
+            assert!(d(bad.clone()).is_err(), "{bad}");
+        }
     }
 
     #[test]

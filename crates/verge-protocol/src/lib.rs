@@ -40,7 +40,7 @@ pub use component::{
     MqttRights, RestartPolicy, component_start_order, valid_component_name,
 };
 pub use desired::{
-    ActionSpec, DesiredState, DeviceEntry, FunctionArtifact, FunctionSpec, RuleSpec,
+    ActionSpec, DesiredState, DeviceEntry, DriverSpec, FunctionArtifact, FunctionSpec, RuleSpec,
 };
 pub use release::{ReleaseRef, release_message, valid_release_version, valid_sha256};
 pub use settings::{RUNTIME_SETTINGS, check_node_config, check_setting};

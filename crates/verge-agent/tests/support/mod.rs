@@ -144,6 +144,7 @@ impl FakeCloud {
             devices: vec![],
             rules: vec![],
             functions: vec![],
+            drivers: vec![],
             components: vec![],
             release: None,
             config: json!({}),

@@ -123,6 +123,7 @@ mod tests {
             devices: Vec::new(),
             rules: Vec::new(),
             functions: Vec::new(),
+            drivers: Vec::new(),
             components: Vec::new(),
             release: None,
             config: json!({}),
