@@ -80,13 +80,18 @@ impl StatusHandle {
 
     /// Whether the rule `id` is deployed by the cloud (so the node's own
     /// API must not change it).
+    /// A rule the node keeps local-only is the node's own, not the
+    /// cloud's.
     pub fn manages_rule(&self, id: &str) -> bool {
         self.ctx.managed().rules.contains(id)
+            && !crate::local_only::kept(&self.ctx.parts, "rule", id)
     }
 
-    /// Whether the function `name` is deployed by the cloud.
+    /// Whether the function `name` is deployed by the cloud (and not kept
+    /// local-only by the node).
     pub fn manages_function(&self, name: &str) -> bool {
         self.ctx.managed().functions.contains(name)
+            && !crate::local_only::kept(&self.ctx.parts, "function", name)
     }
 }
 

@@ -20,8 +20,8 @@ use verge_protocol::{
 };
 use verge_rules::{RuleConfig, RuleError};
 
-use crate::artifact;
 use crate::parts::NodeParts;
+use crate::{artifact, local_only};
 
 /// What applying a state did, item by item.
 #[derive(Debug, Default, Clone)]
@@ -86,6 +86,10 @@ pub(crate) async fn apply(
     next: &DesiredState,
 ) -> Results {
     let mut out = Results::default();
+    // What the node keeps local-only is neither applied nor removed.
+    let prev = prev.map(|p| local_only::strip(parts, p, None));
+    let prev = prev.as_ref();
+    let next = &local_only::strip(parts, next, Some(&mut out.items));
     crate::config::apply_config(parts, prev.map(|p| &p.config), &next.config, &mut out);
     apply_devices(parts, prev, &next.devices, &mut out);
     disconnect_revoked(parts, prev, &next.devices).await;
@@ -235,6 +239,7 @@ async fn apply_functions(parts: &NodeParts, artifacts: &[FunctionArtifact], out:
 /// such changes). Returns one line per item put back; what cannot be put
 /// back is logged and left for the next sync.
 pub(crate) async fn reconcile(parts: &NodeParts, d: &DesiredState) -> Vec<String> {
+    let d = &local_only::strip(parts, d, None);
     let mut restored = Vec::new();
     for a in &d.functions {
         match apply_function(parts, a).await {

@@ -35,6 +35,7 @@ mod config;
 mod deploy;
 pub mod http;
 mod join;
+pub mod local_only;
 mod parts;
 pub mod release;
 mod report;

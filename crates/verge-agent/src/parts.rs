@@ -27,6 +27,12 @@ pub trait LocalItems: Send + Sync {
     /// own. Never an item the cloud manages now: the node asks the
     /// agent's [`StatusHandle::manages`](crate::StatusHandle::manages).
     fn items(&self) -> LocalFuture<'_>;
+    /// Whether the node keeps its own `kind` (`rule`, `function`,
+    /// `driver`) `name` even when a revision names one: the agent leaves
+    /// it alone ([`crate::local_only`]).
+    fn local_only(&self, _kind: &str, _name: &str) -> bool {
+        false
+    }
 }
 
 /// The node's component supervisor as the agent drives it. The supervisor

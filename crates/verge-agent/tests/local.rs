@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use support::*;
 use verge_agent::{LocalFuture, LocalItems, StatusHandle};
-use verge_protocol::LocalItem;
+use verge_protocol::{DesiredState, LocalItem};
 
 /// A node's account of its own items: `items`, less what the agent says
 /// the cloud manages (as the node's own account does).
@@ -37,6 +37,7 @@ fn item(kind: &str, name: &str, source: &str) -> LocalItem {
         kind: kind.into(),
         name: name.into(),
         source: source.into(),
+        local_only: false,
     }
 }
 
@@ -134,5 +135,98 @@ async fn a_node_that_gives_no_account_reports_no_local_items() {
     let report = eventually_report(&cloud, |r| r.applied_version == v1).await;
     assert!(report.local.is_empty(), "{:?}", report.local);
     assert!(report.rules.iter().any(|r| r["id"] == "own"));
+    agent.shutdown().await;
+}
+
+/// A node account whose marks can change: what `local_only` answers.
+struct Marks(Mutex<Vec<(String, String)>>);
+
+impl LocalItems for Marks {
+    fn items(&self) -> LocalFuture<'_> {
+        Box::pin(async { Vec::new() })
+    }
+
+    fn local_only(&self, kind: &str, name: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(k, n)| k == kind && n == name)
+    }
+}
+
+async fn sql_of(node: &TestNode, id: &str) -> Option<String> {
+    node.rules.get(id).await.ok().map(|r| r.config.sql)
+}
+
+#[tokio::test]
+async fn an_item_kept_local_only_is_neither_replaced_nor_removed_by_a_revision() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let own_sql = "SELECT * FROM \"own/topic\"";
+    node.rules
+        .create(
+            serde_json::from_value(serde_json::json!({"id": "hot", "sql": own_sql})).expect("rule"),
+        )
+        .await
+        .expect("rule");
+    let marks = Arc::new(Marks(Mutex::new(vec![("rule".into(), "hot".into())])));
+    let mut parts = node.parts();
+    parts.local = Some(marks.clone());
+    // The cloud wants its own `hot` and a rule `r2`.
+    let cloud_hot = |d: &mut DesiredState| {
+        d.rules = vec![
+            rule_spec(serde_json::json!({"id": "hot", "sql": "SELECT * FROM \"cloud/hot\""})),
+            rule_spec(serde_json::json!({"id": "r2", "sql": "SELECT * FROM \"cloud/r2\""})),
+        ];
+    };
+    let v1 = cloud.publish(cloud_hot);
+    let agent = verge_agent::Agent::start(cloud.creds(), node.cloud_dir(), parts)
+        .await
+        .expect("agent");
+    let a = eventually_attempt(&agent, v1, verge_protocol::AttemptState::Applied).await;
+    let kept: Vec<_> = a
+        .items
+        .iter()
+        .filter(|i| i.result == verge_protocol::ItemOutcome::KeptLocal)
+        .map(|i| format!("{}/{}", i.kind, i.name))
+        .collect();
+    assert_eq!(kept, ["rule/hot"], "{:?}", a.items);
+    assert_eq!(agent.status().applied_version, v1, "kept is not failed");
+    assert_eq!(sql_of(&node, "hot").await.as_deref(), Some(own_sql));
+    assert!(node.has_rule("r2").await);
+    let handle = agent.status_handle();
+    assert!(
+        !handle.manages("rule", "hot"),
+        "the node's own, changeable there"
+    );
+    assert!(handle.manages("rule", "r2"));
+
+    // A quiet poll does not put the cloud's `hot` back either.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(sql_of(&node, "hot").await.as_deref(), Some(own_sql));
+
+    // A revision without `hot` leaves the node's `hot` running.
+    let v2 = cloud.publish(|d| d.rules.retain(|r| r.id != "hot"));
+    eventually_attempt(&agent, v2, verge_protocol::AttemptState::Applied).await;
+    assert_eq!(sql_of(&node, "hot").await.as_deref(), Some(own_sql));
+
+    // Unmarked: the next revision naming `hot` replaces it with the cloud's.
+    marks.0.lock().unwrap().clear();
+    let v3 = cloud.publish(cloud_hot);
+    let a = eventually_attempt(&agent, v3, verge_protocol::AttemptState::Applied).await;
+    assert!(
+        a.items
+            .iter()
+            .all(|i| i.result != verge_protocol::ItemOutcome::KeptLocal),
+        "{:?}",
+        a.items
+    );
+    assert_eq!(
+        sql_of(&node, "hot").await.as_deref(),
+        Some("SELECT * FROM \"cloud/hot\"")
+    );
+    assert!(handle.manages("rule", "hot"));
     agent.shutdown().await;
 }

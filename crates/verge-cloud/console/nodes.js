@@ -96,7 +96,8 @@ function driftView(r) {
     h("span", { class: "badge state-drift", testid: "node-drift-badge" }, "differs from its revision"),
     local.length ? h("ul", { class: "plain", testid: "node-local-items" }, local.map((i) =>
       h("li", { testid: "node-local-item", "data-kind": i.kind, "data-name": i.name },
-        `${i.kind} ${i.name} `, h("span", { class: "muted" }, i.source === "api" ? "(made through the node's API)" : "(the node's config file)")))) : null,
+        `${i.kind} ${i.name} `, h("span", { class: "muted" }, i.source === "api" ? "(made through the node's API)" : "(the node's config file)"),
+        i.local_only ? h("span", { class: "badge state-drift", testid: "node-local-only" }, "kept local-only: the revision's item of this name is not applied") : null))) : null,
     restored.length ? h("ul", { class: "errors", testid: "node-drift-restored" }, restored.map((x) => h("li", {}, x))) : null);
 }
 

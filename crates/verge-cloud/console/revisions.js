@@ -88,7 +88,7 @@ function attemptView(a) {
     a.error ? h("p", { class: "error", testid: "revision-attempt-error" }, a.error) : null,
     items.length ? h("ul", { class: "plain", testid: "revision-items" }, items.map((i) =>
       h("li", { testid: "revision-item", "data-result": i.result, class: i.result === "failed" ? "error" : "" },
-        `${i.kind} ${i.name}: ${i.result}`, i.error ? ` — ${i.error}` : ""))) : null);
+        `${i.kind} ${i.name}: ${(i.result || "").replace("_", " ")}`, i.error ? ` — ${i.error}` : ""))) : null);
 }
 
 /** A diff per kind: added, removed, changed (with both versions). */

@@ -206,6 +206,32 @@ async fn node_join_and_desired_state(h: Harness) {
     assert_eq!(m[0]["cpu_percent"], 3.5);
     let (_, deps) = h.call(Method::GET, "/api/deployments", None).await;
     assert_eq!(deps[0]["state"], "pending");
+    assert_eq!((&deps[0]["differs"], &deps[0]["local"]), (&json!(false), &json!([])));
+    // The node tries its desired revision, fails it and reports an item of
+    // its own kept local-only: the deployment says so.
+    let desired = n["desired_version"].as_i64().unwrap_or_default();
+    let (s, _) = h
+        .call_as(
+            Method::POST,
+            "/api/agent/status",
+            Some(&verge_protocol::node_bearer("edge-1", &secret)),
+            Some(json!({
+                "applied_version": v4,
+                "attempt": {"version": desired, "state": "rolled_back", "started_ms": 1,
+                            "finished_ms": 2, "rolled_back_to": v4,
+                            "items": [{"kind": "rule", "name": "r9", "result": "failed",
+                                       "error": "bad SQL"},
+                                      {"kind": "rule", "name": "hot", "result": "kept_local"}]},
+                "local": [{"kind": "rule", "name": "hot", "source": "api", "local_only": true}],
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, deps) = h.call(Method::GET, "/api/deployments", None).await;
+    assert_eq!(deps[0]["state"], "failed", "{deps}");
+    assert_eq!(deps[0]["error"], "rule `r9`: bad SQL");
+    assert_eq!(deps[0]["differs"], true);
+    assert_eq!(deps[0]["local"][0]["local_only"], true);
     let (s, _) = h.call(Method::DELETE, "/api/nodes/edge-1", None).await;
     assert_eq!(s, StatusCode::CONFLICT);
 }

@@ -10,6 +10,8 @@
 //! drivers.json    [DriverConfig]  drivers created or replaced there, with their point tables
 //! functions.json  [name]          functions deployed there (their specs and modules are
 //!                                 the function registry's, under <data_dir>/functions)
+//! local-only.json [{kind, name}]  items marked local-only (`/api/local-only`): a revision
+//!                                 naming one leaves the node's own in place
 //! ```
 //!
 //! The rules, as `docs/rules.md` ("Local changes survive a restart") tells
@@ -29,7 +31,10 @@
 //!   and kept in the file.
 //! - An item the cloud comes to manage (a revision names it) is dropped
 //!   from the files: the cloud's revision wins, and a later revision
-//!   without it removes it from the node for good.
+//!   without it removes it from the node for good — unless the item is
+//!   marked local-only: then the node's own stays, is saved like any item
+//!   changed through the API, and the agent leaves it alone
+//!   (`verge_agent::local_only`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -55,6 +60,7 @@ pub const DIR: &str = "local";
 const RULES: &str = "rules.json";
 const DRIVERS: &str = "drivers.json";
 const FUNCTIONS: &str = "functions.json";
+const LOCAL_ONLY: &str = "local-only.json";
 /// Longest a report waits for the node to hand over the agent's status
 /// handle (it does so right after the agent starts).
 const CLOUD_WAIT: Duration = Duration::from_secs(2);
@@ -84,6 +90,18 @@ pub struct Saved {
     rules: BTreeMap<String, RuleConfig>,
     drivers: BTreeMap<String, DriverConfig>,
     functions: BTreeSet<String>,
+    local_only: BTreeSet<Mark>,
+}
+
+/// An item marked local-only: `kind` (`rule`, `function`, `driver`) and
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mark {
+    /// The item's kind.
+    pub kind: String,
+    /// Its name (a rule's id).
+    pub name: String,
 }
 
 impl Saved {
@@ -93,10 +111,15 @@ impl Saved {
         let rules: Vec<RuleConfig> = read_list(&dir.join(RULES));
         let drivers: Vec<DriverConfig> = read_list(&dir.join(DRIVERS));
         let functions: Vec<String> = read_list(&dir.join(FUNCTIONS));
+        let local_only: Vec<Mark> = read_list(&dir.join(LOCAL_ONLY));
         Saved {
             rules: rules.into_iter().map(|r| (r.id.clone(), r)).collect(),
             drivers: drivers.into_iter().map(|d| (d.name.clone(), d)).collect(),
             functions: functions.into_iter().collect(),
+            local_only: local_only
+                .into_iter()
+                .filter(|m| verge_agent::local_only::KINDS.contains(&m.kind.as_str()))
+                .collect(),
         }
     }
 
@@ -209,6 +232,9 @@ pub struct LocalStore {
     config: ConfigNames,
     /// What is saved; the lock also orders the files' writes.
     saved: Mutex<Saved>,
+    /// The items marked local-only (as in `saved`, readable without
+    /// waiting: the agent asks at every apply).
+    local_only: std::sync::RwLock<BTreeSet<Mark>>,
     rules: Arc<Engine>,
     drivers: Arc<Drivers>,
     functions: Functions,
@@ -255,6 +281,7 @@ impl LocalStore {
             dir: data_dir.join(DIR),
             pki_root: data_dir.join("opcua-pki"),
             config,
+            local_only: std::sync::RwLock::new(saved.local_only.clone()),
             saved: Mutex::new(saved),
             rules: parts.rules,
             drivers: parts.drivers,
@@ -284,7 +311,8 @@ impl LocalStore {
         let saved = self.saved.lock().await;
         self.write_rules(&saved)?;
         self.write_drivers(&saved)?;
-        self.write_functions(&saved)
+        self.write_functions(&saved)?;
+        self.write(LOCAL_ONLY, &saved.local_only)
     }
 
     fn write(&self, file: &str, value: &impl Serialize) -> Result<(), String> {
@@ -350,6 +378,85 @@ impl LocalStore {
         };
         self.write_functions(&saved)
             .map_err(|e| not_saved("function", name, &e))
+    }
+
+    /// The items marked local-only.
+    pub fn marks(&self) -> Vec<Mark> {
+        self.marked().iter().cloned().collect()
+    }
+
+    fn marked(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<Mark>> {
+        self.local_only
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Mark (`on`) the `kind` `name` local-only, or take the mark away.
+    /// Marking needs the item to run on the node, and saves it as it runs
+    /// (so it survives a restart like any item changed through the API).
+    /// Without the mark, the next apply or quiet poll puts the cloud's
+    /// item back if a revision names one.
+    pub async fn set_local_only(&self, kind: &str, name: &str, on: bool) -> Result<Mark, AppError> {
+        if !verge_agent::local_only::KINDS.contains(&kind) {
+            return Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_kind",
+                format!(
+                    "`{kind}` cannot be kept local-only; the kinds are {}",
+                    verge_agent::local_only::KINDS.join(", ")
+                ),
+            ));
+        }
+        let mark = Mark {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        };
+        if on {
+            let runs = match kind {
+                "rule" => self.rules.get(name).await.is_ok(),
+                "driver" => self.drivers.get(name).is_some(),
+                _ => self.functions.exists(name),
+            };
+            if !runs {
+                return Err(AppError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("the node runs no {kind} `{name}` to keep local-only"),
+                ));
+            }
+        } else if !self.marked().contains(&mark) {
+            return Err(AppError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("the {kind} `{name}` is not marked local-only"),
+            ));
+        }
+        {
+            let mut saved = self.saved.lock().await;
+            let mut next = saved.local_only.clone();
+            if on {
+                next.insert(mark.clone());
+            } else {
+                next.remove(&mark);
+            }
+            self.write(LOCAL_ONLY, &next)
+                .map_err(|e| not_saved(kind, name, &e))?;
+            saved.local_only = next.clone();
+            *self
+                .local_only
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        }
+        if on {
+            // The item is the node's own from now on: keep it as it runs.
+            match kind {
+                "rule" => self.rule_changed(name).await?,
+                "driver" => self.driver_changed(name).await?,
+                _ => self.function_changed(name).await?,
+            }
+        }
+        tracing::info!(kind, name, on, "local-only mark changed");
+        Ok(mark)
     }
 
     /// The agent's status handle (`None`: the node runs no agent); `Err`
@@ -441,6 +548,14 @@ impl LocalStore {
             }
         }
         drop(saved);
+        let marked = self.marked();
+        for i in &mut items {
+            i.local_only = marked.contains(&Mark {
+                kind: i.kind.clone(),
+                name: i.name.clone(),
+            });
+        }
+        drop(marked);
         items
     }
 }
@@ -460,6 +575,7 @@ fn item(kind: &str, name: String, source: &str) -> LocalItem {
         kind: kind.to_owned(),
         name,
         source: source.to_owned(),
+        local_only: false,
     }
 }
 
@@ -479,6 +595,13 @@ fn not_saved(kind: &str, name: &str, error: &str) -> AppError {
 impl LocalItems for LocalStore {
     fn items(&self) -> LocalFuture<'_> {
         Box::pin(self.list())
+    }
+
+    fn local_only(&self, kind: &str, name: &str) -> bool {
+        self.marked().contains(&Mark {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        })
     }
 }
 

@@ -501,6 +501,19 @@ impl Cloud {
         }
     }
 
+    /// The newest heartbeat, once one satisfies `check`.
+    async fn report(&self, check: impl Fn(&StatusReport) -> bool) -> StatusReport {
+        let start = Instant::now();
+        loop {
+            let newest = self.reports.lock().unwrap().last().cloned();
+            if let Some(r) = newest.filter(|r| check(r)) {
+                return r;
+            }
+            assert!(start.elapsed() < WAIT, "no such heartbeat");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The node's own items, as `kind/name/source`, of the newest
     /// heartbeat once it satisfies `check`.
     async fn local_items(&self, check: impl Fn(&[String]) -> bool) -> Vec<String> {
@@ -617,6 +630,115 @@ args = ["1000"]
     assert!(
         saved.contains("own/out") && !saved.contains("taken"),
         "the cloud's revision wins: {saved}"
+    );
+}
+
+/// The heartbeat's items marked local-only, as `kind/name`.
+fn kept(r: &StatusReport) -> Vec<String> {
+    r.local
+        .iter()
+        .filter(|i| i.local_only)
+        .map(|i| format!("{}/{}", i.kind, i.name))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rule_marked_local_only_stays_the_nodes_across_revisions_and_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let cloud = Cloud::start().await;
+    let v1 = cloud.publish(&[rule("cloud-rule", "cloud/out")]);
+    let node = start(config(&data, ""), Some(cloud.link(&data))).await;
+    wait_for_rule(&node, "cloud-rule").await;
+    // Bad requests change nothing.
+    let (st, v) = node.call("PUT", "/api/local-only/device/x", None).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_kind"))
+    );
+    let (st, _) = node.call("PUT", "/api/local-only/rule/nope", None).await;
+    assert_eq!(st, 404, "nothing of that name runs");
+    let (st, _) = node.call("DELETE", "/api/local-only/rule/nope", None).await;
+    assert_eq!(st, 404, "not marked");
+    // The cloud's rule, marked local-only, becomes the node's own: its API
+    // may change it now.
+    let (st, v) = node
+        .call("PUT", "/api/local-only/rule/cloud-rule", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = node
+        .call(
+            "PUT",
+            "/api/rules/cloud-rule",
+            Some(rule("cloud-rule", "mine/out")),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // A revision with another version of it leaves the node's in place and
+    // still applies.
+    let v2 = cloud.publish(&[rule("cloud-rule", "cloud/changed")]);
+    let report = cloud
+        .report(|r| r.applied_version == v2 && !kept(r).is_empty())
+        .await;
+    assert!(v2 > v1);
+    assert_eq!(kept(&report), ["rule/cloud-rule"]);
+    let attempt = report.attempt.expect("attempt");
+    assert!(
+        attempt
+            .items
+            .iter()
+            .any(|i| i.name == "cloud-rule" && i.result == verge_protocol::ItemOutcome::KeptLocal),
+        "{:?}",
+        attempt.items
+    );
+    let (_, r) = node.call("GET", "/api/rules/cloud-rule", None).await;
+    assert_eq!(r["actions"][0]["topic"], "mine/out");
+    let (_, marks) = node.call("GET", "/api/local-only", None).await;
+    assert_eq!(marks, json!([{"kind": "rule", "name": "cloud-rule"}]));
+    let (_, local) = node.call("GET", "/api/local", None).await;
+    assert_eq!(
+        local,
+        json!([{"kind": "rule", "name": "cloud-rule", "source": "api", "local_only": true}])
+    );
+
+    // After a restart: the mark and the node's own version are still there,
+    // and the cached revision does not replace it.
+    node.stop().await;
+    let node = start(config(&data, ""), Some(cloud.link(&data))).await;
+    wait_for_rule(&node, "cloud-rule").await;
+    cloud
+        .report(|r| r.applied_version == v2 && !kept(r).is_empty())
+        .await;
+    let (_, r) = node.call("GET", "/api/rules/cloud-rule", None).await;
+    assert_eq!(r["actions"][0]["topic"], "mine/out");
+
+    // Unmarked, the cloud's version comes back at the next quiet poll.
+    let (st, _) = node
+        .call("DELETE", "/api/local-only/rule/cloud-rule", None)
+        .await;
+    assert_eq!(st, 204);
+    let start_wait = Instant::now();
+    loop {
+        let (_, r) = node.call("GET", "/api/rules/cloud-rule", None).await;
+        if r["actions"][0]["topic"] == "cloud/changed" {
+            break;
+        }
+        assert!(
+            start_wait.elapsed() < WAIT,
+            "the cloud's rule never came back: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, v) = node.call("DELETE", "/api/rules/cloud-rule", None).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("managed_by_cloud"))
+    );
+    node.stop().await;
+    let marks = std::fs::read_to_string(data.join("local/local-only.json")).expect("saved");
+    assert_eq!(
+        serde_json::from_str::<Value>(&marks).expect("json"),
+        json!([])
     );
 }
 

@@ -74,6 +74,11 @@ pub struct LocalItem {
     /// Where it comes from: `api` (the node's HTTP API, kept in the
     /// node's data dir) or `config` (the node's config file).
     pub source: String,
+    /// Marked local-only on the node: a revision naming an item of this
+    /// kind and name leaves the node's own in place (reported as
+    /// `kept_local`) instead of replacing it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 /// How applying one revision went.
@@ -139,6 +144,9 @@ pub enum ItemOutcome {
     Removed,
     /// Not applied: see its `error`.
     Failed,
+    /// Not applied because the node keeps its own item of that kind and
+    /// name, marked local-only there; not a failure.
+    KeptLocal,
 }
 
 #[cfg(test)]

@@ -397,33 +397,53 @@ pub async fn messages(
     ))
 }
 
+/// `GET /api/deployments`: each node's deployment as its node object
+/// says it (`deployment`), with what its last report says of how it
+/// differs from its revision: items it runs of its own (`local`) and
+/// cloud items it found changed and put back (`drift`).
 pub async fn deployments(
     _: ApiAuth,
     State(cloud): State<Cloud>,
 ) -> Result<Json<Vec<Value>>, AppError> {
-    let rows: Vec<(String, i64, i64, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, desired_version, applied_version, apply_errors, report FROM nodes ORDER BY id",
+    type Row = (
+        String,
+        i64,
+        i64,
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, desired_version, applied_version, apply_errors, report, joined_ms, \
+         last_seen_ms FROM nodes ORDER BY id",
     )
     .fetch_all(&cloud.inner().pool)
     .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(id, desired, applied, errors, report)| {
-                let errors = json_col(&errors);
-                let drift = report
-                    .map(|r| json_col(&r)["drift"].clone())
-                    .filter(Value::is_array)
-                    .unwrap_or_else(|| json!([]));
-                let failed = errors.as_array().is_some_and(|e| !e.is_empty());
-                let state = if failed {
-                    "failed"
-                } else if desired == applied {
-                    "in_sync"
-                } else {
-                    "pending"
+            .map(|(id, desired, applied, errors, report, joined, seen)| {
+                let report = report.as_deref().map_or(Value::Null, json_col);
+                let list = |key: &str| {
+                    Some(report[key].clone())
+                        .filter(Value::is_array)
+                        .unwrap_or_else(|| json!([]))
                 };
+                let (drift, local) = (list("drift"), list("local"));
+                let attempt: Option<verge_protocol::ApplyAttempt> =
+                    serde_json::from_value(report["attempt"].clone()).unwrap_or(None);
+                let d = crate::revisions::deployment(
+                    desired,
+                    applied,
+                    attempt.as_ref(),
+                    status(&cloud, joined, seen),
+                );
+                let differs = drift.as_array().is_some_and(|a| !a.is_empty())
+                    || local.as_array().is_some_and(|a| !a.is_empty());
                 json!({"node_id": id, "desired_version": desired, "applied_version": applied,
-                       "state": state, "errors": errors, "drift": drift})
+                       "state": d["state"], "error": d["error"],
+                       "errors": json_col(&errors), "drift": drift, "local": local,
+                       "differs": differs})
             })
             .collect(),
     ))

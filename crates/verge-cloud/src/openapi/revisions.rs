@@ -57,7 +57,7 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
                     "finished_ms": {"type": "integer", "format": "int64", "minimum": 0, "nullable": true},
                     "items": array(obj(&[], false, json!({
                         "kind": string(), "name": string(),
-                        "result": {"type": "string", "enum": ["applied", "removed", "failed"]},
+                        "result": {"type": "string", "enum": ["applied", "removed", "failed", "kept_local"]},
                         "error": {"type": "string", "nullable": true}}))),
                     "error": {"type": "string", "nullable": true},
                     "rolled_back_to": {"type": "integer", "format": "int64", "nullable": true},

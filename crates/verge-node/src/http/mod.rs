@@ -26,6 +26,7 @@ mod components;
 mod drivers;
 mod error;
 mod functions;
+mod local;
 mod metrics;
 mod store;
 
@@ -116,6 +117,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(store::routes())
         .merge(functions::routes())
         .merge(drivers::routes())
+        .merge(local::routes())
         .merge(components::routes())
         .merge(auth::routes())
         .fallback(not_found)
