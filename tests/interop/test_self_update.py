@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -204,3 +205,64 @@ def test_self_update_refused_reverted_and_applied(procs, tmp_path):
     assert not staged.exists(), "the download is removed once the release is confirmed"
     deployment = node_info()["deployment"]
     assert deployment["state"] == "in_sync" and deployment["applied_revision"] == revision, deployment
+
+
+def test_a_new_binary_that_stops_before_its_agent_runs_is_put_back(tmp_path):
+    """A binary on trial that stops before its agent runs (here: its MQTT
+    port is taken) counts each start; the start after the third puts the
+    previous binary back at the executable's path and executes it with the
+    same arguments. The "previous binary" is a script that records that it
+    ran, so the test needs no second build and no cloud (the node runs on
+    stored credentials, offline)."""
+    original = Path(verge_bin())
+    running = version_of(original)
+    exe = tmp_path / "bin" / "verge"
+    exe.parent.mkdir()
+    shutil.copy2(original, exe)
+    data = tmp_path / "node"
+    (data / "release").mkdir(parents=True)
+    (data / "cloud").mkdir()
+    for d in (data, data / "release", data / "cloud"):
+        d.chmod(0o700)
+    creds = data / "cloud" / "credentials.json"
+    creds.write_text(json.dumps({
+        "cloud_url": f"http://127.0.0.1:{free_port()}", "node_id": "edge-1", "secret": "s" * 32,
+        "mqtt_url": f"mqtt://127.0.0.1:{free_port()}"}))
+    creds.chmod(0o600)
+    update = data / "release" / "update.json"
+    update.write_text(json.dumps({
+        "state": "trial", "from": "0.0.1", "to": running, "revision": 2, "previous_revision": 1,
+        "boots": 0, "started_ms": int(time.time() * 1000)}))
+    marker = tmp_path / "previous-ran"
+    previous = data / "release" / "verge-previous"
+    previous.write_text(f'#!/bin/sh\necho "$@" > {marker}\n')
+    previous.chmod(0o755)
+    previous_bytes = previous.read_bytes()
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    args = [exe, "node", "--cloud", json.loads(creds.read_text())["cloud_url"],
+            "--set", f"node.data_dir={data}",
+            "--set", f"broker.listeners.tcp.bind=127.0.0.1:{taken.getsockname()[1]}",
+            "--set", f"broker.listeners.ws.bind=127.0.0.1:{free_port()}",
+            "--set", f"http.bind=127.0.0.1:{free_port()}",
+            "--set", f"coap.bind=127.0.0.1:{free_port()}"]
+    try:
+        for boots in (1, 2, 3):
+            r = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                               env=verge_env(), cwd=tmp_path, timeout=60)
+            assert r.returncode != 0, r.stdout + r.stderr
+            assert json.loads(update.read_text())["boots"] == boots, r.stderr
+            assert exe.read_bytes() != previous_bytes
+            assert not marker.exists()
+        r = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                           env=verge_env(), cwd=tmp_path, timeout=60)
+    finally:
+        taken.close()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert exe.read_bytes() == previous_bytes, "the previous binary is not back"
+    assert marker.read_text().split()[:2] == ["node", "--cloud"], marker.read_text()
+    # Left for the previous binary's agent, which reports the trial as
+    # rolled back (the agent's tests cover that part).
+    assert json.loads(update.read_text())["boots"] == 4

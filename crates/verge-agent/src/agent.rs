@@ -236,7 +236,7 @@ impl Agent {
                 PathBuf::new()
             }),
         };
-        let at_start = update::at_start(&release_dir, release::build_version());
+        let at_start = update::at_start_once(&release_dir, release::build_version());
         if let update::AtStart::Abandoned(u, why) = &at_start {
             tracing::warn!("{why}");
             if let Err(e) = update::restore_desired(&dir) {

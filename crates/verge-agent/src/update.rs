@@ -89,7 +89,17 @@ pub fn at_start(release_dir: &Path, running: &str) -> AtStart {
         return AtStart::Run;
     }
     if running != u.to {
-        let why = format!("release {} did not start; {running} runs again", u.to);
+        let why = if u.boots > MAX_BOOTS {
+            // Put back by the start guard of the new binary.
+            format!(
+                "release {} started {} times without reporting healthy (it stopped before its \
+                 agent ran); {running} runs again",
+                u.to,
+                u.boots - 1
+            )
+        } else {
+            format!("release {} did not start; {running} runs again", u.to)
+        };
         return AtStart::Abandoned(u, why);
     }
     u.boots += 1;
@@ -104,6 +114,55 @@ pub fn at_start(release_dir: &Path, running: &str) -> AtStart {
         return AtStart::Revert(u, why);
     }
     AtStart::Trial(u)
+}
+
+/// What [`guard_start`] found, for the agent of the same process.
+static GUARDED: std::sync::Mutex<Option<(PathBuf, AtStart)>> = std::sync::Mutex::new(None);
+
+/// The node's binary calls this first, before it starts anything that may
+/// fail: it counts this start of a binary on trial at once
+/// ([`at_start`]), so that a new binary that stops before its agent runs
+/// (a listener it cannot bind, a store it cannot open, a panic) is
+/// still put back after [`MAX_BOOTS`] starts by a service manager that
+/// restarts it. Returns `true` when the previous binary was put back at
+/// `exe`: the caller executes `exe` at once, and the previous binary's
+/// agent finds the trial abandoned and reports the revision rolled back.
+/// Otherwise the agent of this process takes the outcome
+/// ([`at_start_once`]) instead of counting the start again.
+pub fn guard_start(release_dir: &Path, exe: &Path) -> bool {
+    let at = at_start(release_dir, crate::release::build_version());
+    if let AtStart::Revert(u, why) = &at {
+        tracing::error!("{why}");
+        let previous = release_dir.join(crate::release::PREVIOUS_BINARY);
+        match crate::release::replace_file(&previous, exe) {
+            Ok(()) => {
+                tracing::warn!(release = %u.to, back = %u.from, "the previous binary is back");
+                return true;
+            }
+            // The agent tries again (and reports it) if it gets to run.
+            Err(e) => tracing::error!("the previous binary was not put back: {e}"),
+        }
+    }
+    *GUARDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((release_dir.to_owned(), at));
+    false
+}
+
+/// [`at_start`], unless [`guard_start`] counted this process's start in
+/// `release_dir` already: then what it found (once).
+pub fn at_start_once(release_dir: &Path, running: &str) -> AtStart {
+    let mut guarded = GUARDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match guarded.take() {
+        Some((dir, at)) if dir == release_dir => at,
+        other => {
+            *guarded = other;
+            drop(guarded);
+            at_start(release_dir, running)
+        }
+    }
 }
 
 /// The reason of a revert after the grace.
@@ -235,6 +294,45 @@ mod tests {
             AtStart::Revert(u, why) => {
                 assert_eq!(u.boots, MAX_BOOTS + 1);
                 assert!(why.contains("started 3 times"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A new binary that stops before its agent runs: each start counts
+    /// in the guard; the one after the last allowed puts the previous
+    /// binary back, and the previous binary finds the trial abandoned.
+    #[test]
+    fn the_start_guard_reverts_a_binary_that_stops_before_its_agent() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let running = crate::release::build_version().to_owned();
+        let mut u = trial(dir.path());
+        u.to = running.clone();
+        u.from = "0.0.9".into();
+        save(dir.path(), &u);
+        let exe = dir.path().join("verge");
+        std::fs::write(&exe, b"new").expect("exe");
+        std::fs::write(dir.path().join(crate::release::PREVIOUS_BINARY), b"old").expect("old");
+        for boots in 1..=MAX_BOOTS {
+            assert!(!guard_start(dir.path(), &exe), "start {boots}");
+            assert_eq!(load(dir.path()).map(|u| u.boots), Some(boots));
+        }
+        // The agent of the last start takes the guard's outcome without
+        // counting again.
+        match at_start_once(dir.path(), &running) {
+            AtStart::Trial(u) => assert_eq!(u.boots, MAX_BOOTS),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(load(dir.path()).map(|u| u.boots), Some(MAX_BOOTS));
+        assert_eq!(std::fs::read(&exe).expect("exe"), b"new");
+        // One start more: the previous binary is back at the executable.
+        assert!(guard_start(dir.path(), &exe));
+        assert_eq!(std::fs::read(&exe).expect("exe"), b"old");
+        match at_start(dir.path(), "0.0.9") {
+            AtStart::Abandoned(u, why) => {
+                assert_eq!(u.boots, MAX_BOOTS + 1);
+                assert!(why.contains("started 3 times"), "{why}");
+                assert!(why.contains("0.0.9 runs again"), "{why}");
             }
             other => panic!("{other:?}"),
         }

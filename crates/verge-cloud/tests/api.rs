@@ -206,7 +206,10 @@ async fn node_join_and_desired_state(h: Harness) {
     assert_eq!(m[0]["cpu_percent"], 3.5);
     let (_, deps) = h.call(Method::GET, "/api/deployments", None).await;
     assert_eq!(deps[0]["state"], "pending");
-    assert_eq!((&deps[0]["differs"], &deps[0]["local"]), (&json!(false), &json!([])));
+    assert_eq!(
+        (&deps[0]["differs"], &deps[0]["local"]),
+        (&json!(false), &json!([]))
+    );
     // The node tries its desired revision, fails it and reports an item of
     // its own kept local-only: the deployment says so.
     let desired = n["desired_version"].as_i64().unwrap_or_default();

@@ -60,20 +60,36 @@ pub fn run(mut cfg: NodeConfig, mode: Mode, cloud: Option<CloudLink>) -> anyhow:
     // Read before anything can replace the file (then the link names a
     // deleted file).
     let exe = std::env::current_exe().context("the running executable")?;
+    // A new binary on trial counts its start before anything can fail, so
+    // that one which never gets to its agent is still put back.
+    if cloud.is_some()
+        && verge_agent::update::guard_start(
+            &cfg.node.data_dir.join(verge_agent::release::RELEASE_DIR),
+            &exe,
+        )
+    {
+        return Err(exec_self(&exe));
+    }
     prepare(&mut cfg, mode)?;
     let restart = runtime()?.block_on(async {
         let signals = Signals::install()?;
         serve(cfg, mode, cloud, signals.wait()).await
     })?;
     if restart {
-        use std::os::unix::process::CommandExt;
-        eprintln!("restarting {}", exe.display());
-        let e = std::process::Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .exec();
-        return Err(e).with_context(|| format!("restarting {}", exe.display()));
+        return Err(exec_self(&exe));
     }
     Ok(())
+}
+
+/// Execute `exe` with this process's arguments (same process id); returns
+/// only when that fails.
+fn exec_self(exe: &Path) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    eprintln!("restarting {}", exe.display());
+    let e = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::Error::new(e).context(format!("restarting {}", exe.display()))
 }
 
 /// The multi-threaded runtime every long-running command uses.
