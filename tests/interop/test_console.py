@@ -267,6 +267,19 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     expect(ticker_row.get_by_test_id("node-component-version")).to_contain_text("2.0.0")
     expect(ticker_row.get_by_test_id("node-component-running")).to_have_text("runs 1.0.0", timeout=SLOW)
     expect(ticker_row.get_by_test_id("component-state")).to_contain_text("healthy", timeout=SLOW)
+    # 6d. Marked local-only on the node, the rule shows so; the deployments
+    #     page lists the node as failed (its desired revision was rolled
+    #     back), says why and that it differs from its revision.
+    send(f"http://127.0.0.1:{ports['http']}", node_token, "PUT", "/api/local-only/rule/local-only", {})
+    expect(page.locator('[data-testid="node-local-item"][data-name="local-only"]')
+           .get_by_test_id("node-local-only")).to_be_visible(timeout=SLOW)
+    goto(page, "nav-deployments")
+    row = page.locator(f'[data-testid="deployment-row"][data-id="{node_id}"]')
+    expect(row.get_by_test_id("deployment-row-state")).to_have_text("failed", timeout=SLOW)
+    expect(row.get_by_test_id("deployment-error")).to_contain_text("ticker")
+    expect(row.get_by_test_id("deployment-differs")).to_be_visible()
+    expect(row.locator('[data-testid="deployment-local-item"][data-name="local-only"]')) \
+        .to_contain_text("kept local-only", timeout=SLOW)
 
     # 7. A read-only API token made on the tokens page is shown once, reads
     #    but cannot change anything, and stops working once revoked.

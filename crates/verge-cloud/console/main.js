@@ -11,6 +11,7 @@ const routes = [
   [/^#\/functions$/, functionsPage],
   [/^#\/components$/, componentsPage],
   [/^#\/rollouts$/, rolloutsPage],
+  [/^#\/deployments$/, deploymentsPage],
   [/^#\/messages$/, messagesPage],
   [/^#\/tokens$/, tokensPage],
 ];
