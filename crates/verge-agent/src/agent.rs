@@ -88,13 +88,19 @@ impl StatusHandle {
     pub fn manages_function(&self, name: &str) -> bool {
         self.ctx.managed().functions.contains(name)
     }
+
+    /// Whether the protocol driver `name` is deployed by the cloud.
+    pub fn manages_driver(&self, name: &str) -> bool {
+        self.ctx.managed().drivers.contains(name)
+    }
 }
 
-/// The rules and functions of the desired state last applied.
+/// The rules, functions and drivers of the desired state last applied.
 #[derive(Default)]
 struct Managed {
     rules: HashSet<String>,
     functions: HashSet<String>,
+    drivers: HashSet<String>,
 }
 
 impl Managed {
@@ -107,6 +113,7 @@ impl Managed {
                 .map(|r| r.id.clone())
                 .collect(),
             functions: d.functions.iter().map(|f| f.name.clone()).collect(),
+            drivers: d.drivers.iter().map(|x| x.name.clone()).collect(),
         }
     }
 }
