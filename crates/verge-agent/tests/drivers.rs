@@ -31,6 +31,12 @@ fn modbus(name: &str, port: u16, device: &str, points: Value) -> DriverSpec {
     .expect("driver spec")
 }
 
+/// A port on loopback where nothing listens.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 fn temp_only(port: u16) -> DriverSpec {
     modbus(
         "plc",
@@ -368,5 +374,102 @@ async fn a_node_without_drivers_fails_a_revision_with_one() {
     let (outcome, error) = item(&a, "plc").expect("item");
     assert_eq!(outcome, ItemOutcome::Failed);
     assert_eq!(error.as_deref(), Some("this node runs no protocol drivers"));
+    agent.shutdown().await;
+}
+
+/// An OPC UA driver from the cloud names no `pki_dir`: it gets the node's
+/// default, and what runs is compared with the spec as the node runs it,
+/// so the next revision does not restart it.
+#[tokio::test]
+async fn an_opcua_driver_gets_the_nodes_pki_dir_and_is_not_restarted_for_it() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let ua: DriverSpec = serde_json::from_value(json!({
+        "name": "ua", "protocol": "opcua",
+        "endpoint": format!("opc.tcp://127.0.0.1:{}/", closed_port()),
+        "timeout": "100ms", "retry": {"initial": "50ms", "max": "100ms"},
+        "devices": [{"name": "u1", "points": [{"name": "t", "address": "ns=2;s=T"}]}],
+    }))
+    .expect("spec");
+    let v1 = cloud.publish(|d| d.drivers = vec![ua]);
+    let agent = node.agent(cloud.creds()).await;
+    let a = eventually_attempt(&agent, v1, AttemptState::Applied).await;
+    assert_eq!(item(&a, "ua"), Some((ItemOutcome::Applied, None)));
+    let (config, _) = node.drivers.get("ua").expect("runs");
+    let pki = dir.path().join("opcua-pki/ua");
+    assert_eq!(config.pki_dir.as_deref(), pki.to_str());
+    let v2 = cloud.publish(|_| {});
+    let a = eventually_attempt(&agent, v2, AttemptState::Applied).await;
+    assert_eq!(item(&a, "ua"), None, "{a:?}");
+    agent.shutdown().await;
+}
+
+/// A device belongs to one driver; a revision may move a device from one
+/// driver to another, kept or removed.
+#[tokio::test]
+async fn a_device_moves_between_the_drivers_of_a_revision() {
+    let sim = Sim::start().await.expect("sim");
+    sim.set_holding(0, &[215]);
+    let port = sim.addr().port();
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let temp = || json!([{"name": "temp", "address": "hr:0"}]);
+    let devices = |name: &str| {
+        node.drivers
+            .get(name)
+            .map(|(c, _)| c.devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>())
+    };
+    let v1 = cloud.publish(|d| {
+        d.drivers = vec![
+            modbus("a", port, "m1", temp()),
+            modbus("b", port, "m2", temp()),
+        ]
+    });
+    let agent = node.agent(cloud.creds()).await;
+    eventually_attempt(&agent, v1, AttemptState::Applied).await;
+
+    // `b` takes m1 from `a`, which is listed after it and reads m3 now.
+    let v2 = cloud.publish(|d| {
+        d.drivers = vec![
+            modbus("b", port, "m1", temp()),
+            modbus("a", port, "m3", temp()),
+        ]
+    });
+    let a = eventually_attempt(&agent, v2, AttemptState::Applied).await;
+    assert_eq!(item(&a, "b"), Some((ItemOutcome::Applied, None)), "{a:?}");
+    assert_eq!(devices("a"), Some(vec!["m3".to_owned()]));
+    assert_eq!(devices("b"), Some(vec!["m1".to_owned()]));
+
+    // `a` goes and the new `c` takes its m3.
+    let v3 = cloud.publish(|d| {
+        d.drivers = vec![
+            modbus("b", port, "m1", temp()),
+            modbus("c", port, "m3", temp()),
+        ]
+    });
+    let a = eventually_attempt(&agent, v3, AttemptState::Applied).await;
+    assert_eq!(item(&a, "a"), Some((ItemOutcome::Removed, None)), "{a:?}");
+    assert_eq!(item(&a, "c"), Some((ItemOutcome::Applied, None)), "{a:?}");
+    assert_eq!(devices("a"), None);
+    assert_eq!(devices("c"), Some(vec!["m3".to_owned()]));
+
+    // A device of the node's own driver is not taken: that item fails.
+    let own = serde_json::to_value(modbus("own", port, "o1", temp()))
+        .and_then(serde_json::from_value)
+        .expect("config");
+    node.drivers.create(own).await.expect("own driver");
+    let v4 = cloud.publish(|d| d.drivers.push(modbus("d", port, "o1", temp())));
+    let a = eventually_attempt(&agent, v4, AttemptState::RolledBack).await;
+    let (outcome, error) = item(&a, "d").expect("item");
+    assert_eq!(outcome, ItemOutcome::Failed);
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("already read by driver `own`")),
+        "{error:?}"
+    );
+    assert_eq!(devices("own"), Some(vec!["o1".to_owned()]));
     agent.shutdown().await;
 }
