@@ -70,9 +70,9 @@ async fn reading(sub: &mut LocalSubscription, f: impl Fn(&Value) -> bool) -> Val
 }
 
 /// Whether no message arrives on `sub` within `quiet` (after what was
-/// queued is drained).
+/// queued or still on its way through the broker is drained).
 async fn silent(sub: &mut LocalSubscription, quiet: Duration) -> bool {
-    while tokio::time::timeout(Duration::from_millis(1), sub.recv())
+    while tokio::time::timeout(Duration::from_millis(50), sub.recv())
         .await
         .is_ok()
     {}
@@ -471,5 +471,41 @@ async fn a_device_moves_between_the_drivers_of_a_revision() {
         "{error:?}"
     );
     assert_eq!(devices("own"), Some(vec!["o1".to_owned()]));
+    agent.shutdown().await;
+}
+
+/// A driver the revision marks `"enabled": false` does not run; enabled
+/// again, it starts.
+#[tokio::test]
+async fn a_disabled_driver_does_not_run() {
+    let sim = Sim::start().await.expect("sim");
+    sim.set_holding(0, &[215]);
+    let port = sim.addr().port();
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let mut sub = telemetry(&node, "m1").await;
+    let v1 = cloud.publish(|d| d.drivers = vec![temp_only(port)]);
+    let agent = node.agent(cloud.creds()).await;
+    eventually_attempt(&agent, v1, AttemptState::Applied).await;
+    reading(&mut sub, |v| v["temp"] == 215).await;
+
+    let v2 = cloud.publish(|d| {
+        d.drivers[0].settings.insert("enabled".into(), json!(false));
+    });
+    let a = eventually_attempt(&agent, v2, AttemptState::Applied).await;
+    assert_eq!(item(&a, "plc"), Some((ItemOutcome::Applied, None)));
+    assert!(node.drivers.get("plc").is_none());
+    assert!(silent(&mut sub, Duration::from_millis(500)).await);
+    // Still the cloud's, and no item while it stays disabled.
+    assert!(agent.status_handle().manages_driver("plc"));
+    let v3 = cloud.publish(|_| {});
+    let a = eventually_attempt(&agent, v3, AttemptState::Applied).await;
+    assert_eq!(item(&a, "plc"), None);
+
+    let v4 = cloud.publish(|d| d.drivers = vec![temp_only(port)]);
+    let a = eventually_attempt(&agent, v4, AttemptState::Applied).await;
+    assert_eq!(item(&a, "plc"), Some((ItemOutcome::Applied, None)));
+    reading(&mut sub, |v| v["temp"] == 215).await;
     agent.shutdown().await;
 }
