@@ -93,13 +93,21 @@ impl StatusHandle {
         self.ctx.managed().functions.contains(name)
             && !crate::local_only::kept(&self.ctx.parts, "function", name)
     }
+
+    /// Whether the protocol driver `name` is deployed by the cloud (and
+    /// not kept local-only by the node).
+    pub fn manages_driver(&self, name: &str) -> bool {
+        self.ctx.managed().drivers.contains(name)
+            && !crate::local_only::kept(&self.ctx.parts, "driver", name)
+    }
 }
 
-/// The rules and functions of the desired state last applied.
+/// The rules, functions and drivers of the desired state last applied.
 #[derive(Default)]
 struct Managed {
     rules: HashSet<String>,
     functions: HashSet<String>,
+    drivers: HashSet<String>,
 }
 
 impl Managed {
@@ -112,6 +120,7 @@ impl Managed {
                 .map(|r| r.id.clone())
                 .collect(),
             functions: d.functions.iter().map(|f| f.name.clone()).collect(),
+            drivers: d.drivers.iter().map(|x| x.name.clone()).collect(),
         }
     }
 }

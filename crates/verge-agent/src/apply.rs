@@ -1,5 +1,6 @@
 //! Applying a desired state to the running node: devices, then functions,
-//! then rules, then components (their artifacts fetched first).
+//! then rules, then drivers ([`crate::drivers`]), then components (their
+//! artifacts fetched first).
 //! Idempotent; the outcome is one [`ItemResult`] per item applied,
 //! removed or failed (items already as the state wants them are left
 //! out), and the rest still applies. A failed item keeps what ran before
@@ -97,6 +98,10 @@ pub(crate) async fn apply(
     apply_rules(parts, prev, &next.rules, &mut out).await;
     // After the rules, so no rule still running calls a removed function.
     remove_functions(parts, prev, &next.functions, &mut out).await;
+    // After the rules, so that a rule of this state that takes a driver's
+    // telemetry runs when the driver publishes its first reading; before
+    // the components, whose archives may take long to fetch.
+    crate::drivers::apply_drivers(parts, prev, &next.drivers, &mut out).await;
     apply_components(parts, source, prev, &next.components, &mut out).await;
     if out.any_failed() {
         tracing::warn!(
@@ -235,8 +240,8 @@ async fn apply_functions(parts: &NodeParts, artifacts: &[FunctionArtifact], out:
 
 /// Put back what was changed on the node since `d` was applied: a
 /// cloud-managed rule updated, stopped or deleted, a function replaced or
-/// deleted (through the config file or an API older than the refusal of
-/// such changes). Returns one line per item put back; what cannot be put
+/// deleted, a driver replaced or deleted (through the config file or an
+/// API older than the refusal of such changes). Returns one line per item put back; what cannot be put
 /// back is logged and left for the next sync.
 pub(crate) async fn reconcile(parts: &NodeParts, d: &DesiredState) -> Vec<String> {
     let d = &local_only::strip(parts, d, None);
@@ -257,6 +262,7 @@ pub(crate) async fn reconcile(parts: &NodeParts, d: &DesiredState) -> Vec<String
             Err(e) => tracing::debug!(rule = %id, "not restored: {e}"),
         }
     }
+    restored.extend(crate::drivers::reconcile(parts, d).await);
     restored
 }
 

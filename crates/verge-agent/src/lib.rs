@@ -1,7 +1,7 @@
 //! The node's cloud agent: it joins the cloud with a one-time token, keeps
 //! the node's credentials on disk, long-polls the cloud for the node's
 //! desired state, applies it to the running node (devices, functions,
-//! rules), caches it so that the node runs its last state after a restart
+//! rules, drivers, components), caches it so that the node runs its last state after a restart
 //! without the cloud (offline autonomy), and sends a heartbeat
 //! [`StatusReport`](verge_protocol::StatusReport) every few seconds.
 //!
@@ -26,13 +26,16 @@
 //!   or reverts ([`release`], [`update`]).
 //! - The previous desired state (the cached `desired.json`) tells what the
 //!   cloud manages: only what it listed before is removed when it is gone,
-//!   so rules and functions from the node's own config are never touched.
+//!   so rules, functions and drivers from the node's own config are never
+//!   touched (unless the cloud deploys one of the same name, which then
+//!   replaces it).
 
 mod agent;
 mod apply;
 pub mod artifact;
 mod config;
 mod deploy;
+mod drivers;
 pub mod http;
 mod join;
 pub mod local_only;

@@ -80,6 +80,10 @@ pub struct NodeParts {
     pub rules: Arc<verge_rules::Engine>,
     /// The function registry.
     pub functions: verge_functions::Functions,
+    /// The node's protocol drivers (the node's own and the cloud's share
+    /// the one set), if the node runs them; none: a revision with drivers
+    /// fails those items.
+    pub drivers: Option<Arc<verge_drivers::Drivers>>,
     /// The broker, for its counters.
     pub broker: verge_broker::BrokerHandle,
     /// The cloud link, for its state and backlog, if the node has one.

@@ -15,13 +15,14 @@ use crate::parts::NodeParts;
 impl StatusHandle {
     /// Whether the cloud's revision that runs manages the item `name` of
     /// `kind` (`rule`, `function`, `driver`, `component`), so that the
-    /// node does not count it among its own. Drivers are not deployed by
-    /// the cloud; cloud components are told apart by the node's
-    /// supervisor itself (a clash keeps the config file's).
+    /// node does not count it among its own. Cloud components are told
+    /// apart by the node's supervisor itself (a clash keeps the config
+    /// file's).
     pub fn manages(&self, kind: &str, name: &str) -> bool {
         match kind {
             "rule" => self.manages_rule(name),
             "function" => self.manages_function(name),
+            "driver" => self.manages_driver(name),
             _ => false,
         }
     }

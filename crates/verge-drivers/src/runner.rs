@@ -592,17 +592,26 @@ impl Drivers {
         self
     }
 
-    /// Start a driver; one of the same name is stopped first (so the two
-    /// never share a connection or execute the same write). A device name
-    /// used by another driver is refused: both would publish to and take
-    /// commands from the same topics.
-    pub async fn create(&self, mut config: DriverConfig) -> Result<DriverStatus, String> {
+    /// `config` as [`Drivers::create`] runs it: an OPC UA driver without a
+    /// `pki_dir` gets `<pki root>/<name>`. What [`Drivers::get`] shows of a
+    /// driver created from `config` is this, so a caller compares with it
+    /// to tell whether a driver runs as asked.
+    pub fn with_defaults(&self, mut config: DriverConfig) -> DriverConfig {
         if config.pki_dir.is_none()
             && config.protocol == crate::config::ProtocolKind::Opcua
             && let Some(root) = &self.pki_root
         {
             config.pki_dir = Some(root.join(&config.name).display().to_string());
         }
+        config
+    }
+
+    /// Start a driver; one of the same name is stopped first (so the two
+    /// never share a connection or execute the same write). A device name
+    /// used by another driver is refused: both would publish to and take
+    /// commands from the same topics.
+    pub async fn create(&self, config: DriverConfig) -> Result<DriverStatus, String> {
+        let config = self.with_defaults(config);
         config.validate()?;
         {
             let running = self.running.read().unwrap_or_else(|p| p.into_inner());

@@ -302,6 +302,7 @@ impl Node {
                 auth: auth.clone(),
                 rules: engine,
                 functions,
+                drivers: parts.drivers.clone(),
                 broker: handle,
                 bridge: parts.bridge.as_ref().map(Bridge::handle),
                 components: Some(Arc::new(components)),

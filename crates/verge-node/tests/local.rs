@@ -7,127 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/node.rs"]
+mod node;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use base64::Engine as _;
+use node::*;
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use verge_agent::Credentials;
-use verge_node::{CloudLink, Listeners, Node, NodeConfig};
-use verge_protocol::{DesiredState, StatusReport};
-
-/// Longest wait for anything that should happen.
-const WAIT: Duration = Duration::from_secs(15);
-const TOKEN: &str = "local-test-token";
-
-/// A node serving its listeners until stopped.
-struct Running {
-    /// `http://127.0.0.1:<port>` of its API.
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), verge_node::StartError>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the node stops")
-            .expect("task")
-            .expect("serve");
-    }
-
-    /// A request to the API; the answer's status and JSON body (`null`
-    /// when empty).
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (status, bytes) = verge_agent::http::request(
-            method,
-            &format!("{}{path}", self.url),
-            Some(TOKEN),
-            body.as_ref(),
-            WAIT,
-        )
-        .await
-        .expect("request");
-        let v = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON")
-        };
-        (status, v)
-    }
-
-    /// The ids (names) of `GET path`'s list.
-    async fn names(&self, path: &str, key: &str) -> Vec<String> {
-        let (st, v) = self.call("GET", path, None).await;
-        assert_eq!(st, 200, "{v}");
-        let mut names: Vec<String> = v
-            .as_array()
-            .expect("a list")
-            .iter()
-            .map(|i| i[key].as_str().expect("name").to_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-/// A node's config over `data`, with `extra` appended.
-fn config(data: &Path, extra: &str) -> NodeConfig {
-    let toml = format!(
-        r#"
-[node]
-data_dir = {data:?}
-[broker.listeners.tcp]
-enabled = true
-bind = "127.0.0.1:0"
-[broker.listeners.ws]
-enabled = false
-bind = "127.0.0.1:0"
-path = "/mqtt"
-[http]
-enabled = true
-bind = "127.0.0.1:0"
-token = "{TOKEN}"
-[store]
-enabled = false
-{extra}
-"#,
-        data = data.to_str().expect("utf-8"),
-    );
-    let cfg: NodeConfig = toml::from_str(&toml).expect("config");
-    cfg.validate().expect("valid");
-    cfg
-}
-
-async fn start(cfg: NodeConfig, cloud: Option<CloudLink>) -> Running {
-    let listeners = Listeners::bind(&cfg).await.expect("bind");
-    let addr = listeners
-        .http
-        .as_ref()
-        .expect("http")
-        .local_addr()
-        .expect("addr");
-    let node = Node::start(cfg, cloud).await.expect("start");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(node.serve(listeners, async {
-        let _ = stopped.await;
-    }));
-    Running {
-        url: format!("http://{addr}"),
-        stop,
-        task,
-    }
-}
+use verge_protocol::StatusReport;
 
 /// The config file's rule.
 const CONFIG_RULE: &str = r#"
@@ -142,23 +33,12 @@ fn rule(id: &str, topic: &str) -> Value {
            "actions": [{"type": "republish", "topic": topic}]})
 }
 
-/// A port on loopback where nothing listens.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 fn driver(name: &str, port: u16) -> Value {
     json!({"name": name, "protocol": "dlt645-tcp", "host": "127.0.0.1", "port": port,
            "timeout": "100ms", "retry": {"initial": "50ms", "max": "100ms"},
            "devices": [{"name": format!("{name}-dev"), "meter": "000000000001", "poll": "100ms",
                         "points": [{"name": "voltage", "address": "02010100"},
                                    {"name": "current", "address": "02020100"}]}]})
-}
-
-fn module_b64() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../verge-functions/tests/wat/echo.wat");
-    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).expect("module"))
 }
 
 fn mode(path: &Path) -> u32 {
@@ -370,180 +250,6 @@ async fn a_corrupt_file_is_moved_aside_and_the_node_starts_with_the_rest() {
 }
 
 // --- A cloud-managed node ---------------------------------------------
-
-const NODE_ID: &str = "edge-local";
-const SECRET: &str = "edge-local-secret";
-
-/// A cloud that serves one desired state (changed with `publish`) and
-/// keeps the heartbeats.
-struct Cloud {
-    url: String,
-    desired: watch::Sender<DesiredState>,
-    reports: Arc<Mutex<Vec<StatusReport>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-#[derive(Clone)]
-struct CloudState {
-    desired: watch::Sender<DesiredState>,
-    reports: Arc<Mutex<Vec<StatusReport>>>,
-}
-
-#[derive(serde::Deserialize)]
-struct Poll {
-    version: i64,
-}
-
-async fn serve_desired(State(s): State<CloudState>, Query(q): Query<Poll>) -> Response {
-    let mut rx = s.desired.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-    loop {
-        {
-            let d = rx.borrow_and_update();
-            if d.version != q.version {
-                return Json(d.clone()).into_response();
-            }
-        }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
-            return StatusCode::NO_CONTENT.into_response();
-        }
-    }
-}
-
-async fn status(State(s): State<CloudState>, Json(r): Json<StatusReport>) -> StatusCode {
-    s.reports.lock().unwrap().push(r);
-    StatusCode::NO_CONTENT
-}
-
-impl Cloud {
-    async fn start() -> Cloud {
-        let (desired, _) = watch::channel(DesiredState {
-            node_id: NODE_ID.into(),
-            version: 0,
-            devices: vec![],
-            rules: vec![],
-            functions: vec![],
-            drivers: vec![],
-            components: vec![],
-            config: json!({}),
-            release: None,
-        });
-        let reports = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .route(verge_protocol::paths::DESIRED, get(serve_desired))
-            .route(verge_protocol::paths::STATUS, post(status))
-            .with_state(CloudState {
-                desired: desired.clone(),
-                reports: reports.clone(),
-            });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serve");
-        });
-        Cloud {
-            url,
-            desired,
-            reports,
-            task,
-        }
-    }
-
-    /// The next revision: its rules are `rules`, and it has the function
-    /// `cloud-fn`.
-    fn publish(&self, rules: &[Value]) -> i64 {
-        let module = std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../verge-functions/tests/wat/echo.wat"),
-        )
-        .expect("module");
-        let function = verge_protocol::FunctionArtifact {
-            name: "cloud-fn".into(),
-            version: 1,
-            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&module)),
-            spec: serde_json::from_value(json!({"runtime": "wasm"})).expect("spec"),
-            module_base64: base64::engine::general_purpose::STANDARD.encode(&module),
-        };
-        let mut version = 0;
-        self.desired.send_modify(|d| {
-            d.functions = vec![function];
-            d.rules = rules
-                .iter()
-                .map(|r| serde_json::from_value(r.clone()).expect("rule spec"))
-                .collect();
-            d.version += 1;
-            version = d.version;
-        });
-        version
-    }
-
-    fn link(&self, data: &Path) -> CloudLink {
-        CloudLink {
-            creds: Credentials {
-                cloud_url: self.url.clone(),
-                node_id: NODE_ID.into(),
-                secret: SECRET.into(),
-                mqtt_url: format!("mqtt://127.0.0.1:{}", closed_port()),
-                ca_file: None,
-                release_key: None,
-            },
-            dir: data.join("cloud"),
-        }
-    }
-
-    /// The newest heartbeat, once one satisfies `check`.
-    async fn report(&self, check: impl Fn(&StatusReport) -> bool) -> StatusReport {
-        let start = Instant::now();
-        loop {
-            let newest = self.reports.lock().unwrap().last().cloned();
-            if let Some(r) = newest.filter(|r| check(r)) {
-                return r;
-            }
-            assert!(start.elapsed() < WAIT, "no such heartbeat");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The node's own items, as `kind/name/source`, of the newest
-    /// heartbeat once it satisfies `check`.
-    async fn local_items(&self, check: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let newest = self.reports.lock().unwrap().last().cloned();
-            if let Some(r) = newest {
-                let mut items: Vec<String> = r
-                    .local
-                    .iter()
-                    .map(|i| format!("{}/{}/{}", i.kind, i.name, i.source))
-                    .collect();
-                items.sort();
-                if check(&items) {
-                    return items;
-                }
-            }
-            assert!(start.elapsed() < WAIT, "no such heartbeat");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn wait_for_rule(node: &Running, id: &str) {
-    let start = Instant::now();
-    while node.call("GET", &format!("/api/rules/{id}"), None).await.0 != 200 {
-        assert!(start.elapsed() < WAIT, "rule {id} never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn the_heartbeat_lists_the_nodes_own_items_and_never_the_clouds() {

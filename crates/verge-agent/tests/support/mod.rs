@@ -480,6 +480,7 @@ pub struct TestNode {
     pub base: Registry,
     pub rules: Arc<Engine>,
     pub functions: Functions,
+    pub drivers: Arc<verge_drivers::Drivers>,
 }
 
 impl TestNode {
@@ -498,6 +499,9 @@ impl TestNode {
         let mut services = Services::new(broker.handle());
         services.functions = Some(Arc::new(Invoker(functions.clone())));
         let rules = Arc::new(Engine::new(services, RuleEngineConfig::default()));
+        let drivers = Arc::new(
+            verge_drivers::Drivers::new(broker.handle()).with_pki_root(dir.join("opcua-pki")),
+        );
         TestNode {
             dir: dir.to_path_buf(),
             broker,
@@ -505,6 +509,7 @@ impl TestNode {
             base,
             rules,
             functions,
+            drivers,
         }
     }
 
@@ -514,6 +519,7 @@ impl TestNode {
             base_registry: self.base.clone(),
             rules: self.rules.clone(),
             functions: self.functions.clone(),
+            drivers: Some(self.drivers.clone()),
             broker: self.broker.handle(),
             bridge: None,
             components: None,

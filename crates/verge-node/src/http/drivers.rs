@@ -1,6 +1,7 @@
 //! `/api/drivers`: the node's protocol drivers (create, list, get, replace,
 //! delete) with their status, and their Prometheus metrics. What the API
-//! changes is saved in the node's data dir ([`crate::local`]).
+//! changes is saved in the node's data dir ([`crate::local`]). A driver the
+//! cloud deploys is not changed here (409 `managed_by_cloud`).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -12,6 +13,11 @@ use verge_drivers::{DriverConfig, DriverStatus, Drivers};
 
 use super::ApiState;
 use super::AppError;
+
+/// 409 when the cloud deploys the driver `name`.
+fn refuse_managed(s: &ApiState, name: &str) -> Result<(), AppError> {
+    super::refuse_managed(s, "driver", name, verge_agent::StatusHandle::manages_driver)
+}
 
 /// The routes, to nest under `/api`.
 pub fn routes() -> Router<ApiState> {
@@ -114,6 +120,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<DriverStatus>), AppError> {
     let d = drivers(&s)?;
     let Json(cfg) = body?;
+    refuse_managed(&s, &cfg.name)?;
     refuse_paths(&d, &cfg)?;
     let name = cfg.name.clone();
     let out = start(&d, cfg).await?;
@@ -139,6 +146,7 @@ async fn replace(
             ),
         ));
     }
+    refuse_managed(&s, &name)?;
     refuse_paths(&d, &cfg)?;
     let name = cfg.name.clone();
     let out = start(&d, cfg).await?;
@@ -150,7 +158,9 @@ async fn remove(
     State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    if drivers(&s)?.delete(&name).await {
+    let d = drivers(&s)?;
+    refuse_managed(&s, &name)?;
+    if d.delete(&name).await {
         changed(&s, &name).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -244,7 +244,7 @@ async fn list_rules(State(s): State<ApiState>) -> Json<Vec<RuleInfo>> {
     Json(s.rules.list().await)
 }
 
-/// 409 when the cloud manages the `kind` (`rule`, `function`) `name`,
+/// 409 when the cloud manages the `kind` (`rule`, `function`, `driver`) `name`,
 /// as `manages` tells of the agent: it is changed there, or the node's
 /// next sync would undo the change.
 fn refuse_managed(
