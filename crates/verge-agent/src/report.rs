@@ -151,6 +151,12 @@ impl Reporter {
                 .as_ref()
                 .map(|c| c.report())
                 .unwrap_or_default(),
+            drivers: parts
+                .drivers
+                .iter()
+                .flat_map(|d| d.list())
+                .filter_map(|d| serde_json::to_value(d).ok())
+                .collect(),
         };
         self.at = now;
         self.cpu_ticks = ticks;

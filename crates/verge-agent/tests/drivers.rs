@@ -116,6 +116,13 @@ async fn a_deployed_driver_polls_publishes_follows_its_table_and_stops_when_remo
     assert!(agent.status_handle().manages("driver", "plc"));
     let doc = reading(&mut sub, |v| v["temp"] == 215).await;
     assert!(doc["values"].get("pressure").is_none(), "{doc}");
+    // The heartbeat carries the driver's status.
+    eventually_report(&cloud, |r| {
+        r.drivers
+            .iter()
+            .any(|d| d["name"] == "plc" && d["connected"] == true && d["reads"].as_u64() > Some(0))
+    })
+    .await;
 
     // A changed point table takes effect.
     let v2 = cloud.publish(|d| {

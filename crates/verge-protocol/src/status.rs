@@ -61,6 +61,11 @@ pub struct StatusReport {
     /// Each component's status object as the node's components API shows
     /// it (`name`, `version`, `kind`, `state`, `restarts`, `last_error`, …).
     pub components: Vec<serde_json::Value>,
+    /// Each protocol driver's status object as the node's drivers API
+    /// lists it (`name`, `protocol`, `connected`, `last_error`, `reads`,
+    /// `errors`, …); empty from nodes older than the field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<serde_json::Value>,
 }
 
 /// An item the node runs on its own (not from the cloud's revision).

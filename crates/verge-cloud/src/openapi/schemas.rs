@@ -37,6 +37,8 @@ pub fn schemas() -> Map<String, Value> {
             "rules": array(object()),
             "functions": array(object()),
             "components": array(super::components::component_status()),
+            "drivers": array(object()),
+            "local": array(object()),
         }),
     );
     let action = resources::rule_action();
