@@ -811,6 +811,7 @@ mod tests {
             "ComponentAssign",
             "Rollback",
             "RolloutCreate",
+            "DriverConfig",
         ] {
             assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
         }

@@ -105,3 +105,55 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
         ),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verge_drivers::DriverConfig;
+
+    /// Every key of the driver crate's config (all set) is in the schema,
+    /// at each level, but `pki_dir`, which the cloud refuses.
+    #[test]
+    fn the_schema_has_the_driver_configs_keys() {
+        let full: DriverConfig = serde_json::from_value(json!({
+            "name": "d", "protocol": "opcua", "host": "h", "port": 1,
+            "serial": {"device": "/dev/ttyS0"}, "endpoint": "opc.tcp://h", "security": "none",
+            "pki_dir": "x", "trust_server_certs": true,
+            "devices": [{"name": "m", "unit": 1, "meter": "000000000001",
+                "points": [{"name": "p", "address": "a", "type": "u16", "length": 1,
+                    "scale": 2.0, "offset": 1.0, "unit": "C", "deadband": 1.0}]}],
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let full = serde_json::to_value(full).unwrap_or_default();
+        let schema = config();
+        let keys = |v: &Value| -> Vec<String> {
+            v.as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let props = |s: &Value| keys(&s["properties"]);
+        let mut top = keys(&full);
+        top.retain(|k| k != "pki_dir");
+        let have = props(&schema);
+        for k in &top {
+            assert!(have.contains(k), "{k}");
+        }
+        let device = &schema["properties"]["devices"]["items"];
+        for k in keys(&full["devices"][0]) {
+            assert!(props(device).contains(&k), "devices[].{k}");
+        }
+        for k in keys(&full["devices"][0]["points"][0]) {
+            assert!(
+                props(&device["properties"]["points"]["items"]).contains(&k),
+                "points[].{k}"
+            );
+        }
+        for k in keys(&full["serial"]) {
+            assert!(
+                props(&schema["properties"]["serial"]).contains(&k),
+                "serial.{k}"
+            );
+        }
+        assert!(!have.contains(&"pki_dir".to_owned()));
+    }
+}
