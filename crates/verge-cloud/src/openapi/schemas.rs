@@ -48,7 +48,7 @@ pub fn schemas() -> Map<String, Value> {
                 true,
                 json!({"error": obj(&["code", "message"], true, json!({
                     "code": {"type": "string", "enum": ["unauthorized", "forbidden", "not_found",
-                        "conflict", "invalid_request", "invalid_rule", "invalid_function", "invalid_component",
+                        "conflict", "invalid_request", "invalid_rule", "invalid_function", "invalid_component", "invalid_driver",
                         "payload_too_large", "method_not_allowed", "internal"]},
                     "message": string(),
                     "line": {"type": "integer", "minimum": 0},
