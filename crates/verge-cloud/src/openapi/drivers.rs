@@ -1,5 +1,5 @@
 //! The component schemas of a node's protocol drivers: the driver config
-//! the cloud takes (the node's drivers API's, docs/drivers.md) and a
+//! the cloud takes (the node's drivers API's, README.md "Devices beyond MQTT") and a
 //! stored driver as the API answers it.
 
 use serde_json::{Value, json};
@@ -68,7 +68,7 @@ fn config() -> Value {
         }),
     );
     o["description"] = json!(
-        "a protocol driver with its point table, as the node's drivers API takes it (docs/drivers.md), without `pki_dir`; serial lines only under /dev/"
+        "a protocol driver with its point table, as the node's drivers API takes it (README.md, Devices beyond MQTT), without `pki_dir`; serial lines only under /dev/"
     );
     o
 }
