@@ -100,10 +100,7 @@ pub fn check(cfg: &DriverConfig) -> Result<(), String> {
 /// Whether this build has the client of `kind` (OPC UA is the cargo
 /// feature `opcua`), so that [`check`] can check its config.
 pub fn built_in(kind: ProtocolKind) -> bool {
-    match kind {
-        ProtocolKind::Opcua => cfg!(feature = "opcua"),
-        _ => true,
-    }
+    kind != ProtocolKind::Opcua || cfg!(feature = "opcua")
 }
 
 /// Build the protocol client for `cfg`, checking its point addresses and
