@@ -76,8 +76,10 @@ def test_an_offline_node_takes_the_newest_revision_keeps_its_own_rule_and_rolls_
     attempt = applied(newest, node2)
     names = sorted((i["kind"], i["name"]) for i in attempt["items"])
     assert ("rule", "r2") in names and ("rule", "r3") in names and ("config", "log.level") in names, attempt
-    revisions = {r["revision"]: r for r in api(cloud_url, admin, f"/api/nodes/{node_id}/revisions")}
-    assert revisions[newest]["result"] == "applied", revisions[newest]
+    # The cloud learns it from the next heartbeat.
+    revisions = wait_for("the cloud did not record the newest revision applied", lambda: (
+        (rs := {r["revision"]: r for r in api(cloud_url, admin, f"/api/nodes/{node_id}/revisions")})
+        and rs[newest]["result"] == "applied" and rs), node2, timeout=30)
     for between in (good + 1, good + 2):
         assert revisions[between]["result"] == "superseded", revisions[between]
     # The node's log names no attempt of the revisions in between.

@@ -140,6 +140,15 @@ def load_schema(server):
         "sql": 'SELECT temperature FROM "t/#" WHERE temperature > 20',
         "samples": [{"topic": "t/1", "payload": {"temperature": 25}}],
     }
+    schemas["DriverConfig"]["example"] = {
+        "protocol": "modbus-tcp", "host": "127.0.0.1",
+        "devices": [{"name": "m1", "points": [{"name": "t", "address": "hr:0"}]}],
+    }
+    # The node's drivers: path examples that name the node that exists.
+    for path in ("/api/nodes/{id}/drivers", "/api/nodes/{id}/drivers/{name}"):
+        for op in doc["paths"][path].values():
+            for param in op["parameters"]:
+                param["example"] = "schemathesis-node" if param["name"] == "id" else "plc1"
     loaded = schemathesis.openapi.from_dict(doc)
     loaded.config.update(base_url=server.base, request_timeout=20)
     # Credentials are the real ones (below), not generated.

@@ -1,6 +1,6 @@
 // The nodes page (list and create) and a node's detail page (status,
 // metrics charts, labels (rollouts.js), deployment, revisions (revisions.js), what runs on it
-// (rules, functions, components), live messages).
+// (rules, functions, components, drivers (drivers.js)), live messages).
 "use strict";
 
 // ---------------------------------------------------------------- nodes
@@ -109,6 +109,7 @@ function nodeDetailPage(id) {
   const deploy = h("div", { id: "node-deployment", testid: "node-deployment" });
   const revs = nodeRevisions(id);
   const labels = nodeLabels(id);
+  const drivers = nodeDrivers(id);
   const [dt, devBody] = table("node-devices", ["Device", "Last telemetry", "When"]);
   const [rt, ruleBody] = table("node-rules", ["Rule", "Enabled", "State", "In", "Rows out", "Errors", "p99", "Last error"]);
   const [ft, fnBody] = table("node-functions", ["Function", "Version", "Calls", "Errors", "Timeouts", "p50", "p99", "Last error"]);
@@ -130,11 +131,12 @@ function nodeDetailPage(id) {
     section("Deployment", deploy),
     section("Revisions", revs.el),
     section("Devices", dt), section("Rules", rt), section("Functions", ft), section("Components", ct),
+    section("Drivers", drivers.el),
     section("Live messages", liveMessages((after, topic) =>
       messagesUrl(`/api/nodes/${enc(id)}/messages`, after, topic), { key: "node-messages" })));
 
   poll(2000, "node", async () => {
-    const [n, metrics, deps, devices, rules, fns, comps] = await Promise.all([
+    const [n, metrics, deps, devices, rules, fns, comps, drvs] = await Promise.all([
       api("GET", `/api/nodes/${enc(id)}`),
       api("GET", `/api/nodes/${enc(id)}/metrics?since_ms=${Date.now() - 15 * 60 * 1000}`),
       api("GET", "/api/deployments"),
@@ -142,9 +144,11 @@ function nodeDetailPage(id) {
       api("GET", `/api/rules?node_id=${enc(id)}`),
       api("GET", "/api/functions"),
       api("GET", `/api/nodes/${enc(id)}/components`),
+      api("GET", `/api/nodes/${enc(id)}/drivers`),
     ]);
     if (!current(gen)) return;
     labels.refresh(n);
+    drivers.refresh(drvs);
     await revs.refresh(n);
     if (!current(gen)) return;
     const r = n.report || {};

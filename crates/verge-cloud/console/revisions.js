@@ -93,7 +93,7 @@ function attemptView(a) {
 
 /** A diff per kind: added, removed, changed (with both versions). */
 function diffView(d) {
-  const kinds = ["devices", "rules", "functions", "components", "config", "release"];
+  const kinds = ["devices", "rules", "functions", "drivers", "components", "config", "release"];
   const rows = kinds.flatMap((k) => {
     const x = d[k] || {};
     return [

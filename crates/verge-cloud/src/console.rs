@@ -21,6 +21,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("widgets.js", include_str!("../console/widgets.js")),
     ("nodes.js", include_str!("../console/nodes.js")),
     ("revisions.js", include_str!("../console/revisions.js")),
+    ("drivers.js", include_str!("../console/drivers.js")),
     ("devices.js", include_str!("../console/devices.js")),
     ("rules.js", include_str!("../console/rules.js")),
     ("functions.js", include_str!("../console/functions.js")),

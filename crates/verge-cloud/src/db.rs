@@ -128,6 +128,14 @@ const POSTGRES_V6: &[&str] = &[
     "CREATE TABLE releases (version TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size BIGINT NOT NULL, signature TEXT NOT NULL, data BYTEA, created_ms BIGINT NOT NULL)",
 ];
 
+/// Protocol drivers deployed to nodes (`crate::api::drivers`): one row per
+/// driver of a node, its config (the driver's keys but `name`) as JSON
+/// text, checked by the driver crate before it was stored. Deleted with
+/// the node, as its component assignments are.
+const DRIVERS_COMMON_V8: &[&str] = &[
+    "CREATE TABLE node_drivers (node_id TEXT NOT NULL, name TEXT NOT NULL, config TEXT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, PRIMARY KEY (node_id, name))",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -168,6 +176,11 @@ fn migrations() -> Vec<Migration> {
             version: 7,
             sqlite: join(SQLITE_V7, ROLLOUTS_COMMON_V7),
             postgres: join(POSTGRES_V7, ROLLOUTS_COMMON_V7),
+        },
+        Migration {
+            version: 8,
+            sqlite: DRIVERS_COMMON_V8,
+            postgres: DRIVERS_COMMON_V8,
         },
     ]
 }

@@ -1,6 +1,6 @@
 //! A node's desired state, assembled from the database tables: its
-//! devices, its rules, the functions those rules name, the components
-//! assigned to it and its config. This is what a new revision holds
+//! devices, its rules, the functions those rules name, its protocol
+//! drivers, the components assigned to it and its config. This is what a new revision holds
 //! (`crate::revisions`); nodes are served the revision, not the tables.
 
 use sqlx::{Any, Transaction};
@@ -46,6 +46,7 @@ pub async fn from_tables(
     .await?;
     let components = crate::api::assignments::assigned_specs(tx, node_id).await?;
     let release = crate::api::releases::assigned_release(tx, node_id).await?;
+    let drivers = crate::api::drivers::node_specs(tx, node_id).await?;
     Ok(Some(DesiredState {
         components,
         release,
@@ -79,8 +80,7 @@ pub async fn from_tables(
                 })
             })
             .collect::<Result<_, AppError>>()?,
-        // Drivers become deployable with their own table (migration 8).
-        drivers: Vec::new(),
+        drivers,
         config: json_col(&config),
     }))
 }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::routes::{Route, routes};
 
 mod components;
+mod drivers;
 mod releases;
 mod resources;
 mod revisions;
@@ -111,7 +112,7 @@ fn reason(status: u16) -> &'static str {
         202 => "accepted",
         204 => "no content",
         400 => {
-            "invalid_request (bad JSON, a bad field, query parameter or path segment), invalid_rule, invalid_function or invalid_component"
+            "invalid_request (bad JSON, a bad field, query parameter or path segment), invalid_rule, invalid_function, invalid_component or invalid_driver"
         }
         401 => "unauthorized: missing, unknown or revoked credentials",
         403 => {

@@ -388,6 +388,11 @@ pub async fn to_json(pool: &AnyPool, r: &Rollout) -> Result<Value, AppError> {
     .bind(r.id)
     .fetch_all(pool)
     .await?;
+    // The rollout as it is now, read after its nodes: a stage that
+    // advanced meanwhile shows as started (its nodes being assigned),
+    // never as pending with its nodes assigned already.
+    let fresh = load(pool, r.id).await?;
+    let r = fresh.as_ref().unwrap_or(r);
     let stages: Vec<Value> = (1..=r.stages)
         .map(|stage| {
             let of: Vec<_> = nodes.iter().filter(|n| n.1 == stage).collect();

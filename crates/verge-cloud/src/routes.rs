@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::Cloud;
 use crate::api::{
-    agent, assignments, components, devices, functions, nodes, releases, revisions, rollouts,
-    rules, tokens,
+    agent, assignments, components, devices, drivers, functions, nodes, releases, revisions,
+    rollouts, rules, tokens,
 };
 use crate::error::AppError;
 
@@ -478,6 +478,37 @@ pub fn routes() -> Vec<Route> {
         .empty(204)
         .errors(&[404, 409])
         .to(assignments::unassign),
+        // protocol drivers of a node
+        op(
+            "GET",
+            "/api/nodes/{id}/drivers",
+            "the node's protocol drivers, by name",
+        )
+        .ok(200, "NodeDriver[]")
+        .errors(&[404])
+        .to(drivers::list),
+        op("GET", "/api/nodes/{id}/drivers/{name}", "one driver of the node")
+            .ok(200, "NodeDriver")
+            .errors(&[404])
+            .to(drivers::get),
+        op(
+            "PUT",
+            "/api/nodes/{id}/drivers/{name}",
+            "run a protocol driver on the node (201 new, 200 replaced or the same; 400 invalid_driver)",
+        )
+        .body("DriverConfig")
+        .ok(200, "NodeDriver")
+        .also(201)
+        .errors(&[404])
+        .to(drivers::put),
+        op(
+            "DELETE",
+            "/api/nodes/{id}/drivers/{name}",
+            "stop running a driver on the node",
+        )
+        .empty(204)
+        .errors(&[404])
+        .to(drivers::delete),
         // staged rollouts
         op(
             "POST",
@@ -780,6 +811,7 @@ mod tests {
             "ComponentAssign",
             "Rollback",
             "RolloutCreate",
+            "DriverConfig",
         ] {
             assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
         }

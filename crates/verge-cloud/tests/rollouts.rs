@@ -637,7 +637,10 @@ async fn a_node_deleted_before_its_stage_fails_and_a_rate_at_the_maximum_goes_on
     let (s, v) = h.call(Method::DELETE, "/api/nodes/a2", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     applied(&h, &nodes[0].0, &nodes[0].1, 2).await;
-    let r = wait_for(&h, id, "stage 2 started", |r| r["stage"] == 2).await;
+    let r = wait_for(&h, id, "stage 2 started and a2 failed", |r| {
+        r["stage"] == 2 && r["stages"][1]["nodes"][0]["result"] != "pending"
+    })
+    .await;
     let a2 = &r["stages"][1]["nodes"][0];
     assert_eq!(a2["node_id"], "a2");
     assert_eq!(a2["result"], "failed", "{r:#}");

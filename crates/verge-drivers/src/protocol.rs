@@ -97,6 +97,12 @@ pub fn check(cfg: &DriverConfig) -> Result<(), String> {
     build(cfg).map(drop)
 }
 
+/// Whether this build has the client of `kind` (OPC UA is the cargo
+/// feature `opcua`), so that [`check`] can check its config.
+pub fn built_in(kind: ProtocolKind) -> bool {
+    kind != ProtocolKind::Opcua || cfg!(feature = "opcua")
+}
+
 /// Build the protocol client for `cfg`, checking its point addresses and
 /// types; the error names the field. The one list of protocols.
 pub fn build(cfg: &DriverConfig) -> Result<Box<dyn Protocol>, String> {

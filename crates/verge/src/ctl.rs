@@ -56,6 +56,9 @@ pub enum CtlCommand {
     /// User components: versions, their files, and the nodes that run them.
     #[command(subcommand)]
     Components(ComponentsCmd),
+    /// Protocol drivers (with their point tables) deployed to a node.
+    #[command(subcommand)]
+    Drivers(DriversCmd),
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -295,6 +298,40 @@ pub enum ComponentsCmd {
     },
 }
 
+/// `verge ctl drivers …`.
+#[derive(Debug, Subcommand)]
+pub enum DriversCmd {
+    /// The drivers of a node: protocol, devices and points of each.
+    List {
+        /// Node id.
+        #[arg(long)]
+        node: String,
+    },
+    /// Create or replace a driver of a node from its config file (JSON, as
+    /// the node's drivers API takes it; its `name` names the driver unless
+    /// `--name` does). Each change is a new revision of the node.
+    Put {
+        /// Node id.
+        #[arg(long)]
+        node: String,
+        /// The driver's config (JSON file).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// The driver's name, when the file has none.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop running a driver on a node.
+    Delete {
+        /// Node id.
+        #[arg(long)]
+        node: String,
+        /// Driver name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
 /// `verge ctl tokens …`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCmd {
@@ -454,6 +491,7 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
             }
         },
         CtlCommand::Components(c) => components(&api, c).await,
+        CtlCommand::Drivers(c) => drivers(&api, c).await,
         CtlCommand::Tokens(c) => match c {
             TokensCmd::List => api.call("GET", "/api/tokens", None).await,
             TokensCmd::Create { name, scope } => {
@@ -542,6 +580,49 @@ async fn components(api: &Api, c: &ComponentsCmd) -> anyhow::Result<Value> {
             api.call("DELETE", &format!("/api/components/{name}"), None)
                 .await
         }
+    }
+}
+
+async fn drivers(api: &Api, c: &DriversCmd) -> anyhow::Result<Value> {
+    match c {
+        DriversCmd::List { node } => {
+            api.call("GET", &format!("/api/nodes/{node}/drivers"), None)
+                .await
+        }
+        DriversCmd::Put { node, file, name } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the driver {}", file.display()))?;
+            let body = parse_json(&file.display().to_string(), &text)?;
+            let name =
+                driver_name(&body, name.as_deref()).with_context(|| file.display().to_string())?;
+            api.call(
+                "PUT",
+                &format!("/api/nodes/{node}/drivers/{}", percent_encode(&name)),
+                Some(body),
+            )
+            .await
+        }
+        DriversCmd::Delete { node, name } => {
+            api.call(
+                "DELETE",
+                &format!("/api/nodes/{node}/drivers/{}", percent_encode(name)),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// The name a driver config file is put under: `--name`, else the file's
+/// `name` (the cloud refuses a file whose `name` differs from `--name`).
+fn driver_name(body: &Value, flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(n) = flag {
+        return Ok(n.to_owned());
+    }
+    match body.get("name") {
+        Some(Value::String(n)) => Ok(n.clone()),
+        Some(_) => bail!("`name` must be a string"),
+        None => bail!("the driver has no `name`: add one, or give --name"),
     }
 }
 
@@ -670,6 +751,20 @@ fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_driver_is_put_under_its_name_or_the_flag() {
+        let named = json!({"name": "plc1", "protocol": "modbus-tcp"});
+        assert_eq!(driver_name(&named, None).ok().as_deref(), Some("plc1"));
+        assert_eq!(
+            driver_name(&named, Some("plc2")).ok().as_deref(),
+            Some("plc2")
+        );
+        let bare = json!({"protocol": "modbus-tcp"});
+        assert_eq!(driver_name(&bare, Some("x")).ok().as_deref(), Some("x"));
+        assert!(driver_name(&bare, None).is_err());
+        assert!(driver_name(&json!({"name": 3}), None).is_err());
+    }
 
     #[test]
     fn filters_are_percent_encoded() {

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod assignments;
 pub mod components;
 pub mod devices;
+pub mod drivers;
 pub mod functions;
 pub mod labels;
 pub mod nodes;

@@ -287,12 +287,16 @@ pub async fn delete(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
-    // Its component assignments go with it (the versions stay), and its
-    // revisions.
-    sqlx::query("DELETE FROM node_components WHERE node_id = $1")
+    // Its component assignments go with it (the versions stay), its
+    // drivers and its revisions.
+    for table in ["node_components", "node_drivers"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE node_id = $1"
+        )))
         .bind(&id)
         .execute(&mut *tx)
         .await?;
+    }
     sqlx::query("DELETE FROM node_releases WHERE node_id = $1")
         .bind(&id)
         .execute(&mut *tx)

@@ -50,7 +50,7 @@ pub fn schemas() -> Map<String, Value> {
                 true,
                 json!({"error": obj(&["code", "message"], true, json!({
                     "code": {"type": "string", "enum": ["unauthorized", "forbidden", "not_found",
-                        "conflict", "invalid_request", "invalid_rule", "invalid_function", "invalid_component",
+                        "conflict", "invalid_request", "invalid_rule", "invalid_function", "invalid_component", "invalid_driver",
                         "payload_too_large", "method_not_allowed", "internal"]},
                     "message": string(),
                     "line": {"type": "integer", "minimum": 0},
@@ -240,6 +240,8 @@ pub fn schemas() -> Map<String, Value> {
                         "name": string(), "version": int(), "sha256": string(),
                         "spec": {"type": "object", "nullable": true},
                         "module_base64": {"type": "string", "description": "empty in the admin view (`/api/nodes/{id}/desired`)"}}))),
+                    "drivers": {"type": "array", "items": obj(&["name"], false, json!({"name": string()})),
+                        "description": "protocol drivers with their point tables (the driver's keys as given, see `DriverConfig`); left out when empty"},
                     "components": {"type": "array", "items": r("DesiredComponent"),
                         "description": "left out when empty; a process component's archive is at /api/agent/components/{name}/{version}/artifact"},
                     "release": {"allOf": [r("ReleaseRef")],
@@ -271,6 +273,7 @@ pub fn schemas() -> Map<String, Value> {
         .into_iter()
         .chain(resources::schemas())
         .chain(super::components::schemas())
+        .chain(super::drivers::schemas())
         .chain(super::revisions::schemas())
         .chain(super::rollouts::schemas())
         .chain(super::releases::schemas())

@@ -1,5 +1,5 @@
 //! The difference between two revisions of a node, per kind (devices,
-//! rules, functions, components, config, release): the names added, removed and
+//! rules, functions, drivers, components, config, release): the names added, removed and
 //! changed, and for changed items both versions. Devices never show their
 //! password hashes: a changed device says only `secret changed`.
 //! Pure: no I/O.
@@ -101,6 +101,11 @@ pub fn diff(a: &DesiredState, b: &DesiredState) -> Value {
         }),
         "rules": kind(&by_name(&a.rules, |r| &r.id), &by_name(&b.rules, |r| &r.id), both),
         "functions": kind(&functions(a), &functions(b), both),
+        "drivers": kind(
+            &by_name(&a.drivers, |d| &d.name),
+            &by_name(&b.drivers, |d| &d.name),
+            both,
+        ),
         "components": kind(
             &by_name(&a.components, |c| &c.name),
             &by_name(&b.components, |c| &c.name),
