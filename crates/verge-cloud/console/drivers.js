@@ -10,7 +10,7 @@ function nodeDrivers(id) {
     placeholder: '{"protocol": "modbus-tcp", "host": "10.0.0.5", "devices": [{"name": "m1", "points": [{"name": "t", "address": "hr:0"}]}]}' });
   const err = h("p", { class: "error", testid: "node-driver-error", hidden: true });
   const saved = h("span", { class: "muted", testid: "node-driver-saved" });
-  const [t, body] = table("node-drivers", ["Driver", "Protocol", "Devices", "Points", "Updated", ""]);
+  const [t, body] = table("node-drivers", ["Driver", "Protocol", "Devices", "Points", "On the node", "Updated", ""]);
   const form = h("form", { id: "node-driver-form", testid: "node-driver-form" },
     h("div", { class: "row" }, field("Name", name)),
     field("Config (JSON, as the node's drivers API takes it; no pki_dir, serial lines under /dev/)", config),
@@ -25,10 +25,22 @@ function nodeDrivers(id) {
       refresh(await api("GET", `/api/nodes/${enc(id)}/drivers`));
     }, err);
   });
-  const refresh = (drivers) => {
+  let report = null;
+  /** The driver's status in the node's last heartbeat. */
+  const status = (name) => {
+    const st = ((report && report.drivers) || []).find((x) => x.name === name);
+    if (!st) return h("span", { class: "muted", testid: "node-driver-status" }, report ? "not running" : "–");
+    return h("span", { testid: "node-driver-status", "data-connected": String(!!st.connected) },
+      h("span", { class: `badge ${st.connected ? "status-online" : "status-offline"}` }, st.connected ? "connected" : "not connected"),
+      ` ${st.reads ?? 0} reads, ${st.errors ?? 0} errors`,
+      st.last_error ? h("span", { class: "muted" }, ` — ${st.last_error}`) : null);
+  };
+  const refresh = (drivers, nodeReport) => {
+    if (nodeReport !== undefined) report = nodeReport;
     replace(body, drivers.length ? drivers.map((d) => h("tr", { testid: "node-driver-row", "data-name": d.name },
       h("td", {}, d.name), h("td", { testid: "node-driver-protocol" }, d.protocol ?? "–"),
       h("td", { testid: "node-driver-devices" }, d.devices), h("td", { testid: "node-driver-points" }, d.points),
+      h("td", {}, status(d.name)),
       h("td", {}, ago(d.updated_ms)),
       h("td", {},
         h("button", { type: "button", class: "ghost", testid: "node-driver-edit", onclick: () => {
@@ -43,7 +55,7 @@ function nodeDrivers(id) {
             refresh(await api("GET", `/api/nodes/${enc(id)}/drivers`));
           }, err);
         } }, "Delete"))))
-      : emptyRow(6, "No drivers on this node: add one above."));
+      : emptyRow(7, "No drivers on this node: add one above."));
   };
   return { el: h("div", { testid: "node-drivers-section" }, form, t), refresh };
 }

@@ -148,7 +148,7 @@ function nodeDetailPage(id) {
     ]);
     if (!current(gen)) return;
     labels.refresh(n);
-    drivers.refresh(drvs);
+    drivers.refresh(drvs, n.report || null);
     await revs.refresh(n);
     if (!current(gen)) return;
     const r = n.report || {};
