@@ -15,7 +15,7 @@ pytest.importorskip("pymodbus")
 
 from cloud_procs import api, procs, start_cloud, start_node, wait_for  # noqa: E402, F401 (procs: fixture)
 from test_components_cloud import cloud_call  # noqa: E402
-from test_console import CHROMIUM, need, sync_playwright  # noqa: E402
+from test_console import console_page  # noqa: E402
 from test_modbus import ModbusServer  # noqa: E402
 
 try:
@@ -26,30 +26,12 @@ except ImportError:
 
 def console_shows_connected(url, admin, node_id):
     """The node's page shows the driver as the node reports it."""
-    need(sync_playwright is not None, "playwright is not installed (pip install playwright)")
-    need(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(15_000)
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            page.goto(url + "/")
-            page.get_by_test_id("login-token").fill(admin)
-            page.get_by_test_id("login-submit").click()
-            expect(page.get_by_test_id("nav-nodes")).to_be_visible()
-            page.goto(url + f"/#/nodes/{node_id}")
-            row = page.locator('[data-testid="node-driver-row"][data-name="plc"]')
-            status = row.get_by_test_id("node-driver-status")
-            expect(status).to_have_attribute("data-connected", "true")
-            expect(status).to_contain_text("connected")
-            expect(status).to_contain_text("reads")
-        finally:
-            browser.close()
-        assert not errors, errors
+    with console_page(url, admin, timeout_ms=15_000) as page:
+        page.goto(url + f"/#/nodes/{node_id}")
+        status = page.locator('[data-testid="node-driver-row"][data-name="plc"]').get_by_test_id("node-driver-status")
+        expect(status).to_have_attribute("data-connected", "true")
+        expect(status).to_contain_text("connected")
+        expect(status).to_contain_text("reads")
 
 
 def driver(port, points):

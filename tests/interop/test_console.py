@@ -9,6 +9,7 @@ install`: the system Chromium is used). A screenshot of the last page goes to
 tests/interop/artifacts/console.png.
 """
 
+import contextlib
 import json
 import os
 import tarfile
@@ -53,14 +54,45 @@ def need(ok, why):
     pytest.skip(why)
 
 
+def need_browser():
+    """Skip (or fail) unless Playwright, Chromium and the binary are there."""
+    need(sync_playwright is not None, "playwright is not installed (pip install playwright)")
+    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
+    need(os.path.exists(verge_bin()), f"no verge binary at {verge_bin()} (cargo build -p verge)")
+
+
+@contextlib.contextmanager
+def console_page(url, token, timeout_ms=10_000):
+    """A Chromium page logged in to the console at `url` with `token`
+    (dialogs accepted); fails the test if the page raised a JavaScript
+    error by the end."""
+    need_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(timeout_ms)
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: d.accept())
+        try:
+            page.goto(url + "/")
+            page.get_by_test_id("login-token").fill(token)
+            page.get_by_test_id("login-submit").click()
+            expect(page.get_by_test_id("nav-nodes")).to_be_visible()
+            yield page
+        finally:
+            browser.close()
+        assert not errors, f"JavaScript errors in the console: {errors}"
+
+
 def goto(page, testid):
     page.get_by_test_id(testid).click()
 
 
 def test_walkthrough_in_the_console(procs):
-    need(sync_playwright is not None, "playwright is not installed (pip install playwright)")
-    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
-    need(os.path.exists(verge_bin()), f"no verge binary at {verge_bin()} (cargo build -p verge)")
+    need_browser()
     workdir = tempfile.mkdtemp(prefix="verge-console-")
     cloud_url, admin_token = start_cloud(procs, workdir)
     ARTIFACTS.mkdir(exist_ok=True)

@@ -9,13 +9,11 @@ VERGE_REQUIRE_BROWSER=1 (then it fails), as test_console.py.
 """
 
 import json
-import os
 import tempfile
 import urllib.request
 
 from cloud_procs import procs, start_cloud  # noqa: F401 (procs: fixture)
-from test_console import CHROMIUM, need, sync_playwright
-from verge_interop import verge_bin
+from test_console import console_page, need_browser
 
 try:
     from playwright.sync_api import expect
@@ -35,9 +33,7 @@ def call(url, auth, method, path, body=None):
 
 
 def test_revisions_failed_items_rollback_and_cancel(procs):
-    need(sync_playwright is not None, "playwright is not installed (pip install playwright)")
-    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
-    need(os.path.exists(verge_bin()), f"no verge binary at {verge_bin()} (cargo build -p verge)")
+    need_browser()
     workdir = tempfile.mkdtemp(prefix="verge-console-rev-")
     url, admin = start_cloud(procs, workdir)
 
@@ -52,53 +48,37 @@ def test_revisions_failed_items_rollback_and_cancel(procs):
         "version": 3, "state": "rolled_back", "started_ms": 1, "finished_ms": 2, "rolled_back_to": 2,
         "items": [{"kind": "rule", "name": "b", "result": "failed", "error": "bad topic filter"}]}})
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(10_000)
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("dialog", lambda d: d.accept())
-        try:
-            page.goto(url + "/")
-            page.get_by_test_id("login-token").fill(admin)
-            page.get_by_test_id("login-submit").click()
-            expect(page.get_by_test_id("nav-nodes")).to_be_visible()
-            page.goto(url + "/#/nodes/edge-r")
+    with console_page(url, admin) as page:
+        page.goto(url + "/#/nodes/edge-r")
 
-            rows = page.get_by_test_id("revision-row")
-            expect(rows).to_have_count(3)
-            expect(page.get_by_test_id("revisions-state")).to_have_text("failed")
-            expect(page.get_by_test_id("revisions-state-error")).to_contain_text("bad topic filter")
-            row3 = page.locator('[data-testid="revision-row"][data-revision="3"]')
-            expect(row3.get_by_test_id("revision-result")).to_have_text("rolled back")
-            expect(row3.get_by_test_id("revision-summary")).to_have_text("rule `b` added")
-            expect(page.locator('[data-testid="revision-row"][data-revision="2"]')
-                   .get_by_test_id("revision-result")).to_have_text("applied")
-            # The newest revision is shown: its failed item and its diff.
-            detail = page.get_by_test_id("revision-detail")
-            expect(detail.locator('[data-testid="revision-item"][data-result="failed"]')
-                   ).to_contain_text("bad topic filter")
-            expect(detail.locator('[data-testid="diff-row"][data-kind="rules"][data-change="added"]')
-                   ).to_contain_text("b")
+        rows = page.get_by_test_id("revision-row")
+        expect(rows).to_have_count(3)
+        expect(page.get_by_test_id("revisions-state")).to_have_text("failed")
+        expect(page.get_by_test_id("revisions-state-error")).to_contain_text("bad topic filter")
+        row3 = page.locator('[data-testid="revision-row"][data-revision="3"]')
+        expect(row3.get_by_test_id("revision-result")).to_have_text("rolled back")
+        expect(row3.get_by_test_id("revision-summary")).to_have_text("rule `b` added")
+        expect(page.locator('[data-testid="revision-row"][data-revision="2"]')
+               .get_by_test_id("revision-result")).to_have_text("applied")
+        # The newest revision is shown: its failed item and its diff.
+        detail = page.get_by_test_id("revision-detail")
+        expect(detail.locator('[data-testid="revision-item"][data-result="failed"]')
+               ).to_contain_text("bad topic filter")
+        expect(detail.locator('[data-testid="diff-row"][data-kind="rules"][data-change="added"]')
+               ).to_contain_text("b")
 
-            # Roll back to revision 2: a new revision 4.
-            page.locator('[data-testid="revision-row"][data-revision="2"]').get_by_test_id("revision-rollback").click()
-            row4 = page.locator('[data-testid="revision-row"][data-revision="4"]')
-            expect(row4.get_by_test_id("revision-summary")).to_have_text("rollback to 2")
-            expect(row4.get_by_test_id("revision-author")).to_have_text("admin")
-            expect(page.get_by_test_id("revisions-state")).to_have_text("pending")
+        # Roll back to revision 2: a new revision 4.
+        page.locator('[data-testid="revision-row"][data-revision="2"]').get_by_test_id("revision-rollback").click()
+        row4 = page.locator('[data-testid="revision-row"][data-revision="4"]')
+        expect(row4.get_by_test_id("revision-summary")).to_have_text("rollback to 2")
+        expect(row4.get_by_test_id("revision-author")).to_have_text("admin")
+        expect(page.get_by_test_id("revisions-state")).to_have_text("pending")
 
-            # Cancel it: the node stays on 2 (revision 5 holds 2's content).
-            page.get_by_test_id("revision-cancel").click()
-            row5 = page.locator('[data-testid="revision-row"][data-revision="5"]')
-            expect(row5.get_by_test_id("revision-summary")).to_have_text("cancel revision 4: stay on 2")
-            row5.get_by_test_id("revision-show").click()
-            expect(page.get_by_test_id("revision-detail-title")).to_contain_text("Revision 5")
-        finally:
-            browser.close()
-        assert not errors, f"JavaScript errors in the console: {errors}"
+        # Cancel it: the node stays on 2 (revision 5 holds 2's content).
+        page.get_by_test_id("revision-cancel").click()
+        row5 = page.locator('[data-testid="revision-row"][data-revision="5"]')
+        expect(row5.get_by_test_id("revision-summary")).to_have_text("cancel revision 4: stay on 2")
+        row5.get_by_test_id("revision-show").click()
+        expect(page.get_by_test_id("revision-detail-title")).to_contain_text("Revision 5")
     state = call(url, admin, "GET", "/api/nodes/edge-r/revisions/5")["state"]
     assert [r["id"] for r in state["rules"]] == ["a"], state

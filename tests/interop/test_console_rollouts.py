@@ -10,13 +10,11 @@ Skipped when Playwright or Chromium is missing, unless
 VERGE_REQUIRE_BROWSER=1 (then it fails), as test_console.py.
 """
 
-import os
 import tempfile
 
 from cloud_procs import procs, start_cloud  # noqa: F401 (procs: fixture)
-from test_console import CHROMIUM, need, sync_playwright
+from test_console import console_page, need_browser
 from test_console_revisions import call
-from verge_interop import verge_bin
 
 try:
     from playwright.sync_api import expect
@@ -25,9 +23,7 @@ except ImportError:
 
 
 def test_labels_and_a_paused_rollout_in_the_console(procs):
-    need(sync_playwright is not None, "playwright is not installed (pip install playwright)")
-    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
-    need(os.path.exists(verge_bin()), f"no verge binary at {verge_bin()} (cargo build -p verge)")
+    need_browser()
     workdir = tempfile.mkdtemp(prefix="verge-console-roll-")
     url, admin = start_cloud(procs, workdir)
 
@@ -38,73 +34,57 @@ def test_labels_and_a_paused_rollout_in_the_console(procs):
         creds[name] = f"{joined['node_id']}.{joined['secret']}"
     call(url, admin, "POST", "/api/components", {"name": "app", "version": "2.0.0", "command": "bin/app"})
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(10_000)
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("dialog", lambda d: d.accept())
-        try:
-            page.goto(url + "/")
-            page.get_by_test_id("login-token").fill(admin)
-            page.get_by_test_id("login-submit").click()
-            expect(page.get_by_test_id("nav-rollouts")).to_be_visible()
+    with console_page(url, admin) as page:
 
-            # r3 joins site a on its page.
-            page.goto(url + "/#/nodes/r3")
-            labels = page.get_by_test_id("node-labels")
-            expect(labels).to_have_value("")
-            labels.fill("site=a,rack=7")
-            page.get_by_test_id("node-labels-save").click()
-            expect(page.get_by_test_id("node-labels-saved")).to_have_text("saved")
-            assert call(url, admin, "GET", "/api/nodes/r3")["labels"] == {"site": "a", "rack": "7"}
-            page.get_by_test_id("nav-nodes").click()
-            expect(page.locator('[data-testid="node-row"][data-id="r3"]')
-                   .get_by_test_id("node-row-labels")).to_have_text("rack=7,site=a")
+        # r3 joins site a on its page.
+        page.goto(url + "/#/nodes/r3")
+        labels = page.get_by_test_id("node-labels")
+        expect(labels).to_have_value("")
+        labels.fill("site=a,rack=7")
+        page.get_by_test_id("node-labels-save").click()
+        expect(page.get_by_test_id("node-labels-saved")).to_have_text("saved")
+        assert call(url, admin, "GET", "/api/nodes/r3")["labels"] == {"site": "a", "rack": "7"}
+        page.get_by_test_id("nav-nodes").click()
+        expect(page.locator('[data-testid="node-row"][data-id="r3"]')
+               .get_by_test_id("node-row-labels")).to_have_text("rack=7,site=a")
 
-            # A rollout to site a, canary 1: r1 gets the version.
-            page.get_by_test_id("nav-rollouts").click()
-            expect(page.get_by_test_id("rollouts-empty")).to_be_visible()
-            expect(page.get_by_test_id("rollout-version")).to_have_value("2.0.0")
-            page.get_by_test_id("rollout-selector").fill("site=a")
-            page.get_by_test_id("rollout-canary").fill("1")
-            page.get_by_test_id("rollout-start").click()
-            expect(page.get_by_test_id("rollout-started")).to_contain_text("started")
-            card = page.get_by_test_id("rollout")
-            expect(card.get_by_test_id("rollout-state")).to_have_text("running")
-            stages = card.get_by_test_id("rollout-stage")
-            expect(stages).to_have_count(2)
-            expect(stages.nth(0).get_by_test_id("rollout-node")).to_have_count(1)
-            expect(stages.nth(1).get_by_test_id("rollout-node")).to_have_count(2)
-            canary = stages.nth(0).locator('[data-testid="rollout-node"][data-node="r1"]')
-            expect(canary.get_by_test_id("rollout-node-revision")).to_have_text("2")
+        # A rollout to site a, canary 1: r1 gets the version.
+        page.get_by_test_id("nav-rollouts").click()
+        expect(page.get_by_test_id("rollouts-empty")).to_be_visible()
+        expect(page.get_by_test_id("rollout-version")).to_have_value("2.0.0")
+        page.get_by_test_id("rollout-selector").fill("site=a")
+        page.get_by_test_id("rollout-canary").fill("1")
+        page.get_by_test_id("rollout-start").click()
+        expect(page.get_by_test_id("rollout-started")).to_contain_text("started")
+        card = page.get_by_test_id("rollout")
+        expect(card.get_by_test_id("rollout-state")).to_have_text("running")
+        stages = card.get_by_test_id("rollout-stage")
+        expect(stages).to_have_count(2)
+        expect(stages.nth(0).get_by_test_id("rollout-node")).to_have_count(1)
+        expect(stages.nth(1).get_by_test_id("rollout-node")).to_have_count(2)
+        canary = stages.nth(0).locator('[data-testid="rollout-node"][data-node="r1"]')
+        expect(canary.get_by_test_id("rollout-node-revision")).to_have_text("2")
 
-            # The canary rolls it back: paused, with why.
-            call(url, creds["r1"], "POST", "/api/agent/status", {"applied_version": 1, "attempt": {
-                "version": 2, "state": "rolled_back", "started_ms": 1, "finished_ms": 2, "rolled_back_to": 1,
-                "items": [{"kind": "component", "name": "app", "result": "failed",
-                           "error": "version 2.0.0 is backoff"}]}})
-            expect(card.get_by_test_id("rollout-state")).to_have_text("paused")
-            expect(card.get_by_test_id("rollout-reason")).to_contain_text("1 of 1 node(s) failed")
-            expect(stages.nth(0).get_by_test_id("rollout-stage-state")).to_have_text("failed")
-            expect(canary.get_by_test_id("rollout-node-result")).to_have_text("rolled back")
-            expect(canary.get_by_test_id("rollout-node-error")).to_contain_text("backoff")
+        # The canary rolls it back: paused, with why.
+        call(url, creds["r1"], "POST", "/api/agent/status", {"applied_version": 1, "attempt": {
+            "version": 2, "state": "rolled_back", "started_ms": 1, "finished_ms": 2, "rolled_back_to": 1,
+            "items": [{"kind": "component", "name": "app", "result": "failed",
+                       "error": "version 2.0.0 is backoff"}]}})
+        expect(card.get_by_test_id("rollout-state")).to_have_text("paused")
+        expect(card.get_by_test_id("rollout-reason")).to_contain_text("1 of 1 node(s) failed")
+        expect(stages.nth(0).get_by_test_id("rollout-stage-state")).to_have_text("failed")
+        expect(canary.get_by_test_id("rollout-node-result")).to_have_text("rolled back")
+        expect(canary.get_by_test_id("rollout-node-error")).to_contain_text("backoff")
 
-            # Resume: stage 2 starts; cancel: no more.
-            card.get_by_test_id("rollout-resume").click()
-            expect(card.get_by_test_id("rollout-state")).to_have_text("running")
-            expect(stages.nth(1).get_by_test_id("rollout-stage-state")).to_have_text("running")
-            expect(stages.nth(1).locator('[data-testid="rollout-node"][data-node="r3"]')
-                   .get_by_test_id("rollout-node-revision")).to_have_text("2")
-            card.get_by_test_id("rollout-cancel").click()
-            expect(card.get_by_test_id("rollout-state")).to_have_text("cancelled")
-            expect(card.get_by_test_id("rollout-reason")).to_contain_text("keep the version they got")
-            expect(card.get_by_test_id("rollout-cancel")).to_have_count(0)
-        finally:
-            browser.close()
-        assert not errors, f"JavaScript errors in the console: {errors}"
+        # Resume: stage 2 starts; cancel: no more.
+        card.get_by_test_id("rollout-resume").click()
+        expect(card.get_by_test_id("rollout-state")).to_have_text("running")
+        expect(stages.nth(1).get_by_test_id("rollout-stage-state")).to_have_text("running")
+        expect(stages.nth(1).locator('[data-testid="rollout-node"][data-node="r3"]')
+               .get_by_test_id("rollout-node-revision")).to_have_text("2")
+        card.get_by_test_id("rollout-cancel").click()
+        expect(card.get_by_test_id("rollout-state")).to_have_text("cancelled")
+        expect(card.get_by_test_id("rollout-reason")).to_contain_text("keep the version they got")
+        expect(card.get_by_test_id("rollout-cancel")).to_have_count(0)
     rollout = call(url, admin, "GET", "/api/rollouts")[0]
     assert rollout["state"] == "cancelled", rollout
