@@ -11,6 +11,7 @@ const routes = [
   [/^#\/functions$/, functionsPage],
   [/^#\/components$/, componentsPage],
   [/^#\/rollouts$/, rolloutsPage],
+  [/^#\/releases$/, releasesPage],
   [/^#\/messages$/, messagesPage],
   [/^#\/tokens$/, tokensPage],
 ];

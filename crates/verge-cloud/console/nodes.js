@@ -109,6 +109,7 @@ function nodeDetailPage(id) {
   const deploy = h("div", { id: "node-deployment", testid: "node-deployment" });
   const revs = nodeRevisions(id);
   const labels = nodeLabels(id);
+  const release = nodeRelease(id);
   const [dt, devBody] = table("node-devices", ["Device", "Last telemetry", "When"]);
   const [rt, ruleBody] = table("node-rules", ["Rule", "Enabled", "State", "In", "Rows out", "Errors", "p99", "Last error"]);
   const [ft, fnBody] = table("node-functions", ["Function", "Version", "Calls", "Errors", "Timeouts", "p50", "p99", "Last error"]);
@@ -129,6 +130,7 @@ function nodeDetailPage(id) {
     section("Metrics", charts),
     section("Deployment", deploy),
     section("Revisions", revs.el),
+    section("Release (self-update)", release.el),
     section("Devices", dt), section("Rules", rt), section("Functions", ft), section("Components", ct),
     section("Live messages", liveMessages((after, topic) =>
       messagesUrl(`/api/nodes/${enc(id)}/messages`, after, topic), { key: "node-messages" })));
@@ -146,6 +148,7 @@ function nodeDetailPage(id) {
     if (!current(gen)) return;
     labels.refresh(n);
     await revs.refresh(n);
+    await release.refresh(n);
     if (!current(gen)) return;
     const r = n.report || {};
     replace(title, n.name || n.id, " ", badge(n.status));

@@ -26,6 +26,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("functions.js", include_str!("../console/functions.js")),
     ("components.js", include_str!("../console/components.js")),
     ("rollouts.js", include_str!("../console/rollouts.js")),
+    ("releases.js", include_str!("../console/releases.js")),
     ("messages.js", include_str!("../console/messages.js")),
     ("tokens.js", include_str!("../console/tokens.js")),
     ("main.js", include_str!("../console/main.js")),
