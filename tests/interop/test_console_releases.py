@@ -3,7 +3,8 @@ Debian's Chromium driven by Playwright against the real binary (`verge
 cloud`). A release is signed with `verge release keygen`/`sign` (any small
 file stands for the binary: the cloud checks its size and SHA-256 against
 the metadata, only nodes check the signature), added on the Releases page
-(a wrong binary first: the cloud's message is shown), assigned on a node's
+(a wrong binary, then one over `cloud.max_release_bytes` first: the
+cloud's messages are shown), assigned on a node's
 page (the node is played through the node protocol: join and a heartbeat
 with its running version), refused deletion while assigned, unassigned and
 deleted.
@@ -50,7 +51,7 @@ def test_add_assign_refused_delete_unassign_delete_a_release(procs):
     need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
     need(os.path.exists(verge_bin()), f"no verge binary at {verge_bin()} (cargo build -p verge)")
     workdir = tempfile.mkdtemp(prefix="verge-console-rel-")
-    url, admin = start_cloud(procs, workdir)
+    url, admin = start_cloud(procs, workdir, extra=("--set", "cloud.max_release_bytes=4096"))
 
     created = call(url, admin, "POST", "/api/nodes", {"name": "edge-u"})
     joined = call(url, None, "POST", "/api/agent/join", {"token": created["join_token"], "hostname": "t"})
@@ -59,6 +60,8 @@ def test_add_assign_refused_delete_unassign_delete_a_release(procs):
     metadata, binary = sign_release(workdir, "0.2.0+t1", b"#!/bin/sh\necho 0.2.0+t1\n")
     wrong = Path(workdir) / "not-the-binary"
     wrong.write_bytes(b"something else\n")
+    too_big = Path(workdir) / "too-big"
+    too_big.write_bytes(b"x" * 5000)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -92,6 +95,12 @@ def test_add_assign_refused_delete_unassign_delete_a_release(procs):
             row = page.locator('[data-testid="release-row"][data-version="0.2.0+t1"]')
             expect(row.get_by_test_id("release-uploaded")).to_contain_text("missing")
             expect(page.get_by_test_id("release-add")).to_be_enabled()
+            # Over cloud.max_release_bytes: the cloud's 413.
+            page.get_by_test_id("release-binary").set_input_files(str(too_big))
+            page.get_by_test_id("release-add").click()
+            expect(page.get_by_test_id("release-error")).to_contain_text(
+                "payload_too_large: the body is larger than 4096 bytes (`cloud.max_release_bytes`)")
+            expect(row.get_by_test_id("release-uploaded")).to_contain_text("missing")
 
             # Again with the right binary: uploaded, listed.
             page.get_by_test_id("release-binary").set_input_files(str(binary))

@@ -32,7 +32,7 @@ def ok(url, token_file, *args):
 
 def test_ctl_releases_revisions_and_rollouts(procs):
     workdir = tempfile.mkdtemp(prefix="verge-ctl-rel-")
-    url, admin = start_cloud(procs, workdir)
+    url, admin = start_cloud(procs, workdir, extra=("--set", "cloud.max_release_bytes=4096"))
     token_file = Path(workdir) / "admin-token"
     token_file.write_text(admin + "\n")
     created = call(url, admin, "POST", "/api/nodes", {"name": "edge-c", "labels": {"site": "a"}})
@@ -44,6 +44,12 @@ def test_ctl_releases_revisions_and_rollouts(procs):
     wrong.write_bytes(b"another file")
     code, _, err = ctl(url, token_file, "releases", "add", "--metadata", str(metadata), "--binary", str(wrong))
     assert code != 0 and "400" in err and "is not the one release `0.3.0` names" in err, err
+    # Over cloud.max_release_bytes: the metadata refused (400), the upload too (413).
+    big_meta, big = sign_release(workdir, "0.3.1", b"x" * 5000)
+    code, _, err = ctl(url, token_file, "releases", "add", "--metadata", str(big_meta), "--binary", str(big))
+    assert code != 0 and "400" in err and "`cloud.max_release_bytes`" in err, err
+    code, _, err = ctl(url, token_file, "releases", "add", "--metadata", str(metadata), "--binary", str(big))
+    assert code != 0 and "413 payload_too_large" in err, err
 
     added = ok(url, token_file, "releases", "add", "--metadata", str(metadata), "--binary", str(binary))
     assert added["version"] == "0.3.0" and added["uploaded"] is True, added
