@@ -12,6 +12,7 @@ const routes = [
   [/^#\/components$/, componentsPage],
   [/^#\/rollouts$/, rolloutsPage],
   [/^#\/deployments$/, deploymentsPage],
+  [/^#\/releases$/, releasesPage],
   [/^#\/messages$/, messagesPage],
   [/^#\/tokens$/, tokensPage],
 ];

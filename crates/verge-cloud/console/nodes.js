@@ -110,6 +110,7 @@ function nodeDetailPage(id) {
   const revs = nodeRevisions(id);
   const labels = nodeLabels(id);
   const drivers = nodeDrivers(id);
+  const release = nodeRelease(id);
   const [dt, devBody] = table("node-devices", ["Device", "Last telemetry", "When"]);
   const [rt, ruleBody] = table("node-rules", ["Rule", "Enabled", "State", "In", "Rows out", "Errors", "p99", "Last error"]);
   const [ft, fnBody] = table("node-functions", ["Function", "Version", "Calls", "Errors", "Timeouts", "p50", "p99", "Last error"]);
@@ -130,6 +131,7 @@ function nodeDetailPage(id) {
     section("Metrics", charts),
     section("Deployment", deploy),
     section("Revisions", revs.el),
+    section("Release (self-update)", release.el),
     section("Devices", dt), section("Rules", rt), section("Functions", ft), section("Components", ct),
     section("Drivers", drivers.el),
     section("Live messages", liveMessages((after, topic) =>
@@ -150,6 +152,7 @@ function nodeDetailPage(id) {
     labels.refresh(n);
     drivers.refresh(drvs, n.report || null);
     await revs.refresh(n);
+    await release.refresh(n);
     if (!current(gen)) return;
     const r = n.report || {};
     replace(title, n.name || n.id, " ", badge(n.status));

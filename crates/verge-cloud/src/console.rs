@@ -28,6 +28,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("components.js", include_str!("../console/components.js")),
     ("rollouts.js", include_str!("../console/rollouts.js")),
     ("deployments.js", include_str!("../console/deployments.js")),
+    ("releases.js", include_str!("../console/releases.js")),
     ("messages.js", include_str!("../console/messages.js")),
     ("tokens.js", include_str!("../console/tokens.js")),
     ("main.js", include_str!("../console/main.js")),

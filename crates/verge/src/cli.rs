@@ -431,6 +431,205 @@ mod tests {
         );
     }
 
+    /// The `CtlCommand` of `verge ctl ARGS…`.
+    fn ctl(args: &[&str]) -> Result<crate::ctl::CtlCommand, clap::Error> {
+        let all: Vec<&str> = std::iter::once("ctl").chain(args.iter().copied()).collect();
+        match parse(&all)?.command {
+            Command::Ctl(c) => Ok(c.command),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ctl_release_commands() {
+        use crate::ctl::{CtlCommand, ReleasesCmd};
+        let c = ctl(&[
+            "releases",
+            "add",
+            "--metadata",
+            "r.json",
+            "--binary",
+            "verge",
+        ])
+        .expect("add");
+        let CtlCommand::Releases(ReleasesCmd::Add { metadata, binary }) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            (metadata.as_path(), binary.as_path()),
+            (Path::new("r.json"), Path::new("verge"))
+        );
+        assert!(
+            ctl(&["releases", "add", "--metadata", "r.json"]).is_err(),
+            "the binary is needed"
+        );
+        let c = ctl(&["releases", "assign", "--node", "edge-1", "0.2.0+b1"]).expect("assign");
+        assert!(
+            matches!(&c, CtlCommand::Releases(ReleasesCmd::Assign { node, release }) if node == "edge-1" && release == "0.2.0+b1"),
+            "{c:?}"
+        );
+        assert!(
+            ctl(&["releases", "assign", "0.2.0"]).is_err(),
+            "a node is needed"
+        );
+        let c = ctl(&["releases", "unassign", "--node", "edge-1"]).expect("unassign");
+        assert!(
+            matches!(&c, CtlCommand::Releases(ReleasesCmd::Unassign { node }) if node == "edge-1")
+        );
+        let c = ctl(&["releases", "get", "0.2.0"]).expect("get");
+        assert!(
+            matches!(&c, CtlCommand::Releases(ReleasesCmd::Get { release }) if release == "0.2.0")
+        );
+        let c = ctl(&["releases", "delete", "0.2.0"]).expect("delete");
+        assert!(
+            matches!(&c, CtlCommand::Releases(ReleasesCmd::Delete { release }) if release == "0.2.0")
+        );
+        assert!(matches!(
+            ctl(&["releases", "list"]).expect("list"),
+            CtlCommand::Releases(ReleasesCmd::List)
+        ));
+    }
+
+    #[test]
+    fn ctl_revision_commands() {
+        use crate::ctl::{CtlCommand, RevisionsCmd};
+        let c = ctl(&["revisions", "list", "--node", "n", "--limit", "5"]).expect("list");
+        assert!(
+            matches!(&c, CtlCommand::Revisions(RevisionsCmd::List { node, limit: Some(5) }) if node == "n"),
+            "{c:?}"
+        );
+        let c = ctl(&["revisions", "diff", "--node", "n", "2", "4"]).expect("diff");
+        assert!(
+            matches!(&c, CtlCommand::Revisions(RevisionsCmd::Diff { node, a: 2, b: 4 }) if node == "n")
+        );
+        let c = ctl(&["revisions", "get", "--node", "n", "3"]).expect("get");
+        assert!(matches!(
+            &c,
+            CtlCommand::Revisions(RevisionsCmd::Get { revision: 3, .. })
+        ));
+        let c = ctl(&["revisions", "rollback", "--node", "n", "2"]).expect("rollback");
+        assert!(matches!(
+            &c,
+            CtlCommand::Revisions(RevisionsCmd::Rollback { revision: 2, .. })
+        ));
+        let c = ctl(&["revisions", "cancel", "--node", "n"]).expect("cancel");
+        assert!(matches!(&c, CtlCommand::Revisions(RevisionsCmd::Cancel { node }) if node == "n"));
+        assert!(
+            ctl(&["revisions", "rollback", "2"]).is_err(),
+            "a node is needed"
+        );
+        assert!(ctl(&["revisions", "rollback", "--node", "n", "two"]).is_err());
+        assert!(
+            ctl(&["revisions", "diff", "--node", "n", "2"]).is_err(),
+            "two revisions"
+        );
+    }
+
+    #[test]
+    fn ctl_rollout_commands() {
+        use crate::ctl::{CtlCommand, RolloutsCmd};
+        let c = ctl(&[
+            "rollouts",
+            "start",
+            "--component",
+            "app",
+            "--version",
+            "2.0.0",
+            "--selector",
+            "site=a,tier=edge",
+            "--canary-percent",
+            "10",
+            "--max-failure-rate",
+            "0.2",
+        ])
+        .expect("start");
+        let CtlCommand::Rollouts(RolloutsCmd::Start {
+            component,
+            release,
+            selector,
+            canary,
+            canary_percent,
+            max_failure_rate,
+            stage_timeout,
+        }) = c
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!((component.as_str(), release.as_str()), ("app", "2.0.0"));
+        assert_eq!(
+            serde_json::Value::Object(selector),
+            serde_json::json!({"site": "a", "tier": "edge"})
+        );
+        assert_eq!(
+            (canary, canary_percent, max_failure_rate),
+            (None, Some(10.0), Some(0.2))
+        );
+        assert_eq!(stage_timeout, None);
+        assert!(
+            ctl(&[
+                "rollouts",
+                "start",
+                "--component",
+                "app",
+                "--version",
+                "2",
+                "--selector",
+                "site=a",
+                "--canary",
+                "1",
+                "--canary-percent",
+                "10"
+            ])
+            .is_err(),
+            "a count or a percent"
+        );
+        assert!(
+            ctl(&[
+                "rollouts",
+                "start",
+                "--component",
+                "app",
+                "--version",
+                "2",
+                "--selector",
+                "site"
+            ])
+            .is_err(),
+            "a selector is key=value"
+        );
+        assert!(
+            ctl(&[
+                "rollouts",
+                "start",
+                "--component",
+                "app",
+                "--selector",
+                "site=a"
+            ])
+            .is_err(),
+            "a version is needed"
+        );
+        assert!(matches!(
+            ctl(&["rollouts", "resume", "7"]).expect("resume"),
+            CtlCommand::Rollouts(RolloutsCmd::Resume { id: 7 })
+        ));
+        assert!(matches!(
+            ctl(&["rollouts", "cancel", "7"]).expect("cancel"),
+            CtlCommand::Rollouts(RolloutsCmd::Cancel { id: 7 })
+        ));
+        assert!(matches!(
+            ctl(&["rollouts", "get", "7"]).expect("get"),
+            CtlCommand::Rollouts(RolloutsCmd::Get { id: 7 })
+        ));
+        assert!(matches!(
+            ctl(&["rollouts", "list"]).expect("list"),
+            CtlCommand::Rollouts(RolloutsCmd::List)
+        ));
+        // `--version` is the component version on `start` only.
+        let shown = ctl(&["rollouts", "list", "--version"]).expect_err("prints the version");
+        assert_eq!(shown.kind(), clap::error::ErrorKind::DisplayVersion);
+    }
+
     #[test]
     fn bench_broker_options() {
         let cli = parse(&[

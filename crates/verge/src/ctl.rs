@@ -10,6 +10,9 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+mod deploy;
+pub use deploy::{ReleasesCmd, RevisionsCmd, RolloutsCmd};
+
 /// `verge ctl`.
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -62,6 +65,16 @@ pub enum CtlCommand {
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Releases of the `verge` binary and the nodes assigned each
+    /// (self-update of nodes).
+    #[command(subcommand)]
+    Releases(ReleasesCmd),
+    /// A node's revisions: history, diff, rollback, cancel.
+    #[command(subcommand)]
+    Revisions(RevisionsCmd),
+    /// Staged rollouts of a component version to labelled nodes.
+    #[command(subcommand)]
+    Rollouts(RolloutsCmd),
     /// Desired and applied versions of every node.
     Deployments,
     /// A node's upstream messages (newest last).
@@ -502,6 +515,9 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
                 api.call("DELETE", &format!("/api/tokens/{id}"), None).await
             }
         },
+        CtlCommand::Releases(c) => deploy::releases(&api, c).await,
+        CtlCommand::Revisions(c) => deploy::revisions(&api, c).await,
+        CtlCommand::Rollouts(c) => deploy::rollouts(&api, c).await,
         CtlCommand::Deployments => api.call("GET", "/api/deployments", None).await,
         CtlCommand::Messages { node, topic, limit } => {
             let mut q = format!("?limit={limit}");
