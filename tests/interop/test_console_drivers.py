@@ -24,7 +24,7 @@ except ImportError:
 
 def modbus(host, points):
     return {"protocol": "modbus-tcp", "host": host,
-            "devices": [{"name": "m1", "points": [
+            "devices": [{"name": "m-" + host.replace(".", "-"), "points": [
                 {"name": f"p{i}", "address": f"hr:{i}"} for i in range(points)]}]}
 
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use verge_drivers::config::ProtocolKind;
 use verge_drivers::{DriverConfig, Drivers};
 use verge_protocol::{DesiredState, DriverSpec};
 
@@ -25,11 +26,39 @@ fn driver_config(drivers: &Drivers, spec: &DriverSpec) -> Result<DriverConfig, S
         e.strip_prefix(&prefix)
             .map_or_else(|| e.clone(), str::to_owned)
     })?;
-    let config: DriverConfig = serde_json::to_value(spec)
+    let mut config: DriverConfig = serde_json::to_value(spec)
         .and_then(serde_json::from_value)
         .map_err(|e| e.to_string())?;
+    if let Some(serial) = &config.serial {
+        check_serial_target(&serial.device)?;
+    }
+    // A cloud driver's certificates are its own: never those of a node's
+    // driver of the same name, whose trusted servers it would share.
+    if config.protocol == ProtocolKind::Opcua
+        && config.pki_dir.is_none()
+        && let Some(root) = drivers.pki_root()
+    {
+        config.pki_dir = Some(root.join("cloud").join(&config.name).display().to_string());
+    }
     config.validate()?;
     Ok(drivers.with_defaults(config))
+}
+
+/// A serial line that exists must be one where its links lead: a udev
+/// name under `/dev/serial/` resolves to a `/dev/tty…`, not to another
+/// device file. One that does not exist (unplugged) is opened, and
+/// checked, when it is there.
+fn check_serial_target(device: &str) -> Result<(), String> {
+    match std::fs::canonicalize(device) {
+        Ok(real) => match real.to_str() {
+            Some(p) if verge_protocol::serial_line(p) && !p.starts_with("/dev/serial/") => Ok(()),
+            _ => Err(format!(
+                "`serial.device` {device} leads to {}, which is no serial line",
+                real.display()
+            )),
+        },
+        Err(_) => Ok(()),
+    }
 }
 
 /// Make the driver of `spec` run as it says unless it does; `true` when
@@ -144,4 +173,23 @@ pub(crate) async fn reconcile(parts: &NodeParts, d: &DesiredState) -> Vec<String
         }
     }
     restored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_serial_line_must_lead_to_a_tty() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let link = dir.path().join("by-id-like");
+        std::os::unix::fs::symlink("/dev/null", &link).expect("link");
+        let e = check_serial_target(link.to_str().expect("utf-8")).expect_err("refused");
+        assert!(
+            e.contains("/dev/null") && e.contains("no serial line"),
+            "{e}"
+        );
+        // Not there (unplugged): checked when it is.
+        assert!(check_serial_target("/dev/ttyUSB-not-there-42").is_ok());
+    }
 }

@@ -404,7 +404,8 @@ async fn an_opcua_driver_gets_the_nodes_pki_dir_and_is_not_restarted_for_it() {
     let a = eventually_attempt(&agent, v1, AttemptState::Applied).await;
     assert_eq!(item(&a, "ua"), Some((ItemOutcome::Applied, None)));
     let (config, _) = node.drivers.get("ua").expect("runs");
-    let pki = dir.path().join("opcua-pki/ua");
+    // Its own folder, never that of a node-own driver of the same name.
+    let pki = dir.path().join("opcua-pki/cloud/ua");
     assert_eq!(config.pki_dir.as_deref(), pki.to_str());
     let v2 = cloud.publish(|_| {});
     let a = eventually_attempt(&agent, v2, AttemptState::Applied).await;

@@ -22,13 +22,15 @@ both!(
     drivers_need_a_credential,
 );
 
-/// A Modbus TCP driver with one device of `points` points.
+/// A Modbus TCP driver with one device of `points` points, named after
+/// the host (a device belongs to one driver of a node).
 fn modbus(host: &str, points: usize) -> Value {
     let points: Vec<Value> = (0..points)
         .map(|i| json!({"name": format!("p{i}"), "address": format!("hr:{i}")}))
         .collect();
+    let device = format!("m-{}", host.replace('.', "-"));
     json!({"protocol": "modbus-tcp", "host": host,
-           "devices": [{"name": "m1", "poll": "5s", "points": points}]})
+           "devices": [{"name": device, "poll": "5s", "points": points}]})
 }
 
 async fn put(h: &Harness, node: &str, name: &str, body: Value) -> (StatusCode, Value) {
@@ -366,10 +368,33 @@ async fn bad_drivers_are_refused_naming_the_key(h: Harness) {
         &n,
         "ua",
         json!({"protocol": "opcua", "endpoint": "opc.tcp://plc:4840",
-        "devices": [{"name": "d", "points": [{"name": "p", "address": "ns=2;i=1"}]}]}),
+        "devices": [{"name": "d2", "points": [{"name": "p", "address": "ns=2;i=1"}]}]}),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A device another driver of the node reads already.
+    let (s, v) = put(
+        &h,
+        &n,
+        "ua2",
+        json!({"protocol": "opcua", "endpoint": "opc.tcp://plc:4840",
+        "devices": [{"name": "d", "points": [{"name": "p", "address": "ns=2;i=1"}]}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let m = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.contains("`d` is read by driver `rtu`"), "{m}");
+    // Replacing a driver with its own devices is fine.
+    let (s, v) = put(
+        &h,
+        &n,
+        "rtu",
+        json!({"protocol": "modbus-rtu",
+        "serial": {"device": "/dev/ttyUSB1", "baud": 19200},
+        "devices": [{"name": "d", "unit": 3, "points": [{"name": "p", "address": "hr:1"}]}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 }
 
 async fn unknown_nodes_and_drivers_are_404(h: Harness) {

@@ -573,6 +573,10 @@ pub struct Drivers {
     broker: BrokerHandle,
     running: RwLock<HashMap<String, Arc<Driver>>>,
     pki_root: Option<std::path::PathBuf>,
+    /// One create or delete at a time (the node's API and the cloud agent
+    /// both change the set): the device check, the stop of the old driver
+    /// and the start of the new one are one step.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl Drivers {
@@ -582,6 +586,7 @@ impl Drivers {
             broker,
             running: RwLock::new(HashMap::new()),
             pki_root: None,
+            changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -590,6 +595,11 @@ impl Drivers {
     pub fn with_pki_root(mut self, root: std::path::PathBuf) -> Drivers {
         self.pki_root = Some(root);
         self
+    }
+
+    /// The root of the OPC UA drivers' default certificate folders.
+    pub fn pki_root(&self) -> Option<&std::path::Path> {
+        self.pki_root.as_deref()
     }
 
     /// `config` as [`Drivers::create`] runs it: an OPC UA driver without a
@@ -611,6 +621,7 @@ impl Drivers {
     /// used by another driver is refused: both would publish to and take
     /// commands from the same topics.
     pub async fn create(&self, config: DriverConfig) -> Result<DriverStatus, String> {
+        let _one = self.changes.lock().await;
         let config = self.with_defaults(config);
         config.validate()?;
         {
@@ -651,6 +662,7 @@ impl Drivers {
 
     /// Stop and remove a driver; whether it existed.
     pub async fn delete(&self, name: &str) -> bool {
+        let _one = self.changes.lock().await;
         let old = self
             .running
             .write()

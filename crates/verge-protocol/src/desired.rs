@@ -132,20 +132,37 @@ impl DriverSpec {
         if let Some(serial) = self.settings.get("serial")
             && let Some(device) = serial.get("device")
         {
-            let ok = device.as_str().is_some_and(|d| {
-                d.strip_prefix("/dev/").is_some_and(|rest| {
-                    !rest.is_empty() && !rest.split('/').any(|c| c == ".." || c.is_empty())
-                })
-            });
-            if !ok {
+            if !device.as_str().is_some_and(serial_line) {
                 return Err(format!(
-                    "driver `{}`: `serial.device` must be a serial line under /dev/, such as \
-                     /dev/ttyUSB0",
+                    "driver `{}`: `serial.device` must be a serial line: /dev/tty… (such as \
+                     /dev/ttyUSB0) or /dev/serial/…",
                     self.name
                 ));
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `path` names a serial line: `/dev/tty<name>` or a link under
+/// `/dev/serial/` (udev's by-id and by-path names), with no empty, `.`
+/// or `..` part. Other device files (a watchdog, `/dev/fd/…`, `/dev/shm`)
+/// are no serial line a driver may open.
+pub fn serial_line(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/dev/") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || *c == "..")
+    {
+        return false;
+    }
+    match parts.as_slice() {
+        [tty] => tty.len() > 3 && tty.starts_with("tty"),
+        ["serial", _, ..] => true,
+        _ => false,
     }
 }
 
@@ -277,6 +294,7 @@ mod tests {
         );
         assert!(d(json!({"name": "a", "serial": {"device": "/dev/ttyUSB0"}})).is_ok());
         assert!(d(json!({"name": "a", "serial": {"device": "/dev/serial/by-id/usb-1"}})).is_ok());
+        assert!(d(json!({"name": "a", "serial": {"device": "/dev/ttyS1"}})).is_ok());
         for bad in [
             json!({"name": "a", "pki_dir": "/etc"}),
             json!({"name": "a", "serial": {"device": "/etc/passwd"}}),
@@ -284,6 +302,13 @@ mod tests {
             json!({"name": "a", "serial": {"device": "/dev/"}}),
             json!({"name": "a", "serial": {"device": "/dev//x"}}),
             json!({"name": "a", "serial": {"device": 3}}),
+            json!({"name": "a", "serial": {"device": "/dev/watchdog"}}),
+            json!({"name": "a", "serial": {"device": "/dev/fd/3"}}),
+            json!({"name": "a", "serial": {"device": "/dev/stdin"}}),
+            json!({"name": "a", "serial": {"device": "/dev/shm/x"}}),
+            json!({"name": "a", "serial": {"device": "/dev/tty"}}),
+            json!({"name": "a", "serial": {"device": "/dev/serial"}}),
+            json!({"name": "a", "serial": {"device": "/dev/ttyUSB0/../x"}}),
         ] {
             assert!(d(bad.clone()).is_err(), "{bad}");
         }

@@ -41,6 +41,7 @@ pub use component::{
 };
 pub use desired::{
     ActionSpec, DesiredState, DeviceEntry, DriverSpec, FunctionArtifact, FunctionSpec, RuleSpec,
+    serial_line,
 };
 pub use release::{ReleaseRef, release_message, valid_release_version, valid_sha256};
 pub use settings::{RUNTIME_SETTINGS, check_node_config, check_setting};

@@ -106,6 +106,20 @@ pub(crate) async fn node_specs(
         .collect()
 }
 
+/// Drivers one node takes at most (every revision carries them all).
+const MAX_DRIVERS: usize = 256;
+
+/// The names of the devices a driver's config reads.
+fn device_names(config: &Map<String, Value>) -> Vec<String> {
+    config
+        .get("devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
 /// One stored driver: name, config, created_ms, updated_ms.
 type DriverRow = (String, String, i64, i64);
 
@@ -117,7 +131,11 @@ fn driver_json(node: &str, row: DriverRow) -> Value {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    let devices = config["devices"].as_array().cloned().unwrap_or_default();
+    let devices = config
+        .get("devices")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let points: usize = devices
         .iter()
         .map(|d| d["points"].as_array().map_or(0, Vec::len))
@@ -192,9 +210,41 @@ pub async fn put(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, AppError> {
     let spec = parse(&name, body)?;
+    let devices = device_names(&spec.settings);
     let config = Value::Object(spec.settings).to_string();
     let mut tx = cloud.inner().pool.begin().await?;
     crate::db::lock_node(&mut tx, &node).await?;
+    // A device is read by one driver: the node refuses a second driver of
+    // one of its devices, and with it every revision until that is fixed.
+    let others: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, config FROM node_drivers WHERE node_id = $1 AND name <> $2")
+            .bind(&node)
+            .bind(&name)
+            .fetch_all(&mut *tx)
+            .await?;
+    if others.len() >= MAX_DRIVERS {
+        return Err(AppError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("node `{node}` has {MAX_DRIVERS} drivers, the most one node takes"),
+        ));
+    }
+    for (other, cfg) in &others {
+        let theirs = match crate::db::json_col(cfg) {
+            Value::Object(m) => device_names(&m),
+            _ => Vec::new(),
+        };
+        if let Some(d) = devices.iter().find(|d| theirs.contains(d)) {
+            return Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_driver",
+                format!(
+                    "devices: `{d}` is read by driver `{other}` of node `{node}` already; a \
+                     device belongs to one driver"
+                ),
+            ));
+        }
+    }
     let before: Option<(String,)> =
         sqlx::query_as("SELECT config FROM node_drivers WHERE node_id = $1 AND name = $2")
             .bind(&node)
