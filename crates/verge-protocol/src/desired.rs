@@ -131,14 +131,13 @@ impl DriverSpec {
         }
         if let Some(serial) = self.settings.get("serial")
             && let Some(device) = serial.get("device")
+            && !device.as_str().is_some_and(serial_line)
         {
-            if !device.as_str().is_some_and(serial_line) {
-                return Err(format!(
-                    "driver `{}`: `serial.device` must be a serial line: /dev/tty… (such as \
-                     /dev/ttyUSB0) or /dev/serial/…",
-                    self.name
-                ));
-            }
+            return Err(format!(
+                "driver `{}`: `serial.device` must be a serial line: /dev/tty… (such as \
+                 /dev/ttyUSB0) or /dev/serial/…",
+                self.name
+            ));
         }
         Ok(())
     }
