@@ -60,7 +60,8 @@ pub struct AgentStatus {
     /// When the cloud last took a heartbeat, ms since the Unix epoch.
     pub last_heartbeat_ms: Option<i64>,
     /// Cloud-managed items found changed on the node and put back by the
-    /// last reconciliation that found any (one line each).
+    /// last reconciliation (one line each); cleared by one that finds
+    /// nothing.
     pub drift: Vec<String>,
     /// When that was, ms since the Unix epoch.
     pub drift_ms: Option<i64>,
@@ -552,6 +553,12 @@ async fn sync_loop(
                         s.drift = restored;
                         s.drift_ms = Some(now_ms());
                         drop(s);
+                        ctx.report_now.notify_one();
+                    } else if !ctx.status().drift.is_empty() {
+                        // A reconciliation that found nothing: the node
+                        // runs its revision again (`drift_ms` keeps when
+                        // it last did not).
+                        ctx.status().drift.clear();
                         ctx.report_now.notify_one();
                     }
                 }

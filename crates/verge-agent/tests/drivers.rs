@@ -303,14 +303,13 @@ async fn a_cloud_driver_replaces_the_nodes_own_of_its_name_and_leaves_the_others
         points(&node, "plc") == Some(vec!["temp".to_owned()])
     })
     .await;
-    assert!(
-        agent
-            .status()
-            .drift
-            .contains(&"driver `plc` restored".to_owned()),
-        "{:?}",
-        agent.status().drift
-    );
+    eventually("the drift reported", || async {
+        cloud
+            .reports()
+            .iter()
+            .any(|r| r.drift.contains(&"driver `plc` restored".to_owned()))
+    })
+    .await;
     node.drivers
         .create(config(modbus(
             "plc",

@@ -18,7 +18,8 @@ pub struct StatusReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<ApplyAttempt>,
     /// Cloud-managed items the node found changed locally and put back at
-    /// its last reconciliation that found any (one line each).
+    /// its last reconciliation (one line each); empty again once a later
+    /// one finds nothing to put back.
     pub drift: Vec<String>,
     /// Items the node runs that are not the cloud's: created through the
     /// node's own API or config (the cloud shows them as drift from the
