@@ -162,6 +162,11 @@ async fn sql_of(node: &TestNode, id: &str) -> Option<String> {
 #[tokio::test]
 async fn an_item_kept_local_only_is_neither_replaced_nor_removed_by_a_revision() {
     let cloud = FakeCloud::start().await;
+    // Quiet polls come every 200 ms, so reconciliations run.
+    cloud
+        .state
+        .hold_ms
+        .store(200, std::sync::atomic::Ordering::SeqCst);
     let dir = tempfile::tempdir().expect("tmp");
     let node = TestNode::new(dir.path()).await;
     let own_sql = "SELECT * FROM \"own/topic\"";
@@ -203,8 +208,8 @@ async fn an_item_kept_local_only_is_neither_replaced_nor_removed_by_a_revision()
     );
     assert!(handle.manages("rule", "r2"));
 
-    // A quiet poll does not put the cloud's `hot` back either.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Quiet polls do not put the cloud's `hot` back either.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert_eq!(sql_of(&node, "hot").await.as_deref(), Some(own_sql));
 
     // A revision without `hot` leaves the node's `hot` running.

@@ -341,12 +341,14 @@ impl LocalStore {
     pub async fn rule_changed(&self, id: &str) -> Result<(), AppError> {
         let mut saved = self.saved.lock().await;
         let now = self.rules.get(id).await.ok().map(|i| i.config);
+        let gone = now.is_none();
         match now {
             Some(c) => saved.rules.insert(id.to_owned(), c),
             None => saved.rules.remove(id),
         };
         self.write_rules(&saved)
-            .map_err(|e| not_saved("rule", id, &e))
+            .map_err(|e| not_saved("rule", id, &e))?;
+        self.unmark_gone(&mut saved, "rule", id, gone)
     }
 
     /// Save the driver `name` as it runs now (or its absence).
@@ -359,12 +361,14 @@ impl LocalStore {
             }
             c
         });
+        let gone = now.is_none();
         match now {
             Some(c) => saved.drivers.insert(name.to_owned(), c),
             None => saved.drivers.remove(name),
         };
         self.write_drivers(&saved)
-            .map_err(|e| not_saved("driver", name, &e))
+            .map_err(|e| not_saved("driver", name, &e))?;
+        self.unmark_gone(&mut saved, "driver", name, gone)
     }
 
     /// Record whether the function `name` runs, after the API deployed or
@@ -377,7 +381,56 @@ impl LocalStore {
             false => saved.functions.remove(name),
         };
         self.write_functions(&saved)
-            .map_err(|e| not_saved("function", name, &e))
+            .map_err(|e| not_saved("function", name, &e))?;
+        self.unmark_gone(&mut saved, "function", name, !exists)
+    }
+
+    /// An item deleted through the API loses its local-only mark: a mark
+    /// of nothing would keep the cloud's item of that name out unseen.
+    fn unmark_gone(
+        &self,
+        saved: &mut Saved,
+        kind: &str,
+        name: &str,
+        gone: bool,
+    ) -> Result<(), AppError> {
+        let mark = Mark {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+        };
+        if !gone || !saved.local_only.contains(&mark) {
+            return Ok(());
+        }
+        let mut next = saved.local_only.clone();
+        next.remove(&mark);
+        self.save_marks(saved, next)
+            .map_err(|e| not_saved(kind, name, &e))?;
+        tracing::info!(kind, name, "deleted: no longer kept local-only");
+        Ok(())
+    }
+
+    /// Add (`on`) or take away the mark.
+    async fn change_mark(&self, mark: &Mark, on: bool) -> Result<(), AppError> {
+        let mut saved = self.saved.lock().await;
+        let mut next = saved.local_only.clone();
+        if on {
+            next.insert(mark.clone());
+        } else {
+            next.remove(mark);
+        }
+        self.save_marks(&mut saved, next)
+            .map_err(|e| not_saved(&mark.kind, &mark.name, &e))
+    }
+
+    /// Write `next` as the marks, then hold it.
+    fn save_marks(&self, saved: &mut Saved, next: BTreeSet<Mark>) -> Result<(), String> {
+        self.write(LOCAL_ONLY, &next)?;
+        saved.local_only = next.clone();
+        *self
+            .local_only
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(())
     }
 
     /// The items marked local-only.
@@ -431,28 +484,22 @@ impl LocalStore {
                 format!("the {kind} `{name}` is not marked local-only"),
             ));
         }
-        {
-            let mut saved = self.saved.lock().await;
-            let mut next = saved.local_only.clone();
-            if on {
-                next.insert(mark.clone());
-            } else {
-                next.remove(&mark);
-            }
-            self.write(LOCAL_ONLY, &next)
-                .map_err(|e| not_saved(kind, name, &e))?;
-            saved.local_only = next.clone();
-            *self
-                .local_only
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
-        }
+        // The mark first: from then on the agent calls the item the
+        // node's own, so no heartbeat drops its saved copy meanwhile.
+        self.change_mark(&mark, on).await?;
         if on {
             // The item is the node's own from now on: keep it as it runs.
-            match kind {
-                "rule" => self.rule_changed(name).await?,
-                "driver" => self.driver_changed(name).await?,
-                _ => self.function_changed(name).await?,
+            let kept = match kind {
+                "rule" => self.rule_changed(name).await,
+                "driver" => self.driver_changed(name).await,
+                _ => self.function_changed(name).await,
+            };
+            if let Err(e) = kept {
+                // Never a mark without its item saved.
+                if let Err(undo) = self.change_mark(&mark, false).await {
+                    tracing::error!(kind, name, "the mark was not taken back: {}", undo.message);
+                }
+                return Err(e);
             }
         }
         tracing::info!(kind, name, on, "local-only mark changed");

@@ -410,6 +410,7 @@ async fn a_rule_marked_local_only_stays_the_nodes_across_revisions_and_a_restart
     // After a restart: the mark and the node's own version are still there,
     // and the cached revision does not replace it.
     node.stop().await;
+    cloud.reports.lock().unwrap().clear();
     let node = start(config(&data, ""), Some(cloud.link(&data))).await;
     wait_for_rule(&node, "cloud-rule").await;
     cloud
@@ -440,6 +441,19 @@ async fn a_rule_marked_local_only_stays_the_nodes_across_revisions_and_a_restart
         (st, v["error"]["code"].as_str()),
         (409, Some("managed_by_cloud"))
     );
+    // A marked item deleted through the API takes its mark with it.
+    let (st, _) = node
+        .call("POST", "/api/rules", Some(rule("own", "own/out")))
+        .await;
+    assert_eq!(st, 201);
+    let (st, _) = node.call("PUT", "/api/local-only/rule/own", None).await;
+    assert_eq!(st, 200);
+    let (_, marks) = node.call("GET", "/api/local-only", None).await;
+    assert_eq!(marks, json!([{"kind": "rule", "name": "own"}]));
+    let (st, _) = node.call("DELETE", "/api/rules/own", None).await;
+    assert_eq!(st, 204);
+    let (_, marks) = node.call("GET", "/api/local-only", None).await;
+    assert_eq!(marks, json!([]));
     node.stop().await;
     let marks = std::fs::read_to_string(data.join("local/local-only.json")).expect("saved");
     assert_eq!(
