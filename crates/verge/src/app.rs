@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(n) => {
             let cfg = load_node(None, n.config.as_deref(), &n.run.set, log)?;
             init_logging(log, &cfg.log.level)?;
+            crate::node::guard_trial(&cfg.node.data_dir)?;
             let cloud = match &n.cloud {
                 Some(url) => Some(crate::node::cloud_link(
                     &cfg.node.data_dir,

@@ -60,22 +60,28 @@ pub fn run(mut cfg: NodeConfig, mode: Mode, cloud: Option<CloudLink>) -> anyhow:
     // Read before anything can replace the file (then the link names a
     // deleted file).
     let exe = std::env::current_exe().context("the running executable")?;
-    // A new binary on trial counts its start before anything can fail, so
-    // that one which never gets to its agent is still put back.
-    if cloud.is_some()
-        && verge_agent::update::guard_start(
-            &cfg.node.data_dir.join(verge_agent::release::RELEASE_DIR),
-            &exe,
-        )
-    {
-        return Err(exec_self(&exe));
-    }
     prepare(&mut cfg, mode)?;
     let restart = runtime()?.block_on(async {
         let signals = Signals::install()?;
         serve(cfg, mode, cloud, signals.wait()).await
     })?;
     if restart {
+        return Err(exec_self(&exe));
+    }
+    Ok(())
+}
+
+/// Count this start of a new binary on trial (`<data_dir>/release`)
+/// before anything can fail, so that one which never gets to its agent is
+/// still put back; when it is put back, execute the previous binary (this
+/// returns only if that fails). Call it first, right after the config is
+/// read.
+pub fn guard_trial(data_dir: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("the running executable")?;
+    let release_dir = data_dir.join(verge_agent::release::RELEASE_DIR);
+    if release_dir.join(verge_agent::update::UPDATE_FILE).exists()
+        && verge_agent::update::guard_start(&release_dir, &exe)
+    {
         return Err(exec_self(&exe));
     }
     Ok(())
