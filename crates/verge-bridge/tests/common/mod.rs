@@ -83,8 +83,8 @@ pub async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// A device speaking MQTT 5 to the node's broker over TCP, packets encoded
 /// with `verge_mqtt`.
 pub struct Device {
-    stream: tokio::net::TcpStream,
-    buf: bytes::BytesMut,
+    pub stream: tokio::net::TcpStream,
+    pub buf: bytes::BytesMut,
 }
 
 impl Device {
@@ -156,4 +156,3 @@ impl Device {
         }
     }
 }
-
