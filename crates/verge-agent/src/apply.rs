@@ -86,7 +86,7 @@ pub(crate) async fn apply(
     next: &DesiredState,
 ) -> Results {
     let mut out = Results::default();
-    crate::config::apply_config(parts, prev.map(|p| &p.config), &next.config, &mut out);
+    crate::config::apply_config(parts, prev.map(|p| &p.config), &next.config, &mut out).await;
     apply_devices(parts, prev, &next.devices, &mut out);
     disconnect_revoked(parts, prev, &next.devices).await;
     apply_functions(parts, &next.functions, &mut out).await;
