@@ -211,6 +211,19 @@ async fn deployed_forwards_queue_their_topics_a_bad_lane_keeps_the_running_ones_
         "{a:?}"
     );
     assert_eq!(handle.forwards().await.len(), 2, "v1's forwards run on");
+    let v1_forwards = handle.forwards().await;
+
+    // Valid forwards in a revision that fails for another item: applied,
+    // then v1's put back by the return to the last good revision.
+    let v2b = cloud.publish(|d| {
+        d.config = json!({
+            "bridge": {"forwards": [{"filter": "other/#"}]},
+            "broker": {"max_connections": 5},
+        })
+    });
+    let a = eventually_attempt(&agent, v2b, AttemptState::RolledBack).await;
+    assert_eq!(item(&a, "bridge.forwards").result, ItemOutcome::Applied);
+    assert_eq!(handle.forwards().await, v1_forwards);
     publish("other/1").await;
     publish("deployed/2").await;
     forwarded(3).await;
