@@ -166,10 +166,9 @@ impl Forwards {
                 if p.is_some() {
                     continue;
                 }
-                *p = running.iter().enumerate().position(|(j, r)| {
-                    !taken[j]
-                        && r.forward.filter == f.filter
-                        && (!same_lane || r.forward.lane == f.lane)
+                *p = (0..running.len()).find(|&j| {
+                    let r = &running[j].forward;
+                    !taken[j] && r.filter == f.filter && (!same_lane || r.lane == f.lane)
                 });
                 if let Some(j) = *p {
                     taken[j] = true;
@@ -311,8 +310,9 @@ async fn run(
         if n == 0 {
             return;
         }
-        let lane = lane.borrow().clone();
-        append(&mut buf, &lane, &queue, &status).await;
+        // Read per batch: a lane change lands between two batches.
+        let to = lane.borrow().clone();
+        append(&mut buf, &to, &queue, &status).await;
         let dropped = sub.dropped();
         if dropped > seen_dropped {
             status
