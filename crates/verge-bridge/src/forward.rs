@@ -40,7 +40,7 @@ const FORWARD_QUEUE: usize = 65_536;
 /// `bridge.forwards`).
 pub const MAX_FORWARDS: usize = verge_protocol::MAX_FORWARDS;
 
-/// What [`Forwards::replace`] changed.
+/// What [`BridgeHandle::set_forwards`](crate::BridgeHandle::set_forwards) changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ForwardsChange {
     /// Forwards left running as they were.
