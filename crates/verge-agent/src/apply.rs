@@ -91,7 +91,7 @@ pub(crate) async fn apply(
     let prev = prev.map(|p| local_only::strip(parts, p, None));
     let prev = prev.as_ref();
     let next = &local_only::strip(parts, next, Some(&mut out.items));
-    crate::config::apply_config(parts, prev.map(|p| &p.config), &next.config, &mut out);
+    crate::config::apply_config(parts, prev.map(|p| &p.config), &next.config, &mut out).await;
     apply_devices(parts, prev, &next.devices, &mut out);
     disconnect_revoked(parts, prev, &next.devices).await;
     apply_functions(parts, &next.functions, &mut out).await;

@@ -1,11 +1,14 @@
 //! The node settings a revision's `config` changes at run time. It mirrors
 //! the node's config file, one object per section; the keys below are the
 //! ones the node changes while it runs, each an item of the revision
-//! (`config` / `log.level`). Any other key is a failed item: it lives in
-//! the node's config file and needs a restart (listeners, TLS, the data
-//! directory, the broker's limits are bound or allocated once at start).
-//! A key the previous revision set and this one leaves out goes back to
-//! the node's own value.
+//! (`config` / `log.level`): the log filter, the store's retention and the
+//! cloud link's forwards (`bridge.forwards`). Any other key is a failed
+//! item: it lives in the node's config file and needs a restart
+//! (listeners, TLS, the data directory, the broker's limits are bound or
+//! allocated once at start; the cloud link's endpoint and credentials are
+//! how the node reaches the cloud; the queue's lanes are its on-disk
+//! layout). A key the previous revision set and this one leaves out goes
+//! back to the node's own value (its config file's).
 
 use serde_json::{Map, Value};
 
@@ -36,7 +39,7 @@ fn flatten(config: &Value) -> Vec<(String, Value)> {
 
 /// Apply the settings of `next` that differ from `prev`'s, and put back
 /// the node's own value of those `prev` set and `next` does not.
-pub(crate) fn apply_config(
+pub(crate) async fn apply_config(
     parts: &NodeParts,
     prev: Option<&Value>,
     next: &Value,
@@ -53,7 +56,7 @@ pub(crate) fn apply_config(
         if before.iter().any(|(k, v)| k == key && v == value) {
             continue;
         }
-        match set(parts, key, Some(value)) {
+        match set(parts, key, Some(value)).await {
             Ok(()) => out.applied("config", key),
             Err(e) => out.failed("config", key, e),
         }
@@ -62,7 +65,7 @@ pub(crate) fn apply_config(
         if after.iter().any(|(k, _)| k == key) || !RUNTIME_KEYS.contains(&key.as_str()) {
             continue;
         }
-        match set(parts, key, None) {
+        match set(parts, key, None).await {
             Ok(()) => out.removed("config", key),
             Err(e) => out.failed(
                 "config",
@@ -74,7 +77,7 @@ pub(crate) fn apply_config(
 }
 
 /// Set `key` to `value`, or back to the node's own value (`None`).
-fn set(parts: &NodeParts, key: &str, value: Option<&Value>) -> Result<(), String> {
+async fn set(parts: &NodeParts, key: &str, value: Option<&Value>) -> Result<(), String> {
     match key {
         "log.level" => {
             let filter = match value {
@@ -102,10 +105,34 @@ fn set(parts: &NodeParts, key: &str, value: Option<&Value>) -> Result<(), String
             };
             store.set_retention(retention).map_err(|e| e.to_string())
         }
+        "bridge.forwards" => {
+            let bridge = parts
+                .bridge
+                .as_ref()
+                .ok_or("this node runs no link to the cloud (bridge.enabled = false)")?;
+            let forwards = match value {
+                Some(v) => forwards(v)?,
+                None => bridge.configured_forwards().to_vec(),
+            };
+            // A refused set (a lane the queue does not have) changes
+            // nothing; the error names the entry.
+            bridge
+                .set_forwards(forwards)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
         other => Err(format!(
             "`{other}` is not a setting the node changes while it runs ({}); set it in the \
              node's config file and restart the node",
             RUNTIME_KEYS.join(", ")
         )),
     }
+}
+
+/// The forwards of a deployed `bridge.forwards`, checked as the cloud
+/// checks them.
+fn forwards(value: &Value) -> Result<Vec<verge_bridge::Forward>, String> {
+    verge_protocol::check_forwards(value)?;
+    serde_json::from_value(value.clone()).map_err(|e| format!("`config.bridge.forwards`: {e}"))
 }

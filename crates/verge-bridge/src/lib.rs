@@ -18,6 +18,13 @@
 //! The broker knows nothing of the bridge: forwards attach through its
 //! in-process subscribe API like any other part of the node, as durable
 //! subscriptions, so a device's PUBACK waits for the durable append.
+//!
+//! The forwards change while the bridge runs ([`BridgeHandle::set_forwards`],
+//! a deployed `bridge.forwards`); the rest of `[bridge]` and the queue's
+//! lanes do not: the link's endpoint, credentials and TLS are how the node
+//! reaches the cloud (a wrong one deployed would cut it off from the
+//! deployment that could repair it), and the lanes are the queue's on-disk
+//! layout, fixed when it opens.
 
 pub mod config;
 mod forward;
@@ -35,11 +42,11 @@ use verge_net::tls::TlsError;
 use verge_queue::Queue;
 
 pub use config::{BridgeConfig, Endpoint, Forward, Plan};
+pub use forward::{ForwardsChange, MAX_FORWARDS};
 pub use link::ORIGIN;
 pub use status::{LinkState, LinkStatus};
 
-/// Capacity of each forward's local subscription queue.
-const FORWARD_QUEUE: usize = 65_536;
+use forward::Forwards;
 
 /// Why the bridge cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,9 @@ pub enum BridgeError {
     /// The local broker refused a forward's subscription or has stopped.
     #[error("bridge.forwards: {0}")]
     Broker(#[from] verge_broker::BrokerError),
+    /// The bridge has shut down: its forwards change no more.
+    #[error("the bridge has stopped")]
+    Stopped,
 }
 
 /// A running bridge.
@@ -58,7 +68,7 @@ pub struct Bridge {
     queue: Queue,
     stop: watch::Sender<bool>,
     link: JoinHandle<()>,
-    forwards: Vec<JoinHandle<()>>,
+    forwards: Arc<Forwards>,
 }
 
 use status::Status;
@@ -72,15 +82,7 @@ impl Bridge {
         queue: Queue,
         broker: BrokerHandle,
     ) -> Result<Bridge, BridgeError> {
-        for (i, f) in plan.config.forwards.iter().enumerate() {
-            if queue.lane_index(&f.lane).is_none() {
-                return Err(BridgeError::Config(format!(
-                    "bridge.forwards[{i}].lane: no queue lane `{}` (lanes: {})",
-                    f.lane,
-                    queue.lanes().join(", ")
-                )));
-            }
-        }
+        forward::check(&plan.config.forwards, &queue)?;
         let tls = if plan.endpoint.tls {
             Some(tls(&plan)?)
         } else {
@@ -88,21 +90,13 @@ impl Bridge {
         };
         let status = Arc::new(Status::default());
         let (stop, stop_rx) = watch::channel(false);
-        let mut forwards = Vec::new();
-        for f in &plan.config.forwards {
-            // Durable: a device's QoS 1/2 PUBLISH is acknowledged only
-            // after the forward appended it to the queue.
-            let sub = broker
-                .subscribe_durable(std::slice::from_ref(&f.filter), FORWARD_QUEUE)
-                .await?;
-            forwards.push(tokio::spawn(forward::run(
-                sub,
-                f.lane.clone(),
-                queue.clone(),
-                status.clone(),
-                stop_rx.clone(),
-            )));
-        }
+        let forwards = Forwards::start(
+            plan.config.forwards.clone(),
+            broker.clone(),
+            queue.clone(),
+            status.clone(),
+        )
+        .await?;
         let link = link::Link {
             lanes: queue.lanes(),
             plan: Arc::new(plan),
@@ -117,34 +111,34 @@ impl Bridge {
             queue,
             stop,
             link,
-            forwards,
+            forwards: Arc::new(forwards),
         })
     }
 
-    /// A handle for status reads.
+    /// A handle for status reads and forward changes.
     pub fn handle(&self) -> BridgeHandle {
         BridgeHandle {
             status: self.status.clone(),
             queue: self.queue.clone(),
+            forwards: self.forwards.clone(),
         }
     }
 
     /// Stop: the forwards append what they hold, the link says goodbye to
     /// the cloud. Messages still in the queue stay there for the next start.
     pub async fn shutdown(self) {
+        self.forwards.stop().await;
         let _ = self.stop.send(true);
-        for f in self.forwards {
-            let _ = f.await;
-        }
         let _ = self.link.await;
     }
 }
 
-/// Reads the bridge's state.
+/// Reads the bridge's state and changes its forwards.
 #[derive(Clone)]
 pub struct BridgeHandle {
     status: Arc<Status>,
     queue: Queue,
+    forwards: Arc<Forwards>,
 }
 
 impl BridgeHandle {
@@ -156,6 +150,31 @@ impl BridgeHandle {
     /// The cache queue's counters.
     pub fn queue(&self) -> verge_queue::QueueStats {
         self.queue.stats()
+    }
+
+    /// The forwards the bridge started with: `[[bridge.forwards]]` of the
+    /// node's config file (or the managed node's defaults).
+    pub fn configured_forwards(&self) -> &[Forward] {
+        self.forwards.configured()
+    }
+
+    /// The forwards running now.
+    pub async fn forwards(&self) -> Vec<Forward> {
+        self.forwards.current().await
+    }
+
+    /// Run exactly `forwards` from now on (at most [`MAX_FORWARDS`]).
+    /// Nothing changes when one is refused (a lane the queue does not
+    /// have, a bad filter; the error names its index). Otherwise unchanged
+    /// forwards run on untouched, a changed lane switches between two
+    /// batches, new filters subscribe durably, and dropped ones stop
+    /// after appending and confirming what they hold; returns when they
+    /// have.
+    pub async fn set_forwards(
+        &self,
+        forwards: Vec<Forward>,
+    ) -> Result<ForwardsChange, BridgeError> {
+        self.forwards.replace(forwards).await
     }
 }
 

@@ -133,11 +133,13 @@ pub struct DurableMessage {
 
 /// An in-process subscription whose consumer confirms each message after
 /// persisting it; dropping it unsubscribes (undelivered messages then
-/// count as failed).
+/// count as failed). To stop without failing any, [`close`](Self::close)
+/// it and receive until `None`.
 pub struct DurableSubscription {
     pub(crate) rx: mpsc::Receiver<DurableMessage>,
     pub(crate) dropped: Arc<AtomicU64>,
-    pub(crate) _reg: crate::Registration,
+    /// `None` once closed.
+    pub(crate) reg: Option<crate::Registration>,
 }
 
 impl DurableSubscription {
@@ -156,6 +158,16 @@ impl DurableSubscription {
     /// one's publisher was told the publish failed).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Unsubscribe, keeping what was delivered: the router routes nothing
+    /// more here once it has taken the unsubscribe (in order with the
+    /// publishes before it), then drops its sender, so
+    /// [`recv`](Self::recv) returns every message routed here and then
+    /// `None`. A consumer that confirms each of them stops without failing
+    /// a publisher.
+    pub fn close(&mut self) {
+        self.reg = None;
     }
 }
 

@@ -200,7 +200,7 @@ impl BrokerHandle {
         Ok(DurableSubscription {
             rx,
             dropped,
-            _reg: reg,
+            reg: Some(reg),
         })
     }
 

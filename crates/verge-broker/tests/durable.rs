@@ -170,6 +170,46 @@ async fn dropping_the_durable_subscription_releases_the_publisher() {
 }
 
 #[tokio::test]
+async fn a_closed_subscription_hands_over_what_it_was_given_and_then_ends() {
+    let b = start().await;
+    let mut sub = durable(&b, "d/#", 16).await;
+    // Routed in the same step as the durable delivery: once it has a
+    // message, so has `sub`.
+    let mut witness = b.handle().subscribe("d/#", 16).await.expect("sub");
+    let mut raw = client(&b, Protocol::V5, "dev").await;
+    raw.send(&publish_packet("d/1", QoS::AtLeastOnce, 1, b"a"))
+        .await;
+    raw.send(&publish_packet("d/2", QoS::AtLeastOnce, 2, b"b"))
+        .await;
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, witness.recv())
+            .await
+            .expect("routed")
+            .expect("open");
+    }
+    sub.close();
+    let first = next(&mut sub).await;
+    let second = next(&mut sub).await;
+    assert_eq!((&*first.msg.topic, &*second.msg.topic), ("d/1", "d/2"));
+    expect_silence(&mut raw, "PUBACK before the confirmation").await;
+    first.confirm.ok();
+    second.confirm.ok();
+    assert_eq!(ack_of(&mut raw).await, (1, 0));
+    assert_eq!(ack_of(&mut raw).await, (2, 0));
+    // Then the end, once the router took the unsubscribe; later publishes
+    // are not held for it.
+    assert!(
+        tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .expect("the subscription never ended")
+            .is_none()
+    );
+    raw.send(&publish_packet("d/3", QoS::AtLeastOnce, 3, b"c"))
+        .await;
+    assert_eq!(ack_of(&mut raw).await, (3, 0));
+}
+
+#[tokio::test]
 async fn qos0_non_matching_and_local_publishes_are_not_held() {
     let b = start().await;
     let mut sub = durable(&b, "d/#", 16).await;

@@ -265,13 +265,17 @@ async fn long_poll(h: Harness) {
         .call(
             Method::PATCH,
             &format!("/api/nodes/{node}"),
-            Some(json!({"config": {"store": {"retention": "3d"}}})),
+            Some(json!({"config": {
+                "store": {"retention": "3d"},
+                "bridge": {"forwards": [{"filter": "alarms/#", "lane": "alarms"}]},
+            }})),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
     let ((s, d), answered) = poll.await.expect("poll task");
     assert_eq!(s, StatusCode::OK);
     assert_eq!(d["config"]["store"]["retention"], "3d");
+    assert_eq!(d["config"]["bridge"]["forwards"][0]["filter"], "alarms/#");
     assert!(answered.duration_since(changed) < Duration::from_secs(3));
     // A setting the node cannot change while it runs, or a bad value, is
     // refused naming the key, and changes nothing.
@@ -285,6 +289,18 @@ async fn long_poll(h: Harness) {
             "config.store.retention",
         ),
         (json!({"log": "debug"}), "config.log"),
+        (
+            json!({"bridge": {"url": "mqtt://elsewhere"}}),
+            "config.bridge.url",
+        ),
+        (
+            json!({"bridge": {"forwards": [{"filter": "a/#"}, {"filter": "$SYS/#"}]}}),
+            "config.bridge.forwards[1].filter",
+        ),
+        (
+            json!({"bridge": {"forwards": [{"filter": ""}]}}),
+            "config.bridge.forwards[0].filter",
+        ),
     ] {
         let (s, v) = h
             .call(
@@ -299,7 +315,14 @@ async fn long_poll(h: Harness) {
     let (_, d) = h
         .call(Method::GET, &format!("/api/nodes/{node}"), None)
         .await;
-    assert_eq!(d["config"], json!({"store": {"retention": "3d"}}), "{d}");
+    assert_eq!(
+        d["config"],
+        json!({
+            "store": {"retention": "3d"},
+            "bridge": {"forwards": [{"filter": "alarms/#", "lane": "alarms"}]},
+        }),
+        "{d}"
+    );
 }
 
 async fn device_secret_is_shown_once_and_stored_hashed(h: Harness) {

@@ -150,6 +150,10 @@ async fn bridge_status_and_metrics() {
     let cfg = BridgeConfig {
         enabled: true,
         url: format!("mqtt://127.0.0.1:{port}"),
+        forwards: vec![verge_bridge::Forward {
+            filter: "alarms/#".into(),
+            lane: "alarms".into(),
+        }],
         ..BridgeConfig::default()
     };
     let bridge = Bridge::start(cfg.plan("edge-9").expect("plan"), q.clone(), b.handle())
@@ -193,6 +197,11 @@ async fn bridge_status_and_metrics() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_ne!(v["link"]["state"], json!("connected"));
+    assert_eq!(
+        v["forwards"],
+        json!([{"filter": "alarms/#", "lane": "alarms"}]),
+        "{v}"
+    );
     assert!(
         v["link"]["last_error"]
             .as_str()

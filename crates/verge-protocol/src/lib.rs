@@ -44,7 +44,10 @@ pub use desired::{
     serial_line,
 };
 pub use release::{ReleaseRef, release_message, valid_release_version, valid_sha256};
-pub use settings::{RUNTIME_SETTINGS, check_node_config, check_setting};
+pub use settings::{
+    DEFAULT_FORWARD_LANE, MAX_FORWARDS, RUNTIME_SETTINGS, check_forwards, check_node_config,
+    check_setting,
+};
 pub use status::{ApplyAttempt, AttemptState, ItemOutcome, ItemResult, LocalItem, StatusReport};
 pub use verge_id::{ParseVergeIdError, VergeId};
 

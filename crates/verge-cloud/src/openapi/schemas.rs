@@ -139,7 +139,7 @@ pub fn schemas() -> Map<String, Value> {
                 true,
                 json!({"description": string(),
                        "labels": super::rollouts::labels(),
-                       "config": {"type": "object", "description": "the node settings changed at run time, one object per section of the node config: {\"log\": {\"level\": \"debug\"}, \"store\": {\"retention\": \"3d\"}}; any other key is a 400. A changed config makes a new revision"}}),
+                       "config": {"type": "object", "description": "the node settings changed at run time, one object per section of the node config: {\"log\": {\"level\": \"debug\"}, \"store\": {\"retention\": \"3d\"}, \"bridge\": {\"forwards\": [{\"filter\": \"alarms/#\", \"lane\": \"alarms\"}]}} (at most 64 forwards; lane defaults to telemetry); any other key is a 400. A changed config makes a new revision"}}),
             ),
         ),
         (

@@ -20,6 +20,9 @@ pub struct BridgeBody {
     pub link: LinkStatus,
     /// Backlog per lane and drop counters.
     pub queue: QueueStats,
+    /// The forwards running now: the config file's, or a deployed
+    /// `bridge.forwards`.
+    pub forwards: Vec<verge_bridge::Forward>,
 }
 
 /// `GET /api/bridge`.
@@ -34,6 +37,7 @@ pub async fn status(State(s): State<ApiState>) -> Result<Json<BridgeBody>, AppEr
     Ok(Json(BridgeBody {
         link: b.link(),
         queue: b.queue(),
+        forwards: b.forwards().await,
     }))
 }
 
