@@ -32,7 +32,7 @@ function deploymentsPage() {
       + `${deps.filter((d) => d.differs).length} differ from their revision.`;
     replace(body, deps.length ? deps.map((d) => h("tr", { testid: "deployment-row", "data-id": d.node_id, "data-state": d.state },
       h("td", {}, h("a", { href: `#/nodes/${enc(d.node_id)}`, testid: "deployment-node" }, d.node_id)),
-      h("td", {}, h("span", { class: `badge state-${d.state}`, testid: "deployment-row-state" }, d.state.replace("_", " "))),
+      h("td", {}, h("span", { class: `badge state-${d.state}`, testid: "deployment-row-state" }, d.state.replaceAll("_", " "))),
       h("td", {}, `${d.desired_version} / ${d.applied_version}`),
       h("td", { testid: "deployment-error" }, d.error || ((d.errors || []).length ? d.errors.join("; ") : "–")),
       h("td", {}, differsCell(d)))) : emptyRow(5, "No nodes yet."));

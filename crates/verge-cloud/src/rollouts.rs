@@ -397,8 +397,13 @@ pub async fn to_json(pool: &AnyPool, r: &Rollout) -> Result<Value, AppError> {
         .map(|stage| {
             let of: Vec<_> = nodes.iter().filter(|n| n.1 == stage).collect();
             let done = of.iter().all(|n| n.3 != "pending");
-            let failed = of.iter().filter(|n| n.3 != "applied").count();
-            let state = if done && stage <= r.stage {
+            let failed = of
+                .iter()
+                .filter(|n| !matches!(n.3.as_str(), "applied" | "pending"))
+                .count();
+            // A stage before the current one has ended, even when its
+            // nodes were read just before their last result came in.
+            let state = if (done && stage <= r.stage) || stage < r.stage {
                 if failure_rate(failed, of.len()) > r.max_failure_rate {
                     "failed"
                 } else {
