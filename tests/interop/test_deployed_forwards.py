@@ -5,24 +5,13 @@ messages and no longer the default forwards'; a lane the node's queue does
 not have fails the revision, which rolls back and keeps the forwards; a
 revision without the key brings the node's own forwards back."""
 
-import json
 import tempfile
 import types
-import urllib.request
 from pathlib import Path
 
 from cloud_procs import api, procs, start_cloud, start_node, wait_for  # noqa: F401 (procs: fixture)
+from test_deployments import call
 from verge_interop import V5, Client
-
-
-def call(url, token, method, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        raw = r.read()
-        return json.loads(raw) if raw else None
 
 
 def test_deployed_forwards_replace_the_nodes_and_go_back(procs):

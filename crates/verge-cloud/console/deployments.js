@@ -9,7 +9,7 @@
 function differsCell(d) {
   const local = Array.isArray(d.local) ? d.local : [];
   const drift = Array.isArray(d.drift) ? d.drift : [];
-  if (!d.differs) return h("span", { class: "muted" }, "runs exactly its revision");
+  if (!d.differs) return h("span", { class: "muted" }, "runs its revision");
   return h("div", {},
     h("span", { class: "badge state-drift", testid: "deployment-differs" }, "differs"),
     local.length ? h("ul", { class: "plain" }, local.map((i) =>

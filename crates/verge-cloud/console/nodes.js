@@ -92,8 +92,11 @@ function driftView(r) {
   if (!local.length && !restored.length) {
     return h("p", { class: "muted", testid: "node-drift" }, "Runs exactly its revision (no items of its own).");
   }
+  // The config file's items are the node's baseline, not drift.
+  const differs = restored.length || local.some((i) => i.source === "api" || i.local_only);
   return h("div", { testid: "node-drift" },
-    h("span", { class: "badge state-drift", testid: "node-drift-badge" }, "differs from its revision"),
+    differs ? h("span", { class: "badge state-drift", testid: "node-drift-badge" }, "differs from its revision")
+      : h("span", { class: "muted", testid: "node-drift-baseline" }, "runs its revision and its config file's items"),
     local.length ? h("ul", { class: "plain", testid: "node-local-items" }, local.map((i) =>
       h("li", { testid: "node-local-item", "data-kind": i.kind, "data-name": i.name },
         `${i.kind} ${i.name} `, h("span", { class: "muted" }, i.source === "api" ? "(made through the node's API)" : "(the node's config file)"),

@@ -210,6 +210,20 @@ async fn node_join_and_desired_state(h: Harness) {
         (&deps[0]["differs"], &deps[0]["local"]),
         (&json!(false), &json!([]))
     );
+    // Items of the node's config file are its baseline, not drift.
+    let (s, _) = h
+        .call_as(
+            Method::POST,
+            "/api/agent/status",
+            Some(&verge_protocol::node_bearer("edge-1", &secret)),
+            Some(json!({"applied_version": v4,
+                        "local": [{"kind": "rule", "name": "c", "source": "config"}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, deps) = h.call(Method::GET, "/api/deployments", None).await;
+    assert_eq!(deps[0]["differs"], false, "{deps}");
+    assert_eq!(deps[0]["local"][0]["name"], "c");
     // The node tries its desired revision, fails it and reports an item of
     // its own kept local-only: the deployment says so.
     let desired = n["desired_version"].as_i64().unwrap_or_default();

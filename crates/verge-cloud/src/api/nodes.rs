@@ -442,8 +442,14 @@ pub async fn deployments(
                     attempt.as_ref(),
                     status(&cloud, joined, seen),
                 );
+                // The config file's items are the node's baseline; what
+                // its API made, what it keeps local-only and what it put
+                // back are the drift.
                 let differs = drift.as_array().is_some_and(|a| !a.is_empty())
-                    || local.as_array().is_some_and(|a| !a.is_empty());
+                    || local.as_array().is_some_and(|a| {
+                        a.iter()
+                            .any(|i| i["source"] == "api" || i["local_only"] == true)
+                    });
                 json!({"node_id": id, "desired_version": desired, "applied_version": applied,
                        "state": d["state"], "error": d["error"],
                        "errors": json_col(&errors), "drift": drift, "local": local,

@@ -214,7 +214,7 @@ pub fn schemas() -> Map<String, Value> {
                            "source": {"type": "string", "enum": ["api", "config"]},
                            "local_only": {"type": "boolean"}}))),
                        "differs": {"type": "boolean",
-                                   "description": "the node runs items of its own or put cloud items back"}}),
+                                   "description": "the node runs items made through its own API or kept local-only, or put cloud items back (its config file's items are its baseline)"}}),
             ),
         ),
         (
