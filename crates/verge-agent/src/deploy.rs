@@ -80,6 +80,7 @@ pub(crate) async fn deploy(
     };
     save_attempt(dir, &attempt);
     started(&attempt);
+    let displaced = Displaced::before(parts, good, &next).await;
     let mut results = apply::apply(parts, source, Some(good), &next).await;
     if !results.any_failed()
         && let Some(host) = &parts.components
@@ -130,6 +131,7 @@ pub(crate) async fn deploy(
             "revision failed; returning to the last good revision"
         );
         let back = apply::apply(parts, source, Some(&next), good).await;
+        displaced.put_back(parts).await;
         if back.any_failed() {
             attempt.error = Some(format!(
                 "returning to revision {}: {}",
@@ -150,6 +152,71 @@ pub(crate) async fn deploy(
         running,
         attempt,
         restart: false,
+    }
+}
+
+/// The node's own rules and drivers (its config file's or its API's) that
+/// a revision's items of the same name replace: when the revision fails,
+/// going back to the last good one removes the cloud's items, and these
+/// run again as they were.
+struct Displaced {
+    rules: Vec<verge_rules::RuleConfig>,
+    drivers: Vec<verge_drivers::DriverConfig>,
+}
+
+impl Displaced {
+    /// What `next` would replace of the node's own, `good` running.
+    async fn before(parts: &NodeParts, good: &DesiredState, next: &DesiredState) -> Displaced {
+        let mut rules = Vec::new();
+        for r in &next.rules {
+            if !r.id.is_empty()
+                && !good.rules.iter().any(|g| g.id == r.id)
+                && let Ok(own) = parts.rules.get(&r.id).await
+            {
+                rules.push(own.config);
+            }
+        }
+        let drivers = parts
+            .drivers
+            .iter()
+            .flat_map(|d| {
+                next.drivers
+                    .iter()
+                    .filter(|x| !good.drivers.iter().any(|g| g.name == x.name))
+                    .filter_map(|x| d.get(&x.name).map(|(c, _)| c))
+            })
+            .collect();
+        Displaced { rules, drivers }
+    }
+
+    /// Start again what the failed revision replaced and going back
+    /// removed.
+    async fn put_back(self, parts: &NodeParts) {
+        for r in self.rules {
+            let id = r.id.clone();
+            if parts.rules.get(&id).await.is_err() {
+                match parts.rules.create(r).await {
+                    Ok(_) => tracing::info!(rule = %id, "the node's own rule runs again"),
+                    Err(e) => {
+                        tracing::warn!(rule = %id, "the node's own rule did not start again: {e}")
+                    }
+                }
+            }
+        }
+        let Some(drivers) = &parts.drivers else {
+            return;
+        };
+        for d in self.drivers {
+            let name = d.name.clone();
+            if drivers.get(&name).is_none() {
+                match drivers.create(d).await {
+                    Ok(_) => tracing::info!(driver = %name, "the node's own driver runs again"),
+                    Err(e) => {
+                        tracing::warn!(driver = %name, "the node's own driver did not start again: {e}")
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -516,3 +516,34 @@ async fn a_disabled_driver_does_not_run() {
     reading(&mut sub, |v| v["temp"] == 215).await;
     agent.shutdown().await;
 }
+
+/// A revision whose driver replaces the node's own driver of that name
+/// fails on another item: going back removes the cloud's driver and the
+/// node's own runs again with its own point table.
+#[tokio::test]
+async fn a_failed_revision_gives_back_the_nodes_own_driver_it_replaced() {
+    let sim = Sim::start().await.expect("sim");
+    sim.set_holding(0, &[215]);
+    sim.set_holding(5, &[99]);
+    let port = sim.addr().port();
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let own: verge_drivers::DriverConfig = serde_json::to_value(modbus(
+        "plc",
+        port,
+        "m1",
+        json!([{"name": "mine", "address": "hr:5"}]),
+    ))
+    .and_then(serde_json::from_value)
+    .expect("driver config");
+    node.drivers.create(own).await.expect("own plc");
+    let v1 = cloud.publish(|d| {
+        d.drivers = vec![temp_only(port)];
+        d.rules = vec![rule_spec(json!({"id": "bad", "sql": "SELEC nothing"}))];
+    });
+    let agent = node.agent(cloud.creds()).await;
+    eventually_attempt(&agent, v1, AttemptState::RolledBack).await;
+    assert_eq!(points(&node, "plc"), Some(vec!["mine".to_owned()]));
+    agent.shutdown().await;
+}

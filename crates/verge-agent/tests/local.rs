@@ -235,3 +235,38 @@ async fn an_item_kept_local_only_is_neither_replaced_nor_removed_by_a_revision()
     assert!(handle.manages("rule", "hot"));
     agent.shutdown().await;
 }
+
+/// A revision whose rule replaces the node's own rule of that id fails on
+/// another item: going back to the last good revision removes the cloud's
+/// rule and the node's own runs again as it was.
+#[tokio::test]
+async fn a_failed_revision_gives_back_the_nodes_own_rule_it_replaced() {
+    let cloud = FakeCloud::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = TestNode::new(dir.path()).await;
+    let own_sql = "SELECT * FROM \"own/topic\"";
+    node.rules
+        .create(
+            serde_json::from_value(serde_json::json!({"id": "hot", "sql": own_sql})).expect("rule"),
+        )
+        .await
+        .expect("rule");
+    let v1 = cloud.publish(|d| {
+        d.rules = vec![
+            rule_spec(serde_json::json!({"id": "hot", "sql": "SELECT * FROM \"cloud/hot\""})),
+            rule_spec(serde_json::json!({"id": "bad", "sql": "SELEC nothing"})),
+        ];
+    });
+    let agent = node.agent(cloud.creds()).await;
+    let a = eventually_attempt(&agent, v1, verge_protocol::AttemptState::RolledBack).await;
+    assert!(
+        a.items
+            .iter()
+            .any(|i| i.name == "bad" && i.result == verge_protocol::ItemOutcome::Failed),
+        "{:?}",
+        a.items
+    );
+    assert_eq!(sql_of(&node, "hot").await.as_deref(), Some(own_sql));
+    assert!(!node.has_rule("bad").await);
+    agent.shutdown().await;
+}
