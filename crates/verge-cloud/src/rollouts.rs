@@ -382,16 +382,32 @@ type NodeRow = (String, i64, Option<i64>, String, Option<String>);
 
 /// The rollout as the API shows it, with its stages and their nodes.
 pub async fn to_json(pool: &AnyPool, r: &Rollout) -> Result<Value, AppError> {
-    let nodes: Vec<NodeRow> = sqlx::query_as(
-        "SELECT node_id, stage, revision, result, error FROM rollout_nodes WHERE rollout_id = $1 ORDER BY stage, node_id",
-    )
-    .bind(r.id)
-    .fetch_all(pool)
-    .await?;
-    // The rollout as it is now, read after its nodes: a stage that
-    // advanced meanwhile shows as started (its nodes being assigned),
-    // never as pending with its nodes assigned already.
-    let fresh = load(pool, r.id).await?;
+    // The driver records the nodes' results before it moves the rollout
+    // on. Nodes read between two reads of an unchanged rollout are at
+    // least as new as the rollout, so a stage never shows pending with its
+    // nodes assigned, nor a completed rollout with a result missing; a
+    // rollout that moved meanwhile is read again (a few times at most).
+    let mut fresh = load(pool, r.id).await?;
+    let mut nodes: Vec<NodeRow>;
+    let mut tries = 0;
+    loop {
+        nodes = sqlx::query_as(
+            "SELECT node_id, stage, revision, result, error FROM rollout_nodes WHERE rollout_id = $1 ORDER BY stage, node_id",
+        )
+        .bind(r.id)
+        .fetch_all(pool)
+        .await?;
+        let after = load(pool, r.id).await?;
+        let same = match (&fresh, &after) {
+            (Some(a), Some(b)) => a.stage == b.stage && a.state == b.state,
+            _ => true,
+        };
+        fresh = after;
+        tries += 1;
+        if same || tries >= 5 {
+            break;
+        }
+    }
     let r = fresh.as_ref().unwrap_or(r);
     let stages: Vec<Value> = (1..=r.stages)
         .map(|stage| {
