@@ -157,6 +157,9 @@ impl Reporter {
                 .flat_map(|d| d.list())
                 .filter_map(|d| serde_json::to_value(d).ok())
                 .collect(),
+            // Filled by the node's device service (issue: device sessions).
+            devices: Vec::new(),
+            endpoints: Vec::new(),
         };
         self.at = now;
         self.cpu_ticks = ticks;

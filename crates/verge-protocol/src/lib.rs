@@ -28,6 +28,7 @@
 
 mod component;
 mod desired;
+pub mod device;
 pub mod paths;
 mod release;
 mod settings;

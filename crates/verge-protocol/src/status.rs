@@ -67,6 +67,15 @@ pub struct StatusReport {
     /// `errors`, …); empty from nodes older than the field.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub drivers: Vec<serde_json::Value>,
+    /// The connections of the node's cloud devices (one entry per device
+    /// seen since the node started); empty from nodes older than the
+    /// field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<crate::device::DeviceSession>,
+    /// The node's broker addresses devices connect to (`mqtt://…`,
+    /// `mqtts://…`, `ws://…`, `wss://…`, `coap://…`), as bound.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
 }
 
 /// An item the node runs on its own (not from the cloud's revision).

@@ -1,0 +1,1006 @@
+//! The device side of the contract: the topics a device program uses on
+//! its node (telemetry, events, commands and replies, its shadow), the
+//! node↔cloud messages that carry shadows, commands and alarms, and the
+//! shadow document with its merge and conflict rules.
+//!
+//! Device-facing topics (on the node's broker; a device may use only its
+//! own, `devices/{d}/#` and `$shadow/{d}/#`):
+//!
+//! | topic | who publishes | what |
+//! |---|---|---|
+//! | `devices/{d}/telemetry` | device | readings (JSON object) |
+//! | `devices/{d}/events/{type}` | device | events |
+//! | `devices/{d}/commands/{name}/{id}` | node | a command (payload JSON); 5.0: response topic + correlation data = id |
+//! | `devices/{d}/replies/{id}` | device | the command's reply (any payload) |
+//! | `devices/{d}/replies/{id}/failed` | device | the command failed (payload: why) |
+//! | `$shadow/{d}/get` | device | ask for the shadow (payload ignored) |
+//! | `$shadow/{d}/get/accepted` / `rejected` | node | the document / an error |
+//! | `$shadow/{d}/update` | device | a [`ShadowUpdate`] |
+//! | `$shadow/{d}/update/accepted` / `rejected` | node | the new document / an error |
+//! | `$shadow/{d}/update/delta` | node | [`ShadowDelta`] when desired ≠ reported |
+//! | `$shadow/{d}/document` | node | the document, retained (CoAP GET/Observe) |
+//!
+//! Node↔cloud (node-local topics under `nodes/{n}/up|down/`, see
+//! [`crate::topics`]); the node publishes its upstream ones straight into
+//! the cache queue, so they survive a kill -9 like any upstream message:
+//!
+//! | node-local topic | direction | payload |
+//! |---|---|---|
+//! | `$verge/shadow/{d}` | up and down | [`ShadowSync`] |
+//! | `$verge/commands/{d}` | down | [`CommandRequest`] |
+//! | `$verge/command-status/{d}` | up | [`CommandStatus`] |
+//! | `$verge/alarms/{d}` | up | [`AlarmEvent`] |
+//!
+//! Shadow conflict rule: every top-level key of `desired` and `reported`
+//! carries the time (ms since the Unix epoch) of the edit that set or
+//! removed it. When the node's and the cloud's copies meet, each key is
+//! taken from the side whose edit is later; on equal times the cloud wins
+//! `desired` and the node wins `reported`. So a desired value set in the
+//! cloud while the node was offline and a reported value set by the device
+//! meanwhile are both kept, and two edits of one key keep the later one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Largest shadow document (desired + reported + metadata, as JSON) a
+/// node or the cloud keeps; an update that would pass it is refused.
+pub const MAX_SHADOW_BYTES: usize = 64 * 1024;
+
+/// The user property of a command message naming its id (5.0 devices
+/// also get it as correlation data).
+pub const COMMAND_ID_PROPERTY: &str = "verge-command-id";
+
+/// `devices/{d}/telemetry`.
+pub fn telemetry_topic(device: &str) -> String {
+    format!("devices/{device}/telemetry")
+}
+
+/// `devices/{d}/events/{kind}`.
+pub fn event_topic(device: &str, kind: &str) -> String {
+    format!("devices/{device}/events/{kind}")
+}
+
+/// `devices/{d}/commands/{name}/{id}`: a command as the device gets it.
+pub fn command_topic(device: &str, name: &str, id: &str) -> String {
+    format!("devices/{device}/commands/{name}/{id}")
+}
+
+/// `devices/{d}/commands/#`: what a device subscribes to for commands.
+pub fn command_filter(device: &str) -> String {
+    format!("devices/{device}/commands/#")
+}
+
+/// `devices/{d}/replies/{id}`: where a device answers a command.
+pub fn reply_topic(device: &str, id: &str) -> String {
+    format!("devices/{device}/replies/{id}")
+}
+
+/// `devices/{d}/replies/{id}/failed`: where a device says it failed.
+pub fn failed_reply_topic(device: &str, id: &str) -> String {
+    format!("{}/failed", reply_topic(device, id))
+}
+
+/// `devices/+/replies/#`: every reply of every device (the node's
+/// command service subscribes to it).
+pub const ALL_REPLIES_FILTER: &str = "devices/+/replies/#";
+
+/// Split `devices/{d}/commands/{name}/{id}` into `(d, name, id)`.
+pub fn parse_command_topic(topic: &str) -> Option<(&str, &str, &str)> {
+    let rest = topic.strip_prefix("devices/")?;
+    let (device, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("commands/")?;
+    let (name, id) = rest.split_once('/')?;
+    let ok = |s: &str| !s.is_empty() && !s.contains('/');
+    (ok(device) && ok(name) && ok(id)).then_some((device, name, id))
+}
+
+/// Split `devices/{d}/replies/{id}[/failed]` into `(d, id, failed)`.
+pub fn parse_reply_topic(topic: &str) -> Option<(&str, &str, bool)> {
+    let rest = topic.strip_prefix("devices/")?;
+    let (device, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("replies/")?;
+    let (id, failed) = match rest.split_once('/') {
+        None => (rest, false),
+        Some((id, "failed")) => (id, true),
+        Some(_) => return None,
+    };
+    (!device.is_empty() && !id.is_empty()).then_some((device, id, failed))
+}
+
+/// The operations of the shadow topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowTopic {
+    /// `$shadow/{d}/get`
+    Get,
+    /// `$shadow/{d}/get/accepted`
+    GetAccepted,
+    /// `$shadow/{d}/get/rejected`
+    GetRejected,
+    /// `$shadow/{d}/update`
+    Update,
+    /// `$shadow/{d}/update/accepted`
+    UpdateAccepted,
+    /// `$shadow/{d}/update/rejected`
+    UpdateRejected,
+    /// `$shadow/{d}/update/delta`
+    Delta,
+    /// `$shadow/{d}/document` (retained)
+    Document,
+}
+
+impl ShadowTopic {
+    const ALL: [ShadowTopic; 8] = [
+        ShadowTopic::Get,
+        ShadowTopic::GetAccepted,
+        ShadowTopic::GetRejected,
+        ShadowTopic::Update,
+        ShadowTopic::UpdateAccepted,
+        ShadowTopic::UpdateRejected,
+        ShadowTopic::Delta,
+        ShadowTopic::Document,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            ShadowTopic::Get => "get",
+            ShadowTopic::GetAccepted => "get/accepted",
+            ShadowTopic::GetRejected => "get/rejected",
+            ShadowTopic::Update => "update",
+            ShadowTopic::UpdateAccepted => "update/accepted",
+            ShadowTopic::UpdateRejected => "update/rejected",
+            ShadowTopic::Delta => "update/delta",
+            ShadowTopic::Document => "document",
+        }
+    }
+
+    /// `$shadow/{device}/{suffix}`.
+    pub fn topic(self, device: &str) -> String {
+        format!("$shadow/{device}/{}", self.suffix())
+    }
+}
+
+/// `$shadow/+/get` and `$shadow/+/update`: what the node's shadow service
+/// subscribes to.
+pub const SHADOW_REQUEST_FILTERS: [&str; 2] = ["$shadow/+/get", "$shadow/+/update"];
+
+/// Split `$shadow/{d}/{op}` into `(d, op)`.
+pub fn parse_shadow_topic(topic: &str) -> Option<(&str, ShadowTopic)> {
+    let rest = topic.strip_prefix("$shadow/")?;
+    let (device, suffix) = rest.split_once('/')?;
+    if device.is_empty() {
+        return None;
+    }
+    let op = ShadowTopic::ALL
+        .into_iter()
+        .find(|t| t.suffix() == suffix)?;
+    Some((device, op))
+}
+
+/// The node-local topics of the node↔cloud device channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChannel {
+    /// `$verge/shadow/{d}`: a [`ShadowSync`], both ways.
+    Shadow,
+    /// `$verge/commands/{d}`: a [`CommandRequest`], down.
+    Command,
+    /// `$verge/command-status/{d}`: a [`CommandStatus`], up.
+    CommandStatus,
+    /// `$verge/alarms/{d}`: an [`AlarmEvent`], up.
+    Alarm,
+}
+
+impl DeviceChannel {
+    const ALL: [DeviceChannel; 4] = [
+        DeviceChannel::Shadow,
+        DeviceChannel::Command,
+        DeviceChannel::CommandStatus,
+        DeviceChannel::Alarm,
+    ];
+
+    fn segment(self) -> &'static str {
+        match self {
+            DeviceChannel::Shadow => "shadow",
+            DeviceChannel::Command => "commands",
+            DeviceChannel::CommandStatus => "command-status",
+            DeviceChannel::Alarm => "alarms",
+        }
+    }
+
+    /// `$verge/{kind}/{device}` (node-local; wrap with
+    /// [`crate::topics::up`] / [`crate::topics::down`]).
+    pub fn topic(self, device: &str) -> String {
+        format!("$verge/{}/{device}", self.segment())
+    }
+
+    /// `$verge/{kind}/+`.
+    pub fn filter(self) -> String {
+        format!("$verge/{}/+", self.segment())
+    }
+}
+
+/// Split a node-local `$verge/{kind}/{d}` into `(kind, d)`.
+pub fn parse_device_channel(rest: &str) -> Option<(DeviceChannel, &str)> {
+    let rest = rest.strip_prefix("$verge/")?;
+    let (segment, device) = rest.split_once('/')?;
+    if device.is_empty() || device.contains('/') {
+        return None;
+    }
+    let kind = DeviceChannel::ALL
+        .into_iter()
+        .find(|k| k.segment() == segment)?;
+    Some((kind, device))
+}
+
+/// When a key of one side of a shadow was last set or removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyMeta {
+    /// The edit's time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The edit removed the key (a tombstone, so the removal wins over an
+    /// older value on the other side).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// Per-key edit times of both sides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShadowMetadata {
+    /// Keys of `desired`.
+    pub desired: BTreeMap<String, KeyMeta>,
+    /// Keys of `reported`.
+    pub reported: BTreeMap<String, KeyMeta>,
+}
+
+/// Which half of a shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// What the cloud (or an operator) wants.
+    Desired,
+    /// What the device says it is.
+    Reported,
+}
+
+/// One device's shadow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Shadow {
+    /// What the device should be.
+    pub desired: Map<String, Value>,
+    /// What the device says it is.
+    pub reported: Map<String, Value>,
+    /// Per-key edit times (and removals).
+    pub metadata: ShadowMetadata,
+    /// Counts every change of this copy; an update naming another version
+    /// is refused.
+    pub version: u64,
+    /// Time of the last change, ms since the Unix epoch.
+    pub timestamp: u64,
+}
+
+/// An update of a shadow (from a device on `$shadow/{d}/update`, or the
+/// cloud's `PATCH /api/devices/{id}/shadow`). Top-level keys are set; a
+/// `null` removes the key; an object value is merged into an object
+/// already there (JSON merge patch, RFC 7396).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShadowUpdate {
+    /// Changes of `desired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired: Option<Map<String, Value>>,
+    /// Changes of `reported`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported: Option<Map<String, Value>>,
+    /// The version the update was made against; when given and not the
+    /// shadow's, the update is refused ([`ShadowError::VersionConflict`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Echoed in the answer, so a device can match answers to requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+}
+
+/// The delta a device is told about: desired keys whose value differs
+/// from the reported one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShadowDelta {
+    /// The differing keys with their desired values.
+    pub state: Map<String, Value>,
+    /// The shadow's version.
+    pub version: u64,
+    /// Time of the shadow's last change.
+    pub timestamp: u64,
+}
+
+/// Why a shadow update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShadowError {
+    /// The update named another version than the shadow's.
+    #[error(
+        "version conflict: the update was made against version {given}, the shadow is at {current}"
+    )]
+    VersionConflict {
+        /// The version in the update.
+        given: u64,
+        /// The shadow's version.
+        current: u64,
+    },
+    /// The update is not a JSON object of the documented shape.
+    #[error("invalid shadow update: {0}")]
+    Invalid(String),
+    /// The document would pass [`MAX_SHADOW_BYTES`].
+    #[error("the shadow would be {size} bytes; at most {max} are kept")]
+    TooLarge {
+        /// The size it would have.
+        size: usize,
+        /// [`MAX_SHADOW_BYTES`].
+        max: usize,
+    },
+}
+
+impl ShadowError {
+    /// A short code for rejected answers and API errors
+    /// (`version_conflict`, `invalid_update`, `too_large`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ShadowError::VersionConflict { .. } => "version_conflict",
+            ShadowError::Invalid(_) => "invalid_update",
+            ShadowError::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+/// The body of a `…/rejected` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowRejection {
+    /// [`ShadowError::code`].
+    pub code: String,
+    /// The error, for people.
+    pub message: String,
+    /// The shadow's version now.
+    pub version: u64,
+    /// The request's `client_token`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+}
+
+impl ShadowUpdate {
+    /// Parse a device's update payload.
+    pub fn parse(payload: &[u8]) -> Result<ShadowUpdate, ShadowError> {
+        serde_json::from_slice(payload).map_err(|e| ShadowError::Invalid(e.to_string()))
+    }
+}
+
+impl Shadow {
+    /// The desired keys whose value differs from the reported one.
+    pub fn delta(&self) -> Map<String, Value> {
+        self.desired
+            .iter()
+            .filter(|(k, v)| self.reported.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The delta as a device is told it.
+    pub fn delta_message(&self) -> ShadowDelta {
+        ShadowDelta {
+            state: self.delta(),
+            version: self.version,
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// Apply an update made at `now_ms`: checks the version, sets and
+    /// removes keys, bumps the version. Returns whether anything changed
+    /// (an update that sets every key to its current value changes
+    /// nothing and keeps the version). On error the shadow is unchanged.
+    pub fn apply(&mut self, update: &ShadowUpdate, now_ms: u64) -> Result<bool, ShadowError> {
+        if let Some(given) = update.version
+            && given != self.version
+        {
+            return Err(ShadowError::VersionConflict {
+                given,
+                current: self.version,
+            });
+        }
+        let mut next = self.clone();
+        let mut changed = false;
+        for (side, patch) in [
+            (Side::Desired, &update.desired),
+            (Side::Reported, &update.reported),
+        ] {
+            let Some(patch) = patch else { continue };
+            for (key, value) in patch {
+                if key.is_empty() {
+                    return Err(ShadowError::Invalid("an empty key".into()));
+                }
+                changed |= next.set_key(side, key, value, now_ms);
+            }
+        }
+        if !changed {
+            return Ok(false);
+        }
+        next.version += 1;
+        next.timestamp = now_ms;
+        next.check_size()?;
+        *self = next;
+        Ok(true)
+    }
+
+    fn half(&mut self, side: Side) -> (&mut Map<String, Value>, &mut BTreeMap<String, KeyMeta>) {
+        match side {
+            Side::Desired => (&mut self.desired, &mut self.metadata.desired),
+            Side::Reported => (&mut self.reported, &mut self.metadata.reported),
+        }
+    }
+
+    /// Set (merge) or remove one key; whether it changed.
+    fn set_key(&mut self, side: Side, key: &str, value: &Value, now_ms: u64) -> bool {
+        let (values, meta) = self.half(side);
+        let old = values.get(key).cloned();
+        let new = match (&old, value) {
+            (_, Value::Null) => None,
+            (Some(Value::Object(old)), Value::Object(patch)) => {
+                let mut merged = Value::Object(old.clone());
+                merge_patch(&mut merged, &Value::Object(patch.clone()));
+                Some(merged)
+            }
+            (_, v) => {
+                let mut fresh = Value::Null;
+                merge_patch(&mut fresh, v);
+                Some(fresh)
+            }
+        };
+        if new == old {
+            return false;
+        }
+        match new {
+            Some(v) => {
+                values.insert(key.to_owned(), v);
+                meta.insert(
+                    key.to_owned(),
+                    KeyMeta {
+                        ts: now_ms,
+                        deleted: false,
+                    },
+                );
+            }
+            None => {
+                values.remove(key);
+                meta.insert(
+                    key.to_owned(),
+                    KeyMeta {
+                        ts: now_ms,
+                        deleted: true,
+                    },
+                );
+            }
+        }
+        true
+    }
+
+    /// Merge the other copy's `side` into this one by the conflict rule
+    /// (per key, the later edit wins; on equal times the `ties_to_remote`
+    /// side wins). Returns whether this copy changed; the version is
+    /// bumped once when it did.
+    pub fn merge_side(
+        &mut self,
+        side: Side,
+        remote: &Shadow,
+        ties_to_remote: bool,
+        now_ms: u64,
+    ) -> bool {
+        let (remote_values, remote_meta) = match side {
+            Side::Desired => (&remote.desired, &remote.metadata.desired),
+            Side::Reported => (&remote.reported, &remote.metadata.reported),
+        };
+        let (values, meta) = self.half(side);
+        let mut changed = false;
+        for (key, theirs) in remote_meta {
+            let ours = meta.get(key).copied().unwrap_or_default();
+            let take = theirs.ts > ours.ts || (theirs.ts == ours.ts && ties_to_remote);
+            if !take {
+                continue;
+            }
+            let value = if theirs.deleted {
+                None
+            } else {
+                remote_values.get(key).cloned()
+            };
+            if value.as_ref() != values.get(key) || ours != *theirs {
+                changed = true;
+                match value {
+                    Some(v) => values.insert(key.clone(), v),
+                    None => values.remove(key),
+                };
+                meta.insert(key.clone(), *theirs);
+            }
+        }
+        if changed {
+            self.version += 1;
+            self.timestamp = now_ms;
+        }
+        changed
+    }
+
+    /// The node's merge of the cloud's copy: the cloud wins desired ties,
+    /// the node keeps reported ties.
+    pub fn merge_from_cloud(&mut self, cloud: &Shadow, now_ms: u64) -> bool {
+        let d = self.merge_side(Side::Desired, cloud, true, now_ms);
+        let r = self.merge_side(Side::Reported, cloud, false, now_ms);
+        d || r
+    }
+
+    /// The cloud's merge of the node's copy: the cloud keeps desired ties,
+    /// the node wins reported ties.
+    pub fn merge_from_node(&mut self, node: &Shadow, now_ms: u64) -> bool {
+        let d = self.merge_side(Side::Desired, node, false, now_ms);
+        let r = self.merge_side(Side::Reported, node, true, now_ms);
+        d || r
+    }
+
+    /// Whether `other` has every edit of this copy (each key's edit time
+    /// there is at least this copy's): the cloud stops resending its copy
+    /// once the node's copy covers it.
+    pub fn covered_by(&self, other: &Shadow) -> bool {
+        let covers = |mine: &BTreeMap<String, KeyMeta>, theirs: &BTreeMap<String, KeyMeta>| {
+            mine.iter()
+                .all(|(k, m)| theirs.get(k).is_some_and(|t| t.ts >= m.ts))
+        };
+        covers(&self.metadata.desired, &other.metadata.desired)
+            && covers(&self.metadata.reported, &other.metadata.reported)
+    }
+
+    /// The document's size as JSON.
+    pub fn size(&self) -> usize {
+        serde_json::to_vec(self).map_or(usize::MAX, |v| v.len())
+    }
+
+    fn check_size(&self) -> Result<(), ShadowError> {
+        let size = self.size();
+        if size > MAX_SHADOW_BYTES {
+            return Err(ShadowError::TooLarge {
+                size,
+                max: MAX_SHADOW_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// RFC 7396 merge patch of `patch` into `target` (nulls inside objects
+/// remove members).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(map) = target else { return };
+    for (k, v) in patch {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// A shadow on its way between node and cloud (`$verge/shadow/{d}`, both
+/// ways): the sender's whole copy; the receiver merges it by the
+/// conflict rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShadowSync {
+    /// The device.
+    pub device: String,
+    /// The sender's copy.
+    pub shadow: Shadow,
+}
+
+/// A command's place in its life: queued (in the cloud) → sent (the node
+/// has it) → delivered (handed to the device's connection) → replied /
+/// failed; or expired when its time to live ends first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandState {
+    /// Kept in the cloud until the node takes it.
+    Queued,
+    /// The node has it (kept in its store until the device takes it).
+    Sent,
+    /// Handed to the device's connection; waiting for a reply.
+    Delivered,
+    /// The device answered on its reply topic.
+    Replied,
+    /// The device answered on its failed topic, or the node could not
+    /// deliver it (the device was removed).
+    Failed,
+    /// Its time to live ended before a reply.
+    Expired,
+}
+
+impl CommandState {
+    /// Whether nothing follows this state.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CommandState::Replied | CommandState::Failed | CommandState::Expired
+        )
+    }
+
+    /// The order of the states, so a late, older status never replaces a
+    /// newer one.
+    pub fn rank(self) -> u8 {
+        match self {
+            CommandState::Queued => 0,
+            CommandState::Sent => 1,
+            CommandState::Delivered => 2,
+            CommandState::Replied | CommandState::Failed | CommandState::Expired => 3,
+        }
+    }
+
+    /// The state's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Queued => "queued",
+            CommandState::Sent => "sent",
+            CommandState::Delivered => "delivered",
+            CommandState::Replied => "replied",
+            CommandState::Failed => "failed",
+            CommandState::Expired => "expired",
+        }
+    }
+}
+
+/// A command on its way to the node (`$verge/commands/{d}`, down). The
+/// cloud resends it until the node reports it `sent`; the node keeps one
+/// copy per id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// The command's id (unique; the device sees it in the topic).
+    pub id: String,
+    /// The device.
+    pub device: String,
+    /// The command's name.
+    pub name: String,
+    /// The payload the device gets (JSON).
+    pub payload: Value,
+    /// When the cloud took it, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When it expires, ms since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// A command's new state, reported by the node
+/// (`$verge/command-status/{d}`, up).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandStatus {
+    /// The command's id.
+    pub id: String,
+    /// The device.
+    pub device: String,
+    /// The new state (`sent`, `delivered`, `replied`, `failed`, `expired`).
+    pub state: CommandState,
+    /// When it changed, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The reply's payload: JSON when it parses as JSON, else the text
+    /// (lossy UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Value>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An alarm's severity (ThingsBoard's scale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Service lost.
+    Critical,
+    /// Service badly degraded.
+    Major,
+    /// Service degraded.
+    Minor,
+    /// Something may go wrong.
+    Warning,
+    /// Not known.
+    Indeterminate,
+}
+
+impl Severity {
+    /// The name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Major => "major",
+            Severity::Minor => "minor",
+            Severity::Warning => "warning",
+            Severity::Indeterminate => "indeterminate",
+        }
+    }
+}
+
+/// Whether an alarm event raises or clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmAction {
+    /// Raise (or raise again: the open alarm of this type is updated).
+    Raise,
+    /// Clear the open alarm of this type.
+    Clear,
+}
+
+/// An alarm raised or cleared by a rule's `alarm` action on the node
+/// (`$verge/alarms/{d}`, up, through the cache queue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmEvent {
+    /// The device.
+    pub device: String,
+    /// The alarm's type (one open alarm per device and type).
+    #[serde(rename = "type")]
+    pub alarm_type: String,
+    /// Raise or clear.
+    pub action: AlarmAction,
+    /// Severity of a raise.
+    pub severity: Severity,
+    /// The message (the action's template filled from the row).
+    #[serde(default)]
+    pub message: String,
+    /// The rule whose action it was.
+    #[serde(default)]
+    pub rule: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The row that raised or cleared it.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub details: Value,
+}
+
+/// A device's connection as the node reports it in its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceSession {
+    /// The device (its MQTT username).
+    pub device: String,
+    /// Whether it has a connection now.
+    pub connected: bool,
+    /// Since when it is connected (or was last seen disconnecting), ms
+    /// since the Unix epoch.
+    pub since_ms: u64,
+    /// Its client id (while connected).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    /// How it connects: `mqtt`, `mqtts`, `ws`, `wss` or `coap`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub transport: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn update(v: Value) -> ShadowUpdate {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn topics_build_and_parse() {
+        assert_eq!(
+            command_topic("d1", "reboot", "c7"),
+            "devices/d1/commands/reboot/c7"
+        );
+        assert_eq!(
+            parse_command_topic("devices/d1/commands/reboot/c7"),
+            Some(("d1", "reboot", "c7"))
+        );
+        assert_eq!(parse_command_topic("devices/d1/commands/reboot"), None);
+        assert_eq!(parse_command_topic("devices/d1/commands/a/b/c"), None);
+        assert_eq!(
+            parse_reply_topic("devices/d1/replies/c7"),
+            Some(("d1", "c7", false))
+        );
+        assert_eq!(
+            parse_reply_topic("devices/d1/replies/c7/failed"),
+            Some(("d1", "c7", true))
+        );
+        assert_eq!(parse_reply_topic("devices/d1/replies/c7/x"), None);
+        assert_eq!(failed_reply_topic("d", "i"), "devices/d/replies/i/failed");
+        assert_eq!(ShadowTopic::Delta.topic("d1"), "$shadow/d1/update/delta");
+        assert_eq!(
+            parse_shadow_topic("$shadow/d1/update"),
+            Some(("d1", ShadowTopic::Update))
+        );
+        assert_eq!(parse_shadow_topic("$shadow/d1/nope"), None);
+        assert_eq!(parse_shadow_topic("$shadow//get"), None);
+        assert_eq!(DeviceChannel::Alarm.topic("d1"), "$verge/alarms/d1");
+        assert_eq!(
+            parse_device_channel("$verge/command-status/d1"),
+            Some((DeviceChannel::CommandStatus, "d1"))
+        );
+        assert_eq!(parse_device_channel("$verge/shadow/d1/x"), None);
+        assert_eq!(parse_device_channel("devices/d1/telemetry"), None);
+    }
+
+    #[test]
+    fn updates_set_merge_and_remove_keys_and_bump_the_version() {
+        let mut s = Shadow::default();
+        assert!(
+            s.apply(
+                &update(json!({"desired": {"led": "on", "cfg": {"a": 1, "b": 2}}})),
+                10
+            )
+            .unwrap()
+        );
+        assert_eq!(s.version, 1);
+        assert_eq!(
+            s.delta(),
+            json!({"led": "on", "cfg": {"a": 1, "b": 2}})
+                .as_object()
+                .unwrap()
+                .clone()
+        );
+        s.apply(
+            &update(json!({"desired": {"cfg": {"b": null, "c": 3}}})),
+            20,
+        )
+        .unwrap();
+        assert_eq!(s.desired["cfg"], json!({"a": 1, "c": 3}));
+        s.apply(
+            &update(json!({"reported": {"led": "on"}, "version": 2})),
+            30,
+        )
+        .unwrap();
+        assert_eq!(s.version, 3);
+        assert!(!s.delta().contains_key("led"));
+        // the same values again change nothing
+        assert!(
+            !s.apply(&update(json!({"reported": {"led": "on"}})), 40)
+                .unwrap()
+        );
+        assert_eq!(s.version, 3);
+        s.apply(&update(json!({"desired": {"led": null}})), 50)
+            .unwrap();
+        assert!(!s.desired.contains_key("led"));
+        assert!(s.metadata.desired["led"].deleted);
+    }
+
+    #[test]
+    fn a_stale_version_is_refused_and_changes_nothing() {
+        let mut s = Shadow::default();
+        s.apply(&update(json!({"desired": {"x": 1}})), 1).unwrap();
+        let before = s.clone();
+        let err = s
+            .apply(&update(json!({"desired": {"x": 2}, "version": 0})), 2)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ShadowError::VersionConflict {
+                given: 0,
+                current: 1
+            }
+        );
+        assert_eq!(err.code(), "version_conflict");
+        assert_eq!(s, before);
+        assert!(ShadowUpdate::parse(b"{\"desire\": {}}").is_err());
+        assert!(ShadowUpdate::parse(b"[1]").is_err());
+    }
+
+    #[test]
+    fn an_oversized_update_is_refused() {
+        let mut s = Shadow::default();
+        let big = "x".repeat(MAX_SHADOW_BYTES);
+        let err = s
+            .apply(&update(json!({"reported": {"blob": big}})), 1)
+            .unwrap_err();
+        assert!(matches!(err, ShadowError::TooLarge { .. }));
+        assert_eq!(s, Shadow::default());
+    }
+
+    #[test]
+    fn offline_edits_on_both_sides_merge_per_key_by_time() {
+        // both copies start equal
+        let mut node = Shadow::default();
+        node.apply(
+            &update(json!({"desired": {"rate": 1}, "reported": {"rate": 1}})),
+            100,
+        )
+        .unwrap();
+        let mut cloud = Shadow::default();
+        assert!(cloud.merge_from_node(&node, 101));
+        // offline: the cloud changes desired, the device reports, and a
+        // local app changes desired `mode` later than the cloud
+        cloud
+            .apply(&update(json!({"desired": {"rate": 5, "mode": "eco"}})), 200)
+            .unwrap();
+        node.apply(&update(json!({"reported": {"rate": 2}})), 210)
+            .unwrap();
+        node.apply(&update(json!({"desired": {"mode": "boost"}})), 220)
+            .unwrap();
+        // the link returns: each merges the other's copy
+        assert!(node.merge_from_cloud(&cloud, 300));
+        assert!(cloud.merge_from_node(&node, 301));
+        for s in [&node, &cloud] {
+            assert_eq!(
+                s.desired["rate"],
+                json!(5),
+                "the cloud's later desired edit"
+            );
+            assert_eq!(
+                s.desired["mode"],
+                json!("boost"),
+                "the node's later desired edit"
+            );
+            assert_eq!(s.reported["rate"], json!(2), "the device's report");
+        }
+        assert!(cloud.covered_by(&node) && node.covered_by(&cloud));
+        // merging again changes nothing
+        assert!(!node.merge_from_cloud(&cloud, 400));
+        assert!(!cloud.merge_from_node(&node, 401));
+    }
+
+    #[test]
+    fn ties_go_to_the_owner_of_each_side_and_removals_win_when_later() {
+        let mut node = Shadow::default();
+        let mut cloud = Shadow::default();
+        node.apply(
+            &update(json!({"desired": {"k": "node"}, "reported": {"r": "node"}})),
+            5,
+        )
+        .unwrap();
+        cloud
+            .apply(
+                &update(json!({"desired": {"k": "cloud"}, "reported": {"r": "cloud"}})),
+                5,
+            )
+            .unwrap();
+        let mut n = node.clone();
+        n.merge_from_cloud(&cloud, 6);
+        assert_eq!(n.desired["k"], json!("cloud"));
+        assert_eq!(n.reported["r"], json!("node"));
+        let mut c = cloud.clone();
+        c.merge_from_node(&node, 6);
+        assert_eq!(c.desired["k"], json!("cloud"));
+        assert_eq!(c.reported["r"], json!("node"));
+        // a later removal on the cloud removes the node's value
+        c.apply(&update(json!({"desired": {"k": null}})), 9)
+            .unwrap();
+        n.merge_from_cloud(&c, 10);
+        assert!(!n.desired.contains_key("k"));
+        assert!(!cloud.covered_by(&Shadow::default()));
+    }
+
+    #[test]
+    fn wire_types_round_trip() {
+        let req = CommandRequest {
+            id: "c1".into(),
+            device: "d1".into(),
+            name: "reboot".into(),
+            payload: json!({"delay": 5}),
+            created_ms: 1,
+            expires_ms: 2,
+        };
+        let back: CommandRequest =
+            serde_json::from_slice(&serde_json::to_vec(&req).unwrap()).unwrap();
+        assert_eq!(back, req);
+        let st: CommandStatus = serde_json::from_value(
+            json!({"id": "c1", "device": "d1", "state": "replied", "at_ms": 3, "reply": {"ok": true}}),
+        )
+        .unwrap();
+        assert_eq!(st.state, CommandState::Replied);
+        assert!(st.state.is_final() && st.state.rank() > CommandState::Delivered.rank());
+        let alarm: AlarmEvent = serde_json::from_value(json!({
+            "device": "d1", "type": "overheat", "action": "raise", "severity": "critical",
+            "message": "hot", "at_ms": 4
+        }))
+        .unwrap();
+        assert_eq!(alarm.severity.as_str(), "critical");
+        assert!(serde_json::from_value::<AlarmEvent>(json!({"device": "d1"})).is_err());
+    }
+}
