@@ -21,6 +21,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
+# The Python device SDK from this checkout (test_sdk_python.py uses it).
+.venv/bin/python -m pip install -q --disable-pip-version-check ./sdk/python
 set +e
 .venv/bin/python -m pytest tests/interop -q -p no:cacheprovider "$@"
 exit $?
