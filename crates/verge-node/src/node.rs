@@ -15,7 +15,7 @@ use verge_broker::{Authenticator, Broker};
 use verge_drivers::Drivers;
 use verge_functions::{Functions, FunctionsConfig};
 use verge_queue::Queue;
-use verge_rules::{Engine, FunctionInvoker, Services, TelemetryStore, Upstream};
+use verge_rules::{Alarms, Engine, FunctionInvoker, Services, TelemetryStore, Upstream};
 use verge_tsdb::{Tsdb, TsdbError};
 
 use crate::cloud::CloudLink;
@@ -24,7 +24,7 @@ use crate::components::{Components, ComponentsOptions};
 use crate::http::ApiState;
 use crate::http::auth::ApiTokens;
 use crate::local::{ConfigNames, LocalParts, LocalStore, Saved};
-use crate::services::{FunctionsInvoker, QueueUpstream, Triggers, TsdbStore};
+use crate::services::{FunctionsInvoker, NodeAlarms, QueueUpstream, Triggers, TsdbStore};
 use crate::{Listeners, NodeConfig};
 
 /// Why a node did not start; every message names the key or part to look
@@ -240,6 +240,11 @@ impl Node {
             .queue
             .clone()
             .map(|q| Arc::new(QueueUpstream::new(q)) as Arc<dyn Upstream>);
+        // Alarms go up only on a cloud-managed node (a bridge to another
+        // broker has no use for them); always to the local broker.
+        let alarm_queue = parts.queue.clone().filter(|_| cloud.is_some());
+        services.alarms =
+            Some(Arc::new(NodeAlarms::new(alarm_queue, handle.clone())) as Arc<dyn Alarms>);
         let engine = Arc::new(Engine::new(services, cfg.rule_engine.clone()));
         parts.engine = Some(engine.clone());
         for (i, rule) in cfg.rules.iter().enumerate() {

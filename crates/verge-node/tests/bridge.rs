@@ -1,5 +1,5 @@
-//! The rule engine's `upstream` action into the cache queue, and the
-//! bridge's status at `/api/bridge` and in `/metrics`.
+//! The rule engine's `upstream` and `alarm` actions into the cache queue,
+//! and the bridge's status at `/api/bridge` and in `/metrics`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,9 +14,10 @@ use verge_bridge::{Bridge, BridgeConfig};
 use verge_broker::{Broker, BrokerConfig, Message};
 use verge_mqtt::QoS;
 use verge_node::http::{ApiState, router};
-use verge_node::services::QueueUpstream;
+use verge_node::services::{NodeAlarms, QueueUpstream};
+use verge_protocol::device::{AlarmAction, AlarmEvent, Severity};
 use verge_queue::{Queue, QueueConfig};
-use verge_rules::{Engine, RuleConfig, RuleEngineConfig, Services, Upstream};
+use verge_rules::{Alarms, Engine, RuleConfig, RuleEngineConfig, Services, Upstream};
 
 fn broker() -> Broker {
     let cfg = BrokerConfig {
@@ -102,6 +103,131 @@ async fn upstream_rows_are_queued_durably_on_their_lane() {
     assert_eq!(v["action_metrics"][0]["dropped"], json!(0), "{v}");
     rules.shutdown().await;
     q.close().await;
+    b.shutdown().await;
+}
+
+/// A rule's `alarm` action appends an `AlarmEvent` on `$verge/alarms/{d}`
+/// to the `alarms` lane (raise above the threshold, clear below it by
+/// `clear_when`) and publishes it on the local broker too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_events_are_queued_upstream_and_published_locally() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = broker();
+    let q = queue(dir.path());
+    let mut services = Services::new(b.handle());
+    let alarms = NodeAlarms::new(Some(q.clone()), b.handle());
+    assert_eq!(alarms.lane(), Some("alarms"));
+    services.alarms = Some(Arc::new(alarms) as Arc<dyn Alarms>);
+    let rules = Arc::new(Engine::new(services, RuleEngineConfig::default()));
+    let rule: RuleConfig = serde_json::from_value(json!({
+        "id": "hot",
+        "sql": "SELECT temperature FROM \"devices/+/telemetry\"",
+        "actions": [{
+            "type": "alarm", "alarm_type": "overheat", "severity": "critical",
+            "message": "temperature {temperature}", "clear_when": "temperature < 50"
+        }]
+    }))
+    .expect("rule");
+    rules.create(rule).await.expect("create");
+    let h = b.handle();
+    let mut local = h.subscribe("$verge/alarms/+", 10).await.expect("subscribe");
+    for t in [80, 20] {
+        h.publish(Message::local(
+            "devices/d1/telemetry",
+            format!("{{\"temperature\":{t}}}"),
+            QoS::AtMostOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+    }
+    let lane = q.lane_index("alarms").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while q.stats().lanes[lane].appended < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "alarms not queued: {:?}",
+            q.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut out = Vec::new();
+    assert_eq!(q.try_next_batch(10, &mut out), 2);
+    let events: Vec<AlarmEvent> = out
+        .iter()
+        .map(|o| {
+            assert_eq!(o.record.topic, "$verge/alarms/d1");
+            serde_json::from_slice(&o.record.payload).expect("an AlarmEvent")
+        })
+        .collect();
+    assert_eq!(events[0].device, "d1");
+    assert_eq!(events[0].alarm_type, "overheat");
+    assert_eq!(events[0].action, AlarmAction::Raise);
+    assert_eq!(events[0].severity, Severity::Critical);
+    assert_eq!(events[0].message, "temperature 80");
+    assert_eq!(events[0].rule, "hot");
+    assert_eq!(events[0].details, json!({"temperature": 80}));
+    assert_eq!(events[1].action, AlarmAction::Clear);
+    for expected in &events {
+        let m = tokio::time::timeout(Duration::from_secs(5), local.recv())
+            .await
+            .expect("published locally")
+            .expect("message");
+        assert_eq!(&*m.topic, "$verge/alarms/d1");
+        let got: AlarmEvent = serde_json::from_slice(&m.payload).expect("json");
+        assert_eq!(&got, expected);
+    }
+    let v = serde_json::to_value(rules.get("hot").await.expect("rule")).expect("json");
+    assert_eq!(v["action_metrics"][0]["delivered"], json!(2), "{v}");
+    rules.shutdown().await;
+    q.close().await;
+    b.shutdown().await;
+}
+
+/// Without a cloud link the alarm is only published locally; a rule on a
+/// node without the alarm service is refused.
+#[tokio::test]
+async fn alarms_without_a_cloud_link_stay_local() {
+    let b = broker();
+    let alarms = NodeAlarms::new(None, b.handle());
+    assert_eq!(alarms.lane(), None);
+    let mut local = b
+        .handle()
+        .subscribe("$verge/alarms/+", 10)
+        .await
+        .expect("sub");
+    let event = AlarmEvent {
+        device: "d2".into(),
+        alarm_type: "door".into(),
+        action: AlarmAction::Raise,
+        severity: Severity::Minor,
+        message: String::new(),
+        rule: "r".into(),
+        at_ms: 1,
+        details: Value::Null,
+    };
+    alarms.send(event.clone(), 1).await.expect("sent");
+    let m = tokio::time::timeout(Duration::from_secs(5), local.recv())
+        .await
+        .expect("published")
+        .expect("message");
+    assert_eq!(
+        serde_json::from_slice::<AlarmEvent>(&m.payload).expect("json"),
+        event
+    );
+    let rules = Engine::new(Services::new(b.handle()), RuleEngineConfig::default());
+    let e = rules
+        .create(
+            serde_json::from_value(json!({
+                "id": "a", "sql": "SELECT * FROM \"devices/+/telemetry\"",
+                "actions": [{"type": "alarm", "alarm_type": "t"}]
+            }))
+            .expect("rule"),
+        )
+        .await
+        .expect_err("no alarm service")
+        .to_string();
+    assert_eq!(e, "actions[0] (alarm): this node takes no alarms");
     b.shutdown().await;
 }
 

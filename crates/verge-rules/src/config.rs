@@ -48,6 +48,8 @@ pub enum ActionKind {
     Webhook(WebhookConfig),
     /// Write the row to the node's log.
     Log(LogConfig),
+    /// Raise (or clear) an alarm on the row's device.
+    Alarm(AlarmConfig),
 }
 
 impl ActionKind {
@@ -60,6 +62,7 @@ impl ActionKind {
             ActionKind::Upstream(_) => "upstream",
             ActionKind::Webhook(_) => "webhook",
             ActionKind::Log(_) => "log",
+            ActionKind::Alarm(_) => "alarm",
         }
     }
 
@@ -72,6 +75,7 @@ impl ActionKind {
             ActionKind::Upstream(c) => &c.delivery,
             ActionKind::Webhook(c) => &c.delivery,
             ActionKind::Log(c) => &c.delivery,
+            ActionKind::Alarm(c) => &c.delivery,
         }
     }
 }
@@ -201,6 +205,41 @@ pub struct LogConfig {
 
 fn info() -> String {
     "info".into()
+}
+
+/// `type = "alarm"`. The alarm's own type is `alarm_type`, because `type`
+/// names the action's kind.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmConfig {
+    /// The alarm's type, e.g. `overheat` (one open alarm per device and
+    /// type).
+    pub alarm_type: String,
+    /// `critical`, `major` (default), `minor`, `warning` or `indeterminate`.
+    #[serde(default = "major")]
+    pub severity: verge_protocol::device::Severity,
+    /// Message template: `{column}` is replaced by the row's value, e.g.
+    /// `temperature {temp} °C`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Device template, e.g. `{device}`; by default the device of the
+    /// input topic `devices/{d}/…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// This action only clears the device's alarm of this type.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear: bool,
+    /// A boolean SQL expression over the row's columns: a row where it is
+    /// true clears the alarm, any other row raises it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_when: Option<String>,
+    /// Queue and retries, e.g. `delivery = { max_attempts = 5 }`.
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+fn major() -> verge_protocol::device::Severity {
+    verge_protocol::device::Severity::Major
 }
 
 /// The `[rule_engine]` section: bounds shared by every rule.

@@ -28,8 +28,8 @@ mod validate;
 use std::sync::Arc;
 
 pub use action::{
-    Action, ActionError, ActionStatus, FunctionInvoker, FunctionMessage, InvokeError, Output,
-    TelemetryPoint, TelemetryStore, Upstream,
+    Action, ActionError, ActionStatus, Alarms, FunctionInvoker, FunctionMessage, InvokeError,
+    Output, TelemetryPoint, TelemetryStore, Upstream,
 };
 pub use config::{ActionKind, RuleConfig, RuleEngineConfig};
 pub use dry_run::{MAX_TEST_ROWS, MAX_TEST_SAMPLES, Sample, SampleError, TestOutput, dry_run};
@@ -51,6 +51,8 @@ pub struct Services {
     pub store: Option<Arc<dyn TelemetryStore>>,
     /// The cache queue towards the cloud.
     pub upstream: Option<Arc<dyn Upstream>>,
+    /// Where `alarm` actions' events go (the cloud link and the local broker).
+    pub alarms: Option<Arc<dyn Alarms>>,
 }
 
 impl Services {
@@ -61,6 +63,7 @@ impl Services {
             functions: None,
             store: None,
             upstream: None,
+            alarms: None,
         }
     }
 }

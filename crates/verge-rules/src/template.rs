@@ -20,29 +20,7 @@ impl Template {
         if s.is_empty() {
             return Err("topic template is empty".into());
         }
-        let mut parts = Vec::new();
-        let mut rest = s;
-        while let Some(open) = rest.find(['{', '}']) {
-            if rest.as_bytes()[open] == b'}' {
-                return Err(format!("unmatched `}}` in topic template `{s}`"));
-            }
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in topic template `{s}`"))?;
-            let name = after[..close].trim();
-            if name.is_empty() || name.contains('{') {
-                return Err(format!("empty or nested `{{}}` in topic template `{s}`"));
-            }
-            parts.push(Part::Column(name.to_owned()));
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
+        let parts = parse_parts(s, "topic template")?;
         let t = Template { parts };
         if t.is_literal() && !verge_mqtt::topic::valid_topic_name(s) {
             return Err(format!("`{s}` is not a valid topic name"));
@@ -114,6 +92,87 @@ impl Template {
     }
 }
 
+/// Split `s` into literal text and `{column}` references.
+fn parse_parts(s: &str, what: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(format!("unmatched `}}` in {what} `{s}`"));
+        }
+        if open > 0 {
+            parts.push(Part::Text(rest[..open].to_owned()));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `{{` in {what} `{s}`"))?;
+        let name = after[..close].trim();
+        if name.is_empty() || name.contains('{') {
+            return Err(format!("empty or nested `{{}}` in {what} `{s}`"));
+        }
+        parts.push(Part::Column(name.to_owned()));
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+/// A text template (an alarm's message): the same `{column}` syntax as
+/// [`Template`], filled with any text; a missing or NULL column gives
+/// `null`, so a message never fails a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextTemplate {
+    parts: Vec<Part>,
+}
+
+impl TextTemplate {
+    /// Parse a template (empty is allowed: an empty text).
+    pub fn parse(s: &str) -> Result<TextTemplate, String> {
+        Ok(TextTemplate {
+            parts: parse_parts(s, "template")?,
+        })
+    }
+
+    /// The columns the template refers to.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Column(c) => Some(c.as_str()),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// The text for `row`, where every column must be there and not NULL
+    /// (an alarm's device).
+    pub fn render_strict(&self, row: &Row) -> Result<String, String> {
+        if let Some(c) = self
+            .columns()
+            .find(|c| row.get(c).is_none_or(Value::is_null))
+        {
+            return Err(format!("template: column `{c}` is missing or null"));
+        }
+        Ok(self.render(row))
+    }
+
+    /// The text for `row`.
+    pub fn render(&self, row: &Row) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Column(c) => match row.get(c) {
+                    Some(Value::Str(s)) => out.push_str(s),
+                    Some(v) => out.push_str(&v.to_string()),
+                    None => out.push_str("null"),
+                },
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -127,6 +186,19 @@ mod tests {
                 .map(|(k, v)| (Arc::from(*k), v.clone()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn text_templates_take_any_text() {
+        let t = TextTemplate::parse("{device}: {temp} °C, {gone}").expect("parses");
+        let r = row(&[
+            ("device", Value::Str(Arc::from("a/b #1"))),
+            ("temp", Value::Float(41.5)),
+        ]);
+        assert_eq!(t.render(&r), "a/b #1: 41.5 °C, null");
+        assert_eq!(t.columns().collect::<Vec<_>>(), ["device", "temp", "gone"]);
+        assert_eq!(TextTemplate::parse("").expect("empty").render(&r), "");
+        assert!(TextTemplate::parse("x {").unwrap_err().contains("unclosed"));
     }
 
     #[test]

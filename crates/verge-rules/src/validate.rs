@@ -42,19 +42,23 @@ pub(crate) fn check(config: &RuleConfig, services: Option<&Services>) -> Result<
             None => action::check(kind),
         }
         .map_err(|e| at(e, index))?;
-        let template = match kind {
-            ActionKind::Republish(c) => Some(&c.topic),
-            ActionKind::Upstream(c) => Some(&c.topic),
-            _ => None,
+        let used: Vec<String> = match kind {
+            ActionKind::Republish(c) => template_columns(&c.topic),
+            ActionKind::Upstream(c) => template_columns(&c.topic),
+            ActionKind::Alarm(c) => action::alarm_columns(c),
+            _ => Vec::new(),
         };
         // Without `*` the row's columns are known: a template naming
         // another one would fail on every row.
-        if let Some(t) = template.and_then(|t| Template::parse(t).ok())
-            && !query.has_star()
-            && let Some(missing) = t.columns().find(|c| !columns.contains(c))
+        if !query.has_star()
+            && let Some(missing) = used.iter().find(|c| !columns.contains(&c.as_str()))
         {
+            let what = match kind {
+                ActionKind::Alarm(_) => "template",
+                _ => "topic template",
+            };
             let message = format!(
-                "topic template uses `{{{missing}}}` but the rule's columns are: {}",
+                "{what} uses `{{{missing}}}` but the rule's columns are: {}",
                 columns.join(", ")
             );
             return Err(at(RuleError::action(kind.name(), message), index));
@@ -67,6 +71,14 @@ pub(crate) fn check(config: &RuleConfig, services: Option<&Services>) -> Result<
         }
     }
     Ok(query)
+}
+
+/// The columns a topic template uses (none when it does not parse: that
+/// error is the action's own check).
+fn template_columns(t: &str) -> Vec<String> {
+    Template::parse(t)
+        .map(|t| t.columns().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// Put the action's position into an action error.
@@ -109,6 +121,8 @@ mod tests {
                 {"type": "republish", "topic": "alerts/{device}", "qos": 1},
                 {"type": "webhook", "url": "https://example.com/hook"},
                 {"type": "log", "level": "warn"},
+                {"type": "alarm", "alarm_type": "hot", "message": "{temp} °C",
+                 "clear_when": "temp < 30"},
             ],
         }));
         assert!(validate(&ok).is_ok());
@@ -143,6 +157,17 @@ mod tests {
         assert_eq!(
             bad(serde_json::json!({"type": "republish", "topic": "t/{temp}"})),
             "actions[1] (republish): topic template uses `{temp}` but the rule's columns are: device"
+        );
+        assert_eq!(
+            bad(serde_json::json!({"type": "alarm", "alarm_type": "hot", "message": "{temp}"})),
+            "actions[1] (alarm): template uses `{temp}` but the rule's columns are: device"
+        );
+        assert_eq!(
+            bad(
+                serde_json::json!({"type": "alarm", "alarm_type": "hot", "clear": true,
+                                   "clear_when": "device = 'x'"})
+            ),
+            "actions[1] (alarm): give either `clear = true` or `clear_when`, not both"
         );
         assert_eq!(
             bad(serde_json::json!({"type": "log", "delivery": {"queue": 0}})),

@@ -2,6 +2,7 @@
 //! component with its own config (`config.rs` of this module) and is built
 //! in one explicit list ([`build`]).
 
+mod alarm;
 mod function;
 mod log;
 mod republish;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use verge_sql::Row;
 
+pub use alarm::Alarms;
 pub use function::{FunctionInvoker, FunctionMessage, InvokeError};
 pub use republish::rule_origin;
 pub use runner::{ActionInlet, ActionMetrics, ActionRunner, ActionStatus};
@@ -110,6 +112,14 @@ pub trait Action: Send + Sync + 'static {
     }
 }
 
+/// The columns an `alarm` action's templates use (for the rule's check
+/// that they exist).
+pub(crate) fn alarm_columns(c: &crate::config::AlarmConfig) -> Vec<String> {
+    alarm::Settings::new(c)
+        .map(|s| s.columns().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// Check an action's settings without a node: the checks [`build`] makes,
 /// minus whether the node has the service the action needs (a function
 /// runtime, a local store, a cloud link and its lane).
@@ -121,6 +131,7 @@ pub fn check(kind: &ActionKind) -> Result<(), RuleError> {
         ActionKind::Upstream(c) => sinks::UpstreamAction::settings(c).map(drop),
         ActionKind::Webhook(c) => webhook::Webhook::new(c).map(drop),
         ActionKind::Log(c) => log::Log::new(c).map(drop),
+        ActionKind::Alarm(c) => alarm::Settings::new(c).map(drop),
     }
 }
 
@@ -133,5 +144,6 @@ pub fn build(kind: &ActionKind, services: &Services) -> Result<Arc<dyn Action>, 
         ActionKind::Upstream(c) => Arc::new(sinks::UpstreamAction::new(c, services)?),
         ActionKind::Webhook(c) => Arc::new(webhook::Webhook::new(c)?),
         ActionKind::Log(c) => Arc::new(log::Log::new(c)?),
+        ActionKind::Alarm(c) => Arc::new(alarm::Alarm::new(c, services)?),
     })
 }
