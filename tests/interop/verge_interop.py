@@ -150,11 +150,14 @@ enabled = true
 bind = "127.0.0.1:{self.coap}"
 {tail}
 """)
-        env = verge_env()
         self.log = open(os.path.join(self.dir, "verge.log"), "w+")
+        self.start()
+
+    def start(self):
+        """Start the node process; returns when its ports accept connections."""
         self.proc = subprocess.Popen(
             [verge_bin(), "node", "--config", self.config],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=verge_env(),
         )
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -168,6 +171,13 @@ bind = "127.0.0.1:{self.coap}"
             f"verge did not accept connections on 127.0.0.1:{self.tcp} within 10 s "
             f"(exit code {self.proc.returncode}); its output:\n{self.output()}"
         )
+
+    def restart(self, down_s=0):
+        """Stop the node (SIGTERM), wait `down_s` seconds, and start it again
+        with the same config, ports and data dir (its log goes on)."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
 
     @property
     def token(self):

@@ -45,7 +45,8 @@ class Device:
     `url` is `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]`
     (TLS, default 8883; `ca_file` names the CA bundle that signed the
     node's certificate, else the system's CAs are used). The client id is
-    the device's name. `offline_buffer` bounds the QoS 1 messages (telemetry,
+    the device's name (or `client_id`, which must start with `{device}:`, to
+    run a second program as the same device). `offline_buffer` bounds the QoS 1 messages (telemetry,
     events, replies, shadow requests) kept while they wait for the node's
     acknowledgement, including while the connection is down; past it a new
     message is not taken (`send_telemetry` returns False) and is counted in
@@ -53,8 +54,12 @@ class Device:
     """
 
     def __init__(self, url, device, secret, ca_file=None, keep_alive=30, offline_buffer=1000,
-                 reconnect_min_s=1, reconnect_max_s=30):
+                 reconnect_min_s=1, reconnect_max_s=30, client_id=None):
         topics.check_level("device name", device)
+        client_id = client_id or device
+        if client_id != device and not client_id.startswith(device + ":"):
+            raise ValueError(f"client_id must be {device!r} or start with {device + ':'!r} "
+                             "(the node binds client ids to the device's name)")
         if offline_buffer < 1:
             raise ValueError("offline_buffer must be at least 1")
         parsed = urllib.parse.urlsplit(url)
@@ -70,6 +75,7 @@ class Device:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._connack = queue.Queue()
+        self._subscribed = threading.Event()
         self._ever_connected = False
         self._closed = False
         self._handlers = {}
@@ -80,7 +86,7 @@ class Device:
         self._tokens = itertools.count(1)
         self._token_prefix = uuid.uuid4().hex[:8]
 
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5,
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                         reconnect_on_failure=True)
         c.username_pw_set(device, secret)
         if parsed.scheme == "mqtts":
@@ -90,6 +96,7 @@ class Device:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self._client = c
 
         self._dispatch = queue.Queue(_DISPATCH_QUEUE)
@@ -137,6 +144,10 @@ class Device:
                 raise ConnectError(f"the node refused device {self.device!r}'s credentials ({why})",
                                    rc.value)
             raise ConnectError(f"the node refused the connection: {rc}", rc.value)
+        # Answers to requests made right away must not arrive before the
+        # subscriptions are in place.
+        if not self._subscribed.wait(max(0.0, deadline - time.monotonic())):
+            raise ConnectError(f"the node did not acknowledge the subscriptions within {timeout} s")
         return self
 
     @property
@@ -176,18 +187,26 @@ class Device:
         return len(getattr(self._client, "_out_messages", ()))
 
     def _on_connect(self, client, userdata, flags, rc, props):
-        if not self._ever_connected:
-            self._connack.put(rc)
         if rc.is_failure:
             log.warning("verge_device %s: connection refused: %s", self.device, rc)
-            return
-        self._ever_connected = True
-        d = self.device
-        subs = [(topics.command_filter(d), 1)]
-        subs += [(topics.shadow(d, op), 1) for op in topics.SHADOW_ANSWERS]
-        client.subscribe(subs)
-        self._connected.set()
-        log.info("verge_device %s: connected to %s:%s", d, self.host, self.port)
+        else:
+            d = self.device
+            subs = [(topics.command_filter(d), 1)]
+            subs += [(topics.shadow(d, op), 1) for op in topics.SHADOW_ANSWERS]
+            client.subscribe(subs)
+            self._connected.set()
+            log.info("verge_device %s: connected to %s:%s", d, self.host, self.port)
+        if not self._ever_connected:
+            self._connack.put(rc)
+        if not rc.is_failure:
+            self._ever_connected = True
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, props):
+        refused = [rc for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.warning("verge_device %s: the node refused %d of the subscriptions (%s); "
+                        "check the device's ACL", self.device, len(refused), refused[0])
+        self._subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, rc, props):
         self._connected.clear()
