@@ -8,12 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
-import uuid
+import urllib.error
+import urllib.request
 
 import pytest
 
+from cloud_procs import procs, start_cloud, start_node  # noqa: F401 (procs: fixture)
 from test_paho_auth import cli_hash
 from verge_interop import REPO, V5, Client, Node, node_api
 
@@ -210,8 +213,32 @@ def test_shadow_get_update_conflict_and_delta(node):
         d.close()
 
 
-def test_commands_are_answered_through_the_node(node):
-    d = device(node, "sdk6").connect(timeout=5)
+def cloud_call(url, token, method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        raw = r.read()
+        return json.loads(raw) if raw else None
+
+
+def test_commands_from_the_cloud_are_answered_by_the_sdk(procs):
+    """A command sent through the cloud's API reaches the SDK's handler
+    through the node; the reply (or the failure) is stored with it."""
+    workdir = tempfile.mkdtemp(prefix="verge-sdk-py-")
+    cloud_url, admin = start_cloud(procs, workdir)
+    created = cloud_call(cloud_url, admin, "POST", "/api/nodes", {"name": "edge-sdk"})
+    node_id = created["node"]["id"]
+    node, ports = start_node(procs, workdir, cloud_url, created["join_token"])
+    wait_for("the node online", lambda: cloud_call(cloud_url, admin, "GET",
+                                                     f"/api/nodes/{node_id}")["status"] == "online")
+    secret = cloud_call(cloud_url, admin, "POST", "/api/devices",
+                        {"name": "sdkc", "node_id": node_id})["secret"]
+    d = Device(f"mqtt://127.0.0.1:{ports['tcp']}", "sdkc", secret, reconnect_max_s=1)
+    # the node learns of the device with its next desired state
+    wait_for("the device accepted by its node", lambda: _try_connect(d))
     try:
         shadow_service(d)
         runs = []
@@ -225,19 +252,96 @@ def test_commands_are_answered_through_the_node(node):
         def fail(payload):
             raise RuntimeError("cannot do that")
 
-        spy = Client(node, V5)
-        spy.sub("devices/sdk6/replies/#", 1)
-        now = int(time.time() * 1000)
-        ok_id, bad_id = uuid.uuid4().hex, uuid.uuid4().hex
-        for cid, name in [(ok_id, "add"), (bad_id, "fail")]:
-            req = {"id": cid, "device": "sdk6", "name": name, "payload": {"a": 2, "b": 3},
-                   "created_ms": now, "expires_ms": now + 60_000}
-            # what the node's bridge publishes locally for a cloud's command
-            spy.pub("$verge/commands/sdk6", json.dumps(req), 1)
-        got = {m.topic: m.payload for m in spy.recv_n(2, timeout=10)}
-        assert json.loads(got[f"devices/sdk6/replies/{ok_id}"]) == {"sum": 5}
-        assert got[f"devices/sdk6/replies/{bad_id}/failed"] == b"cannot do that"
-        assert len(runs) == 1
-        spy.close()
+        def send(name, body):
+            answer = cloud_call(cloud_url, admin, "POST", f"/api/devices/sdkc/commands/{name}", body)
+            if "command" not in answer:
+                pytest.skip("the cloud keeps no command records yet (issue 20, cloud part)")
+            return answer["command"]["id"]
+
+        def final(cid):
+            def check():
+                c = cloud_call(cloud_url, admin, "GET", f"/api/commands/{cid}")
+                return c if c["status"] in ("replied", "failed", "expired") else None
+            return wait_for(f"command {cid} answered", check, 30)
+
+        ok = final(send("add", {"a": 2, "b": 3}))
+        assert (ok["status"], ok["reply"]) == ("replied", {"sum": 5})
+        bad = final(send("fail", {}))
+        assert bad["status"] == "failed" and "cannot do that" in bad["error"]
+        assert runs == [{"a": 2, "b": 3}], "each handler ran once"
+    finally:
+        d.close()
+
+
+def _try_connect(d):
+    try:
+        d.connect(timeout=2)
+        return True
+    except ConnectError:
+        return False
+
+
+def test_rule_alarms_reach_the_cloud_also_from_offline(procs):
+    """A rule's `alarm` action on a cloud-managed node raises the device's
+    alarm in the cloud; a clear made while the cloud is down arrives when
+    it is back (through the node's cache queue)."""
+    from cloud_procs import Proc
+    from cloud_procs import wait_for as proc_wait
+    from verge_interop import free_port, port_open
+
+    workdir = tempfile.mkdtemp(prefix="verge-sdk-alarms-")
+    http, mqtt_port = free_port(), free_port()
+    args = ["cloud", "--set", f"http.bind=127.0.0.1:{http}",
+            "--set", f"mqtt.bind=127.0.0.1:{mqtt_port}",
+            "--set", f"cloud.data_dir={workdir}/cloud"]
+    cloud = Proc("cloud", args, workdir)
+    procs.append(cloud)
+    import re
+    admin = proc_wait("the cloud's admin token", lambda: (
+        m := re.search(r"admin token: (\S+)", cloud.output())) and m.group(1), cloud)
+    proc_wait("the cloud listening", lambda: port_open(http), cloud)
+    cloud_url = f"http://127.0.0.1:{http}"
+    try:
+        cloud_call(cloud_url, admin, "GET", "/api/alarms")
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            pytest.skip("the cloud keeps no alarms yet (issue 20, cloud part)")
+        raise
+    created = cloud_call(cloud_url, admin, "POST", "/api/nodes", {"name": "edge-alarms"})
+    node_id = created["node"]["id"]
+    node, ports = start_node(procs, workdir, cloud_url, created["join_token"])
+    wait_for("the node online", lambda: cloud_call(cloud_url, admin, "GET",
+                                                     f"/api/nodes/{node_id}")["status"] == "online")
+    secret = cloud_call(cloud_url, admin, "POST", "/api/devices",
+                        {"name": "sdka", "node_id": node_id})["secret"]
+    cloud_call(cloud_url, admin, "POST", "/api/rules", {
+        "id": "overheat", "node_id": node_id,
+        "sql": 'SELECT temperature FROM "devices/+/telemetry"',
+        "actions": [{"type": "alarm", "alarm_type": "overheat", "severity": "critical",
+                     "message": "t={temperature}", "clear_when": "temperature < 50"}]})
+    d = Device(f"mqtt://127.0.0.1:{ports['tcp']}", "sdka", secret, reconnect_max_s=1)
+    wait_for("the device accepted by its node", lambda: _try_connect(d))
+
+    def alarm():
+        found = cloud_call(cloud_url, admin, "GET", "/api/devices/sdka/alarms")
+        return found[0] if found else None
+
+    try:
+        # the rule reaches the node with its next desired state: send until raised
+        def raised():
+            d.send_telemetry({"temperature": 80})
+            return alarm()
+        a = wait_for("the alarm raised in the cloud", raised, 30)
+        assert (a["type"], a["severity"], a["status"]) == ("overheat", "critical", "active")
+        assert a["message"] == "t=80" and a["rule"] == "overheat" and a["node_id"] == node_id
+        cloud.stop()
+        d.send_telemetry({"temperature": 20})  # clears, while the cloud is down
+        time.sleep(1)
+        back = Proc("cloud-again", args, workdir)
+        procs.append(back)
+        proc_wait("the cloud listening again", lambda: port_open(http), back)
+        a = wait_for("the clear made offline arriving", lambda: (
+            (x := alarm()) and x["status"] == "cleared" and x), 30)
+        assert a["type"] == "overheat"
     finally:
         d.close()

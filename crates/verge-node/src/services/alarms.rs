@@ -2,7 +2,8 @@
 //! appended to the cache queue on `$verge/alarms/{d}` when the node is
 //! managed by a cloud (so an alarm raised offline arrives when the link
 //! returns, and survives a kill -9), and always published on the local
-//! broker at `$verge/alarms/{d}` for local consumers.
+//! broker at `$verge/alarms/{d}` for consumers inside the node (rules,
+//! the node's services; the broker keeps MQTT clients off `$verge/#`).
 
 use bytes::Bytes;
 use verge_broker::{BrokerHandle, Message};
