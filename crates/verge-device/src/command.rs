@@ -40,8 +40,11 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Se
 pub(crate) type Handler = Arc<dyn Fn(Command) -> HandlerFuture + Send + Sync>;
 
 /// A registered delta callback.
-pub(crate) type DeltaHandler =
-    Arc<dyn Fn(verge_protocol::device::ShadowDelta) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+pub(crate) type DeltaHandler = Arc<
+    dyn Fn(verge_protocol::device::ShadowDelta) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A reply ready to publish (kept to answer a redelivery the same way).
 #[derive(Debug, Clone)]

@@ -148,7 +148,10 @@ impl DeviceConfig {
             Some((TlsConnector::from(config), name))
         } else {
             if self.ca_file.is_some() {
-                return Err(bad("ca_file", "given for an `mqtt://` url (use `mqtts://`)".into()));
+                return Err(bad(
+                    "ca_file",
+                    "given for an `mqtt://` url (use `mqtts://`)".into(),
+                ));
             }
             None
         };
@@ -324,7 +327,10 @@ mod tests {
         assert_eq!(key(c), "client_id");
         let mut c = ok.clone();
         c.client_id = Some("d1:sim".into());
-        assert_eq!(c.resolve().map(|r| r.client_id).ok().as_deref(), Some("d1:sim"));
+        assert_eq!(
+            c.resolve().map(|r| r.client_id).ok().as_deref(),
+            Some("d1:sim")
+        );
         let mut c = ok.clone();
         c.keep_alive = Duration::from_secs(70_000);
         assert_eq!(key(c), "keep_alive");

@@ -257,7 +257,12 @@ impl Device {
         self.shadow(ShadowKind::Update, token, payload).await
     }
 
-    async fn shadow(&self, kind: ShadowKind, token: String, payload: Vec<u8>) -> Result<Shadow, Error> {
+    async fn shadow(
+        &self,
+        kind: ShadowKind,
+        token: String,
+        payload: Vec<u8>,
+    ) -> Result<Shadow, Error> {
         self.check_open()?;
         let (done, rx) = oneshot::channel();
         self.request(Request::Shadow {

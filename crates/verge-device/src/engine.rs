@@ -319,7 +319,10 @@ impl Engine {
                 _ => {}
             }
         }
-        if self.conn.is_none() && self.connecting.is_none() && self.retry_at.is_some_and(|at| now >= at) {
+        if self.conn.is_none()
+            && self.connecting.is_none()
+            && self.retry_at.is_some_and(|at| now >= at)
+        {
             self.retry_at = None;
             let cfg = self.cfg.clone();
             self.connecting = Some(tokio::spawn(async move { Conn::open(&cfg).await }));
@@ -421,7 +424,8 @@ impl Engine {
                     let _ = done.send(Err(Error::Busy));
                     return;
                 }
-                self.pending_shadow.push_back(PendingShadow { kind, token, done });
+                self.pending_shadow
+                    .push_back(PendingShadow { kind, token, done });
                 let topic = match kind {
                     ShadowKind::Get => ShadowTopic::Get,
                     ShadowKind::Update => ShadowTopic::Update,
@@ -447,7 +451,11 @@ impl Engine {
         self.subscribe(vec![filter], Some(done));
     }
 
-    fn subscribe(&mut self, filters: Vec<String>, done: Option<oneshot::Sender<Result<(), Error>>>) {
+    fn subscribe(
+        &mut self,
+        filters: Vec<String>,
+        done: Option<oneshot::Sender<Result<(), Error>>>,
+    ) {
         let Some(conn) = &mut self.conn else {
             if let Some(done) = done {
                 let _ = done.send(Ok(()));
@@ -511,7 +519,9 @@ impl Engine {
     fn pump(&mut self) {
         let Some(conn) = &mut self.conn else { return };
         while self.inflight.len() < conn.max_inflight {
-            let Some(msg) = self.queue.pop_front() else { break };
+            let Some(msg) = self.queue.pop_front() else {
+                break;
+            };
             let id = next_free_id(&mut self.next_id, &self.inflight, &self.pending_subs);
             let packet = Packet::Publish(Publish {
                 dup: msg.dup,
@@ -577,15 +587,16 @@ impl Engine {
             Packet::UnsubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
                 debug!(device = %self.cfg.device, "ignoring an unexpected {}", name(&p));
             }
-            other => self.lost(Error::Protocol(format!(
-                "the node sent {}",
-                name(&other)
-            ))),
+            other => self.lost(Error::Protocol(format!("the node sent {}", name(&other)))),
         }
     }
 
     fn on_puback(&mut self, ack: Ack) {
-        let Some(pos) = self.inflight.iter().position(|(id, _)| *id == ack.packet_id) else {
+        let Some(pos) = self
+            .inflight
+            .iter()
+            .position(|(id, _)| *id == ack.packet_id)
+        else {
             debug!(device = %self.cfg.device, "PUBACK for unknown packet id {}", ack.packet_id);
             return;
         };
@@ -660,8 +671,12 @@ impl Engine {
         }
         match parse_shadow_topic(&p.topic) {
             Some((d, op)) if d == device => match op {
-                ShadowTopic::GetAccepted => self.on_shadow_answer(ShadowKind::Get, true, &p.payload),
-                ShadowTopic::GetRejected => self.on_shadow_answer(ShadowKind::Get, false, &p.payload),
+                ShadowTopic::GetAccepted => {
+                    self.on_shadow_answer(ShadowKind::Get, true, &p.payload)
+                }
+                ShadowTopic::GetRejected => {
+                    self.on_shadow_answer(ShadowKind::Get, false, &p.payload)
+                }
                 ShadowTopic::UpdateAccepted => {
                     self.on_shadow_answer(ShadowKind::Update, true, &p.payload)
                 }
@@ -695,7 +710,12 @@ impl Engine {
         }
         let response_topic = p.properties.response_topic.clone();
         let correlation = p.properties.correlation_data.clone();
-        let Some(handler) = self.handlers.get(&name).or(self.any_handler.as_ref()).cloned() else {
+        let Some(handler) = self
+            .handlers
+            .get(&name)
+            .or(self.any_handler.as_ref())
+            .cloned()
+        else {
             self.on_finished(Finished {
                 id,
                 result: Err(format!("no handler for command `{name}`")),
