@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use verge_protocol::device::{Shadow, ShadowDelta, ShadowUpdate, event_topic, telemetry_topic};
 
 use crate::command::{Command, DeltaHandler, Handler, HandlerFuture};
 use crate::config::Shared;
 use crate::conn::Conn;
-use crate::engine::{Counters, Engine, Outgoing, Request, ShadowKind};
+use crate::engine::{Connection, Counters, Engine, Outgoing, Request, ShadowKind};
 use crate::{DeviceConfig, Error};
 
 /// Requests waiting for the client's task at most (a caller waits when
@@ -100,6 +100,12 @@ impl Device {
     /// Whether a connection is up now.
     pub fn is_connected(&self) -> bool {
         self.counters.connected.load(Relaxed)
+    }
+
+    /// The connection's state, to watch: e.g. stop a program whose
+    /// credentials the node refuses ([`Connection::Refused`]).
+    pub fn connection(&self) -> watch::Receiver<Connection> {
+        self.counters.state.subscribe()
     }
 
     /// What the client counted so far.

@@ -41,5 +41,6 @@ mod error;
 pub use command::{Command, HandlerFuture};
 pub use config::{CLIENT_ID_SEPARATOR, DeviceConfig, client_id_allowed};
 pub use device::{Device, DeviceStats};
+pub use engine::Connection;
 pub use error::Error;
 pub use verge_protocol::device::{Shadow, ShadowDelta};

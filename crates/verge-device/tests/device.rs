@@ -27,7 +27,7 @@ use verge_broker::duration::HumanDuration;
 use verge_broker::{
     Authenticator, BoundListener, Broker, BrokerConfig, LocalSubscription, Message, Transport,
 };
-use verge_device::{Device, DeviceConfig, Error};
+use verge_device::{Connection, Device, DeviceConfig, Error};
 use verge_protocol::device::{
     Shadow, ShadowError, ShadowRejection, ShadowTopic, ShadowUpdate, command_topic, reply_topic,
 };
@@ -44,6 +44,11 @@ fn hash() -> String {
 /// A node broker with devices `d1` and `d2` (secret [`SECRET`]); anonymous
 /// clients (the test's own observers) allowed; not serving yet.
 fn start_broker() -> Broker {
+    start_broker_with(&["d1", "d2"])
+}
+
+/// A node broker knowing only `devices`.
+fn start_broker_with(devices: &[&str]) -> Broker {
     let cfg = BrokerConfig {
         allow_anonymous: true,
         sys_interval: HumanDuration(Duration::from_secs(0)),
@@ -51,10 +56,10 @@ fn start_broker() -> Broker {
     };
     let registry = Registry {
         acl: vec![],
-        devices: ["d1", "d2"]
-            .into_iter()
+        devices: devices
+            .iter()
             .map(|d| RegDevice {
-                username: d.into(),
+                username: (*d).into(),
                 password_hash: Some(hash()),
                 client_id: None,
                 acl: vec![],
@@ -707,4 +712,75 @@ async fn an_unacknowledged_message_is_sent_again_after_a_reconnect() {
     eventually("acknowledged", || device.stats().acked == 1).await;
     assert_eq!(device.stats().waiting, 0);
     assert_eq!(device.stats().connects, 2);
+}
+
+#[tokio::test]
+async fn a_device_the_node_no_longer_knows_is_told_refused() {
+    let (broker, addr) = broker().await;
+    let device = Device::connect(config(addr, "d2")).await.expect("connect");
+    let mut state = device.connection();
+    assert_eq!(*state.borrow(), Connection::Connected);
+    broker.shutdown().await;
+    // the node comes back without the device (deleted in the cloud)
+    let mut broker = start_broker_with(&["d1"]);
+    serve(&mut broker, addr).await;
+    let refused = timeout(
+        WAIT,
+        state.wait_for(|s| matches!(s, Connection::Refused { .. })),
+    )
+    .await
+    .expect("refused within WAIT")
+    .expect("open")
+    .clone();
+    assert_eq!(
+        refused,
+        Connection::Refused {
+            reason_code: 0x86,
+            message: "bad device name or secret".into()
+        }
+    );
+    device.close().await.expect("nothing waited");
+    assert_eq!(*device.connection().borrow(), Connection::Closed);
+}
+
+#[tokio::test]
+async fn a_command_without_an_id_from_an_older_node_runs_its_handler() {
+    let (broker, addr) = broker().await;
+    let device = Device::connect(config(addr, "d1")).await.expect("connect");
+    let (tx, mut got) = mpsc::unbounded_channel();
+    device
+        .on_any_command(move |cmd| {
+            let _ = tx.send(cmd.clone());
+            async move { Ok(json!({"name": cmd.name})) }
+        })
+        .await
+        .expect("handler");
+    let mut replies = broker
+        .handle()
+        .subscribe("devices/d1/replies/#", 10)
+        .await
+        .expect("subscribe");
+    let h = broker.handle();
+    h.publish(Message::local(
+        "devices/d1/commands/reboot",
+        r#"{"delay_s": 1}"#,
+        verge_mqtt_qos1(),
+        false,
+    ))
+    .await
+    .expect("publish");
+    let cmd = timeout(WAIT, got.recv())
+        .await
+        .expect("a command")
+        .expect("open");
+    assert_eq!((cmd.name.as_str(), cmd.id.as_str()), ("reboot", ""));
+    assert_eq!(cmd.payload, json!({"delay_s": 1}));
+    // with the id as a user property it is answered on the reply topic
+    let mut m = Message::local("devices/d1/commands/reboot", "{}", verge_mqtt_qos1(), false);
+    m.properties.user_properties = vec![("verge-command-id".into(), "k9".into())];
+    h.publish(m).await.expect("publish");
+    let r = next(&mut replies).await;
+    assert_eq!(&*r.topic, "devices/d1/replies/k9");
+    assert_eq!(json_of(&r.payload), json!({"name": "reboot"}));
+    device.close().await.expect("close");
 }

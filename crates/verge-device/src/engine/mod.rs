@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -20,14 +19,18 @@ use verge_mqtt::{
 };
 use verge_net::Backoff;
 use verge_protocol::device::{
-    COMMAND_ID_PROPERTY, Shadow, ShadowDelta, ShadowRejection, ShadowTopic, command_filter,
-    failed_reply_topic, parse_command_topic, parse_shadow_topic, reply_topic,
+    Shadow, ShadowDelta, ShadowTopic, command_filter, parse_command_topic, parse_shadow_topic,
 };
 
 use crate::Error;
-use crate::command::{Command, DeltaHandler, Handler, Recent, Reply, Seen};
+
+mod commands;
+mod shadow;
+
+use crate::command::{DeltaHandler, Handler, Recent};
 use crate::config::Shared;
 use crate::conn::{Conn, name};
+use commands::Finished;
 
 /// Shadow requests waiting for an answer at most.
 pub(crate) const MAX_PENDING_SHADOW: usize = 256;
@@ -82,17 +85,37 @@ pub(crate) enum Request {
     },
 }
 
-/// A handler's result on its way back to the task.
-struct Finished {
-    id: String,
-    result: Result<Value, String>,
-    response_topic: Option<String>,
-    correlation: Option<Bytes>,
+/// The connection's state, as [`Device::connection`](crate::Device::connection)
+/// shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    /// Connected to the node.
+    Connected,
+    /// Not connected: the client reconnects with backoff; `error` says
+    /// why the connection or the last attempt failed.
+    Reconnecting {
+        /// The error, for people.
+        error: String,
+    },
+    /// The node refused the last attempt for good (the device was
+    /// deleted or its secret changed). The client still retries at the
+    /// backoff's pace, in case the credentials come back; a program that
+    /// cannot fix them should stop.
+    Refused {
+        /// The CONNACK reason code.
+        reason_code: u8,
+        /// The reason code in words.
+        message: String,
+    },
+    /// Closed by [`Device::close`](crate::Device::close) (or every handle
+    /// dropped).
+    Closed,
 }
 
 /// Counters shared with the handles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
+    pub state: watch::Sender<Connection>,
     pub connected: AtomicBool,
     pub closed: AtomicBool,
     pub connects: AtomicU64,
@@ -103,6 +126,24 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
     pub deltas_dropped: AtomicU64,
     pub waiting: AtomicUsize,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            state: watch::Sender::new(Connection::Connected),
+            connected: AtomicBool::default(),
+            closed: AtomicBool::default(),
+            connects: AtomicU64::default(),
+            acked: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            refused: AtomicU64::default(),
+            commands: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            deltas_dropped: AtomicU64::default(),
+            waiting: AtomicUsize::default(),
+        }
+    }
 }
 
 /// A SUBSCRIBE waiting for its SUBACK: its filters and who waits.
@@ -236,12 +277,25 @@ impl Engine {
         self.backoff.reset();
         self.counters.connected.store(true, Relaxed);
         self.counters.connects.fetch_add(1, Relaxed);
+        self.counters.state.send_replace(Connection::Connected);
         let subs = self.subs.clone();
         self.subscribe(subs, ready);
         self.pump();
     }
 
     fn failed(&mut self, e: Error) {
+        self.counters.state.send_replace(match &e {
+            Error::Refused {
+                reason_code,
+                message,
+            } => Connection::Refused {
+                reason_code: *reason_code,
+                message: message.clone(),
+            },
+            e => Connection::Reconnecting {
+                error: e.to_string(),
+            },
+        });
         match &e {
             Error::Refused { .. } => warn!(device = %self.cfg.device, "reconnecting: {e}"),
             _ => debug!(device = %self.cfg.device, "reconnecting: {e}"),
@@ -256,6 +310,9 @@ impl Engine {
         }
         warn!(device = %self.cfg.device, "connection lost: {e}");
         self.counters.connected.store(false, Relaxed);
+        self.counters.state.send_replace(Connection::Reconnecting {
+            error: e.to_string(),
+        });
         while let Some((_, mut msg)) = self.inflight.pop_back() {
             msg.dup = true;
             self.queue.push_front(msg);
@@ -358,6 +415,7 @@ impl Engine {
             conn.disconnect().await;
         }
         self.counters.connected.store(false, Relaxed);
+        self.counters.state.send_replace(Connection::Closed);
         for p in self.pending_shadow.drain(..) {
             let _ = p.done.send(Err(Error::Closed));
         }
@@ -591,6 +649,14 @@ impl Engine {
         }
     }
 
+    /// `{name}` of `devices/{d}/commands/{name}`, the command topic of
+    /// nodes before command ids.
+    fn command_without_id(&self, topic: &str) -> Option<String> {
+        let filter = command_filter(&self.cfg.device);
+        let name = topic.strip_prefix(filter.strip_suffix('#')?)?;
+        (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
+    }
+
     fn on_puback(&mut self, ack: Ack) {
         let Some(pos) = self
             .inflight
@@ -666,7 +732,11 @@ impl Engine {
             && d == device
         {
             let (name, id) = (name.to_owned(), id.to_owned());
-            self.on_command(p, name, id);
+            self.on_command(p, name, Some(id));
+            return;
+        }
+        if let Some(name) = self.command_without_id(&p.topic) {
+            self.on_command(p, name, None);
             return;
         }
         match parse_shadow_topic(&p.topic) {
@@ -688,154 +758,6 @@ impl Engine {
             },
             _ => debug!(device, topic = %p.topic, "ignoring a message"),
         }
-    }
-
-    // ---- commands ----------------------------------------------------------
-
-    fn on_command(&mut self, p: Publish, name: String, id: String) {
-        match self.recent.get(&id) {
-            Some(Seen::Running) => {
-                self.counters.duplicates.fetch_add(1, Relaxed);
-                debug!(device = %self.cfg.device, "command {id} again while its handler runs");
-                return;
-            }
-            Some(Seen::Done(reply)) => {
-                self.counters.duplicates.fetch_add(1, Relaxed);
-                debug!(device = %self.cfg.device, "command {id} again: sending its reply again");
-                let msg = reply_message(reply, &id);
-                self.publish(msg);
-                return;
-            }
-            None => {}
-        }
-        let response_topic = p.properties.response_topic.clone();
-        let correlation = p.properties.correlation_data.clone();
-        let Some(handler) = self
-            .handlers
-            .get(&name)
-            .or(self.any_handler.as_ref())
-            .cloned()
-        else {
-            self.on_finished(Finished {
-                id,
-                result: Err(format!("no handler for command `{name}`")),
-                response_topic,
-                correlation,
-            });
-            return;
-        };
-        self.counters.commands.fetch_add(1, Relaxed);
-        self.recent.set(&id, Seen::Running);
-        let command = Command {
-            id: id.clone(),
-            name,
-            payload: Command::payload_of(&p.payload),
-        };
-        let tx = self.finished_tx.clone();
-        tokio::spawn(async move {
-            let result = match tokio::spawn(handler(command)).await {
-                Ok(r) => r,
-                Err(e) if e.is_panic() => Err("the command handler panicked".to_owned()),
-                Err(_) => Err("the command handler was cancelled".to_owned()),
-            };
-            let _ = tx
-                .send(Finished {
-                    id,
-                    result,
-                    response_topic,
-                    correlation,
-                })
-                .await;
-        });
-    }
-
-    fn on_finished(&mut self, f: Finished) {
-        let device = &self.cfg.device;
-        let (topic, payload) = match f.result {
-            Ok(value) => (
-                f.response_topic
-                    .filter(|t| verge_mqtt::topic::valid_topic_name(t))
-                    .unwrap_or_else(|| reply_topic(device, &f.id)),
-                Bytes::from(serde_json::to_vec(&value).unwrap_or_else(|_| b"null".to_vec())),
-            ),
-            Err(why) => (failed_reply_topic(device, &f.id), Bytes::from(why)),
-        };
-        let reply = Reply {
-            topic,
-            payload,
-            correlation: f.correlation,
-        };
-        let msg = reply_message(&reply, &f.id);
-        self.recent.set(&f.id, Seen::Done(reply));
-        self.publish(msg);
-    }
-
-    // ---- shadow ------------------------------------------------------------
-
-    fn on_shadow_answer(&mut self, kind: ShadowKind, accepted: bool, payload: &[u8]) {
-        let value: Value = match serde_json::from_slice(payload) {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(device = %self.cfg.device, "ignoring a shadow answer that is not JSON: {e}");
-                return;
-            }
-        };
-        let token = value.get("client_token").and_then(Value::as_str);
-        let pos = match token {
-            Some(t) => self
-                .pending_shadow
-                .iter()
-                .position(|p| p.kind == kind && p.token == t),
-            // a node that does not echo tokens: the oldest request of the kind
-            None => self.pending_shadow.iter().position(|p| p.kind == kind),
-        };
-        let Some(pending) = pos.and_then(|i| self.pending_shadow.remove(i)) else {
-            debug!(device = %self.cfg.device, "a shadow answer no request waits for");
-            return;
-        };
-        let answer = if accepted {
-            serde_json::from_value::<Shadow>(value)
-                .map_err(|e| Error::Protocol(format!("a shadow document: {e}")))
-        } else {
-            match serde_json::from_value::<ShadowRejection>(value) {
-                Ok(r) => Err(Error::ShadowRejected {
-                    code: r.code,
-                    message: r.message,
-                }),
-                Err(e) => Err(Error::Protocol(format!("a shadow rejection: {e}"))),
-            }
-        };
-        let _ = pending.done.send(answer);
-    }
-
-    fn on_delta(&mut self, payload: &[u8]) {
-        let delta: ShadowDelta = match serde_json::from_slice(payload) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(device = %self.cfg.device, "ignoring a bad shadow delta: {e}");
-                return;
-            }
-        };
-        if let Some(tx) = &self.delta_tx
-            && tx.try_send(delta).is_err()
-        {
-            self.counters.deltas_dropped.fetch_add(1, Relaxed);
-        }
-    }
-}
-
-/// The message of a reply (5.0: with the correlation data and the
-/// command id as a user property).
-fn reply_message(reply: &Reply, id: &str) -> Outgoing {
-    Outgoing {
-        topic: reply.topic.clone(),
-        payload: reply.payload.clone(),
-        properties: Properties {
-            correlation_data: reply.correlation.clone(),
-            user_properties: vec![(COMMAND_ID_PROPERTY.to_owned(), id.to_owned())],
-            ..Properties::default()
-        },
-        dup: false,
     }
 }
 
