@@ -784,3 +784,48 @@ async fn a_command_without_an_id_from_an_older_node_runs_its_handler() {
     assert_eq!(json_of(&r.payload), json!({"name": "reboot"}));
     device.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn mqtts_with_a_ca_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let cert_file = dir.path().join("node.pem");
+    let key_file = dir.path().join("node.key");
+    std::fs::write(&cert_file, key.cert.pem()).expect("write");
+    std::fs::write(&key_file, key.signing_key.serialize_pem()).expect("write");
+    let tls = verge_broker::listener::server_tls(
+        &verge_broker::config::TlsConfig {
+            cert: Some(cert_file.clone()),
+            key: Some(key_file),
+            client_ca: None,
+            require_client_cert: false,
+        },
+        "test",
+    )
+    .expect("server tls");
+    let mut broker = start_broker();
+    let mut seen = broker
+        .handle()
+        .subscribe("devices/d1/telemetry", 10)
+        .await
+        .expect("subscribe");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    broker.serve(BoundListener {
+        listener,
+        transport: Transport::Tls(tls),
+    });
+    let mut c = DeviceConfig::new(format!("mqtts://localhost:{port}"), "d1", SECRET);
+    c.ca_file = Some(cert_file);
+    let device = Device::connect(c).await.expect("mqtts with the node's CA");
+    device.send_telemetry(&json!({"tls": true})).await.expect("send");
+    assert_eq!(json_of(&next(&mut seen).await.payload), json!({"tls": true}));
+    device.close().await.expect("close");
+    // Mozilla's roots do not trust the node's own certificate
+    let c = DeviceConfig::new(format!("mqtts://localhost:{port}"), "d1", SECRET);
+    match Device::connect(c).await {
+        Err(e @ Error::Tls(_)) => assert!(e.to_string().contains("certificate"), "{e}"),
+        Err(e) => panic!("expected a tls error, got {e}"),
+        Ok(_) => panic!("trusted an unknown certificate"),
+    }
+}
