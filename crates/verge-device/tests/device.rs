@@ -818,8 +818,14 @@ async fn mqtts_with_a_ca_file() {
     let mut c = DeviceConfig::new(format!("mqtts://localhost:{port}"), "d1", SECRET);
     c.ca_file = Some(cert_file);
     let device = Device::connect(c).await.expect("mqtts with the node's CA");
-    device.send_telemetry(&json!({"tls": true})).await.expect("send");
-    assert_eq!(json_of(&next(&mut seen).await.payload), json!({"tls": true}));
+    device
+        .send_telemetry(&json!({"tls": true}))
+        .await
+        .expect("send");
+    assert_eq!(
+        json_of(&next(&mut seen).await.payload),
+        json!({"tls": true})
+    );
     device.close().await.expect("close");
     // Mozilla's roots do not trust the node's own certificate
     let c = DeviceConfig::new(format!("mqtts://localhost:{port}"), "d1", SECRET);
