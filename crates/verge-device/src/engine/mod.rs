@@ -35,6 +35,12 @@ use commands::Finished;
 /// Shadow requests waiting for an answer at most.
 pub(crate) const MAX_PENDING_SHADOW: usize = 256;
 
+/// A connection that lived this long was healthy: the reconnect after it
+/// starts from the shortest wait again. One dropped sooner (a node that
+/// accepts and hangs up, or two programs taking the same client id from
+/// each other) keeps the backoff growing.
+const HEALTHY: Duration = Duration::from_secs(1);
+
 /// Deltas waiting for the delta callback at most (more are dropped and
 /// counted; the next delta or a `get_shadow` catches up).
 const DELTA_QUEUE: usize = 64;
@@ -169,6 +175,8 @@ pub(crate) struct Engine {
     finished_tx: mpsc::Sender<Finished>,
     finished_rx: mpsc::Receiver<Finished>,
     conn: Option<Conn>,
+    /// When the current connection was made.
+    connected_at: Instant,
     connecting: Option<JoinHandle<Result<Conn, Error>>>,
     retry_at: Option<Instant>,
     backoff: Backoff,
@@ -208,6 +216,7 @@ impl Engine {
             finished_tx,
             finished_rx,
             conn: None,
+            connected_at: Instant::now(),
             connecting: None,
             retry_at: None,
             inflight: VecDeque::new(),
@@ -274,7 +283,7 @@ impl Engine {
         info!(device = %self.cfg.device, "connected to {}:{}", self.cfg.host, self.cfg.port);
         self.conn = Some(conn);
         self.retry_at = None;
-        self.backoff.reset();
+        self.connected_at = Instant::now();
         self.counters.connected.store(true, Relaxed);
         self.counters.connects.fetch_add(1, Relaxed);
         self.counters.state.send_replace(Connection::Connected);
@@ -309,6 +318,9 @@ impl Engine {
             return;
         }
         warn!(device = %self.cfg.device, "connection lost: {e}");
+        if self.connected_at.elapsed() >= HEALTHY {
+            self.backoff.reset();
+        }
         self.counters.connected.store(false, Relaxed);
         self.counters.state.send_replace(Connection::Reconnecting {
             error: e.to_string(),
