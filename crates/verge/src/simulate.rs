@@ -362,4 +362,141 @@ mod tests {
         assert_eq!(interval_ms(&json!(1)), None);
         assert_eq!(interval_ms(&json!("250")), None);
     }
+
+    /// The simulator against the node's broker in-process, with a stand-in
+    /// for the node's shadow service: it takes the desired interval from
+    /// the shadow, reports it, answers `set_interval`, and fails unknown
+    /// commands.
+    #[tokio::test]
+    async fn the_simulator_follows_its_shadow_and_answers_commands() {
+        use verge_broker::auth::{Device as RegDevice, Registry, hash_password};
+        use verge_broker::{
+            Authenticator, BoundListener, Broker, BrokerConfig, Message, Transport,
+        };
+        use verge_mqtt::QoS;
+        use verge_protocol::device::{ShadowTopic, command_topic};
+        const WAIT: Duration = Duration::from_secs(10);
+
+        let registry = Registry {
+            acl: vec![],
+            devices: vec![RegDevice {
+                username: "d1".into(),
+                password_hash: Some(hash_password("s").expect("hash")),
+                client_id: None,
+                acl: vec![],
+            }],
+        };
+        let cfg = BrokerConfig {
+            allow_anonymous: true,
+            sys_interval: HumanDuration(Duration::ZERO),
+            ..BrokerConfig::default()
+        };
+        let auth = Authenticator::new(registry, true, verge_broker::config::AclPolicy::Allow)
+            .expect("auth");
+        let mut broker = Broker::start(cfg, auth);
+        let h = broker.handle();
+        let mut seen = h
+            .subscribe_many(
+                &[
+                    "devices/d1/telemetry".to_owned(),
+                    "devices/d1/replies/#".to_owned(),
+                    ShadowTopic::Get.topic("d1"),
+                    ShadowTopic::Update.topic("d1"),
+                ],
+                1000,
+            )
+            .await
+            .expect("subscribe");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        broker.serve(BoundListener {
+            listener,
+            transport: Transport::Tcp,
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let args = SimulateArgs {
+            node: addr.to_string(),
+            device: "d1".into(),
+            secret: "s".into(),
+            // far longer than the test: readings come only at the shadow's pace
+            interval: HumanDuration(Duration::from_secs(60)),
+            count: None,
+            ca_file: None,
+            quiet: true,
+        };
+        let sim = tokio::spawn(simulate(args, stop));
+        let answer = |topic: ShadowTopic, request: &[u8], mut doc: Value| {
+            let token =
+                serde_json::from_slice::<Value>(request).expect("json")["client_token"].clone();
+            doc["client_token"] = token;
+            Message::local(topic.topic("d1"), doc.to_string(), QoS::AtLeastOnce, false)
+        };
+        let (mut readings, mut reported, mut replies) = (0, Vec::new(), Vec::new());
+        let mut commanded = false;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while readings < 3 || reported.is_empty() || replies.len() < 2 {
+            let m = tokio::time::timeout_at(deadline, seen.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("readings {readings}, reported {reported:?}, replies {replies:?}")
+                })
+                .expect("broker");
+            let topic = m.topic.to_string();
+            if topic == ShadowTopic::Get.topic("d1") {
+                let doc = json!({"desired": {"interval_ms": 50}, "version": 1});
+                h.publish(answer(ShadowTopic::GetAccepted, &m.payload, doc))
+                    .await
+                    .expect("publish");
+            } else if topic == ShadowTopic::Update.topic("d1") {
+                let update: Value = serde_json::from_slice(&m.payload).expect("json");
+                reported.push(update["reported"]["interval_ms"].clone());
+                let doc = json!({"reported": update["reported"], "version": 2});
+                h.publish(answer(ShadowTopic::UpdateAccepted, &m.payload, doc))
+                    .await
+                    .expect("publish");
+            } else if topic == "devices/d1/telemetry" {
+                readings += 1;
+                if readings == 3 && !commanded {
+                    commanded = true;
+                    for (name, id, payload) in [
+                        ("set_interval", "c1", r#"{"interval_ms": 20}"#),
+                        ("dance", "c2", "{}"),
+                    ] {
+                        h.publish(Message::local(
+                            command_topic("d1", name, id),
+                            payload,
+                            QoS::AtLeastOnce,
+                            false,
+                        ))
+                        .await
+                        .expect("publish");
+                    }
+                }
+            } else {
+                replies.push((topic, String::from_utf8_lossy(&m.payload).into_owned()));
+            }
+        }
+        assert_eq!(reported[0], json!(50), "the desired interval, reported");
+        replies.sort();
+        assert_eq!(
+            replies[0],
+            (
+                "devices/d1/replies/c1".into(),
+                r#"{"interval_ms":20}"#.into()
+            )
+        );
+        assert_eq!(replies[1].0, "devices/d1/replies/c2/failed");
+        assert!(
+            replies[1].1.contains("unknown command `dance`"),
+            "{replies:?}"
+        );
+        let _ = stop_tx.send(true);
+        tokio::time::timeout(WAIT, sim)
+            .await
+            .expect("the simulator stops")
+            .expect("task")
+            .expect("no error");
+    }
 }
