@@ -179,15 +179,20 @@ impl Conn {
         }
     }
 
-    /// Send DISCONNECT and close the socket; errors do not matter here.
-    pub async fn disconnect(mut self) {
-        if self
-            .queue(&Packet::Disconnect(verge_mqtt::Disconnect::default()))
-            .is_ok()
-        {
-            let _ = self.flush().await;
-        }
-        let _ = self.stream.shutdown().await;
+    /// Send DISCONNECT with `reason_code` (after what is queued) and
+    /// close the socket, within a second; errors do not matter here.
+    pub async fn disconnect(mut self, reason_code: u8) {
+        let goodbye = async {
+            let packet = Packet::Disconnect(verge_mqtt::Disconnect {
+                reason_code,
+                properties: Properties::default(),
+            });
+            if self.queue(&packet).is_ok() {
+                let _ = self.flush().await;
+            }
+            let _ = self.stream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
     }
 }
 

@@ -835,3 +835,42 @@ async fn mqtts_with_a_ca_file() {
         Ok(_) => panic!("trusted an unknown certificate"),
     }
 }
+
+#[tokio::test]
+async fn a_node_that_stops_answering_pings_is_left_and_reconnected() {
+    use tokio::io::AsyncWriteExt;
+    use verge_mqtt::{ConnAck, Packet, Protocol};
+    let fake = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = fake.local_addr().expect("addr");
+    let connack =
+        verge_mqtt::to_bytes(&Packet::ConnAck(ConnAck::default()), Protocol::V5).expect("encode");
+    let mut c = config(addr, "d1");
+    c.keep_alive = Duration::from_secs(1);
+    c.request_timeout = Duration::from_millis(200);
+    let device_task = tokio::spawn(Device::connect(c));
+    let (mut s, _) = timeout(WAIT, fake.accept())
+        .await
+        .expect("accept")
+        .expect("ok");
+    let mut buf = bytes::BytesMut::new();
+    read_until(&mut s, &mut buf, |p| matches!(p, Packet::Connect(_))).await;
+    s.write_all(&connack).await.expect("write");
+    let device = device_task.await.expect("task").expect("connect");
+    let started = Instant::now();
+    // a PINGREQ after a second of silence, never answered
+    read_until(&mut s, &mut buf, |p| matches!(p, Packet::PingReq)).await;
+    let (_s2, _) = timeout(WAIT, fake.accept())
+        .await
+        .expect("a reconnect")
+        .expect("ok");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "left only after the PINGRESP was a keep alive late: {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(
+        *device.connection().borrow(),
+        Connection::Reconnecting { .. } | Connection::Connected
+    ));
+    drop(s);
+}

@@ -314,9 +314,12 @@ impl Engine {
 
     /// The connection is gone: requeue what is in flight and retry later.
     fn lost(&mut self, e: Error) {
-        if self.conn.take().is_none() {
-            return;
-        }
+        drop(self.take_lost(e));
+    }
+
+    /// [`Engine::lost`], returning the connection (to say goodbye on).
+    fn take_lost(&mut self, e: Error) -> Option<Conn> {
+        let conn = self.conn.take()?;
         warn!(device = %self.cfg.device, "connection lost: {e}");
         if self.connected_at.elapsed() >= HEALTHY {
             self.backoff.reset();
@@ -337,6 +340,7 @@ impl Engine {
             }
         }
         self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+        Some(conn)
     }
 
     async fn flush(&mut self) {
@@ -344,8 +348,14 @@ impl Engine {
         if !conn.has_queued() {
             return;
         }
-        if let Err(e) = conn.flush().await {
-            self.lost(e);
+        // a node that stops reading must not hold the task in a write
+        let limit = self.cfg.connect_timeout.max(conn.keep_alive);
+        match tokio::time::timeout(limit, conn.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.lost(e),
+            Err(_) => self.lost(Error::Timeout {
+                what: "the node to take our packets",
+            }),
         }
     }
 
@@ -424,7 +434,7 @@ impl Engine {
             task.abort();
         }
         if let Some(conn) = self.conn.take() {
-            conn.disconnect().await;
+            conn.disconnect(verge_mqtt::reason::SUCCESS).await;
         }
         self.counters.connected.store(false, Relaxed);
         self.counters.state.send_replace(Connection::Closed);
@@ -624,12 +634,10 @@ impl Engine {
                 Ok(Some(p)) => self.on_packet(p),
                 Ok(None) => return,
                 Err(e) => {
-                    // tell the node why before dropping the connection
-                    let _ = conn.queue(&Packet::Disconnect(verge_mqtt::Disconnect {
-                        reason_code: verge_mqtt::reason::MALFORMED_PACKET,
-                        properties: Properties::default(),
-                    }));
-                    self.lost(e);
+                    // tell the node why, beside the task
+                    if let Some(conn) = self.take_lost(e) {
+                        tokio::spawn(conn.disconnect(verge_mqtt::reason::MALFORMED_PACKET));
+                    }
                     return;
                 }
             }
