@@ -284,26 +284,27 @@ fn sync_shadow(device: &Device, args: &SimulateArgs, interval: watch::Sender<Dur
         if let Some(ms) = desired {
             interval.send_replace(Duration::from_millis(ms));
         }
-        report(&device, &name, &interval).await;
+        report(&device, &name, quiet, &interval).await;
         while let Some(delta) = deltas.recv().await {
             if let Some(ms) = delta.state.get("interval_ms").and_then(interval_ms) {
                 if !quiet {
                     println!("device {name}: shadow asks for interval_ms {ms}");
                 }
                 interval.send_replace(Duration::from_millis(ms));
-                report(&device, &name, &interval).await;
+                report(&device, &name, quiet, &interval).await;
             }
         }
     });
 }
 
-/// Report the interval in force.
-async fn report(device: &Device, name: &str, interval: &watch::Sender<Duration>) {
+/// Report the interval in force (errors are printed unless quiet).
+async fn report(device: &Device, name: &str, quiet: bool, interval: &watch::Sender<Duration>) {
     let ms = u64::try_from(interval.borrow().as_millis()).unwrap_or(u64::MAX);
     let mut reported = serde_json::Map::new();
     reported.insert("interval_ms".into(), json!(ms));
     if let Err(e) = device.update_reported(reported).await
         && !matches!(e, Error::Closed)
+        && !quiet
     {
         eprintln!("device {name}: reporting its interval: {e}");
     }
