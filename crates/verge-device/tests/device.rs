@@ -534,6 +534,12 @@ async fn close_waits_for_acknowledgements_then_refuses_calls() {
     }
     device.close().await.expect("every message acknowledged");
     assert_eq!(device.stats().acked, 20);
+    let stats = broker.handle().stats().clone();
+    eventually("the node sees the device gone", || {
+        stats.clients_connected.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    assert_eq!(stats.protocol_errors.load(Ordering::Relaxed), 0);
     assert!(!device.is_connected());
     for seq in 0..20 {
         assert_eq!(json_of(&next(&mut seen).await.payload)["seq"], json!(seq));
@@ -712,6 +718,18 @@ async fn an_unacknowledged_message_is_sent_again_after_a_reconnect() {
     eventually("acknowledged", || device.stats().acked == 1).await;
     assert_eq!(device.stats().waiting, 0);
     assert_eq!(device.stats().connects, 2);
+    // close: a normal DISCONNECT, then the socket closes
+    let closing = tokio::spawn(async move { device.close().await });
+    let Packet::Disconnect(d) =
+        read_until(&mut s, &mut buf, |p| matches!(p, Packet::Disconnect(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(d.reason_code, 0);
+    closing
+        .await
+        .expect("task")
+        .expect("nothing unacknowledged");
 }
 
 #[tokio::test]
