@@ -23,8 +23,9 @@
 //!   broker uses, rather than rumqttc: no second MQTT implementation in
 //!   the workspace, MQTT 5 properties (response topic, correlation data,
 //!   user properties) as plain fields, and the client's state is ours to
-//!   bound and count. The price is a client to maintain: a few hundred
-//!   lines over the codec, tested against the real broker.
+//!   bound and count. The price is a client to maintain (keep alive,
+//!   reconnects, TLS: what rumqttc would have given), tested against the
+//!   real broker; see ARCHITECTURE.md.
 //! - Topics and payload types come from `verge_protocol::device`; no
 //!   topic is spelled here.
 //! - Every bound has a counter ([`DeviceStats`]); bad input from the node
