@@ -78,6 +78,7 @@ pub fn run(mut node: NodeConfig, mut cloud: CloudConfig, devices: usize) -> anyh
                 secret: secret.clone(),
                 interval: verge_duration::HumanDuration(Duration::from_secs(1)),
                 count: None,
+                ca_file: None,
                 quiet: true,
             };
             let stop = stop.clone();
