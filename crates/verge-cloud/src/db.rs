@@ -395,6 +395,13 @@ pub fn random_id() -> String {
     hex::encode(b)
 }
 
+/// `s` without NUL characters: PostgreSQL refuses them in `TEXT` (the
+/// statement, and so its transaction, would fail), so free text from a
+/// node or device loses them before it is stored.
+pub fn clean_text(s: &str) -> String {
+    s.replace('\0', "")
+}
+
 /// Parse a JSON text column, `null` when it is not JSON.
 pub fn json_col(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or(serde_json::Value::Null)

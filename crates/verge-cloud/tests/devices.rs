@@ -763,6 +763,14 @@ async fn alarms_raise_again_ack_and_clear(h: Harness) {
     link.up_json(topic, &bad, "a-6").await;
     let (_, all) = h.call(Method::GET, "/api/alarms", None).await;
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    // A NUL in free text (PostgreSQL refuses it in TEXT) is left out, not
+    // a failed batch.
+    let mut nul = alarm(AlarmAction::Raise, Severity::Major, "a\u{0}b");
+    nul.rule = "r\u{0}1".into();
+    link.up_json(topic, &nul, "a-7").await;
+    let (_, list) = h.call(Method::GET, "/api/alarms?status=active", None).await;
+    assert_eq!(list[0]["message"], "ab", "{list}");
+    assert_eq!(list[0]["rule"], "r1", "{list}");
     served.stop().await;
 }
 
@@ -794,8 +802,9 @@ async fn device_sessions_and_endpoints_come_from_the_heartbeat(h: Harness) {
             "applied_version": 0,
             "devices": [
                 {"device": "d1", "connected": true, "since_ms": 1234, "client_id": "c-1", "transport": "mqtt"},
-                {"device": "d2", "connected": false, "since_ms": 99},
+                {"device": "d2", "connected": false, "since_ms": 99, "client_id": "c\u{0}"},
                 {"device": "foreign", "connected": true, "since_ms": 1, "client_id": "x", "transport": "mqtt"},
+                {"device": "d\u{0}", "connected": true},
             ],
             "endpoints": ["mqtt://10.0.0.5:1883", "mqtts://10.0.0.5:8883"],
         }),
@@ -814,6 +823,7 @@ async fn device_sessions_and_endpoints_come_from_the_heartbeat(h: Harness) {
     let (_, d) = h.call(Method::GET, "/api/devices/d2", None).await;
     assert_eq!(d["session"]["connected"], false, "{d}");
     assert_eq!(d["session"]["since_ms"], 99, "{d}");
+    assert_eq!(d["session"]["client_id"], "c", "{d}");
     let (_, d) = h.call(Method::GET, "/api/devices/foreign", None).await;
     assert!(d["session"].is_null(), "another node's device: {d}");
     assert_eq!(d["endpoints"], json!([]));

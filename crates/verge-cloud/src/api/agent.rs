@@ -178,7 +178,7 @@ async fn store_sessions(
     let endpoints: Vec<&String> = report
         .endpoints
         .iter()
-        .filter(|e| e.len() <= 256)
+        .filter(|e| e.len() <= 256 && !e.contains('\0'))
         .take(MAX_ENDPOINTS)
         .collect();
     let endpoints = serde_json::to_string(&endpoints).map_err(AppError::internal)?;
@@ -187,8 +187,12 @@ async fn store_sessions(
         .bind(node)
         .execute(&mut **tx)
         .await?;
-    let cut = |s: &str| s.chars().take(256).collect::<String>();
+    let cut = |s: &str| db::clean_text(&s.chars().take(256).collect::<String>());
     for s in &report.devices {
+        // Not a device name (and PostgreSQL refuses NUL in text).
+        if s.device.is_empty() || s.device.len() > 64 || s.device.contains('\0') {
+            continue;
+        }
         sqlx::query(
             "UPDATE devices SET connected = $1, since_ms = $2, client_id = $3, transport = $4 \
              WHERE id = $5 AND node_id = $6",

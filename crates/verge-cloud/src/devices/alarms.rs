@@ -160,16 +160,17 @@ pub async fn apply_event(
             } else {
                 Some(ev.details.to_string()).filter(|d| d.len() <= MAX_DETAILS)
             };
-            let message = cut(&ev.message);
+            let message = db::clean_text(cut(&ev.message));
+            let rule = db::clean_text(&ev.rule);
             let done = sqlx::query(
                 "UPDATE alarms SET severity = $1, message = $2, details = $3, rule = $4, \
                  raise_count = raise_count + 1, updated_ms = $5 \
                  WHERE device_id = $6 AND alarm_type = $7 AND status = 'active'",
             )
             .bind(ev.severity.as_str())
-            .bind(message)
+            .bind(&message)
             .bind(details.clone())
-            .bind(&ev.rule)
+            .bind(&rule)
             .bind(at)
             .bind(&ev.device)
             .bind(&ev.alarm_type)
@@ -188,8 +189,8 @@ pub async fn apply_event(
             .bind(node)
             .bind(&ev.alarm_type)
             .bind(ev.severity.as_str())
-            .bind(message)
-            .bind(&ev.rule)
+            .bind(&message)
+            .bind(&rule)
             .bind(details)
             .bind(at)
             .execute(&mut *conn)

@@ -129,7 +129,7 @@ pub async fn apply_status(
         .bind(status.state.as_str())
         .bind(now)
         .bind(reply)
-        .bind(status.error.clone())
+        .bind(status.error.as_deref().map(crate::db::clean_text))
         .bind(&status.id)
         .bind(&current)
         .execute(&mut *conn)

@@ -88,6 +88,9 @@ pub async fn handle(
             if let Err(why) = same_device(&status.device) {
                 return Ok(Handled::Dropped(why));
             }
+            if status.id.is_empty() || status.id.len() > 128 || status.id.contains('\0') {
+                return Ok(dropped("a command id must be 1 to 128 bytes".into()));
+            }
             match commands::apply_status(conn, node, &status, now).await? {
                 commands::Outcome::Applied | commands::Outcome::Stale => Ok(Handled::Done),
                 commands::Outcome::Unknown => Ok(dropped(format!(
@@ -105,9 +108,12 @@ pub async fn handle(
             if let Err(why) = same_device(&ev.device) {
                 return Ok(Handled::Dropped(why));
             }
-            if ev.alarm_type.is_empty() || ev.alarm_type.len() > alarms::MAX_TYPE {
+            if ev.alarm_type.is_empty()
+                || ev.alarm_type.len() > alarms::MAX_TYPE
+                || ev.alarm_type.contains('\0')
+            {
                 return Ok(dropped(format!(
-                    "an alarm type must be 1 to {} bytes",
+                    "an alarm type must be 1 to {} bytes, without NUL",
                     alarms::MAX_TYPE
                 )));
             }
