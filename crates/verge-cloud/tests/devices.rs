@@ -740,6 +740,14 @@ async fn alarms_raise_again_ack_and_clear(h: Harness) {
     let (_, all) = h.call(Method::GET, "/api/alarms", None).await;
     assert_eq!(all[0]["id"], id2.as_str(), "newest first: {all}");
 
+    // A clear older than the open alarm (it cleared an earlier one) leaves
+    // it open.
+    let mut stale = alarm(AlarmAction::Clear, Severity::Minor, "");
+    stale.at_ms -= 600_000;
+    link.up_json(topic, &stale, "a-4b").await;
+    let (_, list) = h.call(Method::GET, "/api/alarms?status=active", None).await;
+    assert_eq!(list[0]["id"], id2.as_str(), "{list}");
+
     // Cleared by a person.
     let (s, a) = h
         .call(Method::POST, &format!("/api/alarms/{id2}/clear"), None)

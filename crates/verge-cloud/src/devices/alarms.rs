@@ -130,7 +130,9 @@ fn cut(message: &str) -> &str {
 
 /// Apply node `node`'s alarm event (its device checked by the caller):
 /// raise (update the open alarm of the device and type, else open one)
-/// or clear. Times are the event's (`at_ms`), when it happened on the node.
+/// or clear. Times are the event's (`at_ms`), when it happened on the node;
+/// `updated_ms` never goes back, and a clear older than the open alarm
+/// (it cleared an earlier one) leaves it open.
 pub async fn apply_event(
     conn: &mut AnyConnection,
     node: &str,
@@ -141,7 +143,7 @@ pub async fn apply_event(
         AlarmAction::Clear => {
             let done = sqlx::query(
                 "UPDATE alarms SET status = 'cleared', cleared_ms = $1, updated_ms = $1 \
-                 WHERE device_id = $2 AND alarm_type = $3 AND status = 'active'",
+                 WHERE device_id = $2 AND alarm_type = $3 AND status = 'active' AND created_ms <= $1",
             )
             .bind(at)
             .bind(&ev.device)
@@ -164,7 +166,8 @@ pub async fn apply_event(
             let rule = db::clean_text(&ev.rule);
             let done = sqlx::query(
                 "UPDATE alarms SET severity = $1, message = $2, details = $3, rule = $4, \
-                 raise_count = raise_count + 1, updated_ms = $5 \
+                 raise_count = raise_count + 1, \
+                 updated_ms = CASE WHEN updated_ms > $5 THEN updated_ms ELSE $5 END \
                  WHERE device_id = $6 AND alarm_type = $7 AND status = 'active'",
             )
             .bind(ev.severity.as_str())
