@@ -503,6 +503,60 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(metrics, 1);
+        // Finished commands, cleared alarms and device-channel ids go after
+        // retention; open ones stay.
+        let old_ms = now - 2 * 3600 * 1000;
+        for (id, status) in [
+            ("c-old", "replied"),
+            ("c-open", "queued"),
+            ("c-new", "expired"),
+        ] {
+            let at = if id == "c-new" { now } else { old_ms };
+            sqlx::query(
+                "INSERT INTO commands (id, device_id, node_id, name, payload, status, created_ms, expires_ms, updated_ms, attempts) \
+                 VALUES ($1, 'd', 'e', 'n', '{}', $2, $3, $3, $3, 0)",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(at)
+            .execute(pool)
+            .await
+            .expect("insert command");
+        }
+        for (id, status) in [("a-old", "cleared"), ("a-open", "active")] {
+            sqlx::query(
+                "INSERT INTO alarms (id, device_id, node_id, alarm_type, severity, message, status, acknowledged, raise_count, rule, created_ms, updated_ms) \
+                 VALUES ($1, 'd', 'e', $1, 'major', '', $2, 0, 1, '', $3, $3)",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(old_ms)
+            .execute(pool)
+            .await
+            .expect("insert alarm");
+        }
+        for (v, at) in [("v-old", old_ms), ("v-new", now)] {
+            sqlx::query("INSERT INTO device_channel_ids (node_id, verge_id, received_ms) VALUES ('e', $1, $2)")
+                .bind(v)
+                .bind(at)
+                .execute(pool)
+                .await
+                .expect("insert id");
+        }
+        prune_once(&cloud).await.expect("prune");
+        let ids = |sql: &'static str| async move {
+            let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(pool).await.expect("select");
+            rows.into_iter().map(|r| r.0).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids("SELECT id FROM commands ORDER BY id").await,
+            ["c-new", "c-open"]
+        );
+        assert_eq!(ids("SELECT id FROM alarms ORDER BY id").await, ["a-open"]);
+        assert_eq!(
+            ids("SELECT verge_id FROM device_channel_ids ORDER BY verge_id").await,
+            ["v-new"]
+        );
         // Nothing more to do: a second pass deletes nothing.
         assert_eq!(prune_once(&cloud).await.expect("prune"), 0);
     }
