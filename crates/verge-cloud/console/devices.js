@@ -63,7 +63,7 @@ function devicesPage() {
       act(async () => {
         const body = parseJson(payload.value, "payload", inline);
         const r = await api("POST", `/api/devices/${enc(d.id)}/commands/${enc(cname.value.trim())}`, body);
-        result.textContent = `queued on ${r.topic}`;
+        result.textContent = `command ${r.command.id} ${r.command.status}`;
       }, inline);
     });
     // The message list polls while this device stays open (the first poller

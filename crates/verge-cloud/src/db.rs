@@ -136,6 +136,34 @@ const DRIVERS_COMMON_V8: &[&str] = &[
     "CREATE TABLE node_drivers (node_id TEXT NOT NULL, name TEXT NOT NULL, config TEXT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, PRIMARY KEY (node_id, name))",
 ];
 
+/// Devices as first-class citizens (issue 20, `crate::devices`):
+/// the cloud's copy of each device's shadow (`doc`, a
+/// `verge_protocol::device::Shadow` as JSON; `pending` = 1 while the
+/// node's last reported copy does not cover it; `sent_ms` = when it was
+/// last sent down), commands with their state, alarms (at most one
+/// `active` per device and type, kept by a partial unique index), the
+/// `verge-id`s of upstream device-channel messages already handled (they
+/// are not stored as messages, so they de-duplicate here), the device
+/// sessions a node reports and its broker endpoints.
+const DEVICES_COMMON_V9: &[&str] = &[
+    "CREATE TABLE device_shadows (device_id TEXT PRIMARY KEY, doc TEXT NOT NULL, version BIGINT NOT NULL, pending BIGINT NOT NULL, updated_ms BIGINT NOT NULL, sent_ms BIGINT NOT NULL)",
+    "CREATE INDEX device_shadows_pending ON device_shadows (pending, sent_ms)",
+    "CREATE TABLE commands (id TEXT PRIMARY KEY, device_id TEXT NOT NULL, node_id TEXT NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL, created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, attempts BIGINT NOT NULL, last_sent_ms BIGINT, reply TEXT, error TEXT)",
+    "CREATE INDEX commands_device ON commands (device_id, created_ms)",
+    "CREATE INDEX commands_status ON commands (status, expires_ms)",
+    "CREATE TABLE alarms (id TEXT PRIMARY KEY, device_id TEXT NOT NULL, node_id TEXT NOT NULL, alarm_type TEXT NOT NULL, severity TEXT NOT NULL, message TEXT NOT NULL, status TEXT NOT NULL, acknowledged BIGINT NOT NULL, raise_count BIGINT NOT NULL, rule TEXT NOT NULL, details TEXT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, cleared_ms BIGINT, acknowledged_ms BIGINT)",
+    "CREATE UNIQUE INDEX alarms_open ON alarms (device_id, alarm_type) WHERE status = 'active'",
+    "CREATE INDEX alarms_device ON alarms (device_id, created_ms)",
+    "CREATE INDEX alarms_created ON alarms (created_ms)",
+    "CREATE TABLE device_channel_ids (node_id TEXT NOT NULL, verge_id TEXT NOT NULL, received_ms BIGINT NOT NULL, PRIMARY KEY (node_id, verge_id))",
+    "CREATE INDEX device_channel_ids_received ON device_channel_ids (received_ms)",
+    "ALTER TABLE devices ADD COLUMN connected BIGINT",
+    "ALTER TABLE devices ADD COLUMN since_ms BIGINT",
+    "ALTER TABLE devices ADD COLUMN client_id TEXT",
+    "ALTER TABLE devices ADD COLUMN transport TEXT",
+    "ALTER TABLE nodes ADD COLUMN endpoints TEXT NOT NULL DEFAULT '[]'",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -181,6 +209,11 @@ fn migrations() -> Vec<Migration> {
             version: 8,
             sqlite: DRIVERS_COMMON_V8,
             postgres: DRIVERS_COMMON_V8,
+        },
+        Migration {
+            version: 9,
+            sqlite: DEVICES_COMMON_V9,
+            postgres: DEVICES_COMMON_V9,
         },
     ]
 }
@@ -351,6 +384,22 @@ pub fn random_secret() -> String {
     let mut b = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut b);
     hex::encode(b)
+}
+
+/// 16 random bytes as lower-case hex: the id of a command or an alarm
+/// (URL-safe, and a valid MQTT topic level).
+pub fn random_id() -> String {
+    use rand_core::RngCore;
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// `s` without NUL characters: PostgreSQL refuses them in `TEXT` (the
+/// statement, and so its transaction, would fail), so free text from a
+/// node or device loses them before it is stored.
+pub fn clean_text(s: &str) -> String {
+    s.replace('\0', "")
 }
 
 /// Parse a JSON text column, `null` when it is not JSON.

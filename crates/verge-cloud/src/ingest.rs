@@ -1,17 +1,22 @@
 //! Upstream ingest: node messages from the durable broker subscription are
 //! written to the database a batch per transaction, and only then
-//! confirmed (so the node's PUBACK follows the commit). Plus the pruner
-//! that bounds the `messages` and `node_metrics` tables.
+//! confirmed (so the node's PUBACK follows the commit); device-channel
+//! messages (`$verge/…`: shadows, command statuses, alarms) are applied in
+//! the same transaction instead of stored (`crate::devices`). Plus the
+//! pruner that bounds the `messages` and `node_metrics` tables (and the
+//! device-channel ids, finished commands and cleared alarms).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use verge_broker::{DurableMessage, DurableSubscription};
+use verge_protocol::device;
 use verge_protocol::topics::{self, VERGE_ID_PROPERTY};
 
 use crate::Cloud;
 use crate::db::now_ms;
+use crate::devices::Handled;
 
 /// Most messages written in one transaction.
 const BATCH: usize = 256;
@@ -177,6 +182,10 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
             msg: d,
         });
     }
+    // Device-channel messages (`$verge/…`) are handled, not stored.
+    let (channel, rows): (Vec<Row>, Vec<Row>) = rows
+        .into_iter()
+        .partition(|r| device::parse_device_channel(r.rest).is_some());
     let mut tx = cloud.inner().pool.begin().await?;
     let mut inserted: HashSet<(String, String)> = HashSet::new();
     for chunk in rows.chunks(ROWS_PER_INSERT) {
@@ -249,7 +258,69 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await
+    let mut counts = ChannelCounts::default();
+    for r in &channel {
+        handle_channel(&mut tx, r, now, &mut counts).await?;
+    }
+    tx.commit().await?;
+    let m = &cloud.inner().metrics;
+    m.device_channel_handled
+        .fetch_add(counts.handled, Ordering::Relaxed);
+    m.device_channel_dropped
+        .fetch_add(counts.dropped, Ordering::Relaxed);
+    if counts.pending {
+        cloud.inner().dispatch_wake.notify_one();
+    }
+    Ok(())
+}
+
+/// What the device-channel messages of one batch came to.
+#[derive(Default)]
+struct ChannelCounts {
+    handled: u64,
+    dropped: u64,
+    /// A shadow the node lacks edits of: wake the dispatcher.
+    pending: bool,
+}
+
+/// Handle one upstream device-channel message in the batch's
+/// transaction: skipped when its (node, `verge-id`) was handled before
+/// (`device_channel_ids`), else applied by [`crate::devices::handle`].
+async fn handle_channel(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    r: &Row<'_>,
+    now: i64,
+    counts: &mut ChannelCounts,
+) -> sqlx::Result<()> {
+    let Some((kind, device)) = device::parse_device_channel(r.rest) else {
+        return Ok(());
+    };
+    if let Some(v) = &r.verge_id {
+        let fresh = sqlx::query(
+            "INSERT INTO device_channel_ids (node_id, verge_id, received_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (node_id, verge_id) DO NOTHING",
+        )
+        .bind(r.node)
+        .bind(v)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if fresh.rows_affected() == 0 {
+            return Ok(());
+        }
+    }
+    match crate::devices::handle(tx, r.node, kind, device, &r.msg.msg.payload, now).await? {
+        Handled::Done => counts.handled += 1,
+        Handled::ShadowPending => {
+            counts.handled += 1;
+            counts.pending = true;
+        }
+        Handled::Dropped(why) => {
+            tracing::warn!(node = %r.node, topic = %r.rest, "device-channel message dropped: {why}");
+            counts.dropped += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Every 30 s: delete messages past retention and beyond `max_messages`,
@@ -342,6 +413,23 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
         }
         None => 0,
     };
+    // Device-channel ids, finished commands and cleared alarms are kept
+    // as long as messages.
+    let cut = now.saturating_sub(retention);
+    sqlx::query("DELETE FROM device_channel_ids WHERE received_ms < $1")
+        .bind(cut)
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "DELETE FROM commands WHERE status IN ('replied', 'failed', 'expired') AND updated_ms < $1",
+    )
+    .bind(cut)
+    .execute(pool)
+    .await?;
+    sqlx::query("DELETE FROM alarms WHERE status = 'cleared' AND updated_ms < $1")
+        .bind(cut)
+        .execute(pool)
+        .await?;
     sqlx::query("DELETE FROM node_metrics WHERE ts_ms < $1")
         .bind(now - crate::api::agent::METRICS_KEEP_MS)
         .execute(pool)
@@ -415,6 +503,60 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(metrics, 1);
+        // Finished commands, cleared alarms and device-channel ids go after
+        // retention; open ones stay.
+        let old_ms = now - 2 * 3600 * 1000;
+        for (id, status) in [
+            ("c-old", "replied"),
+            ("c-open", "queued"),
+            ("c-new", "expired"),
+        ] {
+            let at = if id == "c-new" { now } else { old_ms };
+            sqlx::query(
+                "INSERT INTO commands (id, device_id, node_id, name, payload, status, created_ms, expires_ms, updated_ms, attempts) \
+                 VALUES ($1, 'd', 'e', 'n', '{}', $2, $3, $3, $3, 0)",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(at)
+            .execute(pool)
+            .await
+            .expect("insert command");
+        }
+        for (id, status) in [("a-old", "cleared"), ("a-open", "active")] {
+            sqlx::query(
+                "INSERT INTO alarms (id, device_id, node_id, alarm_type, severity, message, status, acknowledged, raise_count, rule, created_ms, updated_ms) \
+                 VALUES ($1, 'd', 'e', $1, 'major', '', $2, 0, 1, '', $3, $3)",
+            )
+            .bind(id)
+            .bind(status)
+            .bind(old_ms)
+            .execute(pool)
+            .await
+            .expect("insert alarm");
+        }
+        for (v, at) in [("v-old", old_ms), ("v-new", now)] {
+            sqlx::query("INSERT INTO device_channel_ids (node_id, verge_id, received_ms) VALUES ('e', $1, $2)")
+                .bind(v)
+                .bind(at)
+                .execute(pool)
+                .await
+                .expect("insert id");
+        }
+        prune_once(&cloud).await.expect("prune");
+        let ids = |sql: &'static str| async move {
+            let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(pool).await.expect("select");
+            rows.into_iter().map(|r| r.0).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids("SELECT id FROM commands ORDER BY id").await,
+            ["c-new", "c-open"]
+        );
+        assert_eq!(ids("SELECT id FROM alarms ORDER BY id").await, ["a-open"]);
+        assert_eq!(
+            ids("SELECT verge_id FROM device_channel_ids ORDER BY verge_id").await,
+            ["v-new"]
+        );
         // Nothing more to do: a second pass deletes nothing.
         assert_eq!(prune_once(&cloud).await.expect("prune"), 0);
     }

@@ -27,6 +27,7 @@ pub mod config;
 mod console;
 mod db;
 mod desired;
+mod devices;
 mod error;
 mod ingest;
 mod listeners;
@@ -90,8 +91,11 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Wakes the rollout driver (a node reported its status).
     pub(crate) rollouts_wake: tokio::sync::Notify,
+    /// Wakes the device dispatcher (a command queued, a shadow changed, a
+    /// node's heartbeat).
+    pub(crate) dispatch_wake: tokio::sync::Notify,
     /// Background tasks (ingest, registry refresh, pruning, the rollout
-    /// driver).
+    /// driver, the device dispatcher).
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -162,6 +166,7 @@ impl Cloud {
                 stop: watch::channel(false).0,
                 metrics: Metrics::default(),
                 rollouts_wake: tokio::sync::Notify::new(),
+                dispatch_wake: tokio::sync::Notify::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -171,6 +176,7 @@ impl Cloud {
             tokio::spawn(ingest::prune_loop(cloud.clone())),
             tokio::spawn(registry_loop(cloud.clone())),
             tokio::spawn(rollouts::run(cloud.clone())),
+            tokio::spawn(devices::dispatch::run(cloud.clone())),
         ];
         if let Ok(mut t) = cloud.inner.tasks.lock() {
             t.extend(tasks);

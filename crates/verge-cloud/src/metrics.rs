@@ -27,6 +27,18 @@ pub struct Metrics {
     pub pruned_messages: AtomicU64,
     /// Registry refreshes that failed.
     pub registry_failures: AtomicU64,
+    /// Upstream device-channel messages (shadows, command statuses,
+    /// alarms) applied.
+    pub device_channel_handled: AtomicU64,
+    /// Upstream device-channel messages dropped (bad payload, a device of
+    /// another node, an unknown command).
+    pub device_channel_dropped: AtomicU64,
+    /// Commands published to nodes (resends included).
+    pub commands_sent: AtomicU64,
+    /// Commands the cloud expired.
+    pub commands_expired: AtomicU64,
+    /// Shadows published to nodes (resends included).
+    pub shadows_sent: AtomicU64,
     /// HTTP responses by status class (index 0 = 1xx … 4 = 5xx).
     pub http: [AtomicU64; 5],
 }
@@ -131,6 +143,36 @@ pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
         "counter",
         "failed refreshes of the mqtt device registry",
         &[("", get(&m.registry_failures))],
+    );
+    put(
+        "verge_cloud_device_channel_handled_total",
+        "counter",
+        "upstream shadows, command statuses and alarms applied",
+        &[("", get(&m.device_channel_handled))],
+    );
+    put(
+        "verge_cloud_device_channel_dropped_total",
+        "counter",
+        "upstream shadows, command statuses and alarms dropped (bad payload, foreign device, unknown command)",
+        &[("", get(&m.device_channel_dropped))],
+    );
+    put(
+        "verge_cloud_commands_sent_total",
+        "counter",
+        "commands published to nodes, resends included",
+        &[("", get(&m.commands_sent))],
+    );
+    put(
+        "verge_cloud_commands_expired_total",
+        "counter",
+        "commands the cloud expired",
+        &[("", get(&m.commands_expired))],
+    );
+    put(
+        "verge_cloud_shadows_sent_total",
+        "counter",
+        "shadows published to nodes, resends included",
+        &[("", get(&m.shadows_sent))],
     );
     let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
     let labels: Vec<String> = classes

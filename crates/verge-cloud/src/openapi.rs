@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::routes::{Route, routes};
 
 mod components;
+mod devices;
 mod drivers;
 mod releases;
 mod resources;
@@ -29,7 +30,20 @@ pub fn query_param(name: &str) -> Option<Value> {
     let (schema, description) = match name {
         "limit" => (
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": 1000, "default": 100}),
-            "at most this many messages (revisions: newest first)",
+            "at most this many (messages; revisions, commands and alarms: newest first)",
+        ),
+        "ttl" => (
+            json!({"type": "string", "default": "1h"}),
+            "how long the command is kept for its node, a duration (`60s`, `10m`, `2h`; 1s to 7d)",
+        ),
+        "device_id" => (name_schema(), "only those of this device"),
+        "status" => (
+            json!({"type": "string", "enum": ["active", "cleared"]}),
+            "only alarms in this status",
+        ),
+        "acknowledged" => (
+            json!({"type": "boolean"}),
+            "only acknowledged (true) or unacknowledged (false) alarms",
         ),
         "after_id" => (int(), "only messages with a greater id, oldest first"),
         "topic" => (
@@ -112,7 +126,7 @@ fn reason(status: u16) -> &'static str {
         202 => "accepted",
         204 => "no content",
         400 => {
-            "invalid_request (bad JSON, a bad field, query parameter or path segment), invalid_rule, invalid_function, invalid_component or invalid_driver"
+            "invalid_request (bad JSON, a bad field, query parameter or path segment), invalid_rule, invalid_function, invalid_component, invalid_driver or invalid_update (a shadow change that is not `{\"desired\": {…}}`)"
         }
         401 => "unauthorized: missing, unknown or revoked credentials",
         403 => {
@@ -120,9 +134,9 @@ fn reason(status: u16) -> &'static str {
         }
         404 => "not_found",
         409 => {
-            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, a node's components could not run together, no node matches a rollout's selector, a rollout is not paused or has ended, or a release exists with another digest or signature, is assigned or has no binary yet; node_offline: a command's node is not online"
+            "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, a node's components could not run together, no node matches a rollout's selector, a rollout is not paused or has ended, or a release exists with another digest or signature, is assigned or has no binary yet, or a device has too many open commands; version_conflict: a shadow change made against another version"
         }
-        413 => "payload_too_large",
+        413 => "payload_too_large, or too_large: the shadow would pass 64 KiB",
         _ => "error",
     }
 }

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::Cloud;
 use crate::api::{
-    agent, assignments, components, devices, drivers, functions, nodes, releases, revisions,
-    rollouts, rules, tokens,
+    agent, alarms, assignments, commands, components, devices, drivers, functions, nodes, releases,
+    revisions, rollouts, rules, shadows, tokens,
 };
 use crate::error::AppError;
 
@@ -307,14 +307,50 @@ pub fn routes() -> Vec<Route> {
         .errors(&[404])
         .to(devices::new_secret),
         op(
+            "GET",
+            "/api/devices/{id}/shadow",
+            "the cloud's copy of the device's shadow (empty, version 0, before any)",
+        )
+        .ok(200, "Shadow")
+        .errors(&[404])
+        .to(shadows::get),
+        op(
+            "PATCH",
+            "/api/devices/{id}/shadow",
+            "change `desired` (409 version_conflict for a stale `version`); the node gets it when online",
+        )
+        .body("ShadowPatch")
+        .ok(200, "Shadow")
+        .errors(&[404, 409])
+        .to(shadows::patch),
+        op(
             "POST",
             "/api/devices/{id}/commands/{name}",
-            "send a command (any JSON) to a device through its node (409 while the node is not online)",
+            "queue a command (any JSON payload) for the device; sent when its node is online, until `?ttl=` (default 1h, at most 7d)",
         )
         .body("Any")
-        .ok(202, "CommandSent")
+        .query(&["ttl"])
+        .ok(202, "CommandQueued")
         .errors(&[404, 409])
-        .to(devices::command),
+        .to(commands::create),
+        op(
+            "GET",
+            "/api/devices/{id}/commands",
+            "the device's commands, newest first",
+        )
+        .query(&["limit"])
+        .ok(200, "Command[]")
+        .errors(&[404])
+        .to(commands::list),
+        op(
+            "GET",
+            "/api/devices/{id}/alarms",
+            "the device's alarms, newest first",
+        )
+        .query(&["status", "acknowledged", "limit"])
+        .ok(200, "Alarm[]")
+        .errors(&[404])
+        .to(alarms::of_device),
         op(
             "GET",
             "/api/devices/{id}/messages",
@@ -324,6 +360,31 @@ pub fn routes() -> Vec<Route> {
         .ok(200, "Message[]")
         .errors(&[404])
         .to(devices::messages),
+        // commands and alarms
+        op("GET", "/api/commands/{id}", "one command")
+            .ok(200, "Command")
+            .errors(&[404])
+            .to(commands::get),
+        op(
+            "GET",
+            "/api/alarms",
+            "alarms, newest first, filtered by device, status and acknowledgement",
+        )
+        .query(&["device_id", "status", "acknowledged", "limit"])
+        .ok(200, "Alarm[]")
+        .to(alarms::list),
+        op("POST", "/api/alarms/{id}/ack", "acknowledge an alarm")
+            .ok(200, "Alarm")
+            .errors(&[404])
+            .to(alarms::ack),
+        op(
+            "POST",
+            "/api/alarms/{id}/clear",
+            "clear an alarm (the next raise of its type opens a new one)",
+        )
+        .ok(200, "Alarm")
+        .errors(&[404])
+        .to(alarms::clear),
         // rules
         op("POST", "/api/rules", "create a rule")
             .body("RuleBody")
@@ -812,6 +873,7 @@ mod tests {
             "Rollback",
             "RolloutCreate",
             "DriverConfig",
+            "ShadowPatch",
         ] {
             assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
         }

@@ -25,7 +25,7 @@ both!(
     oversized_function_upload_is_a_json_413,
     path_segment_not_utf8_is_a_json_400_on_every_route,
     messages_older_than_50_000_rows_of_other_topics_are_found,
-    command_to_a_node_not_online_is_409_node_offline,
+    command_to_a_node_not_online_is_queued,
 );
 
 fn b64(s: &[u8]) -> String {
@@ -805,10 +805,11 @@ async fn command(h: &Harness, device: &str) -> (StatusCode, Value) {
     h.call(Method::POST, &path, Some(json!({"delay": 1}))).await
 }
 
-/// Regression: a command to a node without a session (never joined, or no
-/// heartbeat for `offline_after`) was answered 202 and dropped by the
-/// cloud's broker.
-async fn command_to_a_node_not_online_is_409_node_offline(h: Harness) {
+/// A command to a node without a session (never joined, or no heartbeat
+/// for `offline_after`) was first answered 202 and dropped by the cloud's
+/// broker, then refused with 409 `node_offline`; now it is queued until
+/// the node is online or it expires (issue 20).
+async fn command_to_a_node_not_online_is_queued(h: Harness) {
     let (s, v) = h
         .call(
             Method::POST,
@@ -817,7 +818,7 @@ async fn command_to_a_node_not_online_is_409_node_offline(h: Harness) {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (node, secret) = h.joined_node("edge-cmd").await;
+    let (node, _) = h.joined_node("edge-cmd").await;
     for (name, on) in [("dev-new", "edge-new"), ("dev-cmd", node.as_str())] {
         let (s, v) = h
             .call(
@@ -828,52 +829,39 @@ async fn command_to_a_node_not_online_is_409_node_offline(h: Harness) {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
-    let offline = |v: &Value, what: &str, why: &str| {
-        let message = v["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(why), "{what}: {v}");
-        assert!(message.ends_with("the command was not sent"), "{what}: {v}");
-    };
-
-    // Pending: never joined.
-    let (s, v) = command(&h, "dev-new").await;
-    assert_error(s, &v, StatusCode::CONFLICT, "node_offline", "pending");
-    offline(&v, "pending", "node `edge-new` has not joined yet");
-
-    // Joined, no heartbeat yet: offline.
-    let (s, v) = command(&h, "dev-cmd").await;
-    assert_error(s, &v, StatusCode::CONFLICT, "node_offline", "joined");
-    offline(&v, "joined", "node `edge-cmd` is offline");
-
-    // A heartbeat: online, the command is accepted.
+    for device in ["dev-new", "dev-cmd"] {
+        let (s, v) = command(&h, device).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{device}: {v}");
+        assert_eq!(v["command"]["status"], "queued", "{v}");
+        assert_eq!(v["command"]["device_id"], device, "{v}");
+        assert_eq!(v["command"]["payload"], json!({"delay": 1}), "{v}");
+        assert_eq!(v["command"]["attempts"], 0, "{v}");
+        let id = v["command"]["id"].as_str().expect("id").to_owned();
+        let (s, one) = h
+            .call(Method::GET, &format!("/api/commands/{id}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{one}");
+        assert_eq!(one["status"], "queued");
+    }
+    // Bad `ttl`s are refused; a good one sets the expiry.
+    for ttl in ["0s", "8d", "soon"] {
+        let path = format!("/api/devices/dev-cmd/commands/reboot?ttl={ttl}");
+        let (s, v) = h.call(Method::POST, &path, Some(json!({}))).await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_request", ttl);
+    }
     let (s, v) = h
-        .status_as(&node, &secret, json!({"applied_version": 0}))
+        .call(
+            Method::POST,
+            "/api/devices/dev-cmd/commands/reboot?ttl=90s",
+            Some(json!(null)),
+        )
         .await;
-    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
-    let (_, n) = h.call(Method::GET, "/api/nodes/edge-cmd", None).await;
-    assert_eq!(n["status"], "online");
-    let (s, v) = command(&h, "dev-cmd").await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    assert_eq!(v["node_id"], "edge-cmd");
-
-    // The last heartbeat a minute ago (offline_after is 15 s): offline.
-    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_millis(),
-    )
-    .expect("ms");
-    sqlx::query("UPDATE nodes SET last_seen_ms = $1 WHERE id = $2")
-        .bind(now - 60_000)
-        .bind("edge-cmd")
-        .execute(&pool)
-        .await
-        .expect("age the heartbeat");
-    pool.close().await;
-    let (_, n) = h.call(Method::GET, "/api/nodes/edge-cmd", None).await;
-    assert_eq!(n["status"], "offline");
-    let (s, v) = command(&h, "dev-cmd").await;
-    assert_error(s, &v, StatusCode::CONFLICT, "node_offline", "stale");
-    offline(&v, "stale", "node `edge-cmd` is offline (last seen 6");
+    let c = &v["command"];
+    assert_eq!(
+        c["expires_ms"].as_i64().expect("expires") - c["created_ms"].as_i64().expect("created"),
+        90_000
+    );
+    let (s, v) = command(&h, "nope").await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "not_found", "no device");
 }

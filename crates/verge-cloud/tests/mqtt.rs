@@ -131,17 +131,18 @@ async fn upstream_is_stored_before_puback_acl_and_commands() {
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    assert_eq!(
-        v["topic"],
-        format!("nodes/{node}/down/devices/d1/commands/reboot")
-    );
+    let id = v["command"]["id"].as_str().expect("id").to_owned();
     let got = next_packet(&mut el, "command", |p| matches!(p, Packet::Publish(_))).await;
     if let Packet::Publish(p) = got {
         assert_eq!(
             &p.topic[..],
-            format!("nodes/{node}/down/devices/d1/commands/reboot").as_bytes()
+            format!("nodes/{node}/down/$verge/commands/d1").as_bytes()
         );
-        assert_eq!(&p.payload[..], br#"{"delay":1}"#);
+        let req: verge_protocol::device::CommandRequest =
+            serde_json::from_slice(&p.payload).expect("a CommandRequest");
+        assert_eq!(req.id, id);
+        assert_eq!(req.name, "reboot");
+        assert_eq!(req.payload, json!({"delay": 1}));
     }
 
     served.stop().await;

@@ -154,10 +154,75 @@ pub async fn status(
     .bind(n(report.backlog_messages))
     .execute(&mut *tx)
     .await?;
+    store_sessions(&mut tx, &node, &report).await?;
     tx.commit().await?;
-    // The report may finish a rollout's stage.
+    // The report may finish a rollout's stage, and the node is online:
+    // what is queued for it can go.
     cloud.inner().rollouts_wake.notify_one();
+    cloud.inner().dispatch_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Most broker endpoints kept per node.
+const MAX_ENDPOINTS: usize = 16;
+
+/// The node's broker endpoints and its devices' sessions from its
+/// report: a session is stored only for a device bound to this node; a
+/// device the report leaves out that was connected is marked
+/// disconnected (the node reports every device seen since it started).
+async fn store_sessions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    node: &str,
+    report: &StatusReport,
+) -> Result<(), AppError> {
+    let endpoints: Vec<&String> = report
+        .endpoints
+        .iter()
+        .filter(|e| e.len() <= 256 && !e.contains('\0'))
+        .take(MAX_ENDPOINTS)
+        .collect();
+    let endpoints = serde_json::to_string(&endpoints).map_err(AppError::internal)?;
+    sqlx::query("UPDATE nodes SET endpoints = $1 WHERE id = $2")
+        .bind(endpoints)
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    let cut = |s: &str| db::clean_text(&s.chars().take(256).collect::<String>());
+    for s in &report.devices {
+        // Not a device name (and PostgreSQL refuses NUL in text).
+        if s.device.is_empty() || s.device.len() > 64 || s.device.contains('\0') {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE devices SET connected = $1, since_ms = $2, client_id = $3, transport = $4 \
+             WHERE id = $5 AND node_id = $6",
+        )
+        .bind(i64::from(s.connected))
+        .bind(i64::try_from(s.since_ms).unwrap_or(i64::MAX))
+        .bind(cut(&s.client_id))
+        .bind(cut(&s.transport))
+        .bind(&s.device)
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let listed: std::collections::HashSet<&str> =
+        report.devices.iter().map(|s| s.device.as_str()).collect();
+    let connected: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM devices WHERE node_id = $1 AND connected = 1")
+            .bind(node)
+            .fetch_all(&mut **tx)
+            .await?;
+    for (id,) in connected {
+        if !listed.contains(id.as_str()) {
+            sqlx::query("UPDATE devices SET connected = 0 WHERE id = $1 AND node_id = $2")
+                .bind(&id)
+                .bind(node)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn finite(v: f64) -> f64 {

@@ -1,4 +1,6 @@
-//! `/api/devices`: devices bound to nodes, their secrets and commands.
+//! `/api/devices`: devices bound to nodes, their secrets, sessions and
+//! stored messages (shadows, commands and alarms: `shadows`, `commands`,
+//! `alarms`).
 
 use axum::Json;
 use axum::extract::State;
@@ -6,35 +8,84 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use verge_broker::Message;
-use verge_mqtt::QoS;
 
-use super::rows::{NodeFilter, commit_bumped, list_by_node, one_or_404};
+use super::rows::{NodeFilter, commit_bumped, one_or_404};
 use crate::Cloud;
 use crate::auth::ApiAuth;
 use crate::db::{self, json_col, now_ms};
 use crate::error::{ApiJson, ApiPath, ApiQuery, AppError, check_name, check_text};
 use crate::revisions::Reason;
 
-type DeviceRow = (String, String, String, i64, Option<String>, Option<i64>);
+/// One device with its session (from its node's heartbeat) and its
+/// node's broker endpoints.
+struct DeviceRow {
+    id: String,
+    node_id: String,
+    description: String,
+    created_ms: i64,
+    last_telemetry: Option<String>,
+    last_telemetry_ms: Option<i64>,
+    connected: Option<i64>,
+    since_ms: Option<i64>,
+    client_id: Option<String>,
+    transport: Option<String>,
+    endpoints: Option<String>,
+}
 
-const COLS: &str = "id, node_id, description, created_ms, last_telemetry, last_telemetry_ms";
+impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for DeviceRow {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(DeviceRow {
+            id: row.try_get("id")?,
+            node_id: row.try_get("node_id")?,
+            description: row.try_get("description")?,
+            created_ms: row.try_get("created_ms")?,
+            last_telemetry: row.try_get("last_telemetry")?,
+            last_telemetry_ms: row.try_get("last_telemetry_ms")?,
+            connected: row.try_get("connected")?,
+            since_ms: row.try_get("since_ms")?,
+            client_id: row.try_get("client_id")?,
+            transport: row.try_get("transport")?,
+            endpoints: row.try_get("endpoints")?,
+        })
+    }
+}
 
-fn device_json(
-    (id, node_id, description, created_ms, telemetry, telemetry_ms): DeviceRow,
-) -> Value {
+/// The device columns, with its node's endpoints (`LEFT JOIN nodes n`).
+const SELECT: &str = "SELECT d.id, d.node_id, d.description, d.created_ms, d.last_telemetry, d.last_telemetry_ms, \
+     d.connected, d.since_ms, d.client_id, d.transport, n.endpoints \
+     FROM devices d LEFT JOIN nodes n ON n.id = d.node_id";
+
+fn device_json(d: DeviceRow) -> Value {
+    let session = match d.connected {
+        None => Value::Null,
+        Some(c) => json!({
+            "connected": c != 0,
+            "since_ms": d.since_ms.unwrap_or(0),
+            "client_id": d.client_id.unwrap_or_default(),
+            "transport": d.transport.unwrap_or_default(),
+        }),
+    };
+    let endpoints = d
+        .endpoints
+        .as_deref()
+        .map(json_col)
+        .filter(Value::is_array)
+        .unwrap_or_else(|| json!([]));
     json!({
-        "id": id,
-        "node_id": node_id,
-        "description": description,
-        "created_ms": created_ms,
-        "last_telemetry": telemetry.as_deref().map_or(Value::Null, json_col),
-        "last_telemetry_ms": telemetry_ms,
+        "id": d.id,
+        "node_id": d.node_id,
+        "description": d.description,
+        "created_ms": d.created_ms,
+        "last_telemetry": d.last_telemetry.as_deref().map_or(Value::Null, json_col),
+        "last_telemetry_ms": d.last_telemetry_ms,
+        "session": session,
+        "endpoints": endpoints,
     })
 }
 
 async fn load(cloud: &Cloud, id: &str) -> Result<Value, AppError> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLS} FROM devices WHERE id = $1"));
+    let sql = sqlx::AssertSqlSafe(format!("{SELECT} WHERE d.id = $1"));
     let row: DeviceRow = one_or_404(&cloud.inner().pool, sql, id, "device").await?;
     Ok(device_json(row))
 }
@@ -124,7 +175,18 @@ pub async fn list(
     State(cloud): State<Cloud>,
     ApiQuery(q): ApiQuery<NodeFilter>,
 ) -> Result<Json<Vec<Value>>, AppError> {
-    let rows: Vec<DeviceRow> = list_by_node(&cloud, "devices", COLS, q.node_id.as_deref()).await?;
+    let filter = if q.node_id.is_some() {
+        " WHERE d.node_id = $1"
+    } else {
+        ""
+    };
+    let mut query = sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(
+        "{SELECT}{filter} ORDER BY d.id"
+    )));
+    if let Some(node) = q.node_id {
+        query = query.bind(node);
+    }
+    let rows = query.fetch_all(&cloud.inner().pool).await?;
     Ok(Json(rows.into_iter().map(device_json).collect()))
 }
 
@@ -143,10 +205,16 @@ pub async fn delete(
 ) -> Result<StatusCode, AppError> {
     let mut tx = cloud.inner().pool.begin().await?;
     let node = node_of(&mut *tx, &id).await?;
-    sqlx::query("DELETE FROM devices WHERE id = $1")
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
+    // Its shadow, commands and alarms go with it (a device made again
+    // under the name starts empty).
+    for table in [
+        "DELETE FROM devices WHERE id = $1",
+        "DELETE FROM device_shadows WHERE device_id = $1",
+        "DELETE FROM commands WHERE device_id = $1",
+        "DELETE FROM alarms WHERE device_id = $1",
+    ] {
+        sqlx::query(table).bind(&id).execute(&mut *tx).await?;
+    }
     let reason = Reason::new(&auth.caller, format!("device `{id}` removed"));
     commit_bumped(&cloud, tx, &[node], &reason).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -173,72 +241,6 @@ pub async fn new_secret(
     commit_bumped(&cloud, tx, &[node], &reason).await?;
     Ok(Json(
         json!({"device": load(&cloud, &id).await?, "secret": secret}),
-    ))
-}
-
-pub async fn command(
-    _: ApiAuth,
-    State(cloud): State<Cloud>,
-    ApiPath((id, name)): ApiPath<(String, String)>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<impl IntoResponse, AppError> {
-    check_name("name", &name)?;
-    let node = node_of(&cloud.inner().pool, &id).await?;
-    let topic = verge_protocol::topics::device_command(&node, &id, &name);
-    let payload = body.to_string().into_bytes();
-    // It must fit one MQTT packet on the way down (the node's broker takes
-    // no larger), else it would be accepted here and dropped on the way.
-    let max = usize::try_from(verge_broker::BrokerConfig::default().max_packet_size)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(topic.len() + 1024);
-    if payload.len() > max {
-        return Err(AppError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "the command is {} bytes; at most {max} fit one message to the node",
-                payload.len()
-            ),
-        ));
-    }
-    // Only a connected node takes it: the cloud's broker keeps no message
-    // for a node without a session, so a command to a node that is not
-    // online would be accepted and dropped.
-    let (joined, last_seen): (Option<i64>, Option<i64>) = one_or_404(
-        &cloud.inner().pool,
-        "SELECT joined_ms, last_seen_ms FROM nodes WHERE id = $1",
-        &node,
-        "node",
-    )
-    .await?;
-    match super::nodes::status(&cloud, joined, last_seen) {
-        "online" => {}
-        status => {
-            let why = match (status, last_seen) {
-                ("pending", _) => format!("node `{node}` has not joined yet"),
-                (_, Some(seen)) => format!(
-                    "node `{node}` is offline (last seen {} s ago)",
-                    (now_ms() - seen).max(0) / 1000
-                ),
-                (_, None) => format!("node `{node}` is offline (never seen since it joined)"),
-            };
-            return Err(AppError::new(
-                StatusCode::CONFLICT,
-                "node_offline",
-                format!("{why}; the command was not sent"),
-            ));
-        }
-    }
-    let msg = Message::local(topic.as_str(), payload, QoS::AtLeastOnce, false);
-    cloud
-        .inner()
-        .handle
-        .publish(msg)
-        .await
-        .map_err(AppError::internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"topic": topic, "node_id": node})),
     ))
 }
 

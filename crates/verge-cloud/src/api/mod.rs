@@ -1,7 +1,9 @@
 //! The HTTP API handlers, one module per resource.
 
 pub mod agent;
+pub mod alarms;
 pub mod assignments;
+pub mod commands;
 pub mod components;
 pub mod devices;
 pub mod drivers;
@@ -13,6 +15,7 @@ pub mod revisions;
 pub mod rollouts;
 mod rows;
 pub mod rules;
+pub mod shadows;
 pub mod tokens;
 
 use serde_json::{Value, json};

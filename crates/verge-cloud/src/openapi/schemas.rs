@@ -39,6 +39,9 @@ pub fn schemas() -> Map<String, Value> {
             "components": array(super::components::component_status()),
             "drivers": array(object()),
             "local": array(object()),
+            "devices": {"type": "array", "items": super::devices::reported_session(),
+                        "description": "the sessions of the node's devices seen since it started"},
+            "endpoints": {"type": "array", "items": string(), "description": "the node's broker addresses for devices"},
         }),
     );
     let action = resources::rule_action();
@@ -50,7 +53,7 @@ pub fn schemas() -> Map<String, Value> {
                 true,
                 json!({"error": obj(&["code", "message"], true, json!({
                     "code": {"type": "string", "enum": ["unauthorized", "forbidden", "not_found",
-                        "conflict", "invalid_request", "invalid_rule", "invalid_function", "invalid_component", "invalid_driver",
+                        "conflict", "version_conflict", "invalid_update", "too_large", "invalid_request", "invalid_rule", "invalid_function", "invalid_component", "invalid_driver",
                         "payload_too_large", "method_not_allowed", "internal"]},
                     "message": string(),
                     "line": {"type": "integer", "minimum": 0},
@@ -272,6 +275,7 @@ pub fn schemas() -> Map<String, Value> {
     nodes
         .into_iter()
         .chain(resources::schemas())
+        .chain(super::devices::schemas())
         .chain(super::components::schemas())
         .chain(super::drivers::schemas())
         .chain(super::revisions::schemas())
