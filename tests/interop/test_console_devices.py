@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud_procs import api, procs, start_cloud, start_node, wait_for  # noqa: F401 (procs: fixture)
-from test_console import SLOW, console_page, need_browser, send
+from test_console import ARTIFACTS, SLOW, console_page, need_browser, send
 
 try:
     from playwright.sync_api import expect
@@ -135,6 +135,13 @@ def test_device_onboarding_box_and_telemetry_page(procs):
             device.telemetry({"temperature": 30.25, "pressure": 2})
             expect(temp).to_contain_text("4 points", timeout=SLOW)
             expect(temp.get_by_test_id("chart-max")).to_have_text("30.3")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "console-device.png"), full_page=True)
+            page.get_by_test_id("nav-devices").click()
+            page.get_by_test_id("device-name").fill("pump-2")
+            page.get_by_test_id("device-create").click()
+            expect(page.get_by_test_id("device-onboarding")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "console-device-created.png"), full_page=True)
         finally:
             device.stop()
 

@@ -119,7 +119,8 @@ async fn bind(cfg: &NodeConfig, mode: Mode) -> anyhow::Result<Listeners> {
         Err(e @ verge_node::StartError::Bind { .. }) if mode == Mode::Node => Err(anyhow::anyhow!(
             "{e}\nto run this node beside another one on this machine (e.g. `verge up`), \
              shift all its ports with --port-offset N (e.g. --port-offset 10: MQTT 1893, \
-             WebSocket 8093, HTTP API 8091) and give it its own --data-dir DIR; \
+             WebSocket 8093, HTTP API 8091) and give it its own --data-dir DIR, or move \
+             one listener with --set KEY=ADDR:PORT (or VERGE__SECTION__KEY); \
              a --join token was not used"
         )),
         Err(e) => Err(e.into()),
