@@ -158,6 +158,7 @@ def test_device_page_session_shadow_commands_and_alarms(procs):
         try:
             # The onboarding box names the node's broker address once reported.
             expect(box.get_by_test_id("device-addresses")).to_contain_text(f"mqtt://127.0.0.1:{ports['tcp']}")
+            expect(box.get_by_test_id("address-note")).to_contain_text("Loopback")
             page.goto(url + "/#/devices/pump-1")
             expect(page.get_by_test_id("device-connection")).to_contain_text("connected", timeout=SLOW)
             expect(page.get_by_test_id("device-connection")).to_contain_text("since")

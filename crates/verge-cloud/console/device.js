@@ -28,7 +28,13 @@ function addressList(endpoints, testid) {
     return h("p", { class: "muted", testid }, "Its node has not reported its broker addresses yet (it reports them once it runs and is online); " +
       "by default a node serves MQTT on 1883 (TCP) and 8083 (WebSocket, path /mqtt) of its host.");
   }
-  return h("dl", { class: "summary", testid }, list.map(([k, v]) => [h("dt", {}, k), h("dd", {}, h("code", {}, v))]));
+  const hosts = list.map(([, v]) => v.replace(/^[a-z]+:\/\//, "").replace(/:\d+(\/.*)?$/, ""));
+  const note = hosts.some((x) => x === "127.0.0.1" || x === "localhost" || x === "[::1]")
+    ? "Loopback addresses reach the node from its own machine only; to reach it from others, bind its listeners to a network interface (--set broker.listeners.tcp.bind=0.0.0.0:1883)."
+    : hosts.some((x) => x === "0.0.0.0" || x === "[::]") ? "0.0.0.0 / [::]: use the node machine's host name or address." : null;
+  return h("div", { testid },
+    h("dl", { class: "summary" }, list.map(([k, v]) => [h("dt", {}, k), h("dd", {}, h("code", {}, v))])),
+    note ? h("p", { class: "muted", testid: "address-note" }, note) : null);
 }
 
 /** Everything a device program needs: addresses, client id, credentials,
