@@ -24,6 +24,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(n) => {
             let mut set = n.run.set.clone();
             if let Some(dir) = &n.data_dir {
+                // Absolute, so the banner says where it is.
+                let dir = std::path::absolute(dir)
+                    .with_context(|| format!("--data-dir {}", dir.display()))?;
                 set.push(("node.data_dir".into(), dir.display().to_string()));
             }
             let mut cfg = load_node(None, n.config.as_deref(), &set, log)?;
