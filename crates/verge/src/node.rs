@@ -159,19 +159,22 @@ pub fn default_data_dir(cfg: &mut NodeConfig) -> Option<PathBuf> {
     {
         return None;
     }
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    let dir = env("XDG_DATA_HOME")
-        .or_else(|| env("HOME").map(|h| h.join(".local/share")))
+    let dir = user_data_dir(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"));
+    cfg.node.data_dir = dir.clone();
+    Some(dir)
+}
+
+/// `$XDG_DATA_HOME/verge/node`, else `$HOME/.local/share/verge/node`
+/// (each only when absolute, as the XDG spec says), else
+/// `./verge-node-data`.
+fn user_data_dir(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsString>) -> PathBuf {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    absolute(xdg)
+        .or_else(|| absolute(home).map(|h| h.join(".local/share")))
         .map_or_else(
             || PathBuf::from("./verge-node-data"),
             |d| d.join("verge/node"),
-        );
-    cfg.node.data_dir = dir.clone();
-    Some(dir)
+        )
 }
 
 /// `--port-offset N`: add `n` to the port of every listener (ports 0,
@@ -572,6 +575,24 @@ mod tests {
         let e = check_data_dir(&file.join("sub")).expect_err("a file is in the way");
         assert!(e.to_string().contains("--data-dir DIR"), "{e}");
         check_data_dir(&dir.path().join("ok")).expect("writable");
+    }
+
+    #[test]
+    fn a_user_data_dir_follows_xdg_then_home() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            user_data_dir(os("/x/data"), os("/home/u")),
+            PathBuf::from("/x/data/verge/node")
+        );
+        assert_eq!(
+            user_data_dir(os(""), os("/home/u")),
+            PathBuf::from("/home/u/.local/share/verge/node"),
+            "an empty or relative XDG_DATA_HOME is ignored"
+        );
+        assert_eq!(
+            user_data_dir(os("rel"), None),
+            PathBuf::from("./verge-node-data")
+        );
     }
 
     #[test]
