@@ -135,6 +135,9 @@ def walkthrough(page, procs, workdir, cloud_url, admin_token):
     join_command = page.get_by_test_id("join-command").text_content()
     join_token = page.get_by_test_id("join-token").text_content()
     assert f"--cloud {cloud_url}" in join_command and f"--join {join_token}" in join_command, join_command
+    # ... and the same for a machine that already runs a node: its own ports and data dir.
+    beside = page.get_by_test_id("join-command-beside").text_content()
+    assert beside.startswith(join_command) and "--port-offset 10" in beside and "--data-dir ./" in beside, beside
     row = page.locator('[data-testid="node-row"][data-name="edge-1"]')
     expect(row.get_by_test_id("status")).to_have_text("pending")
 

@@ -1,5 +1,6 @@
-// The devices page: create, list, new secret, delete, send a command and
-// watch a device's messages.
+// The devices page: create (with what a device program needs to connect,
+// device.js), list with links to each device's page, new secret, delete,
+// send a command and watch a device's messages.
 "use strict";
 
 // ---------------------------------------------------------------- devices
@@ -23,6 +24,9 @@ function devicesPage() {
       replace(created, secretBox("device-created", `Device ${r.device.id} created on ${r.device.node_id}. Its MQTT username is its id; password:`, [
         ["Device id", r.device.id, "device-id"], ["Secret", r.secret, "device-secret"]]));
       await refresh();
+      // The node's broker addresses come with the device (from the node's heartbeat).
+      const full = await api("GET", `/api/devices/${enc(r.device.id)}`);
+      created.append(deviceOnboarding(r.device, r.secret, full.endpoints));
     });
   });
   const [t, body] = table("devices-table", ["Device", "Node", "Last telemetry", "When", ""]);
@@ -32,7 +36,7 @@ function devicesPage() {
     if (!current(gen)) return;
     if (!nodesLoaded || node.options.length !== nodes.length) { nodeOptions(node, nodes, node.value); nodesLoaded = true; }
     replace(body, devices.length ? devices.map((d) => h("tr", { testid: "device-row", "data-id": d.id },
-      h("td", {}, d.id, d.description ? h("div", { class: "muted" }, d.description) : null),
+      h("td", {}, h("a", { href: `#/devices/${enc(d.id)}`, testid: "device-link" }, d.id), d.description ? h("div", { class: "muted" }, d.description) : null),
       h("td", {}, h("a", { href: `#/nodes/${enc(d.node_id)}` }, d.node_id)),
       h("td", {}, h("pre", { class: "inline-json", testid: "device-telemetry" }, d.last_telemetry === null || d.last_telemetry === undefined ? "–" : json(d.last_telemetry))),
       h("td", {}, ago(d.last_telemetry_ms)),

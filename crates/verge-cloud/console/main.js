@@ -6,7 +6,9 @@
 const routes = [
   [/^#\/nodes\/([^/]+)$/, (m) => nodeDetailPage(decodeURIComponent(m[1]))],
   [/^#\/nodes$/, nodesPage],
+  [/^#\/devices\/([^/]+)$/, (m) => devicePage(decodeURIComponent(m[1]))],
   [/^#\/devices$/, devicesPage],
+  [/^#\/alarms$/, alarmsPage],
   [/^#\/rules$/, rulesPage],
   [/^#\/functions$/, functionsPage],
   [/^#\/components$/, componentsPage],

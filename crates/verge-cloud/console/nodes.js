@@ -5,6 +5,23 @@
 
 // ---------------------------------------------------------------- nodes
 
+/** The join command, and the same with its own data dir and ports for a
+ * machine that already runs a node (or `verge up`, which takes 1883, 8083,
+ * 8081, 8883, 8084, 5683). */
+function joinRows(nodeId, command) {
+  return [
+    ["Join command", command, "join-command"],
+    ["On a machine that already runs verge up or another node", `${command} --data-dir ./${nodeId}-data --port-offset 10`, "join-command-beside"],
+  ];
+}
+
+function joinNote() {
+  return h("p", { class: "muted", testid: "join-note" },
+    "The node binds its ports (MQTT 1883, WebSocket 8083, HTTP API 8081) and checks its data dir before it uses the token, " +
+    "so a clash costs no token. --port-offset N adds N to every port (10: MQTT 1893, API 8091); " +
+    "--data-dir picks where it keeps its credentials (default /var/lib/verge when writable, else ~/.local/share/verge/node).");
+}
+
 function nodesPage() {
   const gen = routeGen;
   const name = h("input", { id: "node-name", testid: "node-name", required: true, placeholder: "edge-1", pattern: "[A-Za-z0-9_\\-]{1,64}" });
@@ -20,9 +37,9 @@ function nodesPage() {
       name.value = "";
       desc.value = "";
       replace(created, secretBox("node-created", `Node ${r.node.name || r.node.id} created. Start it with:`, [
-        ["Join command", r.join_command, "join-command"],
+        ...joinRows(r.node.id, r.join_command),
         ["Join token", r.join_token, "join-token"],
-      ]));
+      ]), joinNote());
       await refresh();
     });
   });
@@ -121,7 +138,7 @@ function nodeDetailPage(id) {
   const newToken = h("div");
   const reinstall = h("button", { type: "button", class: "ghost", testid: "node-join-token", onclick: () => act(async () => {
     const r = await api("POST", `/api/nodes/${enc(id)}/join-token`);
-    replace(newToken, secretBox("node-created", "New one-time join token:", [["Join command", r.join_command, "join-command"]]));
+    replace(newToken, secretBox("node-created", "New one-time join token:", joinRows(id, r.join_command)), joinNote());
   }) }, "New join token");
   const del = h("button", { type: "button", class: "danger", testid: "node-delete", onclick: () => {
     if (!confirm(`Delete node ${id}?`)) return;

@@ -23,6 +23,8 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("revisions.js", include_str!("../console/revisions.js")),
     ("drivers.js", include_str!("../console/drivers.js")),
     ("devices.js", include_str!("../console/devices.js")),
+    ("device.js", include_str!("../console/device.js")),
+    ("alarms.js", include_str!("../console/alarms.js")),
     ("rules.js", include_str!("../console/rules.js")),
     ("functions.js", include_str!("../console/functions.js")),
     ("components.js", include_str!("../console/components.js")),

@@ -22,19 +22,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::up::run(cfg, cloud, usize::from(up.devices))
         }
         Command::Node(n) => {
-            let cfg = load_node(None, n.config.as_deref(), &n.run.set, log)?;
+            let mut set = n.run.set.clone();
+            if let Some(dir) = &n.data_dir {
+                // Absolute, so the banner says where it is.
+                let dir = std::path::absolute(dir)
+                    .with_context(|| format!("--data-dir {}", dir.display()))?;
+                set.push(("node.data_dir".into(), dir.display().to_string()));
+            }
+            let mut cfg = load_node(None, n.config.as_deref(), &set, log)?;
             init_logging(log, &cfg.log.level)?;
+            crate::node::shift_ports(&mut cfg, n.port_offset)?;
+            if let Some(dir) = crate::node::default_data_dir(&mut cfg) {
+                eprintln!(
+                    "note: /var/lib/verge is not writable by this user: data dir {} \
+                     (choose one with --data-dir DIR)",
+                    dir.display()
+                );
+            }
             crate::node::guard_trial(&cfg.node.data_dir)?;
-            let cloud = match &n.cloud {
-                Some(url) => Some(crate::node::cloud_link(
-                    &cfg.node.data_dir,
-                    url,
-                    n.join.as_deref(),
-                    n.cloud_ca.as_deref(),
-                    n.release_key.as_deref(),
-                )?),
-                None => None,
-            };
+            let cloud = n.cloud.as_deref().map(|url| crate::node::CloudArgs {
+                url,
+                join: n.join.as_deref(),
+                ca: n.cloud_ca.as_deref(),
+                release_key: n.release_key.as_deref(),
+            });
             crate::node::run(cfg, Mode::Node, cloud)
         }
         Command::Cloud(c) => {

@@ -127,6 +127,18 @@ pub struct NodeArgs {
     /// credentials. Without one the node takes no release.
     #[arg(long, value_name = "HEX", requires = "cloud")]
     pub release_key: Option<String>,
+    /// Where the node keeps its state (its cloud credentials, queue, store,
+    /// API token): sets `node.data_dir`. Without it and without one in the
+    /// config, `/var/lib/verge` when this user may write there, else
+    /// `$XDG_DATA_HOME/verge/node` (`~/.local/share/verge/node`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Add N to the port of every listener (MQTT TCP/TLS/WS/WSS, CoAP,
+    /// CoAPs, HTTP API), e.g. `--port-offset 10` serves MQTT on 1893 and
+    /// the API on 8091: a second node on a machine that already runs one
+    /// (or `verge up`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub port_offset: u16,
     /// Overrides.
     #[command(flatten)]
     pub run: RunArgs,
@@ -354,6 +366,32 @@ mod tests {
             "registry is required"
         );
         assert!(parse(&["device", "hash-password", "--password", "p"]).is_ok());
+    }
+
+    #[test]
+    fn node_data_dir_and_port_offset() {
+        let cli = parse(&[
+            "node",
+            "--cloud",
+            "http://c",
+            "--join",
+            "t",
+            "--data-dir",
+            "./edge2",
+            "--port-offset",
+            "10",
+        ])
+        .expect("ok");
+        let Command::Node(n) = cli.command else {
+            panic!("not node")
+        };
+        assert_eq!(n.data_dir.as_deref(), Some(Path::new("./edge2")));
+        assert_eq!(n.port_offset, 10);
+        let Command::Node(n) = parse(&["node"]).expect("ok").command else {
+            panic!("not node")
+        };
+        assert_eq!((n.data_dir, n.port_offset), (None, 0));
+        assert!(parse(&["node", "--port-offset", "70000"]).is_err());
     }
 
     #[test]
