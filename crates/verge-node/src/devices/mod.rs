@@ -186,8 +186,20 @@ impl Devices {
             stop: tokio::sync::Notify::new(),
             task: Mutex::new(None),
         });
-        // Devices connected now get their held commands.
+        // The retained documents (the broker keeps none across a
+        // restart), then held commands for the devices connected now.
         {
+            let docs: Vec<(String, Vec<u8>)> = inner
+                .state
+                .lock()
+                .await
+                .shadows
+                .all()
+                .map(|(d, doc)| (ShadowTopic::Document.topic(d), document(doc, None)))
+                .collect();
+            for (topic, payload) in docs {
+                inner.publish(topic, payload, true).await;
+            }
             let connected: Vec<String> = inner
                 .presence
                 .lock()
@@ -260,7 +272,7 @@ impl Devices {
         device: &str,
         update: &ShadowUpdate,
     ) -> Result<Shadow, ShadowError> {
-        self.inner.update(device, update).await
+        self.inner.update(device, update, false).await
     }
 
     /// How many shadows and held commands the node keeps.
@@ -460,15 +472,8 @@ impl Inner {
                 return;
             }
         };
-        match self.update(device, &update).await {
-            Ok(doc) => {
-                self.publish(
-                    ShadowTopic::UpdateAccepted.topic(device),
-                    document(&doc, update.client_token.clone()),
-                    false,
-                )
-                .await;
-            }
+        match self.update(device, &update, true).await {
+            Ok(_) => {}
             Err(e) => {
                 self.reject(device, ShadowTopic::UpdateRejected, &e, update.client_token)
                     .await;
@@ -476,11 +481,26 @@ impl Inner {
         }
     }
 
-    /// Apply an update; on a change: the retained document, the delta when
-    /// desired changed, the node's copy upstream.
-    async fn update(&self, device: &str, update: &ShadowUpdate) -> Result<Shadow, ShadowError> {
+    /// Apply an update; `answer`: publish `update/accepted` first (a
+    /// device's request). On a change: the retained document, the delta
+    /// when desired changed, the node's copy upstream — all under the lock,
+    /// so they leave in the order of the changes.
+    async fn update(
+        &self,
+        device: &str,
+        update: &ShadowUpdate,
+        answer: bool,
+    ) -> Result<Shadow, ShadowError> {
         let mut st = self.state.lock().await;
         let c = st.shadows.update(device, update, now_ms()).await?;
+        if answer {
+            self.publish(
+                ShadowTopic::UpdateAccepted.topic(device),
+                document(&c.shadow, update.client_token.clone()),
+                false,
+            )
+            .await;
+        }
         if c.changed {
             self.after_change(device, &c.shadow, c.desired_changed)
                 .await;
@@ -491,18 +511,20 @@ impl Inner {
         Ok(c.shadow)
     }
 
+    /// After a change: the delta when desired changed and differs from
+    /// reported, then the retained document.
     async fn after_change(&self, device: &str, doc: &Shadow, desired_changed: bool) {
+        let delta = doc.delta_message();
+        if desired_changed && !delta.state.is_empty() {
+            self.publish(ShadowTopic::Delta.topic(device), json_bytes(&delta), false)
+                .await;
+        }
         self.publish(
             ShadowTopic::Document.topic(device),
             document(doc, None),
             true,
         )
         .await;
-        let delta = doc.delta_message();
-        if desired_changed && !delta.state.is_empty() {
-            self.publish(ShadowTopic::Delta.topic(device), json_bytes(&delta), false)
-                .await;
-        }
     }
 
     async fn sync_up(&self, device: &str, doc: &Shadow) {

@@ -86,6 +86,11 @@ impl Shadows {
         self.docs.len()
     }
 
+    /// Every kept shadow.
+    pub fn all(&self) -> impl Iterator<Item = (&String, &Shadow)> {
+        self.docs.iter()
+    }
+
     /// The device's shadow (an empty one, version 0, when it has none).
     pub fn get(&self, device: &str) -> Shadow {
         self.docs.get(device).cloned().unwrap_or_default()

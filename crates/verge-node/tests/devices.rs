@@ -1,0 +1,562 @@
+//! The node's device service against a real broker with rumqttc 5.0
+//! devices: shadow get/update/delta/rejected and the retained document,
+//! cloud shadows merged and answered, commands held, delivered with their
+//! MQTT 5 properties, de-duplicated, replied, failed and expired (the
+//! statuses read from the cache queue, as the bridge would send them), a
+//! CoAP POST onto the shadow update topic, and the shadow kept across a
+//! node restart with the HTTP API on it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS as Q;
+use rumqttc::v5::mqttbytes::v5 as m5;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use verge_broker::auth::{Registry, hash_password};
+use verge_broker::config::AclPolicy;
+use verge_broker::listener::{BoundListener, Transport};
+use verge_broker::{Authenticator, Broker, BrokerConfig, Message};
+use verge_mqtt::QoS;
+use verge_node::devices::{Devices, DevicesOptions};
+use verge_protocol::device::{
+    COMMAND_ID_PROPERTY, CommandRequest, Shadow, ShadowSync, ShadowUpdate,
+};
+use verge_queue::{Entry, Queue, QueueConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+const PASSWORD: &str = "pw";
+
+fn registry() -> Registry {
+    let hash = hash_password(PASSWORD).expect("hash");
+    let mut toml = String::new();
+    for d in ["d1", "d2"] {
+        toml.push_str(&format!(
+            r##"
+[[devices]]
+username = "{d}"
+password_hash = "{hash}"
+[[devices.acl]]
+permission = "allow"
+action = "all"
+topic = "devices/%u/#"
+[[devices.acl]]
+permission = "allow"
+action = "all"
+topic = "$shadow/%u/#"
+[[devices.acl]]
+permission = "deny"
+action = "all"
+topic = "#"
+"##
+        ));
+    }
+    toml::from_str(&toml).expect("registry")
+}
+
+/// A broker on loopback, a cache queue and the device service.
+struct Rig {
+    _dir: tempfile::TempDir,
+    broker: Broker,
+    addr: SocketAddr,
+    queue: Queue,
+    devices: Devices,
+    /// Everything read from the queue so far.
+    up: Vec<(String, Value)>,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let dir = tempfile::tempdir().expect("tmp");
+        let auth = Authenticator::new(registry(), false, AclPolicy::Deny).expect("auth");
+        let mut broker = Broker::start(BrokerConfig::default(), auth.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        broker.serve(BoundListener {
+            listener,
+            transport: Transport::Tcp,
+        });
+        let queue = Queue::open(QueueConfig {
+            dir: dir.path().join("queue"),
+            ..QueueConfig::default()
+        })
+        .expect("queue")
+        .0;
+        let devices = Devices::start(
+            broker.handle(),
+            DevicesOptions {
+                data_dir: dir.path().to_path_buf(),
+                queue: Some(queue.clone()),
+                auth,
+            },
+        )
+        .await
+        .expect("devices");
+        devices.set_cloud_devices(["d1".to_owned(), "d2".to_owned()]);
+        Rig {
+            _dir: dir,
+            broker,
+            addr,
+            queue,
+            devices,
+            up: Vec::new(),
+        }
+    }
+
+    /// Publish on the broker as the bridge does with a downstream message.
+    async fn from_cloud(&self, topic: String, payload: Vec<u8>) {
+        let mut m = Message::local(topic, payload, QoS::AtLeastOnce, false);
+        m.origin = Arc::from(verge_bridge::ORIGIN);
+        self.broker.handle().publish(m).await.expect("publish");
+    }
+
+    fn drain(&mut self) {
+        let mut out: Vec<Entry> = Vec::new();
+        while self.queue.try_next_batch(100, &mut out) > 0 {}
+        for e in out {
+            let v = serde_json::from_slice(&e.record.payload).expect("json upstream");
+            self.up.push((e.record.topic.clone(), v));
+        }
+    }
+
+    /// The upstream messages on `topic` so far, once `check` holds.
+    async fn upstream(&mut self, topic: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.drain();
+            let got: Vec<Value> = self
+                .up
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, v)| v.clone())
+                .collect();
+            if check(&got) {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "upstream on {topic}: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The states reported upstream for command `id`, once `n` are there.
+    async fn states(&mut self, device: &str, id: &str, n: usize) -> Vec<String> {
+        let topic = format!("$verge/command-status/{device}");
+        let v = self
+            .upstream(&topic, |v| v.iter().filter(|s| s["id"] == id).count() >= n)
+            .await;
+        v.iter()
+            .filter(|s| s["id"] == id)
+            .map(|s| s["state"].as_str().expect("state").to_owned())
+            .collect()
+    }
+}
+
+/// A rumqttc 5.0 device with its publishes in a channel.
+struct Dev {
+    client: rumqttc::v5::AsyncClient,
+    pubs: mpsc::UnboundedReceiver<m5::Publish>,
+    subacks: mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn device(addr: SocketAddr, user: &str, client_id: &str) -> Dev {
+    let mut opts = rumqttc::v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    opts.set_credentials(user, PASSWORD);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 64);
+    let (ptx, pubs) = mpsc::unbounded_channel();
+    let (stx, subacks) = mpsc::unbounded_channel();
+    let (ctx, mut connected) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(m5::Packet::Publish(p))) => {
+                    let _ = ptx.send(p);
+                }
+                Ok(rumqttc::v5::Event::Incoming(m5::Packet::ConnAck(_))) => {
+                    let _ = ctx.send(());
+                }
+                Ok(rumqttc::v5::Event::Incoming(m5::Packet::SubAck(_))) => {
+                    let _ = stx.send(());
+                }
+                Ok(_) => {}
+                Err(e) => panic!("device connection: {e:?}"),
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, connected.recv())
+        .await
+        .expect("connack in time");
+    Dev {
+        client,
+        pubs,
+        subacks,
+        task,
+    }
+}
+
+impl Dev {
+    async fn sub(&mut self, filter: &str) {
+        self.client
+            .subscribe(filter, Q::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        tokio::time::timeout(WAIT, self.subacks.recv())
+            .await
+            .expect("suback in time");
+    }
+
+    async fn send(&self, topic: &str, payload: Value) {
+        self.client
+            .publish(topic, Q::AtLeastOnce, false, payload.to_string())
+            .await
+            .expect("publish");
+    }
+
+    /// The next publish on `topic` (others are skipped).
+    async fn next_on(&mut self, topic: &str) -> (m5::Publish, Value) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let p = tokio::time::timeout_at(deadline, self.pubs.recv())
+                .await
+                .unwrap_or_else(|_| panic!("nothing on {topic} in time"))
+                .expect("connection");
+            if p.topic == topic.as_bytes() {
+                let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                return (p, v);
+            }
+        }
+    }
+
+    /// No publish on a topic starting with `prefix` for `d`.
+    async fn nothing_on(&mut self, prefix: &str, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.pubs.recv()).await {
+            assert!(
+                !p.topic.starts_with(prefix.as_bytes()),
+                "unexpected {:?}",
+                String::from_utf8_lossy(&p.topic)
+            );
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(verge_net::now_ms()).expect("time")
+}
+
+fn command(id: &str, device: &str, ttl_ms: u64) -> Vec<u8> {
+    serde_json::to_vec(&CommandRequest {
+        id: id.into(),
+        device: device.into(),
+        name: "blink".into(),
+        payload: json!({"times": 3}),
+        created_ms: now_ms(),
+        expires_ms: now_ms() + ttl_ms,
+    })
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_get_update_delta_rejected_and_the_retained_document() {
+    let mut rig = Rig::start().await;
+    let mut d1 = device(rig.addr, "d1", "d1").await;
+    d1.sub("$shadow/d1/#").await;
+
+    d1.send("$shadow/d1/get", json!({"client_token": "g"}))
+        .await;
+    let (_, doc) = d1.next_on("$shadow/d1/get/accepted").await;
+    assert_eq!(
+        (doc["version"].clone(), doc["client_token"].clone()),
+        (json!(0), json!("g"))
+    );
+
+    // an app's desired change: accepted, the delta, the retained document
+    d1.send(
+        "$shadow/d1/update",
+        json!({"desired": {"led": "on", "rate": 5}, "client_token": "t1"}),
+    )
+    .await;
+    let (_, acc) = d1.next_on("$shadow/d1/update/accepted").await;
+    assert_eq!(acc["version"], json!(1));
+    assert_eq!(acc["client_token"], json!("t1"));
+    assert_eq!(acc["desired"], json!({"led": "on", "rate": 5}));
+    let (_, delta) = d1.next_on("$shadow/d1/update/delta").await;
+    assert_eq!(delta["state"], json!({"led": "on", "rate": 5}));
+    assert_eq!(delta["version"], json!(1));
+    let (_, document) = d1.next_on("$shadow/d1/document").await;
+    assert_eq!(document["version"], json!(1));
+
+    // a stale version is refused and changes nothing
+    d1.send(
+        "$shadow/d1/update",
+        json!({"reported": {"led": "on"}, "version": 0, "client_token": "t2"}),
+    )
+    .await;
+    let (_, rej) = d1.next_on("$shadow/d1/update/rejected").await;
+    assert_eq!(rej["code"], json!("version_conflict"));
+    assert_eq!(rej["version"], json!(1));
+    assert_eq!(rej["client_token"], json!("t2"));
+    // not an update at all
+    d1.send("$shadow/d1/update", json!({"desire": {}})).await;
+    let (_, rej) = d1.next_on("$shadow/d1/update/rejected").await;
+    assert_eq!(rej["code"], json!("invalid_update"));
+
+    // the device reports: accepted, no delta for led any more, and no
+    // delta message (desired did not change)
+    d1.send(
+        "$shadow/d1/update",
+        json!({"reported": {"led": "on"}, "version": 1}),
+    )
+    .await;
+    let (_, acc) = d1.next_on("$shadow/d1/update/accepted").await;
+    assert_eq!(acc["version"], json!(2));
+    assert_eq!(acc["delta"], json!({"rate": 5}));
+    let (_, document) = d1.next_on("$shadow/d1/document").await;
+    assert_eq!(document["reported"], json!({"led": "on"}));
+    d1.nothing_on("$shadow/d1/update/delta", Duration::from_millis(300))
+        .await;
+
+    // a late subscriber gets the retained document
+    let mut d1b = device(rig.addr, "d1", "d1:viewer").await;
+    d1b.sub("$shadow/d1/document").await;
+    let (p, document) = d1b.next_on("$shadow/d1/document").await;
+    assert!(p.retain, "the document is retained");
+    assert_eq!(document["version"], json!(2));
+
+    // each change went upstream as the node's whole copy
+    let syncs = rig.upstream("$verge/shadow/d1", |v| v.len() >= 2).await;
+    let last: ShadowSync = serde_json::from_value(syncs[1].clone()).expect("sync");
+    assert_eq!(last.device, "d1");
+    assert_eq!(last.shadow.version, 2);
+    assert_eq!(last.shadow.reported["led"], json!("on"));
+    assert_eq!(syncs.len(), 2, "refused updates send nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_shadow_is_merged_told_as_a_delta_and_answered_with_the_node_copy() {
+    let mut rig = Rig::start().await;
+    let mut d1 = device(rig.addr, "d1", "d1").await;
+    d1.sub("$shadow/d1/#").await;
+    d1.send("$shadow/d1/update", json!({"reported": {"rate": 1}}))
+        .await;
+    d1.next_on("$shadow/d1/update/accepted").await;
+
+    let mut cloud = Shadow::default();
+    cloud
+        .apply(
+            &serde_json::from_value::<ShadowUpdate>(json!({"desired": {"rate": 9}})).unwrap(),
+            now_ms() + 1,
+        )
+        .unwrap();
+    let sync = ShadowSync {
+        device: "d1".into(),
+        shadow: cloud.clone(),
+    };
+    // the same message from anyone but the bridge is ignored
+    let mut fake = Message::local(
+        "$verge/shadow/d1",
+        serde_json::to_vec(&sync).unwrap(),
+        QoS::AtLeastOnce,
+        false,
+    );
+    fake.origin = Arc::from("$local");
+    rig.broker.handle().publish(fake).await.unwrap();
+    rig.from_cloud(
+        "$verge/shadow/d1".into(),
+        serde_json::to_vec(&sync).unwrap(),
+    )
+    .await;
+    let (_, delta) = d1.next_on("$shadow/d1/update/delta").await;
+    assert_eq!(delta["state"], json!({"rate": 9}));
+    let syncs = rig.upstream("$verge/shadow/d1", |v| v.len() >= 2).await;
+    let answer: ShadowSync = serde_json::from_value(syncs[1].clone()).unwrap();
+    assert_eq!(answer.shadow.desired["rate"], json!(9));
+    assert_eq!(answer.shadow.reported["rate"], json!(1));
+    assert!(cloud.covered_by(&answer.shadow));
+    // the same copy again changes nothing but is answered again
+    rig.from_cloud(
+        "$verge/shadow/d1".into(),
+        serde_json::to_vec(&sync).unwrap(),
+    )
+    .await;
+    let syncs = rig.upstream("$verge/shadow/d1", |v| v.len() >= 3).await;
+    assert_eq!(syncs[2], syncs[1]);
+    d1.nothing_on("$shadow/d1/update/delta", Duration::from_millis(300))
+        .await;
+    assert_eq!(
+        rig.upstream("$verge/shadow/d1", |_| true).await.len(),
+        3,
+        "the fake was ignored"
+    );
+    assert!(
+        rig.devices
+            .stats()
+            .ignored
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_delivered_with_properties_deduplicated_and_replied() {
+    let mut rig = Rig::start().await;
+    let mut d1 = device(rig.addr, "d1", "d1").await;
+    d1.sub("devices/d1/commands/#").await;
+    rig.from_cloud("$verge/commands/d1".into(), command("c1", "d1", 60_000))
+        .await;
+    let (p, payload) = d1.next_on("devices/d1/commands/blink/c1").await;
+    assert_eq!(payload, json!({"times": 3}));
+    let props = p.properties.expect("5.0 properties");
+    assert_eq!(
+        props.response_topic.as_deref(),
+        Some("devices/d1/replies/c1")
+    );
+    assert_eq!(props.correlation_data, Some(Bytes::from_static(b"c1")));
+    assert!(
+        props
+            .user_properties
+            .contains(&(COMMAND_ID_PROPERTY.to_owned(), "c1".to_owned()))
+    );
+    assert_eq!(rig.states("d1", "c1", 2).await, ["sent", "delivered"]);
+
+    // the cloud resends it (it had not seen `sent`): acknowledged, not run again
+    rig.from_cloud("$verge/commands/d1".into(), command("c1", "d1", 60_000))
+        .await;
+    assert_eq!(
+        rig.states("d1", "c1", 3).await,
+        ["sent", "delivered", "sent"]
+    );
+    d1.nothing_on("devices/d1/commands/", Duration::from_millis(500))
+        .await;
+
+    // the reply, on the response topic
+    d1.send("devices/d1/replies/c1", json!({"ok": true})).await;
+    let states = rig.states("d1", "c1", 4).await;
+    assert_eq!(states[3], "replied");
+    let all = rig.upstream("$verge/command-status/d1", |_| true).await;
+    let replied = all.iter().find(|s| s["state"] == "replied").unwrap();
+    assert_eq!(replied["reply"], json!({"ok": true}));
+    assert_eq!(rig.devices.counts().await.1, 0, "dropped from the store");
+
+    // a failure, with its reason; a text reply stays text
+    rig.from_cloud("$verge/commands/d1".into(), command("c2", "d1", 60_000))
+        .await;
+    d1.next_on("devices/d1/commands/blink/c2").await;
+    d1.client
+        .publish(
+            "devices/d1/replies/c2/failed",
+            Q::AtLeastOnce,
+            false,
+            "no led",
+        )
+        .await
+        .unwrap();
+    let states = rig.states("d1", "c2", 3).await;
+    assert_eq!(states, ["sent", "delivered", "failed"]);
+    let all = rig.upstream("$verge/command-status/d1", |_| true).await;
+    let failed = all.iter().find(|s| s["state"] == "failed").unwrap();
+    assert_eq!(failed["error"], json!("no led"));
+
+    // an unknown device's command fails; a reply for no held command is ignored
+    rig.from_cloud("$verge/commands/d9".into(), command("c3", "d9", 60_000))
+        .await;
+    let states = rig.states("d9", "c3", 1).await;
+    assert_eq!(states, ["failed"]);
+    d1.send("devices/d1/replies/nope", json!(1)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        rig.upstream("$verge/command-status/d1", |_| true)
+            .await
+            .iter()
+            .all(|s| s["id"] != "nope")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_for_an_offline_device_wait_for_it_and_expire() {
+    let mut rig = Rig::start().await;
+    rig.from_cloud("$verge/commands/d2".into(), command("late", "d2", 60_000))
+        .await;
+    rig.from_cloud("$verge/commands/d2".into(), command("short", "d2", 300))
+        .await;
+    assert_eq!(rig.states("d2", "late", 1).await, ["sent"]);
+    assert_eq!(rig.states("d2", "short", 2).await, ["sent", "expired"]);
+    assert_eq!(rig.devices.counts().await.1, 1);
+
+    // it connects (clean session) and subscribes: it gets what waits
+    let mut d2 = device(rig.addr, "d2", "d2").await;
+    d2.sub("devices/d2/commands/#").await;
+    let (p, _) = d2.next_on("devices/d2/commands/blink/late").await;
+    assert_eq!(
+        p.properties.and_then(|p| p.response_topic).as_deref(),
+        Some("devices/d2/replies/late")
+    );
+    assert_eq!(rig.states("d2", "late", 2).await, ["sent", "delivered"]);
+    d2.nothing_on(
+        "devices/d2/commands/blink/short",
+        Duration::from_millis(300),
+    )
+    .await;
+    // unanswered, it comes again at the next connection (at least once)
+    drop(d2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut d2 = device(rig.addr, "d2", "d2").await;
+    d2.sub("devices/d2/commands/#").await;
+    d2.next_on("devices/d2/commands/blink/late").await;
+    d2.send("devices/d2/replies/late", json!("done")).await;
+    assert_eq!(rig.states("d2", "late", 3).await[2], "replied");
+    assert_eq!(
+        rig.states("d2", "late", 3).await.len(),
+        3,
+        "the second hand-over is not a second `delivered`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_holds_commands_across_a_restart_of_the_service() {
+    let mut rig = Rig::start().await;
+    rig.from_cloud("$verge/commands/d1".into(), command("kept", "d1", 60_000))
+        .await;
+    assert_eq!(rig.states("d1", "kept", 1).await, ["sent"]);
+    rig.devices.stop().await;
+    let auth = Authenticator::new(registry(), false, AclPolicy::Deny).unwrap();
+    let devices = Devices::start(
+        rig.broker.handle(),
+        DevicesOptions {
+            data_dir: rig._dir.path().to_path_buf(),
+            queue: Some(rig.queue.clone()),
+            auth,
+        },
+    )
+    .await
+    .unwrap();
+    devices.set_cloud_devices(["d1".to_owned()]);
+    rig.devices = devices;
+    assert_eq!(rig.devices.counts().await.1, 1);
+    let mut d1 = device(rig.addr, "d1", "d1").await;
+    d1.sub("devices/d1/commands/#").await;
+    d1.next_on("devices/d1/commands/blink/kept").await;
+    // a resend after the restart is still known
+    rig.from_cloud("$verge/commands/d1".into(), command("kept", "d1", 60_000))
+        .await;
+    assert_eq!(
+        rig.states("d1", "kept", 3).await,
+        ["sent", "delivered", "sent"]
+    );
+}
