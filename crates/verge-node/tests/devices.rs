@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/node.rs"]
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -559,4 +562,228 @@ async fn the_store_holds_commands_across_a_restart_of_the_service() {
         rig.states("d1", "kept", 3).await,
         ["sent", "delivered", "sent"]
     );
+}
+
+/// A CoAP request (confirmable, token = message id) and its answer.
+async fn coap(
+    addr: SocketAddr,
+    code: verge_coap::Code,
+    path: &str,
+    payload: &[u8],
+    mid: u16,
+) -> verge_coap::CoapMessage {
+    use verge_coap::{CoapMessage, MsgType, option};
+    let mut m = CoapMessage::new(MsgType::Con, code, mid, mid.to_be_bytes().to_vec());
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        m.push_option(option::URI_PATH, seg.as_bytes().to_vec());
+    }
+    for q in query.split('&').filter(|s| !s.is_empty()) {
+        m.push_option(option::URI_QUERY, q.as_bytes().to_vec());
+    }
+    m.payload = payload.to_vec();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&m.encode(), addr).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .expect("a coap answer")
+        .unwrap();
+    CoapMessage::decode(&buf[..n]).expect("coap")
+}
+
+fn devices_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let hash = hash_password(PASSWORD).expect("hash");
+    let path = dir.join("devices.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r##"
+[[devices]]
+username = "d1"
+password_hash = "{hash}"
+[[devices.acl]]
+permission = "allow"
+action = "all"
+topic = "devices/%u/#"
+[[devices.acl]]
+permission = "allow"
+action = "all"
+topic = "$shadow/%u/#"
+[[devices.acl]]
+permission = "deny"
+action = "all"
+topic = "#"
+"##
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A whole node: a shadow changed over CoAP (POST onto the update topic)
+/// and over the node's HTTP API (version checked, `reported` refused),
+/// the device told the delta, and all of it kept across a restart (the
+/// document retained again for MQTT and CoAP readers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_shadows_across_a_restart_over_coap_mqtt_and_http() {
+    use verge_coap::Code;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = devices_file(dir.path());
+    let extra = format!(
+        "[broker]\ndevices_file = {:?}\n[coap]\nenabled = true\nbind = \"127.0.0.1:0\"\n",
+        file.to_str().unwrap()
+    );
+    let node = support::start(support::config(&data, &extra), None).await;
+    let coap_addr = node.coap.expect("coap");
+    let creds = format!("u=d1&p={PASSWORD}");
+    let r = coap(
+        coap_addr,
+        Code::POST,
+        &format!("/ps/$shadow/d1/update?{creds}"),
+        br#"{"desired": {"mode": "eco"}}"#,
+        1,
+    )
+    .await;
+    assert_eq!(r.code, Code::CHANGED);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let doc = loop {
+        let r = coap(
+            coap_addr,
+            Code::GET,
+            &format!("/ps/$shadow/d1/document?{creds}"),
+            b"",
+            2,
+        )
+        .await;
+        if r.code == Code::CONTENT {
+            break serde_json::from_slice::<Value>(&r.payload).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no document: {:?}",
+            r.code
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(doc["desired"], json!({"mode": "eco"}));
+    assert_eq!(doc["version"], json!(1));
+
+    let mut d1 = device(node.mqtt.unwrap(), "d1", "d1").await;
+    d1.sub("$shadow/d1/update/delta").await;
+    let (st, v) = node.call("GET", "/api/devices/d1/shadow", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["version"].clone(), v["delta"].clone()),
+        (json!(1), json!({"mode": "eco"}))
+    );
+    let (st, v) = node
+        .call(
+            "PATCH",
+            "/api/devices/d1/shadow",
+            Some(json!({"desired": {"mode": "boost"}, "version": 0})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].clone()),
+        (409, json!("version_conflict")),
+        "{v}"
+    );
+    let (st, v) = node
+        .call(
+            "PATCH",
+            "/api/devices/d1/shadow",
+            Some(json!({"reported": {"mode": "x"}})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].clone()),
+        (400, json!("invalid_update")),
+        "{v}"
+    );
+    let (st, v) = node.call("GET", "/api/devices/..%2Fx/shadow", None).await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = node
+        .call(
+            "PATCH",
+            "/api/devices/d1/shadow",
+            Some(json!({"desired": {"mode": "boost"}, "version": 1})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["version"], json!(2));
+    let (_, delta) = d1.next_on("$shadow/d1/update/delta").await;
+    assert_eq!(delta["state"], json!({"mode": "boost"}));
+    drop(d1);
+    node.stop().await;
+
+    let node = support::start(support::config(&data, &extra), None).await;
+    let (st, v) = node.call("GET", "/api/devices/d1/shadow", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["version"].clone(), v["desired"].clone()),
+        (json!(2), json!({"mode": "boost"}))
+    );
+    let mut d1 = device(node.mqtt.unwrap(), "d1", "d1").await;
+    d1.sub("$shadow/d1/document").await;
+    let (p, doc) = d1.next_on("$shadow/d1/document").await;
+    assert!(p.retain);
+    assert_eq!(doc["version"], json!(2));
+    let r = coap(
+        node.coap.unwrap(),
+        Code::GET,
+        &format!("/ps/$shadow/d1/document?{creds}"),
+        b"",
+        3,
+    )
+    .await;
+    assert_eq!(r.code, Code::CONTENT);
+    drop(d1);
+    node.stop().await;
+}
+
+/// A cloud-managed node reports its cloud devices' sessions and its
+/// broker addresses in the heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_lists_cloud_device_sessions_and_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cloud = support::Cloud::start().await;
+    let node = support::start(support::config(&data, ""), Some(cloud.link(&data))).await;
+    let hash = hash_password(PASSWORD).unwrap();
+    cloud.send(|d| {
+        d.devices = vec![verge_protocol::DeviceEntry {
+            id: "d1".into(),
+            password_hash: hash.clone(),
+        }];
+    });
+    let mqtt = node.mqtt.unwrap();
+    let endpoint = format!("mqtt://{mqtt}");
+    cloud.report(|r| r.endpoints.contains(&endpoint)).await;
+    // the device can connect once the revision is applied
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, v) = node.call("GET", "/api/cloud", None).await;
+        if v["applied_version"] == json!(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not applied: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d1 = device(mqtt, "d1", "d1:sensor").await;
+    let r = cloud
+        .report(|r| r.devices.iter().any(|s| s.device == "d1" && s.connected))
+        .await;
+    let s = r.devices.iter().find(|s| s.device == "d1").unwrap();
+    assert_eq!(
+        (s.client_id.as_str(), s.transport.as_str()),
+        ("d1:sensor", "mqtt")
+    );
+    assert!(s.since_ms > 0);
+    drop(d1);
+    cloud
+        .report(|r| r.devices.iter().any(|s| s.device == "d1" && !s.connected))
+        .await;
+    node.stop().await;
 }
