@@ -113,7 +113,7 @@ impl Rig {
     }
 
     /// Publish on the broker as the bridge does with a downstream message.
-    async fn from_cloud(&self, topic: String, payload: Vec<u8>) {
+    async fn down(&self, topic: String, payload: Vec<u8>) {
         let mut m = Message::local(topic, payload, QoS::AtLeastOnce, false);
         m.origin = Arc::from(verge_bridge::ORIGIN);
         self.broker.handle().publish(m).await.expect("publish");
@@ -380,7 +380,7 @@ async fn a_cloud_shadow_is_merged_told_as_a_delta_and_answered_with_the_node_cop
     );
     fake.origin = Arc::from("$local");
     rig.broker.handle().publish(fake).await.unwrap();
-    rig.from_cloud(
+    rig.down(
         "$verge/shadow/d1".into(),
         serde_json::to_vec(&sync).unwrap(),
     )
@@ -393,7 +393,7 @@ async fn a_cloud_shadow_is_merged_told_as_a_delta_and_answered_with_the_node_cop
     assert_eq!(answer.shadow.reported["rate"], json!(1));
     assert!(cloud.covered_by(&answer.shadow));
     // the same copy again changes nothing but is answered again
-    rig.from_cloud(
+    rig.down(
         "$verge/shadow/d1".into(),
         serde_json::to_vec(&sync).unwrap(),
     )
@@ -421,7 +421,7 @@ async fn commands_are_delivered_with_properties_deduplicated_and_replied() {
     let mut rig = Rig::start().await;
     let mut d1 = device(rig.addr, "d1", "d1").await;
     d1.sub("devices/d1/commands/#").await;
-    rig.from_cloud("$verge/commands/d1".into(), command("c1", "d1", 60_000))
+    rig.down("$verge/commands/d1".into(), command("c1", "d1", 60_000))
         .await;
     let (p, payload) = d1.next_on("devices/d1/commands/blink/c1").await;
     assert_eq!(payload, json!({"times": 3}));
@@ -439,7 +439,7 @@ async fn commands_are_delivered_with_properties_deduplicated_and_replied() {
     assert_eq!(rig.states("d1", "c1", 2).await, ["sent", "delivered"]);
 
     // the cloud resends it (it had not seen `sent`): acknowledged, not run again
-    rig.from_cloud("$verge/commands/d1".into(), command("c1", "d1", 60_000))
+    rig.down("$verge/commands/d1".into(), command("c1", "d1", 60_000))
         .await;
     assert_eq!(
         rig.states("d1", "c1", 3).await,
@@ -458,7 +458,7 @@ async fn commands_are_delivered_with_properties_deduplicated_and_replied() {
     assert_eq!(rig.devices.counts().await.1, 0, "dropped from the store");
 
     // a failure, with its reason; a text reply stays text
-    rig.from_cloud("$verge/commands/d1".into(), command("c2", "d1", 60_000))
+    rig.down("$verge/commands/d1".into(), command("c2", "d1", 60_000))
         .await;
     d1.next_on("devices/d1/commands/blink/c2").await;
     d1.client
@@ -477,7 +477,7 @@ async fn commands_are_delivered_with_properties_deduplicated_and_replied() {
     assert_eq!(failed["error"], json!("no led"));
 
     // an unknown device's command fails; a reply for no held command is ignored
-    rig.from_cloud("$verge/commands/d9".into(), command("c3", "d9", 60_000))
+    rig.down("$verge/commands/d9".into(), command("c3", "d9", 60_000))
         .await;
     let states = rig.states("d9", "c3", 1).await;
     assert_eq!(states, ["failed"]);
@@ -494,9 +494,9 @@ async fn commands_are_delivered_with_properties_deduplicated_and_replied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_for_an_offline_device_wait_for_it_and_expire() {
     let mut rig = Rig::start().await;
-    rig.from_cloud("$verge/commands/d2".into(), command("late", "d2", 60_000))
+    rig.down("$verge/commands/d2".into(), command("late", "d2", 60_000))
         .await;
-    rig.from_cloud("$verge/commands/d2".into(), command("short", "d2", 300))
+    rig.down("$verge/commands/d2".into(), command("short", "d2", 300))
         .await;
     assert_eq!(rig.states("d2", "late", 1).await, ["sent"]);
     assert_eq!(rig.states("d2", "short", 2).await, ["sent", "expired"]);
@@ -534,7 +534,7 @@ async fn commands_for_an_offline_device_wait_for_it_and_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_holds_commands_across_a_restart_of_the_service() {
     let mut rig = Rig::start().await;
-    rig.from_cloud("$verge/commands/d1".into(), command("kept", "d1", 60_000))
+    rig.down("$verge/commands/d1".into(), command("kept", "d1", 60_000))
         .await;
     assert_eq!(rig.states("d1", "kept", 1).await, ["sent"]);
     rig.devices.stop().await;
@@ -556,7 +556,7 @@ async fn the_store_holds_commands_across_a_restart_of_the_service() {
     d1.sub("devices/d1/commands/#").await;
     d1.next_on("devices/d1/commands/blink/kept").await;
     // a resend after the restart is still known
-    rig.from_cloud("$verge/commands/d1".into(), command("kept", "d1", 60_000))
+    rig.down("$verge/commands/d1".into(), command("kept", "d1", 60_000))
         .await;
     assert_eq!(
         rig.states("d1", "kept", 3).await,
