@@ -739,6 +739,28 @@ async fn a_node_keeps_shadows_across_a_restart_over_coap_mqtt_and_http() {
     )
     .await;
     assert_eq!(r.code, Code::CONTENT);
+
+    // the service's counters on /metrics
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (st, body) =
+            verge_agent::http::request("GET", &format!("{}/metrics", node.url), None, None, WAIT)
+                .await
+                .unwrap();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if st == 200 && text.contains("verge_devices_shadows 1\n") {
+            assert!(
+                text.contains("verge_devices_shadow_requests_total"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no device metrics: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(d1);
     node.stop().await;
 }

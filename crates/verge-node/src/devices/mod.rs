@@ -92,6 +92,78 @@ pub struct DevicesStats {
     /// Messages ignored: a `$verge/…` one not from the bridge, or one that
     /// did not parse.
     pub ignored: AtomicU64,
+    /// Messages dropped because the service's subscription queue was full.
+    pub dropped: AtomicU64,
+    /// Shadows kept (a gauge, updated every 250 ms).
+    pub shadows: AtomicU64,
+    /// Commands held (a gauge, updated every 250 ms).
+    pub held_commands: AtomicU64,
+}
+
+impl DevicesStats {
+    /// Append the counters as `verge_devices_*` Prometheus metrics.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+            (
+                "shadow_requests_total",
+                "counter",
+                "shadow get/update requests",
+                &self.shadow_requests,
+            ),
+            (
+                "cloud_shadows_total",
+                "counter",
+                "shadow copies from the cloud",
+                &self.cloud_shadows,
+            ),
+            (
+                "commands_total",
+                "counter",
+                "commands from the cloud, resends included",
+                &self.commands,
+            ),
+            (
+                "deliveries_total",
+                "counter",
+                "commands handed to device connections",
+                &self.deliveries,
+            ),
+            (
+                "upstream_failed_total",
+                "counter",
+                "upstream appends that failed",
+                &self.upstream_failed,
+            ),
+            (
+                "ignored_total",
+                "counter",
+                "messages ignored (not from the cloud link, or unparsable)",
+                &self.ignored,
+            ),
+            (
+                "dropped_total",
+                "counter",
+                "messages dropped on a full subscription queue",
+                &self.dropped,
+            ),
+            ("shadows", "gauge", "shadows kept", &self.shadows),
+            (
+                "held_commands",
+                "gauge",
+                "commands held for devices",
+                &self.held_commands,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP verge_devices_{name} The device service: {help}."
+            );
+            let _ = writeln!(out, "# TYPE verge_devices_{name} {kind}");
+            let _ = writeln!(out, "verge_devices_{name} {}", v.load(Ordering::Relaxed));
+        }
+    }
 }
 
 /// The running device service; cheap to clone.
@@ -343,7 +415,10 @@ async fn run(
                 Err(RecvError::Lagged(_)) => inner.resync().await,
                 Err(RecvError::Closed) => events_open = false,
             },
-            _ = tick.tick() => inner.on_tick().await,
+            _ = tick.tick() => {
+                inner.stats.dropped.store(sub.dropped(), Ordering::Relaxed);
+                inner.on_tick().await;
+            }
         }
     }
 }
@@ -747,6 +822,12 @@ impl Inner {
     async fn on_tick(&self) {
         let now = Instant::now();
         let mut st = self.state.lock().await;
+        self.stats
+            .shadows
+            .store(st.shadows.len() as u64, Ordering::Relaxed);
+        self.stats
+            .held_commands
+            .store(st.commands.len() as u64, Ordering::Relaxed);
         let expired = st.commands.expire(now_ms());
         if !expired.is_empty() {
             st.commands.save().await;

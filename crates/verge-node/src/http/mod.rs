@@ -235,6 +235,9 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     if let Some(c) = &s.coap {
         metrics::render_coap(&c.snapshot(), &mut out);
     }
+    if let Some(d) = &s.devices {
+        d.stats().render(&mut out);
+    }
     (
         [(
             header::CONTENT_TYPE,
