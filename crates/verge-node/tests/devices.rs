@@ -246,6 +246,21 @@ impl Dev {
         }
     }
 
+    /// The next publish on a topic starting with `prefix`.
+    async fn next_on_prefix(&mut self, prefix: &str) -> (m5::Publish, Value) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let p = tokio::time::timeout_at(deadline, self.pubs.recv())
+                .await
+                .unwrap_or_else(|_| panic!("nothing on {prefix}… in time"))
+                .expect("connection");
+            if p.topic.starts_with(prefix.as_bytes()) {
+                let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                return (p, v);
+            }
+        }
+    }
+
     /// No publish on a topic starting with `prefix` for `d`.
     async fn nothing_on(&mut self, prefix: &str, d: Duration) {
         let deadline = tokio::time::Instant::now() + d;
@@ -448,6 +463,14 @@ async fn commands_are_delivered_with_properties_deduplicated_and_replied() {
     d1.nothing_on("devices/d1/commands/", Duration::from_millis(500))
         .await;
 
+    // a new command is handed over alone (c1, unanswered, is not sent again)
+    rig.down("$verge/commands/d1".into(), command("c1b", "d1", 60_000))
+        .await;
+    let (p, _) = d1.next_on_prefix("devices/d1/commands/").await;
+    assert_eq!(p.topic, "devices/d1/commands/blink/c1b".as_bytes());
+    d1.nothing_on("devices/d1/commands/", Duration::from_millis(300))
+        .await;
+
     // the reply, on the response topic
     d1.send("devices/d1/replies/c1", json!({"ok": true})).await;
     let states = rig.states("d1", "c1", 4).await;
@@ -455,7 +478,11 @@ async fn commands_are_delivered_with_properties_deduplicated_and_replied() {
     let all = rig.upstream("$verge/command-status/d1", |_| true).await;
     let replied = all.iter().find(|s| s["state"] == "replied").unwrap();
     assert_eq!(replied["reply"], json!({"ok": true}));
-    assert_eq!(rig.devices.counts().await.1, 0, "dropped from the store");
+    assert_eq!(
+        rig.devices.counts().await.1,
+        1,
+        "c1 dropped from the store, c1b still held"
+    );
 
     // a failure, with its reason; a text reply stays text
     rig.down("$verge/commands/d1".into(), command("c2", "d1", 60_000))

@@ -31,6 +31,9 @@ pub struct Held {
     /// How many times it was handed over.
     #[serde(default)]
     pub attempts: u32,
+    /// When it was last handed over, ms since the Unix epoch.
+    #[serde(default)]
+    pub handed_ms: u64,
 }
 
 /// The file's shape.
@@ -114,6 +117,7 @@ impl Commands {
                 request: req,
                 delivered: false,
                 attempts: 0,
+                handed_ms: 0,
             },
         );
         Taken::New
@@ -136,11 +140,12 @@ impl Commands {
         v
     }
 
-    /// Mark `id` handed over; whether it was the first time.
-    pub fn handed_over(&mut self, id: &str) -> bool {
+    /// Mark `id` handed over at `now_ms`; whether it was the first time.
+    pub fn handed_over(&mut self, id: &str, now_ms: u64) -> bool {
         match self.pending.get_mut(id) {
             Some(h) => {
                 h.attempts = h.attempts.saturating_add(1);
+                h.handed_ms = now_ms;
                 !std::mem::replace(&mut h.delivered, true)
             }
             None => false,
@@ -165,6 +170,20 @@ impl Commands {
             self.finished.pop_front();
         }
         self.finished.push_back(id.to_owned());
+    }
+
+    /// The devices with a command handed over before `before_ms` and not
+    /// answered.
+    pub fn unanswered_since(&self, before_ms: u64) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .pending
+            .values()
+            .filter(|h| h.delivered && h.handed_ms < before_ms)
+            .map(|h| h.request.device.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Drop the commands past their `expires_ms` at `now_ms`.
@@ -240,8 +259,13 @@ mod tests {
         }
         assert!(matches!(c.take(req("over", "d1", 100)), Taken::Refused(m) if m.contains("d1")));
         assert_eq!(c.take(req("b", "d2", 50)), Taken::New);
-        assert!(c.handed_over("b"));
-        assert!(!c.handed_over("b"), "the second hand-over is not the first");
+        assert!(c.handed_over("b", 10));
+        assert!(
+            !c.handed_over("b", 20),
+            "the second hand-over is not the first"
+        );
+        assert_eq!(c.unanswered_since(21), ["d2"]);
+        assert!(c.unanswered_since(20).is_empty());
         assert!(c.finish("d1", "b").is_none(), "another device's command");
         c.save().await;
         let mut back = Commands::load(&path);

@@ -50,6 +50,10 @@ use shadow::Shadows;
 /// How long after a device connects its held commands are handed over:
 /// time for a client that starts a clean session to subscribe again.
 pub const DELIVER_AFTER_CONNECT: Duration = Duration::from_millis(1000);
+/// How long a delivered command waits for its reply before it is handed
+/// to the still-connected device again (at least once: a device that
+/// subscribed late, or lost it, gets it; the SDKs drop a known id).
+pub const REDELIVER_AFTER: Duration = Duration::from_secs(30);
 /// Depth of the service's broker subscription (a full one drops and
 /// counts; the cloud resends commands and shadows it is not told of).
 const QUEUE_DEPTH: usize = 4096;
@@ -754,15 +758,21 @@ impl Inner {
                 self.status(device, &id, CommandState::Sent, None, None)
                     .await;
                 if self.connected(device) {
-                    self.deliver(&mut st, device).await;
+                    self.deliver(&mut st, device, |h| h.request.id == id).await;
                 }
             }
         }
     }
 
-    /// Hand every held command of `device` to its connection.
-    async fn deliver(&self, st: &mut State, device: &str) {
-        let held = st.commands.of_device(device);
+    /// Hand the held commands of `device` that `pick` chooses to its
+    /// connection.
+    async fn deliver(&self, st: &mut State, device: &str, pick: impl Fn(&commands::Held) -> bool) {
+        let held: Vec<commands::Held> = st
+            .commands
+            .of_device(device)
+            .into_iter()
+            .filter(|h| pick(h))
+            .collect();
         if held.is_empty() {
             return;
         }
@@ -787,7 +797,7 @@ impl Inner {
                 continue;
             }
             self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
-            if st.commands.handed_over(&r.id) {
+            if st.commands.handed_over(&r.id, now_ms()) {
                 self.status(device, &r.id, CommandState::Delivered, None, None)
                     .await;
             }
@@ -842,6 +852,7 @@ impl Inner {
                 .await;
             }
         }
+        // Devices that connected a moment ago: everything they are held.
         let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.due)
             .into_iter()
             .partition(|(at, _)| *at <= now);
@@ -849,7 +860,16 @@ impl Inner {
         let mut seen = HashSet::new();
         for (_, device) in ready {
             if seen.insert(device.clone()) && self.connected(&device) {
-                self.deliver(&mut st, &device).await;
+                self.deliver(&mut st, &device, |_| true).await;
+            }
+        }
+        // Unanswered for a while and still connected: hand those again.
+        let redeliver_ms = u64::try_from(REDELIVER_AFTER.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now_ms().saturating_sub(redeliver_ms);
+        for device in st.commands.unanswered_since(cutoff) {
+            if self.connected(&device) {
+                self.deliver(&mut st, &device, |h| h.delivered && h.handed_ms < cutoff)
+                    .await;
             }
         }
     }
