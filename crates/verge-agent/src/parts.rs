@@ -81,6 +81,12 @@ pub trait DeviceHost: Send + Sync {
     /// The node's broker addresses (`mqtt://`, `mqtts://`, `ws://`,
     /// `wss://`, `coap://`), for the heartbeat's `endpoints`.
     fn endpoints(&self) -> Vec<String>;
+    /// A value that changes whenever a cloud device connects or
+    /// disconnects, so the agent reports it without waiting for the next
+    /// heartbeat.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// The parts of the running node the agent manages.

@@ -189,6 +189,9 @@ struct Inner {
     stats: DevicesStats,
     stop: tokio::sync::Notify,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Bumped when a cloud device connects or disconnects (the agent
+    /// reports it at once).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 struct State {
@@ -261,6 +264,7 @@ impl Devices {
             stats: DevicesStats::default(),
             stop: tokio::sync::Notify::new(),
             task: Mutex::new(None),
+            changes: tokio::sync::watch::channel(0).0,
         });
         // The retained documents (the broker keeps none across a
         // restart), then held commands for the devices connected now.
@@ -390,6 +394,10 @@ impl verge_agent::DeviceHost for Devices {
             .map(|e| e.clone())
             .unwrap_or_default()
     }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.changes.subscribe())
+    }
 }
 
 /// The service's task.
@@ -410,6 +418,9 @@ async fn run(
             },
             e = events.recv(), if events_open => match e {
                 Ok(e) => {
+                    if e.username.as_deref().is_some_and(|u| inner.is_listed(u)) {
+                        inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     let first = inner.presence.lock().ok().and_then(|mut p| p.on_event(&e));
                     if let Some(device) = first {
                         let at = Instant::now() + DELIVER_AFTER_CONNECT;
@@ -428,16 +439,21 @@ async fn run(
 }
 
 impl Inner {
+    /// Whether `device`'s shadow syncs with the cloud: the cloud lists it
+    /// and there is a queue to send through.
     fn is_cloud_device(&self, device: &str) -> bool {
-        self.queue.is_some()
-            && self
-                .cloud
-                .read()
-                .is_ok_and(|c| c.as_ref().is_some_and(|c| c.contains(device)))
+        self.queue.is_some() && self.is_listed(device)
     }
 
     fn connected(&self, device: &str) -> bool {
         self.presence.lock().is_ok_and(|p| p.connected(device))
+    }
+
+    /// Whether the cloud lists `device` (queue or not).
+    fn is_listed(&self, device: &str) -> bool {
+        self.cloud
+            .read()
+            .is_ok_and(|c| c.as_ref().is_some_and(|c| c.contains(device)))
     }
 
     async fn resync(&self) {
@@ -691,9 +707,7 @@ impl Inner {
     /// Whether the node knows `device`: the cloud lists it, or the broker's
     /// registry has it.
     fn known(&self, device: &str) -> bool {
-        self.cloud
-            .read()
-            .is_ok_and(|c| c.as_ref().is_some_and(|c| c.contains(device)))
+        self.is_listed(device)
             || self
                 .auth
                 .registry()
