@@ -836,3 +836,26 @@ async fn the_heartbeat_lists_cloud_device_sessions_and_endpoints() {
         .await;
     node.stop().await;
 }
+
+/// A device's shadow changed before the cloud listed it stays local, and
+/// goes up once, when the cloud lists the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_newly_listed_by_the_cloud_has_its_shadow_sent_up_once() {
+    let mut rig = Rig::start().await;
+    let up: ShadowUpdate = serde_json::from_value(json!({"desired": {"x": 1}})).unwrap();
+    let doc = rig.devices.update_shadow("d3", &up).await.unwrap();
+    assert_eq!(doc.version, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rig.upstream("$verge/shadow/d3", |_| true).await.is_empty());
+    let listed = ["d1", "d2", "d3"].map(String::from);
+    rig.devices.set_cloud_devices(listed.clone());
+    let syncs = rig.upstream("$verge/shadow/d3", |v| !v.is_empty()).await;
+    assert_eq!(syncs[0]["shadow"]["desired"], json!({"x": 1}));
+    rig.devices.set_cloud_devices(listed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rig.upstream("$verge/shadow/d3", |_| true).await.len(), 1);
+    assert!(
+        rig.upstream("$verge/shadow/d1", |_| true).await.is_empty(),
+        "d1 has no shadow"
+    );
+}

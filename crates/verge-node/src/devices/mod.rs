@@ -327,10 +327,37 @@ impl Devices {
         }
     }
 
-    /// Which devices the cloud manages (their shadows sync with it).
+    /// Which devices the cloud manages (their shadows sync with it). A
+    /// device newly listed (each one, the first time) has its shadow sent
+    /// up, so a change made before the node knew it was the cloud's is not
+    /// kept back until the next one.
     pub fn set_cloud_devices(&self, devices: impl IntoIterator<Item = String>) {
-        if let Ok(mut c) = self.inner.cloud.write() {
-            *c = Some(devices.into_iter().collect());
+        let next: HashSet<String> = devices.into_iter().collect();
+        let newly: Vec<String> = match self.inner.cloud.write() {
+            Ok(mut c) => {
+                let newly = next
+                    .iter()
+                    .filter(|d| c.as_ref().is_none_or(|old| !old.contains(*d)))
+                    .cloned()
+                    .collect();
+                *c = Some(next);
+                newly
+            }
+            Err(_) => return,
+        };
+        if newly.is_empty() || self.inner.queue.is_none() {
+            return;
+        }
+        let inner = self.inner.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let st = inner.state.lock().await;
+                for d in newly {
+                    if st.shadows.has(&d) {
+                        inner.sync_up(&d, &st.shadows.get(&d)).await;
+                    }
+                }
+            });
         }
     }
 
@@ -705,9 +732,12 @@ impl Inner {
     }
 
     /// Whether the node knows `device`: the cloud lists it, or the broker's
-    /// registry has it.
+    /// registry has it — or the agent has not said yet which devices the
+    /// cloud has (at start the bridge may bring commands before the agent
+    /// applied its stored state; they are held, not failed).
     fn known(&self, device: &str) -> bool {
-        self.is_listed(device)
+        self.cloud.read().is_ok_and(|c| c.is_none())
+            || self.is_listed(device)
             || self
                 .auth
                 .registry()

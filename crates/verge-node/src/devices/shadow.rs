@@ -91,6 +91,11 @@ impl Shadows {
         self.docs.iter()
     }
 
+    /// Whether `device` has a shadow.
+    pub fn has(&self, device: &str) -> bool {
+        self.docs.contains_key(device)
+    }
+
     /// The device's shadow (an empty one, version 0, when it has none).
     pub fn get(&self, device: &str) -> Shadow {
         self.docs.get(device).cloned().unwrap_or_default()
