@@ -4,7 +4,8 @@
 //! MQTT 5 properties, de-duplicated, replied, failed and expired (the
 //! statuses read from the cache queue, as the bridge would send them), a
 //! CoAP POST onto the shadow update topic, and the shadow kept across a
-//! node restart with the HTTP API on it.
+//! node restart with the HTTP API on it; and commands and shadows end to
+//! end through a real cloud link.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -858,4 +859,131 @@ async fn a_device_newly_listed_by_the_cloud_has_its_shadow_sent_up_once() {
         rig.upstream("$verge/shadow/d1", |_| true).await.is_empty(),
         "d1 has no shadow"
     );
+}
+
+/// End to end through a real cloud link: the cloud (a broker standing in
+/// for the cloud's MQTT endpoint) sends a command down on
+/// `nodes/{n}/down/$verge/commands/{d}`; the device gets it and replies;
+/// the statuses and the device's shadow come up on
+/// `nodes/{n}/up/$verge/…` with a `verge-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_shadows_travel_through_the_cloud_link() {
+    use verge_broker::config::ClientIdBinding;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // the cloud's MQTT endpoint, knowing the node by its credentials
+    let hash = hash_password(support::SECRET).unwrap();
+    let registry: Registry = toml::from_str(&format!(
+        "[[devices]]\nusername = {:?}\npassword_hash = {hash:?}\n",
+        support::NODE_ID
+    ))
+    .unwrap();
+    let auth = Authenticator::new(registry, false, AclPolicy::Allow).unwrap();
+    let mut cloud_mqtt = Broker::start(
+        BrokerConfig {
+            client_id_binding: ClientIdBinding::Off,
+            ..BrokerConfig::default()
+        },
+        auth,
+    );
+    let mut up = cloud_mqtt
+        .handle()
+        .subscribe("nodes/+/up/#", 1024)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    cloud_mqtt.serve(BoundListener {
+        listener,
+        transport: Transport::Tcp,
+    });
+    let cloud = support::Cloud::start().await;
+    let mut link = cloud.link(&data);
+    link.creds.mqtt_url = format!("mqtt://127.0.0.1:{port}");
+    let node = support::start(support::config(&data, ""), Some(link)).await;
+    let device_hash = hash_password(PASSWORD).unwrap();
+    cloud.send(|d| {
+        d.devices = vec![verge_protocol::DeviceEntry {
+            id: "d1".into(),
+            password_hash: device_hash.clone(),
+        }];
+    });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, v) = node.call("GET", "/api/cloud", None).await;
+        if v["applied_version"] == json!(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not applied: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut d1 = device(node.mqtt.unwrap(), "d1", "d1").await;
+    d1.sub("devices/d1/commands/#").await;
+    d1.sub("$shadow/d1/#").await;
+
+    // the cloud resends until the node has it (the link may still be
+    // subscribing); the node de-duplicates by id
+    let down = format!("nodes/{}/down/$verge/commands/d1", support::NODE_ID);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let got = loop {
+        rig_publish(&cloud_mqtt, &down, command("e2e", "d1", 60_000)).await;
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(300), d1.pubs.recv()).await
+            && p.topic.starts_with(b"devices/d1/commands/")
+        {
+            break p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no command came down"
+        );
+    };
+    assert_eq!(got.topic, "devices/d1/commands/blink/e2e".as_bytes());
+    let reply_to = got.properties.and_then(|p| p.response_topic).unwrap();
+    d1.send(&reply_to, json!({"blinked": 3})).await;
+    d1.send("$shadow/d1/update", json!({"reported": {"led": "off"}}))
+        .await;
+
+    // what came up
+    let status_topic = format!("nodes/{}/up/$verge/command-status/d1", support::NODE_ID);
+    let shadow_topic = format!("nodes/{}/up/$verge/shadow/d1", support::NODE_ID);
+    let (mut states, mut shadow) = (Vec::<String>::new(), None::<ShadowSync>);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(states.contains(&"replied".to_owned()) && shadow.is_some()) {
+        let m = tokio::time::timeout_at(deadline, up.recv())
+            .await
+            .unwrap_or_else(|_| panic!("upstream so far: {states:?} {shadow:?}"))
+            .unwrap();
+        assert!(
+            m.properties
+                .user_properties
+                .iter()
+                .any(|(k, _)| k == verge_protocol::topics::VERGE_ID_PROPERTY),
+            "every upstream message has a verge-id"
+        );
+        if *m.topic == *status_topic {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            if v["state"] == "replied" {
+                assert_eq!(v["reply"], json!({"blinked": 3}));
+            }
+            states.push(v["state"].as_str().unwrap().to_owned());
+        } else if *m.topic == *shadow_topic {
+            shadow = Some(serde_json::from_slice(&m.payload).unwrap());
+        }
+    }
+    assert_eq!(&states[..2], ["sent", "delivered"]);
+    assert!(
+        states[2..states.len() - 1].iter().all(|s| s == "sent"),
+        "resends are only re-acknowledged: {states:?}"
+    );
+    assert_eq!(shadow.unwrap().shadow.reported["led"], json!("off"));
+    drop(d1);
+    node.stop().await;
+    cloud_mqtt.shutdown().await;
+}
+
+async fn rig_publish(b: &Broker, topic: &str, payload: Vec<u8>) {
+    b.handle()
+        .publish(Message::local(topic, payload, QoS::AtLeastOnce, false))
+        .await
+        .unwrap();
 }
