@@ -716,10 +716,17 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let url = format!("{}{}", ctx.creds.cloud_url, verge_protocol::paths::STATUS);
     let mut failing: Option<String> = None;
     let mut transitions = ctx.parts.components.as_ref().and_then(|c| c.transitions());
+    let mut sessions = ctx.parts.devices.as_ref().and_then(|d| d.changes());
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let transition = async {
             match transitions.as_mut() {
+                Some(t) => t.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let session = async {
+            match sessions.as_mut() {
                 Some(t) => t.changed().await.is_ok(),
                 None => std::future::pending().await,
             }
@@ -739,6 +746,21 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                     return;
                 }
                 if let Some(t) = transitions.as_mut() {
+                    t.borrow_and_update();
+                }
+            }
+            alive = session => {
+                if !alive {
+                    sessions = None;
+                    continue;
+                }
+                // A cloud device connected or disconnected: reported
+                // within a second, a burst as one report.
+                let at = (last_sent + TRANSITION_GAP).max(tokio::time::Instant::now() + TRANSITION_SETTLE);
+                if sleep_until_or_stop(at, &mut stop).await {
+                    return;
+                }
+                if let Some(t) = sessions.as_mut() {
                     t.borrow_and_update();
                 }
             }

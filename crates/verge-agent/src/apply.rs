@@ -93,6 +93,9 @@ pub(crate) async fn apply(
     let next = &local_only::strip(parts, next, Some(&mut out.items));
     crate::config::apply_config(parts, prev.map(|p| &p.config), &next.config, &mut out).await;
     apply_devices(parts, prev, &next.devices, &mut out);
+    if let Some(host) = &parts.devices {
+        host.set_cloud_devices(next.devices.iter().map(|d| d.id.clone()).collect());
+    }
     disconnect_revoked(parts, prev, &next.devices).await;
     apply_functions(parts, &next.functions, &mut out).await;
     apply_rules(parts, prev, &next.rules, &mut out).await;

@@ -49,7 +49,7 @@ pub use store::write_atomic;
 
 pub use agent::{Agent, AgentOptions, AgentStatus, StatusHandle};
 pub use join::{Credentials, join, load_credentials, save_credentials};
-pub use parts::{ApplyFuture, ComponentHost, LocalFuture, LocalItems, NodeParts};
+pub use parts::{ApplyFuture, ComponentHost, DeviceHost, LocalFuture, LocalItems, NodeParts};
 
 /// Why a join, a credentials file or the agent's start failed.
 #[derive(Debug, thiserror::Error)]

@@ -69,6 +69,26 @@ pub trait ComponentHost: Send + Sync {
     }
 }
 
+/// The node's device service as the agent sees it (it lives in the node,
+/// which depends on this crate).
+pub trait DeviceHost: Send + Sync {
+    /// The devices the cloud manages now (each applied desired state's
+    /// `devices`): only their shadows sync with the cloud; a node-local
+    /// device's shadow stays on the node.
+    fn set_cloud_devices(&self, devices: Vec<String>);
+    /// The cloud devices' sessions, for the heartbeat's `devices`.
+    fn sessions(&self) -> Vec<verge_protocol::device::DeviceSession>;
+    /// The node's broker addresses (`mqtt://`, `mqtts://`, `ws://`,
+    /// `wss://`, `coap://`), for the heartbeat's `endpoints`.
+    fn endpoints(&self) -> Vec<String>;
+    /// A value that changes whenever a cloud device connects or
+    /// disconnects, so the agent reports it without waiting for the next
+    /// heartbeat.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
 /// The parts of the running node the agent manages.
 pub struct NodeParts {
     /// The node broker's authenticator; the agent replaces its registry.
@@ -96,6 +116,9 @@ pub struct NodeParts {
     /// The node's own items (config file, local API), for the heartbeat's
     /// `local`; none: the heartbeat lists none.
     pub local: Option<Arc<dyn LocalItems>>,
+    /// The node's device service (shadows, commands, sessions), if the
+    /// node runs one; none: the heartbeat lists no devices or endpoints.
+    pub devices: Option<Arc<dyn DeviceHost>>,
     /// The node's data dir, for disk usage and component artifacts.
     pub data_dir: PathBuf,
     /// When the node process started.

@@ -157,9 +157,16 @@ impl Reporter {
                 .flat_map(|d| d.list())
                 .filter_map(|d| serde_json::to_value(d).ok())
                 .collect(),
-            // Filled by the node's device service (issue: device sessions).
-            devices: Vec::new(),
-            endpoints: Vec::new(),
+            devices: parts
+                .devices
+                .as_ref()
+                .map(|d| d.sessions())
+                .unwrap_or_default(),
+            endpoints: parts
+                .devices
+                .as_ref()
+                .map(|d| d.endpoints())
+                .unwrap_or_default(),
         };
         self.at = now;
         self.cpu_ticks = ticks;

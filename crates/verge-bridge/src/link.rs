@@ -31,6 +31,7 @@ use verge_mqtt::{
 };
 use verge_net::Backoff;
 use verge_protocol::VergeId;
+use verge_protocol::device::DeviceChannel;
 use verge_protocol::topics::{self, VERGE_ID_PROPERTY, VERGE_TIME_PROPERTY};
 use verge_queue::{Entry, Queue};
 
@@ -548,7 +549,7 @@ impl Link {
         let local = p
             .topic
             .strip_prefix(self.plan.down_prefix.as_str())
-            .filter(|t| !t.is_empty() && topic::valid_topic_name(t) && !t.starts_with('$'));
+            .filter(|t| !t.is_empty() && topic::valid_topic_name(t) && downstream_allowed(t));
         match local {
             Some(t) => {
                 let mut msg =
@@ -591,6 +592,20 @@ impl Link {
             QoS::ExactlyOnce => out.push(&Packet::PubRec(ack)),
         }
     }
+}
+
+/// Whether a downstream topic may be published locally: any but a
+/// `$`-topic, except the device channel's downstream ones
+/// (`$verge/shadow/{d}`, `$verge/commands/{d}`), which the node's device
+/// service takes (devices cannot reach `$verge/…`).
+fn downstream_allowed(local: &str) -> bool {
+    if !local.starts_with('$') {
+        return true;
+    }
+    matches!(
+        verge_protocol::device::parse_device_channel(local),
+        Some((DeviceChannel::Shadow | DeviceChannel::Command, _))
+    )
 }
 
 /// The next packet id not in use.

@@ -322,6 +322,83 @@ async fn downstream_messages_reach_local_subscribers_with_the_prefix_stripped() 
     node.shutdown().await;
 }
 
+/// The device channel's downstream topics (`$verge/commands/{d}`,
+/// `$verge/shadow/{d}`) are published locally with origin `$bridge`; any
+/// other `$`-topic from the cloud is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_channel_topics_come_down_and_other_dollar_topics_do_not() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().await;
+    let (cloud, _) = broker(Some(port), true).await;
+    let (node, _) = broker(None, true).await;
+    let mut local = node
+        .handle()
+        .subscribe_many(&["$verge/#".to_owned(), "$other/#".to_owned()], 16)
+        .await
+        .expect("sub");
+    let queue = open_queue(dir.path());
+    let bridge = Bridge::start(
+        bridge_config(port).plan("n1").expect("plan"),
+        queue.clone(),
+        node.handle(),
+    )
+    .await
+    .expect("bridge");
+    let status = bridge.handle();
+    wait_for("the link", || status.link().state == LinkState::Connected).await;
+    let send = |topic: &str| {
+        Message::local(
+            format!("nodes/n1/down/{topic}"),
+            "{}",
+            QoS::AtLeastOnce,
+            false,
+        )
+    };
+    // The SUBACK may trail CONNACK: publish until the first one arrives.
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        cloud
+            .handle()
+            .publish(send("$verge/commands/d7"))
+            .await
+            .expect("publish");
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), local.recv()).await {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no downstream message arrived");
+    };
+    assert_eq!(&*first.topic, "$verge/commands/d7");
+    assert_eq!(&*first.origin, verge_bridge::ORIGIN);
+    let dropped = status.link().downstream_dropped;
+    for t in [
+        "$other/x",
+        "$verge/rpc/c/m",
+        "$verge/alarms/d7",
+        "$verge/shadow/d7",
+    ] {
+        cloud.handle().publish(send(t)).await.expect("publish");
+    }
+    let m = tokio::time::timeout(WAIT, async {
+        loop {
+            let m = local.recv().await.expect("broker");
+            if &*m.topic != "$verge/commands/d7" {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the shadow arrives");
+    assert_eq!(&*m.topic, "$verge/shadow/d7", "the others are dropped");
+    wait_for("drops counted", || {
+        status.link().downstream_dropped >= dropped + 3
+    })
+    .await;
+    bridge.shutdown().await;
+    queue.close().await;
+    cloud.shutdown().await;
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_login_is_reported_and_retried() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -29,6 +29,7 @@ pub mod error;
 pub mod listener;
 mod mailbox;
 pub mod message;
+pub mod presence;
 mod router;
 pub mod stats;
 mod subs;
@@ -36,7 +37,7 @@ mod subs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use verge_mqtt::topic;
 
@@ -46,6 +47,7 @@ pub use durable::{Confirm, DurableMessage, DurableSubscription};
 pub use error::BrokerError;
 pub use listener::{BoundListener, Transport, bind_all};
 pub use message::Message;
+pub use presence::{SessionEvent, SessionInfo};
 pub use stats::Stats;
 
 use connection::Ctx;
@@ -66,6 +68,7 @@ impl Broker {
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel(4096);
         let durable = Arc::new(AtomicUsize::new(0));
+        let (presence, _) = broadcast::channel(presence::SESSION_EVENTS);
         let router = Router::new(
             RouterConfig {
                 max_queued: config.max_queued_messages,
@@ -77,6 +80,7 @@ impl Broker {
             },
             stats.clone(),
             durable.clone(),
+            presence.clone(),
         );
         let mut tasks = JoinSet::new();
         tasks.spawn(router.run(rx));
@@ -91,7 +95,11 @@ impl Broker {
         });
         let (shutdown, _) = watch::channel(false);
         Broker {
-            handle: BrokerHandle { tx, stats },
+            handle: BrokerHandle {
+                tx,
+                stats,
+                presence,
+            },
             ctx,
             shutdown,
             tasks,
@@ -141,6 +149,7 @@ impl Broker {
 pub struct BrokerHandle {
     tx: mpsc::Sender<Event>,
     stats: Arc<Stats>,
+    presence: broadcast::Sender<SessionEvent>,
 }
 
 impl BrokerHandle {
@@ -277,6 +286,25 @@ impl BrokerHandle {
             .await
             .map_err(|_| BrokerError::Closed)?;
         rx.await.map_err(|_| BrokerError::Closed)
+    }
+
+    /// The sessions that have a connection now (client id, username,
+    /// since when, listener).
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Sessions { reply })
+            .await
+            .map_err(|_| BrokerError::Closed)?;
+        rx.await.map_err(|_| BrokerError::Closed)
+    }
+
+    /// Connects and disconnects from now on (bounded: a receiver more than
+    /// [`presence::SESSION_EVENTS`] behind gets `Lagged` and should read
+    /// [`sessions`](Self::sessions) again). Subscribe before reading
+    /// `sessions()` so no change falls between the two.
+    pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.presence.subscribe()
     }
 
     /// The broker's counters.

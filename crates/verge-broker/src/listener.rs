@@ -40,6 +40,16 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The URL scheme of the listener: `mqtt`, `mqtts`, `ws` or `wss`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "mqtt",
+            Transport::Tls(_) => "mqtts",
+            Transport::Ws(_) => "ws",
+            Transport::Wss(..) => "wss",
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Transport::Tcp => "tcp",
@@ -234,7 +244,7 @@ pub(crate) async fn accept_loop(
         // not carry the (much larger) TLS and WebSocket state.
         match &bound.transport {
             Transport::Tcp => {
-                tokio::spawn(serve(stream, peer, None, ctx));
+                tokio::spawn(serve(stream, peer, None, "mqtt", ctx));
             }
             other => {
                 let transport = other.clone();
@@ -246,16 +256,16 @@ pub(crate) async fn accept_loop(
 
 async fn handle(stream: TcpStream, peer: SocketAddr, transport: Transport, ctx: Arc<Ctx>) {
     match transport {
-        Transport::Tcp => serve(stream, peer, None, ctx).await,
+        Transport::Tcp => serve(stream, peer, None, "mqtt", ctx).await,
         Transport::Tls(cfg) => {
             let Some((tls, name)) = tls_accept(stream, peer, cfg, &ctx).await else {
                 return;
             };
-            serve(tls, peer, name, ctx).await
+            serve(tls, peer, name, "mqtts", ctx).await
         }
         Transport::Ws(path) => {
             if let Some(ws) = ws_accept(stream, peer, &path, ctx.cfg.connect_timeout.get()).await {
-                serve(ws, peer, None, ctx).await
+                serve(ws, peer, None, "ws", ctx).await
             }
         }
         Transport::Wss(cfg, path) => {
@@ -263,7 +273,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, transport: Transport, ctx: 
                 return;
             };
             if let Some(ws) = ws_accept(tls, peer, &path, ctx.cfg.connect_timeout.get()).await {
-                serve(ws, peer, name, ctx).await
+                serve(ws, peer, name, "wss", ctx).await
             }
         }
     }

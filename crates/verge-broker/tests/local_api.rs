@@ -292,3 +292,75 @@ async fn subscribe_many_delivers_overlapping_matches_once() {
     drop(s);
     eventually("filters removed", || counter(&b.stats().subscriptions) == 0).await;
 }
+
+/// `sessions()` lists the connected sessions with their listener, and
+/// `session_events()` tells of each connect and disconnect, a takeover
+/// included (the old connection's end, then the new one).
+#[tokio::test]
+async fn sessions_are_listed_and_their_connects_and_disconnects_announced() {
+    let b = start().await;
+    let h = b.handle();
+    assert!(h.sessions().await.expect("sessions").is_empty());
+    let mut events = h.session_events();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let c1 = connect3(b.addr, "d1", |_| {}).await;
+    let e = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e.connected);
+    assert_eq!(&*e.client_id, "d1");
+    assert_eq!(e.transport, "mqtt");
+    assert!(e.at_ms >= before);
+    let list = h.sessions().await.expect("sessions");
+    assert_eq!(list.len(), 1);
+    assert_eq!(&*list[0].client_id, "d1");
+    assert_eq!(list[0].transport, "mqtt");
+    assert_eq!(list[0].since_ms, e.at_ms);
+    assert_eq!(list[0].username, None);
+
+    // a takeover: the old connection ends, the new one attaches
+    let c2 = connect3(b.addr, "d1", |_| {}).await;
+    let e = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!e.connected, "the replaced connection's end comes first");
+    let e = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e.connected);
+    drop(c1);
+    c2.disconnect().await;
+    let e = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!e.connected);
+    assert_eq!(&*e.client_id, "d1");
+    let list = h.sessions().await.expect("sessions");
+    assert!(list.is_empty(), "{list:?}");
+}
+
+/// A receiver that falls behind lags instead of holding up the broker.
+#[tokio::test]
+async fn a_slow_session_event_receiver_lags() {
+    let b = start().await;
+    let h = b.handle();
+    let mut events = h.session_events();
+    for _ in 0..(verge_broker::presence::SESSION_EVENTS / 2 + 8) {
+        let c = connect3(b.addr, "flapper", |_| {}).await;
+        c.disconnect().await;
+    }
+    let c = connect3(b.addr, "still-served", |_| {}).await;
+    assert_eq!(h.sessions().await.expect("sessions").len(), 1);
+    assert!(matches!(
+        events.recv().await,
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
+    ));
+    drop(c);
+}

@@ -30,6 +30,7 @@
 pub mod cloud;
 pub mod components;
 pub mod config;
+pub mod devices;
 pub mod http;
 mod listeners;
 pub mod local;

@@ -21,6 +21,7 @@ use verge_tsdb::{Tsdb, TsdbError};
 use crate::cloud::CloudLink;
 use crate::components::bus::{Bus, NodeIdent};
 use crate::components::{Components, ComponentsOptions};
+use crate::devices::{Devices, DevicesOptions};
 use crate::http::ApiState;
 use crate::http::auth::ApiTokens;
 use crate::local::{ConfigNames, LocalParts, LocalStore, Saved};
@@ -84,6 +85,7 @@ struct Parts {
     drivers: Option<Arc<Drivers>>,
     engine: Option<Arc<Engine>>,
     bridge: Option<Bridge>,
+    devices: Option<Devices>,
     components: Option<Components>,
     local: Option<Arc<LocalStore>>,
     agent: Option<Agent>,
@@ -118,6 +120,10 @@ impl Parts {
         if let Some(f) = self.functions {
             // Finishes calls in progress, stops workers, saves state.
             f.shutdown().await;
+        }
+        if let Some(d) = self.devices {
+            // Before the cloud link and the queue it appends to.
+            d.stop().await;
         }
         if let Some(b) = self.bridge {
             b.shutdown().await;
@@ -204,6 +210,19 @@ impl Node {
         let broker = Broker::start(cfg.broker.clone(), auth.clone());
         let handle = broker.handle();
         parts.broker = Some(broker);
+        // Before the cloud link, so the downstream `$verge/…` messages it
+        // publishes find their subscriber.
+        let devices = Devices::start(
+            handle.clone(),
+            DevicesOptions {
+                data_dir: cfg.node.data_dir.clone(),
+                queue: parts.queue.clone(),
+                auth: auth.clone(),
+            },
+        )
+        .await
+        .map_err(|e| part("devices", e))?;
+        parts.devices = Some(devices.clone());
         parts.triggers = Some(Triggers::start(functions.clone(), handle.clone()));
         let coap = match cfg.coap.enabled || cfg.coap.dtls.enabled {
             true => Some(
@@ -313,6 +332,7 @@ impl Node {
                 components: Some(Arc::new(components)),
                 store: parts.store.clone(),
                 local: Some(local.clone() as Arc<dyn verge_agent::LocalItems>),
+                devices: Some(Arc::new(devices) as Arc<dyn verge_agent::DeviceHost>),
                 data_dir: cfg.node.data_dir.clone(),
                 started: Instant::now(),
             };
@@ -382,6 +402,27 @@ impl Node {
                 l.local_addr().ok().map(|a| (l.kind(), a, path))
             })
             .collect();
+        let mut endpoints: Vec<String> = listeners
+            .mqtt
+            .iter()
+            .filter_map(|l| {
+                let addr = l.local_addr().ok()?;
+                let path = match &l.transport {
+                    verge_broker::listener::Transport::Ws(p)
+                    | verge_broker::listener::Transport::Wss(_, p) => p.as_str(),
+                    _ => "",
+                };
+                Some(format!("{}://{addr}{path}", l.transport.scheme()))
+            })
+            .collect();
+        for (scheme, sock) in [("coap", &listeners.coap), ("coaps", &listeners.coap_dtls)] {
+            if let Some(addr) = sock.as_ref().and_then(|s| s.local_addr().ok()) {
+                endpoints.push(format!("{scheme}://{addr}"));
+            }
+        }
+        if let Some(d) = &p.devices {
+            d.set_endpoints(endpoints);
+        }
         for l in listeners.mqtt {
             broker.serve(l);
         }
@@ -425,6 +466,7 @@ impl Node {
                 coap: coap.first().map(|c| c.stats_handle()),
                 cloud: p.agent.as_ref().map(Agent::status_handle),
                 local: p.local.clone(),
+                devices: p.devices.clone(),
             };
             tokio::spawn(async move {
                 let shutdown = async {

@@ -37,6 +37,7 @@ fn state(broker: &Broker, token: Option<&str>) -> ApiState {
         coap: None,
         cloud: None,
         local: None,
+        devices: None,
     }
 }
 

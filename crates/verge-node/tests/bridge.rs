@@ -310,6 +310,7 @@ async fn bridge_status_and_metrics() {
         coap: None,
         cloud: None,
         local: None,
+        devices: None,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let v = loop {

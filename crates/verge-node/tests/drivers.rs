@@ -42,6 +42,7 @@ fn state(broker: &Broker, drivers: Option<Arc<Drivers>>) -> ApiState {
         coap: None,
         cloud: None,
         local: None,
+        devices: None,
     }
 }
 

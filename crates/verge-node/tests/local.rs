@@ -504,6 +504,7 @@ async fn api_over(data: &Path, broker: &verge_broker::Broker) -> verge_node::htt
         coap: None,
         cloud: None,
         local: Some(Arc::new(local)),
+        devices: None,
     }
 }
 

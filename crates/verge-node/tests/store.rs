@@ -69,6 +69,7 @@ fn state(broker: &Broker, store: Option<Arc<Tsdb>>) -> ApiState {
         coap: None,
         cloud: None,
         local: None,
+        devices: None,
     }
 }
 

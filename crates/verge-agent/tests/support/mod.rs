@@ -525,6 +525,7 @@ impl TestNode {
             components: None,
             store: None,
             local: None,
+            devices: None,
             data_dir: self.dir.clone(),
             started: Instant::now(),
         }

@@ -26,6 +26,7 @@ pub(super) async fn handshake<S>(
     io: &mut Io<S>,
     peer: SocketAddr,
     cert_name: Option<String>,
+    transport: &'static str,
     ctx: &Arc<Ctx>,
 ) -> Option<Conn>
 where
@@ -57,7 +58,7 @@ where
             Ok(Ok(c)) => c,
         };
     let protocol = connect.protocol;
-    match accept(io, connect, peer, cert_name, ctx).await {
+    match accept(io, connect, peer, cert_name, transport, ctx).await {
         Ok(conn) => Some(conn),
         Err(code) => {
             inc(&ctx.stats.connects_refused);
@@ -115,6 +116,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     connect: Connect,
     peer: SocketAddr,
     cert_name: Option<String>,
+    transport: &'static str,
     ctx: &Arc<Ctx>,
 ) -> Result<Conn, u8> {
     let cfg = &ctx.cfg;
@@ -258,6 +260,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let req = ConnectReq {
         client_id: identity.client_id.clone(),
         username: identity.username.clone(),
+        transport,
         clean_start: connect.clean_start,
         expiry: Duration::from_secs(expiry_secs as u64),
         at_limit,

@@ -80,8 +80,13 @@ enum End {
 
 /// Serve one connection to the end. `cert_name` is a verified client
 /// certificate's common name.
-pub(crate) async fn serve<S>(stream: S, peer: SocketAddr, cert_name: Option<String>, ctx: Arc<Ctx>)
-where
+pub(crate) async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    cert_name: Option<String>,
+    transport: &'static str,
+    ctx: Arc<Ctx>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     inc(&ctx.stats.connections_total);
@@ -93,7 +98,8 @@ where
     };
     // Boxed: the handshake's state is large and lives only briefly; an idle
     // connection should not carry it in its task.
-    let Some(mut conn) = Box::pin(handshake(&mut io, peer, cert_name, &ctx)).await else {
+    let Some(mut conn) = Box::pin(handshake(&mut io, peer, cert_name, transport, &ctx)).await
+    else {
         return;
     };
     ctx.stats

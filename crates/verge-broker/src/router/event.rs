@@ -13,6 +13,7 @@ use crate::delivery::Delivery;
 use crate::durable::{Confirm, LocalSink};
 use crate::mailbox::Mailbox;
 use crate::message::Message;
+use crate::presence::SessionInfo;
 use crate::subs::SubKey;
 
 /// A signal to end a connection, with the reason to send (5.0).
@@ -68,6 +69,8 @@ pub(crate) struct ConnectReq {
     pub client_id: Arc<str>,
     /// The authenticated username, if any (for [`Event::Disconnect`]).
     pub username: Option<Arc<str>>,
+    /// The listener's scheme (`mqtt`, `mqtts`, `ws`, `wss`).
+    pub transport: &'static str,
     pub clean_start: bool,
     pub expiry: Duration,
     /// The broker is at `max_connections`: only a takeover may proceed.
@@ -146,6 +149,10 @@ pub(crate) enum Event {
     Retained {
         topic: String,
         reply: oneshot::Sender<Option<Arc<Message>>>,
+    },
+    /// The connected sessions.
+    Sessions {
+        reply: oneshot::Sender<Vec<SessionInfo>>,
     },
     Shutdown(oneshot::Sender<()>),
 }

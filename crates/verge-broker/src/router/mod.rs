@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use verge_mqtt::{QoS, SubOptions, reason, topic};
 
 use crate::delivery::Delivery;
 use crate::durable::LocalSink;
 use crate::mailbox::Mailbox;
 use crate::message::Message;
+use crate::presence::{SessionEvent, SessionInfo};
 use crate::stats::Stats;
 use crate::subs::{Hit, SubEntry, SubKey, SubTree};
 use recent::Recent;
@@ -46,6 +47,10 @@ pub(crate) struct RouterConfig {
 struct Link {
     conn_id: u64,
     username: Option<Arc<str>>,
+    /// The listener's scheme.
+    transport: &'static str,
+    /// When it attached, ms since the Unix epoch.
+    since_ms: u64,
     mailbox: Arc<Mailbox>,
     kill: Arc<Kill>,
     /// Deliveries to this link wait in `Router::stalled` (keeps order).
@@ -96,10 +101,17 @@ pub(crate) struct Router {
     durable: Arc<AtomicUsize>,
     /// What was routed just now, for SUBSCRIBEs that arrived before it.
     recent: Recent,
+    /// Connects and disconnects, sent only while someone listens.
+    presence: broadcast::Sender<SessionEvent>,
 }
 
 impl Router {
-    pub fn new(cfg: RouterConfig, stats: Arc<Stats>, durable: Arc<AtomicUsize>) -> Router {
+    pub fn new(
+        cfg: RouterConfig,
+        stats: Arc<Stats>,
+        durable: Arc<AtomicUsize>,
+        presence: broadcast::Sender<SessionEvent>,
+    ) -> Router {
         Router {
             cfg,
             stats,
@@ -116,6 +128,7 @@ impl Router {
             persistent: 0,
             durable,
             recent: Recent::default(),
+            presence,
         }
     }
 
@@ -251,6 +264,22 @@ impl Router {
                     .filter(|m| !m.expired(now))
                     .cloned();
                 let _ = reply.send(msg);
+            }
+            Event::Sessions { reply } => {
+                let list = self
+                    .sessions
+                    .values()
+                    .filter_map(|s| {
+                        let link = s.link.as_ref()?;
+                        Some(SessionInfo {
+                            client_id: s.client_id.clone(),
+                            username: link.username.clone(),
+                            since_ms: link.since_ms,
+                            transport: link.transport,
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(list);
             }
             Event::Shutdown(_) => {}
         }

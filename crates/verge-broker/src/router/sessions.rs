@@ -10,6 +10,7 @@ use verge_mqtt::reason;
 
 use super::{Carry, ConnectReply, ConnectReq, Link, Router, Session, split_shared};
 use crate::message::Message;
+use crate::presence::{SessionEvent, now_ms};
 use crate::stats::inc;
 use crate::subs::SubKey;
 
@@ -121,6 +122,8 @@ impl Router {
         s.link = Some(Link {
             conn_id: req.conn_id,
             username: req.username,
+            transport: req.transport,
+            since_ms: now_ms(),
             mailbox: req.mailbox,
             kill: req.kill,
             stalled: false,
@@ -140,6 +143,19 @@ impl Router {
             if req.expiry.is_zero() {
                 self.remove_session(key);
             }
+            return;
+        }
+        if self.presence.receiver_count() > 0
+            && let Some(link) = &s.link
+        {
+            let event = SessionEvent {
+                client_id: s.client_id.clone(),
+                username: link.username.clone(),
+                connected: true,
+                at_ms: link.since_ms,
+                transport: link.transport,
+            };
+            let _ = self.presence.send(event);
         }
     }
 
@@ -184,7 +200,17 @@ impl Router {
         if s.link.as_ref().map(|l| l.conn_id) != Some(conn_id) {
             return;
         }
-        s.link = None;
+        if let Some(link) = s.link.take()
+            && self.presence.receiver_count() > 0
+        {
+            let _ = self.presence.send(SessionEvent {
+                client_id: s.client_id.clone(),
+                username: link.username,
+                connected: false,
+                at_ms: now_ms(),
+                transport: link.transport,
+            });
+        }
         if let Some(mailbox) = carry.mailbox.take() {
             carry.queued.extend(mailbox.close());
         }

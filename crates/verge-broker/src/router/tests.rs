@@ -25,6 +25,7 @@ fn router() -> Router {
         cfg,
         Arc::new(Stats::default()),
         Arc::new(AtomicUsize::new(0)),
+        tokio::sync::broadcast::channel(16).0,
     )
 }
 
@@ -33,6 +34,7 @@ fn connect(r: &mut Router, client_id: &str) -> SubKey {
     r.handle(Event::Connect(ConnectReq {
         client_id: Arc::from(client_id),
         username: None,
+        transport: "mqtt",
         clean_start: true,
         expiry: Duration::ZERO,
         at_limit: false,

@@ -23,6 +23,7 @@
 pub mod auth;
 mod bridge;
 mod components;
+mod devices;
 mod drivers;
 mod error;
 mod functions;
@@ -87,6 +88,8 @@ pub struct ApiState {
     /// Where changes made through the API are saved (`<data_dir>/local`);
     /// none: they last until the node stops.
     pub local: Option<Arc<crate::local::LocalStore>>,
+    /// The device service (`/api/devices/{d}/shadow`); none: 404.
+    pub devices: Option<crate::devices::Devices>,
 }
 
 /// Serve the API on an already-bound listener until `shutdown` resolves.
@@ -119,6 +122,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(drivers::routes())
         .merge(local::routes())
         .merge(components::routes())
+        .merge(devices::routes())
         .merge(auth::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -230,6 +234,9 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
     }
     if let Some(c) = &s.coap {
         metrics::render_coap(&c.snapshot(), &mut out);
+    }
+    if let Some(d) = &s.devices {
+        d.stats().render(&mut out);
     }
     (
         [(

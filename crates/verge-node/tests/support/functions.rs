@@ -112,6 +112,7 @@ pub fn state(broker: &Broker, functions: Option<Functions>) -> ApiState {
         coap: None,
         cloud: None,
         local: None,
+        devices: None,
     }
 }
 

@@ -29,6 +29,10 @@ pub const TOKEN: &str = "local-test-token";
 pub struct Running {
     /// `http://127.0.0.1:<port>` of its API.
     pub url: String,
+    /// Its first MQTT listener.
+    pub mqtt: Option<std::net::SocketAddr>,
+    /// Its CoAP socket, when `[coap] enabled`.
+    pub coap: Option<std::net::SocketAddr>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), verge_node::StartError>>,
 }
@@ -114,6 +118,8 @@ pub async fn start(cfg: NodeConfig, cloud: Option<CloudLink>) -> Running {
         .expect("http")
         .local_addr()
         .expect("addr");
+    let mqtt = listeners.mqtt.first().and_then(|l| l.local_addr().ok());
+    let coap = listeners.coap.as_ref().and_then(|s| s.local_addr().ok());
     let node = Node::start(cfg, cloud).await.expect("start");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(node.serve(listeners, async {
@@ -121,6 +127,8 @@ pub async fn start(cfg: NodeConfig, cloud: Option<CloudLink>) -> Running {
     }));
     Running {
         url: format!("http://{addr}"),
+        mqtt,
+        coap,
         stop,
         task,
     }
