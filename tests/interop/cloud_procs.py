@@ -84,10 +84,10 @@ def start_cloud(procs, workdir, extra=()):
     return f"http://127.0.0.1:{http}", token
 
 
-def start_node(procs, workdir, cloud_url, join_token, ports=None):
+def start_node(procs, workdir, cloud_url, join_token, ports=None, extra=()):
     """`verge node --cloud` with data in `workdir`/node: joined with
     `join_token`, or with its stored credentials when it is None (on the
-    same `ports` as before, when given)."""
+    same `ports` as before, when given); `extra`: more arguments."""
     ports = ports or {k: free_port() for k in ("tcp", "ws", "http", "coap")}
     join = ["--join", join_token] if join_token else []
     node = Proc("node", [
@@ -97,6 +97,7 @@ def start_node(procs, workdir, cloud_url, join_token, ports=None):
         "--set", f"broker.listeners.ws.bind=127.0.0.1:{ports['ws']}",
         "--set", f"http.bind=127.0.0.1:{ports['http']}",
         "--set", f"coap.bind=127.0.0.1:{ports['coap']}",
+        *extra,
     ], workdir)
     procs.append(node)
     wait_for(f"the node did not listen on 127.0.0.1:{ports['tcp']}", lambda: port_open(ports["tcp"]), node)

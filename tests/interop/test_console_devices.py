@@ -146,10 +146,6 @@ def test_device_onboarding_box_and_telemetry_page(procs):
             device.stop()
 
 
-@pytest.mark.skip(reason="needs the cloud's device API (sessions and endpoints in GET /api/devices/{id}, "
-                  "shadow, commands, alarms; branch wt-cloud), the node's device service (wt-node) and "
-                  "the rules' alarm action (wt-sdkpy): unskip once they are merged (it passed on a trial "
-                  "merge of the three)")
 def test_device_page_session_shadow_commands_and_alarms(procs):
     need_browser()
     workdir = tempfile.mkdtemp(prefix="verge-console-dev2-")
