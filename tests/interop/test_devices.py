@@ -364,3 +364,37 @@ def test_an_alarm_raised_while_the_cloud_is_unreachable_arrives_and_is_acknowled
     closed = f.call("POST", f"/api/alarms/{again['id']}/clear")
     assert closed["status"] == "cleared", closed
     dev.close()
+
+
+def test_shadow_reports_and_replies_survive_a_kill_9_of_the_node(procs):
+    """What the node acknowledged to a device while the cloud was
+    unreachable (a shadow report, a command's reply) reaches the cloud
+    after the node is killed with SIGKILL and started again."""
+    f = Fleet(procs)
+    f.add_device("d1")
+    dev = f.connect("d1")
+    assert dev.sub("$shadow/d1/#", 1) == [1]
+    assert dev.sub("devices/d1/commands/#", 1) == [1]
+    sent = f.call("POST", "/api/devices/d1/commands/ping", {"n": 1})["command"]
+    m = next_message(dev, "devices/d1/commands/", timeout=15)
+    assert m.topic == f"devices/d1/commands/ping/{sent['id']}", m.topic
+    f.wait("delivered", lambda: f.get(f"/api/commands/{sent['id']}")["status"] == "delivered")
+
+    f.pause_cloud()
+    try:
+        kind, _ = shadow_request(dev, "d1", "update", {"reported": {"fw": "2.0"}}, "k9")
+        assert kind == "accepted"
+        assert dev.pub(f"devices/d1/replies/{sent['id']}", json.dumps({"pong": 1}), qos=1).is_failure is False
+        time.sleep(0.5)
+        f.node.proc.kill()  # SIGKILL: no shutdown, no flush
+        f.node.proc.wait(timeout=10)
+    finally:
+        f.resume_cloud()
+    dev.c.loop_stop()  # its connection died with the node
+    f.node, _ = start_node(procs, f.workdir, f.cloud_url, None, ports=f.ports, extra=COAP)
+    f.wait("the report in the cloud after the kill",
+           lambda: f.get("/api/devices/d1/shadow")["reported"].get("fw") == "2.0", timeout=60)
+    done = f.wait("the reply in the cloud after the kill",
+                  lambda: (c := f.get(f"/api/commands/{sent['id']}"))["status"] == "replied" and c,
+                  timeout=60)
+    assert done["reply"] == {"pong": 1}, done

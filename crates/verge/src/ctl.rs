@@ -50,6 +50,9 @@ pub enum CtlCommand {
     /// Devices bound to nodes.
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// Alarms raised by rules on devices: list, acknowledge, clear.
+    #[command(subcommand)]
+    Alarms(AlarmsCmd),
     /// Rules deployed to nodes.
     #[command(subcommand)]
     Rules(RulesCmd),
@@ -161,15 +164,75 @@ pub enum DevicesCmd {
         /// Device id.
         id: String,
     },
-    /// Send a command to a device through its node.
+    /// Send a command to a device through its node; it is kept until it
+    /// is answered or its time to live ends (also while the node is
+    /// offline). Prints the command with its id and status.
     Command {
         /// Device id.
         id: String,
-        /// Command name (the last topic level).
+        /// Command name.
         name: String,
         /// JSON payload.
         #[arg(default_value = "{}")]
         payload: String,
+        /// Time to live (e.g. `30s`, `1h`; at most `7d`; default 1 h).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// A device's commands, newest first, with status and reply.
+    Commands {
+        /// Device id.
+        id: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One command by its id (status, reply, error).
+    CommandStatus {
+        /// Command id (as `command` printed it).
+        command: String,
+    },
+    /// A device's shadow: desired, reported, delta, version.
+    Shadow {
+        /// Device id.
+        id: String,
+    },
+    /// Change a device's desired state (`null` removes a key).
+    Desired {
+        /// Device id.
+        id: String,
+        /// JSON object of desired keys, e.g. `{"interval_ms": 500}`.
+        desired: String,
+        /// Refuse the change unless the shadow is still at this version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+}
+
+/// `verge ctl alarms …`.
+#[derive(Debug, Subcommand)]
+pub enum AlarmsCmd {
+    /// List alarms, newest first.
+    List {
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only `active` or `cleared` ones.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only unacknowledged ones.
+        #[arg(long)]
+        unacknowledged: bool,
+    },
+    /// Acknowledge an alarm.
+    Ack {
+        /// Alarm id.
+        id: String,
+    },
+    /// Clear an alarm.
+    Clear {
+        /// Alarm id.
+        id: String,
     },
 }
 
@@ -430,12 +493,99 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
                 api.call("DELETE", &format!("/api/devices/{id}"), None)
                     .await
             }
-            DevicesCmd::Command { id, name, payload } => {
+            DevicesCmd::Command {
+                id,
+                name,
+                payload,
+                ttl,
+            } => {
                 let body = parse_json("payload", payload)?;
+                let q = ttl
+                    .as_deref()
+                    .map(|t| format!("?ttl={}", percent_encode(t)))
+                    .unwrap_or_default();
                 api.call(
                     "POST",
-                    &format!("/api/devices/{id}/commands/{name}"),
+                    &format!("/api/devices/{id}/commands/{name}{q}"),
                     Some(body),
+                )
+                .await
+            }
+            DevicesCmd::Commands { id, limit } => {
+                api.call(
+                    "GET",
+                    &format!("/api/devices/{id}/commands?limit={limit}"),
+                    None,
+                )
+                .await
+            }
+            DevicesCmd::CommandStatus { command } => {
+                api.call(
+                    "GET",
+                    &format!("/api/commands/{}", percent_encode(command)),
+                    None,
+                )
+                .await
+            }
+            DevicesCmd::Shadow { id } => {
+                api.call("GET", &format!("/api/devices/{id}/shadow"), None)
+                    .await
+            }
+            DevicesCmd::Desired {
+                id,
+                desired,
+                version,
+            } => {
+                let desired = parse_json("desired", desired)?;
+                if !desired.is_object() {
+                    bail!(
+                        "desired: expected a JSON object of keys, e.g. '{{\"interval_ms\": 500}}'"
+                    );
+                }
+                let mut body = json!({ "desired": desired });
+                if let Some(v) = version {
+                    body["version"] = json!(v);
+                }
+                api.call("PATCH", &format!("/api/devices/{id}/shadow"), Some(body))
+                    .await
+            }
+        },
+        CtlCommand::Alarms(c) => match c {
+            AlarmsCmd::List {
+                device,
+                status,
+                unacknowledged,
+            } => {
+                let mut q = Vec::new();
+                if let Some(d) = device {
+                    q.push(format!("device_id={}", percent_encode(d)));
+                }
+                if let Some(s) = status {
+                    q.push(format!("status={}", percent_encode(s)));
+                }
+                if *unacknowledged {
+                    q.push("acknowledged=false".to_owned());
+                }
+                let q = if q.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", q.join("&"))
+                };
+                api.call("GET", &format!("/api/alarms{q}"), None).await
+            }
+            AlarmsCmd::Ack { id } => {
+                api.call(
+                    "POST",
+                    &format!("/api/alarms/{}/ack", percent_encode(id)),
+                    None,
+                )
+                .await
+            }
+            AlarmsCmd::Clear { id } => {
+                api.call(
+                    "POST",
+                    &format!("/api/alarms/{}/clear", percent_encode(id)),
+                    None,
                 )
                 .await
             }
