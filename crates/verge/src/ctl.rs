@@ -2,6 +2,7 @@
 //! subcommand is one or two API requests; answers are printed as JSON, and
 //! an API error ends the command with its status, code and message.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -204,8 +205,8 @@ pub enum DevicesCmd {
         /// JSON object of desired keys, e.g. `{"interval_ms": 500}`.
         desired: String,
         /// Refuse the change unless the shadow is still at this version.
-        #[arg(long)]
-        version: Option<u64>,
+        #[arg(long = "if-version")]
+        if_version: Option<u64>,
     },
 }
 
@@ -438,11 +439,12 @@ pub fn run(args: CtlArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let out = runtime.block_on(execute(&args))?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).context("printing the answer")?
-    );
-    Ok(())
+    let text = serde_json::to_string_pretty(&out).context("printing the answer")?;
+    // A reader that stops early (`| head`) is not an error of the command.
+    match writeln!(std::io::stdout(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the answer"),
+    }
 }
 
 /// The request(s) of one command; the answer to print.
@@ -534,7 +536,7 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
             DevicesCmd::Desired {
                 id,
                 desired,
-                version,
+                if_version,
             } => {
                 let desired = parse_json("desired", desired)?;
                 if !desired.is_object() {
@@ -543,7 +545,7 @@ async fn execute(args: &CtlArgs) -> anyhow::Result<Value> {
                     );
                 }
                 let mut body = json!({ "desired": desired });
-                if let Some(v) = version {
+                if let Some(v) = if_version {
                     body["version"] = json!(v);
                 }
                 api.call("PATCH", &format!("/api/devices/{id}/shadow"), Some(body))
