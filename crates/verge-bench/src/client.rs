@@ -131,7 +131,7 @@ impl Client {
                 "{addr} refused the connection (reason code 0x{:02x})",
                 ack.reason_code
             ),
-            other => bail!("{addr} answered CONNECT with {}", name(&other)),
+            other => bail!("{addr} answered CONNECT with {}", other.name()),
         }
     }
 
@@ -167,7 +167,7 @@ impl Client {
                 Some(&code) if code < 0x80 => Ok(()),
                 code => bail!("subscription to `{filter}` refused (reason code {code:?})"),
             },
-            other => bail!("expected SUBACK, got {}", name(&other)),
+            other => bail!("expected SUBACK, got {}", other.name()),
         }
     }
 
@@ -277,27 +277,6 @@ pub async fn connect_many(
     Ok(clients.into_iter().map(|(_, c)| c).collect())
 }
 
-/// A packet's name, for error messages.
-pub fn name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect(_) => "DISCONNECT",
-        Packet::Auth(_) => "AUTH",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use verge_mqtt::Publish;
@@ -355,13 +334,13 @@ mod tests {
             for id in [1, 2] {
                 match rd.recv().await.expect("ack") {
                     Packet::PubAck(a) => assert_eq!(a.packet_id, id),
-                    other => panic!("expected PUBACK, got {}", name(&other)),
+                    other => panic!("expected PUBACK, got {}", other.name()),
                 }
             }
             for want in [&b"a"[..], b"b"] {
                 match sub.recv().await.expect("delivery") {
                     Packet::Publish(p) => assert_eq!(&p.payload[..], want),
-                    other => panic!("expected PUBLISH, got {}", name(&other)),
+                    other => panic!("expected PUBLISH, got {}", other.name()),
                 }
             }
             wr.disconnect().await;

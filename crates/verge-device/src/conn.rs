@@ -101,7 +101,7 @@ impl Conn {
         let Packet::ConnAck(ack) = ack else {
             return Err(Error::Protocol(format!(
                 "the node answered CONNECT with {}",
-                name(&ack)
+                ack.name()
             )));
         };
         if ack.reason_code >= 0x80 {
@@ -125,12 +125,12 @@ impl Conn {
             if len > max {
                 return Err(Error::Protocol(format!(
                     "a {} of {len} bytes is more than the node takes ({max})",
-                    name(packet)
+                    packet.name()
                 )));
             }
         }
         encode(packet, Protocol::V5, &mut self.wbuf)
-            .map_err(|e| Error::Protocol(format!("encoding a {}: {e}", name(packet))))
+            .map_err(|e| Error::Protocol(format!("encoding a {}: {e}", packet.name())))
     }
 
     /// Whether packets wait for [`Conn::flush`].
@@ -193,26 +193,5 @@ impl Conn {
             let _ = self.stream.shutdown().await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
-    }
-}
-
-/// A packet's name, for logs and errors.
-pub(crate) fn name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect(_) => "DISCONNECT",
-        Packet::Auth(_) => "AUTH",
     }
 }

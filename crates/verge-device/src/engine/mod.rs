@@ -29,7 +29,7 @@ mod shadow;
 
 use crate::command::{DeltaHandler, Handler, Recent};
 use crate::config::Shared;
-use crate::conn::{Conn, name};
+use crate::conn::Conn;
 use commands::Finished;
 
 /// Shadow requests waiting for an answer at most.
@@ -663,9 +663,9 @@ impl Engine {
                     .unwrap_or_default()
             ))),
             Packet::UnsubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
-                debug!(device = %self.cfg.device, "ignoring an unexpected {}", name(&p));
+                debug!(device = %self.cfg.device, "ignoring an unexpected {}", p.name());
             }
-            other => self.lost(Error::Protocol(format!("the node sent {}", name(&other)))),
+            other => self.lost(Error::Protocol(format!("the node sent {}", other.name()))),
         }
     }
 
