@@ -37,6 +37,7 @@ both!(
     node_times_ahead_are_clamped_and_api_edits_order_after_them,
     commands_are_paced_per_device_and_payloads_capped,
     unchanged_device_sessions_are_not_written_again,
+    commands_are_paced_per_node,
 );
 
 fn assert_error(s: StatusCode, v: &Value, want: StatusCode, code: &str, what: &str) {
@@ -1261,4 +1262,47 @@ async fn unchanged_device_sessions_are_not_written_again(h: Harness) {
     let (_, d) = h.call(Method::GET, "/api/devices/d1", None).await;
     assert_eq!(d["session"]["connected"], false, "{d}");
     pool.close().await;
+}
+
+/// Regression: the node keeps 1,000 commands in all; many devices' 50
+/// each could pass it. At most 500 of a node are handed over at once.
+async fn commands_are_paced_per_node(h: Harness) {
+    let (node, secret) = h.joined_node("edge-many").await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("connect");
+    // 12 devices with 50 queued commands each (rows written directly:
+    // 600 API calls would only slow the test).
+    let now = i64::try_from(now_ms()).expect("now");
+    for d in 0..12 {
+        for i in 0..50 {
+            sqlx::query(
+                "INSERT INTO commands (id, device_id, node_id, name, payload, status, created_ms, expires_ms, updated_ms, attempts) \
+                 VALUES ($1, $2, $3, 'go', '{}', 'queued', $4, $5, $4, 0)",
+            )
+            .bind(format!("c-{d}-{i}"))
+            .bind(format!("p{d}"))
+            .bind(&node)
+            .bind(now + i64::from(d * 50 + i))
+            .bind(now + 3_600_000)
+            .execute(&pool)
+            .await
+            .expect("insert command");
+        }
+    }
+    pool.close().await;
+    let served = serve(&h).await;
+    let mut link = NodeLink::connect(&served, &node, &secret).await;
+    heartbeat(&h, &node, &secret, json!({"applied_version": 0})).await;
+    link.saw_down_within("$verge/commands/p0", Duration::from_millis(3000))
+        .await;
+    let mut ids: Vec<String> = link
+        .down
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<CommandRequest>(&p.payload).ok())
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 500, "at most 500 of a node at once");
+    served.stop().await;
 }

@@ -6,8 +6,9 @@
 //! `ShadowSync`s, QoS 1, on `nodes/{n}/down/$verge/…` through the
 //! cloud's in-process broker handle.
 //!
-//! At most [`IN_FLIGHT_PER_DEVICE`] commands of a device are handed to
-//! its node at once; the rest wait `queued` until earlier ones finish.
+//! At most [`IN_FLIGHT_PER_DEVICE`] commands of a device, and
+//! [`IN_FLIGHT_PER_NODE`] of a node, are handed to the node at once; the
+//! rest wait `queued` until earlier ones finish.
 //! A command is resent every [`RESEND_MS`] until the node reports it
 //! `sent` (the node keeps one copy per id); a pending shadow at most
 //! every [`RESEND_MS`] until the node's answer covers it. Each send is
@@ -42,6 +43,10 @@ const PER_PASS: i64 = 500;
 /// below what a node keeps per device (100), so a full hand-over is never
 /// refused.
 pub const IN_FLIGHT_PER_DEVICE: i64 = 50;
+
+/// Most commands of one node handed over and not yet final, all its
+/// devices together: half of what a node keeps in all (1,000).
+pub const IN_FLIGHT_PER_NODE: i64 = 500;
 
 /// A queued command as the dispatcher reads it: id, device, node, name,
 /// payload, created, expires, attempts, and how many of its device's are
@@ -104,14 +109,29 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     .bind(IN_FLIGHT_PER_DEVICE)
     .fetch_all(pool)
     .await?;
+    let mut by_node: HashMap<String, i64> = if queued.iter().any(|q| q.7 == 0) {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT node_id, COUNT(*) FROM commands \
+             WHERE status IN ('sent', 'delivered') OR (status = 'queued' AND attempts > 0) \
+             GROUP BY node_id",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect()
+    } else {
+        HashMap::new()
+    };
     let mut more: HashMap<String, i64> = HashMap::new();
     for (id, device, node, name, payload, created_ms, expires_ms, attempts, handed) in queued {
         if attempts == 0 {
             let mine = more.entry(device.clone()).or_default();
-            if handed + *mine >= IN_FLIGHT_PER_DEVICE {
+            let of_node = by_node.entry(node.clone()).or_default();
+            if handed + *mine >= IN_FLIGHT_PER_DEVICE || *of_node >= IN_FLIGHT_PER_NODE {
                 continue;
             }
             *mine += 1;
+            *of_node += 1;
         }
         let claimed = sqlx::query(
             "UPDATE commands SET attempts = attempts + 1, last_sent_ms = $1 \
