@@ -460,9 +460,36 @@ mod tests {
     /// heartbeat metrics go, and what was deleted is counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pruner_deletes_by_age_and_count_and_counts_it() {
+        pruner_on(None).await;
+    }
+
+    /// The same on PostgreSQL (a fresh database on the server of
+    /// `VERGE_TEST_POSTGRES_URL`; skipped, saying so, without it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruner_deletes_by_age_and_count_and_counts_it_on_postgres() {
+        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: set VERGE_TEST_POSTGRES_URL to run on PostgreSQL");
+            return;
+        };
+        sqlx::any::install_default_drivers();
+        let name = format!("verge_prune_{}_{}", std::process::id(), now_ms());
+        let admin = sqlx::AnyPool::connect(&base).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        let (server, _) = base.rsplit_once('/').expect("url with a database");
+        pruner_on(Some(format!("{server}/{name}"))).await;
+    }
+
+    async fn pruner_on(database: Option<String>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = CloudConfig::default();
         cfg.cloud.data_dir = dir.path().join("data");
+        if let Some(url) = database {
+            cfg.cloud.database = url;
+        }
         cfg.cloud.max_messages = 5;
         cfg.cloud.message_retention = verge_duration::HumanDuration(Duration::from_secs(3600));
         let (cloud, _) = Cloud::open(cfg).await.expect("open");
