@@ -381,6 +381,12 @@ async fn delete_in_chunks(
     }
 }
 
+/// Device-channel ids (the de-duplication of upstream shadows, statuses
+/// and alarms) are kept at least this long, however short
+/// `message_retention` is: a node's queue holds a backlog that old (a
+/// week offline), and a resent message of it must not be applied twice.
+pub const DEDUP_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// One pruning pass; returns how many messages it deleted.
 pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
     let inner = cloud.inner();
@@ -413,23 +419,31 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
         }
         None => 0,
     };
-    // Device-channel ids, finished commands and cleared alarms are kept
-    // as long as messages.
+    // Finished commands and cleared alarms are kept as long as messages;
+    // device-channel ids at least DEDUP_KEEP_MS (a node's backlog that
+    // old must not be applied twice). Chunked like the messages.
     let cut = now.saturating_sub(retention);
-    sqlx::query("DELETE FROM device_channel_ids WHERE received_ms < $1")
-        .bind(cut)
-        .execute(pool)
-        .await?;
-    sqlx::query(
-        "DELETE FROM commands WHERE status IN ('replied', 'failed', 'expired') AND updated_ms < $1",
+    delete_in_chunks(
+        pool,
+        "DELETE FROM device_channel_ids WHERE (node_id, verge_id) IN \
+         (SELECT node_id, verge_id FROM device_channel_ids WHERE received_ms < $1 LIMIT $2)",
+        now.saturating_sub(retention.max(DEDUP_KEEP_MS)),
     )
-    .bind(cut)
-    .execute(pool)
     .await?;
-    sqlx::query("DELETE FROM alarms WHERE status = 'cleared' AND updated_ms < $1")
-        .bind(cut)
-        .execute(pool)
-        .await?;
+    delete_in_chunks(
+        pool,
+        "DELETE FROM commands WHERE id IN (SELECT id FROM commands \
+         WHERE status IN ('replied', 'failed', 'expired') AND updated_ms < $1 LIMIT $2)",
+        cut,
+    )
+    .await?;
+    delete_in_chunks(
+        pool,
+        "DELETE FROM alarms WHERE id IN \
+         (SELECT id FROM alarms WHERE status = 'cleared' AND updated_ms < $1 LIMIT $2)",
+        cut,
+    )
+    .await?;
     sqlx::query("DELETE FROM node_metrics WHERE ts_ms < $1")
         .bind(now - crate::api::agent::METRICS_KEEP_MS)
         .execute(pool)
@@ -446,9 +460,36 @@ mod tests {
     /// heartbeat metrics go, and what was deleted is counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pruner_deletes_by_age_and_count_and_counts_it() {
+        pruner_on(None).await;
+    }
+
+    /// The same on PostgreSQL (a fresh database on the server of
+    /// `VERGE_TEST_POSTGRES_URL`; skipped, saying so, without it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruner_deletes_by_age_and_count_and_counts_it_on_postgres() {
+        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: set VERGE_TEST_POSTGRES_URL to run on PostgreSQL");
+            return;
+        };
+        sqlx::any::install_default_drivers();
+        let name = format!("verge_prune_{}_{}", std::process::id(), now_ms());
+        let admin = sqlx::AnyPool::connect(&base).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        let (server, _) = base.rsplit_once('/').expect("url with a database");
+        pruner_on(Some(format!("{server}/{name}"))).await;
+    }
+
+    async fn pruner_on(database: Option<String>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = CloudConfig::default();
         cfg.cloud.data_dir = dir.path().join("data");
+        if let Some(url) = database {
+            cfg.cloud.database = url;
+        }
         cfg.cloud.max_messages = 5;
         cfg.cloud.message_retention = verge_duration::HumanDuration(Duration::from_secs(3600));
         let (cloud, _) = Cloud::open(cfg).await.expect("open");
@@ -508,6 +549,8 @@ mod tests {
         let old_ms = now - 2 * 3600 * 1000;
         for (id, status) in [
             ("c-old", "replied"),
+            ("c-old2", "failed"),
+            ("c-old3", "expired"),
             ("c-open", "queued"),
             ("c-new", "expired"),
         ] {
@@ -523,7 +566,12 @@ mod tests {
             .await
             .expect("insert command");
         }
-        for (id, status) in [("a-old", "cleared"), ("a-open", "active")] {
+        for (id, status) in [
+            ("a-old", "cleared"),
+            ("a-old2", "cleared"),
+            ("a-old3", "cleared"),
+            ("a-open", "active"),
+        ] {
             sqlx::query(
                 "INSERT INTO alarms (id, device_id, node_id, alarm_type, severity, message, status, acknowledged, raise_count, rule, created_ms, updated_ms) \
                  VALUES ($1, 'd', 'e', $1, 'major', '', $2, 0, 1, '', $3, $3)",
@@ -535,7 +583,10 @@ mod tests {
             .await
             .expect("insert alarm");
         }
-        for (v, at) in [("v-old", old_ms), ("v-new", now)] {
+        // Device-channel ids past retention but younger than a week stay
+        // (regression: a node's week-old backlog was applied twice).
+        let week_ago = now - DEDUP_KEEP_MS - 1000;
+        for (v, at) in [("v-week", week_ago), ("v-old", old_ms), ("v-new", now)] {
             sqlx::query("INSERT INTO device_channel_ids (node_id, verge_id, received_ms) VALUES ('e', $1, $2)")
                 .bind(v)
                 .bind(at)
@@ -555,7 +606,7 @@ mod tests {
         assert_eq!(ids("SELECT id FROM alarms ORDER BY id").await, ["a-open"]);
         assert_eq!(
             ids("SELECT verge_id FROM device_channel_ids ORDER BY verge_id").await,
-            ["v-new"]
+            ["v-new", "v-old"]
         );
         // Nothing more to do: a second pass deletes nothing.
         assert_eq!(prune_once(&cloud).await.expect("prune"), 0);

@@ -169,6 +169,12 @@ pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
         &[("", get(&m.commands_expired))],
     );
     put(
+        "verge_cloud_device_times_clamped_total",
+        "counter",
+        "node times (shadow edits, command statuses, alarms) ahead of the cloud's clock by more than the allowed skew, cut to it",
+        &[("", get(&crate::devices::CLAMPED))],
+    );
+    put(
         "verge_cloud_shadows_sent_total",
         "counter",
         "shadows published to nodes, resends included",

@@ -136,7 +136,9 @@ fn reason(status: u16) -> &'static str {
         409 => {
             "conflict: the name is taken, the resource is in use, a component version exists with another spec or artifact, a node's components could not run together, no node matches a rollout's selector, a rollout is not paused or has ended, or a release exists with another digest or signature, is assigned or has no binary yet, or a device has too many open commands; version_conflict: a shadow change made against another version"
         }
-        413 => "payload_too_large, or too_large: the shadow would pass 64 KiB",
+        413 => {
+            "payload_too_large (a body over the limit, or a command payload over 64 KiB), or too_large: the shadow would pass 64 KiB"
+        }
         _ => "error",
     }
 }

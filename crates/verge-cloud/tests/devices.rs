@@ -33,6 +33,11 @@ both!(
     alarms_raise_again_ack_and_clear,
     device_sessions_and_endpoints_come_from_the_heartbeat,
     deleting_a_device_deletes_its_shadow_commands_and_alarms,
+    a_reply_in_time_replaces_the_clouds_expiry,
+    node_times_ahead_are_clamped_and_api_edits_order_after_them,
+    commands_are_paced_per_device_and_payloads_capped,
+    unchanged_device_sessions_are_not_written_again,
+    commands_are_paced_per_node,
 );
 
 fn assert_error(s: StatusCode, v: &Value, want: StatusCode, code: &str, what: &str) {
@@ -243,6 +248,10 @@ async fn shadow_api_get_patch_stale_version_and_invalid(h: Harness) {
         (json!({"version": 2}), "no desired"),
         (json!([1]), "not an object"),
         (json!({"desired": {"": 1}}), "empty key"),
+        (
+            json!({"desired": {"x": 1}, "client_token": "t"}),
+            "client_token (devices only)",
+        ),
     ] {
         let (s, v) = patch(body).await;
         assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_update", what);
@@ -740,22 +749,58 @@ async fn alarms_raise_again_ack_and_clear(h: Harness) {
     let (_, all) = h.call(Method::GET, "/api/alarms", None).await;
     assert_eq!(all[0]["id"], id2.as_str(), "newest first: {all}");
 
-    // A clear older than the open alarm (it cleared an earlier one) leaves
-    // it open.
+    // The node's clock stepped back: its clear is older than the open
+    // alarm's raise, but came after it from the same node (its queue is
+    // FIFO), so it clears it (regression: a clear was ignored).
     let mut stale = alarm(AlarmAction::Clear, Severity::Minor, "");
     stale.at_ms -= 600_000;
     link.up_json(topic, &stale, "a-4b").await;
     let (_, list) = h.call(Method::GET, "/api/alarms?status=active", None).await;
-    assert_eq!(list[0]["id"], id2.as_str(), "{list}");
+    assert_eq!(list, json!([]), "a stepped-back clear clears: {list}");
+    link.up_json(
+        topic,
+        &alarm(AlarmAction::Raise, Severity::Minor, "warm again"),
+        "a-4c",
+    )
+    .await;
+    let (_, list) = h.call(Method::GET, "/api/alarms?status=active", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let id3 = list[0]["id"].as_str().expect("id").to_owned();
+    assert_ne!(id3, id2);
 
     // Cleared by a person.
     let (s, a) = h
-        .call(Method::POST, &format!("/api/alarms/{id2}/clear"), None)
+        .call(Method::POST, &format!("/api/alarms/{id3}/clear"), None)
         .await;
     assert_eq!(s, StatusCode::OK, "{a}");
     assert_eq!(a["status"], "cleared");
     let (_, list) = h.call(Method::GET, "/api/alarms?status=active", None).await;
     assert_eq!(list, json!([]));
+
+    // A raise made before the person's clear (queued on the node) is
+    // counted in the cleared alarm and opens none; a later one opens one.
+    let mut queued = alarm(AlarmAction::Raise, Severity::Major, "queued");
+    queued.at_ms -= 5_000;
+    link.up_json(topic, &queued, "a-4d").await;
+    let (_, list) = h.call(Method::GET, "/api/alarms?status=active", None).await;
+    assert_eq!(list, json!([]), "a raise older than the clear: {list}");
+    let (_, all) = h.call(Method::GET, "/api/alarms", None).await;
+    let cleared = all
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["id"] == id3.as_str()))
+        .expect("the cleared alarm");
+    assert_eq!(cleared["count"], 2, "{cleared}");
+    assert_eq!(cleared["status"], "cleared", "{cleared}");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    link.up_json(
+        topic,
+        &alarm(AlarmAction::Raise, Severity::Major, "fresh"),
+        "a-4e",
+    )
+    .await;
+    let (_, list) = h.call(Method::GET, "/api/alarms?status=active", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["message"], "fresh", "{list}");
 
     // Bad input.
     let (s, v) = h.call(Method::POST, "/api/alarms/nope/ack", None).await;
@@ -770,7 +815,7 @@ async fn alarms_raise_again_ack_and_clear(h: Harness) {
     bad.alarm_type = String::new();
     link.up_json(topic, &bad, "a-6").await;
     let (_, all) = h.call(Method::GET, "/api/alarms", None).await;
-    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    assert_eq!(all.as_array().map(Vec::len), Some(4), "{all}");
     // A NUL in free text (PostgreSQL refuses it in TEXT) is left out, not
     // a failed batch.
     let mut nul = alarm(AlarmAction::Raise, Severity::Major, "a\u{0}b");
@@ -887,5 +932,377 @@ async fn deleting_a_device_deletes_its_shadow_commands_and_alarms(h: Harness) {
     assert_eq!(v, json!([]));
     let (_, v) = h.call(Method::GET, "/api/alarms", None).await;
     assert_eq!(v, json!([]));
+    served.stop().await;
+}
+
+/// Regression: the cloud expired a command by its own clock while the
+/// node was cut off; the device's reply, made in time, was dropped.
+async fn a_reply_in_time_replaces_the_clouds_expiry(h: Harness) {
+    let (node, secret) = node_with_device(&h, "edge-late", "d1").await;
+    let mut ids = Vec::new();
+    for name in ["answered", "too-late"] {
+        let (s, v) = h
+            .call(
+                Method::POST,
+                &format!("/api/devices/d1/commands/{name}?ttl=1s"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        ids.push((
+            v["command"]["id"].as_str().expect("id").to_owned(),
+            v["command"]["expires_ms"].as_u64().expect("expires"),
+        ));
+    }
+    for (id, _) in &ids {
+        until(&h, &format!("/api/commands/{id}"), "expired", |c| {
+            c["status"] == "expired"
+        })
+        .await;
+    }
+    let served = serve(&h).await;
+    let mut link = NodeLink::connect(&served, &node, &secret).await;
+    let (id, expires) = &ids[0];
+    let mut replied = status(id, CommandState::Replied, Some(json!({"ok": 1})));
+    replied.at_ms = expires - 200;
+    link.up_json("$verge/command-status/d1", &replied, "r-1")
+        .await;
+    let (_, c) = h
+        .call(Method::GET, &format!("/api/commands/{id}"), None)
+        .await;
+    assert_eq!(c["status"], "replied", "answered before it expired: {c}");
+    assert_eq!(c["reply"], json!({"ok": 1}), "{c}");
+    // A second final status does not replace the reply.
+    let mut failed = status(id, CommandState::Failed, None);
+    failed.at_ms = expires - 100;
+    link.up_json("$verge/command-status/d1", &failed, "r-2")
+        .await;
+    let (_, c) = h
+        .call(Method::GET, &format!("/api/commands/{id}"), None)
+        .await;
+    assert_eq!(c["status"], "replied", "{c}");
+    // A reply after its expiry stays expired.
+    let (id, expires) = &ids[1];
+    let mut late = status(id, CommandState::Failed, None);
+    late.at_ms = expires + 1;
+    late.error = Some("late".into());
+    link.up_json("$verge/command-status/d1", &late, "r-3").await;
+    let (_, c) = h
+        .call(Method::GET, &format!("/api/commands/{id}"), None)
+        .await;
+    assert_eq!(c["status"], "expired", "{c}");
+    assert_eq!(c["error"], Value::Null, "{c}");
+    served.stop().await;
+}
+
+/// Regression: node times were taken as they came, so a node clock ahead
+/// made the cloud's edits lose, and a far-future time could never be
+/// beaten.
+async fn node_times_ahead_are_clamped_and_api_edits_order_after_them(h: Harness) {
+    let (node, secret) = node_with_device(&h, "edge-skew", "d1").await;
+    let served = serve(&h).await;
+    let mut link = NodeLink::connect(&served, &node, &secret).await;
+    heartbeat(&h, &node, &secret, json!({"applied_version": 0})).await;
+    let update = |v: Value| serde_json::from_value::<ShadowUpdate>(v).expect("update");
+    // devices::MAX_SKEW_MS
+    let skew = 60_000;
+
+    // A clock a year ahead, and a time near u64::MAX: cut to now + skew.
+    let mut wild = Shadow::default();
+    wild.apply(
+        &update(json!({"desired": {"far": 1}})),
+        now_ms() + 365 * 86_400_000,
+    )
+    .expect("apply");
+    wild.apply(&update(json!({"reported": {"max": 1}})), u64::MAX - 1)
+        .expect("apply");
+    let before = now_ms();
+    link.up_json(
+        "$verge/shadow/d1",
+        &ShadowSync {
+            device: "d1".into(),
+            shadow: wild,
+        },
+        "w-1",
+    )
+    .await;
+    let (_, v) = h.call(Method::GET, "/api/devices/d1/shadow", None).await;
+    let limit = now_ms() + skew;
+    for ts in [
+        &v["metadata"]["desired"]["far"]["ts"],
+        &v["metadata"]["reported"]["max"]["ts"],
+        &v["timestamp"],
+    ] {
+        let ts = ts.as_u64().expect("a time");
+        assert!(ts >= before && ts <= limit, "clamped to now + skew: {v}");
+    }
+    let (_, metrics) = h.call(Method::GET, "/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .is_some_and(|m| m.contains("verge_cloud_device_times_clamped_total")),
+        "{metrics}"
+    );
+
+    // A node 30 s ahead (within the skew) edits `mode`; an API edit made
+    // after it is stamped after it, so the node takes it and the cloud
+    // keeps it once the node answers.
+    let mut node_copy = Shadow::default();
+    node_copy
+        .apply(
+            &update(json!({"desired": {"mode": "node"}})),
+            now_ms() + 30_000,
+        )
+        .expect("apply");
+    link.up_json(
+        "$verge/shadow/d1",
+        &ShadowSync {
+            device: "d1".into(),
+            shadow: node_copy.clone(),
+        },
+        "w-2",
+    )
+    .await;
+    let (s, v) = h
+        .call(
+            Method::PATCH,
+            "/api/devices/d1/shadow",
+            Some(json!({"desired": {"mode": "cloud"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut down = None;
+    for _ in 0..3 {
+        let p = link.next_down("$verge/shadow/d1").await;
+        let sync: ShadowSync = serde_json::from_slice(&p.payload).expect("a ShadowSync");
+        if sync.shadow.desired.get("mode") == Some(&json!("cloud")) {
+            down = Some(sync);
+            break;
+        }
+    }
+    let down = down.expect("the API edit went down");
+    node_copy.merge_from_cloud(&down.shadow, now_ms());
+    assert_eq!(
+        node_copy.desired["mode"],
+        json!("cloud"),
+        "the node takes it"
+    );
+    link.up_json(
+        "$verge/shadow/d1",
+        &ShadowSync {
+            device: "d1".into(),
+            shadow: node_copy,
+        },
+        "w-3",
+    )
+    .await;
+    let (_, v) = h.call(Method::GET, "/api/devices/d1/shadow", None).await;
+    assert_eq!(v["desired"]["mode"], "cloud", "not reverted: {v}");
+    served.stop().await;
+}
+
+/// Regression: the cloud handed all of a device's open commands (up to
+/// 1,000) to the node at once, which keeps 100 per device and failed the
+/// rest.
+async fn commands_are_paced_per_device_and_payloads_capped(h: Harness) {
+    let (node, secret) = node_with_device(&h, "edge-pace", "d1").await;
+    let served = serve(&h).await;
+    let mut link = NodeLink::connect(&served, &node, &secret).await;
+    // dispatch::IN_FLIGHT_PER_DEVICE
+    let n = 50;
+    let mut ids = Vec::new();
+    for i in 0..n + 5 {
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/api/devices/d1/commands/step",
+                Some(json!({"i": i})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        ids.push(v["command"]["id"].as_str().expect("id").to_owned());
+        // Distinct creation times keep the order.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    heartbeat(&h, &node, &secret, json!({"applied_version": 0})).await;
+    let seen = |link: &NodeLink| {
+        let mut got: Vec<String> = link
+            .down
+            .iter()
+            .filter(|p| p.topic == format!("nodes/{node}/down/$verge/commands/d1").as_bytes())
+            .map(|p| {
+                serde_json::from_slice::<CommandRequest>(&p.payload)
+                    .expect("a CommandRequest")
+                    .id
+            })
+            .collect();
+        got.sort();
+        got.dedup();
+        got
+    };
+    link.saw_down_within("$verge/commands/d1", Duration::from_millis(2500))
+        .await;
+    let mut first: Vec<String> = ids[..n].to_vec();
+    first.sort();
+    assert_eq!(seen(&link), first, "the oldest {n} only");
+    // One finishes: one more goes.
+    link.up_json(
+        "$verge/command-status/d1",
+        &status(&ids[0], CommandState::Replied, None),
+        "p-1",
+    )
+    .await;
+    link.saw_down_within("$verge/commands/d1", Duration::from_millis(2500))
+        .await;
+    let mut want = first.clone();
+    want.push(ids[n].clone());
+    want.sort();
+    assert_eq!(seen(&link), want, "the next one after a reply");
+    let (_, c) = h
+        .call(Method::GET, &format!("/api/commands/{}", ids[n + 1]), None)
+        .await;
+    assert_eq!(c["attempts"], 0, "still waiting in the cloud: {c}");
+
+    // The payload cap.
+    // api::commands::MAX_PAYLOAD
+    let cap: usize = 64 * 1024;
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/devices/d1/commands/big",
+            Some(json!({"blob": "x".repeat(cap)})),
+        )
+        .await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "over the cap",
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&cap.to_string())),
+        "{v}"
+    );
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/devices/d1/commands/big",
+            Some(json!({"blob": "x".repeat(cap - 100)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "under the cap: {v}");
+    served.stop().await;
+}
+
+/// Regression: every heartbeat wrote every listed device's session, though
+/// most had not changed. A trigger counts the writes.
+async fn unchanged_device_sessions_are_not_written_again(h: Harness) {
+    let (node, secret) = node_with_device(&h, "edge-w", "d1").await;
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/api/devices",
+            Some(json!({"name": "d2", "node_id": node})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("connect");
+    let postgres = h.db_url.starts_with("postgres");
+    let mut setup = vec!["CREATE TABLE session_writes (id TEXT NOT NULL)"];
+    if postgres {
+        setup.push(
+            "CREATE FUNCTION log_session_write() RETURNS trigger AS $$ \
+             BEGIN INSERT INTO session_writes (id) VALUES (NEW.id); RETURN NEW; END $$ LANGUAGE plpgsql",
+        );
+        setup.push(
+            "CREATE TRIGGER session_written AFTER UPDATE OF connected, since_ms, client_id, transport \
+             ON devices FOR EACH ROW EXECUTE FUNCTION log_session_write()",
+        );
+    } else {
+        setup.push(
+            "CREATE TRIGGER session_written AFTER UPDATE OF connected, since_ms, client_id, transport \
+             ON devices BEGIN INSERT INTO session_writes (id) VALUES (NEW.id); END",
+        );
+    }
+    for sql in setup {
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+    }
+    let writes = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM session_writes")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        n
+    };
+    let report = |d1_client: &str| {
+        json!({
+            "applied_version": 0,
+            "devices": [
+                {"device": "d1", "connected": true, "since_ms": 10, "client_id": d1_client, "transport": "mqtt"},
+                {"device": "d2", "connected": false, "since_ms": 5},
+            ],
+        })
+    };
+    heartbeat(&h, &node, &secret, report("c-1")).await;
+    assert_eq!(writes().await, 2, "both new");
+    heartbeat(&h, &node, &secret, report("c-1")).await;
+    heartbeat(&h, &node, &secret, report("c-1")).await;
+    assert_eq!(writes().await, 2, "nothing changed, nothing written");
+    heartbeat(&h, &node, &secret, report("c-2")).await;
+    assert_eq!(writes().await, 3, "d1 changed");
+    let (_, d) = h.call(Method::GET, "/api/devices/d1", None).await;
+    assert_eq!(d["session"]["client_id"], "c-2", "{d}");
+    // Left out: d1 (connected) is marked disconnected; d2 was already.
+    heartbeat(&h, &node, &secret, json!({"applied_version": 0})).await;
+    assert_eq!(writes().await, 4, "d1 disconnected");
+    let (_, d) = h.call(Method::GET, "/api/devices/d1", None).await;
+    assert_eq!(d["session"]["connected"], false, "{d}");
+    pool.close().await;
+}
+
+/// Regression: the node keeps 1,000 commands in all; many devices' 50
+/// each could pass it. At most 500 of a node are handed over at once.
+async fn commands_are_paced_per_node(h: Harness) {
+    let (node, secret) = h.joined_node("edge-many").await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("connect");
+    // 12 devices with 50 queued commands each (rows written directly:
+    // 600 API calls would only slow the test).
+    let now = i64::try_from(now_ms()).expect("now");
+    for d in 0..12 {
+        for i in 0..50 {
+            sqlx::query(
+                "INSERT INTO commands (id, device_id, node_id, name, payload, status, created_ms, expires_ms, updated_ms, attempts) \
+                 VALUES ($1, $2, $3, 'go', '{}', 'queued', $4, $5, $4, 0)",
+            )
+            .bind(format!("c-{d}-{i}"))
+            .bind(format!("p{d}"))
+            .bind(&node)
+            .bind(now + i64::from(d * 50 + i))
+            .bind(now + 3_600_000)
+            .execute(&pool)
+            .await
+            .expect("insert command");
+        }
+    }
+    pool.close().await;
+    let served = serve(&h).await;
+    let mut link = NodeLink::connect(&served, &node, &secret).await;
+    heartbeat(&h, &node, &secret, json!({"applied_version": 0})).await;
+    link.saw_down_within("$verge/commands/p0", Duration::from_millis(3000))
+        .await;
+    let mut ids: Vec<String> = link
+        .down
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<CommandRequest>(&p.payload).ok())
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 500, "at most 500 of a node at once");
     served.stop().await;
 }

@@ -188,33 +188,52 @@ async fn store_sessions(
         .execute(&mut **tx)
         .await?;
     let cut = |s: &str| db::clean_text(&s.chars().take(256).collect::<String>());
+    // The stored sessions first: only a changed one is written (a
+    // heartbeat comes on every device connect and disconnect, and lists
+    // every device seen).
+    let stored: Vec<Session> = sqlx::query_as(
+        "SELECT id, connected, since_ms, client_id, transport FROM devices WHERE node_id = $1",
+    )
+    .bind(node)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut stored: std::collections::HashMap<String, Session> =
+        stored.into_iter().map(|s| (s.0.clone(), s)).collect();
     for s in &report.devices {
         // Not a device name (and PostgreSQL refuses NUL in text).
         if s.device.is_empty() || s.device.len() > 64 || s.device.contains('\0') {
+            continue;
+        }
+        let Some(old) = stored.remove(&s.device) else {
+            continue; // not a device of this node
+        };
+        let new: Session = (
+            s.device.clone(),
+            Some(i64::from(s.connected)),
+            Some(i64::try_from(s.since_ms).unwrap_or(i64::MAX)),
+            Some(cut(&s.client_id)),
+            Some(cut(&s.transport)),
+        );
+        if new == old {
             continue;
         }
         sqlx::query(
             "UPDATE devices SET connected = $1, since_ms = $2, client_id = $3, transport = $4 \
              WHERE id = $5 AND node_id = $6",
         )
-        .bind(i64::from(s.connected))
-        .bind(i64::try_from(s.since_ms).unwrap_or(i64::MAX))
-        .bind(cut(&s.client_id))
-        .bind(cut(&s.transport))
+        .bind(new.1)
+        .bind(new.2)
+        .bind(new.3)
+        .bind(new.4)
         .bind(&s.device)
         .bind(node)
         .execute(&mut **tx)
         .await?;
     }
-    let listed: std::collections::HashSet<&str> =
-        report.devices.iter().map(|s| s.device.as_str()).collect();
-    let connected: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM devices WHERE node_id = $1 AND connected = 1")
-            .bind(node)
-            .fetch_all(&mut **tx)
-            .await?;
-    for (id,) in connected {
-        if !listed.contains(id.as_str()) {
+    // Left out of the report (what remains of `stored`): no longer
+    // connected.
+    for (id, (_, connected, ..)) in stored {
+        if connected == Some(1) {
             sqlx::query("UPDATE devices SET connected = 0 WHERE id = $1 AND node_id = $2")
                 .bind(&id)
                 .bind(node)
@@ -224,6 +243,15 @@ async fn store_sessions(
     }
     Ok(())
 }
+
+/// A device's stored session: id, connected, since, client id, transport.
+type Session = (
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
 
 fn finite(v: f64) -> f64 {
     if v.is_finite() { v } else { 0.0 }

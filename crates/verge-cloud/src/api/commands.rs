@@ -27,6 +27,11 @@ const MAX_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 /// delivered); more are refused with 409 until some finish or expire.
 pub const MAX_OPEN_PER_DEVICE: i64 = 1000;
 
+/// Largest command payload (as JSON text) taken: it must fit one
+/// message to the node and one to the device with room to spare, and a
+/// node keeps up to 100 of a device's commands.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
 /// `?ttl=`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,18 +63,12 @@ pub async fn create(
     check_name("name", &name)?;
     let ttl = ttl_ms(q.ttl.as_deref())?;
     let payload = body.to_string();
-    // It must fit one MQTT packet on the way down with its envelope (the
-    // node's broker takes no larger), else it would be accepted here and
-    // dropped on the way.
-    let max = usize::try_from(verge_broker::BrokerConfig::default().max_packet_size)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(4096);
-    if payload.len() > max {
+    if payload.len() > MAX_PAYLOAD {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!(
-                "the command is {} bytes; at most {max} fit one message to the node",
+                "the command's payload is {} bytes as JSON; at most {MAX_PAYLOAD} are taken",
                 payload.len()
             ),
         ));

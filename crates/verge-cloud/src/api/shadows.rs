@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::Value;
-use verge_protocol::device::{ShadowError, ShadowUpdate};
+use verge_protocol::device::{Shadow, ShadowError, ShadowUpdate};
 
 use super::rows::one_or_404;
 use crate::Cloud;
@@ -67,10 +67,34 @@ fn parse_patch(body: Value) -> Result<ShadowUpdate, AppError> {
             "`reported` belongs to the device; the API sets `desired` only",
         ));
     }
+    // The node refuses these in a cloud update as well: one contract.
+    if update.client_token.is_some() {
+        return Err(invalid(
+            "`client_token` belongs to device requests over MQTT; the API takes `desired` and `version` only",
+        ));
+    }
     if update.desired.is_none() {
         return Err(invalid("`desired` is missing"));
     }
     Ok(update)
+}
+
+/// The time an API edit is stamped with: the cloud's now, or just after
+/// the latest stored edit of a key it changes when that one is later (a
+/// node clock a little ahead, within `devices::MAX_SKEW_MS`): an edit
+/// made after the value was seen must win the per-key "later edit wins"
+/// rule, on the node too.
+fn edit_time(shadow: &Shadow, update: &ShadowUpdate, now: u64) -> u64 {
+    let keys = update.desired.iter().flat_map(|d| d.keys());
+    keys.filter_map(|k| shadow.metadata.desired.get(k))
+        .map(|m| m.ts.saturating_add(1))
+        .fold(now, u64::max)
+        .min(now.saturating_add(edit_slack()))
+}
+
+/// How far past now an API edit may be stamped.
+fn edit_slack() -> u64 {
+    u64::try_from(crate::devices::MAX_SKEW_MS).unwrap_or(0) + 1
 }
 
 pub async fn patch(
@@ -85,9 +109,8 @@ pub async fn patch(
     let node = node_of(&mut tx, &id).await?;
     let cur = shadows::load(&mut tx, &id).await?;
     let mut copy = cur.shadow.clone();
-    let changed = copy
-        .apply(&update, u64::try_from(now).unwrap_or(0))
-        .map_err(|e| shadow_error(&e))?;
+    let at = edit_time(&cur.shadow, &update, u64::try_from(now).unwrap_or(0));
+    let changed = copy.apply(&update, at).map_err(|e| shadow_error(&e))?;
     if !changed {
         return Ok(Json(shadows::to_json(&id, &node, &cur)));
     }

@@ -110,6 +110,10 @@ pub enum Outcome {
     Opened,
     /// The open alarm was raised again.
     Raised,
+    /// A raise older than the last clear of its type (made before that
+    /// clear, e.g. queued on a node while a person cleared the alarm):
+    /// counted in the cleared alarm, which stays cleared.
+    Late,
     /// The open alarm was cleared.
     Cleared,
     /// A clear without an open alarm of its type.
@@ -130,9 +134,17 @@ fn cut(message: &str) -> &str {
 
 /// Apply node `node`'s alarm event (its device checked by the caller):
 /// raise (update the open alarm of the device and type, else open one)
-/// or clear. Times are the event's (`at_ms`), when it happened on the node;
-/// `updated_ms` never goes back, and a clear older than the open alarm
-/// (it cleared an earlier one) leaves it open.
+/// or clear. Times are the event's (`at_ms`, the node's clock, clamped to
+/// the cloud's now plus a small skew by the caller).
+///
+/// A node's events arrive in the order it made them (its queue is FIFO),
+/// so its clear closes the open alarm it raised whatever the times say (a
+/// node clock stepped back must not keep an alarm open); only an alarm
+/// raised by another node (the device was moved) is left open by a clear
+/// older than its first raise. A raise older than the last clear of its
+/// type is counted in the cleared alarm and opens none (an operator's
+/// clear, in the cloud's time, is not undone by a raise queued before
+/// it). `updated_ms` never goes back.
 pub async fn apply_event(
     conn: &mut AnyConnection,
     node: &str,
@@ -142,12 +154,15 @@ pub async fn apply_event(
     match ev.action {
         AlarmAction::Clear => {
             let done = sqlx::query(
-                "UPDATE alarms SET status = 'cleared', cleared_ms = $1, updated_ms = $1 \
-                 WHERE device_id = $2 AND alarm_type = $3 AND status = 'active' AND created_ms <= $1",
+                "UPDATE alarms SET status = 'cleared', cleared_ms = $1, \
+                 updated_ms = CASE WHEN updated_ms > $1 THEN updated_ms ELSE $1 END \
+                 WHERE device_id = $2 AND alarm_type = $3 AND status = 'active' \
+                 AND (node_id = $4 OR created_ms <= $1)",
             )
             .bind(at)
             .bind(&ev.device)
             .bind(&ev.alarm_type)
+            .bind(node)
             .execute(&mut *conn)
             .await?;
             Ok(if done.rows_affected() > 0 {
@@ -181,6 +196,23 @@ pub async fn apply_event(
             .await?;
             if done.rows_affected() > 0 {
                 return Ok(Outcome::Raised);
+            }
+            let last: Option<(String, Option<i64>)> = sqlx::query_as(
+                "SELECT id, cleared_ms FROM alarms WHERE device_id = $1 AND alarm_type = $2 \
+                 AND status = 'cleared' ORDER BY cleared_ms DESC, id DESC LIMIT 1",
+            )
+            .bind(&ev.device)
+            .bind(&ev.alarm_type)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((id, Some(cleared_ms))) = last
+                && at < cleared_ms
+            {
+                sqlx::query("UPDATE alarms SET raise_count = raise_count + 1 WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(Outcome::Late);
             }
             sqlx::query(
                 "INSERT INTO alarms (id, device_id, node_id, alarm_type, severity, message, status, \

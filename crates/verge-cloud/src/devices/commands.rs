@@ -99,6 +99,12 @@ pub enum Outcome {
 /// Apply node `node`'s status of a command: only a state that ranks
 /// higher than the stored one is taken (with its reply or error), by an
 /// UPDATE conditional on the state read, so statuses never go back.
+///
+/// One exception: the cloud expires a command by its own clock while the
+/// node may be cut off from it, so a `replied` or `failed` status made in
+/// time (`at_ms <= expires_ms`, node time clamped by the caller) replaces
+/// `expired` (the node reports its own `expired` only when no reply came,
+/// and never a reply after it).
 pub async fn apply_status(
     conn: &mut AnyConnection,
     node: &str,
@@ -106,19 +112,20 @@ pub async fn apply_status(
     now: i64,
 ) -> sqlx::Result<Outcome> {
     for _ in 0..8 {
-        let row: Option<(String, String, String)> =
-            sqlx::query_as("SELECT node_id, device_id, status FROM commands WHERE id = $1")
-                .bind(&status.id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        let Some((owner, device, current)) = row else {
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT node_id, device_id, status, expires_ms FROM commands WHERE id = $1",
+        )
+        .bind(&status.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((owner, device, current, expires_ms)) = row else {
             return Ok(Outcome::Unknown);
         };
         if owner != node || device != status.device {
             return Ok(Outcome::Unknown);
         }
         let rank = state(&current).map_or(0, CommandState::rank);
-        if status.state.rank() <= rank {
+        if status.state.rank() <= rank && !answered_in_time(&current, status, expires_ms) {
             return Ok(Outcome::Stale);
         }
         let reply = status.reply.as_ref().map(Value::to_string);
@@ -142,6 +149,14 @@ pub async fn apply_status(
         "command `{}` kept changing while its status was applied",
         status.id
     )))
+}
+
+/// Whether `status` is a reply made before the command expired while the
+/// stored state is `expired`: the reply replaces the expiry.
+fn answered_in_time(current: &str, status: &CommandStatus, expires_ms: i64) -> bool {
+    current == CommandState::Expired.as_str()
+        && matches!(status.state, CommandState::Replied | CommandState::Failed)
+        && i64::try_from(status.at_ms).is_ok_and(|at| at <= expires_ms)
 }
 
 #[cfg(test)]

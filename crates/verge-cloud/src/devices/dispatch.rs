@@ -6,6 +6,9 @@
 //! `ShadowSync`s, QoS 1, on `nodes/{n}/down/$verge/…` through the
 //! cloud's in-process broker handle.
 //!
+//! At most [`IN_FLIGHT_PER_DEVICE`] commands of a device, and
+//! [`IN_FLIGHT_PER_NODE`] of a node, are handed to the node at once; the
+//! rest wait `queued` until earlier ones finish.
 //! A command is resent every [`RESEND_MS`] until the node reports it
 //! `sent` (the node keeps one copy per id); a pending shadow at most
 //! every [`RESEND_MS`] until the node's answer covers it. Each send is
@@ -13,6 +16,7 @@
 //! the resend time), so two replicas, or a restarted one, do not send
 //! twice in a window; expiry is a conditional UPDATE too.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -32,6 +36,22 @@ pub const RESEND_MS: i64 = 5_000;
 
 /// Most commands (and shadows) one pass sends.
 const PER_PASS: i64 = 500;
+
+/// Most commands of one device handed to its node and not yet final
+/// (`sent`, `delivered`, or `queued` and published at least once): the
+/// others stay `queued` in the cloud until earlier ones finish. Well
+/// below what a node keeps per device (100), so a full hand-over is never
+/// refused.
+pub const IN_FLIGHT_PER_DEVICE: i64 = 50;
+
+/// Most commands of one node handed over and not yet final, all its
+/// devices together: half of what a node keeps in all (1,000).
+pub const IN_FLIGHT_PER_NODE: i64 = 500;
+
+/// A queued command as the dispatcher reads it: id, device, node, name,
+/// payload, created, expires, attempts, and how many of its device's are
+/// handed over.
+type Queued = (String, String, String, String, String, i64, i64, i64, i64);
 
 /// Run until the cloud stops.
 pub async fn run(cloud: Cloud) {
@@ -69,19 +89,50 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
         .fetch_add(expired, Ordering::Relaxed);
     let online_since = now - crate::api::nodes::offline_ms(cloud);
     let resend_before = now - RESEND_MS;
-    let queued: Vec<(String, String, String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT c.id, c.device_id, c.node_id, c.name, c.payload, c.created_ms, c.expires_ms \
+    // A command not yet published (attempts 0) goes only while its device
+    // has fewer than IN_FLIGHT_PER_DEVICE handed over; `handed` is counted
+    // before the pass, `more` counts the pass's own.
+    let queued: Vec<Queued> = sqlx::query_as(
+        "SELECT c.id, c.device_id, c.node_id, c.name, c.payload, c.created_ms, c.expires_ms, \
+         c.attempts, (SELECT COUNT(*) FROM commands o WHERE o.device_id = c.device_id \
+         AND (o.status IN ('sent', 'delivered') OR (o.status = 'queued' AND o.attempts > 0))) \
          FROM commands c JOIN nodes n ON n.id = c.node_id \
          WHERE c.status = 'queued' AND (c.last_sent_ms IS NULL OR c.last_sent_ms <= $1) \
          AND n.joined_ms IS NOT NULL AND n.last_seen_ms >= $2 \
+         AND (c.attempts > 0 OR (SELECT COUNT(*) FROM commands o WHERE o.device_id = c.device_id \
+         AND (o.status IN ('sent', 'delivered') OR (o.status = 'queued' AND o.attempts > 0))) < $4) \
          ORDER BY c.created_ms LIMIT $3",
     )
     .bind(resend_before)
     .bind(online_since)
     .bind(PER_PASS)
+    .bind(IN_FLIGHT_PER_DEVICE)
     .fetch_all(pool)
     .await?;
-    for (id, device, node, name, payload, created_ms, expires_ms) in queued {
+    let mut by_node: HashMap<String, i64> = if queued.iter().any(|q| q.7 == 0) {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT node_id, COUNT(*) FROM commands \
+             WHERE status IN ('sent', 'delivered') OR (status = 'queued' AND attempts > 0) \
+             GROUP BY node_id",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect()
+    } else {
+        HashMap::new()
+    };
+    let mut more: HashMap<String, i64> = HashMap::new();
+    for (id, device, node, name, payload, created_ms, expires_ms, attempts, handed) in queued {
+        if attempts == 0 {
+            let mine = more.entry(device.clone()).or_default();
+            let of_node = by_node.entry(node.clone()).or_default();
+            if handed + *mine >= IN_FLIGHT_PER_DEVICE || *of_node >= IN_FLIGHT_PER_NODE {
+                continue;
+            }
+            *mine += 1;
+            *of_node += 1;
+        }
         let claimed = sqlx::query(
             "UPDATE commands SET attempts = attempts + 1, last_sent_ms = $1 \
              WHERE id = $2 AND status = 'queued' AND (last_sent_ms IS NULL OR last_sent_ms <= $3)",

@@ -15,14 +15,64 @@
 //! to online nodes; every step is a conditional UPDATE, so a second
 //! replica or a restart repeats nothing that matters (the node keeps one
 //! copy per command id, and merging a shadow twice changes nothing).
+//!
+//! Node times (shadow key edit times, status and alarm times) are taken
+//! as the node's clock says, but never later than the cloud's clock plus
+//! [`MAX_SKEW_MS`] ([`clamp`]): a node clock far ahead must not make its
+//! edits unbeatable. Node clocks are expected to be NTP-synced.
 
 pub mod alarms;
 pub mod commands;
 pub mod dispatch;
 pub mod shadows;
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
 use sqlx::AnyConnection;
 use verge_protocol::device::{AlarmEvent, CommandStatus, DeviceChannel, ShadowSync};
+
+/// How far ahead of the cloud's clock a node time may be; later times
+/// are taken as the cloud's now plus this.
+pub const MAX_SKEW_MS: i64 = 60_000;
+
+/// Node times cut to the cloud's now plus [`MAX_SKEW_MS`] (the
+/// `verge_cloud_device_times_clamped_total` metric).
+pub static CLAMPED: AtomicU64 = AtomicU64::new(0);
+
+/// When a clamp was last logged (one line a minute at most).
+static CLAMP_LOGGED_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// `at` (a node's time, ms) cut to `now + MAX_SKEW_MS`; counted, and
+/// logged at most once a minute, when cut.
+pub fn clamp(node: &str, what: &str, at: u64, now: i64) -> u64 {
+    let max = u64::try_from(now.saturating_add(MAX_SKEW_MS)).unwrap_or(0);
+    if at <= max {
+        return at;
+    }
+    CLAMPED.fetch_add(1, Ordering::Relaxed);
+    let last = CLAMP_LOGGED_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 60_000
+        && CLAMP_LOGGED_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            node = %node,
+            "a {what} time is {} ms ahead of the cloud's clock; taken as the cloud's now + {MAX_SKEW_MS} ms (is the node's clock NTP-synced?)",
+            at.saturating_sub(max) + u64::try_from(MAX_SKEW_MS).unwrap_or(0)
+        );
+    }
+    max
+}
+
+/// Every edit time of `shadow` (and its timestamp) clamped by [`clamp`].
+fn clamp_shadow(node: &str, shadow: &mut verge_protocol::device::Shadow, now: i64) {
+    let meta = &mut shadow.metadata;
+    for m in meta.desired.values_mut().chain(meta.reported.values_mut()) {
+        m.ts = clamp(node, "shadow edit", m.ts, now);
+    }
+    shadow.timestamp = clamp(node, "shadow", shadow.timestamp, now);
+}
 
 /// What [`handle`] did with one upstream device-channel message.
 #[derive(Debug, PartialEq, Eq)]
@@ -66,13 +116,14 @@ pub async fn handle(
     };
     match kind {
         DeviceChannel::Shadow => {
-            let sync: ShadowSync = match parse(payload) {
+            let mut sync: ShadowSync = match parse(payload) {
                 Ok(s) => s,
                 Err(why) => return Ok(Handled::Dropped(why)),
             };
             if let Err(why) = same_device(&sync.device) {
                 return Ok(Handled::Dropped(why));
             }
+            clamp_shadow(node, &mut sync.shadow, now);
             let pending = shadows::merge_from_node(conn, &sync, now).await?;
             Ok(if pending {
                 Handled::ShadowPending
@@ -81,7 +132,7 @@ pub async fn handle(
             })
         }
         DeviceChannel::CommandStatus => {
-            let status: CommandStatus = match parse(payload) {
+            let mut status: CommandStatus = match parse(payload) {
                 Ok(s) => s,
                 Err(why) => return Ok(Handled::Dropped(why)),
             };
@@ -91,6 +142,7 @@ pub async fn handle(
             if status.id.is_empty() || status.id.len() > 128 || status.id.contains('\0') {
                 return Ok(dropped("a command id must be 1 to 128 bytes".into()));
             }
+            status.at_ms = clamp(node, "command status", status.at_ms, now);
             match commands::apply_status(conn, node, &status, now).await? {
                 commands::Outcome::Applied | commands::Outcome::Stale => Ok(Handled::Done),
                 commands::Outcome::Unknown => Ok(dropped(format!(
@@ -101,7 +153,7 @@ pub async fn handle(
             }
         }
         DeviceChannel::Alarm => {
-            let ev: AlarmEvent = match parse(payload) {
+            let mut ev: AlarmEvent = match parse(payload) {
                 Ok(ev) => ev,
                 Err(why) => return Ok(Handled::Dropped(why)),
             };
@@ -117,6 +169,7 @@ pub async fn handle(
                     alarms::MAX_TYPE
                 )));
             }
+            ev.at_ms = clamp(node, "alarm", ev.at_ms, now);
             alarms::apply_event(conn, node, &ev).await?;
             Ok(Handled::Done)
         }

@@ -69,7 +69,6 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
                     "desired": {"type": "object", "description": "keys to set; null removes a key; an object is merged into an object (RFC 7396)"},
                     "version": {"type": "integer", "format": "int64", "minimum": 0,
                                 "description": "the version the change was made against; another one is 409 version_conflict"},
-                    "client_token": {"type": "string", "description": "ignored by the API (devices get it echoed)"},
                 }),
             ),
         ),
