@@ -905,7 +905,13 @@ async fn history_is_asked_of_the_node_and_answered(h: Harness) {
     // No heartbeat yet: offline, answered at once.
     let started = std::time::Instant::now();
     let (s, v) = h.call(Method::GET, "/api/devices/d1/history", None).await;
-    assert_error(s, &v, StatusCode::SERVICE_UNAVAILABLE, "node_offline", "offline");
+    assert_error(
+        s,
+        &v,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "node_offline",
+        "offline",
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(
         !link
@@ -987,17 +993,34 @@ async fn history_is_asked_of_the_node_and_answered(h: Harness) {
         };
         link.up_json("$verge/store-reply/d1", &reply, "r-2").await;
     };
-    let ((s, v), ()) = tokio::join!(h.call(Method::GET, "/api/devices/d1/history", None), node_side);
+    let ((s, v), ()) = tokio::join!(
+        h.call(Method::GET, "/api/devices/d1/history", None),
+        node_side
+    );
     assert_error(s, &v, StatusCode::BAD_GATEWAY, "node_error", "error reply");
-    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("no local store"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no local store")
+    );
 
     // The node says nothing: 504 after the wait; its late reply is dropped.
     let started = std::time::Instant::now();
-    let ((s, v), late) = tokio::join!(h.call(Method::GET, "/api/devices/d1/history", None), async {
-        let p = link.next_down("$verge/store-query/d1").await;
-        serde_json::from_slice::<StoreQuery>(&p.payload).expect("a StoreQuery")
-    });
-    assert_error(s, &v, StatusCode::GATEWAY_TIMEOUT, "node_timeout", "silent node");
+    let ((s, v), late) = tokio::join!(
+        h.call(Method::GET, "/api/devices/d1/history", None),
+        async {
+            let p = link.next_down("$verge/store-query/d1").await;
+            serde_json::from_slice::<StoreQuery>(&p.payload).expect("a StoreQuery")
+        }
+    );
+    assert_error(
+        s,
+        &v,
+        StatusCode::GATEWAY_TIMEOUT,
+        "node_timeout",
+        "silent node",
+    );
     assert!(started.elapsed() >= Duration::from_secs(9));
     let reply = StoreReply {
         id: late.id,

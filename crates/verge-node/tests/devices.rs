@@ -654,7 +654,13 @@ async fn a_store_query_from_the_cloud_is_answered_with_the_stored_points() {
             (t0 + 3000, 23.0)
         ]
     );
-    assert!(rig.devices.stats().ignored.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(
+        rig.devices
+            .stats()
+            .ignored
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 }
 
 /// A CoAP request (confirmable, token = message id) and its answer.

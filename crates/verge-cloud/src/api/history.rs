@@ -47,7 +47,10 @@ pub struct HistoryQuery {
 /// The query to send, or 400 naming the parameter.
 fn plan(q: HistoryQuery, id: &str, device: &str, now: i64) -> Result<StoreQuery, AppError> {
     let to = q.to_ms.unwrap_or(now);
-    let from = q.from_ms.unwrap_or(to.saturating_sub(DEFAULT_RANGE_MS)).max(0);
+    let from = q
+        .from_ms
+        .unwrap_or(to.saturating_sub(DEFAULT_RANGE_MS))
+        .max(0);
     if to < 0 || from > to {
         return Err(AppError::invalid(
             "`from_ms` must not be after `to_ms`, and `to_ms` not negative",
@@ -180,7 +183,10 @@ mod tests {
     #[test]
     fn ranges_default_to_the_last_day_and_bad_ones_are_refused() {
         let p = plan(q(None, None, None), "i", "d", 100_000_000).unwrap();
-        assert_eq!((p.from_ms, p.to_ms), (100_000_000 - 86_400_000, 100_000_000));
+        assert_eq!(
+            (p.from_ms, p.to_ms),
+            (100_000_000 - 86_400_000, 100_000_000)
+        );
         assert_eq!(p.bucket_ms, None);
         let p = plan(q(Some(0), Some(3_600_000), Some("1m")), "i", "d", 0).unwrap();
         assert_eq!(p.bucket_ms, Some(60_000));

@@ -106,7 +106,15 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
         (
             "History",
             obj(
-                &["device_id", "node_id", "from_ms", "to_ms", "bucket_ms", "series", "truncated"],
+                &[
+                    "device_id",
+                    "node_id",
+                    "from_ms",
+                    "to_ms",
+                    "bucket_ms",
+                    "series",
+                    "truncated",
+                ],
                 true,
                 json!({
                     "device_id": string(), "node_id": string(),

@@ -58,11 +58,11 @@ pub fn answer(store: Option<&Tsdb>, q: &StoreQuery) -> StoreReply {
         };
         let points: Result<Vec<(u64, f64)>, _> = match bucket_ms {
             Some(b) => db.downsample(&range, b).map(|buckets| {
-                    buckets
-                        .into_iter()
-                        .map(|b| (u64::try_from(b.start_ms).unwrap_or(0), b.avg))
-                        .collect()
-                }),
+                buckets
+                    .into_iter()
+                    .map(|b| (u64::try_from(b.start_ms).unwrap_or(0), b.avg))
+                    .collect()
+            }),
             None => db.range(&range).map(|samples| {
                 samples
                     .into_iter()
@@ -129,7 +129,12 @@ mod tests {
         let t0 = verge_net::now_ms() - 60_000;
         let mut points = Vec::new();
         for i in 0..5 {
-            points.push(point("d1", "temp", t0 + i * 1000, Value::Number(20.0 + i as f64)));
+            points.push(point(
+                "d1",
+                "temp",
+                t0 + i * 1000,
+                Value::Number(20.0 + i as f64),
+            ));
         }
         points.push(point("d1", "label", t0, Value::Text("warm".into())));
         points.push(point("d1", "hum", t0 + 500, Value::Number(40.0)));
@@ -145,7 +150,10 @@ mod tests {
         assert!(r.truncated);
         let names: Vec<&str> = r.series.iter().map(|s| s.metric.as_str()).collect();
         assert_eq!(names, ["hum", "temp"]);
-        assert_eq!(r.series[1].points, [(t(0), 20.0), (t(1000), 21.0), (t(2000), 22.0)]);
+        assert_eq!(
+            r.series[1].points,
+            [(t(0), 20.0), (t(1000), 21.0), (t(2000), 22.0)]
+        );
 
         // one metric, a narrower range: not cut
         let r = answer(Some(&db), &query(Some("temp"), t(3000), t(4000), None));
@@ -160,7 +168,10 @@ mod tests {
         let sum: f64 = r.series[0].points.iter().map(|p| p.1).sum();
         assert!(!r.series[0].points.is_empty() && r.series[0].points.len() <= 2);
         assert!(sum > 20.0, "{r:?}");
-        let one = answer(Some(&db), &query(Some("temp"), t(0), t(4000), Some(600_000_000)));
+        let one = answer(
+            Some(&db),
+            &query(Some("temp"), t(0), t(4000), Some(600_000_000)),
+        );
         assert_eq!(one.series[0].points.len(), 1);
         assert!((one.series[0].points[0].1 - 22.0).abs() < 1e-9);
 

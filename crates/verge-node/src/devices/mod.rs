@@ -603,8 +603,8 @@ impl Inner {
         let inner = self.clone();
         tokio::spawn(async move {
             let store = inner.store.clone();
-            let reply = tokio::task::spawn_blocking(move || history::answer(store.as_deref(), &q))
-                .await;
+            let reply =
+                tokio::task::spawn_blocking(move || history::answer(store.as_deref(), &q)).await;
             drop(permit);
             match reply {
                 Ok(reply) => inner.append_up(topic, json_bytes(&reply)).await,
