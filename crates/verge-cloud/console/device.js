@@ -298,7 +298,7 @@ function devicePage(id) {
     section("Last telemetry", telemetry),
     section("Telemetry over time", h("p", { class: "muted" }, "The cloud's stored messages of this device (up to the last 500)."), charts),
     section("From the node's store", h("p", { class: "muted" },
-      "Longer ranges from the local store of the device's node (readings that a rule's `store` action keeps), asked of the node while it is online."),
+      "Longer ranges from the local store of the device's node (the readings a rule's store action keeps), asked of the node while it is online."),
     historyButtons, historyInline, history),
     section("Shadow", shadowView, shadowForm),
     section("Commands", cform, ct),
