@@ -144,7 +144,7 @@ function storeCharts(answer) {
   return h("div", {},
     h("div", { class: "charts" }, series.map((s) => fieldChart(s.metric, s.points, "history-chart"))),
     answer.truncated ? h("p", { class: "muted", testid: "history-truncated" },
-      "Some series or points were left out (at most 16 series of 2,000 points).") : null);
+      "Some series or points were left out (at most 16 series of 2,000 points, 512 KiB).") : null);
 }
 
 /** The ranges offered for the node's store, with the bucket each is averaged over. */

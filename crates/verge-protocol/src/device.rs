@@ -778,6 +778,11 @@ pub const MAX_STORE_SERIES: usize = 16;
 /// Most points per series a [`StoreReply`] carries.
 pub const MAX_STORE_POINTS: usize = 2_000;
 
+/// Most bytes of a [`StoreReply`] as JSON: the node leaves points out past
+/// it (`truncated`), so the reply fits the cloud's MQTT packet limit (1 MiB
+/// by default) with room to spare.
+pub const MAX_STORE_REPLY_BYTES: usize = 512 * 1024;
+
 /// The cloud asks a node for a range of a device's readings in the node's
 /// local time-series store (`$verge/store-query/{d}`, down). The node
 /// answers with one [`StoreReply`] carrying the same id; it is not resent.

@@ -127,7 +127,7 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
                                    "description": "`[ts_ms, value]` pairs, oldest first (bucketed: the bucket's start and mean)",
                                    "items": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}}},
                     }))},
-                    "truncated": {"type": "boolean", "description": "series or points were left out (at most 16 series of 2,000 points; raw points: the oldest come first)"},
+                    "truncated": {"type": "boolean", "description": "series or points were left out (at most 16 series of 2,000 points and 512 KiB; raw points: the oldest come first)"},
                 }),
             ),
         ),

@@ -3,7 +3,7 @@
 //! over buckets by the store's downsampling.
 
 use verge_protocol::device::{
-    MAX_STORE_POINTS, MAX_STORE_SERIES, StoreQuery, StoreReply, StoreSeries,
+    MAX_STORE_POINTS, MAX_STORE_REPLY_BYTES, MAX_STORE_SERIES, StoreQuery, StoreReply, StoreSeries,
 };
 use verge_tsdb::{RangeQuery, Tsdb};
 
@@ -47,6 +47,8 @@ pub fn answer(store: Option<&Tsdb>, q: &StoreQuery) -> StoreReply {
         reply.truncated = true;
     }
     let limit = (q.limit as usize).clamp(1, MAX_STORE_POINTS);
+    // Bytes left for points and series (the rest of the reply is small).
+    let mut budget = MAX_STORE_REPLY_BYTES.saturating_sub(1024 + q.id.len() + q.device.len());
     for metric in metrics {
         let range = RangeQuery {
             device: q.device.clone(),
@@ -85,9 +87,33 @@ pub fn answer(store: Option<&Tsdb>, q: &StoreQuery) -> StoreReply {
             points.truncate(limit);
             reply.truncated = true;
         }
-        reply.series.push(StoreSeries { metric, points });
+        let mut used = metric.len() + 32;
+        let fit = points
+            .iter()
+            .take_while(|p| {
+                used += point_bytes(p);
+                used <= budget
+            })
+            .count();
+        let full = fit < points.len();
+        if full {
+            points.truncate(fit);
+            reply.truncated = true;
+        }
+        if !points.is_empty() {
+            budget = budget.saturating_sub(used);
+            reply.series.push(StoreSeries { metric, points });
+        }
+        if full {
+            break;
+        }
     }
     reply
+}
+
+/// A point's bytes in the reply's JSON, its comma included.
+fn point_bytes(p: &(u64, f64)) -> usize {
+    serde_json::to_vec(p).map_or(48, |v| v.len() + 1)
 }
 
 #[cfg(test)]
@@ -180,6 +206,43 @@ mod tests {
         assert!(r.error.is_some() && r.series.is_empty());
         let r = answer(Some(&db), &query(None, 0, t(0), Some(1)));
         assert!(r.error.unwrap().contains("bucket"), "too many buckets");
+        db.close();
+    }
+
+    #[test]
+    fn a_reply_stays_under_its_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Tsdb::open(TsdbConfig {
+            dir: dir.path().to_path_buf(),
+            ..TsdbConfig::default()
+        })
+        .unwrap();
+        let t0 = verge_net::now_ms() - 3_600_000;
+        let points: Vec<Point> = (0..MAX_STORE_SERIES)
+            .flat_map(|s| {
+                (0..MAX_STORE_POINTS as i64).map(move |i| {
+                    point(
+                        "d1",
+                        &format!("m{s:02}"),
+                        t0 + i,
+                        Value::Number(1.0 / 3.0 + i as f64),
+                    )
+                })
+            })
+            .collect();
+        db.write(&points).unwrap();
+        let mut q = query(None, 0, u64::try_from(t0 + 10_000).unwrap(), None);
+        q.limit = u32::MAX;
+        let r = answer(Some(&db), &q);
+        assert!(r.truncated && r.error.is_none());
+        let size = serde_json::to_vec(&r).unwrap().len();
+        assert!(size <= MAX_STORE_REPLY_BYTES, "{size}");
+        assert!(
+            size > MAX_STORE_REPLY_BYTES / 2,
+            "{size}: the budget is used"
+        );
+        assert_eq!(r.series[0].points.len(), MAX_STORE_POINTS);
+        assert!(r.series.len() < MAX_STORE_SERIES);
         db.close();
     }
 
