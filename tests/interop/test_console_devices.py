@@ -5,7 +5,8 @@ Playwright) against real processes: `verge cloud`, a node joined with
 - Creating a device shows what a device program needs (its node's broker
   addresses, the client-id rule, topics, SDK snippets); the devices list
   links to the device page, which shows the last telemetry as a table and
-  one chart per numeric field with its min and max.
+  one chart per numeric field with its min and max, and on demand charts
+  of the node's local store (a rule's `store` action) through /history.
 - With the cloud's device API (sessions, endpoints, shadow, commands,
   alarms): connected since when, the node's addresses, shadow edit with a
   stale version refused, a command answered by the device with its reply,
@@ -19,6 +20,7 @@ import json
 import tempfile
 import threading
 import urllib.error
+import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -135,6 +137,29 @@ def test_device_onboarding_box_and_telemetry_page(procs):
             device.telemetry({"temperature": 30.25, "pressure": 2})
             expect(temp).to_contain_text("4 points", timeout=SLOW)
             expect(temp.get_by_test_id("chart-max")).to_have_text("30.3")
+            # The node's store through /history: a rule keeps readings there.
+            send(url, admin, "POST", "/api/rules", {
+                "id": "keep", "node_id": "edge-dev",
+                "sql": 'SELECT topic(2) AS device, temperature FROM "devices/+/telemetry"',
+                "actions": [{"type": "store"}]})
+
+            def stored():
+                device.telemetry({"temperature": 26.5, "pressure": 2})
+                req = urllib.request.Request(f"{url}/api/devices/pump-1/history",
+                                             headers={"Authorization": f"Bearer {admin}"})
+                try:
+                    with urllib.request.urlopen(req, timeout=20) as r:
+                        return json.loads(r.read())["series"]
+                except urllib.error.HTTPError as e:
+                    assert e.code in (503, 504), e.read()
+                    return None
+            wait_for("the node's store has no readings", stored, node, timeout=60)
+            page.locator('[data-testid="history-range"][data-range="1 h"]').click()
+            history = page.locator('[data-testid="history-chart"][data-field="temperature"]')
+            expect(history).to_be_visible(timeout=SLOW)
+            expect(history.get_by_test_id("chart-max")).to_have_text("26.5")
+            expect(page.get_by_test_id("history-status")).to_contain_text("last 1 h")
+            expect(page.get_by_test_id("history-error")).to_be_hidden()
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "console-device.png"), full_page=True)
             page.get_by_test_id("nav-devices").click()

@@ -15,7 +15,9 @@ MQTT 5 and 3.1.1, aiocoap over CoAP).
   before replying gets the same id again;
 - alarms: a rule's `alarm` action raises while the cloud is unreachable,
   the alarm arrives when it returns; acknowledged and cleared through the
-  API.
+  API;
+- history: readings a rule's `store` action keeps in the node's store come
+  back through the cloud's `/history` (raw and averaged over buckets).
 """
 
 import asyncio
@@ -398,3 +400,52 @@ def test_shadow_reports_and_replies_survive_a_kill_9_of_the_node(procs):
                   lambda: (c := f.get(f"/api/commands/{sent['id']}"))["status"] == "replied" and c,
                   timeout=60)
     assert done["reply"] == {"pong": 1}, done
+
+
+def test_history_from_the_node_store_through_the_cloud(procs):
+    f = Fleet(procs)
+    f.add_device("d1")
+    f.call("POST", "/api/rules", {
+        "id": "keep", "node_id": f.node_id,
+        "sql": 'SELECT topic(2) AS device, temp, state FROM "devices/+/telemetry"',
+        "actions": [{"type": "store"}],
+    })
+    f.wait("the rule on the node", lambda: any(
+        r.get("id") == "keep" for r in f.node_call("GET", "/api/rules")))
+    dev = f.connect("d1")
+    start = int(time.time() * 1000)
+    for t in (20.5, 21.5, 23.0):
+        dev.pub("devices/d1/telemetry", json.dumps({"temp": t, "state": "ok"}), qos=1)
+        time.sleep(0.05)
+    # the node's own store has them
+    f.wait("the readings in the node's store", lambda: len(f.node_call(
+        "GET", f"/api/store/query?device=d1&metric=temp&from={start - 1000}")["samples"]) == 3)
+
+    def get_history(query):
+        # the cloud waits up to 10 s for the node: a longer client timeout
+        req = urllib.request.Request(f"{f.cloud_url}/api/devices/d1/history?{query}",
+                                     headers={"Authorization": f"Bearer {f.admin}"})
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return json.loads(r.read())
+
+    def history():
+        try:
+            h = get_history(f"from_ms={start - 1000}")
+        except urllib.error.HTTPError as e:
+            # the node's link may still be coming up (503/504): ask again
+            assert e.code in (503, 504), (e.code, e.read())
+            return None
+        return h if h["series"] else None
+    h = f.wait("the history through the cloud", history, timeout=60)
+    assert h["device_id"] == "d1" and h["node_id"] == f.node_id and h["truncated"] is False, h
+    # text readings are left out; the numbers come in order
+    assert [s["metric"] for s in h["series"]] == ["temp"], h
+    points = h["series"][0]["points"]
+    assert [p[1] for p in points] == [20.5, 21.5, 23.0], h
+    assert all(start - 1000 <= p[0] <= int(time.time() * 1000) for p in points), h
+    # bucketed: one bucket of an hour holds their mean (or two across an hour's edge)
+    b = get_history(f"metric=temp&bucket=1h&from_ms={start - 1000}")
+    assert b["bucket_ms"] == 3_600_000 and 1 <= len(b["series"][0]["points"]) <= 2, b
+    if len(b["series"][0]["points"]) == 1:
+        assert abs(b["series"][0]["points"][0][1] - 65.0 / 3) < 1e-9, b
+    dev.close()

@@ -596,15 +596,19 @@ impl Link {
 
 /// Whether a downstream topic may be published locally: any but a
 /// `$`-topic, except the device channel's downstream ones
-/// (`$verge/shadow/{d}`, `$verge/commands/{d}`), which the node's device
-/// service takes (devices cannot reach `$verge/…`).
+/// (`$verge/shadow/{d}`, `$verge/commands/{d}`, `$verge/store-query/{d}`),
+/// which the node's device service takes (devices cannot reach
+/// `$verge/…`).
 fn downstream_allowed(local: &str) -> bool {
     if !local.starts_with('$') {
         return true;
     }
     matches!(
         verge_protocol::device::parse_device_channel(local),
-        Some((DeviceChannel::Shadow | DeviceChannel::Command, _))
+        Some((
+            DeviceChannel::Shadow | DeviceChannel::Command | DeviceChannel::StoreQuery,
+            _
+        ))
     )
 }
 

@@ -323,7 +323,7 @@ async fn downstream_messages_reach_local_subscribers_with_the_prefix_stripped() 
 }
 
 /// The device channel's downstream topics (`$verge/commands/{d}`,
-/// `$verge/shadow/{d}`) are published locally with origin `$bridge`; any
+/// `$verge/shadow/{d}`, `$verge/store-query/{d}`) are published locally with origin `$bridge`; any
 /// other `$`-topic from the cloud is dropped and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_channel_topics_come_down_and_other_dollar_topics_do_not() {
@@ -374,7 +374,9 @@ async fn device_channel_topics_come_down_and_other_dollar_topics_do_not() {
         "$other/x",
         "$verge/rpc/c/m",
         "$verge/alarms/d7",
+        "$verge/store-reply/d7",
         "$verge/shadow/d7",
+        "$verge/store-query/d7",
     ] {
         cloud.handle().publish(send(t)).await.expect("publish");
     }
@@ -389,8 +391,13 @@ async fn device_channel_topics_come_down_and_other_dollar_topics_do_not() {
     .await
     .expect("the shadow arrives");
     assert_eq!(&*m.topic, "$verge/shadow/d7", "the others are dropped");
+    let m = tokio::time::timeout(WAIT, local.recv())
+        .await
+        .expect("the store query arrives")
+        .expect("broker");
+    assert_eq!(&*m.topic, "$verge/store-query/d7");
     wait_for("drops counted", || {
-        status.link().downstream_dropped >= dropped + 3
+        status.link().downstream_dropped >= dropped + 4
     })
     .await;
     bridge.shutdown().await;

@@ -1,6 +1,7 @@
 // A device's page (#/devices/{id}): connected or not and since when, its
-// node's broker addresses, last telemetry, charts of its numeric telemetry,
-// its shadow (view and edit desired), commands (send, history with status
+// node's broker addresses, last telemetry, charts of its numeric telemetry
+// (from the cloud's stored messages, and longer ranges asked of its node's
+// local store through /history), its shadow (view and edit desired), commands (send, history with status
 // and reply) and its alarms. Also the box shown when a device is created
 // (deviceOnboarding): what a device program needs to connect.
 "use strict";
@@ -89,7 +90,7 @@ function numericFields(payload) {
 
 /** An inline SVG chart of one numeric field over time: `points` [[ms, v]],
  * a time axis (first and last time) and min/max labels. */
-function fieldChart(name, points) {
+function fieldChart(name, points, testid = "telemetry-chart") {
   const W = 320, H = 120, L = 48, R = 8, T = 8, B = 18;
   const NS = "http://www.w3.org/2000/svg";
   const s = (tag, attrs, text) => {
@@ -116,7 +117,7 @@ function fieldChart(name, points) {
   } else {
     svg.append(s("polyline", { points: points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "), class: "line s1" }));
   }
-  const fig = h("figure", { testid: "telemetry-chart", "data-field": name, class: "chart-card" },
+  const fig = h("figure", { testid, "data-field": name, class: "chart-card" },
     h("figcaption", {}, `${name} (${points.length} point${points.length === 1 ? "" : "s"})`));
   fig.append(svg);
   return fig;
@@ -136,6 +137,19 @@ function telemetryCharts(messages) {
   return h("div", { class: "charts" }, [...series].map(([k, pts]) => fieldChart(k, pts)));
 }
 
+/** Charts of a /history answer: one per series of the node's store. */
+function storeCharts(answer) {
+  const series = (answer.series || []).filter((s) => s.points && s.points.length);
+  if (!series.length) return h("p", { class: "muted", testid: "history-empty" }, "The node's store has no numeric readings of this device in this range.");
+  return h("div", {},
+    h("div", { class: "charts" }, series.map((s) => fieldChart(s.metric, s.points, "history-chart"))),
+    answer.truncated ? h("p", { class: "muted", testid: "history-truncated" },
+      "Some series or points were left out (at most 16 series of 2,000 points, 512 KiB).") : null);
+}
+
+/** The ranges offered for the node's store, with the bucket each is averaged over. */
+const HISTORY_RANGES = [["1 h", 3_600_000, "15s"], ["24 h", 86_400_000, "5m"], ["7 d", 7 * 86_400_000, "1h"]];
+
 // ---------------------------------------------------------------- the page
 
 function devicePage(id) {
@@ -144,6 +158,29 @@ function devicePage(id) {
   const state = h("div", { testid: "device-state" });
   const telemetry = h("div", { testid: "device-last-telemetry" });
   const charts = h("div", { testid: "device-charts" });
+
+  // The node's store: asked on demand (each load is a round trip to the node).
+  const history = h("div", { testid: "history-charts" },
+    h("p", { class: "muted" }, "Pick a range to ask the device's node for its stored readings."));
+  const historyInline = h("p", { class: "error", testid: "history-error", hidden: true });
+  const historyStatus = h("span", { class: "muted", testid: "history-status" });
+  const loadHistory = (label, ms, bucket) => act(async () => {
+    historyStatus.textContent = `asking the node for the last ${label}…`;
+    const to = Date.now();
+    try {
+      const r = await api("GET", `${base}/history?from_ms=${to - ms}&to_ms=${to}&bucket=${enc(bucket)}`);
+      if (!current(gen)) return;
+      historyStatus.textContent = `last ${label}, averaged over ${bucket}, from node ${r.node_id}`;
+      replace(history, storeCharts(r));
+    } catch (e) {
+      historyStatus.textContent = "";
+      replace(history);
+      throw e;
+    }
+  }, historyInline);
+  const historyButtons = h("div", { class: "row", testid: "history-ranges" },
+    HISTORY_RANGES.map(([label, ms, bucket]) => h("button", { type: "button", class: "ghost", testid: "history-range", "data-range": label,
+      onclick: () => loadHistory(label, ms, bucket) }, label)), historyStatus);
 
   // Shadow: the view follows the cloud; the editor keeps what the user typed
   // and the version it was loaded at.
@@ -260,6 +297,9 @@ function devicePage(id) {
     section("Status", state),
     section("Last telemetry", telemetry),
     section("Telemetry over time", h("p", { class: "muted" }, "The cloud's stored messages of this device (up to the last 500)."), charts),
+    section("From the node's store", h("p", { class: "muted" },
+      "Longer ranges from the local store of the device's node (the readings a rule's store action keeps), asked of the node while it is online."),
+    historyButtons, historyInline, history),
     section("Shadow", shadowView, shadowForm),
     section("Commands", cform, ct),
     section("Alarms", at));

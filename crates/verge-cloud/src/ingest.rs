@@ -2,7 +2,9 @@
 //! written to the database a batch per transaction, and only then
 //! confirmed (so the node's PUBACK follows the commit); device-channel
 //! messages (`$verge/…`: shadows, command statuses, alarms) are applied in
-//! the same transaction instead of stored (`crate::devices`). Plus the
+//! the same transaction instead of stored (`crate::devices`); a store
+//! reply is handed, after the commit, to the API request waiting for it
+//! (`crate::devices::history`), never stored. Plus the
 //! pruner that bounds the `messages` and `node_metrics` tables (and the
 //! device-channel ids, finished commands and cleared alarms).
 
@@ -182,10 +184,17 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
             msg: d,
         });
     }
-    // Device-channel messages (`$verge/…`) are handled, not stored.
+    // Device-channel messages (`$verge/…`) are handled, not stored; store
+    // replies go to their waiting request after the commit.
     let (channel, rows): (Vec<Row>, Vec<Row>) = rows
         .into_iter()
         .partition(|r| device::parse_device_channel(r.rest).is_some());
+    let (replies, channel): (Vec<Row>, Vec<Row>) = channel.into_iter().partition(|r| {
+        matches!(
+            device::parse_device_channel(r.rest),
+            Some((device::DeviceChannel::StoreReply, _))
+        )
+    });
     let mut tx = cloud.inner().pool.begin().await?;
     let mut inserted: HashSet<(String, String)> = HashSet::new();
     for chunk in rows.chunks(ROWS_PER_INSERT) {
@@ -263,6 +272,16 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
         handle_channel(&mut tx, r, now, &mut counts).await?;
     }
     tx.commit().await?;
+    for r in &replies {
+        if let Some((_, device)) = device::parse_device_channel(r.rest)
+            && !cloud
+                .inner()
+                .history
+                .complete(r.node, device, &r.msg.msg.payload)
+        {
+            tracing::info!(node = %r.node, topic = %r.rest, "store reply for no waiting request (unknown or expired id, or another replica's); dropped");
+        }
+    }
     let m = &cloud.inner().metrics;
     m.device_channel_handled
         .fetch_add(counts.handled, Ordering::Relaxed);

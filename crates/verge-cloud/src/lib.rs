@@ -94,6 +94,8 @@ pub(crate) struct Inner {
     /// Wakes the device dispatcher (a command queued, a shadow changed, a
     /// node's heartbeat).
     pub(crate) dispatch_wake: tokio::sync::Notify,
+    /// Store queries waiting for their node's reply (this process only).
+    pub(crate) history: devices::history::Pending,
     /// Background tasks (ingest, registry refresh, pruning, the rollout
     /// driver, the device dispatcher).
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -167,6 +169,7 @@ impl Cloud {
                 metrics: Metrics::default(),
                 rollouts_wake: tokio::sync::Notify::new(),
                 dispatch_wake: tokio::sync::Notify::new(),
+                history: devices::history::Pending::default(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };

@@ -157,6 +157,18 @@ pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
         &[("", get(&m.device_channel_dropped))],
     );
     put(
+        "verge_cloud_store_replies_unmatched_total",
+        "counter",
+        "node store replies that found no waiting request (unknown or expired id, or sent to another replica)",
+        &[("", get(&inner.history.unmatched))],
+    );
+    put(
+        "verge_cloud_store_queries_waiting",
+        "gauge",
+        "node store queries waiting for their reply in this process",
+        &[("", inner.history.len() as u64)],
+    );
+    put(
         "verge_cloud_commands_sent_total",
         "counter",
         "commands published to nodes, resends included",

@@ -46,6 +46,22 @@ pub fn query_param(name: &str) -> Option<Value> {
             "only acknowledged (true) or unacknowledged (false) alarms",
         ),
         "after_id" => (int(), "only messages with a greater id, oldest first"),
+        "from_ms" => (
+            json!({"type": "integer", "format": "int64", "minimum": 0}),
+            "start of the range, ms since the Unix epoch (default: 24 h before `to_ms`)",
+        ),
+        "to_ms" => (
+            json!({"type": "integer", "format": "int64", "minimum": 0}),
+            "end of the range, ms since the Unix epoch (default: now)",
+        ),
+        "metric" => (
+            json!({"type": "string", "minLength": 1, "maxLength": 1024}),
+            "only this metric (default: every numeric metric of the device, at most 16)",
+        ),
+        "bucket" => (
+            json!({"type": "string"}),
+            "average over buckets this long, a duration (`10s`, `5m`, `1h`; at most 10,000 buckets in the range); raw points when absent",
+        ),
         "topic" => (
             json!({"type": "string", "default": "#"}),
             "MQTT topic filter (wildcards allowed) over the node's local topics",
@@ -139,6 +155,9 @@ fn reason(status: u16) -> &'static str {
         413 => {
             "payload_too_large (a body over the limit, or a command payload over 64 KiB), or too_large: the shadow would pass 64 KiB"
         }
+        502 => "node_error: the node answered with an error (e.g. it has no local store)",
+        503 => "node_offline: the device's node is not online; busy: too many queries waiting",
+        504 => "node_timeout: the node did not answer in time",
         _ => "error",
     }
 }

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::Cloud;
 use crate::api::{
-    agent, alarms, assignments, commands, components, devices, drivers, functions, nodes, releases,
-    revisions, rollouts, rules, shadows, tokens,
+    agent, alarms, assignments, commands, components, devices, drivers, functions, history, nodes,
+    releases, revisions, rollouts, rules, shadows, tokens,
 };
 use crate::error::AppError;
 
@@ -360,6 +360,15 @@ pub fn routes() -> Vec<Route> {
         .ok(200, "Message[]")
         .errors(&[404])
         .to(devices::messages),
+        op(
+            "GET",
+            "/api/devices/{id}/history",
+            "numeric readings from the node's local store, asked of the node (503 node_offline, 504 node_timeout after 10s, 502 node_error)",
+        )
+        .query(&["from_ms", "to_ms", "metric", "bucket"])
+        .ok(200, "History")
+        .errors(&[404, 502, 503, 504])
+        .to(history::get),
         // commands and alarms
         op("GET", "/api/commands/{id}", "one command")
             .ok(200, "Command")

@@ -1,8 +1,8 @@
 //! Devices in the cloud (issue 20), on SQLite and PostgreSQL: the shadow
 //! API, shadows and command statuses and alarms coming up from a node
 //! over the cloud's MQTT endpoint, commands queued for an offline node
-//! and sent once it is online, expiry, and device sessions from the
-//! heartbeat.
+//! and sent once it is online, expiry, device sessions from the
+//! heartbeat, and history asked of the node's store.
 
 #[macro_use]
 mod common;
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::time::timeout;
 use verge_protocol::device::{
     AlarmAction, AlarmEvent, CommandRequest, CommandState, CommandStatus, Severity, Shadow,
-    ShadowSync, ShadowUpdate,
+    ShadowSync, ShadowUpdate, StoreQuery, StoreReply, StoreSeries,
 };
 
 use common::{Harness, Served, harness_on, serve};
@@ -38,6 +38,7 @@ both!(
     commands_are_paced_per_device_and_payloads_capped,
     unchanged_device_sessions_are_not_written_again,
     commands_are_paced_per_node,
+    history_is_asked_of_the_node_and_answered,
 );
 
 fn assert_error(s: StatusCode, v: &Value, want: StatusCode, code: &str, what: &str) {
@@ -1304,5 +1305,150 @@ async fn commands_are_paced_per_node(h: Harness) {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 500, "at most 500 of a node at once");
+/// The history API asks the device's node for a range of its store: a
+/// fake node answers the `StoreQuery` it gets on its down topic; an
+/// offline node is 503 at once, a silent one 504, an error reply 502, and
+/// a reply nobody waits for is dropped and counted.
+async fn history_is_asked_of_the_node_and_answered(h: Harness) {
+    let (node, secret) = node_with_device(&h, "edge-h", "d1").await;
+    let served = serve(&h).await;
+    let mut link = NodeLink::connect(&served, &node, &secret).await;
+    let (s, v) = h.call(Method::GET, "/api/devices/nope/history", None).await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "not_found", "unknown device");
+
+    // No heartbeat yet: offline, answered at once.
+    let started = std::time::Instant::now();
+    let (s, v) = h.call(Method::GET, "/api/devices/d1/history", None).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "node_offline",
+        "offline",
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        !link
+            .saw_down_within("$verge/store-query/d1", Duration::from_millis(300))
+            .await,
+        "asked an offline node"
+    );
+
+    heartbeat(&h, &node, &secret, json!({"applied_version": 0})).await;
+    for bad in [
+        "bucket=soon",
+        "bucket=1s&from_ms=0&to_ms=86400000",
+        "from_ms=5&to_ms=4",
+        "metric=",
+        "limit=5",
+    ] {
+        let (s, v) = h
+            .call(Method::GET, &format!("/api/devices/d1/history?{bad}"), None)
+            .await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_request", bad);
+    }
+
+    // Online: the query goes down, the node's reply is the answer.
+    let to = now_ms();
+    let path = format!("/api/devices/d1/history?metric=temp&bucket=1m&to_ms={to}");
+    let node_side = async {
+        let p = link.next_down("$verge/store-query/d1").await;
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        let q: StoreQuery = serde_json::from_slice(&p.payload).expect("a StoreQuery");
+        assert_eq!(q.device, "d1");
+        assert_eq!(q.metric.as_deref(), Some("temp"));
+        assert_eq!(q.bucket_ms, Some(60_000));
+        assert_eq!((q.to_ms, q.to_ms - q.from_ms), (to, 86_400_000));
+        // a stray reply first: dropped, the request keeps waiting
+        let stray = StoreReply {
+            id: "not-asked".into(),
+            device: "d1".into(),
+            ..StoreReply::default()
+        };
+        link.up_json("$verge/store-reply/d1", &stray, "r-0").await;
+        let reply = StoreReply {
+            id: q.id.clone(),
+            device: "d1".into(),
+            series: vec![StoreSeries {
+                metric: "temp".into(),
+                points: vec![(to - 120_000, 20.5), (to - 60_000, 21.0)],
+            }],
+            error: None,
+            truncated: true,
+        };
+        link.up_json("$verge/store-reply/d1", &reply, "r-1").await;
+        q.id
+    };
+    let ((s, v), _id) = tokio::join!(h.call(Method::GET, &path, None), node_side);
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["device_id"], "d1");
+    assert_eq!(v["node_id"], node.as_str());
+    assert_eq!(v["bucket_ms"], 60_000);
+    assert_eq!(v["truncated"], true);
+    assert_eq!(
+        v["series"],
+        json!([{"metric": "temp", "points": [[to - 120_000, 20.5], [to - 60_000, 21.0]]}])
+    );
+    // the reply was not stored as a message
+    let (_, msgs) = h
+        .call(Method::GET, &format!("/api/nodes/{node}/messages"), None)
+        .await;
+    assert_eq!(msgs, json!([]), "{msgs}");
+
+    // The node answers with an error: 502 with its text.
+    let node_side = async {
+        let p = link.next_down("$verge/store-query/d1").await;
+        let q: StoreQuery = serde_json::from_slice(&p.payload).expect("a StoreQuery");
+        let reply = StoreReply {
+            id: q.id,
+            device: "d1".into(),
+            error: Some("this node has no local store".into()),
+            ..StoreReply::default()
+        };
+        link.up_json("$verge/store-reply/d1", &reply, "r-2").await;
+    };
+    let ((s, v), ()) = tokio::join!(
+        h.call(Method::GET, "/api/devices/d1/history", None),
+        node_side
+    );
+    assert_error(s, &v, StatusCode::BAD_GATEWAY, "node_error", "error reply");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no local store")
+    );
+
+    // The node says nothing: 504 after the wait; its late reply is dropped.
+    let started = std::time::Instant::now();
+    let ((s, v), late) = tokio::join!(
+        h.call(Method::GET, "/api/devices/d1/history", None),
+        async {
+            let p = link.next_down("$verge/store-query/d1").await;
+            serde_json::from_slice::<StoreQuery>(&p.payload).expect("a StoreQuery")
+        }
+    );
+    assert_error(
+        s,
+        &v,
+        StatusCode::GATEWAY_TIMEOUT,
+        "node_timeout",
+        "silent node",
+    );
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    let reply = StoreReply {
+        id: late.id,
+        device: "d1".into(),
+        ..StoreReply::default()
+    };
+    link.up_json("$verge/store-reply/d1", &reply, "r-3").await;
+    let (s, metrics) = h.call(Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains("verge_cloud_store_replies_unmatched_total 2"),
+        "the stray and the late reply: {metrics}"
+    );
+    assert!(metrics.contains("verge_cloud_store_queries_waiting 0"));
     served.stop().await;
 }

@@ -218,6 +218,7 @@ impl Node {
                 data_dir: cfg.node.data_dir.clone(),
                 queue: parts.queue.clone(),
                 auth: auth.clone(),
+                store: parts.store.clone(),
             },
         )
         .await

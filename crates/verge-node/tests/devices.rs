@@ -28,7 +28,7 @@ use verge_broker::{Authenticator, Broker, BrokerConfig, Message};
 use verge_mqtt::QoS;
 use verge_node::devices::{Devices, DevicesOptions};
 use verge_protocol::device::{
-    COMMAND_ID_PROPERTY, CommandRequest, Shadow, ShadowSync, ShadowUpdate,
+    COMMAND_ID_PROPERTY, CommandRequest, Shadow, ShadowSync, ShadowUpdate, StoreQuery, StoreReply,
 };
 use verge_queue::{Entry, Queue, QueueConfig};
 
@@ -69,6 +69,8 @@ struct Rig {
     addr: SocketAddr,
     queue: Queue,
     devices: Devices,
+    /// The node's local store.
+    store: Arc<verge_tsdb::Tsdb>,
     /// Everything read from the queue so far.
     up: Vec<(String, Value)>,
 }
@@ -92,12 +94,20 @@ impl Rig {
         })
         .expect("queue")
         .0;
+        let store = Arc::new(
+            verge_tsdb::Tsdb::open(verge_tsdb::TsdbConfig {
+                dir: dir.path().join("store"),
+                ..verge_tsdb::TsdbConfig::default()
+            })
+            .expect("store"),
+        );
         let devices = Devices::start(
             broker.handle(),
             DevicesOptions {
                 data_dir: dir.path().to_path_buf(),
                 queue: Some(queue.clone()),
                 auth,
+                store: Some(store.clone()),
             },
         )
         .await
@@ -109,6 +119,7 @@ impl Rig {
             addr,
             queue,
             devices,
+            store,
             up: Vec::new(),
         }
     }
@@ -573,6 +584,7 @@ async fn the_store_holds_commands_across_a_restart_of_the_service() {
             data_dir: rig._dir.path().to_path_buf(),
             queue: Some(rig.queue.clone()),
             auth,
+            store: None,
         },
     )
     .await
@@ -589,6 +601,65 @@ async fn the_store_holds_commands_across_a_restart_of_the_service() {
     assert_eq!(
         rig.states("d1", "kept", 3).await,
         ["sent", "delivered", "sent"]
+    );
+}
+
+/// A store query published as the bridge would is answered upstream with
+/// the stored numeric points; one not from the bridge is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_query_from_the_cloud_is_answered_with_the_stored_points() {
+    let mut rig = Rig::start().await;
+    let t0 = verge_net::now_ms() - 10_000;
+    let points: Vec<verge_tsdb::Point> = (0..4)
+        .map(|i| verge_tsdb::Point {
+            device: "d1".into(),
+            metric: "temp".into(),
+            time_ms: t0 + i * 1000,
+            value: verge_tsdb::Value::Number(20.0 + i as f64),
+        })
+        .collect();
+    rig.store.write(&points).unwrap();
+    let query = |id: &str| {
+        serde_json::to_vec(&StoreQuery {
+            id: id.into(),
+            device: "d1".into(),
+            metric: None,
+            from_ms: u64::try_from(t0).unwrap(),
+            to_ms: u64::try_from(t0 + 60_000).unwrap(),
+            bucket_ms: None,
+            limit: 100,
+        })
+        .unwrap()
+    };
+    // not from the bridge: ignored
+    rig_publish(&rig.broker, "$verge/store-query/d1", query("forged")).await;
+    rig.down("$verge/store-query/d1".into(), query("q1")).await;
+    let replies = rig
+        .upstream("$verge/store-reply/d1", |v| !v.is_empty())
+        .await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let reply: StoreReply = serde_json::from_value(replies[0].clone()).unwrap();
+    assert_eq!(reply.id, "q1");
+    assert_eq!(reply.error, None);
+    assert!(!reply.truncated);
+    assert_eq!(reply.series.len(), 1);
+    assert_eq!(reply.series[0].metric, "temp");
+    let t0 = u64::try_from(t0).unwrap();
+    assert_eq!(
+        reply.series[0].points,
+        [
+            (t0, 20.0),
+            (t0 + 1000, 21.0),
+            (t0 + 2000, 22.0),
+            (t0 + 3000, 23.0)
+        ]
+    );
+    assert!(
+        rig.devices
+            .stats()
+            .ignored
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
     );
 }
 

@@ -30,6 +30,8 @@
 //! | `$verge/commands/{d}` | down | [`CommandRequest`] |
 //! | `$verge/command-status/{d}` | up | [`CommandStatus`] |
 //! | `$verge/alarms/{d}` | up | [`AlarmEvent`] |
+//! | `$verge/store-query/{d}` | down | [`StoreQuery`] |
+//! | `$verge/store-reply/{d}` | up | [`StoreReply`] |
 //!
 //! Shadow conflict rule: every top-level key of `desired` and `reported`
 //! carries the time (ms since the Unix epoch) of the edit that set or
@@ -189,14 +191,20 @@ pub enum DeviceChannel {
     CommandStatus,
     /// `$verge/alarms/{d}`: an [`AlarmEvent`], up.
     Alarm,
+    /// `$verge/store-query/{d}`: a [`StoreQuery`], down.
+    StoreQuery,
+    /// `$verge/store-reply/{d}`: a [`StoreReply`], up.
+    StoreReply,
 }
 
 impl DeviceChannel {
-    const ALL: [DeviceChannel; 4] = [
+    const ALL: [DeviceChannel; 6] = [
         DeviceChannel::Shadow,
         DeviceChannel::Command,
         DeviceChannel::CommandStatus,
         DeviceChannel::Alarm,
+        DeviceChannel::StoreQuery,
+        DeviceChannel::StoreReply,
     ];
 
     fn segment(self) -> &'static str {
@@ -205,6 +213,8 @@ impl DeviceChannel {
             DeviceChannel::Command => "commands",
             DeviceChannel::CommandStatus => "command-status",
             DeviceChannel::Alarm => "alarms",
+            DeviceChannel::StoreQuery => "store-query",
+            DeviceChannel::StoreReply => "store-reply",
         }
     }
 
@@ -762,6 +772,67 @@ pub struct AlarmEvent {
     pub details: Value,
 }
 
+/// Most series a [`StoreReply`] carries.
+pub const MAX_STORE_SERIES: usize = 16;
+
+/// Most points per series a [`StoreReply`] carries.
+pub const MAX_STORE_POINTS: usize = 2_000;
+
+/// Most bytes of a [`StoreReply`] as JSON: the node leaves points out past
+/// it (`truncated`), so the reply fits the cloud's MQTT packet limit (1 MiB
+/// by default) with room to spare.
+pub const MAX_STORE_REPLY_BYTES: usize = 512 * 1024;
+
+/// The cloud asks a node for a range of a device's readings in the node's
+/// local time-series store (`$verge/store-query/{d}`, down). The node
+/// answers with one [`StoreReply`] carrying the same id; it is not resent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreQuery {
+    /// The request's id (the reply carries it back).
+    pub id: String,
+    /// The device.
+    pub device: String,
+    /// One metric, or all of the device's metrics when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// Start of the range (inclusive), ms since the Unix epoch.
+    pub from_ms: u64,
+    /// End of the range (inclusive), ms since the Unix epoch.
+    pub to_ms: u64,
+    /// Average the points over buckets this long (the store's
+    /// downsampling); raw points when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_ms: Option<u64>,
+    /// Most points per series (the node caps it at [`MAX_STORE_POINTS`]).
+    pub limit: u32,
+}
+
+/// One metric's numeric points in a [`StoreReply`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreSeries {
+    /// The metric's name.
+    pub metric: String,
+    /// `[ts_ms, value]` pairs, oldest first.
+    pub points: Vec<(u64, f64)>,
+}
+
+/// A node's answer to a [`StoreQuery`] (`$verge/store-reply/{d}`, up).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreReply {
+    /// The query's id.
+    pub id: String,
+    /// The device.
+    pub device: String,
+    /// The numeric series found (at most [`MAX_STORE_SERIES`]).
+    pub series: Vec<StoreSeries>,
+    /// Why the node could not answer (e.g. it has no store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Some series or points were left out by the limits.
+    pub truncated: bool,
+}
+
 /// A device's connection as the node reports it in its heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -1002,5 +1073,49 @@ mod tests {
         .unwrap();
         assert_eq!(alarm.severity.as_str(), "critical");
         assert!(serde_json::from_value::<AlarmEvent>(json!({"device": "d1"})).is_err());
+    }
+
+    #[test]
+    fn store_query_and_reply_round_trip() {
+        assert_eq!(
+            DeviceChannel::StoreQuery.topic("d1"),
+            "$verge/store-query/d1"
+        );
+        assert_eq!(
+            parse_device_channel("$verge/store-reply/d1"),
+            Some((DeviceChannel::StoreReply, "d1"))
+        );
+        assert_eq!(DeviceChannel::StoreQuery.filter(), "$verge/store-query/+");
+        let q = StoreQuery {
+            id: "q1".into(),
+            device: "d1".into(),
+            metric: Some("temp".into()),
+            from_ms: 10,
+            to_ms: 20,
+            bucket_ms: None,
+            limit: 100,
+        };
+        let v = serde_json::to_value(&q).unwrap();
+        assert!(v.get("bucket_ms").is_none());
+        assert_eq!(serde_json::from_value::<StoreQuery>(v).unwrap(), q);
+        assert!(serde_json::from_value::<StoreQuery>(json!({"id": "q"})).is_err());
+        let r = StoreReply {
+            id: "q1".into(),
+            device: "d1".into(),
+            series: vec![StoreSeries {
+                metric: "temp".into(),
+                points: vec![(10, 21.5), (20, 22.0)],
+            }],
+            error: None,
+            truncated: true,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["series"][0]["points"], json!([[10, 21.5], [20, 22.0]]));
+        assert_eq!(serde_json::from_value::<StoreReply>(v).unwrap(), r);
+        let err: StoreReply =
+            serde_json::from_value(json!({"id": "q2", "device": "d1", "error": "no store"}))
+                .unwrap();
+        assert_eq!(err.error.as_deref(), Some("no store"));
+        assert!(err.series.is_empty() && !err.truncated);
     }
 }

@@ -8,6 +8,7 @@ pub mod components;
 pub mod devices;
 pub mod drivers;
 pub mod functions;
+pub mod history;
 pub mod labels;
 pub mod nodes;
 pub mod releases;

@@ -24,6 +24,7 @@
 pub mod alarms;
 pub mod commands;
 pub mod dispatch;
+pub mod history;
 pub mod shadows;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -173,8 +174,13 @@ pub async fn handle(
             alarms::apply_event(conn, node, &ev).await?;
             Ok(Handled::Done)
         }
-        // Down only: a node does not send commands up.
-        DeviceChannel::Command => Ok(dropped("commands do not go up".into())),
+        // Down only: a node does not send commands or store queries up.
+        DeviceChannel::Command | DeviceChannel::StoreQuery => {
+            Ok(dropped("commands and store queries do not go up".into()))
+        }
+        // The ingest hands store replies to their waiting API request
+        // (`history::Pending`) before the batch; none gets here.
+        DeviceChannel::StoreReply => Ok(dropped("a store reply is not stored".into())),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The component schemas of device shadows, commands and alarms, and of a
-//! device's session as its node reports it.
+//! The component schemas of device shadows, commands and alarms, a
+//! device's history from its node's store, and of a device's session as
+//! its node reports it.
 
 use serde_json::{Value, json};
 
@@ -98,6 +99,34 @@ pub(super) fn schemas() -> Vec<(&'static str, Value)> {
                     "attempts": {"type": "integer", "format": "int64", "description": "how often the cloud published it to the node"},
                     "reply": {"description": "the device's reply (JSON when it was JSON, else text) or null", "nullable": true},
                     "error": {"type": "string", "nullable": true},
+                }),
+            ),
+        ),
+        (
+            "History",
+            obj(
+                &[
+                    "device_id",
+                    "node_id",
+                    "from_ms",
+                    "to_ms",
+                    "bucket_ms",
+                    "series",
+                    "truncated",
+                ],
+                true,
+                json!({
+                    "device_id": string(), "node_id": string(),
+                    "from_ms": ms(), "to_ms": ms(),
+                    "bucket_ms": {"type": "integer", "format": "int64", "nullable": true,
+                                  "description": "the bucket width the points are averaged over; null: raw points"},
+                    "series": {"type": "array", "maxItems": 16, "items": obj(&["metric", "points"], true, json!({
+                        "metric": string(),
+                        "points": {"type": "array", "maxItems": 2000,
+                                   "description": "`[ts_ms, value]` pairs, oldest first (bucketed: the bucket's start and mean)",
+                                   "items": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}}},
+                    }))},
+                    "truncated": {"type": "boolean", "description": "series or points were left out (at most 16 series of 2,000 points and 512 KiB; raw points: the oldest come first)"},
                 }),
             ),
         ),

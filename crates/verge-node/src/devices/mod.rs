@@ -5,11 +5,13 @@
 //! heartbeat.
 //!
 //! It attaches to the broker in process (one subscription to the shadow
-//! request topics, the device replies and the node-local `$verge/shadow/+`
-//! and `$verge/commands/+` the bridge publishes downstream messages on, and
-//! the broker's connect/disconnect events) and runs as one task, so shadows
-//! and commands have one owner. Upstream messages (`ShadowSync`,
-//! `CommandStatus`) are appended straight to the cache queue on the
+//! request topics, the device replies and the node-local `$verge/shadow/+`,
+//! `$verge/commands/+` and `$verge/store-query/+` the bridge publishes
+//! downstream messages on, and the broker's connect/disconnect events) and
+//! runs as one task, so shadows and commands have one owner; a store query
+//! runs beside it (at most [`MAX_STORE_QUERIES`] at a time) and its answer
+//! goes up as a `StoreReply`. Upstream messages (`ShadowSync`,
+//! `CommandStatus`, `StoreReply`) are appended straight to the cache queue on the
 //! `alarms` lane when the queue has one, else its first lane, so they
 //! survive a kill -9 like any queued message and leave before telemetry.
 //!
@@ -18,6 +20,7 @@
 //! `<data_dir>/devices/commands.json`.
 
 mod commands;
+mod history;
 mod sessions;
 mod shadow;
 
@@ -39,6 +42,7 @@ use verge_protocol::device::{
     DeviceSession, Shadow, ShadowError, ShadowRejection, ShadowSync, ShadowTopic, ShadowUpdate,
 };
 use verge_queue::{Queue, Record};
+use verge_tsdb::Tsdb;
 
 pub use commands::{MAX_COMMANDS, MAX_FINISHED, MAX_PER_DEVICE};
 pub use shadow::{MAX_SHADOWS, valid_device};
@@ -57,6 +61,9 @@ pub const REDELIVER_AFTER: Duration = Duration::from_secs(30);
 /// Depth of the service's broker subscription (a full one drops and
 /// counts; the cloud resends commands and shadows it is not told of).
 const QUEUE_DEPTH: usize = 4096;
+/// Store queries from the cloud answered at a time; one past it is
+/// answered with an error at once.
+pub const MAX_STORE_QUERIES: usize = 4;
 
 /// What the device service needs.
 pub struct DevicesOptions {
@@ -67,6 +74,9 @@ pub struct DevicesOptions {
     pub queue: Option<Queue>,
     /// The broker's authenticator, to know the node's devices.
     pub auth: Authenticator,
+    /// The local time-series store, when the node has one: the cloud's
+    /// store queries read it.
+    pub store: Option<Arc<Tsdb>>,
 }
 
 /// Why the service did not start.
@@ -102,13 +112,15 @@ pub struct DevicesStats {
     pub shadows: AtomicU64,
     /// Commands held (a gauge, updated every 250 ms).
     pub held_commands: AtomicU64,
+    /// Store queries from the cloud answered (with points or an error).
+    pub store_queries: AtomicU64,
 }
 
 impl DevicesStats {
     /// Append the counters as `verge_devices_*` Prometheus metrics.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 10] = [
             (
                 "shadow_requests_total",
                 "counter",
@@ -151,6 +163,12 @@ impl DevicesStats {
                 "messages dropped on a full subscription queue",
                 &self.dropped,
             ),
+            (
+                "store_queries_total",
+                "counter",
+                "store queries from the cloud answered",
+                &self.store_queries,
+            ),
             ("shadows", "gauge", "shadows kept", &self.shadows),
             (
                 "held_commands",
@@ -181,6 +199,9 @@ struct Inner {
     queue: Option<Queue>,
     lane: String,
     auth: Authenticator,
+    store: Option<Arc<Tsdb>>,
+    /// Permits for store queries running beside the task.
+    store_queries: Arc<tokio::sync::Semaphore>,
     state: tokio::sync::Mutex<State>,
     presence: Mutex<Presence>,
     /// The cloud's devices (`None` until the agent says: not managed).
@@ -241,6 +262,7 @@ impl Devices {
             .collect();
         filters.push(DeviceChannel::Shadow.filter());
         filters.push(DeviceChannel::Command.filter());
+        filters.push(DeviceChannel::StoreQuery.filter());
         filters.push(device::ALL_REPLIES_FILTER.to_owned());
         // Events first, then the list: no change falls between the two.
         let events = broker.session_events();
@@ -253,6 +275,8 @@ impl Devices {
             queue: opts.queue,
             lane,
             auth: opts.auth,
+            store: opts.store,
+            store_queries: Arc::new(tokio::sync::Semaphore::new(MAX_STORE_QUERIES)),
             state: tokio::sync::Mutex::new(State {
                 shadows,
                 commands,
@@ -512,7 +536,7 @@ impl Inner {
             .extend(newly.into_iter().map(|d| (at, d)));
     }
 
-    async fn on_message(&self, m: &Message) {
+    async fn on_message(self: &Arc<Self>, m: &Message) {
         if let Some((d, op)) = device::parse_shadow_topic(&m.topic) {
             self.stats.shadow_requests.fetch_add(1, Ordering::Relaxed);
             match op {
@@ -536,9 +560,57 @@ impl Inner {
             match kind {
                 DeviceChannel::Shadow => self.on_cloud_shadow(d, &m.payload).await,
                 DeviceChannel::Command => self.on_command(d, &m.payload).await,
+                DeviceChannel::StoreQuery => self.on_store_query(d, &m.payload),
                 _ => {}
             }
         }
+    }
+
+    /// A store query from the cloud: answered beside the task (it reads
+    /// files), its reply appended upstream.
+    fn on_store_query(self: &Arc<Self>, device: &str, payload: &[u8]) {
+        let q: device::StoreQuery = match serde_json::from_slice(payload) {
+            Ok(q) => q,
+            Err(e) => {
+                self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(device, "store query does not parse: {e}");
+                return;
+            }
+        };
+        if q.device != device || q.id.is_empty() || q.id.len() > 128 {
+            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                device,
+                "store query names another device or has no id of 1 to 128 bytes; ignored"
+            );
+            return;
+        }
+        self.stats.store_queries.fetch_add(1, Ordering::Relaxed);
+        let topic = DeviceChannel::StoreReply.topic(device);
+        let Ok(permit) = self.store_queries.clone().try_acquire_owned() else {
+            let reply = device::StoreReply {
+                id: q.id,
+                device: q.device,
+                error: Some(format!(
+                    "the node is answering {MAX_STORE_QUERIES} store queries already; try again"
+                )),
+                ..device::StoreReply::default()
+            };
+            let inner = self.clone();
+            tokio::spawn(async move { inner.append_up(topic, json_bytes(&reply)).await });
+            return;
+        };
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let store = inner.store.clone();
+            let reply =
+                tokio::task::spawn_blocking(move || history::answer(store.as_deref(), &q)).await;
+            drop(permit);
+            match reply {
+                Ok(reply) => inner.append_up(topic, json_bytes(&reply)).await,
+                Err(e) => tracing::warn!("devices: store query failed: {e}"),
+            }
+        });
     }
 
     async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
