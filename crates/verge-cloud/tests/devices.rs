@@ -1305,6 +1305,9 @@ async fn commands_are_paced_per_node(h: Harness) {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 500, "at most 500 of a node at once");
+    served.stop().await;
+}
+
 /// The history API asks the device's node for a range of its store: a
 /// fake node answers the `StoreQuery` it gets on its down topic; an
 /// offline node is 503 at once, a silent one 504, an error reply 502, and
