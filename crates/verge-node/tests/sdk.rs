@@ -471,11 +471,14 @@ async fn commands_through_the_node_are_run_once_replied_failed_and_held_for_the_
     env.stop_node().await;
 }
 
-/// The node stops and starts again on the same data dir and port: the
-/// telemetry the SDK sends meanwhile waits in its offline buffer (the
-/// newest `offline_buffer` readings; the older ones dropped and counted)
-/// and arrives once the node is back; the SDK subscribes again, so its
-/// command handler runs; the shadow it reported is still there.
+/// The node stops and starts again on the same data dir and port. While
+/// it is down the SDK buffers what it sends: a command's reply, readings,
+/// a shadow update; the buffer keeps the newest `offline_buffer` of them,
+/// the older ones dropped and counted. Once the node is back: the kept
+/// readings arrive, the update is applied and answered, the dropped reply
+/// is made again from the SDK's memory when the node hands the unanswered
+/// command over again (its handler does not run twice), and the SDK's
+/// subscriptions are made again (a new command is run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_rides_out_a_node_restart_with_a_bounded_offline_buffer() {
     const BUFFER: usize = 5;
@@ -483,17 +486,35 @@ async fn the_sdk_rides_out_a_node_restart_with_a_bounded_offline_buffer() {
     let mut env = Env::start(&["d1"]).await;
     let mut cfg = env.sdk_config("d1");
     cfg.offline_buffer = BUFFER;
+    cfg.request_timeout = WAIT;
     let d1 = Device::connect(cfg).await.unwrap();
     let (tx, mut seen) = mpsc::unbounded_channel();
     let runs = Arc::new(AtomicUsize::new(0));
     handlers(&d1, tx, runs.clone()).await;
+    // a handler that finishes when told
+    let release = Arc::new(tokio::sync::Notify::new());
+    let slow_runs = Arc::new(AtomicUsize::new(0));
+    let (r, n) = (release.clone(), slow_runs.clone());
+    d1.on_command("slow", move |_| {
+        let (release, runs) = (r.clone(), n.clone());
+        async move {
+            runs.fetch_add(1, SeqCst);
+            release.notified().await;
+            Ok(json!("done late"))
+        }
+    })
+    .await
+    .unwrap();
     d1.update_reported(map(json!({"phase": "before"})))
         .await
         .unwrap();
     d1.send_telemetry(&json!({"n": 0})).await.unwrap();
     env.upstream("devices/d1/telemetry", |v| v.iter().any(|t| t["n"] == 0))
         .await;
-    wait_until("the reading acknowledged", || d1.stats().waiting == 0).await;
+    env.command("d1", "slow1", "slow", json!(null)).await;
+    env.states("d1", "slow1", "delivered").await;
+    wait_until("the slow handler runs", || slow_runs.load(SeqCst) == 1).await;
+    wait_until("everything acknowledged", || d1.stats().waiting == 0).await;
 
     env.stop_node().await;
     let mut state = d1.connection();
@@ -501,28 +522,47 @@ async fn the_sdk_rides_out_a_node_restart_with_a_bounded_offline_buffer() {
         .await
         .expect("the SDK sees the node go")
         .unwrap();
+    // the reply first (the oldest in the buffer), then the readings, then
+    // a shadow update (the newest)
+    release.notify_one();
+    wait_until("the reply buffered", || d1.stats().waiting == 1).await;
     for n in 1..=WHILE_DOWN {
         d1.send_telemetry(&json!({"n": n})).await.unwrap();
     }
-    let dropped = WHILE_DOWN - BUFFER as u64;
+    let updater = d1.clone();
+    let update = tokio::spawn(async move {
+        updater
+            .update_reported(map(json!({"phase": "after"})))
+            .await
+    });
+    let sent = 1 + WHILE_DOWN + 1;
+    let dropped = sent - BUFFER as u64;
     wait_until("the buffer's bound", || {
         let s = d1.stats();
         s.dropped == dropped && s.waiting == BUFFER
     })
     .await;
     assert!(!d1.is_connected());
+    // the readings kept: the newest, less the update's place
+    let kept: BTreeSet<u64> = (WHILE_DOWN - BUFFER as u64 + 2..=WHILE_DOWN).collect();
+    assert_eq!(kept.len(), BUFFER - 1);
 
     env.start_node().await;
     tokio::time::timeout(WAIT, state.wait_for(|c| *c == Connection::Connected))
         .await
         .expect("the SDK reconnects")
         .unwrap();
-    let kept: BTreeSet<u64> = (WHILE_DOWN - BUFFER as u64 + 1..=WHILE_DOWN).collect();
-    let got = env
-        .upstream("devices/d1/telemetry", |v| {
-            kept.iter().all(|n| v.iter().any(|t| t["n"] == *n))
-        })
-        .await;
+    let doc = tokio::time::timeout(WAIT, update)
+        .await
+        .expect("the update answered")
+        .unwrap()
+        .expect("the update made while the node was down is applied");
+    assert_eq!(doc.version, 2);
+    assert_eq!(doc.reported["phase"], json!("after"));
+    env.upstream("devices/d1/telemetry", |v| {
+        kept.iter().all(|n| v.iter().any(|t| t["n"] == *n))
+    })
+    .await;
     wait_until("the buffer flushed", || d1.stats().waiting == 0).await;
     env.drain(Duration::from_millis(300)).await;
     let got: BTreeSet<u64> = env
@@ -531,11 +571,18 @@ async fn the_sdk_rides_out_a_node_restart_with_a_bounded_offline_buffer() {
         .filter(|(t, _)| t == "devices/d1/telemetry")
         .filter_map(|(_, v)| v["n"].as_u64())
         .filter(|n| *n >= 1)
-        .chain(got.iter().filter_map(|v| v["n"].as_u64()).filter(|n| *n >= 1))
         .collect();
-    assert_eq!(got, kept, "the newest {BUFFER} readings, the oldest dropped");
+    assert_eq!(got, kept, "the newest readings, the oldest dropped");
+
+    // the dropped reply: the node hands the command over again at the new
+    // connection and the SDK answers from memory
+    let statuses = env.statuses("d1", "slow1", "replied").await;
+    let replied = statuses.iter().find(|s| s["state"] == "replied").unwrap();
+    assert_eq!(replied["reply"], json!("done late"));
+    assert_eq!(slow_runs.load(SeqCst), 1, "the handler ran once");
     let stats = d1.stats();
     assert_eq!(stats.dropped, dropped);
+    assert!(stats.duplicate_commands >= 1, "{stats:?}");
     assert!(stats.connects >= 2, "{stats:?}");
 
     // subscriptions made again: a command after the restart is run
@@ -547,8 +594,8 @@ async fn the_sdk_rides_out_a_node_restart_with_a_bounded_offline_buffer() {
     assert_eq!(runs.load(SeqCst), 1);
     // and the node kept the shadow
     let shadow = d1.get_shadow().await.unwrap();
-    assert_eq!(shadow.reported["phase"], json!("before"));
-    assert_eq!(shadow.version, 1);
+    assert_eq!(shadow.reported["phase"], json!("after"));
+    assert_eq!(shadow.version, 2);
     d1.close().await.unwrap();
     env.stop_node().await;
 }
