@@ -194,9 +194,8 @@ impl Env {
     /// `state`.
     async fn statuses(&mut self, device: &str, id: &str, state: &str) -> Vec<Value> {
         let topic = format!("$verge/command-status/{device}");
-        let of = |v: &[Value]| -> Vec<Value> {
-            v.iter().filter(|s| s["id"] == id).cloned().collect()
-        };
+        let of =
+            |v: &[Value]| -> Vec<Value> { v.iter().filter(|s| s["id"] == id).cloned().collect() };
         let all = self
             .upstream(&topic, |v| of(v).iter().any(|s| s["state"] == state))
             .await;
@@ -315,10 +314,7 @@ async fn the_sdk_reads_and_updates_its_shadow_on_the_node_and_is_told_deltas() {
         json!({"temp": 21.5, "fw": "1.0"})
     );
 
-    match d1
-        .update_desired(map(json!({"led": "on"})), Some(0))
-        .await
-    {
+    match d1.update_desired(map(json!({"led": "on"})), Some(0)).await {
         Err(Error::ShadowRejected { code, .. }) => assert_eq!(code, "version_conflict"),
         other => panic!("a stale version: {other:?}"),
     }
@@ -463,7 +459,10 @@ async fn commands_through_the_node_are_run_once_replied_failed_and_held_for_the_
         "replied"
     );
     let cmd = seen2.try_recv().expect("d2's handler ran");
-    assert_eq!((cmd.id.as_str(), cmd.payload.clone()), ("c3", json!({"times": 1})));
+    assert_eq!(
+        (cmd.id.as_str(), cmd.payload.clone()),
+        ("c3", json!({"times": 1}))
+    );
     assert_eq!(runs2.load(SeqCst), 1);
     assert_eq!(runs.load(SeqCst), 2, "not d1's");
     d1.close().await.unwrap();
@@ -586,7 +585,8 @@ async fn the_sdk_rides_out_a_node_restart_with_a_bounded_offline_buffer() {
     assert!(stats.connects >= 2, "{stats:?}");
 
     // subscriptions made again: a command after the restart is run
-    env.command("d1", "after", "blink", json!({"times": 2})).await;
+    env.command("d1", "after", "blink", json!({"times": 2}))
+        .await;
     let statuses = env.statuses("d1", "after", "replied").await;
     let replied = statuses.iter().find(|s| s["state"] == "replied").unwrap();
     assert_eq!(replied["reply"], json!({"blinked": 2}));
@@ -596,6 +596,50 @@ async fn the_sdk_rides_out_a_node_restart_with_a_bounded_offline_buffer() {
     let shadow = d1.get_shadow().await.unwrap();
     assert_eq!(shadow.reported["phase"], json!("after"));
     assert_eq!(shadow.version, 2);
+    d1.close().await.unwrap();
+    env.stop_node().await;
+}
+
+/// Regression: a node stopping kept acknowledging its devices' publishes
+/// after its cloud link's forwards had stopped (the broker was closed
+/// last), so readings the SDK was told were taken were never queued and
+/// lost. Now the node ends its clients' connections first: every reading
+/// of a burst the node was stopped in the middle of arrives, the
+/// acknowledged ones queued, the others sent again by the SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reading_acknowledged_while_the_node_stops_is_lost() {
+    const N: u64 = 300;
+    let mut env = Env::start(&["d1"]).await;
+    let d1 = env.connect("d1").await;
+    for n in 1..=N {
+        d1.send_telemetry(&json!({"n": n})).await.unwrap();
+    }
+    // mid-burst
+    wait_until("some acknowledged", || d1.stats().acked > 0).await;
+    env.stop_node().await;
+    let at_stop = d1.stats();
+    env.start_node().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        env.drain(Duration::from_millis(100)).await;
+        let got: BTreeSet<u64> = env
+            .seen
+            .iter()
+            .filter(|(t, _)| t == "devices/d1/telemetry")
+            .filter_map(|(_, v)| v["n"].as_u64())
+            .collect();
+        if got.len() as u64 == N {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let missing: Vec<u64> = (1..=N).filter(|n| !got.contains(n)).collect();
+            panic!(
+                "lost {missing:?}; at the stop {at_stop:?}, now {:?}",
+                d1.stats()
+            );
+        }
+    }
+    assert_eq!(d1.stats().acked, N);
     d1.close().await.unwrap();
     env.stop_node().await;
 }
