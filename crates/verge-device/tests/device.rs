@@ -5,7 +5,7 @@
 //! (`$shadow/{d}/update` → `…/accepted|rejected` with the client token),
 //! reconnects across a broker restart with the offline buffer, clean
 //! close, and a fake node sending garbage. The end-to-end test with the
-//! node's own device service lives with the node.
+//! node's own device service is `crates/verge-node/tests/sdk.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
