@@ -9,7 +9,8 @@
 //! with exactly the differing keys), commands (run once, replied, failed,
 //! held for an offline device and delivered when it connects), and a node
 //! restart on the same data dir and port (the offline buffer's bound and
-//! drop counter, subscriptions made again).
+//! drop counter, subscriptions made again, no reading the stopping node
+//! acknowledged lost).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
