@@ -130,6 +130,26 @@ impl Broker {
         self.handle.clone()
     }
 
+    /// Stop accepting and end every client connection (5.0: reason
+    /// "server shutting down"; a CONNECT still on its way is refused with
+    /// "server unavailable"), keeping the in-process API: what clients
+    /// published is routed before this returns (within 5 s), so in-process
+    /// consumers stopped after it see every message a client was
+    /// acknowledged for. A process stopping calls it before it stops the
+    /// durable subscribers (whose gate holds acknowledgements back):
+    /// once they are gone a PUBLISH would be acknowledged unpersisted.
+    pub async fn close_clients(&self) {
+        let _ = self.shutdown.send(true);
+        let (done, wait) = oneshot::channel();
+        if self.handle.tx.send(Event::CloseClients(done)).await.is_ok()
+            && tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+                .await
+                .is_err()
+        {
+            tracing::warn!("clients still connected 5 s after they were told to go");
+        }
+    }
+
     /// Stop accepting, disconnect every client (5.0: reason "server shutting
     /// down") and stop the router.
     pub async fn shutdown(mut self) {

@@ -1,6 +1,6 @@
 //! Sessions: takeover, persistent sessions (3.1.1 clean session = 0, 5.0
-//! clean start = 0 with session expiry), clean start, session expiry and
-//! broker shutdown.
+//! clean start = 0 with session expiry), clean start, session expiry,
+//! closing to clients and broker shutdown.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -514,4 +514,54 @@ async fn v5_disconnect_can_shorten_expiry_to_zero() {
         !c.connack.session_present,
         "DISCONNECT session expiry 0 did not end the session"
     );
+}
+
+/// A process stopping closes the broker to its clients before it stops
+/// the in-process consumers of what they publish: the clients are told
+/// to go, no new one gets in, and once `close_clients` returns their
+/// connections have ended while in-process publish and subscribe go on.
+#[tokio::test]
+async fn close_clients_ends_connections_and_keeps_the_in_process_api() {
+    let b = start().await;
+    let mut raw = raw_tcp(b.addr, Protocol::V5).await;
+    raw.handshake("raw5").await;
+    let mut c3 = connect3(b.addr, "c3", |_| {}).await;
+    let mut local = b.handle().subscribe("local/#", 16).await.expect("sub");
+    tokio::time::timeout(WAIT, b.broker.close_clients())
+        .await
+        .expect("close_clients hung");
+    assert!(
+        b.handle().sessions().await.expect("sessions").is_empty(),
+        "no connection left once it returns"
+    );
+    assert_eq!(
+        raw.expect_closed(WAIT).await,
+        Some(verge_mqtt::reason::SERVER_SHUTTING_DOWN),
+        "5.0 DISCONNECT 0x8B"
+    );
+    assert!(
+        c3.closed_within(WAIT).await.is_some(),
+        "3.1.1 client not disconnected"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(b.addr).await.is_err(),
+        "the listener is closed"
+    );
+    b.handle()
+        .publish(verge_broker::Message::local(
+            "local/1",
+            b"x".to_vec(),
+            verge_mqtt::QoS::AtLeastOnce,
+            false,
+        ))
+        .await
+        .expect("in-process publish");
+    let m = tokio::time::timeout(WAIT, local.recv())
+        .await
+        .expect("in-process delivery")
+        .expect("open");
+    assert_eq!(&*m.topic, "local/1");
+    tokio::time::timeout(WAIT, b.broker.shutdown())
+        .await
+        .expect("shutdown hung");
 }

@@ -22,11 +22,12 @@ pub enum Error {
         /// The reason code in words.
         message: String,
     },
-    /// The node refused the connection for now (unavailable, busy,
-    /// shutting down, ...).
+    /// The node refused the connection for now, or ended it (a DISCONNECT
+    /// with "server unavailable", "server busy" or "server shutting down",
+    /// as a stopping node sends).
     #[error("the node is not available: reason code 0x{reason_code:02x}")]
     Unavailable {
-        /// The MQTT 5 CONNACK reason code.
+        /// The MQTT 5 CONNACK or DISCONNECT reason code.
         reason_code: u8,
     },
     /// Connecting or talking to the node failed at the socket.

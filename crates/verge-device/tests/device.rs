@@ -5,7 +5,7 @@
 //! (`$shadow/{d}/update` → `…/accepted|rejected` with the client token),
 //! reconnects across a broker restart with the offline buffer, clean
 //! close, and a fake node sending garbage. The end-to-end test with the
-//! node's own device service lives with the node.
+//! node's own device service is `crates/verge-node/tests/sdk.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -637,6 +637,59 @@ async fn garbage_from_the_node_drops_the_connection_and_the_device_reconnects() 
         .send_telemetry(&json!({"still": "working"}))
         .await
         .expect("send");
+}
+
+/// Regression: a node shutting down (DISCONNECT 0x8B) was reported as a
+/// protocol error in `connection()`; it is the node being unavailable.
+#[tokio::test]
+async fn a_node_shutting_down_is_unavailable_not_a_protocol_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = fake.local_addr().expect("addr");
+    let encode =
+        |p: verge_mqtt::Packet| verge_mqtt::to_bytes(&p, verge_mqtt::Protocol::V5).expect("encode");
+    let connack = encode(verge_mqtt::Packet::ConnAck(verge_mqtt::ConnAck::default()));
+    let bye = encode(verge_mqtt::Packet::Disconnect(verge_mqtt::Disconnect {
+        reason_code: verge_mqtt::reason::SERVER_SHUTTING_DOWN,
+        properties: verge_mqtt::Properties {
+            reason_string: Some("server shutting down".into()),
+            ..Default::default()
+        },
+    }));
+    let (go_tx, mut go) = mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut first = true;
+        while let Ok((mut s, _)) = fake.accept().await {
+            if first {
+                first = false;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await; // CONNECT
+                let _ = s.write_all(&connack).await;
+                let _ = go.recv().await;
+                let _ = s.write_all(&bye).await;
+            }
+            // later attempts wait: the state stays what the DISCONNECT made
+            held.push(s);
+        }
+    });
+    let mut c = config(addr, "d1");
+    c.request_timeout = Duration::from_millis(200);
+    let device = Device::connect(c).await.expect("connect to the fake node");
+    let mut state = device.connection();
+    go_tx.send(()).expect("fake node");
+    let s = timeout(WAIT, state.wait_for(|s| *s != Connection::Connected))
+        .await
+        .expect("the DISCONNECT seen")
+        .expect("open")
+        .clone();
+    assert_eq!(
+        s,
+        Connection::Reconnecting {
+            error: Error::Unavailable { reason_code: 0x8b }.to_string()
+        }
+    );
+    assert!(Error::Unavailable { reason_code: 0x8b }.is_retryable());
 }
 
 /// Read packets from a raw socket until `want` matches one.

@@ -22,7 +22,9 @@
 //!   served only once every part runs, so a client never meets a node whose
 //!   rules are not there yet.
 //! - Shutdown stops what produces before what consumes: the agent and the
-//!   APIs first, then user components ([`components`]), drivers, rules
+//!   APIs first, then user components ([`components`]), the broker's
+//!   clients (devices: ended once what they published is routed, so none
+//!   is acknowledged after the cloud link stopped queuing), drivers, rules
 //!   and functions, then the cloud link
 //!   (which queues what its forwards hold), the cache queue (cursors) and
 //!   the store (last points), the broker last.

@@ -93,7 +93,8 @@ struct Parts {
 
 impl Parts {
     /// Stop what runs, producers before consumers: the agent, user
-    /// components (each within its stop timeout), drivers,
+    /// components (each within its stop timeout), the broker's clients
+    /// (devices: their last publishes routed, no new connection), drivers,
     /// rules, triggers and functions, the cloud link (which queues what its
     /// forwards hold), the cache queue (cursors), the store (last points),
     /// the broker last.
@@ -107,6 +108,12 @@ impl Parts {
         }
         if let Some(c) = self.components {
             c.shutdown().await;
+        }
+        if let Some(b) = &self.broker {
+            // Devices go before anything that consumes what they publish:
+            // once the cloud link's durable forwards stop, a PUBLISH would
+            // be acknowledged without being queued (and lost).
+            b.close_clients().await;
         }
         if let Some(d) = self.drivers {
             d.shutdown().await;

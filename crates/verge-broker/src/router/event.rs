@@ -154,5 +154,10 @@ pub(crate) enum Event {
     Sessions {
         reply: oneshot::Sender<Vec<SessionInfo>>,
     },
+    /// Refuse new connections and end every connection (5.0: reason
+    /// "server shutting down"); answered once no session has a connection
+    /// left, so every PUBLISH they sent has been routed. In-process
+    /// publishing and subscriptions go on.
+    CloseClients(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use verge_mqtt::{QoS, SubOptions, reason, topic};
 
 use crate::delivery::Delivery;
@@ -103,6 +103,10 @@ pub(crate) struct Router {
     recent: Recent,
     /// Connects and disconnects, sent only while someone listens.
     presence: broadcast::Sender<SessionEvent>,
+    /// Closed to clients (`Event::CloseClients`): connects are refused.
+    closed: bool,
+    /// `CloseClients` calls waiting for the last connection to end.
+    close_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Router {
@@ -129,6 +133,8 @@ impl Router {
             durable,
             recent: Recent::default(),
             presence,
+            closed: false,
+            close_waiters: Vec::new(),
         }
     }
 
@@ -154,9 +160,20 @@ impl Router {
                             self.unstall().await;
                         }
                     }
+                    self.answer_close_waiters();
                 }
                 _ = tick.tick() => self.on_tick(Instant::now()),
             }
+        }
+    }
+
+    /// Answer `CloseClients` once no session has a connection.
+    fn answer_close_waiters(&mut self) {
+        if self.close_waiters.is_empty() || self.sessions.values().any(|s| s.link.is_some()) {
+            return;
+        }
+        for done in self.close_waiters.drain(..) {
+            let _ = done.send(());
         }
     }
 
@@ -280,6 +297,11 @@ impl Router {
                     })
                     .collect();
                 let _ = reply.send(list);
+            }
+            Event::CloseClients(done) => {
+                self.closed = true;
+                self.shutdown();
+                self.close_waiters.push(done);
             }
             Event::Shutdown(_) => {}
         }

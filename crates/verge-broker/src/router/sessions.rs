@@ -16,6 +16,11 @@ use crate::subs::SubKey;
 
 impl Router {
     pub(super) fn on_connect(&mut self, req: ConnectReq) {
+        // Closed to clients: the node is stopping.
+        if self.closed {
+            refuse(req, reason::SERVER_UNAVAILABLE);
+            return;
+        }
         // A session belongs to the identity that made it: another one
         // neither takes over its connection nor resumes it (whatever the
         // client id binding), nor starts it afresh.

@@ -654,14 +654,24 @@ impl Engine {
                     c.ping_sent = None;
                 }
             }
-            Packet::Disconnect(d) => self.lost(Error::Protocol(format!(
-                "the node disconnected (reason code 0x{:02x}{})",
-                d.reason_code,
-                d.properties
-                    .reason_string
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ))),
+            Packet::Disconnect(d) => {
+                use verge_mqtt::reason::{SERVER_BUSY, SERVER_SHUTTING_DOWN, SERVER_UNAVAILABLE};
+                let e = match d.reason_code {
+                    // a node stopping or too busy: nothing is wrong, it may
+                    // take us again later
+                    SERVER_SHUTTING_DOWN | SERVER_BUSY | SERVER_UNAVAILABLE => Error::Unavailable {
+                        reason_code: d.reason_code,
+                    },
+                    code => Error::Protocol(format!(
+                        "the node disconnected (reason code 0x{code:02x}{})",
+                        d.properties
+                            .reason_string
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )),
+                };
+                self.lost(e);
+            }
             Packet::UnsubAck(_) | Packet::PubRec(_) | Packet::PubRel(_) | Packet::PubComp(_) => {
                 debug!(device = %self.cfg.device, "ignoring an unexpected {}", p.name());
             }
