@@ -31,8 +31,8 @@ function addressList(endpoints, testid) {
   }
   const hosts = list.map(([, v]) => v.replace(/^[a-z]+:\/\//, "").replace(/:\d+(\/.*)?$/, ""));
   const note = hosts.some((x) => x === "127.0.0.1" || x === "localhost" || x === "[::1]")
-    ? "Loopback addresses reach the node from its own machine only; to reach it from others, bind its listeners to a network interface (--set broker.listeners.tcp.bind=0.0.0.0:1883)."
-    : hosts.some((x) => x === "0.0.0.0" || x === "[::]") ? "0.0.0.0 / [::]: use the node machine's host name or address." : null;
+    ? "Loopback addresses reach the node from its own machine only; to reach it from others, bind its listeners to a network interface (--set broker.listeners.tcp.bind=0.0.0.0:1883) and name the host devices reach (--set node.advertise_host=HOST)."
+    : hosts.some((x) => x === "0.0.0.0" || x === "[::]") ? "0.0.0.0 / [::]: use the node machine's host name or address (or set node.advertise_host on the node so it reports that name)." : null;
   return h("div", { testid },
     h("dl", { class: "summary" }, list.map(([k, v]) => [h("dt", {}, k), h("dd", {}, h("code", {}, v))])),
     note ? h("p", { class: "muted", testid: "address-note" }, note) : null);

@@ -389,6 +389,7 @@ impl Node {
         listeners: Listeners,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
+        let node = self.cfg.node.clone();
         let p = &mut self.parts;
         let (Some(broker), Some(engine), Some(functions), Some(drivers)) = (
             p.broker.as_mut(),
@@ -420,12 +421,12 @@ impl Node {
                     | verge_broker::listener::Transport::Wss(_, p) => p.as_str(),
                     _ => "",
                 };
-                Some(format!("{}://{addr}{path}", l.transport.scheme()))
+                Some(node.endpoint(l.transport.scheme(), addr, path))
             })
             .collect();
         for (scheme, sock) in [("coap", &listeners.coap), ("coaps", &listeners.coap_dtls)] {
             if let Some(addr) = sock.as_ref().and_then(|s| s.local_addr().ok()) {
-                endpoints.push(format!("{scheme}://{addr}"));
+                endpoints.push(node.endpoint(scheme, addr, ""));
             }
         }
         if let Some(d) = &p.devices {

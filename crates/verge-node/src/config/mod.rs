@@ -284,6 +284,16 @@ impl NodeConfig {
         {
             return named(format!("store.{e}"));
         }
+        let host = &self.node.advertise_host;
+        if !host.is_empty() && !valid_advertise_host(host) {
+            return Err(ConfigError::Key {
+                key: "node.advertise_host".into(),
+                message: format!(
+                    "`{host}`: expected a host name or IP address (no scheme, port or path), \
+                     e.g. `edge-7.plant.example` or `192.0.2.10`"
+                ),
+            });
+        }
         Ok(())
     }
 }
@@ -296,6 +306,10 @@ pub struct NodeSection {
     pub name: String,
     /// Directory for the node's state; created at start if missing.
     pub data_dir: PathBuf,
+    /// The host name or IP address devices reach this node at, reported
+    /// to the cloud in place of the listeners' bound host (which may be
+    /// `0.0.0.0` or a loopback address); empty: the bound addresses.
+    pub advertise_host: String,
 }
 
 impl Default for NodeSection {
@@ -303,8 +317,44 @@ impl Default for NodeSection {
         NodeSection {
             name: "verge-node".into(),
             data_dir: PathBuf::from("/var/lib/verge"),
+            advertise_host: String::new(),
         }
     }
+}
+
+impl NodeSection {
+    /// `scheme://host:port{path}` of a bound listener, with
+    /// `advertise_host` in place of the bound host when it is set.
+    pub fn endpoint(&self, scheme: &str, addr: std::net::SocketAddr, path: &str) -> String {
+        if self.advertise_host.is_empty() {
+            return format!("{scheme}://{addr}{path}");
+        }
+        let host = &self.advertise_host;
+        if host.contains(':') {
+            format!("{scheme}://[{host}]:{}{path}", addr.port())
+        } else {
+            format!("{scheme}://{host}:{}{path}", addr.port())
+        }
+    }
+}
+
+/// Whether `host` is a plain host name or IP address (no scheme, port,
+/// path, user or spaces).
+fn valid_advertise_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// The `[log]` section.
@@ -328,6 +378,29 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    #[test]
+    fn advertise_host_names_the_reported_endpoints_and_is_checked() {
+        let addr: std::net::SocketAddr = "0.0.0.0:1883".parse().expect("addr");
+        let mut node = NodeSection::default();
+        assert_eq!(node.endpoint("mqtt", addr, ""), "mqtt://0.0.0.0:1883");
+        node.advertise_host = "edge-7.plant.example".into();
+        assert_eq!(
+            node.endpoint("ws", addr, "/mqtt"),
+            "ws://edge-7.plant.example:1883/mqtt"
+        );
+        node.advertise_host = "2001:db8::7".into();
+        assert_eq!(node.endpoint("mqtt", addr, ""), "mqtt://[2001:db8::7]:1883");
+        for bad in ["mqtt://x", "x:1883", "a b", "x/y", "-x", "a..b"] {
+            let mut cfg = NodeConfig::default();
+            cfg.node.advertise_host = bad.into();
+            let err = cfg.validate().expect_err(bad).to_string();
+            assert!(err.contains("node.advertise_host"), "{bad}: {err}");
+        }
+        let mut cfg = NodeConfig::default();
+        cfg.node.advertise_host = "192.0.2.10".into();
+        cfg.validate().expect("an IP address");
+    }
 
     #[test]
     fn embedded_default_equals_code_default() {
