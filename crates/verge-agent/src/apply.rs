@@ -122,17 +122,27 @@ pub(crate) async fn apply(
     out
 }
 
-/// The ACL of a cloud device: its own topics and shadow, nothing else.
+/// The ACL of a cloud device: it reads its own topics and shadow, and
+/// publishes only what a device sends (readings, events, replies, shadow
+/// requests) — not a retained `$shadow/{d}/document`, a shadow answer or a
+/// command to itself, which are the node's.
 fn device_acl() -> Vec<AclRule> {
-    let rule = |permission, topic: &str| AclRule {
+    let rule = |permission, action, topic: &str| AclRule {
         permission,
-        action: AclAction::All,
+        action,
         topic: topic.to_owned(),
     };
+    let publish = |topic| rule(AclPolicy::Allow, AclAction::Publish, topic);
+    let subscribe = |topic| rule(AclPolicy::Allow, AclAction::Subscribe, topic);
     vec![
-        rule(AclPolicy::Allow, "devices/%u/#"),
-        rule(AclPolicy::Allow, "$shadow/%u/#"),
-        rule(AclPolicy::Deny, "#"),
+        publish("devices/%u/telemetry"),
+        publish("devices/%u/events/#"),
+        publish("devices/%u/replies/#"),
+        publish("$shadow/%u/get"),
+        publish("$shadow/%u/update"),
+        subscribe("devices/%u/#"),
+        subscribe("$shadow/%u/#"),
+        rule(AclPolicy::Deny, AclAction::All, "#"),
     ]
 }
 

@@ -88,6 +88,30 @@ async fn desired_state_is_applied_and_what_a_new_version_drops_is_removed() {
     assert!(node.auth.may_publish(&who, "devices/d1/telemetry"));
     assert!(!node.auth.may_publish(&who, "devices/d2/telemetry"));
     assert!(node.auth.may_subscribe(&who, "$shadow/d1/update"));
+    // What a device sends, and nothing the node speaks for it.
+    for topic in [
+        "devices/d1/events/door",
+        "devices/d1/replies/c1",
+        "devices/d1/replies/c1/failed",
+        "$shadow/d1/get",
+        "$shadow/d1/update",
+    ] {
+        assert!(node.auth.may_publish(&who, topic), "{topic}");
+    }
+    for topic in [
+        "$shadow/d1/document",
+        "$shadow/d1/update/accepted",
+        "$shadow/d1/update/delta",
+        "devices/d1/commands/reboot/c1",
+        "devices/d1/other",
+        "$verge/shadow/d1",
+    ] {
+        assert!(!node.auth.may_publish(&who, topic), "{topic}");
+    }
+    for filter in ["devices/d1/#", "devices/d1/commands/#", "$shadow/d1/#"] {
+        assert!(node.auth.may_subscribe(&who, filter), "{filter}");
+    }
+    assert!(!node.auth.may_subscribe(&who, "devices/d2/#"));
     assert!(node.has_rule("r1").await);
     let f = node.functions.get("tag").expect("function deployed");
     assert_eq!(f.version, 1);

@@ -18,7 +18,10 @@
 //! Writes arrive on `devices/{device}/commands/write` (`{"point": …,
 //! "value": …}`) and are answered on `devices/{device}/commands/write/reply`
 //! with the value the device was given (`{"point", "ok": true, "value"}`),
-//! or the reason it was refused; a value the point cannot hold as given (a
+//! or the reason it was refused; the node's device service hands a
+//! command from the cloud on `devices/{device}/commands/write/{id}`, answered
+//! on `devices/{device}/replies/{id}` (or `…/replies/{id}/failed` with the
+//! reason; another command name is refused there); a value the point cannot hold as given (a
 //! fraction for an integer, a bool for a number, a number out of the
 //! type's range) is refused before anything is sent.
 //!

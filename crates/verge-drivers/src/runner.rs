@@ -165,10 +165,17 @@ async fn run(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // A local writer's `…/commands/write`, and the node's device service's
+    // `…/commands/{name}/{id}` (commands from the cloud).
     let filters: Vec<String> = cfg
         .devices
         .iter()
-        .map(|d| format!("devices/{}/commands/write", d.name))
+        .flat_map(|d| {
+            [
+                format!("devices/{}/commands/write", d.name),
+                format!("devices/{}/commands/+/+", d.name),
+            ]
+        })
         .collect();
     let mut commands = match broker.subscribe_many(&filters, 256).await {
         Ok(s) => Some(s),
@@ -254,6 +261,15 @@ async fn run(
             _ = stop.changed() => return,
             _ = sleep_until(wake.into()) => slot = Instant::now() >= due,
             cmd = recv(&mut commands) => {
+                let to = match Answer::of(&cmd.topic) {
+                    Some(Answer::Other(to)) => {
+                        let e = "a driver's device takes only the `write` command".to_owned();
+                        answer(&broker, &cmd, &Answer::Other(to), Err(e)).await;
+                        continue;
+                    }
+                    Some(to) => to,
+                    None => continue,
+                };
                 let backing_off = command_device(&cfg, &cmd)
                     .is_some_and(|j| devices[j].retry.is_some());
                 let r = if !connected {
@@ -282,7 +298,7 @@ async fn run(
                         Err(_) => s.write_errors += 1,
                     }
                 }
-                answer(&broker, &cmd, r.map_err(|e| e.to_string())).await;
+                answer(&broker, &cmd, &to, r.map_err(|e| e.to_string())).await;
             }
         }
         if !slot {
@@ -548,8 +564,58 @@ async fn write(
     Ok(p.scaled(written))
 }
 
-/// Answer a write command on `<topic>/reply`, echoing its `id` if any.
-async fn answer(broker: &BrokerHandle, cmd: &Message, r: Result<Value, String>) {
+/// Where a command is answered, by the topic it came on.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// `devices/{d}/commands/write` (a local writer): on `<topic>/reply`.
+    Local,
+    /// `devices/{d}/commands/write/{id}` (the node's device service, a
+    /// command from the cloud): on `devices/{d}/replies/{id}`, or
+    /// `…/replies/{id}/failed` with the reason (the contract's reply
+    /// topics, `verge_protocol::device::reply_topic`).
+    Command(String),
+    /// Another command name for a driver's device: refused on the
+    /// failed-reply topic (its id given).
+    Other(String),
+}
+
+impl Answer {
+    /// `None`: not a command (the `…/commands/write/reply` a local write
+    /// is answered on also matches `…/commands/+/+`).
+    fn of(topic: &str) -> Option<Answer> {
+        let mut parts = topic.split('/');
+        let (Some("devices"), Some(device), Some("commands"), Some(name)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let replies = |id: &str| format!("devices/{device}/replies/{id}");
+        match (name, parts.next(), parts.next()) {
+            ("write", None, _) => Some(Answer::Local),
+            ("write", Some("reply"), None) => None,
+            ("write", Some(id), None) if !id.is_empty() => Some(Answer::Command(replies(id))),
+            (_, Some(id), None) if !id.is_empty() => Some(Answer::Other(replies(id))),
+            _ => None,
+        }
+    }
+}
+
+/// Answer a write command: a local writer's on `<topic>/reply`, echoing
+/// its `id` if any; a command of the node's device service on its reply
+/// topic (the reason as a JSON string when it failed).
+async fn answer(broker: &BrokerHandle, cmd: &Message, to: &Answer, r: Result<Value, String>) {
+    if let Answer::Command(reply) | Answer::Other(reply) = to {
+        let req: Value = serde_json::from_slice(&cmd.payload).unwrap_or(Value::Null);
+        match r {
+            Ok(v) => {
+                let doc = json!({"point": req.get("point").cloned().unwrap_or(Value::Null),
+                                 "ok": true, "value": v});
+                send(broker, reply, doc).await;
+            }
+            Err(e) => send(broker, &format!("{reply}/failed"), Value::String(e)).await,
+        }
+        return;
+    }
     let req: Value = serde_json::from_slice(&cmd.payload).unwrap_or(Value::Null);
     let mut doc = json!({"point": req.get("point").cloned().unwrap_or(Value::Null)});
     if let Some(id) = req.get("id") {
@@ -686,6 +752,16 @@ impl Drivers {
             .get(name)
             .cloned()?;
         Some((d.config().clone(), d.status()))
+    }
+
+    /// Whether a running driver reads `device` (its commands from the
+    /// cloud are handed to the driver in process).
+    pub fn owns_device(&self, device: &str) -> bool {
+        self.running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|d| d.config().devices.iter().any(|x| x.name == device))
     }
 
     /// Every driver's status, by name.
@@ -833,5 +909,27 @@ impl Drivers {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_answered_where_they_came_from() {
+        assert_eq!(Answer::of("devices/m/commands/write"), Some(Answer::Local));
+        assert_eq!(
+            Answer::of("devices/m/commands/write/c1"),
+            Some(Answer::Command("devices/m/replies/c1".into()))
+        );
+        assert_eq!(
+            Answer::of("devices/m/commands/reboot/c2"),
+            Some(Answer::Other("devices/m/replies/c2".into()))
+        );
+        // the local answer, which `…/commands/+/+` also matches
+        assert_eq!(Answer::of("devices/m/commands/write/reply"), None);
+        assert_eq!(Answer::of("devices/m/commands/write/a/b"), None);
+        assert_eq!(Answer::of("devices/m/telemetry"), None);
     }
 }

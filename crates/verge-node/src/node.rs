@@ -243,6 +243,10 @@ impl Node {
             Drivers::new(handle.clone()).with_pki_root(cfg.node.data_dir.join("opcua-pki")),
         );
         parts.drivers = Some(drivers.clone());
+        {
+            let drivers = drivers.clone();
+            devices.set_driver_devices(move |d| drivers.owns_device(d));
+        }
         for (i, d) in cfg.drivers.iter().enumerate() {
             if d.enabled {
                 drivers

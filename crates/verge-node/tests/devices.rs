@@ -30,7 +30,7 @@ use verge_node::devices::{Devices, DevicesOptions};
 use verge_protocol::device::{
     COMMAND_ID_PROPERTY, CommandRequest, Shadow, ShadowSync, ShadowUpdate, StoreQuery, StoreReply,
 };
-use verge_queue::{Entry, Queue, QueueConfig};
+use verge_queue::{Entry, LaneConfig, Queue, QueueConfig, Record, WhenFull};
 
 const WAIT: Duration = Duration::from_secs(10);
 const PASSWORD: &str = "pw";
@@ -77,6 +77,11 @@ struct Rig {
 
 impl Rig {
     async fn start() -> Rig {
+        Rig::start_with(QueueConfig::default()).await
+    }
+
+    /// With the cache queue `cfg` (its `dir` set here).
+    async fn start_with(cfg: QueueConfig) -> Rig {
         let dir = tempfile::tempdir().expect("tmp");
         let auth = Authenticator::new(registry(), false, AclPolicy::Deny).expect("auth");
         let mut broker = Broker::start(BrokerConfig::default(), auth.clone());
@@ -90,7 +95,7 @@ impl Rig {
         });
         let queue = Queue::open(QueueConfig {
             dir: dir.path().join("queue"),
-            ..QueueConfig::default()
+            ..cfg
         })
         .expect("queue")
         .0;
@@ -135,6 +140,7 @@ impl Rig {
         let mut out: Vec<Entry> = Vec::new();
         while self.queue.try_next_batch(100, &mut out) > 0 {}
         for e in out {
+            self.queue.ack(e.lane, e.seq);
             let v = serde_json::from_slice(&e.record.payload).expect("json upstream");
             self.up.push((e.record.topic.clone(), v));
         }
@@ -1057,4 +1063,252 @@ async fn rig_publish(b: &Broker, topic: &str, payload: Vec<u8>) {
         .publish(Message::local(topic, payload, QoS::AtLeastOnce, false))
         .await
         .unwrap();
+}
+
+fn request(id: &str, device: &str, name: &str, payload: Value) -> Vec<u8> {
+    serde_json::to_vec(&CommandRequest {
+        id: id.into(),
+        device: device.into(),
+        name: name.into(),
+        payload,
+        created_ms: now_ms(),
+        expires_ms: now_ms() + 60_000,
+    })
+    .expect("json")
+}
+
+/// The status of command `id` in state `state`.
+async fn status_of(rig: &mut Rig, device: &str, id: &str, state: &str) -> Value {
+    let topic = format!("$verge/command-status/{device}");
+    let all = rig
+        .upstream(&topic, |v| {
+            v.iter().any(|s| s["id"] == id && s["state"] == state)
+        })
+        .await;
+    all.into_iter()
+        .find(|s| s["id"] == id && s["state"] == state)
+        .expect("status")
+}
+
+/// A device a protocol driver reads has no MQTT session: its commands are
+/// handed to the driver in process (`write` only), and the driver's answer
+/// on the reply topics ends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_for_a_driver_device_are_answered_by_its_driver() {
+    let mut rig = Rig::start().await;
+    let sim = verge_drivers::modbus::sim::Sim::start().await.expect("sim");
+    let drivers = Arc::new(verge_drivers::Drivers::new(rig.broker.handle()));
+    let cfg: verge_drivers::DriverConfig = serde_json::from_value(json!({
+        "name": "plc", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": sim.addr().port(),
+        "timeout": "300ms", "retry": {"initial": "50ms", "max": "200ms"},
+        "devices": [{"name": "plc1", "poll": "100ms", "points": [
+            {"name": "set", "address": "hr:1", "access": "rw"},
+            {"name": "ro", "address": "hr:2"}]}],
+    }))
+    .expect("driver config");
+    let mut telemetry = rig
+        .broker
+        .handle()
+        .subscribe("devices/plc1/telemetry", 256)
+        .await
+        .expect("sub");
+    drivers.create(cfg).await.expect("driver");
+    let d = drivers.clone();
+    rig.devices.set_driver_devices(move |x| d.owns_device(x));
+    rig.devices
+        .set_cloud_devices(["d1", "d2", "plc1"].map(String::from));
+    loop {
+        let m = tokio::time::timeout(WAIT, telemetry.recv())
+            .await
+            .expect("telemetry in time")
+            .expect("broker");
+        let v: Value = serde_json::from_slice(&m.payload).expect("json");
+        if v["quality"]["set"] == "good" {
+            break;
+        }
+    }
+
+    let down = |id: &str, name: &str, payload: Value| {
+        (
+            "$verge/commands/plc1".to_owned(),
+            request(id, "plc1", name, payload),
+        )
+    };
+    let (t, p) = down("w1", "write", json!({"point": "set", "value": 42}));
+    rig.down(t, p).await;
+    assert_eq!(
+        rig.states("plc1", "w1", 3).await,
+        ["sent", "delivered", "replied"]
+    );
+    let replied = status_of(&mut rig, "plc1", "w1", "replied").await;
+    assert_eq!(replied["reply"]["ok"], json!(true), "{replied}");
+    assert_eq!(replied["reply"]["value"].as_f64(), Some(42.0), "{replied}");
+    assert_eq!(sim.holding(1, 1), [42]);
+
+    // the driver's refusal, and a command a driver does not take
+    let (t, p) = down("w2", "write", json!({"point": "ro", "value": 1}));
+    rig.down(t, p).await;
+    let failed = status_of(&mut rig, "plc1", "w2", "failed").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("read-only"),
+        "{failed}"
+    );
+    let (t, p) = down("r1", "reboot", json!({}));
+    rig.down(t, p).await;
+    let failed = status_of(&mut rig, "plc1", "r1", "failed").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("`write`"),
+        "{failed}"
+    );
+    assert_eq!(rig.devices.counts().await.1, 0);
+    drivers.shutdown().await;
+}
+
+/// A device the cloud no longer lists is forgotten: its held commands end
+/// `failed`, its shadow (file and retained document) is gone, and a device
+/// created again with its name starts clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_cloud_removes_is_forgotten_with_its_commands_and_shadow() {
+    let mut rig = Rig::start().await;
+    rig.down("$verge/commands/d2".into(), command("held", "d2", 60_000))
+        .await;
+    assert_eq!(rig.states("d2", "held", 1).await, ["sent"]);
+    let up: ShadowUpdate = serde_json::from_value(json!({"desired": {"x": 1}})).unwrap();
+    rig.devices.update_shadow("d2", &up).await.unwrap();
+    let file = rig._dir.path().join("devices/shadows/d2.json");
+    assert!(file.exists());
+    {
+        let mut d2 = device(rig.addr, "d2", "d2").await;
+        d2.sub("$shadow/d2/document").await;
+        d2.next_on("$shadow/d2/document").await;
+    }
+
+    rig.devices.set_cloud_devices(["d1".to_owned()]);
+    let failed = status_of(&mut rig, "d2", "held", "failed").await;
+    assert_eq!(failed["error"], json!("device removed"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while file.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "shadow file kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rig.devices.counts().await, (0, 0));
+    assert_eq!(rig.devices.shadow("d2").await.unwrap().version, 0);
+
+    // created again: no retained document, no command, an empty shadow
+    rig.devices
+        .set_cloud_devices(["d1", "d2"].map(String::from));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut d2 = device(rig.addr, "d2", "d2").await;
+    d2.sub("$shadow/d2/document").await;
+    d2.sub("devices/d2/commands/#").await;
+    d2.nothing_on("", Duration::from_millis(1500)).await;
+}
+
+/// What the cache queue refused (a full lane that rejects) is not lost: the
+/// reply's status and the device's shadow leave once the lane has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_and_shadows_the_queue_refused_leave_when_it_has_room() {
+    let mut rig = Rig::start_with(QueueConfig {
+        segment_bytes: 4096,
+        lanes: vec![LaneConfig {
+            name: "alarms".into(),
+            priority: 1,
+            max_bytes: 4096,
+            max_age: None,
+            when_full: WhenFull::Reject,
+        }],
+        ..QueueConfig::default()
+    })
+    .await;
+    let mut d1 = device(rig.addr, "d1", "d1").await;
+    d1.sub("devices/d1/commands/#").await;
+    d1.sub("$shadow/d1/update/accepted").await;
+    rig.down("$verge/commands/d1".into(), command("c1", "d1", 60_000))
+        .await;
+    d1.next_on("devices/d1/commands/blink/c1").await;
+    assert_eq!(rig.states("d1", "c1", 2).await, ["sent", "delivered"]);
+
+    // the lane is full
+    let filler = Record {
+        topic: "filler".into(),
+        payload: Bytes::from(serde_json::to_vec(&"x".repeat(700)).unwrap()),
+        time_ms: 0,
+    };
+    let mut n = 0;
+    while rig
+        .queue
+        .append("alarms", vec![filler.clone()])
+        .await
+        .is_ok()
+    {
+        n += 1;
+        assert!(n < 100, "the lane never filled");
+    }
+    let failed = || {
+        rig.devices
+            .stats()
+            .upstream_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = failed();
+    d1.send("devices/d1/replies/c1", json!({"ok": true})).await;
+    d1.send("$shadow/d1/update", json!({"reported": {"t": 21}}))
+        .await;
+    d1.next_on("$shadow/d1/update/accepted").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while failed() < before + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no refusal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // room again (the fillers read and acknowledged): both leave
+    assert_eq!(rig.states("d1", "c1", 3).await[2], "replied");
+    rig.upstream("$verge/shadow/d1", |v| {
+        v.iter().any(|s| s["shadow"]["reported"]["t"] == 21)
+    })
+    .await;
+}
+
+/// A store that cannot be written does not acknowledge: a command is not
+/// reported `sent` (the cloud resends it), a shadow update is answered
+/// `rejected` with `storage_error` and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_written_refuses_instead_of_acknowledging() {
+    let mut rig = Rig::start().await;
+    let dir = rig._dir.path().join("devices");
+    // A directory where the file goes: no write replaces it (root's
+    // neither).
+    std::fs::create_dir_all(dir.join("commands.json/x")).unwrap();
+    rig.down("$verge/commands/d2".into(), command("c1", "d2", 60_000))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rig.upstream("$verge/command-status/d2", |_| true)
+            .await
+            .is_empty(),
+        "nothing reported for a command not stored"
+    );
+    assert_eq!(rig.devices.counts().await.1, 0);
+    std::fs::remove_dir_all(dir.join("commands.json")).unwrap();
+    rig.down("$verge/commands/d2".into(), command("c1", "d2", 60_000))
+        .await;
+    assert_eq!(rig.states("d2", "c1", 1).await, ["sent"]);
+
+    // the shadows' directory is a file now
+    std::fs::remove_dir_all(dir.join("shadows")).unwrap();
+    std::fs::write(dir.join("shadows"), b"").unwrap();
+    let mut d1 = device(rig.addr, "d1", "d1").await;
+    d1.sub("$shadow/d1/#").await;
+    d1.send(
+        "$shadow/d1/update",
+        json!({"reported": {"t": 1}, "client_token": "s"}),
+    )
+    .await;
+    let (_, rej) = d1.next_on("$shadow/d1/update/rejected").await;
+    assert_eq!(rej["code"], json!("storage_error"), "{rej}");
+    assert_eq!(rej["client_token"], json!("s"));
+    assert_eq!(rig.devices.shadow("d1").await.unwrap().version, 0);
+    let up: ShadowUpdate = serde_json::from_value(json!({"desired": {"x": 1}})).unwrap();
+    let e = rig.devices.update_shadow("d1", &up).await.unwrap_err();
+    assert_eq!(e.code(), "storage_error");
 }

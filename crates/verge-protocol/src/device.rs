@@ -614,7 +614,9 @@ pub struct ShadowSync {
 }
 
 /// A command's place in its life: queued (in the cloud) → sent (the node
-/// has it) → delivered (handed to the device's connection) → replied /
+/// has it) → delivered (the node's broker accepted its publish to the
+/// device's MQTT connection, or the node handed it to the protocol driver
+/// reading the device; not proof the device processed it) → replied /
 /// failed; or expired when its time to live ends first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -623,7 +625,9 @@ pub enum CommandState {
     Queued,
     /// The node has it (kept in its store until the device takes it).
     Sent,
-    /// Handed to the device's connection; waiting for a reply.
+    /// The node's broker accepted its publish to the connected device (or
+    /// the node handed it to the device's protocol driver); waiting for a
+    /// reply, which alone says the device processed it.
     Delivered,
     /// The device answered on its reply topic.
     Replied,

@@ -4,13 +4,20 @@
 //! every change, restored at start). Bounded: at most [`MAX_COMMANDS`]
 //! pending in all and [`MAX_PER_DEVICE`] per device; the ids of the last
 //! [`MAX_FINISHED`] finished commands are kept too, so a late resend of
-//! one is acknowledged, not run again.
+//! one is acknowledged, not run again. The payloads held take at most
+//! [`MAX_BYTES`] in all (a command beyond it is refused, `failed`).
+//!
+//! The file is also the statuses' outbox: a status is added to it in the
+//! same write as the change it reports (a reply finishing its command) and
+//! leaves it once the cache queue took it, so a status the queue refused
+//! is appended again later (duplicates are harmless: the cloud ranks
+//! statuses).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use verge_protocol::device::CommandRequest;
+use verge_protocol::device::{CommandRequest, CommandStatus};
 
 /// Most commands the node holds for all its devices.
 pub const MAX_COMMANDS: usize = 1_000;
@@ -18,6 +25,10 @@ pub const MAX_COMMANDS: usize = 1_000;
 pub const MAX_PER_DEVICE: usize = 100;
 /// How many finished command ids are remembered for de-duplication.
 pub const MAX_FINISHED: usize = 1_000;
+/// Most bytes of payload (as JSON) the node holds for all its devices.
+pub const MAX_BYTES: usize = 8 << 20;
+/// Most statuses waiting for the cache queue (the oldest is dropped).
+pub const MAX_OUTBOX: usize = 10_000;
 
 /// A command the node holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +53,20 @@ pub struct Held {
 struct File {
     pending: Vec<Held>,
     finished: VecDeque<String>,
+    outbox: VecDeque<Outgoing>,
+}
+
+/// A status not yet taken by the cache queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// Its place in the outbox.
+    pub seq: u64,
+    /// The status.
+    pub status: CommandStatus,
+}
+
+fn payload_bytes(req: &CommandRequest) -> usize {
+    serde_json::to_vec(&req.payload).map_or(usize::MAX, |v| v.len())
 }
 
 /// What [`Commands::take`] decided.
@@ -60,6 +85,9 @@ pub struct Commands {
     path: PathBuf,
     pending: BTreeMap<String, Held>,
     finished: VecDeque<String>,
+    outbox: VecDeque<Outgoing>,
+    /// Payload bytes held.
+    bytes: usize,
 }
 
 impl Commands {
@@ -73,16 +101,74 @@ impl Commands {
             }),
             Err(_) => File::default(),
         };
+        let pending: BTreeMap<String, Held> = file
+            .pending
+            .into_iter()
+            .take(MAX_COMMANDS)
+            .map(|h| (h.request.id.clone(), h))
+            .collect();
         Commands {
             path: path.to_path_buf(),
-            pending: file
-                .pending
-                .into_iter()
-                .take(MAX_COMMANDS)
-                .map(|h| (h.request.id.clone(), h))
-                .collect(),
+            bytes: pending.values().map(|h| payload_bytes(&h.request)).sum(),
+            pending,
             finished: file.finished,
+            outbox: file.outbox,
         }
+    }
+
+    /// Add a status to the outbox (written with the next
+    /// [`save`](Self::save)).
+    pub fn push_status(&mut self, status: CommandStatus) {
+        if self.outbox.len() >= MAX_OUTBOX {
+            tracing::warn!(
+                "{MAX_OUTBOX} command statuses wait for the cache queue; the oldest is dropped"
+            );
+            self.outbox.pop_front();
+        }
+        let seq = self.outbox.back().map_or(0, |o| o.seq + 1);
+        self.outbox.push_back(Outgoing { seq, status });
+    }
+
+    /// The statuses waiting for the cache queue, oldest first.
+    pub fn outbox(&self) -> Vec<Outgoing> {
+        self.outbox.iter().cloned().collect()
+    }
+
+    /// Drop the outbox's statuses up to `seq` (the queue took them).
+    pub fn sent_up_to(&mut self, seq: u64) {
+        while self.outbox.front().is_some_and(|o| o.seq <= seq) {
+            self.outbox.pop_front();
+        }
+    }
+
+    /// Undo a [`take`](Self::take) whose write failed: the command is not
+    /// held, so the cloud's resend is taken afresh.
+    pub fn untake(&mut self, id: &str) {
+        if let Some(h) = self.pending.remove(id) {
+            self.bytes = self.bytes.saturating_sub(payload_bytes(&h.request));
+        }
+    }
+
+    /// Finish every command of `device` (the cloud removed it).
+    pub fn remove_device(&mut self, device: &str) -> Vec<Held> {
+        let held = self.of_device(device);
+        for h in &held {
+            self.finish(device, &h.request.id);
+        }
+        held
+    }
+
+    /// The devices with a command never handed over.
+    pub fn undelivered(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .pending
+            .values()
+            .filter(|h| !h.delivered)
+            .map(|h| h.request.device.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// How many commands are held.
@@ -111,6 +197,14 @@ impl Commands {
                 req.device
             ));
         }
+        let size = payload_bytes(&req);
+        if self.bytes.saturating_add(size) > MAX_BYTES {
+            return Taken::Refused(format!(
+                "node command store full: the commands held take {} of the {MAX_BYTES} bytes it keeps, this one {size}; try again later",
+                self.bytes
+            ));
+        }
+        self.bytes += size;
         self.pending.insert(
             req.id.clone(),
             Held {
@@ -160,6 +254,7 @@ impl Commands {
             return None;
         }
         let held = self.pending.remove(id)?;
+        self.bytes = self.bytes.saturating_sub(payload_bytes(&held.request));
         self.remember(id);
         Some(held)
     }
@@ -197,6 +292,7 @@ impl Commands {
         let mut out = Vec::new();
         for id in ids {
             if let Some(h) = self.pending.remove(&id) {
+                self.bytes = self.bytes.saturating_sub(payload_bytes(&h.request));
                 self.remember(&id);
                 out.push(h);
             }
@@ -204,29 +300,29 @@ impl Commands {
         out
     }
 
-    /// Write the file (a failure is logged; the store in memory stays).
-    pub async fn save(&self) {
+    /// Write the file; on an error the store in memory stays as it is
+    /// (the caller decides: a command just taken is not acknowledged).
+    pub async fn save(&self) -> Result<(), String> {
         let file = File {
             pending: self.pending.values().cloned().collect(),
             finished: self.finished.clone(),
+            outbox: self.outbox.clone(),
         };
         let path = self.path.clone();
-        let bytes = match serde_json::to_vec(&file) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("commands not serialized: {e}");
-                return;
-            }
-        };
-        let res = tokio::task::spawn_blocking(move || {
+        let bytes =
+            serde_json::to_vec(&file).map_err(|e| format!("commands not serialized: {e}"))?;
+        tokio::task::spawn_blocking(move || {
             verge_net::fs::write_atomic(&path, &bytes, 0o600)
-                .map_err(|e| format!("{}: {e}", path.display()))
+                .map_err(|e| format!("commands not saved: {}: {e}", path.display()))
         })
-        .await;
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("commands not saved: {e}"),
-            Err(e) => tracing::error!("commands not saved: {e}"),
+        .await
+        .map_err(|e| format!("commands not saved: {e}"))?
+    }
+
+    /// [`save`](Self::save), an error logged.
+    pub async fn save_logged(&self) {
+        if let Err(e) = self.save().await {
+            tracing::error!("{e}");
         }
     }
 }
@@ -267,7 +363,7 @@ mod tests {
         assert_eq!(c.unanswered_since(21), ["d2"]);
         assert!(c.unanswered_since(20).is_empty());
         assert!(c.finish("d1", "b").is_none(), "another device's command");
-        c.save().await;
+        c.save().await.expect("save");
         let mut back = Commands::load(&path);
         assert_eq!(back.len(), MAX_PER_DEVICE + 1);
         assert!(back.of_device("d2")[0].delivered);
@@ -281,5 +377,59 @@ mod tests {
         );
         assert!(back.finish("d1", "a").is_some());
         assert_eq!(back.take(req("a", "d1", 500)), Taken::Known);
+    }
+
+    #[tokio::test]
+    async fn payloads_have_a_byte_budget() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = Commands::load(&dir.path().join("commands.json"));
+        let big = |id: &str, device: &str| CommandRequest {
+            payload: json!("x".repeat(1 << 20)),
+            ..req(id, device, 100)
+        };
+        let mut n = 0;
+        let why = loop {
+            match c.take(big(&format!("b{n}"), &format!("d{n}"))) {
+                Taken::New => n += 1,
+                Taken::Refused(why) => break why,
+                Taken::Known => panic!("known"),
+            }
+        };
+        assert_eq!(n, MAX_BYTES / ((1 << 20) + 2));
+        assert!(why.contains("node command store full"), "{why}");
+        assert_eq!(c.take(req("small", "d0", 100)), Taken::New);
+        assert!(c.finish("d0", "b0").is_some());
+        assert_eq!(c.take(big("again", "d0")), Taken::New, "room again");
+        c.untake("again");
+        assert_eq!(c.take(big("again", "d0")), Taken::New, "room after untake");
+    }
+
+    #[tokio::test]
+    async fn statuses_wait_in_the_outbox_across_a_restart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("commands.json");
+        let mut c = Commands::load(&path);
+        let status = |id: &str| CommandStatus {
+            id: id.into(),
+            device: "d1".into(),
+            state: verge_protocol::device::CommandState::Replied,
+            at_ms: 1,
+            reply: None,
+            error: None,
+        };
+        c.push_status(status("a"));
+        c.push_status(status("b"));
+        c.save().await.expect("save");
+        let mut back = Commands::load(&path);
+        let out = back.outbox();
+        assert_eq!(out.len(), 2);
+        back.sent_up_to(out[0].seq);
+        assert_eq!(back.outbox()[0].status.id, "b");
+        back.push_status(status("c"));
+        assert!(back.outbox()[1].seq > back.outbox()[0].seq);
+        // a save that cannot write says so
+        std::fs::remove_file(dir.path().join("commands.json")).expect("rm");
+        std::fs::create_dir_all(dir.path().join("commands.json/x")).expect("dir");
+        assert!(back.save().await.is_err());
     }
 }

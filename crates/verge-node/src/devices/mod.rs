@@ -44,8 +44,8 @@ use verge_protocol::device::{
 use verge_queue::{Queue, Record};
 use verge_tsdb::Tsdb;
 
-pub use commands::{MAX_COMMANDS, MAX_FINISHED, MAX_PER_DEVICE};
-pub use shadow::{MAX_SHADOWS, valid_device};
+pub use commands::{MAX_BYTES, MAX_COMMANDS, MAX_FINISHED, MAX_OUTBOX, MAX_PER_DEVICE};
+pub use shadow::{MAX_SHADOWS, UpdateError, valid_device};
 
 use commands::{Commands, Taken};
 use sessions::Presence;
@@ -213,7 +213,21 @@ struct Inner {
     /// Bumped when a cloud device connects or disconnects (the agent
     /// reports it at once).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Whether a running protocol driver reads a device (its commands are
+    /// handed to the driver in process, so it counts as connected).
+    drivers: RwLock<Option<DriverDevices>>,
+    /// Devices whose shadow the cache queue refused: sent again on the tick.
+    dirty: Mutex<HashSet<String>>,
+    /// One outbox flush at a time (statuses leave in order).
+    flushing: tokio::sync::Mutex<()>,
+    /// Whether the last upstream append failed (one warning per streak).
+    up_failing: std::sync::atomic::AtomicBool,
+    /// Devices whose ignored cloud shadow was logged (once each).
+    ignored_shadows: Mutex<HashSet<String>>,
 }
+
+/// See [`Devices::set_driver_devices`].
+type DriverDevices = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 struct State {
     shadows: Shadows,
@@ -289,6 +303,11 @@ impl Devices {
             stop: tokio::sync::Notify::new(),
             task: Mutex::new(None),
             changes: tokio::sync::watch::channel(0).0,
+            drivers: RwLock::new(None),
+            dirty: Mutex::new(HashSet::new()),
+            flushing: tokio::sync::Mutex::new(()),
+            up_failing: std::sync::atomic::AtomicBool::new(false),
+            ignored_shadows: Mutex::new(HashSet::new()),
         });
         // The retained documents (the broker keeps none across a
         // restart), then held commands for the devices connected now.
@@ -352,36 +371,71 @@ impl Devices {
     }
 
     /// Which devices the cloud manages (their shadows sync with it). A
-    /// device newly listed (each one, the first time) has its shadow sent
-    /// up, so a change made before the node knew it was the cloud's is not
-    /// kept back until the next one.
+    /// device newly listed (each one, the first time after the node
+    /// started) has its shadow sent up, so a change made before the node
+    /// knew it was the cloud's is not kept back until the next one. A
+    /// device no longer listed is forgotten: its held commands are
+    /// reported `failed` ("device removed"), its shadow (file and retained
+    /// document) and its last session are dropped, so a device created
+    /// again with the same name starts clean.
     pub fn set_cloud_devices(&self, devices: impl IntoIterator<Item = String>) {
         let next: HashSet<String> = devices.into_iter().collect();
-        let newly: Vec<String> = match self.inner.cloud.write() {
+        let (newly, removed): (Vec<String>, Vec<String>) = match self.inner.cloud.write() {
             Ok(mut c) => {
                 let newly = next
                     .iter()
                     .filter(|d| c.as_ref().is_none_or(|old| !old.contains(*d)))
                     .cloned()
                     .collect();
+                let removed = c
+                    .as_ref()
+                    .map(|old| old.difference(&next).cloned().collect())
+                    .unwrap_or_default();
                 *c = Some(next);
-                newly
+                (newly, removed)
             }
             Err(_) => return,
         };
-        if newly.is_empty() || self.inner.queue.is_none() {
+        let newly: Vec<String> = match self.inner.queue.is_some() {
+            true => newly,
+            false => Vec::new(),
+        };
+        if newly.is_empty() && removed.is_empty() {
             return;
         }
         let inner = self.inner.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let st = inner.state.lock().await;
-                for d in newly {
-                    if st.shadows.has(&d) {
-                        inner.sync_up(&d, &st.shadows.get(&d)).await;
-                    }
+                if !removed.is_empty() {
+                    inner.remove_devices(&removed).await;
+                }
+                // Read under the lock, sent without it (the queue may be
+                // slow; the service's task needs the lock meanwhile).
+                let docs: Vec<(String, Shadow)> = {
+                    let st = inner.state.lock().await;
+                    newly
+                        .into_iter()
+                        .filter(|d| st.shadows.has(d))
+                        .map(|d| {
+                            let doc = st.shadows.get(&d);
+                            (d, doc)
+                        })
+                        .collect()
+                };
+                for (d, doc) in docs {
+                    inner.sync_up(&d, &doc).await;
                 }
             });
+        }
+    }
+
+    /// Tell the service which devices running protocol drivers read (the
+    /// node passes [`verge_drivers::Drivers::owns_device`]): such a device
+    /// has no MQTT session, its commands are handed to its driver in
+    /// process (the driver takes `write` and answers on the reply topics).
+    pub fn set_driver_devices(&self, owns: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        if let Ok(mut d) = self.inner.drivers.write() {
+            *d = Some(Arc::new(owns));
         }
     }
 
@@ -402,7 +456,7 @@ impl Devices {
         &self,
         device: &str,
         update: &ShadowUpdate,
-    ) -> Result<Shadow, ShadowError> {
+    ) -> Result<Shadow, UpdateError> {
         self.inner.update(device, update, false).await
     }
 
@@ -496,8 +550,54 @@ impl Inner {
         self.queue.is_some() && self.is_listed(device)
     }
 
+    /// Whether commands can be handed to `device` now: it has an MQTT
+    /// connection, or a running driver reads it.
     fn connected(&self, device: &str) -> bool {
-        self.presence.lock().is_ok_and(|p| p.connected(device))
+        self.presence.lock().is_ok_and(|p| p.connected(device)) || self.driven(device)
+    }
+
+    fn driven(&self, device: &str) -> bool {
+        let owns = self.drivers.read().ok().and_then(|d| d.clone());
+        owns.is_some_and(|owns| owns(device))
+    }
+
+    /// Forget devices the cloud no longer lists (see
+    /// [`Devices::set_cloud_devices`]).
+    async fn remove_devices(&self, removed: &[String]) {
+        let mut had_shadow = Vec::new();
+        {
+            let mut st = self.state.lock().await;
+            for d in removed {
+                for h in st.commands.remove_device(d) {
+                    self.status(
+                        &mut st,
+                        d,
+                        &h.request.id,
+                        CommandState::Failed,
+                        None,
+                        Some("device removed".into()),
+                    );
+                }
+                if st.shadows.remove(d).await {
+                    had_shadow.push(d.clone());
+                }
+            }
+            st.commands.save_logged().await;
+        }
+        for d in removed {
+            if let Ok(mut p) = self.presence.lock() {
+                p.forget(d);
+            }
+            if let Ok(mut dirty) = self.dirty.lock() {
+                dirty.remove(d);
+            }
+        }
+        // An empty retained message clears the retained document.
+        for d in had_shadow {
+            self.publish(ShadowTopic::Document.topic(&d), Vec::new(), true)
+                .await;
+        }
+        self.flush().await;
     }
 
     /// Whether the cloud lists `device` (queue or not).
@@ -537,6 +637,11 @@ impl Inner {
     }
 
     async fn on_message(self: &Arc<Self>, m: &Message) {
+        self.handle(m).await;
+        self.flush().await;
+    }
+
+    async fn handle(self: &Arc<Self>, m: &Message) {
         if let Some((d, op)) = device::parse_shadow_topic(&m.topic) {
             self.stats.shadow_requests.fetch_add(1, Ordering::Relaxed);
             match op {
@@ -597,7 +702,10 @@ impl Inner {
                 ..device::StoreReply::default()
             };
             let inner = self.clone();
-            tokio::spawn(async move { inner.append_up(topic, json_bytes(&reply)).await });
+            // A reply is not retried: the cloud waits for it 10 s at most.
+            tokio::spawn(async move {
+                inner.append_up(topic, json_bytes(&reply)).await;
+            });
             return;
         };
         let inner = self.clone();
@@ -607,7 +715,9 @@ impl Inner {
                 tokio::task::spawn_blocking(move || history::answer(store.as_deref(), &q)).await;
             drop(permit);
             match reply {
-                Ok(reply) => inner.append_up(topic, json_bytes(&reply)).await,
+                Ok(reply) => {
+                    inner.append_up(topic, json_bytes(&reply)).await;
+                }
                 Err(e) => tracing::warn!("devices: store query failed: {e}"),
             }
         });
@@ -620,7 +730,7 @@ impl Inner {
         }
     }
 
-    async fn reject(&self, device: &str, op: ShadowTopic, e: &ShadowError, token: Option<String>) {
+    async fn reject(&self, device: &str, op: ShadowTopic, e: &UpdateError, token: Option<String>) {
         let version = self.state.lock().await.shadows.get(device).version;
         let body = ShadowRejection {
             code: e.code().to_owned(),
@@ -647,7 +757,9 @@ impl Inner {
                 .await;
             }
             false => {
-                let e = ShadowError::Invalid(format!("`{device}` is not a device name"));
+                let e = UpdateError::Shadow(ShadowError::Invalid(format!(
+                    "`{device}` is not a device name"
+                )));
                 self.reject(device, ShadowTopic::GetRejected, &e, token)
                     .await;
             }
@@ -661,7 +773,7 @@ impl Inner {
                 let token = serde_json::from_slice::<Value>(payload)
                     .ok()
                     .and_then(|v| v.get("client_token")?.as_str().map(str::to_owned));
-                self.reject(device, ShadowTopic::UpdateRejected, &e, token)
+                self.reject(device, ShadowTopic::UpdateRejected, &e.into(), token)
                     .await;
                 return;
             }
@@ -684,7 +796,7 @@ impl Inner {
         device: &str,
         update: &ShadowUpdate,
         answer: bool,
-    ) -> Result<Shadow, ShadowError> {
+    ) -> Result<Shadow, UpdateError> {
         let mut st = self.state.lock().await;
         let c = st.shadows.update(device, update, now_ms()).await?;
         if answer {
@@ -721,13 +833,22 @@ impl Inner {
         .await;
     }
 
+    /// Send the node's copy up; refused by the queue, the device is marked
+    /// and its copy (the one current then) sent again on the tick.
     async fn sync_up(&self, device: &str, doc: &Shadow) {
         let sync = ShadowSync {
             device: device.to_owned(),
             shadow: doc.clone(),
         };
-        self.append_up(DeviceChannel::Shadow.topic(device), json_bytes(&sync))
+        let sent = self
+            .append_up(DeviceChannel::Shadow.topic(device), json_bytes(&sync))
             .await;
+        if let Ok(mut dirty) = self.dirty.lock() {
+            match sent {
+                true => dirty.remove(device),
+                false => dirty.insert(device.to_owned()),
+            };
+        }
     }
 
     async fn on_cloud_shadow(&self, device: &str, payload: &[u8]) {
@@ -741,10 +862,12 @@ impl Inner {
             }
         };
         if !self.is_cloud_device(device) {
+            // Not answered: the cloud keeps its copy pending and resends
+            // it, which merges it once the agent lists the device.
             self.stats.ignored.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
+            self.ignored_shadow(
                 device,
-                "cloud shadow for a device the cloud does not manage here; ignored"
+                "cloud shadow for a device the cloud does not list here (yet); ignored until it does",
             );
             return;
         }
@@ -755,6 +878,9 @@ impl Inner {
             .await
         {
             Ok(c) => {
+                if let Ok(mut s) = self.ignored_shadows.lock() {
+                    s.remove(device);
+                }
                 if c.changed {
                     self.after_change(device, &c.shadow, c.desired_changed)
                         .await;
@@ -763,43 +889,94 @@ impl Inner {
                 // node's copy covers its own.
                 self.sync_up(device, &c.shadow).await;
             }
-            Err(e) => tracing::warn!(device, "cloud shadow not merged: {e}"),
+            Err(e) => {
+                self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                self.ignored_shadow(device, &format!("cloud shadow not merged: {e}"));
+            }
         }
     }
 
-    async fn status(
+    /// Log an ignored cloud shadow once per device (the cloud resends it
+    /// every few seconds).
+    fn ignored_shadow(&self, device: &str, why: &str) {
+        let first = self
+            .ignored_shadows
+            .lock()
+            .is_ok_and(|mut s| s.len() < MAX_SHADOWS && s.insert(device.to_owned()));
+        if first {
+            tracing::warn!(device, "{why}");
+        }
+    }
+
+    /// Add a status to the outbox (nothing without a queue); it leaves
+    /// with the next [`flush`](Self::flush), after the store holding it
+    /// was written.
+    fn status(
         &self,
+        st: &mut State,
         device: &str,
         id: &str,
         state: CommandState,
         reply: Option<Value>,
         error: Option<String>,
     ) {
-        let status = CommandStatus {
+        if self.queue.is_none() {
+            return;
+        }
+        st.commands.push_status(CommandStatus {
             id: id.to_owned(),
             device: device.to_owned(),
             state,
             at_ms: now_ms(),
             reply,
             error,
-        };
-        self.append_up(
-            DeviceChannel::CommandStatus.topic(device),
-            json_bytes(&status),
-        )
-        .await;
+        });
     }
 
-    async fn append_up(&self, topic: String, payload: Vec<u8>) {
-        let Some(q) = &self.queue else { return };
+    /// Append the outbox's statuses to the cache queue, oldest first, until
+    /// one is refused (the rest wait for the next tick). Without the state
+    /// lock while appending.
+    async fn flush(&self) {
+        let _one = self.flushing.lock().await;
+        let out = self.state.lock().await.commands.outbox();
+        let mut last = None;
+        for o in out {
+            let s = &o.status;
+            if !self
+                .append_up(DeviceChannel::CommandStatus.topic(&s.device), json_bytes(s))
+                .await
+            {
+                break;
+            }
+            last = Some(o.seq);
+        }
+        // Written out with the next save (a status appended twice after a
+        // crash is harmless).
+        if let Some(seq) = last {
+            self.state.lock().await.commands.sent_up_to(seq);
+        }
+    }
+
+    /// Append to the cache queue; whether it took the message.
+    async fn append_up(&self, topic: String, payload: Vec<u8>) -> bool {
+        let Some(q) = &self.queue else { return true };
         let record = Record {
             topic,
             payload: Bytes::from(payload),
             time_ms: verge_net::now_ms(),
         };
-        if let Err(e) = q.append(&self.lane, vec![record]).await {
-            self.stats.upstream_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(lane = %self.lane, "devices: upstream append failed: {e}");
+        match q.append(&self.lane, vec![record]).await {
+            Ok(_) => {
+                self.up_failing.store(false, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.stats.upstream_failed.fetch_add(1, Ordering::Relaxed);
+                if !self.up_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(lane = %self.lane, "devices: upstream append failed (retried): {e}");
+                }
+                false
+            }
         }
     }
 
@@ -845,34 +1022,32 @@ impl Inner {
         };
         if let Some((state, error)) = refused {
             if st.commands.take_known(&id) {
-                drop(st);
-                self.status(device, &id, CommandState::Sent, None, None)
-                    .await;
+                self.status(&mut st, device, &id, CommandState::Sent, None, None);
                 return;
             }
             st.commands.remember(&id);
-            st.commands.save().await;
-            drop(st);
-            self.status(device, &id, state, None, error).await;
+            self.status(&mut st, device, &id, state, None, error);
+            st.commands.save_logged().await;
             return;
         }
         match st.commands.take(req) {
             Taken::Known => {
-                drop(st);
-                self.status(device, &id, CommandState::Sent, None, None)
-                    .await;
+                self.status(&mut st, device, &id, CommandState::Sent, None, None);
             }
             Taken::Refused(why) => {
                 st.commands.remember(&id);
-                st.commands.save().await;
-                drop(st);
-                self.status(device, &id, CommandState::Failed, None, Some(why))
-                    .await;
+                self.status(&mut st, device, &id, CommandState::Failed, None, Some(why));
+                st.commands.save_logged().await;
             }
             Taken::New => {
-                st.commands.save().await;
-                self.status(device, &id, CommandState::Sent, None, None)
-                    .await;
+                // Acknowledged only once on disk: otherwise not held, and
+                // the cloud's resend is taken again.
+                if let Err(e) = st.commands.save().await {
+                    st.commands.untake(&id);
+                    tracing::error!(device, id, "command not taken: {e}");
+                    return;
+                }
+                self.status(&mut st, device, &id, CommandState::Sent, None, None);
                 if self.connected(device) {
                     self.deliver(&mut st, device, |h| h.request.id == id).await;
                 }
@@ -914,35 +1089,40 @@ impl Inner {
             }
             self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
             if st.commands.handed_over(&r.id, now_ms()) {
-                self.status(device, &r.id, CommandState::Delivered, None, None)
-                    .await;
+                self.status(st, device, &r.id, CommandState::Delivered, None, None);
             }
         }
-        st.commands.save().await;
+        st.commands.save_logged().await;
     }
 
+    /// A device's reply: the command finished and its status put in the
+    /// outbox in one write (the status leaves with the flush after).
     async fn on_reply(&self, device: &str, id: &str, failed: bool, payload: &[u8]) {
         let mut st = self.state.lock().await;
         if st.commands.finish(device, id).is_none() {
             tracing::debug!(device, id, "reply for no command the node holds; ignored");
             return;
         }
-        st.commands.save().await;
-        drop(st);
         let text = || String::from_utf8_lossy(payload).into_owned();
         if failed {
             let error = match serde_json::from_slice::<Value>(payload) {
                 Ok(Value::String(s)) => s,
                 _ => text(),
             };
-            self.status(device, id, CommandState::Failed, None, Some(error))
-                .await;
+            self.status(&mut st, device, id, CommandState::Failed, None, Some(error));
         } else {
             let reply =
                 serde_json::from_slice::<Value>(payload).unwrap_or_else(|_| Value::String(text()));
-            self.status(device, id, CommandState::Replied, Some(reply), None)
-                .await;
+            self.status(
+                &mut st,
+                device,
+                id,
+                CommandState::Replied,
+                Some(reply),
+                None,
+            );
         }
+        st.commands.save_logged().await;
     }
 
     async fn on_tick(&self) {
@@ -956,16 +1136,23 @@ impl Inner {
             .store(st.commands.len() as u64, Ordering::Relaxed);
         let expired = st.commands.expire(now_ms());
         if !expired.is_empty() {
-            st.commands.save().await;
             for h in &expired {
                 self.status(
+                    &mut st,
                     &h.request.device,
                     &h.request.id,
                     CommandState::Expired,
                     None,
                     None,
-                )
-                .await;
+                );
+            }
+            st.commands.save_logged().await;
+        }
+        // Commands for a driver's device never handed over (held before
+        // its driver started, or at a restart).
+        for device in st.commands.undelivered() {
+            if self.driven(&device) {
+                self.deliver(&mut st, &device, |h| !h.delivered).await;
             }
         }
         // Devices that connected a moment ago: everything they are held.
@@ -987,6 +1174,24 @@ impl Inner {
                 self.deliver(&mut st, &device, |h| h.delivered && h.handed_ms < cutoff)
                     .await;
             }
+        }
+        drop(st);
+        // What the queue refused before: statuses, then shadows.
+        self.flush().await;
+        let dirty: Vec<String> = self
+            .dirty
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
+        for device in dirty {
+            if !self.is_cloud_device(&device) {
+                if let Ok(mut d) = self.dirty.lock() {
+                    d.remove(&device);
+                }
+                continue;
+            }
+            let doc = self.state.lock().await.shadows.get(&device);
+            self.sync_up(&device, &doc).await;
         }
     }
 }

@@ -76,6 +76,14 @@ impl Presence {
         (e.connected && !was).then_some(user)
     }
 
+    /// Forget the last state of `device` (the cloud removed it); a device
+    /// still connected keeps its connection.
+    pub fn forget(&mut self, device: &str) {
+        if !self.connected(device) {
+            self.seen.remove(device);
+        }
+    }
+
     /// Whether `device` has a connection.
     pub fn connected(&self, device: &str) -> bool {
         self.conns.values().any(|c| c.device == device)

@@ -21,6 +21,27 @@ pub fn valid_device(device: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
 }
 
+/// Why a change was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// Refused by the shadow's rules (version, shape, size, name, room).
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+    /// Its file could not be written: nothing changed.
+    #[error("the shadow could not be saved: {0}")]
+    Storage(String),
+}
+
+impl UpdateError {
+    /// [`ShadowError::code`], or `storage_error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpdateError::Shadow(e) => e.code(),
+            UpdateError::Storage(_) => "storage_error",
+        }
+    }
+}
+
 /// What an accepted change did.
 #[derive(Debug, Clone)]
 pub struct Changed {
@@ -109,14 +130,14 @@ impl Shadows {
         device: &str,
         update: &ShadowUpdate,
         now_ms: u64,
-    ) -> Result<Changed, ShadowError> {
+    ) -> Result<Changed, UpdateError> {
         self.room_for(device)?;
         let mut doc = self.get(device);
         let before = doc.desired.clone();
         let changed = doc.apply(update, now_ms)?;
         let desired_changed = doc.desired != before;
         if changed {
-            self.store(device, doc.clone()).await;
+            self.store(device, doc.clone()).await?;
         }
         Ok(Changed {
             shadow: doc,
@@ -132,14 +153,14 @@ impl Shadows {
         device: &str,
         cloud: &Shadow,
         now_ms: u64,
-    ) -> Result<Changed, ShadowError> {
+    ) -> Result<Changed, UpdateError> {
         self.room_for(device)?;
         let mut doc = self.get(device);
         let before = doc.desired.clone();
         let changed = doc.merge_from_cloud(cloud, now_ms);
         let desired_changed = doc.desired != before;
         if changed {
-            self.store(device, doc.clone()).await;
+            self.store(device, doc.clone()).await?;
         }
         Ok(Changed {
             shadow: doc,
@@ -162,26 +183,38 @@ impl Shadows {
         Ok(())
     }
 
-    /// Keep `doc` and write its file (a failed write is logged: the copy
-    /// in memory stays authoritative until the next change writes again).
-    async fn store(&mut self, device: &str, doc: Shadow) {
+    /// Write `doc`'s file, then keep it; a failed write keeps nothing (the
+    /// change is refused, the copy in memory stays the one on disk).
+    async fn store(&mut self, device: &str, doc: Shadow) -> Result<(), UpdateError> {
         let path = self.dir.join(format!("{device}.json"));
-        match serde_json::to_vec(&doc) {
-            Ok(bytes) => {
-                let write = tokio::task::spawn_blocking(move || {
-                    verge_net::fs::write_atomic(&path, &bytes, 0o600)
-                        .map_err(|e| format!("{}: {e}", path.display()))
-                })
-                .await;
-                match write {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(device, "shadow not saved: {e}"),
-                    Err(e) => tracing::error!(device, "shadow not saved: {e}"),
-                }
-            }
-            Err(e) => tracing::error!(device, "shadow not serialized: {e}"),
-        }
+        let bytes = serde_json::to_vec(&doc).map_err(|e| UpdateError::Storage(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            verge_net::fs::write_atomic(&path, &bytes, 0o600)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .await
+        .map_err(|e| UpdateError::Storage(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(device, "shadow not saved: {e}");
+            UpdateError::Storage(e)
+        })?;
         self.docs.insert(device.to_owned(), doc);
+        Ok(())
+    }
+
+    /// Forget `device`'s shadow and delete its file; whether it had one.
+    pub async fn remove(&mut self, device: &str) -> bool {
+        if self.docs.remove(device).is_none() {
+            return false;
+        }
+        let path = self.dir.join(format!("{device}.json"));
+        let res = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
+        if let Ok(Err(e)) = res
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(device, "shadow file not deleted: {e}");
+        }
+        true
     }
 }
 

@@ -14,7 +14,7 @@ use verge_protocol::device::{Shadow, ShadowError, ShadowUpdate};
 
 use super::ApiState;
 use super::AppError;
-use crate::devices::Devices;
+use crate::devices::{Devices, UpdateError};
 
 /// The routes, to nest under `/api`.
 pub fn routes() -> Router<ApiState> {
@@ -41,6 +41,15 @@ fn shadow_error(e: ShadowError) -> AppError {
         ShadowError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
     };
     AppError::new(status, e.code(), e.to_string())
+}
+
+fn update_error(e: UpdateError) -> AppError {
+    match e {
+        UpdateError::Shadow(e) => shadow_error(e),
+        e @ UpdateError::Storage(_) => {
+            AppError::new(StatusCode::INTERNAL_SERVER_ERROR, e.code(), e.to_string())
+        }
+    }
 }
 
 fn body(device: &str, doc: &Shadow) -> Json<Value> {
@@ -104,6 +113,6 @@ async fn patch_shadow(
     let doc = d
         .update_shadow(&device, &update)
         .await
-        .map_err(shadow_error)?;
+        .map_err(update_error)?;
     Ok(body(&device, &doc))
 }
