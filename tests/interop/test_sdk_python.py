@@ -155,14 +155,16 @@ def test_the_offline_buffer_bound_holds(node):
     try:
         node.stop()
         wait_for("the device to see the connection drop", lambda: not d.connected, 10)
+        # like the Rust SDK: every send is taken, the oldest are dropped
         taken = [d.send_telemetry({"seq": i}) for i in range(10)]
-        assert taken == [True] * 4 + [False] * 6
+        assert taken == [True] * 10
         assert d.dropped == 6
         node.start()
         assert d.wait_connected(15)
-        wait_for("the buffered readings stored", lambda: stored_seqs(node, "sdk3") == [0, 1, 2, 3])
+        wait_for("the newest buffered readings stored",
+                 lambda: stored_seqs(node, "sdk3") == [6, 7, 8, 9])
         time.sleep(1.5)  # nothing else arrives
-        assert stored_seqs(node, "sdk3") == [0, 1, 2, 3]
+        assert stored_seqs(node, "sdk3") == [6, 7, 8, 9]
     finally:
         d.close()
 

@@ -40,15 +40,43 @@
 //! `desired` and the node wins `reported`. So a desired value set in the
 //! cloud while the node was offline and a reported value set by the device
 //! meanwhile are both kept, and two edits of one key keep the later one.
+//!
+//! Bounds: each side (its values and their metadata, as JSON) has its own
+//! cap, [`MAX_SIDE_BYTES`] (about 32 KiB): an update that leaves a side
+//! larger than it was and larger than the cap is refused, any other update
+//! is taken. So a merge that takes `desired` from one copy and `reported`
+//! from the other stays under [`MAX_SHADOW_BYTES`]. A merge that combines
+//! both copies' keys of one side is never refused (the copies must
+//! converge) and may pass that side's cap; the side then takes only
+//! updates that do not grow it (removals, smaller values) until it is
+//! under the cap again. Removals leave tombstones; a copy drops those
+//! older than [`TOMBSTONE_MAX_AGE_MS`] (30 days) when it changes, or when
+//! its owner calls [`Shadow::prune_tombstones`], and remembers per side up
+//! to when it dropped them ([`PrunedUntil`]): a key a copy has no metadata
+//! for counts as removed at that time, so the other copy's older value
+//! does not come back, and the other copy removes it when it merges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Largest shadow document (desired + reported + metadata, as JSON) a
-/// node or the cloud keeps; an update that would pass it is refused.
+/// Largest side of a shadow (`desired` with its metadata, or `reported`
+/// with its metadata, as JSON) an update may leave: an update that makes a
+/// side larger than it was and larger than this is refused. Each side has
+/// its own cap, so a merge that takes one side from each copy cannot pass
+/// [`MAX_SHADOW_BYTES`]; a merge that combines both copies' keys of one
+/// side may pass the side's cap (the merge is never refused, both copies
+/// must converge): that side then takes only updates that do not grow it.
+pub const MAX_SIDE_BYTES: usize = 32 * 1024 - 128;
+
+/// What a shadow document built by updates stays under: two sides of
+/// [`MAX_SIDE_BYTES`] and the version, timestamp and field names.
 pub const MAX_SHADOW_BYTES: usize = 64 * 1024;
+
+/// How long a removal's tombstone is kept ([`Shadow::prune_tombstones`];
+/// [`Shadow::apply`] drops older ones when it changes a copy): 30 days.
+pub const TOMBSTONE_MAX_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// The user property of a command message naming its id (5.0 devices
 /// also get it as correlation data).
@@ -262,6 +290,49 @@ pub struct ShadowMetadata {
     pub desired: BTreeMap<String, KeyMeta>,
     /// Keys of `reported`.
     pub reported: BTreeMap<String, KeyMeta>,
+    /// Per side, the time of the newest removal this copy forgot
+    /// ([`Shadow::prune_tombstones`]).
+    #[serde(skip_serializing_if = "PrunedUntil::is_zero")]
+    pub pruned_until: PrunedUntil,
+}
+
+/// Per side, the time (ms since the Unix epoch) up to which this copy
+/// dropped its tombstones: a key of that side with no metadata here counts
+/// as removed at that time, so a value older than a forgotten removal,
+/// still held by the other copy, does not come back. 0: nothing dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrunedUntil {
+    /// Of `desired`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub desired: u64,
+    /// Of `reported`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reported: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl PrunedUntil {
+    fn is_zero(&self) -> bool {
+        self.desired == 0 && self.reported == 0
+    }
+
+    fn get(&self, side: Side) -> u64 {
+        match side {
+            Side::Desired => self.desired,
+            Side::Reported => self.reported,
+        }
+    }
+
+    fn get_mut(&mut self, side: Side) -> &mut u64 {
+        match side {
+            Side::Desired => &mut self.desired,
+            Side::Reported => &mut self.reported,
+        }
+    }
 }
 
 /// Which half of a shadow.
@@ -271,6 +342,16 @@ pub enum Side {
     Desired,
     /// What the device says it is.
     Reported,
+}
+
+impl Side {
+    /// `desired` or `reported`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Desired => "desired",
+            Side::Reported => "reported",
+        }
+    }
 }
 
 /// One device's shadow.
@@ -341,12 +422,15 @@ pub enum ShadowError {
     /// The update is not a JSON object of the documented shape.
     #[error("invalid shadow update: {0}")]
     Invalid(String),
-    /// The document would pass [`MAX_SHADOW_BYTES`].
-    #[error("the shadow would be {size} bytes; at most {max} are kept")]
+    /// The update would make a side larger than it is and larger than
+    /// [`MAX_SIDE_BYTES`].
+    #[error("the shadow's {} would be {size} bytes; at most {max} are kept", side.as_str())]
     TooLarge {
-        /// The size it would have.
+        /// The side that would grow past its cap.
+        side: Side,
+        /// The size it would have (its values and metadata as JSON).
         size: usize,
-        /// [`MAX_SHADOW_BYTES`].
+        /// [`MAX_SIDE_BYTES`].
         max: usize,
     },
 }
@@ -406,7 +490,11 @@ impl Shadow {
     /// Apply an update made at `now_ms`: checks the version, sets and
     /// removes keys, bumps the version. Returns whether anything changed
     /// (an update that sets every key to its current value changes
-    /// nothing and keeps the version). On error the shadow is unchanged.
+    /// nothing and keeps the version). An update that leaves a side larger
+    /// than it was and larger than [`MAX_SIDE_BYTES`] is refused; one that
+    /// shrinks an over-cap side (after a merge) is taken. A change also
+    /// drops tombstones older than [`TOMBSTONE_MAX_AGE_MS`]. On error the
+    /// shadow is unchanged.
     pub fn apply(&mut self, update: &ShadowUpdate, now_ms: u64) -> Result<bool, ShadowError> {
         if let Some(given) = update.version
             && given != self.version
@@ -433,11 +521,59 @@ impl Shadow {
         if !changed {
             return Ok(false);
         }
+        next.drop_tombstones(now_ms, TOMBSTONE_MAX_AGE_MS);
+        for side in [Side::Desired, Side::Reported] {
+            let size = next.side_size(side);
+            if size > MAX_SIDE_BYTES && size > self.side_size(side) {
+                return Err(ShadowError::TooLarge {
+                    side,
+                    size,
+                    max: MAX_SIDE_BYTES,
+                });
+            }
+        }
         next.version += 1;
         next.timestamp = now_ms;
-        next.check_size()?;
         *self = next;
         Ok(true)
+    }
+
+    /// Drop the tombstones (removed keys' metadata) of both sides whose
+    /// edit is older than `max_age_ms` at `now_ms`; returns how many. Each
+    /// side's [`PrunedUntil`] moves to the newest one dropped, so a key
+    /// this copy has no metadata for counts as removed at that time: the
+    /// other copy's older value of a key whose removal was forgotten here
+    /// does not come back on a merge, and is removed there when it merges
+    /// this copy. The cost: an edit made before that time that never
+    /// reached this copy (a node offline longer than `max_age_ms`) counts
+    /// as removed too. Bumps the version when anything was dropped.
+    pub fn prune_tombstones(&mut self, now_ms: u64, max_age_ms: u64) -> usize {
+        let dropped = self.drop_tombstones(now_ms, max_age_ms);
+        if dropped > 0 {
+            self.version += 1;
+            self.timestamp = self.timestamp.max(now_ms);
+        }
+        dropped
+    }
+
+    /// [`Shadow::prune_tombstones`] without the version bump.
+    fn drop_tombstones(&mut self, now_ms: u64, max_age_ms: u64) -> usize {
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let mut dropped = 0;
+        for side in [Side::Desired, Side::Reported] {
+            let mut newest = self.metadata.pruned_until.get(side);
+            let (_, meta) = self.half(side);
+            meta.retain(|_, m| {
+                let old = m.deleted && m.ts < cutoff;
+                if old {
+                    newest = newest.max(m.ts);
+                    dropped += 1;
+                }
+                !old
+            });
+            *self.metadata.pruned_until.get_mut(side) = newest;
+        }
+        dropped
     }
 
     fn half(&mut self, side: Side) -> (&mut Map<String, Value>, &mut BTreeMap<String, KeyMeta>) {
@@ -494,8 +630,12 @@ impl Shadow {
 
     /// Merge the other copy's `side` into this one by the conflict rule
     /// (per key, the later edit wins; on equal times the `ties_to_remote`
-    /// side wins). Returns whether this copy changed; the version is
-    /// bumped once when it did.
+    /// side wins; a key a copy has no metadata for counts as removed at
+    /// its [`PrunedUntil`]). This copy's `PrunedUntil` of the side becomes
+    /// the later of both, and tombstones at or before it are dropped. The
+    /// merge is never refused for size: it may leave the side over
+    /// [`MAX_SIDE_BYTES`] (see there). Returns whether this copy changed;
+    /// the version is bumped once when it did.
     pub fn merge_side(
         &mut self,
         side: Side,
@@ -507,26 +647,48 @@ impl Shadow {
             Side::Desired => (&remote.desired, &remote.metadata.desired),
             Side::Reported => (&remote.reported, &remote.metadata.reported),
         };
+        let remote_pruned = remote.metadata.pruned_until.get(side);
+        let local_pruned = self.metadata.pruned_until.get(side);
+        let pruned = local_pruned.max(remote_pruned);
+        let mut changed = pruned != local_pruned;
+        *self.metadata.pruned_until.get_mut(side) = pruned;
         let (values, meta) = self.half(side);
-        let mut changed = false;
-        for (key, theirs) in remote_meta {
-            let ours = meta.get(key).copied().unwrap_or_default();
-            let take = theirs.ts > ours.ts || (theirs.ts == ours.ts && ties_to_remote);
-            if !take {
-                continue;
-            }
-            let value = if theirs.deleted {
-                None
+        let forgotten = |at: u64| KeyMeta {
+            ts: at,
+            deleted: true,
+        };
+        let keys: BTreeSet<String> = meta.keys().chain(remote_meta.keys()).cloned().collect();
+        for key in keys {
+            let ours = meta.get(&key).copied();
+            let theirs = remote_meta
+                .get(&key)
+                .copied()
+                .unwrap_or(forgotten(remote_pruned));
+            let ours_eff = ours.unwrap_or(forgotten(local_pruned));
+            let take = theirs.ts > ours_eff.ts || (theirs.ts == ours_eff.ts && ties_to_remote);
+            let (winner, value) = if take {
+                let value = if theirs.deleted {
+                    None
+                } else {
+                    remote_values.get(&key).cloned()
+                };
+                (theirs, value)
             } else {
-                remote_values.get(key).cloned()
+                (ours_eff, values.get(&key).cloned())
             };
-            if value.as_ref() != values.get(key) || ours != *theirs {
+            // a removal at or before the horizon is implied by it
+            let keep_meta = !(winner.deleted && winner.ts <= pruned);
+            let new_meta = keep_meta.then_some(winner);
+            if value.as_ref() != values.get(&key) || new_meta != ours {
                 changed = true;
                 match value {
                     Some(v) => values.insert(key.clone(), v),
-                    None => values.remove(key),
+                    None => values.remove(&key),
                 };
-                meta.insert(key.clone(), *theirs);
+                match new_meta {
+                    Some(m) => meta.insert(key, m),
+                    None => meta.remove(&key),
+                };
             }
         }
         if changed {
@@ -553,32 +715,41 @@ impl Shadow {
     }
 
     /// Whether `other` has every edit of this copy (each key's edit time
-    /// there is at least this copy's): the cloud stops resending its copy
-    /// once the node's copy covers it.
+    /// there is at least this copy's, a key `other` has no metadata for
+    /// counting as removed at its [`PrunedUntil`], which must be at least
+    /// this copy's): the cloud stops resending its copy once the node's
+    /// copy covers it.
     pub fn covered_by(&self, other: &Shadow) -> bool {
-        let covers = |mine: &BTreeMap<String, KeyMeta>, theirs: &BTreeMap<String, KeyMeta>| {
-            mine.iter()
-                .all(|(k, m)| theirs.get(k).is_some_and(|t| t.ts >= m.ts))
-        };
-        covers(&self.metadata.desired, &other.metadata.desired)
-            && covers(&self.metadata.reported, &other.metadata.reported)
+        [Side::Desired, Side::Reported].into_iter().all(|side| {
+            let (mine, theirs) = match side {
+                Side::Desired => (&self.metadata.desired, &other.metadata.desired),
+                Side::Reported => (&self.metadata.reported, &other.metadata.reported),
+            };
+            let their_pruned = other.metadata.pruned_until.get(side);
+            their_pruned >= self.metadata.pruned_until.get(side)
+                && mine
+                    .iter()
+                    .all(|(k, m)| theirs.get(k).map_or(their_pruned >= m.ts, |t| t.ts >= m.ts))
+        })
     }
 
     /// The document's size as JSON.
     pub fn size(&self) -> usize {
-        serde_json::to_vec(self).map_or(usize::MAX, |v| v.len())
+        json_len(self)
     }
 
-    fn check_size(&self) -> Result<(), ShadowError> {
-        let size = self.size();
-        if size > MAX_SHADOW_BYTES {
-            return Err(ShadowError::TooLarge {
-                size,
-                max: MAX_SHADOW_BYTES,
-            });
+    /// The size of one side: its values and its metadata, as JSON (what
+    /// [`MAX_SIDE_BYTES`] bounds).
+    pub fn side_size(&self, side: Side) -> usize {
+        match side {
+            Side::Desired => json_len(&self.desired) + json_len(&self.metadata.desired),
+            Side::Reported => json_len(&self.reported) + json_len(&self.metadata.reported),
         }
-        Ok(())
     }
+}
+
+fn json_len<T: Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).map_or(usize::MAX, |v| v.len())
 }
 
 /// RFC 7396 merge patch of `patch` into `target` (nulls inside objects
@@ -1049,6 +1220,185 @@ mod tests {
         n.merge_from_cloud(&c, 10);
         assert!(!n.desired.contains_key("k"));
         assert!(!cloud.covered_by(&Shadow::default()));
+    }
+
+    #[test]
+    fn regression_a_merge_past_the_cap_still_takes_updates_that_do_not_grow_it() {
+        let blob = |c: &str| c.repeat(30_000);
+        let mut node = Shadow::default();
+        node.apply(
+            &update(json!({"desired": {"a": blob("a")}, "reported": {"r": blob("r")}})),
+            10,
+        )
+        .unwrap();
+        let mut cloud = Shadow::default();
+        cloud
+            .apply(&update(json!({"desired": {"b": blob("b")}})), 20)
+            .unwrap();
+        // each copy is under the caps; the merge keeps both desired keys
+        assert!(node.merge_from_cloud(&cloud, 30));
+        assert!(node.desired.contains_key("a") && node.desired.contains_key("b"));
+        assert!(node.side_size(Side::Desired) > MAX_SIDE_BYTES);
+        assert!(node.size() > MAX_SHADOW_BYTES);
+        // growing the over-cap side is refused, and changes nothing
+        let before = node.clone();
+        let err = node
+            .apply(&update(json!({"desired": {"c": 1}})), 40)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ShadowError::TooLarge {
+                side: Side::Desired,
+                ..
+            }
+        ));
+        assert_eq!(err.code(), "too_large");
+        assert_eq!(node, before);
+        // the other side, under its cap, still takes reports
+        assert!(
+            node.apply(&update(json!({"reported": {"t": 21}})), 41)
+                .unwrap()
+        );
+        // a removal shrinks the desired side: taken
+        assert!(
+            node.apply(&update(json!({"desired": {"a": null}})), 42)
+                .unwrap()
+        );
+        assert!(node.side_size(Side::Desired) <= MAX_SIDE_BYTES);
+        assert!(
+            node.apply(&update(json!({"desired": {"c": 1}})), 43)
+                .unwrap()
+        );
+        // a report that would pass the reported cap is refused
+        let err = node
+            .apply(&update(json!({"reported": {"big": blob("x")}})), 44)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ShadowError::TooLarge {
+                side: Side::Reported,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn one_side_full_on_each_copy_merges_within_the_total() {
+        let fill = MAX_SIDE_BYTES - 64;
+        let mut node = Shadow::default();
+        node.apply(&update(json!({"reported": {"r": "r".repeat(fill)}})), 1)
+            .unwrap();
+        let mut cloud = Shadow::default();
+        cloud
+            .apply(&update(json!({"desired": {"d": "d".repeat(fill)}})), 2)
+            .unwrap();
+        node.merge_from_cloud(&cloud, 3);
+        node.version = u64::MAX;
+        node.timestamp = u64::MAX;
+        assert!(node.side_size(Side::Desired) <= MAX_SIDE_BYTES);
+        assert!(node.size() <= MAX_SHADOW_BYTES, "{}", node.size());
+    }
+
+    #[test]
+    fn old_tombstones_are_pruned_young_ones_and_values_kept() {
+        let day = 24 * 60 * 60 * 1000;
+        let mut s = Shadow::default();
+        s.apply(&update(json!({"desired": {"a": 1, "b": 2, "c": 3}})), day)
+            .unwrap();
+        s.apply(&update(json!({"desired": {"a": null}})), 2 * day)
+            .unwrap();
+        s.apply(&update(json!({"desired": {"b": null}})), 20 * day)
+            .unwrap();
+        let v = s.version;
+        assert_eq!(s.prune_tombstones(31 * day, TOMBSTONE_MAX_AGE_MS), 0);
+        assert_eq!(s.prune_tombstones(33 * day, TOMBSTONE_MAX_AGE_MS), 1);
+        assert_eq!(s.version, v + 1);
+        assert!(!s.metadata.desired.contains_key("a"));
+        assert!(s.metadata.desired["b"].deleted, "younger tombstone kept");
+        assert!(
+            s.metadata.desired.contains_key("c"),
+            "values keep their metadata"
+        );
+        assert_eq!(s.metadata.pruned_until.desired, 2 * day);
+        assert_eq!(s.metadata.pruned_until.reported, 0);
+        let back: Shadow = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        // a change drops tombstones past the age by itself
+        s.apply(&update(json!({"desired": {"c": 4}})), 60 * day)
+            .unwrap();
+        assert!(!s.metadata.desired.contains_key("b"));
+        assert_eq!(s.metadata.pruned_until.desired, 20 * day);
+    }
+
+    #[test]
+    fn regression_a_pruned_tombstone_does_not_resurrect_the_other_copys_value() {
+        let day = 24 * 60 * 60 * 1000;
+        let mut node = Shadow::default();
+        node.apply(
+            &update(json!({"desired": {"k": "v", "keep": 1}, "reported": {"k": "v"}})),
+            day,
+        )
+        .unwrap();
+        let mut cloud = Shadow::default();
+        cloud.merge_from_node(&node, day + 1);
+        // the link goes down; the node removes k on both sides, and forgets
+        // the removals a month later
+        node.apply(
+            &update(json!({"desired": {"k": null}, "reported": {"k": null}})),
+            2 * day,
+        )
+        .unwrap();
+        assert_eq!(node.prune_tombstones(40 * day, TOMBSTONE_MAX_AGE_MS), 2);
+        assert!(!node.metadata.desired.contains_key("k"));
+        // the cloud's older copy comes back: k stays removed on the node...
+        assert!(!node.clone().merge_from_cloud(&cloud, 41 * day));
+        node.merge_from_cloud(&cloud, 41 * day);
+        assert!(!node.desired.contains_key("k") && !node.reported.contains_key("k"));
+        assert_eq!(node.desired["keep"], json!(1));
+        // ...and the cloud, merging the node's copy, removes it too
+        assert!(!cloud.covered_by(&Shadow::default()));
+        cloud.merge_from_node(&node, 41 * day);
+        assert!(!cloud.desired.contains_key("k") && !cloud.reported.contains_key("k"));
+        assert_eq!(cloud.desired["keep"], json!(1));
+        assert_eq!(cloud.metadata, node.metadata, "the copies converge");
+        assert!(cloud.covered_by(&node) && node.covered_by(&cloud));
+        // a later edit of k is a new value, taken by both
+        cloud
+            .apply(&update(json!({"desired": {"k": "new"}})), 42 * day)
+            .unwrap();
+        node.merge_from_cloud(&cloud, 42 * day);
+        assert_eq!(node.desired["k"], json!("new"));
+    }
+
+    #[test]
+    fn a_tombstone_pruned_on_one_copy_only_is_still_covered() {
+        let day = 24 * 60 * 60 * 1000;
+        let mut cloud = Shadow::default();
+        cloud
+            .apply(&update(json!({"desired": {"k": 1}})), day)
+            .unwrap();
+        cloud
+            .apply(&update(json!({"desired": {"k": null}})), 2 * day)
+            .unwrap();
+        let mut node = Shadow::default();
+        node.merge_from_cloud(&cloud, 2 * day);
+        assert!(cloud.covered_by(&node));
+        // the node forgets the removal, the cloud still has its tombstone
+        node.prune_tombstones(40 * day, TOMBSTONE_MAX_AGE_MS);
+        assert!(node.metadata.desired.is_empty());
+        assert!(cloud.covered_by(&node), "the node's horizon covers it");
+        // the cloud's tombstone does not come back to the node
+        assert!(!node.merge_from_cloud(&cloud, 41 * day));
+        // the other way: the cloud pruned, the node did not: the node's
+        // copy lacks the cloud's horizon until it merges the cloud's copy
+        let mut cloud2 = cloud.clone();
+        let mut node2 = Shadow::default();
+        node2.merge_from_cloud(&cloud2, 3 * day);
+        cloud2.prune_tombstones(40 * day, TOMBSTONE_MAX_AGE_MS);
+        assert!(!cloud2.covered_by(&node2));
+        assert!(node2.merge_from_cloud(&cloud2, 41 * day));
+        assert!(node2.metadata.desired.is_empty());
+        assert!(cloud2.covered_by(&node2));
     }
 
     #[test]

@@ -28,8 +28,8 @@ mod validate;
 use std::sync::Arc;
 
 pub use action::{
-    Action, ActionError, ActionStatus, Alarms, FunctionInvoker, FunctionMessage, InvokeError,
-    Output, TelemetryPoint, TelemetryStore, Upstream,
+    Action, ActionError, ActionStatus, AlarmMemory, Alarms, FunctionInvoker, FunctionMessage,
+    InvokeError, Output, TelemetryPoint, TelemetryStore, Upstream,
 };
 pub use config::{ActionKind, RuleConfig, RuleEngineConfig};
 pub use dry_run::{MAX_TEST_ROWS, MAX_TEST_SAMPLES, Sample, SampleError, TestOutput, dry_run};
@@ -53,6 +53,9 @@ pub struct Services {
     pub upstream: Option<Arc<dyn Upstream>>,
     /// Where `alarm` actions' events go (the cloud link and the local broker).
     pub alarms: Option<Arc<dyn Alarms>>,
+    /// The last alarm event sent per (device, alarm type), shared by every
+    /// `alarm` action, so only changes are sent (see [`AlarmMemory`]).
+    pub alarm_memory: Arc<AlarmMemory>,
 }
 
 impl Services {
@@ -64,6 +67,7 @@ impl Services {
             store: None,
             upstream: None,
             alarms: None,
+            alarm_memory: Arc::new(AlarmMemory::new()),
         }
     }
 }

@@ -31,6 +31,7 @@ def dev():
         return Sent()
 
     d._client.publish = publish
+    d._connected.set()  # as after connect(): sends go straight to paho
     yield d
     d._dispatch.put(None)
 
@@ -79,10 +80,85 @@ def test_telemetry_and_events_are_json_on_qos1(dev):
         dev.send_event("a/b", 1)
 
 
-def test_a_full_buffer_drops_and_counts(dev):
-    dev._client.publish = lambda *a, **k: Sent(mqtt.MQTT_ERR_QUEUE_SIZE)
-    assert dev.send_telemetry({"x": 1}) is False
-    assert dev.dropped == 1
+class Client:
+    """What `_on_connect` uses of paho's client."""
+
+    def __init__(self):
+        self._out_messages = {}
+
+    def subscribe(self, subs):
+        pass
+
+
+def connect(d, client=None):
+    d._on_connect(client or Client(), None, None, mqtt.ReasonCode(PacketTypes.CONNACK, "Success"),
+                  None)
+
+
+def drain(d):
+    out = []
+    while not d.out.empty():
+        out.append(d.out.get_nowait())
+    return out
+
+
+def seqs(sent):
+    return [json.loads(p)["seq"] for t, p, _ in sent if t == "devices/d1/telemetry"]
+
+
+def test_offline_a_full_buffer_drops_the_oldest_and_flushes_the_newest_in_order():
+    d = Device("mqtt://127.0.0.1:1", "d1", "s", offline_buffer=4)
+    d.out = queue.Queue()
+    d._client.publish = lambda t, p=None, qos=0, retain=False, properties=None: (
+        d.out.put((t, p, properties)), Sent())[1]
+    try:
+        # never connected yet, then disconnected: the same
+        taken = [d.send_telemetry({"seq": i}) for i in range(10)]
+        assert taken == [True] * 10, "a send never fails because of the buffer"
+        assert d.dropped == 6
+        assert drain(d) == [], "nothing goes to paho while disconnected"
+        connect(d)
+        assert seqs(drain(d)) == [6, 7, 8, 9], "the newest, in order"
+        # connected: straight to paho
+        assert d.send_telemetry({"seq": 10})
+        assert seqs(drain(d)) == [10]
+        d._on_disconnect(None, None, None, None, None)
+        d.send_event("door", {"open": True})
+        d.send_telemetry({"seq": 11})
+        connect(d)
+        sent = drain(d)
+        assert [t for t, _, _ in sent] == ["devices/d1/events/door", "devices/d1/telemetry"]
+        assert d.dropped == 6
+    finally:
+        d._dispatch.put(None)
+
+
+def test_buffered_messages_wait_for_the_resent_ones_and_for_room_in_paho(dev):
+    # paho still holds an unacknowledged message at the reconnect: it goes
+    # first (paho resends it after on_connect); the buffer follows its PUBACK
+    dev._on_disconnect(None, None, None, None, None)
+    dev.send_telemetry({"seq": 1})
+    client = Client()
+    client._out_messages = {7: object()}
+    connect(dev, client)
+    assert drain(dev) == []
+    dev._on_publish(None, None, 7, None, None)
+    assert seqs(drain(dev)) == [1]
+    # paho is full while connected: the message waits for a PUBACK
+    full = [True]
+    publish = dev._client.publish
+
+    def maybe_full(*a, **k):
+        return Sent(mqtt.MQTT_ERR_QUEUE_SIZE) if full[0] else publish(*a, **k)
+
+    dev._client.publish = maybe_full
+    assert dev.send_telemetry({"seq": 2}) is True
+    assert dev.send_telemetry({"seq": 3}) is True
+    assert dev.dropped == 0 and drain(dev) == []
+    full[0] = False
+    dev._on_publish(None, None, 8, None, None)
+    assert seqs(drain(dev)) == [2, 3]
+    assert dev._unacknowledged() == 0
 
 
 def test_command_reply_failure_and_duplicates(dev):

@@ -9,12 +9,18 @@
 //! exactly "a row where this is true"). The query reads the row's JSON as
 //! its payload, so the expression sees the row's columns as fields, and
 //! `topic(n)` is the input message's topic.
+//!
+//! Only changes are sent: a row whose event would leave the alarm as the
+//! node last reported it is dropped (see [`super::alarm_memory`]: a clear
+//! after a clear, a raise within 60 s of the last one), so normal telemetry
+//! through a `clear_when` rule does not fill the priority `alarms` lane.
 
 use std::sync::Arc;
 
 use verge_protocol::device::{AlarmAction, AlarmEvent, Severity};
 use verge_sql::{Event, Limits, Query, Value};
 
+use super::alarm_memory::AlarmMemory;
 use super::{Action, ActionError, BoxFuture, Output};
 use crate::ServiceError;
 use crate::Services;
@@ -214,6 +220,7 @@ fn clears(query: &Query, out: &Output) -> Result<bool, ActionError> {
 pub struct Alarm {
     alarms: Arc<dyn Alarms>,
     settings: Settings,
+    memory: Arc<AlarmMemory>,
 }
 
 impl Alarm {
@@ -224,7 +231,11 @@ impl Alarm {
             .alarms
             .clone()
             .ok_or_else(|| RuleError::action("alarm", "this node takes no alarms"))?;
-        Ok(Alarm { alarms, settings })
+        Ok(Alarm {
+            alarms,
+            settings,
+            memory: services.alarm_memory.clone(),
+        })
     }
 }
 
@@ -232,10 +243,17 @@ impl Action for Alarm {
     fn deliver<'a>(&'a self, out: &'a Output) -> BoxFuture<'a, Result<(), ActionError>> {
         Box::pin(async move {
             let event = self.settings.event(out)?;
+            let (device, action, at_ms) = (event.device.clone(), event.action, event.at_ms);
+            let alarm_type = &self.settings.alarm_type;
+            if !self.memory.should_send(&device, alarm_type, action, at_ms) {
+                return Ok(());
+            }
             self.alarms
                 .send(event, out.hops)
                 .await
-                .map_err(|e| ActionError::service("alarm", e))
+                .map_err(|e| ActionError::service("alarm", e))?;
+            self.memory.sent(&device, alarm_type, action, at_ms);
+            Ok(())
         })
     }
 }
@@ -390,5 +408,101 @@ mod tests {
             .event(&output("devices/d1/telemetry", json!({"temp": "hot"})))
             .unwrap_err();
         assert!(err.message.contains("clear_when") && !err.retry, "{err}");
+    }
+
+    /// Keeps what it is sent; fails while `fail` is set.
+    #[derive(Default)]
+    struct Sink {
+        events: std::sync::Mutex<Vec<AlarmEvent>>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Alarms for Sink {
+        fn send(&self, event: AlarmEvent, _hops: u8) -> BoxFuture<'_, Result<(), ServiceError>> {
+            Box::pin(async move {
+                if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(ServiceError::transient(
+                        crate::Domain::External,
+                        "lane full",
+                    ));
+                }
+                self.events.lock().expect("lock").push(event);
+                Ok(())
+            })
+        }
+    }
+
+    fn action(v: serde_json::Value, sink: &Arc<Sink>, memory: &Arc<AlarmMemory>) -> Alarm {
+        Alarm {
+            alarms: sink.clone(),
+            settings: settings(v).expect("valid"),
+            memory: memory.clone(),
+        }
+    }
+
+    fn at(temp: i64, time_ms: i64) -> Output {
+        let mut out = output("devices/d1/telemetry", json!({"temp": temp}));
+        out.time_ms = time_ms;
+        out
+    }
+
+    fn sent(sink: &Sink) -> Vec<AlarmAction> {
+        sink.events
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|e| e.action)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn regression_clear_when_sends_changes_only_not_every_normal_row() {
+        use AlarmAction::{Clear, Raise};
+        let sink = Arc::new(Sink::default());
+        let memory = Arc::new(AlarmMemory::new());
+        let a = action(
+            json!({"alarm_type": "overheat", "clear_when": "temp < 50"}),
+            &sink,
+            &memory,
+        );
+        // normal rows: one clear after the start (the cloud may hold an
+        // alarm from before), then nothing
+        for t in 0..5 {
+            a.deliver(&at(20, t * 1_000)).await.expect("delivered");
+        }
+        assert_eq!(sent(&sink), [Clear]);
+        // hot rows: one raise, a refresh after 60 s, then the clear
+        for t in [10_000, 11_000, 30_000, 70_000, 71_000] {
+            a.deliver(&at(90, t)).await.expect("delivered");
+        }
+        a.deliver(&at(20, 72_000)).await.expect("delivered");
+        a.deliver(&at(20, 73_000)).await.expect("delivered");
+        assert_eq!(sent(&sink), [Clear, Raise, Raise, Clear]);
+        assert_eq!(memory.suppressed(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_is_retried_and_a_clear_rule_sees_the_raise_rule() {
+        use AlarmAction::{Clear, Raise};
+        let sink = Arc::new(Sink::default());
+        let memory = Arc::new(AlarmMemory::new());
+        let raise = action(json!({"alarm_type": "overheat"}), &sink, &memory);
+        let clear = action(
+            json!({"alarm_type": "overheat", "clear": true}),
+            &sink,
+            &memory,
+        );
+        sink.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let err = raise.deliver(&at(90, 0)).await.unwrap_err();
+        assert!(err.retry, "{err}");
+        sink.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        // the retry is sent: the failed one was not remembered
+        raise.deliver(&at(90, 0)).await.expect("delivered");
+        raise.deliver(&at(90, 1_000)).await.expect("delivered");
+        // another rule's `clear = true` action clears what this one raised
+        clear.deliver(&at(20, 2_000)).await.expect("delivered");
+        clear.deliver(&at(20, 3_000)).await.expect("delivered");
+        raise.deliver(&at(90, 4_000)).await.expect("delivered");
+        assert_eq!(sent(&sink), [Raise, Clear, Raise]);
     }
 }

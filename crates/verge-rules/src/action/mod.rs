@@ -3,6 +3,7 @@
 //! in one explicit list ([`build`]).
 
 mod alarm;
+mod alarm_memory;
 mod function;
 mod log;
 mod republish;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use verge_sql::Row;
 
 pub use alarm::Alarms;
+pub use alarm_memory::{AlarmMemory, MAX_ALARM_KEYS, RAISE_REFRESH_MS};
 pub use function::{FunctionInvoker, FunctionMessage, InvokeError};
 pub use republish::rule_origin;
 pub use runner::{ActionInlet, ActionMetrics, ActionRunner, ActionStatus};

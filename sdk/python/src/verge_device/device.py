@@ -37,6 +37,10 @@ _REPLY_CACHE = 1000
 _DISPATCH_QUEUE = 1000
 # How long the node keeps the session (and QoS 1 messages for it) after a drop.
 _SESSION_EXPIRY_S = 300
+# Messages published while connected that paho holds until their PUBACK (it
+# sends them again first after a reconnect); past it they wait in the SDK's
+# offline buffer.
+_IN_FLIGHT = 100
 
 
 class Device:
@@ -47,10 +51,10 @@ class Device:
     node's certificate, else the system's CAs are used). The client id is
     the device's name (or `client_id`, which must start with `{device}:`, to
     run a second program as the same device). `offline_buffer` bounds the QoS 1 messages (telemetry,
-    events, replies, shadow requests) kept while they wait for the node's
-    acknowledgement, including while the connection is down; past it a new
-    message is not taken (`send_telemetry` returns False) and is counted in
-    `dropped`.
+    events, replies, shadow requests) kept while the connection is down (or
+    while paho holds `_IN_FLIGHT` unacknowledged ones); when it is full the
+    oldest waiting message is dropped and counted in `dropped`, as the Rust
+    SDK does. They are sent in order when the connection is back.
     """
 
     def __init__(self, url, device, secret, ca_file=None, keep_alive=30, offline_buffer=1000,
@@ -69,7 +73,7 @@ class Device:
         self.host = parsed.hostname
         self.port = parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
         self.keep_alive = keep_alive
-        self.dropped = 0  # messages refused because the offline buffer was full
+        self.dropped = 0  # oldest messages dropped from the full offline buffer
         self.dropped_callbacks = 0  # commands/deltas dropped: the dispatch queue was full
 
         self._lock = threading.Lock()
@@ -83,6 +87,11 @@ class Device:
         self._replies = collections.OrderedDict()  # command id -> (topic kind, payload) or None while running
         self._pending = {}  # client token -> [event, answer topic, body]
         self._pending_fifo = {"get": collections.deque(), "update": collections.deque()}
+        # The offline buffer and the connected flag change under _buf_lock
+        # (never held while calling paho; _publish may run with _lock held).
+        self._buf_lock = threading.Lock()
+        self._offline = collections.deque()  # (topic, payload, props) waiting for the connection
+        self._offline_max = offline_buffer
         self._tokens = itertools.count(1)
         self._token_prefix = uuid.uuid4().hex[:8]
 
@@ -92,9 +101,10 @@ class Device:
         if parsed.scheme == "mqtts":
             c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         c.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
-        c.max_queued_messages_set(offline_buffer)
+        c.max_queued_messages_set(_IN_FLIGHT)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         self._client = c
@@ -183,8 +193,11 @@ class Device:
         self.close()
 
     def _unacknowledged(self):
-        # paho keeps every QoS 1 message here until its PUBACK.
-        return len(getattr(self._client, "_out_messages", ()))
+        # paho keeps every QoS 1 message here until its PUBACK; the rest
+        # wait in the offline buffer.
+        with self._buf_lock:
+            waiting = len(self._offline)
+        return waiting + len(getattr(self._client, "_out_messages", ()))
 
     def _on_connect(self, client, userdata, flags, rc, props):
         if rc.is_failure:
@@ -194,8 +207,14 @@ class Device:
             subs = [(topics.command_filter(d), 1)]
             subs += [(topics.shadow(d, op), 1) for op in topics.SHADOW_ANSWERS]
             client.subscribe(subs)
-            self._connected.set()
+            with self._buf_lock:
+                self._connected.set()
             log.info("verge_device %s: connected to %s:%s", d, self.host, self.port)
+            # paho sends its unacknowledged messages again after this
+            # callback; the buffered ones follow on their first PUBACK, so
+            # the order holds.
+            if not getattr(client, "_out_messages", None):
+                self._flush()
         if not self._ever_connected:
             self._connack.put(rc)
         if not rc.is_failure:
@@ -209,26 +228,68 @@ class Device:
         self._subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, rc, props):
-        self._connected.clear()
+        with self._buf_lock:
+            self._connected.clear()
         if not self._closed:
             log.warning("verge_device %s: disconnected (%s); reconnecting", self.device, rc)
 
     # -- sending ----------------------------------------------------------
 
     def _publish(self, topic, payload, props=None):
+        msg = (topic, payload, props)
+        with self._buf_lock:
+            # While disconnected, or while older messages still wait, it
+            # waits too (in order).
+            if not self._connected.is_set() or self._offline:
+                self._buffer(msg)
+                return True
         info = self._client.publish(topic, payload, qos=1, properties=props)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            with self._lock:
-                self.dropped += 1
-            log.warning("verge_device %s: offline buffer full, %s dropped", self.device, topic)
-            return False
+            # paho holds _IN_FLIGHT unacknowledged messages: wait for a PUBACK.
+            with self._buf_lock:
+                self._buffer(msg)
+            return True
         # MQTT_ERR_NO_CONN: paho keeps QoS 1 messages and sends them on reconnect.
         return info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
 
+    def _buffer(self, msg):
+        """Keep `msg` in the offline buffer, dropping the oldest when it is
+        full. Called with _buf_lock held."""
+        if len(self._offline) >= self._offline_max:
+            oldest = self._offline.popleft()
+            self.dropped += 1  # only changed here, under _buf_lock
+            log.warning("verge_device %s: offline buffer full, the oldest message (%s) dropped",
+                        self.device, oldest[0])
+        self._offline.append(msg)
+
+    def _flush(self):
+        """Send the offline buffer in order while connected, until it is
+        empty or paho holds _IN_FLIGHT messages. Runs in paho's thread only
+        (on connect and on each PUBACK), never with the lock held while
+        calling paho (paho calls on_publish with its own lock held)."""
+        while True:
+            with self._buf_lock:
+                if not self._connected.is_set() or not self._offline:
+                    return
+                msg = self._offline[0]
+            info = self._client.publish(msg[0], msg[1], qos=1, properties=msg[2])
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                return  # the next PUBACK flushes again
+            with self._buf_lock:
+                if self._offline and self._offline[0] is msg:
+                    self._offline.popleft()
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.warning("verge_device %s: a buffered message on %s was refused: %s",
+                            self.device, msg[0], info.rc)
+
+    def _on_publish(self, client, userdata, mid, reason_code, props):
+        self._flush()
+
     def send_telemetry(self, readings):
         """Publish readings (a JSON object) on `devices/{d}/telemetry`, QoS 1.
-        Returns False when the offline buffer is full (the message is
-        dropped and counted in `dropped`)."""
+        While the connection is down it waits in the offline buffer (a full
+        buffer drops its oldest message, counted in `dropped`). Returns False
+        only when paho refuses the message (e.g. too large)."""
         if not isinstance(readings, dict):
             raise TypeError("telemetry must be a dict (a JSON object)")
         return self._publish(topics.telemetry(self.device), json.dumps(readings))
@@ -351,7 +412,7 @@ class Device:
             self._pending_fifo[op].append(token)
         try:
             if not self._publish(topics.shadow(self.device, op), json.dumps(body)):
-                raise VergeError("the offline buffer is full")
+                raise VergeError(f"the request on $shadow/{self.device}/{op} was refused")
             if not waiter[0].wait(timeout):
                 raise Timeout(f"no answer to $shadow/{self.device}/{op} within {timeout} s")
         finally:
