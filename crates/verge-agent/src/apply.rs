@@ -134,10 +134,12 @@ fn device_acl() -> Vec<AclRule> {
     };
     let publish = |topic| rule(AclPolicy::Allow, AclAction::Publish, topic);
     let subscribe = |topic| rule(AclPolicy::Allow, AclAction::Subscribe, topic);
+    // First match wins: the node alone publishes a device's commands and
+    // its shadow answers; the rest of `devices/{d}/…` is the device's own
+    // (telemetry, events, replies, and streams a rule or forward reads).
     vec![
-        publish("devices/%u/telemetry"),
-        publish("devices/%u/events/#"),
-        publish("devices/%u/replies/#"),
+        rule(AclPolicy::Deny, AclAction::Publish, "devices/%u/commands/#"),
+        publish("devices/%u/#"),
         publish("$shadow/%u/get"),
         publish("$shadow/%u/update"),
         subscribe("devices/%u/#"),

@@ -95,6 +95,7 @@ async fn desired_state_is_applied_and_what_a_new_version_drops_is_removed() {
         "devices/d1/replies/c1/failed",
         "$shadow/d1/get",
         "$shadow/d1/update",
+        "devices/d1/custom/stream",
     ] {
         assert!(node.auth.may_publish(&who, topic), "{topic}");
     }
@@ -103,7 +104,8 @@ async fn desired_state_is_applied_and_what_a_new_version_drops_is_removed() {
         "$shadow/d1/update/accepted",
         "$shadow/d1/update/delta",
         "devices/d1/commands/reboot/c1",
-        "devices/d1/other",
+        "devices/d1/commands/write",
+        "devices/d2/custom/stream",
         "$verge/shadow/d1",
     ] {
         assert!(!node.auth.may_publish(&who, topic), "{topic}");
