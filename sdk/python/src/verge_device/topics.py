@@ -1,5 +1,5 @@
 """The device-facing topics of a Verge node (the same conventions as
-`crates/verge-protocol/src/device.rs` and docs/devices.md)."""
+`crates/verge-protocol/src/device/` and docs/devices.md)."""
 
 SHADOW_ANSWERS = ("get/accepted", "get/rejected", "update/accepted", "update/rejected",
                   "update/delta")
