@@ -500,6 +500,13 @@ mod tests {
         admin.close().await;
         let (server, _) = base.rsplit_once('/').expect("url with a database");
         pruner_on(Some(format!("{server}/{name}"))).await;
+        let admin = sqlx::AnyPool::connect(&base).await.expect("connect");
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&admin)
+            .await
+            .expect("drop database");
+        admin.close().await;
     }
 
     async fn pruner_on(database: Option<String>) {

@@ -852,6 +852,7 @@ async fn migration_keeps_the_stored_modules_and_serves_the_same_state(h: Harness
         admin: h.admin.clone(),
         db_url: h.db_url.clone(),
         dir: tempfile::tempdir().expect("tempdir"),
+        scratch: h.scratch.clone(),
     };
     assert_eq!(modules(&again).await, [f["sha256"].as_str().expect("sha")]);
     let (s, after) = desired_as(&again, &node, &secret, 0, 0).await;

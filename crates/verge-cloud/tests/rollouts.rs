@@ -554,7 +554,11 @@ async fn the_driver_goes_on_after_a_restart(h: Harness) {
     // start another on the same database.
     common::serve(&h).await.stop().await;
     let Harness {
-        admin, db_url, dir, ..
+        admin,
+        db_url,
+        dir,
+        scratch,
+        ..
     } = h;
     let mut cfg = verge_cloud::CloudConfig::default();
     cfg.cloud.data_dir = dir.path().join("data");
@@ -567,6 +571,7 @@ async fn the_driver_goes_on_after_a_restart(h: Harness) {
         admin,
         db_url,
         dir,
+        scratch,
     };
     let r = rollout(&h, id).await;
     assert_eq!(r["state"], "running");

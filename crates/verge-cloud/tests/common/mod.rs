@@ -45,6 +45,40 @@ pub struct Harness {
     pub admin: String,
     pub db_url: String,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database made for this test, dropped with the last
+    /// clone (so a run does not leave hundreds of databases on the disk).
+    pub scratch: Option<std::sync::Arc<ScratchDb>>,
+}
+
+/// A test's own PostgreSQL database, dropped (with `FORCE`, closing what
+/// is still connected) when this is dropped.
+pub struct ScratchDb {
+    base: String,
+    name: String,
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop may run inside the test's runtime: use a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let pool = sqlx::AnyPool::connect(&base).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let r = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                pool.close().await;
+                r.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(_))) {
+            eprintln!("could not drop the test database {}", self.name);
+        }
+    }
 }
 
 fn unique() -> String {
@@ -61,8 +95,9 @@ fn unique() -> String {
     )
 }
 
-/// A fresh PostgreSQL database on the server of `VERGE_TEST_POSTGRES_URL`.
-async fn postgres_db(base: &str) -> String {
+/// A fresh PostgreSQL database on the server of `VERGE_TEST_POSTGRES_URL`:
+/// its URL and the guard that drops it.
+async fn postgres_db(base: &str) -> (String, ScratchDb) {
     sqlx::any::install_default_drivers();
     let name = format!("verge_test_{}", unique());
     let pool = sqlx::AnyPool::connect(base)
@@ -74,7 +109,12 @@ async fn postgres_db(base: &str) -> String {
         .expect("create database");
     pool.close().await;
     let (server, _) = base.rsplit_once('/').expect("url with a database");
-    format!("{server}/{name}")
+    let url = format!("{server}/{name}");
+    let guard = ScratchDb {
+        base: base.to_string(),
+        name,
+    };
+    (url, guard)
 }
 
 /// The database the API tests run on: `postgres` when the env var is set
@@ -89,6 +129,7 @@ pub async fn harness_with(postgres: bool, tweak: impl FnOnce(&mut CloudConfig)) 
     let mut cfg = CloudConfig::default();
     cfg.cloud.data_dir = dir.path().join("data");
     tweak(&mut cfg);
+    let mut scratch = None;
     if postgres {
         let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
             eprintln!(
@@ -96,7 +137,9 @@ pub async fn harness_with(postgres: bool, tweak: impl FnOnce(&mut CloudConfig)) 
             );
             return None;
         };
-        cfg.cloud.database = postgres_db(&base).await;
+        let (url, guard) = postgres_db(&base).await;
+        cfg.cloud.database = url;
+        scratch = Some(std::sync::Arc::new(guard));
     }
     let db_url = cfg.database_url();
     let (cloud, admin) = Cloud::open(cfg).await.expect("open cloud");
@@ -106,6 +149,7 @@ pub async fn harness_with(postgres: bool, tweak: impl FnOnce(&mut CloudConfig)) 
         admin,
         db_url,
         dir,
+        scratch,
     })
 }
 
