@@ -556,15 +556,23 @@ mod tests {
             .expect("select");
         let left: Vec<String> = left.into_iter().map(|r| r.0).collect();
         assert_eq!(left, ["new/5", "new/6", "new/7", "new/8", "new/9"]);
-        // The background pass may have run too; together they counted 8.
-        assert_eq!(
+        // The background pass may have run too; together they counted 8
+        // (a background pass may have deleted rows and not yet counted
+        // them: wait for its count, bounded).
+        let pruned = || {
             cloud
                 .inner()
                 .metrics
                 .pruned_messages
-                .load(Ordering::Relaxed),
-            8
-        );
+                .load(Ordering::Relaxed)
+        };
+        for _ in 0..100 {
+            if pruned() >= 8 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(pruned(), 8);
         let (metrics,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM node_metrics")
             .fetch_one(pool)
             .await
