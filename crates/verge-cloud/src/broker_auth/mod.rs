@@ -57,7 +57,9 @@ pub fn is_node_id(id: &str) -> bool {
 ///   subscribes filters under `nodes/n/down/` (wildcards only after it:
 ///   `nodes/n/down/#` yes, `nodes/+/down/#`, `nodes/n/#` and `#` no);
 /// - the cloud subscribes its shared subscription
-///   `$share/{group}/nodes/+/up/#` and the store replies
+///   `$share/{group}/nodes/+/up/#` (also asked as `nodes/+/up/#`: a
+///   broker may check a shared subscription without its prefix), the
+///   store replies
 ///   `nodes/+/up/$verge/store-reply/+` (or `/#`), and publishes
 ///   `nodes/{n}/down/{rest}` for any node `n`;
 /// - nothing else.
@@ -87,6 +89,7 @@ pub fn allowed(caller: Caller<'_>, action: Action, topic: &str) -> bool {
                     && filter == topics::up_filter_all()
             });
             shared
+                || topic == topics::up_filter_all()
                 || topic == topics::up("+", &reply.filter())
                 || topic == topics::up("+", &reply.topic("#"))
         }
@@ -289,7 +292,8 @@ mod tests {
         (Caller::Cloud, Subscribe, "$share/g/#", false),
         (Caller::Cloud, Subscribe, "#", false),
         (Caller::Cloud, Subscribe, "nodes/+/down/#", false),
-        (Caller::Cloud, Subscribe, "nodes/+/up/#", false),
+        (Caller::Cloud, Subscribe, "nodes/+/up/#", true),
+        (Caller::Cloud, Subscribe, "nodes/n1/up/#", false),
         (Caller::Cloud, Publish, "nodes/n1/down/devices/d1/commands/reboot", true),
         (Caller::Cloud, Publish, "nodes/n1/down/$verge/store-query/d1", true),
         (Caller::Cloud, Publish, "nodes/+/down/x", false),
