@@ -275,7 +275,8 @@ impl Dynsec {
     }
 
     /// Make sure the cloud replicas' user exists with `password` and the
-    /// role `verge-cloud`.
+    /// role `verge-cloud` (without ending the connections other replicas
+    /// made with it).
     pub async fn ensure_cloud_user(&self, username: &str, password: &str) -> Result<(), DynsecError> {
         let commands = vec![
             json!({"command": "createRole", "rolename": CLOUD_ROLE, "acls": cloud_acls()}),
@@ -283,15 +284,31 @@ impl Dynsec {
                    "textname": "verge cloud replicas",
                    "roles": [{"rolename": CLOUD_ROLE, "priority": 0}]}),
             json!({"command": "setClientPassword", "username": username, "password": password}),
-            json!({"command": "addClientRole", "username": username, "rolename": CLOUD_ROLE, "priority": 0}),
+            json!({"command": "getClient", "username": username}),
         ];
-        self.request(commands, |command, error| match command {
-            "createRole" | "createClient" => error.contains("already exists"),
-            // the client had the role already
-            "addClientRole" => error.contains("already"),
-            _ => false,
-        })
-        .await?;
+        let answers = self
+            .request(commands, |command, error| {
+                matches!(command, "createRole" | "createClient") && error.contains("already exists")
+            })
+            .await?;
+        let has_role = answers
+            .iter()
+            .find(|a| a.command == "getClient")
+            .and_then(|a| a.data.as_ref())
+            .and_then(|d| d["client"]["roles"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r["rolename"] == CLOUD_ROLE);
+        if !has_role {
+            // Mosquitto 2.0.11 answers "Internal error" when the client
+            // has the role already: ask only when it has not.
+            self.request(
+                vec![json!({"command": "addClientRole", "username": username,
+                            "rolename": CLOUD_ROLE, "priority": 0})],
+                |_, _| false,
+            )
+            .await?;
+        }
         Ok(())
     }
 
