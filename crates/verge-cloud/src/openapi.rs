@@ -156,7 +156,9 @@ fn reason(status: u16) -> &'static str {
             "payload_too_large (a body over the limit, or a command payload over 64 KiB), or too_large: the shadow would pass 64 KiB"
         }
         502 => "node_error: the node answered with an error (e.g. it has no local store)",
-        503 => "node_offline: the device's node is not online; busy: too many queries waiting; broker_unavailable: the external MQTT broker did not take a node's credentials (retry later)",
+        503 => {
+            "node_offline: the device's node is not online; busy: too many queries waiting; broker_unavailable: the external MQTT broker did not take a node's credentials (retry later)"
+        }
         504 => "node_timeout: the node did not answer in time",
         _ => "error",
     }

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::Cloud;
 use crate::api::{
-    agent, alarms, assignments, broker, commands, components, devices, drivers, functions, history, nodes,
-    releases, revisions, rollouts, rules, shadows, tokens,
+    agent, alarms, assignments, broker, commands, components, devices, drivers, functions, history,
+    nodes, releases, revisions, rollouts, rules, shadows, tokens,
 };
 use crate::error::AppError;
 

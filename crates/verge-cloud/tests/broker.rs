@@ -193,7 +193,10 @@ async fn authz_keeps_each_node_to_its_own_topics(h: Harness) {
         ("subscribe", "nodes/n1/down/devices/+/commands/#"),
     ];
     for (action, topic) in allowed {
-        assert!(authz(&h, &broker, &n1, action, topic).await, "{action} {topic}");
+        assert!(
+            authz(&h, &broker, &n1, action, topic).await,
+            "{action} {topic}"
+        );
     }
     let denied = [
         ("publish", "nodes/n2/up/x"),
@@ -207,7 +210,10 @@ async fn authz_keeps_each_node_to_its_own_topics(h: Harness) {
         ("PUBLISH", "nodes/n1/up/x"),
     ];
     for (action, topic) in denied {
-        assert!(!authz(&h, &broker, &n1, action, topic).await, "{action} {topic}");
+        assert!(
+            !authz(&h, &broker, &n1, action, topic).await,
+            "{action} {topic}"
+        );
     }
     assert!(authz(&h, &broker, &n2, "publish", "nodes/n2/up/x").await);
     // a username that is no joined node gets nothing, even its "own" topics
@@ -218,7 +224,16 @@ async fn authz_keeps_each_node_to_its_own_topics(h: Harness) {
     assert_eq!(s, StatusCode::CREATED);
     assert!(!authz(&h, &broker, "pending", "subscribe", "nodes/pending/down/#").await);
     // without `mqtt.external.username` there is no cloud user
-    assert!(!authz(&h, &broker, "", "subscribe", "$share/verge-cloud/nodes/+/up/#").await);
+    assert!(
+        !authz(
+            &h,
+            &broker,
+            "",
+            "subscribe",
+            "$share/verge-cloud/nodes/+/up/#"
+        )
+        .await
+    );
     let (s, _) = h.call(Method::DELETE, "/api/nodes/n2", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(!authz(&h, &broker, &n2, "publish", "nodes/n2/up/x").await);
@@ -245,15 +260,24 @@ async fn the_cloud_user_logs_in_with_its_password_and_no_node_takes_its_name(pos
         return;
     };
     let broker = token(&h, "broker").await;
-    assert_eq!(authn(&h, &broker, "verge-cloud", "cloud-secret").await, allow());
-    assert_eq!(authn(&h, &broker, "verge-cloud", "cloud-secre").await, deny());
+    assert_eq!(
+        authn(&h, &broker, "verge-cloud", "cloud-secret").await,
+        allow()
+    );
+    assert_eq!(
+        authn(&h, &broker, "verge-cloud", "cloud-secre").await,
+        deny()
+    );
     assert_eq!(authn(&h, &broker, "verge-cloud", "").await, deny());
     for (action, topic) in [
         ("subscribe", "$share/verge-cloud/nodes/+/up/#"),
         ("subscribe", "nodes/+/up/$verge/store-reply/+"),
         ("publish", "nodes/n1/down/devices/d1/commands/reboot"),
     ] {
-        assert!(authz(&h, &broker, "verge-cloud", action, topic).await, "{action} {topic}");
+        assert!(
+            authz(&h, &broker, "verge-cloud", action, topic).await,
+            "{action} {topic}"
+        );
     }
     for (action, topic) in [
         ("subscribe", "#"),
@@ -261,10 +285,17 @@ async fn the_cloud_user_logs_in_with_its_password_and_no_node_takes_its_name(pos
         ("publish", "nodes/n1/up/x"),
         ("publish", "nodes/+/down/x"),
     ] {
-        assert!(!authz(&h, &broker, "verge-cloud", action, topic).await, "{action} {topic}");
+        assert!(
+            !authz(&h, &broker, "verge-cloud", action, topic).await,
+            "{action} {topic}"
+        );
     }
     let (s, v) = h
-        .call(Method::POST, "/api/nodes", Some(json!({"name": "verge-cloud"})))
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"name": "verge-cloud"})),
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     // a password file others may read is refused at start, naming the key
@@ -279,7 +310,10 @@ async fn the_cloud_user_logs_in_with_its_password_and_no_node_takes_its_name(pos
     cfg.mqtt.external.username = "verge-cloud".into();
     cfg.mqtt.external.password_file = Some(loose);
     let err = verge_cloud::Cloud::open(cfg).await.err().expect("refused");
-    assert!(err.to_string().contains("mqtt.external.password_file"), "{err}");
+    assert!(
+        err.to_string().contains("mqtt.external.password_file"),
+        "{err}"
+    );
 }
 
 async fn an_unreachable_broker_fails_the_join_with_503_and_keeps_the_token(postgres: bool) {
@@ -327,10 +361,17 @@ async fn an_unreachable_broker_fails_the_join_with_503_and_keeps_the_token(postg
 async fn provisioning_settings_are_checked_at_start() {
     let files = tempfile::tempdir().expect("tempdir");
     let pw = private_file(files.path(), "admin-pw", "admin-secret\n");
-    let cases: [(&str, fn(&mut CloudConfig)); 3] = [
-        ("mqtt.external.admin_url", |c| c.mqtt.external.admin_url = "mqtts://h:1".into()),
-        ("mqtt.external.admin_username", |c| c.mqtt.external.admin_username.clear()),
-        ("mqtt.external.admin_password_file", |c| c.mqtt.external.admin_password_file = None),
+    type Spoil = fn(&mut CloudConfig);
+    let cases: [(&str, Spoil); 3] = [
+        ("mqtt.external.admin_url", |c| {
+            c.mqtt.external.admin_url = "mqtts://h:1".into()
+        }),
+        ("mqtt.external.admin_username", |c| {
+            c.mqtt.external.admin_username.clear()
+        }),
+        ("mqtt.external.admin_password_file", |c| {
+            c.mqtt.external.admin_password_file = None
+        }),
     ];
     for (i, (key, spoil)) in cases.into_iter().enumerate() {
         let mut cfg = CloudConfig::default();

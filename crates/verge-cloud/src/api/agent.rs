@@ -89,7 +89,9 @@ pub fn broker_unavailable(e: &crate::broker_auth::dynsec::DynsecError) -> AppErr
     AppError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "broker_unavailable",
-        format!("the node's credentials could not be written to the MQTT broker ({e}); try again later"),
+        format!(
+            "the node's credentials could not be written to the MQTT broker ({e}); try again later"
+        ),
     )
 }
 

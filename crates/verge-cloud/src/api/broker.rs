@@ -133,6 +133,7 @@ pub async fn authz(
             .bind(&req.username)
             .fetch_optional(&cloud.inner().pool)
             .await?;
-    Ok(result(joined.is_some()
-        && broker_auth::allowed(Caller::Node(&req.username), action, &req.topic)))
+    Ok(result(
+        joined.is_some() && broker_auth::allowed(Caller::Node(&req.username), action, &req.topic),
+    ))
 }

@@ -277,7 +277,11 @@ impl Dynsec {
     /// Make sure the cloud replicas' user exists with `password` and the
     /// role `verge-cloud` (without ending the connections other replicas
     /// made with it).
-    pub async fn ensure_cloud_user(&self, username: &str, password: &str) -> Result<(), DynsecError> {
+    pub async fn ensure_cloud_user(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(), DynsecError> {
         let commands = vec![
             json!({"command": "createRole", "rolename": CLOUD_ROLE, "acls": cloud_acls()}),
             json!({"command": "createClient", "username": username, "password": password,
@@ -417,7 +421,10 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 let ok = ack.return_codes.iter().all(|c| {
-                    matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_))
+                    matches!(
+                        c,
+                        rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                    )
                 });
                 if !ok {
                     tracing::warn!(
@@ -435,7 +442,9 @@ async fn drive(
             Err(e) => {
                 let _ = ready.send(false);
                 if !warned {
-                    tracing::warn!("dynamic-security admin connection (mqtt.external.admin_url): {e}");
+                    tracing::warn!(
+                        "dynamic-security admin connection (mqtt.external.admin_url): {e}"
+                    );
                     warned = true;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -480,7 +489,14 @@ mod tests {
             parse_url("mqtt://broker.example.com:1883/").ok(),
             Some(("broker.example.com".into(), 1883))
         );
-        for bad in ["127.0.0.1:1883", "mqtts://h:8883", "mqtt://h", "mqtt://:1", "mqtt://h:0", "mqtt://h:x"] {
+        for bad in [
+            "127.0.0.1:1883",
+            "mqtts://h:8883",
+            "mqtt://h",
+            "mqtt://:1",
+            "mqtt://h:0",
+            "mqtt://h:x",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
     }
@@ -504,8 +520,16 @@ mod tests {
                 ("publishClientReceive", "nodes/n1/down/#"),
             ]
         );
-        assert!(allowed(Caller::Node("n1"), Action::Subscribe, "nodes/n1/down/#"));
-        assert!(allowed(Caller::Node("n1"), Action::Publish, "nodes/n1/up/x"));
+        assert!(allowed(
+            Caller::Node("n1"),
+            Action::Subscribe,
+            "nodes/n1/down/#"
+        ));
+        assert!(allowed(
+            Caller::Node("n1"),
+            Action::Publish,
+            "nodes/n1/up/x"
+        ));
     }
 
     #[test]
