@@ -29,6 +29,13 @@ pub async fn join(
             .map_err(AppError::internal)?
             .map_err(AppError::internal)?
     };
+    if let Some(dynsec) = &cloud.inner().dynsec
+        && !dynsec.is_up()
+    {
+        return Err(broker_unavailable(
+            &crate::broker_auth::dynsec::DynsecError::Down,
+        ));
+    }
     let now = now_ms();
     let mut tx = cloud.inner().pool.begin().await?;
     let node: Option<(String,)> =

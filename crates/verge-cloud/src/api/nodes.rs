@@ -268,6 +268,13 @@ pub async fn delete(
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
+    if let Some(dynsec) = &cloud.inner().dynsec
+        && !dynsec.is_up()
+    {
+        return Err(super::agent::broker_unavailable(
+            &crate::broker_auth::dynsec::DynsecError::Down,
+        ));
+    }
     let mut tx = cloud.inner().pool.begin().await?;
     let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM devices WHERE node_id = $1")
         .bind(&id)

@@ -50,6 +50,10 @@ const MAX_PENDING: usize = 1024;
 /// configuration looked at.
 #[derive(Debug, thiserror::Error)]
 pub enum DynsecError {
+    /// The admin connection is down (checked before a transaction opens,
+    /// so a join does not hold the database while the broker is away).
+    #[error("not connected to the broker's dynamic-security plugin (mqtt.external.admin_url)")]
+    Down,
     /// No answer in time (broker down, unreachable, or admin refused).
     #[error("the broker's dynamic-security plugin did not answer within {0:?}")]
     Timeout(Duration),
@@ -191,6 +195,12 @@ impl Dynsec {
             },
             task,
         ))
+    }
+
+    /// Whether the admin connection is up (connected and subscribed to
+    /// the answers) right now.
+    pub fn is_up(&self) -> bool {
+        *self.ready.borrow()
     }
 
     /// Send `commands` in one message and return the plugin's answers, in
