@@ -1,4 +1,4 @@
-// The tokens page: API tokens with their scope (admin or read-only),
+// The tokens page: API tokens with their scope (admin, read-only or broker),
 // made (shown once) and revoked with an admin token.
 "use strict";
 
@@ -8,7 +8,8 @@ function tokensPage() {
   const gen = routeGen;
   const name = h("input", { id: "token-name", testid: "token-name", required: true, placeholder: "grafana" });
   const scope = h("select", { id: "token-scope", testid: "token-scope" },
-    h("option", { value: "read" }, "read: GET only"), h("option", { value: "admin" }, "admin: everything"));
+    h("option", { value: "read" }, "read: GET only"), h("option", { value: "admin" }, "admin: everything"),
+    h("option", { value: "broker" }, "broker: the MQTT broker's auth hooks only"));
   const created = h("div");
   const form = h("form", { id: "token-form", class: "row", testid: "token-form" },
     field("Name", name), field("Scope", scope),

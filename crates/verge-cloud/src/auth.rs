@@ -1,7 +1,9 @@
 //! Who is calling: API tokens (admin and others) and node credentials,
 //! as axum extractors. Tokens and secrets are stored as SHA-256 only and
-//! looked up by that hash. A token's scope is `admin` (everything) or
-//! `read` (`GET` and `HEAD` only); only `admin` tokens manage tokens.
+//! looked up by that hash. A token's scope is `admin` (everything),
+//! `read` (`GET` and `HEAD` only) or `broker` (the external broker's
+//! authentication hooks, `/api/broker/*`, and nothing else); only `admin`
+//! tokens manage tokens.
 
 use axum::http::Method;
 
@@ -22,6 +24,10 @@ pub struct ApiAuth {
 
 /// A request carrying a valid API token of the `admin` scope.
 pub struct AdminAuth;
+
+/// A request carrying a valid API token of the `broker` scope (what an
+/// external broker's HTTP authenticator sends).
+pub struct BrokerAuth;
 
 /// A request carrying a node's credentials; holds the node id.
 pub struct NodeAuth(pub String);
@@ -51,10 +57,13 @@ impl FromRequestParts<Cloud> for ApiAuth {
     async fn from_request_parts(parts: &mut Parts, cloud: &Cloud) -> Result<Self, AppError> {
         let (scope, caller) = scope(parts, cloud).await?;
         let reading = matches!(parts.method, Method::GET | Method::HEAD);
-        if scope == "admin" || (scope == "read" && reading) {
-            Ok(ApiAuth { caller })
-        } else {
-            Err(AppError::forbidden("this token is read-only"))
+        match scope.as_str() {
+            "admin" => Ok(ApiAuth { caller }),
+            "read" if reading => Ok(ApiAuth { caller }),
+            "read" => Err(AppError::forbidden("this token is read-only")),
+            _ => Err(AppError::forbidden(
+                "this token is for the broker hooks (`/api/broker/*`) only",
+            )),
         }
     }
 }
@@ -66,6 +75,19 @@ impl FromRequestParts<Cloud> for AdminAuth {
         match scope(parts, cloud).await?.0.as_str() {
             "admin" => Ok(AdminAuth),
             _ => Err(AppError::forbidden("only admin tokens manage tokens")),
+        }
+    }
+}
+
+impl FromRequestParts<Cloud> for BrokerAuth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, cloud: &Cloud) -> Result<Self, AppError> {
+        match scope(parts, cloud).await?.0.as_str() {
+            "broker" => Ok(BrokerAuth),
+            _ => Err(AppError::forbidden(
+                "the broker hooks take a token of the `broker` scope",
+            )),
         }
     }
 }

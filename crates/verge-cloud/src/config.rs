@@ -97,6 +97,8 @@ pub struct MqttSection {
     pub public_url: String,
     /// The same endpoint over TLS.
     pub tls: MqttTlsSection,
+    /// An external broker for the node channel (`docs/scale-out.md`).
+    pub external: MqttExternalSection,
 }
 
 impl Default for MqttSection {
@@ -105,6 +107,7 @@ impl Default for MqttSection {
             bind: SocketAddr::from(([127, 0, 0, 1], 1884)),
             public_url: String::new(),
             tls: MqttTlsSection::default(),
+            external: MqttExternalSection::default(),
         }
     }
 }
@@ -133,6 +136,43 @@ impl Default for MqttTlsSection {
             key: None,
         }
     }
+}
+
+/// The `[mqtt.external]` section: the external broker. Here only the keys
+/// of node credentials on that broker (`crate::broker_auth`); the cloud's
+/// own user (`username`, `password_file`) is the one the replicas connect
+/// with.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttExternalSection {
+    /// The cloud replicas' own user on the external broker (allowed its
+    /// shared subscription and downlink publishes by `/api/broker/authz`).
+    pub username: String,
+    /// File holding that user's password (one line; mode 0600).
+    pub password_file: Option<PathBuf>,
+    /// How node credentials reach the broker: `none` (the broker asks the
+    /// cloud, `/api/broker/authn` and `/api/broker/authz`) or
+    /// `mosquitto-dynsec` (the cloud writes them into Mosquitto's
+    /// dynamic-security plugin at join, delete and start).
+    pub provision: Provision,
+    /// `mqtt://host:port` of the broker the dynamic-security commands go
+    /// to (needed with `provision = "mosquitto-dynsec"`).
+    pub admin_url: String,
+    /// The dynamic-security admin user (`mosquitto_ctrl dynsec init FILE USER`).
+    pub admin_username: String,
+    /// File holding the admin user's password (one line; mode 0600).
+    pub admin_password_file: Option<PathBuf>,
+}
+
+/// `mqtt.external.provision`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provision {
+    /// Nothing is written to the broker.
+    #[default]
+    None,
+    /// Node clients and roles in Mosquitto's dynamic-security plugin.
+    MosquittoDynsec,
 }
 
 impl CloudConfig {
@@ -199,5 +239,20 @@ mod tests {
         c.mqtt.public_url = "mqtts://cloud.example.com:8885".into();
         assert_eq!(c.mqtt_url(), "mqtts://cloud.example.com:8885");
         assert!(serde_json::from_str::<CloudConfig>(r#"{"mqtt":{"tls":{"nope":1}}}"#).is_err());
+    }
+
+    #[test]
+    fn provisioning_is_off_unless_named() {
+        let c: CloudConfig = serde_json::from_str("{}").unwrap_or_default();
+        assert_eq!(c.mqtt.external.provision, Provision::None);
+        let c: CloudConfig = serde_json::from_str(
+            r#"{"mqtt":{"external":{"provision":"mosquitto-dynsec","admin_username":"admin"}}}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(c.mqtt.external.provision, Provision::MosquittoDynsec);
+        assert!(
+            serde_json::from_str::<CloudConfig>(r#"{"mqtt":{"external":{"provision":"http"}}}"#)
+                .is_err()
+        );
     }
 }

@@ -23,6 +23,7 @@
 
 mod api;
 mod auth;
+mod broker_auth;
 pub mod config;
 mod console;
 mod db;
@@ -96,6 +97,14 @@ pub(crate) struct Inner {
     pub(crate) dispatch_wake: tokio::sync::Notify,
     /// Store queries waiting for their node's reply (this process only).
     pub(crate) history: devices::history::Pending,
+    /// Node secrets `/api/broker/authn` verified lately.
+    pub(crate) broker_secrets: broker_auth::SecretCache,
+    /// The password of `mqtt.external.username` (from its
+    /// `password_file`), when that user is set.
+    pub(crate) broker_cloud_password: Option<String>,
+    /// Node credentials in Mosquitto's dynamic-security plugin, when
+    /// `mqtt.external.provision = "mosquitto-dynsec"`.
+    pub(crate) dynsec: Option<broker_auth::dynsec::Dynsec>,
     /// Background tasks (ingest, registry refresh, pruning, the rollout
     /// driver, the device dispatcher).
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -155,6 +164,25 @@ impl Cloud {
         let subscription = handle
             .subscribe_durable(&[topics::up_filter_all()], 4096)
             .await?;
+        let external = &cfg.mqtt.external;
+        let broker_cloud_password = if external.username.is_empty() {
+            None
+        } else {
+            Some(broker_auth::dynsec::read_password(
+                "mqtt.external.password_file",
+                external.password_file.as_deref(),
+            )?)
+        };
+        let stop = watch::channel(false).0;
+        let mut tasks = Vec::new();
+        let dynsec = match external.provision {
+            config::Provision::None => None,
+            config::Provision::MosquittoDynsec => {
+                let (d, task) = broker_auth::dynsec::Dynsec::start(external, stop.subscribe())?;
+                tasks.push(task);
+                Some(d)
+            }
+        };
         let cloud = Cloud {
             inner: Arc::new(Inner {
                 cfg,
@@ -165,22 +193,28 @@ impl Cloud {
                 mqtt_tls,
                 functions,
                 changes: watch::channel(0).0,
-                stop: watch::channel(false).0,
+                stop,
                 metrics: Metrics::default(),
                 rollouts_wake: tokio::sync::Notify::new(),
                 dispatch_wake: tokio::sync::Notify::new(),
                 history: devices::history::Pending::default(),
+                broker_secrets: broker_auth::SecretCache::default(),
+                broker_cloud_password,
+                dynsec,
                 tasks: Mutex::new(Vec::new()),
             }),
         };
         cloud.refresh_registry().await?;
-        let tasks = vec![
+        if cloud.inner.dynsec.is_some() {
+            tasks.push(tokio::spawn(broker_auth::reconcile(cloud.clone())));
+        }
+        tasks.extend([
             tokio::spawn(ingest::run(cloud.clone(), subscription)),
             tokio::spawn(ingest::prune_loop(cloud.clone())),
             tokio::spawn(registry_loop(cloud.clone())),
             tokio::spawn(rollouts::run(cloud.clone())),
             tokio::spawn(devices::dispatch::run(cloud.clone())),
-        ];
+        ]);
         if let Ok(mut t) = cloud.inner.tasks.lock() {
             t.extend(tasks);
         }

@@ -139,6 +139,12 @@ pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
         &[("", get(&m.pruned_messages))],
     );
     put(
+        "verge_cloud_broker_secret_cache_flushes_total",
+        "counter",
+        "times the cache of verified broker logins was emptied because it was full",
+        &[("", get(&inner.broker_secrets.flushed))],
+    );
+    put(
         "verge_cloud_registry_refresh_failures_total",
         "counter",
         "failed refreshes of the mqtt device registry",

@@ -146,7 +146,7 @@ fn reason(status: u16) -> &'static str {
         }
         401 => "unauthorized: missing, unknown or revoked credentials",
         403 => {
-            "forbidden: a read-only token on a route that changes state, or a token that may not manage tokens"
+            "forbidden: a read-only token on a route that changes state, a token that may not manage tokens, a `broker` token outside `/api/broker/*`, or another token on `/api/broker/*`"
         }
         404 => "not_found",
         409 => {
@@ -156,7 +156,9 @@ fn reason(status: u16) -> &'static str {
             "payload_too_large (a body over the limit, or a command payload over 64 KiB), or too_large: the shadow would pass 64 KiB"
         }
         502 => "node_error: the node answered with an error (e.g. it has no local store)",
-        503 => "node_offline: the device's node is not online; busy: too many queries waiting",
+        503 => {
+            "node_offline: the device's node is not online; busy: too many queries waiting; broker_unavailable: the external MQTT broker did not take a node's credentials (retry later)"
+        }
         504 => "node_timeout: the node did not answer in time",
         _ => "error",
     }
@@ -173,7 +175,7 @@ pub fn statuses(route: &Route) -> Vec<u16> {
     if route.auth != "none" {
         out.push(401);
     }
-    if route.auth == "api" {
+    if route.auth == "api" || route.auth == "broker" {
         out.push(403);
     }
     out.extend(route.errors);
@@ -210,6 +212,7 @@ fn operation(route: &Route) -> Value {
     let security = match route.auth {
         "api" => json!([{"apiToken": []}]),
         "node" => json!([{"nodeCredentials": []}]),
+        "broker" => json!([{"brokerToken": []}]),
         _ => json!([]),
     };
     op.insert("security".into(), security);
@@ -258,7 +261,9 @@ pub fn document() -> Value {
                 "apiToken": {"type": "http", "scheme": "bearer",
                     "description": "the admin token printed at the first start, or one made with `POST /api/tokens`"},
                 "nodeCredentials": {"type": "http", "scheme": "bearer",
-                    "description": "a node's credentials from `POST /api/agent/join`: `Bearer {node_id}.{secret}`"}
+                    "description": "a node's credentials from `POST /api/agent/join`: `Bearer {node_id}.{secret}`"},
+                "brokerToken": {"type": "http", "scheme": "bearer",
+                    "description": "an API token of the `broker` scope (`POST /api/tokens` `{\"name\", \"scope\": \"broker\"}`), set in the external broker's HTTP authenticator and authorizer"}
             }
         }
     })

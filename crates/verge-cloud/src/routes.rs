@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::Cloud;
 use crate::api::{
-    agent, alarms, assignments, commands, components, devices, drivers, functions, history, nodes,
-    releases, revisions, rollouts, rules, shadows, tokens,
+    agent, alarms, assignments, broker, commands, components, devices, drivers, functions, history,
+    nodes, releases, revisions, rollouts, rules, shadows, tokens,
 };
 use crate::error::AppError;
 
@@ -26,7 +26,8 @@ pub struct Route {
     pub path: &'static str,
     /// One line for people.
     pub summary: &'static str,
-    /// Which credentials it takes: `api`, `node` or `none`.
+    /// Which credentials it takes: `api`, `node`, `broker` (a token of
+    /// the `broker` scope) or `none`.
     pub auth: &'static str,
     /// Schema name of the JSON body, if it takes one.
     pub request: Option<&'static str>,
@@ -188,10 +189,10 @@ pub fn routes() -> Vec<Route> {
         op(
             "DELETE",
             "/api/nodes/{id}",
-            "delete a node (409 while devices or rules are bound)",
+            "delete a node (409 while devices or rules are bound; 503 when the broker's credentials cannot be removed)",
         )
         .empty(204)
-        .errors(&[404, 409])
+        .errors(&[404, 409, 503])
         .to(nodes::delete),
         op(
             "POST",
@@ -669,12 +670,12 @@ pub fn routes() -> Vec<Route> {
         op(
             "POST",
             verge_protocol::paths::JOIN,
-            "a node joins with its one-time token (401: unknown, used or expired)",
+            "a node joins with its one-time token (401: unknown, used or expired; 503: the MQTT broker did not take its credentials, the token is not spent)",
         )
         .auth("none")
         .body("JoinRequest")
         .ok(200, "JoinResponse")
-        .errors(&[401])
+        .errors(&[401, 503])
         .to(agent::join),
         op(
             "GET",
@@ -710,6 +711,25 @@ pub fn routes() -> Vec<Route> {
             .body("StatusReport")
             .empty(204)
             .to(agent::status),
+        // external broker hooks
+        op(
+            "POST",
+            "/api/broker/authn",
+            "an external broker asks whether a client may connect (node id + secret, or the cloud's user): `allow` or `deny`",
+        )
+        .auth("broker")
+        .body("BrokerAuthn")
+        .ok(200, "BrokerResult")
+        .to(broker::authn),
+        op(
+            "POST",
+            "/api/broker/authz",
+            "an external broker asks whether a client may publish or subscribe a topic: `allow` or `deny`",
+        )
+        .auth("broker")
+        .body("BrokerAuthz")
+        .ok(200, "BrokerResult")
+        .to(broker::authz),
     ]
 }
 

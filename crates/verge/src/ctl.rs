@@ -418,8 +418,9 @@ pub enum TokensCmd {
     Create {
         /// What it is for.
         name: String,
-        /// `admin` (everything) or `read` (GET only).
-        #[arg(long, default_value = "admin", value_parser = ["admin", "read"])]
+        /// `admin` (everything), `read` (GET only) or `broker` (the
+        /// external broker's `/api/broker/*` hooks only).
+        #[arg(long, default_value = "admin", value_parser = ["admin", "read", "broker"])]
         scope: String,
     },
     /// Revoke a token.

@@ -29,6 +29,13 @@ pub async fn join(
             .map_err(AppError::internal)?
             .map_err(AppError::internal)?
     };
+    if let Some(dynsec) = &cloud.inner().dynsec
+        && !dynsec.is_up()
+    {
+        return Err(broker_unavailable(
+            &crate::broker_auth::dynsec::DynsecError::Down,
+        ));
+    }
     let now = now_ms();
     let mut tx = cloud.inner().pool.begin().await?;
     let node: Option<(String,)> =
@@ -60,6 +67,15 @@ pub async fn join(
             "unknown, used or expired join token",
         ));
     }
+    // The broker learns the secret before the token is spent: if it
+    // cannot, the join fails (the transaction rolls back) and can be
+    // retried with the same token.
+    if let Some(dynsec) = &cloud.inner().dynsec
+        && let Err(e) = dynsec.provision_node(&node_id, &secret).await
+    {
+        tracing::warn!(node = %node_id, "join refused: the node's broker credentials: {e}");
+        return Err(broker_unavailable(&e));
+    }
     tx.commit().await?;
     tracing::info!(node = %node_id, hostname = %req.hostname, agent = %req.agent_version, "node joined");
     cloud.refresh_registry().await.map_err(AppError::internal)?;
@@ -72,6 +88,18 @@ pub async fn join(
         secret,
         mqtt_url: cloud.inner().cfg.mqtt_url(),
     }))
+}
+
+/// 503 `broker_unavailable`: the external broker did not take a node's
+/// credentials (retry later).
+pub fn broker_unavailable(e: &crate::broker_auth::dynsec::DynsecError) -> AppError {
+    AppError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker_unavailable",
+        format!(
+            "the node's credentials could not be written to the MQTT broker ({e}); try again later"
+        ),
+    )
 }
 
 pub async fn desired(

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod alarms;
 pub mod assignments;
+pub mod broker;
 pub mod commands;
 pub mod components;
 pub mod devices;

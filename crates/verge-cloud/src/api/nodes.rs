@@ -107,6 +107,12 @@ pub async fn create(
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &body.name)?;
     check_text("description", &body.description)?;
+    if body.name == cloud.inner().cfg.mqtt.external.username {
+        return Err(AppError::conflict(format!(
+            "`{}` is the cloud's own user on the MQTT broker (`mqtt.external.username`)",
+            body.name
+        )));
+    }
     let labels = match &body.labels {
         Some(l) => super::labels::parse("labels", l)?,
         None => super::labels::Labels::new(),
@@ -262,6 +268,13 @@ pub async fn delete(
     State(cloud): State<Cloud>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, AppError> {
+    if let Some(dynsec) = &cloud.inner().dynsec
+        && !dynsec.is_up()
+    {
+        return Err(super::agent::broker_unavailable(
+            &crate::broker_auth::dynsec::DynsecError::Down,
+        ));
+    }
     let mut tx = cloud.inner().pool.begin().await?;
     let (devices,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM devices WHERE node_id = $1")
         .bind(&id)
@@ -302,6 +315,14 @@ pub async fn delete(
         .execute(&mut *tx)
         .await?;
     crate::revisions::forget_node(&mut tx, &id).await?;
+    // Its credentials leave the external broker before the node leaves
+    // the database: if the broker cannot be told, nothing is deleted.
+    if let Some(dynsec) = &cloud.inner().dynsec
+        && let Err(e) = dynsec.remove_node(&id).await
+    {
+        tracing::warn!(node = %id, "delete refused: removing the node's broker credentials: {e}");
+        return Err(super::agent::broker_unavailable(&e));
+    }
     tx.commit().await?;
     cloud.refresh_registry().await.map_err(AppError::internal)?;
     // Its MQTT connection goes with it.

@@ -1,5 +1,5 @@
 //! `/api/tokens`: API tokens, shown once, stored as SHA-256, each with a
-//! scope (`admin` or `read`); managed with an admin token only.
+//! scope (`admin`, `read` or `broker`); managed with an admin token only.
 
 use axum::Json;
 use axum::extract::State;
@@ -18,7 +18,7 @@ use crate::error::{ApiJson, ApiPath, AppError, check_name};
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     name: String,
-    /// `admin` (default) or `read`.
+    /// `admin` (default), `read` or `broker`.
     #[serde(default = "admin")]
     scope: String,
 }
@@ -33,9 +33,9 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateToken>,
 ) -> Result<impl IntoResponse, AppError> {
     check_name("name", &body.name)?;
-    if !matches!(body.scope.as_str(), "admin" | "read") {
+    if !matches!(body.scope.as_str(), "admin" | "read" | "broker") {
         return Err(AppError::invalid(format!(
-            "`scope` must be `admin` or `read`, not `{}`",
+            "`scope` must be `admin`, `read` or `broker`, not `{}`",
             body.scope
         )));
     }

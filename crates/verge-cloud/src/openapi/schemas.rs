@@ -68,7 +68,7 @@ pub fn schemas() -> Map<String, Value> {
                 &["name"],
                 true,
                 json!({"name": name_schema(),
-                       "scope": {"type": "string", "enum": ["admin", "read"], "default": "admin"}}),
+                       "scope": {"type": "string", "enum": ["admin", "read", "broker"], "default": "admin"}}),
             ),
         ),
         (
@@ -77,7 +77,7 @@ pub fn schemas() -> Map<String, Value> {
                 &["id", "name", "created_ms", "scope"],
                 true,
                 json!({"id": string(), "name": string(), "created_ms": ms(),
-                       "scope": {"type": "string", "enum": ["admin", "read"]}}),
+                       "scope": {"type": "string", "enum": ["admin", "read", "broker"]}}),
             ),
         ),
         (
@@ -86,7 +86,7 @@ pub fn schemas() -> Map<String, Value> {
                 &["id", "name", "created_ms", "scope", "token"],
                 true,
                 json!({"id": string(), "name": string(), "created_ms": ms(),
-                       "scope": {"type": "string", "enum": ["admin", "read"]},
+                       "scope": {"type": "string", "enum": ["admin", "read", "broker"]},
                        "token": {"type": "string", "description": "shown once"}}),
             ),
         ),
@@ -269,6 +269,35 @@ pub fn schemas() -> Map<String, Value> {
                 &["node_id", "secret", "mqtt_url"],
                 true,
                 json!({"node_id": string(), "secret": string(), "mqtt_url": string()}),
+            ),
+        ),
+        (
+            "BrokerAuthn",
+            obj(
+                &["username", "password"],
+                false,
+                json!({"username": {"type": "string", "description": "a node id, or `mqtt.external.username`"},
+                       "password": {"type": "string", "description": "the node's secret, or that user's password"},
+                       "clientid": string()}),
+            ),
+        ),
+        (
+            "BrokerAuthz",
+            obj(
+                &["username", "action", "topic"],
+                false,
+                json!({"username": string(), "clientid": string(),
+                       "action": {"type": "string", "enum": ["publish", "subscribe"], "description": "anything else is denied"},
+                       "topic": {"type": "string", "description": "the topic published, or the filter subscribed"}}),
+            ),
+        ),
+        (
+            "BrokerResult",
+            obj(
+                &["result"],
+                true,
+                json!({"result": {"type": "string", "enum": ["allow", "deny"]},
+                       "is_superuser": {"type": "boolean", "description": "always false, sent with `allow` of authn"}}),
             ),
         ),
     ];
