@@ -303,6 +303,8 @@ pub async fn delete(
         .await?;
     crate::revisions::forget_node(&mut tx, &id).await?;
     tx.commit().await?;
+    // Its held long polls end (404).
+    cloud.notify_nodes(std::slice::from_ref(&id));
     cloud.refresh_registry().await.map_err(AppError::internal)?;
     // Its MQTT connection goes with it.
     if let Err(e) = cloud.inner().handle.disconnect_user(&id).await {
