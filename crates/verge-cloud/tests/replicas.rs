@@ -10,7 +10,10 @@ use common::{Harness, desired_as, harness_on, harness_with, serve};
 use serde_json::{Value, json};
 use tokio::time::{Duration, sleep};
 
-both!(the_replica_list_shows_this_process);
+both!(
+    the_replica_list_shows_this_process,
+    a_heartbeat_never_moves_last_seen_back,
+);
 
 /// Give `what` up to 60 s to become true (a guard against a hang, not a
 /// timing assertion), checking every 100 ms.
@@ -213,4 +216,28 @@ async fn deleting_a_node_on_one_replica_ends_its_poll_on_the_other() {
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let (s, d) = woken(poll).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{d}");
+}
+
+/// Replicas stamp heartbeats with their own clocks: one a little behind
+/// must not move a node's last heartbeat back (it would flap offline).
+async fn a_heartbeat_never_moves_last_seen_back(h: Harness) {
+    let (node, secret) = h.joined_node("edge-clock").await;
+    let ahead = verge_net::now_ms() + 5_000;
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    sqlx::query("UPDATE nodes SET last_seen_ms = $1 WHERE id = $2")
+        .bind(ahead)
+        .bind(&node)
+        .execute(&pool)
+        .await
+        .expect("stamp");
+    pool.close().await;
+    let (s, v) = h
+        .status_as(&node, &secret, json!({"applied_version": 0}))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, n) = h
+        .call(Method::GET, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(n["last_seen_ms"], ahead, "{n}");
+    assert_eq!(n["status"], "online", "{n}");
 }

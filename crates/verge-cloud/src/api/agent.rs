@@ -131,8 +131,13 @@ pub async fn status(
     let errors = serde_json::to_string(&report.apply_errors).map_err(AppError::internal)?;
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let mut tx = cloud.inner().pool.begin().await?;
+    // Replicas stamp with their own clocks: the last heartbeat time never
+    // goes back, so a replica whose clock is a little behind cannot make
+    // an online node look offline.
     sqlx::query(
-        "UPDATE nodes SET report = $1, last_seen_ms = $2, applied_version = $3, apply_errors = $4 WHERE id = $5",
+        "UPDATE nodes SET report = $1, \
+         last_seen_ms = CASE WHEN last_seen_ms IS NULL OR last_seen_ms < $2 THEN $2 ELSE last_seen_ms END, \
+         applied_version = $3, apply_errors = $4 WHERE id = $5",
     )
     .bind(text)
     .bind(now)
