@@ -412,6 +412,11 @@ impl Cloud {
         self.inner.leader.is_leader()
     }
 
+    /// Changes of [`Cloud::is_leader`].
+    pub fn leader_watch(&self) -> watch::Receiver<bool> {
+        self.inner.leader.watch()
+    }
+
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
     }

@@ -241,3 +241,40 @@ async fn a_heartbeat_never_moves_last_seen_back(h: Harness) {
     assert_eq!(n["last_seen_ms"], ahead, "{n}");
     assert_eq!(n["status"], "online", "{n}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_connection_dies_stops_leading_and_one_replica_takes_over() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    eventually("one replica leads", || async {
+        a.cloud.is_leader() || b.cloud.is_leader()
+    })
+    .await;
+    let leader = if a.cloud.is_leader() { &a } else { &b };
+    let mut leads = leader.cloud.leader_watch();
+    // The server ends the leader's lock session (as when its connection
+    // breaks): the lock is released.
+    let pool = sqlx::AnyPool::connect(&a.db_url).await.expect("db");
+    let (ended,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1) AS t",
+    )
+    .bind(format!("verge-cloud-leader {}", leader.cloud.replica_id()))
+    .fetch_one(&pool)
+    .await
+    .expect("terminate");
+    pool.close().await;
+    assert_eq!(ended, 1, "one lock connection per replica");
+    // The leader notices and stops leading (its jobs pause) …
+    tokio::time::timeout(Duration::from_secs(60), leads.wait_for(|l| !*l))
+        .await
+        .expect("the leader notices the lost connection")
+        .expect("watch");
+    // … and one replica leads again (either: both try for the lock).
+    eventually("a replica leads again", || async {
+        a.cloud.is_leader() || b.cloud.is_leader()
+    })
+    .await;
+    assert!(!(a.cloud.is_leader() && b.cloud.is_leader()), "both lead");
+}
