@@ -71,7 +71,7 @@ def start_replica(procs, workdir, name, db_url):
     return cloud, f"http://127.0.0.1:{http}"
 
 
-def test_two_replicas_share_long_polls_and_leadership(procs, database):
+def test_two_replicas_share_long_polls_and_leadership(database, procs):
     workdir = Path(tempfile.mkdtemp(prefix="verge-replicas-"))
     (workdir / "a").mkdir()
     url_a, admin = start_cloud(procs, str(workdir / "a"), extra=(
@@ -108,9 +108,18 @@ def test_two_replicas_share_long_polls_and_leadership(procs, database):
                                timeout=90)
         answer["at"] = time.time()
 
+    def metric(url, name):
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return None
+
+    # B listens for changes, and holds the poll before the change is made.
+    wait_for("B listens", lambda: metric(url_b, "verge_cloud_wake_listening") == 1, cloud_b)
     poller = threading.Thread(target=hold)
     poller.start()
-    time.sleep(1)  # let B take the poll (if not, it answers at once: still correct)
+    wait_for("B holds the poll", lambda: metric(url_b, "verge_cloud_long_poll_nodes") == 1, cloud_b)
     status, body = call(url_a, bearer, "PATCH", f"/api/nodes/{joined['node_id']}",
                         {"config": {"log": {"level": "debug"}}})
     assert status == 200, body
