@@ -17,6 +17,7 @@ const routes = [
   [/^#\/releases$/, releasesPage],
   [/^#\/messages$/, messagesPage],
   [/^#\/tokens$/, tokensPage],
+  [/^#\/cloud$/, cloudPage],
 ];
 
 // ---------------------------------------------------------------- start

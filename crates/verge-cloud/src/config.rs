@@ -44,6 +44,14 @@ pub struct CloudSection {
     pub max_artifact_bytes: usize,
     /// Largest release binary of `verge` accepted, in bytes.
     pub max_release_bytes: usize,
+    /// This replica's id among the replicas on one database (1–64
+    /// letters, digits, `.`, `_` or `-`); empty = a random id made at
+    /// first start and kept in `<data_dir>/replica-id` (mode 0600).
+    pub replica_id: String,
+    /// A held desired-state long poll re-reads its node's version this
+    /// often while wake-ups reach it (always on SQLite; on PostgreSQL while
+    /// the `LISTEN` connection is up, else every second).
+    pub long_poll_recheck: HumanDuration,
 }
 
 impl Default for CloudSection {
@@ -58,6 +66,8 @@ impl Default for CloudSection {
             max_upload_bytes: 16 << 20,
             max_artifact_bytes: 64 << 20,
             max_release_bytes: 128 << 20,
+            replica_id: String::new(),
+            long_poll_recheck: HumanDuration(Duration::from_secs(30)),
         }
     }
 }

@@ -33,6 +33,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("releases.js", include_str!("../console/releases.js")),
     ("messages.js", include_str!("../console/messages.js")),
     ("tokens.js", include_str!("../console/tokens.js")),
+    ("cloud.js", include_str!("../console/cloud.js")),
     ("main.js", include_str!("../console/main.js")),
 ];
 

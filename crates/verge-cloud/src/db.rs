@@ -164,6 +164,33 @@ const DEVICES_COMMON_V9: &[&str] = &[
     "ALTER TABLE nodes ADD COLUMN endpoints TEXT NOT NULL DEFAULT '[]'",
 ];
 
+/// Cloud replicas (`crate::replicas`): one row per `verge cloud` process
+/// on the database, refreshed every 2 s (`leader` = 1 while it leads).
+const REPLICAS_COMMON_V10: &[&str] = &[
+    "CREATE TABLE cloud_replicas (id TEXT PRIMARY KEY, http_url TEXT NOT NULL, version TEXT NOT NULL, started_ms BIGINT NOT NULL, seen_ms BIGINT NOT NULL, leader BIGINT NOT NULL)",
+];
+
+/// PostgreSQL: a change of a node's desired version (or its deletion)
+/// notifies channel `verge_desired` with the node id at commit, whichever
+/// statement made it, so every replica wakes that node's long polls
+/// (`crate::replicas::wake`). SQLite has one process: it wakes them in
+/// process.
+const POSTGRES_V10: &[&str] = &[
+    "CREATE OR REPLACE FUNCTION verge_desired_notify() RETURNS trigger AS $$ \
+     BEGIN \
+       IF TG_OP = 'DELETE' THEN \
+         PERFORM pg_notify('verge_desired', OLD.id); \
+         RETURN OLD; \
+       END IF; \
+       IF NEW.desired_version IS DISTINCT FROM OLD.desired_version THEN \
+         PERFORM pg_notify('verge_desired', NEW.id); \
+       END IF; \
+       RETURN NEW; \
+     END $$ LANGUAGE plpgsql",
+    "CREATE TRIGGER nodes_desired_notify AFTER UPDATE OF desired_version OR DELETE ON nodes \
+     FOR EACH ROW EXECUTE PROCEDURE verge_desired_notify()",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -215,6 +242,11 @@ fn migrations() -> Vec<Migration> {
             sqlite: DEVICES_COMMON_V9,
             postgres: DEVICES_COMMON_V9,
         },
+        Migration {
+            version: 10,
+            sqlite: REPLICAS_COMMON_V10,
+            postgres: join(REPLICAS_COMMON_V10, POSTGRES_V10),
+        },
     ]
 }
 
@@ -251,10 +283,15 @@ pub fn make_private(path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
+}
+
 /// Connect to `url` and bring the schema up to date.
 pub async fn open(url: &str) -> Result<AnyPool, CloudError> {
     sqlx::any::install_default_drivers();
-    let dialect = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+    let dialect = if is_postgres(url) {
         Dialect::Postgres
     } else if url.starts_with("sqlite:") {
         Dialect::Sqlite
@@ -284,11 +321,21 @@ pub async fn open(url: &str) -> Result<AnyPool, CloudError> {
     Ok(pool)
 }
 
+/// The advisory lock key migrations take on PostgreSQL.
+const MIGRATION_LOCK: i64 = 0x7665_7267_6530;
+
 async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), CloudError> {
     pool.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
         .await?;
     for m in migrations() {
         let mut tx = pool.begin().await?;
+        if dialect == Dialect::Postgres {
+            // Replicas starting together migrate one at a time.
+            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         let done: Option<(i64,)> =
             sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
                 .bind(m.version)

@@ -352,6 +352,10 @@ pub async fn prune_loop(cloud: Cloud) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        // One replica prunes: the leader.
+        if !cloud.inner().leader.is_leader() {
+            continue;
+        }
         if let Err(e) = prune_once(&cloud).await {
             tracing::warn!("pruning failed: {e}");
         }

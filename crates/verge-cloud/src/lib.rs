@@ -9,9 +9,9 @@
 //! sandbox, redeployed from the database when its copy differs). Every
 //! change to what a node should run bumps that node's desired version and
 //! makes its revision of that number (a snapshot the node is served from,
-//! `revisions`) in the same transaction, and wakes long-polling nodes in
-//! this process;
-//! other replicas notice within a second by re-reading the version.
+//! `revisions`) in the same transaction, and wakes that node's long polls
+//! in this process; on PostgreSQL a trigger notifies every replica at
+//! commit, which wakes the polls it holds (`replicas`).
 //!
 //! Upstream messages reach the database through a durable broker
 //! subscription: a node's QoS 1 PUBLISH is acknowledged only after the
@@ -34,6 +34,7 @@ mod ingest;
 mod listeners;
 mod metrics;
 mod openapi;
+mod replicas;
 mod revisions;
 mod rollouts;
 mod routes;
@@ -84,8 +85,13 @@ pub(crate) struct Inner {
     mqtt_tls: Option<Transport>,
     /// The function sandbox.
     pub(crate) functions: verge_functions::Functions,
-    /// Bumped whenever this process bumps a desired version.
-    pub(crate) changes: watch::Sender<u64>,
+    /// This process as a replica (its id and start).
+    pub(crate) replica: replicas::Replica,
+    /// Whether this replica leads: the gate of the singleton jobs
+    /// (pruning, the rollout driver).
+    pub(crate) leader: replicas::leader::Leadership,
+    /// Per-node wake-ups of the held desired-state long polls.
+    pub(crate) wake: replicas::wake::WakeHub,
     /// Set once the cloud shuts down.
     pub(crate) stop: watch::Sender<bool>,
     /// Counters.
@@ -106,7 +112,8 @@ pub(crate) struct Inner {
     /// `mqtt.external.provision = "mosquitto-dynsec"`.
     pub(crate) dynsec: Option<broker_auth::dynsec::Dynsec>,
     /// Background tasks (ingest, registry refresh, pruning, the rollout
-    /// driver, the device dispatcher).
+    /// driver, the device dispatcher, the replica heartbeat, leadership,
+    /// the desired-state listener).
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -123,6 +130,7 @@ impl Cloud {
         // Check the TLS files first: a bad path fails the start before
         // anything is created, with the key named.
         let mqtt_tls = mqtt_tls(&cfg)?;
+        let replica_id = replicas::resolve_id(&cfg.cloud.replica_id, &cfg.cloud.data_dir)?;
         let sqlite_file = cfg
             .cloud
             .database
@@ -161,6 +169,7 @@ impl Cloud {
         })
         .await
         .map_err(CloudError::Other)?;
+        let postgres = db::is_postgres(&cfg.database_url());
         let subscription = handle
             .subscribe_durable(&[topics::up_filter_all()], 4096)
             .await?;
@@ -192,7 +201,12 @@ impl Cloud {
                 auth,
                 mqtt_tls,
                 functions,
-                changes: watch::channel(0).0,
+                replica: replicas::Replica {
+                    id: replica_id,
+                    started_ms: db::now_ms(),
+                },
+                leader: replicas::leader::Leadership::new(!postgres),
+                wake: replicas::wake::WakeHub::new(!postgres),
                 stop,
                 metrics: Metrics::default(),
                 rollouts_wake: tokio::sync::Notify::new(),
@@ -205,6 +219,15 @@ impl Cloud {
             }),
         };
         cloud.refresh_registry().await?;
+        // Listed at once (`GET /api/cloud/replicas`), then every 2 s.
+        let inner = &cloud.inner;
+        replicas::beat(
+            &inner.pool,
+            &inner.replica,
+            &inner.cfg.http_url(),
+            inner.leader.is_leader(),
+        )
+        .await?;
         if cloud.inner.dynsec.is_some() {
             tasks.push(tokio::spawn(broker_auth::reconcile(cloud.clone())));
         }
@@ -214,7 +237,12 @@ impl Cloud {
             tokio::spawn(registry_loop(cloud.clone())),
             tokio::spawn(rollouts::run(cloud.clone())),
             tokio::spawn(devices::dispatch::run(cloud.clone())),
+            tokio::spawn(replicas::leader::run(cloud.clone())),
+            tokio::spawn(replicas::heartbeat_loop(cloud.clone())),
         ]);
+        if postgres {
+            tasks.push(tokio::spawn(replicas::wake::listen(cloud.clone())));
+        }
         if let Ok(mut t) = cloud.inner.tasks.lock() {
             t.extend(tasks);
         }
@@ -398,9 +426,29 @@ impl Cloud {
         Ok(())
     }
 
-    /// Tell long-polling nodes in this process that a version changed.
-    pub(crate) fn notify_change(&self) {
-        self.inner.changes.send_modify(|v| *v += 1);
+    /// Wake the long polls this process holds for `nodes` (their desired
+    /// version changed, or they were deleted). Other replicas learn of it
+    /// from the database (PostgreSQL `NOTIFY`).
+    pub(crate) fn notify_nodes(&self, nodes: &[String]) {
+        for n in nodes {
+            self.inner.wake.wake(n);
+        }
+    }
+
+    /// This replica's id (`cloud.replica_id`, or the one kept in
+    /// `<data_dir>/replica-id`).
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica.id
+    }
+
+    /// Whether this replica leads (runs the singleton jobs) now.
+    pub fn is_leader(&self) -> bool {
+        self.inner.leader.is_leader()
+    }
+
+    /// Changes of [`Cloud::is_leader`].
+    pub fn leader_watch(&self) -> watch::Receiver<bool> {
+        self.inner.leader.watch()
     }
 
     pub(crate) fn inner(&self) -> &Inner {

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub commands_expired: AtomicU64,
     /// Shadows published to nodes (resends included).
     pub shadows_sent: AtomicU64,
+    /// Desired-state notifications received from PostgreSQL.
+    pub wake_notifications: AtomicU64,
+    /// Times the desired-state listener lost its connection.
+    pub wake_reconnects: AtomicU64,
     /// HTTP responses by status class (index 0 = 1xx … 4 = 5xx).
     pub http: [AtomicU64; 5],
 }
@@ -173,6 +177,36 @@ pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
         "gauge",
         "node store queries waiting for their reply in this process",
         &[("", inner.history.len() as u64)],
+    );
+    put(
+        "verge_cloud_leader",
+        "gauge",
+        "1 while this replica leads (runs pruning and the rollout driver)",
+        &[("", u64::from(inner.leader.is_leader()))],
+    );
+    put(
+        "verge_cloud_wake_listening",
+        "gauge",
+        "1 while every desired-state change reaches this replica's long polls (SQLite: always; PostgreSQL: the LISTEN connection is up)",
+        &[("", u64::from(inner.wake.listening()))],
+    );
+    put(
+        "verge_cloud_long_poll_nodes",
+        "gauge",
+        "nodes with a desired-state long poll held by this replica",
+        &[("", inner.wake.nodes_waiting() as u64)],
+    );
+    put(
+        "verge_cloud_wake_notifications_total",
+        "counter",
+        "desired-state change notifications received from PostgreSQL",
+        &[("", get(&m.wake_notifications))],
+    );
+    put(
+        "verge_cloud_wake_listener_reconnects_total",
+        "counter",
+        "times the desired-state LISTEN connection was lost",
+        &[("", get(&m.wake_reconnects))],
     );
     put(
         "verge_cloud_commands_sent_total",

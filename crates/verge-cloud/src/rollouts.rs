@@ -108,6 +108,10 @@ pub async fn run(cloud: Cloud) {
             () = cloud.inner().rollouts_wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        // One replica drives rollouts: the leader.
+        if !cloud.inner().leader.is_leader() {
+            continue;
+        }
         let running: Result<Vec<(i64,)>, _> =
             sqlx::query_as("SELECT id FROM rollouts WHERE state = 'running' ORDER BY id")
                 .fetch_all(&cloud.inner().pool)
@@ -317,7 +321,7 @@ async fn assign_node(cloud: &Cloud, r: &Rollout, node: &str) -> Result<(), AppEr
             .await?;
             tx.commit().await?;
             if changed {
-                cloud.notify_change();
+                cloud.notify_nodes(&[node.to_owned()]);
             }
         }
         Err(e) if e.status.is_client_error() => {

@@ -706,6 +706,13 @@ pub fn routes() -> Vec<Route> {
         .ok(200, "Binary")
         .errors(&[404])
         .to(releases::binary_for_node),
+        op(
+            "GET",
+            "/api/cloud/replicas",
+            "the cloud replicas on this database and which one leads",
+        )
+        .ok(200, "Replica[]")
+        .to(crate::replicas::list),
         op("POST", verge_protocol::paths::STATUS, "a node's heartbeat")
             .auth("node")
             .body("StatusReport")

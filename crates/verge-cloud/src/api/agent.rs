@@ -108,20 +108,21 @@ pub async fn desired(
     ApiQuery(q): ApiQuery<verge_protocol::paths::DesiredQuery>,
 ) -> Result<Response, AppError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(60_000));
-    let mut changes = cloud.inner().changes.subscribe();
-    let mut stop = cloud.inner().stop.subscribe();
+    let inner = cloud.inner();
+    let mut waiter = inner.wake.waiter(&node);
+    let mut stop = inner.stop.subscribe();
     loop {
-        changes.mark_unchanged();
+        waiter.mark_seen();
         let current: Option<(i64,)> =
             sqlx::query_as("SELECT desired_version FROM nodes WHERE id = $1")
                 .bind(&node)
-                .fetch_optional(&cloud.inner().pool)
+                .fetch_optional(&inner.pool)
                 .await?;
         let Some((version,)) = current else {
             return Err(AppError::not_found(format!("no node `{node}`")));
         };
         if version != q.version {
-            let state = crate::revisions::serve(&cloud.inner().pool, &node, true)
+            let state = crate::revisions::serve(&inner.pool, &node, true)
                 .await?
                 .ok_or_else(|| AppError::not_found(format!("no node `{node}`")))?;
             return Ok(Json(state).into_response());
@@ -130,11 +131,18 @@ pub async fn desired(
         if now >= deadline || *stop.borrow() {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        // Woken by a change in this process, or re-check every second
-        // (changes made by other replicas).
-        let wake = (now + Duration::from_secs(1)).min(deadline);
+        // Woken when this node's version changes (in this process, or on
+        // PostgreSQL through any replica), with a slow safety re-check;
+        // every second while changes made elsewhere cannot reach the hub
+        // (the listener is down).
+        let recheck = if inner.wake.listening() {
+            inner.cfg.cloud.long_poll_recheck.get()
+        } else {
+            Duration::from_secs(1)
+        };
+        let wake = now.checked_add(recheck).unwrap_or(deadline).min(deadline);
         tokio::select! {
-            _ = changes.changed() => {}
+            () = waiter.woken() => {}
             _ = tokio::time::sleep_until(wake) => {}
             _ = stop.wait_for(|s| *s) => {}
         }
@@ -151,8 +159,13 @@ pub async fn status(
     let errors = serde_json::to_string(&report.apply_errors).map_err(AppError::internal)?;
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let mut tx = cloud.inner().pool.begin().await?;
+    // Replicas stamp with their own clocks: the last heartbeat time never
+    // goes back, so a replica whose clock is a little behind cannot make
+    // an online node look offline.
     sqlx::query(
-        "UPDATE nodes SET report = $1, last_seen_ms = $2, applied_version = $3, apply_errors = $4 WHERE id = $5",
+        "UPDATE nodes SET report = $1, \
+         last_seen_ms = CASE WHEN last_seen_ms IS NULL OR last_seen_ms < $2 THEN $2 ELSE last_seen_ms END, \
+         applied_version = $3, apply_errors = $4 WHERE id = $5",
     )
     .bind(text)
     .bind(now)

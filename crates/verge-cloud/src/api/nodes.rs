@@ -324,6 +324,8 @@ pub async fn delete(
         return Err(super::agent::broker_unavailable(&e));
     }
     tx.commit().await?;
+    // Its held long polls end (404).
+    cloud.notify_nodes(std::slice::from_ref(&id));
     cloud.refresh_registry().await.map_err(AppError::internal)?;
     // Its MQTT connection goes with it.
     if let Err(e) = cloud.inner().handle.disconnect_user(&id).await {

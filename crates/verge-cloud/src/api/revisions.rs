@@ -180,7 +180,7 @@ async fn pin(
     let n = revisions::pin(&mut tx, node, state, &reason).await?;
     let (row, _) = one(&mut tx, node, n).await?;
     tx.commit().await?;
-    cloud.notify_change();
+    cloud.notify_nodes(&[node.to_owned()]);
     Ok((StatusCode::CREATED, Json(entry(&row, n))))
 }
 

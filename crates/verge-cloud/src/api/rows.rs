@@ -73,6 +73,6 @@ pub async fn commit_bumped(
 ) -> Result<(), AppError> {
     db::bump_nodes(&mut tx, nodes, reason).await?;
     tx.commit().await?;
-    cloud.notify_change();
+    cloud.notify_nodes(nodes);
     Ok(())
 }

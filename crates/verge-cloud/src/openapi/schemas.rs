@@ -310,7 +310,35 @@ pub fn schemas() -> Map<String, Value> {
         .chain(super::revisions::schemas())
         .chain(super::rollouts::schemas())
         .chain(super::releases::schemas())
+        .chain([("Replica", replica())])
         .chain(agent)
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+}
+
+/// A cloud replica as `GET /api/cloud/replicas` lists it.
+fn replica() -> Value {
+    obj(
+        &[
+            "id",
+            "http_url",
+            "version",
+            "started_ms",
+            "seen_ms",
+            "alive",
+            "leader",
+            "this",
+        ],
+        true,
+        json!({
+            "id": {"type": "string", "description": "`cloud.replica_id`, or the id kept in `<data_dir>/replica-id`"},
+            "http_url": {"type": "string", "description": "the replica's public HTTP URL (`cloud.public_url`)"},
+            "version": {"type": "string", "description": "the replica's Verge version"},
+            "started_ms": ms(),
+            "seen_ms": {"type": "integer", "format": "int64", "description": "its last heartbeat (every 2 s), ms since the Unix epoch"},
+            "alive": {"type": "boolean", "description": "a heartbeat in the last 10 s (a replica that stops cleanly leaves the list)"},
+            "leader": {"type": "boolean", "description": "alive and leading: runs retention pruning and the rollout driver"},
+            "this": {"type": "boolean", "description": "the replica that answered"},
+        }),
+    )
 }

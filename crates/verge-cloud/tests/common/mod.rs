@@ -158,6 +158,37 @@ pub async fn harness() -> Harness {
 }
 
 impl Harness {
+    /// A second cloud on this harness's database (a replica), with a data
+    /// directory of its own (so its own replica id) and `tweak` applied to
+    /// its configuration; it shares the admin token and keeps the test's
+    /// PostgreSQL database alive. PostgreSQL only: SQLite has one process.
+    pub async fn replica(&self, tweak: impl FnOnce(&mut CloudConfig)) -> Harness {
+        assert!(self.scratch.is_some(), "replicas need PostgreSQL");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = CloudConfig::default();
+        cfg.cloud.data_dir = dir.path().join("data");
+        cfg.cloud.database = self.db_url.clone();
+        tweak(&mut cfg);
+        let (cloud, admin) = Cloud::open(cfg).await.expect("open replica");
+        assert!(admin.is_none(), "the admin token exists already");
+        Harness {
+            cloud,
+            admin: self.admin.clone(),
+            db_url: self.db_url.clone(),
+            dir,
+            scratch: self.scratch.clone(),
+        }
+    }
+
+    /// The value of the unlabelled Prometheus sample `name` at `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, v) = self.call_as(Method::GET, "/metrics", None, None).await;
+        v.as_str()?.lines().find_map(|l| {
+            let (n, value) = l.split_once(' ')?;
+            (n == name).then(|| value.trim().parse().ok())?
+        })
+    }
+
     /// Call the API as admin.
     pub async fn call(
         &self,

@@ -1,0 +1,280 @@
+//! Cloud replicas: two `Cloud`s on one PostgreSQL database (the replica
+//! list, leadership, long polls woken across replicas), and the one
+//! SQLite process as its own leader.
+
+#[macro_use]
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{Harness, desired_as, harness_on, harness_with, serve};
+use serde_json::{Value, json};
+use tokio::time::{Duration, sleep};
+
+both!(
+    the_replica_list_shows_this_process,
+    a_heartbeat_never_moves_last_seen_back,
+);
+
+/// Give `what` up to 60 s to become true (a guard against a hang, not a
+/// timing assertion), checking every 100 ms.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// The answer of a held poll (60 s wait, re-checked every 10 min), which
+/// must come well before its wait ends: at the end of the wait the poll
+/// re-reads the version anyway, so an answer then would not show that the
+/// change woke it.
+async fn woken(poll: tokio::task::JoinHandle<(StatusCode, Value)>) -> (StatusCode, Value) {
+    tokio::time::timeout(Duration::from_secs(40), poll)
+        .await
+        .expect("the change wakes the poll before its 60 s wait ends")
+        .expect("poll task")
+}
+
+async fn replicas(h: &Harness) -> Vec<Value> {
+    let (s, v) = h.call(Method::GET, "/api/cloud/replicas", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+async fn the_replica_list_shows_this_process(h: Harness) {
+    let list = replicas(&h).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let me = &list[0];
+    assert_eq!(me["id"], h.cloud.replica_id());
+    assert_eq!(me["this"], true);
+    assert_eq!(me["alive"], true);
+    // The id is kept in the data directory, private.
+    let kept = std::fs::read_to_string(h.dir.path().join("data/replica-id")).expect("replica-id");
+    assert_eq!(kept.trim(), h.cloud.replica_id());
+    if h.scratch.is_none() {
+        // SQLite: the one process leads from the start.
+        assert!(h.cloud.is_leader());
+        assert_eq!(me["leader"], true);
+        assert_eq!(h.metric("verge_cloud_leader").await, Some(1.0));
+    }
+    // Read tokens may list; no token may not.
+    let (s, _) = h
+        .call_as(Method::GET, "/api/cloud/replicas", None, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+/// Two replicas on a fresh PostgreSQL database, or `None` (saying why)
+/// without `VERGE_TEST_POSTGRES_URL`. Held polls re-check every 10 min,
+/// so only a wake-up can answer them within a test.
+async fn two_replicas() -> Option<(Harness, Harness)> {
+    let slow = |c: &mut verge_cloud::CloudConfig| {
+        c.cloud.long_poll_recheck = "10m".parse().expect("duration");
+    };
+    let a = harness_with(true, slow).await?;
+    let b = a.replica(slow).await;
+    Some((a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_list_shows_both_replicas_and_one_leader() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    assert_ne!(a.cloud.replica_id(), b.cloud.replica_id());
+    eventually("one replica leads", || async {
+        a.cloud.is_leader() || b.cloud.is_leader()
+    })
+    .await;
+    assert!(!(a.cloud.is_leader() && b.cloud.is_leader()), "both lead");
+    // The list says the same once the leader's heartbeat says so.
+    let leader = if a.cloud.is_leader() { &a } else { &b };
+    let leader_id = leader.cloud.replica_id().to_owned();
+    eventually("the list names the leader", || async {
+        replicas(&b)
+            .await
+            .iter()
+            .any(|r| r["id"] == leader_id.as_str() && r["leader"] == true)
+    })
+    .await;
+    let list = replicas(&b).await;
+    assert_eq!(list.len(), 2, "{list:?}");
+    for r in &list {
+        assert_eq!(r["alive"], true, "{r}");
+        assert_eq!(r["this"], r["id"] == b.cloud.replica_id(), "{r}");
+    }
+    let leaders = list.iter().filter(|r| r["leader"] == true).count();
+    assert_eq!(leaders, 1, "{list:?}");
+    assert_eq!(leader.metric("verge_cloud_leader").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_leader_hands_leadership_to_the_other_replica() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let served_a = serve(&a).await;
+    let served_b = serve(&b).await;
+    eventually("one replica leads", || async {
+        a.cloud.is_leader() || b.cloud.is_leader()
+    })
+    .await;
+    assert!(!(a.cloud.is_leader() && b.cloud.is_leader()), "both lead");
+    let (stopped, other, served_other) = if a.cloud.is_leader() {
+        served_a.stop().await;
+        (a, b, served_b)
+    } else {
+        served_b.stop().await;
+        (b, a, served_a)
+    };
+    assert!(
+        !stopped.cloud.is_leader(),
+        "a stopped replica does not lead"
+    );
+    eventually("the other replica leads", || async {
+        other.cloud.is_leader()
+    })
+    .await;
+    // The stopped replica left the list.
+    let list = replicas(&other).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["id"], other.cloud.replica_id());
+    served_other.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_held_on_one_replica_is_woken_by_a_change_on_the_other() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let (node, secret) = a.joined_node("edge-wake").await;
+    let (_, d) = desired_as(&b, &node, &secret, 0, 0).await;
+    let version = d["version"].as_i64().expect("version");
+    // B's listener is up: its polls wait for wake-ups only.
+    eventually("replica B listens", || async {
+        b.metric("verge_cloud_wake_listening").await == Some(1.0)
+    })
+    .await;
+    let b = std::sync::Arc::new(b);
+    let poll = {
+        let (b, node, secret) = (b.clone(), node.clone(), secret.clone());
+        tokio::spawn(async move { desired_as(&b, &node, &secret, version, 60_000).await })
+    };
+    eventually("the poll is held on B", || async {
+        b.metric("verge_cloud_long_poll_nodes").await == Some(1.0)
+    })
+    .await;
+    let (s, v) = a
+        .call(
+            Method::PATCH,
+            &format!("/api/nodes/{node}"),
+            Some(json!({"config": {"store": {"retention": "3d"}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, d) = woken(poll).await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["version"], version + 1);
+    assert_eq!(d["config"]["store"]["retention"], "3d");
+    assert!(b.metric("verge_cloud_wake_notifications_total").await >= Some(1.0));
+    // A poll for another node is not woken by this node's change: its
+    // node's polls only (the hub holds one entry per waiting node).
+    assert_eq!(b.metric("verge_cloud_long_poll_nodes").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_node_on_one_replica_ends_its_poll_on_the_other() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let (node, secret) = a.joined_node("edge-gone").await;
+    let (_, d) = desired_as(&b, &node, &secret, 0, 0).await;
+    let version = d["version"].as_i64().expect("version");
+    eventually("replica B listens", || async {
+        b.metric("verge_cloud_wake_listening").await == Some(1.0)
+    })
+    .await;
+    let b = std::sync::Arc::new(b);
+    let poll = {
+        let (b, node, secret) = (b.clone(), node.clone(), secret.clone());
+        tokio::spawn(async move { desired_as(&b, &node, &secret, version, 60_000).await })
+    };
+    eventually("the poll is held on B", || async {
+        b.metric("verge_cloud_long_poll_nodes").await == Some(1.0)
+    })
+    .await;
+    let (s, v) = a
+        .call(Method::DELETE, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, d) = woken(poll).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{d}");
+}
+
+/// Replicas stamp heartbeats with their own clocks: one a little behind
+/// must not move a node's last heartbeat back (it would flap offline).
+async fn a_heartbeat_never_moves_last_seen_back(h: Harness) {
+    let (node, secret) = h.joined_node("edge-clock").await;
+    let ahead = verge_net::now_ms() + 5_000;
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    sqlx::query("UPDATE nodes SET last_seen_ms = $1 WHERE id = $2")
+        .bind(ahead)
+        .bind(&node)
+        .execute(&pool)
+        .await
+        .expect("stamp");
+    pool.close().await;
+    let (s, v) = h
+        .status_as(&node, &secret, json!({"applied_version": 0}))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (_, n) = h
+        .call(Method::GET, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(n["last_seen_ms"], ahead, "{n}");
+    assert_eq!(n["status"], "online", "{n}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_connection_dies_stops_leading_and_one_replica_takes_over() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    eventually("one replica leads", || async {
+        a.cloud.is_leader() || b.cloud.is_leader()
+    })
+    .await;
+    let leader = if a.cloud.is_leader() { &a } else { &b };
+    let mut leads = leader.cloud.leader_watch();
+    // The server ends the leader's lock session (as when its connection
+    // breaks): the lock is released.
+    let pool = sqlx::AnyPool::connect(&a.db_url).await.expect("db");
+    let (ended,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1) AS t",
+    )
+    .bind(format!("verge-cloud-leader {}", leader.cloud.replica_id()))
+    .fetch_one(&pool)
+    .await
+    .expect("terminate");
+    pool.close().await;
+    assert_eq!(ended, 1, "one lock connection per replica");
+    // The leader notices and stops leading (its jobs pause) …
+    tokio::time::timeout(Duration::from_secs(60), leads.wait_for(|l| !*l))
+        .await
+        .expect("the leader notices the lost connection")
+        .expect("watch");
+    // … and one replica leads again (either: both try for the lock).
+    eventually("a replica leads again", || async {
+        a.cloud.is_leader() || b.cloud.is_leader()
+    })
+    .await;
+    assert!(!(a.cloud.is_leader() && b.cloud.is_leader()), "both lead");
+}
