@@ -164,6 +164,13 @@ const DEVICES_COMMON_V9: &[&str] = &[
     "ALTER TABLE nodes ADD COLUMN endpoints TEXT NOT NULL DEFAULT '[]'",
 ];
 
+/// External broker mode: each replica's consumer session on the broker,
+/// refreshed while the replica lives, claimed and ended by another
+/// replica once it is not (`crate::external::adopt`).
+const MQTT_SESSIONS_COMMON_V11: &[&str] = &[
+    "CREATE TABLE mqtt_consumer_sessions (client_id TEXT PRIMARY KEY, replica TEXT NOT NULL, seen_ms BIGINT NOT NULL, adopted_by TEXT, adopted_ms BIGINT, done_ms BIGINT)",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -214,6 +221,11 @@ fn migrations() -> Vec<Migration> {
             version: 9,
             sqlite: DEVICES_COMMON_V9,
             postgres: DEVICES_COMMON_V9,
+        },
+        Migration {
+            version: 11,
+            sqlite: MQTT_SESSIONS_COMMON_V11,
+            postgres: MQTT_SESSIONS_COMMON_V11,
         },
     ]
 }

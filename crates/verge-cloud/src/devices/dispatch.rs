@@ -4,7 +4,9 @@
 //! `offline_after`, as `api::nodes::status` decides) publishes its queued
 //! commands as `CommandRequest`s and its devices' pending shadows as
 //! `ShadowSync`s, QoS 1, on `nodes/{n}/down/$verge/…` through the
-//! cloud's in-process broker handle.
+//! cloud's downlink (`crate::downlink`: the in-process broker, or the
+//! external broker in external mode). In embedded mode a node not
+//! connected to this process's endpoint is skipped (another replica's).
 //!
 //! At most [`IN_FLIGHT_PER_DEVICE`] commands of a device, and
 //! [`IN_FLIGHT_PER_NODE`] of a node, are handed to the node at once; the
@@ -20,8 +22,6 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use verge_broker::Message;
-use verge_mqtt::QoS;
 use verge_protocol::device::{CommandRequest, DeviceChannel, ShadowSync};
 use verge_protocol::topics;
 
@@ -89,6 +89,11 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
         .fetch_add(expired, Ordering::Relaxed);
     let online_since = now - crate::api::nodes::offline_ms(cloud);
     let resend_before = now - RESEND_MS;
+    // In embedded mode only the nodes connected to this process's
+    // endpoint can be reached from here: the others are left to the
+    // replica they are connected to (a claim here would be a lost send).
+    let reachable = inner.downlink.reachable().await;
+    let here = |node: &str| reachable.as_ref().is_none_or(|r| r.contains(node));
     // A command not yet published (attempts 0) goes only while its device
     // has fewer than IN_FLIGHT_PER_DEVICE handed over; `handed` is counted
     // before the pass, `more` counts the pass's own.
@@ -124,6 +129,9 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     };
     let mut more: HashMap<String, i64> = HashMap::new();
     for (id, device, node, name, payload, created_ms, expires_ms, attempts, handed) in queued {
+        if !here(&node) {
+            continue;
+        }
         if attempts == 0 {
             let mine = more.entry(device.clone()).or_default();
             let of_node = by_node.entry(node.clone()).or_default();
@@ -170,6 +178,9 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     .fetch_all(pool)
     .await?;
     for (device, node, doc) in pending {
+        if !here(&node) {
+            continue;
+        }
         let claimed = sqlx::query(
             "UPDATE device_shadows SET sent_ms = $1 \
              WHERE device_id = $2 AND pending = 1 AND sent_ms <= $3",
@@ -210,8 +221,7 @@ async fn send(cloud: &Cloud, topic: String, body: &impl serde::Serialize) {
             return;
         }
     };
-    let msg = Message::local(topic.as_str(), payload, QoS::AtLeastOnce, false);
-    if let Err(e) = cloud.inner().handle.publish(msg).await {
+    if let Err(e) = cloud.inner().downlink.publish(&topic, payload).await {
         tracing::warn!(%topic, "not sent: {e}");
     }
 }
