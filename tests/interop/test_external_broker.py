@@ -104,7 +104,11 @@ class Mosquitto:
         acl.write_text("user cloud\ntopic readwrite nodes/#\n\n"
                        "pattern write nodes/%u/up/#\npattern read nodes/%u/down/#\n")
         conf = self.dir / "mosquitto.conf"
+        # Run as root, mosquitto would switch to its own user and could
+        # not read the files in the test's private directory.
+        user = f"user {os.environ.get('USER') or 'root'}\n" if os.geteuid() == 0 else ""
         conf.write_text(
+            user +
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous false\n"
             f"password_file {self.passwords}\n"
@@ -118,7 +122,12 @@ class Mosquitto:
         self.log = open(self.dir / "mosquitto.log", "w+")
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        until("mosquitto did not listen", lambda: port_open(self.port), timeout=10)
+        deadline = time.time() + 10
+        while not port_open(self.port):
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(f"mosquitto did not listen:\n{self.output()}")
+            time.sleep(0.1)
 
     def add_user(self, user, password):
         subprocess.run(["mosquitto_passwd", "-b", str(self.passwords), user, password],
@@ -161,7 +170,7 @@ def start_replica(procs, workdir, name, db, broker, password_file):
 
 
 @pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
-def test_two_replicas_on_mosquitto_store_once_through_a_kill_and_send_commands(procs, database):
+def test_two_replicas_on_mosquitto_store_once_through_a_kill_and_send_commands(database, procs):
     workdir = tempfile.mkdtemp(prefix="verge-external-")
     cloud_password = uuid.uuid4().hex
     password_file = Path(workdir, "cloud-mqtt-password")
@@ -244,6 +253,8 @@ def run(procs, workdir, db, broker, password_file):
           lambda: (metric(a_url, "verge_cloud_external_sessions_adopted_total") or 0) >= 1, timeout=60)
     time.sleep(2)
     assert stored() == (READINGS + 1, READINGS + 1)
+    print(f"replica A drained {metric(a_url, 'verge_cloud_external_adopted_messages_total')} "
+          "message(s) from B's session")
 
     # Downstream: a command through replica A reaches the device via Mosquitto.
     assert dev.sub("devices/d1/commands/#", 1) == [1]

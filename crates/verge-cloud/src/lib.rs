@@ -396,8 +396,13 @@ impl Cloud {
 
     /// Rebuild the broker's registry from the database: one device per
     /// joined node, allowed to publish `nodes/{id}/up/#` and subscribe
-    /// `nodes/{id}/down/#` only.
+    /// `nodes/{id}/down/#` only. Nothing in external mode (the in-process
+    /// endpoint is not served).
     pub(crate) async fn refresh_registry(&self) -> Result<(), CloudError> {
+        if self.inner.external.is_some() {
+            // The external broker authenticates nodes itself.
+            return Ok(());
+        }
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, secret_phc FROM nodes WHERE secret_phc IS NOT NULL ORDER BY id",
         )

@@ -18,7 +18,7 @@
 //! the resend time), so two replicas, or a restarted one, do not send
 //! twice in a window; expiry is a conditional UPDATE too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -92,8 +92,9 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     // In embedded mode only the nodes connected to this process's
     // endpoint can be reached from here: the others are left to the
     // replica they are connected to (a claim here would be a lost send).
-    let reachable = inner.downlink.reachable().await;
-    let here = |node: &str| reachable.as_ref().is_none_or(|r| r.contains(node));
+    // Asked of the broker once per pass, and only when there is something
+    // to send.
+    let mut reach = Reach::default();
     // A command not yet published (attempts 0) goes only while its device
     // has fewer than IN_FLIGHT_PER_DEVICE handed over; `handed` is counted
     // before the pass, `more` counts the pass's own.
@@ -129,7 +130,7 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     };
     let mut more: HashMap<String, i64> = HashMap::new();
     for (id, device, node, name, payload, created_ms, expires_ms, attempts, handed) in queued {
-        if !here(&node) {
+        if !reach.here(cloud, &node).await {
             continue;
         }
         if attempts == 0 {
@@ -178,7 +179,7 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     .fetch_all(pool)
     .await?;
     for (device, node, doc) in pending {
-        if !here(&node) {
+        if !reach.here(cloud, &node).await {
             continue;
         }
         let claimed = sqlx::query(
@@ -209,6 +210,23 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
         inner.metrics.shadows_sent.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// The nodes this process can send to, asked of the downlink on first
+/// use (`None` inside: any node).
+#[derive(Default)]
+struct Reach(Option<Option<HashSet<String>>>);
+
+impl Reach {
+    async fn here(&mut self, cloud: &Cloud, node: &str) -> bool {
+        if self.0.is_none() {
+            self.0 = Some(cloud.inner().downlink.reachable().await);
+        }
+        match &self.0 {
+            Some(Some(nodes)) => nodes.contains(node),
+            _ => true,
+        }
+    }
 }
 
 /// Publish `body` as JSON on `topic`, QoS 1 (a failure is logged; the
