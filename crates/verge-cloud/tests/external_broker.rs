@@ -3,9 +3,11 @@
 //! tests say so and return when it is not installed), on SQLite and
 //! PostgreSQL: upstream stored once through the shared subscription, a
 //! message of a node that is not joined acknowledged and dropped, a
-//! command published down on the broker, a dead replica's session (its
+//! message that could not be stored not acknowledged and stored when the
+//! broker resends it, a command published down on the broker, a dead replica's session (its
 //! unacknowledged messages) adopted, drained and ended, and no MQTT port
-//! in external mode.
+//! in external mode. Plus embedded mode with two replicas: a replica
+//! sends only to the nodes connected to its own endpoint.
 
 mod common;
 
@@ -46,6 +48,7 @@ macro_rules! on_both {
 
 on_both!(
     upstream_is_stored_once_and_strangers_are_acknowledged,
+    a_message_not_stored_is_not_acknowledged_and_comes_again,
     a_command_goes_down_on_the_external_broker,
     a_dead_replicas_session_is_adopted_drained_and_ended,
 );
@@ -270,6 +273,133 @@ async fn upstream_is_stored_once_and_strangers_are_acknowledged(pg: bool) {
         .expect("count");
     assert_eq!(ghost.0, 0);
     pool.close().await;
+}
+
+async fn a_message_not_stored_is_not_acknowledged_and_comes_again(pg: bool) {
+    let Some(broker) = mosquitto() else { return };
+    let Some(h) = external(pg, &broker).await else {
+        return;
+    };
+    let (node, _secret) = h.joined_node("edge-r").await;
+    let n = client(&broker, |_| {}, &format!("verge-node-{node}"));
+    up(&n, &node, "r0", "{}").await;
+    until_stored(&h, &node, 1).await;
+    // The table is away: the next message cannot be stored.
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    sqlx::query("ALTER TABLE messages RENAME TO messages_away")
+        .execute(&pool)
+        .await
+        .expect("rename");
+    up(&n, &node, "r1", "{}").await;
+    // (`/metrics` counts the table too: the window is a plain wait.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::query("ALTER TABLE messages_away RENAME TO messages")
+        .execute(&pool)
+        .await
+        .expect("rename back");
+    pool.close().await;
+    // Not acknowledged, so the broker sends it again on the resumed
+    // session, and it is stored then.
+    until_stored(&h, &node, 2).await;
+    let m = until(&h, "the consumer is connected again", |m| {
+        metric(m, "verge_cloud_external_connected") == Some(1)
+    })
+    .await;
+    // It got there by dropping the connection, not by acknowledging.
+    assert!(
+        metric(&m, "verge_cloud_external_connection_losses_total").unwrap_or(0) >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "verge_cloud_ingest_refused_total").unwrap_or(0) >= 1,
+        "{m}"
+    );
+}
+
+/// Embedded mode, two replicas on one PostgreSQL: a node connected to
+/// replica A's endpoint is not sent to by replica B (B cannot reach it),
+/// and A delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_replicas_send_only_to_nodes_connected_to_them() {
+    let Some(b) = common::harness_on(true).await else {
+        return;
+    };
+    let served_b = common::serve(&b).await;
+    let (node, secret) = b.joined_node("edge-e").await;
+    let (s, v) = b
+        .call(
+            Method::POST,
+            "/api/devices",
+            Some(json!({"name": "d1", "node_id": node})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = b
+        .status_as(&node, &secret, json!({"applied_version": 0}))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, v) = b
+        .call(
+            Method::POST,
+            "/api/devices/d1/commands/reboot",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["command"]["id"].as_str().expect("id").to_owned();
+    // B's dispatcher runs every second: the node is online but not
+    // connected to B, so B claims nothing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, c) = b
+        .call(Method::GET, &format!("/api/commands/{id}"), None)
+        .await;
+    assert_eq!(
+        c["attempts"], 0,
+        "claimed by a replica the node is not connected to: {c}"
+    );
+
+    // Replica A on the same database; the node connects to A's endpoint.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = CloudConfig::default();
+    cfg.cloud.data_dir = dir.path().join("data");
+    cfg.cloud.database = b.db_url.clone();
+    let (a_cloud, _) = verge_cloud::Cloud::open(cfg).await.expect("open replica a");
+    let a = Harness {
+        cloud: a_cloud,
+        admin: b.admin.clone(),
+        db_url: b.db_url.clone(),
+        dir,
+        scratch: b.scratch.clone(),
+    };
+    let served_a = common::serve(&a).await;
+    let mut o = MqttOptions::new(
+        format!("verge-node-{node}"),
+        served_a.mqtt.ip().to_string(),
+        served_a.mqtt.port(),
+    );
+    o.set_credentials(node.clone(), secret.clone());
+    let (c, mut el) = AsyncClient::new(o, 64);
+    c.subscribe(format!("nodes/{node}/down/#"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let want = format!("nodes/{node}/down/$verge/commands/d1");
+    let p = timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == want.as_bytes() => {
+                    return p;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("node link: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("replica A sent the command");
+    let req: Value = serde_json::from_slice(&p.payload).expect("json");
+    assert_eq!(req["id"], id.as_str());
+    served_a.stop().await;
+    served_b.stop().await;
 }
 
 async fn a_command_goes_down_on_the_external_broker(pg: bool) {
