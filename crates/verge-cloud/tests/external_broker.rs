@@ -4,7 +4,8 @@
 //! PostgreSQL: upstream stored once through the shared subscription, a
 //! message of a node that is not joined acknowledged and dropped, a
 //! message that could not be stored not acknowledged and stored when the
-//! broker resends it, a command published down on the broker, a dead replica's session (its
+//! broker resends it, a command published down on the broker, a store
+//! query answered through the broker, a dead replica's session (its
 //! unacknowledged messages) adopted, drained and ended, and no MQTT port
 //! in external mode. Plus embedded mode with two replicas: a replica
 //! sends only to the nodes connected to its own endpoint.
@@ -50,6 +51,7 @@ on_both!(
     upstream_is_stored_once_and_strangers_are_acknowledged,
     a_message_not_stored_is_not_acknowledged_and_comes_again,
     a_command_goes_down_on_the_external_broker,
+    a_store_query_is_answered_through_the_external_broker,
     a_dead_replicas_session_is_adopted_drained_and_ended,
 );
 
@@ -400,6 +402,84 @@ async fn embedded_replicas_send_only_to_nodes_connected_to_them() {
     assert_eq!(req["id"], id.as_str());
     served_a.stop().await;
     served_b.stop().await;
+}
+
+async fn a_store_query_is_answered_through_the_external_broker(pg: bool) {
+    let Some(broker) = mosquitto() else { return };
+    let Some(h) = external(pg, &broker).await else {
+        return;
+    };
+    let (node, secret) = h.joined_node("edge-q").await;
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/devices",
+            Some(json!({"name": "d1", "node_id": node})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let mut n = client(&broker, |_| {}, &format!("verge-node-{node}"));
+    n.client
+        .subscribe(format!("nodes/{node}/down/#"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (s, v) = h
+        .status_as(&node, &secret, json!({"applied_version": 0}))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let want = format!("nodes/{node}/down/$verge/store-query/d1");
+    let node_side = async {
+        let p = timeout(WAIT, async {
+            loop {
+                let p = n.rx.recv().await.expect("client running");
+                if p.topic == want.as_bytes() {
+                    return p;
+                }
+            }
+        })
+        .await
+        .expect("the store query came down through the broker");
+        let q: Value = serde_json::from_slice(&p.payload).expect("json");
+        let reply = json!({"id": q["id"], "device": "d1",
+            "series": [{"metric": "temp", "points": [[1000, 20.5]]}]});
+        let props = PublishProperties {
+            user_properties: vec![("verge-id".into(), "reply-1".into())],
+            ..Default::default()
+        };
+        n.client
+            .publish_with_properties(
+                format!("nodes/{node}/up/$verge/store-reply/d1"),
+                QoS::AtLeastOnce,
+                false,
+                reply.to_string(),
+                props,
+            )
+            .await
+            .expect("publish");
+    };
+    let ((s, v), ()) = tokio::join!(
+        h.call(
+            Method::GET,
+            "/api/devices/d1/history?metric=temp&from_ms=0&to_ms=2000",
+            None
+        ),
+        node_side
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["series"],
+        json!([{"metric": "temp", "points": [[1000, 20.5]]}])
+    );
+    // Answered from this replica's plain subscription; the shared
+    // consumer acknowledged and skipped it (it never reached the ingest).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = metrics(&h).await;
+    assert_eq!(
+        metric(&m, "verge_cloud_ingest_messages_total"),
+        Some(0),
+        "{m}"
+    );
+    assert_eq!(stored(&h, &node).await, (0, 0));
 }
 
 async fn a_command_goes_down_on_the_external_broker(pg: bool) {
