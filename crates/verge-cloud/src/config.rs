@@ -99,25 +99,100 @@ impl Default for HttpSection {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttSection {
-    /// Address of the MQTT endpoint for nodes.
+    /// Where nodes' MQTT traffic goes: the cloud's own endpoint
+    /// (`embedded`) or an MQTT 5 broker (cluster) run beside it
+    /// (`external`, see `[mqtt.external]`).
+    pub mode: MqttMode,
+    /// Address of the MQTT endpoint for nodes (embedded mode only).
     pub bind: SocketAddr,
     /// The URL nodes reach the MQTT endpoint at (told at join); empty =
-    /// `mqtts://` + `mqtt.tls.bind` when TLS is on, else `mqtt://` +
-    /// `mqtt.bind`.
+    /// `mqtt.external.url` in external mode, else `mqtts://` +
+    /// `mqtt.tls.bind` when TLS is on, else `mqtt://` + `mqtt.bind`.
     pub public_url: String,
-    /// The same endpoint over TLS.
+    /// The same endpoint over TLS (embedded mode only).
     pub tls: MqttTlsSection,
-    /// An external broker for the node channel (`docs/scale-out.md`).
+    /// The external broker (`mode = "external"`).
     pub external: MqttExternalSection,
 }
 
 impl Default for MqttSection {
     fn default() -> Self {
         MqttSection {
+            mode: MqttMode::Embedded,
             bind: SocketAddr::from(([127, 0, 0, 1], 1884)),
             public_url: String::new(),
             tls: MqttTlsSection::default(),
             external: MqttExternalSection::default(),
+        }
+    }
+}
+
+/// `mqtt.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttMode {
+    /// The cloud serves the node MQTT endpoint itself (one process).
+    #[default]
+    Embedded,
+    /// Nodes connect to an external MQTT 5 broker; every cloud replica
+    /// consumes upstream through a shared subscription there and
+    /// publishes downstream messages there.
+    External,
+}
+
+/// The `[mqtt.external]` section: the cloud replicas' own connection to
+/// the external broker (nodes get `mqtt.public_url`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttExternalSection {
+    /// `mqtt://host:port` or `mqtts://host:port` (port 1883 / 8883 when
+    /// left out).
+    pub url: String,
+    /// PEM file of the CA certificate(s) the broker's certificate must
+    /// chain to (required for `mqtts://`).
+    pub ca: Option<PathBuf>,
+    /// The user the cloud replicas log in as; empty = none.
+    pub username: String,
+    /// A file holding that user's password (read at start; it must not
+    /// be readable by group or others).
+    pub password_file: Option<PathBuf>,
+    /// The shared-subscription group of the replicas
+    /// (`$share/{group}/nodes/+/up/#`).
+    pub share_group: String,
+    /// How long the broker keeps a replica's session (and the messages
+    /// queued in it) after its connection ends.
+    pub session_expiry: HumanDuration,
+    /// A replica whose consumer has not been seen for this long has its
+    /// broker session adopted (drained, then ended) by a live replica.
+    pub adopt_after: HumanDuration,
+    /// How node credentials reach the broker: `none` (the broker asks the
+    /// cloud, `/api/broker/authn` and `/api/broker/authz`) or
+    /// `mosquitto-dynsec` (the cloud writes them into Mosquitto's
+    /// dynamic-security plugin at join, delete and start).
+    pub provision: Provision,
+    /// `mqtt://host:port` of the broker the dynamic-security commands go
+    /// to (needed with `provision = "mosquitto-dynsec"`).
+    pub admin_url: String,
+    /// The dynamic-security admin user (`mosquitto_ctrl dynsec init FILE USER`).
+    pub admin_username: String,
+    /// File holding the admin user's password (one line; mode 0600).
+    pub admin_password_file: Option<PathBuf>,
+}
+
+impl Default for MqttExternalSection {
+    fn default() -> Self {
+        MqttExternalSection {
+            url: String::new(),
+            ca: None,
+            username: String::new(),
+            password_file: None,
+            share_group: "verge-cloud".into(),
+            session_expiry: HumanDuration(Duration::from_secs(24 * 3600)),
+            adopt_after: HumanDuration(Duration::from_secs(15)),
+            provision: Provision::None,
+            admin_url: String::new(),
+            admin_username: String::new(),
+            admin_password_file: None,
         }
     }
 }
@@ -148,32 +223,6 @@ impl Default for MqttTlsSection {
     }
 }
 
-/// The `[mqtt.external]` section: the external broker. Here only the keys
-/// of node credentials on that broker (`crate::broker_auth`); the cloud's
-/// own user (`username`, `password_file`) is the one the replicas connect
-/// with.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttExternalSection {
-    /// The cloud replicas' own user on the external broker (allowed its
-    /// shared subscription and downlink publishes by `/api/broker/authz`).
-    pub username: String,
-    /// File holding that user's password (one line; mode 0600).
-    pub password_file: Option<PathBuf>,
-    /// How node credentials reach the broker: `none` (the broker asks the
-    /// cloud, `/api/broker/authn` and `/api/broker/authz`) or
-    /// `mosquitto-dynsec` (the cloud writes them into Mosquitto's
-    /// dynamic-security plugin at join, delete and start).
-    pub provision: Provision,
-    /// `mqtt://host:port` of the broker the dynamic-security commands go
-    /// to (needed with `provision = "mosquitto-dynsec"`).
-    pub admin_url: String,
-    /// The dynamic-security admin user (`mosquitto_ctrl dynsec init FILE USER`).
-    pub admin_username: String,
-    /// File holding the admin user's password (one line; mode 0600).
-    pub admin_password_file: Option<PathBuf>,
-}
-
 /// `mqtt.external.provision`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -195,10 +244,13 @@ impl CloudConfig {
         }
     }
 
-    /// The public MQTT URL (the TLS endpoint when it is on).
+    /// The public MQTT URL (the external broker in external mode, else
+    /// the TLS endpoint when it is on).
     pub fn mqtt_url(&self) -> String {
         if self.mqtt.public_url.is_empty() {
-            if self.mqtt.tls.enabled {
+            if self.mqtt.mode == MqttMode::External {
+                self.mqtt.external.url.clone()
+            } else if self.mqtt.tls.enabled {
                 format!("mqtts://{}", self.mqtt.tls.bind)
             } else {
                 format!("mqtt://{}", self.mqtt.bind)
@@ -263,6 +315,23 @@ mod tests {
         assert!(
             serde_json::from_str::<CloudConfig>(r#"{"mqtt":{"external":{"provision":"http"}}}"#)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn external_mode_tells_nodes_the_external_broker() {
+        let mut c: CloudConfig = serde_json::from_str(
+            r#"{"mqtt":{"mode":"external","external":{"url":"mqtt://broker:1883"}}}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(c.mqtt.mode, MqttMode::External);
+        assert_eq!(c.mqtt.external.share_group, "verge-cloud");
+        assert_eq!(c.mqtt_url(), "mqtt://broker:1883");
+        c.mqtt.public_url = "mqtts://nodes.example.com:8883".into();
+        assert_eq!(c.mqtt_url(), "mqtts://nodes.example.com:8883");
+        assert!(serde_json::from_str::<CloudConfig>(r#"{"mqtt":{"mode":"cluster"}}"#).is_err());
+        assert!(
+            serde_json::from_str::<CloudConfig>(r#"{"mqtt":{"external":{"nope":1}}}"#).is_err()
         );
     }
 }

@@ -191,6 +191,13 @@ const POSTGRES_V10: &[&str] = &[
      FOR EACH ROW EXECUTE PROCEDURE verge_desired_notify()",
 ];
 
+/// External broker mode: each replica's consumer session on the broker,
+/// refreshed while the replica lives, claimed and ended by another
+/// replica once it is not (`crate::external::adopt`).
+const MQTT_SESSIONS_COMMON_V11: &[&str] = &[
+    "CREATE TABLE mqtt_consumer_sessions (client_id TEXT PRIMARY KEY, replica TEXT NOT NULL, seen_ms BIGINT NOT NULL, adopted_by TEXT, adopted_ms BIGINT, done_ms BIGINT)",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -246,6 +253,11 @@ fn migrations() -> Vec<Migration> {
             version: 10,
             sqlite: REPLICAS_COMMON_V10,
             postgres: join(REPLICAS_COMMON_V10, POSTGRES_V10),
+        },
+        Migration {
+            version: 11,
+            sqlite: MQTT_SESSIONS_COMMON_V11,
+            postgres: MQTT_SESSIONS_COMMON_V11,
         },
     ]
 }

@@ -1,6 +1,8 @@
-//! Upstream ingest: node messages from the durable broker subscription are
-//! written to the database a batch per transaction, and only then
-//! confirmed (so the node's PUBACK follows the commit); device-channel
+//! Upstream ingest: node messages from the durable broker subscription
+//! (embedded mode) or the external broker's shared subscription
+//! (external mode, `crate::external`) are written to the database a batch
+//! per transaction, and only then confirmed (so the node's PUBACK, or the
+//! cloud's own PUBACK to the external broker, follows the commit); device-channel
 //! messages (`$verge/…`: shadows, command statuses, alarms) are applied in
 //! the same transaction instead of stored (`crate::devices`); a store
 //! reply is handed, after the commit, to the API request waiting for it
@@ -12,6 +14,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use verge_broker::{DurableMessage, DurableSubscription};
 use verge_protocol::device;
 use verge_protocol::topics::{self, VERGE_ID_PROPERTY};
@@ -19,11 +22,82 @@ use verge_protocol::topics::{self, VERGE_ID_PROPERTY};
 use crate::Cloud;
 use crate::db::now_ms;
 use crate::devices::Handled;
+use crate::external::consumer::Ack;
 
 /// Most messages written in one transaction.
 const BATCH: usize = 256;
 
-/// Receive, store, confirm; until the broker stops.
+/// Where upstream messages come from.
+pub enum Source {
+    /// The in-process endpoint's durable subscription (embedded mode).
+    Broker(DurableSubscription),
+    /// The external broker's consumer (external mode): messages and how
+    /// to acknowledge each.
+    External(mpsc::Receiver<Upstream>),
+}
+
+impl Source {
+    /// Wait for at least one message and take up to `limit` into `buf`;
+    /// 0 once the source has ended.
+    async fn recv_many(&mut self, buf: &mut Vec<Upstream>, limit: usize) -> usize {
+        match self {
+            Source::Broker(sub) => {
+                let mut got = Vec::with_capacity(limit);
+                let n = sub.recv_many(&mut got, limit).await;
+                buf.extend(got.into_iter().map(|msg| Upstream { msg, ack: None }));
+                n
+            }
+            Source::External(rx) => rx.recv_many(buf, limit).await,
+        }
+    }
+}
+
+/// One upstream message and how to tell its sender the outcome: the
+/// in-process confirmation inside [`DurableMessage`] (embedded mode), or
+/// an acknowledgement on the external broker (its `confirm` is then a
+/// no-op).
+pub struct Upstream {
+    /// The message.
+    pub msg: DurableMessage,
+    /// The external broker's acknowledgement, in external mode.
+    pub ack: Option<Ack>,
+}
+
+impl Upstream {
+    /// Stored (or a duplicate of a stored one): acknowledge.
+    async fn stored(self) {
+        self.msg.confirm.ok();
+        if let Some(a) = self.ack {
+            a.ok().await;
+        }
+    }
+
+    /// Not stored for now: the sender keeps it and sends it again (the
+    /// external broker after a reconnect).
+    fn retry(self) {
+        self.msg.confirm.fail();
+        if let Some(a) = self.ack {
+            a.fail();
+        }
+    }
+
+    /// Never storable (a topic that is not a joined node's): the
+    /// in-process publisher is told; on the external broker the message
+    /// is acknowledged and dropped, as resending it could not help.
+    async fn reject(self) {
+        self.msg.confirm.fail();
+        if let Some(a) = self.ack {
+            a.ok().await;
+        }
+    }
+}
+
+/// Split a batch for [`store`], which takes the messages alone.
+fn split(batch: Vec<Upstream>) -> (Vec<DurableMessage>, Vec<Option<Ack>>) {
+    batch.into_iter().map(|u| (u.msg, u.ack)).unzip()
+}
+
+/// Receive, store, confirm; until the source ends.
 ///
 /// Every message is either confirmed after the commit that stored it or
 /// refused (its publisher keeps it and sends it again): a topic that is
@@ -31,12 +105,12 @@ const BATCH: usize = 256;
 /// are refused, never acknowledged unstored. A batch whose commit fails on
 /// a statement is written again one message per transaction, so one bad
 /// message refuses only itself; a failure to reach the database refuses
-/// the whole batch.
-pub async fn run(cloud: Cloud, mut sub: DurableSubscription) {
-    let mut buf: Vec<DurableMessage> = Vec::with_capacity(BATCH);
+/// the whole batch. The same path serves both [`Source`]s.
+pub async fn run(cloud: Cloud, mut source: Source) {
+    let mut buf: Vec<Upstream> = Vec::with_capacity(BATCH);
     loop {
         buf.clear();
-        if sub.recv_many(&mut buf, BATCH).await == 0 {
+        if source.recv_many(&mut buf, BATCH).await == 0 {
             return;
         }
         let m = &cloud.inner().metrics;
@@ -54,47 +128,54 @@ pub async fn run(cloud: Cloud, mut sub: DurableSubscription) {
         if batch.is_empty() {
             continue;
         }
-        match store(&cloud, &batch).await {
+        let (msgs, acks) = split(batch);
+        match store(&cloud, &msgs).await {
             Ok(()) => {
                 m.ingest_batches.fetch_add(1, Ordering::Relaxed);
-                for d in batch {
-                    d.confirm.ok();
+                for (msg, ack) in msgs.into_iter().zip(acks) {
+                    Upstream { msg, ack }.stored().await;
                 }
             }
-            Err(e) if batch.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
+            Err(e) if msgs.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
                 tracing::warn!(
                     "upstream batch of {} not stored ({e}); storing one by one",
-                    batch.len()
+                    msgs.len()
                 );
                 m.ingest_failures.fetch_add(1, Ordering::Relaxed);
-                for d in batch {
+                for (d, ack) in msgs.into_iter().zip(acks) {
                     match store(&cloud, std::slice::from_ref(&d)).await {
                         Ok(()) => {
                             m.ingest_batches.fetch_add(1, Ordering::Relaxed);
-                            d.confirm.ok();
+                            Upstream { msg: d, ack }.stored().await;
                         }
                         Err(e) => {
                             tracing::warn!(topic = %d.msg.topic, "upstream message not stored: {e}");
                             m.ingest_failures.fetch_add(1, Ordering::Relaxed);
-                            refuse(&cloud, [d]);
+                            refuse(&cloud, [Upstream { msg: d, ack }]);
                         }
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!("upstream batch of {} not stored: {e}", batch.len());
+                tracing::warn!("upstream batch of {} not stored: {e}", msgs.len());
                 m.ingest_failures.fetch_add(1, Ordering::Relaxed);
-                refuse(&cloud, batch);
+                refuse(
+                    &cloud,
+                    msgs.into_iter()
+                        .zip(acks)
+                        .map(|(msg, ack)| Upstream { msg, ack }),
+                );
             }
         }
     }
 }
 
-/// Tell the publishers of `msgs` that they were not stored, and count them.
-fn refuse(cloud: &Cloud, msgs: impl IntoIterator<Item = DurableMessage>) {
+/// Tell the publishers of `msgs` that they were not stored (they send
+/// them again), and count them.
+fn refuse(cloud: &Cloud, msgs: impl IntoIterator<Item = Upstream>) {
     let mut n = 0;
-    for d in msgs {
-        d.confirm.fail();
+    for u in msgs {
+        u.retry();
         n += 1;
     }
     cloud
@@ -105,13 +186,13 @@ fn refuse(cloud: &Cloud, msgs: impl IntoIterator<Item = DurableMessage>) {
 }
 
 /// Take from `buf` the messages that can be stored: a topic of the form
-/// `nodes/{id}/up/{rest}` from a joined node. The others are refused here
+/// `nodes/{id}/up/{rest}` from a joined node. The others are rejected here
 /// (the broker's ACL already keeps a node to its own topics, but a node
 /// deleted while connected keeps its connection and its rights).
-async fn admit(cloud: &Cloud, buf: &mut Vec<DurableMessage>) -> sqlx::Result<Vec<DurableMessage>> {
+async fn admit(cloud: &Cloud, buf: &mut Vec<Upstream>) -> sqlx::Result<Vec<Upstream>> {
     let mut nodes: Vec<&str> = buf
         .iter()
-        .filter_map(|d| topics::parse_up(&d.msg.topic).map(|(n, _)| n))
+        .filter_map(|u| topics::parse_up(&u.msg.msg.topic).map(|(n, _)| n))
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
@@ -128,15 +209,22 @@ async fn admit(cloud: &Cloud, buf: &mut Vec<DurableMessage>) -> sqlx::Result<Vec
     }
     let (ok, bad): (Vec<_>, Vec<_>) = buf
         .drain(..)
-        .partition(|d| topics::parse_up(&d.msg.topic).is_some_and(|(n, _)| joined.contains(n)));
+        .partition(|u| topics::parse_up(&u.msg.msg.topic).is_some_and(|(n, _)| joined.contains(n)));
     if let Some(first) = bad.first() {
         tracing::warn!(
-            topic = %first.msg.topic,
+            topic = %first.msg.msg.topic,
             "{} upstream message(s) refused: not `{}` of a joined node",
             bad.len(),
             topics::up("{id}", "…")
         );
-        refuse(cloud, bad);
+        cloud
+            .inner()
+            .metrics
+            .ingest_refused
+            .fetch_add(bad.len() as u64, Ordering::Relaxed);
+        for u in bad {
+            u.reject().await;
+        }
     }
     Ok(ok)
 }

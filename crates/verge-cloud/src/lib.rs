@@ -29,7 +29,9 @@ mod console;
 mod db;
 mod desired;
 mod devices;
+mod downlink;
 mod error;
+mod external;
 mod ingest;
 mod listeners;
 mod metrics;
@@ -79,6 +81,10 @@ pub(crate) struct Inner {
     broker: Mutex<Option<Broker>>,
     /// The broker's in-process API.
     pub(crate) handle: BrokerHandle,
+    /// Where commands, shadows and store queries go down to nodes.
+    pub(crate) downlink: downlink::Downlink,
+    /// The external broker, in external mode.
+    external: Option<Arc<external::Plan>>,
     /// The broker's authenticator (its registry is swapped on changes).
     auth: Authenticator,
     /// The TLS endpoint's transport, when `mqtt.tls.enabled`.
@@ -131,6 +137,7 @@ impl Cloud {
         // anything is created, with the key named.
         let mqtt_tls = mqtt_tls(&cfg)?;
         let replica_id = replicas::resolve_id(&cfg.cloud.replica_id, &cfg.cloud.data_dir)?;
+        let external = external::Plan::resolve(&cfg)?.map(Arc::new);
         let sqlite_file = cfg
             .cloud
             .database
@@ -170,34 +177,50 @@ impl Cloud {
         .await
         .map_err(CloudError::Other)?;
         let postgres = db::is_postgres(&cfg.database_url());
-        let subscription = handle
-            .subscribe_durable(&[topics::up_filter_all()], 4096)
-            .await?;
-        let external = &cfg.mqtt.external;
-        let broker_cloud_password = if external.username.is_empty() {
+        let external_cfg = &cfg.mqtt.external;
+        let broker_cloud_password = if external_cfg.username.is_empty() {
             None
         } else {
             Some(broker_auth::dynsec::read_password(
                 "mqtt.external.password_file",
-                external.password_file.as_deref(),
+                external_cfg.password_file.as_deref(),
             )?)
         };
         let stop = watch::channel(false).0;
         let mut tasks = Vec::new();
-        let dynsec = match external.provision {
+        let dynsec = match external_cfg.provision {
             config::Provision::None => None,
             config::Provision::MosquittoDynsec => {
-                let (d, task) = broker_auth::dynsec::Dynsec::start(external, stop.subscribe())?;
+                let (d, task) = broker_auth::dynsec::Dynsec::start(external_cfg, stop.subscribe())?;
                 tasks.push(task);
                 Some(d)
             }
         };
+        // Upstream: the in-process endpoint's durable subscription, or
+        // the external broker's consumer (and adopter) feeding a channel.
+        let (source, upstream_tx) = match &external {
+            None => {
+                let sub = handle
+                    .subscribe_durable(&[topics::up_filter_all()], 4096)
+                    .await?;
+                (ingest::Source::Broker(sub), None)
+            }
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(
+                    usize::from(external::consumer::RECEIVE_MAXIMUM) * 4,
+                );
+                (ingest::Source::External(rx), Some(tx))
+            }
+        };
+        let downlink = downlink::Downlink::new(handle.clone(), external.as_deref());
         let cloud = Cloud {
             inner: Arc::new(Inner {
                 cfg,
                 pool,
                 broker: Mutex::new(Some(broker)),
                 handle,
+                downlink,
+                external: external.clone(),
                 auth,
                 mqtt_tls,
                 functions,
@@ -218,7 +241,6 @@ impl Cloud {
                 tasks: Mutex::new(Vec::new()),
             }),
         };
-        cloud.refresh_registry().await?;
         // Listed at once (`GET /api/cloud/replicas`), then every 2 s.
         let inner = &cloud.inner;
         replicas::beat(
@@ -232,9 +254,8 @@ impl Cloud {
             tasks.push(tokio::spawn(broker_auth::reconcile(cloud.clone())));
         }
         tasks.extend([
-            tokio::spawn(ingest::run(cloud.clone(), subscription)),
+            tokio::spawn(ingest::run(cloud.clone(), source)),
             tokio::spawn(ingest::prune_loop(cloud.clone())),
-            tokio::spawn(registry_loop(cloud.clone())),
             tokio::spawn(rollouts::run(cloud.clone())),
             tokio::spawn(devices::dispatch::run(cloud.clone())),
             tokio::spawn(replicas::leader::run(cloud.clone())),
@@ -242,6 +263,34 @@ impl Cloud {
         ]);
         if postgres {
             tasks.push(tokio::spawn(replicas::wake::listen(cloud.clone())));
+        }
+        match (&external, upstream_tx) {
+            (Some(plan), Some(tx)) => {
+                // The external broker authenticates nodes itself: no
+                // registry for the in-process endpoint.
+                tracing::info!(
+                    "external broker mode: consuming {} on {}:{} as {}",
+                    plan.shared_filter(),
+                    plan.host,
+                    plan.port,
+                    plan.consumer_client_id()
+                );
+                tasks.push(tokio::spawn(external::consumer::run(
+                    cloud.clone(),
+                    plan.clone(),
+                    tx.clone(),
+                )));
+                tasks.push(tokio::spawn(external::adopt::run(
+                    cloud.clone(),
+                    plan.clone(),
+                    tx,
+                )));
+                tasks.extend(cloud.inner.downlink.start(&cloud));
+            }
+            _ => {
+                cloud.refresh_registry().await?;
+                tasks.push(tokio::spawn(registry_loop(cloud.clone())));
+            }
         }
         if let Ok(mut t) = cloud.inner.tasks.lock() {
             t.extend(tasks);
@@ -305,16 +354,18 @@ impl Cloud {
         mqtt: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CloudError> {
-        self.serve_with(http, mqtt, None, shutdown).await
+        self.serve_with(http, Some(mqtt), None, shutdown).await
     }
 
     /// As [`Cloud::serve`], with the TLS endpoint's socket already bound
     /// (`mqtt_tls`; tests bind port 0). `Some` needs `mqtt.tls.enabled`;
-    /// `None` with TLS enabled binds `mqtt.tls.bind`.
+    /// `None` with TLS enabled binds `mqtt.tls.bind`. `mqtt` is the node
+    /// endpoint's socket: required in embedded mode, refused in external
+    /// mode (nodes connect to the external broker).
     pub async fn serve_with(
         self,
         http: tokio::net::TcpListener,
-        mqtt: tokio::net::TcpListener,
+        mqtt: Option<tokio::net::TcpListener>,
         mqtt_tls: Option<tokio::net::TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CloudError> {
@@ -338,6 +389,20 @@ impl Cloud {
             }
             (None, None) => None,
         };
+        let mqtt = match (&self.inner.external, mqtt) {
+            (None, Some(l)) => Some(l),
+            (None, None) => {
+                return Err(CloudError::Other(
+                    "mqtt.bind: the node endpoint's socket is required in embedded mode".into(),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(CloudError::Other(
+                    "mqtt.mode: the in-process node endpoint is not served in external mode".into(),
+                ));
+            }
+            (Some(_), None) => None,
+        };
         let mut broker = self
             .inner
             .broker
@@ -345,10 +410,12 @@ impl Cloud {
             .ok()
             .and_then(|mut b| b.take())
             .ok_or_else(|| CloudError::Other("the cloud is served already".into()))?;
-        broker.serve(BoundListener {
-            listener: mqtt,
-            transport: Transport::Tcp,
-        });
+        if let Some(listener) = mqtt {
+            broker.serve(BoundListener {
+                listener,
+                transport: Transport::Tcp,
+            });
+        }
         if let Some((transport, listener)) = tls {
             broker.serve(BoundListener {
                 listener,
@@ -391,8 +458,13 @@ impl Cloud {
 
     /// Rebuild the broker's registry from the database: one device per
     /// joined node, allowed to publish `nodes/{id}/up/#` and subscribe
-    /// `nodes/{id}/down/#` only.
+    /// `nodes/{id}/down/#` only. Nothing in external mode (the in-process
+    /// endpoint is not served).
     pub(crate) async fn refresh_registry(&self) -> Result<(), CloudError> {
+        if self.inner.external.is_some() {
+            // The external broker authenticates nodes itself.
+            return Ok(());
+        }
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, secret_phc FROM nodes WHERE secret_phc IS NOT NULL ORDER BY id",
         )

@@ -1,5 +1,5 @@
 //! The cloud center's sockets (HTTP, MQTT for nodes, MQTT over TLS when
-//! `mqtt.tls.enabled`), bound before the database is opened so a port in
+//! `mqtt.tls.enabled`; no MQTT ones in external mode), bound before the database is opened so a port in
 //! use is reported first, and the public URLs nodes and users are told,
 //! which default to the bound addresses (port 0 asks for any free port).
 
@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use crate::CloudConfig;
+use crate::config::MqttMode;
 
 /// A port that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +28,9 @@ pub struct BindError {
 pub struct Listeners {
     /// The open API, the node protocol and the console.
     pub http: TcpListener,
-    /// MQTT for nodes.
-    pub mqtt: TcpListener,
+    /// MQTT for nodes; `None` in external mode (nodes connect to the
+    /// external broker).
+    pub mqtt: Option<TcpListener>,
     /// MQTT over TLS for nodes, when `mqtt.tls.enabled`.
     pub mqtt_tls: Option<TcpListener>,
 }
@@ -43,7 +45,14 @@ impl Listeners {
     /// Bind every port `cfg` asks for.
     pub async fn bind(cfg: &CloudConfig) -> Result<Listeners, BindError> {
         let http = bind("http.bind", cfg.http.bind).await?;
-        let mqtt = bind("mqtt.bind", cfg.mqtt.bind).await?;
+        if cfg.mqtt.mode == MqttMode::External {
+            return Ok(Listeners {
+                http,
+                mqtt: None,
+                mqtt_tls: None,
+            });
+        }
+        let mqtt = Some(bind("mqtt.bind", cfg.mqtt.bind).await?);
         let mqtt_tls = match cfg.mqtt.tls.enabled {
             true => Some(bind("mqtt.tls.bind", cfg.mqtt.tls.bind).await?),
             false => None,
@@ -55,28 +64,36 @@ impl Listeners {
         })
     }
 
-    /// The bound addresses: HTTP, MQTT and MQTT over TLS.
-    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr, Option<SocketAddr>)> {
+    /// The bound addresses: HTTP, MQTT and MQTT over TLS (no MQTT ones
+    /// in external mode).
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, Option<SocketAddr>, Option<SocketAddr>)> {
         let tls = self
             .mqtt_tls
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
-        Ok((self.http.local_addr()?, self.mqtt.local_addr()?, tls))
+        let mqtt = self
+            .mqtt
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        Ok((self.http.local_addr()?, mqtt, tls))
     }
 
     /// Fill the public URLs `cfg` leaves empty from the bound addresses:
     /// users are told `http://{http}`, nodes the TLS endpoint when it is
-    /// on (`mqtts://…`), else `mqtt://…`.
+    /// on (`mqtts://…`), else `mqtt://…`; in external mode the external
+    /// broker's URL ([`CloudConfig::mqtt_url`]).
     pub fn complete(&self, cfg: &mut CloudConfig) -> std::io::Result<()> {
         let (http, mqtt, tls) = self.addrs()?;
         if cfg.cloud.public_url.is_empty() {
             cfg.cloud.public_url = format!("http://{http}");
         }
         if cfg.mqtt.public_url.is_empty() {
-            cfg.mqtt.public_url = match tls {
-                Some(a) => format!("mqtts://{a}"),
-                None => format!("mqtt://{mqtt}"),
+            cfg.mqtt.public_url = match (tls, mqtt) {
+                (Some(a), _) => format!("mqtts://{a}"),
+                (None, Some(a)) => format!("mqtt://{a}"),
+                (None, None) => cfg.mqtt_url(),
             };
         }
         Ok(())

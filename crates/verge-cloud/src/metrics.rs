@@ -43,6 +43,17 @@ pub struct Metrics {
     pub wake_notifications: AtomicU64,
     /// Times the desired-state listener lost its connection.
     pub wake_reconnects: AtomicU64,
+    /// External mode: 1 while the consumer is connected to the broker.
+    pub external_connected: AtomicU64,
+    /// External mode: connections made (consumer and adoptions).
+    pub external_connects: AtomicU64,
+    /// External mode: consumer connections lost or dropped (a message
+    /// not stored).
+    pub external_connection_losses: AtomicU64,
+    /// External mode: messages received on adopted sessions.
+    pub external_adopted_messages: AtomicU64,
+    /// External mode: other replicas' sessions drained and ended.
+    pub external_sessions_adopted: AtomicU64,
     /// HTTP responses by status class (index 0 = 1xx … 4 = 5xx).
     pub http: [AtomicU64; 5],
 }
@@ -231,6 +242,36 @@ pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
         "counter",
         "shadows published to nodes, resends included",
         &[("", get(&m.shadows_sent))],
+    );
+    put(
+        "verge_cloud_external_connected",
+        "gauge",
+        "external broker mode: 1 while this replica's upstream consumer is connected",
+        &[("", get(&m.external_connected))],
+    );
+    put(
+        "verge_cloud_external_connects_total",
+        "counter",
+        "external broker mode: connections made (consumer and adoptions)",
+        &[("", get(&m.external_connects))],
+    );
+    put(
+        "verge_cloud_external_connection_losses_total",
+        "counter",
+        "external broker mode: consumer connections lost or dropped to have an unstored message resent",
+        &[("", get(&m.external_connection_losses))],
+    );
+    put(
+        "verge_cloud_external_adopted_messages_total",
+        "counter",
+        "external broker mode: messages received on sessions adopted from dead replicas",
+        &[("", get(&m.external_adopted_messages))],
+    );
+    put(
+        "verge_cloud_external_sessions_adopted_total",
+        "counter",
+        "external broker mode: dead replicas' broker sessions drained and ended",
+        &[("", get(&m.external_sessions_adopted))],
     );
     let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
     let labels: Vec<String> = classes

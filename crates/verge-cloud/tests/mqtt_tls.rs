@@ -112,9 +112,13 @@ async fn a_node_publishes_over_tls_and_an_untrusted_ca_fails_the_handshake() {
     let tls = TcpListener::bind("127.0.0.1:0").await.expect("bind tls");
     let tls_addr = tls.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(h.cloud.clone().serve_with(http, mqtt, Some(tls), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(
+        h.cloud
+            .clone()
+            .serve_with(http, Some(mqtt), Some(tls), async {
+                let _ = stop_rx.await;
+            }),
+    );
 
     // Another CA: the handshake fails.
     let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
@@ -228,7 +232,7 @@ async fn a_tls_listener_without_tls_enabled_is_refused() {
     let e = h
         .cloud
         .clone()
-        .serve_with(http, mqtt, Some(tls), async {})
+        .serve_with(http, Some(mqtt), Some(tls), async {})
         .await
         .expect_err("tls is off");
     assert!(e.to_string().contains("mqtt.tls.enabled"), "{e}");

@@ -37,8 +37,10 @@ pub struct Started {
     pub cloud: Cloud,
     /// The admin token when it was made by this start.
     pub new_admin_token: Option<String>,
-    /// Where nodes connect.
-    pub mqtt_addr: SocketAddr,
+    /// Where nodes connect (`None` in external mode: the external broker).
+    pub mqtt_addr: Option<SocketAddr>,
+    /// The MQTT URL nodes are told at join.
+    pub mqtt_url: String,
     /// Where nodes connect over TLS, when `mqtt.tls.enabled`.
     pub mqtt_tls_addr: Option<SocketAddr>,
     /// How users reach the API (the configured public URL, else the bind
@@ -65,11 +67,13 @@ pub async fn start(mut cfg: CloudConfig) -> anyhow::Result<Started> {
         .complete(&mut cfg)
         .context("the addresses of the cloud's listeners")?;
     let url = cfg.cloud.public_url.clone();
+    let mqtt_url = cfg.mqtt_url();
     let (cloud, new_admin_token) = open(&cfg).await?;
     Ok(Started {
         cloud,
         new_admin_token,
         mqtt_addr,
+        mqtt_url,
         mqtt_tls_addr,
         url,
         listeners,
@@ -93,10 +97,13 @@ impl Started {
             "  open API             {}/api  (OpenAPI: {}/api/openapi.json)\n",
             self.url, self.url
         ));
-        out.push_str(&format!(
-            "  MQTT for nodes       mqtt://{}\n",
-            self.mqtt_addr
-        ));
+        match self.mqtt_addr {
+            Some(a) => out.push_str(&format!("  MQTT for nodes       mqtt://{a}\n")),
+            None => out.push_str(&format!(
+                "  MQTT for nodes       {}  (external broker, mqtt.mode = \"external\")\n",
+                self.mqtt_url
+            )),
+        }
         if let Some(a) = self.mqtt_tls_addr {
             out.push_str(&format!("  MQTT over TLS        mqtts://{a}\n"));
         }

@@ -45,7 +45,7 @@ pub fn run(mut node: NodeConfig, mut cloud: CloudConfig, devices: usize) -> anyh
             token: Some(token.clone()),
         };
         let console = started.url.clone();
-        let mqtt_cloud = started.mqtt_addr;
+        let mqtt_cloud = started.mqtt_url.clone();
         let mut cloud_task = tokio::spawn(started.serve(stopped(stop.clone())));
 
         // Steps 1 and 2: the node, created in the cloud and joined with its token.
@@ -97,7 +97,7 @@ pub fn run(mut node: NodeConfig, mut cloud: CloudConfig, devices: usize) -> anyh
             "\nverge up: the walkthrough is running\n  \
              console        {console}/   (log in with the admin token)\n  \
              admin token    {token}   (kept in {token_file}, mode 0600)\n  \
-             cloud MQTT     mqtt://{mqtt_cloud}   (for nodes)\n  \
+             cloud MQTT     {mqtt_cloud}   (for nodes)\n  \
              node           `{node_id}`, joined: MQTT mqtt://{mqtt_node}, API http://{http_node}/api   (its token: {node_token})\n  \
              devices        {devices}   (simulated, one reading a second; secrets in {secrets_file})\n  \
              rule           `{DEMO_RULE}`: devices/+/telemetry -> function demo-tag -> processed/<topic>\n\

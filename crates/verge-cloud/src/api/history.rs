@@ -12,8 +12,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use verge_broker::Message;
-use verge_mqtt::QoS;
 use verge_protocol::device::{DeviceChannel, MAX_STORE_POINTS, StoreQuery};
 use verge_protocol::topics;
 
@@ -126,14 +124,27 @@ pub async fn get(
     let payload = serde_json::to_vec(&query)
         .map_err(|e| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let topic = topics::down(&node, &DeviceChannel::StoreQuery.topic(&device));
-    let msg = Message::local(topic.as_str(), payload, QoS::AtLeastOnce, false);
-    cloud.inner().handle.publish(msg).await.map_err(|e| {
-        AppError::new(
+    if let Some(here) = cloud.inner().downlink.reachable().await
+        && !here.contains(&node)
+    {
+        return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "node_offline",
-            format!("the query could not be sent: {e}"),
-        )
-    })?;
+            format!("node `{node}` is not connected to this cloud replica's MQTT endpoint"),
+        ));
+    }
+    cloud
+        .inner()
+        .downlink
+        .publish(&topic, payload)
+        .await
+        .map_err(|e| {
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_offline",
+                format!("the query could not be sent: {e}"),
+            )
+        })?;
     let reply = match tokio::time::timeout(REPLY_TIMEOUT, &mut ticket.reply).await {
         Ok(Ok(reply)) => reply,
         _ => {

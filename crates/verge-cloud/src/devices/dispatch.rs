@@ -4,7 +4,9 @@
 //! `offline_after`, as `api::nodes::status` decides) publishes its queued
 //! commands as `CommandRequest`s and its devices' pending shadows as
 //! `ShadowSync`s, QoS 1, on `nodes/{n}/down/$verge/…` through the
-//! cloud's in-process broker handle.
+//! cloud's downlink (`crate::downlink`: the in-process broker, or the
+//! external broker in external mode). In embedded mode a node not
+//! connected to this process's endpoint is skipped (another replica's).
 //!
 //! At most [`IN_FLIGHT_PER_DEVICE`] commands of a device, and
 //! [`IN_FLIGHT_PER_NODE`] of a node, are handed to the node at once; the
@@ -16,12 +18,10 @@
 //! the resend time), so two replicas, or a restarted one, do not send
 //! twice in a window; expiry is a conditional UPDATE too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use verge_broker::Message;
-use verge_mqtt::QoS;
 use verge_protocol::device::{CommandRequest, DeviceChannel, ShadowSync};
 use verge_protocol::topics;
 
@@ -89,6 +89,12 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
         .fetch_add(expired, Ordering::Relaxed);
     let online_since = now - crate::api::nodes::offline_ms(cloud);
     let resend_before = now - RESEND_MS;
+    // In embedded mode only the nodes connected to this process's
+    // endpoint can be reached from here: the others are left to the
+    // replica they are connected to (a claim here would be a lost send).
+    // Asked of the broker once per pass, and only when there is something
+    // to send.
+    let mut reach = Reach::default();
     // A command not yet published (attempts 0) goes only while its device
     // has fewer than IN_FLIGHT_PER_DEVICE handed over; `handed` is counted
     // before the pass, `more` counts the pass's own.
@@ -124,6 +130,9 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     };
     let mut more: HashMap<String, i64> = HashMap::new();
     for (id, device, node, name, payload, created_ms, expires_ms, attempts, handed) in queued {
+        if !reach.here(cloud, &node).await {
+            continue;
+        }
         if attempts == 0 {
             let mine = more.entry(device.clone()).or_default();
             let of_node = by_node.entry(node.clone()).or_default();
@@ -170,6 +179,9 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     .fetch_all(pool)
     .await?;
     for (device, node, doc) in pending {
+        if !reach.here(cloud, &node).await {
+            continue;
+        }
         let claimed = sqlx::query(
             "UPDATE device_shadows SET sent_ms = $1 \
              WHERE device_id = $2 AND pending = 1 AND sent_ms <= $3",
@@ -200,6 +212,23 @@ pub async fn pass(cloud: &Cloud) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// The nodes this process can send to, asked of the downlink on first
+/// use (`None` inside: any node).
+#[derive(Default)]
+struct Reach(Option<Option<HashSet<String>>>);
+
+impl Reach {
+    async fn here(&mut self, cloud: &Cloud, node: &str) -> bool {
+        if self.0.is_none() {
+            self.0 = Some(cloud.inner().downlink.reachable().await);
+        }
+        match &self.0 {
+            Some(Some(nodes)) => nodes.contains(node),
+            _ => true,
+        }
+    }
+}
+
 /// Publish `body` as JSON on `topic`, QoS 1 (a failure is logged; the
 /// next resend tries again).
 async fn send(cloud: &Cloud, topic: String, body: &impl serde::Serialize) {
@@ -210,8 +239,7 @@ async fn send(cloud: &Cloud, topic: String, body: &impl serde::Serialize) {
             return;
         }
     };
-    let msg = Message::local(topic.as_str(), payload, QoS::AtLeastOnce, false);
-    if let Err(e) = cloud.inner().handle.publish(msg).await {
+    if let Err(e) = cloud.inner().downlink.publish(&topic, payload).await {
         tracing::warn!(%topic, "not sent: {e}");
     }
 }
