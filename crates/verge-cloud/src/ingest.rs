@@ -210,17 +210,8 @@ pub async fn store_messages(cloud: &Cloud, batch: &[&Message]) -> sqlx::Result<(
     if let Some(pg) = &cloud.inner().pg {
         let mut ptx = pg.begin().await?;
         let inserted = telemetry::insert_postgres(&mut ptx, &new, now).await?;
-        for (node, device, value) in latest_readings(&rows, &inserted) {
-            sqlx::query(
-                "UPDATE devices SET last_telemetry = $1, last_telemetry_ms = $2 WHERE id = $3 AND node_id = $4",
-            )
-            .bind(value)
-            .bind(now)
-            .bind(device)
-            .bind(node)
-            .execute(&mut *ptx)
-            .await?;
-        }
+        let latest = latest_readings(&rows, &inserted);
+        telemetry::set_last_telemetry_postgres(&mut ptx, &latest, now).await?;
         if !channel.is_empty() {
             let mut tx = cloud.inner().pool.begin().await?;
             for r in &channel {

@@ -210,6 +210,14 @@ impl Cloud {
         Ok(())
     }
 
+    /// How many upstream messages are stored.
+    pub async fn stored_messages(&self) -> Result<u64, CloudError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Replace the admin token; returns the new one (plain, shown once).
     pub async fn reset_admin_token(&self) -> Result<String, CloudError> {
         let token = db::random_secret();

@@ -174,6 +174,34 @@ pub async fn insert_postgres(
     Ok(inserted)
 }
 
+/// Set each device's `last_telemetry` to its reading in `latest`
+/// ((node, device, JSON text)) in one statement on PostgreSQL (arrays
+/// `UNNEST`ed, so a batch over a thousand devices is one round trip).
+pub async fn set_last_telemetry_postgres(
+    tx: &mut Transaction<'_, Postgres>,
+    latest: &[(&str, &str, String)],
+    now: i64,
+) -> sqlx::Result<()> {
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let nodes: Vec<&str> = latest.iter().map(|l| l.0).collect();
+    let devices: Vec<&str> = latest.iter().map(|l| l.1).collect();
+    let values: Vec<&str> = latest.iter().map(|l| l.2.as_str()).collect();
+    sqlx::query(
+        "UPDATE devices d SET last_telemetry = u.v, last_telemetry_ms = $4 \
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(n, dev, v) \
+         WHERE d.id = u.dev AND d.node_id = u.n",
+    )
+    .bind(&nodes)
+    .bind(&devices)
+    .bind(&values)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Open the PostgreSQL pool of the telemetry path beside the `AnyPool`.
 pub async fn open_postgres(url: &str) -> sqlx::Result<PgPool> {
     PgPoolOptions::new().max_connections(8).connect(url).await
