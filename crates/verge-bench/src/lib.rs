@@ -3,7 +3,8 @@
 //!
 //! Each subcommand is a module with its clap `Args` struct and a `run`
 //! that prints the report; the `verge` binary only names the subcommands
-//! and calls `run`. Nothing in the node or the cloud depends on this crate.
+//! and calls `run`. Nothing in the node or the cloud depends on this crate
+//! (it depends on the cloud for [`ingest`]).
 //!
 //! - [`broker`]: publish/subscribe throughput and end-to-end latency.
 //! - [`connections`]: broker memory per idle connection.
@@ -13,6 +14,8 @@
 //! - [`functions`]: edge function calls, WebAssembly and process runtimes.
 //! - [`drivers`]: the Modbus driver's points/s, CPU and memory against an
 //!   in-process simulator.
+//! - [`ingest`]: stored upstream messages/s through the cloud's ingest
+//!   path, SQLite and PostgreSQL.
 
 pub mod broker;
 pub mod client;
@@ -20,6 +23,7 @@ pub mod connections;
 pub mod drain;
 pub mod drivers;
 pub mod functions;
+pub mod ingest;
 mod pubsub;
 pub mod queue;
 mod report;

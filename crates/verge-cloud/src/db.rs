@@ -198,6 +198,34 @@ const MQTT_SESSIONS_COMMON_V11: &[&str] = &[
     "CREATE TABLE mqtt_consumer_sessions (client_id TEXT PRIMARY KEY, replica TEXT NOT NULL, seen_ms BIGINT NOT NULL, adopted_by TEXT, adopted_ms BIGINT, done_ms BIGINT)",
 ];
 
+/// Telemetry at scale (issue 21, `crate::telemetry`): every upstream
+/// message keeps the time it was queued on the node (`queued_ms`, the
+/// `verge-time` user property, else the time it was received). On
+/// PostgreSQL `messages` becomes a table range-partitioned by that time:
+/// a new partitioned table gets the rows (all in its DEFAULT partition
+/// first; the maintenance pass at start moves them into daily
+/// partitions), keeps the id sequence (ids stay increasing: the API pages
+/// by them) and takes the old table's name. Its unique keys include the
+/// partition key, as PostgreSQL requires: a resend repeats `verge-time`,
+/// so (node, `verge-id`, `queued_ms`) still finds the duplicate. SQLite
+/// keeps the plain table with the new column (NULL for older rows).
+const SQLITE_V12: &[&str] = &["ALTER TABLE messages ADD COLUMN queued_ms BIGINT"];
+
+const POSTGRES_V12: &[&str] = &[
+    "ALTER SEQUENCE messages_id_seq OWNED BY NONE",
+    "CREATE TABLE messages_partitioned (id BIGINT NOT NULL DEFAULT nextval('messages_id_seq'), verge_id TEXT, node_id TEXT NOT NULL, topic TEXT NOT NULL, payload BYTEA NOT NULL, received_ms BIGINT NOT NULL, queued_ms BIGINT NOT NULL) PARTITION BY RANGE (queued_ms)",
+    "CREATE TABLE messages_default PARTITION OF messages_partitioned DEFAULT",
+    "INSERT INTO messages_partitioned (id, verge_id, node_id, topic, payload, received_ms, queued_ms) \
+     SELECT id, verge_id, node_id, topic, payload, received_ms, received_ms FROM messages",
+    "DROP TABLE messages",
+    "ALTER TABLE messages_partitioned RENAME TO messages",
+    "ALTER SEQUENCE messages_id_seq OWNED BY messages.id",
+    "ALTER TABLE messages ADD PRIMARY KEY (id, queued_ms)",
+    "CREATE UNIQUE INDEX messages_dedup ON messages (node_id, verge_id, queued_ms)",
+    "CREATE INDEX messages_node ON messages (node_id, id)",
+    "CREATE INDEX messages_default_queued ON messages_default (queued_ms)",
+];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -258,6 +286,11 @@ fn migrations() -> Vec<Migration> {
             version: 11,
             sqlite: MQTT_SESSIONS_COMMON_V11,
             postgres: MQTT_SESSIONS_COMMON_V11,
+        },
+        Migration {
+            version: 12,
+            sqlite: SQLITE_V12,
+            postgres: POSTGRES_V12,
         },
     ]
 }
@@ -337,9 +370,19 @@ pub async fn open(url: &str) -> Result<AnyPool, CloudError> {
 const MIGRATION_LOCK: i64 = 0x7665_7267_6530;
 
 async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), CloudError> {
+    migrate_upto(pool, dialect, i64::MAX).await
+}
+
+/// Apply the migrations up to version `upto` (tests start from an older
+/// schema this way).
+pub(crate) async fn migrate_upto(
+    pool: &AnyPool,
+    dialect: Dialect,
+    upto: i64,
+) -> Result<(), CloudError> {
     pool.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
         .await?;
-    for m in migrations() {
+    for m in migrations().into_iter().filter(|m| m.version <= upto) {
         let mut tx = pool.begin().await?;
         if dialect == Dialect::Postgres {
             // Replicas starting together migrate one at a time.
@@ -464,4 +507,99 @@ pub fn clean_text(s: &str) -> String {
 /// Parse a JSON text column, `null` when it is not JSON.
 pub fn json_col(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 12 on PostgreSQL turns an existing `messages` table into
+    /// the partitioned one: rows, ids and the id sequence are kept, the
+    /// queue time is the receive time, and the API's reads still work.
+    /// Needs `VERGE_TEST_POSTGRES_URL` (skipped, saying so, without it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_12_partitions_an_existing_messages_table_keeping_rows() {
+        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: set VERGE_TEST_POSTGRES_URL to run on PostgreSQL");
+            return;
+        };
+        sqlx::any::install_default_drivers();
+        let name = format!("verge_mig12_{}_{}", std::process::id(), now_ms());
+        let admin = AnyPool::connect(&base).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let (server, _) = base.rsplit_once('/').expect("url with a database");
+        let url = format!("{server}/{name}");
+        let pool = AnyPool::connect(&url).await.expect("connect");
+        migrate_upto(&pool, Dialect::Postgres, 9)
+            .await
+            .expect("schema 9");
+        let now = now_ms();
+        for (i, v) in [Some("q/l/1"), None, Some("q/l/2")].into_iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO messages (verge_id, node_id, topic, payload, received_ms) VALUES ($1, 'e', $2, $3, $4)",
+            )
+            .bind(v)
+            .bind(format!("t/{i}"))
+            .bind(vec![i as u8])
+            .bind(now - i as i64)
+            .execute(&pool)
+            .await
+            .expect("old row");
+        }
+        let before: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, topic FROM messages ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .expect("rows");
+        migrate(&pool, Dialect::Postgres).await.expect("migrate");
+        let after: Vec<(i64, String, i64, i64)> =
+            sqlx::query_as("SELECT id, topic, received_ms, queued_ms FROM messages ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .expect("rows");
+        assert_eq!(after.len(), 3);
+        for ((id, topic), (id2, topic2, received, queued)) in before.iter().zip(&after) {
+            assert_eq!((id, topic), (id2, topic2));
+            assert_eq!(received, queued);
+        }
+        let (kind,): (String,) =
+            sqlx::query_as("SELECT relkind::text FROM pg_class WHERE relname = 'messages'")
+                .fetch_one(&pool)
+                .await
+                .expect("relkind");
+        assert_eq!(kind, "p", "partitioned");
+        // The sequence goes on after the old ids.
+        let (next,): (i64,) = sqlx::query_as(
+            "INSERT INTO messages (node_id, topic, payload, received_ms, queued_ms) \
+             VALUES ('e', 'n', $1, $2, $2) RETURNING id",
+        )
+        .bind(vec![0u8])
+        .bind(now)
+        .fetch_one(&pool)
+        .await
+        .expect("insert");
+        assert!(next > before.last().map_or(0, |r| r.0), "{next}");
+        // The maintenance pass moves the rows into their day's partition.
+        let pg = crate::telemetry::open_postgres(&url).await.expect("pg");
+        let done = crate::telemetry::maintain(&pg, now, 24 * 3600 * 1000)
+            .await
+            .expect("maintain");
+        assert_eq!(done.moved, 4, "{done:?}");
+        let (in_default,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages_default")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(in_default, 0);
+        pg.close().await;
+        pool.close().await;
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&admin)
+            .await
+            .expect("drop database");
+        admin.close().await;
+    }
 }

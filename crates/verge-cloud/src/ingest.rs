@@ -15,14 +15,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use verge_broker::{DurableMessage, DurableSubscription};
+use verge_broker::{DurableMessage, DurableSubscription, Message};
 use verge_protocol::device;
-use verge_protocol::topics::{self, VERGE_ID_PROPERTY};
+use verge_protocol::topics;
 
 use crate::Cloud;
 use crate::db::now_ms;
 use crate::devices::Handled;
 use crate::external::consumer::Ack;
+use crate::telemetry::{self, NewMessage};
 
 /// Most messages written in one transaction.
 const BATCH: usize = 256;
@@ -229,47 +230,47 @@ async fn admit(cloud: &Cloud, buf: &mut Vec<Upstream>) -> sqlx::Result<Vec<Upstr
     Ok(ok)
 }
 
-/// Rows per multi-row INSERT (5 parameters each, far below the parameter
-/// limits of SQLite and PostgreSQL).
-const ROWS_PER_INSERT: usize = 128;
-
 /// One message of a batch, split for storing.
 struct Row<'a> {
     node: &'a str,
     rest: &'a str,
-    verge_id: Option<String>,
-    msg: &'a DurableMessage,
+    verge_id: Option<&'a str>,
+    msg: &'a Message,
+}
+
+/// Write `batch` (see [`store_messages`]).
+async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
+    let msgs: Vec<&Message> = batch.iter().map(|d| &*d.msg).collect();
+    store_messages(cloud, &msgs).await
 }
 
 /// Write `batch` in one transaction; every message in it has a topic
-/// [`topics::parse_up`] accepts (see [`admit`]). Messages go in by multi-row
-/// INSERTs that skip a (node, `verge-id`) already stored; then each device
-/// whose telemetry was newly stored gets the last such reading as its
-/// `last_telemetry` (one UPDATE per device, not per message; a resent old
-/// reading does not overwrite a newer one).
-async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
+/// [`topics::parse_up`] accepts (see [`admit`]). Messages go in by batch
+/// INSERTs (`crate::telemetry`) that skip a (node, `verge-id`) already
+/// stored; then each device whose telemetry was newly stored gets the
+/// last such reading as its `last_telemetry` (one UPDATE per device, not
+/// per message; a resent old reading does not overwrite a newer one).
+///
+/// On PostgreSQL the messages and `last_telemetry` go through the
+/// `PgPool` (arrays bound), device-channel messages through the
+/// `AnyPool`: the first transaction commits only after the second, so a
+/// failure of either refuses the batch (its resend is de-duplicated).
+pub async fn store_messages(cloud: &Cloud, batch: &[&Message]) -> sqlx::Result<()> {
     let now = now_ms();
     let mut rows = Vec::with_capacity(batch.len());
-    for d in batch {
-        let Some((node, rest)) = topics::parse_up(&d.msg.topic) else {
+    for m in batch {
+        let Some((node, rest)) = topics::parse_up(&m.topic) else {
             return Err(sqlx::Error::Protocol(format!(
                 "topic `{}` is not `{}`",
-                d.msg.topic,
+                m.topic,
                 topics::up("{id}", "…")
             )));
         };
-        let verge_id = d
-            .msg
-            .properties
-            .user_properties
-            .iter()
-            .find(|(k, _)| k == VERGE_ID_PROPERTY)
-            .map(|(_, v)| v.clone());
         rows.push(Row {
             node,
             rest,
-            verge_id,
-            msg: d,
+            verge_id: telemetry::verge_id(&m.properties),
+            msg: m,
         });
     }
     // Device-channel messages (`$verge/…`) are handled, not stored; store
@@ -283,89 +284,55 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
             Some((device::DeviceChannel::StoreReply, _))
         )
     });
-    let mut tx = cloud.inner().pool.begin().await?;
-    let mut inserted: HashSet<(String, String)> = HashSet::new();
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::with_capacity(96 + chunk.len() * 32);
-        sql.push_str(
-            "INSERT INTO messages (verge_id, node_id, topic, payload, received_ms) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 5;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
-        }
-        sql.push_str(" ON CONFLICT (node_id, verge_id) DO NOTHING RETURNING node_id, verge_id");
-        let mut q = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql));
-        for r in chunk {
-            q = q
-                .bind(r.verge_id.clone())
-                .bind(r.node)
-                .bind(r.rest)
-                .bind(r.msg.msg.payload.to_vec())
-                .bind(now);
-        }
-        for (node, verge_id) in q.fetch_all(&mut *tx).await? {
-            if let Some(v) = verge_id {
-                inserted.insert((node, v));
-            }
-        }
-    }
-    // The last newly stored reading of each device, in arrival order.
-    let mut latest: Vec<(&str, &str, &DurableMessage)> = Vec::new();
-    for r in &rows {
-        let Some(device) = topics::telemetry_device(r.rest) else {
-            continue;
-        };
-        let fresh = match &r.verge_id {
-            None => true,
-            Some(v) => inserted.contains(&(r.node.to_owned(), v.clone())),
-        };
-        if !fresh {
-            continue;
-        }
-        match latest
-            .iter_mut()
-            .find(|(n, dev, _)| *n == r.node && *dev == device)
-        {
-            Some(slot) => slot.2 = r.msg,
-            None => latest.push((r.node, device, r.msg)),
-        }
-    }
-    for (node, device, d) in latest {
-        let text = String::from_utf8_lossy(&d.msg.payload);
-        let value = serde_json::from_str::<serde_json::Value>(&text)
-            .unwrap_or_else(|_| serde_json::Value::String(text.into_owned()));
-        sqlx::query(
-            "UPDATE devices SET last_telemetry = $1, last_telemetry_ms = $2 WHERE id = $3 AND node_id = $4",
-        )
-        .bind(value.to_string())
-        .bind(now)
-        .bind(device)
-        .bind(node)
-        .execute(&mut *tx)
-        .await?;
-    }
+    let new: Vec<NewMessage> = rows
+        .iter()
+        .map(|r| NewMessage {
+            node: r.node,
+            topic: r.rest,
+            verge_id: r.verge_id,
+            payload: &r.msg.payload,
+            queued_ms: telemetry::queued_ms(&r.msg.properties, now),
+        })
+        .collect();
     let mut counts = ChannelCounts::default();
-    for r in &channel {
-        handle_channel(&mut tx, r, now, &mut counts).await?;
+    if let Some(pg) = &cloud.inner().pg {
+        let mut ptx = pg.begin().await?;
+        let inserted = telemetry::insert_postgres(&mut ptx, &new, now).await?;
+        let latest = latest_readings(&rows, &inserted);
+        telemetry::set_last_telemetry_postgres(&mut ptx, &latest, now).await?;
+        if !channel.is_empty() {
+            let mut tx = cloud.inner().pool.begin().await?;
+            for r in &channel {
+                handle_channel(&mut tx, r, now, &mut counts).await?;
+            }
+            tx.commit().await?;
+        }
+        ptx.commit().await?;
+    } else {
+        let mut tx = cloud.inner().pool.begin().await?;
+        let inserted = telemetry::insert_any(&mut tx, &new, now).await?;
+        for (node, device, value) in latest_readings(&rows, &inserted) {
+            sqlx::query(
+                "UPDATE devices SET last_telemetry = $1, last_telemetry_ms = $2 WHERE id = $3 AND node_id = $4",
+            )
+            .bind(value)
+            .bind(now)
+            .bind(device)
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for r in &channel {
+            handle_channel(&mut tx, r, now, &mut counts).await?;
+        }
+        tx.commit().await?;
     }
-    tx.commit().await?;
     for r in &replies {
         if let Some((_, device)) = device::parse_device_channel(r.rest)
             && !cloud
                 .inner()
                 .history
-                .complete(r.node, device, &r.msg.msg.payload)
+                .complete(r.node, device, &r.msg.payload)
         {
             tracing::info!(node = %r.node, topic = %r.rest, "store reply for no waiting request (unknown or expired id, or another replica's); dropped");
         }
@@ -379,6 +346,44 @@ async fn store(cloud: &Cloud, batch: &[DurableMessage]) -> sqlx::Result<()> {
         cloud.inner().dispatch_wake.notify_one();
     }
     Ok(())
+}
+
+/// The last newly stored reading of each device in `rows`, in arrival
+/// order: (node, device, its payload as JSON text; a payload that is not
+/// JSON as a JSON string).
+fn latest_readings<'a>(
+    rows: &[Row<'a>],
+    inserted: &telemetry::Inserted,
+) -> Vec<(&'a str, &'a str, String)> {
+    let mut latest: Vec<(&str, &str, &Message)> = Vec::new();
+    for r in rows {
+        let Some(device) = topics::telemetry_device(r.rest) else {
+            continue;
+        };
+        let fresh = match r.verge_id {
+            None => true,
+            Some(v) => inserted.contains(&(r.node.to_owned(), v.to_owned())),
+        };
+        if !fresh {
+            continue;
+        }
+        match latest
+            .iter_mut()
+            .find(|(n, dev, _)| *n == r.node && *dev == device)
+        {
+            Some(slot) => slot.2 = r.msg,
+            None => latest.push((r.node, device, r.msg)),
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(node, device, m)| {
+            let text = String::from_utf8_lossy(&m.payload);
+            let value = serde_json::from_str::<serde_json::Value>(&text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.into_owned()));
+            (node, device, value.to_string())
+        })
+        .collect()
 }
 
 /// What the device-channel messages of one batch came to.
@@ -416,7 +421,7 @@ async fn handle_channel(
             return Ok(());
         }
     }
-    match crate::devices::handle(tx, r.node, kind, device, &r.msg.msg.payload, now).await? {
+    match crate::devices::handle(tx, r.node, kind, device, &r.msg.payload, now).await? {
         Handled::Done => counts.handled += 1,
         Handled::ShadowPending => {
             counts.handled += 1;
@@ -505,30 +510,14 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
     let retention =
         i64::try_from(inner.cfg.cloud.message_retention.get().as_millis()).unwrap_or(i64::MAX);
     let now = now_ms();
-    let old = delete_in_chunks(
-        pool,
-        "DELETE FROM messages WHERE id IN \
-         (SELECT id FROM messages WHERE received_ms < $1 ORDER BY id LIMIT $2)",
-        now.saturating_sub(retention),
-    )
-    .await?;
     let keep = i64::try_from(inner.cfg.cloud.max_messages).unwrap_or(i64::MAX);
-    let cut: Option<(i64,)> =
-        sqlx::query_as("SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET $1")
-            .bind(keep)
-            .fetch_optional(pool)
-            .await?;
-    let over = match cut {
-        Some((id,)) => {
-            delete_in_chunks(
-                pool,
-                "DELETE FROM messages WHERE id IN \
-                 (SELECT id FROM messages WHERE id <= $1 ORDER BY id LIMIT $2)",
-                id,
-            )
-            .await?
+    let pruned = match &inner.pg {
+        // Partitions: made ahead, dropped whole (`crate::telemetry`).
+        Some(pg) => {
+            telemetry::maintain(pg, now, retention).await?;
+            telemetry::prune_postgres(pg, now, retention, keep).await?
         }
-        None => 0,
+        None => prune_rows(pool, now.saturating_sub(retention), keep).await?,
     };
     // Finished commands and cleared alarms are kept as long as messages;
     // device-channel ids at least DEDUP_KEEP_MS (a node's backlog that
@@ -559,6 +548,36 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
         .bind(now - crate::api::agent::METRICS_KEEP_MS)
         .execute(pool)
         .await?;
+    Ok(pruned)
+}
+
+/// The row pruner of `messages` (SQLite): delete the messages received
+/// before `horizon`, then all but the newest `keep` by id; how many went.
+async fn prune_rows(pool: &sqlx::AnyPool, horizon: i64, keep: i64) -> sqlx::Result<u64> {
+    let old = delete_in_chunks(
+        pool,
+        "DELETE FROM messages WHERE id IN \
+         (SELECT id FROM messages WHERE received_ms < $1 ORDER BY id LIMIT $2)",
+        horizon,
+    )
+    .await?;
+    let cut: Option<(i64,)> =
+        sqlx::query_as("SELECT id FROM messages ORDER BY id DESC LIMIT 1 OFFSET $1")
+            .bind(keep)
+            .fetch_optional(pool)
+            .await?;
+    let over = match cut {
+        Some((id,)) => {
+            delete_in_chunks(
+                pool,
+                "DELETE FROM messages WHERE id IN \
+                 (SELECT id FROM messages WHERE id <= $1 ORDER BY id LIMIT $2)",
+                id,
+            )
+            .await?
+        }
+        None => 0,
+    };
     Ok(old + over)
 }
 
@@ -615,16 +634,18 @@ mod tests {
         let now = now_ms();
         let insert = |topic: String, received_ms: i64| {
             sqlx::query(
-                "INSERT INTO messages (verge_id, node_id, topic, payload, received_ms) VALUES (NULL, 'e', $1, $2, $3)",
+                "INSERT INTO messages (verge_id, node_id, topic, payload, received_ms, queued_ms) VALUES (NULL, 'e', $1, $2, $3, $3)",
             )
             .bind(topic)
             .bind(b"{}".to_vec())
             .bind(received_ms)
             .execute(pool)
         };
-        // 3 past retention, then 10 recent: 3 go by age, 5 by count.
+        // 3 past retention, then 10 recent: 3 go by age, 5 by count. Two
+        // days old: on PostgreSQL retention drops whole days, and these
+        // fall in no partition of the last hour (so in the DEFAULT one).
         for i in 0..3 {
-            insert(format!("old/{i}"), now - 2 * 3600 * 1000)
+            insert(format!("old/{i}"), now - 2 * 24 * 3600 * 1000)
                 .await
                 .expect("insert");
         }

@@ -40,6 +40,7 @@ mod replicas;
 mod revisions;
 mod rollouts;
 mod routes;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -77,6 +78,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: CloudConfig,
     /// The database.
     pub(crate) pool: AnyPool,
+    /// On PostgreSQL, a second pool for the telemetry path, which binds
+    /// arrays (`crate::telemetry`).
+    pub(crate) pg: Option<sqlx::PgPool>,
     /// The broker, until `serve` takes it.
     broker: Mutex<Option<Broker>>,
     /// The broker's in-process API.
@@ -156,6 +160,16 @@ impl Cloud {
                 error,
             })?;
         }
+        let url = cfg.database_url();
+        let pg = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pg = telemetry::open_postgres(&url).await?;
+            let retention =
+                i64::try_from(cfg.cloud.message_retention.get().as_millis()).unwrap_or(i64::MAX);
+            telemetry::maintain(&pg, db::now_ms(), retention).await?;
+            Some(pg)
+        } else {
+            None
+        };
         let admin = ensure_admin(&pool).await?;
         let auth = Authenticator::new(Registry::default(), false, AclPolicy::Deny)?;
         let broker_cfg = BrokerConfig {
@@ -217,6 +231,7 @@ impl Cloud {
             inner: Arc::new(Inner {
                 cfg,
                 pool,
+                pg,
                 broker: Mutex::new(Some(broker)),
                 handle,
                 downlink,
@@ -296,6 +311,22 @@ impl Cloud {
             t.extend(tasks);
         }
         Ok((cloud, admin))
+    }
+
+    /// Store upstream messages (topics `nodes/{id}/up/…` of joined nodes)
+    /// in one transaction exactly as the ingest path does once the broker
+    /// has handed them over (`verge bench ingest` measures this).
+    pub async fn store_upstream(&self, msgs: &[&verge_broker::Message]) -> Result<(), CloudError> {
+        ingest::store_messages(self, msgs).await?;
+        Ok(())
+    }
+
+    /// How many upstream messages are stored.
+    pub async fn stored_messages(&self) -> Result<u64, CloudError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Replace the admin token; returns the new one (plain, shown once).
@@ -453,6 +484,9 @@ impl Cloud {
         }
         self.inner.functions.shutdown().await;
         self.inner.pool.close().await;
+        if let Some(pg) = &self.inner.pg {
+            pg.close().await;
+        }
         served
     }
 

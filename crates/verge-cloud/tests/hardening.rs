@@ -747,7 +747,7 @@ async fn messages_older_than_50_000_rows_of_other_topics_are_found(h: Harness) {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
     sqlx::query(
-        "INSERT INTO messages (node_id, topic, payload, received_ms) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO messages (node_id, topic, payload, received_ms, queued_ms) VALUES ($1, $2, $3, $4, $4)",
     )
     .bind("edge-many")
     .bind("devices/d_1/telemetry")
@@ -757,9 +757,9 @@ async fn messages_older_than_50_000_rows_of_other_topics_are_found(h: Harness) {
     .await
     .expect("the one row");
     sqlx::query(
-        "INSERT INTO messages (node_id, topic, payload, received_ms) \
+        "INSERT INTO messages (node_id, topic, payload, received_ms, queued_ms) \
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000) \
-         SELECT $1, $2, $3, i + 1 FROM n",
+         SELECT $1, $2, $3, i + 1, i + 1 FROM n",
     )
     .bind("edge-many")
     .bind("devices/dx1/telemetry")

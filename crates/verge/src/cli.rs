@@ -225,6 +225,9 @@ pub enum BenchCommand {
     Functions(verge_bench::functions::FunctionsBenchArgs),
     /// Modbus driver points/s, CPU and memory against an in-process simulator.
     Drivers(verge_bench::drivers::DriversBenchArgs),
+    /// Stored upstream messages/s through the cloud's ingest path, SQLite
+    /// and PostgreSQL.
+    Ingest(verge_bench::ingest::IngestBenchArgs),
 }
 
 /// `KEY=VALUE`.
