@@ -13,12 +13,15 @@
 //! - [`functions`]: edge function calls, WebAssembly and process runtimes.
 //! - [`drivers`]: the Modbus driver's points/s, CPU and memory against an
 //!   in-process simulator.
+//! - [`fleet`]: simulated nodes against `verge cloud` replicas it starts:
+//!   join rate, heartbeat/long-poll/command latency, ingest, CPU and RSS.
 
 pub mod broker;
 pub mod client;
 pub mod connections;
 pub mod drain;
 pub mod drivers;
+pub mod fleet;
 pub mod functions;
 mod pubsub;
 pub mod queue;

@@ -107,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCommand::Queue(args) => verge_bench::queue::run(&args),
                 BenchCommand::Functions(args) => verge_bench::functions::run(&args),
                 BenchCommand::Drivers(args) => verge_bench::drivers::run(&args),
+                BenchCommand::Fleet(args) => verge_bench::fleet::run(&args),
             }
         }
     }

@@ -225,6 +225,9 @@ pub enum BenchCommand {
     Functions(verge_bench::functions::FunctionsBenchArgs),
     /// Modbus driver points/s, CPU and memory against an in-process simulator.
     Drivers(verge_bench::drivers::DriversBenchArgs),
+    /// Simulated nodes against `verge cloud` replicas it starts: join rate,
+    /// heartbeat, long-poll and command latency, ingest, cloud CPU and RSS.
+    Fleet(verge_bench::fleet::FleetArgs),
 }
 
 /// `KEY=VALUE`.
