@@ -196,14 +196,18 @@ async fn fleet(
 
     // Join.
     let gate = Arc::new(Semaphore::new(args.concurrency as usize));
+    // Sampled nodes spread over the fleet and over the replicas.
     let every = (n / (args.sample as usize).clamp(1, n)).max(1);
+    let sampled: std::collections::HashSet<usize> = (0..(args.sample as usize).min(n))
+        .map(|j| (j * every + j % k).min(n - 1))
+        .collect();
     let t_join = Instant::now();
     let mut joining = tokio::task::JoinSet::new();
     for i in 0..n {
         let gate = gate.clone();
         let pool = api[i % k].clone();
         let token = token.clone();
-        let sampled = args.sample > 0 && i % every == 0 && i / every < args.sample as usize;
+        let sampled = sampled.contains(&i);
         joining.spawn(async move {
             let _permit = gate.acquire().await;
             (i, join(&pool, &token, i, sampled).await)
@@ -220,6 +224,7 @@ async fn fleet(
                 id,
                 secret,
                 replica: i % k,
+                slot: i / k,
                 mqtt,
                 device,
                 acked: Mutex::new(Vec::new()),
@@ -348,6 +353,7 @@ async fn fleet(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let cpu_window_s = t_measure.elapsed().as_secs_f64();
     let cpu1: Vec<f64> = {
         let mut rs = lock(&replicas);
         for r in rs.iter_mut() {
@@ -404,6 +410,7 @@ async fn fleet(
         connect_s,
         first_error,
         measured_s,
+        cpu_window_s,
         published_in_window,
         acked_in_window,
         stats,
@@ -481,7 +488,8 @@ fn mqtt_addr(url: &str) -> anyhow::Result<SocketAddr> {
 /// The operator while measuring: each second, a command for every sampled
 /// node without one pending (queued through its replica), and a
 /// desired-state change (its `log.level`) on one sampled node, made
-/// through another replica when there are several.
+/// through another replica when there are several (its own when that one
+/// is down).
 async fn operate(
     nodes: Vec<Arc<Node>>,
     api: Vec<Pool>,
@@ -537,23 +545,32 @@ async fn operate(
             }
             *slot = Some(Instant::now());
         }
-        let pool = api[(node.replica + 1) % api.len()].clone();
+        // Through another replica (its own when that one fails): the
+        // change must wake a long poll held elsewhere.
+        let pools = [
+            api[(node.replica + 1) % api.len()].clone(),
+            api[node.replica].clone(),
+        ];
         let token = token.clone();
         tokio::spawn(async move {
             let body = json!({"config": {"log": {"level": format!("info,fleet_bench=debug,r{round}=info")}}});
-            let ok = pool
-                .request(
-                    None,
-                    Method::PATCH,
-                    &format!("/api/nodes/{}", node.id),
-                    &token,
-                    serde_json::to_vec(&body).ok(),
-                )
-                .await
-                .is_ok_and(|a| a.status == StatusCode::OK);
-            if !ok {
-                *lock(&node.change_at) = None;
+            let path = format!("/api/nodes/{}", node.id);
+            for pool in &pools {
+                let ok = pool
+                    .request(
+                        None,
+                        Method::PATCH,
+                        &path,
+                        &token,
+                        serde_json::to_vec(&body).ok(),
+                    )
+                    .await
+                    .is_ok_and(|a| a.status == StatusCode::OK);
+                if ok {
+                    return;
+                }
             }
+            *lock(&node.change_at) = None;
         });
     }
 }
@@ -636,5 +653,20 @@ async fn stored_seqs(pool: &Pool, token: &str, node: &str) -> anyhow::Result<Vec
             Some(id) if rows.len() == 1000 => after = id,
             _ => return Ok(out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_url_of_the_join_answer() {
+        assert_eq!(
+            mqtt_addr("mqtt://127.0.0.1:1883").expect("plain"),
+            SocketAddr::from(([127, 0, 0, 1], 1883))
+        );
+        assert!(mqtt_addr("mqtts://127.0.0.1:8883").is_err());
+        assert!(mqtt_addr("mqtt://").is_err());
     }
 }

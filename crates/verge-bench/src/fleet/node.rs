@@ -79,6 +79,9 @@ pub struct Node {
     pub secret: String,
     /// The replica that joined it (and that it talks to).
     pub replica: usize,
+    /// Its long poll's connection in its replica's pool (its rank among
+    /// that replica's nodes, so the polls spread evenly).
+    pub slot: usize,
     /// The MQTT address from the join answer.
     pub mqtt: SocketAddr,
     /// The device commands are queued for, on sampled nodes.
@@ -114,7 +117,9 @@ pub async fn connect(node: &Node) -> anyhow::Result<Client> {
         None,
         Protocol::V5,
         &node.id,
-        60,
+        // No keep alive: a node idle while the rest of the fleet connects
+        // must not be timed out (the simulator sends no PINGREQ).
+        0,
         Some((&node.id, node.secret.as_bytes())),
     )
     .await
@@ -348,7 +353,7 @@ pub async fn poll_loop(
         };
         let url = paths::desired_poll("", q);
         let answer = tokio::select! {
-            a = pool.request(Some(node.index), Method::GET, &url, &bearer, None) => a,
+            a = pool.request(Some(node.slot), Method::GET, &url, &bearer, None) => a,
             _ = phase.wait_for(|p| *p == Phase::Stop) => return,
         };
         match answer {

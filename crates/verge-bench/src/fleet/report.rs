@@ -14,7 +14,8 @@ use crate::thousands;
 pub struct ReplicaReport {
     /// Nodes joined through it.
     pub nodes: usize,
-    /// CPU seconds (user + system) it used in the measured time.
+    /// CPU seconds (user + system) it used in the measured time and the
+    /// drain after it.
     pub cpu_s: f64,
     /// Peak resident memory seen over the whole run, bytes.
     pub peak_rss: u64,
@@ -52,6 +53,9 @@ pub struct Report {
     pub first_error: Option<String>,
     /// Measured seconds.
     pub measured_s: f64,
+    /// Seconds the CPU figures cover (the measured time and the wait for
+    /// the last acknowledgements).
+    pub cpu_window_s: f64,
     /// Telemetry published in the measured time.
     pub published_in_window: u64,
     /// Telemetry acknowledged in the measured time.
@@ -190,7 +194,7 @@ impl Report {
                 if r.killed { " (killed)" } else { "" },
                 thousands(r.nodes as u64),
                 r.cpu_s,
-                r.cpu_s * 100.0 / self.measured_s,
+                r.cpu_s * 100.0 / self.cpu_window_s,
                 r.cpu_s * per_k,
                 r.peak_rss >> 20,
                 (r.peak_rss as f64 / 1048576.0) * per_k
@@ -237,6 +241,7 @@ impl Report {
             "rate_per_node": self.rate,
             "heartbeat_s": self.heartbeat_s,
             "measured_s": self.measured_s,
+            "cpu_window_s": self.cpu_window_s,
             "joined": self.joined,
             "join_errors": self.join_errors,
             "join_s": self.join_s,
