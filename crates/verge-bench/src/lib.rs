@@ -16,12 +16,15 @@
 //!   in-process simulator.
 //! - [`ingest`]: stored upstream messages/s through the cloud's ingest
 //!   path, SQLite and PostgreSQL.
+//! - [`fleet`]: simulated nodes against `verge cloud` replicas it starts:
+//!   join rate, heartbeat/long-poll/command latency, ingest, CPU and RSS.
 
 pub mod broker;
 pub mod client;
 pub mod connections;
 pub mod drain;
 pub mod drivers;
+pub mod fleet;
 pub mod functions;
 pub mod ingest;
 mod pubsub;

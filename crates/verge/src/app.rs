@@ -108,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCommand::Functions(args) => verge_bench::functions::run(&args),
                 BenchCommand::Drivers(args) => verge_bench::drivers::run(&args),
                 BenchCommand::Ingest(args) => verge_bench::ingest::run(&args),
+                BenchCommand::Fleet(args) => verge_bench::fleet::run(&args),
             }
         }
     }

@@ -228,6 +228,9 @@ pub enum BenchCommand {
     /// Stored upstream messages/s through the cloud's ingest path, SQLite
     /// and PostgreSQL.
     Ingest(verge_bench::ingest::IngestBenchArgs),
+    /// Simulated nodes against `verge cloud` replicas it starts: join rate,
+    /// heartbeat, long-poll and command latency, ingest, cloud CPU and RSS.
+    Fleet(verge_bench::fleet::FleetArgs),
 }
 
 /// `KEY=VALUE`.
@@ -810,6 +813,35 @@ mod tests {
             parse(&["bench", "connections", "--spawn", "verge", "--pid", "1"]).is_err(),
             "pid is for external brokers"
         );
+    }
+
+    #[test]
+    fn bench_fleet_options() {
+        let cli = parse(&[
+            "bench",
+            "fleet",
+            "--nodes",
+            "1000",
+            "--duration",
+            "30s",
+            "--replicas",
+            "2",
+            "--kill-one-at",
+            "10s",
+            "--cloud-arg",
+            "mqtt.mode=external",
+        ])
+        .expect("parses");
+        let Command::Bench(BenchCommand::Fleet(f)) = cli.command else {
+            panic!("not bench fleet")
+        };
+        assert_eq!((f.nodes, f.replicas), (1000, 2));
+        assert_eq!(f.duration, std::time::Duration::from_secs(30));
+        assert_eq!(f.heartbeat, std::time::Duration::from_secs(5));
+        assert_eq!(f.kill_one_at, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(f.cloud_args, ["mqtt.mode=external"]);
+        assert!(parse(&["bench", "fleet", "--nodes", "0"]).is_err());
+        assert!(parse(&["bench", "fleet", "--duration", "soon"]).is_err());
     }
 
     #[test]
