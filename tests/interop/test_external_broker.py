@@ -12,13 +12,17 @@ dropped at the end), two `verge cloud` replicas with `mqtt.mode =
 - downstream: a command made through replica A reaches the device
   through Mosquitto.
 
-Node credentials on the external broker are provisioned by the cloud in
-production (dynamic security / an auth endpoint, not this test's
-subject): here the test itself adds the node's id and secret to
-Mosquitto's password file with `mosquitto_passwd` after the join and
-reloads Mosquitto (SIGHUP to the PID it started). The ACL file lets the
-cloud's user use `nodes/#` and each node only its own
-`nodes/{id}/up/#` (publish) and `nodes/{id}/down/#` (subscribe).
+The test runs twice, once per way node credentials reach Mosquitto:
+- `dynsec`, the production path on Debian's Mosquitto (which has no
+  HTTP-auth plugin): the replicas run with
+  `mqtt.external.provision = "mosquitto-dynsec"` and write the cloud's
+  own user at start and each node's client and role at join into the
+  broker's dynamic-security plugin; the test adds nothing by hand;
+- `password-file`: the test itself adds the node's id and secret to
+  Mosquitto's password file with `mosquitto_passwd` after the join and
+  reloads Mosquitto (SIGHUP to the PID it started); the ACL file lets the
+  cloud's user use `nodes/#` and each node only its own `nodes/{id}/up/#`
+  (publish) and `nodes/{id}/down/#` (subscribe).
 """
 
 import json
@@ -134,6 +138,10 @@ class Mosquitto:
                        check=True, capture_output=True)
         os.kill(self.proc.pid, signal.SIGHUP)
 
+    def cloud_args(self):
+        """What the replicas add for this broker's credentials: none."""
+        return []
+
     def output(self):
         self.log.flush()
         return (self.dir / "mosquitto.log").read_text(errors="replace")
@@ -148,6 +156,58 @@ class Mosquitto:
                 self.proc.wait()
 
 
+DYNSEC = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+
+
+class DynsecMosquitto(Mosquitto):
+    """Debian's mosquitto with the dynamic-security plugin: the cloud
+    writes its own user and every node's credentials into it."""
+
+    def __init__(self, workdir, cloud_password):
+        self.dir = Path(workdir, "mosquitto")
+        self.dir.mkdir()
+        self.port = free_port()
+        self.admin_password = "admin-" + uuid.uuid4().hex
+        config = self.dir / "dynsec.json"
+        subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(config), "admin", self.admin_password],
+                       check=True, capture_output=True)
+        self.admin_file = self.dir / "admin-password"
+        self.admin_file.write_text(self.admin_password + "\n")
+        self.admin_file.chmod(0o600)
+        conf = self.dir / "mosquitto.conf"
+        user = f"user {os.environ.get('USER') or 'root'}\n" if os.geteuid() == 0 else ""
+        conf.write_text(
+            user +
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous false\n"
+            f"plugin {DYNSEC}\n"
+            f"plugin_opt_config_file {config}\n"
+            "persistence false\n"
+            "max_inflight_messages 100\n"
+            "max_queued_messages 10000\n"
+            "log_dest stdout\nlog_type all\n")
+        self.log = open(self.dir / "mosquitto.log", "w+")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while not port_open(self.port):
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(f"mosquitto did not listen:\n{self.output()}")
+            time.sleep(0.1)
+
+    def add_user(self, user, password):
+        """Nothing to do: the cloud provisioned the node at its join."""
+
+    def cloud_args(self):
+        return [
+            "--set", "mqtt.external.provision=mosquitto-dynsec",
+            "--set", f"mqtt.external.admin_url=mqtt://127.0.0.1:{self.port}",
+            "--set", "mqtt.external.admin_username=admin",
+            "--set", f"mqtt.external.admin_password_file={self.admin_file}",
+        ]
+
+
 def start_replica(procs, workdir, name, db, broker, password_file):
     http = free_port()
     cloud = Proc(name, [
@@ -160,6 +220,7 @@ def start_replica(procs, workdir, name, db, broker, password_file):
         "--set", "mqtt.external.username=cloud",
         "--set", f"mqtt.external.password_file={password_file}",
         "--set", "mqtt.external.adopt_after=5s",
+        *broker.cloud_args(),
     ], workdir)
     procs.append(cloud)
     wait_for(f"{name} did not listen on 127.0.0.1:{http}", lambda: port_open(http), cloud, timeout=30)
@@ -170,13 +231,17 @@ def start_replica(procs, workdir, name, db, broker, password_file):
 
 
 @pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
-def test_two_replicas_on_mosquitto_store_once_through_a_kill_and_send_commands(database, procs):
+@pytest.mark.parametrize("credentials", ["dynsec", "password-file"])
+def test_two_replicas_on_mosquitto_store_once_through_a_kill_and_send_commands(database, procs, credentials):
+    if credentials == "dynsec" and (not DYNSEC.exists() or shutil.which("mosquitto_ctrl") is None):
+        pytest.skip("needs Debian's mosquitto_dynamic_security.so and mosquitto_ctrl")
     workdir = tempfile.mkdtemp(prefix="verge-external-")
     cloud_password = uuid.uuid4().hex
     password_file = Path(workdir, "cloud-mqtt-password")
     password_file.write_text(cloud_password + "\n")
     password_file.chmod(0o600)
-    broker = Mosquitto(workdir, cloud_password)
+    kind = DynsecMosquitto if credentials == "dynsec" else Mosquitto
+    broker = kind(workdir, cloud_password)
     try:
         run(procs, workdir, database, broker, password_file)
     except BaseException:
