@@ -334,7 +334,9 @@ pub fn is_postgres(url: &str) -> bool {
 }
 
 /// Connect to `url` and bring the schema up to date.
-pub async fn open(url: &str) -> Result<AnyPool, CloudError> {
+/// `connections` is the PostgreSQL pool's size (`cloud.database_connections`);
+/// SQLite always gets one.
+pub async fn open(url: &str, connections: u32) -> Result<AnyPool, CloudError> {
     sqlx::any::install_default_drivers();
     let dialect = if is_postgres(url) {
         Dialect::Postgres
@@ -350,7 +352,11 @@ pub async fn open(url: &str) -> Result<AnyPool, CloudError> {
     // connection wrote in between (busy_timeout does not help there), so
     // every statement goes through one connection.
     let pool = AnyPoolOptions::new()
-        .max_connections(if dialect == Dialect::Sqlite { 1 } else { 10 })
+        .max_connections(if dialect == Dialect::Sqlite {
+            1
+        } else {
+            connections
+        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if dialect == Dialect::Sqlite {
@@ -486,6 +492,32 @@ pub fn random_secret() -> String {
     let mut b = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut b);
     hex::encode(b)
+}
+
+/// The argon2id PHC string of a node secret made by `random_secret` (32
+/// random bytes, 256 bits), at argon2's minimal cost (8 KiB, one pass).
+///
+/// A slow, memory-hard hash protects guessable, user-chosen passwords from
+/// offline guessing; a 256-bit random secret cannot be guessed whatever the
+/// hash costs, so the default cost (19 MiB, two passes, tens of
+/// milliseconds of CPU) would only bound joins and MQTT connects (one hash
+/// per join, one verification per connect) and take memory. The PHC string
+/// carries its parameters, so secrets hashed before at the default cost
+/// still verify. User-chosen secrets, passwords and tokens are not hashed
+/// here.
+pub fn hash_node_secret(secret: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use argon2::{Algorithm, Argon2, Params, Version};
+    use rand_core::RngCore;
+    let mut salt = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| format!("salt: {e}"))?;
+    let params = Params::new(Params::MIN_M_COST, Params::MIN_T_COST, 1, None)
+        .map_err(|e| format!("argon2 parameters: {e}"))?;
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing a node secret: {e}"))
 }
 
 /// 16 random bytes as lower-case hex: the id of a command or an alarm
