@@ -545,6 +545,30 @@ pub fn json_col(text: &str) -> serde_json::Value {
 mod tests {
     use super::*;
 
+    /// A new node secret's hash is argon2id at the minimal cost, and the
+    /// broker's check (`Argon2::default()`, which takes the parameters from
+    /// the PHC string) accepts it and a default-cost hash made before,
+    /// and refuses a wrong secret.
+    #[test]
+    fn node_secrets_hash_cheaply_and_old_hashes_still_verify() {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        let secret = random_secret();
+        assert_eq!(secret.len(), 64, "32 random bytes as hex");
+        let phc = hash_node_secret(&secret).expect("hash");
+        assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{phc}");
+        let check = |phc: &str, s: &str| {
+            argon2::Argon2::default()
+                .verify_password(s.as_bytes(), &PasswordHash::new(phc).expect("phc"))
+                .is_ok()
+        };
+        assert!(check(&phc, &secret));
+        assert!(!check(&phc, &random_secret()));
+        assert_ne!(phc, hash_node_secret(&secret).expect("hash"), "salted");
+        let old = verge_broker::auth::hash_password(&secret).expect("default cost");
+        assert!(old.contains("m=19456,t=2"), "{old}");
+        assert!(check(&old, &secret));
+    }
+
     /// Migration 12 on PostgreSQL turns an existing `messages` table into
     /// the partitioned one: rows, ids and the id sequence are kept, the
     /// queue time is the receive time, and the API's reads still work.
