@@ -29,6 +29,9 @@ pub struct CloudSection {
     /// Database URL: empty = the SQLite file `<data_dir>/cloud.db` (created
     /// if missing), or `postgres://…`.
     pub database: String,
+    /// Connections in the PostgreSQL pool of the API, the long polls and
+    /// the ingest checks (at least 1; SQLite always uses one connection).
+    pub database_connections: u32,
     /// The URL nodes reach the HTTP API at (used in join commands); empty =
     /// `http://` + `http.bind`.
     pub public_url: String,
@@ -59,6 +62,7 @@ impl Default for CloudSection {
         CloudSection {
             data_dir: PathBuf::from("./verge-cloud-data"),
             database: String::new(),
+            database_connections: 32,
             public_url: String::new(),
             offline_after: HumanDuration(Duration::from_secs(15)),
             message_retention: HumanDuration(Duration::from_secs(24 * 3600)),

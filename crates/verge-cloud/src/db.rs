@@ -334,7 +334,9 @@ pub fn is_postgres(url: &str) -> bool {
 }
 
 /// Connect to `url` and bring the schema up to date.
-pub async fn open(url: &str) -> Result<AnyPool, CloudError> {
+/// `connections` is the PostgreSQL pool's size (`cloud.database_connections`);
+/// SQLite always gets one.
+pub async fn open(url: &str, connections: u32) -> Result<AnyPool, CloudError> {
     sqlx::any::install_default_drivers();
     let dialect = if is_postgres(url) {
         Dialect::Postgres
@@ -350,7 +352,11 @@ pub async fn open(url: &str) -> Result<AnyPool, CloudError> {
     // connection wrote in between (busy_timeout does not help there), so
     // every statement goes through one connection.
     let pool = AnyPoolOptions::new()
-        .max_connections(if dialect == Dialect::Sqlite { 1 } else { 10 })
+        .max_connections(if dialect == Dialect::Sqlite {
+            1
+        } else {
+            connections
+        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if dialect == Dialect::Sqlite {
@@ -488,6 +494,32 @@ pub fn random_secret() -> String {
     hex::encode(b)
 }
 
+/// The argon2id PHC string of a node secret made by `random_secret` (32
+/// random bytes, 256 bits), at argon2's minimal cost (8 KiB, one pass).
+///
+/// A slow, memory-hard hash protects guessable, user-chosen passwords from
+/// offline guessing; a 256-bit random secret cannot be guessed whatever the
+/// hash costs, so the default cost (19 MiB, two passes, tens of
+/// milliseconds of CPU) would only bound joins and MQTT connects (one hash
+/// per join, one verification per connect) and take memory. The PHC string
+/// carries its parameters, so secrets hashed before at the default cost
+/// still verify. User-chosen secrets, passwords and tokens are not hashed
+/// here.
+pub fn hash_node_secret(secret: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use argon2::{Algorithm, Argon2, Params, Version};
+    use rand_core::RngCore;
+    let mut salt = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| format!("salt: {e}"))?;
+    let params = Params::new(Params::MIN_M_COST, Params::MIN_T_COST, 1, None)
+        .map_err(|e| format!("argon2 parameters: {e}"))?;
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing a node secret: {e}"))
+}
+
 /// 16 random bytes as lower-case hex: the id of a command or an alarm
 /// (URL-safe, and a valid MQTT topic level).
 pub fn random_id() -> String {
@@ -512,6 +544,30 @@ pub fn json_col(text: &str) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new node secret's hash is argon2id at the minimal cost, and the
+    /// broker's check (`Argon2::default()`, which takes the parameters from
+    /// the PHC string) accepts it and a default-cost hash made before,
+    /// and refuses a wrong secret.
+    #[test]
+    fn node_secrets_hash_cheaply_and_old_hashes_still_verify() {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        let secret = random_secret();
+        assert_eq!(secret.len(), 64, "32 random bytes as hex");
+        let phc = hash_node_secret(&secret).expect("hash");
+        assert!(phc.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{phc}");
+        let check = |phc: &str, s: &str| {
+            argon2::Argon2::default()
+                .verify_password(s.as_bytes(), &PasswordHash::new(phc).expect("phc"))
+                .is_ok()
+        };
+        assert!(check(&phc, &secret));
+        assert!(!check(&phc, &random_secret()));
+        assert_ne!(phc, hash_node_secret(&secret).expect("hash"), "salted");
+        let old = verge_broker::auth::hash_password(&secret).expect("default cost");
+        assert!(old.contains("m=19456,t=2"), "{old}");
+        assert!(check(&old, &secret));
+    }
 
     /// Migration 12 on PostgreSQL turns an existing `messages` table into
     /// the partitioned one: rows, ids and the id sequence are kept, the

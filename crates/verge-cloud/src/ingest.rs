@@ -186,6 +186,9 @@ fn refuse(cloud: &Cloud, msgs: impl IntoIterator<Item = Upstream>) {
         .fetch_add(n, Ordering::Relaxed);
 }
 
+/// Nodes asked for in one `admit` query (bind parameters).
+const ADMIT_CHUNK: usize = 500;
+
 /// Take from `buf` the messages that can be stored: a topic of the form
 /// `nodes/{id}/up/{rest}` from a joined node. The others are rejected here
 /// (the broker's ACL already keeps a node to its own topics, but a node
@@ -197,14 +200,22 @@ async fn admit(cloud: &Cloud, buf: &mut Vec<Upstream>) -> sqlx::Result<Vec<Upstr
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
+    // One query per batch (a few for a batch of very many nodes), not one
+    // per node: at thousands of nodes the per-node queries queued for the
+    // pool behind the API's.
     let mut joined = HashSet::with_capacity(nodes.len());
-    for n in nodes {
-        let found: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM nodes WHERE id = $1 AND secret_phc IS NOT NULL")
-                .bind(n)
-                .fetch_optional(&cloud.inner().pool)
-                .await?;
-        if let Some((id,)) = found {
+    for chunk in nodes.chunks(ADMIT_CHUNK) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        // Only placeholders are formatted in; the ids are bound.
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM nodes WHERE secret_phc IS NOT NULL AND id IN ({})",
+            marks.join(", ")
+        ));
+        let mut q = sqlx::query_as::<_, (String,)>(sql);
+        for n in chunk {
+            q = q.bind(*n);
+        }
+        for (id,) in q.fetch_all(&cloud.inner().pool).await? {
             joined.insert(id);
         }
     }

@@ -43,7 +43,7 @@ mod routes;
 pub mod telemetry;
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,10 +121,28 @@ pub(crate) struct Inner {
     /// Node credentials in Mosquitto's dynamic-security plugin, when
     /// `mqtt.external.provision = "mosquitto-dynsec"`.
     pub(crate) dynsec: Option<broker_auth::dynsec::Dynsec>,
+    /// Joins in flight (`api::agent::join`).
+    pub(crate) joins: tokio::sync::Semaphore,
+    /// Coalesces rebuilds of the broker's registry (`refresh_registry`).
+    registry: RegistryRefresh,
     /// Background tasks (ingest, registry refresh, pruning, the rollout
     /// driver, the device dispatcher, the replica heartbeat, leadership,
     /// the desired-state listener).
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Joins served at once; the others wait their turn.
+const JOINS_IN_FLIGHT: usize = 16;
+
+/// The state of `Cloud::refresh_registry`'s coalescing.
+#[derive(Default)]
+struct RegistryRefresh {
+    /// Calls made so far.
+    asked: AtomicU64,
+    /// Every call up to this number is covered by a finished rebuild.
+    covered: AtomicU64,
+    /// One rebuild at a time.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Cloud {
@@ -140,6 +158,11 @@ impl Cloud {
         // Check the TLS files first: a bad path fails the start before
         // anything is created, with the key named.
         let mqtt_tls = mqtt_tls(&cfg)?;
+        if cfg.cloud.database_connections == 0 {
+            return Err(CloudError::Other(
+                "cloud.database_connections must be at least 1".into(),
+            ));
+        }
         let replica_id = replicas::resolve_id(&cfg.cloud.replica_id, &cfg.cloud.data_dir)?;
         let external = external::Plan::resolve(&cfg)?.map(Arc::new);
         let sqlite_file = cfg
@@ -153,7 +176,7 @@ impl Cloud {
                 error,
             })?;
         }
-        let pool = db::open(&cfg.database_url()).await?;
+        let pool = db::open(&cfg.database_url(), cfg.cloud.database_connections).await?;
         if let Some(file) = &sqlite_file {
             db::make_private(file).map_err(|error| CloudError::Io {
                 what: format!("{}", file.display()),
@@ -253,6 +276,8 @@ impl Cloud {
                 broker_secrets: broker_auth::SecretCache::default(),
                 broker_cloud_password,
                 dynsec,
+                joins: tokio::sync::Semaphore::new(JOINS_IN_FLIGHT),
+                registry: RegistryRefresh::default(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
@@ -494,11 +519,31 @@ impl Cloud {
     /// joined node, allowed to publish `nodes/{id}/up/#` and subscribe
     /// `nodes/{id}/down/#` only. Nothing in external mode (the in-process
     /// endpoint is not served).
+    ///
+    /// Calls coalesce: a call returns once a rebuild that read the
+    /// database after the call began has finished, and one rebuild runs at
+    /// a time, so a storm of N joins makes a few rebuilds, not N (each
+    /// reads every joined node).
     pub(crate) async fn refresh_registry(&self) -> Result<(), CloudError> {
         if self.inner.external.is_some() {
             // The external broker authenticates nodes itself.
             return Ok(());
         }
+        let reg = &self.inner.registry;
+        let mine = reg.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = reg.turn.lock().await;
+        if reg.covered.load(Ordering::SeqCst) >= mine {
+            // A rebuild that began after this call read the database.
+            return Ok(());
+        }
+        // Every call counted so far began before the read below.
+        let covers = reg.asked.load(Ordering::SeqCst);
+        self.rebuild_registry().await?;
+        reg.covered.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn rebuild_registry(&self) -> Result<(), CloudError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, secret_phc FROM nodes WHERE secret_phc IS NOT NULL ORDER BY id",
         )

@@ -227,9 +227,22 @@ async fn pump(
     }
 }
 
+/// Publish upstream as a node's bridge does: a `verge-id` and the
+/// `verge-time` it queued the message at, both repeated by a resend (on
+/// PostgreSQL the duplicate key includes that time: crate `telemetry`).
 async fn up(c: &Client, node: &str, verge_id: &str, body: &str) {
+    static QUEUED_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let queued = QUEUED_MS.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    });
     let props = PublishProperties {
-        user_properties: vec![("verge-id".into(), verge_id.into())],
+        user_properties: vec![
+            ("verge-id".into(), verge_id.into()),
+            ("verge-time".into(), queued.to_string()),
+        ],
         ..Default::default()
     };
     c.client

@@ -21,10 +21,19 @@ pub async fn join(
     State(cloud): State<Cloud>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> Result<Json<JoinResponse>, AppError> {
+    // Joins in flight are bounded: a join storm queues here (an idle
+    // future each) rather than holding hashes and transactions at once.
+    let _permit = cloud
+        .inner()
+        .joins
+        .acquire()
+        .await
+        .map_err(AppError::internal)?;
     let secret = db::random_secret();
+    // Cheap on purpose: the secret is random (`db::hash_node_secret`).
     let phc = {
         let s = secret.clone();
-        tokio::task::spawn_blocking(move || verge_broker::auth::hash_password(&s))
+        tokio::task::spawn_blocking(move || db::hash_node_secret(&s))
             .await
             .map_err(AppError::internal)?
             .map_err(AppError::internal)?
