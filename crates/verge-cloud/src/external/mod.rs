@@ -189,6 +189,10 @@ impl Plan {
     pub fn options(&self, client_id: &str) -> MqttOptions {
         let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_keep_alive(Duration::from_secs(30));
+        // rumqttc refuses incoming packets over 10 KiB by default (and
+        // the connection would fail again on every resend): take what the
+        // in-process endpoint takes from nodes.
+        o.set_max_packet_size(Some(verge_broker::BrokerConfig::default().max_packet_size));
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u.clone(), p.clone());
         }
