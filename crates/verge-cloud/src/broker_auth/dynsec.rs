@@ -109,30 +109,30 @@ pub struct Dynsec {
     pending: Pending,
 }
 
-/// A line of a password file, with the key named when it cannot be read.
+/// The password in the file `path` of setting `key` (every password file
+/// the cloud reads goes through here, so the consumer logs in with the
+/// password the hooks and the plugin check): its first line, surrounding
+/// whitespace removed. A file with any group or other permission bit, or
+/// an empty password, is refused.
 pub fn read_password(key: &str, path: Option<&std::path::Path>) -> Result<String, CloudError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = path.ok_or_else(|| CloudError::Other(format!("{key} is not set")))?;
-    let text = std::fs::read_to_string(path).map_err(|error| CloudError::Io {
+    let io = |error| CloudError::Io {
         what: format!("{key} {}", path.display()),
         error,
-    })?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0);
-        if mode & 0o077 != 0 {
-            return Err(CloudError::Other(format!(
-                "{key} {}: readable by others (mode {:o}); `chmod 600` it",
-                path.display(),
-                mode & 0o777
-            )));
-        }
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CloudError::Other(format!(
+            "{key}: {} is readable by group or others (mode {mode:03o}); `chmod 600` it",
+            path.display()
+        )));
     }
+    let text = std::fs::read_to_string(path).map_err(io)?;
     let line = text.lines().next().unwrap_or("").trim().to_owned();
     if line.is_empty() {
         return Err(CloudError::Other(format!(
-            "{key} {}: empty",
+            "{key}: {} is empty",
             path.display()
         )));
     }
