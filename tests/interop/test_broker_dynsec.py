@@ -85,8 +85,13 @@ class Mosquitto:
                            capture_output=True, text=True, timeout=20)
         return r.stdout + r.stderr
 
-    def client(self, user, password):
-        return Client(self.endpoint, V5, user=(user, password))
+    def client(self, user, password, cid=None):
+        return Client(self.endpoint, V5, cid=cid, user=(user, password))
+
+    def node(self, node, password, cid=None):
+        """Node `node` connecting, by default with its bridge's client id
+        (the one its broker client is bound to)."""
+        return self.client(node, password, cid or f"verge-node-{node}")
 
     def stop(self):
         terminate(self.proc)
@@ -152,9 +157,9 @@ def test_node_credentials_on_mosquitto_dynsec(tmp_path, procs, mosquitto):  # no
     assert cl.sub("$share/verge-cloud/nodes/+/up/#", 1) == [1]
     assert cl.sub("#", 1)[0] >= 0x80
 
-    n1 = mosquitto.client("n1", s1)
+    n1 = mosquitto.node("n1", s1)
     assert not refused(n1)
-    n2 = mosquitto.client("n2", s2)
+    n2 = mosquitto.node("n2", s2)
     assert not refused(n2)
 
     # its own topics: up reaches the cloud, down reaches the node
@@ -178,27 +183,32 @@ def test_node_credentials_on_mosquitto_dynsec(tmp_path, procs, mosquitto):  # no
     n2.nothing()
     for f in ("#", "nodes/+/down/#", "nodes/n2/down/#", "nodes/n1/#", "$share/g/nodes/+/up/#"):
         assert n1.sub(f, 1)[0] >= 0x80, f
+    # the client id is bound to the node: no other node's, no replica's
+    # (n2's connection is not taken over: it still gets its message below)
+    assert refused(mosquitto.node("n1", s1, cid="verge-node-n2"))
+    assert refused(mosquitto.node("n1", s1, cid="verge-cloud-x"))
+    assert refused(mosquitto.node("n1", s1, cid="n1-other"))
     cl.pub("nodes/n2/down/secret", b"for-n2", qos=1)
     assert n2.recv().payload == b"for-n2"
     n1.nothing(1.0)
 
     # a wrong secret is refused, another node's secret too
-    assert refused(mosquitto.client("n1", "wrong"))
-    assert refused(mosquitto.client("n1", s2))
+    assert refused(mosquitto.node("n1", "wrong"))
+    assert refused(mosquitto.node("n1", s2))
 
     # a rejoin replaces the secret: the old one stops working
     s, v = call(url, token, "POST", "/api/nodes/n2/join-token")
     assert s == 200, v
     s, v = call(url, None, "POST", "/api/agent/join", {"token": v["join_token"], "hostname": "h"})
     assert s == 200, v
-    assert refused(mosquitto.client("n2", s2))
-    assert not refused(mosquitto.client("n2", v["secret"]))
+    assert refused(mosquitto.node("n2", s2))
+    assert not refused(mosquitto.node("n2", v["secret"]))
 
     # deleted: the connection ends and the secret no longer logs in
     s, v = call(url, token, "DELETE", "/api/nodes/n1")
     assert s == 204, v
     n1.disconnects.get(timeout=5)
-    assert refused(mosquitto.client("n1", s1))
+    assert refused(mosquitto.node("n1", s1))
     assert "Client not found" in mosquitto.ctrl("getClient", "n1")
     for c in (spy, cl):
         c.close()
@@ -231,4 +241,4 @@ def test_join_is_refused_while_the_broker_is_down_and_the_token_still_works(tmp_
             break
         time.sleep(0.5)
     assert s == 200, v
-    assert not refused(mosquitto.client("n1", v["secret"]))
+    assert not refused(mosquitto.node("n1", v["secret"]))

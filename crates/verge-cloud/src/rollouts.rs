@@ -124,6 +124,11 @@ pub async fn run(cloud: Cloud) {
             }
         };
         for (id,) in ids {
+            // Leadership may be lost meanwhile (its lock connection
+            // failed): the next leader goes on from here.
+            if !cloud.inner().leader.is_leader() {
+                break;
+            }
             if let Err(e) = advance(&cloud, id).await {
                 tracing::warn!(rollout = id, "rollout not advanced: {}", e.message);
             }

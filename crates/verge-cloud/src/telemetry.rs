@@ -148,6 +148,43 @@ pub async fn insert_postgres(
     if rows.is_empty() {
         return Ok(inserted);
     }
+    // A row with a `verge-id` but no valid `verge-time` has the receive
+    // time as its `queued_ms` (see [`queued_ms`]), so its resend would
+    // not meet the stored copy on the unique index: look for its (node,
+    // `verge-id`) in every partition first (the index's prefix). A
+    // `verge-time` that happens to equal the receive time is looked up
+    // too, which costs a lookup and is still right.
+    let untimed: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.queued_ms == received_ms)
+        .filter_map(|r| Some((r.node, r.verge_id?)))
+        .collect();
+    let known: HashSet<(String, String)> = if untimed.is_empty() {
+        HashSet::new()
+    } else {
+        let nodes: Vec<&str> = untimed.iter().map(|u| u.0).collect();
+        let ids: Vec<&str> = untimed.iter().map(|u| u.1).collect();
+        let found: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.node_id, m.verge_id FROM messages m \
+             JOIN UNNEST($1::text[], $2::text[]) AS u(n, v) ON m.node_id = u.n AND m.verge_id = u.v",
+        )
+        .bind(&nodes)
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        found.into_iter().collect()
+    };
+    let rows: Vec<&NewMessage<'_>> = rows
+        .iter()
+        .filter(|r| {
+            r.queued_ms != received_ms
+                || r.verge_id
+                    .is_none_or(|v| !known.contains(&(r.node.to_owned(), v.to_owned())))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(inserted);
+    }
     let ids: Vec<Option<&str>> = rows.iter().map(|r| r.verge_id).collect();
     let nodes: Vec<&str> = rows.iter().map(|r| r.node).collect();
     let topics: Vec<&str> = rows.iter().map(|r| r.topic).collect();

@@ -64,12 +64,23 @@ async fn hook(h: &Harness, token: &str, path: &str, body: Value) -> Value {
     v
 }
 
+/// `user` connecting with its own client id (`verge-node-{user}`, or
+/// `verge-cloud-r1` for the cloud user `verge-cloud`).
 async fn authn(h: &Harness, token: &str, user: &str, password: &str) -> Value {
+    let clientid = if user == "verge-cloud" {
+        "verge-cloud-r1".to_owned()
+    } else {
+        format!("verge-node-{user}")
+    };
+    authn_as(h, token, user, password, &clientid).await
+}
+
+async fn authn_as(h: &Harness, token: &str, user: &str, password: &str, clientid: &str) -> Value {
     hook(
         h,
         token,
         "/api/broker/authn",
-        json!({"username": user, "password": password, "clientid": format!("c-{user}")}),
+        json!({"username": user, "password": password, "clientid": clientid}),
     )
     .await
 }
@@ -144,6 +155,21 @@ async fn authn_allows_a_joined_node_with_its_current_secret_only(h: Harness) {
     assert_eq!(authn(&h, &broker, &n1, &secret).await, allow());
     // twice: the second answer comes from the cache, and is the same
     assert_eq!(authn(&h, &broker, &n1, &secret).await, allow());
+    // The client id is tied to the username: no other node's, no
+    // replica's, nothing else (also when the secret is cached).
+    for clientid in [
+        "verge-node-other".to_owned(),
+        "verge-cloud-r1".to_owned(),
+        format!("verge-node-{n1}-x"),
+        format!("c-{n1}"),
+        String::new(),
+    ] {
+        assert_eq!(
+            authn_as(&h, &broker, &n1, &secret, &clientid).await,
+            deny(),
+            "{clientid}"
+        );
+    }
     assert_eq!(authn(&h, &broker, &n1, "wrong").await, deny());
     assert_eq!(authn(&h, &broker, &n1, "").await, deny());
     assert_eq!(authn(&h, &broker, "nobody", &secret).await, deny());
@@ -254,6 +280,7 @@ async fn the_cloud_user_logs_in_with_its_password_and_no_node_takes_its_name(pos
     let Some(h) = harness_with(postgres, |c: &mut CloudConfig| {
         c.mqtt.external.username = "verge-cloud".into();
         c.mqtt.external.password_file = Some(pw.clone());
+        c.mqtt.external.admin_username = "mosq-admin".into();
     })
     .await
     else {
@@ -269,6 +296,13 @@ async fn the_cloud_user_logs_in_with_its_password_and_no_node_takes_its_name(pos
         deny()
     );
     assert_eq!(authn(&h, &broker, "verge-cloud", "").await, deny());
+    for clientid in ["verge-node-verge-cloud", "verge-cloud-", "x", ""] {
+        assert_eq!(
+            authn_as(&h, &broker, "verge-cloud", "cloud-secret", clientid).await,
+            deny(),
+            "{clientid}"
+        );
+    }
     for (action, topic) in [
         ("subscribe", "$share/verge-cloud/nodes/+/up/#"),
         ("subscribe", "nodes/+/up/$verge/store-reply/+"),
@@ -295,6 +329,16 @@ async fn the_cloud_user_logs_in_with_its_password_and_no_node_takes_its_name(pos
             Method::POST,
             "/api/nodes",
             Some(json!({"name": "verge-cloud"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // nor the dynamic-security admin's (a node's broker client would
+    // replace it)
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(json!({"name": "mosq-admin"})),
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");

@@ -53,6 +53,7 @@ on_both!(
     a_command_goes_down_on_the_external_broker,
     a_store_query_is_answered_through_the_external_broker,
     a_dead_replicas_session_is_adopted_drained_and_ended,
+    a_large_upstream_message_is_stored,
 );
 
 /// Mosquitto on a free port (anonymous: the cloud's user and the nodes'
@@ -288,6 +289,26 @@ async fn upstream_is_stored_once_and_strangers_are_acknowledged(pg: bool) {
         .expect("count");
     assert_eq!(ghost.0, 0);
     pool.close().await;
+}
+
+async fn a_large_upstream_message_is_stored(pg: bool) {
+    let Some(broker) = mosquitto() else { return };
+    let Some(h) = external(pg, &broker).await else {
+        return;
+    };
+    let (node, _secret) = h.joined_node("edge-big").await;
+    let n = client(&broker, |_| {}, &format!("verge-node-{node}"));
+    // 64 KiB: over rumqttc's default limit of 10 KiB for incoming packets.
+    let body = format!("{{\"blob\":\"{}\"}}", "x".repeat(64 * 1024));
+    up(&n, &node, "big1", &body).await;
+    up(&n, &node, "small1", "{\"i\":1}").await;
+    until_stored(&h, &node, 2).await;
+    let m = metrics(&h).await;
+    assert_eq!(
+        metric(&m, "verge_cloud_external_connection_losses_total"),
+        Some(0),
+        "{m}"
+    );
 }
 
 async fn a_message_not_stored_is_not_acknowledged_and_comes_again(pg: bool) {
@@ -626,7 +647,10 @@ async fn a_dead_replicas_session_is_adopted_drained_and_ended(pg: bool) {
             .expect("record");
     assert!(done.is_some(), "the adopted session is marked done");
     pool.close().await;
-    // The session is gone from the broker: connecting as it finds none.
+    // Left with a short expiry (never wiped by a clean start): once it
+    // has passed, the session is gone from the broker.
+    // (`SESSION_END_EXPIRY_SECS`, 60 s).
+    tokio::time::sleep(Duration::from_secs(63)).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut o = MqttOptions::new(dead_id, "127.0.0.1", broker.port);
     o.set_clean_start(false);

@@ -17,7 +17,10 @@ use verge_protocol::topics::{VERGE_ID_PROPERTY, VERGE_TIME_PROPERTY};
 
 use common::{Harness, harness_on};
 
-both!(a_resend_with_the_same_id_and_time_is_stored_once);
+both!(
+    a_resend_with_the_same_id_and_time_is_stored_once,
+    a_resend_without_a_valid_verge_time_is_stored_once
+);
 
 /// A message as the bridge sends it: `verge-id` and `verge-time`.
 fn upstream(node: &str, rest: &str, id: &str, time_ms: i64, payload: &str) -> Message {
@@ -102,6 +105,35 @@ async fn a_resend_with_the_same_id_and_time_is_stored_once(h: Harness) {
     assert_eq!(got, [1, 2, 3], "{v}");
     let (_, dev) = h.call(Method::GET, "/api/devices/dt", None).await;
     assert_eq!(dev["last_telemetry"], serde_json::json!({"v": 3}), "{dev}");
+}
+
+/// A `verge-id` without a `verge-time`, or with one that is no number:
+/// the receive time stands in, which differs on the resend; it is still
+/// stored once (on PostgreSQL the unique index includes the time).
+async fn a_resend_without_a_valid_verge_time_is_stored_once(h: Harness) {
+    let (node, _) = h.joined_node("edge-u").await;
+    let mut missing = upstream(&node, "devices/du/telemetry", "u/1", 0, r#"{"v":1}"#);
+    missing
+        .properties
+        .user_properties
+        .retain(|(k, _)| k != VERGE_TIME_PROPERTY);
+    let mut invalid = upstream(&node, "devices/du/telemetry", "u/2", 0, r#"{"v":2}"#);
+    invalid.properties.user_properties = vec![
+        (VERGE_ID_PROPERTY.into(), "u/2".into()),
+        (VERGE_TIME_PROPERTY.into(), "soon".into()),
+    ];
+    h.cloud
+        .store_upstream(&[&missing, &invalid])
+        .await
+        .expect("store");
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        h.cloud
+            .store_upstream(&[&missing, &invalid])
+            .await
+            .expect("resend");
+    }
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM messages").await, 2);
 }
 
 /// A PostgreSQL harness, or `None` (the harness said why it skipped).

@@ -24,9 +24,10 @@ pub struct AuthnRequest {
     username: String,
     #[serde(default)]
     password: String,
-    /// The MQTT client id (not checked: a node may pick its own).
+    /// The MQTT client id: a node's must be `verge-node-{id}`, the cloud
+    /// user's must start with `verge-cloud-` (no client takes over a
+    /// session that is not its own).
     #[serde(default)]
-    #[allow(dead_code)]
     clientid: String,
 }
 
@@ -67,19 +68,26 @@ pub async fn authn(
     // The cloud's user is checked against its own password only, even if
     // a node had the same name.
     if is_cloud_user(&cloud, &req.username) {
-        let allow = cloud
-            .inner()
-            .broker_cloud_password
-            .as_deref()
-            .is_some_and(|p| {
-                broker_auth::same_bytes(
-                    sha256_hex(p.as_bytes()).as_bytes(),
-                    sha256_hex(req.password.as_bytes()).as_bytes(),
-                )
-            });
+        let allow = req
+            .clientid
+            .strip_prefix(broker_auth::CLOUD_CLIENT_ID_PREFIX)
+            .is_some_and(|rest| !rest.is_empty())
+            && cloud
+                .inner()
+                .broker_cloud_password
+                .as_deref()
+                .is_some_and(|p| {
+                    broker_auth::same_bytes(
+                        sha256_hex(p.as_bytes()).as_bytes(),
+                        sha256_hex(req.password.as_bytes()).as_bytes(),
+                    )
+                });
         return Ok(result(allow));
     }
-    if !broker_auth::is_node_id(&req.username) || req.password.is_empty() {
+    if !broker_auth::is_node_id(&req.username)
+        || req.password.is_empty()
+        || req.clientid != broker_auth::node_client_id(&req.username)
+    {
         return Ok(result(false));
     }
     let found: Option<(Option<String>,)> =
@@ -87,18 +95,32 @@ pub async fn authn(
             .bind(&req.username)
             .fetch_optional(&cloud.inner().pool)
             .await?;
-    let Some((Some(phc),)) = found else {
-        return Ok(result(false));
+    // An unknown (or not joined) node is checked against a dummy hash:
+    // as slow as a known one, so the timing tells no ids.
+    let phc = match found {
+        Some((Some(phc),)) => Some(phc),
+        _ => None,
     };
     let cache = &cloud.inner().broker_secrets;
-    if cache.hit(&req.username, &req.password, &phc) {
+    if let Some(phc) = &phc
+        && cache.hit(&req.username, &req.password, phc)
+    {
         return Ok(result(true));
     }
     let ok = {
         let (secret, phc) = (req.password.clone(), phc.clone());
-        tokio::task::spawn_blocking(move || broker_auth::verify_secret(&secret, &phc))
-            .await
-            .map_err(AppError::internal)?
+        tokio::task::spawn_blocking(move || match phc {
+            Some(phc) => broker_auth::verify_secret(&secret, &phc),
+            None => {
+                broker_auth::verify_secret(&secret, broker_auth::dummy_phc());
+                false
+            }
+        })
+        .await
+        .map_err(AppError::internal)?
+    };
+    let Some(phc) = phc else {
+        return Ok(result(false));
     };
     if ok {
         cache.remember(&req.username, &req.password, &phc);

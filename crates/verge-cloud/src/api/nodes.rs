@@ -113,6 +113,13 @@ pub async fn create(
             body.name
         )));
     }
+    let admin = &cloud.inner().cfg.mqtt.external.admin_username;
+    if !admin.is_empty() && body.name == *admin {
+        return Err(AppError::conflict(format!(
+            "`{}` is the dynamic-security admin user on the MQTT broker (`mqtt.external.admin_username`)",
+            body.name
+        )));
+    }
     let labels = match &body.labels {
         Some(l) => super::labels::parse("labels", l)?,
         None => super::labels::Labels::new(),

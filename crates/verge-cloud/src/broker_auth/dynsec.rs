@@ -36,6 +36,10 @@ const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
 /// The role of the cloud replicas' user.
 pub const CLOUD_ROLE: &str = "verge-cloud";
 
+/// The textname of every broker client the cloud makes for a node: only
+/// such a client is replaced or deleted.
+pub const NODE_TEXTNAME: &str = "verge node";
+
 /// Node roles are named this plus the node id.
 const NODE_ROLE_PREFIX: &str = "verge-node-";
 
@@ -63,6 +67,10 @@ pub enum DynsecError {
     /// The admin connection is gone (the cloud is stopping).
     #[error("the dynamic-security admin connection is closed")]
     Closed,
+    /// A broker client with the node's name exists that the cloud did not
+    /// make (another application's user): left alone.
+    #[error("the broker has a client `{0}` that is not a Verge node; it is left alone")]
+    Foreign(String),
     /// The plugin refused a command.
     #[error("dynamic-security `{command}` failed: {error}")]
     Command {
@@ -101,30 +109,30 @@ pub struct Dynsec {
     pending: Pending,
 }
 
-/// A line of a password file, with the key named when it cannot be read.
+/// The password in the file `path` of setting `key` (every password file
+/// the cloud reads goes through here, so the consumer logs in with the
+/// password the hooks and the plugin check): its first line, surrounding
+/// whitespace removed. A file with any group or other permission bit, or
+/// an empty password, is refused.
 pub fn read_password(key: &str, path: Option<&std::path::Path>) -> Result<String, CloudError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = path.ok_or_else(|| CloudError::Other(format!("{key} is not set")))?;
-    let text = std::fs::read_to_string(path).map_err(|error| CloudError::Io {
+    let io = |error| CloudError::Io {
         what: format!("{key} {}", path.display()),
         error,
-    })?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0);
-        if mode & 0o077 != 0 {
-            return Err(CloudError::Other(format!(
-                "{key} {}: readable by others (mode {:o}); `chmod 600` it",
-                path.display(),
-                mode & 0o777
-            )));
-        }
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CloudError::Other(format!(
+            "{key}: {} is readable by group or others (mode {mode:03o}); `chmod 600` it",
+            path.display()
+        )));
     }
+    let text = std::fs::read_to_string(path).map_err(io)?;
     let line = text.lines().next().unwrap_or("").trim().to_owned();
     if line.is_empty() {
         return Err(CloudError::Other(format!(
-            "{key} {}: empty",
+            "{key}: {} is empty",
             path.display()
         )));
     }
@@ -254,15 +262,49 @@ impl Dynsec {
         Ok(answers)
     }
 
-    /// Give node `id` the password `secret` and its role: a client made
-    /// anew, so a connection with an older secret ends.
+    /// Refuse to touch a broker client `id` the cloud did not make as a
+    /// node: one whose textname is not [`NODE_TEXTNAME`] and that does not
+    /// hold the node's role `verge-node-{id}`.
+    async fn check_not_foreign(&self, id: &str) -> Result<(), DynsecError> {
+        let answers = self
+            .request(
+                vec![json!({"command": "getClient", "username": id})],
+                |command, error| command == "getClient" && error.contains("not found"),
+            )
+            .await?;
+        let Some(client) = answers
+            .iter()
+            .find(|a| a.command == "getClient" && a.error.is_none())
+            .and_then(|a| a.data.as_ref())
+            .map(|d| &d["client"])
+        else {
+            return Ok(()); // no such client
+        };
+        let role = format!("{NODE_ROLE_PREFIX}{id}");
+        let ours = client["textname"].as_str() == Some(NODE_TEXTNAME)
+            || client["roles"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["rolename"].as_str() == Some(&role)));
+        if ours {
+            Ok(())
+        } else {
+            Err(DynsecError::Foreign(id.to_owned()))
+        }
+    }
+
+    /// Give node `id` the password `secret`, its role and its client id
+    /// (`verge-node-{id}`, enforced by Mosquitto): a client made anew, so
+    /// a connection with an older secret ends. A client of that name the
+    /// cloud did not make is left alone ([`DynsecError::Foreign`]).
     pub async fn provision_node(&self, id: &str, secret: &str) -> Result<(), DynsecError> {
+        self.check_not_foreign(id).await?;
         let role = format!("{NODE_ROLE_PREFIX}{id}");
         let commands = vec![
             json!({"command": "createRole", "rolename": role, "acls": node_acls(id)}),
             json!({"command": "deleteClient", "username": id}),
             json!({"command": "createClient", "username": id, "password": secret,
-                   "textname": "verge node", "roles": [{"rolename": role, "priority": 0}]}),
+                   "clientid": super::node_client_id(id),
+                   "textname": NODE_TEXTNAME, "roles": [{"rolename": role, "priority": 0}]}),
         ];
         self.request(commands, |command, error| match command {
             "createRole" => error.contains("already exists"),
@@ -273,8 +315,10 @@ impl Dynsec {
         Ok(())
     }
 
-    /// Remove node `id`'s client (ending its connections) and role.
+    /// Remove node `id`'s client (ending its connections) and role; a
+    /// client of that name the cloud did not make is left alone.
     pub async fn remove_node(&self, id: &str) -> Result<(), DynsecError> {
+        self.check_not_foreign(id).await?;
         let commands = vec![
             json!({"command": "deleteClient", "username": id}),
             json!({"command": "deleteRole", "rolename": format!("{NODE_ROLE_PREFIX}{id}")}),

@@ -222,6 +222,28 @@ impl SecretCache {
     }
 }
 
+/// The MQTT client id node `id` must connect with on an external broker:
+/// its bridge's default (`verge-node-{id}`). Tied to the username so
+/// that no node takes over another node's or a replica's session.
+pub fn node_client_id(id: &str) -> String {
+    format!("verge-node-{id}")
+}
+
+/// Prefix of every client id the cloud replicas use (their consumer,
+/// downlink and adoption connections).
+pub const CLOUD_CLIENT_ID_PREFIX: &str = "verge-cloud-";
+
+/// An argon2 PHC string no secret is known for: an unknown node id is
+/// checked against it, so the answer takes as long as for a known one.
+/// Made once (slow: call off the async threads).
+pub fn dummy_phc() -> &'static str {
+    static PHC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PHC.get_or_init(|| {
+        let throwaway = crate::db::random_secret();
+        verge_broker::auth::hash_password(&throwaway).unwrap_or_default()
+    })
+}
+
 /// Whether `secret` matches the argon2 PHC string `phc` (slow: call off
 /// the async threads).
 pub fn verify_secret(secret: &str, phc: &str) -> bool {

@@ -9,11 +9,14 @@
 //! for `mqtt.external.adopt_after` claims it with a conditional UPDATE,
 //! connects with that client id (clean start off), unsubscribes the
 //! shared filter (no new messages go there), stores and acknowledges what
-//! the broker resends until nothing is left, then ends the session (a
-//! clean-start connect with session expiry 0) and marks the record done.
-//! A dead replica that comes back simply resumes its session (it may take
-//! it over from its adopter: de-duplication by `verge-id` makes a double
-//! delivery harmless).
+//! the broker resends until nothing arrived and nothing was acknowledged
+//! for a quiet time, then leaves the session with a short expiry
+//! ([`SESSION_END_EXPIRY_SECS`], set by a second connect that resumes it:
+//! never a clean start, which would wipe a session its owner resumed in
+//! between) and marks the record done; the broker drops the session when
+//! it expires. A dead replica that comes back simply resumes its session
+//! (it may take it over from its adopter: de-duplication by `verge-id`
+//! makes a double delivery harmless).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,6 +29,12 @@ use super::consumer::{Conn, Ended, Role, pump};
 use crate::Cloud;
 use crate::db::now_ms;
 use crate::ingest::Upstream;
+
+/// The session expiry an adopter leaves a drained session with. Longer
+/// than the consumer's reconnect backoff (30 s at most): an owner that
+/// came back between the claim and the end resumes its session before
+/// it expires.
+pub const SESSION_END_EXPIRY_SECS: u32 = 60;
 
 /// How often the record is refreshed and records are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -159,18 +168,36 @@ async fn adopt(cloud: &Cloud, plan: &Plan, dead: &str, tx: &mpsc::Sender<Upstrea
         tracing::info!(client_id = %dead, "external broker: adoption given up (the claim was lost)");
         return;
     }
+    // Nothing new enters the session since the unsubscribe and nothing is
+    // left in it: leave it (DISCONNECT after the queued PUBACKs) and let
+    // it expire soon. rumqttc's DISCONNECT carries no Session Expiry
+    // Interval, so a second connect resuming the session (never a clean
+    // start: an owner that came back in between keeps its session) sets
+    // the short expiry.
     let _ = conn.client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.events_until_closed()).await;
+    let late = tokio::time::timeout(Duration::from_secs(1), conn.events_until_closed())
+        .await
+        .unwrap_or(0);
     drop(conn);
-    // End the session: a clean start discards it, expiry 0 leaves none.
-    let mut end = Conn::new(plan, dead, true, 0);
+    if late > 0 {
+        tracing::info!(client_id = %dead, "external broker: {late} message(s) arrived while the adopted session was left; tried again later");
+        release(cloud, plan, dead).await;
+        return;
+    }
+    if !matches!(keep_claim(cloud, plan, dead).await, Ok(true)) {
+        tracing::info!(client_id = %dead, "external broker: adoption given up (the claim was lost)");
+        return;
+    }
+    let mut end = Conn::new(plan, dead, false, SESSION_END_EXPIRY_SECS);
     let ended = tokio::time::timeout(Duration::from_secs(10), end.connected()).await;
     if !matches!(ended, Ok(true)) {
-        tracing::warn!(client_id = %dead, "external broker: the adopted session could not be ended; tried again later");
+        tracing::warn!(client_id = %dead, "external broker: the adopted session's expiry could not be shortened; tried again later");
         release(cloud, plan, dead).await;
         return;
     }
     let _ = end.client.try_disconnect();
+    // Whatever arrives here (an owner's session resumed in between) is
+    // not acknowledged: it stays in the session for the owner.
     let _ = tokio::time::timeout(Duration::from_secs(1), end.events_until_closed()).await;
     let done = sqlx::query(
         "UPDATE mqtt_consumer_sessions SET done_ms = $1 WHERE client_id = $2 AND adopted_by = $3",
@@ -184,7 +211,7 @@ async fn adopt(cloud: &Cloud, plan: &Plan, dead: &str, tx: &mpsc::Sender<Upstrea
         tracing::warn!(client_id = %dead, "external broker: adopted session not marked done: {e}");
     }
     m.external_sessions_adopted.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(client_id = %dead, "external broker: adopted session drained and ended");
+    tracing::info!(client_id = %dead, "external broker: adopted session drained, left to expire");
 }
 
 /// Give up a claim so that it is tried again (by any replica).

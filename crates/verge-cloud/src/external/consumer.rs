@@ -12,7 +12,7 @@
 //! acknowledges and skips them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +43,9 @@ pub struct Ack {
     /// Messages of the connection not yet acknowledged (adoption drains
     /// until none are left).
     outstanding: Arc<AtomicUsize>,
+    /// Acknowledgements queued so far (an adoption's quiet time counts
+    /// from the last of them too).
+    acked: Arc<AtomicU64>,
 }
 
 impl Ack {
@@ -65,6 +68,7 @@ impl Ack {
                 "external broker: acknowledgement for a closed connection"
             );
         }
+        self.acked.fetch_add(1, Ordering::AcqRel);
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -72,6 +76,7 @@ impl Ack {
     /// broker sends the message again once the session is resumed.
     pub fn fail(self) {
         self.failed.notify_one();
+        self.acked.fetch_add(1, Ordering::AcqRel);
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -84,11 +89,11 @@ pub struct Conn {
     failed: Arc<Notify>,
     /// Messages received and not yet acknowledged.
     pub outstanding: Arc<AtomicUsize>,
+    acked: Arc<AtomicU64>,
 }
 
 impl Conn {
     /// Prepare a connection as `client_id` (connected on the first poll).
-    /// `session_expiry_secs` 0 with `clean_start` ends a left session.
     pub fn new(plan: &Plan, client_id: &str, clean_start: bool, session_expiry_secs: u32) -> Conn {
         let mut o = plan.options(client_id);
         o.set_clean_start(clean_start);
@@ -104,6 +109,7 @@ impl Conn {
             events,
             failed: Arc::new(Notify::new()),
             outstanding: Arc::new(AtomicUsize::new(0)),
+            acked: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -121,8 +127,17 @@ impl Conn {
     }
 
     /// Poll until the connection ends (after a DISCONNECT was queued).
-    pub async fn events_until_closed(&mut self) {
-        while self.events.poll().await.is_ok() {}
+    /// The number of messages that arrived meanwhile (left unacknowledged
+    /// in the session).
+    pub async fn events_until_closed(&mut self) -> usize {
+        let mut arrived = 0;
+        loop {
+            match self.events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => arrived += 1,
+                Ok(_) => {}
+                Err(_) => return arrived,
+            }
+        }
     }
 }
 
@@ -130,7 +145,8 @@ impl Conn {
 pub enum Ended {
     /// The cloud is stopping.
     Stopped,
-    /// Nothing arrived for the quiet time and nothing is unacknowledged.
+    /// Nothing arrived and nothing was acknowledged for the quiet time, and
+    /// nothing is unacknowledged.
     Quiet,
     /// The connection failed or was dropped on purpose.
     Lost(String),
@@ -146,8 +162,10 @@ pub enum Role {
 }
 
 /// Poll `conn` and send its messages to `tx` until it fails, the cloud
-/// stops, or (with `quiet`) nothing arrived for that long and every
-/// message was acknowledged.
+/// stops, or (with `quiet`) every message was acknowledged and nothing
+/// arrived or was acknowledged for that long (an acknowledgement is
+/// queued before its PUBACK leaves, and the broker sends the next window
+/// of a backlog only after the PUBACKs: quiet counts from both).
 pub async fn pump(
     cloud: &Cloud,
     conn: &mut Conn,
@@ -158,6 +176,7 @@ pub async fn pump(
     let mut stop = cloud.inner().stop.subscribe();
     let m = &cloud.inner().metrics;
     let mut last = Instant::now();
+    let mut acked = conn.acked.load(Ordering::Acquire);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let ev = tokio::select! {
@@ -168,6 +187,11 @@ pub async fn pump(
                 );
             }
             _ = tick.tick() => {
+                let now_acked = conn.acked.load(Ordering::Acquire);
+                if now_acked != acked {
+                    acked = now_acked;
+                    last = Instant::now();
+                }
                 if let Some(q) = quiet
                     && last.elapsed() >= q
                     && conn.outstanding.load(Ordering::Acquire) == 0
@@ -221,6 +245,7 @@ pub async fn pump(
                     qos: p.qos,
                     failed: conn.failed.clone(),
                     outstanding: conn.outstanding.clone(),
+                    acked: conn.acked.clone(),
                 };
                 let Some(msg) = message(&p) else {
                     // A topic that is not UTF-8: never storable.

@@ -19,7 +19,6 @@
 pub mod adopt;
 pub mod consumer;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,8 +124,19 @@ impl Plan {
             (false, None) => None,
         };
         let credentials = match (&x.username, &x.password_file) {
-            (u, Some(file)) if !u.is_empty() => Some((u.clone(), read_password(file)?)),
-            (u, None) if !u.is_empty() => Some((u.clone(), String::new())),
+            (u, Some(file)) if !u.is_empty() => Some((
+                u.clone(),
+                crate::broker_auth::dynsec::read_password(
+                    "mqtt.external.password_file",
+                    Some(file),
+                )?,
+            )),
+            (u, None) if !u.is_empty() => {
+                return Err(config_error(
+                    "mqtt.external.password_file",
+                    "required when mqtt.external.username is set",
+                ));
+            }
             (_, Some(_)) => {
                 return Err(config_error(
                     "mqtt.external.username",
@@ -189,6 +199,10 @@ impl Plan {
     pub fn options(&self, client_id: &str) -> MqttOptions {
         let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
         o.set_keep_alive(Duration::from_secs(30));
+        // rumqttc refuses incoming packets over 10 KiB by default (and
+        // the connection would fail again on every resend): take what the
+        // in-process endpoint takes from nodes.
+        o.set_max_packet_size(Some(verge_broker::BrokerConfig::default().max_packet_size));
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u.clone(), p.clone());
         }
@@ -229,31 +243,6 @@ fn parse_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
-/// Read a password file, refusing one readable by group or others; the
-/// trailing newline is not part of the password.
-fn read_password(file: &Path) -> Result<String, CloudError> {
-    let key = "mqtt.external.password_file";
-    let meta = std::fs::metadata(file)
-        .map_err(|e| config_error(key, format!("{}: {e}", file.display())))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(config_error(
-            key,
-            format!(
-                "{} is readable by group or others (mode {mode:03o}); `chmod 600` it",
-                file.display()
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| config_error(key, format!("{}: {e}", file.display())))?;
-    let pw = text.trim_end_matches(['\n', '\r']).to_owned();
-    if pw.is_empty() {
-        return Err(config_error(key, format!("{} is empty", file.display())));
-    }
-    Ok(pw)
-}
-
 /// A rustls client config trusting the CA certificates in `ca` (ring).
 fn client_tls(ca: &Path) -> Result<Arc<rustls::ClientConfig>, CloudError> {
     use rustls_pki_types::CertificateDer;
@@ -292,6 +281,7 @@ pub fn replica_id(cfg: &CloudConfig) -> Result<String, CloudError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn cfg(toml_json: &str, dir: &Path) -> CloudConfig {
         let mut c: CloudConfig = serde_json::from_str(toml_json).unwrap_or_default();
@@ -336,7 +326,9 @@ mod tests {
             .starts_with("mqtt.external.share_group:")
         );
         let pw = d.path().join("pw");
-        std::fs::write(&pw, "secret\n").expect("write");
+        // One reader for every password file: the first line, trimmed
+        // (the hooks check the cloud user's password read the same way).
+        std::fs::write(&pw, " secret \r\nsecond line\n").expect("write");
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let with_pw = ext(&format!(
             r#"{{"url":"mqtt://b:1884","username":"cloud","password_file":"{}"}}"#,
@@ -356,7 +348,17 @@ mod tests {
             plan.credentials,
             Some(("cloud".to_owned(), "secret".to_owned()))
         );
+        assert_eq!(
+            plan.credentials.as_ref().map(|c| c.1.clone()),
+            crate::broker_auth::dynsec::read_password("k", Some(&pw)).ok()
+        );
         assert_eq!(plan.shared_filter(), "$share/verge-cloud/nodes/+/up/#");
+        let no_pw = ext(r#"{"url":"mqtt://b","username":"cloud"}"#);
+        assert!(
+            err(&cfg(&no_pw, d.path())).starts_with("mqtt.external.password_file: required"),
+            "{}",
+            err(&cfg(&no_pw, d.path()))
+        );
         // The replica id is kept: the consumer's session survives a restart.
         let again = Plan::resolve(&cfg(&with_pw, d.path()))
             .expect("resolves")

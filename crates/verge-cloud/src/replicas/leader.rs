@@ -7,8 +7,10 @@
 //! Others try again every few seconds. The leader pings its connection
 //! every second; when the ping fails (or hangs) it stops leading at once,
 //! and when the connection dies the server releases the lock, so another
-//! replica takes over. A replica that stops closes the connection, which
-//! hands the lock over at once. SQLite: the one process always leads.
+//! replica takes over; the lock session's TCP keepalive and user timeout
+//! ([`DEAD_CLIENT_SETTINGS`]) make the server notice a vanished replica's
+//! half-open connection within about 30 s. A replica that stops closes the
+//! connection, which hands the lock over at once. SQLite: the one process always leads.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -27,6 +29,20 @@ const TRY_EVERY: Duration = Duration::from_secs(3);
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// A ping or lock attempt slower than this counts as a lost connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server-side settings of the lock session: a replica that vanished
+/// without closing its connection (power loss, a network cut) leaves a
+/// half-open connection, and the server would keep its lock until the
+/// kernel's keepalive gives up (hours). With these the server probes an
+/// idle connection after 10 s, every 5 s, and drops it after 3 missed
+/// probes; unacknowledged data gives up after 30 s. So the lock passes on
+/// within about 30 s. (Ignored on a Unix-socket connection.)
+const DEAD_CLIENT_SETTINGS: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "30000"),
+];
 
 /// Whether this replica leads: the gate of the singleton jobs.
 pub struct Leadership {
@@ -73,7 +89,9 @@ pub async fn run(cloud: Cloud) {
     }
     let mut stop = inner.stop.subscribe();
     let options = match PgConnectOptions::from_str(&inner.cfg.database_url()) {
-        Ok(o) => o.application_name(&application_name(&inner.replica.id)),
+        Ok(o) => o
+            .application_name(&application_name(&inner.replica.id))
+            .options(DEAD_CLIENT_SETTINGS),
         Err(e) => {
             tracing::error!("cloud.database: cannot take part in leadership: {e}");
             return;
