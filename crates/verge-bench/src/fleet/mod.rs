@@ -44,6 +44,13 @@ const API_CONNS: usize = 4;
 /// Longest wait for the last acknowledgements after publishing stops.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// Longest wait, after the run, for acknowledged messages to be stored.
+const STORE_SETTLE: Duration = Duration::from_secs(120);
+
+/// The wait for stored messages ends when nothing more arrived for this
+/// long.
+const STORE_QUIET: Duration = Duration::from_secs(15);
+
 /// Options of `verge bench fleet`.
 #[derive(Debug, Args)]
 pub struct FleetArgs {
@@ -376,7 +383,23 @@ async fn fleet(
         .enumerate()
         .find_map(|(i, r)| (!r.killed && !r.died()).then_some(i))
         .context("no replica is alive to count the stored messages")?;
-    let check = verify(&nodes, &api[live], &token).await?;
+    // In external mode the broker acknowledges a node's publish before a
+    // replica stores it (and a dead replica's share waits for adoption):
+    // read again until nothing is missing, or nothing more arrives for
+    // STORE_QUIET, at most STORE_SETTLE.
+    let t_store = Instant::now();
+    let mut check = verify(&nodes, &api[live], &token).await?;
+    let mut progress = (check.missing, Instant::now());
+    while check.missing > 0 && t_store.elapsed() < STORE_SETTLE {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        check = verify(&nodes, &api[live], &token).await?;
+        if check.missing < progress.0 {
+            progress = (check.missing, Instant::now());
+        } else if progress.1.elapsed() > STORE_QUIET {
+            break;
+        }
+    }
+    check.settle_s = t_store.elapsed().as_secs_f64();
     sampler_stop.notify_one();
     let _ = sampler.await;
 
@@ -589,6 +612,9 @@ pub struct Check {
     pub unacked_stored: u64,
     /// Nodes whose messages could not be read.
     pub read_errors: u64,
+    /// Seconds from the first read-back until the last (more reads while
+    /// acknowledged messages were still arriving in the database).
+    pub settle_s: f64,
 }
 
 /// Read every node's stored telemetry and compare it with what was

@@ -179,8 +179,12 @@ impl Report {
                     "NO".into()
                 },
                 format!(
-                    "{} acknowledged missing, {} duplicates, {} stored unacknowledged",
-                    self.check.missing, self.check.duplicates, self.check.unacked_stored
+                    "{} acknowledged missing, {} duplicates, {} stored unacknowledged \
+                     (read back over {:.1} s)",
+                    self.check.missing,
+                    self.check.duplicates,
+                    self.check.unacked_stored,
+                    self.check.settle_s
                 ),
             ),
         ];
@@ -266,6 +270,7 @@ impl Report {
             "duplicates": self.check.duplicates,
             "unacked_stored": self.check.unacked_stored,
             "read_errors": self.check.read_errors,
+            "settle_s": self.check.settle_s,
             "mqtt_sessions_ended": s.mqtt_lost.load(Ordering::Relaxed),
             "killed": self.killed.map(|(i, at)| json!({"replica": i, "at_s": at})),
             "per_replica": self.per_replica.iter().map(|r| json!({
