@@ -112,11 +112,14 @@ impl Node {
 
 /// Connect the node's MQTT 5 session and subscribe to its downstream.
 pub async fn connect(node: &Node) -> anyhow::Result<Client> {
+    // A real node's bridge client id, which an external broker's
+    // authentication requires of a node (docs/scale-out.md).
+    let client_id = format!("verge-node-{}", node.id);
     let mut c = Client::connect_as(
         node.mqtt,
         None,
         Protocol::V5,
-        &node.id,
+        &client_id,
         // No keep alive: a node idle while the rest of the fleet connects
         // must not be timed out (the simulator sends no PINGREQ).
         0,
