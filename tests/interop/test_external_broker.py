@@ -123,6 +123,10 @@ class Mosquitto:
             "max_inflight_messages 100\n"
             "max_queued_messages 10000\n"
             "log_dest stdout\nlog_type all\n")
+        self.launch(conf)
+
+    def launch(self, conf):
+        """Start mosquitto on `conf` and wait until it listens."""
         self.log = open(self.dir / "mosquitto.log", "w+")
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -186,15 +190,7 @@ class DynsecMosquitto(Mosquitto):
             "max_inflight_messages 100\n"
             "max_queued_messages 10000\n"
             "log_dest stdout\nlog_type all\n")
-        self.log = open(self.dir / "mosquitto.log", "w+")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while not port_open(self.port):
-            if time.time() > deadline or self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"mosquitto did not listen:\n{self.output()}")
-            time.sleep(0.1)
+        self.launch(conf)
 
     def add_user(self, user, password):
         """Nothing to do: the cloud provisioned the node at its join."""
