@@ -25,8 +25,9 @@ use crate::devices::Handled;
 use crate::external::consumer::Ack;
 use crate::telemetry::{self, NewMessage};
 
-/// Most messages written in one transaction.
-const BATCH: usize = 256;
+/// Most messages taken from the source at once, and written in one
+/// transaction.
+const BATCH: usize = 2048;
 
 /// Where upstream messages come from.
 pub enum Source {
@@ -107,66 +108,133 @@ fn split(batch: Vec<Upstream>) -> (Vec<DurableMessage>, Vec<Option<Ack>>) {
 /// a statement is written again one message per transaction, so one bad
 /// message refuses only itself; a failure to reach the database refuses
 /// the whole batch. The same path serves both [`Source`]s.
+///
+/// On PostgreSQL the batches are stored by [`WORKERS`] tasks at once, each
+/// node's messages always by the same task (by a hash of its id), so one
+/// node's messages are stored, and their device-channel messages applied,
+/// in the order they arrived; SQLite has one writer, so one task.
 pub async fn run(cloud: Cloud, mut source: Source) {
+    let workers = if cloud.inner().pg.is_some() {
+        WORKERS
+    } else {
+        1
+    };
+    let mut txs = Vec::with_capacity(workers);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::channel::<Vec<Upstream>>(2);
+        txs.push(tx);
+        tasks.spawn(worker(cloud.clone(), rx));
+    }
     let mut buf: Vec<Upstream> = Vec::with_capacity(BATCH);
     loop {
         buf.clear();
         if source.recv_many(&mut buf, BATCH).await == 0 {
+            break;
+        }
+        cloud
+            .inner()
+            .metrics
+            .ingest_messages
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let mut parts: Vec<Vec<Upstream>> = (0..workers).map(|_| Vec::new()).collect();
+        for u in buf.drain(..) {
+            let w = shard(&u.msg.msg.topic, workers);
+            parts[w].push(u);
+        }
+        for (part, tx) in parts.into_iter().zip(&txs) {
+            // A full worker holds the source back: the broker then refuses
+            // what it cannot queue, and the publisher keeps it.
+            if !part.is_empty() && tx.send(part).await.is_err() {
+                return; // a worker ended: only when the runtime stops
+            }
+        }
+    }
+    drop(txs);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Tasks storing batches at once on PostgreSQL.
+const WORKERS: usize = 4;
+
+/// The worker that stores the messages of the node `topic` names (the
+/// messages of a topic that names none go to the first: it refuses them).
+fn shard(topic: &str, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let Some((node, _)) = topics::parse_up(topic) else {
+        return 0;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut h);
+    (h.finish() % workers as u64) as usize
+}
+
+/// Store the batches handed to one worker until the dispatcher ends;
+/// batches waiting meanwhile are stored together, up to [`BATCH`].
+async fn worker(cloud: Cloud, mut rx: mpsc::Receiver<Vec<Upstream>>) {
+    while let Some(mut buf) = rx.recv().await {
+        while buf.len() < BATCH {
+            match rx.try_recv() {
+                Ok(more) => buf.extend(more),
+                Err(_) => break,
+            }
+        }
+        process(&cloud, buf).await;
+    }
+}
+
+/// Admit, store and confirm one batch.
+async fn process(cloud: &Cloud, mut buf: Vec<Upstream>) {
+    let m = &cloud.inner().metrics;
+    let batch = match admit(cloud, &mut buf).await {
+        Ok(batch) => batch,
+        Err(e) => {
+            tracing::warn!("upstream batch of {} not checked: {e}", buf.len());
+            m.ingest_failures.fetch_add(1, Ordering::Relaxed);
+            refuse(cloud, buf.drain(..));
             return;
         }
-        let m = &cloud.inner().metrics;
-        m.ingest_messages
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let batch = match admit(&cloud, &mut buf).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!("upstream batch of {} not checked: {e}", buf.len());
-                m.ingest_failures.fetch_add(1, Ordering::Relaxed);
-                refuse(&cloud, buf.drain(..));
-                continue;
+    };
+    if batch.is_empty() {
+        return;
+    }
+    let (msgs, acks) = split(batch);
+    match store(cloud, &msgs).await {
+        Ok(()) => {
+            m.ingest_batches.fetch_add(1, Ordering::Relaxed);
+            for (msg, ack) in msgs.into_iter().zip(acks) {
+                Upstream { msg, ack }.stored().await;
             }
-        };
-        if batch.is_empty() {
-            continue;
         }
-        let (msgs, acks) = split(batch);
-        match store(&cloud, &msgs).await {
-            Ok(()) => {
-                m.ingest_batches.fetch_add(1, Ordering::Relaxed);
-                for (msg, ack) in msgs.into_iter().zip(acks) {
-                    Upstream { msg, ack }.stored().await;
-                }
-            }
-            Err(e) if msgs.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
-                tracing::warn!(
-                    "upstream batch of {} not stored ({e}); storing one by one",
-                    msgs.len()
-                );
-                m.ingest_failures.fetch_add(1, Ordering::Relaxed);
-                for (d, ack) in msgs.into_iter().zip(acks) {
-                    match store(&cloud, std::slice::from_ref(&d)).await {
-                        Ok(()) => {
-                            m.ingest_batches.fetch_add(1, Ordering::Relaxed);
-                            Upstream { msg: d, ack }.stored().await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(topic = %d.msg.topic, "upstream message not stored: {e}");
-                            m.ingest_failures.fetch_add(1, Ordering::Relaxed);
-                            refuse(&cloud, [Upstream { msg: d, ack }]);
-                        }
+        Err(e) if msgs.len() > 1 && matches!(e, sqlx::Error::Database(_)) => {
+            tracing::warn!(
+                "upstream batch of {} not stored ({e}); storing one by one",
+                msgs.len()
+            );
+            m.ingest_failures.fetch_add(1, Ordering::Relaxed);
+            for (d, ack) in msgs.into_iter().zip(acks) {
+                match store(cloud, std::slice::from_ref(&d)).await {
+                    Ok(()) => {
+                        m.ingest_batches.fetch_add(1, Ordering::Relaxed);
+                        Upstream { msg: d, ack }.stored().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %d.msg.topic, "upstream message not stored: {e}");
+                        m.ingest_failures.fetch_add(1, Ordering::Relaxed);
+                        refuse(cloud, [Upstream { msg: d, ack }]);
                     }
                 }
             }
-            Err(e) => {
-                tracing::warn!("upstream batch of {} not stored: {e}", msgs.len());
-                m.ingest_failures.fetch_add(1, Ordering::Relaxed);
-                refuse(
-                    &cloud,
-                    msgs.into_iter()
-                        .zip(acks)
-                        .map(|(msg, ack)| Upstream { msg, ack }),
-                );
-            }
+        }
+        Err(e) => {
+            tracing::warn!("upstream batch of {} not stored: {e}", msgs.len());
+            m.ingest_failures.fetch_add(1, Ordering::Relaxed);
+            refuse(
+                cloud,
+                msgs.into_iter()
+                    .zip(acks)
+                    .map(|(msg, ack)| Upstream { msg, ack }),
+            );
         }
     }
 }

@@ -2,6 +2,7 @@
 //! is stored, and every message the cloud cannot store is refused (so the
 //! node keeps it and resends), never acknowledged and dropped.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde_json::{Value, json};
 use tokio::time::timeout;
 
-use common::{Harness, Served, serve};
+use common::{Harness, Served, harness_on, serve};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -371,3 +372,86 @@ async fn a_resent_old_reading_does_not_replace_the_last_telemetry() {
     assert_eq!(stored(&h, &node).await.len(), 2);
     served.stop().await;
 }
+
+/// Batches are stored by several workers at once on PostgreSQL; each
+/// node's messages must still be stored in the order they arrived (ids
+/// increase with the node's sequence) and its device's last telemetry
+/// must be its last message, with several nodes publishing at once.
+async fn each_nodes_messages_are_stored_in_order(h: Harness) {
+    const NODES: usize = 6;
+    const EACH: usize = 400;
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        let (node, secret) = h.joined_node(&format!("edge-o{i}")).await;
+        let device = format!("d-o{i}");
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/api/devices",
+                Some(json!({ "name": device, "node_id": node })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        nodes.push((node, secret, device));
+    }
+    let served = serve(&h).await;
+    let mut publishing = tokio::task::JoinSet::new();
+    for (node, secret, device) in nodes.clone() {
+        let (client, mut el) = connect(&served, &node, &secret).await;
+        // The event loop runs beside the publishes: more of them than
+        // the client's request queue holds.
+        let acks = tokio::spawn(async move {
+            let mut ok = 0;
+            while ok < EACH {
+                match timeout(WAIT, el.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
+                        assert_eq!(a.reason, PubAckReason::Success);
+                        ok += 1;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => panic!("publish: connection failed: {e:?}"),
+                    Err(_) => panic!("no PUBACK for {WAIT:?} ({ok} of {EACH})"),
+                }
+            }
+        });
+        publishing.spawn(async move {
+            for seq in 0..EACH {
+                client
+                    .publish(
+                        format!("nodes/{node}/up/devices/{device}/telemetry"),
+                        QoS::AtLeastOnce,
+                        false,
+                        json!({ "seq": seq }).to_string().into_bytes(),
+                    )
+                    .await
+                    .expect("publish");
+            }
+            acks.await.expect("acknowledgements");
+            drop(client);
+        });
+    }
+    while let Some(r) = publishing.join_next().await {
+        r.expect("publisher");
+    }
+    for (node, _, device) in &nodes {
+        let mut msgs = stored(&h, node).await;
+        assert_eq!(msgs.len(), EACH, "node {node}");
+        msgs.sort_by_key(|m| m["id"].as_i64());
+        let seqs: Vec<i64> = msgs
+            .iter()
+            .map(|m| m["payload"]["seq"].as_i64().expect("seq"))
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "node {node}: stored out of order: {seqs:?}"
+        );
+        let (s, dev) = h
+            .call(Method::GET, &format!("/api/devices/{device}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{dev}");
+        assert_eq!(dev["last_telemetry"], json!({ "seq": EACH - 1 }), "{dev}");
+    }
+    served.stop().await;
+}
+
+both!(each_nodes_messages_are_stored_in_order);
