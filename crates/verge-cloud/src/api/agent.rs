@@ -87,7 +87,7 @@ pub async fn join(
     }
     tx.commit().await?;
     tracing::info!(node = %node_id, hostname = %req.hostname, agent = %req.agent_version, "node joined");
-    cloud.refresh_registry().await.map_err(AppError::internal)?;
+    cloud.nodes_changed().await.map_err(AppError::internal)?;
     // A connection made with the old secret (a reinstalled node) ends.
     if let Err(e) = cloud.inner().handle.disconnect_user(&node_id).await {
         tracing::warn!(node = %node_id, "closing the old connection: {e}");
@@ -168,28 +168,51 @@ pub async fn status(
     let errors = serde_json::to_string(&report.apply_errors).map_err(AppError::internal)?;
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let mut tx = cloud.inner().pool.begin().await?;
+    // What the last report left, to skip the writes this one would not
+    // change (a node reports every few seconds; nearly all reports repeat
+    // the last one's revisions and devices).
+    let before: Option<Before> = sqlx::query_as(
+        "SELECT applied_version, report, last_seen_ms, \
+         (SELECT COUNT(*) FROM devices WHERE node_id = $1 AND connected = 1) \
+         FROM nodes WHERE id = $1",
+    )
+    .bind(&node)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((applied_before, report_before, seen_before, connected_before)) = before else {
+        return Err(AppError::not_found(format!("no node `{node}`")));
+    };
+    // Back from offline (or the first report): what is queued for it can
+    // go now.
+    let came_online = seen_before.is_none_or(|t| t < now - crate::api::nodes::offline_ms(&cloud));
+    let endpoints = endpoints_json(&report)?;
     // Replicas stamp with their own clocks: the last heartbeat time never
     // goes back, so a replica whose clock is a little behind cannot make
     // an online node look offline.
     sqlx::query(
         "UPDATE nodes SET report = $1, \
          last_seen_ms = CASE WHEN last_seen_ms IS NULL OR last_seen_ms < $2 THEN $2 ELSE last_seen_ms END, \
-         applied_version = $3, apply_errors = $4 WHERE id = $5",
+         applied_version = $3, apply_errors = $4, endpoints = $5 WHERE id = $6",
     )
     .bind(text)
     .bind(now)
     .bind(report.applied_version)
     .bind(errors)
+    .bind(endpoints)
     .bind(&node)
     .execute(&mut *tx)
     .await?;
-    crate::revisions::record_report(
-        &mut tx,
-        &node,
-        report.applied_version,
-        report.attempt.as_ref(),
-    )
-    .await?;
+    let revisions_changed = applied_before != Some(report.applied_version)
+        || attempt_of(report_before.as_deref()) != attempt_value(&report);
+    if revisions_changed {
+        crate::revisions::record_report(
+            &mut tx,
+            &node,
+            report.applied_version,
+            report.attempt.as_ref(),
+        )
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO node_metrics (node_id, ts_ms, cpu_percent, memory_bytes, connections, messages_in_rate, messages_out_rate, backlog_messages) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -204,20 +227,56 @@ pub async fn status(
     .bind(n(report.backlog_messages))
     .execute(&mut *tx)
     .await?;
-    store_sessions(&mut tx, &node, &report).await?;
+    if !report.devices.is_empty() || connected_before > 0 {
+        store_sessions(&mut tx, &node, &report).await?;
+    }
     tx.commit().await?;
-    // The report may finish a rollout's stage, and the node is online:
-    // what is queued for it can go.
-    cloud.inner().rollouts_wake.notify_one();
-    cloud.inner().dispatch_wake.notify_one();
+    // A report that moved its revisions may finish a rollout's stage; a
+    // node back online can take what is queued for it. Otherwise the
+    // rollout driver's and dispatcher's own one-second passes suffice (a
+    // wake-up per heartbeat kept both passes running back to back at
+    // thousands of nodes).
+    if revisions_changed || came_online {
+        cloud.inner().rollouts_wake.notify_one();
+    }
+    if came_online {
+        cloud.inner().dispatch_wake.notify_one();
+    }
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// What a heartbeat reads first: the applied revision, report and last
+/// heartbeat time stored, and how many of the node's devices are marked
+/// connected.
+type Before = (Option<i64>, Option<String>, Option<i64>, i64);
 
 /// Most broker endpoints kept per node.
 const MAX_ENDPOINTS: usize = 16;
 
-/// The node's broker endpoints and its devices' sessions from its
-/// report: a session is stored only for a device bound to this node; a
+/// The node's broker endpoints from its report, as stored: at most
+/// [`MAX_ENDPOINTS`], each at most 256 bytes and without NUL.
+fn endpoints_json(report: &StatusReport) -> Result<String, AppError> {
+    let endpoints: Vec<&String> = report
+        .endpoints
+        .iter()
+        .filter(|e| e.len() <= 256 && !e.contains('\0'))
+        .take(MAX_ENDPOINTS)
+        .collect();
+    serde_json::to_string(&endpoints).map_err(AppError::internal)
+}
+
+/// The `attempt` of a stored report (JSON text), if any.
+fn attempt_of(stored: Option<&str>) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(stored?).ok()?;
+    v.get_mut("attempt").map(serde_json::Value::take)
+}
+
+/// The `attempt` of `report` as [`attempt_of`] reads it back.
+fn attempt_value(report: &StatusReport) -> Option<serde_json::Value> {
+    serde_json::to_value(report.attempt.as_ref()?).ok()
+}
+
+/// The node's devices' sessions from its report: a session is stored only for a device bound to this node; a
 /// device the report leaves out that was connected is marked
 /// disconnected (the node reports every device seen since it started).
 async fn store_sessions(
@@ -225,18 +284,6 @@ async fn store_sessions(
     node: &str,
     report: &StatusReport,
 ) -> Result<(), AppError> {
-    let endpoints: Vec<&String> = report
-        .endpoints
-        .iter()
-        .filter(|e| e.len() <= 256 && !e.contains('\0'))
-        .take(MAX_ENDPOINTS)
-        .collect();
-    let endpoints = serde_json::to_string(&endpoints).map_err(AppError::internal)?;
-    sqlx::query("UPDATE nodes SET endpoints = $1 WHERE id = $2")
-        .bind(endpoints)
-        .bind(node)
-        .execute(&mut **tx)
-        .await?;
     let cut = |s: &str| db::clean_text(&s.chars().take(256).collect::<String>());
     // The stored sessions first: only a changed one is written (a
     // heartbeat comes on every device connect and disconnect, and lists
