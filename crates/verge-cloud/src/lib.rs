@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     /// Wakes the device dispatcher (a command queued, a shadow changed, a
     /// node's heartbeat).
     pub(crate) dispatch_wake: tokio::sync::Notify,
+    /// Wakes the registry loop: another replica's joins or deletes.
+    pub(crate) registry_wake: tokio::sync::Notify,
     /// Store queries waiting for their node's reply (this process only).
     pub(crate) history: devices::history::Pending,
     /// Node secrets `/api/broker/authn` verified lately.
@@ -272,6 +274,7 @@ impl Cloud {
                 metrics: Metrics::default(),
                 rollouts_wake: tokio::sync::Notify::new(),
                 dispatch_wake: tokio::sync::Notify::new(),
+                registry_wake: tokio::sync::Notify::new(),
                 history: devices::history::Pending::default(),
                 broker_secrets: broker_auth::SecretCache::default(),
                 broker_cloud_password,
@@ -543,6 +546,25 @@ impl Cloud {
         Ok(())
     }
 
+    /// Nodes joined or were deleted through this replica: rebuild the
+    /// registry, and on PostgreSQL tell the other replicas, whose registry
+    /// loops rebuild at once rather than at their next tick (a node that
+    /// moves to another replica's endpoint is known there).
+    pub(crate) async fn nodes_changed(&self) -> Result<(), CloudError> {
+        self.refresh_registry().await?;
+        if self.inner.pg.is_some()
+            && self.inner.external.is_none()
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(replicas::wake::REGISTRY_CHANNEL)
+                .bind(&self.inner.replica.id)
+                .execute(&self.inner.pool)
+                .await
+        {
+            tracing::warn!("other replicas not told of the node change: {e}");
+        }
+        Ok(())
+    }
+
     async fn rebuild_registry(&self) -> Result<(), CloudError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, secret_phc FROM nodes WHERE secret_phc IS NOT NULL ORDER BY id",
@@ -652,14 +674,24 @@ async fn ensure_admin(pool: &AnyPool) -> Result<Option<String>, CloudError> {
     Ok((inserted.rows_affected() == 1).then_some(token))
 }
 
-/// Refresh the broker's registry every 10 s (other replicas' joins).
+/// Refresh the broker's registry when another replica says its nodes
+/// changed (PostgreSQL `NOTIFY`, at most 4 rebuilds a second), and every
+/// 10 s in case a notification was missed.
 async fn registry_loop(cloud: Cloud) {
     let mut stop = cloud.inner.stop.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let told = tokio::select! {
+            _ = tick.tick() => false,
+            () = cloud.inner.registry_wake.notified() => true,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        if told {
+            // A join storm elsewhere: one rebuild for what arrives meanwhile.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
         if let Err(e) = cloud.refresh_registry().await {
             tracing::warn!("device registry not refreshed: {e}");

@@ -278,3 +278,56 @@ async fn a_leader_whose_lock_connection_dies_stops_leading_and_one_replica_takes
     .await;
     assert!(!(a.cloud.is_leader() && b.cloud.is_leader()), "both lead");
 }
+
+/// A node joined through replica A can connect at once to replica B's
+/// MQTT endpoint (as after a failover behind a load balancer): A's join
+/// tells B (`NOTIFY verge_registry`), which rebuilds its broker registry
+/// instead of waiting for its 10 s tick. Without the notification B
+/// refuses the node until that tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joined_on_one_replica_connects_at_once_to_the_other() {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let served_b = serve(&b).await;
+    // B's registry loop has made its start-up rebuild; its next tick is
+    // 10 s away.
+    sleep(Duration::from_secs(1)).await;
+    let (node, secret) = a.joined_node("edge-moved").await;
+    let started = tokio::time::Instant::now();
+    let accepted = loop {
+        let mut opts = MqttOptions::new(
+            format!("verge-node-{node}"),
+            "127.0.0.1",
+            served_b.mqtt.port(),
+        );
+        opts.set_credentials(node.clone(), secret.clone());
+        let (_client, mut el) = AsyncClient::new(opts, 10);
+        let code = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(c))) => return Some(c.code),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        if code == Some(ConnectReturnCode::Success) {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(4) {
+            break false;
+        }
+        sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        accepted,
+        "replica B refused node {node} joined on A for 4 s (its periodic registry rebuild is 10 s)"
+    );
+    served_b.stop().await;
+}

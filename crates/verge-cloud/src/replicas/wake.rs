@@ -24,6 +24,12 @@ use crate::Cloud;
 /// The PostgreSQL channel of desired-state changes (see migration 10).
 pub const CHANNEL: &str = "verge_desired";
 
+/// The channel a replica notifies, with its replica id, when nodes joined
+/// or were deleted through it: the others rebuild their broker registry
+/// at once (embedded mode), so a node that moves to another replica's
+/// endpoint is known there.
+pub const REGISTRY_CHANNEL: &str = "verge_registry";
+
 /// Per-node wake-ups for the long polls held in this process.
 pub struct WakeHub {
     /// One sender per node with a held poll; removed with its last poll,
@@ -137,7 +143,9 @@ impl Drop for Waiter<'_> {
 const RECONNECT: Duration = Duration::from_secs(1);
 
 /// PostgreSQL: keep a `LISTEN` connection on [`CHANNEL`] and wake the
-/// node each notification names, until the cloud stops.
+/// node each notification names, and on [`REGISTRY_CHANNEL`] to rebuild
+/// the broker registry after another replica's joins, until the cloud
+/// stops.
 pub async fn listen(cloud: Cloud) {
     let inner = cloud.inner();
     let mut stop = inner.stop.subscribe();
@@ -146,10 +154,17 @@ pub async fn listen(cloud: Cloud) {
         match connect(&url).await {
             Ok(mut listener) => {
                 inner.wake.set_listening(true);
+                // Joins made elsewhere while it was down.
+                inner.registry_wake.notify_one();
                 tracing::debug!("listening for desired-state changes");
                 loop {
                     tokio::select! {
                         r = listener.try_recv() => match r {
+                            Ok(Some(n)) if n.channel() == REGISTRY_CHANNEL => {
+                                if n.payload() != inner.replica.id {
+                                    inner.registry_wake.notify_one();
+                                }
+                            }
                             Ok(Some(n)) => {
                                 inner.metrics.wake_notifications.fetch_add(1, Ordering::Relaxed);
                                 inner.wake.wake(n.payload());
@@ -184,7 +199,7 @@ pub async fn listen(cloud: Cloud) {
 
 async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, REGISTRY_CHANNEL]).await?;
     Ok(listener)
 }
 
