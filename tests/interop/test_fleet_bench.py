@@ -80,6 +80,10 @@ def test_fleet_with_a_replica_killed_loses_no_acknowledged_message(pg_database):
     assert r["killed"]["replica"] == 1, r
     assert r["per_replica"][1]["killed"], r
     # The killed replica's nodes lost their MQTT sessions (embedded mode:
-    # the broker was in that process).
+    # the broker was in that process) and moved to the other replica, as
+    # behind a load balancer: every one reconnected there (it knows them:
+    # joins on one replica reach the other's broker registry at once), and
+    # what was not acknowledged was sent again and stored once.
     assert r["mqtt_sessions_ended"] == 10, r
+    assert r["mqtt_reconnects"] == 10, r
     check_exactly_once(r)

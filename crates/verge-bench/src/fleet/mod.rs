@@ -34,7 +34,7 @@ use verge_protocol::{JoinRequest, JoinResponse, paths};
 
 use self::cloud::Replica;
 use self::http::{Pool, STREAMS_PER_CONN};
-use self::node::{Node, Phase, Stats};
+use self::node::{Node, Phase, Routes, Stats};
 use self::report::{ReplicaReport, Report};
 use super::ensure_nofile;
 
@@ -231,6 +231,7 @@ async fn fleet(
                 id,
                 secret,
                 replica: i % k,
+                current: (i % k).into(),
                 slot: i / k,
                 mqtt,
                 device,
@@ -265,7 +266,7 @@ async fn fleet(
         let node = node.clone();
         connecting.spawn(async move {
             let _permit = gate.acquire().await;
-            let c = node::connect(&node).await;
+            let c = node::connect(&node, node.mqtt).await;
             (node, c)
         });
     }
@@ -282,11 +283,26 @@ async fn fleet(
         }
     }
     let connect_s = t_conn.elapsed().as_secs_f64();
+    // Each replica's MQTT address, from a node it joined.
+    let mqtt: Vec<SocketAddr> = (0..k)
+        .map(|j| {
+            nodes
+                .iter()
+                .find(|n| n.replica == j)
+                .map_or(nodes[0].mqtt, |n| n.mqtt)
+        })
+        .collect();
+    let routes = Arc::new(Routes {
+        mqtt,
+        api: api.clone(),
+        polls: polls.clone(),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for (node, c) in connected {
         tasks.spawn(node::mqtt_loop(
             node.clone(),
             c,
+            routes.clone(),
             args.rate,
             stats.clone(),
             phase.clone(),
@@ -295,14 +311,14 @@ async fn fleet(
     for node in &nodes {
         tasks.spawn(node::heartbeat_loop(
             node.clone(),
-            api[node.replica].clone(),
+            routes.clone(),
             args.heartbeat,
             stats.clone(),
             phase.clone(),
         ));
         tasks.spawn(node::poll_loop(
             node.clone(),
-            polls[node.replica].clone(),
+            routes.clone(),
             stats.clone(),
             phase.clone(),
         ));
@@ -546,7 +562,7 @@ async fn operate(
                 }
                 *slot = Some(Instant::now());
             }
-            let pool = api[node.replica].clone();
+            let pool = api[node.current.load(Ordering::Relaxed)].clone();
             let (node, token) = (node.clone(), token.clone());
             tokio::spawn(async move {
                 let path = format!("/api/devices/{device}/commands/ping");
@@ -570,10 +586,8 @@ async fn operate(
         }
         // Through another replica (its own when that one fails): the
         // change must wake a long poll held elsewhere.
-        let pools = [
-            api[(node.replica + 1) % api.len()].clone(),
-            api[node.replica].clone(),
-        ];
+        let on = node.current.load(Ordering::Relaxed);
+        let pools = [api[(on + 1) % api.len()].clone(), api[on].clone()];
         let token = token.clone();
         tokio::spawn(async move {
             let body = json!({"config": {"log": {"level": format!("info,fleet_bench=debug,r{round}=info")}}});

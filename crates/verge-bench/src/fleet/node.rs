@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,8 +65,14 @@ pub struct Stats {
     pub poll_errors: AtomicU64,
     /// Time from a command's API call to its PUBLISH at the node, ns.
     pub command: Histogram,
-    /// Nodes whose MQTT connection ended before the run did.
+    /// MQTT connections that ended before the run did.
     pub mqtt_lost: AtomicU64,
+    /// MQTT connections made again after one was lost.
+    pub reconnects: AtomicU64,
+    /// Reconnection attempts that failed.
+    pub reconnect_errors: AtomicU64,
+    /// Unacknowledged telemetry sent again after a reconnect.
+    pub resent: AtomicU64,
 }
 
 /// One node's identity and what the load loops share about it.
@@ -77,8 +83,10 @@ pub struct Node {
     pub id: String,
     /// Its secret (MQTT password, HTTP bearer after `{id}.`).
     pub secret: String,
-    /// The replica that joined it (and that it talks to).
+    /// The replica that joined it.
     pub replica: usize,
+    /// The replica it talks to now (moves on when one fails).
+    pub current: AtomicUsize,
     /// Its long poll's connection in its replica's pool (its rank among
     /// that replica's nodes, so the polls spread evenly).
     pub slot: usize,
@@ -110,13 +118,14 @@ impl Node {
     }
 }
 
-/// Connect the node's MQTT 5 session and subscribe to its downstream.
-pub async fn connect(node: &Node) -> anyhow::Result<Client> {
+/// Connect the node's MQTT 5 session to `at` and subscribe to its
+/// downstream.
+pub async fn connect(node: &Node, at: SocketAddr) -> anyhow::Result<Client> {
     // A real node's bridge client id, which an external broker's
     // authentication requires of a node (docs/scale-out.md).
     let client_id = format!("verge-node-{}", node.id);
     let mut c = Client::connect_as(
-        node.mqtt,
+        at,
         None,
         Protocol::V5,
         &client_id,
@@ -134,12 +143,23 @@ pub async fn connect(node: &Node) -> anyhow::Result<Client> {
     Ok(c)
 }
 
-/// A QoS 1 publish.
-fn publish(topic: String, packet_id: u16, verge_id: String, payload: Vec<u8>) -> Packet {
-    let now_ms = std::time::SystemTime::now()
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A QoS 1 publish stamped with `verge-id` and `verge-time` (`at_ms`: a
+/// resend repeats the first send's time, as a node's queue does).
+fn publish(
+    topic: String,
+    packet_id: u16,
+    verge_id: String,
+    at_ms: u64,
+    payload: Vec<u8>,
+) -> Packet {
     Packet::Publish(Publish {
         dup: false,
         qos: QoS::AtLeastOnce,
@@ -149,7 +169,7 @@ fn publish(topic: String, packet_id: u16, verge_id: String, payload: Vec<u8>) ->
         properties: Properties {
             user_properties: vec![
                 (VERGE_ID_PROPERTY.to_owned(), verge_id),
-                (VERGE_TIME_PROPERTY.to_owned(), now_ms.to_string()),
+                (VERGE_TIME_PROPERTY.to_owned(), at_ms.to_string()),
             ],
             ..Properties::default()
         },
@@ -157,31 +177,157 @@ fn publish(topic: String, packet_id: u16, verge_id: String, payload: Vec<u8>) ->
     })
 }
 
+/// Where a node's traffic goes: every replica's endpoints, as a load
+/// balancer in front of the replicas would offer them. A node uses its
+/// current replica and moves to the next one when a connection fails (a
+/// single replica, or one external broker, is simply retried).
+pub struct Routes {
+    /// Each replica's MQTT address (all the same in external mode).
+    pub mqtt: Vec<SocketAddr>,
+    /// Each replica's HTTP pool for API calls and heartbeats.
+    pub api: Vec<Pool>,
+    /// Each replica's HTTP pool for long polls.
+    pub polls: Vec<Pool>,
+}
+
+impl Routes {
+    /// The replica after `from` (itself when there is one).
+    fn next(&self, from: usize) -> usize {
+        (from + 1) % self.api.len()
+    }
+
+    /// The node's requests failed on replica `on`: move it to the next
+    /// one, unless another of its loops already moved it.
+    fn fail_over(&self, node: &Node, on: usize) {
+        let _ =
+            node.current
+                .compare_exchange(on, self.next(on), Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// Why an MQTT session ended.
+enum Ended {
+    /// The run is over.
+    Stop,
+    /// The connection failed.
+    Lost,
+}
+
 /// The MQTT side: publish at `rate` msg/s while measuring, acknowledge
-/// and time commands, until the phase is `Stop` or the connection ends.
+/// and time commands, until the phase is `Stop`. A lost connection is
+/// made again (on the next replica when there are several); the
+/// telemetry that was not acknowledged on it is sent again with the same
+/// `verge-id` and `verge-time`, as a node's queue does, so the cloud must
+/// drop what it had already stored.
 pub async fn mqtt_loop(
     node: Arc<Node>,
-    client: Client,
+    mut client: Client,
+    routes: Arc<Routes>,
     rate: f64,
     stats: Arc<Stats>,
     mut phase: watch::Receiver<Phase>,
 ) {
+    // Telemetry sent and not acknowledged: packet id → (seq, verge-time);
+    // `None` for a command status (not resent).
+    let mut inflight: HashMap<u16, Option<(u64, u64)>> = HashMap::new();
+    let mut seq: u64 = 0;
+    let mut status_seq: u64 = 0;
+    let mut resend = false;
+    loop {
+        let ended = session(
+            &node,
+            client,
+            resend,
+            rate,
+            &stats,
+            &mut phase,
+            &mut inflight,
+            &mut seq,
+            &mut status_seq,
+        )
+        .await;
+        if matches!(ended, Ended::Stop) {
+            return;
+        }
+        node.connected.store(false, Ordering::Relaxed);
+        stats.mqtt_lost.fetch_add(1, Ordering::Relaxed);
+        // Reconnect, moving to the next replica each try, until the run
+        // stops.
+        client = loop {
+            if *phase.borrow() == Phase::Stop {
+                return;
+            }
+            let on = node.current.load(Ordering::Acquire);
+            if routes.mqtt.len() > 1 {
+                routes.fail_over(&node, on);
+            }
+            let at = routes.mqtt[node.current.load(Ordering::Acquire) % routes.mqtt.len()];
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = phase.wait_for(|p| *p == Phase::Stop) => return,
+            }
+            match connect(&node, at).await {
+                Ok(c) => break c,
+                Err(_) => stats.reconnect_errors.fetch_add(1, Ordering::Relaxed),
+            };
+        };
+        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        resend = true;
+        // The new connection knows none of the old packet ids: the next
+        // session resends the unacknowledged telemetry under them and
+        // forgets the statuses.
+        inflight.retain(|_, v| v.is_some());
+    }
+}
+
+/// The topic (after `nodes/{id}/up/`) of the simulated telemetry.
+const TELEMETRY_TOPIC: &str = "fleet/telemetry";
+
+/// The telemetry payload of message `seq`.
+fn payload_of(seq: u64) -> Vec<u8> {
+    format!("{{\"seq\":{seq},\"value\":{}}}", seq % 100).into_bytes()
+}
+
+/// One MQTT connection's life.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    node: &Node,
+    client: Client,
+    resend: bool,
+    rate: f64,
+    stats: &Stats,
+    phase: &mut watch::Receiver<Phase>,
+    inflight: &mut HashMap<u16, Option<(u64, u64)>>,
+    seq: &mut u64,
+    status_seq: &mut u64,
+) -> Ended {
     let (mut rd, mut wr) = client.into_split();
     // Stagger the nodes' ticks over one period.
     let period = Duration::from_secs_f64(if rate > 0.0 { 1.0 / rate } else { 3600.0 });
     let offset = period.mul_f64((node.index % 1000) as f64 / 1000.0);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let topic = topics::up(&node.id, "fleet/telemetry");
+    let topic = topics::up(&node.id, TELEMETRY_TOPIC);
     let queue = node.queue_id();
-    let mut inflight: HashMap<u16, Option<u64>> = HashMap::new();
+    if resend {
+        for (pid, v) in inflight.iter() {
+            if let Some((seq, at_ms)) = v {
+                let _ = wr.queue(&publish(
+                    topic.clone(),
+                    *pid,
+                    VergeId::format(&queue, "telemetry", *seq),
+                    *at_ms,
+                    payload_of(*seq),
+                ));
+                stats.resent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
     let mut next_pid: u16 = 0;
-    let mut seq: u64 = 0;
-    let mut status_seq: u64 = 0;
-    let mut alloc = |inflight: &HashMap<u16, Option<u64>>| loop {
-        next_pid = next_pid.wrapping_add(1).max(1);
-        if !inflight.contains_key(&next_pid) {
-            return next_pid;
+    let alloc = |next_pid: &mut u16, inflight: &HashMap<u16, Option<(u64, u64)>>| loop {
+        *next_pid = next_pid.wrapping_add(1).max(1);
+        if !inflight.contains_key(next_pid) {
+            return *next_pid;
         }
     };
     loop {
@@ -193,23 +339,17 @@ pub async fn mqtt_loop(
         tokio::select! {
             n = rd.fill(4096) => {
                 if !matches!(n, Ok(k) if k > 0) {
-                    node.connected.store(false, Ordering::Relaxed);
-                    stats.mqtt_lost.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return Ended::Lost;
                 }
                 loop {
                     let p = match rd.next_packet() {
                         Ok(Some(p)) => p,
                         Ok(None) => break,
-                        Err(_) => {
-                            node.connected.store(false, Ordering::Relaxed);
-                            stats.mqtt_lost.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
+                        Err(_) => return Ended::Lost,
                     };
                     match p {
                         Packet::PubAck(a) => match inflight.remove(&a.packet_id) {
-                            Some(Some(s)) if a.reason_code < 0x80 => {
+                            Some(Some((s, _))) if a.reason_code < 0x80 => {
                                 stats.acked.fetch_add(1, Ordering::Relaxed);
                                 if let Ok(mut v) = node.acked.lock() {
                                     v.push(s);
@@ -228,14 +368,15 @@ pub async fn mqtt_loop(
                                     properties: Properties::default(),
                                 }));
                             }
-                            if let Some(status) = on_down(&node, &p, &stats) {
-                                status_seq += 1;
-                                let pid = alloc(&inflight);
+                            if let Some(status) = on_down(node, &p, stats) {
+                                *status_seq += 1;
+                                let pid = alloc(&mut next_pid, inflight);
                                 inflight.insert(pid, None);
                                 let _ = wr.queue(&publish(
                                     topics::up(&node.id, &DeviceChannel::CommandStatus.topic(&status.device)),
                                     pid,
-                                    VergeId::format(&queue, "status", status_seq),
+                                    VergeId::format(&queue, "status", *status_seq),
+                                    now_ms(),
                                     serde_json::to_vec(&status).unwrap_or_default(),
                                 ));
                             }
@@ -248,16 +389,17 @@ pub async fn mqtt_loop(
                 if inflight.len() >= MAX_INFLIGHT {
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    seq += 1;
-                    let pid = alloc(&inflight);
-                    inflight.insert(pid, Some(seq));
-                    let payload = format!("{{\"seq\":{seq},\"value\":{}}}", seq % 100);
+                    *seq += 1;
+                    let pid = alloc(&mut next_pid, inflight);
+                    let at = now_ms();
+                    inflight.insert(pid, Some((*seq, at)));
                     if wr
                         .queue(&publish(
                             topic.clone(),
                             pid,
-                            VergeId::format(&queue, "telemetry", seq),
-                            payload.into_bytes(),
+                            VergeId::format(&queue, "telemetry", *seq),
+                            at,
+                            payload_of(*seq),
                         ))
                         .is_ok()
                     {
@@ -268,12 +410,11 @@ pub async fn mqtt_loop(
             _ = phase.changed() => {}
         }
         if wr.has_queued() && wr.flush().await.is_err() {
-            node.connected.store(false, Ordering::Relaxed);
-            stats.mqtt_lost.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Ended::Lost;
         }
     }
     wr.disconnect().await;
+    Ended::Stop
 }
 
 /// A message from the cloud: a command for the node's device is timed and
@@ -304,7 +445,7 @@ fn on_down(node: &Node, p: &Publish, stats: &Stats) -> Option<CommandStatus> {
 /// Heartbeat every `every` until `Stop`.
 pub async fn heartbeat_loop(
     node: Arc<Node>,
-    pool: Pool,
+    routes: Arc<Routes>,
     every: Duration,
     stats: Arc<Stats>,
     mut phase: watch::Receiver<Phase>,
@@ -326,15 +467,20 @@ pub async fn heartbeat_loop(
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let t0 = Instant::now();
-        match pool
+        let on = node.current.load(Ordering::Acquire);
+        match routes.api[on]
             .request(None, Method::POST, paths::STATUS, &bearer, Some(body))
             .await
         {
             Ok(a) if a.status == StatusCode::NO_CONTENT => {
                 stats.heartbeat.record(t0.elapsed().as_nanos() as u64);
             }
-            _ => {
+            Ok(_) => {
                 stats.heartbeat_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                stats.heartbeat_errors.fetch_add(1, Ordering::Relaxed);
+                routes.fail_over(&node, on);
             }
         }
     }
@@ -344,7 +490,7 @@ pub async fn heartbeat_loop(
 /// the bench made is timed.
 pub async fn poll_loop(
     node: Arc<Node>,
-    pool: Pool,
+    routes: Arc<Routes>,
     stats: Arc<Stats>,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -355,8 +501,9 @@ pub async fn poll_loop(
             wait_ms: POLL_WAIT_MS,
         };
         let url = paths::desired_poll("", q);
+        let on = node.current.load(Ordering::Acquire);
         let answer = tokio::select! {
-            a = pool.request(Some(node.slot), Method::GET, &url, &bearer, None) => a,
+            a = routes.polls[on].request(Some(node.slot), Method::GET, &url, &bearer, None) => a,
             _ = phase.wait_for(|p| *p == Phase::Stop) => return,
         };
         match answer {
@@ -375,6 +522,7 @@ pub async fn poll_loop(
             },
             Err(_) => {
                 stats.poll_errors.fetch_add(1, Ordering::Relaxed);
+                routes.fail_over(&node, on);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = phase.wait_for(|p| *p == Phase::Stop) => return,

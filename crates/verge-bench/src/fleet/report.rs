@@ -204,15 +204,22 @@ impl Report {
                 (r.peak_rss as f64 / 1048576.0) * per_k
             ));
         }
+        let lost = s.mqtt_lost.load(Ordering::Relaxed);
+        let moved = format!(
+            "{} reconnected ({} attempts failed), {} unacknowledged messages sent again",
+            thousands(s.reconnects.load(Ordering::Relaxed)),
+            thousands(s.reconnect_errors.load(Ordering::Relaxed)),
+            thousands(s.resent.load(Ordering::Relaxed)),
+        );
         if let Some((i, at)) = self.killed {
             out.push_str(&format!(
-                "  replica {i} killed -9 at {at:.1}s; {} node MQTT session(s) ended\n",
-                s.mqtt_lost.load(Ordering::Relaxed)
+                "  replica {i} killed -9 at {at:.1}s; {} node MQTT session(s) ended, {moved}\n",
+                thousands(lost)
             ));
-        } else if s.mqtt_lost.load(Ordering::Relaxed) > 0 {
+        } else if lost > 0 {
             out.push_str(&format!(
-                "  {} node MQTT session(s) ended during the run\n",
-                s.mqtt_lost.load(Ordering::Relaxed)
+                "  {} node MQTT session(s) ended during the run, {moved}\n",
+                thousands(lost)
             ));
         }
         if s.skipped.load(Ordering::Relaxed) > 0 {
@@ -237,7 +244,7 @@ impl Report {
     pub fn json(&self) -> serde_json::Value {
         let s = &self.stats;
         let lat = |h: &Histogram| json!({"p50_ms": ms(h, 0.5), "p99_ms": ms(h, 0.99), "max_ms": h.max() as f64 / 1e6, "count": h.count()});
-        json!({
+        let mut v = json!({
             "nodes": self.nodes,
             "replicas": self.replicas,
             "database": self.database,
@@ -279,6 +286,10 @@ impl Report {
                 "peak_rss_bytes": r.peak_rss,
                 "killed": r.killed,
             })).collect::<Vec<_>>(),
-        })
+        });
+        v["mqtt_reconnects"] = json!(s.reconnects.load(Ordering::Relaxed));
+        v["mqtt_reconnect_errors"] = json!(s.reconnect_errors.load(Ordering::Relaxed));
+        v["resent"] = json!(s.resent.load(Ordering::Relaxed));
+        v
     }
 }
