@@ -272,19 +272,30 @@ async fn admit(cloud: &Cloud, buf: &mut Vec<Upstream>) -> sqlx::Result<Vec<Upstr
     // per node: at thousands of nodes the per-node queries queued for the
     // pool behind the API's.
     let mut joined = HashSet::with_capacity(nodes.len());
-    for chunk in nodes.chunks(ADMIT_CHUNK) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        // Only placeholders are formatted in; the ids are bound.
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM nodes WHERE secret_phc IS NOT NULL AND id IN ({})",
-            marks.join(", ")
-        ));
-        let mut q = sqlx::query_as::<_, (String,)>(sql);
-        for n in chunk {
-            q = q.bind(*n);
-        }
-        for (id,) in q.fetch_all(&cloud.inner().pool).await? {
-            joined.insert(id);
+    // On PostgreSQL through the ingest's own pool, so a busy API pool
+    // (heartbeats, long polls) does not hold the ingest back.
+    if let Some(pg) = &cloud.inner().pg {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM nodes WHERE secret_phc IS NOT NULL AND id = ANY($1)")
+                .bind(&nodes)
+                .fetch_all(pg)
+                .await?;
+        joined.extend(rows.into_iter().map(|(id,)| id));
+    } else {
+        for chunk in nodes.chunks(ADMIT_CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            // Only placeholders are formatted in; the ids are bound.
+            let sql = sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM nodes WHERE secret_phc IS NOT NULL AND id IN ({})",
+                marks.join(", ")
+            ));
+            let mut q = sqlx::query_as::<_, (String,)>(sql);
+            for n in chunk {
+                q = q.bind(*n);
+            }
+            for (id,) in q.fetch_all(&cloud.inner().pool).await? {
+                joined.insert(id);
+            }
         }
     }
     let (ok, bad): (Vec<_>, Vec<_>) = buf

@@ -32,6 +32,7 @@ mod devices;
 mod downlink;
 mod error;
 mod external;
+mod heartbeats;
 mod ingest;
 mod listeners;
 mod metrics;
@@ -113,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) dispatch_wake: tokio::sync::Notify,
     /// Wakes the registry loop: another replica's joins or deletes.
     pub(crate) registry_wake: tokio::sync::Notify,
+    /// Heartbeats written in batches (PostgreSQL).
+    pub(crate) heartbeats: Option<heartbeats::Heartbeats>,
     /// Store queries waiting for their node's reply (this process only).
     pub(crate) history: devices::history::Pending,
     /// Node secrets `/api/broker/authn` verified lately.
@@ -252,6 +255,7 @@ impl Cloud {
             }
         };
         let downlink = downlink::Downlink::new(handle.clone(), external.as_deref());
+        let mut beats = pg.is_some().then(heartbeats::Heartbeats::new);
         let cloud = Cloud {
             inner: Arc::new(Inner {
                 cfg,
@@ -275,6 +279,7 @@ impl Cloud {
                 rollouts_wake: tokio::sync::Notify::new(),
                 dispatch_wake: tokio::sync::Notify::new(),
                 registry_wake: tokio::sync::Notify::new(),
+                heartbeats: beats.as_ref().map(|(h, _)| h.clone()),
                 history: devices::history::Pending::default(),
                 broker_secrets: broker_auth::SecretCache::default(),
                 broker_cloud_password,
@@ -295,6 +300,9 @@ impl Cloud {
         .await?;
         if cloud.inner.dynsec.is_some() {
             tasks.push(tokio::spawn(broker_auth::reconcile(cloud.clone())));
+        }
+        if let Some((_, rx)) = beats.take() {
+            tasks.push(tokio::spawn(heartbeats::run(cloud.clone(), rx)));
         }
         tasks.extend([
             tokio::spawn(ingest::run(cloud.clone(), source)),

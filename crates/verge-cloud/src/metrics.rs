@@ -41,6 +41,10 @@ pub struct Metrics {
     pub shadows_sent: AtomicU64,
     /// Desired-state notifications received from PostgreSQL.
     pub wake_notifications: AtomicU64,
+    /// Heartbeats written in batches (PostgreSQL).
+    pub heartbeats_batched: AtomicU64,
+    /// Heartbeat batches written.
+    pub heartbeat_batches: AtomicU64,
     /// Times the desired-state listener lost its connection.
     pub wake_reconnects: AtomicU64,
     /// External mode: 1 while the consumer is connected to the broker.
@@ -206,6 +210,18 @@ pub async fn render(State(cloud): State<Cloud>) -> Result<Response, AppError> {
         "gauge",
         "nodes with a desired-state long poll held by this replica",
         &[("", inner.wake.nodes_waiting() as u64)],
+    );
+    put(
+        "verge_cloud_heartbeats_batched_total",
+        "counter",
+        "heartbeats written together with others (PostgreSQL)",
+        &[("", get(&m.heartbeats_batched))],
+    );
+    put(
+        "verge_cloud_heartbeat_batches_total",
+        "counter",
+        "heartbeat batches written (PostgreSQL)",
+        &[("", get(&m.heartbeat_batches))],
     );
     put(
         "verge_cloud_wake_notifications_total",

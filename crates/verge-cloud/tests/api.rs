@@ -23,6 +23,7 @@ both!(
     malformed_input_and_unknown_routes_answer_json,
     every_route_in_the_table_is_served,
     health_metrics_and_openapi,
+    heartbeats_that_change_nothing_else_are_written_in_batches_on_postgres,
 );
 
 fn b64(s: &str) -> String {
@@ -578,4 +579,91 @@ async fn health_metrics_and_openapi(h: Harness) {
         text.contains("verge_cloud_pruned_messages_total 0"),
         "{text}"
     );
+}
+
+/// On PostgreSQL a heartbeat that only restamps its node (same applied
+/// revision and attempt, no device sessions) is written in a batch with
+/// others; one that moves the revisions is written alone. Either way the
+/// node's report, last-seen time and metrics are stored. SQLite writes
+/// every heartbeat alone.
+async fn heartbeats_that_change_nothing_else_are_written_in_batches_on_postgres(h: Harness) {
+    let postgres = h.db_url.starts_with("postgres");
+    let (node, secret) = h.joined_node("edge-hb").await;
+    let h = std::sync::Arc::new(h);
+    let mut beats = tokio::task::JoinSet::new();
+    for cpu in [1.0, 2.0, 3.0] {
+        let h = h.clone();
+        let (node, secret) = (node.clone(), secret.clone());
+        beats.spawn(async move {
+            h.status_as(
+                &node,
+                &secret,
+                json!({"applied_version": 0, "cpu_percent": cpu, "endpoints": ["mqtt://a:1"]}),
+            )
+            .await
+        });
+    }
+    while let Some(r) = beats.join_next().await {
+        let (s, v) = r.expect("heartbeat");
+        assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    }
+    let batched = h
+        .metric("verge_cloud_heartbeats_batched_total")
+        .await
+        .expect("metric");
+    if postgres {
+        // The same node three times at once: at least the last of each
+        // batch goes in it.
+        assert!(batched >= 1.0, "no heartbeat was batched");
+    } else {
+        assert_eq!(batched, 0.0);
+    }
+    let (_, n) = h
+        .call(Method::GET, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(n["status"], "online", "{n}");
+    let (_, m) = h
+        .call(Method::GET, &format!("/api/nodes/{node}/metrics"), None)
+        .await;
+    let mut cpus: Vec<f64> = m
+        .as_array()
+        .expect("metrics")
+        .iter()
+        .filter_map(|r| r["cpu_percent"].as_f64())
+        .collect();
+    cpus.sort_by(f64::total_cmp);
+    assert_eq!(cpus, vec![1.0, 2.0, 3.0], "{m}");
+    // A report that moves the revisions is written alone, and recorded.
+    let desired = n["desired_version"].as_i64().expect("desired");
+    let (s, v) = h
+        .status_as(
+            &node,
+            &secret,
+            json!({"applied_version": desired, "cpu_percent": 4.0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(
+        h.metric("verge_cloud_heartbeats_batched_total").await,
+        Some(batched)
+    );
+    let (_, n) = h
+        .call(Method::GET, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(n["applied_version"], desired, "{n}");
+    // And the next one like it is batched again.
+    let (s, v) = h
+        .status_as(
+            &node,
+            &secret,
+            json!({"applied_version": desired, "cpu_percent": 5.0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let after = h.metric("verge_cloud_heartbeats_batched_total").await;
+    if postgres {
+        assert_eq!(after, Some(batched + 1.0));
+    } else {
+        assert_eq!(after, Some(0.0));
+    }
 }

@@ -166,6 +166,24 @@ pub async fn status(
     let now = now_ms();
     let text = serde_json::to_string(&report).map_err(AppError::internal)?;
     let errors = serde_json::to_string(&report.apply_errors).map_err(AppError::internal)?;
+    // On PostgreSQL most heartbeats are written in batches; what the
+    // batch does not take is written here.
+    if let Some(beats) = &cloud.inner().heartbeats {
+        let beat = crate::heartbeats::Beat {
+            node: node.clone(),
+            text: text.clone(),
+            errors: errors.clone(),
+            endpoints: endpoints_json(&report)?,
+            report: report.clone(),
+        };
+        if let crate::heartbeats::Outcome::Written { came_online } = beats.write(beat).await {
+            if came_online {
+                cloud.inner().rollouts_wake.notify_one();
+                cloud.inner().dispatch_wake.notify_one();
+            }
+            return Ok(StatusCode::NO_CONTENT);
+        }
+    }
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let mut tx = cloud.inner().pool.begin().await?;
     // What the last report left, to skip the writes this one would not
@@ -266,13 +284,13 @@ fn endpoints_json(report: &StatusReport) -> Result<String, AppError> {
 }
 
 /// The `attempt` of a stored report (JSON text), if any.
-fn attempt_of(stored: Option<&str>) -> Option<serde_json::Value> {
+pub(crate) fn attempt_of(stored: Option<&str>) -> Option<serde_json::Value> {
     let mut v: serde_json::Value = serde_json::from_str(stored?).ok()?;
     v.get_mut("attempt").map(serde_json::Value::take)
 }
 
 /// The `attempt` of `report` as [`attempt_of`] reads it back.
-fn attempt_value(report: &StatusReport) -> Option<serde_json::Value> {
+pub(crate) fn attempt_value(report: &StatusReport) -> Option<serde_json::Value> {
     serde_json::to_value(report.attempt.as_ref()?).ok()
 }
 
