@@ -226,6 +226,13 @@ const POSTGRES_V12: &[&str] = &[
     "CREATE INDEX messages_default_queued ON messages_default (queued_ms)",
 ];
 
+/// Duplicate replica ids (`crate::replicas::check_unique`): each start of
+/// a replica writes a random instance nonce into its row, so a second
+/// live process given the same `cloud.replica_id` is told apart from a
+/// restart of the same replica. Rows written before have `''`.
+const REPLICAS_COMMON_V13: &[&str] =
+    &["ALTER TABLE cloud_replicas ADD COLUMN instance TEXT NOT NULL DEFAULT ''"];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -291,6 +298,11 @@ fn migrations() -> Vec<Migration> {
             version: 12,
             sqlite: SQLITE_V12,
             postgres: POSTGRES_V12,
+        },
+        Migration {
+            version: 13,
+            sqlite: REPLICAS_COMMON_V13,
+            postgres: REPLICAS_COMMON_V13,
         },
     ]
 }

@@ -1,6 +1,7 @@
 //! Cloud replicas: two `Cloud`s on one PostgreSQL database (the replica
-//! list, leadership, long polls woken across replicas), and the one
-//! SQLite process as its own leader.
+//! list, leadership, long polls woken across replicas, one replica id
+//! refused to a second live process), and the one SQLite process as its
+//! own leader.
 
 #[macro_use]
 mod common;
@@ -277,4 +278,104 @@ async fn a_leader_whose_lock_connection_dies_stops_leading_and_one_replica_takes
     })
     .await;
     assert!(!(a.cloud.is_leader() && b.cloud.is_leader()), "both lead");
+}
+
+/// A configuration on `h`'s database with replica id `id` and a data
+/// directory of its own in `dir`.
+fn config_as(h: &Harness, id: &str, dir: &tempfile::TempDir) -> verge_cloud::CloudConfig {
+    let mut cfg = verge_cloud::CloudConfig::default();
+    cfg.cloud.data_dir = dir.path().join("data");
+    cfg.cloud.database = h.db_url.clone();
+    cfg.cloud.replica_id = id.to_owned();
+    cfg
+}
+
+/// The instance nonce and last refresh of replica `id`'s row.
+async fn replica_row(h: &Harness, id: &str) -> Option<(String, i64)> {
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    let row = sqlx::query_as("SELECT instance, seen_ms FROM cloud_replicas WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+        .expect("row");
+    pool.close().await;
+    row
+}
+
+/// Two live processes given one `cloud.replica_id` took each other's
+/// broker session and looked like one replica: the second now refuses
+/// to start, naming the key, and the first goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_process_with_the_same_replica_id_refuses_to_start() {
+    let Some(a) = harness_with(true, |c| c.cloud.replica_id = "twin".into()).await else {
+        return;
+    };
+    let before = replica_row(&a, "twin").await.expect("a's row");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = match verge_cloud::Cloud::open(config_as(&a, "twin", &dir)).await {
+        Ok(_) => panic!("a second process with the replica id `twin` started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.starts_with("cloud.replica_id:"), "{e}");
+    assert!(e.contains("`twin`"), "{e}");
+    // The first keeps its row and goes on refreshing it.
+    let after = replica_row(&a, "twin").await.expect("a's row");
+    assert_eq!(after.0, before.0, "the row is still the first process's");
+    assert!(after.1 > before.1, "refreshed meanwhile");
+    let list = replicas(&a).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["alive"], true);
+}
+
+/// A replica restarting after a crash finds the row its dead process
+/// refreshed a moment ago: nobody refreshes it again, so it is taken
+/// over (after a short watch) instead of refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_crash_takes_over_the_row_its_dead_process_left() {
+    let Some(a) = harness_on(true).await else {
+        return;
+    };
+    let pool = sqlx::AnyPool::connect(&a.db_url).await.expect("db");
+    sqlx::query(
+        "INSERT INTO cloud_replicas (id, http_url, version, started_ms, seen_ms, leader, instance) \
+         VALUES ('phoenix', 'http://x', '0', $1, $1, 0, 'before-the-crash')",
+    )
+    .bind(verge_net::now_ms() - 1_000)
+    .execute(&pool)
+    .await
+    .expect("a dead process's row");
+    pool.close().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (b, _) = verge_cloud::Cloud::open(config_as(&a, "phoenix", &dir))
+        .await
+        .expect("the restart starts");
+    assert_eq!(b.replica_id(), "phoenix");
+    let (instance, _) = replica_row(&a, "phoenix").await.expect("row");
+    assert_ne!(instance, "before-the-crash", "taken over");
+}
+
+/// Two processes that started with one id anyway (together, or the
+/// first stalled past the liveness window): the one whose row was taken
+/// stops, `serve` returning an error naming `cloud.replica_id`, and
+/// leaves the row to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_row_another_process_took_stops_with_an_error() {
+    let Some(a) = harness_with(true, |c| c.cloud.replica_id = "usurped".into()).await else {
+        return;
+    };
+    let served = serve(&a).await;
+    let pool = sqlx::AnyPool::connect(&a.db_url).await.expect("db");
+    sqlx::query("UPDATE cloud_replicas SET instance = 'the-other' WHERE id = 'usurped'")
+        .execute(&pool)
+        .await
+        .expect("take the row");
+    pool.close().await;
+    let e = served
+        .ended(Duration::from_secs(30))
+        .await
+        .expect_err("the replica stops with an error");
+    let e = e.to_string();
+    assert!(e.starts_with("cloud.replica_id:"), "{e}");
+    let (instance, _) = replica_row(&a, "usurped").await.expect("row kept");
+    assert_eq!(instance, "the-other", "the other process's row is left");
 }

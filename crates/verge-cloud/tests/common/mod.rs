@@ -314,6 +314,15 @@ pub async fn serve(h: &Harness) -> Served {
 }
 
 impl Served {
+    /// What `serve` returned when the cloud stopped by itself (no stop
+    /// asked for), waiting at most `within`.
+    pub async fn ended(self, within: Duration) -> Result<(), verge_cloud::CloudError> {
+        timeout(within, self.server)
+            .await
+            .expect("the cloud stopped by itself")
+            .expect("task")
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(());
         timeout(Duration::from_secs(10), self.server)
