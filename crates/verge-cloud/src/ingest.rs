@@ -559,6 +559,7 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
         .bind(now - crate::api::agent::METRICS_KEEP_MS)
         .execute(pool)
         .await?;
+    crate::external::adopt::prune_done(pool, now).await?;
     Ok(pruned)
 }
 
@@ -768,5 +769,29 @@ mod tests {
         );
         // Nothing more to do: a second pass deletes nothing.
         assert_eq!(prune_once(&cloud).await.expect("prune"), 0);
+        // Records of adoptions finished over a day ago go; a recent one
+        // and records still alive or being adopted stay.
+        let day = crate::external::adopt::DONE_KEEP_MS;
+        for (client, seen, done) in [
+            ("done-old", now - 2 * day, Some(now - day - 1000)),
+            ("done-new", now - 2 * day, Some(now - 1000)),
+            ("adopting", now - 2 * day, None),
+            ("alive", now, None),
+        ] {
+            sqlx::query(
+                "INSERT INTO mqtt_consumer_sessions (client_id, replica, seen_ms, done_ms) VALUES ($1, 'r', $2, $3)",
+            )
+            .bind(client)
+            .bind(seen)
+            .bind(done)
+            .execute(pool)
+            .await
+            .expect("insert session record");
+        }
+        prune_once(&cloud).await.expect("prune");
+        assert_eq!(
+            ids("SELECT client_id FROM mqtt_consumer_sessions ORDER BY client_id").await,
+            ["adopting", "alive", "done-new"]
+        );
     }
 }

@@ -214,6 +214,23 @@ async fn adopt(cloud: &Cloud, plan: &Plan, dead: &str, tx: &mpsc::Sender<Upstrea
     tracing::info!(client_id = %dead, "external broker: adopted session drained, left to expire");
 }
 
+/// Records of finished adoptions are kept this long (for a look at what
+/// was adopted, and by whom), then deleted by the leader's pruning pass.
+pub const DONE_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// Delete the records of adoptions finished more than [`DONE_KEEP_MS`]
+/// before `now` (the leader's pruning pass, `crate::ingest::prune`); how
+/// many went. A replica that comes back later records its session anew.
+pub async fn prune_done(pool: &sqlx::AnyPool, now: i64) -> sqlx::Result<u64> {
+    let r = sqlx::query(
+        "DELETE FROM mqtt_consumer_sessions WHERE done_ms IS NOT NULL AND done_ms < $1",
+    )
+    .bind(now.saturating_sub(DONE_KEEP_MS))
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 /// Give up a claim so that it is tried again (by any replica).
 async fn release(cloud: &Cloud, plan: &Plan, dead: &str) {
     let r = sqlx::query(
