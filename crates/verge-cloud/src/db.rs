@@ -587,19 +587,10 @@ mod tests {
     /// Needs `VERGE_TEST_POSTGRES_URL` (skipped, saying so, without it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn migration_12_partitions_an_existing_messages_table_keeping_rows() {
-        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: set VERGE_TEST_POSTGRES_URL to run on PostgreSQL");
+        let Some(db) = crate::testing::ScratchDb::from_env("verge_mig12").await else {
             return;
         };
-        sqlx::any::install_default_drivers();
-        let name = format!("verge_mig12_{}_{}", std::process::id(), now_ms());
-        let admin = AnyPool::connect(&base).await.expect("connect");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        let (server, _) = base.rsplit_once('/').expect("url with a database");
-        let url = format!("{server}/{name}");
+        let url = db.url().to_owned();
         let pool = AnyPool::connect(&url).await.expect("connect");
         migrate_upto(&pool, Dialect::Postgres, 9)
             .await
@@ -663,11 +654,6 @@ mod tests {
         assert_eq!(in_default, 0);
         pg.close().await;
         pool.close().await;
-        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(&admin)
-            .await
-            .expect("drop database");
-        admin.close().await;
+        db.drop_now().await.expect("drop database");
     }
 }

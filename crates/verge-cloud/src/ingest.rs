@@ -609,27 +609,11 @@ mod tests {
     /// `VERGE_TEST_POSTGRES_URL`; skipped, saying so, without it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pruner_deletes_by_age_and_count_and_counts_it_on_postgres() {
-        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: set VERGE_TEST_POSTGRES_URL to run on PostgreSQL");
+        let Some(db) = crate::testing::ScratchDb::from_env("verge_prune").await else {
             return;
         };
-        sqlx::any::install_default_drivers();
-        let name = format!("verge_prune_{}_{}", std::process::id(), now_ms());
-        let admin = sqlx::AnyPool::connect(&base).await.expect("connect");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        admin.close().await;
-        let (server, _) = base.rsplit_once('/').expect("url with a database");
-        pruner_on(Some(format!("{server}/{name}"))).await;
-        let admin = sqlx::AnyPool::connect(&base).await.expect("connect");
-        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(&admin)
-            .await
-            .expect("drop database");
-        admin.close().await;
+        pruner_on(Some(db.url().to_owned())).await;
+        db.drop_now().await.expect("drop database");
     }
 
     async fn pruner_on(database: Option<String>) {

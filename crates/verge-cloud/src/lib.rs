@@ -41,6 +41,8 @@ mod revisions;
 mod rollouts;
 mod routes;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -501,6 +503,26 @@ impl Cloud {
             });
         let _ = self.inner.stop.send(true);
         broker.shutdown().await;
+        self.close().await;
+        let failed = self.inner.failed.lock().ok().and_then(|mut f| f.take());
+        match failed {
+            Some(e) => Err(e),
+            None => served,
+        }
+    }
+
+    /// Stop the background tasks (ingest, pruning, the replica heartbeat,
+    /// which deletes this replica's row, the `LISTEN` connection, …) and
+    /// close the database: the end of `serve`, and the way to stop a cloud
+    /// that was opened but never served (`verge bench ingest` does, before
+    /// it drops its scratch database).
+    pub async fn close(&self) {
+        let _ = self.inner.stop.send(true);
+        // Not served: the broker was never taken by `serve`.
+        let broker = self.inner.broker.lock().ok().and_then(|mut b| b.take());
+        if let Some(broker) = broker {
+            broker.shutdown().await;
+        }
         let tasks = self
             .inner
             .tasks
@@ -520,11 +542,6 @@ impl Cloud {
         self.inner.pool.close().await;
         if let Some(pg) = &self.inner.pg {
             pg.close().await;
-        }
-        let failed = self.inner.failed.lock().ok().and_then(|mut f| f.take());
-        match failed {
-            Some(e) => Err(e),
-            None => served,
         }
     }
 

@@ -52,70 +52,7 @@ pub struct Harness {
 
 /// A test's own PostgreSQL database, dropped (with `FORCE`, closing what
 /// is still connected) when this is dropped.
-pub struct ScratchDb {
-    base: String,
-    name: String,
-}
-
-impl Drop for ScratchDb {
-    fn drop(&mut self) {
-        let (base, name) = (self.base.clone(), self.name.clone());
-        // Drop may run inside the test's runtime: use a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let pool = sqlx::AnyPool::connect(&base).await.ok()?;
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                let r = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-                pool.close().await;
-                r.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("could not drop the test database {}", self.name);
-        }
-    }
-}
-
-fn unique() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{}_{}_{}",
-        std::process::id(),
-        t % 1_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A fresh PostgreSQL database on the server of `VERGE_TEST_POSTGRES_URL`:
-/// its URL and the guard that drops it.
-async fn postgres_db(base: &str) -> (String, ScratchDb) {
-    sqlx::any::install_default_drivers();
-    let name = format!("verge_test_{}", unique());
-    let pool = sqlx::AnyPool::connect(base)
-        .await
-        .expect("connect to postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .expect("create database");
-    pool.close().await;
-    let (server, _) = base.rsplit_once('/').expect("url with a database");
-    let url = format!("{server}/{name}");
-    let guard = ScratchDb {
-        base: base.to_string(),
-        name,
-    };
-    (url, guard)
-}
+pub use verge_cloud::testing::ScratchDb;
 
 /// The database the API tests run on: `postgres` when the env var is set
 /// and `want_postgres`, else SQLite.
@@ -131,15 +68,9 @@ pub async fn harness_with(postgres: bool, tweak: impl FnOnce(&mut CloudConfig)) 
     tweak(&mut cfg);
     let mut scratch = None;
     if postgres {
-        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
-            eprintln!(
-                "skipped: set VERGE_TEST_POSTGRES_URL=postgres://user:pass@host/db to run on PostgreSQL"
-            );
-            return None;
-        };
-        let (url, guard) = postgres_db(&base).await;
-        cfg.cloud.database = url;
-        scratch = Some(std::sync::Arc::new(guard));
+        let db = ScratchDb::from_env("verge_test").await?;
+        cfg.cloud.database = db.url().to_owned();
+        scratch = Some(std::sync::Arc::new(db));
     }
     let db_url = cfg.database_url();
     let (cloud, admin) = Cloud::open(cfg).await.expect("open cloud");
