@@ -84,6 +84,22 @@ pub async fn harness_with(postgres: bool, tweak: impl FnOnce(&mut CloudConfig)) 
     })
 }
 
+/// Give `what` up to 60 s to become true (a guard against a hang, not a
+/// timing assertion), checking every 100 ms.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
+}
+
 pub async fn harness() -> Harness {
     harness_on(false).await.expect("sqlite harness")
 }
@@ -109,6 +125,35 @@ impl Harness {
             dir,
             scratch: self.scratch.clone(),
         }
+    }
+
+    /// A connection pool of the test's own to this harness's database
+    /// (close it when done).
+    pub async fn db(&self) -> sqlx::AnyPool {
+        sqlx::AnyPool::connect(&self.db_url).await.expect("db")
+    }
+
+    /// The number `sql` (a `SELECT COUNT(*) …`) answers.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let pool = self.db().await;
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        pool.close().await;
+        n
+    }
+
+    /// Create device `name` on node `node` (201 expected).
+    pub async fn device(&self, node: &str, name: &str) {
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/api/devices",
+                Some(serde_json::json!({"name": name, "node_id": node})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
     }
 
     /// The value of the unlabelled Prometheus sample `name` at `/metrics`.
