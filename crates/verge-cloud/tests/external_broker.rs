@@ -28,6 +28,10 @@ use common::{Harness, harness_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The expiry an adopter leaves a drained session with here (60 s
+/// outside tests).
+const ADOPTED_EXPIRY: Duration = Duration::from_secs(3);
+
 /// Each test on SQLite and PostgreSQL (`pg`): the harness is made inside,
 /// after Mosquitto is up.
 macro_rules! on_both {
@@ -126,6 +130,7 @@ async fn external(postgres: bool, broker: &Mosquitto) -> Option<Harness> {
         c.mqtt.mode = MqttMode::External;
         c.mqtt.external.url = format!("mqtt://127.0.0.1:{port}");
         c.mqtt.external.adopt_after = verge_duration::HumanDuration(Duration::from_secs(3));
+        c.mqtt.external.adopted_session_expiry = ADOPTED_EXPIRY;
     })
     .await?;
     until(&h, "the consumer connected", |m| {
@@ -614,9 +619,9 @@ async fn a_dead_replicas_session_is_adopted_drained_and_ended(pg: bool) {
     assert!(done.is_some(), "the adopted session is marked done");
     pool.close().await;
     // Left with a short expiry (never wiped by a clean start): once it
-    // has passed, the session is gone from the broker.
-    // (`SESSION_END_EXPIRY_SECS`, 60 s).
-    tokio::time::sleep(Duration::from_secs(63)).await;
+    // has passed, the session is gone from the broker (the session's own
+    // expiry, an hour, would keep it).
+    tokio::time::sleep(ADOPTED_EXPIRY + Duration::from_secs(3)).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut o = MqttOptions::new(dead_id, "127.0.0.1", broker.port);
     o.set_clean_start(false);

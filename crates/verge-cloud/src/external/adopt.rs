@@ -33,7 +33,7 @@ use crate::ingest::Upstream;
 /// The session expiry an adopter leaves a drained session with. Longer
 /// than the consumer's reconnect backoff (30 s at most): an owner that
 /// came back between the claim and the end resumes its session before
-/// it expires.
+/// it expires. (Tests shorten it: `Plan::adopted_expiry_secs`.)
 pub const SESSION_END_EXPIRY_SECS: u32 = 60;
 
 /// How often the record is refreshed and records are looked at.
@@ -188,7 +188,7 @@ async fn adopt(cloud: &Cloud, plan: &Plan, dead: &str, tx: &mpsc::Sender<Upstrea
         tracing::info!(client_id = %dead, "external broker: adoption given up (the claim was lost)");
         return;
     }
-    let mut end = Conn::new(plan, dead, false, SESSION_END_EXPIRY_SECS);
+    let mut end = Conn::new(plan, dead, false, plan.adopted_expiry_secs);
     let ended = tokio::time::timeout(Duration::from_secs(10), end.connected()).await;
     if !matches!(ended, Ok(true)) {
         tracing::warn!(client_id = %dead, "external broker: the adopted session's expiry could not be shortened; tried again later");
