@@ -2,7 +2,8 @@
 long poll held by replica B is answered when the node's desired state is
 changed through replica A (PostgreSQL NOTIFY; B re-checks on its own only
 every 10 minutes), the replicas list each other, exactly one leads, and
-when the leader is killed -9 the other takes over.
+when the leader is killed -9 the other takes over; a second process given
+a running replica's id refuses to start.
 
 Needs VERGE_TEST_POSTGRES_URL (a database on the server is made for the
 test and dropped after it) and psql."""
@@ -142,3 +143,29 @@ def test_two_replicas_share_long_polls_and_leadership(database, procs):
     killed.proc.wait()
     wait_for("the surviving replica leads", lambda: any(
         x["this"] and x["leader"] for x in replicas(survivor_url)), survivor, timeout=60)
+
+
+def test_a_second_process_with_a_replicas_id_refuses_to_start(database, procs):
+    """Two live `verge cloud` processes given one `cloud.replica_id`
+    would take each other's broker session: the second stops at start with
+    an error naming the key, and the first goes on."""
+    workdir = Path(tempfile.mkdtemp(prefix="verge-replica-twin-"))
+    (workdir / "a").mkdir()
+    url_a, admin = start_cloud(procs, str(workdir / "a"), extra=(
+        "--set", f"cloud.database={database}", "--set", "cloud.replica_id=twin"))
+    (workdir / "b").mkdir()
+    twin = Proc("cloud-twin", [
+        "cloud",
+        "--set", f"http.bind=127.0.0.1:{free_port()}",
+        "--set", f"mqtt.bind=127.0.0.1:{free_port()}",
+        "--set", f"cloud.data_dir={workdir}/b/cloud",
+        "--set", f"cloud.database={database}",
+        "--set", "cloud.replica_id=twin",
+    ], str(workdir / "b"))
+    procs.append(twin)
+    code = twin.proc.wait(timeout=60)
+    assert code != 0, twin.output()
+    assert "cloud.replica_id: another live process runs as replica `twin`" in twin.output(), twin.output()
+    status, listed = call(url_a, f"Bearer {admin}", "GET", "/api/cloud/replicas")
+    assert status == 200, listed
+    assert [(x["id"], x["this"], x["alive"]) for x in listed] == [("twin", True, True)], listed
