@@ -2,13 +2,16 @@
 tests: each with its output in a log file, stopped at the end of the test
 (and their logs shown) through the `procs` fixture."""
 
+import contextlib
 import getpass
 import json
+import os
 import re
 import shutil
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -161,3 +164,30 @@ class Mosquitto:
     def stop(self):
         if self.proc is not None:
             terminate(self.proc)
+
+
+@contextlib.contextmanager
+def scratch_database(prefix):
+    """A fresh PostgreSQL database `{prefix}_…` on the server of
+    VERGE_TEST_POSTGRES_URL (made and dropped with psql): its URL. Skips
+    the test when that variable is not set or psql is missing."""
+    base = os.environ.get("VERGE_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("set VERGE_TEST_POSTGRES_URL=postgres://user:pass@host/db to run on PostgreSQL")
+    if not shutil.which("psql"):
+        pytest.skip("psql is not installed")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", base, "-q", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
+                   check=True, capture_output=True)
+    try:
+        yield f"{base.rsplit('/', 1)[0]}/{name}"
+    finally:
+        subprocess.run(["psql", base, "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                       capture_output=True)
+
+
+@pytest.fixture
+def database():
+    """A fresh PostgreSQL database's URL (`scratch_database`), dropped after the test."""
+    with scratch_database("verge_interop") as url:
+        yield url

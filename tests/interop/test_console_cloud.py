@@ -13,9 +13,9 @@ screenshot goes to tests/interop/artifacts/console-cloud.png.
 import tempfile
 from pathlib import Path
 
-from cloud_procs import api, procs, start_cloud, wait_for  # noqa: F401 (procs: fixture)
+from cloud_procs import api, database, procs, start_cloud, wait_for  # noqa: F401 (fixtures)
 from test_console import ARTIFACTS, console_page, need_browser
-from test_replicas import database, start_replica  # noqa: F401 (database: fixture)
+from test_replicas import start_replica
 
 try:
     from playwright.sync_api import expect

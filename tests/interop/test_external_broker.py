@@ -41,10 +41,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_procs import Mosquitto, Proc, api, dynsec_available, procs, start_node, wait_for  # noqa: F401 (procs: fixture)
+from cloud_procs import Mosquitto, Proc, api, database, dynsec_available, procs, start_node, wait_for  # noqa: F401 (fixtures)
 from verge_interop import V5, WAIT, Client, free_port, port_open
 
-PG_URL = os.environ.get("VERGE_TEST_POSTGRES_URL")
 READINGS = 600
 
 
@@ -77,20 +76,6 @@ def until(what, check, timeout=60):
             return got
         time.sleep(0.2)
     pytest.fail(what)
-
-
-@pytest.fixture
-def database():
-    """A fresh PostgreSQL database, dropped at the end."""
-    if not PG_URL:
-        pytest.skip("VERGE_TEST_POSTGRES_URL is not set (two replicas need PostgreSQL)")
-    name = f"verge_ext_{uuid.uuid4().hex[:12]}"
-    subprocess.run(["psql", PG_URL, "-q", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
-                   check=True, capture_output=True)
-    base = PG_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    subprocess.run(["psql", PG_URL, "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-                   capture_output=True)
 
 
 # The cloud's consumers keep up to this many unacknowledged messages each

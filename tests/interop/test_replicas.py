@@ -9,20 +9,14 @@ Needs VERGE_TEST_POSTGRES_URL (a database on the server is made for the
 test and dropped after it) and psql."""
 
 import json
-import os
-import shutil
-import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
-import pytest
-
-from cloud_procs import Proc, procs, start_cloud, wait_for  # noqa: F401 (procs: fixture)
+from cloud_procs import Proc, database, procs, start_cloud, wait_for  # noqa: F401 (fixtures)
 from verge_interop import free_port, port_open
 
 
@@ -38,20 +32,6 @@ def call(url, auth, method, path, body=None, timeout=10):
     except urllib.error.HTTPError as e:
         raw = e.read()
         return e.code, (json.loads(raw) if raw else None)
-
-
-@pytest.fixture
-def database():
-    """A fresh PostgreSQL database's URL, dropped after the test."""
-    base = os.environ.get("VERGE_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("set VERGE_TEST_POSTGRES_URL=postgres://user:pass@host/db to run the replica tests")
-    if not shutil.which("psql"):
-        pytest.skip("psql is not installed")
-    name = f"verge_replicas_{uuid.uuid4().hex[:12]}"
-    subprocess.run(["psql", base, "-qc", f"CREATE DATABASE {name}"], check=True)
-    yield base.rsplit("/", 1)[0] + "/" + name
-    subprocess.run(["psql", base, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
 
 
 def start_replica(procs, workdir, name, db_url):
