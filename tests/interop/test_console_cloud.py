@@ -11,11 +11,10 @@ screenshot goes to tests/interop/artifacts/console-cloud.png.
 """
 
 import tempfile
-from pathlib import Path
 
 from cloud_procs import api, database, procs, start_cloud, wait_for  # noqa: F401 (fixtures)
 from test_console import ARTIFACTS, console_page, need_browser
-from test_replicas import start_replica
+from test_replicas import two_replicas
 
 try:
     from playwright.sync_api import expect
@@ -48,12 +47,8 @@ def test_the_cloud_page_shows_this_replica_leading(procs):
 
 def test_the_cloud_page_shows_two_replicas_and_the_one_leader(database, procs):
     need_browser()
-    workdir = Path(tempfile.mkdtemp(prefix="verge-console-cloud-pg-"))
-    (workdir / "a").mkdir()
-    url_a, admin = start_cloud(procs, str(workdir / "a"), extra=(
-        "--set", f"cloud.database={database}", "--set", "cloud.replica_id=console-a"))
-    cloud_a = procs[-1]
-    _, url_b = start_replica(procs, str(workdir / "b"), "cloud-b", database)
+    _, admin, cloud_a, _, url_b = two_replicas(procs, database, "verge-console-cloud-pg-",
+                                               ("--set", "cloud.replica_id=console-a"))
     listed = wait_for("both replicas listed, one leading", lambda: (
         (r := api(url_b, admin, "/api/cloud/replicas")) and len(r) == 2
         and all(x["alive"] for x in r) and sum(x["leader"] for x in r) == 1 and r), cloud_a, timeout=30)

@@ -52,13 +52,20 @@ def start_replica(procs, workdir, name, db_url):
     return cloud, f"http://127.0.0.1:{http}"
 
 
-def test_two_replicas_share_long_polls_and_leadership(database, procs):
-    workdir = Path(tempfile.mkdtemp(prefix="verge-replicas-"))
+def two_replicas(procs, database, prefix, a_extra=()):
+    """Replica A (`start_cloud`, with `a_extra`) and replica B on
+    `database`: (url_a, admin token, A's Proc, B's Proc, url_b)."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     (workdir / "a").mkdir()
     url_a, admin = start_cloud(procs, str(workdir / "a"), extra=(
-        "--set", f"cloud.database={database}", "--set", "cloud.long_poll_recheck=10m"))
+        "--set", f"cloud.database={database}", "--set", "cloud.long_poll_recheck=10m", *a_extra))
     cloud_a = procs[-1]
     cloud_b, url_b = start_replica(procs, str(workdir / "b"), "cloud-b", database)
+    return url_a, admin, cloud_a, cloud_b, url_b
+
+
+def test_two_replicas_share_long_polls_and_leadership(database, procs):
+    url_a, admin, cloud_a, cloud_b, url_b = two_replicas(procs, database, "verge-replicas-")
     bearer = f"Bearer {admin}"
 
     # Both are listed, by either; exactly one leads.
