@@ -2,11 +2,16 @@
 tests: each with its output in a log file, stopped at the end of the test
 (and their logs shown) through the `procs` fixture."""
 
+import contextlib
+import getpass
 import json
+import os
 import re
+import shutil
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -102,3 +107,87 @@ def start_node(procs, workdir, cloud_url, join_token, ports=None, extra=()):
     procs.append(node)
     wait_for(f"the node did not listen on 127.0.0.1:{ports['tcp']}", lambda: port_open(ports["tcp"]), node)
     return node, ports
+
+
+DYNSEC_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+
+
+def dynsec_available():
+    """Whether Debian's mosquitto, its dynamic-security plugin and mosquitto_ctrl are installed."""
+    return bool(shutil.which("mosquitto") and shutil.which("mosquitto_ctrl") and DYNSEC_PLUGIN.exists())
+
+
+class Mosquitto:
+    """Debian's mosquitto on a free loopback port, its config and log in
+    `workdir`/mosquitto: `configure` writes the config, `launch` starts it
+    (again) and waits until it listens, `stop` ends it by its PID."""
+
+    def __init__(self, workdir):
+        self.dir = Path(workdir, "mosquitto")
+        self.dir.mkdir()
+        self.port = free_port()
+        self.conf = self.dir / "mosquitto.conf"
+        self.log_path = self.dir / "mosquitto.log"
+        self.log = open(self.log_path, "a+")
+        self.proc = None
+
+    def configure(self, *lines):
+        """The config: the listener (no anonymous clients) and `lines`.
+        Started as root, mosquitto would switch to its own user, which may
+        not read the test's files: it runs as the test's user."""
+        head = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "allow_anonymous false"]
+        self.conf.write_text("".join(f"{line}\n" for line in [*head, *lines]))
+
+    def dynsec_init(self, admin_password):
+        """Make the dynamic-security plugin's config with user `admin`;
+        the config lines that load it."""
+        config = self.dir / "dynsec.json"
+        subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(config), "admin", admin_password],
+                       check=True, capture_output=True)
+        return [f"plugin {DYNSEC_PLUGIN}", f"plugin_opt_config_file {config}"]
+
+    def launch(self):
+        """Start mosquitto on its config and wait until it listens."""
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while not port_open(self.port):
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(f"mosquitto did not listen:\n{self.output()[-4000:]}")
+            time.sleep(0.05)
+
+    def output(self):
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc is not None:
+            terminate(self.proc)
+
+
+@contextlib.contextmanager
+def scratch_database(prefix):
+    """A fresh PostgreSQL database `{prefix}_…` on the server of
+    VERGE_TEST_POSTGRES_URL (made and dropped with psql): its URL. Skips
+    the test when that variable is not set or psql is missing."""
+    base = os.environ.get("VERGE_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("set VERGE_TEST_POSTGRES_URL=postgres://user:pass@host/db to run on PostgreSQL")
+    if not shutil.which("psql"):
+        pytest.skip("psql is not installed")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", base, "-q", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
+                   check=True, capture_output=True)
+    try:
+        yield f"{base.rsplit('/', 1)[0]}/{name}"
+    finally:
+        subprocess.run(["psql", base, "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                       capture_output=True)
+
+
+@pytest.fixture
+def database():
+    """A fresh PostgreSQL database's URL (`scratch_database`), dropped after the test."""
+    with scratch_database("verge_interop") as url:
+        yield url

@@ -5,24 +5,19 @@ client and role into the broker; paho clients then check what a node may
 do there. The cloud's own node channel stays embedded here: provisioning
 does not depend on it."""
 
-import getpass
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from cloud_procs import procs, start_cloud, wait_for  # noqa: F401 - fixture
-from verge_interop import V5, Client, free_port, port_open, terminate
-
-DYNSEC = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+from cloud_procs import Mosquitto, dynsec_available, procs, start_cloud, wait_for  # noqa: F401 - fixture
+from verge_interop import V5, Client, terminate
 
 
 def private(path, text):
@@ -44,38 +39,14 @@ def call(url, token, method, path, body=None):
         return e.code, json.loads(e.read() or b"null")
 
 
-class Mosquitto:
-    """Mosquitto with the dynamic-security plugin on a free loopback port."""
+class DynsecBroker(Mosquitto):
+    """Mosquitto with the dynamic-security plugin."""
 
     def __init__(self, workdir, admin_password):
-        self.port = free_port()
-        self.dir = Path(workdir) / "mosquitto"
-        self.dir.mkdir()
-        self.config = self.dir / "dynsec.json"
-        subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(self.config), "admin", admin_password],
-                       check=True, capture_output=True)
+        super().__init__(workdir)
         self.admin_password = admin_password
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous false\n"
-            f"plugin {DYNSEC}\n"
-            f"plugin_opt_config_file {self.config}\n"
-            "persistence false\n"
-            # Started as root, mosquitto would switch to its own user,
-            # which may not read the test's files.
-            f"user {getpass.getuser()}\n"
-        )
-        self.log_path = self.dir / "mosquitto.log"
-        self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while not port_open(self.port):
-            if time.time() > deadline or self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"mosquitto did not listen:\n{self.log_path.read_text()}")
-            time.sleep(0.05)
+        self.configure(*self.dynsec_init(admin_password), "persistence false")
+        self.launch()
         self.endpoint = SimpleNamespace(tcp=self.port)
 
     def ctrl(self, *args):
@@ -93,18 +64,15 @@ class Mosquitto:
         (the one its broker client is bound to)."""
         return self.client(node, password, cid or f"verge-node-{node}")
 
-    def stop(self):
-        terminate(self.proc)
-        print(f"----- mosquitto ({self.log_path}) -----\n{self.log_path.read_text()[-4000:]}")
-
 
 @pytest.fixture
 def mosquitto(tmp_path):
-    if not shutil.which("mosquitto") or not shutil.which("mosquitto_ctrl") or not DYNSEC.exists():
+    if not dynsec_available():
         pytest.skip("needs Debian's mosquitto with mosquitto_dynamic_security.so and mosquitto_ctrl")
-    m = Mosquitto(tmp_path, "admin-" + uuid.uuid4().hex)
+    m = DynsecBroker(tmp_path, "admin-" + uuid.uuid4().hex)
     yield m
     m.stop()
+    print(f"----- mosquitto ({m.log_path}) -----\n{m.output()[-4000:]}")
 
 
 def refused(c):
@@ -230,10 +198,7 @@ def test_join_is_refused_while_the_broker_is_down_and_the_token_still_works(tmp_
     assert s == 503, v
     assert v["error"]["code"] == "broker_unavailable", v
     # the broker comes back (same config file): the same token joins
-    mosquitto.proc = subprocess.Popen(["mosquitto", "-c", str(mosquitto.dir / "mosquitto.conf")],
-                                      stdout=mosquitto.log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
-    wait_for("mosquitto did not come back", lambda: port_open(mosquitto.port), procs[-1])
+    mosquitto.launch()
     deadline = time.time() + 30
     while True:
         s, v = call(url, None, "POST", "/api/agent/join", {"token": join_token, "hostname": "h"})

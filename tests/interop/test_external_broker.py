@@ -41,10 +41,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud_procs import Proc, api, procs, start_node, wait_for  # noqa: F401 (procs: fixture)
+from cloud_procs import Mosquitto, Proc, api, database, dynsec_available, procs, start_node, wait_for  # noqa: F401 (fixtures)
 from verge_interop import V5, WAIT, Client, free_port, port_open
 
-PG_URL = os.environ.get("VERGE_TEST_POSTGRES_URL")
 READINGS = 600
 
 
@@ -79,63 +78,25 @@ def until(what, check, timeout=60):
     pytest.fail(what)
 
 
-@pytest.fixture
-def database():
-    """A fresh PostgreSQL database, dropped at the end."""
-    if not PG_URL:
-        pytest.skip("VERGE_TEST_POSTGRES_URL is not set (two replicas need PostgreSQL)")
-    name = f"verge_ext_{uuid.uuid4().hex[:12]}"
-    subprocess.run(["psql", PG_URL, "-q", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
-                   check=True, capture_output=True)
-    base = PG_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    subprocess.run(["psql", PG_URL, "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-                   capture_output=True)
+# The cloud's consumers keep up to this many unacknowledged messages each
+# (its receive maximum is 1000).
+BROKER_LIMITS = ["persistence false", "max_inflight_messages 100", "max_queued_messages 10000",
+                 "log_dest stdout", "log_type all"]
 
 
-class Mosquitto:
-    """Debian's mosquitto on a free loopback port with a password file and
-    an ACL file."""
+class PasswordFileBroker(Mosquitto):
+    """Mosquitto with a password file and an ACL file."""
 
     def __init__(self, workdir, cloud_password):
-        self.dir = Path(workdir, "mosquitto")
-        self.dir.mkdir()
-        self.port = free_port()
+        super().__init__(workdir)
         self.passwords = self.dir / "passwords"
         subprocess.run(["mosquitto_passwd", "-b", "-c", str(self.passwords), "cloud", cloud_password],
                        check=True, capture_output=True)
         acl = self.dir / "acl"
         acl.write_text("user cloud\ntopic readwrite nodes/#\n\n"
                        "pattern write nodes/%u/up/#\npattern read nodes/%u/down/#\n")
-        conf = self.dir / "mosquitto.conf"
-        # Run as root, mosquitto would switch to its own user and could
-        # not read the files in the test's private directory.
-        user = f"user {os.environ.get('USER') or 'root'}\n" if os.geteuid() == 0 else ""
-        conf.write_text(
-            user +
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous false\n"
-            f"password_file {self.passwords}\n"
-            f"acl_file {acl}\n"
-            "persistence false\n"
-            # The cloud's consumers keep up to this many unacknowledged
-            # messages each (its receive maximum is 1000).
-            "max_inflight_messages 100\n"
-            "max_queued_messages 10000\n"
-            "log_dest stdout\nlog_type all\n")
-        self.launch(conf)
-
-    def launch(self, conf):
-        """Start mosquitto on `conf` and wait until it listens."""
-        self.log = open(self.dir / "mosquitto.log", "w+")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while not port_open(self.port):
-            if time.time() > deadline or self.proc.poll() is not None:
-                self.stop()
-                pytest.fail(f"mosquitto did not listen:\n{self.output()}")
-            time.sleep(0.1)
+        self.configure(f"password_file {self.passwords}", f"acl_file {acl}", *BROKER_LIMITS)
+        self.launch()
 
     def add_user(self, user, password):
         subprocess.run(["mosquitto_passwd", "-b", str(self.passwords), user, password],
@@ -146,51 +107,19 @@ class Mosquitto:
         """What the replicas add for this broker's credentials: none."""
         return []
 
-    def output(self):
-        self.log.flush()
-        return (self.dir / "mosquitto.log").read_text(errors="replace")
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-DYNSEC = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
-
-
-class DynsecMosquitto(Mosquitto):
-    """Debian's mosquitto with the dynamic-security plugin: the cloud
-    writes its own user and every node's credentials into it."""
+class DynsecBroker(Mosquitto):
+    """Mosquitto with the dynamic-security plugin: the cloud writes its
+    own user and every node's credentials into it."""
 
     def __init__(self, workdir, cloud_password):
-        self.dir = Path(workdir, "mosquitto")
-        self.dir.mkdir()
-        self.port = free_port()
+        super().__init__(workdir)
         self.admin_password = "admin-" + uuid.uuid4().hex
-        config = self.dir / "dynsec.json"
-        subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(config), "admin", self.admin_password],
-                       check=True, capture_output=True)
         self.admin_file = self.dir / "admin-password"
         self.admin_file.write_text(self.admin_password + "\n")
         self.admin_file.chmod(0o600)
-        conf = self.dir / "mosquitto.conf"
-        user = f"user {os.environ.get('USER') or 'root'}\n" if os.geteuid() == 0 else ""
-        conf.write_text(
-            user +
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous false\n"
-            f"plugin {DYNSEC}\n"
-            f"plugin_opt_config_file {config}\n"
-            "persistence false\n"
-            "max_inflight_messages 100\n"
-            "max_queued_messages 10000\n"
-            "log_dest stdout\nlog_type all\n")
-        self.launch(conf)
+        self.configure(*self.dynsec_init(self.admin_password), *BROKER_LIMITS)
+        self.launch()
 
     def add_user(self, user, password):
         """Nothing to do: the cloud provisioned the node at its join."""
@@ -229,14 +158,14 @@ def start_replica(procs, workdir, name, db, broker, password_file):
 @pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
 @pytest.mark.parametrize("credentials", ["dynsec", "password-file"])
 def test_two_replicas_on_mosquitto_store_once_through_a_kill_and_send_commands(database, procs, credentials):
-    if credentials == "dynsec" and (not DYNSEC.exists() or shutil.which("mosquitto_ctrl") is None):
+    if credentials == "dynsec" and not dynsec_available():
         pytest.skip("needs Debian's mosquitto_dynamic_security.so and mosquitto_ctrl")
     workdir = tempfile.mkdtemp(prefix="verge-external-")
     cloud_password = uuid.uuid4().hex
     password_file = Path(workdir, "cloud-mqtt-password")
     password_file.write_text(cloud_password + "\n")
     password_file.chmod(0o600)
-    kind = DynsecMosquitto if credentials == "dynsec" else Mosquitto
+    kind = DynsecBroker if credentials == "dynsec" else PasswordFileBroker
     broker = kind(workdir, cloud_password)
     try:
         run(procs, workdir, database, broker, password_file)

@@ -14,20 +14,16 @@ on PostgreSQL when VERGE_TEST_POSTGRES_URL is set) and three `verge node
   local-only on a node stays the node's when a revision changes it.
 """
 
-import os
-import subprocess
 import tempfile
 import time
 import urllib.error
-import uuid
 from pathlib import Path
 
 import pytest
 
-from cloud_procs import api, procs, start_cloud, start_node, wait_for  # noqa: F401 (procs: fixture)
+from cloud_procs import api, procs, scratch_database, start_cloud, start_node, wait_for  # noqa: F401 (procs: fixture)
 from test_components_cloud import archive, cloud_call
 
-PG_URL = os.environ.get("VERGE_TEST_POSTGRES_URL")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -36,15 +32,8 @@ def database(request):
     if request.param == "sqlite":
         yield []
         return
-    if not PG_URL:
-        pytest.skip("VERGE_TEST_POSTGRES_URL is not set")
-    name = f"verge_fleet_{uuid.uuid4().hex[:12]}"
-    subprocess.run(["psql", PG_URL, "-q", "-v", "ON_ERROR_STOP=1", "-c", f"CREATE DATABASE {name}"],
-                   check=True, capture_output=True)
-    base = PG_URL.rsplit("/", 1)[0]
-    yield ["--set", f"cloud.database={base}/{name}"]
-    subprocess.run(["psql", PG_URL, "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-                   capture_output=True)
+    with scratch_database("verge_fleet") as url:
+        yield ["--set", f"cloud.database={url}"]
 
 
 def until(what, check, timeout=45):

@@ -2,26 +2,21 @@
 long poll held by replica B is answered when the node's desired state is
 changed through replica A (PostgreSQL NOTIFY; B re-checks on its own only
 every 10 minutes), the replicas list each other, exactly one leads, and
-when the leader is killed -9 the other takes over.
+when the leader is killed -9 the other takes over; a second process given
+a running replica's id refuses to start.
 
 Needs VERGE_TEST_POSTGRES_URL (a database on the server is made for the
 test and dropped after it) and psql."""
 
 import json
-import os
-import shutil
-import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
-import pytest
-
-from cloud_procs import Proc, procs, start_cloud, wait_for  # noqa: F401 (procs: fixture)
+from cloud_procs import Proc, database, procs, start_cloud, wait_for  # noqa: F401 (fixtures)
 from verge_interop import free_port, port_open
 
 
@@ -37,20 +32,6 @@ def call(url, auth, method, path, body=None, timeout=10):
     except urllib.error.HTTPError as e:
         raw = e.read()
         return e.code, (json.loads(raw) if raw else None)
-
-
-@pytest.fixture
-def database():
-    """A fresh PostgreSQL database's URL, dropped after the test."""
-    base = os.environ.get("VERGE_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("set VERGE_TEST_POSTGRES_URL=postgres://user:pass@host/db to run the replica tests")
-    if not shutil.which("psql"):
-        pytest.skip("psql is not installed")
-    name = f"verge_replicas_{uuid.uuid4().hex[:12]}"
-    subprocess.run(["psql", base, "-qc", f"CREATE DATABASE {name}"], check=True)
-    yield base.rsplit("/", 1)[0] + "/" + name
-    subprocess.run(["psql", base, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
 
 
 def start_replica(procs, workdir, name, db_url):
@@ -71,13 +52,20 @@ def start_replica(procs, workdir, name, db_url):
     return cloud, f"http://127.0.0.1:{http}"
 
 
-def test_two_replicas_share_long_polls_and_leadership(database, procs):
-    workdir = Path(tempfile.mkdtemp(prefix="verge-replicas-"))
+def two_replicas(procs, database, prefix, a_extra=()):
+    """Replica A (`start_cloud`, with `a_extra`) and replica B on
+    `database`: (url_a, admin token, A's Proc, B's Proc, url_b)."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     (workdir / "a").mkdir()
     url_a, admin = start_cloud(procs, str(workdir / "a"), extra=(
-        "--set", f"cloud.database={database}", "--set", "cloud.long_poll_recheck=10m"))
+        "--set", f"cloud.database={database}", "--set", "cloud.long_poll_recheck=10m", *a_extra))
     cloud_a = procs[-1]
     cloud_b, url_b = start_replica(procs, str(workdir / "b"), "cloud-b", database)
+    return url_a, admin, cloud_a, cloud_b, url_b
+
+
+def test_two_replicas_share_long_polls_and_leadership(database, procs):
+    url_a, admin, cloud_a, cloud_b, url_b = two_replicas(procs, database, "verge-replicas-")
     bearer = f"Bearer {admin}"
 
     # Both are listed, by either; exactly one leads.
@@ -142,3 +130,29 @@ def test_two_replicas_share_long_polls_and_leadership(database, procs):
     killed.proc.wait()
     wait_for("the surviving replica leads", lambda: any(
         x["this"] and x["leader"] for x in replicas(survivor_url)), survivor, timeout=60)
+
+
+def test_a_second_process_with_a_replicas_id_refuses_to_start(database, procs):
+    """Two live `verge cloud` processes given one `cloud.replica_id`
+    would take each other's broker session: the second stops at start with
+    an error naming the key, and the first goes on."""
+    workdir = Path(tempfile.mkdtemp(prefix="verge-replica-twin-"))
+    (workdir / "a").mkdir()
+    url_a, admin = start_cloud(procs, str(workdir / "a"), extra=(
+        "--set", f"cloud.database={database}", "--set", "cloud.replica_id=twin"))
+    (workdir / "b").mkdir()
+    twin = Proc("cloud-twin", [
+        "cloud",
+        "--set", f"http.bind=127.0.0.1:{free_port()}",
+        "--set", f"mqtt.bind=127.0.0.1:{free_port()}",
+        "--set", f"cloud.data_dir={workdir}/b/cloud",
+        "--set", f"cloud.database={database}",
+        "--set", "cloud.replica_id=twin",
+    ], str(workdir / "b"))
+    procs.append(twin)
+    code = twin.proc.wait(timeout=60)
+    assert code != 0, twin.output()
+    assert "cloud.replica_id: another live process runs as replica `twin`" in twin.output(), twin.output()
+    status, listed = call(url_a, f"Bearer {admin}", "GET", "/api/cloud/replicas")
+    assert status == 200, listed
+    assert [(x["id"], x["this"], x["alive"]) for x in listed] == [("twin", True, True)], listed

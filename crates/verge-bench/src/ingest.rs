@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 use verge_broker::Message;
+use verge_cloud::testing::ScratchDb;
 use verge_cloud::{Cloud, CloudConfig};
 use verge_mqtt::QoS;
 use verge_protocol::topics::{self, VERGE_ID_PROPERTY, VERGE_TIME_PROPERTY};
@@ -121,14 +122,25 @@ async fn all(args: &IngestBenchArgs) -> anyhow::Result<Vec<IngestRow>> {
         if !(base.starts_with("postgres:") || base.starts_with("postgresql:")) {
             bail!("--database: `{base}` is not a postgres:// URL");
         }
-        let (url, name) = scratch_db(base).await?;
+        let db = ScratchDb::create(base, "verge_bench_ingest")
+            .await
+            .with_context(|| {
+                format!("--database: a scratch database on {base} (does the user have CREATEDB?)")
+            })?;
         let dir = tempfile::tempdir().context("temporary directory")?;
         let result = async {
-            let cloud = open(dir.path(), url).await?;
-            measure(&cloud, "postgres", args, &args.concurrency).await
+            let cloud = open(dir.path(), db.url().to_owned()).await?;
+            let rows = measure(&cloud, "postgres", args, &args.concurrency).await;
+            // Stopped before its database goes: its `LISTEN` connection
+            // would warn of the dropped database.
+            cloud.close().await;
+            rows
         }
         .await;
-        drop_db(base, &name).await;
+        let name = db.name().to_owned();
+        if let Err(e) = db.drop_now().await {
+            eprintln!("could not drop the scratch database {name}: {e}");
+        }
         rows.extend(result?);
     }
     Ok(rows)
@@ -145,40 +157,6 @@ async fn open(dir: &std::path::Path, database: String) -> anyhow::Result<Cloud> 
         verge_duration::HumanDuration(Duration::from_secs(30 * 24 * 3600));
     let (cloud, _) = Cloud::open(cfg).await.context("opening the cloud")?;
     Ok(cloud)
-}
-
-/// Create a scratch database on the server of `base`; its URL and name.
-async fn scratch_db(base: &str) -> anyhow::Result<(String, String)> {
-    sqlx::any::install_default_drivers();
-    let name = format!("verge_bench_ingest_{}", std::process::id());
-    let pool = sqlx::AnyPool::connect(base)
-        .await
-        .with_context(|| format!("connecting to {base}"))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .context("creating the scratch database (does the user have CREATEDB?)")?;
-    pool.close().await;
-    let (server, _) = base
-        .split_once('?')
-        .map_or(base, |(b, _)| b)
-        .rsplit_once('/')
-        .context("--database: a URL with a database name")?;
-    Ok((format!("{server}/{name}"), name))
-}
-
-async fn drop_db(base: &str, name: &str) {
-    let dropped = async {
-        let pool = sqlx::AnyPool::connect(base).await?;
-        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
-        pool.close().await;
-        Ok::<_, sqlx::Error>(())
-    }
-    .await;
-    if let Err(e) = dropped {
-        eprintln!("could not drop the scratch database {name}: {e}");
-    }
 }
 
 /// The messages of one row: node `n` sends `devices/d{k}/telemetry` with

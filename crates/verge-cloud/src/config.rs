@@ -181,6 +181,18 @@ pub struct MqttExternalSection {
     pub admin_username: String,
     /// File holding the admin user's password (one line; mode 0600).
     pub admin_password_file: Option<PathBuf>,
+    /// The session expiry an adopter leaves a drained session with
+    /// (`crate::external::adopt`): not a config key (always 60 s, longer
+    /// than the consumer's reconnect backoff, outside tests, which
+    /// shorten it so as not to wait a minute for the broker to drop it).
+    #[doc(hidden)]
+    #[serde(skip, default = "adopted_session_expiry")]
+    pub adopted_session_expiry: Duration,
+}
+
+/// [`MqttExternalSection::adopted_session_expiry`]'s value.
+fn adopted_session_expiry() -> Duration {
+    Duration::from_secs(u64::from(crate::external::adopt::SESSION_END_EXPIRY_SECS))
 }
 
 impl Default for MqttExternalSection {
@@ -197,6 +209,7 @@ impl Default for MqttExternalSection {
             admin_url: String::new(),
             admin_username: String::new(),
             admin_password_file: None,
+            adopted_session_expiry: adopted_session_expiry(),
         }
     }
 }

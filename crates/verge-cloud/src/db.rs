@@ -226,6 +226,13 @@ const POSTGRES_V12: &[&str] = &[
     "CREATE INDEX messages_default_queued ON messages_default (queued_ms)",
 ];
 
+/// Duplicate replica ids (`crate::replicas::check_unique`): each start of
+/// a replica writes a random instance nonce into its row, so a second
+/// live process given the same `cloud.replica_id` is told apart from a
+/// restart of the same replica. Rows written before have `''`.
+const REPLICAS_COMMON_V13: &[&str] =
+    &["ALTER TABLE cloud_replicas ADD COLUMN instance TEXT NOT NULL DEFAULT ''"];
+
 /// Every migration, oldest first. Append only.
 fn migrations() -> Vec<Migration> {
     let join = |a: &'static [&'static str],
@@ -291,6 +298,11 @@ fn migrations() -> Vec<Migration> {
             version: 12,
             sqlite: SQLITE_V12,
             postgres: POSTGRES_V12,
+        },
+        Migration {
+            version: 13,
+            sqlite: REPLICAS_COMMON_V13,
+            postgres: REPLICAS_COMMON_V13,
         },
     ]
 }
@@ -575,19 +587,10 @@ mod tests {
     /// Needs `VERGE_TEST_POSTGRES_URL` (skipped, saying so, without it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn migration_12_partitions_an_existing_messages_table_keeping_rows() {
-        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: set VERGE_TEST_POSTGRES_URL to run on PostgreSQL");
+        let Some(db) = crate::testing::ScratchDb::from_env("verge_mig12").await else {
             return;
         };
-        sqlx::any::install_default_drivers();
-        let name = format!("verge_mig12_{}_{}", std::process::id(), now_ms());
-        let admin = AnyPool::connect(&base).await.expect("connect");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        let (server, _) = base.rsplit_once('/').expect("url with a database");
-        let url = format!("{server}/{name}");
+        let url = db.url().to_owned();
         let pool = AnyPool::connect(&url).await.expect("connect");
         migrate_upto(&pool, Dialect::Postgres, 9)
             .await
@@ -651,11 +654,6 @@ mod tests {
         assert_eq!(in_default, 0);
         pg.close().await;
         pool.close().await;
-        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(&admin)
-            .await
-            .expect("drop database");
-        admin.close().await;
+        db.drop_now().await.expect("drop database");
     }
 }

@@ -638,6 +638,7 @@ pub async fn prune(cloud: &Cloud) -> sqlx::Result<u64> {
         .bind(now - crate::api::agent::METRICS_KEEP_MS)
         .execute(pool)
         .await?;
+    crate::external::adopt::prune_done(pool, now).await?;
     Ok(pruned)
 }
 
@@ -687,27 +688,11 @@ mod tests {
     /// `VERGE_TEST_POSTGRES_URL`; skipped, saying so, without it).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pruner_deletes_by_age_and_count_and_counts_it_on_postgres() {
-        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: set VERGE_TEST_POSTGRES_URL to run on PostgreSQL");
+        let Some(db) = crate::testing::ScratchDb::from_env("verge_prune").await else {
             return;
         };
-        sqlx::any::install_default_drivers();
-        let name = format!("verge_prune_{}_{}", std::process::id(), now_ms());
-        let admin = sqlx::AnyPool::connect(&base).await.expect("connect");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        admin.close().await;
-        let (server, _) = base.rsplit_once('/').expect("url with a database");
-        pruner_on(Some(format!("{server}/{name}"))).await;
-        let admin = sqlx::AnyPool::connect(&base).await.expect("connect");
-        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(&admin)
-            .await
-            .expect("drop database");
-        admin.close().await;
+        pruner_on(Some(db.url().to_owned())).await;
+        db.drop_now().await.expect("drop database");
     }
 
     async fn pruner_on(database: Option<String>) {
@@ -847,5 +832,29 @@ mod tests {
         );
         // Nothing more to do: a second pass deletes nothing.
         assert_eq!(prune_once(&cloud).await.expect("prune"), 0);
+        // Records of adoptions finished over a day ago go; a recent one
+        // and records still alive or being adopted stay.
+        let day = crate::external::adopt::DONE_KEEP_MS;
+        for (client, seen, done) in [
+            ("done-old", now - 2 * day, Some(now - day - 1000)),
+            ("done-new", now - 2 * day, Some(now - 1000)),
+            ("adopting", now - 2 * day, None),
+            ("alive", now, None),
+        ] {
+            sqlx::query(
+                "INSERT INTO mqtt_consumer_sessions (client_id, replica, seen_ms, done_ms) VALUES ($1, 'r', $2, $3)",
+            )
+            .bind(client)
+            .bind(seen)
+            .bind(done)
+            .execute(pool)
+            .await
+            .expect("insert session record");
+        }
+        prune_once(&cloud).await.expect("prune");
+        assert_eq!(
+            ids("SELECT client_id FROM mqtt_consumer_sessions ORDER BY client_id").await,
+            ["adopting", "alive", "done-new"]
+        );
     }
 }

@@ -42,6 +42,8 @@ mod revisions;
 mod rollouts;
 mod routes;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,6 +107,8 @@ pub(crate) struct Inner {
     pub(crate) wake: replicas::wake::WakeHub,
     /// Set once the cloud shuts down.
     pub(crate) stop: watch::Sender<bool>,
+    /// Why the cloud stopped by itself (`Cloud::fail`): `serve` returns it.
+    failed: Mutex<Option<CloudError>>,
     /// Counters.
     pub(crate) metrics: Metrics,
     /// Wakes the rollout driver (a node reported its status).
@@ -182,6 +186,8 @@ impl Cloud {
             })?;
         }
         let pool = db::open(&cfg.database_url(), cfg.cloud.database_connections).await?;
+        let replica = replicas::Replica::new(replica_id, db::is_postgres(&cfg.database_url()));
+        replicas::check_unique(&pool, &replica).await?;
         if let Some(file) = &sqlite_file {
             db::make_private(file).map_err(|error| CloudError::Io {
                 what: format!("{}", file.display()),
@@ -268,13 +274,11 @@ impl Cloud {
                 auth,
                 mqtt_tls,
                 functions,
-                replica: replicas::Replica {
-                    id: replica_id,
-                    started_ms: db::now_ms(),
-                },
+                replica,
                 leader: replicas::leader::Leadership::new(!postgres),
                 wake: replicas::wake::WakeHub::new(!postgres),
                 stop,
+                failed: Mutex::new(None),
                 metrics: Metrics::default(),
                 rollouts_wake: tokio::sync::Notify::new(),
                 dispatch_wake: tokio::sync::Notify::new(),
@@ -296,6 +300,7 @@ impl Cloud {
             &inner.replica,
             &inner.cfg.http_url(),
             inner.leader.is_leader(),
+            replicas::Claim::Take,
         )
         .await?;
         if cloud.inner.dynsec.is_some() {
@@ -490,8 +495,14 @@ impl Cloud {
             });
         }
         let stop = self.inner.stop.clone();
+        let mut stopped = stop.subscribe();
         let signal = async move {
-            shutdown.await;
+            // A shutdown asked for, or the cloud stopping by itself
+            // (`Cloud::fail`).
+            tokio::select! {
+                () = shutdown => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
             let _ = stop.send(true);
         };
         let served = axum::serve(http, self.router())
@@ -503,6 +514,26 @@ impl Cloud {
             });
         let _ = self.inner.stop.send(true);
         broker.shutdown().await;
+        self.close().await;
+        let failed = self.inner.failed.lock().ok().and_then(|mut f| f.take());
+        match failed {
+            Some(e) => Err(e),
+            None => served,
+        }
+    }
+
+    /// Stop the background tasks (ingest, pruning, the replica heartbeat,
+    /// which deletes this replica's row, the `LISTEN` connection, …) and
+    /// close the database: the end of `serve`, and the way to stop a cloud
+    /// that was opened but never served (`verge bench ingest` does, before
+    /// it drops its scratch database).
+    pub async fn close(&self) {
+        let _ = self.inner.stop.send(true);
+        // Not served: the broker was never taken by `serve`.
+        let broker = self.inner.broker.lock().ok().and_then(|mut b| b.take());
+        if let Some(broker) = broker {
+            broker.shutdown().await;
+        }
         let tasks = self
             .inner
             .tasks
@@ -523,7 +554,15 @@ impl Cloud {
         if let Some(pg) = &self.inner.pg {
             pg.close().await;
         }
-        served
+    }
+
+    /// Stop the cloud because of `error` (a background task found it
+    /// cannot go on): `serve` shuts down as on a signal and returns it.
+    pub(crate) fn fail(&self, error: CloudError) {
+        if let Ok(mut f) = self.inner.failed.lock() {
+            f.get_or_insert(error);
+        }
+        let _ = self.inner.stop.send(true);
     }
 
     /// Rebuild the broker's registry from the database: one device per

@@ -28,6 +28,10 @@ use common::{Harness, harness_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The expiry an adopter leaves a drained session with here (60 s
+/// outside tests).
+const ADOPTED_EXPIRY: Duration = Duration::from_secs(3);
+
 /// Each test on SQLite and PostgreSQL (`pg`): the harness is made inside,
 /// after Mosquitto is up.
 macro_rules! on_both {
@@ -126,6 +130,7 @@ async fn external(postgres: bool, broker: &Mosquitto) -> Option<Harness> {
         c.mqtt.mode = MqttMode::External;
         c.mqtt.external.url = format!("mqtt://127.0.0.1:{port}");
         c.mqtt.external.adopt_after = verge_duration::HumanDuration(Duration::from_secs(3));
+        c.mqtt.external.adopted_session_expiry = ADOPTED_EXPIRY;
     })
     .await?;
     until(&h, "the consumer connected", |m| {
@@ -160,7 +165,7 @@ async fn until(h: &Harness, what: &str, done: impl Fn(&str) -> bool) -> String {
 }
 
 async fn stored(h: &Harness, node: &str) -> (i64, i64) {
-    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    let pool = h.db().await;
     let n: (i64, i64) = sqlx::query_as(
         "SELECT COUNT(*), COUNT(DISTINCT verge_id) FROM messages WHERE node_id = $1",
     )
@@ -282,13 +287,11 @@ async fn upstream_is_stored_once_and_strangers_are_acknowledged(pg: bool) {
         Some(0),
         "{m}"
     );
-    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
-    let ghost: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE node_id = 'ghost'")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    assert_eq!(ghost.0, 0);
-    pool.close().await;
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM messages WHERE node_id = 'ghost'")
+            .await,
+        0
+    );
 }
 
 async fn a_large_upstream_message_is_stored(pg: bool) {
@@ -321,7 +324,7 @@ async fn a_message_not_stored_is_not_acknowledged_and_comes_again(pg: bool) {
     up(&n, &node, "r0", "{}").await;
     until_stored(&h, &node, 1).await;
     // The table is away: the next message cannot be stored.
-    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    let pool = h.db().await;
     sqlx::query("ALTER TABLE messages RENAME TO messages_away")
         .execute(&pool)
         .await
@@ -362,14 +365,7 @@ async fn embedded_replicas_send_only_to_nodes_connected_to_them() {
     };
     let served_b = common::serve(&b).await;
     let (node, secret) = b.joined_node("edge-e").await;
-    let (s, v) = b
-        .call(
-            Method::POST,
-            "/api/devices",
-            Some(json!({"name": "d1", "node_id": node})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    b.device(&node, "d1").await;
     let (s, v) = b
         .status_as(&node, &secret, json!({"applied_version": 0}))
         .await;
@@ -395,18 +391,7 @@ async fn embedded_replicas_send_only_to_nodes_connected_to_them() {
     );
 
     // Replica A on the same database; the node connects to A's endpoint.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = CloudConfig::default();
-    cfg.cloud.data_dir = dir.path().join("data");
-    cfg.cloud.database = b.db_url.clone();
-    let (a_cloud, _) = verge_cloud::Cloud::open(cfg).await.expect("open replica a");
-    let a = Harness {
-        cloud: a_cloud,
-        admin: b.admin.clone(),
-        db_url: b.db_url.clone(),
-        dir,
-        scratch: b.scratch.clone(),
-    };
+    let a = b.replica(|_| {}).await;
     let served_a = common::serve(&a).await;
     let mut o = MqttOptions::new(
         format!("verge-node-{node}"),
@@ -438,21 +423,12 @@ async fn embedded_replicas_send_only_to_nodes_connected_to_them() {
     served_b.stop().await;
 }
 
-async fn a_store_query_is_answered_through_the_external_broker(pg: bool) {
-    let Some(broker) = mosquitto() else { return };
-    let Some(h) = external(pg, &broker).await else {
-        return;
-    };
-    let (node, secret) = h.joined_node("edge-q").await;
-    let (s, v) = h
-        .call(
-            Method::POST,
-            "/api/devices",
-            Some(json!({"name": "d1", "node_id": node})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let mut n = client(&broker, |_| {}, &format!("verge-node-{node}"));
+/// A joined node with device `d1`, online (a heartbeat), whose client on
+/// `broker` is subscribed to its downstream topics.
+async fn listening_node(h: &Harness, broker: &Mosquitto, name: &str) -> (String, Client) {
+    let (node, secret) = h.joined_node(name).await;
+    h.device(&node, "d1").await;
+    let n = client(broker, |_| {}, &format!("verge-node-{node}"));
     n.client
         .subscribe(format!("nodes/{node}/down/#"), QoS::AtLeastOnce)
         .await
@@ -461,18 +437,37 @@ async fn a_store_query_is_answered_through_the_external_broker(pg: bool) {
         .status_as(&node, &secret, json!({"applied_version": 0}))
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    (node, n)
+}
+
+/// The next publish on `topic` `n` receives within [`WAIT`] (others are
+/// skipped).
+async fn next_on(
+    n: &mut Client,
+    topic: &str,
+) -> Result<rumqttc::v5::mqttbytes::v5::Publish, tokio::time::error::Elapsed> {
+    timeout(WAIT, async {
+        loop {
+            let p = n.rx.recv().await.expect("client running");
+            if p.topic == topic.as_bytes() {
+                return p;
+            }
+        }
+    })
+    .await
+}
+
+async fn a_store_query_is_answered_through_the_external_broker(pg: bool) {
+    let Some(broker) = mosquitto() else { return };
+    let Some(h) = external(pg, &broker).await else {
+        return;
+    };
+    let (node, mut n) = listening_node(&h, &broker, "edge-q").await;
     let want = format!("nodes/{node}/down/$verge/store-query/d1");
     let node_side = async {
-        let p = timeout(WAIT, async {
-            loop {
-                let p = n.rx.recv().await.expect("client running");
-                if p.topic == want.as_bytes() {
-                    return p;
-                }
-            }
-        })
-        .await
-        .expect("the store query came down through the broker");
+        let p = next_on(&mut n, &want)
+            .await
+            .expect("the store query came down through the broker");
         let q: Value = serde_json::from_slice(&p.payload).expect("json");
         let reply = json!({"id": q["id"], "device": "d1",
             "series": [{"metric": "temp", "points": [[1000, 20.5]]}]});
@@ -521,24 +516,7 @@ async fn a_command_goes_down_on_the_external_broker(pg: bool) {
     let Some(h) = external(pg, &broker).await else {
         return;
     };
-    let (node, secret) = h.joined_node("edge-c").await;
-    let (s, v) = h
-        .call(
-            Method::POST,
-            "/api/devices",
-            Some(json!({"name": "d1", "node_id": node})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let mut n = client(&broker, |_| {}, &format!("verge-node-{node}"));
-    n.client
-        .subscribe(format!("nodes/{node}/down/#"), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    let (s, v) = h
-        .status_as(&node, &secret, json!({"applied_version": 0}))
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (node, mut n) = listening_node(&h, &broker, "edge-c").await;
     let (s, v) = h
         .call(
             Method::POST,
@@ -549,16 +527,9 @@ async fn a_command_goes_down_on_the_external_broker(pg: bool) {
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let id = v["command"]["id"].as_str().expect("id").to_owned();
     let want = format!("nodes/{node}/down/$verge/commands/d1");
-    let p = timeout(WAIT, async {
-        loop {
-            let p = n.rx.recv().await.expect("client running");
-            if p.topic == want.as_bytes() {
-                return p;
-            }
-        }
-    })
-    .await
-    .expect("the command came down through the broker");
+    let p = next_on(&mut n, &want)
+        .await
+        .expect("the command came down through the broker");
     let req: Value = serde_json::from_slice(&p.payload).expect("json");
     assert_eq!(req["id"], id.as_str(), "{req}");
     assert_eq!(req["payload"], json!({"delay": 1}));
@@ -613,7 +584,7 @@ async fn a_dead_replicas_session_is_adopted_drained_and_ended(pg: bool) {
     let (stored_now, _) = stored(&h, &node).await;
     assert!(stored_now < 60, "the dead member's share is not stored yet");
     // Its record, as a replica that died a minute ago leaves it.
-    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    let pool = h.db().await;
     let stale = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -648,9 +619,9 @@ async fn a_dead_replicas_session_is_adopted_drained_and_ended(pg: bool) {
     assert!(done.is_some(), "the adopted session is marked done");
     pool.close().await;
     // Left with a short expiry (never wiped by a clean start): once it
-    // has passed, the session is gone from the broker.
-    // (`SESSION_END_EXPIRY_SECS`, 60 s).
-    tokio::time::sleep(Duration::from_secs(63)).await;
+    // has passed, the session is gone from the broker (the session's own
+    // expiry, an hour, would keep it).
+    tokio::time::sleep(ADOPTED_EXPIRY + Duration::from_secs(3)).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut o = MqttOptions::new(dead_id, "127.0.0.1", broker.port);
     o.set_clean_start(false);

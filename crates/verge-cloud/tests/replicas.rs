@@ -1,35 +1,20 @@
 //! Cloud replicas: two `Cloud`s on one PostgreSQL database (the replica
-//! list, leadership, long polls woken across replicas), and the one
-//! SQLite process as its own leader.
+//! list, leadership, long polls woken across replicas, one replica id
+//! refused to a second live process), and the one SQLite process as its
+//! own leader.
 
 #[macro_use]
 mod common;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, desired_as, harness_on, harness_with, serve};
+use common::{Harness, desired_as, eventually, harness_on, harness_with, serve};
 use serde_json::{Value, json};
-use tokio::time::{Duration, sleep};
+use tokio::time::Duration;
 
 both!(
     the_replica_list_shows_this_process,
     a_heartbeat_never_moves_last_seen_back,
 );
-
-/// Give `what` up to 60 s to become true (a guard against a hang, not a
-/// timing assertion), checking every 100 ms.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..600 {
-        if check().await {
-            return;
-        }
-        sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never happened: {what}");
-}
 
 /// The answer of a held poll (60 s wait, re-checked every 10 min), which
 /// must come well before its wait ends: at the end of the wait the poll
@@ -149,12 +134,19 @@ async fn stopping_the_leader_hands_leadership_to_the_other_replica() {
     served_other.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_held_on_one_replica_is_woken_by_a_change_on_the_other() {
-    let Some((a, b)) = two_replicas().await else {
-        return;
-    };
-    let (node, secret) = a.joined_node("edge-wake").await;
+/// A long poll held on replica B for a node joined through A.
+struct HeldPoll {
+    b: std::sync::Arc<Harness>,
+    node: String,
+    /// The node's desired version the poll waits to change.
+    version: i64,
+    poll: tokio::task::JoinHandle<(StatusCode, Value)>,
+}
+
+/// Join node `name` through `a` and hold its long poll (60 s) on `b`, once
+/// B's listener is up (so only a wake-up answers it in time).
+async fn held_on_b(a: &Harness, b: Harness, name: &str) -> HeldPoll {
+    let (node, secret) = a.joined_node(name).await;
     let (_, d) = desired_as(&b, &node, &secret, 0, 0).await;
     let version = d["version"].as_i64().expect("version");
     // B's listener is up: its polls wait for wake-ups only.
@@ -164,13 +156,28 @@ async fn a_long_poll_held_on_one_replica_is_woken_by_a_change_on_the_other() {
     .await;
     let b = std::sync::Arc::new(b);
     let poll = {
-        let (b, node, secret) = (b.clone(), node.clone(), secret.clone());
+        let (b, node) = (b.clone(), node.clone());
         tokio::spawn(async move { desired_as(&b, &node, &secret, version, 60_000).await })
     };
     eventually("the poll is held on B", || async {
         b.metric("verge_cloud_long_poll_nodes").await == Some(1.0)
     })
     .await;
+    HeldPoll {
+        b,
+        node,
+        version,
+        poll,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_held_on_one_replica_is_woken_by_a_change_on_the_other() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let held = held_on_b(&a, b, "edge-wake").await;
+    let (b, node, version, poll) = (held.b, held.node, held.version, held.poll);
     let (s, v) = a
         .call(
             Method::PATCH,
@@ -194,22 +201,8 @@ async fn deleting_a_node_on_one_replica_ends_its_poll_on_the_other() {
     let Some((a, b)) = two_replicas().await else {
         return;
     };
-    let (node, secret) = a.joined_node("edge-gone").await;
-    let (_, d) = desired_as(&b, &node, &secret, 0, 0).await;
-    let version = d["version"].as_i64().expect("version");
-    eventually("replica B listens", || async {
-        b.metric("verge_cloud_wake_listening").await == Some(1.0)
-    })
-    .await;
-    let b = std::sync::Arc::new(b);
-    let poll = {
-        let (b, node, secret) = (b.clone(), node.clone(), secret.clone());
-        tokio::spawn(async move { desired_as(&b, &node, &secret, version, 60_000).await })
-    };
-    eventually("the poll is held on B", || async {
-        b.metric("verge_cloud_long_poll_nodes").await == Some(1.0)
-    })
-    .await;
+    let held = held_on_b(&a, b, "edge-gone").await;
+    let (node, poll) = (held.node, held.poll);
     let (s, v) = a
         .call(Method::DELETE, &format!("/api/nodes/{node}"), None)
         .await;
@@ -223,7 +216,7 @@ async fn deleting_a_node_on_one_replica_ends_its_poll_on_the_other() {
 async fn a_heartbeat_never_moves_last_seen_back(h: Harness) {
     let (node, secret) = h.joined_node("edge-clock").await;
     let ahead = verge_net::now_ms() + 5_000;
-    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    let pool = h.db().await;
     sqlx::query("UPDATE nodes SET last_seen_ms = $1 WHERE id = $2")
         .bind(ahead)
         .bind(&node)
@@ -255,7 +248,7 @@ async fn a_leader_whose_lock_connection_dies_stops_leading_and_one_replica_takes
     let mut leads = leader.cloud.leader_watch();
     // The server ends the leader's lock session (as when its connection
     // breaks): the lock is released.
-    let pool = sqlx::AnyPool::connect(&a.db_url).await.expect("db");
+    let pool = a.db().await;
     let (ended,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = current_database() AND application_name = $1) AS t",
@@ -294,7 +287,7 @@ async fn a_node_joined_on_one_replica_connects_at_once_to_the_other() {
     let served_b = serve(&b).await;
     // B's registry loop has made its start-up rebuild; its next tick is
     // 10 s away.
-    sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (node, secret) = a.joined_node("edge-moved").await;
     let started = tokio::time::Instant::now();
     let accepted = loop {
@@ -323,11 +316,111 @@ async fn a_node_joined_on_one_replica_connects_at_once_to_the_other() {
         if started.elapsed() > Duration::from_secs(4) {
             break false;
         }
-        sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(
         accepted,
         "replica B refused node {node} joined on A for 4 s (its periodic registry rebuild is 10 s)"
     );
     served_b.stop().await;
+}
+
+/// A configuration on `h`'s database with replica id `id` and a data
+/// directory of its own in `dir`.
+fn config_as(h: &Harness, id: &str, dir: &tempfile::TempDir) -> verge_cloud::CloudConfig {
+    let mut cfg = verge_cloud::CloudConfig::default();
+    cfg.cloud.data_dir = dir.path().join("data");
+    cfg.cloud.database = h.db_url.clone();
+    cfg.cloud.replica_id = id.to_owned();
+    cfg
+}
+
+/// The instance nonce and last refresh of replica `id`'s row.
+async fn replica_row(h: &Harness, id: &str) -> Option<(String, i64)> {
+    let pool = h.db().await;
+    let row = sqlx::query_as("SELECT instance, seen_ms FROM cloud_replicas WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+        .expect("row");
+    pool.close().await;
+    row
+}
+
+/// Two live processes given one `cloud.replica_id` took each other's
+/// broker session and looked like one replica: the second now refuses
+/// to start, naming the key, and the first goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_process_with_the_same_replica_id_refuses_to_start() {
+    let Some(a) = harness_with(true, |c| c.cloud.replica_id = "twin".into()).await else {
+        return;
+    };
+    let before = replica_row(&a, "twin").await.expect("a's row");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = match verge_cloud::Cloud::open(config_as(&a, "twin", &dir)).await {
+        Ok(_) => panic!("a second process with the replica id `twin` started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.starts_with("cloud.replica_id:"), "{e}");
+    assert!(e.contains("`twin`"), "{e}");
+    // The first keeps its row and goes on refreshing it.
+    let after = replica_row(&a, "twin").await.expect("a's row");
+    assert_eq!(after.0, before.0, "the row is still the first process's");
+    assert!(after.1 > before.1, "refreshed meanwhile");
+    let list = replicas(&a).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["alive"], true);
+}
+
+/// A replica restarting after a crash finds the row its dead process
+/// refreshed a moment ago: nobody refreshes it again, so it is taken
+/// over (after a short watch) instead of refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_crash_takes_over_the_row_its_dead_process_left() {
+    let Some(a) = harness_on(true).await else {
+        return;
+    };
+    let pool = a.db().await;
+    sqlx::query(
+        "INSERT INTO cloud_replicas (id, http_url, version, started_ms, seen_ms, leader, instance) \
+         VALUES ('phoenix', 'http://x', '0', $1, $1, 0, 'before-the-crash')",
+    )
+    .bind(verge_net::now_ms() - 1_000)
+    .execute(&pool)
+    .await
+    .expect("a dead process's row");
+    pool.close().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (b, _) = verge_cloud::Cloud::open(config_as(&a, "phoenix", &dir))
+        .await
+        .expect("the restart starts");
+    assert_eq!(b.replica_id(), "phoenix");
+    let (instance, _) = replica_row(&a, "phoenix").await.expect("row");
+    assert_ne!(instance, "before-the-crash", "taken over");
+}
+
+/// Two processes that started with one id anyway (together, or the
+/// first stalled past the liveness window): the one whose row was taken
+/// stops, `serve` returning an error naming `cloud.replica_id`, and
+/// leaves the row to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_row_another_process_took_stops_with_an_error() {
+    let Some(a) = harness_with(true, |c| c.cloud.replica_id = "usurped".into()).await else {
+        return;
+    };
+    let served = serve(&a).await;
+    let pool = a.db().await;
+    sqlx::query("UPDATE cloud_replicas SET instance = 'the-other' WHERE id = 'usurped'")
+        .execute(&pool)
+        .await
+        .expect("take the row");
+    pool.close().await;
+    let e = served
+        .ended(Duration::from_secs(30))
+        .await
+        .expect_err("the replica stops with an error");
+    let e = e.to_string();
+    assert!(e.starts_with("cloud.replica_id:"), "{e}");
+    let (instance, _) = replica_row(&a, "usurped").await.expect("row kept");
+    assert_eq!(instance, "the-other", "the other process's row is left");
 }

@@ -843,6 +843,9 @@ async fn migration_keeps_the_stored_modules_and_serves_the_same_state(h: Harness
         sqlx::query(sql).execute(&pool).await.expect(sql);
     }
     pool.close().await;
+    // A restart: this cloud stops first (on PostgreSQL a second live
+    // process with its replica id would be refused).
+    h.cloud.close().await;
     let mut cfg = verge_cloud::CloudConfig::default();
     cfg.cloud.data_dir = h.dir.path().join("data");
     cfg.cloud.database = h.db_url.clone();

@@ -37,26 +37,15 @@ fn upstream(node: &str, rest: &str, id: &str, time_ms: i64, payload: &str) -> Me
     m
 }
 
-async fn count(h: &Harness, sql: &str) -> i64 {
-    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
-    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    pool.close().await;
-    n
+/// Store `msgs` in one batch, as the ingest does.
+async fn store(h: &Harness, msgs: &[Message]) {
+    let refs: Vec<&Message> = msgs.iter().collect();
+    h.cloud.store_upstream(&refs).await.expect("store");
 }
 
 async fn a_resend_with_the_same_id_and_time_is_stored_once(h: Harness) {
     let (node, _) = h.joined_node("edge-t").await;
-    let (s, v) = h
-        .call(
-            Method::POST,
-            "/api/devices",
-            Some(serde_json::json!({"name": "dt", "node_id": node})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    h.device(&node, "dt").await;
     let t = verge_net::now_ms() - 5000;
     let first = upstream(
         &node,
@@ -91,7 +80,7 @@ async fn a_resend_with_the_same_id_and_time_is_stored_once(h: Harness) {
         .store_upstream(&[&other, &third])
         .await
         .expect("resend and new");
-    assert_eq!(count(&h, "SELECT COUNT(*) FROM messages").await, 3);
+    assert_eq!(h.count("SELECT COUNT(*) FROM messages").await, 3);
     let (s, v) = h
         .call(Method::GET, &format!("/api/nodes/{node}/messages"), None)
         .await;
@@ -133,7 +122,7 @@ async fn a_resend_without_a_valid_verge_time_is_stored_once(h: Harness) {
             .await
             .expect("resend");
     }
-    assert_eq!(count(&h, "SELECT COUNT(*) FROM messages").await, 2);
+    assert_eq!(h.count("SELECT COUNT(*) FROM messages").await, 2);
 }
 
 /// A PostgreSQL harness, or `None` (the harness said why it skipped).
@@ -257,8 +246,7 @@ async fn retention_drops_whole_partitions_on_postgres() {
     msgs.push(upstream(&node, "new", "q/l/9", now, "{}"));
     // An old time in DEFAULT (no partition that far back): deleted by row.
     msgs.push(upstream(&node, "ancient", "q/l/10", 1000, "{}"));
-    let refs: Vec<&Message> = msgs.iter().collect();
-    h.cloud.store_upstream(&refs).await.expect("store");
+    store(&h, &msgs).await;
     let before = telemetry::partitions(&pg).await.expect("partitions");
     assert!(before.iter().any(|p| p.name == old_day));
     let pruned = telemetry::prune_postgres(&pg, now, PARTITION_MS, 1_000_000)
@@ -308,8 +296,7 @@ async fn max_messages_drops_the_oldest_partitions_then_rows_on_postgres() {
             "{}",
         ));
     }
-    let refs: Vec<&Message> = msgs.iter().collect();
-    h.cloud.store_upstream(&refs).await.expect("store");
+    store(&h, &msgs).await;
     // Keep 2: yesterday's partition goes whole, then one row of today's.
     let pruned = telemetry::prune_postgres(&pg, now, 7 * PARTITION_MS, 2)
         .await

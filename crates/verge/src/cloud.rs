@@ -15,10 +15,11 @@ pub fn run(cfg: CloudConfig, reset_admin_token: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         if reset_admin_token {
             let (cloud, _) = open(&cfg).await?;
-            let token = cloud
-                .reset_admin_token()
-                .await
-                .context("resetting the admin token")?;
+            let token = cloud.reset_admin_token().await;
+            // Stopped cleanly (its replica row goes): a `verge cloud` with
+            // this data dir may start at once, not taken for a duplicate.
+            cloud.close().await;
+            let token = token.context("resetting the admin token")?;
             println!("admin token: {token}");
             println!("(the old admin token no longer works; keep this one, it is not shown again)");
             return Ok(());

@@ -33,7 +33,7 @@ use crate::ingest::Upstream;
 /// The session expiry an adopter leaves a drained session with. Longer
 /// than the consumer's reconnect backoff (30 s at most): an owner that
 /// came back between the claim and the end resumes its session before
-/// it expires.
+/// it expires. (Tests shorten it: `Plan::adopted_expiry_secs`.)
 pub const SESSION_END_EXPIRY_SECS: u32 = 60;
 
 /// How often the record is refreshed and records are looked at.
@@ -188,7 +188,7 @@ async fn adopt(cloud: &Cloud, plan: &Plan, dead: &str, tx: &mpsc::Sender<Upstrea
         tracing::info!(client_id = %dead, "external broker: adoption given up (the claim was lost)");
         return;
     }
-    let mut end = Conn::new(plan, dead, false, SESSION_END_EXPIRY_SECS);
+    let mut end = Conn::new(plan, dead, false, plan.adopted_expiry_secs);
     let ended = tokio::time::timeout(Duration::from_secs(10), end.connected()).await;
     if !matches!(ended, Ok(true)) {
         tracing::warn!(client_id = %dead, "external broker: the adopted session's expiry could not be shortened; tried again later");
@@ -212,6 +212,23 @@ async fn adopt(cloud: &Cloud, plan: &Plan, dead: &str, tx: &mpsc::Sender<Upstrea
     }
     m.external_sessions_adopted.fetch_add(1, Ordering::Relaxed);
     tracing::info!(client_id = %dead, "external broker: adopted session drained, left to expire");
+}
+
+/// Records of finished adoptions are kept this long (for a look at what
+/// was adopted, and by whom), then deleted by the leader's pruning pass.
+pub const DONE_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// Delete the records of adoptions finished more than [`DONE_KEEP_MS`]
+/// before `now` (the leader's pruning pass, `crate::ingest::prune`); how
+/// many went. A replica that comes back later records its session anew.
+pub async fn prune_done(pool: &sqlx::AnyPool, now: i64) -> sqlx::Result<u64> {
+    let r = sqlx::query(
+        "DELETE FROM mqtt_consumer_sessions WHERE done_ms IS NOT NULL AND done_ms < $1",
+    )
+    .bind(now.saturating_sub(DONE_KEEP_MS))
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Give up a claim so that it is tried again (by any replica).

@@ -50,6 +50,9 @@ pub struct Plan {
     pub session_expiry_secs: u32,
     /// When another replica's unseen session is adopted.
     pub adopt_after: Duration,
+    /// The expiry an adopted session is left with, seconds
+    /// ([`adopt::SESSION_END_EXPIRY_SECS`] but in tests).
+    pub adopted_expiry_secs: u32,
     /// This replica's id.
     pub replica: String,
 }
@@ -176,6 +179,9 @@ impl Plan {
             share_group: g.clone(),
             session_expiry_secs,
             adopt_after: x.adopt_after.get(),
+            adopted_expiry_secs: u32::try_from(x.adopted_session_expiry.as_secs())
+                .unwrap_or(adopt::SESSION_END_EXPIRY_SECS)
+                .max(1),
             replica,
         }))
     }

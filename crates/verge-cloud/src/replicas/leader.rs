@@ -68,6 +68,14 @@ impl Leadership {
         self.tx.subscribe()
     }
 
+    /// Stop leading because this replica stops (logged quietly: a clean
+    /// stop is no loss of leadership).
+    fn resign(&self) {
+        if self.tx.send_replace(false) {
+            tracing::info!("this replica stops leading (it is stopping)");
+        }
+    }
+
     fn set(&self, leads: bool) {
         let was = self.tx.send_replace(leads);
         if was != leads {
@@ -162,7 +170,7 @@ async fn hold(cloud: &Cloud, mut conn: PgConnection, stop: &mut watch::Receiver<
             _ = stop.wait_for(|s| *s) => true,
         };
         if stopped {
-            leader.set(false);
+            leader.resign();
             let _ = tokio::time::timeout(IO_TIMEOUT, conn.close()).await;
             return true;
         }

@@ -7,6 +7,13 @@
 //!
 //! On SQLite there is one process: it is always the leader and every
 //! change reaches its long polls in process.
+//!
+//! Two live processes given the same id would take each other's broker
+//! session and look like one replica, so on PostgreSQL each start has a
+//! random instance nonce written into the row: a start that finds the row
+//! refreshed by another live instance refuses ([`check_unique`]), and a
+//! running replica whose row was taken by another instance stops
+//! ([`heartbeat_loop`]).
 
 pub mod leader;
 pub mod wake;
@@ -29,12 +36,95 @@ pub const ALIVE_MS: i64 = 10_000;
 /// Rows of replicas not seen for this long are deleted (by the leader).
 const FORGET_MS: i64 = 24 * 3600 * 1000;
 
+/// A start that finds its id's row refreshed by another instance within
+/// [`ALIVE_MS`] watches the row this long: a live process refreshes it
+/// every [`HEARTBEAT`]; a process that died (this replica before a crash
+/// and restart) does not.
+const START_WATCH: Duration = Duration::from_secs(5);
+
 /// This process as a replica.
 pub struct Replica {
     /// Its id.
     pub id: String,
     /// When it started (ms).
     pub started_ms: i64,
+    /// A random nonce of this start, written in its row: another process
+    /// with the same id writes another one.
+    pub instance: String,
+    /// Whether two processes can share the database (PostgreSQL): only
+    /// then are duplicate ids looked for.
+    pub shared: bool,
+}
+
+impl Replica {
+    /// This process as replica `id`, started now.
+    pub fn new(id: String, shared: bool) -> Replica {
+        Replica {
+            id,
+            started_ms: db::now_ms(),
+            instance: db::random_id(),
+            shared,
+        }
+    }
+}
+
+/// The error of a second live process with this replica's id.
+fn duplicate(id: &str, age_ms: i64) -> CloudError {
+    CloudError::Other(format!(
+        "cloud.replica_id: another live process runs as replica `{id}` on this database \
+         (it refreshed the replica's row {age_ms} ms ago); give every replica its own \
+         cloud.replica_id (or, when it is not set, its own cloud.data_dir)"
+    ))
+}
+
+/// Refuse to start as a replica whose row another live process refreshes
+/// (PostgreSQL). A row refreshed within [`ALIVE_MS`] by another instance
+/// is watched for [`START_WATCH`]: refreshed again, it is a live
+/// duplicate (an error naming `cloud.replica_id`); not refreshed, it was
+/// left by a process that died (this replica restarting after a crash),
+/// and this start takes it over.
+pub async fn check_unique(pool: &AnyPool, me: &Replica) -> Result<(), CloudError> {
+    if !me.shared {
+        return Ok(());
+    }
+    let row = || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT instance, seen_ms FROM cloud_replicas WHERE id = $1",
+        )
+        .bind(&me.id)
+        .fetch_optional(pool)
+        .await
+    };
+    let Some(first) = row().await? else {
+        return Ok(());
+    };
+    if first.0 == me.instance || db::now_ms() - first.1 > ALIVE_MS {
+        return Ok(());
+    }
+    tracing::info!(
+        replica = %me.id,
+        "another process refreshed this replica's row {} ms ago: watching it for {}s \
+         (a live duplicate refreshes it; a crashed earlier start does not)",
+        db::now_ms() - first.1,
+        START_WATCH.as_secs()
+    );
+    let until = tokio::time::Instant::now() + START_WATCH;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match row().await? {
+            None => return Ok(()), // it stopped cleanly
+            Some(now) if now != first => {
+                return Err(duplicate(&me.id, (db::now_ms() - now.1).max(0)));
+            }
+            Some(_) => {}
+        }
+    }
+    tracing::warn!(
+        replica = %me.id,
+        "this replica's row was not refreshed for {}s: taking it over from a process that died",
+        START_WATCH.as_secs()
+    );
+    Ok(())
 }
 
 /// The replica id: `configured` when set (checked), else the one kept in
@@ -91,34 +181,59 @@ fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Write this replica's row (made or refreshed).
+/// Whose row [`beat`] may write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Take the row whoever wrote it (the first write of a start, after
+    /// [`check_unique`]; always on SQLite).
+    Take,
+    /// Refresh it only while it is this start's (made anew when missing).
+    Keep,
+}
+
+/// Write this replica's row (made or refreshed); false when `claim` is
+/// [`Claim::Keep`] and another instance holds the row.
 pub async fn beat(
     pool: &AnyPool,
     me: &Replica,
     http_url: &str,
     leader: bool,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO cloud_replicas (id, http_url, version, started_ms, seen_ms, leader) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+    claim: Claim,
+) -> Result<bool, sqlx::Error> {
+    let keep = claim == Claim::Keep && me.shared;
+    let sql = if keep {
+        "INSERT INTO cloud_replicas (id, http_url, version, started_ms, seen_ms, leader, instance) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (id) DO UPDATE SET http_url = excluded.http_url, version = excluded.version, \
-         started_ms = excluded.started_ms, seen_ms = excluded.seen_ms, leader = excluded.leader",
-    )
-    .bind(&me.id)
-    .bind(http_url)
-    .bind(env!("CARGO_PKG_VERSION"))
-    .bind(me.started_ms)
-    .bind(db::now_ms())
-    .bind(i64::from(leader))
-    .execute(pool)
-    .await?;
-    Ok(())
+         started_ms = excluded.started_ms, seen_ms = excluded.seen_ms, leader = excluded.leader \
+         WHERE cloud_replicas.instance = excluded.instance"
+    } else {
+        "INSERT INTO cloud_replicas (id, http_url, version, started_ms, seen_ms, leader, instance) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (id) DO UPDATE SET http_url = excluded.http_url, version = excluded.version, \
+         started_ms = excluded.started_ms, seen_ms = excluded.seen_ms, leader = excluded.leader, \
+         instance = excluded.instance"
+    };
+    let done = sqlx::query(sql)
+        .bind(&me.id)
+        .bind(http_url)
+        .bind(env!("CARGO_PKG_VERSION"))
+        .bind(me.started_ms)
+        .bind(db::now_ms())
+        .bind(i64::from(leader))
+        .bind(&me.instance)
+        .execute(pool)
+        .await?;
+    Ok(!keep || done.rows_affected() == 1)
 }
 
 /// Refresh this replica's row every [`HEARTBEAT`] (at once when its
 /// leadership changes); the leader also forgets replicas gone for a day.
 /// At a clean stop the row is deleted: a listed replica that is not
-/// alive died without stopping.
+/// alive died without stopping. When another process took the row (a
+/// second live process with this replica id, PostgreSQL), this one logs
+/// an error and stops the cloud (`Cloud::serve` returns the error): of
+/// two processes with one id, the one that started last keeps running.
 pub async fn heartbeat_loop(cloud: Cloud) {
     let inner = cloud.inner();
     let mut stop = inner.stop.subscribe();
@@ -133,9 +248,22 @@ pub async fn heartbeat_loop(cloud: Cloud) {
             _ = stop.wait_for(|s| *s) => break,
         }
         let leader = inner.leader.is_leader();
-        if let Err(e) = beat(&inner.pool, &inner.replica, &url, leader).await {
-            tracing::warn!("replica heartbeat not written: {e}");
-            continue;
+        match beat(&inner.pool, &inner.replica, &url, leader, Claim::Keep).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let e = CloudError::Other(format!(
+                    "cloud.replica_id: another process took over the row of replica `{}` \
+                     (two live processes with one replica id); this one stops",
+                    inner.replica.id
+                ));
+                tracing::error!("{e}");
+                cloud.fail(e);
+                return; // the row is the other process's: not deleted
+            }
+            Err(e) => {
+                tracing::warn!("replica heartbeat not written: {e}");
+                continue;
+            }
         }
         if leader {
             let gone = sqlx::query("DELETE FROM cloud_replicas WHERE seen_ms < $1")
@@ -147,8 +275,9 @@ pub async fn heartbeat_loop(cloud: Cloud) {
             }
         }
     }
-    let left = sqlx::query("DELETE FROM cloud_replicas WHERE id = $1")
+    let left = sqlx::query("DELETE FROM cloud_replicas WHERE id = $1 AND instance = $2")
         .bind(&inner.replica.id)
+        .bind(&inner.replica.instance)
         .execute(&inner.pool)
         .await;
     if let Err(e) = left {

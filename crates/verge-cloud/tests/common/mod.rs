@@ -52,70 +52,7 @@ pub struct Harness {
 
 /// A test's own PostgreSQL database, dropped (with `FORCE`, closing what
 /// is still connected) when this is dropped.
-pub struct ScratchDb {
-    base: String,
-    name: String,
-}
-
-impl Drop for ScratchDb {
-    fn drop(&mut self) {
-        let (base, name) = (self.base.clone(), self.name.clone());
-        // Drop may run inside the test's runtime: use a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let pool = sqlx::AnyPool::connect(&base).await.ok()?;
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                let r = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-                pool.close().await;
-                r.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!("could not drop the test database {}", self.name);
-        }
-    }
-}
-
-fn unique() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{}_{}_{}",
-        std::process::id(),
-        t % 1_000_000_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A fresh PostgreSQL database on the server of `VERGE_TEST_POSTGRES_URL`:
-/// its URL and the guard that drops it.
-async fn postgres_db(base: &str) -> (String, ScratchDb) {
-    sqlx::any::install_default_drivers();
-    let name = format!("verge_test_{}", unique());
-    let pool = sqlx::AnyPool::connect(base)
-        .await
-        .expect("connect to postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .expect("create database");
-    pool.close().await;
-    let (server, _) = base.rsplit_once('/').expect("url with a database");
-    let url = format!("{server}/{name}");
-    let guard = ScratchDb {
-        base: base.to_string(),
-        name,
-    };
-    (url, guard)
-}
+pub use verge_cloud::testing::ScratchDb;
 
 /// The database the API tests run on: `postgres` when the env var is set
 /// and `want_postgres`, else SQLite.
@@ -131,15 +68,9 @@ pub async fn harness_with(postgres: bool, tweak: impl FnOnce(&mut CloudConfig)) 
     tweak(&mut cfg);
     let mut scratch = None;
     if postgres {
-        let Ok(base) = std::env::var("VERGE_TEST_POSTGRES_URL") else {
-            eprintln!(
-                "skipped: set VERGE_TEST_POSTGRES_URL=postgres://user:pass@host/db to run on PostgreSQL"
-            );
-            return None;
-        };
-        let (url, guard) = postgres_db(&base).await;
-        cfg.cloud.database = url;
-        scratch = Some(std::sync::Arc::new(guard));
+        let db = ScratchDb::from_env("verge_test").await?;
+        cfg.cloud.database = db.url().to_owned();
+        scratch = Some(std::sync::Arc::new(db));
     }
     let db_url = cfg.database_url();
     let (cloud, admin) = Cloud::open(cfg).await.expect("open cloud");
@@ -151,6 +82,22 @@ pub async fn harness_with(postgres: bool, tweak: impl FnOnce(&mut CloudConfig)) 
         dir,
         scratch,
     })
+}
+
+/// Give `what` up to 60 s to become true (a guard against a hang, not a
+/// timing assertion), checking every 100 ms.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never happened: {what}");
 }
 
 pub async fn harness() -> Harness {
@@ -178,6 +125,35 @@ impl Harness {
             dir,
             scratch: self.scratch.clone(),
         }
+    }
+
+    /// A connection pool of the test's own to this harness's database
+    /// (close it when done).
+    pub async fn db(&self) -> sqlx::AnyPool {
+        sqlx::AnyPool::connect(&self.db_url).await.expect("db")
+    }
+
+    /// The number `sql` (a `SELECT COUNT(*) …`) answers.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let pool = self.db().await;
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        pool.close().await;
+        n
+    }
+
+    /// Create device `name` on node `node` (201 expected).
+    pub async fn device(&self, node: &str, name: &str) {
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/api/devices",
+                Some(serde_json::json!({"name": name, "node_id": node})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
     }
 
     /// The value of the unlabelled Prometheus sample `name` at `/metrics`.
@@ -314,6 +290,15 @@ pub async fn serve(h: &Harness) -> Served {
 }
 
 impl Served {
+    /// What `serve` returned when the cloud stopped by itself (no stop
+    /// asked for), waiting at most `within`.
+    pub async fn ended(self, within: Duration) -> Result<(), verge_cloud::CloudError> {
+        timeout(within, self.server)
+            .await
+            .expect("the cloud stopped by itself")
+            .expect("task")
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(());
         timeout(Duration::from_secs(10), self.server)
