@@ -224,7 +224,7 @@ fn source_for(addr: SocketAddr, i: usize) -> Option<SocketAddr> {
 }
 
 /// Resident set size of a process, in bytes (`VmRSS` of /proc/PID/status).
-fn rss(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let line = text

@@ -4,7 +4,8 @@
 //! Each subcommand is a module with its clap `Args` struct and a `run`
 //! that prints the report; the `verge` binary only names the subcommands
 //! and calls `run`. Nothing in the node or the cloud depends on this crate
-//! (it depends on the cloud for [`ingest`]).
+//! (it depends on the cloud for `ingest` and `fleet`, which its `cloud`
+//! feature builds).
 //!
 //! - [`broker`]: publish/subscribe throughput and end-to-end latency.
 //! - [`connections`]: broker memory per idle connection.
@@ -14,9 +15,11 @@
 //! - [`functions`]: edge function calls, WebAssembly and process runtimes.
 //! - [`drivers`]: the Modbus driver's points/s, CPU and memory against an
 //!   in-process simulator.
-//! - [`ingest`]: stored upstream messages/s through the cloud's ingest
+//! - [`startup`]: `verge node`'s time from exec to its first CONNACK,
+//!   and its idle memory (any `verge` binary, e.g. an edge-only build).
+//! - `ingest` (feature `cloud`): stored upstream messages/s through the cloud's ingest
 //!   path, SQLite and PostgreSQL.
-//! - [`fleet`]: simulated nodes against `verge cloud` replicas it starts:
+//! - `fleet` (feature `cloud`): simulated nodes against `verge cloud` replicas it starts:
 //!   join rate, heartbeat/long-poll/command latency, ingest, CPU and RSS.
 
 pub mod broker;
@@ -24,13 +27,16 @@ pub mod client;
 pub mod connections;
 pub mod drain;
 pub mod drivers;
+#[cfg(feature = "cloud")]
 pub mod fleet;
 pub mod functions;
+#[cfg(feature = "cloud")]
 pub mod ingest;
 mod pubsub;
 pub mod queue;
 mod report;
 pub mod rules;
+pub mod startup;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 

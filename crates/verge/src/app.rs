@@ -15,12 +15,18 @@ use crate::node::Mode;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let log = cli.log.as_deref();
     match cli.command {
+        #[cfg(feature = "cloud")]
         Command::Up(up) => {
             let cfg = load_node(Some(config::DEMO_TOML), None, &up.run.set, log)?;
             init_logging(log, &cfg.log.level)?;
             let cloud = load_cloud(None, &up.cloud_set, false)?;
             crate::up::run(cfg, cloud, usize::from(up.devices))
         }
+        #[cfg(not(feature = "cloud"))]
+        Command::Up(_) => Err(no_cloud(
+            "`verge up` (it runs a cloud center next to the node; \
+             `verge node` runs a node alone)",
+        )),
         Command::Node(n) => {
             let mut set = n.run.set.clone();
             if let Some(dir) = &n.data_dir {
@@ -48,11 +54,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             });
             crate::node::run(cfg, Mode::Node, cloud)
         }
+        #[cfg(feature = "cloud")]
         Command::Cloud(c) => {
             let cfg = load_cloud(c.config.as_deref(), &c.set, true)?;
             init_logging(log, "info")?;
             crate::cloud::run(cfg, c.reset_admin_token)
         }
+        #[cfg(not(feature = "cloud"))]
+        Command::Cloud(_) => Err(no_cloud("`verge cloud`")),
         Command::Ctl(args) => {
             init_logging(log, "warn")?;
             crate::ctl::run(args)
@@ -61,9 +70,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config::DEFAULT_TOML);
             Ok(())
         }
+        #[cfg(feature = "cloud")]
         Command::Config(ConfigCommand::Default { cloud: true }) => {
             print!("{}", config::CLOUD_DEFAULT_TOML);
             Ok(())
+        }
+        #[cfg(not(feature = "cloud"))]
+        Command::Config(ConfigCommand::Default { cloud: true }) => {
+            Err(no_cloud("`verge config default --cloud`"))
         }
         Command::Config(ConfigCommand::Check { file, cloud: false }) => {
             let cfg = load_node(None, Some(&file), &[], None)?;
@@ -71,10 +85,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
+        #[cfg(feature = "cloud")]
         Command::Config(ConfigCommand::Check { file, cloud: true }) => {
             load_cloud(Some(&file), &[], true)?;
             println!("{}: ok", file.display());
             Ok(())
+        }
+        #[cfg(not(feature = "cloud"))]
+        Command::Config(ConfigCommand::Check { cloud: true, .. }) => {
+            Err(no_cloud("`verge config check --cloud`"))
         }
         Command::Device(d) => {
             init_logging(log, "warn")?;
@@ -107,8 +126,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCommand::Queue(args) => verge_bench::queue::run(&args),
                 BenchCommand::Functions(args) => verge_bench::functions::run(&args),
                 BenchCommand::Drivers(args) => verge_bench::drivers::run(&args),
+                BenchCommand::Startup(args) => verge_bench::startup::run(&args),
+                #[cfg(feature = "cloud")]
                 BenchCommand::Ingest(args) => verge_bench::ingest::run(&args),
+                #[cfg(feature = "cloud")]
                 BenchCommand::Fleet(args) => verge_bench::fleet::run(&args),
+                #[cfg(not(feature = "cloud"))]
+                BenchCommand::Ingest(_) => Err(no_cloud("`verge bench ingest`")),
+                #[cfg(not(feature = "cloud"))]
+                BenchCommand::Fleet(_) => Err(no_cloud("`verge bench fleet`")),
             }
         }
     }
@@ -141,8 +167,19 @@ fn load_node(
     config::load(&layers).context(what)
 }
 
+/// The answer of a command that needs the cloud center on a build without
+/// it (`--no-default-features --features edge`).
+#[cfg(not(feature = "cloud"))]
+fn no_cloud(what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}: this build has no cloud center (an edge-only build); \
+         rebuild with `--features cloud`, or use the default build"
+    )
+}
+
 /// The cloud center's config: defaults → `file` → `VERGE__*` (when `env`)
 /// → `--set`.
+#[cfg(feature = "cloud")]
 fn load_cloud(
     file: Option<&Path>,
     set: &[(String, String)],

@@ -28,12 +28,26 @@ pub enum Command {
     /// API on 8080, SQLite), one node joined to it (MQTT 1883), demo
     /// devices sending telemetry, a rule and a WebAssembly function; demo
     /// only.
+    #[cfg_attr(
+        not(feature = "cloud"),
+        command(
+            about = "Not in this build (it has no cloud center): the walkthrough with a cloud center",
+            long_about = None
+        )
+    )]
     Up(UpArgs),
     /// Run an edge node from a config file; with --cloud, managed by a
     /// cloud center.
     Node(NodeArgs),
     /// Run the cloud management center (open API, console, MQTT endpoint
     /// for nodes).
+    #[cfg_attr(
+        not(feature = "cloud"),
+        command(
+            about = "Not in this build (it has no cloud center): the cloud management center",
+            long_about = None
+        )
+    )]
     Cloud(CloudArgs),
     /// A command-line client of the cloud's open API.
     Ctl(crate::ctl::CtlArgs),
@@ -225,12 +239,35 @@ pub enum BenchCommand {
     Functions(verge_bench::functions::FunctionsBenchArgs),
     /// Modbus driver points/s, CPU and memory against an in-process simulator.
     Drivers(verge_bench::drivers::DriversBenchArgs),
+    /// Start-up time of `verge node`: from spawning the process until its
+    /// broker answers an MQTT CONNECT.
+    Startup(verge_bench::startup::StartupArgs),
     /// Stored upstream messages/s through the cloud's ingest path, SQLite
     /// and PostgreSQL.
+    #[cfg(feature = "cloud")]
     Ingest(verge_bench::ingest::IngestBenchArgs),
     /// Simulated nodes against `verge cloud` replicas it starts: join rate,
     /// heartbeat, long-poll and command latency, ingest, cloud CPU and RSS.
+    #[cfg(feature = "cloud")]
     Fleet(verge_bench::fleet::FleetArgs),
+    /// Not in this build (it has no cloud center): the cloud's ingest path.
+    #[cfg(not(feature = "cloud"))]
+    Ingest(NotBuilt),
+    /// Not in this build (it has no cloud center): simulated nodes against
+    /// `verge cloud` replicas.
+    #[cfg(not(feature = "cloud"))]
+    Fleet(NotBuilt),
+}
+
+/// The arguments of a command this build leaves out (the edge-only build
+/// has no cloud center): taken as they come, so that the command answers
+/// with why it is missing rather than with a usage error.
+#[cfg(not(feature = "cloud"))]
+#[derive(Debug, Args)]
+pub struct NotBuilt {
+    /// Whatever was given.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
 }
 
 /// `KEY=VALUE`.
@@ -815,6 +852,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "cloud")]
     #[test]
     fn bench_fleet_options() {
         let cli = parse(&[

@@ -844,7 +844,8 @@ impl Api {
         }
     }
 
-    /// A GET whose 404 is `None`.
+    /// A GET whose 404 is `None` (`verge up`).
+    #[cfg(feature = "cloud")]
     pub async fn get_opt(&self, path: &str) -> anyhow::Result<Option<Value>> {
         match self.send("GET", path, None).await? {
             (404, _) => Ok(None),

@@ -2,6 +2,7 @@
 
 mod app;
 mod cli;
+#[cfg(feature = "cloud")]
 mod cloud;
 mod config;
 mod ctl;
@@ -9,6 +10,7 @@ mod device;
 mod node;
 mod release;
 mod simulate;
+#[cfg(feature = "cloud")]
 mod up;
 
 use std::process::ExitCode;

@@ -263,7 +263,8 @@ pub fn prepare(cfg: &mut NodeConfig, mode: Mode) -> anyhow::Result<()> {
 }
 
 /// Run a prepared node until `shutdown` resolves or its cloud agent asks
-/// for a restart (then `true`).
+/// for a restart (then `true`). `verge up`'s node.
+#[cfg(feature = "cloud")]
 pub async fn serve(
     cfg: NodeConfig,
     mode: Mode,

@@ -211,6 +211,35 @@ fn bench_connections_spawns_a_node_and_reads_its_memory() {
     );
 }
 
+/// `bench startup` starts `verge node` (this binary) with fresh data dirs,
+/// gets a CONNACK from each, and reads the idle node's memory. No timing
+/// thresholds: benchmarks measure, tests do not assert speed.
+#[test]
+fn bench_startup_starts_nodes_and_reads_the_idle_ones_memory() {
+    let out = run(&["bench", "startup", "--runs", "3", "--idle", "0.3", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["runs"], 3, "{report}");
+    let ms = &report["ready_ms"];
+    let (min, median, max) = (
+        ms["min"].as_f64().expect("min"),
+        ms["median"].as_f64().expect("median"),
+        ms["max"].as_f64().expect("max"),
+    );
+    assert!(0.0 < min && min <= median && median <= max, "{report}");
+    assert!(
+        report["idle_rss_bytes"].as_u64().expect("rss") > 0,
+        "{report}"
+    );
+    let missing = run(&["bench", "startup", "--bin", "/nonexistent/verge"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("/nonexistent/verge: no such file"),
+        "{}",
+        text(&missing.stderr)
+    );
+}
+
 /// Engine mode: both built-in queries run and report a sane shape. No
 /// timing thresholds: benchmarks measure, tests do not assert speed.
 #[test]

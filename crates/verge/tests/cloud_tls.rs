@@ -6,6 +6,7 @@
 //! The process and HTTP helpers are copied from `walkthrough.rs` (a shared
 //! `tests/support` module is the next step).
 
+#![cfg(feature = "cloud")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

@@ -13,6 +13,7 @@
 //! cloud marks a stopped node offline, and a node restarted while the cloud
 //! is down runs its last desired state.
 
+#![cfg(feature = "cloud")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

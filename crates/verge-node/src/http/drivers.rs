@@ -3,8 +3,10 @@
 //! changes is saved in the node's data dir ([`crate::local`]). A driver the
 //! cloud deploys is not changed here (409 `managed_by_cloud`).
 
+#[cfg(feature = "opcua")]
+use axum::extract::Query;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -178,6 +180,7 @@ async fn changed(s: &ApiState, name: &str) -> Result<(), AppError> {
 }
 
 /// `?node=` of a browse.
+#[cfg(feature = "opcua")]
 #[derive(serde::Deserialize)]
 struct BrowseQuery {
     /// Node id whose children to list; the Objects folder when absent.
@@ -187,6 +190,7 @@ struct BrowseQuery {
 /// `GET /api/drivers/{name}/browse?node=ns=2;s=Plant`: the children of a
 /// node on an OPC UA driver's server (a short session of its own), to build
 /// point tables from.
+#[cfg(feature = "opcua")]
 async fn browse(
     State(s): State<ApiState>,
     Path(name): Path<String>,
@@ -213,4 +217,23 @@ async fn browse(
             };
             AppError::new(status, "browse_failed", e.to_string())
         })
+}
+
+/// `GET /api/drivers/{name}/browse` on a build without OPC UA (the cargo
+/// feature `opcua`): no driver of this node can browse, since an OPC UA
+/// driver's config is refused.
+#[cfg(not(feature = "opcua"))]
+async fn browse(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<serde_json::Value>>, AppError> {
+    drivers(&s)?.get(&name).ok_or_else(|| not_found(&name))?;
+    Err(AppError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        format!(
+            "driver `{name}` cannot browse: only OPC UA drivers browse, and this build \
+             has no OPC UA support (cargo feature `opcua`)"
+        ),
+    ))
 }

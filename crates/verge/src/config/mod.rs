@@ -10,12 +10,15 @@ pub use verge_node::NodeConfig;
 pub use verge_node::config::DEFAULT_TOML;
 
 /// The cloud center's documented defaults (`verge config default --cloud`).
+#[cfg(feature = "cloud")]
 pub const CLOUD_DEFAULT_TOML: &str = include_str!("cloud-default.toml");
 
 /// The overlay that `verge up` applies over the defaults (demo only).
+#[cfg(feature = "cloud")]
 pub const DEMO_TOML: &str = include_str!("demo.toml");
 
-#[cfg(test)]
+// The embedded cloud defaults and `verge up`'s overlay.
+#[cfg(all(test, feature = "cloud"))]
 mod tests {
     use std::path::PathBuf;
 
