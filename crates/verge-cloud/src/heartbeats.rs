@@ -2,15 +2,19 @@
 //! transaction per heartbeat (several statements, a commit each) took the
 //! pool from everything else; nearly every heartbeat only restamps the
 //! node and adds a metrics row. So the status handler hands its report to
-//! one task that takes what arrived together (up to [`BATCH`]), reads what
-//! the nodes' last reports left in one query and, for every report that
-//! changes nothing else (same applied revision and attempt, no device
-//! sessions to store), writes the node rows and the metrics rows with one
-//! `UPDATE … FROM UNNEST` and one `INSERT … SELECT FROM UNNEST` in one
-//! transaction. The other reports, and every report of a batch that
-//! failed, go back to the handler, which writes them one by one
-//! (`api::agent::status`). SQLite keeps the one-by-one path.
+//! one task that takes what arrived together (up to [`BATCH`]), reads and
+//! locks the nodes' rows in one query (in id order, skipping rows another
+//! transaction holds) and, for every report that changes nothing else
+//! (same applied revision and attempt, that revision's result recorded,
+//! no device sessions to store), writes the node rows and the metrics
+//! rows with one `UPDATE … FROM UNNEST` and one `INSERT … SELECT FROM
+//! UNNEST` in one transaction. A node's earlier heartbeat in the same
+//! batch is superseded by its later one (only its metrics are stored).
+//! The other reports, those of locked or deleted nodes, and every report
+//! of a batch that failed go back to the handler, which writes them one
+//! by one (`api::agent::status`). SQLite keeps the one-by-one path.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot};
@@ -63,11 +67,13 @@ impl Heartbeats {
         (Heartbeats { tx }, rx)
     }
 
-    /// Hand `beat` over and wait for its outcome; one by one when the
-    /// task is gone or full.
+    /// Hand `beat` over and wait for its outcome (while the queue is
+    /// full the handler waits: falling back to the costlier one-by-one
+    /// path would add load when there is most); one by one when the task
+    /// is gone.
     pub async fn write(&self, beat: Beat) -> Outcome {
         let (reply, rx) = oneshot::channel();
-        if self.tx.try_send((beat, reply)).is_err() {
+        if self.tx.send((beat, reply)).await.is_err() {
             return Outcome::OneByOne;
         }
         rx.await.unwrap_or(Outcome::OneByOne)
@@ -106,124 +112,183 @@ pub async fn run(cloud: Cloud, mut rx: mpsc::Receiver<Job>) {
 
 /// What a node's stored row says before this heartbeat.
 struct Before {
-    id: String,
     applied_version: Option<i64>,
     report: Option<String>,
     last_seen_ms: Option<i64>,
+    /// Its devices marked connected.
     connected: i64,
+    /// Its applied revision has no result recorded yet (a snapshot made
+    /// after the node applied it): the report must record it.
+    unrecorded: i64,
 }
 
-/// [`Before`] as a row.
-type BeforeRow = (String, Option<i64>, Option<String>, Option<i64>, i64);
+/// [`Before`] as a row, with the node id first.
+type BeforeRow = (String, Option<i64>, Option<String>, Option<i64>, i64, i64);
 
 /// Write the heartbeats of `beats` that change nothing but the node's
 /// report, time and metrics; say which were written.
+///
+/// The nodes' rows are read and locked in id order, skipping rows another
+/// transaction holds (those heartbeats go one by one): a batch never
+/// waits for a lock, so it cannot deadlock with another batch or a
+/// multi-node update, and one busy node does not hold up the others.
 async fn write(cloud: &Cloud, pg: &sqlx::PgPool, beats: &[Beat]) -> sqlx::Result<Vec<Outcome>> {
     let now = now_ms();
     let ids: Vec<&str> = beats.iter().map(|b| b.node.as_str()).collect();
     let mut tx = pg.begin().await?;
-    let before: Vec<BeforeRow> = sqlx::query_as(
+    let rows: Vec<BeforeRow> = sqlx::query_as(
         "SELECT n.id, n.applied_version, n.report, n.last_seen_ms, \
-         (SELECT COUNT(*) FROM devices d WHERE d.node_id = n.id AND d.connected = 1) AS connected \
-         FROM nodes n WHERE n.id = ANY($1)",
+         (SELECT COUNT(*) FROM devices d WHERE d.node_id = n.id AND d.connected = 1), \
+         (SELECT COUNT(*) FROM node_revisions r WHERE r.node_id = n.id \
+          AND r.revision = n.applied_version AND r.result IS NULL) \
+         FROM nodes n WHERE n.id = ANY($1) ORDER BY n.id FOR NO KEY UPDATE OF n SKIP LOCKED",
     )
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
-    let before: Vec<Before> = before
+    let before: HashMap<String, Before> = rows
         .into_iter()
         .map(
-            |(id, applied_version, report, last_seen_ms, connected)| Before {
-                id,
-                applied_version,
-                report,
-                last_seen_ms,
-                connected,
+            |(id, applied_version, report, last_seen_ms, connected, unrecorded)| {
+                let b = Before {
+                    applied_version,
+                    report,
+                    last_seen_ms,
+                    connected,
+                    unrecorded,
+                };
+                (id, b)
             },
         )
         .collect();
-    let before: std::collections::HashMap<&str, &Before> =
-        before.iter().map(|b| (b.id.as_str(), b)).collect();
     let offline_ms = crate::api::nodes::offline_ms(cloud);
-    let mut outcomes = Vec::with_capacity(beats.len());
-    // A node twice in one batch is written together once (its later
-    // report), the earlier one by one.
-    let mut seen = std::collections::HashSet::new();
-    let mut fast: Vec<&Beat> = Vec::new();
-    for b in beats.iter().rev() {
-        let old = before.get(b.node.as_str()).filter(|old| {
-            old.applied_version == Some(b.report.applied_version)
-                && crate::api::agent::attempt_of(old.report.as_deref())
-                    == crate::api::agent::attempt_value(&b.report)
-                && b.report.devices.is_empty()
-                && old.connected == 0
-        });
-        match old {
-            Some(old) if seen.insert(b.node.as_str()) => {
-                fast.push(b);
-                outcomes.push(Outcome::Written {
-                    came_online: old.last_seen_ms.is_none_or(|t| t < now - offline_ms),
-                });
+    // Newest first: a node's last heartbeat in the batch is the one whose
+    // report is written; an earlier one in the same batch is superseded
+    // by it (only its metrics row is stored), never written after it.
+    let mut written: HashMap<&str, usize> = HashMap::new();
+    let mut outcomes = vec![Outcome::OneByOne; beats.len()];
+    let mut metrics: Vec<usize> = Vec::new();
+    for (i, b) in beats.iter().enumerate().rev() {
+        let node = b.node.as_str();
+        match written.get(node) {
+            // Its later heartbeat goes one by one: so does this one.
+            Some(&usize::MAX) => continue,
+            Some(_) => {
+                outcomes[i] = Outcome::Written { came_online: false };
+                metrics.push(i);
+                continue;
             }
-            _ => outcomes.push(Outcome::OneByOne),
+            None => {}
+        }
+        let Some(old) = before.get(node) else {
+            continue; // locked elsewhere or gone: one by one
+        };
+        let fast = old.applied_version == Some(b.report.applied_version)
+            && old.unrecorded == 0
+            && crate::api::agent::attempt_of(old.report.as_deref())
+                == crate::api::agent::attempt_value(&b.report)
+            && b.report.devices.is_empty()
+            && old.connected == 0;
+        if fast {
+            written.insert(node, i);
+            metrics.push(i);
+            outcomes[i] = Outcome::Written {
+                came_online: old.last_seen_ms.is_none_or(|t| t < now - offline_ms),
+            };
+        } else {
+            // Written alone, with what it changes; an earlier heartbeat of
+            // the node in this batch then goes one by one as well.
+            written.insert(node, usize::MAX);
         }
     }
-    outcomes.reverse();
-    if fast.is_empty() {
+    let mut update: Vec<&Beat> = written
+        .values()
+        .filter(|&&i| i != usize::MAX)
+        .map(|&i| &beats[i])
+        .collect();
+    if update.is_empty() {
         tx.rollback().await?;
         return Ok(outcomes);
     }
-    // Sorted by node, so two batches lock their rows in the same order.
-    fast.sort_by(|a, b| a.node.cmp(&b.node));
+    update.sort_by(|a, b| a.node.cmp(&b.node));
     let mut cols = Cols::default();
-    for b in fast {
-        cols.push(b);
+    for b in &update {
+        cols.push_node(b);
     }
-    sqlx::query(
+    let updated: Vec<(String,)> = sqlx::query_as(
         "UPDATE nodes SET report = u.report, \
          last_seen_ms = GREATEST(COALESCE(nodes.last_seen_ms, u.ts), u.ts), \
          apply_errors = u.errors, endpoints = u.endpoints \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-         AS u(id, report, errors, endpoints, ts) WHERE nodes.id = u.id",
+         AS u(id, report, errors, endpoints, ts) WHERE nodes.id = u.id RETURNING nodes.id",
     )
     .bind(&cols.ids)
     .bind(&cols.reports)
     .bind(&cols.errors)
     .bind(&cols.endpoints)
     .bind(vec![now; cols.ids.len()])
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let updated: std::collections::HashSet<String> = updated.into_iter().map(|(id,)| id).collect();
+    // A node deleted meanwhile: no metrics row, and its heartbeats go one
+    // by one (which answers 404).
+    metrics.retain(|&i| updated.contains(&beats[i].node));
+    for (i, b) in beats.iter().enumerate() {
+        if !updated.contains(&b.node) {
+            outcomes[i] = Outcome::OneByOne;
+        }
+    }
+    let mut m = Metrics::default();
+    for &i in &metrics {
+        m.push(&beats[i]);
+    }
     sqlx::query(
         "INSERT INTO node_metrics (node_id, ts_ms, cpu_percent, memory_bytes, connections, \
          messages_in_rate, messages_out_rate, backlog_messages) \
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::float8[], $4::bigint[], $5::bigint[], \
          $6::float8[], $7::float8[], $8::bigint[])",
     )
-    .bind(&cols.ids)
-    .bind(vec![now; cols.ids.len()])
-    .bind(&cols.cpu)
-    .bind(&cols.memory)
-    .bind(&cols.connections)
-    .bind(&cols.rate_in)
-    .bind(&cols.rate_out)
-    .bind(&cols.backlog)
+    .bind(&m.ids)
+    .bind(vec![now; m.ids.len()])
+    .bind(&m.cpu)
+    .bind(&m.memory)
+    .bind(&m.connections)
+    .bind(&m.rate_in)
+    .bind(&m.rate_out)
+    .bind(&m.backlog)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    let m = &cloud.inner().metrics;
-    m.heartbeat_batches.fetch_add(1, Ordering::Relaxed);
-    m.heartbeats_batched
-        .fetch_add(cols.ids.len() as u64, Ordering::Relaxed);
+    let counters = &cloud.inner().metrics;
+    counters.heartbeat_batches.fetch_add(1, Ordering::Relaxed);
+    counters
+        .heartbeats_batched
+        .fetch_add(m.ids.len() as u64, Ordering::Relaxed);
     Ok(outcomes)
 }
 
-/// The batch's rows, a vector per column.
+/// The node rows of a batch, a vector per column.
 #[derive(Default)]
 struct Cols {
     ids: Vec<String>,
     reports: Vec<String>,
     errors: Vec<String>,
     endpoints: Vec<String>,
+}
+
+impl Cols {
+    fn push_node(&mut self, b: &Beat) {
+        self.ids.push(b.node.clone());
+        self.reports.push(b.text.clone());
+        self.errors.push(b.errors.clone());
+        self.endpoints.push(b.endpoints.clone());
+    }
+}
+
+/// The metrics rows of a batch, a vector per column.
+#[derive(Default)]
+struct Metrics {
+    ids: Vec<String>,
     cpu: Vec<f64>,
     memory: Vec<i64>,
     connections: Vec<i64>,
@@ -232,14 +297,11 @@ struct Cols {
     backlog: Vec<i64>,
 }
 
-impl Cols {
+impl Metrics {
     fn push(&mut self, b: &Beat) {
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
         self.ids.push(b.node.clone());
-        self.reports.push(b.text.clone());
-        self.errors.push(b.errors.clone());
-        self.endpoints.push(b.endpoints.clone());
         self.cpu.push(finite(b.report.cpu_percent));
         self.memory.push(n(b.report.memory_bytes));
         self.connections.push(n(b.report.connections));

@@ -122,7 +122,7 @@ pub async fn run(cloud: Cloud, mut source: Source) {
     let mut txs = Vec::with_capacity(workers);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let (tx, rx) = mpsc::channel::<Vec<Upstream>>(2);
+        let (tx, rx) = mpsc::channel::<Vec<Upstream>>(1);
         txs.push(tx);
         tasks.spawn(worker(cloud.clone(), rx));
     }
@@ -144,9 +144,14 @@ pub async fn run(cloud: Cloud, mut source: Source) {
         }
         for (part, tx) in parts.into_iter().zip(&txs) {
             // A full worker holds the source back: the broker then refuses
-            // what it cannot queue, and the publisher keeps it.
-            if !part.is_empty() && tx.send(part).await.is_err() {
-                return; // a worker ended: only when the runtime stops
+            // what it cannot queue, and the publisher keeps it. A worker
+            // never ends before its channel closes (a panic in a batch is
+            // caught); were it gone, its part is refused, not dropped.
+            if !part.is_empty()
+                && let Err(mpsc::error::SendError(part)) = tx.send(part).await
+            {
+                tracing::error!("an ingest worker is gone; {} messages refused", part.len());
+                refuse(&cloud, part);
             }
         }
     }
@@ -172,14 +177,42 @@ fn shard(topic: &str, workers: usize) -> usize {
 /// Store the batches handed to one worker until the dispatcher ends;
 /// batches waiting meanwhile are stored together, up to [`BATCH`].
 async fn worker(cloud: Cloud, mut rx: mpsc::Receiver<Vec<Upstream>>) {
-    while let Some(mut buf) = rx.recv().await {
+    let mut carried: Option<Vec<Upstream>> = None;
+    loop {
+        let mut buf = match carried.take() {
+            Some(b) => b,
+            None => match rx.recv().await {
+                Some(b) => b,
+                None => return,
+            },
+        };
         while buf.len() < BATCH {
             match rx.try_recv() {
-                Ok(more) => buf.extend(more),
+                Ok(more) if buf.len() + more.len() <= BATCH => buf.extend(more),
+                Ok(more) => {
+                    carried = Some(more);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        process(&cloud, buf).await;
+        // A panic while storing must not end the worker: the batch's
+        // confirmations and acknowledgements, dropped undecided, fail
+        // (the publishers send again), and the next batch goes on.
+        let c = cloud.clone();
+        if tokio::spawn(async move { process(&c, buf).await })
+            .await
+            .is_err_and(|e| e.is_panic())
+        {
+            tracing::error!(
+                "an upstream batch panicked while being stored; its messages are refused"
+            );
+            cloud
+                .inner()
+                .metrics
+                .ingest_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -386,12 +419,19 @@ pub async fn store_messages(cloud: &Cloud, batch: &[&Message]) -> sqlx::Result<(
         .collect();
     let mut counts = ChannelCounts::default();
     if let Some(pg) = &cloud.inner().pg {
+        // The `AnyPool` connection first: taken while the `PgPool`
+        // transaction held its row locks, a wait for it could hold up
+        // whoever waits for those locks.
+        let mut tx = if channel.is_empty() {
+            None
+        } else {
+            Some(cloud.inner().pool.begin().await?)
+        };
         let mut ptx = pg.begin().await?;
         let inserted = telemetry::insert_postgres(&mut ptx, &new, now).await?;
         let latest = latest_readings(&rows, &inserted);
         telemetry::set_last_telemetry_postgres(&mut ptx, &latest, now).await?;
-        if !channel.is_empty() {
-            let mut tx = cloud.inner().pool.begin().await?;
+        if let Some(mut tx) = tx.take() {
             for r in &channel {
                 handle_channel(&mut tx, r, now, &mut counts).await?;
             }

@@ -593,23 +593,27 @@ impl Cloud {
         Ok(())
     }
 
-    /// Nodes joined or were deleted through this replica: rebuild the
-    /// registry, and on PostgreSQL tell the other replicas, whose registry
-    /// loops rebuild at once rather than at their next tick (a node that
-    /// moves to another replica's endpoint is known there).
-    pub(crate) async fn nodes_changed(&self) -> Result<(), CloudError> {
-        self.refresh_registry().await?;
+    /// Node `node` joined (again) or was deleted through this replica:
+    /// rebuild the registry, and on PostgreSQL tell the other replicas
+    /// (`NOTIFY verge_registry`, "{replica} {node}"), whose registry loops
+    /// rebuild at once rather than at their next tick (a node that moves
+    /// to another replica's endpoint is known there) and which end the
+    /// node's connections to their endpoints (an old secret's, or a
+    /// deleted node's). The notification goes even if the local rebuild
+    /// failed.
+    pub(crate) async fn nodes_changed(&self, node: &str) -> Result<(), CloudError> {
+        let rebuilt = self.refresh_registry().await;
         if self.inner.pg.is_some()
             && self.inner.external.is_none()
             && let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(replicas::wake::REGISTRY_CHANNEL)
-                .bind(&self.inner.replica.id)
+                .bind(format!("{} {node}", self.inner.replica.id))
                 .execute(&self.inner.pool)
                 .await
         {
-            tracing::warn!("other replicas not told of the node change: {e}");
+            tracing::warn!(node = %node, "other replicas not told of the node change: {e}");
         }
-        Ok(())
+        rebuilt
     }
 
     async fn rebuild_registry(&self) -> Result<(), CloudError> {

@@ -666,4 +666,33 @@ async fn heartbeats_that_change_nothing_else_are_written_in_batches_on_postgres(
     } else {
         assert_eq!(after, Some(0.0));
     }
+    // A revision whose result is not recorded (a snapshot made after the
+    // node applied it) is recorded by the next heartbeat, though the
+    // report repeats the last one.
+    let pool = sqlx::AnyPool::connect(&h.db_url).await.expect("db");
+    sqlx::query("UPDATE node_revisions SET result = NULL WHERE node_id = $1 AND revision = $2")
+        .bind(&node)
+        .bind(desired)
+        .execute(&pool)
+        .await
+        .expect("unrecord");
+    pool.close().await;
+    let (s, v) = h
+        .status_as(
+            &node,
+            &secret,
+            json!({"applied_version": desired, "cpu_percent": 6.0}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, revs) = h
+        .call(Method::GET, &format!("/api/nodes/{node}/revisions"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{revs}");
+    let rev = revs
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["revision"] == desired))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rev["result"], "applied", "{revs}");
 }

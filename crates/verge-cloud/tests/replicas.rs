@@ -276,7 +276,8 @@ async fn a_leader_whose_lock_connection_dies_stops_leading_and_one_replica_takes
 /// MQTT endpoint (as after a failover behind a load balancer): A's join
 /// tells B (`NOTIFY verge_registry`), which rebuilds its broker registry
 /// instead of waiting for its 10 s tick. Without the notification B
-/// refuses the node until that tick.
+/// refuses the node until that tick. Deleted through A, the node's
+/// connection to B ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joined_on_one_replica_connects_at_once_to_the_other() {
     use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
@@ -290,14 +291,14 @@ async fn a_node_joined_on_one_replica_connects_at_once_to_the_other() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (node, secret) = a.joined_node("edge-moved").await;
     let started = tokio::time::Instant::now();
-    let accepted = loop {
+    let connected = loop {
         let mut opts = MqttOptions::new(
             format!("verge-node-{node}"),
             "127.0.0.1",
             served_b.mqtt.port(),
         );
         opts.set_credentials(node.clone(), secret.clone());
-        let (_client, mut el) = AsyncClient::new(opts, 10);
+        let (client, mut el) = AsyncClient::new(opts, 10);
         let code = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match el.poll().await {
@@ -311,16 +312,36 @@ async fn a_node_joined_on_one_replica_connects_at_once_to_the_other() {
         .ok()
         .flatten();
         if code == Some(ConnectReturnCode::Success) {
-            break true;
+            break Some((client, el));
         }
         if started.elapsed() > Duration::from_secs(4) {
-            break false;
+            break None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let Some((_client, mut el)) = connected else {
+        panic!(
+            "replica B refused node {node} joined on A for 4 s (its periodic registry rebuild is 10 s)"
+        );
+    };
+    // Deleted through A: its connection to B ends too (B is told which
+    // node; its registry alone would let the connection go on).
+    let (s, v) = a
+        .call(Method::DELETE, &format!("/api/nodes/{node}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Disconnect(_))) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
     assert!(
-        accepted,
-        "replica B refused node {node} joined on A for 4 s (its periodic registry rebuild is 10 s)"
+        ended.is_ok(),
+        "the deleted node's connection to replica B was still open 5 s after the delete on A"
     );
     served_b.stop().await;
 }

@@ -233,6 +233,7 @@ pub async fn mqtt_loop(
     let mut seq: u64 = 0;
     let mut status_seq: u64 = 0;
     let mut resend = false;
+    let mut connected_to = node.replica;
     loop {
         let ended = session(
             &node,
@@ -253,23 +254,31 @@ pub async fn mqtt_loop(
         stats.mqtt_lost.fetch_add(1, Ordering::Relaxed);
         // Reconnect, moving to the next replica each try, until the run
         // stops.
+        // Reconnect, moving on from the replica that failed (unless a
+        // heartbeat or poll already moved the node), until the run stops.
+        let mut failed_on = connected_to;
         client = loop {
             if *phase.borrow() == Phase::Stop {
                 return;
             }
-            let on = node.current.load(Ordering::Acquire);
             if routes.mqtt.len() > 1 {
-                routes.fail_over(&node, on);
+                routes.fail_over(&node, failed_on);
             }
-            let at = routes.mqtt[node.current.load(Ordering::Acquire) % routes.mqtt.len()];
+            let target = node.current.load(Ordering::Acquire) % routes.mqtt.len();
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = phase.wait_for(|p| *p == Phase::Stop) => return,
             }
-            match connect(&node, at).await {
-                Ok(c) => break c,
-                Err(_) => stats.reconnect_errors.fetch_add(1, Ordering::Relaxed),
-            };
+            match connect(&node, routes.mqtt[target]).await {
+                Ok(c) => {
+                    connected_to = target;
+                    break c;
+                }
+                Err(_) => {
+                    failed_on = target;
+                    stats.reconnect_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         };
         stats.reconnects.fetch_add(1, Ordering::Relaxed);
         resend = true;
@@ -310,17 +319,21 @@ async fn session(
     let topic = topics::up(&node.id, TELEMETRY_TOPIC);
     let queue = node.queue_id();
     if resend {
-        for (pid, v) in inflight.iter() {
-            if let Some((seq, at_ms)) = v {
-                let _ = wr.queue(&publish(
-                    topic.clone(),
-                    *pid,
-                    VergeId::format(&queue, "telemetry", *seq),
-                    *at_ms,
-                    payload_of(*seq),
-                ));
-                stats.resent.fetch_add(1, Ordering::Relaxed);
-            }
+        // In sequence order, as a node's queue sends them.
+        let mut unacked: Vec<(u64, u64, u16)> = inflight
+            .iter()
+            .filter_map(|(pid, v)| v.map(|(seq, at)| (seq, at, *pid)))
+            .collect();
+        unacked.sort_unstable();
+        for (seq, at_ms, pid) in unacked {
+            let _ = wr.queue(&publish(
+                topic.clone(),
+                pid,
+                VergeId::format(&queue, "telemetry", seq),
+                at_ms,
+                payload_of(seq),
+            ));
+            stats.resent.fetch_add(1, Ordering::Relaxed);
         }
     }
     let mut next_pid: u16 = 0;

@@ -87,7 +87,10 @@ pub async fn join(
     }
     tx.commit().await?;
     tracing::info!(node = %node_id, hostname = %req.hostname, agent = %req.agent_version, "node joined");
-    cloud.nodes_changed().await.map_err(AppError::internal)?;
+    cloud
+        .nodes_changed(&node_id)
+        .await
+        .map_err(AppError::internal)?;
     // A connection made with the old secret (a reinstalled node) ends.
     if let Err(e) = cloud.inner().handle.disconnect_user(&node_id).await {
         tracing::warn!(node = %node_id, "closing the old connection: {e}");
@@ -191,13 +194,16 @@ pub async fn status(
     // the last one's revisions and devices).
     let before: Option<Before> = sqlx::query_as(
         "SELECT applied_version, report, last_seen_ms, \
-         (SELECT COUNT(*) FROM devices WHERE node_id = $1 AND connected = 1) \
+         (SELECT COUNT(*) FROM devices WHERE node_id = $1 AND connected = 1), \
+         (SELECT COUNT(*) FROM node_revisions r WHERE r.node_id = $1 \
+          AND r.revision = nodes.applied_version AND r.result IS NULL) \
          FROM nodes WHERE id = $1",
     )
     .bind(&node)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((applied_before, report_before, seen_before, connected_before)) = before else {
+    let Some((applied_before, report_before, seen_before, connected_before, unrecorded)) = before
+    else {
         return Err(AppError::not_found(format!("no node `{node}`")));
     };
     // Back from offline (or the first report): what is queued for it can
@@ -220,7 +226,10 @@ pub async fn status(
     .bind(&node)
     .execute(&mut *tx)
     .await?;
+    // `unrecorded`: a snapshot of the applied revision made after the node
+    // applied it (`revisions::current`) still shows no result.
     let revisions_changed = applied_before != Some(report.applied_version)
+        || unrecorded > 0
         || attempt_of(report_before.as_deref()) != attempt_value(&report);
     if revisions_changed {
         crate::revisions::record_report(
@@ -264,9 +273,9 @@ pub async fn status(
 }
 
 /// What a heartbeat reads first: the applied revision, report and last
-/// heartbeat time stored, and how many of the node's devices are marked
-/// connected.
-type Before = (Option<i64>, Option<String>, Option<i64>, i64);
+/// heartbeat time stored, how many of the node's devices are marked
+/// connected, and whether the applied revision's result is unrecorded.
+type Before = (Option<i64>, Option<String>, Option<i64>, i64, i64);
 
 /// Most broker endpoints kept per node.
 const MAX_ENDPOINTS: usize = 16;

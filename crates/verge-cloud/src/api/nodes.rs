@@ -333,7 +333,7 @@ pub async fn delete(
     tx.commit().await?;
     // Its held long polls end (404).
     cloud.notify_nodes(std::slice::from_ref(&id));
-    cloud.nodes_changed().await.map_err(AppError::internal)?;
+    cloud.nodes_changed(&id).await.map_err(AppError::internal)?;
     // Its MQTT connection goes with it.
     if let Err(e) = cloud.inner().handle.disconnect_user(&id).await {
         tracing::warn!(node = %id, "closing the deleted node's connection: {e}");

@@ -46,13 +46,15 @@ pub struct Ack {
     /// Acknowledgements queued so far (an adoption's quiet time counts
     /// from the last of them too).
     acked: Arc<AtomicU64>,
+    /// Settled: acknowledged or failed (an `Ack` dropped unsettled fails).
+    done: bool,
 }
 
 impl Ack {
     /// Send the PUBACK. If the connection is gone meanwhile, the broker
     /// resends the message on the next one (the database drops the
     /// duplicate by its `verge-id`).
-    pub async fn ok(self) {
+    pub async fn ok(mut self) {
         let p = Publish {
             dup: false,
             qos: self.qos,
@@ -68,16 +70,33 @@ impl Ack {
                 "external broker: acknowledgement for a closed connection"
             );
         }
-        self.acked.fetch_add(1, Ordering::AcqRel);
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.settle();
     }
 
     /// Not stored: drop the connection without acknowledging, so the
     /// broker sends the message again once the session is resumed.
-    pub fn fail(self) {
+    pub fn fail(mut self) {
         self.failed.notify_one();
-        self.acked.fetch_add(1, Ordering::AcqRel);
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.settle();
+    }
+
+    fn settle(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.acked.fetch_add(1, Ordering::AcqRel);
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Dropped without a decision (a task that ended mid-batch): as
+/// [`Ack::fail`], so the broker sends the message again.
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.done {
+            self.failed.notify_one();
+            self.settle();
+        }
     }
 }
 
@@ -246,6 +265,7 @@ pub async fn pump(
                     failed: conn.failed.clone(),
                     outstanding: conn.outstanding.clone(),
                     acked: conn.acked.clone(),
+                    done: false,
                 };
                 let Some(msg) = message(&p) else {
                     // A topic that is not UTF-8: never storable.

@@ -24,10 +24,12 @@ use crate::Cloud;
 /// The PostgreSQL channel of desired-state changes (see migration 10).
 pub const CHANNEL: &str = "verge_desired";
 
-/// The channel a replica notifies, with its replica id, when nodes joined
-/// or were deleted through it: the others rebuild their broker registry
-/// at once (embedded mode), so a node that moves to another replica's
-/// endpoint is known there.
+/// The channel a replica notifies, with "{replica id} {node id}", when a
+/// node joined (again) or was deleted through it: the others rebuild their
+/// broker registry at once (embedded mode), so a node that moves to
+/// another replica's endpoint is known there, and end that node's
+/// connections to their own endpoints (made with an old secret, or of a
+/// deleted node).
 pub const REGISTRY_CHANNEL: &str = "verge_registry";
 
 /// Per-node wake-ups for the long polls held in this process.
@@ -161,8 +163,20 @@ pub async fn listen(cloud: Cloud) {
                     tokio::select! {
                         r = listener.try_recv() => match r {
                             Ok(Some(n)) if n.channel() == REGISTRY_CHANNEL => {
-                                if n.payload() != inner.replica.id {
+                                let (from, node) =
+                                    n.payload().split_once(' ').unwrap_or((n.payload(), ""));
+                                if from != inner.replica.id {
                                     inner.registry_wake.notify_one();
+                                    if !node.is_empty() {
+                                        // Its connection here was made with an
+                                        // old secret, or it was deleted.
+                                        let (handle, node) = (inner.handle.clone(), node.to_owned());
+                                        tokio::spawn(async move {
+                                            if let Err(e) = handle.disconnect_user(&node).await {
+                                                tracing::warn!(node = %node, "closing a moved node's connection: {e}");
+                                            }
+                                        });
+                                    }
                                 }
                             }
                             Ok(Some(n)) => {
