@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use verge_protocol::StatusReport;
 
 use crate::Cloud;
+use crate::api::agent::{self, count, finite};
 use crate::db::now_ms;
 
 /// Most heartbeats written in one batch.
@@ -183,11 +184,12 @@ async fn write(cloud: &Cloud, pg: &sqlx::PgPool, beats: &[Beat]) -> sqlx::Result
         let Some(old) = before.get(node) else {
             continue; // locked elsewhere or gone: one by one
         };
-        let fast = old.applied_version == Some(b.report.applied_version)
-            && old.unrecorded == 0
-            && crate::api::agent::attempt_of(old.report.as_deref())
-                == crate::api::agent::attempt_value(&b.report)
-            && b.report.devices.is_empty()
+        let fast = !agent::revisions_moved(
+            old.applied_version,
+            old.report.as_deref(),
+            old.unrecorded,
+            &b.report,
+        ) && b.report.devices.is_empty()
             && old.connected == 0;
         if fast {
             written.insert(node, i);
@@ -299,14 +301,12 @@ struct Metrics {
 
 impl Metrics {
     fn push(&mut self, b: &Beat) {
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
         self.ids.push(b.node.clone());
         self.cpu.push(finite(b.report.cpu_percent));
-        self.memory.push(n(b.report.memory_bytes));
-        self.connections.push(n(b.report.connections));
+        self.memory.push(count(b.report.memory_bytes));
+        self.connections.push(count(b.report.connections));
         self.rate_in.push(finite(b.report.messages_in_rate));
         self.rate_out.push(finite(b.report.messages_out_rate));
-        self.backlog.push(n(b.report.backlog_messages));
+        self.backlog.push(count(b.report.backlog_messages));
     }
 }

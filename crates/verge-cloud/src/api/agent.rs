@@ -187,7 +187,6 @@ pub async fn status(
             return Ok(StatusCode::NO_CONTENT);
         }
     }
-    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let mut tx = cloud.inner().pool.begin().await?;
     // What the last report left, to skip the writes this one would not
     // change (a node reports every few seconds; nearly all reports repeat
@@ -226,11 +225,12 @@ pub async fn status(
     .bind(&node)
     .execute(&mut *tx)
     .await?;
-    // `unrecorded`: a snapshot of the applied revision made after the node
-    // applied it (`revisions::current`) still shows no result.
-    let revisions_changed = applied_before != Some(report.applied_version)
-        || unrecorded > 0
-        || attempt_of(report_before.as_deref()) != attempt_value(&report);
+    let revisions_changed = revisions_moved(
+        applied_before,
+        report_before.as_deref(),
+        unrecorded,
+        &report,
+    );
     if revisions_changed {
         crate::revisions::record_report(
             &mut tx,
@@ -247,11 +247,11 @@ pub async fn status(
     .bind(&node)
     .bind(now)
     .bind(finite(report.cpu_percent))
-    .bind(n(report.memory_bytes))
-    .bind(n(report.connections))
+    .bind(count(report.memory_bytes))
+    .bind(count(report.connections))
     .bind(finite(report.messages_in_rate))
     .bind(finite(report.messages_out_rate))
-    .bind(n(report.backlog_messages))
+    .bind(count(report.backlog_messages))
     .execute(&mut *tx)
     .await?;
     if !report.devices.is_empty() || connected_before > 0 {
@@ -292,14 +292,30 @@ fn endpoints_json(report: &StatusReport) -> Result<String, AppError> {
     serde_json::to_string(&endpoints).map_err(AppError::internal)
 }
 
+/// Whether `report` has revision results to record, given what the node's
+/// row holds: another applied revision, another attempt (`stored_report`
+/// is the last report's JSON), or an applied revision whose result is not
+/// recorded yet (`unrecorded` > 0: a snapshot made after the node applied
+/// it, `revisions::current`).
+pub(crate) fn revisions_moved(
+    applied: Option<i64>,
+    stored_report: Option<&str>,
+    unrecorded: i64,
+    report: &StatusReport,
+) -> bool {
+    applied != Some(report.applied_version)
+        || unrecorded > 0
+        || attempt_of(stored_report) != attempt_value(report)
+}
+
 /// The `attempt` of a stored report (JSON text), if any.
-pub(crate) fn attempt_of(stored: Option<&str>) -> Option<serde_json::Value> {
+fn attempt_of(stored: Option<&str>) -> Option<serde_json::Value> {
     let mut v: serde_json::Value = serde_json::from_str(stored?).ok()?;
     v.get_mut("attempt").map(serde_json::Value::take)
 }
 
 /// The `attempt` of `report` as [`attempt_of`] reads it back.
-pub(crate) fn attempt_value(report: &StatusReport) -> Option<serde_json::Value> {
+fn attempt_value(report: &StatusReport) -> Option<serde_json::Value> {
     serde_json::to_value(report.attempt.as_ref()?).ok()
 }
 
@@ -377,6 +393,12 @@ type Session = (
     Option<String>,
 );
 
-fn finite(v: f64) -> f64 {
+/// A metric as stored: a non-finite number as 0.
+pub(crate) fn finite(v: f64) -> f64 {
     if v.is_finite() { v } else { 0.0 }
+}
+
+/// A count as stored (saturating at `i64::MAX`).
+pub(crate) fn count(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
